@@ -1,0 +1,6 @@
+//! One module per `hone` subcommand.
+
+pub mod bench;
+pub mod chat;
+pub mod data;
+pub mod model;

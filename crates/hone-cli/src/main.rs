@@ -1,0 +1,64 @@
+//! `hone`: self-hosted LLM fine-tuning behind OpenAI's API.
+//!
+//! This file only parses the command line and dispatches; each subcommand
+//! lives in `cmd/<name>.rs` and calls into the library crates.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Fine-tune small open models with LoRA and serve them behind an
+/// OpenAI-compatible API.
+#[derive(Parser)]
+#[command(name = "hone", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and list base models.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCommand),
+    /// Chat with a model: one-shot with a prompt, or an interactive REPL.
+    Chat(cmd::chat::ChatArgs),
+    /// Check, describe, split and convert training data.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
+    /// Measure speed on this machine.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(c) => cmd::model::run(c),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Data(c) => cmd::data::run(c),
+        Command::Bench(c) => cmd::bench::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings only), so
+/// that stdout stays clean for answers and JSON.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,1 @@
+//! Differentiable ops with hand-written backward passes (see DESIGN.md, "Performance model").
