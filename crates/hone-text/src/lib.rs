@@ -1,1 +1,35 @@
-//! hone-text
+//! hone-text: tokenizer and chat-template layer.
+//!
+//! - [`Tokenizer`]: byte-level BPE built from GGUF metadata (correct for
+//!   SmolLM2, unlike candle's converter) or loaded from `tokenizer.json`;
+//!   special ids, stop tokens, and a streaming decoder
+//!   ([`IncrementalDecoder`], [`DecodeStream`]).
+//! - [`ChatTemplate`]: the model's Jinja template rendered the way
+//!   transformers renders it, with a ChatML fallback.
+//! - [`ChatTokenizer`]: both together; `encode_chat` (training ids and loss
+//!   mask), `encode_prompt` (inference), `encode_preference` (DPO).
+//!
+//! Training and serving share one render path, so the inference prompt is
+//! always a byte prefix of the trained text.
+
+mod chat;
+mod error;
+mod gguf;
+mod hf;
+mod json;
+mod spans;
+mod template;
+pub mod testing;
+mod time;
+mod tokenizer;
+
+pub use chat::{ChatTokenizer, EncodedChat};
+pub use error::{Error, Result};
+pub use gguf::read_gguf_content;
+pub use spans::{MessageSpan, RenderedChat};
+pub use template::{ChatTemplate, CHATML_TEMPLATE};
+pub use tokenizer::{DecodeStream, EncodedText, IncrementalDecoder, Tokenizer, END_OF_TURN_TOKENS};
+
+/// Re-exported message types, so callers need not depend on hone-data just
+/// to build a conversation.
+pub use hone_data::types::{ChatMessage, Role};

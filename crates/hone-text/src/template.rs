@@ -1,0 +1,218 @@
+//! Chat templates: the model's own Jinja template rendered with minijinja,
+//! set up the way Hugging Face transformers renders it (trim_blocks,
+//! lstrip_blocks, Python string/dict methods, `raise_exception`,
+//! `strftime_now`, a `tojson` that matches Python's `json.dumps`). The same
+//! renderer serves training and inference, so the two can't drift apart.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+use hone_data::types::ChatMessage;
+use minijinja::value::{Kwargs, Value};
+use minijinja::{Environment, ErrorKind};
+
+use crate::error::Result;
+use crate::gguf;
+use crate::json::python_json;
+
+/// Plain ChatML with no default system prompt, used when a model ships no
+/// template. It is the format SmolLM, Qwen and many others were tuned on.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// A compiled chat template plus the special-token strings it may use.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+    end_of_turn: Vec<String>,
+}
+
+impl Clone for ChatTemplate {
+    fn clone(&self) -> Self {
+        // Recompiling a template that compiled once cannot fail.
+        Self::new(&self.source, &self.bos_token, &self.eos_token)
+            .map(|t| t.with_end_of_turn(self.end_of_turn.clone()))
+            .unwrap_or_else(|_| unreachable!("template compiled before"))
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles a Jinja chat template. `bos_token`/`eos_token` are exposed to
+    /// it as variables, as transformers does. End-of-turn strings default to
+    /// `eos_token` and `<|im_end|>`; see [`Self::with_end_of_turn`].
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let env = build_env(source)?;
+        let mut end_of_turn = vec![eos_token.to_string()];
+        if eos_token != "<|im_end|>" {
+            end_of_turn.push("<|im_end|>".to_string());
+        }
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+            end_of_turn,
+        })
+    }
+
+    /// The ChatML fallback ([`CHATML_TEMPLATE`]).
+    pub fn chatml(bos_token: &str, eos_token: &str) -> Result<Self> {
+        Self::new(CHATML_TEMPLATE, bos_token, eos_token)
+    }
+
+    /// Sets the token texts that close an assistant turn (for loss spans).
+    /// Normally the tokenizer's stop-token texts.
+    pub fn with_end_of_turn(mut self, end_of_turn: Vec<String>) -> Self {
+        self.end_of_turn = end_of_turn;
+        self
+    }
+
+    /// The template of a GGUF file (`tokenizer.chat_template`), or ChatML if
+    /// it has none.
+    pub fn from_gguf_content(content: &Content, bos_token: &str, eos_token: &str) -> Result<Self> {
+        match gguf::get_opt_string(content, "tokenizer.chat_template")? {
+            Some(src) => Self::new(src, bos_token, eos_token),
+            None => Self::chatml(bos_token, eos_token),
+        }
+    }
+
+    /// The template of an HF model directory (`chat_template.jinja` or
+    /// `tokenizer_config.json`'s `chat_template`), or ChatML if it has none.
+    pub fn from_hf_dir(dir: impl AsRef<Path>, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join("tokenizer_config.json");
+        let config = if cfg_path.exists() {
+            Some(crate::hf::read_json(&cfg_path)?)
+        } else {
+            None
+        };
+        match crate::hf::chat_template(dir, config.as_ref())? {
+            Some(src) => Self::new(&src, bos_token, eos_token),
+            None => Self::chatml(bos_token, eos_token),
+        }
+    }
+
+    /// The template source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The strings that close a turn.
+    pub fn end_of_turn(&self) -> &[String] {
+        &self.end_of_turn
+    }
+
+    /// Renders a conversation. `tools` is passed as the `tools` variable
+    /// (none when absent); messages carry `name`, `tool_calls` and
+    /// `tool_call_id` when set.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
+        let template = self.env.get_template(TEMPLATE_NAME)?;
+        let messages: Vec<Value> = messages.iter().map(message_value).collect();
+        let ctx = Value::from_pairs([
+            ("messages", Value::from(messages)),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+            ("tools", tools.map(json_to_value).unwrap_or(Value::from(()))),
+            ("bos_token", Value::from(self.bos_token.as_str())),
+            ("eos_token", Value::from(self.eos_token.as_str())),
+        ]);
+        Ok(template.render(ctx)?)
+    }
+}
+
+fn build_env(source: &str) -> Result<Environment<'static>> {
+    let mut env = Environment::new();
+    // transformers compiles templates with trim_blocks and lstrip_blocks.
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()?,
+    );
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
+    env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
+    Ok(env)
+}
+
+fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    crate::time::strftime_utc(secs, &format)
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=...)`,
+/// so spacing and escaping match Python (minijinja's own escapes `<`, `>`,
+/// `&` and `'` for HTML, which Python does not).
+fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let indent = match indent {
+        Some(v) => Some(v),
+        None => kwargs.get::<Option<Value>>("indent")?,
+    };
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(usize::try_from(v)?),
+    };
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    let _ = kwargs.get::<Option<bool>>("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let json = python_json(&value, indent, sort_keys)?;
+    Ok(Value::from_safe_string(json))
+}
+
+/// A message as the template sees it: a dict in OpenAI order, with the
+/// optional fields only when set (so `message.name is defined` works).
+fn message_value(m: &ChatMessage) -> Value {
+    let mut pairs: Vec<(&str, Value)> = vec![
+        ("role", Value::from(m.role.as_str())),
+        ("content", Value::from(m.content.as_str())),
+    ];
+    if let Some(name) = &m.name {
+        pairs.push(("name", Value::from(name.as_str())));
+    }
+    if let Some(calls) = &m.tool_calls {
+        pairs.push(("tool_calls", json_to_value(calls)));
+    }
+    if let Some(id) = &m.tool_call_id {
+        pairs.push(("tool_call_id", Value::from(id.as_str())));
+    }
+    Value::from_pairs(pairs)
+}
+
+/// serde_json to minijinja, keeping map order.
+pub(crate) fn json_to_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(a) => a.iter().map(json_to_value).collect(),
+        J::Object(o) => Value::from_pairs(o.iter().map(|(k, v)| (k.as_str(), json_to_value(v)))),
+    }
+}

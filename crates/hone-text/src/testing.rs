@@ -1,0 +1,111 @@
+//! Tiny, deterministic tokenizers for tests in this and other crates, so
+//! tests need no model file. The vocabulary is SmolLM-shaped: 3 control
+//! tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`), all 256
+//! byte-level symbols, and merges for a few words.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Content, Value};
+
+use crate::chat::ChatTokenizer;
+use crate::error::{Error, Result};
+
+/// Words given merges in the tiny vocabulary (byte-level, `Ġ` = space).
+const TINY_WORDS: &[&str] = &[
+    "user", "assistant", "system", "Hello", "ĠHello", "Hi", "Ġworld", "Ġthe", "Ġis", "ĠParis", "Ġcapital",
+];
+
+/// SmolLM2-Instruct's own template (with its default system prompt).
+pub const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// GPT-2's byte-to-symbol table used by byte-level BPE.
+pub fn byte_level_symbols() -> Vec<char> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut extra = 0;
+    (0u32..256)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).unwrap_or('?')
+            }
+        })
+        .collect()
+}
+
+/// Tokens, token types and merges of the tiny vocabulary.
+fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut types = vec![3; tokens.len()];
+    for c in byte_level_symbols() {
+        tokens.push(c.to_string());
+        types.push(1);
+    }
+    let mut merges = Vec::new();
+    for word in TINY_WORDS {
+        let chars: Vec<char> = word.chars().collect();
+        let mut acc = chars[0].to_string();
+        for c in &chars[1..] {
+            let merged = format!("{acc}{c}");
+            if !tokens.contains(&merged) {
+                merges.push(format!("{acc} {c}"));
+                tokens.push(merged.clone());
+                types.push(1);
+            }
+            acc = merged;
+        }
+    }
+    (tokens, types, merges)
+}
+
+/// GGUF bytes holding only tokenizer metadata (no tensors). `template` is
+/// stored as `tokenizer.chat_template` when given.
+pub fn tiny_gguf_bytes(template: Option<&str>) -> Result<Vec<u8>> {
+    let (tokens, types, merges) = tiny_vocab();
+    let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+    let mut meta: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("smollm".into())),
+        ("tokenizer.ggml.tokens", strings(tokens)),
+        ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.merges", strings(merges)),
+        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+    ];
+    if let Some(t) = template {
+        meta.push(("tokenizer.chat_template", Value::String(t.to_string())));
+    }
+    let refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &refs, &[]).map_err(|e| Error::Gguf {
+        path: "<tiny>".into(),
+        message: e.to_string(),
+    })?;
+    Ok(buf.into_inner())
+}
+
+/// The tiny GGUF metadata, parsed back through candle's reader.
+pub fn tiny_gguf_content(template: Option<&str>) -> Result<Content> {
+    let bytes = tiny_gguf_bytes(template)?;
+    Content::read(&mut Cursor::new(bytes)).map_err(|e| Error::Gguf {
+        path: "<tiny>".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Writes the tiny GGUF (tokenizer metadata only) to `path`.
+pub fn write_tiny_gguf(path: impl AsRef<Path>, template: Option<&str>) -> Result<()> {
+    let path = path.as_ref();
+    std::fs::write(path, tiny_gguf_bytes(template)?).map_err(|e| Error::io(path, e))
+}
+
+/// A tiny chat tokenizer with SmolLM2's template.
+pub fn tiny_chat_tokenizer() -> Result<ChatTokenizer> {
+    ChatTokenizer::from_gguf_content(&tiny_gguf_content(Some(SMOLLM2_TEMPLATE))?)
+}

@@ -1,0 +1,380 @@
+//! The tokenizer: a `tokenizers` BPE built from GGUF metadata (or loaded
+//! from an HF `tokenizer.json`), plus the ids that matter for chat (BOS, EOS,
+//! end-of-turn) and a streaming decoder.
+
+use std::ops::Range;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use crate::error::{Error, Result};
+use crate::gguf;
+
+/// Token texts that end a turn in common chat formats. Any of them present in
+/// the vocabulary is a stop token, in addition to EOS.
+pub const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|endoftext|>",
+];
+
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// A tokenizer with its chat-relevant special ids. Cheap to share: it is
+/// `Send + Sync`, so one instance can tokenise from many rayon threads.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos_id: Option<u32>,
+    eos_id: u32,
+    stop_ids: Vec<u32>,
+}
+
+/// Token ids with the byte range of the input text each one came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedText {
+    pub ids: Vec<u32>,
+    /// Byte offsets into the encoded text, one per id.
+    pub offsets: Vec<Range<usize>>,
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from GGUF metadata (`tokenizer.ggml.*`).
+    ///
+    /// Only byte-level BPE (`tokenizer.ggml.model = gpt2`) with the `smollm`,
+    /// `gpt2` or `default` pre-tokenizer is supported; other models should
+    /// be loaded from their `tokenizer.json` instead of being tokenised
+    /// subtly wrong.
+    pub fn from_gguf_content(content: &Content) -> Result<Self> {
+        let model = gguf::get_string(content, "tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(Error::Unsupported(format!(
+                "tokenizer.ggml.model = {model:?} (only byte-level BPE \"gpt2\" is built from GGUF; load tokenizer.json instead)"
+            )));
+        }
+        let pre = gguf::get_opt_string(content, "tokenizer.ggml.pre")?.unwrap_or("default");
+        let tokens = gguf::get_string_array(content, "tokenizer.ggml.tokens")?;
+        let merges = parse_merges(&gguf::get_string_array(content, "tokenizer.ggml.merges")?)?;
+        let types = gguf::get_opt_int_array(content, "tokenizer.ggml.token_type")?;
+        if let Some(t) = &types {
+            if t.len() != tokens.len() {
+                return Err(Error::BadMetadata {
+                    key: "tokenizer.ggml.token_type".into(),
+                    message: format!("{} entries for {} tokens", t.len(), tokens.len()),
+                });
+            }
+        }
+        let eos = gguf::get_opt_u32(content, "tokenizer.ggml.eos_token_id")?
+            .ok_or_else(|| Error::MissingMetadata("tokenizer.ggml.eos_token_id".into()))?;
+        let bos = gguf::get_opt_u32(content, "tokenizer.ggml.bos_token_id")?;
+        let inner = build_byte_level_bpe(&tokens, merges, types.as_deref(), pre)?;
+        Self::from_parts(inner, bos, eos)
+    }
+
+    /// Reads a GGUF file's metadata and builds the tokenizer from it.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_gguf_content(&gguf::read_gguf_content(path)?)
+    }
+
+    /// Loads an HF `tokenizer.json`. BOS and EOS come from a
+    /// `tokenizer_config.json` next to it when present; otherwise EOS is the
+    /// first known end-of-turn token in the vocabulary.
+    pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            message: format!("{e}"),
+        })?;
+        let config = match path.parent().map(|d| d.join("tokenizer_config.json")) {
+            Some(p) if p.exists() => Some(crate::hf::read_json(&p)?),
+            _ => None,
+        };
+        let token = |key: &str| {
+            config
+                .as_ref()
+                .and_then(|c| crate::hf::special_token_text(c, key))
+                .and_then(|t| inner.token_to_id(&t))
+        };
+        let bos = token("bos_token");
+        let eos = token("eos_token")
+            .or_else(|| END_OF_TURN_TOKENS.iter().find_map(|t| inner.token_to_id(t)))
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "{}: no eos_token in tokenizer_config.json and no known end-of-turn token",
+                    path.display()
+                ))
+            })?;
+        Self::from_parts(inner, bos, eos)
+    }
+
+    /// Wraps an already built `tokenizers::Tokenizer`.
+    pub fn from_parts(inner: tokenizers::Tokenizer, bos_id: Option<u32>, eos_id: u32) -> Result<Self> {
+        let vocab_size = inner.get_vocab_size(true);
+        for id in bos_id.iter().chain(std::iter::once(&eos_id)) {
+            if inner.id_to_token(*id).is_none() {
+                return Err(Error::UnknownTokenId { id: *id, vocab_size });
+            }
+        }
+        let mut stop_ids = vec![eos_id];
+        for t in END_OF_TURN_TOKENS {
+            if let Some(id) = inner.token_to_id(t) {
+                if !stop_ids.contains(&id) {
+                    stop_ids.push(id);
+                }
+            }
+        }
+        Ok(Tokenizer {
+            inner,
+            bos_id,
+            eos_id,
+            stop_ids,
+        })
+    }
+
+    /// Encodes text to ids. No BOS/EOS is added: the chat template is
+    /// responsible for those. Special tokens written in the text (such as
+    /// `<|im_start|>`) become their special ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode_fast(text, false).map_err(Error::tokenizer)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes text and returns each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<EncodedText> {
+        let enc = self.inner.encode(text, false).map_err(Error::tokenizer)?;
+        Ok(EncodedText {
+            ids: enc.get_ids().to_vec(),
+            offsets: enc.get_offsets().iter().map(|&(s, e)| s..e).collect(),
+        })
+    }
+
+    /// Decodes ids to text, keeping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.check_ids(ids)?;
+        self.inner.decode(ids, false).map_err(Error::tokenizer)
+    }
+
+    /// Decodes ids to text, dropping special tokens.
+    pub fn decode_skip_special(&self, ids: &[u32]) -> Result<String> {
+        self.check_ids(ids)?;
+        self.inner.decode(ids, true).map_err(Error::tokenizer)
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab_size = self.vocab_size();
+        match ids.iter().find(|&&id| id as usize >= vocab_size) {
+            Some(&id) => Err(Error::UnknownTokenId { id, vocab_size }),
+            None => Ok(()),
+        }
+    }
+
+    /// The id of a token text, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The text of a token id (byte-level form, e.g. `Ġthe`).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Number of ids, including added/special tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Beginning-of-sequence id, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// End-of-sequence id.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// Ids that end generation: EOS first, then any end-of-turn tokens
+    /// (`<|im_end|>`, `<|eot_id|>`, ...) present in the vocabulary.
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// The texts of [`Self::stop_token_ids`].
+    pub fn stop_token_texts(&self) -> Vec<String> {
+        self.stop_ids.iter().filter_map(|&id| self.id_to_token(id)).collect()
+    }
+
+    /// Whether `id` is a special (control) token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .get_added_vocabulary()
+            .simple_id_to_token(id)
+            .is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// A streaming decoder bound to this tokenizer.
+    pub fn decode_stream(&self) -> DecodeStream<'_> {
+        DecodeStream {
+            tokenizer: self,
+            state: IncrementalDecoder::new(),
+        }
+    }
+}
+
+fn parse_merges(lines: &[String]) -> Result<Vec<(String, String)>> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| Error::BadMetadata {
+                    key: "tokenizer.ggml.merges".into(),
+                    message: format!("merge {i} ({m:?}) is not two tokens separated by a space"),
+                })
+        })
+        .collect()
+}
+
+/// The pre-tokenizer that matches HF's for each GGUF `tokenizer.ggml.pre`.
+/// Never a prefix space: that is the bug in candle's converter.
+fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper> {
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        // SmolLM's tokenizer.json: Digits(individual) then ByteLevel.
+        "smollm" => Ok(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()),
+        "gpt2" | "default" => Ok(byte_level.into()),
+        other => Err(Error::Unsupported(format!(
+            "tokenizer.ggml.pre = {other:?} is not supported when building from GGUF; load the model's tokenizer.json instead"
+        ))),
+    }
+}
+
+fn build_byte_level_bpe(
+    tokens: &[String],
+    merges: Vec<(String, String)>,
+    types: Option<&[i64]>,
+    pre: &str,
+) -> Result<tokenizers::Tokenizer> {
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    if vocab.len() != tokens.len() {
+        return Err(Error::BadMetadata {
+            key: "tokenizer.ggml.tokens".into(),
+            message: "duplicate token texts".into(),
+        });
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(Error::tokenizer)?;
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(pre_tokenizer_for(pre)?));
+    tok.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
+    if let Some(types) = types {
+        let pick = |kind: i64| -> Vec<AddedToken> {
+            tokens
+                .iter()
+                .zip(types)
+                .filter(|(_, &t)| t == kind)
+                .map(|(s, _)| AddedToken::from(s.clone(), kind == TOKEN_TYPE_CONTROL))
+                .collect()
+        };
+        tok.add_special_tokens(&pick(TOKEN_TYPE_CONTROL));
+        tok.add_tokens(&pick(TOKEN_TYPE_USER_DEFINED));
+    }
+    Ok(tok)
+}
+
+/// State of a streaming decode, independent of any borrow so it can live in
+/// an async task next to an `Arc<Tokenizer>`. Text is only emitted once it
+/// is complete UTF-8: a token that ends in the middle of a character is held
+/// back until the character is finished.
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+}
+
+impl IncrementalDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one id; returns the new text it completes, if any.
+    pub fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = tokenizer.decode(&self.ids)?;
+        if text.len() <= self.prefix.len() || text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        let new_text = match text.strip_prefix(self.prefix.as_str()) {
+            Some(t) => t.to_string(),
+            None => {
+                return Err(Error::Tokenizer(format!(
+                    "streaming decode: {text:?} does not extend {:?}",
+                    self.prefix
+                )))
+            }
+        };
+        // Keep only the ids since the last emitted boundary as context, so
+        // decoding stays O(1) per token.
+        let keep_from = self.prefix_index;
+        self.ids.drain(..keep_from);
+        self.prefix_index = self.ids.len();
+        self.prefix = tokenizer.decode(&self.ids)?;
+        Ok(Some(new_text))
+    }
+
+    /// Text still held back (an unfinished character) at the end of a
+    /// stream, decoded lossily; `None` if nothing is pending.
+    pub fn flush(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
+        let text = tokenizer.decode(&self.ids)?;
+        let rest = text.get(self.prefix.len()..).unwrap_or("").to_string();
+        self.ids.clear();
+        self.prefix.clear();
+        self.prefix_index = 0;
+        Ok(if rest.is_empty() { None } else { Some(rest) })
+    }
+}
+
+/// [`IncrementalDecoder`] bound to a tokenizer, for simple loops.
+#[derive(Debug)]
+pub struct DecodeStream<'a> {
+    tokenizer: &'a Tokenizer,
+    state: IncrementalDecoder,
+}
+
+impl DecodeStream<'_> {
+    /// Adds one id; returns the new complete text, if any.
+    pub fn step(&mut self, id: u32) -> Result<Option<String>> {
+        self.state.step(self.tokenizer, id)
+    }
+
+    /// Emits whatever is held back at the end of the stream.
+    pub fn flush(&mut self) -> Result<Option<String>> {
+        self.state.flush(self.tokenizer)
+    }
+}
