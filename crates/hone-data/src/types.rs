@@ -86,4 +86,41 @@ pub struct PreferenceExample {
     pub preferred: ChatMessage,
     /// The rejected assistant answer (one message).
     pub non_preferred: ChatMessage,
+    /// Tool definitions given with the prompt (`input.tools`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+}
+
+/// Which fine-tuning method a file is for, and so which JSONL format it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Supervised fine-tuning on chat transcripts (`{"messages": [...]}`).
+    Sft,
+    /// Direct preference optimisation on pairs
+    /// (`{"input", "preferred_output", "non_preferred_output"}`).
+    Dpo,
+}
+
+impl Method {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Sft => "sft",
+            Method::Dpo => "dpo",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    /// Accepts `sft`/`supervised` and `dpo`, as the CLI and the API spell them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "sft" | "supervised" => Ok(Method::Sft),
+            "dpo" => Ok(Method::Dpo),
+            other => Err(format!("unknown method '{other}': expected sft or dpo")),
+        }
+    }
 }
