@@ -1,0 +1,152 @@
+//! Server options: one struct for `hone serve`'s flags and environment.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// 512 MiB: the default upload limit.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Options of the OpenAI-compatible server.
+#[derive(Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Address to listen on. Without an API key only loopback addresses are
+    /// allowed, so an unprotected server is never exposed by accident.
+    #[arg(long, env = "HONE_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "HONE_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Data directory: `hone.db`, `files/`, `jobs/`, `adapters/`.
+    #[arg(long, env = "HONE_HOME", default_value = ".hone")]
+    pub home: PathBuf,
+
+    /// An accepted API key (repeatable; `HONE_API_KEYS` takes a comma-separated
+    /// list). Clients send it as `Authorization: Bearer <key>`.
+    #[arg(
+        long = "api-key",
+        env = "HONE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Largest accepted upload, in bytes.
+    #[arg(long, env = "HONE_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+
+    /// Organization name used in fine-tuned model names and `owned_by`.
+    #[arg(long, env = "HONE_ORG", default_value = "hone")]
+    pub org: String,
+}
+
+impl ServeConfig {
+    /// Defaults rooted at `home`, for tests and embedding.
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8000,
+            home: home.into(),
+            api_keys: Vec::new(),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            org: "hone".into(),
+        }
+    }
+
+    /// The socket address to bind.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// Keys that are actually usable (empty strings from a stray comma in
+    /// `HONE_API_KEYS` would otherwise accept an empty bearer token).
+    pub fn usable_keys(&self) -> Vec<String> {
+        self.api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    /// Refuses to serve without auth on a non-loopback address.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.usable_keys().is_empty() && !self.host.is_loopback() {
+            return Err(format!(
+                "refusing to listen on {} without an API key: pass --api-key (or HONE_API_KEYS), \
+                 or bind a loopback address",
+                self.host
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Keys are redacted: configs get logged.
+impl fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("home", &self.home)
+            .field(
+                "api_keys",
+                &format_args!("[{} redacted]", self.usable_keys().len()),
+            )
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("org", &self.org)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    #[test]
+    fn debug_redacts_keys() {
+        let mut c = ServeConfig::new("/tmp/x");
+        c.api_keys = vec!["sk-secret-1".into(), "sk-secret-2".into()];
+        let s = format!("{c:?}");
+        assert!(!s.contains("secret"), "{s}");
+        assert!(s.contains("2 redacted"), "{s}");
+    }
+
+    #[test]
+    fn flags_parse_with_repeatable_keys() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--api-key",
+            "a",
+            "--api-key",
+            "b,c",
+            "--max-upload-bytes",
+            "10",
+            "--port",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.api_keys, vec!["a", "b", "c"]);
+        assert_eq!(cli.serve.max_upload_bytes, 10);
+    }
+
+    #[test]
+    fn no_key_means_loopback_only() {
+        let mut c = ServeConfig::new("/tmp/x");
+        assert!(c.check_exposure().is_ok());
+        c.host = IpAddr::from([0, 0, 0, 0]);
+        assert!(c.check_exposure().is_err());
+        c.api_keys = vec!["  ".into(), "".into()];
+        assert!(c.check_exposure().is_err(), "blank keys do not count");
+        c.api_keys = vec!["k".into()];
+        assert!(c.check_exposure().is_ok());
+    }
+}

@@ -1,0 +1,120 @@
+//! The seams to the parts of hone the server calls but does not own: the
+//! training-data validator (hone-data), the base-model catalog
+//! (hone-model's registry), and later the training and chat engines.
+//! Each is a small trait, so the server is testable without them and they
+//! are wired in one place (`hone serve` in hone-cli).
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::api::{Model, ModelTag};
+
+/// One problem found in an uploaded training file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    /// 1-based line of the JSONL file, if the problem is on a line.
+    pub line: Option<usize>,
+    /// 1-based message within the example, if the problem is on a message.
+    pub message: Option<usize>,
+    /// Machine-readable code (e.g. `missing_content`).
+    pub code: String,
+    /// What is wrong, for a human.
+    pub text: String,
+}
+
+impl std::fmt::Display for FileProblem {
+    /// `line 3, message 2: missing_content: ...`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.message) {
+            (Some(l), Some(m)) => write!(f, "line {l}, message {m}: ")?,
+            (Some(l), None) => write!(f, "line {l}: ")?,
+            (None, Some(m)) => write!(f, "message {m}: ")?,
+            (None, None) => {}
+        }
+        write!(f, "{}: {}", self.code, self.text)
+    }
+}
+
+/// The verdict on an uploaded fine-tune file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileCheck {
+    /// Problems that make the file unusable for training. Every one of them,
+    /// not just the first.
+    pub errors: Vec<FileProblem>,
+    /// Problems worth knowing that do not block training.
+    pub warnings: Vec<FileProblem>,
+}
+
+/// Checks uploaded `purpose=fine-tune` files. Blocking: the server calls it
+/// on the blocking pool right after the upload is committed.
+pub trait FileValidator: Send + Sync + 'static {
+    fn check(&self, path: &Path) -> io::Result<FileCheck>;
+}
+
+/// Lists the base models this server can serve and fine-tune.
+pub trait ModelCatalog: Send + Sync + 'static {
+    /// Base model ids (slash-free, e.g. `smollm2-135m-instruct`).
+    fn base_models(&self) -> Vec<Model>;
+
+    /// A base model by id.
+    fn base_model(&self, id: &str) -> Option<Model> {
+        self.base_models().into_iter().find(|m| m.id == id)
+    }
+}
+
+/// A fixed list of base model ids: for tests, and for a server started
+/// with explicit models.
+#[derive(Debug, Clone, Default)]
+pub struct StaticCatalog {
+    models: Vec<Model>,
+}
+
+impl StaticCatalog {
+    /// Base models with these ids, owned by `system`.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
+        let created = crate::store::unix_now();
+        StaticCatalog {
+            models: ids
+                .into_iter()
+                .map(|id| Model {
+                    id: id.into(),
+                    object: ModelTag,
+                    created,
+                    owned_by: "system".into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ModelCatalog for StaticCatalog {
+    fn base_models(&self) -> Vec<Model> {
+        self.models.clone()
+    }
+}
+
+/// Everything the server delegates. `validator: None` leaves uploaded
+/// fine-tune files with `status: "uploaded"` (not checked): honest, rather
+/// than a made-up `processed`.
+#[derive(Clone)]
+pub struct Engines {
+    pub validator: Option<Arc<dyn FileValidator>>,
+    pub catalog: Arc<dyn ModelCatalog>,
+}
+
+impl Engines {
+    /// No validator, and a catalog of these base model ids.
+    pub fn with_base_models<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
+        Engines {
+            validator: None,
+            catalog: Arc::new(StaticCatalog::new(ids)),
+        }
+    }
+
+    /// Sets the file validator.
+    pub fn validator(mut self, v: Arc<dyn FileValidator>) -> Self {
+        self.validator = Some(v);
+        self
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTP routes. Handlers are thin: parse, call the store or an engine,
+//! answer with an `api` type or an `ApiError`.
+
+mod files;
+mod models;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::api::{Health, ListQuery};
+use crate::auth::{request_id, require_key, ApiKeys};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{Order, PageRequest};
+
+/// Room for the multipart envelope and small fields around an upload of
+/// exactly the limit: the request-wide backstop is the file limit plus this.
+const MULTIPART_SLACK: u64 = 1024 * 1024;
+
+/// The whole application: `/health` (public) and `/v1/...` (behind the key).
+pub fn router(state: AppState) -> Router {
+    let keys = Arc::new(ApiKeys::new(&state.config.usable_keys()));
+    let body_limit = state
+        .config
+        .max_upload_bytes
+        .saturating_add(MULTIPART_SLACK)
+        .min(usize::MAX as u64) as usize;
+    let v1 = Router::new()
+        .route(
+            "/files",
+            post(files::upload)
+                .layer(DefaultBodyLimit::max(body_limit))
+                .get(files::list),
+        )
+        .route("/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/files/{id}/content", get(files::content))
+        .route("/models", get(models::list))
+        .route("/models/{id}", get(models::retrieve).delete(models::delete))
+        .route_layer(from_fn_with_state(keys, require_key));
+    Router::new()
+        .route("/health", get(health))
+        .nest("/v1", v1)
+        .fallback(unknown_route)
+        .layer(from_fn(request_id))
+        .with_state(state)
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        message: format!("Unknown request URL: {method} {}.", uri.path()),
+        param: None,
+        code: "unknown_url".into(),
+    }
+}
+
+/// Turns list query parameters into a page request, checking `limit`
+/// against `1..=max` and `order` against `asc|desc`.
+pub(crate) fn page_request(q: &ListQuery, default: u32, max: u32) -> Result<PageRequest, ApiError> {
+    let limit = q.limit.unwrap_or(default);
+    if limit == 0 || limit > max {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be between 1 and {max}, got {limit}"),
+        ));
+    }
+    let order = match q.order.as_deref() {
+        None | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(o) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("order must be 'asc' or 'desc', got '{o}'"),
+            ))
+        }
+    };
+    Ok(PageRequest {
+        after: q.after.clone(),
+        limit,
+        order,
+    })
+}

@@ -1,0 +1,66 @@
+//! `/v1/models`: base models from the catalog, then fine-tuned and
+//! checkpoint models from the store.
+
+use axum::extract::State;
+use axum::Json;
+
+use crate::api::{ListResponse, Model, ModelDeleted, ModelTag};
+use crate::error::ApiError;
+use crate::extract::ApiPath;
+use crate::ids::FineTunedName;
+use crate::state::AppState;
+
+pub(super) async fn list(
+    State(st): State<AppState>,
+) -> Result<Json<ListResponse<Model>>, ApiError> {
+    let mut data = st.engines.catalog.base_models();
+    data.extend(st.store.run(|s| s.list_models()).await?);
+    Ok(Json(ListResponse::page(data, false)))
+}
+
+pub(super) async fn retrieve(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Model>, ApiError> {
+    if let Some(m) = st.engines.catalog.base_model(&id) {
+        return Ok(Json(m));
+    }
+    let rec = st.store.run(move |s| s.get_model(&id)).await?;
+    Ok(Json(rec.model))
+}
+
+/// Deletes a fine-tuned model. Base and checkpoint models cannot be
+/// deleted: a permanent 400, so the SDK does not retry. The adapter files
+/// stay on disk with their job (its checkpoints still use them).
+pub(super) async fn delete(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ModelDeleted>, ApiError> {
+    if st.engines.catalog.base_model(&id).is_some() {
+        return Err(ApiError::InvalidState {
+            message: format!("'{id}' is a base model; only fine-tuned models can be deleted."),
+            code: "model_not_deletable".into(),
+        });
+    }
+    let rec = {
+        let id = id.clone();
+        st.store.run(move |s| s.get_model(&id)).await?
+    };
+    if rec.checkpoint_step.is_some()
+        || FineTunedName::parse(&id).is_some_and(|n| n.checkpoint_step.is_some())
+    {
+        return Err(ApiError::InvalidState {
+            message: format!(
+                "'{id}' is a checkpoint model; checkpoints are kept with their job and cannot be deleted one by one."
+            ),
+            code: "model_not_deletable".into(),
+        });
+    }
+    let del = id.clone();
+    st.store.run(move |s| s.delete_model(&del)).await?;
+    Ok(Json(ModelDeleted {
+        id,
+        object: ModelTag,
+        deleted: true,
+    }))
+}

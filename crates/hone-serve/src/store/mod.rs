@@ -1,0 +1,331 @@
+//! The durable store of files, jobs, events, checkpoints and fine-tuned
+//! models, behind the [`Store`] trait so that a PostgreSQL store can be
+//! added later without touching handlers.
+//!
+//! The trait is synchronous on purpose: the embedded backend (SQLite) is
+//! blocking, and a blocking trait stays object-safe and simple. Async code
+//! goes through [`StoreHandle`], which runs each call on tokio's blocking
+//! pool so that a slow disk never stalls the HTTP reactor.
+//!
+//! Job state changes only through [`Store::transition_job`], which checks
+//! the transition against [`Transition::allowed_from`] and commits the new
+//! state together with its event in one transaction, before the caller acts
+//! on it (the job worker is the only caller meant to use it).
+
+mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+use crate::api::{
+    EventLevel, EventType, FileObject, FineTuningJob, JobCheckpoint, JobError, JobEvent, JobStatus,
+    Model,
+};
+use crate::error::ApiError;
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("No such {kind}: '{id}'.")]
+    NotFound { kind: &'static str, id: String },
+    #[error("Job {job} is {from}; it cannot be {verb}.")]
+    InvalidTransition {
+        job: String,
+        from: &'static str,
+        verb: &'static str,
+    },
+    #[error("The cursor 'after={0}' names no object in this list.")]
+    BadCursor(String),
+    #[error("{0} already exists")]
+    Duplicate(String),
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { kind: "model", id } => ApiError::model_not_found(&id),
+            StoreError::NotFound { kind, id } => ApiError::not_found(kind, &id),
+            e @ StoreError::InvalidTransition { .. } => ApiError::InvalidState {
+                message: e.to_string(),
+                code: "invalid_job_state".into(),
+            },
+            e @ StoreError::BadCursor(_) => ApiError::invalid("after", e.to_string()),
+            e @ StoreError::Duplicate(_) => ApiError::InvalidState {
+                message: e.to_string(),
+                code: "duplicate".into(),
+            },
+            StoreError::Backend(m) => ApiError::internal(m),
+        }
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Direction of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Newest first (the API default).
+    #[default]
+    Desc,
+    Asc,
+}
+
+/// Which page of a list: objects after the one with id `after` (exclusive,
+/// in list order), at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<String>,
+    pub limit: u32,
+    pub order: Order,
+}
+
+impl PageRequest {
+    /// The first `limit` objects, newest first.
+    pub fn first(limit: u32) -> Self {
+        PageRequest {
+            after: None,
+            limit,
+            order: Order::Desc,
+        }
+    }
+}
+
+/// One page and whether more follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+/// A stored file: the API object plus what only the server needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRecord {
+    pub object: FileObject,
+    /// sha256 of the content, hex.
+    pub sha256: String,
+}
+
+/// A checkpoint with where its adapter lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRecord {
+    pub checkpoint: JobCheckpoint,
+    pub adapter_path: PathBuf,
+}
+
+/// A fine-tuned or checkpoint model, resolved for serving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRecord {
+    pub model: Model,
+    /// The base model id the adapter applies to.
+    pub base: String,
+    pub job_id: String,
+    pub adapter_path: PathBuf,
+    /// `Some(step)` for a checkpoint model.
+    pub checkpoint_step: Option<u64>,
+}
+
+/// A change of a job's state. Each carries what must be committed with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// validating_files → queued, once the files passed.
+    Queue,
+    /// queued → running, when the worker picks the job.
+    Start,
+    /// running → succeeded; registers the fine-tuned model in the same
+    /// transaction, so the model exists the moment the job says so.
+    Succeed {
+        fine_tuned_model: String,
+        base: String,
+        adapter_path: PathBuf,
+        trained_tokens: u64,
+        result_files: Vec<String>,
+    },
+    /// Any unfinished state → failed.
+    Fail(JobError),
+    /// Any unfinished state → cancelled.
+    Cancel,
+    /// queued|running → paused.
+    Pause,
+    /// paused → queued.
+    Resume,
+}
+
+impl Transition {
+    /// The state the job ends in.
+    pub fn target(&self) -> JobStatus {
+        match self {
+            Transition::Queue | Transition::Resume => JobStatus::Queued,
+            Transition::Start => JobStatus::Running,
+            Transition::Succeed { .. } => JobStatus::Succeeded,
+            Transition::Fail(_) => JobStatus::Failed,
+            Transition::Cancel => JobStatus::Cancelled,
+            Transition::Pause => JobStatus::Paused,
+        }
+    }
+
+    /// The states this transition may start from.
+    pub fn allowed_from(&self) -> &'static [JobStatus] {
+        use JobStatus::*;
+        match self {
+            Transition::Queue => &[ValidatingFiles],
+            Transition::Start => &[Queued],
+            Transition::Succeed { .. } => &[Running],
+            Transition::Fail(_) | Transition::Cancel => &[ValidatingFiles, Queued, Running, Paused],
+            Transition::Pause => &[Queued, Running],
+            Transition::Resume => &[Paused],
+        }
+    }
+
+    /// For error messages: "Job X is succeeded; it cannot be cancelled."
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Transition::Queue => "queued",
+            Transition::Start => "started",
+            Transition::Succeed { .. } => "marked succeeded",
+            Transition::Fail(_) => "marked failed",
+            Transition::Cancel => "cancelled",
+            Transition::Pause => "paused",
+            Transition::Resume => "resumed",
+        }
+    }
+
+    /// The events recorded with the transition, in order.
+    pub fn events(&self) -> Vec<(EventLevel, String)> {
+        use EventLevel::*;
+        match self {
+            Transition::Queue => vec![(
+                Info,
+                "Files validated, moving job to queued state".to_string(),
+            )],
+            Transition::Start => vec![(Info, "Fine-tuning job started".to_string())],
+            Transition::Succeed {
+                fine_tuned_model, ..
+            } => vec![
+                (
+                    Info,
+                    format!("New fine-tuned model created: {fine_tuned_model}"),
+                ),
+                (Info, "The job has successfully completed".to_string()),
+            ],
+            Transition::Fail(e) => vec![(Error, format!("Fine-tuning job failed: {}", e.message))],
+            Transition::Cancel => vec![(Info, "Fine-tuning job cancelled".to_string())],
+            Transition::Pause => vec![(Info, "Fine-tuning job paused".to_string())],
+            Transition::Resume => vec![(Info, "Fine-tuning job resumed".to_string())],
+        }
+    }
+}
+
+/// A new event, before it has an id and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub level: EventLevel,
+    pub kind: EventType,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+}
+
+impl NewEvent {
+    /// An info message.
+    pub fn info(message: impl Into<String>) -> Self {
+        NewEvent {
+            level: EventLevel::Info,
+            kind: EventType::Message,
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+/// Fields of a job that change without a change of state (resolved
+/// hyperparameters, progress). `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobUpdate {
+    pub hyperparameters: Option<crate::api::Hyperparameters>,
+    pub trained_tokens: Option<u64>,
+    pub estimated_finish: Option<i64>,
+    pub seed: Option<i64>,
+}
+
+/// The durable store. See the module docs for why it is synchronous.
+pub trait Store: Send + Sync + 'static {
+    /// Records an uploaded file (its content is already in the blob store).
+    fn insert_file(&self, file: &FileRecord) -> StoreResult<()>;
+    fn get_file(&self, id: &str) -> StoreResult<FileRecord>;
+    fn list_files(
+        &self,
+        purpose: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<FileObject>>;
+    /// Forgets a file. The caller removes the blob after this commits.
+    fn delete_file(&self, id: &str) -> StoreResult<()>;
+
+    /// Records a new job and its "Created fine-tuning job" event together.
+    fn insert_job(&self, job: &FineTuningJob) -> StoreResult<()>;
+    fn get_job(&self, id: &str) -> StoreResult<FineTuningJob>;
+    fn list_jobs(&self, page: &PageRequest) -> StoreResult<Page<FineTuningJob>>;
+    /// Jobs in a state, oldest first: what the worker scans on start.
+    fn jobs_with_status(&self, status: JobStatus) -> StoreResult<Vec<FineTuningJob>>;
+    /// Changes a job's state if the transition is allowed from its current
+    /// state, committing the state, its fields and its events at once.
+    fn transition_job(&self, id: &str, t: &Transition) -> StoreResult<FineTuningJob>;
+    /// Updates fields that are not the state.
+    fn update_job(&self, id: &str, update: &JobUpdate) -> StoreResult<FineTuningJob>;
+
+    fn add_event(&self, job_id: &str, event: &NewEvent) -> StoreResult<JobEvent>;
+    fn list_events(&self, job_id: &str, page: &PageRequest) -> StoreResult<Page<JobEvent>>;
+
+    /// Records a committed checkpoint; it is a model from then on.
+    fn add_checkpoint(&self, ckpt: &CheckpointRecord) -> StoreResult<()>;
+    fn list_checkpoints(
+        &self,
+        job_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<JobCheckpoint>>;
+
+    /// Fine-tuned and checkpoint models, newest first.
+    fn list_models(&self) -> StoreResult<Vec<Model>>;
+    /// A fine-tuned or checkpoint model by id.
+    fn get_model(&self, id: &str) -> StoreResult<ModelRecord>;
+    /// Deletes a fine-tuned model (not its checkpoints).
+    fn delete_model(&self, id: &str) -> StoreResult<()>;
+}
+
+/// Async access to a [`Store`]: each call runs on the blocking pool.
+#[derive(Clone)]
+pub struct StoreHandle(Arc<dyn Store>);
+
+impl StoreHandle {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StoreHandle(store)
+    }
+
+    /// The store itself, for blocking callers (the job worker's thread).
+    pub fn blocking(&self) -> &Arc<dyn Store> {
+        &self.0
+    }
+
+    /// Runs `f` against the store on the blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+    {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

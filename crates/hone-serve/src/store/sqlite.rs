@@ -1,0 +1,593 @@
+//! The embedded store: one SQLite database (`$HONE_HOME/hone.db`) in WAL
+//! mode with `synchronous=FULL`, so that a committed transition survives a
+//! power cut. Objects are stored as their API JSON in a `body` column, with
+//! the columns we filter on beside it; `seq` (an autoincrement) gives the
+//! list order, so ids stay opaque random strings.
+//!
+//! Schema changes are numbered migrations applied in one transaction each
+//! and recorded in `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{
+    unix_now, CheckpointRecord, FileRecord, JobUpdate, ModelRecord, NewEvent, Order, Page,
+    PageRequest, Store, StoreError, StoreResult, Transition,
+};
+use crate::api::{
+    EventType, FileObject, FineTuningJob, JobCheckpoint, JobEvent, JobEventTag, JobStatus, Model,
+    ModelTag,
+};
+use crate::ids;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE files (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        purpose TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX jobs_status ON jobs(status, seq);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_job ON events(job_id, seq);
+    CREATE TABLE checkpoints (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        model_id TEXT NOT NULL UNIQUE,
+        base TEXT NOT NULL,
+        adapter_path TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX checkpoints_job ON checkpoints(job_id, seq);
+    CREATE TABLE models (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        base TEXT NOT NULL,
+        adapter_path TEXT NOT NULL,
+        body TEXT NOT NULL
+    );",
+];
+
+/// The SQLite [`Store`]. One connection behind a mutex: SQLite serialises
+/// writers anyway, and our request rate is small.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        backend(e)
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| backend(format!("corrupt row: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    /// A private in-memory store, for tests.
+    pub fn in_memory() -> StoreResult<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> StoreResult<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> StoreResult<u32> {
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half transaction
+        // (rusqlite rolls back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(backend(format!(
+            "database schema version {version} is newer than this hone ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Reads one page of `table` rows matching `filter` (an SQL condition with
+/// `?` placeholders bound to `args`), in `page.order`, after `page.after`.
+fn read_page<T: DeserializeOwned>(
+    conn: &Connection,
+    table: &str,
+    filter: &str,
+    args: Vec<SqlValue>,
+    page: &PageRequest,
+) -> StoreResult<Page<T>> {
+    let mut args = args;
+    let mut cond = filter.to_string();
+    let (cmp, dir) = match page.order {
+        Order::Desc => ("<", "DESC"),
+        Order::Asc => (">", "ASC"),
+    };
+    if let Some(after) = &page.after {
+        let sql = format!("SELECT seq FROM {table} WHERE id = ?1");
+        let seq: Option<i64> = conn.query_row(&sql, [after], |r| r.get(0)).optional()?;
+        let seq = seq.ok_or_else(|| StoreError::BadCursor(after.clone()))?;
+        cond = format!("{cond} AND seq {cmp} ?");
+        args.push(SqlValue::Integer(seq));
+    }
+    let limit = page.limit.max(1) as i64;
+    args.push(SqlValue::Integer(limit + 1));
+    let sql = format!("SELECT body FROM {table} WHERE {cond} ORDER BY seq {dir} LIMIT ?");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
+    let mut data = Vec::new();
+    for row in rows {
+        data.push(from_json(&row?)?);
+    }
+    let has_more = data.len() as i64 > limit;
+    data.truncate(limit as usize);
+    Ok(Page { data, has_more })
+}
+
+fn get_job_tx(conn: &Connection, id: &str) -> StoreResult<FineTuningJob> {
+    let body: Option<String> = conn
+        .query_row("SELECT body FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    match body {
+        Some(b) => from_json(&b),
+        None => Err(StoreError::NotFound {
+            kind: "fine-tuning job",
+            id: id.into(),
+        }),
+    }
+}
+
+fn put_job_tx(conn: &Connection, job: &FineTuningJob) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE jobs SET status = ?2, body = ?3 WHERE id = ?1",
+        params![job.id, job.status.as_str(), to_json(job)?],
+    )?;
+    Ok(())
+}
+
+fn insert_event_tx(conn: &Connection, job_id: &str, e: &NewEvent) -> StoreResult<JobEvent> {
+    let event = JobEvent {
+        id: ids::event_id(),
+        object: JobEventTag,
+        created_at: unix_now(),
+        level: e.level,
+        message: e.message.clone(),
+        kind: e.kind,
+        data: e.data.clone(),
+    };
+    conn.execute(
+        "INSERT INTO events (id, job_id, body) VALUES (?1, ?2, ?3)",
+        params![event.id, job_id, to_json(&event)?],
+    )?;
+    Ok(event)
+}
+
+fn job_exists(conn: &Connection, id: &str) -> StoreResult<()> {
+    get_job_tx(conn, id).map(|_| ())
+}
+
+/// Applies `t` to `job` in memory, after checking it is allowed.
+fn apply_transition(job: &mut FineTuningJob, t: &Transition) -> StoreResult<()> {
+    if !t.allowed_from().contains(&job.status) {
+        return Err(StoreError::InvalidTransition {
+            job: job.id.clone(),
+            from: job.status.as_str(),
+            verb: t.verb(),
+        });
+    }
+    job.status = t.target();
+    match t {
+        Transition::Succeed {
+            fine_tuned_model,
+            trained_tokens,
+            result_files,
+            ..
+        } => {
+            job.fine_tuned_model = Some(fine_tuned_model.clone());
+            job.trained_tokens = Some(*trained_tokens);
+            job.result_files = result_files.clone();
+        }
+        Transition::Fail(e) => job.error = Some(e.clone()),
+        _ => {}
+    }
+    if job.status.is_terminal() {
+        job.finished_at = Some(unix_now());
+        job.estimated_finish = None;
+    }
+    Ok(())
+}
+
+fn register_model_tx(tx: &Transaction<'_>, job: &FineTuningJob, t: &Transition) -> StoreResult<()> {
+    if let Transition::Succeed {
+        fine_tuned_model,
+        base,
+        adapter_path,
+        ..
+    } = t
+    {
+        let model = Model {
+            id: fine_tuned_model.clone(),
+            object: ModelTag,
+            created: unix_now(),
+            owned_by: job.organization_id.clone(),
+        };
+        tx.execute(
+            "INSERT INTO models (id, job_id, base, adapter_path, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                model.id,
+                job.id,
+                base,
+                adapter_path.to_string_lossy(),
+                to_json(&model)?
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn insert_file(&self, file: &FileRecord) -> StoreResult<()> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO files (id, purpose, sha256, body) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                file.object.id,
+                file.object.purpose,
+                file.sha256,
+                to_json(&file.object)?
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Duplicate(format!("file {}", file.object.id)));
+        }
+        Ok(())
+    }
+
+    fn get_file(&self, id: &str) -> StoreResult<FileRecord> {
+        let conn = self.lock();
+        let row: Option<(String, String)> = conn
+            .query_row("SELECT body, sha256 FROM files WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let (body, sha256) = row.ok_or_else(|| StoreError::NotFound {
+            kind: "file",
+            id: id.into(),
+        })?;
+        Ok(FileRecord {
+            object: from_json(&body)?,
+            sha256,
+        })
+    }
+
+    fn list_files(
+        &self,
+        purpose: Option<&str>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<FileObject>> {
+        let conn = self.lock();
+        match purpose {
+            Some(p) => read_page(
+                &conn,
+                "files",
+                "purpose = ?",
+                vec![SqlValue::Text(p.into())],
+                page,
+            ),
+            None => read_page(&conn, "files", "1", vec![], page),
+        }
+    }
+
+    fn delete_file(&self, id: &str) -> StoreResult<()> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM files WHERE id = ?1", [id])?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                kind: "file",
+                id: id.into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn insert_job(&self, job: &FineTuningJob) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO jobs (id, status, body) VALUES (?1, ?2, ?3)",
+            params![job.id, job.status.as_str(), to_json(job)?],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Duplicate(format!("job {}", job.id)));
+        }
+        insert_event_tx(
+            &tx,
+            &job.id,
+            &NewEvent::info(format!("Created fine-tuning job: {}", job.id)),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_job(&self, id: &str) -> StoreResult<FineTuningJob> {
+        get_job_tx(&self.lock(), id)
+    }
+
+    fn list_jobs(&self, page: &PageRequest) -> StoreResult<Page<FineTuningJob>> {
+        read_page(&self.lock(), "jobs", "1", vec![], page)
+    }
+
+    fn jobs_with_status(&self, status: JobStatus) -> StoreResult<Vec<FineTuningJob>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT body FROM jobs WHERE status = ?1 ORDER BY seq ASC")?;
+        let rows = stmt.query_map([status.as_str()], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json(&r?)).collect()
+    }
+
+    fn transition_job(&self, id: &str, t: &Transition) -> StoreResult<FineTuningJob> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut job = get_job_tx(&tx, id)?;
+        apply_transition(&mut job, t)?;
+        put_job_tx(&tx, &job)?;
+        register_model_tx(&tx, &job, t)?;
+        for (level, message) in t.events() {
+            let e = NewEvent {
+                level,
+                kind: EventType::Message,
+                message,
+                data: None,
+            };
+            insert_event_tx(&tx, id, &e)?;
+        }
+        tx.commit()?;
+        Ok(job)
+    }
+
+    fn update_job(&self, id: &str, u: &JobUpdate) -> StoreResult<FineTuningJob> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut job = get_job_tx(&tx, id)?;
+        if let Some(h) = u.hyperparameters {
+            job.hyperparameters = h;
+        }
+        if let Some(t) = u.trained_tokens {
+            job.trained_tokens = Some(t);
+        }
+        if let Some(e) = u.estimated_finish {
+            job.estimated_finish = Some(e);
+        }
+        if let Some(s) = u.seed {
+            job.seed = s;
+        }
+        put_job_tx(&tx, &job)?;
+        tx.commit()?;
+        Ok(job)
+    }
+
+    fn add_event(&self, job_id: &str, event: &NewEvent) -> StoreResult<JobEvent> {
+        let conn = self.lock();
+        job_exists(&conn, job_id)?;
+        insert_event_tx(&conn, job_id, event)
+    }
+
+    fn list_events(&self, job_id: &str, page: &PageRequest) -> StoreResult<Page<JobEvent>> {
+        let conn = self.lock();
+        job_exists(&conn, job_id)?;
+        read_page(
+            &conn,
+            "events",
+            "job_id = ?",
+            vec![SqlValue::Text(job_id.into())],
+            page,
+        )
+    }
+
+    fn add_checkpoint(&self, c: &CheckpointRecord) -> StoreResult<()> {
+        let conn = self.lock();
+        let job = get_job_tx(&conn, &c.checkpoint.fine_tuning_job_id)?;
+        conn.execute(
+            "INSERT INTO checkpoints (id, job_id, model_id, base, adapter_path, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                c.checkpoint.id,
+                job.id,
+                c.checkpoint.fine_tuned_model_checkpoint,
+                job.model,
+                c.adapter_path.to_string_lossy(),
+                to_json(&c.checkpoint)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn list_checkpoints(
+        &self,
+        job_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<JobCheckpoint>> {
+        let conn = self.lock();
+        job_exists(&conn, job_id)?;
+        read_page(
+            &conn,
+            "checkpoints",
+            "job_id = ?",
+            vec![SqlValue::Text(job_id.into())],
+            page,
+        )
+    }
+
+    fn list_models(&self) -> StoreResult<Vec<Model>> {
+        let conn = self.lock();
+        let mut out: Vec<Model> = Vec::new();
+        let mut stmt = conn.prepare("SELECT body FROM models ORDER BY seq DESC")?;
+        for b in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            out.push(from_json(&b?)?);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT c.body, j.body FROM checkpoints c JOIN jobs j ON j.id = c.job_id
+             ORDER BY c.seq DESC",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (c, j) = row?;
+            let c: JobCheckpoint = from_json(&c)?;
+            let j: FineTuningJob = from_json(&j)?;
+            out.push(checkpoint_model(&c, &j));
+        }
+        Ok(out)
+    }
+
+    fn get_model(&self, id: &str) -> StoreResult<ModelRecord> {
+        let conn = self.lock();
+        let row: Option<(String, String, String, String)> = conn
+            .query_row(
+                "SELECT body, job_id, base, adapter_path FROM models WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        if let Some((body, job_id, base, path)) = row {
+            return Ok(ModelRecord {
+                model: from_json(&body)?,
+                base,
+                job_id,
+                adapter_path: PathBuf::from(path),
+                checkpoint_step: None,
+            });
+        }
+        let row: Option<(String, String, String)> = conn
+            .query_row(
+                "SELECT body, base, adapter_path FROM checkpoints WHERE model_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let (body, base, path) = row.ok_or_else(|| StoreError::NotFound {
+            kind: "model",
+            id: id.into(),
+        })?;
+        let c: JobCheckpoint = from_json(&body)?;
+        let job = get_job_tx(&conn, &c.fine_tuning_job_id)?;
+        Ok(ModelRecord {
+            model: checkpoint_model(&c, &job),
+            base,
+            job_id: job.id,
+            adapter_path: PathBuf::from(path),
+            checkpoint_step: Some(c.step_number),
+        })
+    }
+
+    fn delete_model(&self, id: &str) -> StoreResult<()> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM models WHERE id = ?1", [id])?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                kind: "model",
+                id: id.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The model object a checkpoint is served as.
+fn checkpoint_model(c: &JobCheckpoint, job: &FineTuningJob) -> Model {
+    Model {
+        id: c.fine_tuned_model_checkpoint.clone(),
+        object: ModelTag,
+        created: c.created_at,
+        owned_by: job.organization_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_set_user_version_and_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hone.db");
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hone.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).err().unwrap();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of hone-serve, in one binary: the app is driven
+//! in-process with `tower::ServiceExt::oneshot`, and once over a real
+//! listener.
+
+mod common;
+mod files;
+mod http;
+mod models;
+mod store;
