@@ -52,6 +52,61 @@ pub trait FileValidator: Send + Sync + 'static {
     fn check(&self, path: &Path) -> io::Result<FileCheck>;
 }
 
+/// The real validator: hone-data's streaming check, which reports every
+/// problem with its line and message number.
+///
+/// `invalid_n_examples` (fewer than 10 examples) is reported as a warning
+/// here, not an error: at upload we cannot know whether the file will be a
+/// training file (which needs 10) or a validation file (which may be
+/// smaller). Job creation checks the count of the training file.
+#[derive(Clone, Default)]
+pub struct HoneDataValidator {
+    pub options: hone_data::ValidateOptions,
+    /// Token counts and length checks with the model's tokenizer, when the
+    /// caller has one; without it only format and quality checks run.
+    pub counter: Option<Arc<dyn hone_data::TokenCounter + Send + Sync>>,
+}
+
+impl HoneDataValidator {
+    /// Format and quality checks, no token counts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn problem(i: &hone_data::Issue) -> FileProblem {
+    FileProblem {
+        line: i.line,
+        message: i.message,
+        code: i.code.as_str().to_string(),
+        text: i.text.clone(),
+    }
+}
+
+impl FileValidator for HoneDataValidator {
+    fn check(&self, path: &Path) -> io::Result<FileCheck> {
+        let counter = self
+            .counter
+            .as_deref()
+            .map(|c| c as &dyn hone_data::TokenCounter);
+        let report =
+            hone_data::validate_file(path, &self.options, counter).map_err(|e| match e {
+                hone_data::DataError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })?;
+        let mut check = FileCheck::default();
+        for i in &report.errors {
+            if i.code == hone_data::Code::InvalidNExamples {
+                check.warnings.push(problem(i));
+            } else {
+                check.errors.push(problem(i));
+            }
+        }
+        check.warnings.extend(report.warnings.iter().map(problem));
+        Ok(check)
+    }
+}
+
 /// Lists the base models this server can serve and fine-tune.
 pub trait ModelCatalog: Send + Sync + 'static {
     /// Base model ids (slash-free, e.g. `smollm2-135m-instruct`).
@@ -96,7 +151,7 @@ impl ModelCatalog for StaticCatalog {
 
 /// Everything the server delegates. `validator: None` leaves uploaded
 /// fine-tune files with `status: "uploaded"` (not checked): honest, rather
-/// than a made-up `processed`.
+/// than a made-up `processed`. The default is [`HoneDataValidator`].
 #[derive(Clone)]
 pub struct Engines {
     pub validator: Option<Arc<dyn FileValidator>>,
@@ -104,10 +159,11 @@ pub struct Engines {
 }
 
 impl Engines {
-    /// No validator, and a catalog of these base model ids.
+    /// hone-data's validator (no token counts), and a catalog of these
+    /// base model ids.
     pub fn with_base_models<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
         Engines {
-            validator: None,
+            validator: Some(Arc::new(HoneDataValidator::new())),
             catalog: Arc::new(StaticCatalog::new(ids)),
         }
     }

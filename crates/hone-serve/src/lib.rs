@@ -25,7 +25,9 @@ pub mod store;
 use std::future::Future;
 
 pub use config::ServeConfig;
-pub use engines::{Engines, FileCheck, FileProblem, FileValidator, ModelCatalog, StaticCatalog};
+pub use engines::{
+    Engines, FileCheck, FileProblem, FileValidator, HoneDataValidator, ModelCatalog, StaticCatalog,
+};
 pub use error::ApiError;
 pub use routes::router;
 pub use state::{AppState, ServeError};

@@ -61,10 +61,19 @@ impl TestApp {
     }
 
     pub fn with(edit: impl FnOnce(&mut ServeConfig)) -> Self {
+        let engines = Engines::with_base_models([BASE]).validator(Arc::new(LineValidator));
+        Self::with_engines(engines, edit)
+    }
+
+    /// With hone-data's real validator (the default engines).
+    pub fn real_validator() -> Self {
+        Self::with_engines(Engines::with_base_models([BASE]), |_| {})
+    }
+
+    pub fn with_engines(engines: Engines, edit: impl FnOnce(&mut ServeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServeConfig::new(dir.path());
         edit(&mut config);
-        let engines = Engines::with_base_models([BASE]).validator(Arc::new(LineValidator));
         let state = AppState::open(config, engines).unwrap();
         let app = hone_serve::router(state.clone());
         TestApp { app, state, dir }

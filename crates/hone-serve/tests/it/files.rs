@@ -159,3 +159,38 @@ async fn upload_needs_file_and_a_known_purpose() {
         .await;
     assert_eq!(r.json()["status"], "processed");
 }
+
+#[tokio::test]
+async fn hone_data_validator_reports_every_problem_at_upload() {
+    let t = TestApp::real_validator();
+    let bad = concat!(
+        r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello there"}]}"#,
+        "\n",
+        r#"{"messages":[{"role":"user","content":"q"},{"role":"wizard","content":"x"}]}"#,
+        "\n",
+        "not json\n",
+        r#"{"messages":[{"role":"user"},{"role":"assistant","content":"fine answer"}]}"#,
+        "\n",
+    );
+    let f = t
+        .upload("bad.jsonl", "fine-tune", bad.as_bytes())
+        .await
+        .json();
+    assert_eq!(f["status"], "error", "{f}");
+    let d = f["status_details"].as_str().unwrap();
+    assert!(d.contains("line 2, message 2: unrecognized_role"), "{d}");
+    assert!(d.contains("line 3: invalid_json"), "{d}");
+    assert!(d.contains("line 4, message 1: message_missing_key"), "{d}");
+    assert!(
+        !d.contains("invalid_n_examples"),
+        "small files may be validation files: {d}"
+    );
+
+    // A clean small file is processed: too few examples is a job-time error.
+    let f = t
+        .upload("ok.jsonl", "fine-tune", GOOD_JSONL.as_bytes())
+        .await
+        .json();
+    assert_eq!(f["status"], "processed", "{f}");
+    assert!(f["status_details"].is_null());
+}
