@@ -1,0 +1,102 @@
+//! A loaded chat model: weights plus the tokenizer and chat template that
+//! came with them. `hone chat`, the HTTP server and evaluation share it, so
+//! prompts are rendered by the same template code path as training.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use hone_text::{ChatMessage, ChatTokenizer};
+
+use crate::error::{ModelError, Result};
+use crate::generate::{generate, Detokenizer, Generation, GenerationParams};
+use crate::llama::{Llama, WeightPath};
+use crate::load::load_model;
+use crate::registry::{ModelSource, ResolvedModel};
+
+/// The weight path for serving: Q8_0 re-quantized at load. Measured on
+/// SmolLM2-135M: it answers the reference prompts exactly like f32, where the
+/// file's own Q4_1 does not (see `quantized_paths_gap_to_f32`).
+pub const SERVING_WEIGHTS: WeightPath = WeightPath::Q8_0;
+
+pub struct ChatEngine {
+    pub id: String,
+    pub model: Llama,
+    pub tokenizer: ChatTokenizer,
+}
+
+impl ChatEngine {
+    /// Loads weights, tokenizer and chat template of a resolved model.
+    pub fn load(resolved: &ResolvedModel, weights: WeightPath) -> Result<Self> {
+        let (path, tokenizer) = match &resolved.source {
+            ModelSource::Gguf(p) => (p.as_path(), ChatTokenizer::from_gguf(p)),
+            ModelSource::HfDir(p) => (p.as_path(), ChatTokenizer::from_hf_dir(p)),
+        };
+        let model = load_model(path, weights)?;
+        let tokenizer = tokenizer.map_err(text_err)?;
+        Ok(Self {
+            id: resolved.id.clone(),
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Loads a GGUF file or HF directory given by path.
+    pub fn load_path(path: &Path, weights: WeightPath) -> Result<Self> {
+        let source = if path.is_dir() {
+            ModelSource::HfDir(path.to_path_buf())
+        } else {
+            ModelSource::Gguf(path.to_path_buf())
+        };
+        let id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::load(&ResolvedModel { id, source }, weights)
+    }
+
+    /// Token ids of `messages` rendered with the generation prompt.
+    pub fn encode_prompt(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode_prompt(messages, tools)
+            .map_err(text_err)
+    }
+
+    /// Generates the assistant's reply, streaming text through `on_text`.
+    pub fn chat(
+        &self,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let prompt = self.encode_prompt(messages, None)?;
+        self.generate_ids(&prompt, params, on_text)
+    }
+
+    /// Generates from prompt ids, stopping on the tokenizer's stop tokens.
+    pub fn generate_ids(
+        &self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let stop_ids = self.tokenizer.tokenizer.stop_token_ids().to_vec();
+        generate(&self.model, prompt, params, &stop_ids, self, on_text)
+    }
+}
+
+impl Detokenizer for ChatEngine {
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .tokenizer
+            .decode_skip_special(ids)
+            .map_err(text_err)
+    }
+}
+
+fn text_err(e: hone_text::Error) -> ModelError {
+    ModelError::Text(e.to_string())
+}

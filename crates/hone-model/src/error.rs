@@ -1,0 +1,51 @@
+//! Errors of model loading, the forward pass and generation.
+
+use std::path::PathBuf;
+
+/// Architectures `hone-model` can run; listed in [`ModelError::UnsupportedArchitecture`].
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file not found: {}", .0.display())]
+    NotFound(PathBuf),
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid GGUF file (truncated or corrupt?): {msg}", path.display())]
+    CorruptGguf { path: PathBuf, msg: String },
+    #[error("{} is not a valid safetensors file: {msg}", path.display())]
+    CorruptSafetensors { path: PathBuf, msg: String },
+    #[error("invalid model config: {0}")]
+    Config(String),
+    #[error("missing metadata key `{0}` in the GGUF file")]
+    MissingMetadata(String),
+    #[error("missing tensor `{0}` in the model weights")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error(
+        "unsupported model architecture `{found}`; supported: {}",
+        SUPPORTED_ARCHITECTURES.join(", ")
+    )]
+    UnsupportedArchitecture { found: String },
+    #[error("LoRA adapter: {0}")]
+    Adapter(String),
+    #[error("sequence of {needed} positions exceeds the context length {max}")]
+    ContextOverflow { needed: usize, max: usize },
+    #[error("tokenizer or chat template: {0}")]
+    Text(String),
+    #[error("generation: {0}")]
+    Generation(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

@@ -1,0 +1,525 @@
+//! Token generation shared by `hone chat` and the HTTP server: sampling
+//! (greedy, temperature, top-k, top-p; seeded), streaming through a
+//! callback, and stop conditions (stop tokens, `max_tokens`, stop strings).
+
+use std::ops::ControlFlow;
+
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::llama::{ForwardOptions, KvCache, Llama};
+
+/// How to sample a completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationParams {
+    pub max_tokens: usize,
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Nucleus sampling mass in (0, 1]; 1 disables it.
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens; 0 disables it.
+    pub top_k: usize,
+    pub seed: u64,
+    /// Generation ends before any of these strings, which are never emitted.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token or stop string, or the callback asked to stop.
+    Stop,
+    /// `max_tokens` (or the context length) was reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The completion text, without the stop token or stop string.
+    pub text: String,
+    /// Sampled ids, including a final stop token if one ended generation.
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// A model that gives next-token logits one step at a time.
+pub trait StepModel {
+    type Cache;
+    fn new_cache(&self) -> Self::Cache;
+    /// Logits of the position after `ids`, which follow `start_pos` cached ones.
+    fn step(&self, ids: &[u32], start_pos: usize, cache: &mut Self::Cache) -> Result<Vec<f32>>;
+    /// Longest sequence the model accepts.
+    fn context_length(&self) -> usize;
+}
+
+/// A [`Llama`] generating with its adapters (if any) on.
+impl StepModel for Llama {
+    type Cache = KvCache;
+
+    fn new_cache(&self) -> KvCache {
+        Llama::new_cache(self)
+    }
+
+    fn step(&self, ids: &[u32], start_pos: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
+        let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
+        let h = self.forward_hidden(&input, start_pos, Some(cache), ForwardOptions::default())?;
+        let last = h.narrow(1, ids.len() - 1, 1)?;
+        Ok(self.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+}
+
+/// What generation needs from a tokenizer.
+pub trait Detokenizer {
+    /// Decodes ids to text (special tokens may be skipped).
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+}
+
+impl<F: Fn(&[u32]) -> Result<String>> Detokenizer for F {
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self(ids)
+    }
+}
+
+/// Generates a completion of `prompt`, calling `on_text` with each new piece
+/// of text as soon as it is safe to show (complete UTF-8, and not possibly
+/// the start of a stop string). `on_text` returning `Break` ends generation.
+pub fn generate<M: StepModel>(
+    model: &M,
+    prompt: &[u32],
+    params: &GenerationParams,
+    stop_ids: &[u32],
+    detok: &dyn Detokenizer,
+    on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(ModelError::Generation("the prompt has no tokens".into()));
+    }
+    let ctx = model.context_length();
+    if prompt.len() >= ctx {
+        return Err(ModelError::ContextOverflow {
+            needed: prompt.len() + 1,
+            max: ctx,
+        });
+    }
+    let mut cache = model.new_cache();
+    let mut sampler = Sampler::new(params);
+    let mut stream = TextStream::new(&params.stop);
+    let mut ids: Vec<u32> = Vec::new();
+    let mut logits = model.step(prompt, 0, &mut cache)?;
+    let mut finish = FinishReason::Length;
+    while ids.len() < params.max_tokens && prompt.len() + ids.len() < ctx {
+        let next = sampler.sample(&logits)?;
+        ids.push(next);
+        if stop_ids.contains(&next) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        let full = detok.decode(&ids)?;
+        let (piece, hit_stop) = stream.push(&full);
+        if !piece.is_empty() && on_text(&piece).is_break() {
+            finish = FinishReason::Stop;
+            break;
+        }
+        if hit_stop {
+            finish = FinishReason::Stop;
+            break;
+        }
+        if ids.len() < params.max_tokens {
+            let pos = prompt.len() + ids.len() - 1;
+            logits = model.step(&[next], pos, &mut cache)?;
+        }
+    }
+    let text_ids = match ids.last() {
+        Some(last) if stop_ids.contains(last) => &ids[..ids.len() - 1],
+        _ => &ids[..],
+    };
+    let full = detok.decode(text_ids)?;
+    let rest = stream.finish(&full);
+    if !rest.is_empty() {
+        let _ = on_text(&rest);
+    }
+    Ok(Generation {
+        text: stream.text,
+        completion_tokens: ids.len(),
+        token_ids: ids,
+        finish_reason: finish,
+        prompt_tokens: prompt.len(),
+    })
+}
+
+/// Turns the growing decoded text into safe-to-show increments.
+struct TextStream<'a> {
+    stops: &'a [String],
+    /// Text emitted so far (a prefix of every later decode).
+    text: String,
+    stopped: bool,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        Self {
+            stops,
+            text: String::new(),
+            stopped: false,
+        }
+    }
+
+    /// Given the decode of all completion ids, returns the new text to emit
+    /// and whether a stop string was found.
+    fn push(&mut self, full: &str) -> (String, bool) {
+        let Some(new) = full.get(self.text.len()..) else {
+            return (String::new(), false);
+        };
+        // Never stream half a UTF-8 character (decoded as U+FFFD).
+        let new = new.trim_end_matches('\u{FFFD}');
+        if let Some(at) = self.first_stop(new) {
+            let piece = new[..at].to_string();
+            self.text.push_str(&piece);
+            self.stopped = true;
+            return (piece, true);
+        }
+        let keep = new.len() - self.held_suffix(new);
+        let piece = new[..keep].to_string();
+        self.text.push_str(&piece);
+        (piece, false)
+    }
+
+    /// The remaining text at the end of generation (held text included,
+    /// unless a stop string ended it).
+    fn finish(&mut self, full: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let rest = match full.get(self.text.len()..) {
+            Some(r) => r.to_string(),
+            None => String::new(),
+        };
+        let rest = match self.first_stop(&rest) {
+            Some(at) => rest[..at].to_string(),
+            None => rest,
+        };
+        self.text.push_str(&rest);
+        rest
+    }
+
+    fn first_stop(&self, s: &str) -> Option<usize> {
+        self.stops
+            .iter()
+            .filter(|st| !st.is_empty())
+            .filter_map(|st| s.find(st.as_str()))
+            .min()
+    }
+
+    /// Length of the longest suffix of `s` that is a proper prefix of a stop string.
+    fn held_suffix(&self, s: &str) -> usize {
+        let mut best = 0;
+        for st in self.stops {
+            for (i, _) in st.char_indices().skip(1) {
+                let prefix = &st[..i];
+                if i > best && s.ends_with(prefix) {
+                    best = i;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Seeded sampler over a logits vector.
+pub struct Sampler {
+    rng: StdRng,
+    temperature: f32,
+    top_p: f32,
+    top_k: usize,
+}
+
+impl Sampler {
+    pub fn new(p: &GenerationParams) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(p.seed),
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+        }
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
+        if logits.is_empty() {
+            return Err(ModelError::Generation("empty logits".into()));
+        }
+        if self.temperature <= 0.0 || self.top_k == 1 {
+            return Ok(argmax(logits));
+        }
+        let cands = self.candidates(logits);
+        let total: f32 = cands.iter().map(|(_, p)| p).sum();
+        let mut u = self.rng.random::<f32>() * total;
+        for (id, p) in &cands {
+            if u < *p {
+                return Ok(*id);
+            }
+            u -= p;
+        }
+        Ok(cands.last().map(|(id, _)| *id).unwrap_or_else(|| argmax(logits)))
+    }
+
+    /// Tokens that can be sampled with their (unnormalised) probabilities,
+    /// most likely first. Logits more than 40 nats below the best are
+    /// dropped up front: together they weigh under 1e-12 even at full vocab.
+    fn candidates(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        let t = self.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let floor = max - 40.0 * t;
+        let mut c: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l >= floor)
+            .map(|(i, &l)| (i as u32, ((l - max) / t).exp()))
+            .collect();
+        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if self.top_k > 0 {
+            c.truncate(self.top_k);
+        }
+        if self.top_p < 1.0 {
+            let total: f32 = c.iter().map(|(_, p)| p).sum();
+            let mut acc = 0.0;
+            let mut keep = c.len();
+            for (i, (_, p)) in c.iter().enumerate() {
+                acc += p / total;
+                if acc >= self.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep.max(1));
+        }
+        c
+    }
+}
+
+/// Index of the largest logit (the first on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake model that always predicts `script[pos - prompt_len]`.
+    struct Scripted {
+        script: Vec<u32>,
+        vocab: usize,
+    }
+
+    impl StepModel for Scripted {
+        type Cache = ();
+        fn new_cache(&self) {}
+        fn step(&self, ids: &[u32], start: usize, _: &mut ()) -> Result<Vec<f32>> {
+            let pos = start + ids.len();
+            let mut l = vec![0.0; self.vocab];
+            let tok = self.script.get(pos.saturating_sub(2)).copied().unwrap_or(0);
+            l[tok as usize] = 10.0;
+            Ok(l)
+        }
+        fn context_length(&self) -> usize {
+            1000
+        }
+    }
+
+    /// Each id is one char: 0..26 → 'a'..'z', 26 → ' ', 27 → '.', 28 → stop.
+    fn detok(ids: &[u32]) -> Result<String> {
+        Ok(ids
+            .iter()
+            .map(|&i| match i {
+                0..=25 => (b'a' + i as u8) as char,
+                26 => ' ',
+                27 => '.',
+                _ => '#',
+            })
+            .collect())
+    }
+
+    fn ids(s: &str) -> Vec<u32> {
+        s.bytes()
+            .map(|b| match b {
+                b' ' => 26,
+                b'.' => 27,
+                b'#' => 28,
+                c => (c - b'a') as u32,
+            })
+            .collect()
+    }
+
+    fn run(script: &str, params: &GenerationParams) -> (Generation, Vec<String>) {
+        let m = Scripted {
+            script: ids(script),
+            vocab: 29,
+        };
+        let mut pieces = Vec::new();
+        let g = generate(&m, &[0, 1], params, &[28], &detok, &mut |s: &str| {
+            pieces.push(s.to_string());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        (g, pieces)
+    }
+
+    #[test]
+    fn stops_on_stop_token_without_emitting_it() {
+        let (g, pieces) = run("hi there#more", &GenerationParams::default());
+        assert_eq!(g.text, "hi there");
+        assert_eq!(pieces.concat(), "hi there");
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        assert_eq!(g.completion_tokens, 9);
+        assert_eq!(g.prompt_tokens, 2);
+    }
+
+    #[test]
+    fn max_tokens_gives_length() {
+        let p = GenerationParams {
+            max_tokens: 4,
+            ..Default::default()
+        };
+        let (g, _) = run("hello world", &p);
+        assert_eq!(g.text, "hell");
+        assert_eq!(g.finish_reason, FinishReason::Length);
+        assert_eq!(g.token_ids.len(), 4);
+    }
+
+    #[test]
+    fn stop_string_split_across_tokens_is_never_streamed() {
+        let p = GenerationParams {
+            stop: vec!["end".into(), "xyz".into()],
+            ..Default::default()
+        };
+        let (g, pieces) = run("the end of it", &p);
+        assert_eq!(g.text, "the ");
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        let streamed = pieces.concat();
+        assert_eq!(streamed, "the ");
+        // "e", "en" were held back, never streamed and retracted.
+        assert!(!streamed.contains("en"));
+    }
+
+    #[test]
+    fn held_text_that_is_not_a_stop_is_released() {
+        let p = GenerationParams {
+            stop: vec!["ends".into()],
+            max_tokens: 7,
+            ..Default::default()
+        };
+        let (g, pieces) = run("an end.", &p);
+        assert_eq!(g.text, "an end.");
+        assert_eq!(pieces.concat(), "an end.");
+        let p = GenerationParams {
+            stop: vec!["ends".into()],
+            max_tokens: 6,
+            ..Default::default()
+        };
+        // Generation ends while "end" is held: it is flushed at the end.
+        let (g, pieces) = run("an end", &p);
+        assert_eq!(pieces.concat(), "an end");
+        assert_eq!(g.finish_reason, FinishReason::Length);
+    }
+
+    #[test]
+    fn callback_break_stops_generation() {
+        let m = Scripted {
+            script: ids("abcdef"),
+            vocab: 29,
+        };
+        let mut n = 0;
+        let g = generate(&m, &[0, 1], &GenerationParams::default(), &[28], &detok, &mut |_| {
+            n += 1;
+            if n == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!(g.text, "ab");
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_seed_dependent() {
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let p = GenerationParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: 20,
+            seed: 42,
+            ..Default::default()
+        };
+        let draw = |p: &GenerationParams| {
+            let mut s = Sampler::new(p);
+            (0..64).map(|_| s.sample(&logits).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(&p), draw(&p));
+        let other = GenerationParams { seed: 43, ..p.clone() };
+        assert_ne!(draw(&p), draw(&other));
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_candidates() {
+        let logits = vec![5.0, 4.0, 0.0, -1.0];
+        let p = GenerationParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(&p);
+        assert!((0..200).all(|_| s.sample(&logits).unwrap() < 2));
+        let p = GenerationParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(&p);
+        assert!((0..200).all(|_| s.sample(&logits).unwrap() == 0));
+    }
+
+    #[test]
+    fn greedy_is_argmax() {
+        let mut s = Sampler::new(&GenerationParams::default());
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0]).unwrap(), 1);
+    }
+}

@@ -1,0 +1,384 @@
+//! Loading a [`Llama`] from a GGUF file or an HF directory
+//! (`config.json` + `model.safetensors`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::linear::{BaseWeight, Linear};
+use crate::llama::{Attention, Block, Embedding, LmHead, Llama, Mlp, WeightPath};
+
+/// Loads a model from a GGUF file or an HF directory, whichever `path` is.
+pub fn load_model(path: &Path, weights: WeightPath) -> Result<Llama> {
+    if !path.exists() {
+        return Err(ModelError::NotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        load_hf_dir(path, weights)
+    } else {
+        load_gguf(path, weights)
+    }
+}
+
+/// Loads a GGUF file; `weights` picks dequantized f32, the file's own
+/// quantization, or Q8_0 re-quantized at load.
+pub fn load_gguf(path: &Path, weights: WeightPath) -> Result<Llama> {
+    let mut src = GgufSource::open(path)?;
+    let cfg = Config::from_gguf_metadata(&src.content.metadata)?;
+    build(&mut src, cfg, weights)
+}
+
+/// Loads an HF directory. `WeightPath::Native` means f32 here (safetensors
+/// weights are not quantized).
+pub fn load_hf_dir(dir: &Path, weights: WeightPath) -> Result<Llama> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
+    let cfg = Config::from_hf_json(&text)?;
+    let st = dir.join("model.safetensors");
+    if !st.exists() {
+        return Err(ModelError::NotFound(st));
+    }
+    let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| {
+        ModelError::CorruptSafetensors {
+            path: st.clone(),
+            msg: e.to_string(),
+        }
+    })?;
+    let weights = if weights == WeightPath::Native {
+        WeightPath::F32
+    } else {
+        weights
+    };
+    build(&mut HfSource { tensors }, cfg, weights)
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> ModelError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        ModelError::NotFound(path.to_path_buf())
+    } else {
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// How a projection's rows are stored in the source.
+#[derive(Clone, Copy, PartialEq)]
+enum Rows {
+    Plain,
+    /// llama.cpp's Q/K permutation for interleaved RoPE, with this many heads.
+    RopeInterleaved(usize),
+}
+
+/// A source of weights addressed by HF tensor names.
+trait WeightSource {
+    fn has(&self, name: &str) -> bool;
+    /// The tensor as f32, rows in HF order.
+    fn dense(&mut self, name: &str, rows: Rows) -> Result<Tensor>;
+    /// The tensor kept in (or converted to) a quantized form.
+    fn quantized(&mut self, name: &str, rows: Rows, path: WeightPath) -> Result<Arc<QTensor>>;
+}
+
+fn build(src: &mut dyn WeightSource, mut cfg: Config, wp: WeightPath) -> Result<Llama> {
+    let dev = Device::Cpu;
+    let (h, kv) = (cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim);
+    let q_out = cfg.num_attention_heads * cfg.head_dim;
+    let ff = cfg.intermediate_size;
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let qr = Rows::RopeInterleaved(cfg.num_attention_heads);
+        let kr = Rows::RopeInterleaved(cfg.num_key_value_heads);
+        let self_attn = Attention {
+            q_proj: load_linear(src, wp, format!("{p}.self_attn.q_proj.weight"), q_out, h, qr)?,
+            k_proj: load_linear(src, wp, format!("{p}.self_attn.k_proj.weight"), kv, h, kr)?,
+            v_proj: load_linear(src, wp, format!("{p}.self_attn.v_proj.weight"), kv, h, Rows::Plain)?,
+            o_proj: load_linear(src, wp, format!("{p}.self_attn.o_proj.weight"), h, q_out, Rows::Plain)?,
+        };
+        let mlp = Mlp {
+            gate_proj: load_linear(src, wp, format!("{p}.mlp.gate_proj.weight"), ff, h, Rows::Plain)?,
+            up_proj: load_linear(src, wp, format!("{p}.mlp.up_proj.weight"), ff, h, Rows::Plain)?,
+            down_proj: load_linear(src, wp, format!("{p}.mlp.down_proj.weight"), h, ff, Rows::Plain)?,
+        };
+        layers.push(Block {
+            input_layernorm: norm(src, &format!("{p}.input_layernorm.weight"), h)?,
+            self_attn,
+            post_attention_layernorm: norm(src, &format!("{p}.post_attention_layernorm.weight"), h)?,
+            mlp,
+        });
+    }
+    let norm_w = norm(src, "model.norm.weight", h)?;
+    let emb_name = "model.embed_tokens.weight";
+    let vocab_h = (cfg.vocab_size, h);
+    cfg.tie_word_embeddings = !src.has("lm_head.weight");
+    let (embed, lm_head) = if wp == WeightPath::F32 {
+        let e = checked(src.dense(emb_name, Rows::Plain)?, emb_name, vocab_h)?;
+        let head = if cfg.tie_word_embeddings {
+            e.clone()
+        } else {
+            checked(src.dense("lm_head.weight", Rows::Plain)?, "lm_head.weight", vocab_h)?
+        };
+        (Embedding::Dense(e), LmHead::Dense(head))
+    } else {
+        let e = src.quantized(emb_name, Rows::Plain, wp)?;
+        check_shape(e.shape().dims(), emb_name, vocab_h)?;
+        let head = if cfg.tie_word_embeddings {
+            e.clone()
+        } else {
+            let t = src.quantized("lm_head.weight", Rows::Plain, wp)?;
+            check_shape(t.shape().dims(), "lm_head.weight", vocab_h)?;
+            t
+        };
+        let head = QMatMul::from_arc(head)?;
+        (Embedding::Quantized(e), LmHead::Quantized(Arc::new(head)))
+    };
+    Llama::from_parts(cfg, embed, layers, norm_w, lm_head, wp, &dev)
+}
+
+fn load_linear(
+    src: &mut dyn WeightSource,
+    wp: WeightPath,
+    name: String,
+    out: usize,
+    inp: usize,
+    rows: Rows,
+) -> Result<Linear> {
+    let name = name.as_str();
+    let base = if wp == WeightPath::F32 {
+        BaseWeight::Dense(checked(src.dense(name, rows)?, name, (out, inp))?)
+    } else {
+        let q = src.quantized(name, rows, wp)?;
+        check_shape(q.shape().dims(), name, (out, inp))?;
+        BaseWeight::Quantized(Arc::new(QMatMul::from_arc(q)?))
+    };
+    Ok(Linear::new(base, out, inp))
+}
+
+fn norm(src: &mut dyn WeightSource, name: &str, h: usize) -> Result<Tensor> {
+    let t = src.dense(name, Rows::Plain)?;
+    check_shape(t.dims(), name, (h,))?;
+    Ok(t)
+}
+
+fn checked<S: Into<candle_core::Shape>>(t: Tensor, name: &str, want: S) -> Result<Tensor> {
+    check_shape(t.dims(), name, want)?;
+    Ok(t)
+}
+
+fn check_shape<S: Into<candle_core::Shape>>(found: &[usize], name: &str, want: S) -> Result<()> {
+    let want: candle_core::Shape = want.into();
+    if found != want.dims() {
+        return Err(ModelError::TensorShape {
+            name: name.to_string(),
+            found: found.to_vec(),
+            expected: want.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Maps an HF tensor name to llama.cpp's GGUF name.
+pub fn gguf_name(hf: &str) -> String {
+    const LAYER: &[(&str, &str)] = &[
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+    ];
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        if let Some((idx, tail)) = rest.split_once('.') {
+            let module = tail.trim_end_matches(".weight");
+            if let Some((_, g)) = LAYER.iter().find(|(h, _)| *h == module) {
+                return format!("blk.{idx}.{g}.weight");
+            }
+        }
+    }
+    hf.to_string()
+}
+
+/// Undoes llama.cpp's Q/K permutation on an f32 `[out, in]` weight:
+/// GGUF rows are `(head, half_dim, 2)`, HF rows `(head, 2, half_dim)`.
+pub fn unpermute_rope_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let hd = out / n_heads;
+    Ok(w.reshape((n_heads, hd / 2, 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
+}
+
+/// Applies llama.cpp's Q/K permutation (HF → GGUF), the inverse of
+/// [`unpermute_rope_rows`]; used to write GGUF test models.
+pub fn permute_rope_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let hd = out / n_heads;
+    Ok(w.reshape((n_heads, 2, hd / 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
+}
+
+/// The HF row index each GGUF row moves to (for quantized rows, moved as bytes).
+fn unpermuted_row_order(out: usize, n_heads: usize) -> Vec<usize> {
+    let hd = out / n_heads;
+    let half = hd / 2;
+    // HF row (h, i, j) comes from GGUF row (h, j, i).
+    let mut src_of = vec![0; out];
+    for h in 0..n_heads {
+        for i in 0..2 {
+            for j in 0..half {
+                src_of[h * hd + i * half + j] = h * hd + j * 2 + i;
+            }
+        }
+    }
+    src_of
+}
+
+fn unpermute_quantized(q: &QTensor, n_heads: usize) -> Result<QTensor> {
+    let dims = q.shape().dims().to_vec();
+    let out = dims[0];
+    let data = q.data()?;
+    let row_bytes = data.len() / out;
+    let mut bytes = Vec::with_capacity(data.len());
+    for src in unpermuted_row_order(out, n_heads) {
+        bytes.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+    }
+    Ok(qtensor_from_ggml(q.dtype(), &bytes, dims, &Device::Cpu)?)
+}
+
+struct GgufSource {
+    path: PathBuf,
+    content: gguf_file::Content,
+    reader: BufReader<File>,
+}
+
+impl GgufSource {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| io_err(path, e))?;
+        let mut reader = BufReader::new(file);
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| self_corrupt(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
+    }
+
+    fn raw(&mut self, hf: &str) -> Result<QTensor> {
+        let name = gguf_name(hf);
+        if !self.content.tensor_infos.contains_key(&name) {
+            return Err(ModelError::MissingTensor(format!("{name} ({hf})")));
+        }
+        self.content
+            .tensor(&mut self.reader, &name, &Device::Cpu)
+            .map_err(|e| self_corrupt(&self.path, e))
+    }
+}
+
+fn self_corrupt(path: &Path, e: candle_core::Error) -> ModelError {
+    ModelError::CorruptGguf {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(&gguf_name(name))
+    }
+
+    fn dense(&mut self, name: &str, rows: Rows) -> Result<Tensor> {
+        let t = self.raw(name)?.dequantize(&Device::Cpu)?;
+        match rows {
+            Rows::Plain => Ok(t),
+            Rows::RopeInterleaved(n) => unpermute_rope_rows(&t, n),
+        }
+    }
+
+    fn quantized(&mut self, name: &str, rows: Rows, wp: WeightPath) -> Result<Arc<QTensor>> {
+        let raw = self.raw(name)?;
+        let keep = wp == WeightPath::Native || raw.dtype() == GgmlDType::Q8_0;
+        let q = match (keep, rows) {
+            (true, Rows::Plain) => raw,
+            (true, Rows::RopeInterleaved(n)) => unpermute_quantized(&raw, n)?,
+            (false, _) => {
+                let t = raw.dequantize(&Device::Cpu)?;
+                let t = match rows {
+                    Rows::Plain => t,
+                    Rows::RopeInterleaved(n) => unpermute_rope_rows(&t, n)?,
+                };
+                QTensor::quantize(&t, GgmlDType::Q8_0)?
+            }
+        };
+        Ok(Arc::new(q))
+    }
+}
+
+struct HfSource {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl WeightSource for HfSource {
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn dense(&mut self, name: &str, _rows: Rows) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    fn quantized(&mut self, name: &str, rows: Rows, _wp: WeightPath) -> Result<Arc<QTensor>> {
+        let t = self.dense(name, rows)?;
+        Ok(Arc::new(QTensor::quantize(&t, GgmlDType::Q8_0)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_row_permutation_round_trips() -> Result<()> {
+        let w = Tensor::arange(0f32, 8. * 3., &Device::Cpu)?.reshape((8, 3))?;
+        let back = unpermute_rope_rows(&permute_rope_rows(&w, 2)?, 2)?;
+        assert_eq!(back.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
+        // The byte-level order agrees with the tensor version.
+        let perm = permute_rope_rows(&w, 2)?.to_vec2::<f32>()?;
+        let order = unpermuted_row_order(8, 2);
+        let w = w.to_vec2::<f32>()?;
+        for (hf_row, src) in order.iter().enumerate() {
+            assert_eq!(perm[*src], w[hf_row]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gguf_names_follow_llama_cpp() {
+        assert_eq!(gguf_name("model.layers.3.self_attn.o_proj.weight"), "blk.3.attn_output.weight");
+        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm.weight"), "blk.0.ffn_norm.weight");
+        assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
+    }
+}
