@@ -61,7 +61,10 @@ impl ChatTokenizer {
     /// become the tokenizer's stop-token texts.
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate) -> Self {
         let template = template.with_end_of_turn(tokenizer.stop_token_texts());
-        ChatTokenizer { tokenizer, template }
+        ChatTokenizer {
+            tokenizer,
+            template,
+        }
     }
 
     /// Tokenizer and template from GGUF metadata (ChatML if the file has no
@@ -121,7 +124,11 @@ impl ChatTokenizer {
 
     /// A DPO sequence: `prompt` then `answer`, with the loss mask over the
     /// answer and its end-of-turn token only (whatever the answer's weight).
-    pub fn encode_preference(&self, prompt: &[ChatMessage], answer: &ChatMessage) -> Result<EncodedChat> {
+    pub fn encode_preference(
+        &self,
+        prompt: &[ChatMessage],
+        answer: &ChatMessage,
+    ) -> Result<EncodedChat> {
         if answer.role != Role::Assistant {
             return Err(Error::InvalidConversation(format!(
                 "a preference answer must be an assistant message, not {}",
@@ -156,6 +163,9 @@ impl ChatTokenizer {
 
 /// BOS/EOS token texts for the template's `bos_token`/`eos_token`.
 fn special_texts(tokenizer: &Tokenizer) -> (String, String) {
-    let text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
+    let text = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.id_to_token(id))
+            .unwrap_or_default()
+    };
     (text(tokenizer.bos_id()), text(Some(tokenizer.eos_id())))
 }

@@ -42,7 +42,10 @@ pub enum Error {
     /// Rendering a longer conversation changed the text of an earlier part,
     /// so per-message spans (and loss masks) cannot be derived safely.
     #[error("chat template is not prefix-stable at message {message_index}: {detail}")]
-    NotPrefixStable { message_index: usize, detail: String },
+    NotPrefixStable {
+        message_index: usize,
+        detail: String,
+    },
     /// The conversation is not usable for the requested encoding.
     #[error("invalid conversation: {0}")]
     InvalidConversation(String),

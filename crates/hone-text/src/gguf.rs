@@ -34,7 +34,10 @@ fn bad(key: &str, message: impl Into<String>) -> Error {
 pub(crate) fn get_string<'a>(content: &'a Content, key: &str) -> Result<&'a str> {
     match get(content, key)? {
         Value::String(s) => Ok(s),
-        v => Err(bad(key, format!("expected a string, found {:?}", v.value_type()))),
+        v => Err(bad(
+            key,
+            format!("expected a string, found {:?}", v.value_type()),
+        )),
     }
 }
 
@@ -56,7 +59,12 @@ pub(crate) fn value_as_u32(key: &str, v: &Value) -> Result<u32> {
         Value::I32(x) => (*x).into(),
         Value::U64(x) => (*x).into(),
         Value::I64(x) => (*x).into(),
-        v => return Err(bad(key, format!("expected an integer, found {:?}", v.value_type()))),
+        v => {
+            return Err(bad(
+                key,
+                format!("expected an integer, found {:?}", v.value_type()),
+            ))
+        }
     };
     u32::try_from(n).map_err(|_| bad(key, format!("{n} does not fit a token id")))
 }
@@ -71,7 +79,10 @@ pub(crate) fn get_opt_u32(content: &Content, key: &str) -> Result<Option<u32>> {
 pub(crate) fn get_array<'a>(content: &'a Content, key: &str) -> Result<&'a [Value]> {
     match get(content, key)? {
         Value::Array(a) => Ok(a),
-        v => Err(bad(key, format!("expected an array, found {:?}", v.value_type()))),
+        v => Err(bad(
+            key,
+            format!("expected an array, found {:?}", v.value_type()),
+        )),
     }
 }
 
@@ -81,7 +92,10 @@ pub(crate) fn get_string_array(content: &Content, key: &str) -> Result<Vec<Strin
         .enumerate()
         .map(|(i, v)| match v {
             Value::String(s) => Ok(s.clone()),
-            v => Err(bad(key, format!("element {i} is {:?}, not a string", v.value_type()))),
+            v => Err(bad(
+                key,
+                format!("element {i} is {:?}, not a string", v.value_type()),
+            )),
         })
         .collect()
 }
@@ -92,10 +106,15 @@ pub(crate) fn get_opt_int_array(content: &Content, key: &str) -> Result<Option<V
     }
     get_array(content, key)?
         .iter()
-        .map(|v| value_as_u32(key, v).map(i64::from).or_else(|_| match v {
-            Value::I32(x) => Ok(i64::from(*x)),
-            v => Err(bad(key, format!("expected integers, found {:?}", v.value_type()))),
-        }))
+        .map(|v| {
+            value_as_u32(key, v).map(i64::from).or_else(|_| match v {
+                Value::I32(x) => Ok(i64::from(*x)),
+                v => Err(bad(
+                    key,
+                    format!("expected integers, found {:?}", v.value_type()),
+                )),
+            })
+        })
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }

@@ -6,7 +6,11 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{Error, ErrorKind};
 
 /// Serialises like Python's `json.dumps` with `ensure_ascii=False`.
-pub(crate) fn python_json(value: &Value, indent: Option<usize>, sort_keys: bool) -> Result<String, Error> {
+pub(crate) fn python_json(
+    value: &Value,
+    indent: Option<usize>,
+    sort_keys: bool,
+) -> Result<String, Error> {
     let mut w = Writer {
         out: String::new(),
         indent,
@@ -26,7 +30,9 @@ impl Writer {
     fn value(&mut self, v: &Value, depth: usize) -> Result<(), Error> {
         match v.kind() {
             ValueKind::Undefined | ValueKind::None => self.out.push_str("null"),
-            ValueKind::Bool => self.out.push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Bool => self
+                .out
+                .push_str(if v.is_true() { "true" } else { "false" }),
             ValueKind::Number => self.number(v)?,
             ValueKind::String => self.string(v.as_str().unwrap_or_default()),
             ValueKind::Map => self.map(v, depth)?,
@@ -92,7 +98,8 @@ impl Writer {
     }
 
     fn separator(&mut self) {
-        self.out.push_str(if self.indent.is_some() { "," } else { ", " });
+        self.out
+            .push_str(if self.indent.is_some() { "," } else { ", " });
     }
 
     fn seq(&mut self, items: &[Value], depth: usize) -> Result<(), Error> {
@@ -120,7 +127,7 @@ impl Writer {
             return Ok(());
         }
         if self.sort_keys {
-            keys.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+            keys.sort_by_key(|k| k.to_string());
         }
         self.out.push('{');
         for (i, key) in keys.iter().enumerate() {

@@ -98,7 +98,12 @@ impl ChatTemplate {
             )));
         }
         let prompt = self.render(&messages[..i], true, tools)?;
-        ensure_prefix(before, &prompt, i, "the conversation before it (generation prompt)")?;
+        ensure_prefix(
+            before,
+            &prompt,
+            i,
+            "the conversation before it (generation prompt)",
+        )?;
         ensure_prefix(&prompt, with, i, "its generation prompt")?;
         let start = prompt.len();
         let segment = &with[start..];
@@ -113,7 +118,11 @@ impl ChatTemplate {
             .end_of_turn()
             .iter()
             .filter(|t| !t.is_empty())
-            .filter_map(|t| segment[search_from..].find(t.as_str()).map(|p| search_from + p + t.len()))
+            .filter_map(|t| {
+                segment[search_from..]
+                    .find(t.as_str())
+                    .map(|p| search_from + p + t.len())
+            })
             .min()
             .unwrap_or_else(|| segment.trim_end().len());
         Ok(start..start + end)

@@ -5,6 +5,7 @@
 //! renderer serves training and inference, so the two can't drift apart.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
 use hone_data::types::ChatMessage;
@@ -22,22 +23,14 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>'
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// A compiled chat template plus the special-token strings it may use.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    /// Shared so clones (one per worker) don't recompile the template.
+    env: Arc<Environment<'static>>,
     source: String,
     bos_token: String,
     eos_token: String,
     end_of_turn: Vec<String>,
-}
-
-impl Clone for ChatTemplate {
-    fn clone(&self) -> Self {
-        // Recompiling a template that compiled once cannot fail.
-        Self::new(&self.source, &self.bos_token, &self.eos_token)
-            .map(|t| t.with_end_of_turn(self.end_of_turn.clone()))
-            .unwrap_or_else(|_| unreachable!("template compiled before"))
-    }
 }
 
 impl ChatTemplate {
@@ -45,7 +38,7 @@ impl ChatTemplate {
     /// it as variables, as transformers does. End-of-turn strings default to
     /// `eos_token` and `<|im_end|>`; see [`Self::with_end_of_turn`].
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
-        let env = build_env(source)?;
+        let env = Arc::new(build_env(source)?);
         let mut end_of_turn = vec![eos_token.to_string()];
         if eos_token != "<|im_end|>" {
             end_of_turn.push("<|im_end|>".to_string());
@@ -160,7 +153,11 @@ fn strftime_now(format: String) -> String {
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=...)`,
 /// so spacing and escaping match Python (minijinja's own escapes `<`, `>`,
 /// `&` and `'` for HTML, which Python does not).
-fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+fn tojson(
+    value: Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
     let indent = match indent {
         Some(v) => Some(v),
         None => kwargs.get::<Option<Value>>("indent")?,

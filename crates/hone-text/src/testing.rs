@@ -13,7 +13,17 @@ use crate::error::{Error, Result};
 
 /// Words given merges in the tiny vocabulary (byte-level, `Ġ` = space).
 const TINY_WORDS: &[&str] = &[
-    "user", "assistant", "system", "Hello", "ĠHello", "Hi", "Ġworld", "Ġthe", "Ġis", "ĠParis", "Ġcapital",
+    "user",
+    "assistant",
+    "system",
+    "Hello",
+    "ĠHello",
+    "Hi",
+    "Ġworld",
+    "Ġthe",
+    "Ġis",
+    "ĠParis",
+    "Ġcapital",
 ];
 
 /// SmolLM2-Instruct's own template (with its default system prompt).
@@ -21,7 +31,8 @@ pub const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.firs
 
 /// GPT-2's byte-to-symbol table used by byte-level BPE.
 pub fn byte_level_symbols() -> Vec<char> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {
@@ -46,21 +57,44 @@ fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
         tokens.push(c.to_string());
         types.push(1);
     }
-    let mut merges = Vec::new();
+    let mut merges: Vec<(String, String)> = Vec::new();
     for word in TINY_WORDS {
-        let chars: Vec<char> = word.chars().collect();
-        let mut acc = chars[0].to_string();
-        for c in &chars[1..] {
-            let merged = format!("{acc}{c}");
+        // Segment the word with the merges so far (as BPE would), then
+        // merge the remaining pieces left to right, so it ends up one token.
+        let mut pieces = bpe_segment(word, &merges);
+        while pieces.len() > 1 {
+            let merged = format!("{}{}", pieces[0], pieces[1]);
+            merges.push((pieces[0].clone(), pieces[1].clone()));
             if !tokens.contains(&merged) {
-                merges.push(format!("{acc} {c}"));
                 tokens.push(merged.clone());
                 types.push(1);
             }
-            acc = merged;
+            pieces.splice(0..2, [merged]);
         }
     }
+    let merges = merges
+        .into_iter()
+        .map(|(a, b)| format!("{a} {b}"))
+        .collect();
     (tokens, types, merges)
+}
+
+/// Applies `merges` (lowest rank first) to the characters of `word`.
+fn bpe_segment(word: &str, merges: &[(String, String)]) -> Vec<String> {
+    let mut pieces: Vec<String> = word.chars().map(String::from).collect();
+    loop {
+        let best = (0..pieces.len().saturating_sub(1))
+            .filter_map(|i| {
+                merges
+                    .iter()
+                    .position(|(a, b)| *a == pieces[i] && *b == pieces[i + 1])
+                    .map(|rank| (rank, i))
+            })
+            .min();
+        let Some((_, i)) = best else { return pieces };
+        let merged = format!("{}{}", pieces[i], pieces[i + 1]);
+        pieces.splice(i..i + 2, [merged]);
+    }
 }
 
 /// GGUF bytes holding only tokenizer metadata (no tensors). `template` is
@@ -73,7 +107,10 @@ pub fn tiny_gguf_bytes(template: Option<&str>) -> Result<Vec<u8>> {
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("smollm".into())),
         ("tokenizer.ggml.tokens", strings(tokens)),
-        ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
         ("tokenizer.ggml.merges", strings(merges)),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),

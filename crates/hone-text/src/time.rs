@@ -2,10 +2,28 @@
 //! date in its system prompt). No time-zone database: servers run in UTC.
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-    "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
-const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -80,6 +98,9 @@ mod tests {
         // 2024-07-26 12:34:56 UTC, a Friday.
         let t = 1_721_997_296;
         assert_eq!(strftime_utc(t, "%d %b %Y"), "26 Jul 2024");
-        assert_eq!(strftime_utc(t, "%A %B %e %H:%M:%S %j %%"), "Friday July 26 12:34:56 208 %");
+        assert_eq!(
+            strftime_utc(t, "%A %B %e %H:%M:%S %j %%"),
+            "Friday July 26 12:34:56 208 %"
+        );
     }
 }

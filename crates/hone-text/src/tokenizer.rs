@@ -120,11 +120,18 @@ impl Tokenizer {
     }
 
     /// Wraps an already built `tokenizers::Tokenizer`.
-    pub fn from_parts(inner: tokenizers::Tokenizer, bos_id: Option<u32>, eos_id: u32) -> Result<Self> {
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        bos_id: Option<u32>,
+        eos_id: u32,
+    ) -> Result<Self> {
         let vocab_size = inner.get_vocab_size(true);
         for id in bos_id.iter().chain(std::iter::once(&eos_id)) {
             if inner.id_to_token(*id).is_none() {
-                return Err(Error::UnknownTokenId { id: *id, vocab_size });
+                return Err(Error::UnknownTokenId {
+                    id: *id,
+                    vocab_size,
+                });
             }
         }
         let mut stop_ids = vec![eos_id];
@@ -147,7 +154,10 @@ impl Tokenizer {
     /// responsible for those. Special tokens written in the text (such as
     /// `<|im_start|>`) become their special ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(Error::tokenizer)?;
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(Error::tokenizer)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -213,7 +223,10 @@ impl Tokenizer {
 
     /// The texts of [`Self::stop_token_ids`].
     pub fn stop_token_texts(&self) -> Vec<String> {
-        self.stop_ids.iter().filter_map(|&id| self.id_to_token(id)).collect()
+        self.stop_ids
+            .iter()
+            .filter_map(|&id| self.id_to_token(id))
+            .collect()
     }
 
     /// Whether `id` is a special (control) token.
@@ -376,5 +389,128 @@ impl DecodeStream<'_> {
     /// Emits whatever is held back at the end of the stream.
     pub fn flush(&mut self) -> Result<Option<String>> {
         self.state.flush(self.tokenizer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tiny_gguf_content;
+
+    fn tiny() -> Tokenizer {
+        Tokenizer::from_gguf_content(&tiny_gguf_content(None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn special_tokens_written_in_text_encode_to_their_ids() {
+        let t = tiny();
+        let ids = t.encode("<|im_start|>user\nHi<|im_end|>").unwrap();
+        assert_eq!(ids.first(), Some(&1));
+        assert_eq!(ids.last(), Some(&2));
+        assert_eq!(t.decode(&ids).unwrap(), "<|im_start|>user\nHi<|im_end|>");
+        assert_eq!(t.decode_skip_special(&ids).unwrap(), "user\nHi");
+        assert!(t.is_special(2) && !t.is_special(ids[1]));
+    }
+
+    #[test]
+    fn first_word_is_encoded_without_a_prefix_space() {
+        let t = tiny();
+        let hello = t.token_to_id("Hello").unwrap();
+        let space_hello = t.token_to_id("ĠHello").unwrap();
+        assert_eq!(t.encode("Hello").unwrap(), vec![hello]);
+        assert_eq!(t.encode(" Hello").unwrap(), vec![space_hello]);
+    }
+
+    #[test]
+    fn offsets_are_bytes_of_the_input() {
+        let t = tiny();
+        let text = "é✓Hi";
+        let enc = t.encode_with_offsets(text).unwrap();
+        assert_eq!(enc.ids.len(), enc.offsets.len());
+        assert_eq!(enc.offsets.last().unwrap(), &(5..7));
+        assert_eq!(enc.ids.last(), t.token_to_id("Hi").as_ref());
+    }
+
+    #[test]
+    fn decode_rejects_ids_outside_the_vocabulary() {
+        let t = tiny();
+        let err = t.decode(&[u32::MAX]).unwrap_err();
+        assert!(matches!(err, Error::UnknownTokenId { .. }), "{err}");
+    }
+
+    #[test]
+    fn stop_tokens_are_eos_then_end_of_turn_tokens() {
+        let t = tiny();
+        assert_eq!(t.eos_id(), 2);
+        assert_eq!(t.bos_id(), Some(1));
+        assert_eq!(t.stop_token_ids(), &[2, 0]);
+        assert_eq!(t.stop_token_texts(), vec!["<|im_end|>", "<|endoftext|>"]);
+    }
+
+    #[test]
+    fn streaming_decoder_never_emits_a_partial_character() {
+        let t = tiny();
+        // Every multi-byte character is several byte tokens in the tiny vocab.
+        let text = "Hi é 東京 🎉👍🏽 Hello world";
+        let ids = t.encode(text).unwrap();
+        assert!(
+            ids.len() > text.chars().count(),
+            "characters should span tokens"
+        );
+        let mut dec = IncrementalDecoder::new();
+        let mut out = String::new();
+        let mut held_back = 0;
+        for &id in &ids {
+            match dec.step(&t, id).unwrap() {
+                Some(piece) => {
+                    assert!(
+                        !piece.contains('\u{FFFD}'),
+                        "partial character in {piece:?}"
+                    );
+                    out.push_str(&piece);
+                }
+                None => held_back += 1,
+            }
+        }
+        assert!(held_back > 0);
+        assert_eq!(dec.flush(&t).unwrap(), None);
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn streaming_flush_returns_an_unfinished_character() {
+        let t = tiny();
+        let ids = t.encode("a🎉").unwrap();
+        let mut s = t.decode_stream();
+        let mut out = String::new();
+        for &id in &ids[..ids.len() - 1] {
+            if let Some(p) = s.step(id).unwrap() {
+                out.push_str(&p);
+            }
+        }
+        assert_eq!(out, "a");
+        assert!(s.flush().unwrap().is_some_and(|r| r.contains('\u{FFFD}')));
+    }
+
+    #[test]
+    fn unsupported_gguf_pre_tokenizer_is_an_error_not_a_guess() {
+        let mut content = tiny_gguf_content(None).unwrap();
+        content.metadata.insert(
+            "tokenizer.ggml.pre".into(),
+            candle_core::quantized::gguf_file::Value::String("llama-bpe".into()),
+        );
+        let err = Tokenizer::from_gguf_content(&content).unwrap_err();
+        assert!(err.to_string().contains("llama-bpe"), "{err}");
+    }
+
+    #[test]
+    fn missing_eos_names_the_key() {
+        let mut content = tiny_gguf_content(None).unwrap();
+        content.metadata.remove("tokenizer.ggml.eos_token_id");
+        let err = Tokenizer::from_gguf_content(&content).unwrap_err();
+        assert!(
+            err.to_string().contains("tokenizer.ggml.eos_token_id"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Chat encoding on the tiny vocabulary: loss masks, prefix stability,
 //! templates, and loading paths. Fast, no model file needed.
 
-use hone_text::testing::{tiny_chat_tokenizer, tiny_gguf_content, write_tiny_gguf, SMOLLM2_TEMPLATE};
+use hone_text::testing::{
+    tiny_chat_tokenizer, tiny_gguf_content, write_tiny_gguf, SMOLLM2_TEMPLATE,
+};
 use hone_text::{ChatMessage, ChatTemplate, ChatTokenizer, Error, Role, Tokenizer};
 use serde_json::json;
 
@@ -34,7 +36,10 @@ fn im_end_after_each_trained_turn_is_inside_the_mask() {
         .zip(&enc.loss_mask)
         .filter(|(&id, &m)| id == im_end && m)
         .count();
-    assert_eq!(trained_im_ends, 2, "one trained <|im_end|> per assistant turn");
+    assert_eq!(
+        trained_im_ends, 2,
+        "one trained <|im_end|> per assistant turn"
+    );
     // ...and the newline after it is not trained.
     let nl = ct.tokenizer.encode("\n").unwrap()[0];
     for (i, (&id, &m)) in enc.ids.iter().zip(&enc.loss_mask).enumerate() {
@@ -50,7 +55,10 @@ fn weight_zero_turns_are_out_of_the_mask() {
     let mut conv = conversation();
     conv[2].weight = Some(0);
     let enc = ct.encode_chat(&conv, None).unwrap();
-    assert_eq!(ct.tokenizer.decode(&enc.trained_ids()).unwrap(), "Paris, café ✓<|im_end|>");
+    assert_eq!(
+        ct.tokenizer.decode(&enc.trained_ids()).unwrap(),
+        "Paris, café ✓<|im_end|>"
+    );
 }
 
 #[test]
@@ -59,7 +67,11 @@ fn system_and_user_tokens_are_never_trained() {
     let conv = conversation();
     let rendered = ct.render_with_spans(&conv, None).unwrap();
     let enc = ct.encode_rendered(&rendered).unwrap();
-    let offsets = ct.tokenizer.encode_with_offsets(&rendered.text).unwrap().offsets;
+    let offsets = ct
+        .tokenizer
+        .encode_with_offsets(&rendered.text)
+        .unwrap()
+        .offsets;
     for span in rendered.spans.iter().filter(|s| s.role != Role::Assistant) {
         assert!(span.trained_range.is_none());
         for (o, &m) in offsets.iter().zip(&enc.loss_mask) {
@@ -89,16 +101,36 @@ fn inference_prompt_is_a_byte_prefix_of_the_training_render() {
     let conv = conversation();
     let rendered = ct.render_with_spans(&conv, None).unwrap();
     let full = ct.encode_chat(&conv, None).unwrap();
-    for (i, m) in conv.iter().enumerate().filter(|(_, m)| m.role == Role::Assistant) {
+    for (i, m) in conv
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == Role::Assistant)
+    {
         let prompt_text = ct.template.render(&conv[..i], true, None).unwrap();
-        assert!(rendered.text.starts_with(&prompt_text), "prompt before message {i}");
+        assert!(
+            rendered.text.starts_with(&prompt_text),
+            "prompt before message {i}"
+        );
         let trained = rendered.spans[i].trained_range.clone().unwrap();
         assert_eq!(trained.start, prompt_text.len());
-        assert_eq!(&rendered.text[trained.clone()], format!("{}<|im_end|>", m.content));
+        assert_eq!(
+            &rendered.text[trained.clone()],
+            format!("{}<|im_end|>", m.content)
+        );
         let prompt_ids = ct.encode_prompt(&conv[..i], None).unwrap();
-        assert_eq!(&full.ids[..prompt_ids.len()], &prompt_ids[..], "token prefix before message {i}");
-        assert!(full.loss_mask[prompt_ids.len()], "first answer token is trained");
-        assert!(!full.loss_mask[..prompt_ids.len()].iter().skip_while(|_| i == 2).any(|&m| m && i == 2));
+        assert_eq!(
+            &full.ids[..prompt_ids.len()],
+            &prompt_ids[..],
+            "token prefix before message {i}"
+        );
+        assert!(
+            full.loss_mask[prompt_ids.len()],
+            "first answer token is trained"
+        );
+        assert!(!full.loss_mask[..prompt_ids.len()]
+            .iter()
+            .skip_while(|_| i == 2)
+            .any(|&m| m && i == 2));
     }
 }
 
@@ -118,11 +150,18 @@ fn spans_tile_the_rendered_text() {
 #[test]
 fn preference_mask_covers_only_the_answer_and_its_end_of_turn() {
     let ct = ct();
-    let prompt = vec![msg(Role::User, "Hi"), msg(Role::Assistant, "Hello"), msg(Role::User, "the capital?")];
+    let prompt = vec![
+        msg(Role::User, "Hi"),
+        msg(Role::Assistant, "Hello"),
+        msg(Role::User, "the capital?"),
+    ];
     let mut answer = msg(Role::Assistant, "Paris");
     answer.weight = Some(0); // weight is irrelevant for DPO answers
     let enc = ct.encode_preference(&prompt, &answer).unwrap();
-    assert_eq!(ct.tokenizer.decode(&enc.trained_ids()).unwrap(), "Paris<|im_end|>");
+    assert_eq!(
+        ct.tokenizer.decode(&enc.trained_ids()).unwrap(),
+        "Paris<|im_end|>"
+    );
     let prompt_ids = ct.encode_prompt(&prompt, None).unwrap();
     assert_eq!(&enc.ids[..prompt_ids.len()], &prompt_ids[..]);
     assert!(matches!(
@@ -138,7 +177,16 @@ fn prefix_unstable_template_is_rejected_with_a_clear_error() {
     let tok = ct().tokenizer;
     let ct = ChatTokenizer::new(tok, ChatTemplate::new(src, "", "<|im_end|>").unwrap());
     let err = ct.encode_chat(&conversation(), None).unwrap_err();
-    assert!(matches!(err, Error::NotPrefixStable { message_index: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::NotPrefixStable {
+                message_index: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("message 1"), "{err}");
 }
 
@@ -146,8 +194,14 @@ fn prefix_unstable_template_is_rejected_with_a_clear_error() {
 fn raise_exception_message_reaches_the_error() {
     let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with user') }}{% endif %}";
     let t = ChatTemplate::new(src, "", "").unwrap();
-    let err = t.render(&[msg(Role::Assistant, "x")], false, None).unwrap_err();
-    assert!(err.to_string().contains("Conversations must start with user"), "{err}");
+    let err = t
+        .render(&[msg(Role::Assistant, "x")], false, None)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Conversations must start with user"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -162,13 +216,18 @@ fn tools_and_tool_call_fields_reach_the_template() {
     let t = ChatTemplate::new(src, "", "").unwrap();
     // Keys in sorted order: hone-data's serde_json has no `preserve_order`,
     // so maps arrive sorted (see the crate report).
-    let tools = json!([{"function": {"description": "a <b> & 'c'", "name": "f"}, "type": "function"}]);
+    let tools =
+        json!([{"function": {"description": "a <b> & 'c'", "name": "f"}, "type": "function"}]);
     let mut call = msg(Role::Assistant, "");
-    call.tool_calls = Some(json!([{"function": {"arguments": "{}", "name": "f"}, "id": "c1", "type": "function"}]));
+    call.tool_calls = Some(
+        json!([{"function": {"arguments": "{}", "name": "f"}, "id": "c1", "type": "function"}]),
+    );
     let mut result = msg(Role::Tool, "42");
     result.tool_call_id = Some("c1".into());
     result.name = Some("f".into());
-    let out = t.render(&[msg(Role::User, "go"), call, result], false, Some(&tools)).unwrap();
+    let out = t
+        .render(&[msg(Role::User, "go"), call, result], false, Some(&tools))
+        .unwrap();
     assert_eq!(
         out,
         "[{\"function\": {\"description\": \"a <b> & 'c'\", \"name\": \"f\"}, \"type\": \"function\"}]\n\
@@ -192,8 +251,14 @@ fn python_string_methods_and_hf_whitespace_rules_work() {
 fn chatml_fallback_when_the_gguf_has_no_template() {
     let ct = ChatTokenizer::from_gguf_content(&tiny_gguf_content(None).unwrap()).unwrap();
     assert_eq!(ct.template.source(), hone_text::CHATML_TEMPLATE);
-    let text = ct.template.render(&[msg(Role::User, "Hi")], true, None).unwrap();
-    assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    let text = ct
+        .template
+        .render(&[msg(Role::User, "Hi")], true, None)
+        .unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]
@@ -202,14 +267,21 @@ fn gguf_file_and_hf_dir_give_the_same_encoding() {
     let gguf = dir.path().join("tiny.gguf");
     write_tiny_gguf(&gguf, Some(SMOLLM2_TEMPLATE)).unwrap();
     let from_file = ChatTokenizer::from_gguf(&gguf).unwrap();
-    from_file.tokenizer.inner().save(dir.path().join("tokenizer.json"), false).unwrap();
+    from_file
+        .tokenizer
+        .inner()
+        .save(dir.path().join("tokenizer.json"), false)
+        .unwrap();
     let config = json!({"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "chat_template": SMOLLM2_TEMPLATE});
     std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
     let from_dir = ChatTokenizer::from_hf_dir(dir.path()).unwrap();
     assert_eq!(from_dir.tokenizer.eos_id(), 2);
     assert_eq!(from_dir.tokenizer.bos_id(), Some(1));
     let conv = conversation();
-    assert_eq!(from_file.encode_chat(&conv, None).unwrap(), from_dir.encode_chat(&conv, None).unwrap());
+    assert_eq!(
+        from_file.encode_chat(&conv, None).unwrap(),
+        from_dir.encode_chat(&conv, None).unwrap()
+    );
 }
 
 #[test]

@@ -22,7 +22,9 @@ fn chat_tokenizer() -> ChatTokenizer {
 }
 
 fn cases<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    let list = v[key].as_array().unwrap_or_else(|| panic!("vectors have no `{key}` list"));
+    let list = v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("vectors have no `{key}` list"));
     assert!(!list.is_empty(), "vectors have an empty `{key}` list");
     list
 }
@@ -45,7 +47,11 @@ fn gguf_tokenizer_matches_hf_on_every_vector() {
         let got = ct.tokenizer.encode(text).expect("encode");
         assert_eq!(got, ids(&case["ids"]), "ids for {text:?}");
         let decoded = ct.tokenizer.decode(&got).expect("decode");
-        assert_eq!(decoded, case["decoded"].as_str().expect("decoded"), "decode of {text:?}");
+        assert_eq!(
+            decoded,
+            case["decoded"].as_str().expect("decoded"),
+            "decode of {text:?}"
+        );
     }
 }
 
@@ -99,7 +105,10 @@ fn real_model_mask_covers_exactly_assistant_content_and_im_end() {
     let case = &cases(&v, "chat_template")[2];
     let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
     let enc = ct.encode_chat(&messages, None).unwrap();
-    assert_eq!(ct.tokenizer.decode(&enc.trained_ids()).unwrap(), "Hello.<|im_end|>");
+    assert_eq!(
+        ct.tokenizer.decode(&enc.trained_ids()).unwrap(),
+        "Hello.<|im_end|>"
+    );
     // The inference prompt before the answer is a token prefix of the
     // training sequence, ending right where the mask starts.
     let prompt = ct.encode_prompt(&messages[..2], None).unwrap();
@@ -118,7 +127,10 @@ fn streaming_decode_of_real_vectors_equals_full_decode() {
         let mut out = String::new();
         for id in &all {
             if let Some(piece) = stream.step(*id).unwrap() {
-                assert!(!piece.contains('\u{FFFD}'), "partial character in {piece:?}");
+                assert!(
+                    !piece.contains('\u{FFFD}'),
+                    "partial character in {piece:?}"
+                );
                 out.push_str(&piece);
             }
         }
