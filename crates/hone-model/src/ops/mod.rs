@@ -1,1 +1,33 @@
 //! Differentiable ops with hand-written backward passes (see DESIGN.md, "Performance model").
+//!
+//! Every op here is a candle custom op with a fast f32 CPU forward and a `bwd`, so that
+//! `Tensor::backward()` flows through it. They exist because candle's fused ops
+//! (`rms_norm`, `softmax_last_dim`, `rope`, `QMatMul`) drop gradients silently, and its
+//! differentiable basic-op versions are slow and allocate many temporaries. Frozen inputs
+//! (norm weights, base linear weights, RoPE tables) never receive gradients.
+//!
+//! Each op is tested against a reference built from stock differentiable candle ops, on
+//! both the forward and the gradient (autograd and finite differences).
+//!
+//! A Llama block for LoRA training is assembled as:
+//! `h = rms_norm(x, w_norm)`; `q = frozen_linear(h, w_q) + lora_q(h)` (likewise k, v);
+//! `q, k = rope(q), rope(k)`; `p = causal_softmax(q·kᵀ, 1/√d)`; `o = p·v`;
+//! `x += frozen_linear(o, w_o)`; `x += frozen_linear(silu_mul(gate(h2), up(h2)), w_down)`;
+//! then `masked_cross_entropy(logits, targets, mask)` on the shifted sequence.
+
+mod causal_softmax;
+mod cross_entropy;
+mod frozen_linear;
+mod kernel;
+mod rms_norm;
+mod rope;
+mod silu_mul;
+#[cfg(test)]
+mod testutil;
+
+pub use causal_softmax::causal_softmax;
+pub use cross_entropy::{masked_cross_entropy, masked_token_accuracy, TokenAccuracy};
+pub use frozen_linear::frozen_linear;
+pub use rms_norm::rms_norm;
+pub use rope::{rope, rope_i};
+pub use silu_mul::silu_mul;

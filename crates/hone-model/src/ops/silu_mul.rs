@@ -1,0 +1,143 @@
+//! SwiGLU's gate: `silu(gate) · up`, fused, with gradients for both inputs.
+//!
+//! The stock version keeps `sigmoid(gate)`, `silu(gate)` and the product as separate
+//! tensors of the MLP's intermediate size (the largest activations in the model). Here the
+//! forward keeps nothing, and the backward recomputes the sigmoid.
+
+use super::kernel::{f32_data, par_rows};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+/// `silu(gate) · up` elementwise (`silu(x) = x · sigmoid(x)`), for tensors of equal shape.
+/// Differentiable with respect to both.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        bail!(
+            "silu_mul: gate {:?} and up {:?} differ in shape",
+            gate.dims(),
+            up.dims()
+        );
+    }
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+        bail!("silu_mul: only f32 is supported");
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Elementwise map of two equal-length slices, row-parallel for large inputs.
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    par_rows(&mut out, 1, 1, |i0, chunk| {
+        let n = chunk.len();
+        for ((o, &x), &y) in chunk.iter_mut().zip(&a[i0..i0 + n]).zip(&b[i0..i0 + n]) {
+            *o = f(x, y);
+        }
+    });
+    out
+}
+
+struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "hone-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gate = f32_data(s1, l1, "silu_mul gate")?;
+        let up = f32_data(s2, l2, "silu_mul up")?;
+        let out = map2(gate, up, |g, u| g * sigmoid(g) * u);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let d_gate = match gate.track_op() {
+            true => Some(gate.apply_op3_no_bwd(up, &grad, &SiluMulBwd::Gate)?),
+            false => None,
+        };
+        let d_up = match up.track_op() {
+            true => Some(gate.apply_op3_no_bwd(up, &grad, &SiluMulBwd::Up)?),
+            false => None,
+        };
+        Ok((d_gate, d_up))
+    }
+}
+
+/// One of the two input gradients, each computed in a single pass over `(gate, up, grad)`.
+enum SiluMulBwd {
+    /// `d gate = g · up · σ(gate) · (1 + gate · (1 − σ(gate)))`
+    Gate,
+    /// `d up = g · silu(gate)`
+    Up,
+}
+
+impl CustomOp3 for SiluMulBwd {
+    fn name(&self) -> &'static str {
+        "hone-silu-mul-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gate = f32_data(s1, l1, "silu_mul_bwd gate")?;
+        let up = f32_data(s2, l2, "silu_mul_bwd up")?;
+        let grad = f32_data(s3, l3, "silu_mul_bwd grad")?;
+        let mut out = vec![0f32; gate.len()];
+        par_rows(&mut out, 1, 3, |i0, chunk| {
+            let n = chunk.len();
+            let it = chunk
+                .iter_mut()
+                .zip(&gate[i0..i0 + n])
+                .zip(&up[i0..i0 + n])
+                .zip(&grad[i0..i0 + n]);
+            for (((o, &x), &u), &g) in it {
+                let s = sigmoid(x);
+                *o = match self {
+                    SiluMulBwd::Gate => g * u * s * (1.0 + x * (1.0 - s)),
+                    SiluMulBwd::Up => g * x * s,
+                };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::{check_op, randn};
+
+    #[test]
+    fn silu_mul_matches_reference_and_gradients() -> Result<()> {
+        check_op(
+            &[(randn(&[3, 4, 10], 1) * 2.0)?, randn(&[3, 4, 10], 2)],
+            &[true, true],
+            |t| silu_mul(&t[0], &t[1]),
+            // silu(x) = x / (1 + exp(-x)) from basic differentiable ops.
+            |t| (&t[0] / (t[0].neg()?.exp()? + 1.0)?)? * &t[1],
+            1e-5,
+        )
+    }
+}
