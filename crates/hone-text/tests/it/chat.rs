@@ -127,10 +127,25 @@ fn inference_prompt_is_a_byte_prefix_of_the_training_render() {
             full.loss_mask[prompt_ids.len()],
             "first answer token is trained"
         );
-        assert!(!full.loss_mask[..prompt_ids.len()]
+        // Exactly the earlier trained turns are trained inside this prompt.
+        let trained_before = full.loss_mask[..prompt_ids.len()]
             .iter()
-            .skip_while(|_| i == 2)
-            .any(|&m| m && i == 2));
+            .filter(|&&m| m)
+            .count();
+        let expected_before: usize = conv[..i]
+            .iter()
+            .filter(|m| m.is_trained())
+            .map(|m| {
+                ct.tokenizer
+                    .encode(&format!("{}<|im_end|>", m.content))
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(
+            trained_before, expected_before,
+            "trained tokens before message {i}"
+        );
     }
 }
 

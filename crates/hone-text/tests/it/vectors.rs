@@ -140,3 +140,38 @@ fn streaming_decode_of_real_vectors_equals_full_decode() {
         assert_eq!(out, case["decoded"].as_str().unwrap());
     }
 }
+
+#[test]
+#[ignore = "needs HONE_TEST_GGUF"]
+fn encode_chat_is_fast_enough_for_dataset_statistics() {
+    let ct = chat_tokenizer();
+    let turn = "The quick brown fox jumps over the lazy dog, and then explains why in detail. ";
+    let conv: Vec<ChatMessage> = (0..8)
+        .map(|i| {
+            let role = if i % 2 == 0 {
+                hone_text::Role::User
+            } else {
+                hone_text::Role::Assistant
+            };
+            ChatMessage::new(role, turn.repeat(4))
+        })
+        .collect();
+    let n = 200;
+    let start = std::time::Instant::now();
+    let mut tokens = 0;
+    for _ in 0..n {
+        tokens += ct.encode_chat(&conv, None).unwrap().len();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "encode_chat: {:.0} examples/s, {:.0} tokens/s ({} tokens per example)",
+        n as f64 / secs,
+        tokens as f64 / secs,
+        tokens / n
+    );
+    // Loose floor: 8-message chats should encode far faster than training eats them.
+    assert!(
+        n as f64 / secs > 50.0,
+        "encode_chat too slow: {secs:.2}s for {n}"
+    );
+}
