@@ -156,6 +156,8 @@ impl ModelCatalog for StaticCatalog {
 pub struct Engines {
     pub validator: Option<Arc<dyn FileValidator>>,
     pub catalog: Arc<dyn ModelCatalog>,
+    /// Trains jobs; without one, jobs are validated and wait in `queued`.
+    pub training: Option<Arc<dyn crate::worker::TrainingEngine>>,
 }
 
 impl Engines {
@@ -165,7 +167,14 @@ impl Engines {
         Engines {
             validator: Some(Arc::new(HoneDataValidator::new())),
             catalog: Arc::new(StaticCatalog::new(ids)),
+            training: None,
         }
+    }
+
+    /// Sets the training engine.
+    pub fn training(mut self, t: Arc<dyn crate::worker::TrainingEngine>) -> Self {
+        self.training = Some(t);
+        self
     }
 
     /// Sets the file validator.

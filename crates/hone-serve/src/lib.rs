@@ -21,6 +21,7 @@ pub mod ids;
 mod routes;
 pub mod state;
 pub mod store;
+pub mod worker;
 
 use std::future::Future;
 
@@ -31,6 +32,7 @@ pub use engines::{
 pub use error::ApiError;
 pub use routes::router;
 pub use state::{AppState, ServeError};
+pub use worker::{JobContext, TrainingEngine, TrainingOutcome};
 
 /// Opens the store under `config.home`, binds `config.addr()`, and serves
 /// until Ctrl-C / SIGTERM, letting requests in flight finish.

@@ -7,6 +7,7 @@ use crate::blobs::FsBlobStore;
 use crate::config::ServeConfig;
 use crate::engines::Engines;
 use crate::store::{SqliteStore, Store, StoreError, StoreHandle};
+use crate::worker::{self, WorkerConfig, WorkerHandle};
 
 /// Shared state of the server. Cheap to clone.
 #[derive(Clone)]
@@ -15,6 +16,8 @@ pub struct AppState {
     pub blobs: FsBlobStore,
     pub engines: Engines,
     pub config: Arc<ServeConfig>,
+    /// The job worker: the only changer of job state.
+    pub worker: WorkerHandle,
 }
 
 /// Why the server could not start.
@@ -50,11 +53,23 @@ impl AppState {
             what: format!("opening {}", files_dir.display()),
             source,
         })?;
+        let worker = worker::start(WorkerConfig {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            home: config.home.clone(),
+            org: config.org.clone(),
+            engine: engines.training.clone(),
+        })
+        .map_err(|source| ServeError::Io {
+            what: "starting the job worker".into(),
+            source,
+        })?;
         Ok(AppState {
             store: StoreHandle::new(store),
             blobs,
             engines,
             config: Arc::new(config),
+            worker,
         })
     }
 

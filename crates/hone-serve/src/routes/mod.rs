@@ -2,6 +2,7 @@
 //! answer with an `api` type or an `ApiError`.
 
 mod files;
+mod jobs;
 mod models;
 
 use std::sync::Arc;
@@ -39,6 +40,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/files/{id}/content", get(files::content))
+        .route("/fine_tuning/jobs", post(jobs::create).get(jobs::list))
+        .route("/fine_tuning/jobs/{id}", get(jobs::retrieve))
+        .route("/fine_tuning/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/fine_tuning/jobs/{id}/pause", post(jobs::pause))
+        .route("/fine_tuning/jobs/{id}/resume", post(jobs::resume))
+        .route("/fine_tuning/jobs/{id}/events", get(jobs::events))
+        .route("/fine_tuning/jobs/{id}/checkpoints", get(jobs::checkpoints))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve).delete(models::delete))
         .route_layer(from_fn_with_state(keys, require_key));

@@ -136,6 +136,9 @@ pub enum Transition {
     Queue,
     /// queued → running, when the worker picks the job.
     Start,
+    /// running → queued, for a job a crash or restart interrupted; it
+    /// resumes from its last checkpoint.
+    Requeue,
     /// running → succeeded; registers the fine-tuned model in the same
     /// transaction, so the model exists the moment the job says so.
     Succeed {
@@ -159,7 +162,7 @@ impl Transition {
     /// The state the job ends in.
     pub fn target(&self) -> JobStatus {
         match self {
-            Transition::Queue | Transition::Resume => JobStatus::Queued,
+            Transition::Queue | Transition::Resume | Transition::Requeue => JobStatus::Queued,
             Transition::Start => JobStatus::Running,
             Transition::Succeed { .. } => JobStatus::Succeeded,
             Transition::Fail(_) => JobStatus::Failed,
@@ -174,6 +177,7 @@ impl Transition {
         match self {
             Transition::Queue => &[ValidatingFiles],
             Transition::Start => &[Queued],
+            Transition::Requeue => &[Running],
             Transition::Succeed { .. } => &[Running],
             Transition::Fail(_) | Transition::Cancel => &[ValidatingFiles, Queued, Running, Paused],
             Transition::Pause => &[Queued, Running],
@@ -186,6 +190,7 @@ impl Transition {
         match self {
             Transition::Queue => "queued",
             Transition::Start => "started",
+            Transition::Requeue => "re-queued",
             Transition::Succeed { .. } => "marked succeeded",
             Transition::Fail(_) => "marked failed",
             Transition::Cancel => "cancelled",
@@ -203,6 +208,11 @@ impl Transition {
                 "Files validated, moving job to queued state".to_string(),
             )],
             Transition::Start => vec![(Info, "Fine-tuning job started".to_string())],
+            Transition::Requeue => vec![(
+                Warn,
+                "The server restarted during training; the job is queued again and resumes from its last checkpoint"
+                    .to_string(),
+            )],
             Transition::Succeed {
                 fine_tuned_model, ..
             } => vec![
@@ -279,7 +289,9 @@ pub trait Store: Send + Sync + 'static {
     fn add_event(&self, job_id: &str, event: &NewEvent) -> StoreResult<JobEvent>;
     fn list_events(&self, job_id: &str, page: &PageRequest) -> StoreResult<Page<JobEvent>>;
 
-    /// Records a committed checkpoint; it is a model from then on.
+    /// Records a committed checkpoint; it is a model from then on. Saving
+    /// the same step again (a run resumed after a crash between writing the
+    /// checkpoint and recording it) replaces the record.
     fn add_checkpoint(&self, ckpt: &CheckpointRecord) -> StoreResult<()>;
     fn list_checkpoints(
         &self,

@@ -451,7 +451,9 @@ impl Store for SqliteStore {
         let job = get_job_tx(&conn, &c.checkpoint.fine_tuning_job_id)?;
         conn.execute(
             "INSERT INTO checkpoints (id, job_id, model_id, base, adapter_path, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(model_id) DO UPDATE SET
+                id = excluded.id, adapter_path = excluded.adapter_path, body = excluded.body",
             params![
                 c.checkpoint.id,
                 job.id,

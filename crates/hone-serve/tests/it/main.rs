@@ -5,5 +5,6 @@
 mod common;
 mod files;
 mod http;
+mod jobs;
 mod models;
 mod store;

@@ -1,0 +1,285 @@
+//! `/v1/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume,
+//! events, checkpoints. Handlers read the store directly but never change a
+//! job's state: that goes through the worker.
+
+use axum::extract::State;
+use axum::Json;
+
+use super::page_request;
+use crate::api::{
+    AutoOr, CreateJobRequest, FileStatus, FineTuningJob, Hyperparameters, JobCheckpoint, JobEvent,
+    JobStatus, JobTag, ListQuery, ListResponse, Method, MethodParams, MethodType,
+};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::ids;
+use crate::state::AppState;
+use crate::store::unix_now;
+use crate::worker::{self, Command};
+
+/// Page sizes: OpenAI's defaults, and our cap.
+const JOBS_PAGE: (u32, u32) = (20, 100);
+const EVENTS_PAGE: (u32, u32) = (20, 1000);
+const CHECKPOINTS_PAGE: (u32, u32) = (10, 100);
+
+pub(super) async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateJobRequest>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    if st.engines.catalog.base_model(&req.model).is_none() {
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "Model '{}' is not available for fine-tuning. Base models: {}.",
+                req.model,
+                base_ids(&st).join(", ")
+            ),
+            param: Some("model".into()),
+            code: Some("model_not_available".into()),
+        });
+    }
+    if let Some(s) = &req.suffix {
+        ids::validate_suffix(s)?;
+    }
+    check_metadata(&req)?;
+    let (method, hyperparameters) = method_of(&req)?;
+    check_file(&st, &req.training_file, "training_file").await?;
+    if let Some(v) = &req.validation_file {
+        check_file(&st, v, "validation_file").await?;
+    }
+    let job = FineTuningJob {
+        id: ids::job_id(),
+        object: JobTag,
+        created_at: unix_now(),
+        error: None,
+        fine_tuned_model: None,
+        finished_at: None,
+        hyperparameters,
+        method,
+        model: req.model,
+        organization_id: st.config.org.clone(),
+        result_files: vec![],
+        seed: req
+            .seed
+            .unwrap_or_else(|| i64::from(rand::random::<u32>() >> 1)),
+        status: JobStatus::ValidatingFiles,
+        trained_tokens: None,
+        training_file: req.training_file,
+        validation_file: req.validation_file,
+        estimated_finish: None,
+        integrations: None,
+        metadata: req.metadata,
+        user_provided_suffix: req.suffix,
+    };
+    let stored = job.clone();
+    st.store.run(move |s| s.insert_job(&stored)).await?;
+    st.worker.job_created();
+    Ok(Json(job))
+}
+
+fn base_ids(st: &AppState) -> Vec<String> {
+    st.engines
+        .catalog
+        .base_models()
+        .into_iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+/// OpenAI's limits: at most 16 pairs, keys up to 64 and values up to 512
+/// characters.
+fn check_metadata(req: &CreateJobRequest) -> Result<(), ApiError> {
+    let Some(m) = &req.metadata else {
+        return Ok(());
+    };
+    let bad = m.len() > 16
+        || m.iter()
+            .any(|(k, v)| k.chars().count() > 64 || v.chars().count() > 512);
+    if bad {
+        return Err(ApiError::invalid(
+            "metadata",
+            "metadata takes at most 16 pairs, keys up to 64 and values up to 512 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The method and its requested hyperparameters, from `method` or the
+/// legacy top-level `hyperparameters` (not both).
+fn method_of(req: &CreateJobRequest) -> Result<(Method, Hyperparameters), ApiError> {
+    let (kind, from_method) = match &req.method {
+        None => (MethodType::Supervised, None),
+        Some(m) => match m.kind {
+            MethodType::Reinforcement => {
+                return Err(ApiError::InvalidRequest {
+                    message: "Reinforcement fine-tuning is not supported by this server; use method.type 'supervised' or 'dpo'.".into(),
+                    param: Some("method.type".into()),
+                    code: Some("unsupported_method".into()),
+                })
+            }
+            MethodType::Supervised => (MethodType::Supervised, m.supervised.map(|p| p.hyperparameters)),
+            MethodType::Dpo => (MethodType::Dpo, m.dpo.map(|p| p.hyperparameters)),
+        },
+    };
+    if from_method.is_some() && req.hyperparameters.is_some() {
+        return Err(ApiError::invalid(
+            "hyperparameters",
+            "Give hyperparameters either in method.<type>.hyperparameters or at the top level, not both.",
+        ));
+    }
+    let mut h = worker::requested(from_method.or(req.hyperparameters));
+    check_ranges(&h, kind)?;
+    if kind == MethodType::Dpo && h.beta.is_none() {
+        h.beta = Some(AutoOr::default());
+    }
+    let params = Some(MethodParams { hyperparameters: h });
+    let method = Method {
+        kind,
+        supervised: if kind == MethodType::Supervised {
+            params
+        } else {
+            None
+        },
+        dpo: if kind == MethodType::Dpo {
+            params
+        } else {
+            None
+        },
+        reinforcement: None,
+    };
+    Ok((method, h))
+}
+
+fn check_ranges(h: &Hyperparameters, kind: MethodType) -> Result<(), ApiError> {
+    let out = |name: &'static str, range: &str| {
+        ApiError::invalid(
+            name,
+            format!("{name} must be \"auto\" or a number in {range}"),
+        )
+    };
+    if h.n_epochs.value().is_some_and(|n| !(1..=50).contains(&n)) {
+        return Err(out("n_epochs", "1..=50"));
+    }
+    if h.batch_size
+        .value()
+        .is_some_and(|n| !(1..=256).contains(&n))
+    {
+        return Err(out("batch_size", "1..=256"));
+    }
+    if h.learning_rate_multiplier
+        .value()
+        .is_some_and(|x| !(x > 0.0 && x <= 100.0))
+    {
+        return Err(out("learning_rate_multiplier", "(0, 100]"));
+    }
+    match (kind, h.beta.and_then(|b| b.value())) {
+        (MethodType::Dpo, Some(b)) if !(b > 0.0 && b <= 10.0) => Err(out("beta", "(0, 10]")),
+        (MethodType::Supervised, _) if h.beta.is_some() => Err(ApiError::invalid(
+            "beta",
+            "beta applies to method.type 'dpo' only",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The file must exist, be a fine-tune upload, and not have failed
+/// validation (its problems are repeated here, so the user sees them).
+async fn check_file(st: &AppState, id: &str, param: &'static str) -> Result<(), ApiError> {
+    let fid = id.to_string();
+    let rec =
+        st.store
+            .run(move |s| s.get_file(&fid))
+            .await
+            .map_err(|_| ApiError::InvalidRequest {
+                message: format!("File '{id}' does not exist."),
+                param: Some(param.into()),
+                code: Some(format!("invalid_{param}")),
+            })?;
+    let f = rec.object;
+    let problem = if f.purpose != "fine-tune" {
+        Some(format!(
+            "File '{id}' has purpose '{}', not 'fine-tune'.",
+            f.purpose
+        ))
+    } else if f.status == FileStatus::Error {
+        Some(format!(
+            "File '{id}' failed validation:\n{}",
+            f.status_details.unwrap_or_default()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(ApiError::InvalidRequest {
+            message,
+            param: Some(param.into()),
+            code: Some(format!("invalid_{param}")),
+        }),
+        None => Ok(()),
+    }
+}
+
+pub(super) async fn list(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListResponse<FineTuningJob>>, ApiError> {
+    let page = page_request(&q, JOBS_PAGE.0, JOBS_PAGE.1)?;
+    let p = st.store.run(move |s| s.list_jobs(&page)).await?;
+    Ok(Json(ListResponse::page(p.data, p.has_more)))
+}
+
+pub(super) async fn retrieve(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    Ok(Json(st.store.run(move |s| s.get_job(&id)).await?))
+}
+
+async fn command(st: &AppState, id: &str, c: Command) -> Result<Json<FineTuningJob>, ApiError> {
+    let lookup = id.to_string();
+    st.store.run(move |s| s.get_job(&lookup)).await?;
+    Ok(Json(st.worker.command(id, c).await?))
+}
+
+pub(super) async fn cancel(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    command(&st, &id, Command::Cancel).await
+}
+
+pub(super) async fn pause(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    command(&st, &id, Command::Pause).await
+}
+
+pub(super) async fn resume(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<FineTuningJob>, ApiError> {
+    command(&st, &id, Command::Resume).await
+}
+
+pub(super) async fn events(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListResponse<JobEvent>>, ApiError> {
+    let page = page_request(&q, EVENTS_PAGE.0, EVENTS_PAGE.1)?;
+    let p = st.store.run(move |s| s.list_events(&id, &page)).await?;
+    Ok(Json(ListResponse::page(p.data, p.has_more)))
+}
+
+pub(super) async fn checkpoints(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListResponse<JobCheckpoint>>, ApiError> {
+    let page = page_request(&q, CHECKPOINTS_PAGE.0, CHECKPOINTS_PAGE.1)?;
+    let p = st
+        .store
+        .run(move |s| s.list_checkpoints(&id, &page))
+        .await?;
+    Ok(Json(ListResponse::page(p.data, p.has_more)))
+}
