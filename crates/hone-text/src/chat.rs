@@ -145,7 +145,10 @@ impl ChatTokenizer {
     }
 
     /// Tokenises the rendered text once and marks each token whose first
-    /// byte lies in a trained range.
+    /// byte lies in a trained range. A token that straddles the start of a
+    /// trained range (possible only when the content begins with whitespace
+    /// that BPE joins to the header's newline) stays untrained, so the
+    /// prompt tokens are never trained.
     pub fn encode_rendered(&self, rendered: &RenderedChat) -> Result<EncodedChat> {
         let enc = self.tokenizer.encode_with_offsets(&rendered.text)?;
         let ranges: Vec<&Range<usize>> = rendered.trained_ranges().collect();

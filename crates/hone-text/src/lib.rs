@@ -9,6 +9,9 @@
 //! - [`ChatTokenizer`]: both together; `encode_chat` (training ids and loss
 //!   mask), `encode_prompt` (inference), `encode_preference` (DPO).
 //!
+//! - [`testing`]: a tiny SmolLM-shaped vocabulary (as GGUF bytes, a file or
+//!   a ready `ChatTokenizer`) for fast tests in any crate.
+//!
 //! Training and serving share one render path, so the inference prompt is
 //! always a byte prefix of the trained text.
 
