@@ -32,14 +32,17 @@ impl Config {
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return bad("head counts must be positive".into());
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} must be even and positive", self.head_dim));
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim {} must be even and positive",
+                self.head_dim
+            ));
         }
         if self.hidden_size == 0 || self.vocab_size == 0 || self.num_hidden_layers == 0 {
             return bad("hidden_size, vocab_size and num_hidden_layers must be positive".into());
@@ -59,12 +62,16 @@ impl Config {
             .and_then(|v| v.to_string().ok())
             .ok_or_else(|| ModelError::MissingMetadata("general.architecture".into()))?;
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture { found: arch.clone() });
+            return Err(ModelError::UnsupportedArchitecture {
+                found: arch.clone(),
+            });
         }
         let p = |k: &str| format!("{arch}.{k}");
         let usize_key = |k: &str| -> Result<usize> {
             let key = p(k);
-            let v = md.get(&key).ok_or_else(|| ModelError::MissingMetadata(key.clone()))?;
+            let v = md
+                .get(&key)
+                .ok_or_else(|| ModelError::MissingMetadata(key.clone()))?;
             to_u64(v)
                 .map(|x| x as usize)
                 .ok_or_else(|| ModelError::Config(format!("`{key}` is not an integer")))
@@ -211,7 +218,10 @@ mod tests {
     #[test]
     fn gguf_metadata_needs_the_llama_keys() {
         let mut md = HashMap::new();
-        md.insert("general.architecture".to_string(), Value::String("llama".into()));
+        md.insert(
+            "general.architecture".to_string(),
+            Value::String("llama".into()),
+        );
         let err = Config::from_gguf_metadata(&md).unwrap_err().to_string();
         assert!(err.contains("llama.embedding_length"), "{err}");
     }

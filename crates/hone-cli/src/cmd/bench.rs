@@ -1,10 +1,140 @@
-//! `hone bench …` (placeholder until the benchmarks land).
+//! `hone bench infer`: inference speed on this machine, as one JSON line.
+//!
+//! Same shape as the PyTorch reference (`bench_infer.py`): the chat-templated
+//! prompt "Write a short story about a robot who learns to paint.", then
+//! exactly `--new-tokens` greedy tokens with no early stop, batch 1, KV cache.
+//! Prefill is the forward pass over the prompt (which yields the first new
+//! token); decode is the remaining `new_tokens - 1` single-token steps.
 
 use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use hone_model::generate::{argmax, StepModel};
+use hone_model::registry::DEFAULT_MODEL_ID;
+use hone_model::WeightPath;
+use hone_text::{ChatMessage, Role};
+
+use super::chat::{load_engine, parse_weights};
+
+const PROMPT: &str = "Write a short story about a robot who learns to paint.";
 
 #[derive(clap::Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Prefill and decode speed of greedy generation (one JSON line on stdout).
+    Infer(InferArgs),
+}
+
+#[derive(clap::Args)]
+pub struct InferArgs {
+    /// Model id or path to a GGUF file or HF directory.
+    #[arg(long, env = "HONE_MODEL", default_value = DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// Weight path to measure: q8_0, native or f32.
+    #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
+    pub weights: WeightPath,
+    /// Tokens to generate per run.
+    #[arg(long, env = "HONE_BENCH_NEW_TOKENS", default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Measured runs (after one warm-up run); the median is reported.
+    #[arg(long, env = "HONE_BENCH_RUNS", default_value_t = 3)]
+    pub runs: usize,
+    /// Compute threads (sets RAYON_NUM_THREADS; default: all cores).
+    #[arg(long, env = "HONE_THREADS")]
+    pub threads: Option<usize>,
+}
 
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
-    match c {}
+    match c {
+        BenchCommand::Infer(a) => infer(a),
+    }
+}
+
+struct RunTimes {
+    prefill_s: f64,
+    decode_s: f64,
+}
+
+fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
+    if args.new_tokens < 2 || args.runs == 0 {
+        bail!("--new-tokens must be at least 2 and --runs at least 1");
+    }
+    if let Some(t) = args.threads {
+        // Read by rayon when candle first builds its pool, i.e. after this.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let t0 = Instant::now();
+    let engine = load_engine(&args.model, args.weights)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let msgs = [ChatMessage::new(Role::User, PROMPT)];
+    let prompt = engine.encode_prompt(&msgs, None)?;
+    let model = &engine.model;
+    let mut runs = Vec::with_capacity(args.runs);
+    for i in 0..=args.runs {
+        let r = one_run(model, &prompt, args.new_tokens).context("benchmark run")?;
+        if i > 0 {
+            runs.push(r);
+        }
+    }
+    let n = args.new_tokens as f64;
+    let mut decode: Vec<f64> = runs.iter().map(|r| (n - 1.0) / r.decode_s).collect();
+    let mut prefill: Vec<f64> = runs
+        .iter()
+        .map(|r| prompt.len() as f64 / r.prefill_s)
+        .collect();
+    let out = serde_json::json!({
+        "bench": "infer",
+        "model": engine.id,
+        "weights": args.weights.as_str(),
+        "prompt_tokens": prompt.len(),
+        "new_tokens": args.new_tokens,
+        "prefill_tokens_per_s": round2(median(&mut prefill)),
+        "decode_tokens_per_s": round2(median(&mut decode)),
+        "decode_tokens_per_s_best": round2(decode.iter().copied().fold(0.0, f64::max)),
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": hone_model::compute_threads(),
+        "runs": args.runs,
+        "load_s": round2(load_s),
+    });
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One generation of exactly `new_tokens` greedy tokens, timed in two parts.
+fn one_run(
+    model: &hone_model::Llama,
+    prompt: &[u32],
+    new_tokens: usize,
+) -> anyhow::Result<RunTimes> {
+    let mut cache = model.new_cache();
+    let t = Instant::now();
+    let logits = model.step(prompt, 0, &mut cache)?;
+    let mut next = argmax(&logits);
+    let prefill_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 1..new_tokens {
+        let logits = model.step(&[next], prompt.len() + i - 1, &mut cache)?;
+        next = argmax(&logits);
+    }
+    Ok(RunTimes {
+        prefill_s,
+        decode_s: t.elapsed().as_secs_f64(),
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Peak resident memory (VmHWM) in MB, from /proc/self/status.
+fn peak_rss_mb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }

@@ -1,10 +1,175 @@
-//! `hone chat` (placeholder until the inference engine lands).
+//! `hone chat`: one answer to a prompt, or an interactive session.
+//!
+//! Sampling defaults follow SmolLM2-Instruct's model card (temperature 0.2,
+//! top-p 0.9): low enough to stay on topic, not fully greedy. `--temperature 0`
+//! is greedy decoding. Without `--seed` each run draws a fresh seed.
 
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct ChatArgs {}
+use anyhow::{bail, Context};
+use hone_model::generate::{Generation, GenerationParams};
+use hone_model::registry::{self, DEFAULT_MODEL_ID};
+use hone_model::{ChatEngine, WeightPath};
+use hone_text::{ChatMessage, Role};
 
-pub fn run(_args: ChatArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`hone chat` is not implemented yet")
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    /// The user message. Without it, starts an interactive session
+    /// (`/reset` clears the conversation, `/exit` or end of input quits).
+    pub prompt: Option<String>,
+    /// Model id (e.g. smollm2-135m-instruct) or path to a GGUF file or HF directory.
+    #[arg(long, env = "HONE_MODEL", default_value = DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// System message placed before the conversation.
+    #[arg(long, env = "HONE_SYSTEM")]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 means greedy decoding.
+    #[arg(long, env = "HONE_TEMPERATURE", default_value_t = 0.2)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, env = "HONE_TOP_P", default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0: no limit).
+    #[arg(long, env = "HONE_TOP_K", default_value_t = 0)]
+    pub top_k: usize,
+    /// Maximum number of tokens in each answer.
+    #[arg(long, env = "HONE_MAX_TOKENS", default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Seed for reproducible sampling.
+    #[arg(long, env = "HONE_SEED")]
+    pub seed: Option<u64>,
+    /// Weights used for inference: q8_0 (default; faithful to f32 and fast),
+    /// native (the file's own quantization), or f32.
+    #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
+    pub weights: WeightPath,
+}
+
+/// Parses `--weights`.
+pub fn parse_weights(s: &str) -> Result<WeightPath, String> {
+    match s {
+        "q8_0" | "q8" => Ok(WeightPath::Q8_0),
+        "native" => Ok(WeightPath::Native),
+        "f32" => Ok(WeightPath::F32),
+        _ => Err(format!(
+            "unknown weights `{s}` (expected q8_0, native or f32)"
+        )),
+    }
+}
+
+pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &args.prompt {
+        if p.trim().is_empty() {
+            bail!(
+                "the prompt is empty: give a question, or no argument for an interactive session"
+            );
+        }
+    }
+    validate(&args)?;
+    let engine = load_engine(&args.model, args.weights)?;
+    let mut params = GenerationParams {
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed.unwrap_or_else(fresh_seed),
+        stop: Vec::new(),
+    };
+    let mut conversation: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = &args.system {
+        conversation.push(ChatMessage::new(Role::System, s.clone()));
+    }
+    match &args.prompt {
+        Some(p) => {
+            conversation.push(ChatMessage::new(Role::User, p.clone()));
+            answer(&engine, &conversation, &params)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => repl(&engine, conversation, &mut params),
+    }
+}
+
+fn validate(args: &ChatArgs) -> anyhow::Result<()> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature must be a number >= 0 (0 is greedy)");
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    if args.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    Ok(())
+}
+
+/// Resolves `--model` (fetching the default model if needed) and loads it.
+pub fn load_engine(spec: &str, weights: WeightPath) -> anyhow::Result<ChatEngine> {
+    let resolved = registry::resolve(spec)?;
+    ChatEngine::load(&resolved, weights)
+        .with_context(|| format!("loading model {}", resolved.source.path().display()))
+}
+
+fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Streams one answer to stdout and returns it.
+fn answer(
+    engine: &ChatEngine,
+    conversation: &[ChatMessage],
+    params: &GenerationParams,
+) -> anyhow::Result<Generation> {
+    let mut out = std::io::stdout().lock();
+    let g = engine.chat(conversation, params, &mut |piece| {
+        let ok = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+        // A closed stdout (e.g. `| head`) ends generation quietly.
+        if ok.is_err() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    let _ = writeln!(out);
+    Ok(g)
+}
+
+fn repl(
+    engine: &ChatEngine,
+    start: Vec<ChatMessage>,
+    params: &mut GenerationParams,
+) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "hone chat with {} — /reset clears the conversation, /exit or Ctrl-D quits",
+        engine.id
+    );
+    let mut conversation = start.clone();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                conversation = start.clone();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        conversation.push(ChatMessage::new(Role::User, line));
+        let g = answer(engine, &conversation, params)?;
+        conversation.push(ChatMessage::new(Role::Assistant, g.text));
+        // Vary samples between turns while staying reproducible for a given --seed.
+        params.seed = params.seed.wrapping_add(1);
+    }
+    Ok(ExitCode::SUCCESS)
 }
