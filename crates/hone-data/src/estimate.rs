@@ -50,7 +50,9 @@ impl Default for Throughput {
     fn default() -> Self {
         Throughput {
             tokens_per_second: DEFAULT_TOKENS_PER_SECOND,
-            source: format!("default {DEFAULT_TOKENS_PER_SECOND} tokens/s (no `hone bench train` result found)"),
+            source: format!(
+                "default {DEFAULT_TOKENS_PER_SECOND} tokens/s (no `hone bench train` result found)"
+            ),
         }
     }
 }
@@ -111,7 +113,11 @@ pub fn estimate(input: &EstimateInput) -> Estimate {
         Method::Dpo => DPO_WORK_FACTOR,
     };
     let tps = input.throughput.tokens_per_second;
-    let wall_seconds = if tps > 0.0 { billed as f64 * work_factor / tps } else { f64::INFINITY };
+    let wall_seconds = if tps > 0.0 {
+        billed as f64 * work_factor / tps
+    } else {
+        f64::INFINITY
+    };
     let local_usd = wall_seconds / 3600.0 * input.price_per_hour;
     let hosted = input
         .hosted_prices
@@ -183,7 +189,10 @@ mod tests {
             price_per_hour: 0.36,
             hosted_prices: default_hosted_prices(),
         });
-        assert_eq!((e.n_epochs, e.batch_size, e.steps_per_epoch, e.total_steps), (3, 8, 125, 375));
+        assert_eq!(
+            (e.n_epochs, e.batch_size, e.steps_per_epoch, e.total_steps),
+            (3, 8, 125, 375)
+        );
         assert_eq!(e.billed_tokens_total, 3_000_000);
         assert_eq!(e.trained_tokens_total, 1_200_000);
         assert!((e.wall_seconds - 3000.0).abs() < 1e-9);
@@ -194,8 +203,18 @@ mod tests {
 
     #[test]
     fn bench_json_shapes() {
-        assert_eq!(throughput_from_bench_json(r#"{"tokens_per_second": 210.5}"#, "x").unwrap().tokens_per_second, 210.5);
-        assert_eq!(throughput_from_bench_json(r#"{"train": {"tokens_per_second": 99}}"#, "x").unwrap().tokens_per_second, 99.0);
+        assert_eq!(
+            throughput_from_bench_json(r#"{"tokens_per_second": 210.5}"#, "x")
+                .unwrap()
+                .tokens_per_second,
+            210.5
+        );
+        assert_eq!(
+            throughput_from_bench_json(r#"{"train": {"tokens_per_second": 99}}"#, "x")
+                .unwrap()
+                .tokens_per_second,
+            99.0
+        );
         assert!(throughput_from_bench_json(r#"{"tokens_per_second": -1}"#, "x").is_none());
         assert!(throughput_from_bench_json("not json", "x").is_none());
     }

@@ -140,27 +140,47 @@ pub fn auto_multiplier(method: Method, model_params: Option<u64>) -> f64 {
 
 /// Resolves every "auto" value and says why. User values are checked and
 /// kept.
-pub fn resolve_auto(input: &AutoInput, o: &Overrides) -> Result<ResolvedHyperparameters, DataError> {
+pub fn resolve_auto(
+    input: &AutoInput,
+    o: &Overrides,
+) -> Result<ResolvedHyperparameters, DataError> {
     check_overrides(o)?;
     let n = input.n_examples;
     let mut reasons = Vec::new();
-    let n_epochs = pick(&mut reasons, "n_epochs", o.n_epochs, || (auto_epochs(n), epochs_why(n)));
+    let n_epochs = pick(&mut reasons, "n_epochs", o.n_epochs, || {
+        (auto_epochs(n), epochs_why(n))
+    });
     let batch_size = pick(&mut reasons, "batch_size", o.batch_size, || {
-        (auto_batch_size(n, input.mean_tokens_per_example), batch_why(n, input.mean_tokens_per_example))
+        (
+            auto_batch_size(n, input.mean_tokens_per_example),
+            batch_why(n, input.mean_tokens_per_example),
+        )
     });
-    let learning_rate_multiplier = pick(&mut reasons, "learning_rate_multiplier", o.learning_rate_multiplier, || {
-        let m = auto_multiplier(input.method, input.model_params);
-        (m, multiplier_why(input.method, input.model_params))
-    });
+    let learning_rate_multiplier = pick(
+        &mut reasons,
+        "learning_rate_multiplier",
+        o.learning_rate_multiplier,
+        || {
+            let m = auto_multiplier(input.method, input.model_params);
+            (m, multiplier_why(input.method, input.model_params))
+        },
+    );
     let learning_rate = BASE_LEARNING_RATE * learning_rate_multiplier;
     reasons.push(Reason {
         param: "learning_rate".into(),
         value: format!("{learning_rate:e}"),
-        source: if o.learning_rate_multiplier.is_some() { Source::User } else { Source::Auto },
+        source: if o.learning_rate_multiplier.is_some() {
+            Source::User
+        } else {
+            Source::Auto
+        },
         why: format!("base {BASE_LEARNING_RATE:e} × multiplier {learning_rate_multiplier}"),
     });
-    let beta = (input.method == Method::Dpo)
-        .then(|| pick(&mut reasons, "beta", o.beta, || (DPO_AUTO_BETA, "OpenAI's default for DPO".to_string())));
+    let beta = (input.method == Method::Dpo).then(|| {
+        pick(&mut reasons, "beta", o.beta, || {
+            (DPO_AUTO_BETA, "OpenAI's default for DPO".to_string())
+        })
+    });
     Ok(ResolvedHyperparameters {
         n_epochs,
         batch_size,
@@ -171,7 +191,12 @@ pub fn resolve_auto(input: &AutoInput, o: &Overrides) -> Result<ResolvedHyperpar
     })
 }
 
-fn pick<T: Copy + std::fmt::Display>(reasons: &mut Vec<Reason>, param: &str, user: Option<T>, auto: impl FnOnce() -> (T, String)) -> T {
+fn pick<T: Copy + std::fmt::Display>(
+    reasons: &mut Vec<Reason>,
+    param: &str,
+    user: Option<T>,
+    auto: impl FnOnce() -> (T, String),
+) -> T {
     let (value, source, why) = match user {
         Some(v) => (v, Source::User, "set by the user".to_string()),
         None => {
@@ -196,8 +221,13 @@ fn check_overrides(o: &Overrides) -> Result<(), DataError> {
     if o.batch_size == Some(0) {
         return bad("batch_size must be at least 1".into());
     }
-    if let Some(m) = o.learning_rate_multiplier.filter(|m| !(m.is_finite() && *m > 0.0 && *m <= 100.0)) {
-        return bad(format!("learning_rate_multiplier must be in (0, 100], got {m}"));
+    if let Some(m) = o
+        .learning_rate_multiplier
+        .filter(|m| !(m.is_finite() && *m > 0.0 && *m <= 100.0))
+    {
+        return bad(format!(
+            "learning_rate_multiplier must be in (0, 100], got {m}"
+        ));
     }
     if let Some(b) = o.beta.filter(|b| !(b.is_finite() && *b > 0.0 && *b <= 2.0)) {
         return bad(format!("beta must be in (0, 2], got {b}"));
@@ -207,9 +237,15 @@ fn check_overrides(o: &Overrides) -> Result<(), DataError> {
 
 fn epochs_why(n: usize) -> String {
     if 3 * n < 100 {
-        format!("OpenAI's rule: 3 × {n} examples < 100, so min(25, 100 / {n}) = {}", auto_epochs(n))
+        format!(
+            "OpenAI's rule: 3 × {n} examples < 100, so min(25, 100 / {n}) = {}",
+            auto_epochs(n)
+        )
     } else if 3 * n > 25_000 {
-        format!("OpenAI's rule: 3 × {n} examples > 25000, so max(1, 25000 / {n}) = {}", auto_epochs(n))
+        format!(
+            "OpenAI's rule: 3 × {n} examples > 25000, so max(1, 25000 / {n}) = {}",
+            auto_epochs(n)
+        )
     } else {
         format!("OpenAI's rule: 3 for {n} examples (100 ≤ 3n ≤ 25000)")
     }
@@ -219,7 +255,9 @@ fn batch_why(n: usize, mean_tokens: Option<f64>) -> String {
     let b = auto_batch_size(n, mean_tokens);
     let mut why = format!("ours: power of two below n/100 = {}, clamped to [{MIN_AUTO_BATCH}, {MAX_AUTO_BATCH}] and to n", n / 100);
     if let Some(t) = mean_tokens.filter(|t| *t > 0.0) {
-        why.push_str(&format!(", then at most {BATCH_TOKEN_BUDGET} tokens per batch at {t:.0} tokens per example"));
+        why.push_str(&format!(
+            ", then at most {BATCH_TOKEN_BUDGET} tokens per batch at {t:.0} tokens per example"
+        ));
     }
     why.push_str(&format!(" → {b}"));
     why
@@ -310,9 +348,18 @@ mod tests {
             model_params: None,
         };
         for o in [
-            Overrides { n_epochs: Some(0), ..Overrides::default() },
-            Overrides { batch_size: Some(0), ..Overrides::default() },
-            Overrides { learning_rate_multiplier: Some(f64::NAN), ..Overrides::default() },
+            Overrides {
+                n_epochs: Some(0),
+                ..Overrides::default()
+            },
+            Overrides {
+                batch_size: Some(0),
+                ..Overrides::default()
+            },
+            Overrides {
+                learning_rate_multiplier: Some(f64::NAN),
+                ..Overrides::default()
+            },
         ] {
             assert!(resolve_auto(&input, &o).is_err());
         }

@@ -145,7 +145,12 @@ pub struct Issue {
 }
 
 impl Issue {
-    pub fn new(line: Option<usize>, message: Option<usize>, code: Code, text: impl Into<String>) -> Self {
+    pub fn new(
+        line: Option<usize>,
+        message: Option<usize>,
+        code: Code,
+        text: impl Into<String>,
+    ) -> Self {
         Issue {
             line,
             message,
@@ -211,7 +216,10 @@ pub struct Report {
 impl Report {
     /// Issues with this code, errors and warnings alike.
     pub fn with_code(&self, code: Code) -> impl Iterator<Item = &Issue> {
-        self.errors.iter().chain(&self.warnings).filter(move |i| i.code == code)
+        self.errors
+            .iter()
+            .chain(&self.warnings)
+            .filter(move |i| i.code == code)
     }
 
     /// Counts per code, in [`Code::ALL`] order, codes with no issue left out.

@@ -123,7 +123,10 @@ mod tests {
         let got = lines(b"\xEF\xBB\xBF{\"a\":1}\r\n\r\nlast", 100);
         let texts: Vec<&[u8]> = got.iter().map(|l| l.bytes.as_slice()).collect();
         assert_eq!(texts, vec![&b"{\"a\":1}"[..], b"", b"last"]);
-        assert_eq!(got.iter().map(|l| l.number).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            got.iter().map(|l| l.number).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert!(got[1].is_blank());
     }
 

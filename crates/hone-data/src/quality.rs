@@ -71,7 +71,9 @@ impl std::str::FromStr for Goal {
             "style" => Ok(Goal::Style),
             "domain" => Ok(Goal::Domain),
             "complex" => Ok(Goal::Complex),
-            _ => Err(format!("unknown goal '{s}': expected format, style, domain or complex")),
+            _ => Err(format!(
+                "unknown goal '{s}': expected format, style, domain or complex"
+            )),
         }
     }
 }
@@ -118,7 +120,11 @@ pub(crate) fn sft_warnings(ex: &SftExample, out: &mut LineIssues) {
         out.push(None, Code::MissingUserMessage, "no user message");
     }
     if !ex.messages.iter().any(ChatMessage::is_trained) {
-        out.push(None, Code::NoTrainedMessages, "every assistant message has weight 0: this example adds nothing to the loss");
+        out.push(
+            None,
+            Code::NoTrainedMessages,
+            "every assistant message has weight 0: this example adds nothing to the loss",
+        );
     }
 }
 
@@ -142,7 +148,15 @@ fn message_warnings(m: &ChatMessage, n: usize, out: &mut LineIssues) {
     }
     let chars = m.content.chars().count();
     if chars < SHORT_MESSAGE_CHARS && m.role != Role::Tool {
-        out.push(Some(n), Code::ShortMessage, format!("very short {} message ({chars} characters): \"{}\"", m.role.as_str(), truncate(&m.content, 20)));
+        out.push(
+            Some(n),
+            Code::ShortMessage,
+            format!(
+                "very short {} message ({chars} characters): \"{}\"",
+                m.role.as_str(),
+                truncate(&m.content, 20)
+            ),
+        );
     }
 }
 
@@ -152,7 +166,11 @@ fn answer_warnings(m: &ChatMessage, n: Option<usize>, prefix: &str, out: &mut Li
     if m.content.is_empty() && m.tool_calls.is_some() {
         return;
     }
-    let opening = m.content.trim_start().to_lowercase().replace('\u{2019}', "'");
+    let opening = m
+        .content
+        .trim_start()
+        .to_lowercase()
+        .replace('\u{2019}', "'");
     if let Some(r) = REFUSAL_OPENINGS.iter().find(|r| opening.starts_with(**r)) {
         out.push(n, Code::RefusalAnswer, format!("{prefix}the answer starts like a refusal (\"{r}…\"); keep refusals only if you mean to teach them"));
     }
@@ -205,7 +223,9 @@ fn finish(h: DefaultHasher) -> u64 {
 
 fn exact_hash<T: Serialize>(value: &T) -> u64 {
     let mut h = DefaultHasher::new();
-    serde_json::to_string(value).unwrap_or_default().hash(&mut h);
+    serde_json::to_string(value)
+        .unwrap_or_default()
+        .hash(&mut h);
     h.finish()
 }
 
@@ -219,7 +239,11 @@ fn answer_hash(m: &ChatMessage) -> u64 {
 /// Prompt: every message before the last assistant message; answer: that
 /// message.
 pub(crate) fn sft_keys(ex: &SftExample) -> DedupKeys {
-    let split = ex.messages.iter().rposition(|m| m.role == Role::Assistant).unwrap_or(0);
+    let split = ex
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::Assistant)
+        .unwrap_or(0);
     let mut h = DefaultHasher::new();
     hash_messages(&ex.messages[..split], &mut h);
     DedupKeys {
@@ -252,7 +276,12 @@ impl DuplicateTracker {
     /// near-duplicate, or the same prompt with another answer.
     pub(crate) fn check(&mut self, line: usize, keys: DedupKeys) -> Option<Issue> {
         if let Some(&first) = self.exact.get(&keys.exact) {
-            return Some(Issue::new(Some(line), None, Code::DuplicateExample, format!("exact duplicate of line {first}")));
+            return Some(Issue::new(
+                Some(line),
+                None,
+                Code::DuplicateExample,
+                format!("exact duplicate of line {first}"),
+            ));
         }
         self.exact.insert(keys.exact, line);
         match self.prompts.get(&keys.prompt) {

@@ -51,7 +51,9 @@ pub fn n_valid(n: usize, fraction: f64) -> usize {
 /// Which of `n` items go to validation: a boolean per item.
 pub fn split_mask(n: usize, fraction: f64, seed: u64) -> Result<Vec<bool>, DataError> {
     if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(DataError::InvalidArgument(format!("valid fraction must be between 0 and 1 (exclusive), got {fraction}")));
+        return Err(DataError::InvalidArgument(format!(
+            "valid fraction must be between 0 and 1 (exclusive), got {fraction}"
+        )));
     }
     let k = n_valid(n, fraction);
     let mut order: Vec<usize> = (0..n).collect();
@@ -79,7 +81,13 @@ pub struct SplitSummary {
 /// Splits the non-blank lines of `input` into `train_out` and `valid_out`.
 /// Each output is written to a temporary file beside it and renamed into
 /// place, so a failure never leaves a half-written file.
-pub fn split_file(input: &Path, train_out: &Path, valid_out: &Path, fraction: f64, seed: u64) -> Result<SplitSummary, DataError> {
+pub fn split_file(
+    input: &Path,
+    train_out: &Path,
+    valid_out: &Path,
+    fraction: f64,
+    seed: u64,
+) -> Result<SplitSummary, DataError> {
     let file = File::open(input).map_err(DataError::io(input))?;
     let mut reader = LineReader::new(BufReader::new(file), usize::MAX);
     let mut lines = Vec::new();
@@ -103,7 +111,10 @@ pub fn split_file(input: &Path, train_out: &Path, valid_out: &Path, fraction: f6
 }
 
 /// Writes lines atomically (temp file in the same directory, then rename).
-pub(crate) fn write_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a [u8]>) -> Result<(), DataError> {
+pub(crate) fn write_lines<'a>(
+    path: &Path,
+    lines: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), DataError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

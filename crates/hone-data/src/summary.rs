@@ -52,7 +52,10 @@ mod tests {
     fn one_to_ten() {
         let mut v: Vec<u64> = (1..=10).rev().collect();
         let d = Distribution::from_values(&mut v);
-        assert_eq!((d.min, d.max, d.median, d.p10, d.p90, d.sum), (1, 10, 5, 1, 9, 55));
+        assert_eq!(
+            (d.min, d.max, d.median, d.p10, d.p90, d.sum),
+            (1, 10, 5, 1, 9, 55)
+        );
         assert!((d.mean - 5.5).abs() < 1e-12);
     }
 

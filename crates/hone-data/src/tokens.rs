@@ -64,13 +64,21 @@ impl WordCounter {
 impl TokenCounter for WordCounter {
     fn count_sft(&self, ex: &SftExample) -> Result<TokenCount, String> {
         let total = ex.messages.iter().map(Self::message).sum();
-        let trained = ex.messages.iter().filter(|m| m.is_trained()).map(Self::message).sum();
+        let trained = ex
+            .messages
+            .iter()
+            .filter(|m| m.is_trained())
+            .map(Self::message)
+            .sum();
         Ok(TokenCount::sequence(total, trained))
     }
 
     fn count_preference(&self, ex: &PreferenceExample) -> Result<TokenCount, String> {
         let prompt: usize = ex.input.iter().map(Self::message).sum();
-        let (p, n) = (Self::message(&ex.preferred), Self::message(&ex.non_preferred));
+        let (p, n) = (
+            Self::message(&ex.preferred),
+            Self::message(&ex.non_preferred),
+        );
         Ok(TokenCount {
             total: 2 * prompt + p + n,
             trained: p + n,

@@ -63,19 +63,32 @@ impl Default for ValidateOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Example {
     Sft(SftExample),
-    Preference(PreferenceExample),
+    /// Boxed: a pair is several times the size of a chat example.
+    Preference(Box<PreferenceExample>),
 }
 
 /// Validates a JSONL stream and reports every problem. Token checks run
 /// when `counter` is given. Never panics on any input.
-pub fn validate_reader<R: BufRead>(reader: R, opts: &ValidateOptions, counter: Option<&dyn TokenCounter>) -> Report {
+pub fn validate_reader<R: BufRead>(
+    reader: R,
+    opts: &ValidateOptions,
+    counter: Option<&dyn TokenCounter>,
+) -> Report {
     run(reader, opts, counter, false).0
 }
 
 /// [`validate_reader`] on a file.
-pub fn validate_file(path: &Path, opts: &ValidateOptions, counter: Option<&dyn TokenCounter>) -> Result<Report, DataError> {
+pub fn validate_file(
+    path: &Path,
+    opts: &ValidateOptions,
+    counter: Option<&dyn TokenCounter>,
+) -> Result<Report, DataError> {
     let file = File::open(path).map_err(DataError::io(path))?;
-    Ok(validate_reader(BufReader::with_capacity(1 << 20, file), opts, counter))
+    Ok(validate_reader(
+        BufReader::with_capacity(1 << 20, file),
+        opts,
+        counter,
+    ))
 }
 
 /// Reads and validates an SFT file, returning its examples when it has no
@@ -97,7 +110,7 @@ pub fn parse_preference_file(path: &Path) -> Result<Vec<PreferenceExample>, Data
     Ok(examples
         .into_iter()
         .filter_map(|e| match e {
-            Example::Preference(p) => Some(p),
+            Example::Preference(p) => Some(*p),
             Example::Sft(_) => None,
         })
         .collect())
@@ -105,7 +118,10 @@ pub fn parse_preference_file(path: &Path) -> Result<Vec<PreferenceExample>, Data
 
 /// Validates a stream and returns its examples with the report (which may
 /// hold warnings). Fails with the report when there is any error.
-pub fn parse_reader<R: BufRead>(reader: R, method: Option<Method>) -> Result<(Vec<Example>, Report), DataError> {
+pub fn parse_reader<R: BufRead>(
+    reader: R,
+    method: Option<Method>,
+) -> Result<(Vec<Example>, Report), DataError> {
     let opts = ValidateOptions {
         method,
         ..ValidateOptions::default()
@@ -184,37 +200,57 @@ fn check_line_into(raw: &RawLine, ctx: &LineContext<'_>, out: &mut LineIssues) -
         return Outcome::Blank;
     }
     if raw.is_truncated() {
-        out.push(None, Code::LineTooLong, format!("line is {} bytes, over the limit of {}; it was not parsed", raw.full_len, raw.bytes.len()));
+        out.push(
+            None,
+            Code::LineTooLong,
+            format!(
+                "line is {} bytes, over the limit of {}; it was not parsed",
+                raw.full_len,
+                raw.bytes.len()
+            ),
+        );
         return Outcome::Invalid;
     }
     let text = match std::str::from_utf8(&raw.bytes) {
         Ok(t) => t,
         Err(e) => {
-            out.push(None, Code::InvalidUtf8, format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1));
+            out.push(
+                None,
+                Code::InvalidUtf8,
+                format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1),
+            );
             return Outcome::Invalid;
         }
     };
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            out.push(None, Code::InvalidJson, format!("invalid JSON at column {}: {}", e.column(), json_reason(&e)));
+            out.push(
+                None,
+                Code::InvalidJson,
+                format!("invalid JSON at column {}: {}", e.column(), json_reason(&e)),
+            );
             return Outcome::Invalid;
         }
     };
     let (example, n_messages, keys) = match ctx.method {
         Method::Sft => {
-            let Some(ex) = parse_sft(&value, out) else { return Outcome::Invalid };
+            let Some(ex) = parse_sft(&value, out) else {
+                return Outcome::Invalid;
+            };
             quality::sft_warnings(&ex, out);
             let keys = quality::sft_keys(&ex);
             let n = ex.messages.len();
             (Example::Sft(ex), n, keys)
         }
         Method::Dpo => {
-            let Some(ex) = parse_preference(&value, out) else { return Outcome::Invalid };
+            let Some(ex) = parse_preference(&value, out) else {
+                return Outcome::Invalid;
+            };
             quality::preference_warnings(&ex, out);
             let keys = quality::preference_keys(&ex);
             let n = ex.input.len() + 1;
-            (Example::Preference(ex), n, keys)
+            (Example::Preference(Box::new(ex)), n, keys)
         }
     };
     let tokens = match ctx.counter.map(|c| count(c, &example)) {
@@ -224,7 +260,11 @@ fn check_line_into(raw: &RawLine, ctx: &LineContext<'_>, out: &mut LineIssues) -
             Some(t)
         }
         Some(Err(e)) => {
-            out.push(None, Code::TemplateError, format!("the chat template cannot render this example: {e}"));
+            out.push(
+                None,
+                Code::TemplateError,
+                format!("the chat template cannot render this example: {e}"),
+            );
             return Outcome::Invalid;
         }
     };
@@ -311,12 +351,20 @@ impl Acc {
     }
 }
 
-fn run<R: BufRead>(reader: R, opts: &ValidateOptions, counter: Option<&dyn TokenCounter>, collect: bool) -> (Report, Vec<Example>) {
+fn run<R: BufRead>(
+    reader: R,
+    opts: &ValidateOptions,
+    counter: Option<&dyn TokenCounter>,
+    collect: bool,
+) -> (Report, Vec<Example>) {
     let mut lines = LineReader::new(reader, opts.max_line_bytes.max(1));
     let mut acc = Acc::default();
     let mut notes = Vec::new();
     let mut method = opts.method;
-    let length_limit = counter.map_or(usize::MAX, |c| c.context_length().min(opts.max_seq_len.unwrap_or(usize::MAX)));
+    let length_limit = counter.map_or(usize::MAX, |c| {
+        c.context_length()
+            .min(opts.max_seq_len.unwrap_or(usize::MAX))
+    });
     loop {
         let (batch, read_error) = read_batch(&mut lines);
         let method = *method.get_or_insert_with(|| detect_in_batch(&batch, &mut notes));
@@ -331,7 +379,12 @@ fn run<R: BufRead>(reader: R, opts: &ValidateOptions, counter: Option<&dyn Token
             acc.merge(raw.number, outcome, collect);
         }
         if let Some(e) = read_error {
-            acc.errors.push(Issue::new(Some(acc.n_lines + 1), None, Code::ReadError, format!("reading stopped: {e}")));
+            acc.errors.push(Issue::new(
+                Some(acc.n_lines + 1),
+                None,
+                Code::ReadError,
+                format!("reading stopped: {e}"),
+            ));
         }
         if done {
             break;
@@ -390,13 +443,18 @@ fn read_batch<R: BufRead>(lines: &mut LineReader<R>) -> (Vec<RawLine>, Option<st
 }
 
 fn detect_in_batch(batch: &[RawLine], notes: &mut Vec<String>) -> Method {
-    match batch.iter().find_map(|l| detect_line(l).map(|m| (l.number, m))) {
+    match batch
+        .iter()
+        .find_map(|l| detect_line(l).map(|m| (l.number, m)))
+    {
         Some((n, m)) => {
             notes.push(format!("format detected from line {n}: {}", m.as_str()));
             m
         }
         None => {
-            notes.push("could not detect the format from the first lines; checked as sft".to_string());
+            notes.push(
+                "could not detect the format from the first lines; checked as sft".to_string(),
+            );
             Method::Sft
         }
     }
@@ -405,7 +463,12 @@ fn detect_in_batch(batch: &[RawLine], notes: &mut Vec<String>) -> Method {
 fn file_level_issues(acc: &mut Acc, opts: &ValidateOptions) {
     let n_candidates = acc.n_lines - acc.n_blank;
     if n_candidates == 0 {
-        acc.errors.push(Issue::new(None, None, Code::EmptyFile, "the file has no examples"));
+        acc.errors.push(Issue::new(
+            None,
+            None,
+            Code::EmptyFile,
+            "the file has no examples",
+        ));
         return;
     }
     if n_candidates < MIN_EXAMPLES {
@@ -421,7 +484,12 @@ fn file_level_issues(acc: &mut Acc, opts: &ValidateOptions) {
     }
 }
 
-fn token_stats(acc: &mut Acc, counter: &dyn TokenCounter, opts: &ValidateOptions, length_limit: usize) -> TokenStats {
+fn token_stats(
+    acc: &mut Acc,
+    counter: &dyn TokenCounter,
+    opts: &ValidateOptions,
+    length_limit: usize,
+) -> TokenStats {
     let total_tokens = acc.totals.iter().sum();
     let total_trained_tokens = acc.trained.iter().sum();
     TokenStats {

@@ -1,10 +1,678 @@
-//! `hone data …` (placeholder until hone-data lands).
+//! `hone data validate|stats|estimate|split|convert`: a thin layer over
+//! hone-data. The only logic here is wiring the model's tokenizer and chat
+//! template (hone-text) into hone-data's `TokenCounter`, so that counts are
+//! the ones training will see.
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use hone_data::estimate::{
+    default_hosted_prices, estimate, throughput_from_bench_json, Estimate, EstimateInput,
+    Throughput,
+};
+use hone_data::hparams::{
+    resolve_auto, AutoInput, Overrides, ResolvedHyperparameters, BASE_LEARNING_RATE,
+};
+use hone_data::quality::Goal;
+use hone_data::render::{render_distribution, render_report};
+use hone_data::{
+    validate_file, Method, PreferenceExample, Report, SftExample, TokenCount, TokenCounter,
+    ValidateOptions, DEFAULT_MAX_LINE_BYTES,
+};
+use hone_model::registry::{ModelSource, DEFAULT_MODEL_ID};
+use hone_text::ChatTokenizer;
 
 #[derive(clap::Subcommand)]
-pub enum DataCommand {}
+pub enum DataCommand {
+    /// Check a training file and report every problem with its line and
+    /// message number. Exit 0 when there are no errors, 1 when there are.
+    Validate(ValidateArgs),
+    /// Token statistics with the model's tokenizer and chat template.
+    Stats(InputArgs),
+    /// Resolve "auto" hyperparameters and estimate steps, time and cost.
+    Estimate(EstimateArgs),
+    /// Split a file into train and validation files, deterministically.
+    Split(SplitArgs),
+    /// Convert Alpaca, instruction/response or ShareGPT data to chat JSONL.
+    Convert(ConvertArgs),
+}
+
+/// The file and how to read it.
+#[derive(clap::Args)]
+pub struct InputArgs {
+    /// The JSONL file.
+    pub file: PathBuf,
+    /// The format: sft or dpo. Detected from the file when omitted.
+    #[arg(long, env = "HONE_DATA_METHOD")]
+    pub method: Option<Method>,
+    /// The model whose tokenizer and chat template count tokens: an id or a
+    /// path (GGUF file or Hugging Face directory).
+    #[arg(long, env = "HONE_MODEL", default_value = DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// Examples longer than this many tokens are reported as truncated (in
+    /// addition to the model's context length).
+    #[arg(long, env = "HONE_MAX_SEQ_LEN")]
+    pub max_seq_len: Option<usize>,
+    /// What the fine-tune is for (format, style, domain, complex): sets the
+    /// recommended number of examples.
+    #[arg(long, env = "HONE_DATA_GOAL")]
+    pub goal: Option<Goal>,
+    /// Lines longer than this many bytes are reported and skipped.
+    #[arg(long, env = "HONE_MAX_LINE_BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the elapsed time to stderr (for measuring).
+    #[arg(long, hide = true)]
+    pub timings: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Skip token counts (format checks need no model).
+    #[arg(long)]
+    pub no_tokens: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Epochs: "auto" or a number.
+    #[arg(long, env = "HONE_N_EPOCHS", default_value = "auto", value_parser = parse_auto::<u32>)]
+    pub n_epochs: Auto<u32>,
+    /// Batch size: "auto" or a number.
+    #[arg(long, env = "HONE_BATCH_SIZE", default_value = "auto", value_parser = parse_auto::<u32>)]
+    pub batch_size: Auto<u32>,
+    /// Learning-rate multiplier (of the base rate 2e-4): "auto" or a number.
+    #[arg(long, env = "HONE_LR_MULTIPLIER", default_value = "auto", value_parser = parse_auto::<f64>)]
+    pub learning_rate_multiplier: Auto<f64>,
+    /// DPO beta: "auto" or a number.
+    #[arg(long, env = "HONE_DPO_BETA", default_value = "auto", value_parser = parse_auto::<f64>)]
+    pub beta: Auto<f64>,
+    /// Local compute price in US dollars per hour, for the cost comparison.
+    #[arg(long, env = "HONE_PRICE_PER_HOUR", default_value_t = 0.10)]
+    pub price_per_hour: f64,
+    /// Training throughput in tokens/s; overrides the bench result.
+    #[arg(long, env = "HONE_TOKENS_PER_SECOND")]
+    pub tokens_per_second: Option<f64>,
+    /// A `hone bench train` JSON result (default: $HONE_HOME/bench/train.json).
+    #[arg(long, env = "HONE_BENCH_RESULT")]
+    pub bench_result: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SplitArgs {
+    /// The JSONL file.
+    pub file: PathBuf,
+    /// The fraction of examples that go to validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub valid_fraction: f64,
+    /// The shuffle seed; the same seed always gives the same split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the training part goes (default: FILE's stem + `.train.jsonl`).
+    #[arg(long)]
+    pub train_out: Option<PathBuf>,
+    /// Where the validation part goes (default: FILE's stem + `.valid.jsonl`).
+    #[arg(long)]
+    pub valid_out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// The input file (JSONL, or a JSON array).
+    pub file: PathBuf,
+    /// The input layout: alpaca, instruction or sharegpt.
+    #[arg(long)]
+    pub from: hone_data::convert::SourceFormat,
+    /// The output file (default: standard output).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// A system message added to every example that has none.
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+/// A value that may be "auto".
+#[derive(Debug, Clone, Copy)]
+pub struct Auto<T>(pub Option<T>);
+
+fn parse_auto<T: std::str::FromStr>(s: &str) -> Result<Auto<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Auto(None));
+    }
+    s.parse()
+        .map(|v| Auto(Some(v)))
+        .map_err(|e| format!("expected \"auto\" or a number: {e}"))
+}
 
 pub fn run(c: DataCommand) -> anyhow::Result<ExitCode> {
-    match c {}
+    match c {
+        DataCommand::Validate(a) => validate(&a),
+        DataCommand::Stats(a) => stats(&a),
+        DataCommand::Estimate(a) => run_estimate(&a),
+        DataCommand::Split(a) => split(&a),
+        DataCommand::Convert(a) => convert(&a),
+    }
+}
+
+/// Counts tokens with the model's tokenizer and chat template, through the
+/// same `encode_chat` / `encode_preference` calls the trainer makes.
+pub struct ModelCounter {
+    pub tokenizer: ChatTokenizer,
+    pub context_length: usize,
+}
+
+impl TokenCounter for ModelCounter {
+    fn count_sft(&self, ex: &SftExample) -> Result<TokenCount, String> {
+        let enc = self
+            .tokenizer
+            .encode_chat(&ex.messages, ex.tools.as_ref())
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(TokenCount::sequence(enc.len(), enc.trained_token_count()))
+    }
+
+    fn count_preference(&self, ex: &PreferenceExample) -> Result<TokenCount, String> {
+        let enc = |answer| {
+            self.tokenizer
+                .encode_preference(&ex.input, answer)
+                .map_err(|e| format!("{e:#}"))
+        };
+        let (p, n) = (enc(&ex.preferred)?, enc(&ex.non_preferred)?);
+        Ok(TokenCount {
+            total: p.len() + n.len(),
+            trained: p.trained_token_count() + n.trained_token_count(),
+            longest: p.len().max(n.len()),
+        })
+    }
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+}
+
+/// A loaded model's counter, display id and size in parameters.
+pub struct LoadedModel {
+    pub counter: ModelCounter,
+    pub id: String,
+    pub params: u64,
+}
+
+/// Resolves `--model` and loads its tokenizer, template and config (not the
+/// weights).
+pub fn load_model(spec: &str) -> anyhow::Result<LoadedModel> {
+    let resolved = hone_model::registry::resolve(spec)?;
+    let (tokenizer, config) = match &resolved.source {
+        ModelSource::Gguf(path) => {
+            let content = hone_text::read_gguf_content(path)?;
+            let tokenizer = ChatTokenizer::from_gguf_content(&content)?;
+            (
+                tokenizer,
+                hone_model::Config::from_gguf_metadata(&content.metadata)?,
+            )
+        }
+        ModelSource::HfDir(dir) => {
+            let text = std::fs::read_to_string(dir.join("config.json"))
+                .with_context(|| format!("reading {}", dir.display()))?;
+            (
+                ChatTokenizer::from_hf_dir(dir)?,
+                hone_model::Config::from_hf_json(&text)?,
+            )
+        }
+    };
+    Ok(LoadedModel {
+        counter: ModelCounter {
+            tokenizer,
+            context_length: config.max_position_embeddings,
+        },
+        id: resolved.id,
+        params: approx_params(&config),
+    })
+}
+
+/// Parameters of a Llama-family model from its config (embeddings, attention
+/// with grouped KV heads, SwiGLU MLP, untied head if any).
+fn approx_params(c: &hone_model::Config) -> u64 {
+    let (h, kv) = (
+        c.hidden_size as u64,
+        (c.num_key_value_heads * c.head_dim) as u64,
+    );
+    let attn = 2 * h * h + 2 * h * kv;
+    let mlp = 3 * h * c.intermediate_size as u64;
+    let embed = c.vocab_size as u64 * h;
+    let head = if c.tie_word_embeddings { 0 } else { embed };
+    embed + head + c.num_hidden_layers as u64 * (attn + mlp)
+}
+
+fn options(a: &InputArgs, model_name: Option<String>) -> ValidateOptions {
+    ValidateOptions {
+        method: a.method,
+        max_seq_len: a.max_seq_len,
+        goal: a.goal,
+        max_line_bytes: a.max_line_bytes,
+        model_name,
+    }
+}
+
+/// Validates with token counts from `model` (when given).
+fn run_validation(a: &InputArgs, model: Option<&LoadedModel>) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let opts = options(a, model.map(|m| m.id.clone()));
+    let counter = model.map(|m| &m.counter as &dyn TokenCounter);
+    let report = validate_file(&a.file, &opts, counter)?;
+    if a.timings {
+        eprintln!(
+            "validated {} lines in {:.2} s",
+            report.stats.n_lines,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(report)
+}
+
+fn exit_for(report: &Report) -> ExitCode {
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    let (model, skipped) = if a.no_tokens {
+        (None, Some("token checks skipped (--no-tokens)".to_string()))
+    } else {
+        match load_model(&a.input.model) {
+            Ok(m) => (Some(m), None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "token checks skipped: model '{}' is not available: {e:#}",
+                    a.input.model
+                )),
+            ),
+        }
+    };
+    let mut report = run_validation(&a.input, model.as_ref())?;
+    if let Some(note) = skipped {
+        report
+            .notes
+            .retain(|n| !n.starts_with("token checks skipped"));
+        report.notes.push(note);
+    }
+    if a.input.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", render_report(&report));
+        if let Some(t) = &report.stats.tokens {
+            println!(
+                "\ntokens ({}): {} total, {} trained; {} example(s) over the limit of {}",
+                t.model,
+                t.total_tokens,
+                t.total_trained_tokens,
+                t.n_over_length_limit,
+                t.length_limit
+            );
+        }
+    }
+    Ok(exit_for(&report))
+}
+
+fn stats(a: &InputArgs) -> anyhow::Result<ExitCode> {
+    let model = load_model(&a.model)
+        .with_context(|| format!("stats needs the tokenizer of model '{}'", a.model))?;
+    let report = run_validation(a, Some(&model))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(
+                &serde_json::json!({"ok": report.ok, "n_examples": report.n_examples, "stats": report.stats})
+            )?
+        );
+        return Ok(exit_for(&report));
+    }
+    print_stats(&report);
+    Ok(exit_for(&report))
+}
+
+fn print_stats(report: &Report) {
+    let s = &report.stats;
+    println!(
+        "{} valid {} examples ({} lines, {} invalid)",
+        report.n_examples,
+        report.method.as_str(),
+        s.n_lines,
+        s.n_invalid
+    );
+    println!(
+        "{}",
+        render_distribution("messages per example", &s.messages_per_example)
+    );
+    if let Some(t) = &s.tokens {
+        println!(
+            "{}",
+            render_distribution("total tokens per example", &t.total_tokens_per_example)
+        );
+        println!(
+            "{}",
+            render_distribution("trained tokens per example", &t.trained_tokens_per_example)
+        );
+        println!(
+            "total tokens: {}   trained tokens: {}",
+            t.total_tokens, t.total_trained_tokens
+        );
+        println!(
+            "over the length limit ({} = min(context {}, --max-seq-len)): {} example(s)",
+            t.length_limit, t.context_length, t.n_over_length_limit
+        );
+        println!("tokenizer and chat template: {}", t.model);
+    }
+    println!(
+        "missing system message: {}   missing user message: {}",
+        s.n_missing_system, s.n_missing_user
+    );
+    if !report.ok {
+        println!(
+            "\nthe file has {} error(s): run `hone data validate` for details",
+            report.errors.len()
+        );
+    }
+}
+
+fn run_estimate(a: &EstimateArgs) -> anyhow::Result<ExitCode> {
+    let model = load_model(&a.input.model)
+        .with_context(|| format!("estimate needs the tokenizer of model '{}'", a.input.model))?;
+    let report = run_validation(&a.input, Some(&model))?;
+    if !report.ok {
+        print!("{}", render_report(&report));
+        bail!("the file has errors; fix them before estimating");
+    }
+    let tokens = report
+        .stats
+        .tokens
+        .as_ref()
+        .context("token statistics missing")?;
+    let hp = resolve_auto(
+        &AutoInput {
+            method: report.method,
+            n_examples: report.n_examples,
+            mean_tokens_per_example: Some(tokens.total_tokens_per_example.mean),
+            model_params: Some(model.params),
+        },
+        &Overrides {
+            n_epochs: a.n_epochs.0,
+            batch_size: a.batch_size.0,
+            learning_rate_multiplier: a.learning_rate_multiplier.0,
+            beta: a.beta.0,
+        },
+    )?;
+    let est = estimate(&EstimateInput {
+        method: report.method,
+        n_examples: report.n_examples,
+        total_tokens: tokens.total_tokens,
+        trained_tokens: tokens.total_trained_tokens,
+        hyperparameters: hp.clone(),
+        throughput: throughput(a),
+        price_per_hour: a.price_per_hour,
+        hosted_prices: default_hosted_prices(),
+    });
+    if a.input.json {
+        println!(
+            "{}",
+            serde_json::to_string(
+                &serde_json::json!({"hyperparameters": hp, "estimate": est, "model": model.id})
+            )?
+        );
+    } else {
+        print_estimate(&report, &model, &hp, &est);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--tokens-per-second`, else the bench result, else the default.
+fn throughput(a: &EstimateArgs) -> Throughput {
+    if let Some(tps) = a.tokens_per_second.filter(|t| *t > 0.0) {
+        return Throughput {
+            tokens_per_second: tps,
+            source: "--tokens-per-second".into(),
+        };
+    }
+    let path = a.bench_result.clone().unwrap_or_else(|| {
+        hone_model::registry::hone_home()
+            .join("bench")
+            .join("train.json")
+    });
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| throughput_from_bench_json(&text, &path.display().to_string()))
+        .unwrap_or_default()
+}
+
+fn print_estimate(
+    report: &Report,
+    model: &LoadedModel,
+    hp: &ResolvedHyperparameters,
+    e: &Estimate,
+) {
+    println!(
+        "{} {} examples, model {} (~{}M parameters)",
+        report.n_examples,
+        report.method.as_str(),
+        model.id,
+        model.params / 1_000_000
+    );
+    println!("\nhyperparameters (learning_rate = base {BASE_LEARNING_RATE:e} × multiplier):");
+    for r in &hp.reasons {
+        let source = match r.source {
+            hone_data::hparams::Source::Auto => "auto",
+            hone_data::hparams::Source::User => "set",
+        };
+        println!("  {:<26} {:>8}  [{source}] {}", r.param, r.value, r.why);
+    }
+    println!("\nrun:");
+    println!(
+        "  steps: {} per epoch × {} epochs = {}",
+        e.steps_per_epoch, e.n_epochs, e.total_steps
+    );
+    println!("  trained tokens × epochs: {}", e.trained_tokens_total);
+    println!(
+        "  all tokens × epochs (what hosted services bill): {}",
+        e.billed_tokens_total
+    );
+    println!(
+        "  wall time here: {} at {:.1} tokens/s ({})",
+        human_duration(e.wall_seconds),
+        e.tokens_per_second,
+        e.throughput_source
+    );
+    println!("\ncost:");
+    println!(
+        "  local: ${:.2} at ${:.2}/hour",
+        e.local_usd, e.price_per_hour
+    );
+    for h in &e.hosted {
+        println!(
+            "  hosted {}: ${:.2} at ${}/1M training tokens",
+            h.model, h.usd, h.usd_per_million_tokens
+        );
+    }
+}
+
+fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() {
+        return "unknown".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn split(a: &SplitArgs) -> anyhow::Result<ExitCode> {
+    let (train, valid) = (
+        a.train_out
+            .clone()
+            .unwrap_or_else(|| sibling(&a.file, "train")),
+        a.valid_out
+            .clone()
+            .unwrap_or_else(|| sibling(&a.file, "valid")),
+    );
+    if train == a.file || valid == a.file || train == valid {
+        bail!("the outputs must differ from each other and from the input");
+    }
+    let s = hone_data::split::split_file(&a.file, &train, &valid, a.valid_fraction, a.seed)?;
+    println!("{} train examples -> {}", s.n_train, train.display());
+    println!("{} validation examples -> {}", s.n_valid, valid.display());
+    if s.n_blank_skipped > 0 {
+        println!("{} blank line(s) skipped", s.n_blank_skipped);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `data.jsonl` -> `data.<part>.jsonl` in the same directory.
+fn sibling(file: &Path, part: &str) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
+    file.with_file_name(format!("{stem}.{part}.jsonl"))
+}
+
+fn convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
+    let input = BufReader::new(
+        File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?,
+    );
+    let report = match &a.output {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            let report = hone_data::convert::convert(
+                input,
+                BufWriter::new(tmp.as_file_mut()),
+                a.from,
+                a.system.as_deref(),
+            )?;
+            tmp.persist(path)?;
+            report
+        }
+        None => {
+            let stdout = std::io::stdout().lock();
+            let report = hone_data::convert::convert(
+                input,
+                BufWriter::new(stdout),
+                a.from,
+                a.system.as_deref(),
+            )?;
+            std::io::stdout().flush()?;
+            report
+        }
+    };
+    eprintln!(
+        "converted {} row(s); {} could not be converted",
+        report.n_converted,
+        report.failures.len()
+    );
+    for f in &report.failures {
+        eprintln!("  line {}: {}", f.line.unwrap_or(0), f.text);
+    }
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_model_counts_match_encode_chat() {
+        let counter = ModelCounter {
+            tokenizer: hone_text::testing::tiny_chat_tokenizer().unwrap(),
+            context_length: 64,
+        };
+        let ex: SftExample = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"hi there"},{"role":"assistant","content":"hello","weight":0},{"role":"user","content":"again"},{"role":"assistant","content":"hello again"}]}"#,
+        )
+        .unwrap();
+        let c = counter.count_sft(&ex).unwrap();
+        let enc = counter.tokenizer.encode_chat(&ex.messages, None).unwrap();
+        assert_eq!(
+            (c.total, c.trained, c.longest),
+            (enc.len(), enc.trained_token_count(), enc.len())
+        );
+        assert!(c.trained > 0 && c.trained < c.total);
+    }
+
+    #[test]
+    fn sibling_names() {
+        assert_eq!(
+            sibling(Path::new("/d/data.jsonl"), "train"),
+            PathBuf::from("/d/data.train.jsonl")
+        );
+    }
+
+    /// Real-model token stats: `HONE_TEST_GGUF=/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf
+    /// cargo test --release -p hone-cli real_model -- --ignored`.
+    #[test]
+    #[ignore = "needs HONE_TEST_GGUF"]
+    fn real_model_token_stats() {
+        let path = std::env::var("HONE_TEST_GGUF").expect("HONE_TEST_GGUF");
+        let model = load_model(&path).unwrap();
+        assert_eq!(model.counter.context_length, 8192);
+        assert!(
+            (130_000_000..140_000_000).contains(&model.params),
+            "{}",
+            model.params
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.jsonl");
+        let line = r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello"},{"role":"assistant","content":"Hi! How can I help?"}]}"#;
+        std::fs::write(&file, format!("{line}\n").repeat(10)).unwrap();
+        let args = InputArgs {
+            file,
+            method: None,
+            model: path,
+            max_seq_len: None,
+            goal: None,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            json: false,
+            timings: false,
+        };
+        let report = run_validation(&args, Some(&model)).unwrap();
+        let t = report.stats.tokens.unwrap();
+        let ex: SftExample = serde_json::from_str(line).unwrap();
+        let enc = model
+            .counter
+            .tokenizer
+            .encode_chat(&ex.messages, None)
+            .unwrap();
+        assert_eq!(t.total_tokens_per_example.max as usize, enc.len());
+        assert_eq!(
+            t.total_trained_tokens as usize,
+            10 * enc.trained_token_count()
+        );
+        // "Hi! How can I help?" plus <|im_end|>: a handful of tokens.
+        assert!(
+            (5..=12).contains(&enc.trained_token_count()),
+            "{}",
+            enc.trained_token_count()
+        );
+    }
 }

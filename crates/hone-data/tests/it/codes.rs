@@ -11,13 +11,21 @@ fn expect(method: Method, bad: &str, code: Code, message: Option<usize>) {
     let text = file_with(12, 4, bad, method);
     let r = validate(text.as_bytes(), Some(method));
     let found = of_code(&r, code);
-    assert!(!found.is_empty(), "{code} not reported for {bad}; got {:#?}", r.errors);
+    assert!(
+        !found.is_empty(),
+        "{code} not reported for {bad}; got {:#?}",
+        r.errors
+    );
     assert!(found.iter().all(|i| i.line == Some(4)), "{code}: {found:?}");
     assert_eq!(found[0].message, message, "{code}: {found:?}");
     assert_eq!(r.ok, code.severity() == Severity::Warning, "{code}");
     // No other line is blamed.
     assert!(
-        r.errors.iter().chain(&r.warnings).filter(|i| i.code != Code::FewExamplesForGoal).all(|i| i.line == Some(4)),
+        r.errors
+            .iter()
+            .chain(&r.warnings)
+            .filter(|i| i.code != Code::FewExamplesForGoal)
+            .all(|i| i.line == Some(4)),
         "{:#?}",
         r
     );
@@ -42,43 +50,92 @@ fn msgs(middle: &str) -> String {
 #[test]
 fn data_type() {
     sft("[1,2,3]", Code::DataType, None);
-    sft(&msgs(&format!("{USER},\"hello\",{ASSISTANT}")), Code::DataType, Some(3));
+    sft(
+        &msgs(&format!("{USER},\"hello\",{ASSISTANT}")),
+        Code::DataType,
+        Some(3),
+    );
 }
 
 #[test]
 fn missing_messages_list() {
     sft(r#"{"conversation":[]}"#, Code::MissingMessagesList, None);
     sft(r#"{"messages":[]}"#, Code::MissingMessagesList, None);
-    dpo(r#"{"input":{"messages":"x"},"preferred_output":[{"role":"assistant","content":"A long enough preferred answer for the test here."}],"non_preferred_output":[{"role":"assistant","content":"no"}]}"#, Code::MissingMessagesList, None);
+    dpo(
+        r#"{"input":{"messages":"x"},"preferred_output":[{"role":"assistant","content":"A long enough preferred answer for the test here."}],"non_preferred_output":[{"role":"assistant","content":"no"}]}"#,
+        Code::MissingMessagesList,
+        None,
+    );
 }
 
 #[test]
 fn message_missing_key() {
-    sft(&msgs(&format!(r#"{{"content":"no role here at all"}},{ASSISTANT}"#)), Code::MessageMissingKey, Some(2));
-    sft(&msgs(&format!(r#"{USER},{{"role":"assistant"}}"#)), Code::MessageMissingKey, Some(3));
+    sft(
+        &msgs(&format!(
+            r#"{{"content":"no role here at all"}},{ASSISTANT}"#
+        )),
+        Code::MessageMissingKey,
+        Some(2),
+    );
+    sft(
+        &msgs(&format!(r#"{USER},{{"role":"assistant"}}"#)),
+        Code::MessageMissingKey,
+        Some(3),
+    );
 }
 
 #[test]
 fn message_unrecognized_key() {
-    sft(&msgs(&format!(r#"{{"role":"user","content":"How do I reset it?","mood":"sad"}},{ASSISTANT}"#)), Code::MessageUnrecognizedKey, Some(2));
+    sft(
+        &msgs(&format!(
+            r#"{{"role":"user","content":"How do I reset it?","mood":"sad"}},{ASSISTANT}"#
+        )),
+        Code::MessageUnrecognizedKey,
+        Some(2),
+    );
 }
 
 #[test]
 fn unrecognized_role() {
-    sft(&msgs(&format!(r#"{USER},{{"role":"robot","content":"beep boop beep"}},{ASSISTANT}"#)), Code::UnrecognizedRole, Some(3));
+    sft(
+        &msgs(&format!(
+            r#"{USER},{{"role":"robot","content":"beep boop beep"}},{ASSISTANT}"#
+        )),
+        Code::UnrecognizedRole,
+        Some(3),
+    );
 }
 
 #[test]
 fn missing_content() {
-    sft(&msgs(&format!(r#"{{"role":"user","content":""}},{ASSISTANT}"#)), Code::MissingContent, Some(2));
-    sft(&msgs(&format!(r#"{{"role":"user","content":42}},{ASSISTANT}"#)), Code::MissingContent, Some(2));
-    sft(&msgs(&format!(r#"{{"role":"user","content":[{{"type":"image_url","image_url":{{}}}}]}},{ASSISTANT}"#)), Code::MissingContent, Some(2));
+    sft(
+        &msgs(&format!(r#"{{"role":"user","content":""}},{ASSISTANT}"#)),
+        Code::MissingContent,
+        Some(2),
+    );
+    sft(
+        &msgs(&format!(r#"{{"role":"user","content":42}},{ASSISTANT}"#)),
+        Code::MissingContent,
+        Some(2),
+    );
+    sft(
+        &msgs(&format!(
+            r#"{{"role":"user","content":[{{"type":"image_url","image_url":{{}}}}]}},{ASSISTANT}"#
+        )),
+        Code::MissingContent,
+        Some(2),
+    );
 }
 
 #[test]
 fn text_parts_are_accepted() {
-    let line = msgs(&format!(r#"{{"role":"user","content":[{{"type":"text","text":"How do I reset "}},{{"type":"text","text":"my password?"}}]}},{ASSISTANT}"#));
-    let r = validate(file_with(12, 4, &line, Method::Sft).as_bytes(), Some(Method::Sft));
+    let line = msgs(&format!(
+        r#"{{"role":"user","content":[{{"type":"text","text":"How do I reset "}},{{"type":"text","text":"my password?"}}]}},{ASSISTANT}"#
+    ));
+    let r = validate(
+        file_with(12, 4, &line, Method::Sft).as_bytes(),
+        Some(Method::Sft),
+    );
     assert!(r.ok, "{:#?}", r.errors);
 }
 
@@ -105,14 +162,31 @@ fn invalid_utf8() {
 
 #[test]
 fn invalid_weight() {
-    sft(&msgs(&format!(r#"{USER},{{"role":"assistant","content":"Go to the login page and follow the emailed link there.","weight":2}}"#)), Code::InvalidWeight, Some(3));
-    sft(&msgs(&format!(r#"{{"role":"user","content":"How do I reset it?","weight":1}},{ASSISTANT}"#)), Code::InvalidWeight, Some(2));
+    sft(
+        &msgs(&format!(
+            r#"{USER},{{"role":"assistant","content":"Go to the login page and follow the emailed link there.","weight":2}}"#
+        )),
+        Code::InvalidWeight,
+        Some(3),
+    );
+    sft(
+        &msgs(&format!(
+            r#"{{"role":"user","content":"How do I reset it?","weight":1}},{ASSISTANT}"#
+        )),
+        Code::InvalidWeight,
+        Some(2),
+    );
 }
 
 #[test]
 fn weight_zero_is_accepted() {
-    let line = msgs(&format!(r#"{USER},{{"role":"assistant","content":"Paris","weight":0}},{USER},{ASSISTANT}"#));
-    let r = validate(file_with(12, 4, &line, Method::Sft).as_bytes(), Some(Method::Sft));
+    let line = msgs(&format!(
+        r#"{USER},{{"role":"assistant","content":"Paris","weight":0}},{USER},{ASSISTANT}"#
+    ));
+    let r = validate(
+        file_with(12, 4, &line, Method::Sft).as_bytes(),
+        Some(Method::Sft),
+    );
     assert!(r.ok, "{:#?}", r.errors);
     // The weight-0 answer is not checked for brevity: it is not trained.
     assert!(of_code(&r, Code::BriefAssistantAnswer).is_empty());
@@ -120,13 +194,29 @@ fn weight_zero_is_accepted() {
 
 #[test]
 fn last_message_not_assistant() {
-    sft(&msgs(&format!("{USER},{ASSISTANT},{USER}")), Code::LastMessageNotAssistant, Some(4));
+    sft(
+        &msgs(&format!("{USER},{ASSISTANT},{USER}")),
+        Code::LastMessageNotAssistant,
+        Some(4),
+    );
 }
 
 #[test]
 fn tool_call_mismatch() {
-    sft(&msgs(&format!(r#"{USER},{{"role":"tool","tool_call_id":"call_9","content":"{{\"ok\":true}}"}},{ASSISTANT}"#)), Code::ToolCallMismatch, Some(3));
-    sft(&msgs(&format!(r#"{USER},{{"role":"assistant","tool_calls":[{{"id":"c1"}}]}},{ASSISTANT}"#)), Code::ToolCallMismatch, Some(3));
+    sft(
+        &msgs(&format!(
+            r#"{USER},{{"role":"tool","tool_call_id":"call_9","content":"{{\"ok\":true}}"}},{ASSISTANT}"#
+        )),
+        Code::ToolCallMismatch,
+        Some(3),
+    );
+    sft(
+        &msgs(&format!(
+            r#"{USER},{{"role":"assistant","tool_calls":[{{"id":"c1"}}]}},{ASSISTANT}"#
+        )),
+        Code::ToolCallMismatch,
+        Some(3),
+    );
 }
 
 #[test]
@@ -135,26 +225,56 @@ fn tool_calls_round_trip_is_accepted() {
         r#"{USER},{{"role":"assistant","content":null,"tool_calls":[{{"id":"c1","type":"function","function":{{"name":"reset","arguments":"{{}}"}}}}]}},{{"role":"tool","tool_call_id":"c1","content":"{{\"sent\":true}}"}},{ASSISTANT}"#
     ));
     let line = line.replacen("{\"messages\"", "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"reset\"}}],\"parallel_tool_calls\":false,\"messages\"", 1);
-    let r = validate(file_with(12, 4, &line, Method::Sft).as_bytes(), Some(Method::Sft));
+    let r = validate(
+        file_with(12, 4, &line, Method::Sft).as_bytes(),
+        Some(Method::Sft),
+    );
     assert!(r.ok, "{:#?}", r.errors);
 }
 
 #[test]
 fn invalid_field_type() {
-    sft(&msgs(&format!(r#"{{"role":"user","content":"How do I reset it?","name":7}},{ASSISTANT}"#)), Code::InvalidFieldType, Some(2));
-    sft(&format!(r#"{{"tools":"all","messages":[{SYS},{USER},{ASSISTANT}]}}"#), Code::InvalidFieldType, None);
+    sft(
+        &msgs(&format!(
+            r#"{{"role":"user","content":"How do I reset it?","name":7}},{ASSISTANT}"#
+        )),
+        Code::InvalidFieldType,
+        Some(2),
+    );
+    sft(
+        &format!(r#"{{"tools":"all","messages":[{SYS},{USER},{ASSISTANT}]}}"#),
+        Code::InvalidFieldType,
+        None,
+    );
 }
 
 #[test]
 fn developer_is_system() {
-    let line = format!(r#"{{"messages":[{{"role":"developer","content":"You are a helpful support agent."}},{USER},{ASSISTANT}]}}"#);
-    let r = validate(file_with(12, 4, &line, Method::Sft).as_bytes(), Some(Method::Sft));
-    assert!(r.ok && r.warnings.iter().all(|w| w.code == Code::FewExamplesForGoal), "{:#?}", r);
+    let line = format!(
+        r#"{{"messages":[{{"role":"developer","content":"You are a helpful support agent."}},{USER},{ASSISTANT}]}}"#
+    );
+    let r = validate(
+        file_with(12, 4, &line, Method::Sft).as_bytes(),
+        Some(Method::Sft),
+    );
+    assert!(
+        r.ok && r
+            .warnings
+            .iter()
+            .all(|w| w.code == Code::FewExamplesForGoal),
+        "{:#?}",
+        r
+    );
 }
 
 #[test]
 fn line_too_long() {
-    let text = file_with(12, 4, &format!("{{\"x\":\"{}\"}}", "a".repeat(5000)), Method::Sft);
+    let text = file_with(
+        12,
+        4,
+        &format!("{{\"x\":\"{}\"}}", "a".repeat(5000)),
+        Method::Sft,
+    );
     let opts = hone_data::ValidateOptions {
         method: Some(Method::Sft),
         max_line_bytes: 1000,
@@ -182,13 +302,49 @@ fn invalid_n_examples_and_empty_file() {
 
 #[test]
 fn warnings_from_seed_001() {
-    sft(&msgs(&format!(r#"{{"role":"user","content":"Reset?"}},{ASSISTANT}"#)), Code::ShortMessage, Some(2));
-    sft(&msgs(&format!(r#"{USER},{{"role":"assistant","content":"I cannot help with passwords, please ask someone else about it."}}"#)), Code::RefusalAnswer, Some(3));
-    sft(&msgs(&format!(r#"{USER},{{"role":"assistant","content":"Use the reset link."}}"#)), Code::BriefAssistantAnswer, Some(3));
-    sft(&format!(r#"{{"messages":[{USER},{ASSISTANT}]}}"#), Code::MissingSystemMessage, None);
-    sft(&format!(r#"{{"messages":[{SYS},{ASSISTANT}]}}"#), Code::MissingUserMessage, None);
-    sft(&msgs(&format!(r#"{USER},{{"role":"assistant","content":"Go to the login page and follow the emailed link there.","weight":0}}"#)), Code::NoTrainedMessages, None);
-    sft(&format!(r#"{{"extra":1,"messages":[{SYS},{USER},{ASSISTANT}]}}"#), Code::UnrecognizedKey, None);
+    sft(
+        &msgs(&format!(
+            r#"{{"role":"user","content":"Reset?"}},{ASSISTANT}"#
+        )),
+        Code::ShortMessage,
+        Some(2),
+    );
+    sft(
+        &msgs(&format!(
+            r#"{USER},{{"role":"assistant","content":"I cannot help with passwords, please ask someone else about it."}}"#
+        )),
+        Code::RefusalAnswer,
+        Some(3),
+    );
+    sft(
+        &msgs(&format!(
+            r#"{USER},{{"role":"assistant","content":"Use the reset link."}}"#
+        )),
+        Code::BriefAssistantAnswer,
+        Some(3),
+    );
+    sft(
+        &format!(r#"{{"messages":[{USER},{ASSISTANT}]}}"#),
+        Code::MissingSystemMessage,
+        None,
+    );
+    sft(
+        &format!(r#"{{"messages":[{SYS},{ASSISTANT}]}}"#),
+        Code::MissingUserMessage,
+        None,
+    );
+    sft(
+        &msgs(&format!(
+            r#"{USER},{{"role":"assistant","content":"Go to the login page and follow the emailed link there.","weight":0}}"#
+        )),
+        Code::NoTrainedMessages,
+        None,
+    );
+    sft(
+        &format!(r#"{{"extra":1,"messages":[{SYS},{USER},{ASSISTANT}]}}"#),
+        Code::UnrecognizedKey,
+        None,
+    );
 }
 
 #[test]
@@ -208,13 +364,24 @@ fn duplicates_near_duplicates_and_conflicts() {
     assert_eq!(d[0].line, Some(9));
     assert!(d[0].text.contains("line 4"), "{}", d[0].text);
 
-    let near = base.replace("Question number 7: how", "QUESTION number 7 -- how").replace("Answer 7:", "answer 7");
-    let r = validate(file_with(12, 4, &near, Method::Sft).as_bytes(), Some(Method::Sft));
+    let near = base
+        .replace("Question number 7: how", "QUESTION number 7 -- how")
+        .replace("Answer 7:", "answer 7");
+    let r = validate(
+        file_with(12, 4, &near, Method::Sft).as_bytes(),
+        Some(Method::Sft),
+    );
     let n = of_code(&r, Code::NearDuplicate);
     assert_eq!((n.len(), n[0].line), (1, Some(9)), "{:#?}", r.warnings);
 
-    let conflict = base.replace("Answer 7: go to the login page", "Answer 7: call our support line");
-    let r = validate(file_with(12, 4, &conflict, Method::Sft).as_bytes(), Some(Method::Sft));
+    let conflict = base.replace(
+        "Answer 7: go to the login page",
+        "Answer 7: call our support line",
+    );
+    let r = validate(
+        file_with(12, 4, &conflict, Method::Sft).as_bytes(),
+        Some(Method::Sft),
+    );
     let c = of_code(&r, Code::ConflictingAnswers);
     assert_eq!((c.len(), c[0].line), (1, Some(9)), "{:#?}", r.warnings);
     assert!(r.ok);
@@ -222,14 +389,21 @@ fn duplicates_near_duplicates_and_conflicts() {
 
 #[test]
 fn example_too_long_says_by_how_much() {
-    let long = msgs(&format!(r#"{USER},{{"role":"assistant","content":"{}"}}"#, "word ".repeat(300)));
+    let long = msgs(&format!(
+        r#"{USER},{{"role":"assistant","content":"{}"}}"#,
+        "word ".repeat(300)
+    ));
     let text = file_with(12, 4, &long, Method::Sft);
     let r = validate_with_tokens(text.as_bytes(), Some(Method::Sft), Some(100));
     let t = of_code(&r, Code::ExampleTooLong);
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].line, Some(4));
     // WordCounter: 6+4 (system) + 7+4 (user) + 300+4 (assistant) = 325.
-    assert!(t[0].text.contains("325 tokens, 225 over the limit of 100"), "{}", t[0].text);
+    assert!(
+        t[0].text.contains("325 tokens, 225 over the limit of 100"),
+        "{}",
+        t[0].text
+    );
     assert_eq!(r.stats.tokens.as_ref().unwrap().n_over_length_limit, 1);
 }
 
@@ -243,27 +417,59 @@ fn few_examples_for_goal() {
         ..Default::default()
     };
     let r = hone_data::validate_reader(text.as_bytes(), &opts, None);
-    assert!(of_code(&r, Code::FewExamplesForGoal)[0].text.contains("300"));
+    assert!(of_code(&r, Code::FewExamplesForGoal)[0]
+        .text
+        .contains("300"));
 }
 
 const PREF: &str = r#""preferred_output":[{"role":"assistant","content":"A clear, friendly and complete answer about today's weather."}]"#;
-const NONPREF: &str = r#""non_preferred_output":[{"role":"assistant","content":"Dunno, maybe cold."}]"#;
+const NONPREF: &str =
+    r#""non_preferred_output":[{"role":"assistant","content":"Dunno, maybe cold."}]"#;
 const INPUT: &str = r#""input":{"messages":[{"role":"system","content":"You are a weather assistant."},{"role":"user","content":"How cold is it in Paris today?"}]}"#;
 
 #[test]
 fn dpo_codes() {
-    dpo(&format!("{{{PREF},{NONPREF}}}"), Code::DpoMissingInput, None);
+    dpo(
+        &format!("{{{PREF},{NONPREF}}}"),
+        Code::DpoMissingInput,
+        None,
+    );
     dpo(&format!("{{{INPUT},{PREF}}}"), Code::DpoMissingOutput, None);
-    dpo(&format!(r#"{{{INPUT},{PREF},"non_preferred_output":[]}}"#), Code::DpoInvalidOutput, None);
-    dpo(&format!(r#"{{{INPUT},{PREF},"non_preferred_output":[{{"role":"user","content":"Not an assistant message"}}]}}"#), Code::DpoInvalidOutput, None);
-    dpo(&format!("{{{INPUT},{PREF},{}}}", PREF.replace("preferred_output", "non_preferred_output")), Code::DpoIdenticalOutputs, None);
+    dpo(
+        &format!(r#"{{{INPUT},{PREF},"non_preferred_output":[]}}"#),
+        Code::DpoInvalidOutput,
+        None,
+    );
+    dpo(
+        &format!(
+            r#"{{{INPUT},{PREF},"non_preferred_output":[{{"role":"user","content":"Not an assistant message"}}]}}"#
+        ),
+        Code::DpoInvalidOutput,
+        None,
+    );
+    dpo(
+        &format!(
+            "{{{INPUT},{PREF},{}}}",
+            PREF.replace("preferred_output", "non_preferred_output")
+        ),
+        Code::DpoIdenticalOutputs,
+        None,
+    );
     let multi = r#""input":{"messages":[{"role":"user","content":"How cold is it in Paris today?"},{"role":"assistant","content":"About 14 degrees."},{"role":"user","content":"And tomorrow, will it be warmer?"}]}"#;
-    dpo(&format!("{{{multi},{PREF},{NONPREF}}}"), Code::DpoMultiTurn, Some(2));
+    dpo(
+        &format!("{{{multi},{PREF},{NONPREF}}}"),
+        Code::DpoMultiTurn,
+        Some(2),
+    );
 }
 
 #[test]
 fn dpo_aliases_are_accepted() {
-    let line = format!("{{{INPUT},{},{}}}", PREF.replace("preferred_output", "preferred_completion"), NONPREF.replace("non_preferred_output", "non_preferred_completion"));
+    let line = format!(
+        "{{{INPUT},{},{}}}",
+        PREF.replace("preferred_output", "preferred_completion"),
+        NONPREF.replace("non_preferred_output", "non_preferred_completion")
+    );
     let r = validate(file_with(12, 4, &line, Method::Dpo).as_bytes(), None);
     assert_eq!(r.method, Method::Dpo);
     assert!(r.ok, "{:#?}", r.errors);
@@ -271,8 +477,13 @@ fn dpo_aliases_are_accepted() {
 
 #[test]
 fn every_problem_on_a_line_is_reported() {
-    let line = msgs(r#"{"role":"robot","content":"x"},{"role":"user","content":7,"mood":1},{"role":"assistant","content":"fine answer here, long enough to pass.","weight":5}"#);
-    let r = validate(file_with(12, 4, &line, Method::Sft).as_bytes(), Some(Method::Sft));
+    let line = msgs(
+        r#"{"role":"robot","content":"x"},{"role":"user","content":7,"mood":1},{"role":"assistant","content":"fine answer here, long enough to pass.","weight":5}"#,
+    );
+    let r = validate(
+        file_with(12, 4, &line, Method::Sft).as_bytes(),
+        Some(Method::Sft),
+    );
     let codes: Vec<(Code, Option<usize>)> = r.errors.iter().map(|i| (i.code, i.message)).collect();
     for want in [
         (Code::UnrecognizedRole, Some(2)),

@@ -37,13 +37,19 @@ pub fn validate(text: &[u8], method: Option<Method>) -> Report {
     validate_reader(text, &opts, None)
 }
 
-pub fn validate_with_tokens(text: &[u8], method: Option<Method>, max_seq_len: Option<usize>) -> Report {
+pub fn validate_with_tokens(
+    text: &[u8],
+    method: Option<Method>,
+    max_seq_len: Option<usize>,
+) -> Report {
     let opts = ValidateOptions {
         method,
         max_seq_len,
         ..ValidateOptions::default()
     };
-    let counter = WordCounter { context_length: 2048 };
+    let counter = WordCounter {
+        context_length: 2048,
+    };
     validate_reader(text, &opts, Some(&counter))
 }
 

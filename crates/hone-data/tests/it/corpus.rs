@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use hone_data::{validate_file, Code, Method, ValidateOptions};
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// Errors of `name` as (code, line), sorted.
@@ -49,13 +51,19 @@ fn bom_crlf_no_final_newline_is_clean() {
 #[test]
 fn nul_bytes() {
     let (e, _) = errors("nul_bytes.jsonl", None);
-    assert_eq!(e, vec![(Code::InvalidJson, Some(3)), (Code::InvalidJson, Some(5))]);
+    assert_eq!(
+        e,
+        vec![(Code::InvalidJson, Some(3)), (Code::InvalidJson, Some(5))]
+    );
 }
 
 #[test]
 fn invalid_utf8() {
     let (e, r) = errors("invalid_utf8.jsonl", None);
-    assert_eq!(e, vec![(Code::InvalidUtf8, Some(1)), (Code::InvalidUtf8, Some(7))]);
+    assert_eq!(
+        e,
+        vec![(Code::InvalidUtf8, Some(1)), (Code::InvalidUtf8, Some(7))]
+    );
     // Detection skipped the undecodable first line.
     assert_eq!(r.method, Method::Sft);
 }
@@ -63,8 +71,15 @@ fn invalid_utf8() {
 #[test]
 fn deep_nesting() {
     let (e, r) = errors("deep_nesting.jsonl", None);
-    assert_eq!(e, vec![(Code::InvalidJson, Some(4)), (Code::InvalidJson, Some(6))]);
-    assert!(r.errors[0].text.contains("recursion limit"), "{}", r.errors[0].text);
+    assert_eq!(
+        e,
+        vec![(Code::InvalidJson, Some(4)), (Code::InvalidJson, Some(6))]
+    );
+    assert!(
+        r.errors[0].text.contains("recursion limit"),
+        "{}",
+        r.errors[0].text
+    );
 }
 
 #[test]
@@ -78,7 +93,13 @@ fn truncated_last_line() {
 fn dpo_errors() {
     let (e, r) = errors("dpo_errors.jsonl", None);
     assert_eq!(r.method, Method::Dpo);
-    assert_eq!(e, vec![(Code::DpoMissingOutput, Some(5)), (Code::DpoIdenticalOutputs, Some(3))]);
+    assert_eq!(
+        e,
+        vec![
+            (Code::DpoMissingOutput, Some(5)),
+            (Code::DpoIdenticalOutputs, Some(3))
+        ]
+    );
     assert_eq!(r.n_examples, 10);
 }
 

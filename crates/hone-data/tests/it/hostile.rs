@@ -42,10 +42,18 @@ fn a_100_mb_line_is_skipped_and_the_rest_checked() {
 
 #[test]
 fn nul_bytes_and_control_characters() {
-    let mut text: Vec<u8> = (0..10).flat_map(|i| (sft_line(i) + "\n").into_bytes()).collect();
+    let mut text: Vec<u8> = (0..10)
+        .flat_map(|i| (sft_line(i) + "\n").into_bytes())
+        .collect();
     text.extend_from_slice(b"\0\n{\"messages\":\0}\n\x01\x02\x03\n");
     let r = validate(&text, None);
-    assert_eq!(of_code(&r, Code::InvalidJson).iter().map(|i| i.line).collect::<Vec<_>>(), vec![Some(11), Some(12), Some(13)]);
+    assert_eq!(
+        of_code(&r, Code::InvalidJson)
+            .iter()
+            .map(|i| i.line)
+            .collect::<Vec<_>>(),
+        vec![Some(11), Some(12), Some(13)]
+    );
 }
 
 #[test]
@@ -66,7 +74,11 @@ fn a_bom_later_in_the_file_is_an_error_not_a_panic() {
 
 #[test]
 fn deep_nesting_inside_messages() {
-    let deep = format!("{{\"messages\":[{{\"role\":\"user\",\"content\":{}1{}}}]}}", "[".repeat(200_000), "]".repeat(200_000));
+    let deep = format!(
+        "{{\"messages\":[{{\"role\":\"user\",\"content\":{}1{}}}]}}",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
     let r = validate(deep.as_bytes(), None);
     assert_eq!(of_code(&r, Code::InvalidJson).len(), 1);
 }
@@ -85,7 +97,11 @@ fn a_reader_that_fails_midway_reports_read_error() {
             Ok(line.len())
         }
     }
-    let r = validate_reader(std::io::BufReader::with_capacity(64, Failing(3)), &ValidateOptions::default(), None);
+    let r = validate_reader(
+        std::io::BufReader::with_capacity(64, Failing(3)),
+        &ValidateOptions::default(),
+        None,
+    );
     assert_eq!(of_code(&r, Code::ReadError).len(), 1);
     assert_eq!(of_code(&r, Code::MissingMessagesList).len(), 3);
 }

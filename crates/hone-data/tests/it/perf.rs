@@ -13,7 +13,8 @@ use hone_data::{validate_file, ValidateOptions};
 /// Writes `n` distinct ~1 KB SFT examples.
 pub fn write_big_file(path: &std::path::Path, n: usize) -> std::io::Result<u64> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let filler = "The quick brown fox jumps over the lazy dog while the support team answers. ".repeat(10);
+    let filler =
+        "The quick brown fox jumps over the lazy dog while the support team answers. ".repeat(10);
     for i in 0..n {
         writeln!(
             w,
@@ -32,8 +33,16 @@ fn validate_100k_examples() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.jsonl");
     let bytes = write_big_file(&path, 100_000).unwrap();
-    let counter = WordCounter { context_length: 8192 };
-    for (label, counter) in [("format checks only", None), ("format + word counter", Some(&counter as &dyn hone_data::TokenCounter))] {
+    let counter = WordCounter {
+        context_length: 8192,
+    };
+    for (label, counter) in [
+        ("format checks only", None),
+        (
+            "format + word counter",
+            Some(&counter as &dyn hone_data::TokenCounter),
+        ),
+    ] {
         let t = Instant::now();
         let r = validate_file(&path, &ValidateOptions::default(), counter).unwrap();
         let secs = t.elapsed().as_secs_f64();

@@ -28,16 +28,57 @@ fn run(bytes: &[u8], method: Option<Method>, tokens: bool) -> Report {
         max_seq_len: Some(64),
         ..ValidateOptions::default()
     };
-    let counter = WordCounter { context_length: 128 };
-    validate_reader(bytes, &opts, tokens.then_some(&counter as &dyn hone_data::TokenCounter))
+    let counter = WordCounter {
+        context_length: 128,
+    };
+    validate_reader(
+        bytes,
+        &opts,
+        tokens.then_some(&counter as &dyn hone_data::TokenCounter),
+    )
 }
 
 /// Fragments that tend to reach deep into the checks when spliced.
 const FRAGMENTS: &[&str] = &[
-    "{", "}", "[", "]", ",", ":", "\"", "\\", "\n", "\r\n", "\0", "\u{feff}", "null", "true", "0", "1", "2", "-1", "1e999",
-    "\"messages\"", "\"role\"", "\"content\"", "\"weight\"", "\"tool_calls\"", "\"tool_call_id\"", "\"input\"",
-    "\"preferred_output\"", "\"non_preferred_output\"", "\"user\"", "\"assistant\"", "\"system\"", "\"tool\"",
-    "\"developer\"", "\"type\"", "\"text\"", "\"id\"", "\"function\"", "\"name\"", "\"tools\"",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"",
+    "\\",
+    "\n",
+    "\r\n",
+    "\0",
+    "\u{feff}",
+    "null",
+    "true",
+    "0",
+    "1",
+    "2",
+    "-1",
+    "1e999",
+    "\"messages\"",
+    "\"role\"",
+    "\"content\"",
+    "\"weight\"",
+    "\"tool_calls\"",
+    "\"tool_call_id\"",
+    "\"input\"",
+    "\"preferred_output\"",
+    "\"non_preferred_output\"",
+    "\"user\"",
+    "\"assistant\"",
+    "\"system\"",
+    "\"tool\"",
+    "\"developer\"",
+    "\"type\"",
+    "\"text\"",
+    "\"id\"",
+    "\"function\"",
+    "\"name\"",
+    "\"tools\"",
 ];
 
 fn fragment_line() -> impl Strategy<Value = String> {

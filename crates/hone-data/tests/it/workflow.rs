@@ -23,11 +23,18 @@ fn parse_files_into_typed_examples() {
     let p = write(&dir, "train.jsonl", &sft);
     let examples = parse_sft_file(&p).unwrap();
     assert_eq!(examples.len(), 12);
-    assert_eq!(examples[3].messages[2].content, "Answer 3: go to the login page, click 'Forgot password' and follow the link we email you.");
+    assert_eq!(
+        examples[3].messages[2].content,
+        "Answer 3: go to the login page, click 'Forgot password' and follow the link we email you."
+    );
     // The same file as DPO fails with every line reported.
     match parse_preference_file(&p) {
         Err(DataError::Invalid(r)) => {
-            let missing: Vec<_> = r.errors.iter().filter(|e| e.code == hone_data::Code::DpoMissingInput).collect();
+            let missing: Vec<_> = r
+                .errors
+                .iter()
+                .filter(|e| e.code == hone_data::Code::DpoMissingInput)
+                .collect();
             assert_eq!(missing.len(), 12);
             assert!(missing[0].text.contains("--method sft"));
         }
@@ -38,13 +45,18 @@ fn parse_files_into_typed_examples() {
     let pairs = parse_preference_file(&p).unwrap();
     assert_eq!(pairs.len(), 12);
     assert_ne!(pairs[0].preferred, pairs[0].non_preferred);
-    assert_eq!(detect_method(std::io::BufReader::new(fs::File::open(&p).unwrap())), Some(Method::Dpo));
+    assert_eq!(
+        detect_method(std::io::BufReader::new(fs::File::open(&p).unwrap())),
+        Some(Method::Dpo)
+    );
 }
 
 #[test]
 fn json_report_has_the_documented_shape() {
     let mut text: String = (0..11).map(|i| sft_line(i) + "\n").collect();
-    text.push_str("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\"}]}\n");
+    text.push_str(
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\"}]}\n",
+    );
     let r = validate(text.as_bytes(), None);
     let v = serde_json::to_value(&r).unwrap();
     for key in ["ok", "n_examples", "errors", "warnings", "stats"] {
@@ -52,7 +64,10 @@ fn json_report_has_the_documented_shape() {
     }
     assert_eq!(v["ok"], false);
     let e = &v["errors"][0];
-    assert_eq!((e["line"].as_u64(), e["message"].as_u64()), (Some(12), Some(2)));
+    assert_eq!(
+        (e["line"].as_u64(), e["message"].as_u64()),
+        (Some(12), Some(2))
+    );
     assert_eq!(e["code"], "message_missing_key");
     assert!(e["text"].as_str().unwrap().contains("content"));
     // Round trip, for the server's status_details.
@@ -66,9 +81,18 @@ fn token_stats_feed_auto_and_the_estimate() {
     let r = validate_with_tokens(text.as_bytes(), None, None);
     let t = r.stats.tokens.as_ref().unwrap();
     // WordCounter: system 6+4, user 9+4, assistant 17+4 = 44 total, 21 trained.
-    assert_eq!((t.total_tokens_per_example.min, t.total_tokens_per_example.max), (44, 44));
+    assert_eq!(
+        (
+            t.total_tokens_per_example.min,
+            t.total_tokens_per_example.max
+        ),
+        (44, 44)
+    );
     assert_eq!(t.trained_tokens_per_example.median, 21);
-    assert_eq!((t.total_tokens, t.total_trained_tokens), (120 * 44, 120 * 21));
+    assert_eq!(
+        (t.total_tokens, t.total_trained_tokens),
+        (120 * 44, 120 * 21)
+    );
     let hp = resolve_auto(
         &AutoInput {
             method: r.method,
@@ -107,7 +131,12 @@ fn split_is_deterministic_and_complete() {
     assert_eq!((s.n_train, s.n_valid, s.n_blank_skipped), (45, 5, 1));
     assert_eq!(fs::read(&t1).unwrap(), fs::read(&t2).unwrap());
     assert_eq!(fs::read(&v1).unwrap(), fs::read(&v2).unwrap());
-    let mut all: Vec<String> = fs::read_to_string(&t1).unwrap().lines().chain(fs::read_to_string(&v1).unwrap().lines()).map(String::from).collect();
+    let mut all: Vec<String> = fs::read_to_string(&t1)
+        .unwrap()
+        .lines()
+        .chain(fs::read_to_string(&v1).unwrap().lines())
+        .map(String::from)
+        .collect();
     all.sort();
     let mut want: Vec<String> = (0..50).map(sft_line).collect();
     want.sort();
@@ -121,7 +150,13 @@ fn converted_files_validate() {
         .map(|i| format!("{{\"instruction\":\"What are your opening hours on day {i}?\",\"response\":\"We are open from nine in the morning until six in the evening on day {i}.\"}}\n"))
         .collect();
     let mut out = Vec::new();
-    let r = hone_data::convert::convert(rows.as_bytes(), &mut out, hone_data::convert::SourceFormat::Instruction, Some("You are the shop assistant.")).unwrap();
+    let r = hone_data::convert::convert(
+        rows.as_bytes(),
+        &mut out,
+        hone_data::convert::SourceFormat::Instruction,
+        Some("You are the shop assistant."),
+    )
+    .unwrap();
     assert_eq!((r.n_converted, r.failures.len()), (12, 0));
     let report = validate(&out, None);
     assert!(report.ok, "{:#?}", report.errors);
