@@ -15,6 +15,8 @@
 //! `x += frozen_linear(o, w_o)`; `x += frozen_linear(silu_mul(gate(h2), up(h2)), w_down)`;
 //! then `masked_cross_entropy(logits, targets, mask)` on the shifted sequence.
 
+#[cfg(test)]
+mod bench;
 mod causal_softmax;
 mod cross_entropy;
 mod frozen_linear;
