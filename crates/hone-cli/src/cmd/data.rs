@@ -509,6 +509,15 @@ fn print_estimate(
     }
 }
 
+/// Dollars with cents, or four decimals for amounts under a cent.
+fn usd(x: f64) -> String {
+    if x > 0.0 && x < 0.01 {
+        format!("${x:.4}")
+    } else {
+        format!("${x:.2}")
+    }
+}
+
 fn human_duration(secs: f64) -> String {
     if !secs.is_finite() {
         return "unknown".into();
