@@ -3,7 +3,9 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use hone_model::generate::{generate, GenerationParams};
-use hone_model::testing::{tiny_weights, write_tiny_gguf, write_tiny_hf_dir, write_tiny_model, TinySpec};
+use hone_model::testing::{
+    tiny_weights, write_tiny_gguf, write_tiny_hf_dir, write_tiny_model, TinySpec,
+};
 use hone_model::{load_model, ForwardOptions, LoraAdapter, ModelError, WeightPath};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -63,9 +65,14 @@ fn incremental_decoding_with_kv_cache_matches_full_forward() {
     let full = m.forward(&x, 0, None).unwrap();
     let mut cache = m.new_cache();
     // A prefill of 5, then one token at a time.
-    let mut parts = vec![m.forward(&x.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache)).unwrap()];
+    let mut parts = vec![m
+        .forward(&x.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache))
+        .unwrap()];
     for p in 5..12 {
-        parts.push(m.forward(&x.narrow(1, p, 1).unwrap(), p, Some(&mut cache)).unwrap());
+        parts.push(
+            m.forward(&x.narrow(1, p, 1).unwrap(), p, Some(&mut cache))
+                .unwrap(),
+        );
     }
     assert_eq!(cache.len(), 12);
     let inc = Tensor::cat(&parts, 1).unwrap();
@@ -83,8 +90,17 @@ fn quantized_paths_stay_close_to_f32() {
     write_tiny_gguf(&f32_path, &spec, &w, GgmlDType::F32).unwrap();
     write_tiny_gguf(&q8_path, &spec, &w, GgmlDType::Q8_0).unwrap();
     let x = ids(1, 7, spec.vocab_size());
-    let reference = load_model(&f32_path, WeightPath::F32).unwrap().forward(&x, 0, None).unwrap();
-    let scale = reference.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let reference = load_model(&f32_path, WeightPath::F32)
+        .unwrap()
+        .forward(&x, 0, None)
+        .unwrap();
+    let scale = reference
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let scale = scale.to_scalar::<f32>().unwrap();
     for (path, wp) in [
         (&q8_path, WeightPath::Native),
@@ -95,7 +111,10 @@ fn quantized_paths_stay_close_to_f32() {
         let l = m.forward(&x, 0, None).unwrap();
         let d = max_diff(&reference, &l);
         // 8-bit weights and activations: a few percent of the logit range.
-        assert!(d < 0.03 * scale, "{wp:?} from {path:?}: max diff {d} of {scale}");
+        assert!(
+            d < 0.03 * scale,
+            "{wp:?} from {path:?}: max diff {d} of {scale}"
+        );
     }
 }
 
@@ -110,16 +129,26 @@ fn lora_adapter_can_be_attached_bypassed_and_removed_without_reload() {
     let a = Tensor::randn(0f32, 0.5, (4, 64), &Device::Cpu).unwrap();
     let b = Tensor::randn(0f32, 0.5, (64, 4), &Device::Cpu).unwrap();
     let ad = LoraAdapter::new(a, b, 8.0).unwrap();
-    m.set_adapter("model.layers.1.self_attn.q_proj", Some(ad)).unwrap();
+    m.set_adapter("model.layers.1.self_attn.q_proj", Some(ad))
+        .unwrap();
     let with = m.forward(&x, 0, None).unwrap();
     assert!(max_diff(&base, &with) > 1e-3, "the adapter changed nothing");
     let off = m
-        .forward_with(&x, 0, None, ForwardOptions { use_adapters: false })
+        .forward_with(
+            &x,
+            0,
+            None,
+            ForwardOptions {
+                use_adapters: false,
+            },
+        )
         .unwrap();
     assert_eq!(max_diff(&base, &off), 0.0);
     m.clear_adapters();
     assert_eq!(max_diff(&base, &m.forward(&x, 0, None).unwrap()), 0.0);
-    let err = m.set_adapter("model.layers.9.self_attn.q_proj", None).unwrap_err();
+    let err = m
+        .set_adapter("model.layers.9.self_attn.q_proj", None)
+        .unwrap_err();
     assert!(matches!(err, ModelError::Adapter(_)));
 }
 
@@ -135,13 +164,18 @@ fn greedy_generation_on_tiny_model_matches_argmax_of_full_forward() {
         ..Default::default()
     };
     let detok = |ids: &[u32]| -> hone_model::Result<String> { Ok(format!("{ids:?}")) };
-    let g = generate(&m, &prompt, &params, &[], &detok, &mut |_| std::ops::ControlFlow::Continue(()))
-        .unwrap();
+    let g = generate(&m, &prompt, &params, &[], &detok, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(g.token_ids.len(), 6);
     // Recompute each step without a cache.
     let mut seq = prompt.clone();
     for &tok in &g.token_ids {
-        let x = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let x = Tensor::new(seq.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let l = m.forward(&x, 0, None).unwrap();
         let last = l.squeeze(0).unwrap().get(seq.len() - 1).unwrap();
         let want = last.argmax(0).unwrap().to_scalar::<u32>().unwrap();
@@ -179,11 +213,16 @@ fn loading_errors_are_clear() {
     assert!(e.to_string().contains("blk.1.ffn_up.weight"), "{e}");
     // Unsupported architecture in an HF dir.
     let cfg = hf.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"llama\"", "\"gpt2\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"llama\"", "\"gpt2\"");
     let text = text.replace("LlamaForCausalLM", "GPT2LMHeadModel");
     std::fs::write(&cfg, text).unwrap();
     let e = load_model(&hf, WeightPath::F32).unwrap_err();
-    assert!(matches!(e, ModelError::UnsupportedArchitecture { .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::UnsupportedArchitecture { .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("llama"), "{e}");
     // An HF dir without weights.
     let empty = dir.path().join("empty-hf");
@@ -191,4 +230,38 @@ fn loading_errors_are_clear() {
     std::fs::remove_file(empty.join("model.safetensors")).unwrap();
     let e = load_model(&empty, WeightPath::F32).unwrap_err();
     assert!(matches!(e, ModelError::NotFound(_)), "{e}");
+}
+
+#[test]
+fn chat_engine_renders_template_and_generates_on_tiny_gguf() {
+    use hone_model::ChatEngine;
+    use hone_text::{ChatMessage, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+    let engine = ChatEngine::load_path(&gguf, WeightPath::F32).unwrap();
+    let msgs = [ChatMessage::new(Role::User, "hi")];
+    let prompt = engine.encode_prompt(&msgs, None).unwrap();
+    // <|im_start|> user \n h i <|im_end|> \n <|im_start|> assistant \n
+    assert_eq!(prompt.first(), Some(&1));
+    assert!(prompt.contains(&2));
+    let params = GenerationParams {
+        max_tokens: 5,
+        temperature: 0.8,
+        seed: 3,
+        ..Default::default()
+    };
+    let mut streamed = String::new();
+    let g = engine
+        .chat(&msgs, &params, &mut |s| {
+            streamed.push_str(s);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(g.prompt_tokens, prompt.len());
+    assert!(g.completion_tokens <= 5);
+    assert_eq!(streamed, g.text);
+    let again = engine
+        .chat(&msgs, &params, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(again.token_ids, g.token_ids, "same seed, same tokens");
 }
