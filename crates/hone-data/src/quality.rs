@@ -210,35 +210,54 @@ pub fn normalize_text(s: &str) -> String {
     out
 }
 
+/// Feeds exactly the characters [`normalize_text`] would produce into `h`,
+/// without building the string (this runs on every example).
+fn hash_normalized(s: &str, h: &mut DefaultHasher) {
+    let mut pending_space = false;
+    let mut any = false;
+    for c in s.chars() {
+        if c.is_alphanumeric() {
+            if pending_space && any {
+                h.write_u32(' ' as u32);
+            }
+            pending_space = false;
+            any = true;
+            for l in c.to_lowercase() {
+                h.write_u32(l as u32);
+            }
+        } else {
+            pending_space = true;
+        }
+    }
+    // A terminator, so that ("ab", "c") and ("a", "bc") differ.
+    h.write_u32(u32::MAX);
+}
+
 fn hash_messages(messages: &[ChatMessage], h: &mut DefaultHasher) {
     for m in messages {
         m.role.hash(h);
-        normalize_text(&m.content).hash(h);
+        hash_normalized(&m.content, h);
     }
 }
 
-fn finish(h: DefaultHasher) -> u64 {
-    h.finish()
-}
-
-fn exact_hash<T: Serialize>(value: &T) -> u64 {
+/// The exact-duplicate key: the line's bytes (JSON re-ordered or re-spaced
+/// is caught as a near-duplicate instead).
+fn exact_hash(line: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
-    serde_json::to_string(value)
-        .unwrap_or_default()
-        .hash(&mut h);
+    line.trim_ascii().hash(&mut h);
     h.finish()
 }
 
 fn answer_hash(m: &ChatMessage) -> u64 {
     let mut h = DefaultHasher::new();
-    normalize_text(&m.content).hash(&mut h);
+    hash_normalized(&m.content, &mut h);
     m.tool_calls.as_ref().map(|v| v.to_string()).hash(&mut h);
     h.finish()
 }
 
 /// Prompt: every message before the last assistant message; answer: that
 /// message.
-pub(crate) fn sft_keys(ex: &SftExample) -> DedupKeys {
+pub(crate) fn sft_keys(ex: &SftExample, line: &[u8]) -> DedupKeys {
     let split = ex
         .messages
         .iter()
@@ -247,19 +266,19 @@ pub(crate) fn sft_keys(ex: &SftExample) -> DedupKeys {
     let mut h = DefaultHasher::new();
     hash_messages(&ex.messages[..split], &mut h);
     DedupKeys {
-        exact: exact_hash(ex),
-        prompt: finish(h),
+        exact: exact_hash(line),
+        prompt: h.finish(),
         answer: ex.messages.get(split).map_or(0, answer_hash),
     }
 }
 
 /// Prompt: `input.messages`; answer: the preferred output.
-pub(crate) fn preference_keys(ex: &PreferenceExample) -> DedupKeys {
+pub(crate) fn preference_keys(ex: &PreferenceExample, line: &[u8]) -> DedupKeys {
     let mut h = DefaultHasher::new();
     hash_messages(&ex.input, &mut h);
     DedupKeys {
-        exact: exact_hash(ex),
-        prompt: finish(h),
+        exact: exact_hash(line),
+        prompt: h.finish(),
         answer: answer_hash(&ex.preferred),
     }
 }
@@ -314,6 +333,28 @@ mod tests {
         assert_eq!(normalize_text("  Hello,  WORLD!! "), "hello world");
         assert_eq!(normalize_text("What's up?"), "what s up");
         assert_eq!(normalize_text("..."), "");
+    }
+
+    #[test]
+    fn streamed_hash_agrees_with_normalize_text() {
+        let h = |s: &str| {
+            let mut h = DefaultHasher::new();
+            hash_normalized(s, &mut h);
+            h.finish()
+        };
+        let pairs = [
+            ("Hello,  WORLD!", "hello world"),
+            ("  É té ", "é té"),
+            ("a-b", "a b"),
+            ("ab", "a b"),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(
+                h(a) == h(b),
+                normalize_text(a) == normalize_text(b),
+                "{a:?} vs {b:?}"
+            );
+        }
     }
 
     #[test]

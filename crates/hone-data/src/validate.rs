@@ -239,7 +239,7 @@ fn check_line_into(raw: &RawLine, ctx: &LineContext<'_>, out: &mut LineIssues) -
                 return Outcome::Invalid;
             };
             quality::sft_warnings(&ex, out);
-            let keys = quality::sft_keys(&ex);
+            let keys = quality::sft_keys(&ex, text.as_bytes());
             let n = ex.messages.len();
             (Example::Sft(ex), n, keys)
         }
@@ -248,7 +248,7 @@ fn check_line_into(raw: &RawLine, ctx: &LineContext<'_>, out: &mut LineIssues) -
                 return Outcome::Invalid;
             };
             quality::preference_warnings(&ex, out);
-            let keys = quality::preference_keys(&ex);
+            let keys = quality::preference_keys(&ex, text.as_bytes());
             let n = ex.input.len() + 1;
             (Example::Preference(Box::new(ex)), n, keys)
         }
