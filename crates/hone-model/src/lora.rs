@@ -1,0 +1,301 @@
+//! LoRA parameters for training, and adapters on disk in PEFT's layout.
+//!
+//! Training attaches `Var`-backed adapters to the model's linear layers: the
+//! `LoraAdapter` tensors share storage with the `Var`s, so the optimizer's in-place
+//! updates are what the next forward pass sees, and gradients are keyed by the same
+//! tensor ids. On disk the adapter is PEFT's (`adapter_config.json` +
+//! `adapter_model.safetensors`), so peft, vLLM and llama.cpp's converter can load it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::linear::{LoraAdapter, TARGET_MODULES};
+use crate::llama::Llama;
+
+/// PEFT's file names.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// The prefix PEFT puts before the HF module path in adapter keys.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// What to train: rank, scaling, dropout and which projections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Projection names, e.g. `q_proj`, in model order.
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+        }
+    }
+}
+
+impl LoraConfig {
+    /// Parses `all-linear` or a comma-separated list such as `q_proj,v_proj`; an unknown
+    /// name is an error that lists the valid ones.
+    pub fn parse_target_modules(spec: &str) -> Result<Vec<String>> {
+        let spec = spec.trim();
+        if spec.eq_ignore_ascii_case("all-linear") || spec.eq_ignore_ascii_case("all") {
+            return Ok(TARGET_MODULES.iter().map(|s| s.to_string()).collect());
+        }
+        let mut wanted = Vec::new();
+        for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !TARGET_MODULES.contains(&name) {
+                return Err(ModelError::Adapter(format!(
+                    "unknown target module `{name}`; valid: all-linear or a list of {}",
+                    TARGET_MODULES.join(", ")
+                )));
+            }
+            wanted.push(name);
+        }
+        if wanted.is_empty() {
+            return Err(ModelError::Adapter("no target modules given".into()));
+        }
+        // Model order, no duplicates.
+        Ok(TARGET_MODULES
+            .iter()
+            .filter(|m| wanted.contains(m))
+            .map(|s| s.to_string())
+            .collect())
+    }
+
+    /// Checks the ranges and the module names.
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(ModelError::Adapter("LoRA rank r must be at least 1".into()));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(ModelError::Adapter(format!(
+                "lora_alpha must be positive, got {}",
+                self.alpha
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ModelError::Adapter(format!(
+                "lora_dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        Self::parse_target_modules(&self.target_modules.join(","))?;
+        Ok(())
+    }
+
+    fn targets(&self, module_path: &str) -> bool {
+        let leaf = module_path.rsplit('.').next().unwrap_or(module_path);
+        self.target_modules.iter().any(|m| m == leaf)
+    }
+}
+
+/// One trained module: its HF path and its `A: [r, in]`, `B: [out, r]`.
+#[derive(Debug, Clone)]
+pub struct LoraModule {
+    pub path: String,
+    pub a: Var,
+    pub b: Var,
+}
+
+/// The trainable LoRA parameters attached to a model.
+#[derive(Debug, Clone)]
+pub struct LoraParams {
+    pub config: LoraConfig,
+    pub modules: Vec<LoraModule>,
+}
+
+impl LoraParams {
+    /// Creates adapters on every targeted linear and attaches them. A gets PEFT's
+    /// kaiming-uniform init (`a = √5`, i.e. bound `1/√in`), B zeros, so that the model is
+    /// unchanged at step 0. The seed fixes every value.
+    pub fn attach(model: &mut Llama, config: &LoraConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let device = model.device().clone();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut modules = Vec::new();
+        for (path, lin) in model.linears_mut() {
+            if !config.targets(&path) {
+                continue;
+            }
+            let (out_dim, in_dim) = lin.dims();
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let a: Vec<f32> = (0..config.r * in_dim)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, in_dim), &device)?)?;
+            let b = Var::zeros((out_dim, config.r), candle_core::DType::F32, &device)?;
+            let adapter =
+                LoraAdapter::new(a.as_tensor().clone(), b.as_tensor().clone(), config.alpha)?;
+            lin.set_adapter(Some(adapter))?;
+            modules.push(LoraModule { path, a, b });
+        }
+        Ok(Self {
+            config: config.clone(),
+            modules,
+        })
+    }
+
+    /// Every trainable tensor with its PEFT-style name (`<module>.lora_A.weight`).
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.modules
+            .iter()
+            .flat_map(|m| {
+                [
+                    (format!("{}.lora_A.weight", m.path), m.a.clone()),
+                    (format!("{}.lora_B.weight", m.path), m.b.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.modules
+            .iter()
+            .map(|m| m.a.elem_count() + m.b.elem_count())
+            .sum()
+    }
+
+    /// The PEFT `adapter_model.safetensors` tensors (detached copies).
+    pub fn peft_tensors(&self) -> HashMap<String, Tensor> {
+        self.trainable()
+            .into_iter()
+            .map(|(n, v)| (format!("{PEFT_PREFIX}{n}"), v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir`.
+    pub fn save_peft(&self, dir: &Path, base_model: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let cfg = PeftConfig::from_lora(&self.config, base_model);
+        let json = serde_json::to_vec_pretty(&cfg)
+            .map_err(|e| ModelError::Adapter(format!("adapter config: {e}")))?;
+        let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+        std::fs::write(&cfg_path, json).map_err(io(&cfg_path))?;
+        candle_core::safetensors::save(&self.peft_tensors(), dir.join(ADAPTER_WEIGHTS_FILE))?;
+        Ok(())
+    }
+}
+
+/// `adapter_config.json` as PEFT writes it (the fields we set; PEFT fills the rest with
+/// its defaults when loading).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftConfig {
+    pub peft_type: String,
+    pub task_type: String,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    pub target_modules: Vec<String>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default = "bias_none")]
+    pub bias: String,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+fn bias_none() -> String {
+    "none".into()
+}
+
+impl PeftConfig {
+    pub fn from_lora(c: &LoraConfig, base_model: &str) -> Self {
+        Self {
+            peft_type: "LORA".into(),
+            task_type: "CAUSAL_LM".into(),
+            r: c.r,
+            lora_alpha: c.alpha,
+            lora_dropout: c.dropout,
+            target_modules: c.target_modules.clone(),
+            base_model_name_or_path: Some(base_model.to_string()),
+            bias: "none".into(),
+            fan_in_fan_out: false,
+            inference_mode: true,
+        }
+    }
+}
+
+/// Reads a PEFT adapter directory and attaches its (frozen) adapters to `model`,
+/// replacing any present. Returns the adapter's config.
+pub fn load_peft_adapter(model: &mut Llama, dir: &Path) -> Result<PeftConfig> {
+    let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+    let cfg: PeftConfig = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Adapter(format!("{}: {e}", cfg_path.display())))?;
+    if cfg.peft_type != "LORA" {
+        return Err(ModelError::Adapter(format!(
+            "peft_type `{}` is not supported (only LORA)",
+            cfg.peft_type
+        )));
+    }
+    if cfg.bias != "none" || cfg.fan_in_fan_out {
+        return Err(ModelError::Adapter(
+            "only bias \"none\" and fan_in_fan_out false are supported".into(),
+        ));
+    }
+    let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
+    if !weights_path.exists() {
+        return Err(ModelError::NotFound(weights_path));
+    }
+    let device: Device = model.device().clone();
+    let mut tensors = candle_core::safetensors::load(&weights_path, &device).map_err(|e| {
+        ModelError::CorruptSafetensors {
+            path: weights_path.clone(),
+            msg: e.to_string(),
+        }
+    })?;
+    model.clear_adapters();
+    let mut attached = 0;
+    for (path, lin) in model.linears_mut() {
+        let key = |m: &str| format!("{PEFT_PREFIX}{path}.{m}.weight");
+        let (a, b) = (
+            tensors.remove(&key("lora_A")),
+            tensors.remove(&key("lora_B")),
+        );
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let a = a.to_dtype(candle_core::DType::F32)?;
+                let b = b.to_dtype(candle_core::DType::F32)?;
+                lin.set_adapter(Some(LoraAdapter::new(a, b, cfg.lora_alpha)?))?;
+                attached += 1;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ModelError::Adapter(format!(
+                    "{}: `{path}` has only one of lora_A / lora_B",
+                    weights_path.display()
+                )))
+            }
+        }
+    }
+    if attached == 0 || !tensors.is_empty() {
+        let mut extra: Vec<_> = tensors.keys().cloned().collect();
+        extra.sort();
+        return Err(ModelError::Adapter(format!(
+            "{}: {attached} module(s) matched the model; unmatched keys: {extra:?}",
+            weights_path.display()
+        )));
+    }
+    Ok(cfg)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError {
+    let path = path.to_path_buf();
+    move |source| ModelError::Io { path, source }
+}

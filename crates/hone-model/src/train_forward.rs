@@ -1,0 +1,216 @@
+//! The training-mode forward pass: the same Llama block as [`Llama::forward_hidden`],
+//! built from the differentiable custom ops of [`crate::ops`].
+//!
+//! It lives beside the inference path rather than behind a flag in it so that inference
+//! keeps its fused, cache-aware kernels untouched, while training gets ops that carry a
+//! gradient (candle's fused `rms_norm`, `rope` and `softmax_last_dim` drop it silently,
+//! DESIGN.md "Pitfalls"). The equivalence of the two paths is a test
+//! (`train_forward_matches_inference_forward`), so they cannot drift apart unnoticed.
+//!
+//! Frozen weights go through [`ops::frozen_linear`] (no weight gradient is ever
+//! computed); the LoRA matrices, which are candle `Var`s during training, go through stock
+//! matmuls, so the gradient store holds exactly the trainable parameters.
+
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{ModelError, Result};
+use crate::linear::{BaseWeight, Linear};
+use crate::llama::{repeat_kv, Attention, Block, Embedding, Llama, LmHead, Mlp};
+use crate::ops;
+
+/// Switches for one training-mode forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainOptions {
+    /// Run LoRA adapters (false: the frozen base, e.g. DPO's reference model).
+    pub use_adapters: bool,
+    /// LoRA dropout probability on the adapter input (PEFT's `lora_dropout`); 0 disables.
+    pub lora_dropout: f64,
+    /// Seed of this pass's dropout masks, so that a run is reproducible.
+    pub dropout_seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            use_adapters: true,
+            lora_dropout: 0.0,
+            dropout_seed: 0,
+        }
+    }
+}
+
+/// Loss and token counts of one training-mode pass.
+#[derive(Debug, Clone)]
+pub struct TrainLoss {
+    /// Scalar mean cross-entropy over the masked-in positions (differentiable).
+    pub loss: Tensor,
+    /// Argmax-correct predictions at masked-in positions.
+    pub accuracy: ops::TokenAccuracy,
+}
+
+impl Llama {
+    /// Final-normed hidden states `[b, t, hidden]` of `input_ids: [b, t]` from position 0,
+    /// through differentiable ops (no KV cache).
+    pub fn forward_train_hidden(&self, input_ids: &Tensor, opts: TrainOptions) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        if t > self.cfg.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed: t,
+                max: self.cfg.max_position_embeddings,
+            });
+        }
+        let cos = self.rope.cos.narrow(0, 0, t)?;
+        let sin = self.rope.sin.narrow(0, 0, t)?;
+        let mut x = match &self.embed_tokens {
+            Embedding::Dense(w) => w.index_select(&input_ids.flatten_all()?, 0)?.reshape((
+                b,
+                t,
+                self.cfg.hidden_size,
+            ))?,
+            Embedding::Quantized(_) => return Err(quantized_in_training()),
+        };
+        for (i, block) in self.layers.iter().enumerate() {
+            let ctx = Ctx {
+                opts,
+                layer: i,
+                cos: &cos,
+                sin: &sin,
+            };
+            x = self.train_block(block, &x, &ctx)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+    }
+
+    /// Logits `[b, t, vocab]` through the training-mode path.
+    pub fn forward_train(&self, input_ids: &Tensor, opts: TrainOptions) -> Result<Tensor> {
+        let h = self.forward_train_hidden(input_ids, opts)?;
+        self.train_logits(&h)
+    }
+
+    /// Projects hidden states to logits with the frozen LM head (gradient to `hidden` only).
+    pub fn train_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            LmHead::Dense(w) => Ok(ops::frozen_linear(hidden, w)?),
+            LmHead::Quantized(_) => Err(quantized_in_training()),
+        }
+    }
+
+    /// Masked mean cross-entropy of a shifted batch: `targets` (u32) and `mask` (f32, 1 =
+    /// trained) have the shape `[b, t]` of `input_ids`.
+    pub fn train_loss(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+        opts: TrainOptions,
+    ) -> Result<TrainLoss> {
+        let logits = self.forward_train(input_ids, opts)?;
+        let accuracy = ops::masked_token_accuracy(&logits.detach(), targets, mask)?;
+        let loss = ops::masked_cross_entropy(&logits, targets, mask)?;
+        Ok(TrainLoss { loss, accuracy })
+    }
+
+    fn train_block(&self, block: &Block, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let h = ops::rms_norm(x, &block.input_layernorm, eps)?;
+        let h = self.train_attention(&block.self_attn, &h, ctx)?;
+        let x = (x + h)?;
+        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps)?;
+        let h = train_mlp(&block.mlp, &h, ctx)?;
+        Ok((x + h)?)
+    }
+
+    fn train_attention(&self, attn: &Attention, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let hd = cfg.head_dim;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(
+            train_linear(&attn.q_proj, x, ctx, 0)?,
+            cfg.num_attention_heads,
+        )?;
+        let k = heads(
+            train_linear(&attn.k_proj, x, ctx, 1)?,
+            cfg.num_key_value_heads,
+        )?;
+        let v = heads(
+            train_linear(&attn.v_proj, x, ctx, 2)?,
+            cfg.num_key_value_heads,
+        )?;
+        let q = ops::rope(&q, ctx.cos, ctx.sin)?;
+        let k = ops::rope(&k, ctx.cos, ctx.sin)?;
+        let k = repeat_kv(k, cfg.n_rep())?.contiguous()?;
+        let v = repeat_kv(v, cfg.n_rep())?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?;
+        let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
+        let y = p
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, cfg.num_attention_heads * hd))?;
+        train_linear(&attn.o_proj, &y, ctx, 3)
+    }
+}
+
+/// Per-layer context of one pass.
+struct Ctx<'a> {
+    opts: TrainOptions,
+    layer: usize,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+}
+
+fn train_mlp(mlp: &Mlp, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    let gate = train_linear(&mlp.gate_proj, x, ctx, 4)?;
+    let up = train_linear(&mlp.up_proj, x, ctx, 5)?;
+    train_linear(&mlp.down_proj, &ops::silu_mul(&gate, &up)?, ctx, 6)
+}
+
+/// `frozen_linear(x, W) + lora(dropout(x))`; `module` numbers the projection within its
+/// layer so that every dropout mask has its own seed.
+fn train_linear(lin: &Linear, x: &Tensor, ctx: &Ctx, module: u64) -> Result<Tensor> {
+    let y = match lin.base() {
+        BaseWeight::Dense(w) => ops::frozen_linear(x, w)?,
+        BaseWeight::Quantized(_) => return Err(quantized_in_training()),
+    };
+    let Some(ad) = lin.adapter().filter(|_| ctx.opts.use_adapters) else {
+        return Ok(y);
+    };
+    let p = ctx.opts.lora_dropout;
+    let delta = if p > 0.0 {
+        let seed = ctx
+            .opts
+            .dropout_seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add((ctx.layer as u64) * 16 + module);
+        ad.delta(&(x * dropout_mask(x, p, seed)?)?)?
+    } else {
+        ad.delta(x)?
+    };
+    Ok((y + delta)?)
+}
+
+/// Inverted-dropout mask of `x`'s shape: 0 with probability `p`, else `1/(1-p)`.
+fn dropout_mask(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    if p >= 1.0 {
+        return Err(ModelError::Adapter(format!(
+            "lora dropout must be below 1, got {p}"
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let n = x.elem_count();
+    let m: Vec<f32> = (0..n)
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect();
+    Ok(Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(DType::F32)?)
+}
+
+fn quantized_in_training() -> ModelError {
+    ModelError::Config(
+        "training needs f32 base weights; load the model with WeightPath::F32".into(),
+    )
+}

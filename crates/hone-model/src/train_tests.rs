@@ -1,0 +1,273 @@
+//! Tests of the training-mode forward and LoRA parameters on a tiny random model.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::llama::Llama;
+use crate::lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};
+use crate::testing::{write_tiny_model, TinySpec};
+use crate::train_forward::TrainOptions;
+use crate::{load_model, ForwardOptions, WeightPath};
+
+fn tiny() -> (tempfile::TempDir, Llama) {
+    let dir = tempfile::tempdir().unwrap();
+    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+    let m = load_model(&gguf, WeightPath::F32).unwrap();
+    (dir, m)
+}
+
+fn ids(rows: &[&[u32]]) -> Tensor {
+    let t = rows[0].len();
+    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Tensor::from_vec(flat, (rows.len(), t), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn all_linear() -> LoraConfig {
+    LoraConfig {
+        target_modules: LoraConfig::parse_target_modules("all-linear").unwrap(),
+        ..LoraConfig::default()
+    }
+}
+
+/// Gives every B a random value, so that adapters change the output.
+fn randomize_b(params: &LoraParams, scale: f64) {
+    for m in &params.modules {
+        let t = (Tensor::randn(0f32, 1.0, m.b.shape(), &Device::Cpu).unwrap() * scale).unwrap();
+        m.b.set(&t).unwrap();
+    }
+}
+
+fn batch() -> (Tensor, Tensor, Tensor) {
+    let input = ids(&[&[1, 40, 41, 42, 43, 2, 7], &[1, 50, 51, 52, 2, 0, 0]]);
+    let targets = ids(&[&[40, 41, 42, 43, 2, 7, 9], &[50, 51, 52, 2, 0, 0, 0]]);
+    let mask = Tensor::from_vec(
+        vec![0f32, 1., 1., 1., 1., 0., 1., 1., 1., 1., 1., 0., 0., 0.],
+        (2, 7),
+        &Device::Cpu,
+    )
+    .unwrap();
+    (input, targets, mask)
+}
+
+#[test]
+fn train_forward_matches_inference_forward() {
+    let (_d, mut m) = tiny();
+    let params = LoraParams::attach(&mut m, &all_linear(), 3).unwrap();
+    randomize_b(&params, 0.1);
+    let (input, _, _) = batch();
+    let inf = m
+        .forward_with(&input, 0, None, ForwardOptions::default())
+        .unwrap();
+    let tr = m.forward_train(&input, TrainOptions::default()).unwrap();
+    let d = max_diff(&inf, &tr);
+    assert!(d < 1e-4, "train vs inference logits differ by {d}");
+    let base = m
+        .forward_with(
+            &input,
+            0,
+            None,
+            ForwardOptions {
+                use_adapters: false,
+            },
+        )
+        .unwrap();
+    assert!(max_diff(&base, &inf) > 1e-3, "adapters had no effect");
+}
+
+#[test]
+fn zero_b_leaves_the_model_unchanged_at_step_0() {
+    let (_d, mut m) = tiny();
+    let (input, _, _) = batch();
+    let before = m.forward(&input, 0, None).unwrap();
+    LoraParams::attach(&mut m, &all_linear(), 1).unwrap();
+    let with_lora = m.forward_train(&input, TrainOptions::default()).unwrap();
+    assert!(max_diff(&before, &with_lora) < 1e-4);
+}
+
+#[test]
+fn a_init_is_seeded_and_within_the_kaiming_bound() {
+    let (_d, mut m1) = tiny();
+    let (_d2, mut m2) = tiny();
+    let p1 = LoraParams::attach(&mut m1, &LoraConfig::default(), 5).unwrap();
+    let p2 = LoraParams::attach(&mut m2, &LoraConfig::default(), 5).unwrap();
+    assert_eq!(p1.modules.len(), 2 * m1.layers.len());
+    let a1 = p1.modules[0].a.as_tensor();
+    assert_eq!(max_diff(a1, p2.modules[0].a.as_tensor()), 0.0);
+    let bound = 1.0 / (m1.cfg.hidden_size as f32).sqrt();
+    let maxabs = a1
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        maxabs <= bound && maxabs > bound * 0.5,
+        "{maxabs} vs {bound}"
+    );
+    let b = p1.modules[0].b.as_tensor();
+    assert_eq!(
+        b.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+}
+
+fn loss_value(m: &Llama) -> f64 {
+    let (input, targets, mask) = batch();
+    let l = m
+        .train_loss(&input, &targets, &mask, TrainOptions::default())
+        .unwrap();
+    l.loss.to_scalar::<f32>().unwrap() as f64
+}
+
+fn fd_check(var: &Var, idx: usize, m: &Llama) {
+    let (input, targets, mask) = batch();
+    let l = m
+        .train_loss(&input, &targets, &mask, TrainOptions::default())
+        .unwrap();
+    let grads = l.loss.backward().unwrap();
+    let g = grads
+        .get(var.as_tensor())
+        .expect("gradient for the LoRA var");
+    let analytic = g.flatten_all().unwrap().to_vec1::<f32>().unwrap()[idx] as f64;
+    let orig = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let eps = 1e-2f32;
+    let at = |delta: f32| {
+        let mut v = orig.clone();
+        v[idx] += delta;
+        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        loss_value(m)
+    };
+    let (up, down) = (at(eps), at(-eps));
+    var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap())
+        .unwrap();
+    let numeric = (up - down) / (2.0 * eps as f64);
+    let tol = 2e-3 + 2e-2 * numeric.abs().max(analytic.abs());
+    assert!(
+        (numeric - analytic).abs() < tol,
+        "finite difference {numeric} vs autograd {analytic}"
+    );
+    assert!(analytic.abs() > 1e-6, "gradient is zero: nothing to check");
+}
+
+#[test]
+fn gradient_of_lora_entries_matches_finite_differences() {
+    let (_d, mut m) = tiny();
+    let params = LoraParams::attach(&mut m, &all_linear(), 11).unwrap();
+    randomize_b(&params, 0.3);
+    // Layer 0 q_proj: the gradient flows back through every op of the model
+    // (RoPE, causal softmax, RMSNorm, SwiGLU, the frozen head, cross-entropy).
+    let q0 = &params.modules[0];
+    assert!(q0.path.ends_with("layers.0.self_attn.q_proj"));
+    fd_check(&q0.a, 3, &m);
+    fd_check(&q0.b, 5, &m);
+    // And an MLP module.
+    let gate0 = params
+        .modules
+        .iter()
+        .find(|mm| mm.path.ends_with("layers.0.mlp.gate_proj"))
+        .unwrap();
+    fd_check(&gate0.a, 7, &m);
+}
+
+#[test]
+fn only_lora_vars_get_gradients() {
+    let (_d, mut m) = tiny();
+    let params = LoraParams::attach(&mut m, &LoraConfig::default(), 2).unwrap();
+    let (input, targets, mask) = batch();
+    let l = m
+        .train_loss(&input, &targets, &mask, TrainOptions::default())
+        .unwrap();
+    let grads = l.loss.backward().unwrap();
+    for (name, v) in params.trainable() {
+        assert!(grads.get(v.as_tensor()).is_some(), "no grad for {name}");
+    }
+    if let crate::linear::BaseWeight::Dense(w) = m.layers[0].self_attn.q_proj.base() {
+        assert!(grads.get(w).is_none());
+    }
+}
+
+#[test]
+fn dropout_is_seeded_and_changes_the_output() {
+    let (_d, mut m) = tiny();
+    let params = LoraParams::attach(&mut m, &all_linear(), 3).unwrap();
+    randomize_b(&params, 0.1);
+    let (input, _, _) = batch();
+    let opts = |seed| TrainOptions {
+        lora_dropout: 0.5,
+        dropout_seed: seed,
+        ..TrainOptions::default()
+    };
+    let a = m.forward_train(&input, opts(1)).unwrap();
+    let b = m.forward_train(&input, opts(1)).unwrap();
+    let c = m.forward_train(&input, opts(2)).unwrap();
+    assert_eq!(max_diff(&a, &b), 0.0);
+    assert!(max_diff(&a, &c) > 1e-5);
+}
+
+#[test]
+fn peft_adapter_round_trips_onto_a_fresh_model() {
+    let (d, mut m) = tiny();
+    let params = LoraParams::attach(&mut m, &all_linear(), 4).unwrap();
+    randomize_b(&params, 0.1);
+    let out = d.path().join("adapter");
+    params.save_peft(&out, "tiny").unwrap();
+    let cfg: PeftConfig =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg.peft_type, "LORA");
+    assert_eq!(cfg.task_type, "CAUSAL_LM");
+    assert_eq!(cfg.r, 8);
+    assert_eq!(cfg.bias, "none");
+    let keys = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    assert!(keys.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+    assert!(keys.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"));
+    assert_eq!(keys.len(), 2 * 7 * m.layers.len());
+
+    let (_d2, mut fresh) = tiny();
+    load_peft_adapter(&mut fresh, &out).unwrap();
+    let (input, _, _) = batch();
+    let want = m.forward(&input, 0, None).unwrap();
+    let got = fresh.forward(&input, 0, None).unwrap();
+    assert!(max_diff(&want, &got) < 1e-5);
+    let _ = DType::F32;
+}
+
+#[test]
+fn unknown_target_module_lists_valid_ones() {
+    let err = LoraConfig::parse_target_modules("q_proj,wq").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("wq") && msg.contains("v_proj") && msg.contains("all-linear"));
+    assert_eq!(
+        LoraConfig::parse_target_modules("v_proj, q_proj").unwrap(),
+        vec!["q_proj", "v_proj"]
+    );
+    assert_eq!(
+        LoraConfig::parse_target_modules("all-linear")
+            .unwrap()
+            .len(),
+        7
+    );
+}
