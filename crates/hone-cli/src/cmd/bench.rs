@@ -63,6 +63,7 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         // Read by rayon when candle first builds its pool, i.e. after this.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
+    hone_model::prefer_single_threaded_quantized_kernels();
     let t0 = Instant::now();
     let engine = load_engine(&args.model, args.weights)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -93,6 +94,8 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         "decode_tokens_per_s_best": round2(decode.iter().copied().fold(0.0, f64::max)),
         "peak_rss_mb": peak_rss_mb(),
         "threads": hone_model::compute_threads(),
+        "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
+        "loadavg_1m": loadavg(),
         "runs": args.runs,
         "load_s": round2(load_s),
     });
@@ -129,6 +132,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// The 1-minute load average: other processes skew these figures.
+fn loadavg() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }
 
 /// Peak resident memory (VmHWM) in MB, from /proc/self/status.

@@ -67,6 +67,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     validate(&args)?;
+    hone_model::prefer_single_threaded_quantized_kernels();
     let engine = load_engine(&args.model, args.weights)?;
     let mut params = GenerationParams {
         max_tokens: args.max_tokens,
