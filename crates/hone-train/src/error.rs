@@ -29,6 +29,13 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, message: String },
     #[error("invalid schedule: {0}")]
     Schedule(String),
+    #[error(transparent)]
+    Model(#[from] hone_model::ModelError),
+    #[error("tokenizing example {index}: {message}")]
+    Tokenize { index: usize, message: String },
+    /// A training setting is out of range or inconsistent with the data.
+    #[error("training configuration: {0}")]
+    Config(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

@@ -3,12 +3,14 @@
 //! checkpoint directories, a seeded RNG whose state can be saved, and the training event
 //! stream. The differentiable ops live in `hone_model::ops`.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod error;
 pub mod events;
 pub mod optim;
 pub mod rng;
 pub mod schedule;
+pub mod sft;
 
 pub use checkpoint::{latest_valid, prune, Checkpoint, Manifest, PendingCheckpoint};
 pub use error::{Result, TrainError};
@@ -16,3 +18,4 @@ pub use events::{EventSink, JsonLinesSink, TrainEvent, VecSink};
 pub use optim::{AdamW, AdamWConfig, StepStats};
 pub use rng::{RngState, TrainRng};
 pub use schedule::{LrSchedule, ScheduleKind};
+pub use sft::{tokenize_sft, train_sft, SftConfig, SftSummary};

@@ -1,0 +1,3 @@
+//! hone-train integration tests (one binary, see DESIGN.md).
+
+mod sft;

@@ -1,0 +1,296 @@
+//! The SFT loop end to end on a tiny random model with a byte-level tokenizer.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use hone_data::{ChatMessage, Role, SftExample};
+use hone_model::testing::{write_tiny_model, TinySpec};
+use hone_model::{load_model, BaseWeight, Llama, WeightPath};
+use hone_text::ChatTokenizer;
+use hone_train::sft::{tokenize_sft, train_sft, SftConfig, SftSummary};
+use hone_train::{AdamWConfig, ScheduleKind, TrainEvent, VecSink};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    model: Llama,
+    tok: ChatTokenizer,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+    let model = load_model(&gguf, WeightPath::F32).unwrap();
+    let tok = ChatTokenizer::from_gguf(&gguf).unwrap();
+    Fixture {
+        _dir: dir,
+        model,
+        tok,
+    }
+}
+
+fn chat(q: &str, a: &str) -> SftExample {
+    SftExample {
+        messages: vec![
+            ChatMessage::new(Role::User, q),
+            ChatMessage::new(Role::Assistant, a),
+        ],
+        tools: None,
+        parallel_tool_calls: None,
+    }
+}
+
+fn data() -> Vec<SftExample> {
+    vec![
+        chat("hi", "hello there"),
+        chat("2+2?", "four"),
+        chat("sky?", "blue"),
+        chat("cat?", "meow meow"),
+    ]
+}
+
+fn config(epochs: u32) -> SftConfig {
+    SftConfig {
+        epochs,
+        batch_size: 2,
+        grad_accum: 1,
+        learning_rate: 1e-2,
+        schedule: ScheduleKind::Constant,
+        warmup_ratio: 0.0,
+        max_seq_len: 64,
+        seed: 42,
+        lora_r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.0,
+        target_modules: vec![
+            "q_proj".into(),
+            "k_proj".into(),
+            "v_proj".into(),
+            "o_proj".into(),
+            "gate_proj".into(),
+            "up_proj".into(),
+            "down_proj".into(),
+        ],
+        adamw: AdamWConfig::default(),
+        keep_checkpoints: 2,
+        base_model: "tiny".into(),
+        pad_id: 0,
+    }
+}
+
+fn run(f: &mut Fixture, cfg: &SftConfig, out: &Path) -> (SftSummary, VecSink) {
+    let train = tokenize_sft(&f.tok, &data(), cfg.max_seq_len).unwrap();
+    let valid = tokenize_sft(&f.tok, &data()[..2], cfg.max_seq_len).unwrap();
+    let mut sink = VecSink::default();
+    let s = train_sft(
+        &mut f.model,
+        &train.examples,
+        &valid.examples,
+        cfg,
+        out,
+        &mut sink,
+    )
+    .unwrap();
+    (s, sink)
+}
+
+fn base_weights(m: &Llama) -> Vec<Vec<f32>> {
+    let mut out = Vec::new();
+    for blk in &m.layers {
+        for lin in [
+            &blk.self_attn.q_proj,
+            &blk.self_attn.v_proj,
+            &blk.mlp.down_proj,
+        ] {
+            if let BaseWeight::Dense(w) = lin.base() {
+                out.push(w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+        }
+        out.push(blk.input_layernorm.to_vec1::<f32>().unwrap());
+    }
+    out
+}
+
+#[test]
+fn loss_goes_down_on_a_memorisable_dataset() {
+    let mut f = fixture();
+    let out = tempfile::tempdir().unwrap();
+    let (s, _) = run(&mut f, &config(8), out.path());
+    assert_eq!(s.steps, 16);
+    let first = (s.losses[0] + s.losses[1]) / 2.0;
+    let last = (s.losses[14] + s.losses[15]) / 2.0;
+    assert!(last < first * 0.7, "loss {first} -> {last}: {:?}", s.losses);
+}
+
+#[test]
+fn same_seed_gives_the_same_loss_sequence() {
+    let out = tempfile::tempdir().unwrap();
+    let mut f1 = fixture();
+    let (a, _) = run(&mut f1, &config(2), &out.path().join("a"));
+    let mut f2 = fixture();
+    let (b, _) = run(&mut f2, &config(2), &out.path().join("b"));
+    assert_eq!(a.losses, b.losses);
+    let mut f3 = fixture();
+    let cfg = SftConfig {
+        seed: 7,
+        ..config(2)
+    };
+    let (c, _) = run(&mut f3, &cfg, &out.path().join("c"));
+    assert_ne!(a.losses, c.losses);
+}
+
+#[test]
+fn base_weights_stay_bit_identical_and_lora_weights_change() {
+    let mut f = fixture();
+    let before = base_weights(&f.model);
+    let out = tempfile::tempdir().unwrap();
+    run(&mut f, &config(1), out.path());
+    assert_eq!(before, base_weights(&f.model));
+    let ad = f.model.layers[0].self_attn.q_proj.adapter().unwrap();
+    let bmax =
+        ad.b.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+    assert!(bmax > 0.0, "LoRA B never moved from zero");
+    // The saved adapter is what the model now holds.
+    let saved = candle_core::safetensors::load(
+        out.path().join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+    let diff = (&saved[key] - &ad.b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+}
+
+#[test]
+fn grad_accumulation_gives_the_same_steps_as_the_whole_batch() {
+    let out = tempfile::tempdir().unwrap();
+    let mut f1 = fixture();
+    let (a, _) = run(&mut f1, &config(2), &out.path().join("a"));
+    let mut f2 = fixture();
+    let cfg = SftConfig {
+        grad_accum: 2,
+        ..config(2)
+    };
+    let (b, _) = run(&mut f2, &cfg, &out.path().join("b"));
+    for (x, y) in a.losses.iter().zip(&b.losses) {
+        assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", a.losses, b.losses);
+    }
+}
+
+#[test]
+fn outputs_metrics_checkpoints_and_events_are_written() {
+    let mut f = fixture();
+    let out = tempfile::tempdir().unwrap();
+    let (s, sink) = run(&mut f, &config(3), out.path());
+    let o = out.path();
+    for file in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.csv",
+        "metrics.jsonl",
+        "summary.json",
+    ] {
+        assert!(o.join(file).exists(), "{file} missing");
+    }
+    let csv = std::fs::read_to_string(o.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    );
+    assert_eq!(lines.len(), 1 + s.steps as usize);
+    // Validation at each epoch end (steps 2, 4, 6), empty elsewhere.
+    assert!(lines[1].ends_with(",,"));
+    assert!(!lines[2].ends_with(",,"));
+    let n_valid = sink
+        .events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::Validation { .. }))
+        .count();
+    assert_eq!(n_valid, 3);
+    assert!(matches!(
+        sink.events[0],
+        TrainEvent::Start { total_steps: 6, .. }
+    ));
+    assert!(matches!(
+        sink.events.last(),
+        Some(TrainEvent::Done { steps: 6, .. })
+    ));
+    // Keep the last 2 of 3 epoch checkpoints, each verified by its manifest.
+    let ck = o.join("checkpoints");
+    let mut dirs: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    let latest = hone_train::latest_valid(&ck).unwrap().unwrap();
+    assert_eq!(latest.step, 6);
+    for f in [
+        "adapter_model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(latest.file(f).exists());
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["trained_tokens"].as_u64().unwrap() > 0);
+    assert!(summary["final_valid_loss"].as_f64().is_some());
+}
+
+#[test]
+fn loss_mask_trains_im_end_after_each_assistant_turn() {
+    let f = fixture();
+    let ex = SftExample {
+        messages: vec![
+            ChatMessage::new(Role::User, "a"),
+            ChatMessage::new(Role::Assistant, "b"),
+            ChatMessage::new(Role::User, "c"),
+            ChatMessage::new(Role::Assistant, "d"),
+        ],
+        tools: None,
+        parallel_tool_calls: None,
+    };
+    let t = tokenize_sft(&f.tok, &[ex], 256).unwrap();
+    let e = &t.examples[0];
+    let im_end = f.tok.tokenizer.token_to_id("<|im_end|>").unwrap();
+    let trained_ends = e
+        .ids
+        .iter()
+        .zip(&e.loss_mask)
+        .filter(|(id, m)| **id == im_end && **m)
+        .count();
+    let all_ends = e.ids.iter().filter(|id| **id == im_end).count();
+    assert_eq!(trained_ends, 2, "one trained <|im_end|> per assistant turn");
+    assert!(all_ends >= 4, "user turns end too, untrained");
+    // And the trainer's batch keeps them as targets after the shift.
+    let b = hone_train::batch::Batch::from_examples(&[e], 0);
+    let targets_end = b
+        .targets
+        .iter()
+        .zip(&b.mask)
+        .filter(|(t, m)| **t == im_end && **m > 0.0)
+        .count();
+    assert_eq!(targets_end, 2);
+    let _ = Tensor::new(0u32, &candle_core::Device::Cpu);
+}
+
+#[test]
+fn truncation_is_counted() {
+    let f = fixture();
+    let t = tokenize_sft(&f.tok, &data(), 8).unwrap();
+    assert_eq!(t.truncated, 4);
+    assert!(t.examples.iter().all(|e| e.ids.len() == 8));
+}
