@@ -17,6 +17,8 @@
 
 #[cfg(test)]
 mod bench;
+#[cfg(test)]
+mod block_test;
 mod causal_softmax;
 mod cross_entropy;
 mod frozen_linear;
