@@ -2,7 +2,6 @@
 //! engine standing in for hone-train (it trains nothing; it exercises the
 //! worker's contract: progress, checkpoints, stop requests, outcomes).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -286,7 +285,7 @@ impl TrainingEngine for ScriptedEngine {
             return TrainingOutcome::Stopped;
         }
         TrainingOutcome::Succeeded {
-            adapter_path: PathBuf::from(ctx.job_dir.join("adapter")),
+            adapter_path: ctx.job_dir.join("adapter"),
             trained_tokens: 42,
             result_files: vec![],
         }
@@ -400,4 +399,77 @@ async fn cancel_and_pause_stop_a_running_job_cooperatively() {
         .json();
     assert_eq!(c["status"], "cancelled");
     assert!(c["fine_tuned_model"].is_null());
+}
+
+struct PanickingEngine;
+
+impl TrainingEngine for PanickingEngine {
+    fn train(&self, _ctx: &JobContext) -> TrainingOutcome {
+        panic!("boom in step 3");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_trainer_fails_the_job_with_its_message() {
+    let t = TestApp::with_engines(
+        Engines::with_base_models([BASE]).training(Arc::new(PanickingEngine)),
+        |_| {},
+    );
+    let file = upload_ok(&t, 10).await;
+    let id = post_json(
+        &t,
+        "/v1/fine_tuning/jobs",
+        json!({"model": BASE, "training_file": file}),
+    )
+    .await
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = wait_status(&t, &id, "failed").await;
+    assert_eq!(j["error"]["code"], "internal_error");
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("boom in step 3"),
+        "{j}"
+    );
+    // The worker survives: a new job is still validated.
+    let id2 = post_json(
+        &t,
+        "/v1/fine_tuning/jobs",
+        json!({"model": BASE, "training_file": file}),
+    )
+    .await
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_status(&t, &id2, "failed").await;
+}
+
+#[tokio::test]
+async fn a_job_left_running_by_a_crash_is_requeued_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = crate::models::new_job(BASE);
+    {
+        let s = hone_serve::store::SqliteStore::open(&dir.path().join("hone.db")).unwrap();
+        use hone_serve::store::{Store, Transition};
+        s.insert_job(&job).unwrap();
+        s.transition_job(&job.id, &Transition::Queue).unwrap();
+        s.transition_job(&job.id, &Transition::Start).unwrap();
+    }
+    let config = hone_serve::ServeConfig::new(dir.path());
+    let st = hone_serve::AppState::open(config, Engines::with_base_models([BASE])).unwrap();
+    let id = job.id.clone();
+    for _ in 0..500 {
+        let id = id.clone();
+        let j = st.store.run(move |s| s.get_job(&id)).await.unwrap();
+        if j.status == hone_serve::api::JobStatus::Queued {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job was not re-queued");
 }

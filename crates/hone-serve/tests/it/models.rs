@@ -52,9 +52,13 @@ async fn fine_tuned_model(t: &TestApp) -> (String, String) {
     t.state
         .store
         .run(move |s| {
-            let job = new_job(BASE);
+            // Inserted already queued: the app's worker (no engine here)
+            // leaves queued jobs alone, so this test's transitions cannot
+            // race with it. A validating_files job would be validated (and
+            // failed, its file does not exist) by the worker concurrently.
+            let mut job = new_job(BASE);
+            job.status = JobStatus::Queued;
             s.insert_job(&job)?;
-            s.transition_job(&job.id, &Transition::Queue)?;
             s.transition_job(&job.id, &Transition::Start)?;
             s.add_checkpoint(&CheckpointRecord {
                 checkpoint: JobCheckpoint {
