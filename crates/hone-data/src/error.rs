@@ -6,7 +6,8 @@ use crate::issue::Report;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
+    /// Display shows the path; the I/O error is the `source` (print chains with `{:#}`).
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
