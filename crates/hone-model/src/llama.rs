@@ -60,12 +60,43 @@ pub fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, h * n_rep, t, d))?)
 }
 
+/// Grouped-query attention without copying keys and values: the `n_rep`
+/// query heads that share a KV head are stacked along the position axis
+/// (`[b, kv, n_rep·t, d]`), so one matmul per KV head serves them all.
+/// Equivalent to [`repeat_kv`] followed by [`attention`].
+pub fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    n_rep: usize,
+) -> Result<Tensor> {
+    if n_rep == 1 {
+        return attention(q, &k.contiguous()?, &v.contiguous()?, mask);
+    }
+    let (b, h, t, d) = q.dims4()?;
+    let kv = h / n_rep;
+    let q = q.reshape((b, kv, n_rep * t, d))?;
+    let mask = match mask {
+        Some(m) => Some(m.repeat((n_rep, 1))?),
+        None => None,
+    };
+    let y = attention(&q, &k.contiguous()?, &v.contiguous()?, mask.as_ref())?;
+    Ok(y.reshape((b, h, t, d))?)
+}
+
 /// The causal mask for `t` new positions after `start_pos` cached ones.
 pub fn causal_mask(t: usize, start_pos: usize, device: &Device) -> Result<Tensor> {
     let total = start_pos + t;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
-            (0..total).map(move |j| if j > start_pos + i { f32::NEG_INFINITY } else { 0.0 })
+            (0..total).map(move |j| {
+                if j > start_pos + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
         })
         .collect();
     Ok(Tensor::from_vec(mask, (t, total), device)?)
@@ -393,9 +424,7 @@ impl Llama {
             Some((c, layer)) => c.append(layer, k, v)?,
             None => (k, v),
         };
-        let k = repeat_kv(k, cfg.n_rep())?;
-        let v = repeat_kv(v, cfg.n_rep())?;
-        let y = attention(&q, &k.contiguous()?, &v.contiguous()?, mask)?;
+        let y = grouped_attention(&q, &k, &v, mask, cfg.n_rep())?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, cfg.num_attention_heads * hd))?;
@@ -448,4 +477,32 @@ pub fn mlp_forward(mlp: &Mlp, x: &Tensor, opts: ForwardOptions) -> Result<Tensor
     let gate = mlp.gate_proj.forward(x, a)?;
     let up = mlp.up_proj.forward(x, a)?;
     mlp.down_proj.forward(&swiglu(&gate, &up)?, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_attention_equals_repeated_kv_attention() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 6, 5, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1., (2, 2, 7, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1., (2, 2, 7, 8), &dev)?;
+        let mask = causal_mask(5, 2, &dev)?;
+        let want = attention(
+            &q,
+            &repeat_kv(k.clone(), 3)?.contiguous()?,
+            &repeat_kv(v.clone(), 3)?.contiguous()?,
+            Some(&mask),
+        )?;
+        let got = grouped_attention(&q, &k, &v, Some(&mask), 3)?;
+        let d = (want - got)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5, "{d}");
+        Ok(())
+    }
 }
