@@ -29,6 +29,8 @@ enum Command {
     /// Check, describe, split and convert training data.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Fine-tune a base model with LoRA (writes a PEFT adapter).
+    Train(cmd::train::TrainArgs),
     /// Measure speed on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Data(c) => cmd::data::run(c),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Train(a) => cmd::train::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod model;
+pub mod train;

@@ -294,3 +294,50 @@ fn truncation_is_counted() {
     assert_eq!(t.truncated, 4);
     assert!(t.examples.iter().all(|e| e.ids.len() == 8));
 }
+
+/// The real model through the TRAIN-mode path, against PyTorch's mean CE on the bench
+/// batch (labels = input ids, all 4×255 positions) with LoRA B = 0.
+#[test]
+#[ignore = "needs HONE_TEST_GGUF (SmolLM2-135M-Instruct GGUF)"]
+fn real_model_train_path_cross_entropy_matches_pytorch() {
+    let path = std::env::var("HONE_TEST_GGUF").expect("HONE_TEST_GGUF");
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/bench/pytorch/data/train_batch_4x256.json"
+    );
+    let data = std::env::var("HONE_TEST_TRAIN_BATCH").unwrap_or_else(|_| data.to_string());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&data).expect("batch file")).unwrap();
+    let rows: Vec<Vec<u32>> = serde_json::from_value(v["input_ids"].clone()).unwrap();
+    let mut model = load_model(Path::new(&path), WeightPath::F32).unwrap();
+    let lora = hone_model::LoraConfig {
+        target_modules: hone_model::LoraConfig::parse_target_modules("all-linear").unwrap(),
+        ..Default::default()
+    };
+    let params = hone_model::LoraParams::attach(&mut model, &lora, 0).unwrap();
+    let (b, t) = (rows.len(), rows[0].len() - 1);
+    let input: Vec<u32> = rows.iter().flat_map(|r| r[..t].to_vec()).collect();
+    let target: Vec<u32> = rows.iter().flat_map(|r| r[1..].to_vec()).collect();
+    let dev = candle_core::Device::Cpu;
+    let input = Tensor::from_vec(input, (b, t), &dev).unwrap();
+    let target = Tensor::from_vec(target, (b, t), &dev).unwrap();
+    let mask = Tensor::ones((b, t), candle_core::DType::F32, &dev).unwrap();
+    let start = std::time::Instant::now();
+    let out = model
+        .train_loss(&input, &target, &mask, hone_model::TrainOptions::default())
+        .unwrap();
+    let fwd = start.elapsed();
+    let ce = out.loss.to_scalar::<f32>().unwrap();
+    let grads = out.loss.backward().unwrap();
+    let step = start.elapsed();
+    for (name, var) in params.trainable() {
+        assert!(grads.get(var.as_tensor()).is_some(), "no grad for {name}");
+    }
+    eprintln!(
+        "mean CE {ce:.5}; forward {:.2} s, forward+backward {:.2} s ({:.0} tokens/s)",
+        fwd.as_secs_f64(),
+        step.as_secs_f64(),
+        (b * t) as f64 / step.as_secs_f64()
+    );
+    assert!((ce - 1.2436).abs() < 1e-3, "mean CE {ce}, PyTorch 1.2436");
+}
