@@ -290,7 +290,10 @@ impl Sampler {
             }
             u -= p;
         }
-        Ok(cands.last().map(|(id, _)| *id).unwrap_or_else(|| argmax(logits)))
+        Ok(cands
+            .last()
+            .map(|(id, _)| *id)
+            .unwrap_or_else(|| argmax(logits)))
     }
 
     /// Tokens that can be sampled with their (unnormalised) probabilities,
@@ -466,14 +469,21 @@ mod tests {
             vocab: 29,
         };
         let mut n = 0;
-        let g = generate(&m, &[0, 1], &GenerationParams::default(), &[28], &detok, &mut |_| {
-            n += 1;
-            if n == 2 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
+        let g = generate(
+            &m,
+            &[0, 1],
+            &GenerationParams::default(),
+            &[28],
+            &detok,
+            &mut |_| {
+                n += 1;
+                if n == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
         .unwrap();
         assert_eq!(g.text, "ab");
         assert_eq!(g.finish_reason, FinishReason::Stop);
@@ -491,10 +501,15 @@ mod tests {
         };
         let draw = |p: &GenerationParams| {
             let mut s = Sampler::new(p);
-            (0..64).map(|_| s.sample(&logits).unwrap()).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&logits).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(&p), draw(&p));
-        let other = GenerationParams { seed: 43, ..p.clone() };
+        let other = GenerationParams {
+            seed: 43,
+            ..p.clone()
+        };
         assert_ne!(draw(&p), draw(&other));
     }
 

@@ -173,7 +173,10 @@ mod tests {
         let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-4, "{diff}");
         let base = lin.forward(&x, false)?;
-        let diff = (base - lin.forward_base(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (base - lin.forward_base(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
         Ok(())
     }
@@ -181,7 +184,11 @@ mod tests {
     #[test]
     fn adapter_of_wrong_shape_is_rejected() -> Result<()> {
         let dev = Device::Cpu;
-        let mut lin = Linear::new(BaseWeight::Dense(Tensor::zeros((6, 4), DType::F32, &dev)?), 6, 4);
+        let mut lin = Linear::new(
+            BaseWeight::Dense(Tensor::zeros((6, 4), DType::F32, &dev)?),
+            6,
+            4,
+        );
         let a = Tensor::zeros((2, 5), DType::F32, &dev)?;
         let b = Tensor::zeros((6, 2), DType::F32, &dev)?;
         assert!(lin.set_adapter(Some(LoraAdapter::new(a, b, 8.0)?)).is_err());

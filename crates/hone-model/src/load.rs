@@ -7,13 +7,15 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{
+    ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QMatMul, QTensor,
+};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::linear::{BaseWeight, Linear};
-use crate::llama::{Attention, Block, Embedding, LmHead, Llama, Mlp, WeightPath};
+use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, WeightPath};
 
 /// Loads a model from a GGUF file or an HF directory, whichever `path` is.
 pub fn load_model(path: &Path, weights: WeightPath) -> Result<Llama> {
@@ -98,20 +100,66 @@ fn build(src: &mut dyn WeightSource, mut cfg: Config, wp: WeightPath) -> Result<
         let qr = Rows::RopeInterleaved(cfg.num_attention_heads);
         let kr = Rows::RopeInterleaved(cfg.num_key_value_heads);
         let self_attn = Attention {
-            q_proj: load_linear(src, wp, format!("{p}.self_attn.q_proj.weight"), q_out, h, qr)?,
+            q_proj: load_linear(
+                src,
+                wp,
+                format!("{p}.self_attn.q_proj.weight"),
+                q_out,
+                h,
+                qr,
+            )?,
             k_proj: load_linear(src, wp, format!("{p}.self_attn.k_proj.weight"), kv, h, kr)?,
-            v_proj: load_linear(src, wp, format!("{p}.self_attn.v_proj.weight"), kv, h, Rows::Plain)?,
-            o_proj: load_linear(src, wp, format!("{p}.self_attn.o_proj.weight"), h, q_out, Rows::Plain)?,
+            v_proj: load_linear(
+                src,
+                wp,
+                format!("{p}.self_attn.v_proj.weight"),
+                kv,
+                h,
+                Rows::Plain,
+            )?,
+            o_proj: load_linear(
+                src,
+                wp,
+                format!("{p}.self_attn.o_proj.weight"),
+                h,
+                q_out,
+                Rows::Plain,
+            )?,
         };
         let mlp = Mlp {
-            gate_proj: load_linear(src, wp, format!("{p}.mlp.gate_proj.weight"), ff, h, Rows::Plain)?,
-            up_proj: load_linear(src, wp, format!("{p}.mlp.up_proj.weight"), ff, h, Rows::Plain)?,
-            down_proj: load_linear(src, wp, format!("{p}.mlp.down_proj.weight"), h, ff, Rows::Plain)?,
+            gate_proj: load_linear(
+                src,
+                wp,
+                format!("{p}.mlp.gate_proj.weight"),
+                ff,
+                h,
+                Rows::Plain,
+            )?,
+            up_proj: load_linear(
+                src,
+                wp,
+                format!("{p}.mlp.up_proj.weight"),
+                ff,
+                h,
+                Rows::Plain,
+            )?,
+            down_proj: load_linear(
+                src,
+                wp,
+                format!("{p}.mlp.down_proj.weight"),
+                h,
+                ff,
+                Rows::Plain,
+            )?,
         };
         layers.push(Block {
             input_layernorm: norm(src, &format!("{p}.input_layernorm.weight"), h)?,
             self_attn,
-            post_attention_layernorm: norm(src, &format!("{p}.post_attention_layernorm.weight"), h)?,
+            post_attention_layernorm: norm(
+                src,
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+            )?,
             mlp,
         });
     }
@@ -124,7 +172,11 @@ fn build(src: &mut dyn WeightSource, mut cfg: Config, wp: WeightPath) -> Result<
         let head = if cfg.tie_word_embeddings {
             e.clone()
         } else {
-            checked(src.dense("lm_head.weight", Rows::Plain)?, "lm_head.weight", vocab_h)?
+            checked(
+                src.dense("lm_head.weight", Rows::Plain)?,
+                "lm_head.weight",
+                vocab_h,
+            )?
         };
         (Embedding::Dense(e), LmHead::Dense(head))
     } else {
@@ -377,8 +429,14 @@ mod tests {
 
     #[test]
     fn gguf_names_follow_llama_cpp() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.o_proj.weight"), "blk.3.attn_output.weight");
-        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm.weight"), "blk.0.ffn_norm.weight");
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.o_proj.weight"),
+            "blk.3.attn_output.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.post_attention_layernorm.weight"),
+            "blk.0.ffn_norm.weight"
+        );
         assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
     }
 }

@@ -171,7 +171,10 @@ fn gguf_metadata(spec: &TinySpec) -> Vec<(String, Value)> {
         ("llama.attention.head_count_kv".into(), u(spec.kv_heads)),
         ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
         ("llama.rope.dimension_count".into(), u(spec.head_dim())),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
         ("llama.vocab_size".into(), u(spec.vocab_size())),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
@@ -182,7 +185,10 @@ fn gguf_metadata(spec: &TinySpec) -> Vec<(String, Value)> {
         ("tokenizer.ggml.eos_token_id".into(), u(2)),
         ("tokenizer.ggml.padding_token_id".into(), u(2)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(CHATML_TEMPLATE.into())),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(CHATML_TEMPLATE.into()),
+        ),
     ]
 }
 

@@ -28,13 +28,25 @@ fn reference(default: &str) -> Value {
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn last_logits(m: &Llama, ids: &[u32]) -> Vec<f32> {
-    let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let l = m.forward(&x, 0, None).unwrap();
-    l.squeeze(0).unwrap().get(ids.len() - 1).unwrap().to_vec1().unwrap()
+    l.squeeze(0)
+        .unwrap()
+        .get(ids.len() - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn top5(l: &[f32]) -> Vec<(u32, f32)> {
@@ -49,7 +61,10 @@ fn greedy(m: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
         ..Default::default()
     };
     let detok = |_: &[u32]| -> hone_model::Result<String> { Ok(String::new()) };
-    let g = generate(m, prompt, &p, &[2], &detok, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let g = generate(m, prompt, &p, &[2], &detok, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     g.token_ids
 }
 
@@ -82,7 +97,10 @@ fn f32_path_matches_reference_top5_logits_and_greedy_20() {
 fn f32_path_reproduces_reference_cross_entropy_on_train_batch() {
     let m = load_model(&gguf(), WeightPath::F32).unwrap();
     let b = reference(BATCH);
-    let (bs, t) = (b["batch"].as_u64().unwrap() as usize, b["seqlen"].as_u64().unwrap() as usize);
+    let (bs, t) = (
+        b["batch"].as_u64().unwrap() as usize,
+        b["seqlen"].as_u64().unwrap() as usize,
+    );
     let flat: Vec<u32> = b["input_ids"]
         .as_array()
         .unwrap()
@@ -95,7 +113,11 @@ fn f32_path_reproduces_reference_cross_entropy_on_train_batch() {
     let ids = Tensor::from_vec(flat, (bs, t), &Device::Cpu).unwrap();
     let logits = m.forward(&ids, 0, None).unwrap();
     let v = m.cfg.vocab_size;
-    let inputs = logits.narrow(1, 0, t - 1).unwrap().reshape((bs * (t - 1), v)).unwrap();
+    let inputs = logits
+        .narrow(1, 0, t - 1)
+        .unwrap()
+        .reshape((bs * (t - 1), v))
+        .unwrap();
     let targets = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
     let loss = candle_nn::loss::cross_entropy(&inputs, &targets)
         .unwrap()
