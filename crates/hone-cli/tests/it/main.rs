@@ -1,0 +1,3 @@
+//! Integration tests of the `hone` binary (one test binary, modules inside).
+
+mod cli_docs;
