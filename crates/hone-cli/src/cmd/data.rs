@@ -498,13 +498,16 @@ fn print_estimate(
     );
     println!("\ncost:");
     println!(
-        "  local: ${:.2} at ${:.2}/hour",
-        e.local_usd, e.price_per_hour
+        "  local: {} at ${:.2}/hour",
+        usd(e.local_usd),
+        e.price_per_hour
     );
     for h in &e.hosted {
         println!(
-            "  hosted {}: ${:.2} at ${}/1M training tokens",
-            h.model, h.usd, h.usd_per_million_tokens
+            "  hosted {}: {} at ${}/1M training tokens",
+            h.model,
+            usd(h.usd),
+            h.usd_per_million_tokens
         );
     }
 }

@@ -36,7 +36,10 @@ fn render(path: &mut Vec<String>, out: &mut String) {
         format!("hone {}", path.join(" "))
     };
     let hashes = "#".repeat(path.len() + 2);
-    out.push_str(&format!("{hashes} `{title}`\n\n```text\n{}\n```\n\n", text.trim_end()));
+    out.push_str(&format!(
+        "{hashes} `{title}`\n\n```text\n{}\n```\n\n",
+        text.trim_end()
+    ));
     for sub in subcommands(&text) {
         path.push(sub);
         render(path, out);
