@@ -223,11 +223,11 @@ fn resolve(a: &TrainArgs, t: &Tokenized, params: u64) -> anyhow::Result<Resolved
 fn print_hparams(hp: &ResolvedHyperparameters) {
     eprintln!("hyperparameters:");
     for r in &hp.reasons {
-        let src = match r.source {
-            hone_data::hparams::Source::Auto => "auto",
-            hone_data::hparams::Source::User => "set",
+        let why = match r.source {
+            hone_data::hparams::Source::Auto => format!("auto: {}", r.why),
+            hone_data::hparams::Source::User => r.why.clone(),
         };
-        eprintln!("  {:<26} {:<10} ({src}: {})", r.param, r.value, r.why);
+        eprintln!("  {:<26} {:<10} ({why})", r.param, r.value);
     }
 }
 
@@ -304,5 +304,96 @@ impl BarSink {
             Some(b) => b.println(line),
             None => eprintln!("{line}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn write_data(path: &Path, n: usize) {
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                serde_json::json!({"messages": [
+                    {"role": "user", "content": format!("q{i}")},
+                    {"role": "assistant", "content": format!("answer {i}")},
+                ]})
+                .to_string()
+            })
+            .collect();
+        std::fs::write(path, lines.join("\n")).unwrap();
+    }
+
+    fn args(dir: &Path, model: &Path, extra: &[&str]) -> TrainArgs {
+        let mut argv = vec![
+            "hone".to_string(),
+            "--data".into(),
+            dir.join("train.jsonl").display().to_string(),
+            "--model".into(),
+            model.display().to_string(),
+            "--out".into(),
+            dir.join("out").display().to_string(),
+            "--epochs".into(),
+            "2".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn trains_a_tiny_model_end_to_end_and_writes_the_adapter() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = hone_model::testing::TinySpec::default();
+        let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
+        write_data(&dir.path().join("train.jsonl"), 12);
+        let code = run(args(
+            dir.path(),
+            &gguf,
+            &["--batch-size", "4", "--json-events"],
+        ))
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        let out = dir.path().join("out");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["steps"], 6);
+        // The default targets all linear layers at auto lr 1e-3.
+        assert_eq!(
+            summary["config"]["target_modules"]
+                .as_array()
+                .unwrap()
+                .len(),
+            7
+        );
+        assert_eq!(summary["config"]["learning_rate"], 1e-3);
+        let mut m = hone_model::load_model(&gguf, WeightPath::F32).unwrap();
+        hone_model::load_peft_adapter(&mut m, &out).unwrap();
+    }
+
+    #[test]
+    fn invalid_data_fails_before_loading_the_model_and_dpo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train.jsonl"), "not json\n").unwrap();
+        let missing_model = dir.path().join("no-such-model.gguf");
+        let code = run(args(dir.path(), &missing_model, &[])).unwrap();
+        assert_eq!(code, ExitCode::from(1));
+        assert!(!dir.path().join("out").exists());
+        let err = run(args(dir.path(), &missing_model, &["--method", "dpo"])).unwrap_err();
+        assert!(err.to_string().contains("not implemented yet"));
+        let err = run(args(
+            dir.path(),
+            &missing_model,
+            &["--target-modules", "wq"],
+        ))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("q_proj"));
     }
 }
