@@ -18,4 +18,4 @@ pub use events::{EventSink, JsonLinesSink, TrainEvent, VecSink};
 pub use optim::{AdamW, AdamWConfig, StepStats};
 pub use rng::{RngState, TrainRng};
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use sft::{tokenize_sft, train_sft, SftConfig, SftSummary};
+pub use sft::{resume_sft, tokenize_sft, train_sft, SftConfig, SftSummary};

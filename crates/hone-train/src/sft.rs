@@ -176,6 +176,10 @@ pub struct TrainerState {
     pub next_batch: usize,
     pub seed: u64,
     pub schedule: LrSchedule,
+    #[serde(default)]
+    pub trained_tokens: u64,
+    #[serde(default)]
+    pub processed_tokens: u64,
     pub config: SftConfig,
 }
 
@@ -189,10 +193,46 @@ pub fn train_sft(
     out_dir: &Path,
     sink: &mut dyn EventSink,
 ) -> Result<SftSummary> {
+    run_sft(model, train, valid, cfg, out_dir, sink, false)
+}
+
+/// Like [`train_sft`], but continues from the newest valid checkpoint in
+/// `out_dir/checkpoints` if there is one. The data order and dropout masks are pure
+/// functions of `(seed, epoch, step)` and the optimizer state is restored exactly, so the
+/// resumed run produces the same steps as an uninterrupted one.
+pub fn resume_sft(
+    model: &mut Llama,
+    train: &[TokenizedExample],
+    valid: &[TokenizedExample],
+    cfg: &SftConfig,
+    out_dir: &Path,
+    sink: &mut dyn EventSink,
+) -> Result<SftSummary> {
+    run_sft(model, train, valid, cfg, out_dir, sink, true)
+}
+
+fn run_sft(
+    model: &mut Llama,
+    train: &[TokenizedExample],
+    valid: &[TokenizedExample],
+    cfg: &SftConfig,
+    out_dir: &Path,
+    sink: &mut dyn EventSink,
+    resume: bool,
+) -> Result<SftSummary> {
     cfg.check(train.len())?;
     std::fs::create_dir_all(out_dir).map_err(io_err("create", out_dir))?;
     let lora = LoraParams::attach(model, &cfg.lora(), cfg.seed)?;
-    let mut run = Run::new(model, lora, cfg, train.len(), out_dir)?;
+    let ckpt = if resume {
+        checkpoint::latest_valid(&out_dir.join(CHECKPOINTS_DIR))?
+    } else {
+        None
+    };
+    let mut run = Run::new(model, lora, cfg, train.len(), out_dir, ckpt.is_some())?;
+    let (start_epoch, start_batch) = match &ckpt {
+        Some(c) => run.restore(c)?,
+        None => (0, 0),
+    };
     sink.emit(&TrainEvent::Start {
         method: "sft".into(),
         base_model: cfg.base_model.clone(),
@@ -201,12 +241,13 @@ pub fn train_sft(
         train_examples: train.len() as u64,
         valid_examples: valid.len() as u64,
         trainable_params: run.lora.num_params() as u64,
-        resumed_from_step: None,
+        resumed_from_step: ckpt.as_ref().map(|c| c.step),
     });
     let mut last_valid = None;
-    for epoch in 0..cfg.epochs {
+    for epoch in start_epoch..cfg.epochs {
         let n_batches = batches_per_epoch(train.len(), cfg.batch_size);
-        for bi in 0..n_batches {
+        let first = if epoch == start_epoch { start_batch } else { 0 };
+        for bi in first..n_batches {
             let idx = batch_indices(train.len(), cfg.batch_size, cfg.seed, epoch as usize, bi);
             let examples: Vec<&TokenizedExample> = idx.iter().map(|&i| &train[i]).collect();
             let (loss, acc) = run.step(&examples, sink)?;
@@ -305,6 +346,7 @@ impl<'a> Run<'a> {
         cfg: &'a SftConfig,
         n_train: usize,
         out_dir: &Path,
+        resuming: bool,
     ) -> Result<Self> {
         let params = lora.trainable();
         let opt = AdamW::new(params.clone(), cfg.adamw)?;
@@ -323,7 +365,7 @@ impl<'a> Run<'a> {
             trained_tokens: 0,
             processed_tokens: 0,
             started: Instant::now(),
-            metrics: MetricsWriter::create(out_dir)?,
+            metrics: MetricsWriter::create(out_dir, resuming)?,
             ckpt_root: out_dir.join(CHECKPOINTS_DIR),
         })
     }
@@ -390,6 +432,48 @@ impl<'a> Run<'a> {
         Ok((loss, acc.ratio()))
     }
 
+    /// Loads adapter, optimizer state and cursor from a checkpoint; returns the
+    /// `(epoch, batch)` to continue at. Metrics rows after the checkpoint (from the
+    /// interrupted run) are dropped, earlier ones kept.
+    fn restore(&mut self, c: &checkpoint::Checkpoint) -> Result<(u32, usize)> {
+        let bad = |m: String| TrainError::Checkpoint {
+            path: c.path.clone(),
+            message: m,
+        };
+        let text = std::fs::read_to_string(c.file(TRAINER_STATE_FILE))
+            .map_err(io_err("read", c.file(TRAINER_STATE_FILE)))?;
+        let st: TrainerState = serde_json::from_str(&text)?;
+        let same = st.total_steps == self.total_steps
+            && st.seed == self.cfg.seed
+            && st.config.batch_size == self.cfg.batch_size
+            && st.config.lora_r == self.cfg.lora_r
+            && st.config.target_modules == self.cfg.target_modules;
+        if !same {
+            return Err(bad(
+                "was written by a run with other settings (steps, seed, batch size or LoRA); \
+                 use a new --out or the same settings"
+                    .into(),
+            ));
+        }
+        let tensors = candle_core::safetensors::load(
+            c.file(hone_model::lora::ADAPTER_WEIGHTS_FILE),
+            &Device::Cpu,
+        )?;
+        for (name, var) in &self.params {
+            let t = tensors
+                .get(&format!("base_model.model.{name}"))
+                .ok_or_else(|| bad(format!("no tensor for `{name}`")))?;
+            var.set(t)?;
+        }
+        let opt = std::fs::read(c.file(OPTIMIZER_FILE)).map_err(io_err("read", c.path.clone()))?;
+        self.opt.load_state_bytes(&opt)?;
+        self.step = st.step;
+        self.trained_tokens = st.trained_tokens;
+        self.processed_tokens = st.processed_tokens;
+        self.losses = self.metrics.keep_until(st.step)?;
+        Ok((st.next_epoch, st.next_batch))
+    }
+
     /// Writes `checkpoints/step-N/` (adapter, optimizer, cursor) and prunes old ones.
     fn checkpoint(&mut self, next_epoch: u32, next_batch: usize) -> Result<PathBuf> {
         let mut p = PendingCheckpoint::begin(&self.ckpt_root, self.step)?;
@@ -407,6 +491,8 @@ impl<'a> Run<'a> {
             next_batch,
             seed: self.cfg.seed,
             schedule: self.schedule,
+            trained_tokens: self.trained_tokens,
+            processed_tokens: self.processed_tokens,
             config: self.cfg.clone(),
         };
         p.write(TRAINER_STATE_FILE, &serde_json::to_vec_pretty(&state)?)?;
@@ -467,24 +553,55 @@ struct MetricsWriter {
     csv: File,
     jsonl: File,
     csv_path: PathBuf,
+    jsonl_path: PathBuf,
 }
 
 impl MetricsWriter {
-    fn create(dir: &Path) -> Result<Self> {
+    const HEADER: &'static str =
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy";
+
+    fn create(dir: &Path, append: bool) -> Result<Self> {
         let csv_path = dir.join(METRICS_CSV);
-        let mut csv = File::create(&csv_path).map_err(io_err("create", &csv_path))?;
-        writeln!(
-            csv,
-            "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
-        )
-        .map_err(io_err("write", &csv_path))?;
         let jp = dir.join(METRICS_JSONL);
-        let jsonl = File::create(&jp).map_err(io_err("create", &jp))?;
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(append)
+                .write(true)
+                .truncate(!append)
+                .open(p)
+                .map_err(io_err("open", p))
+        };
+        let mut csv = open(&csv_path)?;
+        if !append {
+            writeln!(csv, "{}", Self::HEADER).map_err(io_err("write", &csv_path))?;
+        }
+        let jsonl = open(&jp)?;
         Ok(Self {
             csv,
             jsonl,
             csv_path,
+            jsonl_path: jp,
         })
+    }
+
+    /// Rewrites both files with the rows up to `step` (from `metrics.jsonl`) and returns
+    /// their train losses.
+    fn keep_until(&mut self, step: u64) -> Result<Vec<f64>> {
+        let text = std::fs::read_to_string(&self.jsonl_path).unwrap_or_default();
+        let rows: Vec<MetricsRow> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<MetricsRow>(l).ok())
+            .filter(|r| r.step <= step)
+            .collect();
+        for (p, f) in [(&self.csv_path, &self.csv), (&self.jsonl_path, &self.jsonl)] {
+            f.set_len(0).map_err(io_err("truncate", p))?;
+        }
+        writeln!(self.csv, "{}", Self::HEADER).map_err(io_err("write", &self.csv_path))?;
+        for r in &rows {
+            self.write(r)?;
+        }
+        Ok(rows.iter().map(|r| r.train_loss).collect())
     }
 
     fn write(&mut self, r: &MetricsRow) -> Result<()> {

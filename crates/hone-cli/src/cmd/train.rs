@@ -12,7 +12,7 @@ use hone_data::hparams::{resolve_auto, AutoInput, Overrides, ResolvedHyperparame
 use hone_data::{DataError, Method, SftExample};
 use hone_model::registry::DEFAULT_MODEL_ID;
 use hone_model::{LoraConfig, WeightPath};
-use hone_train::sft::{tokenize_sft, train_sft, SftConfig, Tokenized};
+use hone_train::sft::{resume_sft, tokenize_sft, train_sft, SftConfig, Tokenized};
 use hone_train::{AdamWConfig, EventSink, JsonLinesSink, ScheduleKind, TrainEvent};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -75,6 +75,9 @@ pub struct TrainArgs {
     /// Epoch-end checkpoints kept (0 writes none).
     #[arg(long, env = "HONE_KEEP_CHECKPOINTS", default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// Continue from the newest valid checkpoint in --out (same settings required).
+    #[arg(long, env = "HONE_RESUME")]
+    pub resume: bool,
     /// Print training events as JSON lines on stdout instead of a progress bar.
     #[arg(long, env = "HONE_JSON_EVENTS")]
     pub json_events: bool,
@@ -149,7 +152,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(BarSink::default())
     };
-    let summary = train_sft(
+    let train_fn = if a.resume { resume_sft } else { train_sft };
+    let summary = train_fn(
         &mut model,
         &train.examples,
         &valid.examples,

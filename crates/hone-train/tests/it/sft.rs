@@ -341,3 +341,82 @@ fn real_model_train_path_cross_entropy_matches_pytorch() {
     );
     assert!((ce - 1.2436).abs() < 1e-3, "mean CE {ce}, PyTorch 1.2436");
 }
+
+/// A run interrupted after epoch 1 (later checkpoints gone, metrics rows of the lost
+/// steps still on disk) resumes to the same losses and adapter as an uninterrupted run.
+#[test]
+fn resume_from_an_epoch_checkpoint_reproduces_the_uninterrupted_run() {
+    let cfg = SftConfig {
+        keep_checkpoints: 5,
+        schedule: ScheduleKind::Linear,
+        warmup_ratio: 0.2,
+        lora_dropout: 0.1,
+        ..config(3)
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut f = fixture();
+    let (full, _) = run(&mut f, &cfg, out.path());
+    let want = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
+    let want_csv = std::fs::read_to_string(out.path().join("metrics.csv")).unwrap();
+    // "Kill" after step 2: the checkpoints of steps 4 and 6 never happened.
+    let ck = out.path().join("checkpoints");
+    std::fs::remove_dir_all(ck.join("step-4")).unwrap();
+    std::fs::remove_dir_all(ck.join("step-6")).unwrap();
+    std::fs::remove_file(out.path().join("adapter_model.safetensors")).unwrap();
+
+    let mut g = fixture();
+    let train = tokenize_sft(&g.tok, &data(), cfg.max_seq_len).unwrap();
+    let valid = tokenize_sft(&g.tok, &data()[..2], cfg.max_seq_len).unwrap();
+    let mut sink = VecSink::default();
+    let resumed = hone_train::resume_sft(
+        &mut g.model,
+        &train.examples,
+        &valid.examples,
+        &cfg,
+        out.path(),
+        &mut sink,
+    )
+    .unwrap();
+    assert!(matches!(
+        sink.events[0],
+        TrainEvent::Start {
+            resumed_from_step: Some(2),
+            ..
+        }
+    ));
+    let n_steps = sink
+        .events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::Step { .. }))
+        .count();
+    assert_eq!(n_steps, 4);
+    assert_eq!(resumed.losses, full.losses);
+    assert_eq!(resumed.trained_tokens, full.trained_tokens);
+    let got = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
+    assert!(got == want, "resumed adapter differs");
+    let got_csv = std::fs::read_to_string(out.path().join("metrics.csv")).unwrap();
+    assert_eq!(got_csv, want_csv);
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_from_other_settings() {
+    let out = tempfile::tempdir().unwrap();
+    let mut f = fixture();
+    run(&mut f, &config(2), out.path());
+    let mut g = fixture();
+    let train = tokenize_sft(&g.tok, &data(), 64).unwrap();
+    let other = SftConfig {
+        seed: 1,
+        ..config(2)
+    };
+    let err = hone_train::resume_sft(
+        &mut g.model,
+        &train.examples,
+        &[],
+        &other,
+        out.path(),
+        &mut VecSink::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("other settings"), "{err}");
+}
