@@ -33,6 +33,12 @@ pub enum TrainError {
     Model(#[from] hone_model::ModelError),
     #[error("tokenizing example {index}: {message}")]
     Tokenize { index: usize, message: String },
+    /// The run was stopped from outside; `checkpoint` is where it can resume from.
+    #[error("training cancelled after step {step}{}", checkpoint.as_ref().map(|p| format!("; checkpoint {}", p.display())).unwrap_or_default())]
+    Cancelled {
+        step: u64,
+        checkpoint: Option<PathBuf>,
+    },
     /// A training setting is out of range or inconsistent with the data.
     #[error("training configuration: {0}")]
     Config(String),

@@ -12,6 +12,8 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
@@ -59,6 +61,9 @@ pub struct SftConfig {
     pub adamw: AdamWConfig,
     /// Checkpoints kept (the newest K); 0 writes none.
     pub keep_checkpoints: usize,
+    /// Also checkpoint every N steps inside an epoch (0: at epoch ends only).
+    #[serde(default)]
+    pub checkpoint_every: u64,
     /// The base model's id, recorded in the adapter config.
     pub base_model: String,
     /// Padding id for batches (never a target: padded positions are masked out).
@@ -193,7 +198,15 @@ pub fn train_sft(
     out_dir: &Path,
     sink: &mut dyn EventSink,
 ) -> Result<SftSummary> {
-    run_sft(model, train, valid, cfg, out_dir, sink, false)
+    run_sft(
+        model,
+        train,
+        valid,
+        cfg,
+        out_dir,
+        sink,
+        &RunControl::default(),
+    )
 }
 
 /// Like [`train_sft`], but continues from the newest valid checkpoint in
@@ -208,18 +221,42 @@ pub fn resume_sft(
     out_dir: &Path,
     sink: &mut dyn EventSink,
 ) -> Result<SftSummary> {
-    run_sft(model, train, valid, cfg, out_dir, sink, true)
+    let ctl = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    run_sft(model, train, valid, cfg, out_dir, sink, &ctl)
 }
 
-fn run_sft(
+/// How a run is started and stopped from outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Continue from the newest valid checkpoint, if any (see [`resume_sft`]).
+    pub resume: bool,
+    /// Set it (e.g. on Ctrl-C, or a job cancel) to stop after the current step: the run
+    /// writes a checkpoint at its cursor and returns [`TrainError::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl RunControl {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// The SFT loop behind [`train_sft`] and [`resume_sft`], with cooperative cancel.
+pub fn run_sft(
     model: &mut Llama,
     train: &[TokenizedExample],
     valid: &[TokenizedExample],
     cfg: &SftConfig,
     out_dir: &Path,
     sink: &mut dyn EventSink,
-    resume: bool,
+    ctl: &RunControl,
 ) -> Result<SftSummary> {
+    let resume = ctl.resume;
     cfg.check(train.len())?;
     std::fs::create_dir_all(out_dir).map_err(io_err("create", out_dir))?;
     let lora = LoraParams::attach(model, &cfg.lora(), cfg.seed)?;
@@ -271,11 +308,29 @@ fn run_sft(
                 });
             }
             run.metrics.write(&row)?;
-            if end_of_epoch && cfg.keep_checkpoints > 0 {
-                let path = run.checkpoint(epoch + 1, 0)?;
+            let cursor = if end_of_epoch {
+                (epoch + 1, 0)
+            } else {
+                (epoch, bi + 1)
+            };
+            let every = cfg.checkpoint_every > 0 && run.step % cfg.checkpoint_every == 0;
+            let cancel = ctl.cancelled();
+            let mut saved = None;
+            if cfg.keep_checkpoints > 0 && (end_of_epoch || every || cancel) {
+                let path = run.checkpoint(cursor.0, cursor.1)?;
                 sink.emit(&TrainEvent::Checkpoint {
                     step: run.step,
-                    path,
+                    path: path.clone(),
+                });
+                saved = Some(path);
+            }
+            if cancel {
+                sink.emit(&TrainEvent::Error {
+                    message: format!("cancelled after step {}", run.step),
+                });
+                return Err(TrainError::Cancelled {
+                    step: run.step,
+                    checkpoint: saved,
                 });
             }
         }

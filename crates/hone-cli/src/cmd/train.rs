@@ -12,9 +12,11 @@ use hone_data::hparams::{resolve_auto, AutoInput, Overrides, ResolvedHyperparame
 use hone_data::{DataError, Method, SftExample};
 use hone_model::registry::DEFAULT_MODEL_ID;
 use hone_model::{LoraConfig, WeightPath};
-use hone_train::sft::{resume_sft, tokenize_sft, train_sft, SftConfig, Tokenized};
+use hone_train::sft::{run_sft, tokenize_sft, RunControl, SftConfig, Tokenized};
 use hone_train::{AdamWConfig, EventSink, JsonLinesSink, ScheduleKind, TrainEvent};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -75,6 +77,9 @@ pub struct TrainArgs {
     /// Epoch-end checkpoints kept (0 writes none).
     #[arg(long, env = "HONE_KEEP_CHECKPOINTS", default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// Also checkpoint every N steps inside an epoch (0: at epoch ends only).
+    #[arg(long, env = "HONE_CHECKPOINT_EVERY", default_value_t = 0)]
+    pub checkpoint_every: u64,
     /// Continue from the newest valid checkpoint in --out (same settings required).
     #[arg(long, env = "HONE_RESUME")]
     pub resume: bool,
@@ -144,6 +149,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             ..AdamWConfig::default()
         },
         keep_checkpoints: a.keep_checkpoints,
+        checkpoint_every: a.checkpoint_every,
         base_model: engine.id.clone(),
         pad_id: tok.tokenizer.eos_id(),
     };
@@ -152,14 +158,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(BarSink::default())
     };
-    let train_fn = if a.resume { resume_sft } else { train_sft };
-    let summary = train_fn(
+    let ctl = RunControl {
+        resume: a.resume,
+        cancel: Some(cancel_on_ctrl_c()),
+    };
+    let summary = run_sft(
         &mut model,
         &train.examples,
         &valid.examples,
         &cfg,
         &a.out,
         sink.as_mut(),
+        &ctl,
     )?;
     drop(sink);
     if !a.json_events {
@@ -176,6 +186,31 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A flag set by the first Ctrl-C (the run checkpoints after the current step and
+/// stops; `--resume` continues it). A second Ctrl-C exits at once.
+fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: stopping after this step and writing a checkpoint (Ctrl-C again to quit now)");
+                set.store(true, Ordering::Relaxed);
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    });
+    flag
 }
 
 /// Parses an SFT file; on invalid data prints the full report and returns `None`.

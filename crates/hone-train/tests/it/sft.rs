@@ -72,6 +72,7 @@ fn config(epochs: u32) -> SftConfig {
         ],
         adamw: AdamWConfig::default(),
         keep_checkpoints: 2,
+        checkpoint_every: 0,
         base_model: "tiny".into(),
         pad_id: 0,
     }
@@ -419,4 +420,94 @@ fn resume_refuses_a_checkpoint_from_other_settings() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("other settings"), "{err}");
+}
+
+/// Sets the cancel flag when step `at` is reported, as Ctrl-C would.
+struct CancelAt {
+    at: u64,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hone_train::EventSink for CancelAt {
+    fn emit(&mut self, e: &TrainEvent) {
+        if let TrainEvent::Step { step, .. } = e {
+            if *step == self.at {
+                self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[test]
+fn cancel_mid_epoch_checkpoints_and_resume_finishes_identically() {
+    let cfg = SftConfig {
+        keep_checkpoints: 5,
+        schedule: ScheduleKind::Cosine,
+        ..config(3)
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut f = fixture();
+    let (full, _) = run(&mut f, &cfg, &out.path().join("full"));
+
+    let dir = out.path().join("cut");
+    let mut g = fixture();
+    let train = tokenize_sft(&g.tok, &data(), cfg.max_seq_len).unwrap();
+    let valid = tokenize_sft(&g.tok, &data()[..2], cfg.max_seq_len).unwrap();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ctl = hone_train::sft::RunControl {
+        resume: false,
+        cancel: Some(flag.clone()),
+    };
+    let mut sink = CancelAt { at: 3, flag };
+    let err = hone_train::sft::run_sft(
+        &mut g.model,
+        &train.examples,
+        &valid.examples,
+        &cfg,
+        &dir,
+        &mut sink,
+        &ctl,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            hone_train::TrainError::Cancelled {
+                step: 3,
+                checkpoint: Some(_)
+            }
+        ),
+        "{err}"
+    );
+    let mut h = fixture();
+    let resumed = hone_train::resume_sft(
+        &mut h.model,
+        &train.examples,
+        &valid.examples,
+        &cfg,
+        &dir,
+        &mut VecSink::default(),
+    )
+    .unwrap();
+    assert_eq!(resumed.losses, full.losses);
+    assert_eq!(
+        std::fs::read(dir.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(out.path().join("full/adapter_model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn checkpoint_every_n_steps_inside_epochs() {
+    let cfg = SftConfig {
+        keep_checkpoints: 10,
+        checkpoint_every: 1,
+        ..config(2)
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut f = fixture();
+    run(&mut f, &cfg, out.path());
+    let n = std::fs::read_dir(out.path().join("checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(n, 4);
 }
