@@ -162,6 +162,7 @@ pub struct SftSummary {
     pub trained_tokens: u64,
     /// Non-padding tokens the model computed on.
     pub processed_tokens: u64,
+    /// Wall time of this session (since the last resume), validation and checkpoints included.
     pub elapsed_s: f64,
     pub tokens_per_s: f64,
     pub trainable_params: u64,
@@ -389,6 +390,8 @@ struct Run<'a> {
     losses: Vec<f64>,
     trained_tokens: u64,
     processed_tokens: u64,
+    /// Tokens already counted when this session started (resume), for the rate.
+    processed_before: u64,
     started: Instant,
     metrics: MetricsWriter,
     ckpt_root: PathBuf,
@@ -419,6 +422,7 @@ impl<'a> Run<'a> {
             losses: Vec::new(),
             trained_tokens: 0,
             processed_tokens: 0,
+            processed_before: 0,
             started: Instant::now(),
             metrics: MetricsWriter::create(out_dir, resuming)?,
             ckpt_root: out_dir.join(CHECKPOINTS_DIR),
@@ -525,6 +529,7 @@ impl<'a> Run<'a> {
         self.step = st.step;
         self.trained_tokens = st.trained_tokens;
         self.processed_tokens = st.processed_tokens;
+        self.processed_before = st.processed_tokens;
         self.losses = self.metrics.keep_until(st.step)?;
         Ok((st.next_epoch, st.next_batch))
     }
@@ -576,7 +581,8 @@ impl<'a> Run<'a> {
             trained_tokens: self.trained_tokens,
             processed_tokens: self.processed_tokens,
             elapsed_s,
-            tokens_per_s: self.processed_tokens as f64 / elapsed_s.max(1e-9),
+            tokens_per_s: (self.processed_tokens - self.processed_before) as f64
+                / elapsed_s.max(1e-9),
             trainable_params: self.lora.num_params() as u64,
             train_examples: n_train,
             valid_examples: n_valid,
