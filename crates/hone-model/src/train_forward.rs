@@ -186,11 +186,26 @@ fn train_linear(lin: &Linear, x: &Tensor, ctx: &Ctx, module: u64) -> Result<Tens
             .dropout_seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add((ctx.layer as u64) * 16 + module);
-        ad.delta(&(x * dropout_mask(x, p, seed)?)?)?
+        lora_delta(ad, &(x * dropout_mask(x, p, seed)?)?)?
     } else {
-        ad.delta(x)?
+        lora_delta(ad, x)?
     };
     Ok((y + delta)?)
+}
+
+/// `scale · (x·Aᵀ)·Bᵀ` with the leading dims of `x` flattened, so A and B enter plain 2-D
+/// matmuls: their gradients are single products rather than per-batch products summed
+/// over a broadcast (what `broadcast_matmul`'s backward does).
+fn lora_delta(ad: &crate::linear::LoraAdapter, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows = x.elem_count() / in_dim.max(1);
+    let xa = x.reshape((rows, in_dim))?.matmul(&ad.a.t()?)?;
+    let y = (xa.matmul(&ad.b.t()?)? * ad.scale)?;
+    let mut out = dims.to_vec();
+    let last = out.len() - 1;
+    out[last] = ad.b.dim(0)?;
+    Ok(y.reshape(out)?)
 }
 
 /// Inverted-dropout mask of `x`'s shape: 0 with probability `p`, else `1/(1-p)`.
