@@ -294,15 +294,20 @@ impl EventSink for BarSink {
             TrainEvent::Start {
                 total_steps,
                 trainable_params,
+                resumed_from_step,
                 ..
             } => {
                 eprintln!("training {trainable_params} LoRA parameters for {total_steps} steps");
+                if let Some(step) = resumed_from_step {
+                    eprintln!("resuming after step {step}");
+                }
                 let bar = ProgressBar::new(*total_steps);
                 if let Ok(style) = ProgressStyle::with_template(
                     "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
                 ) {
                     bar.set_style(style);
                 }
+                bar.set_position(resumed_from_step.unwrap_or(0));
                 self.bar = Some(bar);
             }
             TrainEvent::Step {
