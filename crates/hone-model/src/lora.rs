@@ -208,6 +208,12 @@ pub struct PeftConfig {
     pub fan_in_fan_out: bool,
     #[serde(default)]
     pub inference_mode: bool,
+    /// rsLoRA scales by `alpha / sqrt(r)`; we only implement `alpha / r`, so such
+    /// adapters are refused rather than applied with the wrong scale.
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub use_dora: bool,
 }
 
 fn bias_none() -> String {
@@ -227,6 +233,8 @@ impl PeftConfig {
             bias: "none".into(),
             fan_in_fan_out: false,
             inference_mode: true,
+            use_rslora: false,
+            use_dora: false,
         }
     }
 }
@@ -244,9 +252,10 @@ pub fn load_peft_adapter(model: &mut Llama, dir: &Path) -> Result<PeftConfig> {
             cfg.peft_type
         )));
     }
-    if cfg.bias != "none" || cfg.fan_in_fan_out {
+    if cfg.bias != "none" || cfg.fan_in_fan_out || cfg.use_rslora || cfg.use_dora {
         return Err(ModelError::Adapter(
-            "only bias \"none\" and fan_in_fan_out false are supported".into(),
+            "only plain LoRA is supported (bias \"none\", no fan_in_fan_out, rsLoRA or DoRA)"
+                .into(),
         ));
     }
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);

@@ -271,3 +271,18 @@ fn unknown_target_module_lists_valid_ones() {
         7
     );
 }
+
+#[test]
+fn adapters_with_unsupported_variants_are_refused() {
+    let (d, mut m) = tiny();
+    let params = LoraParams::attach(&mut m, &LoraConfig::default(), 4).unwrap();
+    let out = d.path().join("adapter");
+    params.save_peft(&out, "tiny").unwrap();
+    let path = out.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["use_rslora"] = serde_json::Value::Bool(true);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let err = load_peft_adapter(&mut m, &out).unwrap_err();
+    assert!(err.to_string().contains("rsLoRA"), "{err}");
+}
