@@ -18,4 +18,7 @@ cargo build --release --bin hone
 HONE_TEST_GGUF="$(./target/release/hone model fetch | cut -f2)"
 export HONE_TEST_GGUF
 export HONE_BIN="$PWD/target/release/hone"
-cargo test --release --workspace -- --include-ignored
+# Ignored tests are of two kinds: real-model tests (run here) and benchmarks,
+# named bench_* (skipped here: they measure, they do not check; run them with
+# `cargo test --release -p CRATE bench_ -- --ignored --nocapture`).
+cargo test --release --workspace -- --include-ignored --skip bench_

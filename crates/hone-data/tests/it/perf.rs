@@ -29,7 +29,7 @@ pub fn write_big_file(path: &std::path::Path, n: usize) -> std::io::Result<u64> 
 
 #[test]
 #[ignore = "measurement: run with --ignored --nocapture"]
-fn validate_100k_examples() {
+fn bench_validate_100k_examples() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.jsonl");
     let bytes = write_big_file(&path, 100_000).unwrap();

@@ -142,8 +142,8 @@ fn streaming_decode_of_real_vectors_equals_full_decode() {
 }
 
 #[test]
-#[ignore = "needs HONE_TEST_GGUF"]
-fn encode_chat_is_fast_enough_for_dataset_statistics() {
+#[ignore = "benchmark on the real model (HONE_TEST_GGUF); run with --ignored --nocapture"]
+fn bench_encode_chat_throughput() {
     let ct = chat_tokenizer();
     let turn = "The quick brown fox jumps over the lazy dog, and then explains why in detail. ";
     let conv: Vec<ChatMessage> = (0..8)
@@ -168,10 +168,5 @@ fn encode_chat_is_fast_enough_for_dataset_statistics() {
         n as f64 / secs,
         tokens as f64 / secs,
         tokens / n
-    );
-    // Loose floor: 8-message chats should encode far faster than training eats them.
-    assert!(
-        n as f64 / secs > 50.0,
-        "encode_chat too slow: {secs:.2}s for {n}"
     );
 }
