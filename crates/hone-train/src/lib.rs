@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod dpo;
 pub mod error;
 pub mod events;
 pub mod optim;
