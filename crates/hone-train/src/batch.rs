@@ -168,9 +168,7 @@ mod tests {
     fn batches_cover_every_example_once_per_epoch() {
         let (n, bs) = (10, 4);
         assert_eq!(batches_per_epoch(n, bs), 3);
-        let mut seen: Vec<usize> = (0..3)
-            .flat_map(|i| batch_indices(n, bs, 1, 2, i))
-            .collect();
+        let mut seen: Vec<usize> = (0..3).flat_map(|i| batch_indices(n, bs, 1, 2, i)).collect();
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
     }
