@@ -44,6 +44,10 @@ pub struct ChatArgs {
     /// native (the file's own quantization), or f32.
     #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
     pub weights: WeightPath,
+    /// A LoRA adapter directory in PEFT layout (what `hone train` writes in
+    /// --out), applied on top of the base model without merging.
+    #[arg(long, env = "HONE_ADAPTER")]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 /// Parses `--weights`.
@@ -68,7 +72,10 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
     }
     validate(&args)?;
     hone_model::prefer_single_threaded_quantized_kernels();
-    let engine = load_engine(&args.model, args.weights)?;
+    let mut engine = load_engine(&args.model, args.weights)?;
+    if let Some(dir) = &args.adapter {
+        attach_adapter(&mut engine, dir)?;
+    }
     let mut params = GenerationParams {
         max_tokens: args.max_tokens,
         temperature: args.temperature,
@@ -109,6 +116,22 @@ pub fn load_engine(spec: &str, weights: WeightPath) -> anyhow::Result<ChatEngine
     let resolved = registry::resolve(spec)?;
     ChatEngine::load(&resolved, weights)
         .with_context(|| format!("loading model {}", resolved.source.path().display()))
+}
+
+/// Loads a PEFT adapter onto the loaded base, warning when it was trained on
+/// another base (a mismatch in shapes is an error from the loader itself).
+pub fn attach_adapter(engine: &mut ChatEngine, dir: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = hone_model::load_peft_adapter(&mut engine.model, dir)
+        .with_context(|| format!("loading adapter {}", dir.display()))?;
+    let base = cfg.base_model_name_or_path.as_deref().unwrap_or("");
+    if !base.is_empty() && base != engine.id {
+        eprintln!(
+            "warning: adapter {} was trained on '{base}', but the base model is '{}'",
+            dir.display(),
+            engine.id
+        );
+    }
+    Ok(())
 }
 
 fn fresh_seed() -> u64 {
