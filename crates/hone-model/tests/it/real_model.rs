@@ -9,8 +9,14 @@ use hone_model::generate::{generate, GenerationParams};
 use hone_model::{load_model, Llama, WeightPath};
 use serde_json::Value;
 
-const VECTORS: &str = "/work/shared/reference/vectors/smollm2-135m-instruct.json";
-const BATCH: &str = "/work/shared/bench/pytorch/data/train_batch_4x256.json";
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../testdata/smollm2-135m-instruct.json"
+);
+const BATCH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../testdata/train_batch_4x256.json"
+);
 
 fn gguf() -> PathBuf {
     PathBuf::from(std::env::var("HONE_TEST_GGUF").expect("set HONE_TEST_GGUF to the SmolLM2 GGUF"))

@@ -8,8 +8,8 @@ use hone_text::{ChatMessage, ChatTokenizer};
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/vectors/smollm2-135m-instruct.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/smollm2-135m-instruct.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reference vectors missing at {}: {e}", path.display()));
     serde_json::from_str(&text).expect("reference vectors are not valid JSON")

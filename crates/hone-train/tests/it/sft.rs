@@ -304,7 +304,7 @@ fn real_model_train_path_cross_entropy_matches_pytorch() {
     let path = std::env::var("HONE_TEST_GGUF").expect("HONE_TEST_GGUF");
     let data = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/bench/pytorch/data/train_batch_4x256.json"
+        "/../../testdata/train_batch_4x256.json"
     );
     let data = std::env::var("HONE_TEST_TRAIN_BATCH").unwrap_or_else(|_| data.to_string());
     let v: serde_json::Value =
