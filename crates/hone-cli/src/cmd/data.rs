@@ -10,13 +10,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+
+use super::hparams::{parse_auto, Auto, HyperparameterArgs};
 use hone_data::estimate::{
     default_hosted_prices, estimate, throughput_from_bench_json, Estimate, EstimateInput,
     Throughput,
 };
-use hone_data::hparams::{
-    resolve_auto, AutoInput, Overrides, ResolvedHyperparameters, BASE_LEARNING_RATE,
-};
+use hone_data::hparams::{resolve_auto, AutoInput, ResolvedHyperparameters, BASE_LEARNING_RATE};
 use hone_data::quality::Goal;
 use hone_data::render::{render_distribution, render_report};
 use hone_data::{
@@ -85,15 +85,8 @@ pub struct ValidateArgs {
 pub struct EstimateArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Epochs: "auto" or a number.
-    #[arg(long, env = "HONE_N_EPOCHS", default_value = "auto", value_parser = parse_auto::<u32>)]
-    pub n_epochs: Auto<u32>,
-    /// Batch size: "auto" or a number.
-    #[arg(long, env = "HONE_BATCH_SIZE", default_value = "auto", value_parser = parse_auto::<u32>)]
-    pub batch_size: Auto<u32>,
-    /// Learning-rate multiplier (of the base rate 2e-4): "auto" or a number.
-    #[arg(long, env = "HONE_LR_MULTIPLIER", default_value = "auto", value_parser = parse_auto::<f64>)]
-    pub learning_rate_multiplier: Auto<f64>,
+    #[command(flatten)]
+    pub hp: HyperparameterArgs,
     /// DPO beta: "auto" or a number.
     #[arg(long, env = "HONE_DPO_BETA", default_value = "auto", value_parser = parse_auto::<f64>)]
     pub beta: Auto<f64>,
@@ -139,22 +132,6 @@ pub struct ConvertArgs {
     /// A system message added to every example that has none.
     #[arg(long)]
     pub system: Option<String>,
-}
-
-/// A value that may be "auto".
-#[derive(Debug, Clone, Copy)]
-pub struct Auto<T>(pub Option<T>);
-
-fn parse_auto<T: std::str::FromStr>(s: &str) -> Result<Auto<T>, String>
-where
-    T::Err: std::fmt::Display,
-{
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(Auto(None));
-    }
-    s.parse()
-        .map(|v| Auto(Some(v)))
-        .map_err(|e| format!("expected \"auto\" or a number: {e}"))
 }
 
 pub fn run(c: DataCommand) -> anyhow::Result<ExitCode> {
@@ -410,12 +387,7 @@ fn run_estimate(a: &EstimateArgs) -> anyhow::Result<ExitCode> {
             mean_tokens_per_example: Some(tokens.total_tokens_per_example.mean),
             model_params: Some(model.params),
         },
-        &Overrides {
-            n_epochs: a.n_epochs.0,
-            batch_size: a.batch_size.0,
-            learning_rate_multiplier: a.learning_rate_multiplier.0,
-            beta: a.beta.0,
-        },
+        &a.hp.overrides(a.beta.0),
     )?;
     let est = estimate(&EstimateInput {
         method: report.method,

@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod hparams;
 pub mod model;
 pub mod train;

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use hone_data::hparams::{resolve_auto, AutoInput, Overrides, ResolvedHyperparameters};
+use hone_data::hparams::{resolve_auto, AutoInput, ResolvedHyperparameters};
+
+use super::hparams::HyperparameterArgs;
 use hone_data::{DataError, Method, SftExample};
 use hone_model::registry::DEFAULT_MODEL_ID;
 use hone_model::{LoraConfig, WeightPath};
@@ -35,15 +37,8 @@ pub struct TrainArgs {
     /// Output directory: adapter, metrics, summary and checkpoints.
     #[arg(long, env = "HONE_OUT")]
     pub out: PathBuf,
-    /// Epochs, or "auto".
-    #[arg(long, env = "HONE_EPOCHS", default_value = "auto", value_parser = parse_auto::<u32>)]
-    pub epochs: Auto<u32>,
-    /// Examples per optimizer step, or "auto".
-    #[arg(long, env = "HONE_BATCH_SIZE", default_value = "auto", value_parser = parse_auto::<u32>)]
-    pub batch_size: Auto<u32>,
-    /// Learning rate = 2e-4 × this multiplier, or "auto".
-    #[arg(long, env = "HONE_LR_MULTIPLIER", default_value = "auto", value_parser = parse_auto::<f64>)]
-    pub lr_multiplier: Auto<f64>,
+    #[command(flatten)]
+    pub hp: HyperparameterArgs,
     /// LoRA rank.
     #[arg(long, env = "HONE_LORA_R", default_value_t = 8)]
     pub lora_r: usize,
@@ -86,22 +81,6 @@ pub struct TrainArgs {
     /// Print training events as JSON lines on stdout instead of a progress bar.
     #[arg(long, env = "HONE_JSON_EVENTS")]
     pub json_events: bool,
-}
-
-/// A value that may be "auto" (`None`).
-#[derive(Debug, Clone, Copy)]
-pub struct Auto<T>(pub Option<T>);
-
-fn parse_auto<T: std::str::FromStr>(s: &str) -> Result<Auto<T>, String>
-where
-    T::Err: std::fmt::Display,
-{
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(Auto(None));
-    }
-    s.parse()
-        .map(|v| Auto(Some(v)))
-        .map_err(|e| format!("expected \"auto\" or a number: {e}"))
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -250,13 +229,7 @@ fn resolve(a: &TrainArgs, t: &Tokenized, params: u64) -> anyhow::Result<Resolved
         mean_tokens_per_example: Some(mean),
         model_params: Some(params),
     };
-    let o = Overrides {
-        n_epochs: a.epochs.0,
-        batch_size: a.batch_size.0,
-        learning_rate_multiplier: a.lr_multiplier.0,
-        beta: None,
-    };
-    Ok(resolve_auto(&input, &o)?)
+    Ok(resolve_auto(&input, &a.hp.overrides(None))?)
 }
 
 fn print_hparams(hp: &ResolvedHyperparameters) {
