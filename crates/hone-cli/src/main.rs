@@ -31,6 +31,14 @@ enum Command {
     Data(cmd::data::DataCommand),
     /// Fine-tune a base model with LoRA (writes a PEFT adapter).
     Train(cmd::train::TrainArgs),
+    /// Merge a LoRA adapter into its base and write a Hugging Face model directory.
+    Merge(cmd::merge::MergeArgs),
+    /// Evaluate a model (and its base, side by side) on test cases.
+    Eval(cmd::eval::EvalArgs),
+    /// Serve the OpenAI-compatible API: files, fine-tuning jobs, models, chat.
+    Serve(cmd::serve::ServeArgs),
+    /// The whole loop on a bundled example: validate, train, evaluate, report.
+    Quickstart(cmd::quickstart::QuickstartArgs),
     /// Measure speed on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -45,6 +53,10 @@ fn main() -> std::process::ExitCode {
         Command::Data(c) => cmd::data::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Train(a) => cmd::train::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Quickstart(a) => cmd::quickstart::run(a),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 pub mod blobs;
+pub mod chat;
 pub mod config;
 pub mod engines;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod ids;
 mod routes;
 pub mod state;
 pub mod store;
+pub mod training;
 pub mod worker;
 
 use std::future::Future;

@@ -3,6 +3,10 @@
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod eval;
 pub mod hparams;
+pub mod merge;
 pub mod model;
+pub mod quickstart;
+pub mod serve;
 pub mod train;

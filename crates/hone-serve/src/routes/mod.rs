@@ -1,6 +1,7 @@
 //! The HTTP routes. Handlers are thin: parse, call the store or an engine,
 //! answer with an `api` type or an `ApiError`.
 
+mod chat;
 mod files;
 mod jobs;
 mod models;

@@ -1,0 +1,1 @@
+//! Chat completions: the engine seam and the adapter cache (being built).

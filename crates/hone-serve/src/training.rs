@@ -1,0 +1,1 @@
+//! The training engine over hone-train: runs fine-tuning jobs in-process (being built).
