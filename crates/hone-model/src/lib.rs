@@ -11,6 +11,7 @@ pub mod load;
 pub mod lora;
 pub mod ops;
 pub mod registry;
+pub mod score;
 pub mod testing;
 pub mod train_forward;
 #[cfg(test)]
