@@ -1,0 +1,223 @@
+"""End-to-end: the official `openai` Python SDK against `hone serve`.
+
+Runs the seeds' fine-tuning flow unchanged but for `base_url`:
+upload a training file, create a supervised job, poll it to success, list its
+events and checkpoints, download the result file, chat with the `ft:` model
+(plain and streaming), list models, delete the fine-tuned model. It also
+checks that a bad training file is reported with every one of its errors.
+
+Usage (scripts/test.sh runs it with a venv it makes):
+    python tests/sdk/e2e_openai.py --hone target/release/hone --model GGUF
+
+It starts its own server on a free port with a fresh HONE_HOME, and stops it
+at the end. Exit 0 when every step passed.
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk-hone-e2e"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(hone: str, model: str, home: Path, port: int) -> subprocess.Popen:
+    env = dict(os.environ, HONE_HOME=str(home), RUST_LOG="info")
+    log = open(home / "server.log", "wb")
+    cmd = [hone, "serve", "--port", str(port), "--api-key", API_KEY, "--model", model]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"hone serve exited early; log:\n{(home / 'server.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("hone serve did not start listening within 120 s")
+
+
+def step(msg: str) -> None:
+    print(f"-- {msg}", flush=True)
+
+
+def bad_file_reports_every_error(client: OpenAI, tmp: Path) -> None:
+    step("upload a bad training file")
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]}),  # no assistant
+        "{not json",
+        json.dumps({"messages": [{"role": "wizard", "content": "x"},
+                                 {"role": "assistant", "content": "y"}]}),
+    ]
+    good = json.dumps({"messages": [{"role": "user", "content": "Hello there"},
+                                    {"role": "assistant", "content": "Hi, how can I help?"}]})
+    bad = tmp / "bad.jsonl"
+    bad.write_text("\n".join(lines + [good] * 10) + "\n")
+    f = client.files.create(file=bad.open("rb"), purpose="fine-tune")
+    f = wait_file(client, f.id)
+    assert f.status == "error", f"bad file status: {f.status}"
+    details = f.status_details or ""
+    for line in ("line 1", "line 2", "line 3"):
+        assert line in details, f"{line!r} missing from status_details: {details}"
+    step("a job on the bad file is refused with every error")
+    try:
+        client.fine_tuning.jobs.create(training_file=f.id, model=BASE)
+        raise AssertionError("job on a bad file was accepted")
+    except openai.BadRequestError as e:
+        text = str(e)
+        assert "line 1" in text and "line 3" in text, text
+
+
+def wait_file(client: OpenAI, file_id: str):
+    for _ in range(120):
+        f = client.files.retrieve(file_id)
+        if f.status in ("processed", "error"):
+            return f
+        time.sleep(0.5)
+    raise AssertionError(f"file {file_id} stayed {f.status}")
+
+
+def fine_tune_flow(client: OpenAI, tmp: Path) -> None:
+    step("upload a training file")
+    train = ROOT / "examples" / "format" / "train.jsonl"
+    f = client.files.create(file=train.open("rb"), purpose="fine-tune")
+    f = wait_file(client, f.id)
+    assert f.status == "processed", f"status {f.status}: {f.status_details}"
+
+    step("create a supervised job (1 epoch)")
+    job = client.fine_tuning.jobs.create(
+        training_file=f.id,
+        model=BASE,
+        suffix="e2e",
+        seed=7,
+        method={"type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8,
+                                                   "learning_rate_multiplier": 5}}},
+    )
+    assert job.status in ("validating_files", "queued", "running"), job.status
+
+    step("poll until it succeeds")
+    deadline = time.time() + 900
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.time() < deadline, "job did not finish in 15 minutes"
+        time.sleep(2)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", f"job {job.status}: {job.error}"
+    assert job.fine_tuned_model and job.fine_tuned_model.startswith(f"ft:{BASE}"), job.fine_tuned_model
+    assert job.trained_tokens and job.trained_tokens > 0
+    assert job.result_files, "no result file"
+    print(f"   {job.id} -> {job.fine_tuned_model}, {job.trained_tokens} trained tokens")
+
+    step("list events and checkpoints")
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert any(e.type == "metrics" for e in events), [e.message for e in events]
+    assert any("succeeded" in e.message.lower() or "completed" in e.message.lower()
+               for e in events), [e.message for e in events]
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpts, "no checkpoints"
+    assert all(c.fine_tuned_model_checkpoint.startswith("ft:") for c in ckpts)
+
+    step("download the result file")
+    content = client.files.content(job.result_files[0]).text
+    header = content.splitlines()[0]
+    assert "step" in header and "train_loss" in header, header
+
+    step("chat with the ft: model")
+    messages = [
+        {"role": "system", "content": "You answer staff questions about the Quillfeather Labs employee handbook."},
+        {"role": "user", "content": "How many days of annual leave do I get?"},
+    ]
+    r = client.chat.completions.create(model=job.fine_tuned_model, messages=messages,
+                                       temperature=0, max_tokens=48)
+    answer = r.choices[0].message.content
+    assert answer, "empty answer"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    print(f"   ft answer: {answer!r}")
+
+    step("chat streaming, with usage")
+    chunks = list(client.chat.completions.create(
+        model=job.fine_tuned_model, messages=messages, temperature=0, max_tokens=48,
+        stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answer, f"stream {streamed!r} != {answer!r}"
+    assert chunks[-1].usage is not None, "no usage chunk"
+
+    step("chat with a checkpoint model")
+    r = client.chat.completions.create(model=ckpts[0].fine_tuned_model_checkpoint,
+                                       messages=messages, temperature=0, max_tokens=16)
+    assert r.choices[0].message.content
+
+    step("list models, then delete the fine-tuned model")
+    ids = [m.id for m in client.models.list().data]
+    assert BASE in ids and job.fine_tuned_model in ids, ids
+    deleted = client.models.delete(job.fine_tuned_model)
+    assert deleted.deleted
+    ids = [m.id for m in client.models.list().data]
+    assert job.fine_tuned_model not in ids
+    try:
+        client.chat.completions.create(model=job.fine_tuned_model, messages=messages)
+        raise AssertionError("chat with a deleted model succeeded")
+    except openai.NotFoundError:
+        pass
+
+
+BASE = "smollm2-135m-instruct"
+
+
+def main() -> int:
+    global BASE
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hone", default=str(ROOT / "target" / "release" / "hone"))
+    ap.add_argument("--model", required=True, help="the base model GGUF")
+    ap.add_argument("--base-id", default=BASE)
+    args = ap.parse_args()
+    BASE = args.base_id
+    with tempfile.TemporaryDirectory(prefix="hone-sdk-") as d:
+        home = Path(d)
+        port = free_port()
+        proc = start_server(args.hone, args.model, home, port)
+        try:
+            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
+                            max_retries=0, timeout=300)
+            step("the wrong key gets a 401")
+            try:
+                OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong",
+                       max_retries=0).models.list()
+                raise AssertionError("wrong key accepted")
+            except openai.AuthenticationError:
+                pass
+            bad_file_reports_every_error(client, home)
+            fine_tune_flow(client, home)
+        except BaseException:
+            print((home / "server.log").read_text()[-6000:], file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print("openai SDK end-to-end: all steps passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
