@@ -1,0 +1,184 @@
+//! Checking one output against its case: expected and forbidden patterns,
+//! and the expected JSON fields.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::case::EvalCase;
+
+/// The verdict on one output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckOutcome {
+    pub passed: bool,
+    /// For cases with `expected_json`: whether the output parsed as a JSON
+    /// object (`None` for other cases, so they do not count in the rate).
+    pub json_valid: Option<bool>,
+    /// One line per failed check, e.g. `missing "Hi there!"`.
+    pub failed_checks: Vec<String>,
+}
+
+/// Runs every check of `case` on `output`.
+pub fn check_output(case: &EvalCase, output: &str) -> CheckOutcome {
+    let mut failed = Vec::new();
+    for p in &case.expected_patterns {
+        if !p.matches(output) {
+            failed.push(format!("missing {:?}", p.raw()));
+        }
+    }
+    for p in &case.forbidden_patterns {
+        if p.matches(output) {
+            failed.push(format!("forbidden {:?} present", p.raw()));
+        }
+    }
+    let json_valid =
+        case.expected_json
+            .as_ref()
+            .map(|expected| match extract_json_object(output) {
+                Some(obj) => {
+                    failed.extend(field_mismatches(expected, &obj));
+                    true
+                }
+                None => {
+                    failed.push("output is not a JSON object".into());
+                    false
+                }
+            });
+    CheckOutcome {
+        passed: failed.is_empty(),
+        json_valid,
+        failed_checks: failed,
+    }
+}
+
+/// The JSON object an output holds: the whole output (surrounding whitespace
+/// allowed), or the body of a single Markdown code fence (```` ```json ````
+/// or plain ```` ``` ````) that is the whole output. Prose around the JSON
+/// is not accepted: a format fine-tune is judged on emitting only JSON.
+pub fn extract_json_object(output: &str) -> Option<Map<String, Value>> {
+    let t = output.trim();
+    let body = match t.strip_prefix("```") {
+        Some(rest) => {
+            let (info, after) = rest.split_once('\n')?;
+            let info = info.trim();
+            if !(info.is_empty() || info.eq_ignore_ascii_case("json")) {
+                return None;
+            }
+            after.trim_end().strip_suffix("```")?
+        }
+        None => t,
+    };
+    match serde_json::from_str::<Value>(body.trim()) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn field_mismatches(expected: &Map<String, Value>, got: &Map<String, Value>) -> Vec<String> {
+    expected
+        .iter()
+        .filter_map(|(k, want)| match got.get(k) {
+            None => Some(format!("JSON field {k:?} missing")),
+            Some(v) if !json_eq(want, v) => {
+                Some(format!("JSON field {k:?}: expected {want}, got {v}"))
+            }
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// Structural equality where numbers compare by value (`1` equals `1.0`).
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::parse_cases;
+
+    fn case(extra: &str) -> EvalCase {
+        let line = format!(r#"{{"messages": [{{"role": "user", "content": "q"}}], {extra}}}"#);
+        parse_cases(&line).unwrap().remove(0)
+    }
+
+    #[test]
+    fn substring_patterns_are_case_insensitive() {
+        let c = case(r#""expected_patterns": ["Forgot Password", "techcorp.com"]"#);
+        assert!(check_output(&c, "Go to TECHCORP.COM and click forgot password").passed);
+        let o = check_output(&c, "Go to techcorp.com");
+        assert!(!o.passed);
+        assert_eq!(o.failed_checks, vec![r#"missing "Forgot Password""#]);
+        assert_eq!(o.json_valid, None);
+    }
+
+    #[test]
+    fn regex_patterns_match_as_written() {
+        let c = case(r#""expected_patterns": ["re:^Answer: .+ \\| Source: policy-\\d+$"]"#);
+        assert!(check_output(&c, "Answer: yes | Source: policy-3").passed);
+        assert!(!check_output(&c, "answer: yes | Source: policy-3").passed);
+        assert!(!check_output(&c, "Answer: yes | Source: policy-x").passed);
+        let ci = case(r#""expected_patterns": ["re:(?i)^hi"]"#);
+        assert!(check_output(&ci, "HI there").passed);
+    }
+
+    #[test]
+    fn forbidden_patterns_fail_the_case() {
+        let c = case(r#""forbidden_patterns": ["As an AI", "re:\\bsorry\\b"]"#);
+        assert!(check_output(&c, "Sure, here it is.").passed);
+        let o = check_output(&c, "as an ai, I am sorry");
+        assert_eq!(check_output(&c, "Sorry").failed_checks.len(), 0);
+        assert_eq!(o.failed_checks.len(), 2);
+        assert!(check_output(&c, "no sorrys given").passed);
+    }
+
+    #[test]
+    fn json_objects_with_whitespace_or_fences() {
+        let obj = |s: &str| extract_json_object(s).is_some();
+        assert!(obj(" \n{\"a\": 1}\n "));
+        assert!(obj("```json\n{\"a\": 1}\n```"));
+        assert!(obj("```JSON\n{\"a\": 1}```"));
+        assert!(obj("  ```\n{\"a\": 1}\n```  \n"));
+        assert!(!obj("Here it is: {\"a\": 1}"));
+        assert!(!obj("```python\n{\"a\": 1}\n```"));
+        assert!(!obj("```json\n{\"a\": 1}"));
+        assert!(!obj("[1, 2]"));
+        assert!(!obj("{\"a\": 1"));
+        assert!(!obj(""));
+    }
+
+    #[test]
+    fn expected_json_fields_must_equal() {
+        let c = case(r#""expected_json": {"team": "Colts", "n": 1, "tags": ["a"]}"#);
+        let o = check_output(
+            &c,
+            "```json\n{\"team\": \"Colts\", \"n\": 1.0, \"tags\": [\"a\"], \"extra\": true}\n```",
+        );
+        assert!(o.passed, "{:?}", o.failed_checks);
+        assert_eq!(o.json_valid, Some(true));
+        let o = check_output(&c, r#"{"team": "colts", "n": 2}"#);
+        assert!(!o.passed);
+        assert_eq!(o.json_valid, Some(true));
+        assert_eq!(o.failed_checks.len(), 3, "{:?}", o.failed_checks);
+        assert!(o
+            .failed_checks
+            .iter()
+            .any(|f| f.contains("\"tags\" missing")));
+        let o = check_output(&c, "team: Colts");
+        assert_eq!(o.json_valid, Some(false));
+        assert_eq!(o.failed_checks, vec!["output is not a JSON object"]);
+    }
+}

@@ -1,0 +1,289 @@
+//! The evaluation report: per-model runs, the comparison of the evaluated
+//! model with its baseline, and its renderings (terminal table, failure
+//! list, JSON). The HTML rendering lives in [`crate::html`].
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::case::EvalCase;
+use crate::error::{EvalError, Result};
+use crate::run::ModelRun;
+
+/// What a case asked, as shown in reports (seed 001's `input`/`expected`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseInfo {
+    pub line: usize,
+    pub id: Option<String>,
+    /// The last user message.
+    pub input: String,
+    pub expected: Vec<String>,
+    pub ideal: Option<String>,
+}
+
+impl From<&EvalCase> for CaseInfo {
+    fn from(c: &EvalCase) -> Self {
+        CaseInfo {
+            line: c.line,
+            id: c.id.clone(),
+            input: c.input().to_string(),
+            expected: c.expected(),
+            ideal: c.ideal.clone(),
+        }
+    }
+}
+
+/// The evaluated model against its baseline, case by case.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub model: String,
+    pub baseline: String,
+    /// `model.pass_rate - baseline.pass_rate`.
+    pub pass_rate_delta: f64,
+    /// Lines of the cases the baseline failed and the model passes.
+    pub fail_to_pass: Vec<usize>,
+    /// Lines of the cases the baseline passed and the model fails.
+    pub pass_to_fail: Vec<usize>,
+}
+
+impl Comparison {
+    /// Compares `model` with `baseline` (both run on the same cases).
+    pub fn of(model: &ModelRun, baseline: &ModelRun) -> Self {
+        let pairs = || model.results.iter().zip(&baseline.results);
+        Comparison {
+            model: model.label.clone(),
+            baseline: baseline.label.clone(),
+            pass_rate_delta: model.summary.pass_rate - baseline.summary.pass_rate,
+            fail_to_pass: pairs()
+                .filter(|(m, b)| m.passed && !b.passed)
+                .map(|(m, _)| m.line)
+                .collect(),
+            pass_to_fail: pairs()
+                .filter(|(m, b)| !m.passed && b.passed)
+                .map(|(m, _)| m.line)
+                .collect(),
+        }
+    }
+}
+
+/// How the outputs were generated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationInfo {
+    pub max_tokens: usize,
+    /// Always greedy (temperature 0), so runs are reproducible.
+    pub greedy: bool,
+    /// Whether cases were generated as one batch (they are not yet: one case
+    /// at a time, each with its own KV cache).
+    pub batched: bool,
+    /// Inference weights, e.g. `q8_0`.
+    pub weights: String,
+}
+
+/// The whole evaluation. `runs[0]` is the evaluated model; `runs[1]`, when
+/// present, its baseline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    pub cases_file: String,
+    pub cases: Vec<CaseInfo>,
+    pub runs: Vec<ModelRun>,
+    pub comparison: Option<Comparison>,
+    pub generation: GenerationInfo,
+    /// Things the user should know (e.g. an adapter trained on another base).
+    pub warnings: Vec<String>,
+}
+
+impl EvalReport {
+    /// Builds the report, comparing `runs[0]` with `runs[1]` if present.
+    pub fn new(
+        cases_file: &str,
+        cases: &[EvalCase],
+        runs: Vec<ModelRun>,
+        generation: GenerationInfo,
+        warnings: Vec<String>,
+    ) -> Self {
+        let comparison = match runs.as_slice() {
+            [m, b, ..] => Some(Comparison::of(m, b)),
+            _ => None,
+        };
+        EvalReport {
+            cases_file: cases_file.to_string(),
+            cases: cases.iter().map(CaseInfo::from).collect(),
+            runs,
+            comparison,
+            generation,
+            warnings,
+        }
+    }
+
+    /// The evaluated model's run.
+    pub fn model_run(&self) -> Option<&ModelRun> {
+        self.runs.first()
+    }
+
+    /// The baseline's run, if one was evaluated.
+    pub fn baseline_run(&self) -> Option<&ModelRun> {
+        self.runs.get(1)
+    }
+
+    /// The comparison table as text (one column per model).
+    pub fn render_table(&self) -> String {
+        let rows = table_rows(self);
+        let w0 = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
+        let widths: Vec<usize> = (1..=self.runs.len())
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &rows {
+            let mut line = format!("{:<w0$}", row[0]);
+            for (c, w) in widths.iter().enumerate() {
+                line.push_str("   ");
+                line.push_str(&format!("{:<w$}", row[c + 1], w = *w));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        if let Some(c) = &self.comparison {
+            let _ = writeln!(
+                out,
+                "\nfail -> pass ({}): {}",
+                c.fail_to_pass.len(),
+                line_list(&c.fail_to_pass)
+            );
+            let _ = writeln!(
+                out,
+                "pass -> fail ({}): {}",
+                c.pass_to_fail.len(),
+                line_list(&c.pass_to_fail)
+            );
+        }
+        out
+    }
+
+    /// Prints the table to stdout.
+    pub fn print_table(&self) {
+        print!("{}", self.render_table());
+    }
+
+    /// The failures of run `run` (0: the evaluated model), each with its
+    /// input, what was expected and the actual output.
+    pub fn render_failures(&self, run: usize) -> String {
+        let Some(r) = self.runs.get(run) else {
+            return String::new();
+        };
+        let failed: Vec<_> = self
+            .cases
+            .iter()
+            .zip(&r.results)
+            .filter(|(_, res)| !res.passed)
+            .collect();
+        let mut out = format!(
+            "Failures of {} ({} of {}):\n",
+            r.label,
+            failed.len(),
+            r.results.len()
+        );
+        if failed.is_empty() {
+            out.push_str("  none\n");
+        }
+        for (c, res) in failed {
+            let id =
+                c.id.as_deref()
+                    .map(|i| format!(" ({i})"))
+                    .unwrap_or_default();
+            let _ = writeln!(out, "  line {}{id}", c.line);
+            let _ = writeln!(out, "    input:    {}", indent(&c.input));
+            let _ = writeln!(out, "    expected: {}", c.expected.join(" | "));
+            let _ = writeln!(out, "    actual:   {}", indent(&res.output));
+            let _ = writeln!(out, "    failed:   {}", res.failed_checks.join("; "));
+        }
+        out
+    }
+
+    /// Prints the evaluated model's failures to stdout.
+    pub fn print_failures(&self) {
+        print!("{}", self.render_failures(0));
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Writes the self-contained HTML report (see [`crate::html`]); with
+    /// `metrics_csv` (a trainer's `metrics.csv`), it includes the loss curves.
+    pub fn write_html(&self, path: &Path, metrics_csv: Option<&Path>) -> Result<()> {
+        let metrics = match metrics_csv {
+            Some(p) => Some(crate::html::read_metrics_csv(p)?),
+            None => None,
+        };
+        let html = crate::html::render_html(self, metrics.as_ref());
+        std::fs::write(path, html).map_err(|source| EvalError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+fn table_rows(r: &EvalReport) -> Vec<Vec<String>> {
+    let mut rows = vec![std::iter::once(String::new())
+        .chain(r.runs.iter().map(|m| m.label.clone()))
+        .collect::<Vec<_>>()];
+    let mut add = |name: &str, f: &dyn Fn(&ModelRun) -> String| {
+        rows.push(
+            std::iter::once(name.to_string())
+                .chain(r.runs.iter().map(f))
+                .collect(),
+        );
+    };
+    add("pass rate", &|m| {
+        let s = &m.summary;
+        format!("{}/{} ({})", s.passed, s.total, pct(s.pass_rate))
+    });
+    if r.runs.iter().any(|m| m.summary.json_cases > 0) {
+        add("JSON valid", &|m| {
+            let s = &m.summary;
+            format!("{}/{}", s.json_valid, s.json_cases)
+        });
+    }
+    add("mean output length", &|m| {
+        let s = &m.summary;
+        format!(
+            "{:.0} chars, {:.0} tokens",
+            s.mean_output_chars, s.mean_output_tokens
+        )
+    });
+    if r.runs.iter().any(|m| m.chat_loss.is_some()) {
+        add("validation loss", &|m| match &m.chat_loss {
+            Some(l) => format!("{:.4} (ppl {:.2})", l.loss, l.perplexity),
+            None => "-".into(),
+        });
+    }
+    if r.runs.iter().any(|m| m.pair_accuracy.is_some()) {
+        add("DPO pair accuracy", &|m| match &m.pair_accuracy {
+            Some(p) => format!("{} of {} pairs", pct(p.accuracy), p.pairs),
+            None => "-".into(),
+        });
+    }
+    add("generation time", &|m| {
+        format!("{:.1} s", m.generation_seconds)
+    });
+    rows
+}
+
+/// `0.8` as `80.0%`.
+pub fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+fn line_list(lines: &[usize]) -> String {
+    if lines.is_empty() {
+        return "none".into();
+    }
+    let l: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    format!("lines {}", l.join(", "))
+}
+
+fn indent(s: &str) -> String {
+    s.trim_end().replace('\n', "\n              ")
+}

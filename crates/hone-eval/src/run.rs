@@ -1,0 +1,259 @@
+//! Running one model over the cases (and the optional loss measures), and
+//! summarising the results.
+
+use std::time::Instant;
+
+use hone_data::{PreferenceExample, SftExample};
+use hone_model::score::TokenScore;
+use serde::Serialize;
+
+use crate::case::EvalCase;
+use crate::check::check_output;
+use crate::error::Result;
+use crate::model::EvalModel;
+
+/// The result of one case for one model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseResult {
+    /// The case's line in the cases file.
+    pub line: usize,
+    pub output: String,
+    pub output_tokens: usize,
+    pub passed: bool,
+    pub json_valid: Option<bool>,
+    pub failed_checks: Vec<String>,
+    /// Generation failed for this case (e.g. the prompt exceeds the
+    /// context); the case counts as failed, the run goes on.
+    pub error: Option<String>,
+}
+
+/// Pass rate and output statistics of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub total: usize,
+    pub passed: usize,
+    pub pass_rate: f64,
+    /// Cases with `expected_json`, and how many of them gave a JSON object.
+    pub json_cases: usize,
+    pub json_valid: usize,
+    /// `None` when no case has `expected_json`.
+    pub json_valid_rate: Option<f64>,
+    pub mean_output_chars: f64,
+    pub mean_output_tokens: f64,
+}
+
+impl Summary {
+    pub fn of(results: &[CaseResult]) -> Self {
+        let total = results.len();
+        let passed = results.iter().filter(|r| r.passed).count();
+        let json_cases = results.iter().filter(|r| r.json_valid.is_some()).count();
+        let json_valid = results
+            .iter()
+            .filter(|r| r.json_valid == Some(true))
+            .count();
+        let mean = |f: &dyn Fn(&CaseResult) -> usize| {
+            if total == 0 {
+                0.0
+            } else {
+                results.iter().map(f).sum::<usize>() as f64 / total as f64
+            }
+        };
+        Summary {
+            total,
+            passed,
+            pass_rate: ratio(passed, total),
+            json_cases,
+            json_valid,
+            json_valid_rate: (json_cases > 0).then(|| ratio(json_valid, json_cases)),
+            mean_output_chars: mean(&|r| r.output.chars().count()),
+            mean_output_tokens: mean(&|r| r.output_tokens),
+        }
+    }
+}
+
+/// Validation loss over the assistant tokens of a held-out chat file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LossMetrics {
+    pub examples: usize,
+    /// Scored (assistant) tokens.
+    pub tokens: usize,
+    /// Mean negative log-likelihood per token (nats).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Share of scored tokens that were the model's argmax prediction.
+    pub token_accuracy: f64,
+}
+
+/// DPO pair accuracy over a preference file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairMetrics {
+    pub pairs: usize,
+    /// Share of pairs where the preferred answer has the higher summed log-probability.
+    pub accuracy: f64,
+    /// Mean of `logp(preferred) - logp(non_preferred)` (nats).
+    pub mean_margin: f64,
+}
+
+/// Everything measured for one model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRun {
+    /// Short name in tables: "fine-tuned", "base", or a model id.
+    pub label: String,
+    /// The base model's id.
+    pub model: String,
+    /// The adapter directory, when it was applied.
+    pub adapter: Option<String>,
+    pub results: Vec<CaseResult>,
+    pub summary: Summary,
+    pub chat_loss: Option<LossMetrics>,
+    pub pair_accuracy: Option<PairMetrics>,
+    /// Wall time of the case generations.
+    pub generation_seconds: f64,
+}
+
+impl ModelRun {
+    /// The failed cases with their results.
+    pub fn failures<'a>(
+        &'a self,
+        cases: &'a [EvalCase],
+    ) -> impl Iterator<Item = (&'a EvalCase, &'a CaseResult)> {
+        cases.iter().zip(&self.results).filter(|(_, r)| !r.passed)
+    }
+}
+
+/// Where a run is, for progress bars.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// The run's label.
+    pub model: &'a str,
+    /// "cases", "chat loss" or "pairs".
+    pub task: &'static str,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Generates greedily for each case and checks the outputs. Cases run one
+/// after another, each with its own KV cache.
+pub fn run_cases(
+    model: &dyn EvalModel,
+    label: &str,
+    cases: &[EvalCase],
+    max_tokens: usize,
+    on_progress: &mut dyn FnMut(Progress),
+) -> (Vec<CaseResult>, f64) {
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        on_progress(Progress {
+            model: label,
+            task: "cases",
+            done: i,
+            total: cases.len(),
+        });
+        results.push(run_case(model, case, max_tokens));
+    }
+    on_progress(Progress {
+        model: label,
+        task: "cases",
+        done: cases.len(),
+        total: cases.len(),
+    });
+    (results, started.elapsed().as_secs_f64())
+}
+
+fn run_case(model: &dyn EvalModel, case: &EvalCase, max_tokens: usize) -> CaseResult {
+    match model.generate(&case.messages, case.tools.as_ref(), max_tokens) {
+        Ok(g) => {
+            let o = check_output(case, &g.text);
+            CaseResult {
+                line: case.line,
+                output: g.text,
+                output_tokens: g.tokens,
+                passed: o.passed,
+                json_valid: o.json_valid,
+                failed_checks: o.failed_checks,
+                error: None,
+            }
+        }
+        Err(e) => CaseResult {
+            line: case.line,
+            output: String::new(),
+            output_tokens: 0,
+            passed: false,
+            json_valid: case.expected_json.as_ref().map(|_| false),
+            failed_checks: vec![format!("generation failed: {e}")],
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Validation loss and perplexity over the assistant tokens of `examples`.
+pub fn chat_loss(
+    model: &dyn EvalModel,
+    label: &str,
+    examples: &[SftExample],
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<LossMetrics> {
+    let mut total = TokenScore::default();
+    for (i, ex) in examples.iter().enumerate() {
+        on_progress(Progress {
+            model: label,
+            task: "chat loss",
+            done: i,
+            total: examples.len(),
+        });
+        total = total.merge(model.score_chat(&ex.messages, ex.tools.as_ref())?);
+    }
+    let loss = total.mean_nll();
+    Ok(LossMetrics {
+        examples: examples.len(),
+        tokens: total.tokens,
+        loss,
+        perplexity: loss.exp(),
+        token_accuracy: ratio(total.correct, total.tokens),
+    })
+}
+
+/// DPO pair accuracy: how often the preferred answer gets the higher
+/// summed log-probability (ties count as misses).
+pub fn pair_accuracy(
+    model: &dyn EvalModel,
+    label: &str,
+    pairs: &[PreferenceExample],
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<PairMetrics> {
+    let mut wins = 0;
+    let mut margin = 0.0;
+    for (i, p) in pairs.iter().enumerate() {
+        on_progress(Progress {
+            model: label,
+            task: "pairs",
+            done: i,
+            total: pairs.len(),
+        });
+        let good = model.score_answer(&p.input, &p.preferred)?.logprob_sum;
+        let bad = model.score_answer(&p.input, &p.non_preferred)?.logprob_sum;
+        if good > bad {
+            wins += 1;
+        }
+        margin += good - bad;
+    }
+    Ok(PairMetrics {
+        pairs: pairs.len(),
+        accuracy: ratio(wins, pairs.len()),
+        mean_margin: if pairs.is_empty() {
+            0.0
+        } else {
+            margin / pairs.len() as f64
+        },
+    })
+}
+
+pub(crate) fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
