@@ -9,6 +9,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod merge;
 pub mod ops;
 pub mod registry;
 pub mod score;
@@ -17,6 +18,9 @@ pub mod train_forward;
 #[cfg(test)]
 mod train_tests;
 
+/// candle itself, so that a driver of the training step (`hone bench train`) can build
+/// its input tensors without its own, possibly mismatched, candle dependency.
+pub use candle_core;
 pub use config::Config;
 pub use engine::{ChatEngine, SERVING_WEIGHTS};
 pub use error::{ModelError, Result};
@@ -24,6 +28,7 @@ pub use linear::{BaseWeight, Linear, LoraAdapter};
 pub use llama::{ForwardOptions, KvCache, Llama, WeightPath};
 pub use load::{load_gguf, load_hf_dir, load_model};
 pub use lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};
+pub use merge::{merge_adapters, merge_to_hf_dir, write_hf_dir, MergeStats};
 pub use train_forward::{TrainLoss, TrainOptions};
 
 /// Threads candle uses for matmuls and element-wise ops.
