@@ -1,6 +1,7 @@
 //! The seams to the parts of hone the server calls but does not own: the
 //! training-data validator (hone-data), the base-model catalog
-//! (hone-model's registry), and later the training and chat engines.
+//! (hone-model's registry), the training engine, and the chat engine
+//! ([`crate::chat::ChatBackend`]).
 //! Each is a small trait, so the server is testable without them and they
 //! are wired in one place (`hone serve` in hone-cli).
 
@@ -158,6 +159,9 @@ pub struct Engines {
     pub catalog: Arc<dyn ModelCatalog>,
     /// Trains jobs; without one, jobs are validated and wait in `queued`.
     pub training: Option<Arc<dyn crate::worker::TrainingEngine>>,
+    /// Answers `/v1/chat/completions` (with its admission limit); without
+    /// one, chat answers a clear 501.
+    pub chat: Option<crate::chat::ChatService>,
 }
 
 impl Engines {
@@ -168,12 +172,24 @@ impl Engines {
             validator: Some(Arc::new(HoneDataValidator::new())),
             catalog: Arc::new(StaticCatalog::new(ids)),
             training: None,
+            chat: None,
         }
     }
 
     /// Sets the training engine.
     pub fn training(mut self, t: Arc<dyn crate::worker::TrainingEngine>) -> Self {
         self.training = Some(t);
+        self
+    }
+
+    /// Sets the chat backend, admitting at most `max_concurrent` generations
+    /// at once (see [`crate::chat::default_max_concurrent_chats`]).
+    pub fn chat(
+        mut self,
+        backend: Arc<dyn crate::chat::ChatBackend>,
+        max_concurrent: usize,
+    ) -> Self {
+        self.chat = Some(crate::chat::ChatService::new(backend, max_concurrent));
         self
     }
 

@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fine_tuning/jobs/{id}/checkpoints", get(jobs::checkpoints))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve).delete(models::delete))
+        .route("/chat/completions", post(chat::completions))
         .route_layer(from_fn_with_state(keys, require_key));
     Router::new()
         .route("/health", get(health))
