@@ -1,1 +1,5 @@
-//! Integration tests for hone-eval.
+//! Integration tests for hone-eval (one binary, modules inside).
+
+mod html;
+mod report;
+mod tiny;

@@ -1,0 +1,265 @@
+//! `run_eval` end to end on a tiny random model with a random adapter.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use hone_eval::{run_eval, Baseline, EvalError, EvalSpec};
+use hone_model::testing::{write_tiny_model, TinySpec};
+use hone_model::{load_model, LoraConfig, LoraParams, TrainOptions, WeightPath};
+use hone_text::{ChatMessage, ChatTokenizer, Role};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    gguf: PathBuf,
+    adapter: PathBuf,
+}
+
+/// A tiny model and an adapter with random (non-zero) B, so that the
+/// fine-tuned model really differs from its base.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (gguf, _) = write_tiny_model(&root, &TinySpec::default()).unwrap();
+    let mut model = load_model(&gguf, WeightPath::F32).unwrap();
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: LoraConfig::parse_target_modules("all-linear").unwrap(),
+    };
+    let lora = LoraParams::attach(&mut model, &cfg, 3).unwrap();
+    for (i, m) in lora.modules.iter().enumerate() {
+        let shape = m.b.as_tensor().shape().clone();
+        let b = Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap();
+        let b = (b * (1.0 + i as f64 * 0.01)).unwrap();
+        m.b.set(&b).unwrap();
+    }
+    let adapter = root.join("adapter");
+    lora.save_peft(&adapter, "tiny-base-not-installed").unwrap();
+    Fixture {
+        _dir: dir,
+        root,
+        gguf,
+        adapter,
+    }
+}
+
+fn write(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+const QUESTIONS: [&str; 4] = ["Hello", "Hi there", "What is the capital?", "Paris"];
+
+fn case(q: &str, checks: &str) -> String {
+    format!(
+        r#"{{"messages": [{{"role": "user", "content": {}}}], {checks}}}"#,
+        serde_json::json!(q)
+    )
+}
+
+fn spec(f: &Fixture, cases: &Path) -> EvalSpec {
+    EvalSpec {
+        model: Some(f.gguf.display().to_string()),
+        max_tokens: 10,
+        weights: WeightPath::F32,
+        ..EvalSpec::new(cases)
+    }
+}
+
+#[test]
+fn tuned_and_base_share_one_load_and_compare_case_by_case() {
+    let f = fixture();
+    // 1. The base model alone: every case passes (nothing forbidden appears).
+    let cases = f.root.join("probe.jsonl");
+    let lines: Vec<String> = QUESTIONS
+        .iter()
+        .map(|q| case(q, r#""forbidden_patterns": ["As an AI language model"]"#))
+        .collect();
+    write(&cases, &lines);
+    let base_alone = run_eval(&spec(&f, &cases)).unwrap();
+    assert_eq!(base_alone.runs.len(), 1, "no adapter, no baseline");
+    let base_out: Vec<String> = base_alone.runs[0]
+        .results
+        .iter()
+        .map(|r| r.output.clone())
+        .collect();
+    assert!(base_alone.runs[0].results.iter().all(|r| r.passed));
+    assert!(base_out.iter().any(|o| !o.is_empty()));
+
+    // 2. Cases that expect exactly the base's answers.
+    let exact: Vec<String> = QUESTIONS
+        .iter()
+        .zip(&base_out)
+        .map(|(q, o)| {
+            let re = format!("re:^{}$", regex::escape(o));
+            case(
+                q,
+                &format!(r#""expected_patterns": [{}]"#, serde_json::json!(re)),
+            )
+        })
+        .collect();
+    write(&cases, &exact);
+    let mut s = spec(&f, &cases);
+    s.adapter = Some(f.adapter.clone());
+    let r = run_eval(&s).unwrap();
+    assert_eq!(r.runs.len(), 2);
+    let (tuned, base) = (&r.runs[0], &r.runs[1]);
+    assert_eq!(
+        (tuned.label.as_str(), base.label.as_str()),
+        ("fine-tuned", "base")
+    );
+    // The adapter switched off is exactly the base model loaded alone.
+    assert_eq!(base.summary.passed, QUESTIONS.len(), "{:?}", base.results);
+    // The random adapter changes at least one answer.
+    assert!(tuned.summary.passed < QUESTIONS.len());
+    let c = r.comparison.as_ref().unwrap();
+    let failed: Vec<usize> = tuned
+        .results
+        .iter()
+        .filter(|x| !x.passed)
+        .map(|x| x.line)
+        .collect();
+    assert_eq!(c.pass_to_fail, failed);
+    assert!(c.fail_to_pass.is_empty());
+    assert!(tuned.results.iter().all(|x| x.output_tokens <= 10));
+    assert!(r
+        .warnings
+        .iter()
+        .any(|w| w.contains("tiny-base-not-installed")));
+
+    // 3. Without --model, an adapter whose base cannot be resolved is a clear error.
+    s.model = None;
+    let e = run_eval(&s).unwrap_err().to_string();
+    assert!(e.contains("--model"), "{e}");
+
+    // 4. --baseline none evaluates the fine-tuned model only.
+    s.model = Some(f.gguf.display().to_string());
+    s.baseline = Baseline::None;
+    let r = run_eval(&s).unwrap();
+    assert_eq!(r.runs.len(), 1);
+    assert_eq!(r.runs[0].results, tuned.results);
+}
+
+fn chat(q: &str, a: &str) -> String {
+    serde_json::json!({"messages": [
+        {"role": "user", "content": q},
+        {"role": "assistant", "content": a}
+    ]})
+    .to_string()
+}
+
+#[test]
+fn validation_loss_matches_the_training_loss_and_pairs_are_scored() {
+    let f = fixture();
+    let cases = f.root.join("cases.jsonl");
+    write(&cases, &[case("Hello", r#""expected_patterns": ["re:."]"#)]);
+    let chats = f.root.join("valid.jsonl");
+    write(&chats, &[chat("Hello world", "Hi, the capital is Paris.")]);
+    let prefs = f.root.join("dpo.jsonl");
+    let pair = |q: &str, good: &str, bad: &str| {
+        serde_json::json!({
+            "input": {"messages": [{"role": "user", "content": q}]},
+            "preferred_output": [{"role": "assistant", "content": good}],
+            "non_preferred_output": [{"role": "assistant", "content": bad}]
+        })
+        .to_string()
+    };
+    write(
+        &prefs,
+        &[
+            pair("Hello", "Hi there, friend.", "No."),
+            pair("Capital?", "Paris", "The capital is Paris, of course."),
+            pair("Is it?", "Yes it is.", "Yes it is!"),
+        ],
+    );
+    let mut s = spec(&f, &cases);
+    s.adapter = Some(f.adapter.clone());
+    s.chat_file = Some(chats);
+    s.preference_file = Some(prefs);
+    let r = run_eval(&s).unwrap();
+    for run in &r.runs {
+        let l = run.chat_loss.as_ref().unwrap();
+        assert_eq!(l.examples, 1);
+        assert!(l.tokens > 10 && l.loss > 0.0);
+        assert!((l.perplexity - l.loss.exp()).abs() < 1e-9);
+        let p = run.pair_accuracy.as_ref().unwrap();
+        assert_eq!(p.pairs, 3);
+        assert!((0.0..=1.0).contains(&p.accuracy));
+        // Accuracy is a share of three pairs.
+        assert!(((p.accuracy * 3.0).round() - p.accuracy * 3.0).abs() < 1e-9);
+    }
+    let (tl, bl) = (
+        r.runs[0].chat_loss.as_ref().unwrap().loss,
+        r.runs[1].chat_loss.as_ref().unwrap().loss,
+    );
+    assert!((tl - bl).abs() > 1e-4, "the adapter changes the loss");
+
+    // The same number from the trainer's own loss (same masking, f32 weights).
+    let tok = ChatTokenizer::from_gguf(&f.gguf).unwrap();
+    let msgs = [
+        ChatMessage::new(Role::User, "Hello world"),
+        ChatMessage::new(Role::Assistant, "Hi, the capital is Paris."),
+    ];
+    let enc = tok.encode_chat(&msgs, None).unwrap();
+    let n = enc.ids.len();
+    let dev = Device::Cpu;
+    let input = Tensor::new(&enc.ids[..n - 1], &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let targets = Tensor::new(&enc.ids[1..], &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mask: Vec<f32> = enc.loss_mask[1..].iter().map(|&m| m as u8 as f32).collect();
+    let mask = Tensor::new(mask.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut model = load_model(&f.gguf, WeightPath::F32).unwrap();
+    hone_model::load_peft_adapter(&mut model, &f.adapter).unwrap();
+    for (use_adapters, want) in [(true, tl), (false, bl)] {
+        let opts = TrainOptions {
+            use_adapters,
+            ..TrainOptions::default()
+        };
+        let out = model.train_loss(&input, &targets, &mask, opts).unwrap();
+        let train = out.loss.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (train - want).abs() < 1e-3 * train.max(1.0),
+            "{train} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_fail_before_the_model_loads() {
+    let f = fixture();
+    let cases = f.root.join("bad.jsonl");
+    write(
+        &cases,
+        &[
+            case("Hello", r#""expected_patterns": ["re:(("]"#),
+            "{oops".to_string(),
+        ],
+    );
+    let mut s = spec(&f, &cases);
+    // A model that does not exist: the case errors must come first.
+    s.model = Some(f.root.join("missing.gguf").display().to_string());
+    match run_eval(&s) {
+        Err(EvalError::InvalidCases { errors, .. }) => {
+            assert_eq!(
+                errors.iter().map(|e| e.line).collect::<Vec<_>>(),
+                vec![1, 2]
+            );
+            assert!(errors[0].message.contains("invalid regex"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let good = f.root.join("good.jsonl");
+    write(&good, &[case("Hello", r#""expected_patterns": ["x"]"#)]);
+    let mut s = spec(&f, &good);
+    s.chat_file = Some(f.root.join("nope.jsonl"));
+    assert!(run_eval(&s).unwrap_err().to_string().contains("nope.jsonl"));
+}
