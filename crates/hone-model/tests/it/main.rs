@@ -1,5 +1,10 @@
 //! hone-model integration tests (one binary; see DESIGN.md "Tests").
 
+mod alloc_count;
+mod frozen;
 mod merge;
 mod real_model;
 mod tiny;
+
+#[global_allocator]
+static ALLOC: alloc_count::Counting = alloc_count::Counting;
