@@ -117,6 +117,49 @@ impl FsBlobStore {
         Ok(tokio::fs::File::open(self.path(id)?).await?)
     }
 
+    /// Copies a local file in as the blob of `id`, atomically (temp file,
+    /// fsync, rename, fsync of the directory). Blocking: for the training
+    /// threads, which store result files.
+    pub fn put_file_blocking(&self, id: &str, src: &Path) -> Result<Blob, BlobError> {
+        use std::io::{Read, Write};
+        let dest = self.path(id)?;
+        let tmp = self
+            .dir
+            .join(format!("{TMP_PREFIX}{}{TMP_SUFFIX}", ids::base62(16)));
+        let result = (|| -> Result<Blob, BlobError> {
+            let mut input = std::fs::File::open(src)?;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut bytes = 0u64;
+            loop {
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])?;
+                hasher.update(&buf[..n]);
+                bytes += n as u64;
+            }
+            out.sync_all()?;
+            drop(out);
+            std::fs::rename(&tmp, &dest)?;
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            Ok(Blob {
+                bytes,
+                sha256: hex(&hasher.finalize()),
+                path: dest.clone(),
+            })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Removes a blob; a blob already gone is not an error.
     pub async fn delete(&self, id: &str) -> Result<(), BlobError> {
         match tokio::fs::remove_file(self.path(id)?).await {

@@ -4,6 +4,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+/// The default port (OpenAI-compatible servers commonly use 8080).
+pub const DEFAULT_PORT: u16 = 8080;
+
 /// 512 MiB: the default upload limit.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -16,7 +19,7 @@ pub struct ServeConfig {
     pub host: IpAddr,
 
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "HONE_PORT", default_value_t = 8000)]
+    #[arg(long, env = "HONE_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
     /// Data directory: `hone.db`, `files/`, `jobs/`, `adapters/`.
@@ -40,6 +43,30 @@ pub struct ServeConfig {
     /// Organization name used in fine-tuned model names and `owned_by`.
     #[arg(long, env = "HONE_ORG", default_value = "hone")]
     pub org: String,
+
+    /// A base model to serve and fine-tune (repeatable): a registry id
+    /// (see `hone model list`), a GGUF file or HF directory path, or
+    /// `ID=PATH` to name a path. Without it, every installed model is
+    /// offered. The first one is the default (its tokenizer counts tokens
+    /// in uploaded files).
+    #[arg(long = "model", env = "HONE_SERVE_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// Fine-tuning jobs trained at the same time (each loads its own copy
+    /// of the base model).
+    #[arg(long, env = "HONE_MAX_CONCURRENT_JOBS", default_value_t = 1)]
+    pub max_concurrent_jobs: usize,
+
+    /// Also checkpoint a running job every N steps (besides each epoch
+    /// end), so a crash loses at most N steps. 0: epoch ends only.
+    #[arg(long, env = "HONE_CHECKPOINT_EVERY", default_value_t = 20)]
+    pub checkpoint_every: u64,
+
+    /// On SIGTERM/Ctrl-C, how long running jobs get to save a checkpoint
+    /// before the server exits anyway (such a job resumes from its last
+    /// checkpoint at the next start).
+    #[arg(long, env = "HONE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 60)]
+    pub shutdown_timeout_secs: u64,
 }
 
 impl ServeConfig {
@@ -47,11 +74,15 @@ impl ServeConfig {
     pub fn new(home: impl Into<PathBuf>) -> Self {
         ServeConfig {
             host: IpAddr::from([127, 0, 0, 1]),
-            port: 8000,
+            port: DEFAULT_PORT,
             home: home.into(),
             api_keys: Vec::new(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             org: "hone".into(),
+            models: Vec::new(),
+            max_concurrent_jobs: 1,
+            checkpoint_every: 20,
+            shutdown_timeout_secs: 60,
         }
     }
 
@@ -96,6 +127,10 @@ impl fmt::Debug for ServeConfig {
             )
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("org", &self.org)
+            .field("models", &self.models)
+            .field("max_concurrent_jobs", &self.max_concurrent_jobs)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .finish()
     }
 }

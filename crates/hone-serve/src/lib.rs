@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 pub mod blobs;
+pub mod catalog;
 pub mod chat;
 pub mod config;
 pub mod engines;
@@ -25,8 +26,9 @@ pub mod store;
 pub mod training;
 pub mod worker;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 
+pub use catalog::{BaseModels, CatalogError};
 pub use config::ServeConfig;
 pub use engines::{
     Engines, FileCheck, FileProblem, FileValidator, HoneDataValidator, ModelCatalog, StaticCatalog,
@@ -34,10 +36,11 @@ pub use engines::{
 pub use error::ApiError;
 pub use routes::router;
 pub use state::{AppState, ServeError};
+pub use training::{HoneTrainer, TrainerOptions};
 pub use worker::{JobContext, TrainingEngine, TrainingOutcome};
 
 /// Opens the store under `config.home`, binds `config.addr()`, and serves
-/// until Ctrl-C / SIGTERM, letting requests in flight finish.
+/// until Ctrl-C / SIGTERM, then drains (see [`serve_on`]).
 pub async fn serve(config: ServeConfig, engines: Engines) -> Result<(), ServeError> {
     config.check_exposure().map_err(ServeError::Exposure)?;
     let addr = config.addr();
@@ -53,23 +56,66 @@ pub async fn serve(config: ServeConfig, engines: Engines) -> Result<(), ServeErr
     serve_on(listener, state, shutdown_signal()).await
 }
 
-/// Serves `state` on an already bound listener until `shutdown` resolves.
+/// Serves `state` on an already bound listener until `shutdown` resolves,
+/// then drains: new connections are refused at once, requests in flight
+/// finish, and running jobs save a checkpoint and go back to `queued`
+/// (they resume at the next start). Jobs that take longer than
+/// `shutdown_timeout_secs` stay `running` and are resumed from their last
+/// checkpoint at the next start, as after a crash.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    let worker = state.worker.clone();
+    let deadline = std::time::Duration::from_secs(state.config.shutdown_timeout_secs);
+    let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = fired_tx.send(true);
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        r = &mut server => return served(r),
+        _ = fired_rx.wait_for(|fired| *fired) => {}
+    }
+    tracing::info!("shutting down: draining running jobs");
+    if tokio::time::timeout(deadline, worker.shutdown())
         .await
-        .map_err(|source| ServeError::Io {
+        .is_err()
+    {
+        tracing::warn!(
+            "a job did not checkpoint within {}s; it resumes from its last checkpoint at the next start",
+            deadline.as_secs()
+        );
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await {
+        Ok(r) => served(r),
+        Err(_) => {
+            tracing::warn!("connections still open after the drain; closing them");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServeError> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(ServeError::Io {
             what: "serving".into(),
             source,
-        })
+        }),
+        Err(e) => Err(ServeError::Io {
+            what: "serving".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -59,6 +59,7 @@ impl AppState {
             home: config.home.clone(),
             org: config.org.clone(),
             engine: engines.training.clone(),
+            max_concurrent_jobs: config.max_concurrent_jobs,
         })
         .map_err(|source| ServeError::Io {
             what: "starting the job worker".into(),

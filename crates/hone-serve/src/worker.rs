@@ -1,34 +1,42 @@
 //! The job worker: the only code that changes a job's state.
 //!
 //! It runs on its own thread and owns a queue of messages: commands from
-//! the API (a job was created, cancel, pause, resume) and the end of a
-//! training run. Handlers never call [`Store::transition_job`]; they send a
-//! command and await the worker's answer, so the rules of which transition
-//! is allowed live in one place and two transitions never race.
+//! the API (a job was created, cancel, pause, resume), the end of a
+//! training run, and the server's shutdown. Handlers never call
+//! [`Store::transition_job`]; they send a command and await the worker's
+//! answer, so the rules of which transition is allowed live in one place
+//! and two transitions never race.
 //!
-//! Training itself is delegated to a [`TrainingEngine`] (hone-train's, wired
-//! by the CLI), run on a separate thread so that the worker keeps answering
-//! while a job trains. The engine reports progress through [`JobContext`]
-//! (events, metrics, checkpoints, resolved hyperparameters) and polls
-//! [`JobContext::stop_requested`] to stop cooperatively for a cancel or a
-//! pause. Without an engine, jobs are validated and then wait in `queued`.
+//! Training itself is delegated to a [`TrainingEngine`] (hone-train's, in
+//! [`crate::training`]), run on a thread per job (at most
+//! `max_concurrent_jobs` at once) so that the worker keeps answering while
+//! jobs train. The engine reports progress through [`JobContext`] (events,
+//! metrics, checkpoints, result files, resolved hyperparameters) and polls
+//! [`JobContext::stop_requested`] to stop cooperatively for a cancel, a
+//! pause or a shutdown, after saving a checkpoint. Without an engine, jobs
+//! are validated and then wait in `queued`.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{
-    AutoOr, AutoTag, EventLevel, EventType, FineTuningJob, Hyperparameters, JobCheckpoint,
-    JobCheckpointTag, JobError, JobStatus, MethodType, StepMetrics,
+    AutoOr, AutoTag, EventLevel, EventType, FileObject, FileStatus, FileTag, FineTuningJob,
+    Hyperparameters, JobCheckpoint, JobCheckpointTag, JobError, JobStatus, MethodType, StepMetrics,
 };
 use crate::blobs::FsBlobStore;
 use crate::ids::{self, FineTunedName};
 use crate::store::{
-    unix_now, CheckpointRecord, JobUpdate, NewEvent, Store, StoreError, StoreResult, Transition,
+    unix_now, CheckpointRecord, FileRecord, JobUpdate, NewEvent, Store, StoreError, StoreResult,
+    Transition,
 };
+
+/// The purpose of the metrics CSV a job produces (OpenAI's name).
+pub const RESULTS_PURPOSE: &str = "fine-tune-results";
 
 /// How a training run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,14 +55,19 @@ pub enum TrainingOutcome {
     Failed(JobError),
 }
 
-/// Trains one job. Implemented by hone-train; blocking.
+/// Trains one job. Implemented over hone-train in [`crate::training`];
+/// blocking. A run of a job that has checkpoints must continue from the
+/// newest valid one (a pause, a crash or a shutdown interrupted it).
 pub trait TrainingEngine: Send + Sync + 'static {
     fn train(&self, ctx: &JobContext) -> TrainingOutcome;
 }
 
+/// Why a run is asked to stop. Ordered: a stronger reason replaces a
+/// weaker one (a cancel wins over a pause, which wins over a shutdown).
 const STOP_NONE: u8 = 0;
-const STOP_CANCEL: u8 = 1;
+const STOP_SHUTDOWN: u8 = 1;
 const STOP_PAUSE: u8 = 2;
+const STOP_CANCEL: u8 = 3;
 
 /// What a training run may see and do. Everything here is progress, never a
 /// change of state: the state is the worker's.
@@ -63,17 +76,18 @@ pub struct JobContext {
     /// The training file's content on disk.
     pub training_file: PathBuf,
     pub validation_file: Option<PathBuf>,
-    /// `$HONE_HOME/jobs/<job-id>/`: checkpoints go in `checkpoints/step-N/`.
+    /// `$HONE_HOME/jobs/<job-id>/`: everything the run writes goes here.
     pub job_dir: PathBuf,
     /// The name the final model will get; checkpoint models derive from it.
     pub model_name: FineTunedName,
     store: Arc<dyn Store>,
+    blobs: FsBlobStore,
     stop: Arc<AtomicU8>,
 }
 
 impl JobContext {
     /// Whether the run should save a checkpoint and return
-    /// [`TrainingOutcome::Stopped`] (cancel or pause was asked).
+    /// [`TrainingOutcome::Stopped`] (cancel, pause or shutdown was asked).
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst) != STOP_NONE
     }
@@ -112,8 +126,9 @@ impl JobContext {
         self.store.add_event(&self.job.id, &e).map(|_| ())
     }
 
-    /// Registers a committed checkpoint (its directory already renamed into
-    /// place); from now on it is a model usable in chat.
+    /// Registers a committed checkpoint (its adapter directory already in
+    /// place, and kept as long as the job); from now on it is a model
+    /// usable in chat.
     pub fn checkpoint(
         &self,
         step: u64,
@@ -140,6 +155,34 @@ impl JobContext {
     pub fn update(&self, u: &JobUpdate) -> StoreResult<FineTuningJob> {
         self.store.update_job(&self.job.id, u)
     }
+
+    /// Stores a file the run produced (the metrics CSV) as a file object
+    /// with purpose `fine-tune-results`, so clients download it with
+    /// `GET /v1/files/{id}/content`. The content is committed before the
+    /// record, so a listed file always has its bytes.
+    pub fn store_result_file(&self, filename: &str, src: &Path) -> StoreResult<FileObject> {
+        let id = ids::file_id();
+        let blob = self
+            .blobs
+            .put_file_blocking(&id, src)
+            .map_err(|e| StoreError::Backend(format!("storing {filename}: {e}")))?;
+        let object = FileObject {
+            id,
+            object: FileTag,
+            bytes: blob.bytes,
+            created_at: unix_now(),
+            filename: filename.to_string(),
+            purpose: RESULTS_PURPOSE.to_string(),
+            status: FileStatus::Processed,
+            status_details: None,
+            expires_at: None,
+        };
+        self.store.insert_file(&FileRecord {
+            object: object.clone(),
+            sha256: blob.sha256,
+        })?;
+        Ok(object)
+    }
 }
 
 /// A request from the API.
@@ -156,6 +199,7 @@ enum Msg {
     Created,
     Command(String, Command, Reply),
     Done(String, Result<TrainingOutcome, String>),
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// The API's side of the worker. Dropping every handle stops the worker
@@ -181,6 +225,18 @@ impl WorkerHandle {
         rx.await
             .map_err(|_| StoreError::Backend("the job worker dropped the request".into()))?
     }
+
+    /// Drains: no job starts any more, and every running job is asked to
+    /// checkpoint and stop; they go back to `queued` and resume at the next
+    /// start. Resolves once no job runs (callers bound it with a deadline:
+    /// a job that does not stop in time stays `running` and is resumed from
+    /// its last checkpoint at the next start, like after a crash).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 /// Where the worker finds what it needs.
@@ -191,6 +247,8 @@ pub struct WorkerConfig {
     pub home: PathBuf,
     pub org: String,
     pub engine: Option<Arc<dyn TrainingEngine>>,
+    /// Jobs trained at once (at least 1).
+    pub max_concurrent_jobs: usize,
 }
 
 struct Running {
@@ -203,7 +261,12 @@ struct Worker {
     cfg: WorkerConfig,
     /// Weak, so that the worker alone does not keep its queue open.
     tx: mpsc::WeakUnboundedSender<Msg>,
-    running: Option<Running>,
+    running: Vec<Running>,
+    /// Set by a shutdown: start nothing new; answer these once idle.
+    draining: Option<Vec<oneshot::Sender<()>>>,
+    /// The queue position last announced per queued job, so an event is
+    /// written only when it changes.
+    announced: HashMap<String, usize>,
 }
 
 /// Starts the worker thread: it first re-queues jobs a crash left
@@ -213,7 +276,9 @@ pub fn start(cfg: WorkerConfig) -> std::io::Result<WorkerHandle> {
     let worker = Worker {
         cfg,
         tx: tx.downgrade(),
-        running: None,
+        running: Vec::new(),
+        draining: None,
+        announced: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("hone-job-worker".into())
@@ -232,8 +297,10 @@ impl Worker {
                 Msg::Created => {}
                 Msg::Command(id, c, reply) => self.command(&id, c, reply),
                 Msg::Done(id, outcome) => self.finish(&id, outcome),
+                Msg::Shutdown(reply) => self.drain(reply),
             }
             self.schedule();
+            self.answer_drained();
         }
     }
 
@@ -261,7 +328,7 @@ impl Worker {
     }
 
     fn command(&mut self, id: &str, c: Command, reply: Reply) {
-        if let Some(run) = self.running.as_mut().filter(|r| r.job_id == id) {
+        if let Some(run) = self.running.iter_mut().find(|r| r.job_id == id) {
             let flag = match c {
                 Command::Cancel => STOP_CANCEL,
                 Command::Pause => STOP_PAUSE,
@@ -277,7 +344,6 @@ impl Worker {
                     return;
                 }
             };
-            // A cancel wins over an earlier pause.
             let _ = run.stop.fetch_max(flag, Ordering::SeqCst);
             run.waiting.push(reply);
             return;
@@ -290,24 +356,80 @@ impl Worker {
         let _ = reply.send(self.transition(id, &t));
     }
 
-    /// Validates new jobs, then starts the oldest queued one if idle.
+    /// Stops taking jobs and asks every running job to checkpoint and stop.
+    fn drain(&mut self, reply: oneshot::Sender<()>) {
+        for run in &self.running {
+            let _ = run.stop.fetch_max(STOP_SHUTDOWN, Ordering::SeqCst);
+        }
+        self.draining.get_or_insert_with(Vec::new).push(reply);
+    }
+
+    fn answer_drained(&mut self) {
+        if self.running.is_empty() {
+            if let Some(waiting) = self.draining.as_mut() {
+                for w in waiting.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+
+    /// Validates new jobs, starts queued ones while there is room, and
+    /// tells the others where they stand in the queue.
     fn schedule(&mut self) {
         if let Ok(jobs) = self.store().jobs_with_status(JobStatus::ValidatingFiles) {
             for job in jobs {
                 self.validate(&job);
             }
         }
-        if self.running.is_some() {
+        let Ok(mut queued) = self.store().jobs_with_status(JobStatus::Queued) else {
+            return;
+        };
+        if let (Some(engine), None) = (self.cfg.engine.clone(), &self.draining) {
+            let room = self
+                .cfg
+                .max_concurrent_jobs
+                .max(1)
+                .saturating_sub(self.running.len());
+            let n = room.min(queued.len());
+            for job in queued.drain(..n) {
+                self.announced.remove(&job.id);
+                self.start_training(job, engine.clone());
+            }
+        }
+        self.announce_positions(&queued);
+    }
+
+    /// A "Queued: position N" event for each waiting job whose position
+    /// changed since it was last told.
+    fn announce_positions(&mut self, queued: &[FineTuningJob]) {
+        if self.draining.is_some() {
             return;
         }
-        let Some(engine) = self.cfg.engine.clone() else {
-            return;
-        };
-        let Ok(queued) = self.store().jobs_with_status(JobStatus::Queued) else {
-            return;
-        };
-        if let Some(job) = queued.into_iter().next() {
-            self.start_training(job, engine);
+        self.announced
+            .retain(|id, _| queued.iter().any(|j| &j.id == id));
+        let running = self.running.len();
+        for (i, job) in queued.iter().enumerate() {
+            let pos = i + 1;
+            if self.announced.get(&job.id) == Some(&pos) {
+                continue;
+            }
+            let why = if self.cfg.engine.is_none() {
+                "this server has no training engine configured".to_string()
+            } else {
+                format!(
+                    "{running} job(s) training, {} queued ahead",
+                    pos.saturating_sub(1)
+                )
+            };
+            let msg = format!("Job queued: position {pos} in the queue ({why})");
+            if self
+                .store()
+                .add_event(&job.id, &NewEvent::info(msg))
+                .is_ok()
+            {
+                self.announced.insert(job.id.clone(), pos);
+            }
         }
     }
 
@@ -335,13 +457,11 @@ impl Worker {
                 let _ = tx.send(Msg::Done(ctx.job.id.clone(), outcome));
             });
         match spawned {
-            Ok(_) => {
-                self.running = Some(Running {
-                    job_id: id,
-                    stop,
-                    waiting: Vec::new(),
-                })
-            }
+            Ok(_) => self.running.push(Running {
+                job_id: id,
+                stop,
+                waiting: Vec::new(),
+            }),
             Err(e) => {
                 let _ = self.transition(&id, &Transition::Fail(internal_error(&e.to_string())));
             }
@@ -367,6 +487,7 @@ impl Worker {
             validation_file,
             job_dir,
             store: self.cfg.store.clone(),
+            blobs: self.cfg.blobs.clone(),
             stop: Arc::new(AtomicU8::new(STOP_NONE)),
             job,
         })
@@ -374,7 +495,11 @@ impl Worker {
 
     /// Commits how a run ended, then answers the requests that waited.
     fn finish(&mut self, id: &str, outcome: Result<TrainingOutcome, String>) {
-        let run = self.running.take_if(|r| r.job_id == id);
+        let run = self
+            .running
+            .iter()
+            .position(|r| r.job_id == id)
+            .map(|i| self.running.swap_remove(i));
         let stop = run
             .as_ref()
             .map_or(STOP_NONE, |r| r.stop.load(Ordering::SeqCst));
@@ -393,12 +518,20 @@ impl Worker {
                 },
                 Err(e) => Transition::Fail(internal_error(&e.to_string())),
             },
-            Ok(TrainingOutcome::Stopped) if stop == STOP_PAUSE => Transition::Pause,
-            Ok(TrainingOutcome::Stopped) => Transition::Cancel,
+            Ok(TrainingOutcome::Stopped) => match stop {
+                STOP_CANCEL => Transition::Cancel,
+                STOP_PAUSE => Transition::Pause,
+                _ => Transition::Drain,
+            },
             Ok(TrainingOutcome::Failed(e)) => Transition::Fail(e),
-            Err(panic) => {
-                Transition::Fail(internal_error(&format!("the trainer panicked: {panic}")))
-            }
+            Err(panic) => Transition::Fail(JobError {
+                code: "internal_error".into(),
+                message: format!(
+                    "The trainer crashed (a bug in hone, not in your data): {panic}. \
+                     The server kept running; you can create the job again."
+                ),
+                param: None,
+            }),
         };
         let result = self.transition(id, &t);
         for reply in run.map(|r| r.waiting).unwrap_or_default() {

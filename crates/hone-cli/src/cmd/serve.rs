@@ -1,12 +1,110 @@
 //! `hone serve`: the OpenAI-compatible HTTP server.
 //!
-//! Not implemented yet: this command is being built.
+//! Wires hone-serve's seams to the real engines: the base models (from the
+//! registry under `HONE_HOME`, or `--model`), hone-data's validator with
+//! token counts from the default model's tokenizer, and hone-train's
+//! trainer. Then binds, says where and whether auth is on, and serves
+//! until Ctrl-C / SIGTERM, draining running jobs into checkpoints.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hone_serve::{
+    AppState, BaseModels, Engines, HoneDataValidator, HoneTrainer, ServeConfig, TrainerOptions,
+};
 
 #[derive(clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ServeConfig,
+}
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`hone serve` is not implemented yet")
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config;
+    config.check_exposure().map_err(|m| anyhow::anyhow!(m))?;
+    let models =
+        Arc::new(BaseModels::resolve(&config.home, &config.models).context("resolving --model")?);
+    let engines = engines(&config, models.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let addr = config.addr();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let state = AppState::open(config.clone(), engines)?;
+        print_banner(&config, bound, &models);
+        hone_serve::serve_on(listener, state, hone_serve::shutdown_signal()).await?;
+        eprintln!("hone serve: stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The validator, the catalog and the trainer.
+fn engines(config: &ServeConfig, models: Arc<BaseModels>) -> anyhow::Result<Engines> {
+    let mut engines = Engines::with_base_models(Vec::<String>::new());
+    engines.catalog = models.clone();
+    engines = engines.validator(Arc::new(validator(&models)));
+    let options = TrainerOptions {
+        checkpoint_every: config.checkpoint_every,
+        ..TrainerOptions::default()
+    };
+    Ok(engines.training(Arc::new(HoneTrainer::new(models, options))))
+}
+
+/// hone-data's checks, with token counts and length checks from the
+/// default model's tokenizer and chat template when it loads (only the
+/// tokenizer and config are read, not the weights).
+fn validator(models: &BaseModels) -> HoneDataValidator {
+    let mut v = HoneDataValidator::new();
+    let Some(default) = models.default_model() else {
+        return v;
+    };
+    let path = default.resolved.source.path().display().to_string();
+    match crate::cmd::data::load_model(&path) {
+        Ok(loaded) => {
+            v.options.model_name = Some(default.model.id.clone());
+            v.counter = Some(Arc::new(loaded.counter));
+        }
+        Err(e) => eprintln!(
+            "warning: no token counts in upload checks ({} did not load: {e:#})",
+            default.model.id
+        ),
+    }
+    v
+}
+
+fn print_banner(config: &ServeConfig, bound: std::net::SocketAddr, models: &BaseModels) {
+    eprintln!(
+        "hone serve: listening on http://{bound}/v1 (home {})",
+        config.home.display()
+    );
+    let keys = config.usable_keys().len();
+    if keys == 0 {
+        eprintln!(
+            "auth: off (no API key; bound to loopback only, so only this machine can connect; \
+             pass --api-key or HONE_API_KEYS to require a key)"
+        );
+    } else {
+        eprintln!("auth: on ({keys} API key(s); send Authorization: Bearer <key>)");
+    }
+    if models.is_empty() {
+        eprintln!(
+            "warning: no base model is installed: run `hone model fetch` with the same HONE_HOME, \
+             or pass --model PATH"
+        );
+    } else {
+        let ids: Vec<String> = models.iter().map(|m| m.model.id.clone()).collect();
+        eprintln!("base models: {}", ids.join(", "));
+    }
+    eprintln!(
+        "jobs: up to {} at a time, checkpoint every {} step(s) and at each epoch end",
+        config.max_concurrent_jobs.max(1),
+        config.checkpoint_every
+    );
 }

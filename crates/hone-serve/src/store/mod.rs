@@ -139,6 +139,9 @@ pub enum Transition {
     /// running → queued, for a job a crash or restart interrupted; it
     /// resumes from its last checkpoint.
     Requeue,
+    /// running → queued, for a job the server stopped while shutting down
+    /// (after it saved a checkpoint); it resumes at the next start.
+    Drain,
     /// running → succeeded; registers the fine-tuned model in the same
     /// transaction, so the model exists the moment the job says so.
     Succeed {
@@ -162,7 +165,9 @@ impl Transition {
     /// The state the job ends in.
     pub fn target(&self) -> JobStatus {
         match self {
-            Transition::Queue | Transition::Resume | Transition::Requeue => JobStatus::Queued,
+            Transition::Queue | Transition::Resume | Transition::Requeue | Transition::Drain => {
+                JobStatus::Queued
+            }
             Transition::Start => JobStatus::Running,
             Transition::Succeed { .. } => JobStatus::Succeeded,
             Transition::Fail(_) => JobStatus::Failed,
@@ -177,7 +182,7 @@ impl Transition {
         match self {
             Transition::Queue => &[ValidatingFiles],
             Transition::Start => &[Queued],
-            Transition::Requeue => &[Running],
+            Transition::Requeue | Transition::Drain => &[Running],
             Transition::Succeed { .. } => &[Running],
             Transition::Fail(_) | Transition::Cancel => &[ValidatingFiles, Queued, Running, Paused],
             Transition::Pause => &[Queued, Running],
@@ -190,7 +195,7 @@ impl Transition {
         match self {
             Transition::Queue => "queued",
             Transition::Start => "started",
-            Transition::Requeue => "re-queued",
+            Transition::Requeue | Transition::Drain => "re-queued",
             Transition::Succeed { .. } => "marked succeeded",
             Transition::Fail(_) => "marked failed",
             Transition::Cancel => "cancelled",
@@ -211,6 +216,11 @@ impl Transition {
             Transition::Requeue => vec![(
                 Warn,
                 "The server restarted during training; the job is queued again and resumes from its last checkpoint"
+                    .to_string(),
+            )],
+            Transition::Drain => vec![(
+                Info,
+                "The server is shutting down: the job saved a checkpoint and is queued; it resumes at the next start"
                     .to_string(),
             )],
             Transition::Succeed {

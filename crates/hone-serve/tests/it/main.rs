@@ -2,9 +2,11 @@
 //! in-process with `tower::ServiceExt::oneshot`, and once over a real
 //! listener.
 
+mod chat;
 mod common;
 mod files;
 mod http;
 mod jobs;
 mod models;
 mod store;
+mod training;

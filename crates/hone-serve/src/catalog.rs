@@ -1,0 +1,191 @@
+//! The base models a server offers: resolved once at start (from hone-model's
+//! registry under `$HONE_HOME/models`, or from explicit `--model` values), so
+//! that `/v1/models`, job creation and the trainer agree on what an id means.
+
+use std::path::Path;
+
+use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel};
+
+use crate::api::{Model, ModelTag};
+use crate::engines::ModelCatalog;
+
+/// One servable base model: its API object and where its weights are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseModel {
+    pub model: Model,
+    pub resolved: ResolvedModel,
+}
+
+/// Base models with their weights on disk.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BaseModels {
+    models: Vec<BaseModel>,
+}
+
+/// Why a `--model` value could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(
+        "model id '{0}' must be non-empty and contain no '/' or ':' (ids appear in ft: names)"
+    )]
+    BadId(String),
+    #[error(
+        "model '{spec}' is neither an existing path nor installed in {models_dir} \
+         (installed: {installed}); run `hone model fetch {spec}` with the same HONE_HOME, \
+         or pass a GGUF file or HF directory path"
+    )]
+    NotInstalled {
+        spec: String,
+        installed: String,
+        models_dir: std::path::PathBuf,
+    },
+    #[error("model '{0}' is given twice")]
+    Duplicate(String),
+}
+
+impl BaseModels {
+    /// Exactly these models (the first is the default).
+    pub fn new(models: Vec<ResolvedModel>) -> Result<Self, CatalogError> {
+        let created = crate::store::unix_now();
+        let mut out = BaseModels::default();
+        for resolved in models {
+            if resolved.id.is_empty() || resolved.id.contains(['/', ':']) {
+                return Err(CatalogError::BadId(resolved.id));
+            }
+            if out.source(&resolved.id).is_some() {
+                return Err(CatalogError::Duplicate(resolved.id));
+            }
+            out.models.push(BaseModel {
+                model: Model {
+                    id: resolved.id.clone(),
+                    object: ModelTag,
+                    created,
+                    owned_by: "system".into(),
+                },
+                resolved,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Resolves `--model` values against the registry under `home`: a
+    /// registered id, a GGUF file or HF directory path (its id is the file
+    /// stem), or `ID=PATH`. With no values, every installed model whose
+    /// weights exist. Never fetches: a server start must not download.
+    pub fn resolve(home: &Path, specs: &[String]) -> Result<Self, CatalogError> {
+        let registry = Registry::new(home);
+        let mut out = Vec::new();
+        if specs.is_empty() {
+            for m in registry.installed()? {
+                if m.source.path().exists() {
+                    out.push(ResolvedModel {
+                        id: m.id,
+                        source: m.source,
+                    });
+                }
+            }
+        }
+        for spec in specs {
+            out.push(resolve_spec(&registry, spec)?);
+        }
+        Self::new(out)
+    }
+
+    /// Where the weights of base model `id` are.
+    pub fn source(&self, id: &str) -> Option<&ResolvedModel> {
+        self.models
+            .iter()
+            .find(|m| m.model.id == id)
+            .map(|m| &m.resolved)
+    }
+
+    /// The default model (the first).
+    pub fn default_model(&self) -> Option<&BaseModel> {
+        self.models.first()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &BaseModel> {
+        self.models.iter()
+    }
+}
+
+fn resolve_spec(registry: &Registry, spec: &str) -> Result<ResolvedModel, CatalogError> {
+    if let Some((id, path)) = spec.split_once('=') {
+        let mut r = resolve_path(Path::new(path))?;
+        r.id = id.trim().to_string();
+        return Ok(r);
+    }
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(resolve_path(path)?);
+    }
+    let installed = registry.installed()?;
+    match installed.into_iter().find(|m| m.id == spec) {
+        Some(m) if m.source.path().exists() => Ok(ResolvedModel {
+            id: m.id,
+            source: m.source,
+        }),
+        _ => Err(CatalogError::NotInstalled {
+            spec: spec.to_string(),
+            installed: {
+                let ids: Vec<String> = registry
+                    .installed()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| m.id)
+                    .collect();
+                if ids.is_empty() {
+                    "none".into()
+                } else {
+                    ids.join(", ")
+                }
+            },
+            models_dir: registry.models_dir().to_path_buf(),
+        }),
+    }
+}
+
+impl ModelCatalog for BaseModels {
+    fn base_models(&self) -> Vec<Model> {
+        self.models.iter().map(|m| m.model.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_paths_and_named_paths_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = hone_model::testing::TinySpec::default();
+        let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
+        let specs = vec![
+            gguf.display().to_string(),
+            format!("house={}", gguf.display()),
+        ];
+        let c = BaseModels::resolve(dir.path(), &specs).unwrap();
+        let ids: Vec<String> = c.base_models().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec!["tiny", "house"]);
+        assert_eq!(c.source("house").unwrap().source.path(), gguf.as_path());
+        assert_eq!(c.default_model().unwrap().model.id, "tiny");
+        let dup = BaseModels::resolve(dir.path(), &[specs[0].clone(), specs[0].clone()]);
+        assert!(matches!(dup, Err(CatalogError::Duplicate(_))));
+        let bad = BaseModels::resolve(dir.path(), &[format!("a:b={}", gguf.display())]);
+        assert!(matches!(bad, Err(CatalogError::BadId(_))));
+    }
+
+    #[test]
+    fn an_unknown_id_is_an_error_that_lists_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = BaseModels::resolve(dir.path(), &["nope".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        assert!(BaseModels::resolve(dir.path(), &[]).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,403 @@
+//! The real trainer (hone-train over a tiny random model written here)
+//! behind the HTTP API: a full job to `succeeded`, cancel, pause/resume,
+//! queue positions, and a shutdown drain followed by a restart.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use hone_model::registry::{ModelSource, ResolvedModel};
+use hone_serve::{AppState, BaseModels, Engines, HoneTrainer, ServeConfig, TrainerOptions};
+use serde_json::{json, Value};
+
+use crate::common::{Reply, TestApp};
+
+pub const TINY: &str = "tiny";
+
+/// A tiny random model on disk, and the engines that train it.
+pub struct TinyModel {
+    pub dir: tempfile::TempDir,
+    pub models: Arc<BaseModels>,
+}
+
+impl TinyModel {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = hone_model::testing::TinySpec::default();
+        let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
+        let models = BaseModels::new(vec![ResolvedModel {
+            id: TINY.into(),
+            source: ModelSource::Gguf(gguf),
+        }])
+        .unwrap();
+        TinyModel {
+            dir,
+            models: Arc::new(models),
+        }
+    }
+
+    pub fn engines(&self, options: TrainerOptions) -> Engines {
+        let mut e = Engines::with_base_models(Vec::<String>::new());
+        e.catalog = self.models.clone();
+        e.training(Arc::new(HoneTrainer::new(self.models.clone(), options)))
+    }
+
+    pub fn gguf(&self) -> std::path::PathBuf {
+        self.dir.path().join("tiny.gguf")
+    }
+}
+
+fn app(tiny: &TinyModel, edit: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    TestApp::with_engines(tiny.engines(TrainerOptions::default()), edit)
+}
+
+pub fn chats(n: usize, words: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let answer = vec![format!("reply{i}"); words].join(" ");
+            json!({"messages": [
+                {"role": "user", "content": format!("question number {i}?")},
+                {"role": "assistant", "content": answer},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+async fn post_json(t: &TestApp, uri: &str, body: Value) -> Reply {
+    let req = Request::post(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    t.send(req).await
+}
+
+async fn upload(t: &TestApp, content: &str) -> String {
+    let f = t
+        .upload("train.jsonl", "fine-tune", content.as_bytes())
+        .await
+        .json();
+    assert_eq!(f["status"], "processed", "{f}");
+    f["id"].as_str().unwrap().to_string()
+}
+
+async fn create(t: &TestApp, body: Value) -> String {
+    let r = post_json(t, "/v1/fine_tuning/jobs", body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+async fn job(t: &TestApp, id: &str) -> Value {
+    t.get(&format!("/v1/fine_tuning/jobs/{id}")).await.json()
+}
+
+async fn wait_for(t: &TestApp, id: &str, want: &str, secs: u64) -> Value {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let j = job(t, id).await;
+        if j["status"] == want {
+            return j;
+        }
+        if Instant::now() > end {
+            panic!("job never reached {want}: {j}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Events oldest first.
+async fn events(t: &TestApp, id: &str) -> Vec<Value> {
+    let v = t
+        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=1000"))
+        .await
+        .json();
+    let mut e = v["data"].as_array().unwrap().clone();
+    e.reverse();
+    e
+}
+
+fn messages(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn metric_steps(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "metrics")
+        .map(|e| e["data"]["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// Waits until the job has logged at least `n` metrics events.
+async fn wait_steps(t: &TestApp, id: &str, n: usize) {
+    let end = Instant::now() + Duration::from_secs(120);
+    while metric_steps(&events(t, id).await).len() < n {
+        assert!(Instant::now() < end, "no progress: {:?}", job(t, id).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_job_succeeds_with_metrics_checkpoints_result_file_and_models() {
+    let tiny = TinyModel::new();
+    let t = app(&tiny, |_| {});
+    let train = upload(&t, &chats(12, 3)).await;
+    let valid = upload(&t, &chats(3, 3)).await;
+    let id = create(
+        &t,
+        json!({"model": TINY, "training_file": train, "validation_file": valid, "suffix": "house",
+               "seed": 3, "hyperparameters": {"n_epochs": 2, "batch_size": 4}}),
+    )
+    .await;
+    let j = wait_for(&t, &id, "succeeded", 120).await;
+    let model = j["fine_tuned_model"].as_str().unwrap().to_string();
+    assert!(model.starts_with("ft:tiny:hone:house:"), "{model}");
+    assert!(j["trained_tokens"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(j["hyperparameters"]["n_epochs"], 2);
+    assert_eq!(j["hyperparameters"]["batch_size"], 4);
+    assert!(j["hyperparameters"]["learning_rate_multiplier"].is_number());
+    assert!(j["estimated_finish"].is_null() && j["finished_at"].is_number());
+
+    // Events: the reference's messages in order, one metrics event per step,
+    // the validation loss at each epoch end.
+    let ev = events(&t, &id).await;
+    let msgs = messages(&ev);
+    let pos = |m: &str| {
+        msgs.iter()
+            .position(|x| x.starts_with(m))
+            .unwrap_or_else(|| panic!("no '{m}' in {msgs:#?}"))
+    };
+    assert!(pos("Created fine-tuning job") < pos("Validating training file"));
+    assert!(pos("Files validated") < pos("Fine-tuning job started"));
+    assert!(pos("Fine-tuning job started") < pos("Step 1/6: training loss="));
+    assert!(pos("Step 6/6") < pos("New fine-tuned model created: ft:tiny"));
+    assert_eq!(msgs.last().unwrap(), "The job has successfully completed");
+    assert_eq!(metric_steps(&ev), vec![1, 2, 3, 4, 5, 6]);
+    let m3 = ev
+        .iter()
+        .find(|e| e["type"] == "metrics" && e["data"]["step"] == 3)
+        .unwrap();
+    assert!(m3["data"]["valid_loss"].is_number(), "{m3}");
+    assert!(m3["data"]["train_mean_token_accuracy"].is_number(), "{m3}");
+    assert_eq!(m3["data"]["total_steps"], 6);
+
+    // One checkpoint per epoch, each a model with its adapter kept.
+    let ck = t
+        .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
+        .await
+        .json();
+    let steps: Vec<u64> = ck["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![6, 3], "newest first: {ck}");
+    assert_eq!(
+        ck["data"][1]["fine_tuned_model_checkpoint"],
+        format!("{model}:ckpt-step-3")
+    );
+    assert!(ck["data"][1]["metrics"]["valid_loss"].is_number(), "{ck}");
+    for name in [model.clone(), format!("{model}:ckpt-step-3")] {
+        assert_eq!(t.get(&format!("/v1/models/{name}")).await.status, 200);
+        let rec = {
+            let name = name.clone();
+            t.state
+                .store
+                .run(move |s| s.get_model(&name))
+                .await
+                .unwrap()
+        };
+        let mut m = hone_model::load_model(&tiny.gguf(), hone_model::WeightPath::F32).unwrap();
+        hone_model::load_peft_adapter(&mut m, &rec.adapter_path)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let listed = t.get("/v1/models").await.json().to_string();
+    assert!(listed.contains(&format!("{model}:ckpt-step-6")), "{listed}");
+
+    // The result file: the metrics CSV with OpenAI's columns.
+    let rf = j["result_files"][0].as_str().unwrap();
+    let f = t.get(&format!("/v1/files/{rf}")).await.json();
+    assert_eq!(f["purpose"], "fine-tune-results");
+    assert_eq!(f["filename"], "step_metrics.csv");
+    let csv = String::from_utf8(t.get(&format!("/v1/files/{rf}/content")).await.body).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    );
+    assert_eq!(lines.len(), 7, "{csv}");
+    assert_eq!(f["bytes"], csv.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_job_within_seconds_and_the_next_job_starts() {
+    let tiny = TinyModel::new();
+    let t = app(&tiny, |_| {});
+    let train = upload(&t, &chats(40, 20)).await;
+    let long = json!({"model": TINY, "training_file": train,
+                      "hyperparameters": {"n_epochs": 50, "batch_size": 1}});
+    let a = create(&t, long.clone()).await;
+    let b = create(&t, long).await;
+    wait_steps(&t, &a, 2).await;
+    // b waits behind a, and is told where it stands.
+    let b_msgs = messages(&events(&t, &b).await);
+    assert!(
+        b_msgs
+            .iter()
+            .any(|m| m.starts_with("Job queued: position 1 in the queue (1 job(s) training")),
+        "{b_msgs:#?}"
+    );
+    assert_eq!(job(&t, &b).await["status"], "queued");
+    let started = Instant::now();
+    let c = t
+        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{a}/cancel"))
+        .await
+        .json();
+    assert_eq!(c["status"], "cancelled", "{c}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    assert!(c["fine_tuned_model"].is_null());
+    wait_for(&t, &b, "running", 30).await;
+    let c = t
+        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{b}/cancel"))
+        .await
+        .json();
+    assert_eq!(c["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_checkpoints_and_resume_continues_from_that_step() {
+    let tiny = TinyModel::new();
+    let t = app(&tiny, |_| {});
+    let train = upload(&t, &chats(40, 20)).await;
+    let id = create(
+        &t,
+        json!({"model": TINY, "training_file": train,
+               "hyperparameters": {"n_epochs": 50, "batch_size": 1}}),
+    )
+    .await;
+    wait_steps(&t, &id, 3).await;
+    let p = t
+        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{id}/pause"))
+        .await
+        .json();
+    assert_eq!(p["status"], "paused", "{p}");
+    let paused_at = *metric_steps(&events(&t, &id).await).last().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *metric_steps(&events(&t, &id).await).last().unwrap(),
+        paused_at,
+        "a paused job does not train"
+    );
+    let r = t
+        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{id}/resume"))
+        .await
+        .json();
+    assert_eq!(r["status"], "queued");
+    wait_steps(&t, &id, paused_at as usize + 2).await;
+    let ev = events(&t, &id).await;
+    let msgs = messages(&ev);
+    assert!(
+        msgs.contains(&format!(
+            "Resuming from the checkpoint at step {paused_at} of 2000"
+        )),
+        "{msgs:#?}"
+    );
+    let steps = metric_steps(&ev);
+    assert_eq!(
+        steps[paused_at as usize],
+        paused_at + 1,
+        "training continues at the step after the pause: {steps:?}"
+    );
+    let c = t
+        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{id}/cancel"))
+        .await
+        .json();
+    assert_eq!(c["status"], "cancelled");
+}
+
+/// A shutdown parks the running job in `queued` after a checkpoint; a
+/// server started again on the same home finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_a_running_job_and_a_restart_finishes_it() {
+    let tiny = TinyModel::new();
+    let t = app(&tiny, |_| {});
+    let train = upload(&t, &chats(40, 20)).await;
+    let id = create(
+        &t,
+        json!({"model": TINY, "training_file": train,
+               "hyperparameters": {"n_epochs": 3, "batch_size": 1}}),
+    )
+    .await;
+    wait_steps(&t, &id, 3).await;
+    tokio::time::timeout(Duration::from_secs(30), t.state.worker.shutdown())
+        .await
+        .expect("drained in time");
+    let j = job(&t, &id).await;
+    assert_eq!(j["status"], "queued", "{j}");
+    let msgs = messages(&events(&t, &id).await);
+    assert!(
+        msgs.last()
+            .unwrap()
+            .starts_with("The server is shutting down"),
+        "{msgs:#?}"
+    );
+    let home: &Path = t.dir.path();
+    let config = ServeConfig::new(home);
+    let st = AppState::open(config, tiny.engines(TrainerOptions::default())).unwrap();
+    let t2 = TestApp {
+        app: hone_serve::router(st.clone()),
+        state: st,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let j = wait_for(&t2, &id, "succeeded", 300).await;
+    let msgs = messages(&events(&t2, &id).await);
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("Resuming from the checkpoint at step")),
+        "{msgs:#?}"
+    );
+    let steps = metric_steps(&events(&t2, &id).await);
+    assert_eq!(*steps.last().unwrap(), 120);
+    assert!(j["fine_tuned_model"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpo_job_trains_to_succeeded() {
+    let tiny = TinyModel::new();
+    let t = app(&tiny, |_| {});
+    let lines: String = (0..10)
+        .map(|i| {
+            json!({"input": {"messages": [{"role": "user", "content": format!("q{i}")}]},
+                   "preferred_output": [{"role": "assistant", "content": "good answer"}],
+                   "non_preferred_output": [{"role": "assistant", "content": "bad answer"}]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let f = upload(&t, &lines).await;
+    let id = create(
+        &t,
+        json!({"model": TINY, "training_file": f, "method": {"type": "dpo",
+               "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 5, "beta": 0.2}}}}),
+    )
+    .await;
+    let j = wait_for(&t, &id, "succeeded", 120).await;
+    assert_eq!(j["method"]["type"], "dpo");
+    assert_eq!(j["hyperparameters"]["beta"], 0.2, "{j}");
+    assert_eq!(metric_steps(&events(&t, &id).await), vec![1, 2]);
+    assert!(j["fine_tuned_model"]
+        .as_str()
+        .unwrap()
+        .starts_with("ft:tiny:"));
+}
