@@ -1,6 +1,7 @@
-//! `hone bench infer`: inference speed on this machine, as one JSON line.
+//! `hone bench infer|train`: inference and training speed on this machine, as one JSON
+//! line each.
 //!
-//! Same shape as the PyTorch reference (`bench_infer.py`): the chat-templated
+//! `infer` has the same shape as the PyTorch reference (`bench_infer.py`): the chat-templated
 //! prompt "Write a short story about a robot who learns to paint.", then
 //! exactly `--new-tokens` greedy tokens with no early stop, batch 1, KV cache.
 //! Prefill is the forward pass over the prompt (which yields the first new
@@ -17,12 +18,17 @@ use hone_text::{ChatMessage, Role};
 
 use super::chat::{load_engine, parse_weights};
 
+mod train;
+
 const PROMPT: &str = "Write a short story about a robot who learns to paint.";
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
     /// Prefill and decode speed of greedy generation (one JSON line on stdout).
     Infer(InferArgs),
+    /// Speed of the LoRA training step: forward, backward over the LoRA matrices only,
+    /// AdamW step (one JSON line on stdout; also saved to $HONE_HOME/bench/train.json).
+    Train(train::TrainBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -47,6 +53,7 @@ pub struct InferArgs {
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
     match c {
         BenchCommand::Infer(a) => infer(a),
+        BenchCommand::Train(a) => train::run(a),
     }
 }
 
@@ -130,12 +137,12 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn round2(x: f64) -> f64 {
+pub(super) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
 /// The 1-minute load average: other processes skew these figures.
-fn loadavg() -> Option<f64> {
+pub(super) fn loadavg() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
     s.split_whitespace().next()?.parse().ok()
 }

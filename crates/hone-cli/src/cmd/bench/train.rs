@@ -1,0 +1,311 @@
+//! `hone bench train`: the real LoRA training step, timed.
+//!
+//! Mirrors the PyTorch reference (`shared/bench/pytorch/bench_train.py`): the same 4×256
+//! token batch (vendored in testdata/), labels = inputs shifted by one, so the loss is the
+//! causal-LM cross-entropy over all `batch·(seq−1)` predicted positions; LoRA r=8, alpha
+//! 16, no dropout; AdamW at lr 1e-4 with torch's weight decay 0.01 and no clipping. The
+//! timed region is forward + loss + backward + optimizer step, as there. Tokens/s counts
+//! `batch·seq` tokens per step, as there.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use hone_model::candle_core::{DType, Device, Tensor};
+use hone_model::registry::DEFAULT_MODEL_ID;
+use hone_model::{LoraConfig, LoraParams, TrainOptions, WeightPath};
+use hone_train::optim::{AdamW, AdamWConfig};
+
+use super::{loadavg, round2};
+
+/// The exact token batch the PyTorch benchmark trains on (4 rows of 256 ids).
+const BATCH_JSON: &str = include_str!("../../../../../testdata/train_batch_4x256.json");
+
+#[derive(clap::Args)]
+pub struct TrainBenchArgs {
+    /// Model id or path to a GGUF file or HF directory.
+    #[arg(long, env = "HONE_MODEL", default_value = DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// LoRA targets: q_proj,v_proj (PyTorch config A), all-linear (config B) or a list.
+    #[arg(long, default_value = "q_proj,v_proj")]
+    pub targets: String,
+    /// Measured steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Warm-up steps, not measured.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Compute threads (sets RAYON_NUM_THREADS; default: all cores).
+    #[arg(long, env = "HONE_THREADS")]
+    pub threads: Option<usize>,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Do not save the result to $HONE_HOME/bench/train.json.
+    #[arg(long)]
+    pub no_save: bool,
+}
+
+pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
+        bail!("--batch must be at least 1, --seq at least 2 and --steps at least 1");
+    }
+    if let Some(t) = args.threads.filter(|t| *t > 0) {
+        // Read by rayon and candle when they first build their pools, i.e. after this.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let targets = LoraConfig::parse_target_modules(&args.targets)?;
+    let t0 = Instant::now();
+    let resolved = hone_model::registry::resolve(&args.model)?;
+    let mut model = hone_model::load_model(resolved.source.path(), WeightPath::F32)
+        .with_context(|| format!("loading {}", resolved.source.path().display()))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let lora = LoraConfig {
+        r: args.lora_r,
+        alpha: args.lora_alpha,
+        dropout: 0.0,
+        target_modules: targets.clone(),
+    };
+    let params = LoraParams::attach(&mut model, &lora, 0)?;
+    let batch = Batch::new(args.batch, args.seq, model.cfg.vocab_size)?;
+    let cfg = AdamWConfig {
+        weight_decay: 0.01,
+        max_grad_norm: None,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(params.trainable(), cfg)?;
+    let mut step = || -> anyhow::Result<f32> {
+        let out = model.train_loss(
+            &batch.input,
+            &batch.targets,
+            &batch.mask,
+            TrainOptions::default(),
+        )?;
+        let loss = out.loss.to_scalar::<f32>()?;
+        let grads = out.loss.backward()?;
+        opt.step(&grads, 1e-4)?;
+        Ok(loss)
+    };
+    let mut losses = Vec::new();
+    for _ in 0..args.warmup {
+        losses.push(step()?);
+    }
+    let share = CpuShare::start();
+    let mut times = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps {
+        let t = Instant::now();
+        losses.push(step()?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let (self_cores, other_cores) = share.finish();
+    let tokens = (args.batch * args.seq) as f64;
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let peak = peak_rss_bytes();
+    let out = serde_json::json!({
+        "bench": "train",
+        "model": resolved.id,
+        "targets": args.targets,
+        "target_modules": targets,
+        "batch": args.batch,
+        "seq": args.seq,
+        "tokens_per_second": round2(tokens / mean),
+        "tokens_per_second_median": round2(tokens / sorted[sorted.len() / 2]),
+        "mean_step_ms": round2(mean * 1e3),
+        "min_step_ms": round2(sorted[0] * 1e3),
+        "peak_rss_bytes": peak,
+        "peak_rss_mb": peak.map(|b| b / (1024 * 1024)),
+        "threads": hone_model::compute_threads(),
+        "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "trainable_params": params.num_params(),
+        "loss_first": losses.first().map(|l| round4(*l as f64)),
+        "loss_last": losses.last().map(|l| round4(*l as f64)),
+        "self_cores": round2(self_cores),
+        "other_cores": round2(other_cores),
+        "loadavg_1m": loadavg(),
+        "load_s": round2(load_s),
+        "step_ms": times.iter().map(|t| (t * 1e3).round()).collect::<Vec<_>>(),
+    });
+    println!("{out}");
+    if !args.no_save {
+        let path = hone_model::registry::hone_home()
+            .join("bench")
+            .join("train.json");
+        save_atomic(&path, &out).with_context(|| format!("saving {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// Inputs, next-token targets and the loss mask of one step.
+struct Batch {
+    input: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+}
+
+impl Batch {
+    /// `batch × seq` ids from the reference batch, row-major, repeated if more are
+    /// needed (as the PyTorch script repeats its token stream). The target of position
+    /// `i` is token `i+1` of the same row; the last position of each row has none
+    /// (mask 0), as in transformers' shifted causal-LM loss.
+    fn new(batch: usize, seq: usize, vocab: usize) -> anyhow::Result<Self> {
+        let flat = reference_ids()?;
+        if let Some(bad) = flat.iter().find(|&&id| id as usize >= vocab) {
+            bail!("the benchmark batch holds token id {bad}, beyond this model's vocabulary of {vocab}: use a SmolLM2-vocabulary model");
+        }
+        let ids: Vec<u32> = flat.iter().copied().cycle().take(batch * seq).collect();
+        let mut targets = vec![0u32; batch * seq];
+        let mut mask = vec![0f32; batch * seq];
+        for r in 0..batch {
+            for i in 0..seq - 1 {
+                targets[r * seq + i] = ids[r * seq + i + 1];
+                mask[r * seq + i] = 1.0;
+            }
+        }
+        let dev = Device::Cpu;
+        Ok(Self {
+            input: Tensor::from_vec(ids, (batch, seq), &dev)?,
+            targets: Tensor::from_vec(targets, (batch, seq), &dev)?,
+            mask: Tensor::from_vec(mask, (batch, seq), &dev)?.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+fn reference_ids() -> anyhow::Result<Vec<u32>> {
+    let v: serde_json::Value = serde_json::from_str(BATCH_JSON)?;
+    let rows: Vec<Vec<u32>> = serde_json::from_value(v["input_ids"].clone())?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
+/// Peak resident memory (VmHWM) in bytes, from /proc/self/status.
+fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// How many cores this process and the rest of the machine used over a region (as the
+/// PyTorch script's `CpuShare`): the machine is shared, so a figure needs its context.
+struct CpuShare {
+    t0: Instant,
+    self0: Option<u64>,
+    machine0: Option<u64>,
+}
+
+/// Clock ticks per second of /proc's counters (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+impl CpuShare {
+    fn start() -> Self {
+        Self {
+            t0: Instant::now(),
+            self0: self_ticks(),
+            machine0: machine_busy_ticks(),
+        }
+    }
+
+    /// `(self_cores, other_cores)`; zeros when /proc is unreadable.
+    fn finish(self) -> (f64, f64) {
+        let wall = self.t0.elapsed().as_secs_f64().max(1e-9);
+        let (Some(s0), Some(m0), Some(s1), Some(m1)) = (
+            self.self0,
+            self.machine0,
+            self_ticks(),
+            machine_busy_ticks(),
+        ) else {
+            return (0.0, 0.0);
+        };
+        let me = s1.saturating_sub(s0) as f64 / TICKS;
+        let all = m1.saturating_sub(m0) as f64 / TICKS;
+        (me / wall, ((all - me) / wall).max(0.0))
+    }
+}
+
+/// utime + stime of this process (fields 14 and 15 of /proc/self/stat).
+fn self_ticks() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; fields restart after its closing parenthesis.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Busy (non-idle, non-iowait) ticks of the whole machine, from /proc/stat.
+fn machine_busy_ticks() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let idle = v.get(3)? + v.get(4)?;
+    Some(v.iter().sum::<u64>() - idle)
+}
+
+/// Writes `value` to `path` through a temporary file in the same directory and a rename,
+/// so `hone data estimate` never reads a half-written result.
+fn save_atomic(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let dir: PathBuf = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    use std::io::Write;
+    tmp.write_all(serde_json::to_string_pretty(value)?.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_mirrors_the_pytorch_reference_with_shifted_targets() {
+        let b = Batch::new(4, 256, 49152).unwrap();
+        let ids = b.input.to_vec2::<u32>().unwrap();
+        let v: serde_json::Value = serde_json::from_str(BATCH_JSON).unwrap();
+        let want: Vec<Vec<u32>> = serde_json::from_value(v["input_ids"].clone()).unwrap();
+        assert_eq!(ids, want);
+        let t = b.targets.to_vec2::<u32>().unwrap();
+        let m = b.mask.to_vec2::<f32>().unwrap();
+        assert_eq!(t[2][10], ids[2][11]);
+        assert_eq!(m[3][254], 1.0);
+        assert_eq!(m[3][255], 0.0);
+        let trained: f32 = m.iter().flatten().sum();
+        assert_eq!(trained, (4 * 255) as f32);
+        assert!(
+            Batch::new(1, 8, 100).is_err(),
+            "ids beyond a tiny vocabulary"
+        );
+    }
+
+    #[test]
+    fn proc_counters_are_readable() {
+        assert!(self_ticks().is_some());
+        assert!(machine_busy_ticks().is_some());
+        assert!(peak_rss_bytes().unwrap() > 0);
+    }
+}
