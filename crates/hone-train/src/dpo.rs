@@ -1,11 +1,269 @@
-//! DPO building blocks (the loop is not written yet): per-sequence log-probabilities
-//! of the trained tokens, and the sigmoid DPO loss of Rafailov et al. as TRL computes it
-//! (`loss_type="sigmoid"`, no label smoothing).
+//! Direct preference optimisation: the sigmoid DPO loss of Rafailov et al. as TRL
+//! computes it (`loss_type="sigmoid"`, no label smoothing), over LoRA.
+//!
+//! The reference model is the same base with the adapter switched off
+//! (`TrainOptions::use_adapters = false`): no second model in memory (peers.md, bug
+//! class 6). Its log-probs are computed without gradients on the very batch tensors the
+//! policy sees, once per micro-batch, so at LoRA's zero init the policy and reference
+//! agree bit for bit (loss exactly ln 2). With `init_adapter` (DPO on top of an SFT
+//! adapter) the reference is still the base without adapter, as in TRL with a PEFT model.
+//!
+//! Each sequence is the prompt rendered through the model's chat template plus one
+//! answer (hone-text's `encode_preference`); only the answer's tokens (its end-of-turn
+//! token included) count in the log-probs. The loop, checkpoints, resume and cancel are
+//! [`crate::runner`]'s, shared with SFT.
 
-use candle_core::{Tensor, D};
+use std::path::Path;
+
+use candle_core::{Device, Tensor, D};
+use hone_data::PreferenceExample;
 use hone_model::ops::masked_cross_entropy;
+use hone_model::{Llama, TrainOptions};
+use hone_text::ChatTokenizer;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
-use crate::error::Result;
+use crate::batch::{Batch, TokenizedExample};
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::events::EventSink;
+use crate::runner::{to_tensors, train_loop, Objective, RunControl, Stats, TrainSummary};
+use crate::sft::hash_example;
+
+/// TRL's and OpenAI's default beta.
+pub const DEFAULT_BETA: f64 = 0.1;
+
+/// A DPO run: the shared settings plus `beta`, the strength of the pull towards the
+/// reference (higher keeps the policy closer to it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpoConfig {
+    #[serde(flatten)]
+    pub train: TrainConfig,
+    pub beta: f64,
+}
+
+/// One tokenised preference pair: prompt + chosen answer, prompt + rejected answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPair {
+    pub chosen: TokenizedExample,
+    pub rejected: TokenizedExample,
+}
+
+impl TokenizedPair {
+    /// Both answers keep at least one trained token.
+    pub fn is_trainable(&self) -> bool {
+        self.chosen.trained_targets() > 0 && self.rejected.trained_targets() > 0
+    }
+}
+
+/// Tokenised pairs and what tokenisation did to them.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizedPairs {
+    /// Pairs with both answers trainable (the others are dropped: they carry no signal).
+    pub pairs: Vec<TokenizedPair>,
+    /// Pairs with a sequence cut at `max_seq_len`.
+    pub truncated: usize,
+    /// Pairs dropped because an answer had no token left within `max_seq_len`.
+    pub dropped: usize,
+}
+
+/// Encodes each pair with the model's chat template (the same code path as SFT and
+/// serving), cutting every sequence to `max_seq_len` tokens.
+pub fn tokenize_dpo(
+    tok: &ChatTokenizer,
+    examples: &[PreferenceExample],
+    max_seq_len: usize,
+) -> Result<TokenizedPairs> {
+    let mut out = TokenizedPairs::default();
+    for (index, ex) in examples.iter().enumerate() {
+        let enc = |answer| {
+            tok.encode_preference(&ex.input, answer)
+                .map(|e| TokenizedExample {
+                    ids: e.ids,
+                    loss_mask: e.loss_mask,
+                })
+                .map_err(|e| TrainError::Tokenize {
+                    index,
+                    message: format!("{e:#}"),
+                })
+        };
+        let mut pair = TokenizedPair {
+            chosen: enc(&ex.preferred)?,
+            rejected: enc(&ex.non_preferred)?,
+        };
+        let cut = pair.chosen.truncate(max_seq_len) + pair.rejected.truncate(max_seq_len);
+        if cut > 0 {
+            out.truncated += 1;
+        }
+        if pair.is_trainable() {
+            out.pairs.push(pair);
+        } else {
+            out.dropped += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Runs DPO on `model` (f32 weights), writing the adapter, metrics (with rewards),
+/// summary, checkpoints and `best/` into `out_dir`. Resume and cancel as [`RunControl`]
+/// says, exactly like [`crate::sft::run_sft`].
+pub fn run_dpo(
+    model: &mut Llama,
+    train: &[TokenizedPair],
+    valid: &[TokenizedPair],
+    cfg: &DpoConfig,
+    out_dir: &Path,
+    sink: &mut dyn EventSink,
+    ctl: &RunControl,
+) -> Result<TrainSummary> {
+    if !(cfg.beta.is_finite() && cfg.beta > 0.0) {
+        return Err(TrainError::Config(format!(
+            "beta must be positive, got {}",
+            cfg.beta
+        )));
+    }
+    if let Some(i) = train.iter().chain(valid).position(|p| !p.is_trainable()) {
+        return Err(TrainError::Config(format!(
+            "preference pair {i} has an answer without trained tokens"
+        )));
+    }
+    let obj = Dpo {
+        beta: cfg.beta,
+        pad_id: cfg.train.pad_id,
+    };
+    train_loop(model, &obj, train, valid, &cfg.train, out_dir, sink, ctl)
+}
+
+/// The DPO objective.
+struct Dpo {
+    beta: f64,
+    pad_id: u32,
+}
+
+impl Dpo {
+    /// Chosen rows then rejected rows in one batch, so policy and reference see the
+    /// same tensors.
+    fn batch(&self, chunk: &[&TokenizedPair]) -> Result<(Tensor, Tensor, Tensor, usize)> {
+        let seqs: Vec<&TokenizedExample> = chunk
+            .iter()
+            .map(|p| &p.chosen)
+            .chain(chunk.iter().map(|p| &p.rejected))
+            .collect();
+        let b = Batch::from_examples(&seqs, self.pad_id);
+        let (input, targets, mask) = to_tensors(&b)?;
+        Ok((input, targets, mask, b.n_trained))
+    }
+
+    /// Loss and stats of a batch; `policy` decides whether the policy pass is
+    /// differentiable (training) or not (validation).
+    fn score(
+        &self,
+        model: &Llama,
+        chunk: &[&TokenizedPair],
+        opts: TrainOptions,
+    ) -> Result<(Tensor, Stats)> {
+        let (input, targets, mask, n_trained) = self.batch(chunk)?;
+        let n = chunk.len();
+        let reference = TrainOptions {
+            use_adapters: false,
+            lora_dropout: 0.0,
+            dropout_seed: 0,
+        };
+        let ref_lp =
+            sequence_logprobs(&model.forward_train(&input, reference)?, &targets, &mask)?.detach();
+        let lp = sequence_logprobs(&model.forward_train(&input, opts)?, &targets, &mask)?;
+        let out = dpo_loss(
+            &lp.narrow(0, 0, n)?,
+            &lp.narrow(0, n, n)?,
+            &ref_lp.narrow(0, 0, n)?,
+            &ref_lp.narrow(0, n, n)?,
+            self.beta,
+        )?;
+        let stats = Stats {
+            loss_sum: out.loss.to_scalar::<f32>()? as f64 * n as f64,
+            units: n as u64,
+            correct: out.margins().filter(|m| *m > 0.0).count() as u64,
+            counted: n as u64,
+            trained_tokens: n_trained as u64,
+            chosen_reward_sum: out.chosen_rewards.iter().sum(),
+            rejected_reward_sum: out.rejected_rewards.iter().sum(),
+        };
+        Ok((out.loss, stats))
+    }
+}
+
+impl Objective for Dpo {
+    type Example = TokenizedPair;
+    const METHOD: &'static str = "dpo";
+
+    fn beta(&self) -> Option<f64> {
+        Some(self.beta)
+    }
+
+    fn units(&self, _: &TokenizedPair) -> u64 {
+        1
+    }
+
+    fn tokens(&self, p: &TokenizedPair) -> u64 {
+        (p.chosen.ids.len().saturating_sub(1) + p.rejected.ids.len().saturating_sub(1)) as u64
+    }
+
+    fn hash(&self, p: &TokenizedPair, h: &mut Sha256) {
+        hash_example(&p.chosen, h);
+        hash_example(&p.rejected, h);
+    }
+
+    fn forward(
+        &self,
+        model: &Llama,
+        chunk: &[&TokenizedPair],
+        opts: TrainOptions,
+    ) -> Result<(Tensor, Stats)> {
+        self.score(model, chunk, opts)
+    }
+
+    fn evaluate(&self, model: &Llama, examples: &[TokenizedPair], batch: usize) -> Result<Stats> {
+        let mut total = Stats::default();
+        for chunk in examples.chunks(batch.max(1)) {
+            let refs: Vec<&TokenizedPair> = chunk.iter().collect();
+            let (_, s) = self.score(model, &refs, TrainOptions::default())?;
+            total = total.merge(s);
+        }
+        Ok(total)
+    }
+}
+
+/// The reference (adapter off) and policy (adapter on) sequence log-probs of pairs, as
+/// `[(ref_chosen, ref_rejected, policy_chosen, policy_rejected)]`: what the trainer
+/// compares (for inspection and tests).
+pub fn pair_logprobs(model: &Llama, pairs: &[TokenizedPair], pad_id: u32) -> Result<Vec<[f64; 4]>> {
+    let obj = Dpo { beta: 1.0, pad_id };
+    let refs: Vec<&TokenizedPair> = pairs.iter().collect();
+    let (input, targets, mask, _) = obj.batch(&refs)?;
+    let n = pairs.len();
+    let mut cols = Vec::new();
+    for use_adapters in [false, true] {
+        let opts = TrainOptions {
+            use_adapters,
+            ..TrainOptions::default()
+        };
+        let lp: Vec<f32> = sequence_logprobs(&model.forward_train(&input, opts)?, &targets, &mask)?
+            .detach()
+            .to_device(&Device::Cpu)?
+            .to_vec1()?;
+        cols.push(lp);
+    }
+    Ok((0..n)
+        .map(|i| {
+            [
+                cols[0][i] as f64,
+                cols[0][n + i] as f64,
+                cols[1][i] as f64,
+                cols[1][n + i] as f64,
+            ]
+        })
+        .collect())
+}
 
 /// `Σ_j mask[i, j] · log p(targets[i, j])` for every row `i`: shape `[b]`.
 /// `logits` is `[b, t, vocab]`, `targets` (u32) and `mask` (f32) are `[b, t]`, already
@@ -34,6 +292,19 @@ pub struct DpoLoss {
     pub reward_accuracy: f64,
     /// Mean of `chosen_reward − rejected_reward`.
     pub reward_margin: f64,
+    /// Per pair: `β·(πc − rc)` and `β·(πr − rr)`.
+    pub chosen_rewards: Vec<f64>,
+    pub rejected_rewards: Vec<f64>,
+}
+
+impl DpoLoss {
+    /// Per pair: `chosen_reward − rejected_reward`.
+    pub fn margins(&self) -> impl Iterator<Item = f64> + '_ {
+        self.chosen_rewards
+            .iter()
+            .zip(&self.rejected_rewards)
+            .map(|(c, r)| c - r)
+    }
 }
 
 /// `mean(−log σ(β·((πc − rc) − (πr − rr))))` over pairs, where `π*` are the policy's and
@@ -57,10 +328,19 @@ pub fn dpo_loss(
     let loss = softplus.mean_all()?;
     let margins: Vec<f32> = z.detach().to_vec1()?;
     let n = margins.len().max(1) as f64;
+    let as_f64 = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.detach()
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    };
     Ok(DpoLoss {
         loss,
         reward_accuracy: margins.iter().filter(|m| **m > 0.0).count() as f64 / n,
         reward_margin: margins.iter().map(|m| *m as f64).sum::<f64>() / n,
+        chosen_rewards: as_f64(&chosen_reward)?,
+        rejected_rewards: as_f64(&rejected_reward)?,
     })
 }
 

@@ -30,6 +30,9 @@ pub enum TrainEvent {
         tokens_per_s: f64,
         /// Global gradient norm before clipping.
         grad_norm: Option<f64>,
+        /// DPO only: this step's mean rewards, reward accuracy and margin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rewards: Option<RewardStats>,
     },
     Validation {
         step: u64,
@@ -38,6 +41,12 @@ pub enum TrainEvent {
     },
     Checkpoint {
         step: u64,
+        path: PathBuf,
+    },
+    /// `best/` now holds the adapter of this step (a new lowest validation loss).
+    Best {
+        step: u64,
+        valid_loss: f64,
         path: PathBuf,
     },
     Done {
@@ -51,6 +60,17 @@ pub enum TrainEvent {
     Error {
         message: String,
     },
+}
+
+/// DPO's diagnostics over a batch (means over its pairs): the implicit rewards
+/// `β·(log π(y|x) − log π_ref(y|x))` of the chosen and rejected answers, the fraction of
+/// pairs whose chosen reward is higher, and the mean margin `chosen − rejected`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RewardStats {
+    pub chosen: f64,
+    pub rejected: f64,
+    pub accuracy: f64,
+    pub margin: f64,
 }
 
 /// Receives training events. The server implements this to store events; `emit` must not
@@ -122,6 +142,7 @@ mod tests {
                 lr: 1e-3,
                 tokens_per_s: 150.0,
                 grad_norm: Some(0.7),
+                rewards: None,
             },
             TrainEvent::Checkpoint {
                 step: 3,

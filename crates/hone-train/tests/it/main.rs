@@ -1,3 +1,5 @@
 //! hone-train integration tests (one binary, see DESIGN.md).
 
+mod best;
+mod dpo;
 mod sft;

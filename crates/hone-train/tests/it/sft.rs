@@ -75,6 +75,7 @@ fn config(epochs: u32) -> SftConfig {
         checkpoint_every: 0,
         base_model: "tiny".into(),
         pad_id: 0,
+        init_adapter: None,
     }
 }
 

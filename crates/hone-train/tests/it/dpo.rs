@@ -1,0 +1,261 @@
+//! DPO end to end on a tiny random model, and the `--init-adapter` start.
+
+use std::path::Path;
+
+use hone_data::{ChatMessage, PreferenceExample, Role};
+use hone_model::testing::{write_tiny_model, TinySpec};
+use hone_model::{load_model, load_peft_adapter, Llama, LoraParams, WeightPath};
+use hone_text::ChatTokenizer;
+use hone_train::dpo::{pair_logprobs, run_dpo, tokenize_dpo, DpoConfig, TokenizedPair};
+use hone_train::{
+    AdamWConfig, RunControl, ScheduleKind, TrainConfig, TrainError, TrainEvent, TrainSummary,
+    VecSink,
+};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    model: Llama,
+    tok: ChatTokenizer,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+    Fixture {
+        model: load_model(&gguf, WeightPath::F32).unwrap(),
+        tok: ChatTokenizer::from_gguf(&gguf).unwrap(),
+        _dir: dir,
+    }
+}
+
+fn pair(q: &str, good: &str, bad: &str) -> PreferenceExample {
+    PreferenceExample {
+        input: vec![ChatMessage::new(Role::User, q)],
+        preferred: ChatMessage::new(Role::Assistant, good),
+        non_preferred: ChatMessage::new(Role::Assistant, bad),
+        tools: None,
+    }
+}
+
+/// The preferred answers share a style ("yes, ...") the rejected ones lack.
+fn data() -> Vec<PreferenceExample> {
+    vec![
+        pair("sky?", "yes, blue", "no idea"),
+        pair("cat?", "yes, meow", "no idea"),
+        pair("2+2?", "yes, four", "no clue"),
+        pair("hi", "yes, hello", "no thanks"),
+    ]
+}
+
+fn train_cfg(epochs: u32) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 2,
+        grad_accum: 1,
+        learning_rate: 1e-2,
+        schedule: ScheduleKind::Constant,
+        warmup_ratio: 0.0,
+        max_seq_len: 64,
+        seed: 42,
+        lora_r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        adamw: AdamWConfig::default(),
+        keep_checkpoints: 5,
+        checkpoint_every: 0,
+        base_model: "tiny".into(),
+        pad_id: 0,
+        init_adapter: None,
+    }
+}
+
+fn cfg(epochs: u32) -> DpoConfig {
+    DpoConfig {
+        train: train_cfg(epochs),
+        beta: 0.1,
+    }
+}
+
+fn pairs(f: &Fixture) -> Vec<TokenizedPair> {
+    let t = tokenize_dpo(&f.tok, &data(), 64).unwrap();
+    assert_eq!(t.dropped, 0);
+    t.pairs
+}
+
+fn run(
+    f: &mut Fixture,
+    cfg: &DpoConfig,
+    out: &Path,
+    ctl: &RunControl,
+) -> hone_train::Result<(TrainSummary, VecSink)> {
+    let train = pairs(f);
+    let mut sink = VecSink::default();
+    let s = run_dpo(&mut f.model, &train, &train[..2], cfg, out, &mut sink, ctl)?;
+    Ok((s, sink))
+}
+
+fn step_rewards(sink: &VecSink) -> Vec<hone_train::RewardStats> {
+    sink.events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step { rewards, .. } => *rewards,
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dpo_starts_at_ln2_and_learns_the_preference() {
+    let mut f = fixture();
+    let out = tempfile::tempdir().unwrap();
+    let (s, sink) = run(&mut f, &cfg(10), out.path(), &RunControl::default()).unwrap();
+    assert_eq!(s.method, "dpo");
+    assert_eq!(s.steps, 20);
+    // LoRA B = 0: the policy is the reference bit for bit, so every margin is 0.
+    assert!(
+        (s.losses[0] - std::f64::consts::LN_2).abs() < 1e-6,
+        "{}",
+        s.losses[0]
+    );
+    let r = step_rewards(&sink);
+    assert_eq!(r.len(), 20);
+    assert_eq!((r[0].chosen, r[0].rejected, r[0].accuracy), (0.0, 0.0, 0.0));
+    let last = r.last().unwrap();
+    assert_eq!(last.accuracy, 1.0, "{r:?}");
+    assert!(last.margin > 0.5, "{last:?}");
+    assert!(last.chosen > last.rejected);
+    let tail = (s.losses[18] + s.losses[19]) / 2.0;
+    assert!(tail < 0.5 * std::f64::consts::LN_2, "{:?}", s.losses);
+    // Rewards are in metrics.jsonl and the summary; the CSV keeps OpenAI's columns.
+    let jsonl = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(jsonl.lines().last().unwrap()).unwrap();
+    assert_eq!(row["rewards"]["accuracy"], 1.0);
+    assert!(row["valid_rewards"]["margin"].as_f64().unwrap() > 0.0);
+    assert!(s.final_rewards.is_some() && s.best.is_some());
+    let csv = std::fs::read_to_string(out.path().join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("step,train_loss,train_accuracy,valid_loss,"));
+    load_peft_adapter(&mut fixture().model, out.path()).unwrap();
+}
+
+/// A random, nonzero adapter on disk (what an SFT run would leave).
+fn write_random_adapter(f: &mut Fixture, dir: &Path) {
+    let lora = LoraParams::attach(&mut f.model, &train_cfg(1).lora(), 3).unwrap();
+    for m in &lora.modules {
+        let b = candle_core::Tensor::randn(0f32, 0.5, m.b.shape(), &candle_core::Device::Cpu);
+        m.b.set(&b.unwrap()).unwrap();
+    }
+    lora.save_peft(dir, "tiny").unwrap();
+    f.model.clear_adapters();
+}
+
+#[test]
+fn the_reference_is_the_base_with_the_adapter_off_even_after_init_adapter() {
+    let mut f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let sft = dir.path().join("sft");
+    write_random_adapter(&mut f, &sft);
+    let train = pairs(&f);
+    // Independent figures: the base model with no adapter at all, and base + adapter.
+    let base = pair_logprobs(&f.model, &train, 0).unwrap();
+    let mut tuned = fixture();
+    load_peft_adapter(&mut tuned.model, &sft).unwrap();
+    let with = pair_logprobs(&tuned.model, &train, 0).unwrap();
+    for (b, w) in base.iter().zip(&with) {
+        assert_eq!(b[0], b[2], "no adapter: on = off");
+        assert!(
+            (w[0] - b[0]).abs() < 1e-4,
+            "adapter off = base: {w:?} {b:?}"
+        );
+        assert!((w[2] - b[2]).abs() > 1e-3, "the adapter changes the policy");
+    }
+    // One DPO step from the adapter, with every pair in the batch.
+    let mut c = cfg(1);
+    c.train.batch_size = 4;
+    c.train.init_adapter = Some(sft.clone());
+    let mut sink = VecSink::default();
+    run_dpo(
+        &mut f.model,
+        &train,
+        &[],
+        &c,
+        &dir.path().join("dpo"),
+        &mut sink,
+        &RunControl::default(),
+    )
+    .unwrap();
+    let r = step_rewards(&sink)[0];
+    let n = with.len() as f64;
+    let reward = |pol: usize, refc: usize| {
+        with.iter()
+            .zip(&base)
+            .map(|(w, b)| 0.1 * (w[pol] - b[refc]))
+            .sum::<f64>()
+            / n
+    };
+    let (want_c, want_r) = (reward(2, 0), reward(3, 1));
+    assert!(want_c.abs() > 1e-4 && want_r.abs() > 1e-4);
+    assert!((r.chosen - want_c).abs() < 1e-4, "{r:?} vs {want_c}");
+    assert!((r.rejected - want_r).abs() < 1e-4, "{r:?} vs {want_r}");
+}
+
+#[test]
+fn init_adapter_with_another_shape_is_refused_clearly() {
+    let mut f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let sft = dir.path().join("sft");
+    write_random_adapter(&mut f, &sft);
+    let mut c = cfg(1);
+    c.train.init_adapter = Some(sft);
+    c.train.target_modules = vec!["q_proj".into()];
+    let err = run(&mut f, &c, &dir.path().join("a"), &RunControl::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("does not train") && msg.contains("v_proj"),
+        "{msg}"
+    );
+    let mut c = cfg(1);
+    c.train.init_adapter = Some(dir.path().join("sft"));
+    c.train.lora_r = 2;
+    let err = run(&mut f, &c, &dir.path().join("b"), &RunControl::default()).unwrap_err();
+    assert!(err.to_string().contains("shape"), "{err}");
+}
+
+#[test]
+fn dpo_cancel_and_resume_match_the_uninterrupted_run() {
+    let c = cfg(3);
+    let out = tempfile::tempdir().unwrap();
+    let (full, _) = run(
+        &mut fixture(),
+        &c,
+        &out.path().join("full"),
+        &RunControl::default(),
+    )
+    .unwrap();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ctl = RunControl {
+        resume: false,
+        cancel: Some(flag),
+    };
+    let cut = out.path().join("cut");
+    let err = run(&mut fixture(), &c, &cut, &ctl).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Cancelled { step: 1, .. }),
+        "{err}"
+    );
+    let ctl = RunControl {
+        resume: true,
+        cancel: None,
+    };
+    let (resumed, _) = run(&mut fixture(), &c, &cut, &ctl).unwrap();
+    assert_eq!(resumed.losses, full.losses);
+    // A DPO checkpoint does not resume as another beta, and says so.
+    let other = DpoConfig { beta: 0.5, ..c };
+    let err = run(&mut fixture(), &other, &cut, &ctl).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("beta: checkpoint 0.1, this run 0.5"),
+        "{err}"
+    );
+}
