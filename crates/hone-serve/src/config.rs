@@ -62,6 +62,15 @@ pub struct ServeConfig {
     #[arg(long, env = "HONE_CHECKPOINT_EVERY", default_value_t = 20)]
     pub checkpoint_every: u64,
 
+    /// Chat completions generated at once; more get a 429 with
+    /// `Retry-After` (0: twice the cores, at least 4).
+    #[arg(long, env = "HONE_MAX_CONCURRENT_CHATS", default_value_t = 0)]
+    pub max_concurrent_chats: usize,
+
+    /// LoRA adapters kept in memory for chat (least recently used evicted).
+    #[arg(long, env = "HONE_MAX_ADAPTERS", default_value_t = crate::chat::DEFAULT_MAX_ADAPTERS)]
+    pub max_adapters: usize,
+
     /// On SIGTERM/Ctrl-C, how long running jobs get to save a checkpoint
     /// before the server exits anyway (such a job resumes from its last
     /// checkpoint at the next start).
@@ -82,6 +91,8 @@ impl ServeConfig {
             models: Vec::new(),
             max_concurrent_jobs: 1,
             checkpoint_every: 20,
+            max_concurrent_chats: 0,
+            max_adapters: crate::chat::DEFAULT_MAX_ADAPTERS,
             shutdown_timeout_secs: 60,
         }
     }
@@ -99,6 +110,14 @@ impl ServeConfig {
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect()
+    }
+
+    /// Chat admission limit, with 0 meaning the default.
+    pub fn chat_capacity(&self) -> usize {
+        match self.max_concurrent_chats {
+            0 => crate::chat::default_max_concurrent_chats(),
+            n => n,
+        }
     }
 
     /// Refuses to serve without auth on a non-loopback address.
@@ -130,6 +149,8 @@ impl fmt::Debug for ServeConfig {
             .field("models", &self.models)
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
             .field("checkpoint_every", &self.checkpoint_every)
+            .field("max_concurrent_chats", &self.max_concurrent_chats)
+            .field("max_adapters", &self.max_adapters)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .finish()
     }

@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hone_model::registry::Registry;
+use hone_model::ChatEngine;
+use hone_serve::chat::{LocalChat, LocalChatOptions};
 use hone_serve::{
     AppState, BaseModels, Engines, HoneDataValidator, HoneTrainer, ServeConfig, TrainerOptions,
 };
@@ -54,7 +57,34 @@ fn engines(config: &ServeConfig, models: Arc<BaseModels>) -> anyhow::Result<Engi
         checkpoint_every: config.checkpoint_every,
         ..TrainerOptions::default()
     };
-    Ok(engines.training(Arc::new(HoneTrainer::new(models, options))))
+    let chat = chat_backend(config, &models)?;
+    Ok(engines
+        .training(Arc::new(HoneTrainer::new(models, options)))
+        .chat(Arc::new(chat), config.chat_capacity()))
+}
+
+/// Chat over the base models, each loaded once now (so a broken model is
+/// reported before serving and the first request is fast), with an LRU of
+/// adapters for `ft:` and checkpoint models.
+fn chat_backend(config: &ServeConfig, models: &BaseModels) -> anyhow::Result<LocalChat> {
+    hone_model::prefer_single_threaded_quantized_kernels();
+    let options = LocalChatOptions {
+        max_adapters: config.max_adapters.max(1),
+        ..LocalChatOptions::default()
+    };
+    let weights = options.weights;
+    let mut chat = LocalChat::new(Registry::new(&config.home), options);
+    for m in models.iter() {
+        let engine = ChatEngine::load(&m.resolved, weights).with_context(|| {
+            format!(
+                "loading base model {} from {}",
+                m.model.id,
+                m.resolved.source.path().display()
+            )
+        })?;
+        chat = chat.with_base(m.model.id.clone(), engine);
+    }
+    Ok(chat)
 }
 
 /// hone-data's checks, with token counts and length checks from the
@@ -103,8 +133,11 @@ fn print_banner(config: &ServeConfig, bound: std::net::SocketAddr, models: &Base
         eprintln!("base models: {}", ids.join(", "));
     }
     eprintln!(
-        "jobs: up to {} at a time, checkpoint every {} step(s) and at each epoch end",
+        "jobs: up to {} at a time, checkpoint every {} step(s) and at each epoch end; \
+         chat: up to {} at a time, {} adapter(s) cached",
         config.max_concurrent_jobs.max(1),
-        config.checkpoint_every
+        config.checkpoint_every,
+        config.chat_capacity(),
+        config.max_adapters.max(1)
     );
 }

@@ -2,3 +2,7 @@
 
 mod cli_docs;
 mod real_model;
+mod serve_crash;
+mod train_errors;
+mod train_resume;
+mod train_support;
