@@ -1,12 +1,172 @@
-//! `hone eval`: pass rates of a fine-tuned model and its base on test cases.
-//!
-//! Not implemented yet: this command is being built.
+//! `hone eval`: pass rates of a fine-tuned model and its base on test cases,
+//! side by side, with the failures, optional loss measures, JSON and an HTML
+//! report. The work is in `hone-eval`; this file maps flags and prints.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct EvalArgs {}
+use anyhow::{bail, Context};
+use hone_eval::{run_eval_with, Baseline, EvalReport, EvalSpec, Progress};
+use hone_model::WeightPath;
+use indicatif::{ProgressBar, ProgressStyle};
 
-pub fn run(_args: EvalArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`hone eval` is not implemented yet")
+use super::chat::parse_weights;
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Test cases, one JSON object a line: {"messages": [...], "expected_patterns": [...],
+    /// "forbidden_patterns": [...], "expected_json": {...}, "ideal": "..."}. Patterns are
+    /// case-insensitive substrings, or regexes with a `re:` prefix.
+    #[arg(long, env = "HONE_EVAL_CASES")]
+    pub cases: PathBuf,
+    /// Model id or path to a GGUF file or HF directory. Default: the base model the
+    /// adapter was trained on, or the default model.
+    #[arg(long, env = "HONE_MODEL")]
+    pub model: Option<String>,
+    /// A LoRA adapter directory (what `hone train` writes in --out) to evaluate on top
+    /// of the model.
+    #[arg(long, env = "HONE_ADAPTER")]
+    pub adapter: Option<PathBuf>,
+    /// What to compare against: `auto` (the base model without the adapter, from the
+    /// same loaded weights), `none`, or another model id or path.
+    #[arg(long, env = "HONE_EVAL_BASELINE", default_value = "auto")]
+    pub baseline: String,
+    /// Print the full report as JSON on stdout (progress and warnings go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Write a self-contained HTML report here (with the training loss curves when the
+    /// adapter directory has a metrics.csv).
+    #[arg(long, env = "HONE_EVAL_REPORT")]
+    pub report: Option<PathBuf>,
+    /// The metrics.csv whose loss curves go into the HTML report. Default: the
+    /// adapter directory's metrics.csv, if there is one.
+    #[arg(long, env = "HONE_EVAL_METRICS")]
+    pub metrics: Option<PathBuf>,
+    /// Maximum tokens generated for each case (greedy decoding).
+    #[arg(long, env = "HONE_MAX_TOKENS", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// A held-out chat file (training format): report validation loss and perplexity
+    /// over its assistant tokens, masked as in training.
+    #[arg(long, env = "HONE_EVAL_CHAT_FILE")]
+    pub chat_file: Option<PathBuf>,
+    /// A preference (DPO) file: report pair accuracy, the share of pairs where the
+    /// preferred answer gets the higher log-probability.
+    #[arg(long, env = "HONE_EVAL_PREFERENCE_FILE")]
+    pub preference_file: Option<PathBuf>,
+    /// Exit with status 1 when the evaluated model's pass rate is below this fraction
+    /// (0 to 1), e.g. in CI. Without it, low pass rates still exit 0.
+    #[arg(long, env = "HONE_EVAL_MIN_PASS_RATE")]
+    pub min_pass_rate: Option<f64>,
+    /// Weights used for inference: q8_0 (default), native or f32.
+    #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
+    pub weights: WeightPath,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if let Some(r) = args.min_pass_rate {
+        if !(0.0..=1.0).contains(&r) {
+            bail!("--min-pass-rate must be a fraction between 0 and 1, got {r}");
+        }
+    }
+    let metrics = metrics_file(&args)?;
+    hone_model::prefer_single_threaded_quantized_kernels();
+    let spec = EvalSpec {
+        cases: args.cases.clone(),
+        model: args.model.clone(),
+        adapter: args.adapter.clone(),
+        baseline: args.baseline.parse().unwrap_or(Baseline::Auto),
+        max_tokens: args.max_tokens,
+        chat_file: args.chat_file.clone(),
+        preference_file: args.preference_file.clone(),
+        weights: args.weights,
+    };
+    let mut bar = Bar::default();
+    let report = run_eval_with(&spec, &mut |p| bar.update(p));
+    bar.finish();
+    let report = report?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print_human(&report);
+    }
+    if let Some(path) = &args.report {
+        report
+            .write_html(path, metrics.as_deref())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(exit_code(&report, args.min_pass_rate))
+}
+
+/// `--metrics`, else the adapter's metrics.csv when present.
+fn metrics_file(args: &EvalArgs) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(m) = &args.metrics {
+        if !m.is_file() {
+            bail!("--metrics {}: no such file", m.display());
+        }
+        return Ok(Some(m.clone()));
+    }
+    Ok(args
+        .adapter
+        .as_ref()
+        .map(|a| a.join("metrics.csv"))
+        .filter(|p| p.is_file()))
+}
+
+fn print_human(report: &EvalReport) {
+    report.print_table();
+    println!();
+    report.print_failures();
+}
+
+fn exit_code(report: &EvalReport, min: Option<f64>) -> ExitCode {
+    let (Some(min), Some(run)) = (min, report.model_run()) else {
+        return ExitCode::SUCCESS;
+    };
+    if run.summary.pass_rate + 1e-12 < min {
+        eprintln!(
+            "pass rate {:.1}% is below --min-pass-rate {:.1}%",
+            run.summary.pass_rate * 100.0,
+            min * 100.0
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// One progress bar per model and task, on stderr (hidden when not a terminal).
+#[derive(Default)]
+struct Bar {
+    key: Option<(String, &'static str)>,
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    fn update(&mut self, p: Progress) {
+        let key = (p.model.to_string(), p.task);
+        if self.key.as_ref() != Some(&key) {
+            self.finish();
+            let bar = ProgressBar::new(p.total as u64);
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg:<24} {bar:30} {pos}/{len} [{elapsed_precise}]")
+            {
+                bar.set_style(style);
+            }
+            bar.set_message(format!("{} {}", p.model, p.task));
+            self.bar = Some(bar);
+            self.key = Some(key);
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(p.done as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
 }
