@@ -249,12 +249,11 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            m.to_chat_message()
-                .map_err(|e| ApiError::InvalidRequest {
-                    message: format!("messages[{i}]: {e}"),
-                    param: Some(format!("messages[{i}]")),
-                    code: None,
-                })
+            m.to_chat_message().map_err(|e| ApiError::InvalidRequest {
+                message: format!("messages[{i}]: {e}"),
+                param: Some(format!("messages[{i}]")),
+                code: None,
+            })
         })
         .collect()
 }
@@ -294,7 +293,10 @@ fn sampling(req: &ChatCompletionRequest) -> Result<GenerationParams, ApiError> {
     if stop.len() > MAX_STOP {
         return Err(ApiError::invalid(
             "stop",
-            format!("`stop` takes at most {MAX_STOP} strings, got {}.", stop.len()),
+            format!(
+                "`stop` takes at most {MAX_STOP} strings, got {}.",
+                stop.len()
+            ),
         ));
     }
     Ok(GenerationParams {
@@ -557,12 +559,12 @@ impl LocalChat {
             return Ok(set);
         }
         // Read outside the lock: other requests keep using cached adapters.
-        let set = Arc::new(load_adapter(engine, dir).map_err(|e| {
-            ChatError::ModelUnavailable {
+        let set = Arc::new(
+            load_adapter(engine, dir).map_err(|e| ChatError::ModelUnavailable {
                 model: target.model.clone(),
                 reason: format!("adapter {}: {e}", dir.display()),
-            }
-        })?);
+            })?,
+        );
         self.adapter_loads.fetch_add(1, Ordering::SeqCst);
         lock(&self.adapters).put(key, set.clone());
         Ok(set)
@@ -718,7 +720,10 @@ mod tests {
                 json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
                 "response_format",
             ),
-            (json!({"response_format": {"type": "json_object"}}), "response_format"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
             (json!({"logprobs": true}), "logprobs"),
             (json!({"top_logprobs": 2}), "top_logprobs"),
             (json!({"n": 0}), "n"),
@@ -729,7 +734,10 @@ mod tests {
             (json!({"max_completion_tokens": 0}), "max_completion_tokens"),
             (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
             (json!({"messages": []}), "messages"),
-            (json!({"messages": [{"role": "wizard", "content": "x"}]}), "messages[0]"),
+            (
+                json!({"messages": [{"role": "wizard", "content": "x"}]}),
+                "messages[0]",
+            ),
         ];
         for (extra, param) in cases {
             let e = plan(&with(extra.clone())).unwrap_err();
@@ -767,10 +775,10 @@ mod tests {
             let text = format!("{}#{}", messages[0].content, params.seed);
             let mut out = String::new();
             for c in text.chars() {
-                out.push(c);
                 if on_text(&c.to_string()).is_break() {
                     break;
                 }
+                out.push(c);
             }
             Ok(Generation {
                 completion_tokens: out.len(),

@@ -40,10 +40,15 @@ pub(super) async fn completions(
 ) -> Result<Response, ApiError> {
     let plan = chat::plan(&req)?;
     let target = resolve_target(&st, &req.model).await?;
-    let service = st.engines.chat.clone().ok_or_else(|| ApiError::NotImplemented {
-        message: "Chat completions are not available: this server was started without a chat engine."
-            .into(),
-    })?;
+    let service = st
+        .engines
+        .chat
+        .clone()
+        .ok_or_else(|| ApiError::NotImplemented {
+            message:
+                "Chat completions are not available: this server was started without a chat engine."
+                    .into(),
+        })?;
     let permit = service.try_admit()?;
     let meta = Meta {
         id: ids::chat_completion_id(),
@@ -127,11 +132,11 @@ fn generate_into(
     cancel: &CancelFlag,
     tx: &mpsc::Sender<Msg>,
 ) {
-    let res = chat::run_choices(backend, target, plan, cancel, &mut |ev| {
-        match tx.blocking_send(Msg::Event(ev)) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(_) => ControlFlow::Break(()),
-        }
+    let res = chat::run_choices(backend, target, plan, cancel, &mut |ev| match tx
+        .blocking_send(Msg::Event(ev))
+    {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(()),
     });
     let last = match res {
         Ok(run) => Msg::Done(run.usage),
