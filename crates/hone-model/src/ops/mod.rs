@@ -15,6 +15,7 @@
 //! `x += frozen_linear(o, w_o)`; `x += frozen_linear(silu_mul(gate(h2), up(h2)), w_down)`;
 //! then `masked_cross_entropy(logits, targets, mask)` on the shifted sequence.
 
+mod attention;
 #[cfg(test)]
 mod bench;
 #[cfg(test)]
@@ -29,6 +30,7 @@ mod silu_mul;
 #[cfg(test)]
 mod testutil;
 
+pub use attention::causal_attention;
 pub use causal_softmax::causal_softmax;
 pub use cross_entropy::{masked_cross_entropy, masked_token_accuracy, TokenAccuracy};
 pub use frozen_linear::frozen_linear;
