@@ -49,6 +49,14 @@ impl EncodedChat {
     }
 }
 
+/// What [`ChatTokenizer::encode_chat`] would measure, without the encoding:
+/// its `len()` and its `trained_token_count()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChatCount {
+    pub total: usize,
+    pub trained: usize,
+}
+
 /// A tokenizer and the chat template that goes with it.
 #[derive(Debug, Clone)]
 pub struct ChatTokenizer {
@@ -129,6 +137,16 @@ impl ChatTokenizer {
         prompt: &[ChatMessage],
         answer: &ChatMessage,
     ) -> Result<EncodedChat> {
+        let rendered = self.render_preference(prompt, answer)?;
+        self.encode_rendered(&rendered)
+    }
+
+    /// `prompt` then `answer`, rendered with only the answer trained.
+    fn render_preference(
+        &self,
+        prompt: &[ChatMessage],
+        answer: &ChatMessage,
+    ) -> Result<RenderedChat> {
         if answer.role != Role::Assistant {
             return Err(Error::InvalidConversation(format!(
                 "a preference answer must be an assistant message, not {}",
@@ -138,10 +156,39 @@ impl ChatTokenizer {
         let mut messages = prompt.to_vec();
         messages.push(answer.clone());
         let last = messages.len() - 1;
-        let rendered = self
-            .template
-            .render_spans_where(&messages, None, |i, _| i == last)?;
-        self.encode_rendered(&rendered)
+        self.template
+            .render_spans_where(&messages, None, |i, _| i == last)
+    }
+
+    /// `encode_chat(messages, tools)`'s length and trained-token count,
+    /// exactly, without building the ids and mask (see [`crate::count`]).
+    pub fn count_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<ChatCount> {
+        let rendered = self.template.render_with_spans(messages, tools)?;
+        self.count_rendered(&rendered)
+    }
+
+    /// `encode_preference(prompt, answer)`'s length and trained-token count.
+    pub fn count_preference(
+        &self,
+        prompt: &[ChatMessage],
+        answer: &ChatMessage,
+    ) -> Result<ChatCount> {
+        let rendered = self.render_preference(prompt, answer)?;
+        self.count_rendered(&rendered)
+    }
+
+    /// `encode_rendered(rendered)`'s length and trained-token count.
+    pub fn count_rendered(&self, rendered: &RenderedChat) -> Result<ChatCount> {
+        let ranges: Vec<Range<usize>> = rendered.trained_ranges().cloned().collect();
+        let c = self.tokenizer.count_tokens(&rendered.text, &ranges)?;
+        Ok(ChatCount {
+            total: c.total,
+            trained: c.in_ranges,
+        })
     }
 
     /// Tokenises the rendered text once and marks each token whose first

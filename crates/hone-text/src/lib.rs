@@ -7,7 +7,9 @@
 //! - [`ChatTemplate`]: the model's Jinja template rendered the way
 //!   transformers renders it, with a ChatML fallback.
 //! - [`ChatTokenizer`]: both together; `encode_chat` (training ids and loss
-//!   mask), `encode_prompt` (inference), `encode_preference` (DPO).
+//!   mask), `encode_prompt` (inference), `encode_preference` (DPO), and
+//!   `count_chat` / `count_preference`: the same lengths and trained-token
+//!   counts without encoding ([`count`], used by data validation).
 //!
 //! - [`testing`]: a tiny SmolLM-shaped vocabulary (as GGUF bytes, a file or
 //!   a ready `ChatTokenizer`) for fast tests in any crate.
@@ -16,6 +18,7 @@
 //! always a byte prefix of the trained text.
 
 mod chat;
+pub mod count;
 mod error;
 mod gguf;
 mod hf;
@@ -26,7 +29,8 @@ pub mod testing;
 mod time;
 mod tokenizer;
 
-pub use chat::{ChatTokenizer, EncodedChat};
+pub use chat::{ChatCount, ChatTokenizer, EncodedChat};
+pub use count::{ChatTokenCounter, SpanCount};
 pub use error::{Error, Result};
 pub use gguf::read_gguf_content;
 pub use spans::{MessageSpan, RenderedChat};

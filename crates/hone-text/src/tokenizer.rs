@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -13,6 +14,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper};
 
+use crate::count::{FastCounter, SpanCount};
 use crate::error::{Error, Result};
 use crate::gguf;
 
@@ -39,6 +41,8 @@ pub struct Tokenizer {
     bos_id: Option<u32>,
     eos_id: u32,
     stop_ids: Vec<u32>,
+    /// The count-only path, when the pipeline is one it reproduces exactly.
+    fast_count: Option<Arc<FastCounter>>,
 }
 
 /// Token ids with the byte range of the input text each one came from.
@@ -142,11 +146,13 @@ impl Tokenizer {
                 }
             }
         }
+        let fast_count = FastCounter::recognise(&inner).map(Arc::new);
         Ok(Tokenizer {
             inner,
             bos_id,
             eos_id,
             stop_ids,
+            fast_count,
         })
     }
 
@@ -168,6 +174,42 @@ impl Tokenizer {
             ids: enc.get_ids().to_vec(),
             offsets: enc.get_offsets().iter().map(|&(s, e)| s..e).collect(),
         })
+    }
+
+    /// How many tokens [`Self::encode_with_offsets`] gives for `text`, and
+    /// how many of them start inside `ranges` (byte ranges of `text`), without
+    /// building the encoding. Exactly equal to counting the encoding; faster
+    /// when the pipeline is one [`crate::count`] recognises (the GGUF
+    /// byte-level BPE is), otherwise it encodes.
+    pub fn count_tokens(&self, text: &str, ranges: &[Range<usize>]) -> Result<SpanCount> {
+        if let Some(fast) = &self.fast_count {
+            return fast.count(self.inner.get_model(), text, ranges);
+        }
+        let enc = self.encode_with_offsets(text)?;
+        let in_ranges = enc
+            .offsets
+            .iter()
+            .filter(|o| ranges.iter().any(|r| r.contains(&o.start)))
+            .count();
+        Ok(SpanCount {
+            total: enc.ids.len(),
+            in_ranges,
+        })
+    }
+
+    /// Whether [`Self::count_tokens`] takes the count-only path.
+    pub fn has_fast_count(&self) -> bool {
+        self.fast_count.is_some()
+    }
+
+    /// The same tokenizer with the count-only path's word cache on or off
+    /// (a fresh cache). For measuring what the cache is worth.
+    #[doc(hidden)]
+    pub fn with_count_cache(mut self, on: bool) -> Self {
+        self.fast_count = FastCounter::recognise(&self.inner)
+            .map(|f| if on { f } else { f.without_cache() })
+            .map(Arc::new);
+        self
     }
 
     /// Decodes ids to text, keeping special tokens.

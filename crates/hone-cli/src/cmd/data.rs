@@ -144,8 +144,10 @@ pub fn run(c: DataCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Counts tokens with the model's tokenizer and chat template, through the
-/// same `encode_chat` / `encode_preference` calls the trainer makes.
+/// Counts tokens with the model's tokenizer and chat template: `count_chat` /
+/// `count_preference` give exactly the lengths and trained-token counts of
+/// the `encode_chat` / `encode_preference` calls the trainer makes, without
+/// building the encodings (hone-text's count path; tested equal there).
 pub struct ModelCounter {
     pub tokenizer: ChatTokenizer,
     pub context_length: usize,
@@ -153,24 +155,24 @@ pub struct ModelCounter {
 
 impl TokenCounter for ModelCounter {
     fn count_sft(&self, ex: &SftExample) -> Result<TokenCount, String> {
-        let enc = self
+        let c = self
             .tokenizer
-            .encode_chat(&ex.messages, ex.tools.as_ref())
+            .count_chat(&ex.messages, ex.tools.as_ref())
             .map_err(|e| format!("{e:#}"))?;
-        Ok(TokenCount::sequence(enc.len(), enc.trained_token_count()))
+        Ok(TokenCount::sequence(c.total, c.trained))
     }
 
     fn count_preference(&self, ex: &PreferenceExample) -> Result<TokenCount, String> {
-        let enc = |answer| {
+        let count = |answer| {
             self.tokenizer
-                .encode_preference(&ex.input, answer)
+                .count_preference(&ex.input, answer)
                 .map_err(|e| format!("{e:#}"))
         };
-        let (p, n) = (enc(&ex.preferred)?, enc(&ex.non_preferred)?);
+        let (p, n) = (count(&ex.preferred)?, count(&ex.non_preferred)?);
         Ok(TokenCount {
-            total: p.len() + n.len(),
-            trained: p.trained_token_count() + n.trained_token_count(),
-            longest: p.len().max(n.len()),
+            total: p.total + n.total,
+            trained: p.trained + n.trained,
+            longest: p.total.max(n.total),
         })
     }
 
