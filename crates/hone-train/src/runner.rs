@@ -924,3 +924,65 @@ impl MetricsWriter {
         .map_err(io_err("write", &self.csv_path))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hone_model::testing::{write_tiny_model, TinySpec};
+
+    fn lora() -> (tempfile::TempDir, LoraParams) {
+        let dir = tempfile::tempdir().unwrap();
+        let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+        let mut m = hone_model::load_model(&gguf, hone_model::WeightPath::F32).unwrap();
+        let cfg = hone_model::LoraConfig::default();
+        let l = LoraParams::attach(&mut m, &cfg, 1).unwrap();
+        (dir, l)
+    }
+
+    fn info(dir: &Path) -> BestInfo {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("best/best.json")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn best_is_replaced_only_by_a_lower_loss() {
+        let (dir, l) = lora();
+        let mut b = BestDir::open(dir.path(), false).unwrap();
+        let at = |step, valid_loss| BestInfo { step, valid_loss };
+        assert!(b.offer(&at(1, 2.0), &l, "t").unwrap().is_some());
+        assert!(b.offer(&at(2, 2.5), &l, "t").unwrap().is_none());
+        assert!(b.offer(&at(3, f64::NAN), &l, "t").unwrap().is_none());
+        assert_eq!(info(dir.path()), at(1, 2.0));
+        assert!(b.offer(&at(4, 1.0), &l, "t").unwrap().is_some());
+        assert_eq!(info(dir.path()), at(4, 1.0));
+        assert!(dir.path().join("best/adapter_model.safetensors").exists());
+        // A resumed run keeps it (and its loss); a fresh one starts over.
+        let b = BestDir::open(dir.path(), true).unwrap();
+        assert_eq!(b.current, Some(at(4, 1.0)));
+        let b = BestDir::open(dir.path(), false).unwrap();
+        assert_eq!(b.current, None);
+        assert!(!dir.path().join("best").exists());
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_repaired() {
+        let (dir, l) = lora();
+        let mut b = BestDir::open(dir.path(), false).unwrap();
+        b.offer(
+            &BestInfo {
+                step: 2,
+                valid_loss: 1.5,
+            },
+            &l,
+            "t",
+        )
+        .unwrap();
+        // Crash after `best` -> `best.old`, before `best.tmp` -> `best`.
+        let p = dir.path();
+        std::fs::rename(p.join("best"), p.join("best.old")).unwrap();
+        std::fs::create_dir(p.join("best.tmp")).unwrap();
+        let b = BestDir::open(p, true).unwrap();
+        assert_eq!(b.current.map(|c| c.step), Some(2));
+        assert!(p.join("best/adapter_model.safetensors").exists());
+        assert!(!p.join("best.old").exists() && !p.join("best.tmp").exists());
+    }
+}
