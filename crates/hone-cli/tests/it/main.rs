@@ -1,6 +1,7 @@
 //! Integration tests of the `hone` binary (one test binary, modules inside).
 
 mod cli_docs;
+mod eval;
 mod real_model;
 mod serve_crash;
 mod train_errors;
