@@ -20,10 +20,12 @@
 //! Any other pipeline is not "recognised", and the caller falls back to the
 //! full encode. Tests compare the two paths on many texts.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
+use std::hash::Hasher;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokenizers::models::ModelWrapper;
 use tokenizers::utils::SysRegex;
@@ -36,12 +38,24 @@ use crate::error::{Error, Result};
 const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-/// Shards of the word cache (a power of two), so rayon threads rarely wait.
-const SHARDS: usize = 16;
-/// Words kept per shard. When a shard fills up it is cleared: simple, bounded
-/// (about 1M words and a few tens of MB at most), and the common words come
-/// back within a few examples.
-const WORDS_PER_SHARD: usize = 1 << 16;
+/// Words kept per thread and counter. When the cache fills up it is cleared:
+/// simple, bounded (a few tens of MB per thread at most), and the common
+/// words come back within a few examples.
+const WORDS_PER_THREAD: usize = 1 << 19;
+/// Counters whose caches a thread keeps at once (a server may hold several
+/// models); the least recently added goes first.
+const COUNTERS_PER_THREAD: usize = 4;
+
+/// Distinguishes counters in the per-thread caches.
+static NEXT_COUNTER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Per-thread word caches, one per counter: each rayon worker learns
+    /// the vocabulary once, and no lock or shared cache line is touched per
+    /// word (a shared sharded cache cost more in cross-core traffic than a
+    /// second copy of the common words).
+    static WORD_CACHES: RefCell<Vec<(u64, WordCache)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Token totals of a text: all tokens, and those whose first byte lies in
 /// one of the given ranges (the rule `encode_rendered` uses for the mask).
@@ -63,7 +77,8 @@ pub(crate) struct FastCounter {
     split_digits: bool,
     regex: SysRegex,
     byte_chars: [char; 256],
-    cache: Vec<Mutex<WordCache>>,
+    /// Key of this counter's per-thread word caches.
+    id: u64,
     cache_enabled: bool,
 }
 
@@ -121,9 +136,7 @@ impl FastCounter {
             split_digits,
             regex: SysRegex::new(GPT2_PATTERN).ok()?,
             byte_chars: byte_chars(),
-            cache: (0..SHARDS)
-                .map(|_| Mutex::new(WordCache::default()))
-                .collect(),
+            id: NEXT_COUNTER_ID.fetch_add(1, Ordering::Relaxed),
             cache_enabled: true,
         })
     }
@@ -244,28 +257,38 @@ impl FastCounter {
 
     /// The number of tokens of one word, cached.
     fn word_tokens(&self, model: &ModelWrapper, word: &[u8]) -> Result<usize> {
-        if !self.cache_enabled {
-            return Ok(model
+        let tokenize = || -> Result<usize> {
+            Ok(model
                 .tokenize(&self.byte_level(word))
                 .map_err(Error::tokenizer)?
-                .len());
+                .len())
+        };
+        if !self.cache_enabled {
+            return tokenize();
         }
-        let mut h = FxHasher::default();
-        h.write(word);
-        let shard = &self.cache[(h.finish() as usize) & (SHARDS - 1)];
-        if let Some(&n) = lock(shard).get(word) {
-            return Ok(n as usize);
-        }
-        let n = model
-            .tokenize(&self.byte_level(word))
-            .map_err(Error::tokenizer)?
-            .len();
-        let mut map = lock(shard);
-        if map.len() >= WORDS_PER_SHARD {
-            map.clear();
-        }
-        map.insert(word.into(), n as u32);
-        Ok(n)
+        WORD_CACHES.with(|caches| {
+            let mut caches = caches.borrow_mut();
+            let at = match caches.iter().position(|(id, _)| *id == self.id) {
+                Some(at) => at,
+                None => {
+                    if caches.len() >= COUNTERS_PER_THREAD {
+                        caches.remove(0);
+                    }
+                    caches.push((self.id, WordCache::default()));
+                    caches.len() - 1
+                }
+            };
+            let map = &mut caches[at].1;
+            if let Some(&n) = map.get(word) {
+                return Ok(n as usize);
+            }
+            let n = tokenize()?;
+            if map.len() >= WORDS_PER_THREAD {
+                map.clear();
+            }
+            map.insert(word.into(), n as u32);
+            Ok(n)
+        })
     }
 
     /// Byte offsets (in `word`) where each of its tokens starts.
@@ -283,12 +306,6 @@ impl FastCounter {
     fn byte_level(&self, word: &[u8]) -> String {
         word.iter().map(|&b| self.byte_chars[b as usize]).collect()
     }
-}
-
-fn lock(m: &Mutex<WordCache>) -> std::sync::MutexGuard<'_, WordCache> {
-    // A poisoned cache only means another thread panicked mid-insert; the
-    // map itself is still a valid map.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Running totals for one text.

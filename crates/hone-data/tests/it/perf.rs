@@ -53,6 +53,7 @@ impl Rng {
     }
 }
 
+#[rustfmt::skip]
 const COMMON: &[&str] = &[
     "the", "of", "and", "to", "a", "in", "is", "you", "that", "it", "for", "on", "with", "as",
     "your", "can", "be", "this", "are", "or", "we", "if", "will", "not", "have", "from", "by",
@@ -72,6 +73,7 @@ const COMMON: &[&str] = &[
     "I", "It", "The", "You", "We", "This", "If", "To", "In", "For", "Please", "Here", "First",
 ];
 
+#[rustfmt::skip]
 const SYLLABLES: &[&str] = &[
     "ka", "lo", "mi", "ter", "van", "dro", "pel", "sun", "qui", "zor", "ath", "ben", "cri", "dul",
     "fen", "gor", "hap", "ix", "jun", "kel", "mor", "nex", "op", "pra", "rin", "sal", "tov", "ur",
@@ -81,8 +83,10 @@ const SYLLABLES: &[&str] = &[
 /// Distinct made-up words in the long tail of the vocabulary.
 const TAIL_WORDS: usize = 200_000;
 
+#[rustfmt::skip]
 const PUNCT: &[&str] = &[".", ",", "!", "?", ":", ";", " -", " (", ")", "'s", "n't", "\n", "\n\n"];
 
+#[rustfmt::skip]
 const UNICODE: &[&str] = &[
     "café", "naïve", "Zürich", "東京", "данные", "🚲", "✓", "€", "°C", "—", "¿Qué", "straße",
     "😊", "Ελλάδα", "مرحبا", "…",
@@ -180,7 +184,11 @@ fn example(rng: &mut Rng, i: usize, variety: Variety) -> String {
             ));
             let words = 10 + rng.below(30);
             let result = text(rng, words);
-            msgs.push(message("tool", &result, &format!(r#","tool_call_id":"{id}""#)));
+            msgs.push(message(
+                "tool",
+                &result,
+                &format!(r#","tool_call_id":"{id}""#),
+            ));
         }
         let weight = if t + 1 < turns && rng.chance(20) {
             r#","weight":0"#
