@@ -1,9 +1,12 @@
 //! Token counting, behind a trait so that hone-data needs no tokenizer.
 //!
 //! The CLI and the server implement [`TokenCounter`] with the model's real
-//! tokenizer and chat template (hone-text), the same code path training
-//! uses, so the counts here are the counts training will see. Format checks
-//! never need a counter.
+//! tokenizer and chat template (hone-text: `ChatTokenizer::count_chat` /
+//! `count_preference`, or the ready `hone_text::ChatTokenCounter`). Those
+//! give exactly the lengths and trained-token counts of the `encode_chat` /
+//! `encode_preference` calls training makes, without building the encodings,
+//! so the counts here are the counts training will see at a fraction of the
+//! cost. Format checks never need a counter.
 
 use serde::{Deserialize, Serialize};
 
