@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel};
+use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel, KNOWN_MODELS};
 
 use crate::api::{Model, ModelTag};
 use crate::engines::ModelCatalog;
@@ -123,7 +123,18 @@ fn resolve_spec(registry: &Registry, spec: &str) -> Result<ResolvedModel, Catalo
     }
     let path = Path::new(spec);
     if path.exists() {
-        return Ok(resolve_path(path)?);
+        let mut r = resolve_path(path)?;
+        // A known model's file keeps its registry id wherever it lives, so
+        // `--model /models/SmolLM2-135M-Instruct.Q4_1.gguf` serves
+        // `smollm2-135m-instruct`, the id `hone model fetch` would give it.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some(k) = KNOWN_MODELS
+            .iter()
+            .find(|k| name.as_deref() == Some(k.file_name))
+        {
+            r.id = k.id.to_string();
+        }
+        return Ok(r);
     }
     let installed = registry.installed()?;
     match installed.into_iter().find(|m| m.id == spec) {
@@ -179,6 +190,17 @@ mod tests {
         assert!(matches!(dup, Err(CatalogError::Duplicate(_))));
         let bad = BaseModels::resolve(dir.path(), &[format!("a:b={}", gguf.display())]);
         assert!(matches!(bad, Err(CatalogError::BadId(_))));
+    }
+
+    #[test]
+    fn a_known_models_file_keeps_its_registry_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = hone_model::testing::TinySpec::default();
+        let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
+        let known = dir.path().join(KNOWN_MODELS[0].file_name);
+        std::fs::copy(&gguf, &known).unwrap();
+        let c = BaseModels::resolve(dir.path(), &[known.display().to_string()]).unwrap();
+        assert_eq!(c.default_model().unwrap().model.id, KNOWN_MODELS[0].id);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod engines;
 pub mod error;
 mod extract;
 pub mod ids;
+pub mod openapi;
 mod routes;
 pub mod state;
 pub mod store;

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(keys, require_key));
     Router::new()
         .route("/health", get(health))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .nest("/v1", v1)
         .fallback(unknown_route)
         .layer(from_fn(request_id))

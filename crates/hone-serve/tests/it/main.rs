@@ -8,5 +8,6 @@ mod files;
 mod http;
 mod jobs;
 mod models;
+mod openapi;
 mod store;
 mod training;
