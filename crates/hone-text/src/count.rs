@@ -13,9 +13,10 @@
 //! byte-level `ByteLevel` with the GPT-2 regex, a BPE model, no
 //! post-processor), the text is split the way `tokenizers` splits it — added
 //! tokens first (leftmost-longest, non-normalized then normalized ones), then
-//! digits, then the same regex through the same engine — and each word's
-//! token count comes from a cache keyed on the word's bytes, or on a miss from
-//! the model itself. A word that straddles a trained-range boundary (rare:
+//! digits, then the GPT-2 regex (plain ASCII scanned by hand, anything else
+//! through the same regex engine) — and each word's token count comes from a
+//! per-thread cache keyed on the word's bytes, or on a miss from the model
+//! itself. A word that straddles a trained-range boundary (rare:
 //! content that begins with whitespace) is tokenised with per-token offsets.
 //! Any other pipeline is not "recognised", and the caller falls back to the
 //! full encode. Tests compare the two paths on many texts.
@@ -52,8 +53,7 @@ static NEXT_COUNTER_ID: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// Per-thread word caches, one per counter: each rayon worker learns
     /// the vocabulary once, and no lock or shared cache line is touched per
-    /// word (a shared sharded cache cost more in cross-core traffic than a
-    /// second copy of the common words).
+    /// word; the price is a second copy of the common words.
     static WORD_CACHES: RefCell<Vec<(u64, WordCache)>> = const { RefCell::new(Vec::new()) };
 }
 
