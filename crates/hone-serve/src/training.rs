@@ -516,7 +516,7 @@ impl<'a> JobSink<'a> {
             ..Default::default()
         };
         self.last = m;
-        if self.has_validation && step % self.steps_per_epoch == 0 {
+        if self.has_validation && step.is_multiple_of(self.steps_per_epoch) {
             self.pending = Some(m);
         } else {
             let r = self.ctx.metrics(&m);
@@ -547,7 +547,7 @@ impl<'a> JobSink<'a> {
     /// registers it as a checkpoint model.
     fn on_checkpoint(&mut self, step: u64, path: &Path) {
         self.flush();
-        if step % self.steps_per_epoch != 0 {
+        if !step.is_multiple_of(self.steps_per_epoch) {
             return;
         }
         let dest = self
