@@ -49,6 +49,14 @@ async fn fine_tuned_model(t: &TestApp) -> (String, String) {
     let ckpt = name.at_step(10).to_string();
     let fin = name.to_string();
     let (c2, f2) = (ckpt.clone(), fin.clone());
+    // The worker answers commands only after its start-up recovery (which
+    // re-queues `running` jobs), so after this answer it cannot race the
+    // job this test starts by hand.
+    let _ = t
+        .state
+        .worker
+        .command("ftjob-none", hone_serve::worker::Command::Cancel)
+        .await;
     t.state
         .store
         .run(move |s| {
