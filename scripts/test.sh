@@ -22,3 +22,9 @@ export HONE_BIN="$PWD/target/release/hone"
 # named bench_* (skipped here: they measure, they do not check; run them with
 # `cargo test --release -p CRATE bench_ -- --ignored --nocapture`).
 cargo test --release --workspace -- --include-ignored --skip bench_
+
+# The official openai Python SDK against `hone serve` on the real model: the
+# seeds' fine-tuning flow, unchanged but for base_url (tests/sdk/).
+python3 -m venv target/sdk-venv
+target/sdk-venv/bin/pip install --quiet -r tests/sdk/requirements.txt
+target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$HONE_TEST_GGUF"
