@@ -1,0 +1,115 @@
+//! `hone train` killed for real (SIGKILL, and Ctrl-C as SIGINT) and resumed: the
+//! per-step losses equal an uninterrupted run's, bit for bit on CPU (peers.md, bug
+//! class 7).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use super::train_support::{metrics, setup, stderr, Setup};
+
+/// 48 examples, batch 2, 3 epochs: 72 steps of a tiny model, a checkpoint every 3.
+const FLAGS: &[&str] = &[
+    "--epochs",
+    "3",
+    "--batch-size",
+    "2",
+    "--lr-multiplier",
+    "20",
+    "--save-every-steps",
+    "3",
+    "--keep-checkpoints",
+    "3",
+    "--json-events",
+];
+
+/// Starts a run and waits until it reports a checkpoint at step >= `min_step`.
+fn start_until_checkpoint(s: &Setup, out: &Path, min_step: u64) -> (Child, u64) {
+    let mut child = s
+        .train_cmd(out, FLAGS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        let ev: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if ev["type"] == "checkpoint" && ev["step"].as_u64().unwrap() >= min_step {
+            return (child, ev["step"].as_u64().unwrap());
+        }
+    }
+    panic!("the run ended without a checkpoint at step {min_step}");
+}
+
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    metrics(out)
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                r["train_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn resume_and_compare(s: &Setup, full: &Path, cut: &Path, killed_after: u64) {
+    let o = s.train(cut, &[FLAGS, &["--resume"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let start: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    let from = start["resumed_from_step"].as_u64().expect("resumed");
+    assert!(from >= killed_after && from < 72, "{start}");
+    let (a, b) = (losses(full), losses(cut));
+    assert_eq!(a.len(), 72);
+    assert_eq!(a, b, "per-step losses differ after resume");
+    assert_eq!(
+        std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(cut.join("adapter_model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn sigkill_then_resume_gives_the_uninterrupted_losses() {
+    let s = setup(48, 7);
+    let full = s.dir.path().join("full");
+    let o = s.train(&full, FLAGS);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let cut = s.dir.path().join("cut");
+    let (mut child, step) = start_until_checkpoint(&s, &cut, 6);
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        !cut.join("summary.json").exists(),
+        "the run finished before the kill; make it longer"
+    );
+    resume_and_compare(&s, &full, &cut, step);
+}
+
+#[test]
+fn ctrl_c_checkpoints_exits_130_and_resumes_exactly() {
+    let s = setup(48, 7);
+    let full = s.dir.path().join("full");
+    let o = s.train(&full, FLAGS);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let cut = s.dir.path().join("cut");
+    let (mut child, step) = start_until_checkpoint(&s, &cut, 3);
+    let int = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(int.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!cut.join("summary.json").exists());
+    // The stop wrote a checkpoint at the step it stopped after (the last metrics row).
+    let last = losses(&cut).last().unwrap().0;
+    assert!(last >= step && last < 72);
+    assert!(cut
+        .join(format!("checkpoints/step-{last}/manifest.json"))
+        .exists());
+    resume_and_compare(&s, &full, &cut, last);
+}
