@@ -36,6 +36,7 @@ pub use parse::detect_method_value;
 pub use tokens::{TokenCount, TokenCounter};
 pub use types::{ChatMessage, Method, PreferenceExample, Role, SftExample};
 pub use validate::{
-    detect_method, parse_preference_file, parse_reader, parse_sft_file, validate_file,
-    validate_reader, Example, ValidateOptions, DEFAULT_MAX_LINE_BYTES, MIN_EXAMPLES,
+    detect_method, parse_preference_file, parse_preference_validation_file, parse_reader,
+    parse_sft_file, parse_sft_validation_file, validate_file, validate_reader, Example,
+    ValidateOptions, DEFAULT_MAX_LINE_BYTES, MIN_EXAMPLES,
 };

@@ -45,6 +45,9 @@ pub struct ValidateOptions {
     pub max_line_bytes: usize,
     /// Shown in the report's token statistics.
     pub model_name: Option<String>,
+    /// Fewer examples than this is `invalid_n_examples`. A training file
+    /// needs [`MIN_EXAMPLES`]; a held-out file may be smaller (but not empty).
+    pub min_examples: usize,
 }
 
 impl Default for ValidateOptions {
@@ -55,6 +58,7 @@ impl Default for ValidateOptions {
             goal: None,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             model_name: None,
+            min_examples: MIN_EXAMPLES,
         }
     }
 }
@@ -94,7 +98,16 @@ pub fn validate_file(
 /// Reads and validates an SFT file, returning its examples when it has no
 /// errors, or the full report in [`DataError::Invalid`].
 pub fn parse_sft_file(path: &Path) -> Result<Vec<SftExample>, DataError> {
-    let examples = parse_file(path, Method::Sft)?;
+    sft_only(parse_file(path, Method::Sft, MIN_EXAMPLES)?)
+}
+
+/// Reads and validates a held-out (validation) SFT file: the same checks as
+/// [`parse_sft_file`], but fewer than [`MIN_EXAMPLES`] examples is fine.
+pub fn parse_sft_validation_file(path: &Path) -> Result<Vec<SftExample>, DataError> {
+    sft_only(parse_file(path, Method::Sft, 1)?)
+}
+
+fn sft_only(examples: Vec<Example>) -> Result<Vec<SftExample>, DataError> {
     Ok(examples
         .into_iter()
         .filter_map(|e| match e {
@@ -106,7 +119,15 @@ pub fn parse_sft_file(path: &Path) -> Result<Vec<SftExample>, DataError> {
 
 /// Reads and validates a DPO file, like [`parse_sft_file`].
 pub fn parse_preference_file(path: &Path) -> Result<Vec<PreferenceExample>, DataError> {
-    let examples = parse_file(path, Method::Dpo)?;
+    preference_only(parse_file(path, Method::Dpo, MIN_EXAMPLES)?)
+}
+
+/// Reads and validates a held-out DPO file; fewer than [`MIN_EXAMPLES`] is fine.
+pub fn parse_preference_validation_file(path: &Path) -> Result<Vec<PreferenceExample>, DataError> {
+    preference_only(parse_file(path, Method::Dpo, 1)?)
+}
+
+fn preference_only(examples: Vec<Example>) -> Result<Vec<PreferenceExample>, DataError> {
     Ok(examples
         .into_iter()
         .filter_map(|e| match e {
@@ -122,8 +143,17 @@ pub fn parse_reader<R: BufRead>(
     reader: R,
     method: Option<Method>,
 ) -> Result<(Vec<Example>, Report), DataError> {
+    parse_reader_min(reader, method, MIN_EXAMPLES)
+}
+
+fn parse_reader_min<R: BufRead>(
+    reader: R,
+    method: Option<Method>,
+    min_examples: usize,
+) -> Result<(Vec<Example>, Report), DataError> {
     let opts = ValidateOptions {
         method,
+        min_examples,
         ..ValidateOptions::default()
     };
     let (report, examples) = run(reader, &opts, None, true);
@@ -134,9 +164,9 @@ pub fn parse_reader<R: BufRead>(
     }
 }
 
-fn parse_file(path: &Path, method: Method) -> Result<Vec<Example>, DataError> {
+fn parse_file(path: &Path, method: Method, min: usize) -> Result<Vec<Example>, DataError> {
     let file = File::open(path).map_err(DataError::io(path))?;
-    parse_reader(BufReader::with_capacity(1 << 20, file), Some(method)).map(|(e, _)| e)
+    parse_reader_min(BufReader::with_capacity(1 << 20, file), Some(method), min).map(|(e, _)| e)
 }
 
 /// Detects the format of a file from its first JSON-object line: DPO when it
@@ -471,12 +501,15 @@ fn file_level_issues(acc: &mut Acc, opts: &ValidateOptions) {
         ));
         return;
     }
-    if n_candidates < MIN_EXAMPLES {
+    if n_candidates < opts.min_examples {
         acc.errors.push(Issue::new(
             None,
             None,
             Code::InvalidNExamples,
-            format!("the file has {n_candidates} examples; at least {MIN_EXAMPLES} are required"),
+            format!(
+                "the file has {n_candidates} examples; at least {} are required",
+                opts.min_examples
+            ),
         ));
     }
     if let Some(w) = quality::goal_warning(acc.messages.len(), opts.goal) {

@@ -241,6 +241,7 @@ fn options(a: &InputArgs, model_name: Option<String>) -> ValidateOptions {
         goal: a.goal,
         max_line_bytes: a.max_line_bytes,
         model_name,
+        ..ValidateOptions::default()
     }
 }
 

@@ -57,6 +57,10 @@ pub struct EvalArgs {
     /// (0 to 1), e.g. in CI. Without it, low pass rates still exit 0.
     #[arg(long, env = "HONE_EVAL_MIN_PASS_RATE")]
     pub min_pass_rate: Option<f64>,
+    /// Exit 1 unless the model passes more cases than the baseline (for CI:
+    /// "did fine-tuning help?").
+    #[arg(long)]
+    pub require_improvement: bool,
     /// Weights used for inference: q8_0 (default), native or f32.
     #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
     pub weights: WeightPath,
@@ -98,7 +102,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
+    if args.require_improvement && !improved(&report) {
+        return Ok(ExitCode::from(1));
+    }
     Ok(exit_code(&report, args.min_pass_rate))
+}
+
+/// Whether the model passed more cases than the baseline; says why not.
+fn improved(report: &EvalReport) -> bool {
+    let (Some(model), Some(base)) = (report.model_run(), report.baseline_run()) else {
+        eprintln!("--require-improvement needs a baseline run (not --baseline none)");
+        return false;
+    };
+    let (m, b) = (model.summary.passed, base.summary.passed);
+    if m <= b {
+        eprintln!("no improvement: the model passed {m} case(s), the baseline {b}");
+    }
+    m > b
 }
 
 /// `--metrics`, else the adapter's metrics.csv when present.

@@ -156,10 +156,11 @@ fn print_next_steps(adapter: &Path, report: &Path, model: &str) {
         "  hone chat --model {model} --adapter {a} --system \"You are the support assistant \
          for Cogsworth Cycles, a bike repair shop.\" \"Do you fix e-bikes?\""
     );
-    println!("Serve it behind the OpenAI API (then fine-tune more through the API):");
-    println!("  hone serve --port 8080");
-    println!("Merge it into a standalone Hugging Face model directory:");
+    println!("Merge it into a standalone Hugging Face model directory, and serve that:");
     println!("  hone merge --model {model} --adapter {a} --out {a}-merged");
+    println!("  hone serve --model {a}-merged");
+    println!("Or serve the base model and fine-tune through the OpenAI API (docs/api.md):");
+    println!("  hone serve --model {model}");
 }
 
 fn header(n: usize, what: &str) {

@@ -125,11 +125,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &a.init_adapter {
         lora = adapter_shape(dir)?;
     }
-    let Some(data) = read_data(method, &a.data)? else {
+    let Some(data) = read_data(method, &a.data, false)? else {
         return Ok(ExitCode::from(1));
     };
     let valid_data = match &a.validation {
-        Some(p) => match read_data(method, p)? {
+        Some(p) => match read_data(method, p, true)? {
             Some(v) => v,
             None => return Ok(ExitCode::from(1)),
         },
@@ -407,11 +407,14 @@ fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
 }
 
 /// Parses a data file of the method's format; on invalid data prints the full report
-/// and returns `None`.
-fn read_data(method: Method, path: &Path) -> anyhow::Result<Option<Data>> {
-    let parsed = match method {
-        Method::Sft => hone_data::parse_sft_file(path).map(Data::Sft),
-        Method::Dpo => hone_data::parse_preference_file(path).map(Data::Dpo),
+/// and returns `None`. A held-out (validation) file may have fewer than the
+/// ten examples a training file needs.
+fn read_data(method: Method, path: &Path, held_out: bool) -> anyhow::Result<Option<Data>> {
+    let parsed = match (method, held_out) {
+        (Method::Sft, false) => hone_data::parse_sft_file(path).map(Data::Sft),
+        (Method::Sft, true) => hone_data::parse_sft_validation_file(path).map(Data::Sft),
+        (Method::Dpo, false) => hone_data::parse_preference_file(path).map(Data::Dpo),
+        (Method::Dpo, true) => hone_data::parse_preference_validation_file(path).map(Data::Dpo),
     };
     match parsed {
         Ok(d) => Ok(Some(d)),

@@ -61,7 +61,13 @@ fn resume_from_another_config_or_base_says_what_differs() {
             "--resume",
         ],
     );
-    fails_with(&o, &["other settings", "lora_alpha: checkpoint 16.0, this run 4.0"]);
+    fails_with(
+        &o,
+        &[
+            "other settings",
+            "lora_alpha: checkpoint 16.0, this run 4.0",
+        ],
+    );
     // The same settings on a base with other weights.
     let other = setup(10, 8);
     let o = other.train(&out, &["--epochs", "1", "--batch-size", "2", "--resume"]);

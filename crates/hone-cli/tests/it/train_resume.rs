@@ -38,6 +38,8 @@ fn start_until_checkpoint(s: &Setup, out: &Path, min_step: u64) -> (Child, u64) 
             return (child, ev["step"].as_u64().unwrap());
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the run ended without a checkpoint at step {min_step}");
 }
 

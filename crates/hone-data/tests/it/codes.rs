@@ -494,3 +494,20 @@ fn every_problem_on_a_line_is_reported() {
         assert!(codes.contains(&want), "{want:?} missing from {codes:?}");
     }
 }
+
+/// A held-out file may be small: `hone train --validation` with 8 examples
+/// used to be refused by the training-file rule of at least 10.
+#[test]
+fn a_small_validation_file_is_accepted_where_a_training_file_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("valid.jsonl");
+    let line = r#"{"messages":[{"role":"user","content":"Hello there"},{"role":"assistant","content":"Hi! How can I help you today?"}]}"#;
+    std::fs::write(&path, format!("{line}\n").repeat(3)).unwrap();
+    assert!(hone_data::parse_sft_file(&path).is_err());
+    assert_eq!(
+        hone_data::parse_sft_validation_file(&path).unwrap().len(),
+        3
+    );
+    std::fs::write(&path, "").unwrap();
+    assert!(hone_data::parse_sft_validation_file(&path).is_err());
+}
