@@ -23,6 +23,12 @@ export HONE_BIN="$PWD/target/release/hone"
 # `cargo test --release -p CRATE bench_ -- --ignored --nocapture`).
 cargo test --release --workspace -- --include-ignored --skip bench_
 
+# The README's main job, shortened (1 epoch): the fine-tuned model must pass
+# more of the held-out cases than the base model.
+qs_out="$(mktemp -d)"
+./target/release/hone quickstart --out "$qs_out" --epochs 1 --max-tokens 96 --require-improvement
+rm -rf "$qs_out"
+
 # The official openai Python SDK against `hone serve` on the real model: the
 # seeds' fine-tuning flow, unchanged but for base_url (tests/sdk/).
 python3 -m venv target/sdk-venv
