@@ -185,8 +185,9 @@ fn answer_warnings(m: &ChatMessage, n: Option<usize>, prefix: &str, out: &mut Li
 pub(crate) struct DedupKeys {
     /// The whole example, exactly.
     exact: u64,
-    /// The normalised prompt (everything before the answer, with roles).
-    prompt: u64,
+    /// The normalised prompt (everything before the answer, with roles);
+    /// `hone data split` keeps equal prompts on one side.
+    pub(crate) prompt: u64,
     /// The normalised answer.
     answer: u64,
 }

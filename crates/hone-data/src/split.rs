@@ -5,6 +5,12 @@
 //! a library RNG whose stream might change. Lines keep their original order
 //! inside each output, and are copied byte for byte (line endings become
 //! `\n`, a BOM is dropped, blank lines are skipped).
+//!
+//! Examples whose prompts are the same after normalisation (the near-duplicate
+//! rule of `hone data validate`) go to the same side. Otherwise a copy of a
+//! training prompt in the validation file would make validation loss and eval
+//! pass rates look better than the model is. Lines that do not parse are
+//! grouped alone.
 
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -13,6 +19,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::lines::LineReader;
+use crate::parse::{detect_method_value, parse_preference, parse_sft, LineIssues};
+use crate::quality::{preference_keys, sft_keys};
+use crate::types::Method;
 use crate::DataError;
 
 /// SplitMix64: tiny, well-distributed, and fixed forever.
@@ -50,24 +59,94 @@ pub fn n_valid(n: usize, fraction: f64) -> usize {
 
 /// Which of `n` items go to validation: a boolean per item.
 pub fn split_mask(n: usize, fraction: f64, seed: u64) -> Result<Vec<bool>, DataError> {
+    let groups: Vec<usize> = (0..n).collect();
+    split_groups_mask(&groups, fraction, seed)
+}
+
+/// Like [`split_mask`], but items with the same group id go to the same side.
+///
+/// Groups are drawn in a seeded partial Fisher–Yates order until validation
+/// holds at least `round(n × fraction)` items; a group that would leave
+/// training empty is skipped. When every group is a single item this is
+/// exactly [`split_mask`]'s choice, so splits of files without duplicate
+/// prompts did not change when grouping was added.
+pub fn split_groups_mask(
+    group_of: &[usize],
+    fraction: f64,
+    seed: u64,
+) -> Result<Vec<bool>, DataError> {
     if !(fraction > 0.0 && fraction < 1.0) {
         return Err(DataError::InvalidArgument(format!(
             "valid fraction must be between 0 and 1 (exclusive), got {fraction}"
         )));
     }
+    let n = group_of.len();
     let k = n_valid(n, fraction);
-    let mut order: Vec<usize> = (0..n).collect();
+    let members = group_members(group_of);
+    let mut order: Vec<usize> = (0..members.len()).collect();
     let mut rng = SplitMix64(seed);
-    // Partial Fisher-Yates: the first k positions are a uniform sample.
-    for i in 0..k {
-        let j = i + rng.below((n - i) as u64) as usize;
-        order.swap(i, j);
-    }
     let mut mask = vec![false; n];
-    for &i in &order[..k] {
-        mask[i] = true;
+    let mut taken = 0;
+    let mut i = 0;
+    while taken < k && i < order.len() {
+        let j = i + rng.below((order.len() - i) as u64) as usize;
+        order.swap(i, j);
+        let group = &members[order[i]];
+        if taken + group.len() < n {
+            for &item in group {
+                mask[item] = true;
+            }
+            taken += group.len();
+        }
+        i += 1;
     }
     Ok(mask)
+}
+
+/// The items of each group, groups numbered in order of first appearance.
+fn group_members(group_of: &[usize]) -> Vec<Vec<usize>> {
+    let mut index = std::collections::HashMap::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    for (item, g) in group_of.iter().enumerate() {
+        let slot = *index.entry(*g).or_insert_with(|| {
+            members.push(Vec::new());
+            members.len() - 1
+        });
+        members[slot].push(item);
+    }
+    members
+}
+
+/// The normalised-prompt hash of a valid SFT or DPO line (the key that
+/// `hone data validate` uses for near-duplicates); `None` for other lines.
+fn prompt_key(line: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let mut issues = LineIssues::new(0);
+    match detect_method_value(&value)? {
+        Method::Sft => parse_sft(&value, &mut issues).map(|ex| sft_keys(&ex, line).prompt),
+        Method::Dpo => {
+            parse_preference(&value, &mut issues).map(|ex| preference_keys(&ex, line).prompt)
+        }
+    }
+}
+
+/// One group id per line: lines with equal prompt keys share one.
+fn prompt_groups(lines: &[Vec<u8>]) -> (Vec<usize>, usize) {
+    let mut by_key = std::collections::HashMap::new();
+    let mut grouped = 0;
+    let groups = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| match prompt_key(line) {
+            Some(key) => {
+                let first = *by_key.entry(key).or_insert(i);
+                grouped += usize::from(first != i);
+                first
+            }
+            None => i,
+        })
+        .collect();
+    (groups, grouped)
 }
 
 /// Counts written by [`split_file`].
@@ -76,6 +155,10 @@ pub struct SplitSummary {
     pub n_train: usize,
     pub n_valid: usize,
     pub n_blank_skipped: usize,
+    /// Lines whose normalised prompt repeats an earlier line's, kept on that
+    /// line's side.
+    #[serde(default)]
+    pub n_kept_with_duplicate_prompt: usize,
 }
 
 /// Splits the non-blank lines of `input` into `train_out` and `valid_out`.
@@ -99,7 +182,8 @@ pub fn split_file(
             lines.push(line.bytes);
         }
     }
-    let mask = split_mask(lines.len(), fraction, seed)?;
+    let (groups, grouped) = prompt_groups(&lines);
+    let mask = split_groups_mask(&groups, fraction, seed)?;
     let (valid, train): (Vec<_>, Vec<_>) = lines.iter().zip(&mask).partition(|(_, v)| **v);
     write_lines(train_out, train.iter().map(|(l, _)| l.as_slice()))?;
     write_lines(valid_out, valid.iter().map(|(l, _)| l.as_slice()))?;
@@ -107,6 +191,7 @@ pub fn split_file(
         n_train: train.len(),
         n_valid: valid.len(),
         n_blank_skipped: blank,
+        n_kept_with_duplicate_prompt: grouped,
     })
 }
 
@@ -156,6 +241,42 @@ mod tests {
         assert!(split_mask(5, 0.0, 1).is_err());
         assert!(split_mask(5, 1.0, 1).is_err());
         assert!(split_mask(5, f64::NAN, 1).is_err());
+    }
+
+    #[test]
+    fn singleton_groups_give_the_ungrouped_split() {
+        let groups: Vec<usize> = (0..57).collect();
+        for seed in 0..20 {
+            assert_eq!(
+                split_groups_mask(&groups, 0.2, seed).unwrap(),
+                split_mask(57, 0.2, seed).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_never_straddles_the_split() {
+        // 40 items in 10 groups of 4, interleaved.
+        let groups: Vec<usize> = (0..40).map(|i| i % 10).collect();
+        for seed in 0..50 {
+            let mask = split_groups_mask(&groups, 0.1, seed).unwrap();
+            for g in 0..10 {
+                let sides: Vec<bool> = (0..40).filter(|i| i % 10 == g).map(|i| mask[i]).collect();
+                assert!(
+                    sides.iter().all(|s| *s == sides[0]),
+                    "seed {seed} group {g}"
+                );
+            }
+            let n_valid = mask.iter().filter(|v| **v).count();
+            assert_eq!(n_valid, 4, "round(40 x 0.1) = 4 is one whole group");
+        }
+    }
+
+    #[test]
+    fn one_big_group_is_skipped_rather_than_emptying_training() {
+        let groups = vec![0, 0, 0, 0, 1];
+        let mask = split_groups_mask(&groups, 0.5, 3).unwrap();
+        assert_eq!(mask, vec![false, false, false, false, true]);
     }
 
     #[test]

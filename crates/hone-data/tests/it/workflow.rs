@@ -144,6 +144,47 @@ fn split_is_deterministic_and_complete() {
     assert!(split_file(&input, &t1, &v1, 1.5, 42).is_err());
 }
 
+/// Near-duplicate prompts (same text up to case, punctuation and spacing) must not
+/// land on both sides, or validation would score copies of training prompts.
+#[test]
+fn split_keeps_near_duplicate_prompts_on_one_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |q: &str, a: &str| {
+        format!(
+            "{{\"messages\":[{{\"role\":\"user\",\"content\":\"{q}\"}},{{\"role\":\"assistant\",\"content\":\"{a}\"}}]}}\n"
+        )
+    };
+    let mut text = String::new();
+    for i in 0..30 {
+        text += &line(&format!("Question number {i}?"), &format!("Answer {i}."));
+        text += &line(
+            &format!("question Number {i}!!"),
+            &format!("Another answer {i}."),
+        );
+    }
+    text += "not json\n";
+    let input = write(&dir, "dups.jsonl", &text);
+    let (t, v) = (dir.path().join("t.jsonl"), dir.path().join("v.jsonl"));
+    for seed in 0..10 {
+        let s = split_file(&input, &t, &v, 0.2, seed).unwrap();
+        assert_eq!(s.n_kept_with_duplicate_prompt, 30);
+        assert_eq!(s.n_train + s.n_valid, 61);
+        let valid = fs::read_to_string(&v).unwrap();
+        let train = fs::read_to_string(&t).unwrap();
+        for i in 0..30 {
+            let key = format!("umber {i}");
+            let needle = |s: &str| {
+                s.lines()
+                    .filter(|l| l.contains(&format!("{key}?")) || l.contains(&format!("{key}!!")))
+                    .count()
+            };
+            let (nv, nt) = (needle(&valid), needle(&train));
+            assert!(nv == 0 || nt == 0, "seed {seed}: prompt {i} on both sides");
+            assert_eq!(nv + nt, 2);
+        }
+    }
+}
+
 #[test]
 fn converted_files_validate() {
     let rows: String = (0..12)
