@@ -526,6 +526,12 @@ fn split(a: &SplitArgs) -> anyhow::Result<ExitCode> {
     if s.n_blank_skipped > 0 {
         println!("{} blank line(s) skipped", s.n_blank_skipped);
     }
+    if s.n_kept_with_duplicate_prompt > 0 {
+        println!(
+            "{} example(s) repeat an earlier prompt (normalised) and were kept on its side",
+            s.n_kept_with_duplicate_prompt
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
