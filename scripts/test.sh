@@ -13,7 +13,10 @@ if [ "${1:-}" = "--fast" ]; then
 fi
 
 export HONE_HOME="${HONE_HOME:-$PWD/.hone}"
-cargo build --release --bin hone
+# Build the test binaries first: this also builds target/release/hone with the
+# same feature set, so nothing is compiled twice (a separate `cargo build`
+# resolves features without dev-dependencies and rebuilds every hone crate).
+cargo test --release --workspace --no-run
 # `hone model fetch` prints "<id>\t<path>" once the file is verified.
 HONE_TEST_GGUF="$(./target/release/hone model fetch | cut -f2)"
 export HONE_TEST_GGUF
