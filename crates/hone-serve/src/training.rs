@@ -301,11 +301,8 @@ fn read_data(
     let data = match method {
         MethodType::Supervised => {
             let mut sets = Vec::new();
-            for (i, path) in std::iter::once(&ctx.training_file)
-                .chain(&ctx.validation_file)
-                .enumerate()
-            {
-                let ex = sft_examples(read_examples(path, hone_data::Method::Sft, i > 0)?);
+            for (path, role) in job_files(ctx) {
+                let ex = read_sft(path, role)?;
                 sets.push(tokenize_sft(tok, &ex, max_len).map_err(tok_err)?);
             }
             let valid = sets.get(1).map(|t| t.examples.clone()).unwrap_or_default();
@@ -318,11 +315,8 @@ fn read_data(
         }
         MethodType::Dpo => {
             let mut sets = Vec::new();
-            for (i, path) in std::iter::once(&ctx.training_file)
-                .chain(&ctx.validation_file)
-                .enumerate()
-            {
-                let ex = preference_examples(read_examples(path, hone_data::Method::Dpo, i > 0)?);
+            for (path, role) in job_files(ctx) {
+                let ex = read_preference(path, role)?;
                 sets.push(tokenize_dpo(tok, &ex, max_len).map_err(tok_err)?);
             }
             let valid = sets.get(1).map(|t| t.pairs.clone()).unwrap_or_default();
@@ -368,82 +362,64 @@ fn warn_truncated(ctx: &JobContext, truncated: usize, max_len: usize) {
     }
 }
 
-/// Parses a data file with hone-data; a file that does not parse fails
-/// the job with hone-data's full report.
-///
-/// A validation file may hold fewer than [`hone_data::MIN_EXAMPLES`]
-/// examples (that minimum is for training), but hone-data's parser counts
-/// it as an error: such a file is parsed again repeated enough times to
-/// pass the count, and its first `n` examples are kept.
-fn read_examples(
-    path: &Path,
-    method: hone_data::Method,
-    small_ok: bool,
-) -> Result<Vec<hone_data::Example>, JobError> {
-    let param = if small_ok {
-        "validation_file"
-    } else {
-        "training_file"
-    };
-    let fail = |e: DataError| {
+/// Which of a job's two files is being read, for error codes and `param`.
+#[derive(Clone, Copy)]
+enum FileRole {
+    Training,
+    Validation,
+}
+
+impl FileRole {
+    fn param(self) -> &'static str {
+        match self {
+            FileRole::Training => "training_file",
+            FileRole::Validation => "validation_file",
+        }
+    }
+
+    /// The error of a file that hone-data rejected, with its full report.
+    fn error(self, e: DataError) -> JobError {
         let message = match e {
             DataError::Invalid(report) => hone_data::render::render_report(&report),
             other => other.to_string(),
         };
         JobError {
-            code: format!("invalid_{param}"),
+            code: format!("invalid_{}", self.param()),
             message,
-            param: Some(param.into()),
+            param: Some(self.param().into()),
         }
-    };
-    let bytes = std::fs::read(path).map_err(|e| JobError {
-        code: format!("invalid_{param}"),
-        message: format!("reading {}: {e}", path.display()),
-        param: Some(param.into()),
-    })?;
-    match hone_data::parse_reader(&bytes[..], Some(method)) {
-        Ok((examples, _)) => Ok(examples),
-        Err(DataError::Invalid(report))
-            if small_ok
-                && report.n_examples > 0
-                && report
-                    .errors
-                    .iter()
-                    .all(|i| i.code == hone_data::Code::InvalidNExamples) =>
-        {
-            let n = report.n_examples;
-            let mut repeated = Vec::new();
-            for _ in 0..hone_data::MIN_EXAMPLES.div_ceil(n) {
-                repeated.extend_from_slice(&bytes);
-                if !bytes.ends_with(b"\n") {
-                    repeated.push(b'\n');
-                }
-            }
-            let (mut examples, _) =
-                hone_data::parse_reader(&repeated[..], Some(method)).map_err(fail)?;
-            examples.truncate(n);
-            Ok(examples)
-        }
-        Err(e) => Err(fail(e)),
     }
 }
 
-fn sft_examples(v: Vec<hone_data::Example>) -> Vec<hone_data::SftExample> {
-    v.into_iter()
-        .filter_map(|e| match e {
-            hone_data::Example::Sft(s) => Some(s),
-            hone_data::Example::Preference(_) => None,
-        })
-        .collect()
+/// Parses an SFT file with hone-data. A validation file may hold fewer than
+/// [`hone_data::MIN_EXAMPLES`] examples (that minimum is for training).
+fn read_sft(path: &Path, role: FileRole) -> Result<Vec<hone_data::SftExample>, JobError> {
+    match role {
+        FileRole::Training => hone_data::parse_sft_file(path),
+        FileRole::Validation => hone_data::parse_sft_validation_file(path),
+    }
+    .map_err(|e| role.error(e))
 }
 
-fn preference_examples(v: Vec<hone_data::Example>) -> Vec<hone_data::PreferenceExample> {
-    v.into_iter()
-        .filter_map(|e| match e {
-            hone_data::Example::Preference(p) => Some(*p),
-            hone_data::Example::Sft(_) => None,
-        })
-        .collect()
+/// Parses a DPO file with hone-data, as [`read_sft`] does.
+fn read_preference(
+    path: &Path,
+    role: FileRole,
+) -> Result<Vec<hone_data::PreferenceExample>, JobError> {
+    match role {
+        FileRole::Training => hone_data::parse_preference_file(path),
+        FileRole::Validation => hone_data::parse_preference_validation_file(path),
+    }
+    .map_err(|e| role.error(e))
+}
+
+/// The training file, then the validation file if the job has one.
+fn job_files(ctx: &JobContext) -> impl Iterator<Item = (&PathBuf, FileRole)> {
+    std::iter::once((&ctx.training_file, FileRole::Training)).chain(
+        ctx.validation_file
+            .iter()
+            .map(|p| (p, FileRole::Validation)),
+    )
 }
 
 /// Runs `f` while a watcher thread turns the job's stop request into
