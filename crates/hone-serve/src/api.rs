@@ -348,6 +348,20 @@ pub struct JobError {
     pub param: Option<String>,
 }
 
+impl Method {
+    /// Shows `h` (the resolved values, once the worker has them) in the
+    /// method's own `hyperparameters` too, as the hosted API does, so a client
+    /// reading `method.supervised.hyperparameters` sees numbers, not `"auto"`.
+    pub fn set_hyperparameters(&mut self, h: Hyperparameters) {
+        let params = Some(MethodParams { hyperparameters: h });
+        match self.kind {
+            MethodType::Supervised => self.supervised = params,
+            MethodType::Dpo => self.dpo = params,
+            MethodType::Reinforcement => {}
+        }
+    }
+}
+
 /// `object: "fine_tuning.job"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FineTuningJob {

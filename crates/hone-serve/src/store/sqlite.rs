@@ -413,6 +413,7 @@ impl Store for SqliteStore {
         let mut job = get_job_tx(&tx, id)?;
         if let Some(h) = u.hyperparameters {
             job.hyperparameters = h;
+            job.method.set_hyperparameters(h);
         }
         if let Some(t) = u.trained_tokens {
             job.trained_tokens = Some(t);

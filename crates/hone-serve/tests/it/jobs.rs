@@ -95,6 +95,10 @@ async fn created_job_is_validated_and_queued_with_auto_resolved() {
         "min(25, 100 // 10): {q}"
     );
     assert!(q["hyperparameters"]["batch_size"].is_number(), "{q}");
+    assert_eq!(
+        q["method"]["supervised"]["hyperparameters"], q["hyperparameters"],
+        "the method's hyperparameters show the resolved values too: {q}"
+    );
     let msgs = event_messages(&t, &id).await;
     assert_eq!(msgs[0], format!("Created fine-tuning job: {id}"));
     assert_eq!(msgs[1], format!("Validating training file: {file}"));
