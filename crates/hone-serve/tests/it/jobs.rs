@@ -40,6 +40,13 @@ async fn upload_ok(t: &TestApp, n: usize) -> String {
     f["id"].as_str().unwrap().to_string()
 }
 
+/// Creates a job and returns its id.
+async fn create_job(t: &TestApp, body: Value) -> String {
+    let r = post_json(t, "/v1/fine_tuning/jobs", body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
 async fn wait_status(t: &TestApp, id: &str, want: &str) -> Value {
     for _ in 0..500 {
         let j = t.get(&format!("/v1/fine_tuning/jobs/{id}")).await.json();
@@ -112,16 +119,7 @@ async fn created_job_is_validated_and_queued_with_auto_resolved() {
 async fn too_few_examples_fail_the_job_with_invalid_n_examples() {
     let t = TestApp::real_validator();
     let file = upload_ok(&t, 3).await;
-    let id = post_json(
-        &t,
-        "/v1/fine_tuning/jobs",
-        json!({"model": BASE, "training_file": file}),
-    )
-    .await
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_job(&t, json!({"model": BASE, "training_file": file})).await;
     let j = wait_status(&t, &id, "failed").await;
     assert_eq!(j["error"]["code"], "invalid_n_examples", "{j}");
     assert!(j["finished_at"].is_number());
@@ -219,16 +217,7 @@ async fn dpo_and_legacy_hyperparameters_are_accepted() {
 async fn cancel_pause_resume_of_a_queued_job() {
     let t = TestApp::real_validator();
     let file = upload_ok(&t, 10).await;
-    let id = post_json(
-        &t,
-        "/v1/fine_tuning/jobs",
-        json!({"model": BASE, "training_file": file}),
-    )
-    .await
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_job(&t, json!({"model": BASE, "training_file": file})).await;
     wait_status(&t, &id, "queued").await;
     let base = format!("/v1/fine_tuning/jobs/{id}");
     assert_eq!(
@@ -307,16 +296,11 @@ fn with_engine(block: bool) -> TestApp {
 async fn a_trained_job_succeeds_and_its_models_exist_at_once() {
     let t = with_engine(false);
     let file = upload_ok(&t, 10).await;
-    let id = post_json(
+    let id = create_job(
         &t,
-        "/v1/fine_tuning/jobs",
         json!({"model": BASE, "training_file": file, "suffix": "sfx"}),
     )
-    .await
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     let j = wait_status(&t, &id, "succeeded").await;
     let model = j["fine_tuned_model"].as_str().unwrap().to_string();
     assert!(
@@ -420,16 +404,7 @@ async fn a_panicking_trainer_fails_the_job_with_its_message() {
         |_| {},
     );
     let file = upload_ok(&t, 10).await;
-    let id = post_json(
-        &t,
-        "/v1/fine_tuning/jobs",
-        json!({"model": BASE, "training_file": file}),
-    )
-    .await
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_job(&t, json!({"model": BASE, "training_file": file})).await;
     let j = wait_status(&t, &id, "failed").await;
     assert_eq!(j["error"]["code"], "internal_error");
     assert!(
@@ -440,16 +415,7 @@ async fn a_panicking_trainer_fails_the_job_with_its_message() {
         "{j}"
     );
     // The worker survives: a new job is still validated.
-    let id2 = post_json(
-        &t,
-        "/v1/fine_tuning/jobs",
-        json!({"model": BASE, "training_file": file}),
-    )
-    .await
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id2 = create_job(&t, json!({"model": BASE, "training_file": file})).await;
     wait_status(&t, &id2, "failed").await;
 }
 

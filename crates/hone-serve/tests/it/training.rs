@@ -143,6 +143,13 @@ async fn wait_steps(t: &TestApp, id: &str, n: usize) {
     }
 }
 
+/// `POST /v1/fine_tuning/jobs/{id}/{action}` (cancel, pause, resume), as JSON.
+async fn job_action(t: &TestApp, id: &str, action: &str) -> Value {
+    t.call(Method::POST, &format!("/v1/fine_tuning/jobs/{id}/{action}"))
+        .await
+        .json()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_job_succeeds_with_metrics_checkpoints_result_file_and_models() {
     let tiny = TinyModel::new();
@@ -256,10 +263,7 @@ async fn cancel_stops_a_running_job_within_seconds_and_the_next_job_starts() {
     );
     assert_eq!(job(&t, &b).await["status"], "queued");
     let started = Instant::now();
-    let c = t
-        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{a}/cancel"))
-        .await
-        .json();
+    let c = job_action(&t, &a, "cancel").await;
     assert_eq!(c["status"], "cancelled", "{c}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -268,10 +272,7 @@ async fn cancel_stops_a_running_job_within_seconds_and_the_next_job_starts() {
     );
     assert!(c["fine_tuned_model"].is_null());
     wait_for(&t, &b, "running", 30).await;
-    let c = t
-        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{b}/cancel"))
-        .await
-        .json();
+    let c = job_action(&t, &b, "cancel").await;
     assert_eq!(c["status"], "cancelled");
 }
 
@@ -287,10 +288,7 @@ async fn pause_checkpoints_and_resume_continues_from_that_step() {
     )
     .await;
     wait_steps(&t, &id, 3).await;
-    let p = t
-        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{id}/pause"))
-        .await
-        .json();
+    let p = job_action(&t, &id, "pause").await;
     assert_eq!(p["status"], "paused", "{p}");
     let paused_at = *metric_steps(&events(&t, &id).await).last().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -299,10 +297,7 @@ async fn pause_checkpoints_and_resume_continues_from_that_step() {
         paused_at,
         "a paused job does not train"
     );
-    let r = t
-        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{id}/resume"))
-        .await
-        .json();
+    let r = job_action(&t, &id, "resume").await;
     assert_eq!(r["status"], "queued");
     wait_steps(&t, &id, paused_at as usize + 2).await;
     let ev = events(&t, &id).await;
@@ -319,10 +314,7 @@ async fn pause_checkpoints_and_resume_continues_from_that_step() {
         paused_at + 1,
         "training continues at the step after the pause: {steps:?}"
     );
-    let c = t
-        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{id}/cancel"))
-        .await
-        .json();
+    let c = job_action(&t, &id, "cancel").await;
     assert_eq!(c["status"], "cancelled");
 }
 
