@@ -455,6 +455,9 @@ struct JobSink<'a> {
     last: StepMetrics,
     /// Step rate of this session: (first step seen, when).
     session: Option<(u64, Instant)>,
+    /// Steps up to this one already have metrics events (a resumed job
+    /// redoes the steps after its last checkpoint).
+    recorded_up_to: u64,
 }
 
 impl<'a> JobSink<'a> {
@@ -466,6 +469,7 @@ impl<'a> JobSink<'a> {
             pending: None,
             last: StepMetrics::default(),
             session: None,
+            recorded_up_to: ctx.last_recorded_step(),
         }
     }
 
@@ -492,7 +496,9 @@ impl<'a> JobSink<'a> {
             ..Default::default()
         };
         self.last = m;
-        if self.has_validation && step.is_multiple_of(self.steps_per_epoch) {
+        if step <= self.recorded_up_to {
+            // Redone after a resume; the first run's event stands.
+        } else if self.has_validation && step.is_multiple_of(self.steps_per_epoch) {
             self.pending = Some(m);
         } else {
             let r = self.ctx.metrics(&m);

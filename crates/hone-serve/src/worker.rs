@@ -31,8 +31,8 @@ use crate::api::{
 use crate::blobs::FsBlobStore;
 use crate::ids::{self, FineTunedName};
 use crate::store::{
-    unix_now, CheckpointRecord, FileRecord, JobUpdate, NewEvent, Store, StoreError, StoreResult,
-    Transition,
+    unix_now, CheckpointRecord, FileRecord, JobUpdate, NewEvent, PageRequest, Store, StoreError,
+    StoreResult, Transition,
 };
 
 /// The purpose of the metrics CSV a job produces (OpenAI's name).
@@ -101,6 +101,25 @@ impl JobContext {
             data: None,
         };
         self.store.add_event(&self.job.id, &e).map(|_| ())
+    }
+
+    /// The highest step that already has a metrics event: steps up to it are
+    /// being redone after a crash or a pause (resume restarts from the last
+    /// checkpoint), and their metrics are not recorded twice. Only recent
+    /// events are read (newest first), which always hold the last metrics.
+    pub fn last_recorded_step(&self) -> u64 {
+        let Ok(page) = self
+            .store
+            .list_events(&self.job.id, &PageRequest::first(200))
+        else {
+            return 0;
+        };
+        page.data
+            .iter()
+            .filter(|e| e.kind == EventType::Metrics)
+            .filter_map(|e| e.data.as_ref()?.get("step")?.as_u64())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Records a metrics event ("Step 12/300: training loss=…").

@@ -217,6 +217,17 @@ fn a_job_killed_mid_run_resumes_after_restart_and_sigterm_drains() {
         .map(|l| l.split(',').next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(steps, (1..=400).collect::<Vec<u64>>(), "each step once");
+    let mut event_steps: Vec<u64> = events(second.port, &id)
+        .iter()
+        .filter(|e| e["type"] == "metrics")
+        .filter_map(|e| e["data"]["step"].as_u64())
+        .collect();
+    event_steps.sort_unstable();
+    assert_eq!(
+        event_steps,
+        (1..=400).collect::<Vec<u64>>(),
+        "one metrics event per step: the steps redone after the crash are not logged twice"
+    );
     let model = done["fine_tuned_model"].as_str().unwrap();
     let models = get_json(second.port, "/v1/models").to_string();
     assert!(models.contains(model), "{models}");
