@@ -7,7 +7,7 @@ use std::path::Path;
 use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel, KNOWN_MODELS};
 
 use crate::api::{Model, ModelTag};
-use crate::engines::ModelCatalog;
+use crate::engines::{ModelCatalog, ServedAdapter};
 
 /// One servable base model: its API object and where its weights are.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,7 @@ pub struct BaseModel {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BaseModels {
     models: Vec<BaseModel>,
+    adapters: Vec<ServedAdapter>,
 }
 
 /// Why a `--model` value could not be used.
@@ -43,6 +44,8 @@ pub enum CatalogError {
     },
     #[error("model '{0}' is given twice")]
     Duplicate(String),
+    #[error("--adapter '{spec}': {reason}")]
+    BadAdapter { spec: String, reason: String },
 }
 
 impl BaseModels {
@@ -93,6 +96,52 @@ impl BaseModels {
         Self::new(out)
     }
 
+    /// Adds adapters trained with `hone train`, each given as `NAME=DIR`, served
+    /// as models named `NAME`. The base is the adapter's own
+    /// `base_model_name_or_path` when this server offers it, else the default
+    /// base model. Only the directory's config is read here; the weights are
+    /// checked against the base when `hone serve` loads it at start.
+    pub fn with_adapters(mut self, specs: &[String]) -> Result<Self, CatalogError> {
+        let created = crate::store::unix_now();
+        for spec in specs {
+            let bad = |reason: String| CatalogError::BadAdapter {
+                spec: spec.clone(),
+                reason,
+            };
+            let (name, dir) = spec
+                .split_once('=')
+                .map(|(n, d)| (n.trim(), Path::new(d.trim())))
+                .ok_or_else(|| bad("expected NAME=DIR".into()))?;
+            if name.is_empty() || name.contains('/') || name.starts_with("ft:") {
+                return Err(bad(
+                    "the name must be non-empty, without '/', and not start with \"ft:\"".into(),
+                ));
+            }
+            if self.source(name).is_some() || self.served_adapter(name).is_some() {
+                return Err(CatalogError::Duplicate(name.to_string()));
+            }
+            let trained_on = adapter_base(dir).map_err(bad)?;
+            let base = match trained_on {
+                Some(b) if self.source(&b).is_some() => b,
+                _ => match self.default_model() {
+                    Some(d) => d.model.id.clone(),
+                    None => return Err(bad("no base model is served to run it on".into())),
+                },
+            };
+            self.adapters.push(ServedAdapter {
+                model: Model {
+                    id: name.to_string(),
+                    object: ModelTag,
+                    created,
+                    owned_by: "user".into(),
+                },
+                base,
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(self)
+    }
+
     /// Where the weights of base model `id` are.
     pub fn source(&self, id: &str) -> Option<&ResolvedModel> {
         self.models
@@ -113,6 +162,25 @@ impl BaseModels {
     pub fn iter(&self) -> impl Iterator<Item = &BaseModel> {
         self.models.iter()
     }
+}
+
+/// The `base_model_name_or_path` of a PEFT adapter directory, after checking
+/// that its two files are there.
+fn adapter_base(dir: &Path) -> Result<Option<String>, String> {
+    use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+    for f in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+        if !dir.join(f).is_file() {
+            return Err(format!(
+                "{} has no {f} (expected a PEFT adapter directory, e.g. `hone train --out`)",
+                dir.display()
+            ));
+        }
+    }
+    let path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg: hone_model::PeftConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cfg.base_model_name_or_path.filter(|b| !b.is_empty()))
 }
 
 fn resolve_spec(registry: &Registry, spec: &str) -> Result<ResolvedModel, CatalogError> {
@@ -166,6 +234,10 @@ impl ModelCatalog for BaseModels {
     fn base_models(&self) -> Vec<Model> {
         self.models.iter().map(|m| m.model.clone()).collect()
     }
+
+    fn served_adapters(&self) -> Vec<ServedAdapter> {
+        self.adapters.clone()
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +273,60 @@ mod tests {
         std::fs::copy(&gguf, &known).unwrap();
         let c = BaseModels::resolve(dir.path(), &[known.display().to_string()]).unwrap();
         assert_eq!(c.default_model().unwrap().model.id, KNOWN_MODELS[0].id);
+    }
+
+    #[test]
+    fn adapters_are_named_checked_and_put_on_their_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = hone_model::testing::TinySpec::default();
+        let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
+        let adapter = dir.path().join("ad");
+        std::fs::create_dir(&adapter).unwrap();
+        let c = || {
+            BaseModels::resolve(
+                dir.path(),
+                &[
+                    gguf.display().to_string(),
+                    format!("house={}", gguf.display()),
+                ],
+            )
+            .unwrap()
+        };
+        let missing = c().with_adapters(&[format!("support={}", adapter.display())]);
+        let err = missing.unwrap_err().to_string();
+        assert!(err.contains("adapter_config.json"), "{err}");
+        let cfg = |base: &str| {
+            format!(
+                r#"{{"peft_type":"LORA","task_type":"CAUSAL_LM","r":2,"lora_alpha":4,"target_modules":["q_proj"],"base_model_name_or_path":"{base}"}}"#
+            )
+        };
+        std::fs::write(adapter.join("adapter_model.safetensors"), b"x").unwrap();
+        std::fs::write(adapter.join("adapter_config.json"), cfg("house")).unwrap();
+        let one = c()
+            .with_adapters(&[format!("support={}", adapter.display())])
+            .unwrap();
+        let a = one.served_adapter("support").unwrap();
+        assert_eq!(
+            (a.base.as_str(), a.dir.as_path()),
+            ("house", adapter.as_path())
+        );
+        std::fs::write(adapter.join("adapter_config.json"), cfg("elsewhere")).unwrap();
+        let other = c()
+            .with_adapters(&[format!("support={}", adapter.display())])
+            .unwrap();
+        assert_eq!(
+            other.served_adapter("support").unwrap().base,
+            "tiny",
+            "the default base"
+        );
+        for bad in ["support", "ft:x=/tmp", "tiny=/tmp", "a/b=/tmp"] {
+            assert!(c().with_adapters(&[bad.to_string()]).is_err(), "{bad}");
+        }
+        let twice = format!("s={}", adapter.display());
+        assert!(matches!(
+            c().with_adapters(&[twice.clone(), twice]),
+            Err(CatalogError::Duplicate(_))
+        ));
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub struct ServeConfig {
     #[arg(long = "model", env = "HONE_SERVE_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
 
+    /// Serve an adapter trained with `hone train` as the model NAME
+    /// (repeatable): `--adapter support=runs/support`. It runs on the base
+    /// model named in its adapter_config.json when served, else on the default
+    /// base, and shares that base's weights with every other adapter.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    pub adapters: Vec<String>,
+
     /// Fine-tuning jobs trained at the same time (each loads its own copy
     /// of the base model).
     #[arg(long, env = "HONE_MAX_CONCURRENT_JOBS", default_value_t = 1)]
@@ -89,6 +96,7 @@ impl ServeConfig {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             org: "hone".into(),
             models: Vec::new(),
+            adapters: Vec::new(),
             max_concurrent_jobs: 1,
             checkpoint_every: 20,
             max_concurrent_chats: 0,
@@ -147,6 +155,7 @@ impl fmt::Debug for ServeConfig {
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("org", &self.org)
             .field("models", &self.models)
+            .field("adapters", &self.adapters)
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
             .field("checkpoint_every", &self.checkpoint_every)
             .field("max_concurrent_chats", &self.max_concurrent_chats)

@@ -108,7 +108,19 @@ impl FileValidator for HoneDataValidator {
     }
 }
 
-/// Lists the base models this server can serve and fine-tune.
+/// An adapter trained outside the server (`hone train`) and served under a
+/// name of the operator's choosing (`hone serve --adapter NAME=DIR`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedAdapter {
+    pub model: Model,
+    /// The base model id it runs on.
+    pub base: String,
+    /// The PEFT adapter directory.
+    pub dir: std::path::PathBuf,
+}
+
+/// Lists the base models this server can serve and fine-tune, and the
+/// adapters it serves on them from the command line.
 pub trait ModelCatalog: Send + Sync + 'static {
     /// Base model ids (slash-free, e.g. `smollm2-135m-instruct`).
     fn base_models(&self) -> Vec<Model>;
@@ -116,6 +128,18 @@ pub trait ModelCatalog: Send + Sync + 'static {
     /// A base model by id.
     fn base_model(&self, id: &str) -> Option<Model> {
         self.base_models().into_iter().find(|m| m.id == id)
+    }
+
+    /// Adapters named on the command line (none by default).
+    fn served_adapters(&self) -> Vec<ServedAdapter> {
+        Vec::new()
+    }
+
+    /// A command-line adapter by its model id.
+    fn served_adapter(&self, id: &str) -> Option<ServedAdapter> {
+        self.served_adapters()
+            .into_iter()
+            .find(|a| a.model.id == id)
     }
 }
 

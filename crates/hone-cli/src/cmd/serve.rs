@@ -26,8 +26,11 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config;
     config.check_exposure().map_err(|m| anyhow::anyhow!(m))?;
-    let models =
-        Arc::new(BaseModels::resolve(&config.home, &config.models).context("resolving --model")?);
+    let models = BaseModels::resolve(&config.home, &config.models)
+        .context("resolving --model")?
+        .with_adapters(&config.adapters)
+        .context("resolving --adapter")?;
+    let models = Arc::new(models);
     let engines = engines(&config, models.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,9 +85,27 @@ fn chat_backend(config: &ServeConfig, models: &BaseModels) -> anyhow::Result<Loc
                 m.resolved.source.path().display()
             )
         })?;
+        check_adapters(models, &m.model.id, &engine)?;
         chat = chat.with_base(m.model.id.clone(), engine);
     }
     Ok(chat)
+}
+
+/// Loads each `--adapter` that runs on `base` once, so that an adapter whose
+/// shapes do not fit its base is an error at start, not on the first request.
+fn check_adapters(models: &BaseModels, base: &str, engine: &ChatEngine) -> anyhow::Result<()> {
+    use hone_serve::engines::ModelCatalog;
+    for a in models.served_adapters().iter().filter(|a| a.base == base) {
+        let mut model = engine.model.clone();
+        hone_model::load_peft_adapter(&mut model, &a.dir).with_context(|| {
+            format!(
+                "--adapter {}={}: it does not load on base model {base}",
+                a.model.id,
+                a.dir.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// hone-data's checks, with token counts and length checks from the
@@ -131,6 +152,14 @@ fn print_banner(config: &ServeConfig, bound: std::net::SocketAddr, models: &Base
     } else {
         let ids: Vec<String> = models.iter().map(|m| m.model.id.clone()).collect();
         eprintln!("base models: {}", ids.join(", "));
+    }
+    for a in hone_serve::engines::ModelCatalog::served_adapters(models) {
+        eprintln!(
+            "adapter model: {} = {} on {}",
+            a.model.id,
+            a.dir.display(),
+            a.base
+        );
     }
     eprintln!(
         "jobs: up to {} at a time, checkpoint every {} step(s) and at each epoch end; \

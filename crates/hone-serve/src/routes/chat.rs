@@ -96,8 +96,8 @@ pub(super) async fn completions(
     Ok(Sse::new(events).into_response())
 }
 
-/// Which base and adapter serve `model`: a catalog base model, else an
-/// `ft:` or checkpoint model from the store (404 `model_not_found` if
+/// Which base and adapter serve `model`: a catalog base model, a
+/// `--adapter` model, else an `ft:` or checkpoint model from the store (404 `model_not_found` if
 /// neither, e.g. a deleted fine-tune).
 async fn resolve_target(st: &AppState, model: &str) -> Result<ChatTarget, ApiError> {
     if st.engines.catalog.base_model(model).is_some() {
@@ -105,6 +105,13 @@ async fn resolve_target(st: &AppState, model: &str) -> Result<ChatTarget, ApiErr
             model: model.to_string(),
             base: model.to_string(),
             adapter: None,
+        });
+    }
+    if let Some(a) = st.engines.catalog.served_adapter(model) {
+        return Ok(ChatTarget {
+            model: model.to_string(),
+            base: a.base,
+            adapter: Some(a.dir),
         });
     }
     let id = model.to_string();

@@ -1,5 +1,5 @@
-//! `/v1/models`: base models from the catalog, then fine-tuned and
-//! checkpoint models from the store.
+//! `/v1/models`: base models from the catalog, adapters named with
+//! `hone serve --adapter`, then fine-tuned and checkpoint models from the store.
 
 use axum::extract::State;
 use axum::Json;
@@ -14,6 +14,13 @@ pub(super) async fn list(
     State(st): State<AppState>,
 ) -> Result<Json<ListResponse<Model>>, ApiError> {
     let mut data = st.engines.catalog.base_models();
+    data.extend(
+        st.engines
+            .catalog
+            .served_adapters()
+            .into_iter()
+            .map(|a| a.model),
+    );
     data.extend(st.store.run(|s| s.list_models()).await?);
     Ok(Json(ListResponse::page(data, false)))
 }
@@ -24,6 +31,9 @@ pub(super) async fn retrieve(
 ) -> Result<Json<Model>, ApiError> {
     if let Some(m) = st.engines.catalog.base_model(&id) {
         return Ok(Json(m));
+    }
+    if let Some(a) = st.engines.catalog.served_adapter(&id) {
+        return Ok(Json(a.model));
     }
     let rec = st.store.run(move |s| s.get_model(&id)).await?;
     Ok(Json(rec.model))
@@ -39,6 +49,14 @@ pub(super) async fn delete(
     if st.engines.catalog.base_model(&id).is_some() {
         return Err(ApiError::InvalidState {
             message: format!("'{id}' is a base model; only fine-tuned models can be deleted."),
+            code: "model_not_deletable".into(),
+        });
+    }
+    if st.engines.catalog.served_adapter(&id).is_some() {
+        return Err(ApiError::InvalidState {
+            message: format!(
+                "'{id}' is served from a directory given to `hone serve --adapter`; restart the server without it instead."
+            ),
             code: "model_not_deletable".into(),
         });
     }

@@ -593,6 +593,49 @@ async fn fine_tuned_and_checkpoint_models_answer_with_their_own_adapter() {
     );
 }
 
+/// `hone serve --adapter NAME=DIR`: an adapter trained outside the server is
+/// listed, answers chat with its own weights, and cannot be deleted.
+#[tokio::test]
+async fn a_command_line_adapter_is_a_model_that_answers_with_its_weights() {
+    let (dir, gguf) = tiny_gguf();
+    let adapter = dir.path().join("support");
+    write_adapter(&gguf, &adapter, 2);
+    let catalog = hone_serve::BaseModels::new(vec![hone_model::registry::ResolvedModel {
+        id: BASE.into(),
+        source: hone_model::registry::ModelSource::Gguf(gguf.clone()),
+    }])
+    .unwrap()
+    .with_adapters(&[format!("support={}", adapter.display())])
+    .unwrap();
+    let chat = tiny_chat(&gguf, 2);
+    let mut engines = Engines::with_base_models([BASE]).chat(chat.clone(), 4);
+    engines.catalog = Arc::new(catalog);
+    let t = TestApp::with_engines(engines, |_| {});
+
+    let list = t.get("/v1/models").await.json();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![BASE, "support"]);
+    assert_eq!(t.get("/v1/models/support").await.json()["owned_by"], "user");
+
+    let base = content(&t, ask(BASE, json!({}))).await;
+    let tuned = content(&t, ask("support", json!({}))).await;
+    assert_ne!(tuned, base, "the adapter changed nothing");
+    assert_eq!(content(&t, ask(BASE, json!({}))).await, base);
+    assert_eq!(chat.adapter_loads(), 1);
+    assert_error(
+        &t.call(axum::http::Method::DELETE, "/v1/models/support")
+            .await,
+        400,
+        Some("model_not_deletable"),
+    );
+    assert_eq!(content(&t, ask("support", json!({}))).await, tuned);
+}
+
 #[tokio::test]
 async fn the_adapter_cache_evicts_the_least_recently_used() {
     let a = chat_app(1);
