@@ -99,6 +99,15 @@ impl StepModel for Llama {
     }
 }
 
+/// Batched decode steps through [`Llama::forward_step_batch`], adapters on.
+impl BatchStepModel for Llama {
+    fn step_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .forward_step_batch(ids, caches, ForwardOptions::default())?
+            .to_vec2::<f32>()?)
+    }
+}
+
 /// What generation needs from a tokenizer.
 pub trait Detokenizer {
     /// Decodes ids to text (special tokens may be skipped).
@@ -122,60 +131,176 @@ pub fn generate<M: StepModel>(
     detok: &dyn Detokenizer,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(ModelError::Generation("the prompt has no tokens".into()));
-    }
-    let ctx = model.context_length();
-    if prompt.len() >= ctx {
-        return Err(ModelError::ContextOverflow {
-            needed: prompt.len() + 1,
-            max: ctx,
-        });
-    }
+    let mut seq = Sequence::new(prompt, params, model.context_length())?;
     let mut cache = model.new_cache();
-    let mut sampler = Sampler::new(params);
-    let mut stream = TextStream::new(&params.stop);
-    let mut ids: Vec<u32> = Vec::new();
     let mut logits = model.step(prompt, 0, &mut cache)?;
-    let mut finish = FinishReason::Length;
-    while ids.len() < params.max_tokens && prompt.len() + ids.len() < ctx {
-        let next = sampler.sample(&logits)?;
-        ids.push(next);
+    while let Some(next) = seq.advance(&logits, stop_ids, detok, on_text)? {
+        logits = model.step(&[next], seq.position(), &mut cache)?;
+    }
+    seq.finish(detok, on_text)
+}
+
+/// A model that can also take one decode step for several sequences at
+/// once, each with its own cache: the weights are then read once for all
+/// of them, which is where batched generation gains.
+pub trait BatchStepModel: StepModel {
+    /// Logits after feeding `ids[i]` to sequence `i` (whose cache holds its
+    /// earlier positions). Each row must equal what [`StepModel::step`] gives
+    /// for that sequence alone, so batching never changes a result.
+    fn step_batch(&self, ids: &[u32], caches: &mut [&mut Self::Cache]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Generates a completion for each prompt (in order), decoding the unfinished
+/// ones together one token at a time; each keeps its own KV cache, and leaves
+/// the batch when it stops. Every result equals what [`generate`] gives for
+/// that prompt alone with the same `params` (each sequence has its own
+/// sampler, seeded from `params.seed`).
+pub fn generate_batch<M: BatchStepModel>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    params: &GenerationParams,
+    stop_ids: &[u32],
+    detok: &dyn Detokenizer,
+) -> Result<Vec<Generation>> {
+    let ctx = model.context_length();
+    let mut seqs = prompts
+        .iter()
+        .map(|p| Sequence::new(p, params, ctx))
+        .collect::<Result<Vec<_>>>()?;
+    let mut caches: Vec<M::Cache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut logits = Vec::with_capacity(prompts.len());
+    for (p, cache) in prompts.iter().zip(caches.iter_mut()) {
+        logits.push(model.step(p, 0, cache)?);
+    }
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let mut ignore = |_: &str| ControlFlow::Continue(());
+    while !active.is_empty() {
+        let mut feed = Vec::with_capacity(active.len());
+        for &i in &active {
+            if let Some(next) = seqs[i].advance(&logits[i], stop_ids, detok, &mut ignore)? {
+                feed.push((i, next));
+            }
+        }
+        active = feed.iter().map(|(i, _)| *i).collect();
+        if active.is_empty() {
+            break;
+        }
+        let ids: Vec<u32> = feed.iter().map(|(_, t)| *t).collect();
+        let mut batch: Vec<&mut M::Cache> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(_, c)| c)
+            .collect();
+        let rows = model.step_batch(&ids, &mut batch)?;
+        for (&i, row) in active.iter().zip(rows) {
+            logits[i] = row;
+        }
+    }
+    seqs.into_iter()
+        .map(|s| s.finish(detok, &mut ignore))
+        .collect()
+}
+
+/// One completion in progress: its sampler, the ids so far and the text
+/// shown so far. [`generate`] and [`generate_batch`] drive it the same way,
+/// which is why their results agree.
+struct Sequence<'p> {
+    prompt_len: usize,
+    ctx: usize,
+    params: &'p GenerationParams,
+    sampler: Sampler,
+    stream: TextStream<'p>,
+    ids: Vec<u32>,
+    finish: FinishReason,
+    /// The last id is a stop token (kept in `token_ids`, not in the text).
+    ended_by_stop_id: bool,
+}
+
+impl<'p> Sequence<'p> {
+    fn new(prompt: &[u32], params: &'p GenerationParams, ctx: usize) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(ModelError::Generation("the prompt has no tokens".into()));
+        }
+        if prompt.len() >= ctx {
+            return Err(ModelError::ContextOverflow {
+                needed: prompt.len() + 1,
+                max: ctx,
+            });
+        }
+        Ok(Self {
+            prompt_len: prompt.len(),
+            ctx,
+            params,
+            sampler: Sampler::new(params),
+            stream: TextStream::new(&params.stop),
+            ids: Vec::new(),
+            finish: FinishReason::Length,
+            ended_by_stop_id: false,
+        })
+    }
+
+    /// Position of the last sampled token (where it is fed to the model).
+    fn position(&self) -> usize {
+        self.prompt_len + self.ids.len() - 1
+    }
+
+    /// Samples the next token from `logits` and streams its text. Returns the
+    /// token to feed to the model next, or `None` when the sequence is done.
+    fn advance(
+        &mut self,
+        logits: &[f32],
+        stop_ids: &[u32],
+        detok: &dyn Detokenizer,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Option<u32>> {
+        if self.ids.len() >= self.params.max_tokens || self.prompt_len + self.ids.len() >= self.ctx
+        {
+            return Ok(None);
+        }
+        let next = self.sampler.sample(logits)?;
+        self.ids.push(next);
         if stop_ids.contains(&next) {
-            finish = FinishReason::Stop;
-            break;
+            self.finish = FinishReason::Stop;
+            self.ended_by_stop_id = true;
+            return Ok(None);
         }
-        let full = detok.decode(&ids)?;
-        let (piece, hit_stop) = stream.push(&full);
-        if !piece.is_empty() && on_text(&piece).is_break() {
-            finish = FinishReason::Stop;
-            break;
+        let full = detok.decode(&self.ids)?;
+        let (piece, hit_stop) = self.stream.push(&full);
+        if (!piece.is_empty() && on_text(&piece).is_break()) || hit_stop {
+            self.finish = FinishReason::Stop;
+            return Ok(None);
         }
-        if hit_stop {
-            finish = FinishReason::Stop;
-            break;
+        if self.ids.len() >= self.params.max_tokens {
+            return Ok(None);
         }
-        if ids.len() < params.max_tokens {
-            let pos = prompt.len() + ids.len() - 1;
-            logits = model.step(&[next], pos, &mut cache)?;
-        }
+        Ok(Some(next))
     }
-    let text_ids = match ids.last() {
-        Some(last) if stop_ids.contains(last) => &ids[..ids.len() - 1],
-        _ => &ids[..],
-    };
-    let full = detok.decode(text_ids)?;
-    let rest = stream.finish(&full);
-    if !rest.is_empty() {
-        let _ = on_text(&rest);
+
+    /// The completion: emits the text held back for a possible stop string.
+    fn finish(
+        mut self,
+        detok: &dyn Detokenizer,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let text_ids = if self.ended_by_stop_id {
+            &self.ids[..self.ids.len() - 1]
+        } else {
+            &self.ids[..]
+        };
+        let full = detok.decode(text_ids)?;
+        let rest = self.stream.finish(&full);
+        if !rest.is_empty() {
+            let _ = on_text(&rest);
+        }
+        Ok(Generation {
+            text: self.stream.text,
+            completion_tokens: self.ids.len(),
+            token_ids: self.ids,
+            finish_reason: self.finish,
+            prompt_tokens: self.prompt_len,
+        })
     }
-    Ok(Generation {
-        text: stream.text,
-        completion_tokens: ids.len(),
-        token_ids: ids,
-        finish_reason: finish,
-        prompt_tokens: prompt.len(),
-    })
 }
 
 /// Turns the growing decoded text into safe-to-show increments.

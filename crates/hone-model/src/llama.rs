@@ -369,6 +369,93 @@ impl Llama {
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
     }
 
+    /// One decode step for several sequences: `ids[i]` follows the positions
+    /// already in `caches[i]`. The linear layers and the LM head run once on
+    /// all `B` rows (each weight matrix is read once per step); RoPE uses each
+    /// row's own position, and attention runs per sequence over its own cache.
+    /// Returns logits `[B, vocab]`, with adapters as `opts` says.
+    pub fn forward_step_batch(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache],
+        opts: ForwardOptions,
+    ) -> Result<Tensor> {
+        let b = ids.len();
+        if caches.len() != b || b == 0 {
+            return Err(ModelError::Generation(format!(
+                "a batched step needs one cache per token, got {b} token(s) and {} cache(s)",
+                caches.len()
+            )));
+        }
+        let positions: Vec<u32> = caches.iter().map(|c| c.len() as u32).collect();
+        if let Some(&p) = positions.iter().max() {
+            if p as usize >= self.cfg.max_position_embeddings {
+                return Err(ModelError::ContextOverflow {
+                    needed: p as usize + 1,
+                    max: self.cfg.max_position_embeddings,
+                });
+            }
+        }
+        let pos = Tensor::new(positions.as_slice(), &self.device)?;
+        let cos = self.rope.cos.index_select(&pos, 0)?.unsqueeze(1)?;
+        let sin = self.rope.sin.index_select(&pos, 0)?.unsqueeze(1)?;
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(1)?;
+        let mut x = self.embed_tokens.lookup(&input)?;
+        for (layer, block) in self.layers.iter().enumerate() {
+            let eps = self.cfg.rms_norm_eps;
+            let h = rms_norm(&x, &block.input_layernorm, eps)?;
+            let h = self.attn_step_batch(&block.self_attn, &h, &cos, &sin, caches, layer, opts)?;
+            let x1 = (x + h)?;
+            let h = rms_norm(&x1, &block.post_attention_layernorm, eps)?;
+            x = (&x1 + mlp_forward(&block.mlp, &h, opts)?)?;
+        }
+        let h = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
+        Ok(self.logits(&h)?.squeeze(1)?)
+    }
+
+    /// Attention of one decode step for `B` sequences, `x: [B, 1, hidden]`:
+    /// projections batched, then each sequence attends over its own cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_step_batch(
+        &self,
+        attn: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        caches: &mut [&mut KvCache],
+        layer: usize,
+        opts: ForwardOptions,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let b = x.dim(0)?;
+        let hd = cfg.head_dim;
+        let a = opts.use_adapters;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, 1, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(attn.q_proj.forward(x, a)?, cfg.num_attention_heads)?;
+        let k = heads(attn.k_proj.forward(x, a)?, cfg.num_key_value_heads)?;
+        let v = heads(attn.v_proj.forward(x, a)?, cfg.num_key_value_heads)?;
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        let mut ys = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (ki, vi) = cache.append(layer, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?)?;
+            ys.push(grouped_attention(
+                &q.narrow(0, i, 1)?,
+                &ki,
+                &vi,
+                None,
+                cfg.n_rep(),
+            )?);
+        }
+        let y =
+            Tensor::cat(&ys, 0)?
+                .transpose(1, 2)?
+                .reshape((b, 1, cfg.num_attention_heads * hd))?;
+        attn.o_proj.forward(&y, a)
+    }
+
     /// Projects hidden states `[.., hidden]` to logits `[.., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {

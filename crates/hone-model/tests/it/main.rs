@@ -1,6 +1,7 @@
 //! hone-model integration tests (one binary; see DESIGN.md "Tests").
 
 mod alloc_count;
+mod batch;
 mod frozen;
 mod merge;
 mod real_model;

@@ -157,3 +157,28 @@ fn quantized_paths_gap_to_f32() {
         }
     }
 }
+
+/// Batched generation on the serving path (Q8_0): the reference prompts
+/// decoded together give exactly the greedy tokens each gives alone.
+#[test]
+#[ignore = "needs HONE_TEST_GGUF"]
+fn batched_greedy_generation_equals_one_by_one_on_the_real_model() {
+    let m = load_model(&gguf(), WeightPath::Q8_0).unwrap();
+    let v = reference(VECTORS);
+    let prompts: Vec<Vec<u32>> = v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| u32s(&c["ids"]))
+        .collect();
+    assert!(prompts.len() >= 2);
+    let p = GenerationParams {
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let detok = |_: &[u32]| -> hone_model::Result<String> { Ok(String::new()) };
+    let batch = hone_model::generate::generate_batch(&m, &prompts, &p, &[2], &detok).unwrap();
+    for (prompt, g) in prompts.iter().zip(&batch) {
+        assert_eq!(g.token_ids, greedy(&m, prompt, 24));
+    }
+}
