@@ -24,5 +24,5 @@ pub use check::{check_output, extract_json_object, CheckOutcome};
 pub use error::{CaseError, EvalError, Result};
 pub use model::{EngineModel, EvalModel, Generated};
 pub use report::{CaseInfo, Comparison, EvalReport, GenerationInfo};
-pub use run::{CaseResult, LossMetrics, ModelRun, PairMetrics, Progress, Summary};
+pub use run::{CaseResult, Decoding, LossMetrics, ModelRun, PairMetrics, Progress, Summary};
 pub use spec::{run_eval, run_eval_with, Baseline, EvalSpec};

@@ -4,7 +4,7 @@
 
 use std::ops::ControlFlow;
 
-use hone_model::generate::{generate, GenerationParams};
+use hone_model::generate::{generate, generate_batch, GenerationParams};
 use hone_model::score::{score_tokens, AdapterSwitch, TokenScore};
 use hone_model::ChatEngine;
 use hone_text::{ChatMessage, EncodedChat};
@@ -20,6 +20,9 @@ pub struct Generated {
     pub tokens: usize,
 }
 
+/// A conversation to complete: its messages and tool definitions.
+pub type Conversation<'a> = (&'a [ChatMessage], Option<&'a Value>);
+
 /// A model under evaluation.
 pub trait EvalModel {
     /// Greedy completion of the conversation, at most `max_tokens` tokens.
@@ -29,6 +32,20 @@ pub trait EvalModel {
         tools: Option<&Value>,
         max_tokens: usize,
     ) -> Result<Generated>;
+
+    /// Greedy completions of several conversations, in order. The default
+    /// runs them one by one; a real model decodes them together (see
+    /// [`EngineModel`]), with the same results.
+    fn generate_many(
+        &self,
+        convs: &[Conversation<'_>],
+        max_tokens: usize,
+    ) -> Vec<Result<Generated>> {
+        convs
+            .iter()
+            .map(|(m, tools)| self.generate(m, *tools, max_tokens))
+            .collect()
+    }
 
     /// Log-probability of the trained (assistant) tokens of a chat, with the
     /// same loss mask as SFT training.
@@ -68,6 +85,14 @@ impl EngineModel<'_> {
     }
 }
 
+fn greedy(max_tokens: usize) -> GenerationParams {
+    GenerationParams {
+        max_tokens,
+        temperature: 0.0,
+        ..GenerationParams::default()
+    }
+}
+
 impl EvalModel for EngineModel<'_> {
     fn generate(
         &self,
@@ -76,16 +101,11 @@ impl EvalModel for EngineModel<'_> {
         max_tokens: usize,
     ) -> Result<Generated> {
         let prompt = self.engine.encode_prompt(messages, tools)?;
-        let params = GenerationParams {
-            max_tokens,
-            temperature: 0.0,
-            ..GenerationParams::default()
-        };
         let stop = self.engine.tokenizer.tokenizer.stop_token_ids().to_vec();
         let g = generate(
             &self.switch(),
             &prompt,
-            &params,
+            &greedy(max_tokens),
             &stop,
             self.engine,
             &mut |_| ControlFlow::Continue(()),
@@ -94,6 +114,47 @@ impl EvalModel for EngineModel<'_> {
             text: g.text,
             tokens: g.completion_tokens,
         })
+    }
+
+    /// Decodes the conversations that encode together, each with its own KV
+    /// cache ([`generate_batch`]); one that does not encode gets its error.
+    fn generate_many(
+        &self,
+        convs: &[Conversation<'_>],
+        max_tokens: usize,
+    ) -> Vec<Result<Generated>> {
+        let prompts: Vec<_> = convs
+            .iter()
+            .map(|(m, tools)| self.engine.encode_prompt(m, *tools))
+            .collect();
+        let ok: Vec<Vec<u32>> = prompts
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let stop = self.engine.tokenizer.tokenizer.stop_token_ids().to_vec();
+        let batch = generate_batch(&self.switch(), &ok, &greedy(max_tokens), &stop, self.engine);
+        let mut done = match batch {
+            Ok(gens) => gens.into_iter().map(Ok).collect::<Vec<_>>(),
+            // A failure of the whole batch: every case gets it.
+            Err(e) => ok.iter().map(|_| Err(e.to_string())).collect(),
+        }
+        .into_iter();
+        prompts
+            .into_iter()
+            .map(|p| {
+                p?;
+                match done.next() {
+                    Some(Ok(g)) => Ok(Generated {
+                        text: g.text,
+                        tokens: g.completion_tokens,
+                    }),
+                    Some(Err(e)) => Err(hone_model::ModelError::Generation(e).into()),
+                    None => {
+                        Err(hone_model::ModelError::Generation("batch lost a case".into()).into())
+                    }
+                }
+            })
+            .collect()
     }
 
     fn score_chat(&self, messages: &[ChatMessage], tools: Option<&Value>) -> Result<TokenScore> {

@@ -73,9 +73,9 @@ pub struct GenerationInfo {
     pub max_tokens: usize,
     /// Always greedy (temperature 0), so runs are reproducible.
     pub greedy: bool,
-    /// Whether cases were generated as one batch (they are not yet: one case
-    /// at a time, each with its own KV cache).
-    pub batched: bool,
+    /// Cases decoded together, each with its own KV cache (outputs do not
+    /// depend on it).
+    pub batch: usize,
     /// Inference weights, e.g. `q8_0`.
     pub weights: String,
 }

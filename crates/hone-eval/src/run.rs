@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::case::EvalCase;
 use crate::check::check_output;
 use crate::error::Result;
-use crate::model::EvalModel;
+use crate::model::{Conversation, EvalModel, Generated};
 
 /// The result of one case for one model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -133,25 +133,43 @@ pub struct Progress<'a> {
     pub total: usize,
 }
 
-/// Generates greedily for each case and checks the outputs. Cases run one
-/// after another, each with its own KV cache.
+/// How case outputs are decoded: greedy, at most `max_tokens` each, `batch`
+/// cases decoded together (each with its own KV cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoding {
+    pub max_tokens: usize,
+    pub batch: usize,
+}
+
+/// Generates greedily for each case, `decoding.batch` cases at a time, and
+/// checks the outputs. Batching changes speed only, not outputs.
 pub fn run_cases(
     model: &dyn EvalModel,
     label: &str,
     cases: &[EvalCase],
-    max_tokens: usize,
+    decoding: Decoding,
     on_progress: &mut dyn FnMut(Progress),
 ) -> (Vec<CaseResult>, f64) {
     let started = Instant::now();
     let mut results = Vec::with_capacity(cases.len());
-    for (i, case) in cases.iter().enumerate() {
+    for chunk in cases.chunks(decoding.batch.max(1)) {
         on_progress(Progress {
             model: label,
             task: "cases",
-            done: i,
+            done: results.len(),
             total: cases.len(),
         });
-        results.push(run_case(model, case, max_tokens));
+        let convs: Vec<Conversation> = chunk
+            .iter()
+            .map(|c| (c.messages.as_slice(), c.tools.as_ref()))
+            .collect();
+        let outs = model.generate_many(&convs, decoding.max_tokens);
+        results.extend(
+            chunk
+                .iter()
+                .zip(outs)
+                .map(|(case, out)| case_result(case, out)),
+        );
     }
     on_progress(Progress {
         model: label,
@@ -162,8 +180,8 @@ pub fn run_cases(
     (results, started.elapsed().as_secs_f64())
 }
 
-fn run_case(model: &dyn EvalModel, case: &EvalCase, max_tokens: usize) -> CaseResult {
-    match model.generate(&case.messages, case.tools.as_ref(), max_tokens) {
+fn case_result(case: &EvalCase, out: Result<Generated>) -> CaseResult {
+    match out {
         Ok(g) => {
             let o = check_output(case, &g.text);
             CaseResult {

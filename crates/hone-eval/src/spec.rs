@@ -13,7 +13,7 @@ use crate::case::{load_cases, EvalCase};
 use crate::error::{EvalError, Result};
 use crate::model::{EngineModel, EvalModel};
 use crate::report::{EvalReport, GenerationInfo};
-use crate::run::{chat_loss, pair_accuracy, run_cases, ModelRun, Progress, Summary};
+use crate::run::{chat_loss, pair_accuracy, run_cases, Decoding, ModelRun, Progress, Summary};
 
 /// Which model to compare against.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -41,6 +41,11 @@ impl std::str::FromStr for Baseline {
     }
 }
 
+/// Cases decoded together by default: enough rows to read each weight
+/// matrix once for many tokens, few enough that a batch's slowest case
+/// (which runs to `max_tokens`) does not hold up the others for long.
+pub const DEFAULT_BATCH: usize = 8;
+
 /// What to evaluate.
 #[derive(Debug, Clone)]
 pub struct EvalSpec {
@@ -53,6 +58,9 @@ pub struct EvalSpec {
     pub baseline: Baseline,
     /// Token limit of each generated answer.
     pub max_tokens: usize,
+    /// Cases decoded together (each with its own KV cache); outputs do not
+    /// depend on it.
+    pub batch: usize,
     /// Held-out chat file for validation loss and perplexity.
     pub chat_file: Option<PathBuf>,
     /// Preference (DPO) file for pair accuracy.
@@ -62,6 +70,13 @@ pub struct EvalSpec {
 }
 
 impl EvalSpec {
+    fn decoding(&self) -> Decoding {
+        Decoding {
+            max_tokens: self.max_tokens,
+            batch: self.batch,
+        }
+    }
+
     /// A spec with defaults: no adapter, auto baseline, 256 tokens, Q8_0.
     pub fn new(cases: impl Into<PathBuf>) -> Self {
         EvalSpec {
@@ -70,6 +85,7 @@ impl EvalSpec {
             adapter: None,
             baseline: Baseline::Auto,
             max_tokens: 256,
+            batch: DEFAULT_BATCH,
             chat_file: None,
             preference_file: None,
             weights: SERVING_WEIGHTS,
@@ -86,6 +102,9 @@ pub fn run_eval(spec: &EvalSpec) -> Result<EvalReport> {
 pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> Result<EvalReport> {
     if spec.max_tokens == 0 {
         return Err(EvalError::Spec("max_tokens must be at least 1".into()));
+    }
+    if spec.batch == 0 {
+        return Err(EvalError::Spec("batch must be at least 1".into()));
     }
     // Everything the user wrote is checked before the (slow) model load.
     let cases = load_cases(&spec.cases)?;
@@ -122,7 +141,7 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
         &label,
         (&engine.id, adapter_label),
         &cases,
-        spec.max_tokens,
+        spec.decoding(),
         &inputs,
         on_progress,
     )?];
@@ -150,7 +169,7 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
                     &label,
                     (&e2.id, None),
                     &cases,
-                    spec.max_tokens,
+                    spec.decoding(),
                     &inputs,
                     on_progress,
                 )?);
@@ -160,7 +179,7 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     let generation = GenerationInfo {
         max_tokens: spec.max_tokens,
         greedy: true,
-        batched: false,
+        batch: spec.batch,
         weights: spec.weights.as_str().to_string(),
     };
     Ok(EvalReport::new(
@@ -188,7 +207,7 @@ fn base_run(
         "base",
         (&engine.id, None),
         cases,
-        spec.max_tokens,
+        spec.decoding(),
         inputs,
         on_progress,
     )
@@ -276,11 +295,11 @@ pub fn evaluate(
     label: &str,
     (model_id, adapter): (&str, Option<String>),
     cases: &[EvalCase],
-    max_tokens: usize,
+    decoding: Decoding,
     inputs: &LossInputs,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<ModelRun> {
-    let (results, secs) = run_cases(model, label, cases, max_tokens, on_progress);
+    let (results, secs) = run_cases(model, label, cases, decoding, on_progress);
     let chat = match &inputs.chats {
         Some(c) => Some(chat_loss(model, label, c, on_progress)?),
         None => None,

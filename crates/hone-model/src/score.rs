@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{ModelError, Result};
-use crate::generate::StepModel;
+use crate::generate::{BatchStepModel, StepModel};
 use crate::llama::{ForwardOptions, KvCache, Llama};
 
 /// A [`Llama`] that runs with its LoRA adapters on or off, so one loaded
@@ -41,6 +41,19 @@ impl StepModel for AdapterSwitch<'_> {
 
     fn context_length(&self) -> usize {
         self.model.cfg.max_position_embeddings
+    }
+}
+
+/// Batched decode steps with the adapters on or off, as in [`StepModel::step`].
+impl BatchStepModel for AdapterSwitch<'_> {
+    fn step_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
+        let opts = ForwardOptions {
+            use_adapters: self.use_adapters,
+        };
+        Ok(self
+            .model
+            .forward_step_batch(ids, caches, opts)?
+            .to_vec2::<f32>()?)
     }
 }
 

@@ -45,6 +45,10 @@ pub struct EvalArgs {
     /// Maximum tokens generated for each case (greedy decoding).
     #[arg(long, env = "HONE_MAX_TOKENS", default_value_t = 256)]
     pub max_tokens: usize,
+    /// Cases decoded together, each with its own KV cache; each weight matrix is
+    /// then read once per token for all of them. Outputs do not depend on it.
+    #[arg(long, env = "HONE_EVAL_BATCH", default_value_t = hone_eval::spec::DEFAULT_BATCH)]
+    pub batch: usize,
     /// A held-out chat file (training format): report validation loss and perplexity
     /// over its assistant tokens, masked as in training.
     #[arg(long, env = "HONE_EVAL_CHAT_FILE")]
@@ -80,6 +84,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         adapter: args.adapter.clone(),
         baseline: args.baseline.parse().unwrap_or(Baseline::Auto),
         max_tokens: args.max_tokens,
+        batch: args.batch,
         chat_file: args.chat_file.clone(),
         preference_file: args.preference_file.clone(),
         weights: args.weights,

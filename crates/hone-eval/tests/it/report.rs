@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use hone_eval::run::run_cases;
+use hone_eval::run::{run_cases, Decoding};
 use hone_eval::{
     parse_cases, EvalCase, EvalModel, EvalReport, Generated, GenerationInfo, ModelRun, Summary,
 };
@@ -82,7 +82,16 @@ pub fn base() -> Scripted {
 }
 
 pub fn run(model: &dyn EvalModel, label: &str, cases: &[EvalCase]) -> ModelRun {
-    let (results, secs) = run_cases(model, label, cases, 32, &mut |_| {});
+    let (results, secs) = run_cases(
+        model,
+        label,
+        cases,
+        Decoding {
+            max_tokens: 32,
+            batch: 3,
+        },
+        &mut |_| {},
+    );
     ModelRun {
         label: label.into(),
         model: "scripted".into(),
@@ -104,7 +113,7 @@ pub fn report() -> EvalReport {
     let gen = GenerationInfo {
         max_tokens: 32,
         greedy: true,
-        batched: false,
+        batch: 3,
         weights: "q8_0".into(),
     };
     EvalReport::new("cases.jsonl", &cases, runs, gen, vec![])
@@ -178,7 +187,7 @@ fn a_single_model_has_no_comparison() {
     let gen = GenerationInfo {
         max_tokens: 32,
         greedy: true,
-        batched: false,
+        batch: 3,
         weights: "f32".into(),
     };
     let r = EvalReport::new("c", &cases, vec![run(&base(), "m", &cases)], gen, vec![]);

@@ -263,3 +263,41 @@ fn bad_inputs_fail_before_the_model_loads() {
     s.chat_file = Some(f.root.join("nope.jsonl"));
     assert!(run_eval(&s).unwrap_err().to_string().contains("nope.jsonl"));
 }
+
+/// Cases decoded in batches (each with its own KV cache) give exactly the
+/// outputs of one-at-a-time decoding, for the fine-tuned and the base model.
+#[test]
+fn batch_size_changes_no_output() {
+    let f = fixture();
+    let cases = f.root.join("batch.jsonl");
+    let lines: Vec<String> = QUESTIONS
+        .iter()
+        .map(|q| case(q, r#""expected_patterns": ["x"]"#))
+        .collect();
+    write(&cases, &lines);
+    let mut s = spec(&f, &cases);
+    s.adapter = Some(f.adapter.clone());
+    let outputs = |batch: usize| {
+        let mut s = s.clone();
+        s.batch = batch;
+        let r = run_eval(&s).unwrap();
+        assert_eq!(r.generation.batch, batch);
+        r.runs
+            .iter()
+            .map(|run| {
+                run.results
+                    .iter()
+                    .map(|x| (x.output.clone(), x.output_tokens))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = outputs(1);
+    assert_eq!(one.len(), 2);
+    assert_ne!(one[0], one[1], "the adapter changes answers");
+    for batch in [2, 3, QUESTIONS.len() + 4] {
+        assert_eq!(outputs(batch), one, "batch {batch}");
+    }
+    s.batch = 0;
+    assert!(run_eval(&s).is_err());
+}
