@@ -156,11 +156,13 @@ fn print_next_steps(adapter: &Path, report: &Path, model: &str) {
         "  hone chat --model {model} --adapter {a} --system \"You are the support assistant \
          for Cogsworth Cycles, a bike repair shop.\" \"Do you fix e-bikes?\""
     );
-    println!("Merge it into a standalone Hugging Face model directory, and serve that:");
+    println!(
+        "Serve it through the OpenAI-compatible API as the model \"support\" (docs/api.md), \
+         beside the base model, which you can also fine-tune there:"
+    );
+    println!("  hone serve --model {model} --adapter support={a}");
+    println!("Or merge it into a standalone Hugging Face model directory:");
     println!("  hone merge --model {model} --adapter {a} --out {a}-merged");
-    println!("  hone serve --model {a}-merged");
-    println!("Or serve the base model and fine-tune through the OpenAI API (docs/api.md):");
-    println!("  hone serve --model {model}");
 }
 
 fn header(n: usize, what: &str) {
