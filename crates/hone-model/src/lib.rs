@@ -29,7 +29,7 @@ pub use llama::{ForwardOptions, KvCache, Llama, WeightPath};
 pub use load::{load_gguf, load_hf_dir, load_model};
 pub use lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};
 pub use merge::{merge_adapters, merge_to_hf_dir, write_hf_dir, MergeStats};
-pub use train_forward::{TrainLoss, TrainOptions};
+pub use train_forward::{PackedLayout, TrainLoss, TrainOptions};
 
 /// Threads candle uses for matmuls and element-wise ops.
 pub fn compute_threads() -> usize {

@@ -41,6 +41,55 @@ impl Default for TrainOptions {
     }
 }
 
+/// Where packed examples sit in a batch: several examples share a row, each with
+/// RoPE positions from 0 and attending only within itself, so that a packed batch
+/// computes exactly what the same examples would unpacked (peers.md bug class 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedLayout {
+    /// `[b·t]`, row-major: each token's position within its own example.
+    pub positions: Vec<u32>,
+    /// `[b·t]`: the column (within its row) where each token's example starts;
+    /// attention from a token reaches back to that column and no further.
+    pub segment_starts: Vec<u32>,
+}
+
+impl PackedLayout {
+    /// RoPE tables `(b, t, d/2)` gathered at each token's position.
+    fn rope_tables(&self, model: &Llama, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let pos = Tensor::from_slice(&self.positions, b * t, model.device())?;
+        let half = model.cfg.head_dim / 2;
+        let gather = |table: &Tensor| -> Result<Tensor> {
+            Ok(table.index_select(&pos, 0)?.reshape((b, t, half))?)
+        };
+        Ok((gather(&model.rope.cos)?, gather(&model.rope.sin)?))
+    }
+
+    /// Additive attention mask `(b, 1, t, t)`: 0 from a token's segment start to
+    /// itself, -inf elsewhere (the causal part is also applied by the softmax).
+    fn attention_mask(&self, model: &Llama, b: usize, t: usize) -> Result<Tensor> {
+        let mut m = vec![f32::NEG_INFINITY; b * t * t];
+        for row in 0..b {
+            for i in 0..t {
+                let start = self.segment_starts[row * t + i] as usize;
+                let line = &mut m[(row * t + i) * t..(row * t + i + 1) * t];
+                line[start.min(i)..=i].fill(0.0);
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, t, t), model.device())?)
+    }
+
+    fn check(&self, b: usize, t: usize) -> Result<()> {
+        if self.positions.len() != b * t || self.segment_starts.len() != b * t {
+            return Err(ModelError::Config(format!(
+                "packed layout has {} positions and {} segment starts for a {b}x{t} batch",
+                self.positions.len(),
+                self.segment_starts.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Loss and token counts of one training-mode pass.
 #[derive(Debug, Clone)]
 pub struct TrainLoss {
@@ -54,6 +103,17 @@ impl Llama {
     /// Final-normed hidden states `[b, t, hidden]` of `input_ids: [b, t]` from position 0,
     /// through differentiable ops (no KV cache).
     pub fn forward_train_hidden(&self, input_ids: &Tensor, opts: TrainOptions) -> Result<Tensor> {
+        self.forward_train_hidden_packed(input_ids, None, opts)
+    }
+
+    /// [`Self::forward_train_hidden`] over rows that hold several examples each,
+    /// laid out by `packed` (`None`: one example per row, from position 0).
+    pub fn forward_train_hidden_packed(
+        &self,
+        input_ids: &Tensor,
+        packed: Option<&PackedLayout>,
+        opts: TrainOptions,
+    ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
             return Err(ModelError::ContextOverflow {
@@ -61,8 +121,18 @@ impl Llama {
                 max: self.cfg.max_position_embeddings,
             });
         }
-        let cos = self.rope.cos.narrow(0, 0, t)?;
-        let sin = self.rope.sin.narrow(0, 0, t)?;
+        let (cos, sin, mask) = match packed {
+            Some(p) => {
+                p.check(b, t)?;
+                let (cos, sin) = p.rope_tables(self, b, t)?;
+                (cos, sin, Some(p.attention_mask(self, b, t)?))
+            }
+            None => (
+                self.rope.cos.narrow(0, 0, t)?,
+                self.rope.sin.narrow(0, 0, t)?,
+                None,
+            ),
+        };
         let mut x = match &self.embed_tokens {
             Embedding::Dense(w) => w.index_select(&input_ids.flatten_all()?, 0)?.reshape((
                 b,
@@ -77,6 +147,7 @@ impl Llama {
                 layer: i,
                 cos: &cos,
                 sin: &sin,
+                mask: mask.as_ref(),
             };
             x = self.train_block(block, &x, &ctx)?;
         }
@@ -106,7 +177,20 @@ impl Llama {
         mask: &Tensor,
         opts: TrainOptions,
     ) -> Result<TrainLoss> {
-        let logits = self.forward_train(input_ids, opts)?;
+        self.train_loss_packed(input_ids, targets, mask, None, opts)
+    }
+
+    /// [`Self::train_loss`] of a packed batch (see [`PackedLayout`]).
+    pub fn train_loss_packed(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+        packed: Option<&PackedLayout>,
+        opts: TrainOptions,
+    ) -> Result<TrainLoss> {
+        let h = self.forward_train_hidden_packed(input_ids, packed, opts)?;
+        let logits = self.train_logits(&h)?;
         let accuracy = ops::masked_token_accuracy(&logits.detach(), targets, mask)?;
         let loss = ops::masked_cross_entropy(&logits, targets, mask)?;
         Ok(TrainLoss { loss, accuracy })
@@ -146,6 +230,10 @@ impl Llama {
         let k = repeat_kv(k, cfg.n_rep())?.contiguous()?;
         let v = repeat_kv(v, cfg.n_rep())?.contiguous()?;
         let scores = q.matmul(&k.t()?)?;
+        let scores = match ctx.mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
         let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
         let y = p
             .matmul(&v)?
@@ -161,6 +249,8 @@ struct Ctx<'a> {
     layer: usize,
     cos: &'a Tensor,
     sin: &'a Tensor,
+    /// Packed batches: the block-diagonal attention mask.
+    mask: Option<&'a Tensor>,
 }
 
 fn train_mlp(mlp: &Mlp, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {

@@ -283,6 +283,7 @@ impl HoneTrainer {
             base_model,
             pad_id,
             init_adapter: None,
+            packing: false,
         };
         Ok((cfg, hp.beta.unwrap_or(hone_data::hparams::DPO_AUTO_BETA)))
     }

@@ -6,6 +6,8 @@
 //! hidden iterator state, and a resumed run sees exactly the batches an
 //! uninterrupted one would have.
 
+use hone_model::PackedLayout;
+
 use crate::rng::TrainRng;
 
 /// One tokenised example: ids and which of them count in the loss.
@@ -46,6 +48,8 @@ pub struct Batch {
     pub mask: Vec<f32>,
     /// Number of 1.0 entries in `mask`.
     pub n_trained: usize,
+    /// Set when rows hold several examples ([`Batch::packed`]).
+    pub packed: Option<PackedLayout>,
 }
 
 impl Batch {
@@ -66,16 +70,58 @@ impl Batch {
             targets: vec![pad_id; batch * seq_len],
             mask: vec![0.0; batch * seq_len],
             n_trained: 0,
+            packed: None,
         };
         for (row, ex) in examples.iter().enumerate() {
-            b.fill_row(row, ex);
+            b.fill_at(row * b.seq_len, ex);
         }
         b
     }
 
-    fn fill_row(&mut self, row: usize, ex: &TokenizedExample) {
+    /// Packs examples into as few rows of at most `row_len` shifted positions as
+    /// first-fit allows (in the given order, so deterministic), padding the rows to
+    /// the fullest one. Each example keeps RoPE positions from 0 and attends only
+    /// within itself ([`PackedLayout`]), so the loss equals the unpacked batch's.
+    /// An example longer than `row_len` gets a row of its own.
+    pub fn packed(examples: &[&TokenizedExample], pad_id: u32, row_len: usize) -> Batch {
+        let lens: Vec<usize> = examples
+            .iter()
+            .map(|e| e.ids.len().saturating_sub(1))
+            .collect();
+        let (rows, fill) = first_fit(&lens, row_len.max(1));
+        let seq_len = fill.iter().copied().max().unwrap_or(0).max(1);
+        let batch = fill.len().max(1);
+        let n = batch * seq_len;
+        let mut b = Batch {
+            batch,
+            seq_len,
+            input_ids: vec![pad_id; n],
+            targets: vec![pad_id; n],
+            mask: vec![0.0; n],
+            n_trained: 0,
+            packed: None,
+        };
+        // Padding: position 0, attending only to itself.
+        let mut layout = PackedLayout {
+            positions: vec![0; n],
+            segment_starts: (0..n).map(|i| (i % seq_len) as u32).collect(),
+        };
+        for (ex, (row, col)) in examples.iter().zip(rows) {
+            let start = row * seq_len + col;
+            b.fill_at(start, ex);
+            for j in 0..ex.ids.len().saturating_sub(1) {
+                layout.positions[start + j] = j as u32;
+                layout.segment_starts[start + j] = col as u32;
+            }
+        }
+        b.packed = Some(layout);
+        b
+    }
+
+    /// Writes the shifted ids, targets and mask of `ex` from flat index `start`.
+    fn fill_at(&mut self, start: usize, ex: &TokenizedExample) {
         let n = ex.ids.len().saturating_sub(1);
-        let base = row * self.seq_len;
+        let base = start;
         for j in 0..n {
             self.input_ids[base + j] = ex.ids[j];
             self.targets[base + j] = ex.ids[j + 1];
@@ -90,6 +136,29 @@ impl Batch {
     pub fn n_positions(&self) -> usize {
         self.batch * self.seq_len
     }
+}
+
+/// First-fit placement of items of `lens` into rows of capacity `cap`: each
+/// item's `(row, column)`, and how full each row is. An item larger than `cap`
+/// opens a row of its own.
+fn first_fit(lens: &[usize], cap: usize) -> (Vec<(usize, usize)>, Vec<usize>) {
+    let mut fill: Vec<usize> = Vec::new();
+    let place = lens
+        .iter()
+        .map(|&len| {
+            let row = match fill.iter().position(|&f| f + len <= cap) {
+                Some(r) => r,
+                None => {
+                    fill.push(0);
+                    fill.len() - 1
+                }
+            };
+            let col = fill[row];
+            fill[row] += len;
+            (row, col)
+        })
+        .collect();
+    (place, fill)
 }
 
 /// The example indices of one epoch, shuffled by `(seed, epoch)`.

@@ -44,6 +44,11 @@ pub struct TrainConfig {
     /// SFT adapter). Its rank, alpha and target modules must match the ones above.
     #[serde(default)]
     pub init_adapter: Option<PathBuf>,
+    /// SFT: pack each batch's examples into rows of up to `max_seq_len` tokens
+    /// (attention and positions stay per example, so the loss is unchanged; only
+    /// padding work is saved). A batch still holds `batch_size` examples.
+    #[serde(default)]
+    pub packing: bool,
 }
 
 /// Settings that may change between an interrupted run and its resume: they do not
@@ -213,6 +218,7 @@ mod tests {
             base_model: "a".into(),
             pad_id: 0,
             init_adapter: None,
+            packing: false,
         }
     }
 

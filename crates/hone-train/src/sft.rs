@@ -122,7 +122,10 @@ pub fn run_sft(
     sink: &mut dyn EventSink,
     ctl: &RunControl,
 ) -> Result<SftSummary> {
-    let obj = Sft { pad_id: cfg.pad_id };
+    let obj = Sft {
+        pad_id: cfg.pad_id,
+        pack_into: cfg.packing.then_some(cfg.max_seq_len),
+    };
     train_loop(model, &obj, train, valid, cfg, out_dir, sink, ctl)
 }
 
@@ -133,13 +136,20 @@ pub fn evaluate(
     batch_size: usize,
     pad_id: u32,
 ) -> Result<(f64, f64)> {
-    let s = Sft { pad_id }.evaluate(model, examples, batch_size)?;
+    let s = Sft {
+        pad_id,
+        pack_into: None,
+    }
+    .evaluate(model, examples, batch_size)?;
     Ok((s.mean_loss(), s.accuracy()))
 }
 
 /// The SFT objective: masked mean cross-entropy over trained tokens.
 struct Sft {
     pad_id: u32,
+    /// Training batches are packed into rows of this many tokens (`--packing`).
+    /// Validation stays unpacked: the loss is the same either way.
+    pack_into: Option<usize>,
 }
 
 impl Objective for Sft {
@@ -164,9 +174,12 @@ impl Objective for Sft {
         chunk: &[&TokenizedExample],
         opts: TrainOptions,
     ) -> Result<(Tensor, Stats)> {
-        let batch = Batch::from_examples(chunk, self.pad_id);
+        let batch = match self.pack_into {
+            Some(row_len) => Batch::packed(chunk, self.pad_id, row_len),
+            None => Batch::from_examples(chunk, self.pad_id),
+        };
         let (input, targets, mask) = to_tensors(&batch)?;
-        let out = model.train_loss(&input, &targets, &mask, opts)?;
+        let out = model.train_loss_packed(&input, &targets, &mask, batch.packed.as_ref(), opts)?;
         let stats = token_stats(&out.loss, batch.n_trained, out.accuracy)?;
         Ok((out.loss, stats))
     }

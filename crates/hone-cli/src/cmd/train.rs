@@ -85,6 +85,11 @@ pub struct TrainArgs {
     /// and target modules replace --lora-r, --lora-alpha and --target-modules.
     #[arg(long, env = "HONE_INIT_ADAPTER")]
     pub init_adapter: Option<PathBuf>,
+    /// SFT: pack each batch's examples into rows of up to --max-seq-len tokens instead of
+    /// padding each to the longest. Positions and attention stay per example, so the loss
+    /// is the same; only padding work is saved. A step still trains --batch-size examples.
+    #[arg(long, env = "HONE_PACKING")]
+    pub packing: bool,
     /// Checkpoints kept, newest first (0 writes none).
     #[arg(long, env = "HONE_KEEP_CHECKPOINTS", default_value_t = 2)]
     pub keep_checkpoints: usize,
@@ -112,6 +117,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     if a.beta.is_some() && method != Method::Dpo {
         bail!("--beta applies to --method dpo only");
+    }
+    if a.packing && method != Method::Sft {
+        bail!("--packing applies to --method sft only (a DPO pair is already one row each)");
     }
     if let Some(n) = a.max_seq_len.filter(|n| *n < 2) {
         bail!("--max-seq-len {n} is impossible: a training sequence needs at least 2 tokens");
@@ -177,6 +185,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         base_model: engine.id.clone(),
         pad_id: tok.tokenizer.eos_id(),
         init_adapter: a.init_adapter.clone(),
+        packing: a.packing,
     };
     let mut sink: Box<dyn EventSink> = if a.json_events {
         Box::new(JsonLinesSink::new(std::io::stdout()))

@@ -9,7 +9,9 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 
 /// RoPE in the Hugging Face layout ("rotate_half": the pair of element `i` is `i + d/2`).
 /// `x` is `(b, h, t, d)`; `cos` and `sin` are `(t, d/2)` (narrowed by the caller to the
-/// positions of `x`). Differentiable with respect to `x`; `cos`/`sin` get no gradient.
+/// positions of `x`), or `(b, t, d/2)` when each row has its own positions (packed
+/// sequences, whose positions restart at every example). Differentiable with respect
+/// to `x`; `cos`/`sin` get no gradient.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     apply(x, cos, sin, false)
 }
@@ -21,14 +23,15 @@ pub fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
-    let (_b, _h, t, d) = x.dims4()?;
+    let (b, _h, t, d) = x.dims4()?;
     if d % 2 != 0 {
         bail!("rope: head dim {d} must be even");
     }
     for (name, c) in [("cos", cos), ("sin", sin)] {
-        if c.dims() != [t, d / 2] {
+        if c.dims() != [t, d / 2] && c.dims() != [b, t, d / 2] {
             bail!(
-                "rope: {name} must have shape ({t}, {}), got {:?}",
+                "rope: {name} must have shape ({t}, {}) or ({b}, {t}, {}), got {:?}",
+                d / 2,
                 d / 2,
                 c.dims()
             );
@@ -93,13 +96,19 @@ impl CustomOp3 for Rope {
         let cos = f32_data(s2, l2, "rope cos")?;
         let sin = f32_data(s3, l3, "rope sin")?;
         let d = last_dim(l1, "rope x")?;
-        let t = l1.dims()[l1.dims().len() - 2];
+        let dims = l1.dims();
+        let (h, t) = (dims[dims.len() - 3], dims[dims.len() - 2]);
+        // Per-row tables (b, t, d/2): batch row `r / (h·t)` has its own positions.
+        let per_row = l2.dims().len() == 3;
         let half = d / 2;
         let mut out = vec![0f32; x.len()];
         par_rows(&mut out, d, d, |row0, chunk| {
             for (i, y) in chunk.chunks_exact_mut(d).enumerate() {
                 let row = row0 + i;
-                let pos = row % t;
+                let mut pos = row % t;
+                if per_row {
+                    pos += (row / (h * t)) * t;
+                }
                 let trig = pos * half..(pos + 1) * half;
                 self.rotate_row(
                     &x[row * d..(row + 1) * d],
@@ -162,6 +171,31 @@ mod tests {
             &[true, false, false],
             |t| rope_i(&t[0], &t[1], &t[2]),
             |t| candle_nn::rotary_emb::rope_i_slow(&t[0], &t[1], &t[2]),
+            1e-5,
+        )
+    }
+
+    /// Packed rows: each batch row rotated by its own positions' table.
+    #[test]
+    fn per_row_tables_rotate_each_row_by_its_own_positions() -> Result<()> {
+        let angles = (randn(&[2, 5, 4], 7) * 2.0)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        check_op(
+            &[randn(&[2, 3, 5, 8], 2), cos, sin],
+            &[true, false, false],
+            |t| rope(&t[0], &t[1], &t[2]),
+            |t| {
+                let rows = (0..2)
+                    .map(|b| {
+                        candle_nn::rotary_emb::rope_slow(
+                            &t[0].narrow(0, b, 1)?,
+                            &t[1].get(b)?,
+                            &t[2].get(b)?,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)
+            },
             1e-5,
         )
     }

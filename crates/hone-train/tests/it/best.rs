@@ -40,6 +40,7 @@ fn cfg() -> TrainConfig {
         base_model: "tiny".into(),
         pad_id: 0,
         init_adapter: None,
+        packing: false,
     }
 }
 

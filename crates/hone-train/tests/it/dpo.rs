@@ -67,6 +67,7 @@ fn train_cfg(epochs: u32) -> TrainConfig {
         base_model: "tiny".into(),
         pad_id: 0,
         init_adapter: None,
+        packing: false,
     }
 }
 

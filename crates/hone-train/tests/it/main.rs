@@ -2,4 +2,5 @@
 
 mod best;
 mod dpo;
+mod packing;
 mod sft;

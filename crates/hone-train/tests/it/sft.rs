@@ -76,6 +76,7 @@ fn config(epochs: u32) -> SftConfig {
         base_model: "tiny".into(),
         pad_id: 0,
         init_adapter: None,
+        packing: false,
     }
 }
 
