@@ -349,7 +349,21 @@ fn real_model_train_path_cross_entropy_matches_pytorch() {
 /// steps still on disk) resumes to the same losses and adapter as an uninterrupted run.
 #[test]
 fn resume_from_an_epoch_checkpoint_reproduces_the_uninterrupted_run() {
+    resume_reproduces_the_uninterrupted_run(false);
+}
+
+/// The same with `--packing`: the data cursor counts examples, not packed rows, so a
+/// resumed packed run replays exactly the steps an uninterrupted packed run takes.
+#[test]
+fn resume_with_packing_reproduces_the_uninterrupted_run() {
+    resume_reproduces_the_uninterrupted_run(true);
+}
+
+fn resume_reproduces_the_uninterrupted_run(packing: bool) {
     let cfg = SftConfig {
+        packing,
+        // Room for a whole batch of these short chats in one packed row.
+        max_seq_len: if packing { 256 } else { 64 },
         keep_checkpoints: 5,
         schedule: ScheduleKind::Linear,
         warmup_ratio: 0.2,
