@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hone_data::{
-    parse_reader, Code, DataError, Example, Method, PreferenceExample, SftExample, MIN_EXAMPLES,
-};
+use hone_data::{DataError, PreferenceExample, SftExample};
 use hone_model::registry::{self, ResolvedModel, DEFAULT_MODEL_ID};
 use hone_model::{ChatEngine, WeightPath, SERVING_WEIGHTS};
 
@@ -221,70 +219,33 @@ pub struct LossInputs {
 }
 
 impl LossInputs {
+    /// Held-out files get hone-data's full validation, as for training,
+    /// except its minimum number of examples: a held-out file may be small.
     fn load(spec: &EvalSpec) -> Result<Self> {
         let chats = match &spec.chat_file {
-            Some(p) => Some(
-                parse_examples(p, Method::Sft)?
-                    .into_iter()
-                    .filter_map(|e| match e {
-                        Example::Sft(s) => Some(s),
-                        Example::Preference(_) => None,
-                    })
-                    .collect(),
-            ),
+            Some(p) => Some(hone_data::parse_sft_validation_file(p).map_err(data_err(p))?),
             None => None,
         };
         let pairs = match &spec.preference_file {
-            Some(p) => Some(
-                parse_examples(p, Method::Dpo)?
-                    .into_iter()
-                    .filter_map(|e| match e {
-                        Example::Preference(p) => Some(*p),
-                        Example::Sft(_) => None,
-                    })
-                    .collect(),
-            ),
+            Some(p) => Some(hone_data::parse_preference_validation_file(p).map_err(data_err(p))?),
             None => None,
         };
         Ok(LossInputs { chats, pairs })
     }
 }
 
-/// Parses a chat or preference file with hone-data's validation (the same
-/// as for training), except its minimum of examples per file: a held-out
-/// file may be small. hone-data has no switch for that rule, so a file whose
-/// only error is that one is parsed again repeated until it is long enough,
-/// and its first copy kept.
-fn parse_examples(path: &Path, method: Method) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let parse = |t: &str| parse_reader(std::io::Cursor::new(t.as_bytes()), Some(method));
-    let err = match parse(&text) {
-        Ok((examples, _)) => return Ok(examples),
-        Err(e) => e,
-    };
-    let only_too_few = matches!(&err, DataError::Invalid(r)
-        if !r.errors.is_empty() && r.errors.iter().all(|i| i.code == Code::InvalidNExamples));
-    let n = text.lines().filter(|l| !l.trim().is_empty()).count();
-    if !only_too_few || n == 0 {
-        return Err(data_err(path)(err));
-    }
-    let copies = MIN_EXAMPLES.div_ceil(n);
-    let mut padded = text.trim_end().to_string();
-    padded.push('\n');
-    let (mut examples, _) = parse(&padded.repeat(copies)).map_err(data_err(path))?;
-    examples.truncate(examples.len() / copies);
-    Ok(examples)
-}
-
+/// A held-out file's error: unreadable files keep their I/O error; invalid
+/// ones carry hone-data's full report (every problem, with line numbers).
 fn data_err(path: &Path) -> impl FnOnce(DataError) -> EvalError + '_ {
-    move |e| EvalError::Data {
-        path: path.to_path_buf(),
-        message: match &e {
-            DataError::Invalid(r) => hone_data::render::render_report(r),
-            other => other.to_string(),
+    move |e| match e {
+        DataError::Io { path, source } => EvalError::Io { path, source },
+        DataError::Invalid(r) => EvalError::Data {
+            path: path.to_path_buf(),
+            message: hone_data::render::render_report(&r),
+        },
+        other => EvalError::Data {
+            path: path.to_path_buf(),
+            message: other.to_string(),
         },
     }
 }

@@ -261,7 +261,55 @@ fn bad_inputs_fail_before_the_model_loads() {
     write(&good, &[case("Hello", r#""expected_patterns": ["x"]"#)]);
     let mut s = spec(&f, &good);
     s.chat_file = Some(f.root.join("nope.jsonl"));
-    assert!(run_eval(&s).unwrap_err().to_string().contains("nope.jsonl"));
+    match run_eval(&s) {
+        Err(e @ EvalError::Io { .. }) => assert!(e.to_string().contains("nope.jsonl")),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Held-out files go through hone-data's validation without its
+/// 10-example minimum: every problem is reported, with its line.
+#[test]
+fn held_out_files_are_validated_and_may_be_small() {
+    let f = fixture();
+    let cases = f.root.join("cases.jsonl");
+    write(&cases, &[case("Hello", r#""expected_patterns": ["x"]"#)]);
+    let chats = f.root.join("bad_valid.jsonl");
+    write(
+        &chats,
+        &[
+            chat("Hello", "Hi."),
+            r#"{"messages": [{"role": "wizard", "content": "x"}]}"#.to_string(),
+            "{oops".to_string(),
+        ],
+    );
+    let mut s = spec(&f, &cases);
+    // Checked before the model loads: this model does not exist.
+    s.model = Some(f.root.join("missing.gguf").display().to_string());
+    s.chat_file = Some(chats.clone());
+    match run_eval(&s) {
+        Err(EvalError::Data { path, message }) => {
+            assert_eq!(path, chats);
+            assert!(message.contains("line 2"), "{message}");
+            assert!(message.contains("line 3"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let prefs = f.root.join("bad_dpo.jsonl");
+    write(&prefs, &[chat("Hello", "Hi.")]);
+    s.chat_file = None;
+    s.preference_file = Some(prefs.clone());
+    match run_eval(&s) {
+        Err(EvalError::Data { path, .. }) => assert_eq!(path, prefs),
+        other => panic!("{other:?}"),
+    }
+    // Two valid chats (fewer than 10) are fine.
+    let two = f.root.join("two.jsonl");
+    write(&two, &[chat("Hello", "Hi."), chat("Bye", "Goodbye.")]);
+    let mut s = spec(&f, &cases);
+    s.chat_file = Some(two);
+    let r = run_eval(&s).unwrap();
+    assert_eq!(r.runs[0].chat_loss.as_ref().unwrap().examples, 2);
 }
 
 /// Cases decoded in batches (each with its own KV cache) give exactly the
