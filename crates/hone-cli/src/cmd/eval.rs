@@ -2,8 +2,10 @@
 //! side by side, with the failures, optional loss measures, JSON and an HTML
 //! report. The work is in `hone-eval`; this file maps flags and prints.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use hone_eval::{run_eval_with, Baseline, EvalReport, EvalSpec, Progress};
@@ -162,15 +164,40 @@ fn exit_code(report: &EvalReport, min: Option<f64>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One progress bar per model and task, on stderr (hidden when not a terminal).
-#[derive(Default)]
+/// One progress bar per model and task on a terminal; elsewhere (CI logs,
+/// `hone quickstart > log`) one stderr line per decoded batch of cases and
+/// per finished loss measure, so a slow run still shows where it is.
 struct Bar {
     key: Option<(String, &'static str)>,
     bar: Option<ProgressBar>,
+    lines: Option<Instant>,
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Bar {
+            key: None,
+            bar: None,
+            lines: (!std::io::stderr().is_terminal()).then(Instant::now),
+        }
+    }
 }
 
 impl Bar {
     fn update(&mut self, p: Progress) {
+        if let Some(started) = self.lines {
+            if p.task == "cases" || p.done == 0 || p.done == p.total {
+                eprintln!(
+                    "{} {}: {}/{} [{:.1} s]",
+                    p.model,
+                    p.task,
+                    p.done,
+                    p.total,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return;
+        }
         let key = (p.model.to_string(), p.task);
         if self.key.as_ref() != Some(&key) {
             self.finish();

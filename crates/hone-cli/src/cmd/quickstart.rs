@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{FromArgMatches, Parser};
@@ -47,7 +48,7 @@ pub struct QuickstartArgs {
 }
 
 pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
-    let started = std::time::Instant::now();
+    let mut clock = Phases::start();
     let data_dir = a.out.join("data");
     let adapter = a.out.join("adapter");
     let report = a.out.join("report.html");
@@ -56,6 +57,7 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let resolved = registry::resolve(&a.model).context("getting the base model")?;
     println!("{} at {}", resolved.id, resolved.source.path().display());
     let model = a.model.clone();
+    clock.lap("model");
 
     header(2, "the example dataset (Cogsworth Cycles support)");
     let files = write_dataset(&data_dir)?;
@@ -63,6 +65,7 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     if code != ExitCode::SUCCESS {
         bail!("the bundled dataset did not validate");
     }
+    clock.lap("dataset");
 
     header(3, "the estimate and what \"auto\" resolves to");
     data::run(parse_data(&[
@@ -73,6 +76,7 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         "--epochs",
         &a.epochs,
     ])?)?;
+    clock.lap("estimate");
 
     header(4, "fine-tuning with LoRA");
     let code = train::run(parse_train(&[
@@ -87,6 +91,7 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         "--epochs",
         &a.epochs,
     ])?)?;
+    clock.lap("training");
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
@@ -109,14 +114,63 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         eval_args.push("--require-improvement");
     }
     let code = eval::run(parse_eval(&eval_args)?)?;
+    clock.lap("evaluation");
 
     header(6, "next");
     print_next_steps(&adapter, &report, &model);
-    println!(
-        "\nquickstart finished in {:.1} min",
-        started.elapsed().as_secs_f64() / 60.0
-    );
+    println!("\n{}", clock.summary());
     Ok(code)
+}
+
+/// Wall time of each step, so a slow quickstart says where its time went
+/// (the eval table adds the generation time of each model).
+struct Phases {
+    started: Instant,
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        let now = Instant::now();
+        Phases {
+            started: now,
+            last: now,
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name` and prints how long it took.
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        let took = now - self.last;
+        self.last = now;
+        println!("({name}: {})", minutes(took));
+        self.laps.push((name, took));
+    }
+
+    fn summary(&self) -> String {
+        let laps: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(name, d)| format!("{name} {}", minutes(*d)))
+            .collect();
+        format!(
+            "quickstart finished in {} ({})",
+            minutes(self.started.elapsed()),
+            laps.join(", ")
+        )
+    }
+}
+
+/// `42.0 s` below two minutes, else `3.8 min`.
+fn minutes(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{:.1} min", s / 60.0)
+    }
 }
 
 /// The dataset's files, once written to disk.

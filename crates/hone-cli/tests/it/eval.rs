@@ -184,3 +184,35 @@ fn bad_cases_are_all_reported_with_line_numbers() {
     );
     assert!(err.contains("line 3:"), "{err}");
 }
+
+/// Without a terminal (CI logs), progress is one stderr line per decoded
+/// batch of cases, and the outputs do not depend on the batch size.
+#[test]
+fn progress_is_one_line_per_batch_without_a_terminal() {
+    let st = setup(12, 8);
+    let cases = st.dir.path().join("cases.jsonl");
+    write_cases(&cases, &[PASSING, FAILING, PASSING]);
+    let c = cases.to_str().unwrap();
+    let o = eval(&st, &["--cases", c, "--batch", "2", "--json"]);
+    let (out2, err) = s(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" cases: ")).collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    for (line, want) in lines.iter().zip(["0/3", "2/3", "3/3"]) {
+        assert!(line.contains(&format!("cases: {want} [")), "{err}");
+    }
+    let o = eval(&st, &["--cases", c, "--batch", "1", "--json"]);
+    let (out1, err) = s(&o);
+    assert!(o.status.success(), "{err}");
+    let outputs = |json: &str| {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["runs"][0]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["output"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outputs(&out2), outputs(&out1));
+    assert_eq!(err.lines().filter(|l| l.contains(" cases: ")).count(), 4);
+}
