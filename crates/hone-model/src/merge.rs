@@ -327,7 +327,9 @@ mod tests {
         };
         let expect = (w + (b.matmul(&a)? * 8.0)?)?;
         let d = (m - expect)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert_eq!(d, 0.0);
+        // Random inputs of magnitude ~10 after scaling: equal up to f32 rounding
+        // (the merge may scale before or after the product).
+        assert!(d < 1e-4, "{d}");
         assert!(!merge_linear(&mut lin)?, "nothing left to merge");
         Ok(())
     }
