@@ -3,30 +3,14 @@
 use std::path::Path;
 
 use hone_data::{ChatMessage, PreferenceExample, Role};
-use hone_model::testing::{write_tiny_model, TinySpec};
-use hone_model::{load_model, load_peft_adapter, Llama, LoraParams, WeightPath};
-use hone_text::ChatTokenizer;
+use hone_model::{load_peft_adapter, LoraParams};
 use hone_train::dpo::{pair_logprobs, run_dpo, tokenize_dpo, DpoConfig, TokenizedPair};
 use hone_train::{
     AdamWConfig, RunControl, ScheduleKind, TrainConfig, TrainError, TrainEvent, TrainSummary,
     VecSink,
 };
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    model: Llama,
-    tok: ChatTokenizer,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
-    Fixture {
-        model: load_model(&gguf, WeightPath::F32).unwrap(),
-        tok: ChatTokenizer::from_gguf(&gguf).unwrap(),
-        _dir: dir,
-    }
-}
+use crate::common::{fixture, Fixture};
 
 fn pair(q: &str, good: &str, bad: &str) -> PreferenceExample {
     PreferenceExample {

@@ -1,6 +1,7 @@
 //! hone-train integration tests (one binary, see DESIGN.md).
 
 mod best;
+mod common;
 mod dpo;
 mod packing;
 mod sft;

@@ -5,12 +5,12 @@
 use candle_core::{Device, Tensor};
 use hone_data::{ChatMessage, Role, SftExample};
 use hone_model::lora::{LoraConfig, LoraParams};
-use hone_model::testing::{write_tiny_model, TinySpec};
-use hone_model::{load_model, Llama, TrainOptions, WeightPath};
-use hone_text::ChatTokenizer;
+use hone_model::{Llama, TrainOptions};
 use hone_train::batch::{Batch, TokenizedExample};
 use hone_train::sft::{tokenize_sft, train_sft, SftConfig};
 use hone_train::{AdamWConfig, ScheduleKind, TrainEvent, VecSink};
+
+use crate::common::{fixture, Fixture};
 
 fn msg(role: Role, text: &str) -> ChatMessage {
     ChatMessage::new(role, text)
@@ -46,22 +46,6 @@ fn chats() -> Vec<SftExample> {
         ]),
         ex(vec![msg(Role::User, "x"), msg(Role::Assistant, "y")]),
     ]
-}
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    model: Llama,
-    tok: ChatTokenizer,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
-    Fixture {
-        model: load_model(&gguf, WeightPath::F32).unwrap(),
-        tok: ChatTokenizer::from_gguf(&gguf).unwrap(),
-        _dir: dir,
-    }
 }
 
 fn examples(f: &Fixture) -> Vec<TokenizedExample> {

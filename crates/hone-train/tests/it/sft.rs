@@ -4,29 +4,11 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use hone_data::{ChatMessage, Role, SftExample};
-use hone_model::testing::{write_tiny_model, TinySpec};
 use hone_model::{load_model, BaseWeight, Llama, WeightPath};
-use hone_text::ChatTokenizer;
 use hone_train::sft::{tokenize_sft, train_sft, SftConfig, SftSummary};
 use hone_train::{AdamWConfig, ScheduleKind, TrainEvent, VecSink};
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    model: Llama,
-    tok: ChatTokenizer,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
-    let model = load_model(&gguf, WeightPath::F32).unwrap();
-    let tok = ChatTokenizer::from_gguf(&gguf).unwrap();
-    Fixture {
-        _dir: dir,
-        model,
-        tok,
-    }
-}
+use crate::common::{fixture, Fixture};
 
 fn chat(q: &str, a: &str) -> SftExample {
     SftExample {
