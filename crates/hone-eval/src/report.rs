@@ -76,7 +76,7 @@ pub struct GenerationInfo {
     /// Cases decoded together, each with its own KV cache (outputs do not
     /// depend on it).
     pub batch: usize,
-    /// Inference weights, e.g. `q8_0`.
+    /// Inference weights, e.g. `packed`.
     pub weights: String,
 }
 

@@ -63,7 +63,7 @@ pub struct EvalSpec {
     pub chat_file: Option<PathBuf>,
     /// Preference (DPO) file for pair accuracy.
     pub preference_file: Option<PathBuf>,
-    /// Inference weights (default: the serving path, Q8_0).
+    /// Inference weights (default: the serving path, packed).
     pub weights: WeightPath,
 }
 
@@ -75,7 +75,7 @@ impl EvalSpec {
         }
     }
 
-    /// A spec with defaults: no adapter, auto baseline, 256 tokens, Q8_0.
+    /// A spec with defaults: no adapter, auto baseline, 256 tokens, packed weights.
     pub fn new(cases: impl Into<PathBuf>) -> Self {
         EvalSpec {
             cases: cases.into(),

@@ -4,7 +4,6 @@
 
 use std::ops::ControlFlow;
 
-use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -88,10 +87,7 @@ impl StepModel for Llama {
     }
 
     fn step(&self, ids: &[u32], start_pos: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
-        let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
-        let h = self.forward_hidden(&input, start_pos, Some(cache), ForwardOptions::default())?;
-        let last = h.narrow(1, ids.len() - 1, 1)?;
-        Ok(self.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+        self.step_logits(ids, start_pos, cache, ForwardOptions::default())
     }
 
     fn context_length(&self) -> usize {
@@ -102,9 +98,7 @@ impl StepModel for Llama {
 /// Batched decode steps through [`Llama::forward_step_batch`], adapters on.
 impl BatchStepModel for Llama {
     fn step_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
-        Ok(self
-            .forward_step_batch(ids, caches, ForwardOptions::default())?
-            .to_vec2::<f32>()?)
+        self.step_batch_logits(ids, caches, ForwardOptions::default())
     }
 }
 

@@ -2,6 +2,7 @@
 //! forward passes for training and inference, LoRA, and generation.
 
 pub mod config;
+pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -24,7 +25,7 @@ pub use candle_core;
 pub use config::Config;
 pub use engine::{ChatEngine, SERVING_WEIGHTS};
 pub use error::{ModelError, Result};
-pub use linear::{BaseWeight, Linear, LoraAdapter};
+pub use linear::{BaseWeight, Linear, LoraAdapter, QWeight};
 pub use llama::{ForwardOptions, KvCache, Llama, WeightPath};
 pub use load::{load_gguf, load_hf_dir, load_model};
 pub use lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};

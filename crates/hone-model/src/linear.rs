@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
+use crate::decode::PackedMatrix;
 use crate::error::{ModelError, Result};
 
 /// The HF names of the projections LoRA can target, in model order.
@@ -25,8 +26,41 @@ pub const TARGET_MODULES: &[&str] = &[
 pub enum BaseWeight {
     /// f32 weights: the training path and the numerical reference.
     Dense(Tensor),
-    /// Quantized weights multiplied by candle's `QMatMul` kernels (inference).
-    Quantized(Arc<QMatMul>),
+    /// Quantized weights (inference).
+    Quantized(QWeight),
+}
+
+/// A quantized weight matrix and the kernels that multiply it.
+#[derive(Debug, Clone)]
+pub enum QWeight {
+    /// candle's `QMatMul`, which quantizes the activations to 8 bits per product.
+    Candle(Arc<QMatMul>),
+    /// hone's own blocks and kernels, with f32 activations (the serving path).
+    Packed(Arc<PackedMatrix>),
+}
+
+impl QWeight {
+    /// `x·Wᵀ` for `x: [.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            QWeight::Candle(q) => Ok(q.forward(x)?),
+            QWeight::Packed(p) => packed_forward(p, x),
+        }
+    }
+}
+
+/// `x·Wᵀ` through a packed matrix for a tensor input (the candle-tensor paths,
+/// e.g. scoring; decode steps call the matrix on slices directly).
+pub fn packed_forward(p: &PackedMatrix, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let y = p.matmul(&xs, rows)?;
+    let mut out = dims.to_vec();
+    if let Some(last) = out.last_mut() {
+        *last = p.dims().0;
+    }
+    Ok(Tensor::from_vec(y, out, x.device())?)
 }
 
 /// A low-rank update `scale · (x·Aᵀ)·Bᵀ` with `A: [r, in]`, `B: [out, r]`
@@ -132,7 +166,7 @@ impl Linear {
     pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         match &self.base {
             BaseWeight::Dense(w) => dense_matmul(x, w),
-            BaseWeight::Quantized(q) => Ok(q.forward(x)?),
+            BaseWeight::Quantized(q) => q.forward(x),
         }
     }
 }
@@ -156,7 +190,7 @@ pub fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::Device;
 
     #[test]
     fn adapter_adds_scaled_low_rank_update_and_can_be_bypassed() -> Result<()> {

@@ -9,12 +9,13 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::Config;
+use crate::decode::{FlatKv, PackedMatrix};
 use crate::error::{ModelError, Result};
-use crate::linear::{dense_matmul, Linear, LoraAdapter};
+use crate::linear::{dense_matmul, Linear, LoraAdapter, QWeight};
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) · weight` over the last dimension.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -102,26 +103,51 @@ pub fn causal_mask(t: usize, start_pos: usize, device: &Device) -> Result<Tensor
     Ok(Tensor::from_vec(mask, (t, total), device)?)
 }
 
-/// Per-layer keys and values of the positions seen so far.
+/// Per-layer keys and values of the positions seen so far: candle tensors
+/// for the tensor forward pass, or flat f32 rows for the packed decode step
+/// (which appends in place instead of copying the cache each step). A cache
+/// is filled by one of the two paths.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    flat: FlatKv,
 }
 
 impl KvCache {
     pub fn new(cfg: &Config) -> Self {
         Self {
             layers: vec![None; cfg.num_hidden_layers],
+            flat: FlatKv::new(
+                cfg.num_hidden_layers,
+                cfg.num_key_value_heads * cfg.head_dim,
+            ),
         }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.layers
+        let tensors = self
+            .layers
             .first()
             .and_then(|l| l.as_ref())
             .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        tensors.max(self.flat.len())
+    }
+
+    /// The flat storage of the packed decode step.
+    pub(crate) fn flat(&self) -> &FlatKv {
+        &self.flat
+    }
+
+    /// The flat storage, unless the tensor path already filled this cache.
+    pub(crate) fn flat_mut(&mut self) -> Result<&mut FlatKv> {
+        if self.layers.iter().any(Option::is_some) {
+            return Err(ModelError::Generation(
+                "this KV cache was filled by the tensor forward pass; use a new cache".into(),
+            ));
+        }
+        Ok(&mut self.flat)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,6 +156,7 @@ impl KvCache {
 
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
+        self.flat.clear();
     }
 
     fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
@@ -137,6 +164,11 @@ impl KvCache {
             .layers
             .get_mut(layer)
             .ok_or_else(|| ModelError::Generation("KV cache built for another model".into()))?;
+        if !self.flat.is_empty() {
+            return Err(ModelError::Generation(
+                "this KV cache was filled by the packed decode step; use a new cache".into(),
+            ));
+        }
         let kv = match slot.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
@@ -203,7 +235,14 @@ pub struct Block {
 #[derive(Debug, Clone)]
 pub enum Embedding {
     Dense(Tensor),
-    Quantized(Arc<QTensor>),
+    Quantized(QEmbedding),
+}
+
+/// A quantized embedding table, in candle's blocks or hone's packed ones.
+#[derive(Debug, Clone)]
+pub enum QEmbedding {
+    Candle(Arc<QTensor>),
+    Packed(Arc<PackedMatrix>),
 }
 
 impl Embedding {
@@ -214,7 +253,21 @@ impl Embedding {
                 let h = w.dim(1)?;
                 Ok(w.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?)
             }
-            Embedding::Quantized(q) => Ok(q.embedding(ids)?),
+            Embedding::Quantized(QEmbedding::Candle(q)) => Ok(q.embedding(ids)?),
+            Embedding::Quantized(QEmbedding::Packed(p)) => {
+                let (b, t) = ids.dims2()?;
+                let (vocab, h) = p.dims();
+                let mut rows = Vec::with_capacity(b * t * h);
+                for id in ids.flatten_all()?.to_vec1::<u32>()? {
+                    if id as usize >= vocab {
+                        return Err(ModelError::Generation(format!(
+                            "token id {id} is outside the vocabulary of {vocab}"
+                        )));
+                    }
+                    rows.extend(p.row_f32(id as usize)?);
+                }
+                Ok(Tensor::from_vec(rows, (b, t, h), ids.device())?)
+            }
         }
     }
 }
@@ -223,7 +276,7 @@ impl Embedding {
 #[derive(Debug, Clone)]
 pub enum LmHead {
     Dense(Tensor),
-    Quantized(Arc<QMatMul>),
+    Quantized(QWeight),
 }
 
 /// Switches for one forward pass.
@@ -248,6 +301,10 @@ pub enum WeightPath {
     Native,
     /// Linear weights re-quantized to Q8_0 at load.
     Q8_0,
+    /// hone's own kernels ([`crate::decode`]): Q4_1 and Q8_0 blocks kept as in
+    /// the file (other types re-quantized to Q8_0), multiplied with f32
+    /// activations. The serving path.
+    Packed,
 }
 
 impl WeightPath {
@@ -256,6 +313,7 @@ impl WeightPath {
             WeightPath::F32 => "f32",
             WeightPath::Native => "native",
             WeightPath::Q8_0 => "q8_0",
+            WeightPath::Packed => "packed",
         }
     }
 }
@@ -369,6 +427,46 @@ impl Llama {
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
     }
 
+    /// Logits of the position after `ids`, which follow `start_pos` positions
+    /// already in `cache`: generation's step. Packed weights run hone's own
+    /// decode step ([`crate::decode`]), others the tensor forward pass.
+    pub fn step_logits(
+        &self,
+        ids: &[u32],
+        start_pos: usize,
+        cache: &mut KvCache,
+        opts: ForwardOptions,
+    ) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(ModelError::Generation(
+                "a step needs at least one token".into(),
+            ));
+        }
+        if self.weight_path == WeightPath::Packed {
+            return crate::decode::step(self, ids, start_pos, cache, opts.use_adapters);
+        }
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let h = self.forward_hidden(&input, start_pos, Some(cache), opts)?;
+        let last = h.narrow(1, ids.len() - 1, 1)?;
+        Ok(self.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// One decode step for several sequences (see [`Llama::forward_step_batch`]),
+    /// as one logits vector per sequence; packed weights run hone's own step.
+    pub fn step_batch_logits(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache],
+        opts: ForwardOptions,
+    ) -> Result<Vec<Vec<f32>>> {
+        if self.weight_path == WeightPath::Packed {
+            return crate::decode::step_batch(self, ids, caches, opts.use_adapters);
+        }
+        Ok(self
+            .forward_step_batch(ids, caches, opts)?
+            .to_vec2::<f32>()?)
+    }
+
     /// One decode step for several sequences: `ids[i]` follows the positions
     /// already in `caches[i]`. The linear layers and the LM head run once on
     /// all `B` rows (each weight matrix is read once per step); RoPE uses each
@@ -460,7 +558,7 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             LmHead::Dense(w) => dense_matmul(hidden, w),
-            LmHead::Quantized(q) => Ok(q.forward(hidden)?),
+            LmHead::Quantized(q) => q.forward(hidden),
         }
     }
 

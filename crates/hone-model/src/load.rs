@@ -13,9 +13,10 @@ use candle_core::quantized::{
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
+use crate::decode::PackedMatrix;
 use crate::error::{ModelError, Result};
-use crate::linear::{BaseWeight, Linear};
-use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, WeightPath};
+use crate::linear::{BaseWeight, Linear, QWeight};
+use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, QEmbedding, WeightPath};
 
 /// Loads a model from a GGUF file or an HF directory, whichever `path` is.
 pub fn load_model(path: &Path, weights: WeightPath) -> Result<Llama> {
@@ -189,8 +190,24 @@ fn build(src: &mut dyn WeightSource, mut cfg: Config, wp: WeightPath) -> Result<
             check_shape(t.shape().dims(), "lm_head.weight", vocab_h)?;
             t
         };
-        let head = QMatMul::from_arc(head)?;
-        (Embedding::Quantized(e), LmHead::Quantized(Arc::new(head)))
+        if wp == WeightPath::Packed {
+            let table = Arc::new(PackedMatrix::from_qtensor(&e)?);
+            let head = if Arc::ptr_eq(&head, &e) {
+                table.clone()
+            } else {
+                Arc::new(PackedMatrix::from_qtensor(&head)?)
+            };
+            (
+                Embedding::Quantized(QEmbedding::Packed(table)),
+                LmHead::Quantized(QWeight::Packed(head)),
+            )
+        } else {
+            let head = QMatMul::from_arc(head)?;
+            (
+                Embedding::Quantized(QEmbedding::Candle(e)),
+                LmHead::Quantized(QWeight::Candle(Arc::new(head))),
+            )
+        }
     };
     Llama::from_parts(cfg, embed, layers, norm_w, lm_head, wp, &dev)
 }
@@ -209,7 +226,11 @@ fn load_linear(
     } else {
         let q = src.quantized(name, rows, wp)?;
         check_shape(q.shape().dims(), name, (out, inp))?;
-        BaseWeight::Quantized(Arc::new(QMatMul::from_arc(q)?))
+        if wp == WeightPath::Packed {
+            BaseWeight::Quantized(QWeight::Packed(Arc::new(PackedMatrix::from_qtensor(&q)?)))
+        } else {
+            BaseWeight::Quantized(QWeight::Candle(Arc::new(QMatMul::from_arc(q)?)))
+        }
     };
     Ok(Linear::new(base, out, inp))
 }
@@ -368,7 +389,12 @@ impl WeightSource for GgufSource {
 
     fn quantized(&mut self, name: &str, rows: Rows, wp: WeightPath) -> Result<Arc<QTensor>> {
         let raw = self.raw(name)?;
-        let keep = wp == WeightPath::Native || raw.dtype() == GgmlDType::Q8_0;
+        let keep = match wp {
+            WeightPath::Native => true,
+            // Packed keeps both block types its kernels read (PackedMatrix).
+            WeightPath::Packed => matches!(raw.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0),
+            _ => raw.dtype() == GgmlDType::Q8_0,
+        };
         let q = match (keep, rows) {
             (true, Rows::Plain) => raw,
             (true, Rows::RopeInterleaved(n)) => unpermute_quantized(&raw, n)?,

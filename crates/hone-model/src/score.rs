@@ -28,15 +28,10 @@ impl StepModel for AdapterSwitch<'_> {
     }
 
     fn step(&self, ids: &[u32], start_pos: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
-        let input = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
         let opts = ForwardOptions {
             use_adapters: self.use_adapters,
         };
-        let h = self
-            .model
-            .forward_hidden(&input, start_pos, Some(cache), opts)?;
-        let last = h.narrow(1, ids.len() - 1, 1)?;
-        Ok(self.model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+        self.model.step_logits(ids, start_pos, cache, opts)
     }
 
     fn context_length(&self) -> usize {
@@ -50,10 +45,7 @@ impl BatchStepModel for AdapterSwitch<'_> {
         let opts = ForwardOptions {
             use_adapters: self.use_adapters,
         };
-        Ok(self
-            .model
-            .forward_step_batch(ids, caches, opts)?
-            .to_vec2::<f32>()?)
+        self.model.step_batch_logits(ids, caches, opts)
     }
 }
 

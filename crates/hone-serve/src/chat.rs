@@ -9,7 +9,7 @@
 //! blocking pool and turns the text callback into SSE chunks.
 //!
 //! Why one base and many adapters: a LoRA adapter is a few MB next to a base
-//! of hundreds. [`LocalChat`] keeps each base loaded once (Q8_0, the serving
+//! of hundreds. [`LocalChat`] keeps each base loaded once (packed weights, the serving
 //! path measured faithful to f32) and per request clones the model *handle*
 //! (its weights are reference-counted, so nothing is copied), attaches the
 //! requested adapter's matrices from an LRU cache, and generates. Requests on

@@ -36,8 +36,8 @@ pub struct InferArgs {
     /// Model id or path to a GGUF file or HF directory.
     #[arg(long, env = "HONE_MODEL", default_value = DEFAULT_MODEL_ID)]
     pub model: String,
-    /// Weight path to measure: q8_0, native or f32.
-    #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
+    /// Weight path to measure: packed (default; hone's kernels), q8_0, native (candle's) or f32.
+    #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
     /// Tokens to generate per run.
     #[arg(long, env = "HONE_BENCH_NEW_TOKENS", default_value_t = 128)]

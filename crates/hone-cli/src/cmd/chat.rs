@@ -40,9 +40,10 @@ pub struct ChatArgs {
     /// Seed for reproducible sampling.
     #[arg(long, env = "HONE_SEED")]
     pub seed: Option<u64>,
-    /// Weights used for inference: q8_0 (default; faithful to f32 and fast),
-    /// native (the file's own quantization), or f32.
-    #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
+    /// Weights used for inference: packed (default; the file's Q4_1/Q8_0 blocks
+    /// with hone's kernels, faithful to f32 and fastest), q8_0 or native
+    /// (candle's quantized kernels), or f32.
+    #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
     /// A LoRA adapter directory in PEFT layout (what `hone train` writes in
     /// --out), applied on top of the base model without merging.
@@ -53,11 +54,12 @@ pub struct ChatArgs {
 /// Parses `--weights`.
 pub fn parse_weights(s: &str) -> Result<WeightPath, String> {
     match s {
+        "packed" => Ok(WeightPath::Packed),
         "q8_0" | "q8" => Ok(WeightPath::Q8_0),
         "native" => Ok(WeightPath::Native),
         "f32" => Ok(WeightPath::F32),
         _ => Err(format!(
-            "unknown weights `{s}` (expected q8_0, native or f32)"
+            "unknown weights `{s}` (expected packed, q8_0, native or f32)"
         )),
     }
 }

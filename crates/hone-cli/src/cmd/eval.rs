@@ -67,8 +67,8 @@ pub struct EvalArgs {
     /// "did fine-tuning help?").
     #[arg(long)]
     pub require_improvement: bool,
-    /// Weights used for inference: q8_0 (default), native or f32.
-    #[arg(long, env = "HONE_WEIGHTS", default_value = "q8_0", value_parser = parse_weights)]
+    /// Weights used for inference: packed (default), q8_0, native or f32.
+    #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
 }
 

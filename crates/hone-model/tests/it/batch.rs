@@ -78,9 +78,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn a_batched_step_gives_each_sequence_its_own_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for weights in [WeightPath::F32, WeightPath::Q8_0] {
+    for weights in [WeightPath::F32, WeightPath::Q8_0, WeightPath::Packed] {
         let mut m = tiny(dir.path(), weights);
-        if weights == WeightPath::F32 {
+        if weights != WeightPath::Q8_0 {
             with_adapter(&mut m);
         }
         let ps = prompts();
@@ -95,9 +95,7 @@ fn a_batched_step_gives_each_sequence_its_own_logits() {
         let mut refs: Vec<_> = caches.iter_mut().collect();
         let ids = vec![7; ps.len()];
         let batched = m
-            .forward_step_batch(&ids, &mut refs, ForwardOptions::default())
-            .unwrap()
-            .to_vec2::<f32>()
+            .step_batch_logits(&ids, &mut refs, ForwardOptions::default())
             .unwrap();
         for (i, (b, a)) in batched.iter().zip(&alone).enumerate() {
             let d = max_abs_diff(b, a);
@@ -111,8 +109,14 @@ fn a_batched_step_gives_each_sequence_its_own_logits() {
 
 #[test]
 fn generate_batch_equals_generating_each_prompt_alone() {
+    for weights in [WeightPath::F32, WeightPath::Packed] {
+        generate_batch_equals_alone_on(weights);
+    }
+}
+
+fn generate_batch_equals_alone_on(weights: WeightPath) {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = tiny(dir.path(), WeightPath::F32);
+    let mut m = tiny(dir.path(), weights);
     let greedy = GenerationParams {
         max_tokens: 12,
         ..Default::default()
@@ -139,7 +143,10 @@ fn generate_batch_equals_generating_each_prompt_alone() {
         for params in [&greedy, &sampled, &stopping] {
             let alone = one_by_one(&m, params, &[stop_id]);
             let batch = generate_batch(&m, &prompts(), params, &[stop_id], &detok).unwrap();
-            assert_eq!(batch, alone, "adapter {adapter}, params {params:?}");
+            assert_eq!(
+                batch, alone,
+                "{weights:?}, adapter {adapter}, params {params:?}"
+            );
         }
         let lens: Vec<usize> = one_by_one(&m, &greedy, &[stop_id])
             .iter()
@@ -156,11 +163,16 @@ fn generate_batch_equals_generating_each_prompt_alone() {
 #[test]
 fn bad_batches_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
+    for weights in [WeightPath::F32, WeightPath::Packed] {
+        let m = tiny(dir.path(), weights);
+        let mut c = m.new_cache();
+        let mut refs = vec![&mut c];
+        let r = m.step_batch_logits(&[1, 2], &mut refs, ForwardOptions::default());
+        assert!(r.is_err(), "{weights:?}");
+        let r = m.step_batch_logits(&[], &mut [], ForwardOptions::default());
+        assert!(r.is_err(), "{weights:?}");
+    }
     let m = tiny(dir.path(), WeightPath::F32);
-    let mut c = m.new_cache();
-    let mut refs = vec![&mut c];
-    let r = m.forward_step_batch(&[1, 2], &mut refs, ForwardOptions::default());
-    assert!(r.is_err());
     let empty = generate_batch(&m, &[vec![]], &GenerationParams::default(), &[], &detok);
     assert!(empty.is_err());
     let none = generate_batch(&m, &[], &GenerationParams::default(), &[], &detok).unwrap();

@@ -1,0 +1,431 @@
+//! The decode step on packed weights: the same Llama block as
+//! [`crate::Llama::forward_hidden`], written on f32 slices.
+//!
+//! One call takes a list of *rows*, each a token fed to one sequence: a
+//! prompt chunk is several rows of one sequence, a batched decode step one row
+//! per sequence. The linear layers multiply all rows at once (the weights are
+//! read once per call); RoPE and attention use each row's own position and
+//! cache. Equivalence with the candle path is tested in `tests/it/packed.rs`.
+
+use candle_core::{Storage, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::linear::{BaseWeight, Linear, LoraAdapter, QWeight};
+use crate::llama::{Embedding, KvCache, Llama, LmHead, QEmbedding};
+
+use super::packed::{matmul_many, PackedMatrix};
+
+/// Prompt tokens per call during prefill: enough to read each weight block
+/// once for many tokens, few enough to keep the activations in cache.
+const PREFILL_CHUNK: usize = 16;
+
+/// Keys and values of one sequence, per layer, as `[positions, kv_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct FlatKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+}
+
+impl FlatKv {
+    pub fn new(layers: usize, kv_dim: usize) -> Self {
+        Self {
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+            kv_dim,
+        }
+    }
+
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        match self.k.first() {
+            Some(k) if self.kv_dim > 0 => k.len() / self.kv_dim,
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.k
+            .iter_mut()
+            .chain(self.v.iter_mut())
+            .for_each(Vec::clear);
+    }
+}
+
+/// Logits after `ids`, which follow `start_pos` positions already in `cache`.
+pub(crate) fn step(
+    model: &Llama,
+    ids: &[u32],
+    start_pos: usize,
+    cache: &mut KvCache,
+    use_adapters: bool,
+) -> Result<Vec<f32>> {
+    if ids.is_empty() {
+        return Err(ModelError::Generation(
+            "a step needs at least one token".into(),
+        ));
+    }
+    if cache.len() != start_pos {
+        return Err(ModelError::Generation(format!(
+            "start_pos {start_pos} does not match the {} cached positions",
+            cache.len()
+        )));
+    }
+    let mut caches = [cache];
+    let mut logits = Vec::new();
+    let chunks: Vec<&[u32]> = ids.chunks(PREFILL_CHUNK).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let rows: Vec<(usize, u32)> = chunk.iter().map(|&t| (0, t)).collect();
+        let want: &[usize] = if i + 1 == chunks.len() {
+            &[chunk.len() - 1]
+        } else {
+            &[]
+        };
+        logits = forward_rows(model, &rows, &mut caches, use_adapters, want)?;
+    }
+    logits
+        .pop()
+        .ok_or_else(|| ModelError::Generation("no logits were computed".into()))
+}
+
+/// One decode step for several sequences: `ids[i]` follows the positions in `caches[i]`.
+pub(crate) fn step_batch(
+    model: &Llama,
+    ids: &[u32],
+    caches: &mut [&mut KvCache],
+    use_adapters: bool,
+) -> Result<Vec<Vec<f32>>> {
+    if ids.is_empty() || ids.len() != caches.len() {
+        return Err(ModelError::Generation(format!(
+            "a batched step needs one cache per token, got {} token(s) and {} cache(s)",
+            ids.len(),
+            caches.len()
+        )));
+    }
+    let rows: Vec<(usize, u32)> = ids.iter().enumerate().map(|(i, &t)| (i, t)).collect();
+    let want: Vec<usize> = (0..rows.len()).collect();
+    forward_rows(model, &rows, caches, use_adapters, &want)
+}
+
+/// Shapes of the model, read once per call.
+struct Dims {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f32,
+}
+
+impl Dims {
+    fn of(model: &Llama) -> Self {
+        let c = &model.cfg;
+        Self {
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            eps: c.rms_norm_eps as f32,
+        }
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// Runs `rows` (sequence index, token) through the model, appending each
+/// row's keys and values to its sequence's cache in order, and returns the
+/// logits of the rows listed in `want`.
+fn forward_rows(
+    model: &Llama,
+    rows: &[(usize, u32)],
+    caches: &mut [&mut KvCache],
+    use_adapters: bool,
+    want: &[usize],
+) -> Result<Vec<Vec<f32>>> {
+    let dims = Dims::of(model);
+    let positions = row_positions(model, rows, caches)?;
+    for c in caches.iter_mut() {
+        c.flat_mut()?;
+    }
+    let n = rows.len();
+    let mut x = embed_rows(model, rows)?;
+    for (layer, block) in model.layers.iter().enumerate() {
+        let h = rms_norm_rows(&x, &block.input_layernorm, dims.eps, n)?;
+        let at = &block.self_attn;
+        let qkv = linears_rows(&[&at.q_proj, &at.k_proj, &at.v_proj], &h, n, use_adapters)?;
+        let [mut q, mut k, v]: [Vec<f32>; 3] = qkv
+            .try_into()
+            .map_err(|_| not_packed("the attention projections"))?;
+        with_f32(&model.rope.cos, |cos| {
+            with_f32(&model.rope.sin, |sin| {
+                rope_rows(&mut q, dims.heads, dims.head_dim, &positions, cos, sin);
+                rope_rows(&mut k, dims.kv_heads, dims.head_dim, &positions, cos, sin);
+            })
+        })??;
+        let kvd = dims.kv_dim();
+        for (i, &(seq, _)) in rows.iter().enumerate() {
+            let flat = caches[seq].flat_mut()?;
+            flat.k[layer].extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
+            flat.v[layer].extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
+        }
+        let att = attend_rows(&dims, &q, rows, &positions, caches, layer)?;
+        add_into(&mut x, &linear_rows(&at.o_proj, &att, n, use_adapters)?);
+        let h = rms_norm_rows(&x, &block.post_attention_layernorm, dims.eps, n)?;
+        let mlp = &block.mlp;
+        let gu = linears_rows(&[&mlp.gate_proj, &mlp.up_proj], &h, n, use_adapters)?;
+        let [mut gate, up]: [Vec<f32>; 2] = gu
+            .try_into()
+            .map_err(|_| not_packed("the MLP projections"))?;
+        for (g, u) in gate.iter_mut().zip(&up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        add_into(
+            &mut x,
+            &linear_rows(&mlp.down_proj, &gate, n, use_adapters)?,
+        );
+    }
+    if want.is_empty() {
+        return Ok(Vec::new());
+    }
+    let picked: Vec<f32> = want
+        .iter()
+        .flat_map(|&i| x[i * dims.hidden..(i + 1) * dims.hidden].iter().copied())
+        .collect();
+    let h = rms_norm_rows(&picked, &model.norm, dims.eps, want.len())?;
+    let logits = lm_head(model)?.matmul(&h, want.len())?;
+    let vocab = lm_head(model)?.dims().0;
+    Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+}
+
+/// Each row's position: its cache's length plus the earlier rows of the same
+/// sequence in this call.
+fn row_positions(
+    model: &Llama,
+    rows: &[(usize, u32)],
+    caches: &[&mut KvCache],
+) -> Result<Vec<usize>> {
+    let mut next: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+    let mut positions = Vec::with_capacity(rows.len());
+    for &(seq, _) in rows {
+        let p = next
+            .get_mut(seq)
+            .ok_or_else(|| ModelError::Generation(format!("row for missing sequence {seq}")))?;
+        if *p >= model.cfg.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed: *p + 1,
+                max: model.cfg.max_position_embeddings,
+            });
+        }
+        positions.push(*p);
+        *p += 1;
+    }
+    Ok(positions)
+}
+
+fn embed_rows(model: &Llama, rows: &[(usize, u32)]) -> Result<Vec<f32>> {
+    let Embedding::Quantized(QEmbedding::Packed(table)) = &model.embed_tokens else {
+        return Err(not_packed("the token embedding"));
+    };
+    let mut x = Vec::with_capacity(rows.len() * table.dims().1);
+    for &(_, id) in rows {
+        if id as usize >= table.dims().0 {
+            return Err(ModelError::Generation(format!(
+                "token id {id} is outside the vocabulary of {}",
+                table.dims().0
+            )));
+        }
+        x.extend(table.row_f32(id as usize)?);
+    }
+    Ok(x)
+}
+
+fn lm_head(model: &Llama) -> Result<&PackedMatrix> {
+    match &model.lm_head {
+        LmHead::Quantized(QWeight::Packed(m)) => Ok(m),
+        _ => Err(not_packed("the LM head")),
+    }
+}
+
+fn not_packed(what: &str) -> ModelError {
+    ModelError::Config(format!(
+        "{what} is not packed; load the model with WeightPath::Packed for this step"
+    ))
+}
+
+/// `x·Wᵀ (+ scale·(x·Aᵀ)·Bᵀ)` for `n` rows, for several linears that read
+/// the same input (one job for the thread team).
+fn linears_rows(
+    lins: &[&Linear],
+    x: &[f32],
+    n: usize,
+    use_adapters: bool,
+) -> Result<Vec<Vec<f32>>> {
+    let mats = lins
+        .iter()
+        .map(|lin| match lin.base() {
+            BaseWeight::Quantized(QWeight::Packed(w)) => Ok(w.as_ref()),
+            _ => Err(not_packed("a linear layer")),
+        })
+        .collect::<Result<Vec<&PackedMatrix>>>()?;
+    let mut ys = matmul_many(&mats, x, n)?;
+    if use_adapters {
+        for (lin, y) in lins.iter().zip(ys.iter_mut()) {
+            if let Some(ad) = lin.adapter() {
+                add_lora(lin, ad, x, y)?;
+            }
+        }
+    }
+    Ok(ys)
+}
+
+fn linear_rows(lin: &Linear, x: &[f32], n: usize, use_adapters: bool) -> Result<Vec<f32>> {
+    let mut ys = linears_rows(&[lin], x, n, use_adapters)?;
+    ys.pop().ok_or_else(|| not_packed("a linear layer"))
+}
+
+/// Adds the adapter's `scale·(x·Aᵀ)·Bᵀ` to `y`, row by row.
+fn add_lora(lin: &Linear, ad: &LoraAdapter, x: &[f32], y: &mut [f32]) -> Result<()> {
+    let (out, inp) = lin.dims();
+    let r = ad.rank();
+    let scale = ad.scale as f32;
+    with_f32(&ad.a, |a| {
+        with_f32(&ad.b, |b| {
+            for (xr, yr) in x.chunks_exact(inp).zip(y.chunks_exact_mut(out)) {
+                let t: Vec<f32> = a.chunks_exact(inp).map(|ar| dot(ar, xr)).collect();
+                for (yo, br) in yr.iter_mut().zip(b.chunks_exact(r)) {
+                    *yo += scale * dot(br, &t);
+                }
+            }
+        })
+    })?
+}
+
+/// RMSNorm of each row of `x` (as candle's `rms_norm`: f32 mean of squares).
+fn rms_norm_rows(x: &[f32], weight: &Tensor, eps: f32, n: usize) -> Result<Vec<f32>> {
+    with_f32(weight, |w| {
+        let h = w.len();
+        let mut out = Vec::with_capacity(n * h);
+        for row in x.chunks_exact(h) {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            out.extend(row.iter().zip(w).map(|(v, w)| v * inv * w));
+        }
+        out
+    })
+}
+
+/// Half-split RoPE of `heads` heads per row, each row at its own position;
+/// `cos`/`sin` are `[positions, head_dim/2]` tables.
+fn rope_rows(
+    x: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    positions: &[usize],
+    cos: &[f32],
+    sin: &[f32],
+) {
+    let half = head_dim / 2;
+    for (row, &p) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in row.chunks_exact_mut(head_dim) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * c[i] - x2 * s[i];
+                b[i] = x1 * s[i] + x2 * c[i];
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention of each row over its own cache up to its
+/// own position; returns `[n, heads·head_dim]`.
+fn attend_rows(
+    d: &Dims,
+    q: &[f32],
+    rows: &[(usize, u32)],
+    positions: &[usize],
+    caches: &[&mut KvCache],
+    layer: usize,
+) -> Result<Vec<f32>> {
+    let (hd, kvd) = (d.head_dim, d.kv_dim());
+    let n_rep = d.heads / d.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; rows.len() * d.heads * hd];
+    let mut scores = Vec::new();
+    for (i, (&(seq, _), &pos)) in rows.iter().zip(positions).enumerate() {
+        let flat = caches[seq].flat();
+        let (ks, vs) = (&flat.k[layer], &flat.v[layer]);
+        let t = pos + 1;
+        for head in 0..d.heads {
+            let g = head / n_rep;
+            let qh = &q[(i * d.heads + head) * hd..][..hd];
+            scores.clear();
+            scores.extend((0..t).map(|j| dot(qh, &ks[j * kvd + g * hd..][..hd]) * scale));
+            softmax_in_place(&mut scores);
+            let oh = &mut out[(i * d.heads + head) * hd..][..hd];
+            for (j, p) in scores.iter().enumerate() {
+                let vj = &vs[j * kvd + g * hd..][..hd];
+                oh.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn softmax_in_place(s: &mut [f32]) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let mut sum = 0f32;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    s.iter_mut().for_each(|v| *v /= sum);
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler vectorise the loop.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// Calls `f` with a contiguous f32 CPU tensor's data, without copying it.
+fn with_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            if let Ok(data) = cpu.as_slice::<f32>() {
+                return Ok(f(&data[start..end]));
+            }
+        }
+    }
+    let data = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(f(&data))
+}
