@@ -67,7 +67,8 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         bail!("--new-tokens must be at least 2 and --runs at least 1");
     }
     if let Some(t) = args.threads {
-        // Read by rayon when candle first builds its pool, i.e. after this.
+        // Read by rayon when candle first builds its pool, and by hone's
+        // decode team when the first packed product runs, i.e. after this.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
     hone_model::prefer_single_threaded_quantized_kernels();
@@ -101,6 +102,7 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         "decode_tokens_per_s_best": round2(decode.iter().copied().fold(0.0, f64::max)),
         "peak_rss_mb": peak_rss_mb(),
         "threads": hone_model::compute_threads(),
+        "decode_threads": hone_model::decode::team::global().threads(),
         "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
         "loadavg_1m": loadavg(),
         "runs": args.runs,
