@@ -38,14 +38,20 @@ pub fn compute_threads() -> usize {
 }
 
 /// Makes candle's spinning "barrier pool" (quantized matmuls and large
-/// element-wise ops) single-threaded unless `CANDLE_NUM_THREADS` is set.
+/// element-wise ops) single-threaded unless `CANDLE_NUM_THREADS` is set, when
+/// `weights` go through candle's quantized kernels (`Q8_0`, `Native`).
 ///
 /// Why: on a small shared machine (2 cores here) its spin-waits collapse
 /// whenever another process is busy: Q8_0 decode measured 2.7 tokens/s with
 /// two pool threads under load against 38 with one. Call it at the start of
 /// an inference binary, before any tensor work (the pool is built once).
-pub fn prefer_single_threaded_quantized_kernels() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+/// The packed path does not use that pool, and the training ops and candle's
+/// f32 matmuls do: forcing one thread there made a training step 1.15x
+/// slower on free cores (120 against 138 tokens/s, docs/benchmarks.md), so
+/// other weight paths leave the setting alone.
+pub fn prefer_single_threaded_quantized_kernels(weights: WeightPath) {
+    let candle_quantized = matches!(weights, WeightPath::Q8_0 | WeightPath::Native);
+    if candle_quantized && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }

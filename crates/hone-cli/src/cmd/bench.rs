@@ -71,7 +71,7 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         // decode team when the first packed product runs, i.e. after this.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
-    hone_model::prefer_single_threaded_quantized_kernels();
+    hone_model::prefer_single_threaded_quantized_kernels(args.weights);
     let t0 = Instant::now();
     let engine = load_engine(&args.model, args.weights)?;
     let load_s = t0.elapsed().as_secs_f64();

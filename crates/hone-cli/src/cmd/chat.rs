@@ -73,7 +73,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     validate(&args)?;
-    hone_model::prefer_single_threaded_quantized_kernels();
+    hone_model::prefer_single_threaded_quantized_kernels(args.weights);
     let mut engine = load_engine(&args.model, args.weights)?;
     if let Some(dir) = &args.adapter {
         attach_adapter(&mut engine, dir)?;

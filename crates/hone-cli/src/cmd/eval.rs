@@ -79,7 +79,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let metrics = metrics_file(&args)?;
-    hone_model::prefer_single_threaded_quantized_kernels();
+    hone_model::prefer_single_threaded_quantized_kernels(args.weights);
     let spec = EvalSpec {
         cases: args.cases.clone(),
         model: args.model.clone(),

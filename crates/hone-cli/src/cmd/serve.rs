@@ -70,12 +70,12 @@ fn engines(config: &ServeConfig, models: Arc<BaseModels>) -> anyhow::Result<Engi
 /// reported before serving and the first request is fast), with an LRU of
 /// adapters for `ft:` and checkpoint models.
 fn chat_backend(config: &ServeConfig, models: &BaseModels) -> anyhow::Result<LocalChat> {
-    hone_model::prefer_single_threaded_quantized_kernels();
     let options = LocalChatOptions {
         max_adapters: config.max_adapters.max(1),
         ..LocalChatOptions::default()
     };
     let weights = options.weights;
+    hone_model::prefer_single_threaded_quantized_kernels(weights);
     let mut chat = LocalChat::new(Registry::new(&config.home), options);
     for m in models.iter() {
         let engine = ChatEngine::load(&m.resolved, weights).with_context(|| {

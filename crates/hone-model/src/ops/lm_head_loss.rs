@@ -1,0 +1,296 @@
+//! The LM head and the masked cross-entropy in one op: `loss(hidden · wᵀ)` without ever
+//! holding the logits of the whole batch.
+//!
+//! Why: for 4×256 tokens and a 49k vocabulary the logits and their gradient are 200 MB
+//! each, and writing, zeroing and reading them cost about a tenth of a training step
+//! (perf: memset, page clearing, `expf`). Here only the trained positions (mask ≠ 0) are
+//! projected, a chunk of rows at a time; the forward computes the loss, the token
+//! accuracy and, when a gradient will be needed, `d loss / d hidden` right away (the loss
+//! is the end of the graph, so its own gradient is a scalar factor known in the
+//! backward). The backward then only scales that saved gradient. The matrix products are
+//! the same two PyTorch does (logits, and `dlogits · w`); none is recomputed.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use super::cross_entropy::TokenAccuracy;
+use super::kernel::{f32_data, index_data, par_rows};
+
+/// Trained positions projected per chunk: 64 rows of a 49k vocabulary are 12.5 MB of
+/// logits, large enough for an efficient matrix product.
+const CHUNK_ROWS: usize = 64;
+
+/// Masked mean cross-entropy of `hidden · wᵀ` and the token accuracy, as
+/// [`super::masked_cross_entropy`] and [`super::masked_token_accuracy`] give on the
+/// materialised logits (up to summation order).
+///
+/// `hidden` is `(…, h)`, `w` the frozen `(vocab, h)` head (never given a gradient);
+/// `targets` (u32 or i64) and `mask` have the leading shape of `hidden`. Differentiable
+/// with respect to `hidden`; when `hidden` carries no gradient (validation), the gradient
+/// is not computed.
+pub fn lm_head_cross_entropy(
+    hidden: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> Result<(Tensor, TokenAccuracy)> {
+    let dims = hidden.dims();
+    let Some((&h, lead)) = dims.split_last() else {
+        bail!("lm_head_cross_entropy: hidden states must have a feature dimension");
+    };
+    let (vocab, wh) = w.dims2()?;
+    if wh != h || targets.dims() != lead || mask.dims() != lead {
+        bail!(
+            "lm_head_cross_entropy: hidden {dims:?}, head {:?}, targets {:?} and mask {:?} do not fit",
+            w.dims(),
+            targets.dims(),
+            mask.dims()
+        );
+    }
+    if hidden.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        bail!("lm_head_cross_entropy: only f32 is supported");
+    }
+    let n = targets.elem_count();
+    let mask: Vec<f32> = mask
+        .detach()
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let targets = targets.detach().contiguous()?.reshape(n)?;
+    let (ts, tl) = targets.storage_and_layout();
+    let targets = match &*ts {
+        candle_core::Storage::Cpu(cpu) => index_data(cpu, tl, "lm_head_cross_entropy targets")?,
+        _ => bail!("lm_head_cross_entropy: only the CPU is supported"),
+    };
+    let mut rows = Vec::new();
+    for (i, (&t, &m)) in targets.iter().zip(&mask).enumerate() {
+        if m == 0.0 {
+            continue;
+        }
+        match usize::try_from(t) {
+            Ok(t) if t < vocab => rows.push((i, t, m)),
+            _ => bail!("cross_entropy: target {t} at position {i} is outside the vocabulary (size {vocab})"),
+        }
+    }
+    let accuracy = Arc::new(OnceLock::new());
+    let op = LmHeadLoss {
+        w: w.detach().contiguous()?,
+        rows,
+        need_grad: hidden.track_op(),
+        grad: OnceLock::new(),
+        accuracy: accuracy.clone(),
+    };
+    let loss = hidden.contiguous()?.reshape((n, h))?.apply_op1(op)?;
+    let accuracy = accuracy.get().copied().unwrap_or_default();
+    Ok((loss, accuracy))
+}
+
+struct LmHeadLoss {
+    w: Tensor,
+    /// Trained positions: (row, target, mask weight).
+    rows: Vec<(usize, usize, f32)>,
+    need_grad: bool,
+    /// `d loss / d hidden` for a unit upstream gradient, `[n, h]`.
+    grad: OnceLock<Vec<f32>>,
+    /// Filled by the forward, read by the caller.
+    accuracy: Arc<OnceLock<TokenAccuracy>>,
+}
+
+/// Per trained row: the loss term and whether the argmax was the target.
+struct RowStats {
+    loss: f64,
+    correct: bool,
+}
+
+impl LmHeadLoss {
+    /// One chunk of trained rows: their logits, loss terms, argmax hits and, if
+    /// needed, `dlogits` (softmax − onehot, scaled by `coef · m`) turned into
+    /// `dhidden` rows.
+    fn chunk(
+        &self,
+        hidden: &[f32],
+        h: usize,
+        rows: &[(usize, usize, f32)],
+        coef: f32,
+    ) -> Result<(Vec<RowStats>, Option<Vec<f32>>)> {
+        let mut x = Vec::with_capacity(rows.len() * h);
+        for &(r, _, _) in rows {
+            x.extend_from_slice(&hidden[r * h..(r + 1) * h]);
+        }
+        let x = Tensor::from_vec(x, (rows.len(), h), self.w.device())?;
+        let mut logits = x.matmul(&self.w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        let vocab = logits.len() / rows.len();
+        let mut lse = vec![0f32; rows.len()];
+        let mut argmax = vec![0f32; rows.len()];
+        // Row statistics in parallel (each row is a 49k-wide pass).
+        let mut stats = vec![0f32; rows.len() * 2];
+        par_rows(&mut stats, 2, vocab, |row0, out| {
+            for (i, o) in out.chunks_exact_mut(2).enumerate() {
+                let l = &logits[(row0 + i) * vocab..(row0 + i + 1) * vocab];
+                let (best, max) =
+                    l.iter()
+                        .enumerate()
+                        .fold((0usize, f32::NEG_INFINITY), |b, (j, &v)| {
+                            if v > b.1 {
+                                (j, v)
+                            } else {
+                                b
+                            }
+                        });
+                let sum: f32 = l.iter().map(|&v| (v - max).exp()).sum();
+                o[0] = max + sum.ln();
+                o[1] = best as f32;
+            }
+        });
+        for (i, s) in stats.chunks_exact(2).enumerate() {
+            lse[i] = s[0];
+            argmax[i] = s[1];
+        }
+        let out: Vec<RowStats> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, t, m))| RowStats {
+                loss: m as f64 * (lse[i] - logits[i * vocab + t]) as f64,
+                correct: argmax[i] as usize == t,
+            })
+            .collect();
+        if !self.need_grad {
+            return Ok((out, None));
+        }
+        par_rows(&mut logits, vocab, vocab, |row0, chunk| {
+            for (i, d) in chunk.chunks_exact_mut(vocab).enumerate() {
+                let (_, t, m) = rows[row0 + i];
+                let scale = coef * m;
+                let l = lse[row0 + i];
+                d.iter_mut().for_each(|v| *v = scale * (*v - l).exp());
+                d[t] -= scale;
+            }
+        });
+        let g = Tensor::from_vec(logits, (rows.len(), vocab), self.w.device())?;
+        let dx = g.matmul(&self.w)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok((out, Some(dx)))
+    }
+}
+
+impl CustomOp1 for LmHeadLoss {
+    fn name(&self) -> &'static str {
+        "hone-lm-head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let hidden = f32_data(s, l, "lm_head_cross_entropy hidden")?;
+        let (n, h) = l.shape().dims2()?;
+        let weight: f64 = self.rows.iter().map(|r| r.2 as f64).sum();
+        let coef = if weight == 0.0 {
+            0.0
+        } else {
+            (1.0 / weight) as f32
+        };
+        let mut grad = if self.need_grad {
+            vec![0f32; n * h]
+        } else {
+            Vec::new()
+        };
+        let (mut total, mut correct) = (0f64, 0u64);
+        for rows in self.rows.chunks(CHUNK_ROWS) {
+            let (stats, dx) = self.chunk(hidden, h, rows, coef)?;
+            total += stats.iter().map(|s| s.loss).sum::<f64>();
+            correct += stats.iter().filter(|s| s.correct).count() as u64;
+            if let Some(dx) = dx {
+                for (&(r, _, _), d) in rows.iter().zip(dx.chunks_exact(h)) {
+                    grad[r * h..(r + 1) * h].copy_from_slice(d);
+                }
+            }
+        }
+        let loss = if weight == 0.0 { 0.0 } else { total / weight };
+        let _ = self.accuracy.set(TokenAccuracy {
+            correct,
+            total: self.rows.len() as u64,
+        });
+        let _ = self.grad.set(grad);
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let Some(grad) = self.grad.get().filter(|g| !g.is_empty()) else {
+            bail!("lm_head_cross_entropy: backward without a gradient computed in the forward");
+        };
+        let g = Tensor::from_slice(grad, arg.shape(), arg.device())?;
+        Ok(Some(g.broadcast_mul(&grad_res.to_dtype(DType::F32)?)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{frozen_linear, masked_cross_entropy, masked_token_accuracy};
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Loss, accuracy and `d loss / d hidden` equal the materialised path
+    /// (frozen linear, then masked cross-entropy), over more rows than one
+    /// chunk, with weighted and masked-out positions.
+    #[test]
+    fn matches_the_materialised_logits_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, h, vocab) = (3, 50, 16, 37);
+        let hidden = Var::from_tensor(&Tensor::randn(0f32, 1., (b, t, h), &dev)?)?;
+        let w = Tensor::randn(0f32, 0.5, (vocab, h), &dev)?;
+        let targets: Vec<u32> = (0..b * t).map(|i| (i * 7 % vocab) as u32).collect();
+        let targets = Tensor::from_vec(targets, (b, t), &dev)?;
+        let mask: Vec<f32> = (0..b * t)
+            .map(|i| match i % 5 {
+                0 => 0.0,
+                1 => 0.5,
+                _ => 1.0,
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, t), &dev)?;
+
+        let logits = frozen_linear(hidden.as_tensor(), &w)?;
+        let want = masked_cross_entropy(&logits, &targets, &mask)?;
+        let want_acc = masked_token_accuracy(&logits.detach(), &targets, &mask)?;
+        let want_grad = want.backward()?.get(&hidden).unwrap().clone();
+
+        let (got, acc) = lm_head_cross_entropy(hidden.as_tensor(), &w, &targets, &mask)?;
+        let scaled = (got.clone() * 3.0)?;
+        let got_grad = scaled.backward()?.get(&hidden).unwrap().clone();
+
+        assert!(max_diff(&got, &want) < 1e-5);
+        assert_eq!(acc, want_acc);
+        assert!(acc.total > 0 && acc.correct < acc.total);
+        assert!(max_diff(&(got_grad / 3.0)?, &want_grad) < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn no_trained_position_gives_zero_and_bad_targets_are_errors() -> Result<()> {
+        let dev = Device::Cpu;
+        let hidden = Tensor::randn(0f32, 1., (2, 8), &dev)?;
+        let w = Tensor::randn(0f32, 1., (5, 8), &dev)?;
+        let zero = Tensor::zeros(2, DType::F32, &dev)?;
+        let (loss, acc) =
+            lm_head_cross_entropy(&hidden, &w, &Tensor::new(&[9u32, 1], &dev)?, &zero)?;
+        assert_eq!(loss.to_scalar::<f32>()?, 0.0);
+        assert_eq!(acc.total, 0);
+        let one = Tensor::ones(2, DType::F32, &dev)?;
+        assert!(lm_head_cross_entropy(&hidden, &w, &Tensor::new(&[9u32, 1], &dev)?, &one).is_err());
+        assert!(
+            lm_head_cross_entropy(&hidden, &w.t()?, &Tensor::new(&[0u32, 1], &dev)?, &one).is_err()
+        );
+        Ok(())
+    }
+}
