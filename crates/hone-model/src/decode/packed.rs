@@ -475,10 +475,7 @@ mod tests {
                 let got = p.matmul(&x, n)?;
                 let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu)?;
                 let want = xt.matmul(&wd.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-                let gap = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f32, |g, (a, b)| g.max((a - b).abs()));
+                let gap = max_gap(&got, &want);
                 assert!(gap < 1e-4, "{dtype:?} n={n}: gap {gap}");
             }
         }
@@ -495,10 +492,7 @@ mod tests {
             let p = PackedMatrix::from_qtensor(&q)?;
             for (r, want_row) in want.iter().enumerate() {
                 let got = p.row_f32(r)?;
-                let gap = got
-                    .iter()
-                    .zip(want_row)
-                    .fold(0f32, |g, (a, b)| g.max((a - b).abs()));
+                let gap = max_gap(&got, want_row);
                 assert!(gap < 1e-6, "{dtype:?} row {r}: {gap}");
             }
         }
@@ -526,6 +520,10 @@ mod tests {
         let p = PackedMatrix::quantize_q8_0(2, 32, &[0.5; 64]).unwrap();
         assert!(p.matmul(&[0.0; 31], 1).is_err());
         assert!(p.row_f32(2).is_err());
+    }
+
+    fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).fold(0f32, |g, (x, y)| g.max((x - y).abs()))
     }
 
     fn p_dequantized(p: &PackedMatrix) -> Result<Tensor> {

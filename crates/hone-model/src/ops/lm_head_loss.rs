@@ -224,21 +224,9 @@ impl CustomOp1 for LmHeadLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testutil::assert_close;
     use crate::ops::{frozen_linear, masked_cross_entropy, masked_token_accuracy};
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Loss, accuracy and `d loss / d hidden` equal the materialised path
     /// (frozen linear, then masked cross-entropy), over more rows than one
@@ -269,10 +257,10 @@ mod tests {
         let scaled = (got.clone() * 3.0)?;
         let got_grad = scaled.backward()?.get(&hidden).unwrap().clone();
 
-        assert!(max_diff(&got, &want) < 1e-5);
+        assert_close(&got, &want, 1e-5, "loss");
         assert_eq!(acc, want_acc);
         assert!(acc.total > 0 && acc.correct < acc.total);
-        assert!(max_diff(&(got_grad / 3.0)?, &want_grad) < 1e-6);
+        assert_close(&(got_grad / 3.0)?, &want_grad, 1e-5, "d loss / d hidden");
         Ok(())
     }
 
