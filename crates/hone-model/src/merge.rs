@@ -320,8 +320,11 @@ mod tests {
         assert!(merge_linear(&mut lin)?);
         assert!(lin.adapter().is_none());
         let got = lin.forward(&x, true)?;
+        // Outputs reach tens (alpha/r = 8 on random matrices): compare relative to
+        // their size, as f32 rounding of the two orders of summation grows with it.
+        let size = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
         let d = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(d < 1e-5, "{d}");
+        assert!(d < 1e-6 * size * 8.0, "{d} on outputs up to {size}");
         let BaseWeight::Dense(m) = lin.base() else {
             panic!("dense")
         };
