@@ -286,15 +286,17 @@ fn train_linear(lin: &Linear, x: &Tensor, ctx: &Ctx, module: u64) -> Result<Tens
     Ok((y + delta)?)
 }
 
-/// `scale · (x·Aᵀ)·Bᵀ` with the leading dims of `x` flattened, so A and B enter plain 2-D
+/// `(scale · x·Aᵀ)·Bᵀ` with the leading dims of `x` flattened, so A and B enter plain 2-D
 /// matmuls: their gradients are single products rather than per-batch products summed
 /// over a broadcast (what `broadcast_matmul`'s backward does).
 fn lora_delta(ad: &crate::linear::LoraAdapter, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows = x.elem_count() / in_dim.max(1);
-    let xa = x.reshape((rows, in_dim))?.matmul(&ad.a.t()?)?;
-    let y = (xa.matmul(&ad.b.t()?)? * ad.scale)?;
+    // Scaling the rank-r product touches `rows·r` floats instead of `rows·out` (and the
+    // same in the backward).
+    let xa = (x.reshape((rows, in_dim))?.matmul(&ad.a.t()?)? * ad.scale)?;
+    let y = xa.matmul(&ad.b.t()?)?;
     let mut out = dims.to_vec();
     let last = out.len() - 1;
     out[last] = ad.b.dim(0)?;
