@@ -310,8 +310,10 @@ fn check_cols(cols: usize) -> Result<()> {
     Ok(())
 }
 
-/// The portable kernel: the same per-row arithmetic as the SIMD one, in
-/// plain loops.
+/// The portable kernel for CPUs without AVX-512: the same products in plain
+/// loops. Its summation order differs from the SIMD kernel's, but only one of
+/// the two runs on a given CPU, and within it every activation row gets the
+/// same operations whatever `N` is.
 fn scalar_group<const N: usize>(
     m: &PackedMatrix,
     r0: usize,
