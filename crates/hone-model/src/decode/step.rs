@@ -197,8 +197,9 @@ fn forward_rows(
         .flat_map(|&i| x[i * dims.hidden..(i + 1) * dims.hidden].iter().copied())
         .collect();
     let h = rms_norm_rows(&picked, &model.norm, dims.eps, want.len())?;
-    let logits = lm_head(model)?.matmul(&h, want.len())?;
-    let vocab = lm_head(model)?.dims().0;
+    let head = lm_head(model)?;
+    let logits = head.matmul(&h, want.len())?;
+    let vocab = head.dims().0;
     Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
 }
 
