@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{ModelError, Result};
 use crate::linear::{BaseWeight, Linear};
-use crate::llama::{repeat_kv, Attention, Block, Embedding, Llama, LmHead, Mlp};
+use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp};
 use crate::ops;
 
 /// Switches for one training-mode forward pass.
@@ -64,20 +64,6 @@ impl PackedLayout {
         Ok((gather(&model.rope.cos)?, gather(&model.rope.sin)?))
     }
 
-    /// Additive attention mask `(b, 1, t, t)`: 0 from a token's segment start to
-    /// itself, -inf elsewhere (the causal part is also applied by the softmax).
-    fn attention_mask(&self, model: &Llama, b: usize, t: usize) -> Result<Tensor> {
-        let mut m = vec![f32::NEG_INFINITY; b * t * t];
-        for row in 0..b {
-            for i in 0..t {
-                let start = self.segment_starts[row * t + i] as usize;
-                let line = &mut m[(row * t + i) * t..(row * t + i + 1) * t];
-                line[start.min(i)..=i].fill(0.0);
-            }
-        }
-        Ok(Tensor::from_vec(m, (b, 1, t, t), model.device())?)
-    }
-
     fn check(&self, b: usize, t: usize) -> Result<()> {
         if self.positions.len() != b * t || self.segment_starts.len() != b * t {
             return Err(ModelError::Config(format!(
@@ -121,16 +107,14 @@ impl Llama {
                 max: self.cfg.max_position_embeddings,
             });
         }
-        let (cos, sin, mask) = match packed {
+        let (cos, sin) = match packed {
             Some(p) => {
                 p.check(b, t)?;
-                let (cos, sin) = p.rope_tables(self, b, t)?;
-                (cos, sin, Some(p.attention_mask(self, b, t)?))
+                p.rope_tables(self, b, t)?
             }
             None => (
                 self.rope.cos.narrow(0, 0, t)?,
                 self.rope.sin.narrow(0, 0, t)?,
-                None,
             ),
         };
         let mut x = match &self.embed_tokens {
@@ -147,7 +131,7 @@ impl Llama {
                 layer: i,
                 cos: &cos,
                 sin: &sin,
-                mask: mask.as_ref(),
+                segment_starts: packed.map(|p| p.segment_starts.as_slice()),
             };
             x = self.train_block(block, &x, &ctx)?;
         }
@@ -210,38 +194,17 @@ impl Llama {
     }
 
     fn train_attention(&self, attn: &Attention, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (b, t, _) = x.dims3()?;
-        let hd = cfg.head_dim;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        let q = train_linear(&attn.q_proj, x, ctx, 0)?;
+        let k = train_linear(&attn.k_proj, x, ctx, 1)?;
+        let v = train_linear(&attn.v_proj, x, ctx, 2)?;
+        let spec = ops::AttentionSpec {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_key_value_heads,
+            cos: ctx.cos,
+            sin: ctx.sin,
+            segment_starts: ctx.segment_starts,
         };
-        let q = heads(
-            train_linear(&attn.q_proj, x, ctx, 0)?,
-            cfg.num_attention_heads,
-        )?;
-        let k = heads(
-            train_linear(&attn.k_proj, x, ctx, 1)?,
-            cfg.num_key_value_heads,
-        )?;
-        let v = heads(
-            train_linear(&attn.v_proj, x, ctx, 2)?,
-            cfg.num_key_value_heads,
-        )?;
-        let q = ops::rope(&q, ctx.cos, ctx.sin)?;
-        let k = ops::rope(&k, ctx.cos, ctx.sin)?;
-        let k = repeat_kv(k, cfg.n_rep())?.contiguous()?;
-        let v = repeat_kv(v, cfg.n_rep())?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match ctx.mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let p = ops::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
-        let y = p
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, cfg.num_attention_heads * hd))?;
+        let y = ops::rope_attention(&q, &k, &v, &spec)?;
         train_linear(&attn.o_proj, &y, ctx, 3)
     }
 }
@@ -252,8 +215,8 @@ struct Ctx<'a> {
     layer: usize,
     cos: &'a Tensor,
     sin: &'a Tensor,
-    /// Packed batches: the block-diagonal attention mask.
-    mask: Option<&'a Tensor>,
+    /// Packed batches: where each token's example starts in its row.
+    segment_starts: Option<&'a [u32]>,
 }
 
 fn train_mlp(mlp: &Mlp, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {

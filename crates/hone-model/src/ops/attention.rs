@@ -1,53 +1,86 @@
-//! Fused causal grouped-query attention, `softmax(causal(q·kᵀ·scale))·v`, with a
-//! hand-written backward that recomputes the probabilities.
+//! RoPE and causal grouped-query attention in one op, `softmax(causal(rq·rkᵀ/√d))·v`,
+//! with a hand-written backward that recomputes the probabilities.
 //!
 //! Why fused: built from autograd ops, attention keeps the scores and the probabilities
 //! (`b·h·t·t` floats each, 9.4 MB per layer at 4×256 on SmolLM2) for the backward, and
-//! candle's matmul backward adds a zero-filled buffer and an add pass per edge; the key
-//! and value heads are also copied `n_rep` times for GQA. Here nothing of size `t·t`
-//! outlives one head: the forward keeps no scratch, the backward recomputes the
-//! probabilities per head (one extra `q·kᵀ`, a few percent of a step), and shared K/V
-//! heads are read in place. Each (batch, KV head) group runs on one thread with
-//! single-threaded gemm calls, so the threads never wait on each other.
+//! candle's backward adds a zero-filled buffer and an add pass per graph edge; the key and
+//! value heads are also copied `n_rep` times for GQA, and the head transposes and RoPE are
+//! graph nodes of their own. Here nothing of size `t·t` outlives one head: the forward
+//! keeps no scratch, the backward recomputes the probabilities per head (one extra
+//! `q·kᵀ`, a few percent of a step), and shared K/V heads are read in place. Each
+//! (batch, KV head) group runs on one thread with single-threaded gemm calls, so the
+//! threads never wait on each other. Packed rows (several examples per row) pass their
+//! segment starts, so no `t·t` mask tensor is built either.
 
-use super::kernel::{f32_data, par_rows};
+use std::sync::Arc;
+
+use super::kernel::{f32_data, fast_exp, par_rows};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-/// Causal attention of `q: [b, h, t, d]` over `k`, `v: [b, kv, t, d]` (`h` a multiple of
-/// `kv`; query head `i` reads KV head `i / (h/kv)`, as `repeat_kv` does), giving
-/// `[b, h, t, d]`. Query `i` sees keys `j <= i`. Differentiable in `q`, `k` and `v`.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let (bk, kv, tk, dk) = k.dims4()?;
-    if v.dims() != k.dims() || bk != b || tk != t || dk != d || kv == 0 || h % kv != 0 {
-        bail!(
-            "causal_attention: q {:?}, k {:?}, v {:?} do not fit",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
-    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
-        bail!("causal_attention: only f32 is supported");
-    }
-    if scale.is_nan() || scale <= 0.0 {
-        bail!("causal_attention: scale must be positive, got {scale}");
-    }
-    let op = Attention {
-        dims: Dims {
-            b,
-            h,
-            kv,
-            t,
-            d,
-            scale: scale as f32,
-        },
-    };
-    q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+/// Where the rotary tables and segment bounds of one attention call come from.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionSpec<'a> {
+    /// Query heads; `q` is `[b, t, heads·d]`.
+    pub heads: usize,
+    /// Key/value heads (`heads` a multiple of it); `k`, `v` are `[b, t, kv_heads·d]`.
+    pub kv_heads: usize,
+    /// RoPE tables `(t, d/2)` shared by all rows, or `(b, t, d/2)` when each row has its
+    /// own positions (packed rows).
+    pub cos: &'a Tensor,
+    /// Same shape as `cos`.
+    pub sin: &'a Tensor,
+    /// `[b·t]`: the first column each query may attend to (packed rows, whose examples
+    /// must not see each other); `None`: every query sees back to column 0.
+    pub segment_starts: Option<&'a [u32]>,
 }
 
-#[derive(Clone, Copy)]
+/// RoPE (Hugging Face "rotate_half" layout) on `q` and `k`, then causal grouped-query
+/// attention `softmax(q·kᵀ/√d)·v`, on the projections' own token-major layout:
+/// `q: [b, t, h·d]`, `k`, `v: [b, t, kv·d]` → `[b, t, h·d]`. Query head `i` reads KV
+/// head `i / (h/kv)` (as `repeat_kv` does); query `j` sees keys from its segment start to
+/// `j`. Differentiable in `q`, `k` and `v`.
+///
+/// One op instead of head transposes, two RoPE ops, `repeat_kv` copies, a score matmul,
+/// a mask add, a softmax and a value matmul: none of those intermediates, nor their
+/// gradients, ever enter candle's graph.
+pub fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec) -> Result<Tensor> {
+    let dims = Dims::of(q, k, v, spec)?;
+    let table = |x: &Tensor, name: &str| -> Result<Arc<Vec<f32>>> {
+        let half = dims.d / 2;
+        if x.dims() != [dims.t, half] && x.dims() != [dims.b, dims.t, half] {
+            bail!(
+                "rope_attention: {name} must be ({}, {half}) or ({}, {}, {half}), got {:?}",
+                dims.t,
+                dims.b,
+                dims.t,
+                x.dims()
+            );
+        }
+        Ok(Arc::new(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?))
+    };
+    let starts = match spec.segment_starts {
+        Some(s) if s.len() != dims.b * dims.t => {
+            bail!(
+                "rope_attention: {} segment starts for {} tokens",
+                s.len(),
+                dims.b * dims.t
+            )
+        }
+        Some(s) => Some(Arc::new(s.to_vec())),
+        None => None,
+    };
+    let ctx = Arc::new(Context {
+        dims,
+        cos: table(spec.cos, "cos")?,
+        sin: table(spec.sin, "sin")?,
+        per_row_tables: spec.cos.rank() == 3,
+        starts,
+    });
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { ctx })
+}
+
+#[derive(Clone, Copy, Debug)]
 struct Dims {
     b: usize,
     h: usize,
@@ -58,12 +91,122 @@ struct Dims {
 }
 
 impl Dims {
+    fn of(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec) -> Result<Self> {
+        let (b, t, qw) = q.dims3()?;
+        let (h, kv) = (spec.heads, spec.kv_heads);
+        let fits = h > 0 && kv > 0 && h % kv == 0 && qw % h == 0 && (qw / h) % 2 == 0;
+        let d = if fits { qw / h } else { 0 };
+        if !fits || k.dims() != [b, t, kv * d] || v.dims() != k.dims() {
+            bail!(
+                "rope_attention: q {:?}, k {:?}, v {:?} do not fit {h} query and {kv} key/value heads of even width",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        if [q, k, v].iter().any(|x| x.dtype() != DType::F32) {
+            bail!("rope_attention: only f32 is supported");
+        }
+        Ok(Self {
+            b,
+            h,
+            kv,
+            t,
+            d,
+            scale: 1.0 / (d as f32).sqrt(),
+        })
+    }
     fn n_rep(&self) -> usize {
         self.h / self.kv
     }
     /// Floats of one head's `[t, d]` block.
     fn head(&self) -> usize {
         self.t * self.d
+    }
+}
+
+/// What the forward and backward share: shapes, the RoPE tables and segment starts.
+struct Context {
+    dims: Dims,
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    per_row_tables: bool,
+    starts: Option<Arc<Vec<u32>>>,
+}
+
+impl Context {
+    /// The `(cos, sin)` rows of token `i` of batch row `bi`.
+    fn trig(&self, bi: usize, i: usize) -> (&[f32], &[f32]) {
+        let half = self.dims.d / 2;
+        let pos = if self.per_row_tables {
+            bi * self.dims.t + i
+        } else {
+            i
+        };
+        let r = pos * half..(pos + 1) * half;
+        (&self.cos[r.clone()], &self.sin[r])
+    }
+
+    /// The segment starts of batch row `bi` (`None`: all zero).
+    fn row_starts(&self, bi: usize) -> Option<&[u32]> {
+        let t = self.dims.t;
+        self.starts.as_ref().map(|s| &s[bi * t..(bi + 1) * t])
+    }
+
+    /// Token-major `[b, t, n·d]` → head-major `[b, n, t, d]`, rotating each row by RoPE
+    /// when `rotate`.
+    fn to_heads(&self, x: &[f32], n: usize, rotate: bool) -> Vec<f32> {
+        let Dims { t, d, .. } = self.dims;
+        let mut out = vec![0f32; x.len()];
+        par_rows(&mut out, t * d, t * d, |first, chunk| {
+            for (ci, block) in chunk.chunks_exact_mut(t * d).enumerate() {
+                let (bi, head) = ((first + ci) / n, (first + ci) % n);
+                for (i, y) in block.chunks_exact_mut(d).enumerate() {
+                    let src = &x[(bi * t + i) * n * d + head * d..][..d];
+                    if rotate {
+                        let (c, s) = self.trig(bi, i);
+                        rotate_half(src, y, c, s, false);
+                    } else {
+                        y.copy_from_slice(src);
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    /// Head-major `[b, n, t, d]` → token-major `[b, t, n·d]` into `out`, rotating each row
+    /// back (by −θ: the transpose of the forward rotation) when `unrotate`.
+    fn to_tokens(&self, x: &[f32], n: usize, unrotate: bool, out: &mut [f32]) {
+        let Dims { t, d, .. } = self.dims;
+        par_rows(out, n * d, n * d, |first, chunk| {
+            for (ci, row) in chunk.chunks_exact_mut(n * d).enumerate() {
+                let (bi, i) = ((first + ci) / t, (first + ci) % t);
+                for (head, y) in row.chunks_exact_mut(d).enumerate() {
+                    let src = &x[((bi * n + head) * t + i) * d..][..d];
+                    if unrotate {
+                        let (c, s) = self.trig(bi, i);
+                        rotate_half(src, y, c, s, true);
+                    } else {
+                        y.copy_from_slice(src);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// RoPE of one row in the "rotate_half" layout (the pair of element `i` is `i + d/2`);
+/// `inverse` rotates by the negated angle.
+fn rotate_half(x: &[f32], y: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
+    let half = x.len() / 2;
+    let sign = if inverse { -1.0 } else { 1.0 };
+    let (x1, x2) = x.split_at(half);
+    let (y1, y2) = y.split_at_mut(half);
+    for i in 0..half {
+        let (c, s) = (cos[i], sign * sin[i]);
+        y1[i] = x1[i] * c - x2[i] * s;
+        y2[i] = x2[i] * c + x1[i] * s;
     }
 }
 
@@ -158,16 +301,19 @@ fn mm_atb(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc
 }
 
 /// The causal softmax probabilities `p = softmax(causal(q·kᵀ·scale))` of one head into
-/// `p: [t, t]` (exact zeros above the diagonal).
-fn probs(p: &mut [f32], q: &[f32], k: &[f32], dm: &Dims) {
+/// `p: [t, t]`: row `i` covers columns `starts[i]..=i` (all from 0 without starts), and
+/// every other entry is an exact zero.
+fn probs(p: &mut [f32], q: &[f32], k: &[f32], dm: &Dims, starts: Option<&[u32]>) {
     let (t, d) = (dm.t, dm.d);
     mm_abt(p, q, k, t, t, d, false);
     for (i, row) in p.chunks_exact_mut(t).enumerate() {
-        let (vis, masked) = row.split_at_mut(i + 1);
+        let s = starts.map_or(0, |s| (s[i] as usize).min(i));
+        row[..s].fill(0.0);
+        let (vis, masked) = row[s..].split_at_mut(i + 1 - s);
         let max = vis.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * dm.scale;
         let mut sum = 0f32;
         for x in vis.iter_mut() {
-            *x = (*x * dm.scale - max).exp();
+            *x = fast_exp(*x * dm.scale - max);
             sum += *x;
         }
         let inv = 1.0 / sum;
@@ -177,12 +323,12 @@ fn probs(p: &mut [f32], q: &[f32], k: &[f32], dm: &Dims) {
 }
 
 struct Attention {
-    dims: Dims,
+    ctx: Arc<Context>,
 }
 
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
-        "hone-causal-attention"
+        "hone-rope-attention"
     }
 
     fn cpu_fwd(
@@ -194,26 +340,29 @@ impl CustomOp3 for Attention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dm = self.dims;
-        let q = f32_data(sq, lq, "causal_attention q")?;
-        let k = f32_data(sk, lk, "causal_attention k")?;
-        let v = f32_data(sv, lv, "causal_attention v")?;
+        let (cx, dm) = (&*self.ctx, self.ctx.dims);
+        let q = cx.to_heads(f32_data(sq, lq, "rope_attention q")?, dm.h, true);
+        let k = cx.to_heads(f32_data(sk, lk, "rope_attention k")?, dm.kv, true);
+        let v = cx.to_heads(f32_data(sv, lv, "rope_attention v")?, dm.kv, false);
         let (hd, rep) = (dm.head(), dm.n_rep());
-        let mut out = vec![0f32; q.len()];
+        let mut heads = vec![0f32; q.len()];
         // One "row" = the `rep` query heads of one (batch, KV head) group.
-        par_rows(&mut out, rep * hd, 2 * rep * hd * dm.t, |g0, chunk| {
+        par_rows(&mut heads, rep * hd, 2 * rep * hd * dm.t, |g0, chunk| {
             let mut p = vec![0f32; dm.t * dm.t];
             for (gi, y) in chunk.chunks_exact_mut(rep * hd).enumerate() {
                 let g = g0 + gi;
+                let starts = cx.row_starts(g / dm.kv);
                 let (kh, vh) = (&k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd]);
                 for (r, yh) in y.chunks_exact_mut(hd).enumerate() {
                     let qh = &q[(g * rep + r) * hd..(g * rep + r + 1) * hd];
-                    probs(&mut p, qh, kh, &dm);
+                    probs(&mut p, qh, kh, &dm, starts);
                     mm_ab(yh, &p, vh, dm.t, dm.d, dm.t, false);
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.h, dm.t, dm.d))))
+        let mut out = vec![0f32; heads.len()];
+        cx.to_tokens(&heads, dm.h, false, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.t, dm.h * dm.d))))
     }
 
     fn bwd(
@@ -227,35 +376,36 @@ impl CustomOp3 for Attention {
         if !(q.track_op() || k.track_op() || v.track_op()) {
             return Ok((None, None, None));
         }
-        let dm = self.dims;
-        let rep = dm.n_rep();
-        // [dq of the group's heads | dk | dv] per (batch, KV head) group.
+        let dm = self.ctx.dims;
+        // One flat buffer [dq | dk | dv], each token-major: narrowing it copies nothing.
         let all = q.apply_op3_no_bwd(
             &Tensor::cat(&[k, v], 0)?,
             &grad.contiguous()?,
-            &AttentionBwd { dims: dm },
+            &AttentionBwd {
+                ctx: self.ctx.clone(),
+            },
         )?;
-        let all = all.reshape((dm.b, dm.kv, rep + 2, dm.t, dm.d))?;
+        let (nq, nk) = (dm.b * dm.t * dm.h * dm.d, dm.b * dm.t * dm.kv * dm.d);
         let part = |start: usize, len: usize, heads: usize| -> Result<Tensor> {
-            all.narrow(2, start, len)?
-                .contiguous()?
-                .reshape((dm.b, heads, dm.t, dm.d))
+            all.narrow(0, start, len)?
+                .reshape((dm.b, dm.t, heads * dm.d))
         };
-        let dq = q.track_op().then(|| part(0, rep, dm.h)).transpose()?;
-        let dk = k.track_op().then(|| part(rep, 1, dm.kv)).transpose()?;
-        let dv = v.track_op().then(|| part(rep + 1, 1, dm.kv)).transpose()?;
+        let dq = q.track_op().then(|| part(0, nq, dm.h)).transpose()?;
+        let dk = k.track_op().then(|| part(nq, nk, dm.kv)).transpose()?;
+        let dv = v.track_op().then(|| part(nq + nk, nk, dm.kv)).transpose()?;
         Ok((dq, dk, dv))
     }
 }
 
-/// Inputs: `q`, `k` and `v` stacked along the batch axis (`[2b, kv, t, d]`), and `dy`.
+/// Inputs: `q`, `k` and `v` stacked along the batch axis (`[2b, t, kv·d]`), and `dy`.
+/// Output: the flat `[dq | dk | dv]`, each in its input's token-major layout.
 struct AttentionBwd {
-    dims: Dims,
+    ctx: Arc<Context>,
 }
 
 impl CustomOp3 for AttentionBwd {
     fn name(&self) -> &'static str {
-        "hone-causal-attention-bwd"
+        "hone-rope-attention-bwd"
     }
 
     fn cpu_fwd(
@@ -267,48 +417,78 @@ impl CustomOp3 for AttentionBwd {
         sg: &CpuStorage,
         lg: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dm = self.dims;
-        let q = f32_data(sq, lq, "causal_attention_bwd q")?;
-        let kv = f32_data(skv, lkv, "causal_attention_bwd k,v")?;
-        let dy = f32_data(sg, lg, "causal_attention_bwd grad")?;
+        let (cx, dm) = (&*self.ctx, self.ctx.dims);
+        let kv = f32_data(skv, lkv, "rope_attention_bwd k,v")?;
         let (k, v) = kv.split_at(kv.len() / 2);
+        let q = cx.to_heads(f32_data(sq, lq, "rope_attention_bwd q")?, dm.h, true);
+        let k = cx.to_heads(k, dm.kv, true);
+        let v = cx.to_heads(v, dm.kv, false);
+        let dy = cx.to_heads(f32_data(sg, lg, "rope_attention_bwd grad")?, dm.h, false);
         let (hd, rep, t) = (dm.head(), dm.n_rep(), dm.t);
         let groups = dm.b * dm.kv;
-        let mut out = vec![0f32; groups * (rep + 2) * hd];
-        par_rows(&mut out, (rep + 2) * hd, 5 * rep * hd * t, |g0, chunk| {
+        // Per (batch, KV head) group: [dq of its `rep` heads | dk | dv], head-major.
+        let mut grads = vec![0f32; groups * (rep + 2) * hd];
+        par_rows(&mut grads, (rep + 2) * hd, 5 * rep * hd * t, |g0, chunk| {
             let mut p = vec![0f32; t * t];
             let mut dp = vec![0f32; t * t];
             for (gi, o) in chunk.chunks_exact_mut((rep + 2) * hd).enumerate() {
                 let g = g0 + gi;
+                let starts = cx.row_starts(g / dm.kv);
                 let (kh, vh) = (&k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd]);
                 let (dq, dkv) = o.split_at_mut(rep * hd);
                 let (dk, dv) = dkv.split_at_mut(hd);
                 for r in 0..rep {
                     let h0 = (g * rep + r) * hd;
                     let (qh, dyh) = (&q[h0..h0 + hd], &dy[h0..h0 + hd]);
-                    probs(&mut p, qh, kh, &dm);
+                    probs(&mut p, qh, kh, &dm, starts);
                     // dv += pᵀ·dy ; dp = dy·vᵀ
                     mm_atb(dv, &p, dyh, t, dm.d, t, r > 0);
                     mm_abt(&mut dp, dyh, vh, t, t, dm.d, false);
-                    // ds = scale · p ⊙ (dp − rowsum(p ⊙ dp)), in place in dp.
-                    for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
-                        let n = i + 1;
-                        let dot: f32 = pr[..n].iter().zip(&dr[..n]).map(|(a, b)| a * b).sum();
-                        for (x, &pv) in dr[..n].iter_mut().zip(&pr[..n]) {
-                            *x = dm.scale * pv * (*x - dot);
-                        }
-                        dr[n..].fill(0.0);
-                    }
+                    softmax_backward(&p, &mut dp, t, dm.scale, starts);
                     // dq = ds·k ; dk += dsᵀ·q
                     mm_ab(&mut dq[r * hd..(r + 1) * hd], &dp, kh, t, dm.d, t, false);
                     mm_atb(dk, &dp, qh, t, dm.d, t, r > 0);
                 }
             }
         });
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((dm.b, dm.kv, rep + 2, t, dm.d)),
-        ))
+        let (nq, nk) = (q.len(), k.len());
+        let mut out = vec![0f32; nq + 2 * nk];
+        let (dq_out, dkv_out) = out.split_at_mut(nq);
+        let (dk_out, dv_out) = dkv_out.split_at_mut(nk);
+        // Gather each kind back into head-major order, then to tokens (RoPE undone on
+        // dq and dk).
+        let pick = |slot: usize, len: usize| -> Vec<f32> {
+            let mut x = Vec::with_capacity(groups * len * hd);
+            for g in 0..groups {
+                let base = g * (rep + 2) * hd + slot * hd;
+                x.extend_from_slice(&grads[base..base + len * hd]);
+            }
+            x
+        };
+        cx.to_tokens(&pick(0, rep), dm.h, true, dq_out);
+        cx.to_tokens(&pick(rep, 1), dm.kv, true, dk_out);
+        cx.to_tokens(&pick(rep + 1, 1), dm.kv, false, dv_out);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// `ds = scale · p ⊙ (dp − rowsum(p ⊙ dp))` in place in `dp`, over each row's visible
+/// columns; zero elsewhere.
+fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32, starts: Option<&[u32]>) {
+    for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+        let s = starts.map_or(0, |s| (s[i] as usize).min(i));
+        let vis = s..i + 1;
+        let dot: f32 = pr[vis.clone()]
+            .iter()
+            .zip(&dr[vis.clone()])
+            .map(|(a, b)| a * b)
+            .sum();
+        for (x, &pv) in dr[vis.clone()].iter_mut().zip(&pr[vis]) {
+            *x = scale * pv * (*x - dot);
+        }
+        dr[..s].fill(0.0);
+        dr[i + 1..].fill(0.0);
     }
 }
 
@@ -318,58 +498,158 @@ mod tests {
     use crate::llama::repeat_kv;
     use crate::ops::testutil::{check_op, randn};
 
-    fn reference(t: &[Tensor], n_rep: usize, scale: f64) -> Result<Tensor> {
-        let (q, k, v) = (&t[0], &t[1], &t[2]);
-        let tq = q.dim(2)?;
-        let k = repeat_kv(k.clone(), n_rep)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+    fn err(e: crate::error::ModelError) -> candle_core::Error {
+        candle_core::Error::Msg(e.to_string())
+    }
+
+    /// The same computation from stock differentiable candle ops: head transposes,
+    /// `rope_slow`, `repeat_kv`, an additive mask, softmax and two matmuls.
+    fn reference(
+        t: &[Tensor],
+        (h, kv): (usize, usize),
+        cos: &Tensor,
+        sin: &Tensor,
+        starts: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        let (b, tt, qw) = t[0].dims3()?;
+        let d = qw / h;
+        let heads = |x: &Tensor, n: usize| x.reshape((b, tt, n, d))?.transpose(1, 2)?.contiguous();
+        let rope = |x: Tensor| -> Result<Tensor> {
+            if cos.rank() == 2 {
+                return candle_nn::rotary_emb::rope_slow(&x, cos, sin);
+            }
+            let rows = (0..b)
+                .map(|i| {
+                    candle_nn::rotary_emb::rope_slow(
+                        &x.narrow(0, i, 1)?,
+                        &cos.get(i)?,
+                        &sin.get(i)?,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&rows, 0)
+        };
+        let q = rope(heads(&t[0], h)?)?;
+        let k = repeat_kv(rope(heads(&t[1], kv)?)?, h / kv)
+            .map_err(err)?
             .contiguous()?;
-        let v = repeat_kv(v.clone(), n_rep)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        let v = repeat_kv(heads(&t[2], kv)?, h / kv)
+            .map_err(err)?
             .contiguous()?;
-        let mask: Vec<f32> = (0..tq * tq)
-            .map(|i| if i % tq <= i / tq { 0.0 } else { -1e9 })
+        let mask: Vec<f32> = (0..b * tt * tt)
+            .map(|n| {
+                let (row, i, j) = (n / (tt * tt), (n / tt) % tt, n % tt);
+                let s = starts.map_or(0, |s| s[row * tt + i] as usize);
+                if j <= i && j >= s {
+                    0.0
+                } else {
+                    -1e9
+                }
+            })
             .collect();
-        let mask = Tensor::from_vec(mask, (tq, tq), q.device())?;
-        let s = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-        candle_nn::ops::softmax(&s, candle_core::D::Minus1)?.matmul(&v)
+        let mask = Tensor::from_vec(mask, (b, 1, tt, tt), q.device())?;
+        let s = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
+        candle_nn::ops::softmax(&s, candle_core::D::Minus1)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, tt, h * d))
     }
 
-    #[test]
-    fn causal_attention_matches_stock_gqa_and_gradients() -> Result<()> {
-        let scale = 1.0 / 8f64.sqrt();
+    fn trig(shape: &[usize], seed: u64) -> (Tensor, Tensor) {
+        let angles = (randn(shape, seed) * 2.0).unwrap();
+        (angles.cos().unwrap(), angles.sin().unwrap())
+    }
+
+    fn check(
+        b: usize,
+        t: usize,
+        (h, kv): (usize, usize),
+        d: usize,
+        per_row: bool,
+        starts: Option<Vec<u32>>,
+    ) -> Result<()> {
+        let table: Vec<usize> = if per_row {
+            vec![b, t, d / 2]
+        } else {
+            vec![t, d / 2]
+        };
+        let (cos, sin) = trig(&table, 9);
+        let spec = AttentionSpec {
+            heads: h,
+            kv_heads: kv,
+            cos: &cos,
+            sin: &sin,
+            segment_starts: starts.as_deref(),
+        };
         check_op(
             &[
-                randn(&[2, 4, 7, 8], 1),
-                randn(&[2, 2, 7, 8], 2),
-                randn(&[2, 2, 7, 8], 3),
+                randn(&[b, t, h * d], 1),
+                randn(&[b, t, kv * d], 2),
+                randn(&[b, t, kv * d], 3),
             ],
             &[true, true, true],
-            |t| causal_attention(&t[0], &t[1], &t[2], scale),
-            |t| reference(t, 2, scale),
+            |x| rope_attention(&x[0], &x[1], &x[2], &spec),
+            |x| reference(x, (h, kv), &cos, &sin, starts.as_deref()),
             1e-4,
         )
     }
 
     #[test]
-    fn causal_attention_without_grouping() -> Result<()> {
-        check_op(
-            &[
-                randn(&[1, 3, 5, 4], 4),
-                randn(&[1, 3, 5, 4], 5),
-                randn(&[1, 3, 5, 4], 6),
-            ],
-            &[true, true, true],
-            |t| causal_attention(&t[0], &t[1], &t[2], 0.5),
-            |t| reference(t, 1, 0.5),
-            1e-4,
-        )
+    fn rope_attention_matches_stock_gqa_and_gradients() -> Result<()> {
+        check(2, 7, (4, 2), 8, false, None)
     }
 
     #[test]
-    fn causal_attention_rejects_bad_shapes() {
-        let q = randn(&[1, 3, 5, 4], 1);
-        let k = randn(&[1, 2, 5, 4], 2);
-        assert!(causal_attention(&q, &k, &k, 0.5).is_err());
+    fn rope_attention_without_grouping() -> Result<()> {
+        check(1, 5, (3, 3), 4, false, None)
+    }
+
+    /// Packed rows: per-row RoPE positions and segments that do not see each other.
+    #[test]
+    fn rope_attention_keeps_packed_segments_apart() -> Result<()> {
+        let starts = vec![0, 0, 0, 3, 3, 3, 3, 0, 0, 2, 2, 2, 2, 2];
+        check(2, 7, (6, 2), 8, true, Some(starts))
+    }
+
+    #[test]
+    fn rope_attention_rejects_bad_shapes() {
+        let (cos, sin) = trig(&[5, 2], 1);
+        let spec = |h, kv| AttentionSpec {
+            heads: h,
+            kv_heads: kv,
+            cos: &cos,
+            sin: &sin,
+            segment_starts: None,
+        };
+        let q = randn(&[1, 5, 12], 1);
+        let k = randn(&[1, 5, 8], 2);
+        assert!(
+            rope_attention(&q, &k, &k, &spec(3, 2)).is_err(),
+            "3 heads over 2 kv heads"
+        );
+        assert!(
+            rope_attention(&q, &k, &k, &spec(3, 1)).is_err(),
+            "k too wide for 1 kv head"
+        );
+        let short = [0u32; 3];
+        let bad = AttentionSpec {
+            segment_starts: Some(&short),
+            ..spec(3, 3)
+        };
+        let k = randn(&[1, 5, 12], 2);
+        assert!(
+            rope_attention(&q, &k, &k, &bad).is_err(),
+            "wrong number of starts"
+        );
+        let (c6, s6) = trig(&[6, 2], 1);
+        let bad = AttentionSpec {
+            cos: &c6,
+            sin: &s6,
+            ..spec(3, 3)
+        };
+        assert!(
+            rope_attention(&q, &k, &k, &bad).is_err(),
+            "table for 6 tokens"
+        );
     }
 }

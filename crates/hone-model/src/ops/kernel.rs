@@ -84,3 +84,46 @@ where
         }
     });
 }
+
+/// `e^x` for f32 to about 2 ulp, branch-free so that loops over slices vectorize (glibc's
+/// `expf` is a scalar call: it was 7% of a training step's samples, from the softmaxes
+/// over the vocabulary and the attention rows and from SiLU).
+///
+/// Range reduction `x = n·ln2 + r` with `|r| ≤ ln2/2`, a degree-6 Taylor polynomial for
+/// `e^r` (truncation error below 1.2e-7 relative), then `2^n` through the exponent bits.
+/// Inputs are clamped to `[-87, 88]`: below, the result is about 1.6e-38 instead of 0,
+/// which no sum in a softmax can tell apart; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0]
+        .iter()
+        .fold(1.0 / 720.0, |p: f32, &c| p.mul_add(r, c));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fast_exp;
+
+    #[test]
+    fn fast_exp_is_within_a_few_ulp_of_exp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (fast_exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.013;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst:e}");
+        assert!(fast_exp(f32::NEG_INFINITY) < 1e-37);
+        assert!(fast_exp(-1000.0) < 1e-37);
+        assert!(fast_exp(f32::NAN).is_nan());
+        assert_eq!(fast_exp(0.0), 1.0);
+    }
+}

@@ -31,7 +31,7 @@ mod silu_mul;
 #[cfg(test)]
 mod testutil;
 
-pub use attention::causal_attention;
+pub use attention::{rope_attention, AttentionSpec};
 pub use causal_softmax::causal_softmax;
 pub use cross_entropy::{masked_cross_entropy, masked_token_accuracy, TokenAccuracy};
 pub use frozen_linear::frozen_linear;
