@@ -11,9 +11,7 @@
 //! computed); the LoRA matrices, which are candle `Var`s during training, go through stock
 //! matmuls, so the gradient store holds exactly the trainable parameters.
 
-use candle_core::{DType, Tensor};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
 use crate::linear::{BaseWeight, Linear};
@@ -228,58 +226,27 @@ fn train_mlp(mlp: &Mlp, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
 /// `frozen_linear(x, W) + lora(dropout(x))`; `module` numbers the projection within its
 /// layer so that every dropout mask has its own seed.
 fn train_linear(lin: &Linear, x: &Tensor, ctx: &Ctx, module: u64) -> Result<Tensor> {
-    let y = match lin.base() {
-        BaseWeight::Dense(w) => ops::frozen_linear(x, w)?,
-        BaseWeight::Quantized(_) => return Err(quantized_in_training()),
+    let BaseWeight::Dense(w) = lin.base() else {
+        return Err(quantized_in_training());
     };
     let Some(ad) = lin.adapter().filter(|_| ctx.opts.use_adapters) else {
-        return Ok(y);
+        return Ok(ops::frozen_linear(x, w)?);
     };
     let p = ctx.opts.lora_dropout;
-    let delta = if p > 0.0 {
-        let seed = ctx
+    if !(0.0..1.0).contains(&p) {
+        return Err(ModelError::Adapter(format!(
+            "lora dropout must be in [0, 1), got {p}"
+        )));
+    }
+    let dropout = (p > 0.0).then(|| ops::Dropout {
+        p: p as f32,
+        seed: ctx
             .opts
             .dropout_seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add((ctx.layer as u64) * 16 + module);
-        lora_delta(ad, &(x * dropout_mask(x, p, seed)?)?)?
-    } else {
-        lora_delta(ad, x)?
-    };
-    Ok((y + delta)?)
-}
-
-/// `(scale · x·Aᵀ)·Bᵀ` with the leading dims of `x` flattened, so A and B enter plain 2-D
-/// matmuls: their gradients are single products rather than per-batch products summed
-/// over a broadcast (what `broadcast_matmul`'s backward does).
-fn lora_delta(ad: &crate::linear::LoraAdapter, x: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let in_dim = dims[dims.len() - 1];
-    let rows = x.elem_count() / in_dim.max(1);
-    // Scaling the rank-r product touches `rows·r` floats instead of `rows·out` (and the
-    // same in the backward).
-    let xa = (x.reshape((rows, in_dim))?.matmul(&ad.a.t()?)? * ad.scale)?;
-    let y = xa.matmul(&ad.b.t()?)?;
-    let mut out = dims.to_vec();
-    let last = out.len() - 1;
-    out[last] = ad.b.dim(0)?;
-    Ok(y.reshape(out)?)
-}
-
-/// Inverted-dropout mask of `x`'s shape: 0 with probability `p`, else `1/(1-p)`.
-fn dropout_mask(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    if p >= 1.0 {
-        return Err(ModelError::Adapter(format!(
-            "lora dropout must be below 1, got {p}"
-        )));
-    }
-    let mut rng = StdRng::seed_from_u64(seed);
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let n = x.elem_count();
-    let m: Vec<f32> = (0..n)
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
-    Ok(Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(DType::F32)?)
+            .wrapping_add((ctx.layer as u64) * 16 + module),
+    });
+    Ok(ops::lora_linear(x, w, &ad.a, &ad.b, ad.scale, dropout)?)
 }
 
 fn quantized_in_training() -> ModelError {

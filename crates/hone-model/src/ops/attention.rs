@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::kernel::{f32_data, fast_exp, par_rows};
+use super::kernel::{f32_data, fast_exp, matmul, par_rows, Tr};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// Where the rotary tables and segment bounds of one attention call come from.
@@ -211,93 +211,18 @@ fn rotate_half(x: &[f32], y: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool
 }
 
 /// `c = a · bᵀ` (`a: [m, k]`, `b: [n, k]` row-major), or `c += …` when `acc`.
-///
-/// # Safety
-/// The slices must hold the shapes given.
 fn mm_abt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= n * k);
-    // SAFETY: the bounds are checked above; the strides describe row-major layouts.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    matmul(c, (m, n, k), (a, Tr::N), (b, Tr::T), acc, 1.0, false);
 }
 
 /// `c = a · b` (`a: [m, k]`, `b: [k, n]` row-major), or `c += …` when `acc`.
 fn mm_ab(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // SAFETY: the bounds are checked above; the strides describe row-major layouts.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    matmul(c, (m, n, k), (a, Tr::N), (b, Tr::N), acc, 1.0, false);
 }
 
 /// `c = aᵀ · b` (`a: [k, m]`, `b: [k, n]` row-major), or `c += …` when `acc`.
 fn mm_atb(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) {
-    assert!(c.len() >= m * n && a.len() >= k * m && b.len() >= k * n);
-    // SAFETY: the bounds are checked above; the strides describe row-major layouts.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.as_ptr(),
-            m as isize,
-            1,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    matmul(c, (m, n, k), (a, Tr::T), (b, Tr::N), acc, 1.0, false);
 }
 
 /// The causal softmax probabilities `p = softmax(causal(q·kᵀ·scale))` of one head into

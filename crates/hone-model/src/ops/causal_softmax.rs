@@ -6,7 +6,7 @@
 //! gradient, and the basic-op version with a `-inf` mask makes six temporaries). This op
 //! fuses the scale, the mask and the softmax, and writes exact zeros above the diagonal.
 
-use super::kernel::{f32_data, last_dim, par_rows};
+use super::kernel::{f32_data, fast_exp, last_dim, par_rows};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `softmax(scores · scale)` over the last dim, where query row `i` (of `t_q`) sees key
@@ -65,7 +65,7 @@ impl CustomOp1 for CausalSoftmax {
                 let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
                 let mut sum = 0f32;
                 for (y, &v) in yr.iter_mut().zip(xr) {
-                    *y = (v * self.scale - max).exp();
+                    *y = fast_exp(v * self.scale - max);
                     sum += *y;
                 }
                 let inv = 1.0 / sum;

@@ -5,7 +5,7 @@
 //! Here the forward keeps one log-sum-exp per row, and the backward writes the gradient
 //! `softmax − onehot` directly, row by row. Rows whose mask is 0 cost nothing.
 
-use super::kernel::{f32_data, index_data, last_dim, par_rows};
+use super::kernel::{f32_data, fast_exp, index_data, last_dim, par_rows};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
@@ -132,7 +132,7 @@ fn checked_targets(s: &CpuStorage, l: &Layout, mask: &[f32], vocab: usize) -> Re
 
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+    let sum: f32 = row.iter().map(|&v| fast_exp(v - max)).sum();
     max + sum.ln()
 }
 
@@ -243,7 +243,7 @@ impl CustomOp3 for CrossEntropyBwd<'_> {
                 }
                 let lse = self.lse[row];
                 for (d, &x) in d.iter_mut().zip(&logits[row * vocab..(row + 1) * vocab]) {
-                    *d = scale * (x - lse).exp();
+                    *d = scale * fast_exp(x - lse);
                 }
                 d[targets[row]] -= scale;
             }

@@ -85,6 +85,63 @@ where
     });
 }
 
+/// How a matrix operand of [`matmul`] is stored: row-major as used (`N`), or row-major as
+/// its transpose (`T`, i.e. the product reads it transposed without copying).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tr {
+    N,
+    T,
+}
+
+/// `c = beta · a·b` (`c += …` when `acc`), with `a` logically `[m, k]`, `b` logically
+/// `[k, n]` and `c` row-major `[m, n]`; `parallel` spreads the product over candle's
+/// thread count (the gemm crate's rayon driver, as candle's own matmul).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    c: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    (a, ta): (&[f32], Tr),
+    (b, tb): (&[f32], Tr),
+    acc: bool,
+    beta: f32,
+    parallel: bool,
+) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let (a_cs, a_rs) = if ta == Tr::N { (1, k) } else { (m, 1) };
+    let (b_cs, b_rs) = if tb == Tr::N { (1, n) } else { (k, 1) };
+    let threads = candle_core::utils::get_num_threads();
+    let par = if parallel && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the bounds are checked above, and the strides describe row-major storage of
+    // the shapes given (or of their transposes).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 /// `e^x` for f32 to about 2 ulp, branch-free so that loops over slices vectorize (glibc's
 /// `expf` is a scalar call: it was 7% of a training step's samples, from the softmaxes
 /// over the vocabulary and the attention rows and from SiLU).

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::cross_entropy::TokenAccuracy;
-use super::kernel::{f32_data, index_data, par_rows};
+use super::kernel::{f32_data, fast_exp, index_data, par_rows};
 
 /// Trained positions projected per chunk: 64 rows of a 49k vocabulary are 12.5 MB of
 /// logits, large enough for an efficient matrix product.
@@ -138,7 +138,7 @@ impl LmHeadLoss {
                                 b
                             }
                         });
-                let sum: f32 = l.iter().map(|&v| (v - max).exp()).sum();
+                let sum: f32 = l.iter().map(|&v| fast_exp(v - max)).sum();
                 o[0] = max + sum.ln();
                 o[1] = best as f32;
             }
@@ -163,7 +163,7 @@ impl LmHeadLoss {
                 let (_, t, m) = rows[row0 + i];
                 let scale = coef * m;
                 let l = lse[row0 + i];
-                d.iter_mut().for_each(|v| *v = scale * (*v - l).exp());
+                d.iter_mut().for_each(|v| *v = scale * fast_exp(*v - l));
                 d[t] -= scale;
             }
         });

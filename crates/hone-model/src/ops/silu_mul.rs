@@ -4,7 +4,7 @@
 //! tensors of the MLP's intermediate size (the largest activations in the model). Here the
 //! forward keeps nothing, and the backward recomputes the sigmoid.
 
-use super::kernel::{f32_data, par_rows};
+use super::kernel::{f32_data, fast_exp, par_rows};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// `silu(gate) · up` elementwise (`silu(x) = x · sigmoid(x)`), for tensors of equal shape.
@@ -24,7 +24,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + fast_exp(-x))
 }
 
 /// Elementwise map of two equal-length slices, row-parallel for large inputs.
