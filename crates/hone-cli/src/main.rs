@@ -3,6 +3,7 @@
 //! This file only parses the command line and dispatches; each subcommand
 //! lives in `cmd/<name>.rs` and calls into the library crates.
 
+mod alloc;
 mod cmd;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    alloc::keep_freed_memory_briefly();
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::kernel::{f32_data, fast_exp, matmul, par_rows, Tr};
+use super::kernel::{dot, exp_in_place, f32_data, matmul, max, par_rows, Tr};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// Where the rotary tables and segment bounds of one attention call come from.
@@ -235,13 +235,8 @@ fn probs(p: &mut [f32], q: &[f32], k: &[f32], dm: &Dims, starts: Option<&[u32]>)
         let s = starts.map_or(0, |s| (s[i] as usize).min(i));
         row[..s].fill(0.0);
         let (vis, masked) = row[s..].split_at_mut(i + 1 - s);
-        let max = vis.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * dm.scale;
-        let mut sum = 0f32;
-        for x in vis.iter_mut() {
-            *x = fast_exp(*x * dm.scale - max);
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
+        let shift = max(vis) * dm.scale;
+        let inv = 1.0 / exp_in_place(vis, dm.scale, shift);
         vis.iter_mut().for_each(|x| *x *= inv);
         masked.fill(0.0);
     }
@@ -404,11 +399,7 @@ fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32, starts: Opt
     for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
         let s = starts.map_or(0, |s| (s[i] as usize).min(i));
         let vis = s..i + 1;
-        let dot: f32 = pr[vis.clone()]
-            .iter()
-            .zip(&dr[vis.clone()])
-            .map(|(a, b)| a * b)
-            .sum();
+        let dot = dot(&pr[vis.clone()], &dr[vis.clone()]);
         for (x, &pv) in dr[vis.clone()].iter_mut().zip(&pr[vis]) {
             *x = scale * pv * (*x - dot);
         }

@@ -5,7 +5,7 @@
 //! Here the forward keeps one log-sum-exp per row, and the backward writes the gradient
 //! `softmax − onehot` directly, row by row. Rows whose mask is 0 cost nothing.
 
-use super::kernel::{f32_data, fast_exp, index_data, last_dim, par_rows};
+use super::kernel::{self, f32_data, fast_exp, index_data, last_dim, par_rows};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
@@ -131,9 +131,8 @@ fn checked_targets(s: &CpuStorage, l: &Layout, mask: &[f32], vocab: usize) -> Re
 }
 
 fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f32 = row.iter().map(|&v| fast_exp(v - max)).sum();
-    max + sum.ln()
+    let max = kernel::max(row);
+    max + kernel::sum_exp(row, max).ln()
 }
 
 struct MaskedCrossEntropy {

@@ -164,9 +164,95 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     p * scale
 }
 
+/// Lanes of the reductions below: a float sum in one accumulator is a serial chain that
+/// the compiler may not reorder, so it never vectorizes; 16 independent partial results
+/// (one AVX-512 register) do.
+const LANES: usize = 16;
+
+/// Combines `map(x)` over `xs` by `f` lane-wise, then the lanes and the tail.
+#[inline(always)]
+fn reduce(xs: &[f32], init: f32, map: impl Fn(f32) -> f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = f(*a, map(x));
+        }
+    }
+    let lanes = acc.into_iter().fold(init, &f);
+    tail.iter().fold(lanes, |a, &x| f(a, map(x)))
+}
+
+/// The largest element (−∞ for an empty slice).
+pub(crate) fn max(xs: &[f32]) -> f32 {
+    reduce(xs, f32::NEG_INFINITY, |x| x, f32::max)
+}
+
+/// The sum of the elements.
+pub(crate) fn sum(xs: &[f32]) -> f32 {
+    reduce(xs, 0.0, |x| x, |a, x| a + x)
+}
+
+/// `Σ e^(x − shift)`, leaving `xs` as it is.
+pub(crate) fn sum_exp(xs: &[f32], shift: f32) -> f32 {
+    reduce(xs, 0.0, |x| fast_exp(x - shift), |a, x| a + x)
+}
+
+/// `Σ a_i·b_i` over the shorter length.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s = x.mul_add(y, *s);
+        }
+    }
+    sum(&acc) + tail
+}
+
+/// `x ← e^(x·scale − shift)` in place, returning the sum of the results.
+pub(crate) fn exp_in_place(xs: &mut [f32], scale: f32, shift: f32) -> f32 {
+    xs.iter_mut()
+        .for_each(|x| *x = fast_exp(x.mul_add(scale, -shift)));
+    sum(xs)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::fast_exp;
+    use super::*;
+
+    #[test]
+    fn lane_reductions_equal_the_serial_ones() {
+        let xs: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 101) as f32 / 10.0 - 5.0)
+            .collect();
+        for n in [0, 1, 15, 16, 17, 37] {
+            let x = &xs[..n];
+            let serial_max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max(x), serial_max);
+            let serial: f64 = x.iter().map(|&v| v as f64).sum();
+            assert!((sum(x) as f64 - serial).abs() < 1e-4, "sum of {n}");
+            let serial: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+            assert!((dot(x, x) as f64 - serial).abs() < 1e-3, "dot of {n}");
+            let mut e = x.to_vec();
+            let total = exp_in_place(&mut e, 0.5, 1.0);
+            for (y, v) in e.iter().zip(x) {
+                assert!((y - (v * 0.5 - 1.0).exp()).abs() <= 1e-6 * y.max(1.0));
+            }
+            assert!((total - e.iter().sum::<f32>()).abs() < 1e-4);
+            let unscaled: f32 = x.iter().map(|v| (v - 1.0).exp()).sum();
+            assert!((sum_exp(x, 1.0) - unscaled).abs() < 1e-4 * unscaled.max(1.0));
+        }
+    }
 
     #[test]
     fn fast_exp_is_within_a_few_ulp_of_exp() {

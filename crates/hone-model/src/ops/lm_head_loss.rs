@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::cross_entropy::TokenAccuracy;
-use super::kernel::{f32_data, fast_exp, index_data, par_rows};
+use super::kernel::{self, f32_data, fast_exp, index_data, par_rows};
 
 /// Trained positions projected per chunk: 64 rows of a 49k vocabulary are 12.5 MB of
 /// logits, large enough for an efficient matrix product.
@@ -128,17 +128,10 @@ impl LmHeadLoss {
         par_rows(&mut stats, 2, vocab, |row0, out| {
             for (i, o) in out.chunks_exact_mut(2).enumerate() {
                 let l = &logits[(row0 + i) * vocab..(row0 + i + 1) * vocab];
-                let (best, max) =
-                    l.iter()
-                        .enumerate()
-                        .fold((0usize, f32::NEG_INFINITY), |b, (j, &v)| {
-                            if v > b.1 {
-                                (j, v)
-                            } else {
-                                b
-                            }
-                        });
-                let sum: f32 = l.iter().map(|&v| fast_exp(v - max)).sum();
+                // The first maximum, as the serial argmax; both passes vectorize.
+                let max = kernel::max(l);
+                let best = l.iter().position(|&v| v == max).unwrap_or(0);
+                let sum = kernel::sum_exp(l, max);
                 o[0] = max + sum.ln();
                 o[1] = best as f32;
             }

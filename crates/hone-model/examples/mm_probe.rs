@@ -1,0 +1,35 @@
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+fn main() -> candle_core::Result<()> {
+    for (m, n, k) in [
+        (1024, 576, 576),
+        (1024, 1536, 576),
+        (1024, 576, 1536),
+        (1024, 192, 576),
+    ] {
+        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+        let wt = w.t()?;
+        for _ in 0..3 {
+            a.matmul(&wt)?;
+        }
+        let it = 50;
+        let t = Instant::now();
+        for _ in 0..it {
+            a.matmul(&wt)?;
+        }
+        let dt = t.elapsed().as_secs_f64() / it as f64;
+        let wc = w.t()?.contiguous()?;
+        let t = Instant::now();
+        for _ in 0..it {
+            a.matmul(&wc)?;
+        }
+        let dt2 = t.elapsed().as_secs_f64() / it as f64;
+        println!(
+            "{m} {n} {k}: wT view {:.1} GFLOP/s, w contiguous [k,n] {:.1} GFLOP/s",
+            2.0 * (m * n * k) as f64 / dt / 1e9,
+            2.0 * (m * n * k) as f64 / dt2 / 1e9
+        );
+    }
+    Ok(())
+}
