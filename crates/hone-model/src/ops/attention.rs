@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::kernel::{dot, exp_in_place, f32_data, matmul, max, par_rows, Tr};
+use super::kernel::{dot, exp_in_place, f32_data, matmul_ld, max, par_rows, Tr};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// Where the rotary tables and segment bounds of one attention call come from.
@@ -210,19 +210,32 @@ fn rotate_half(x: &[f32], y: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool
     }
 }
 
-/// `c = a · bᵀ` (`a: [m, k]`, `b: [n, k]` row-major), or `c += …` when `acc`.
-fn mm_abt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) {
-    matmul(c, (m, n, k), (a, Tr::N), (b, Tr::T), acc, 1.0, false);
+/// Rows per block of the causal products: block `[r0, r1)` of queries only meets keys
+/// `[0, r1)`, so the products skip the zero upper triangle block by block (10 of 16
+/// blocks computed at t = 256).
+const BLOCK: usize = 64;
+
+/// The row blocks `[r0, r1)` of `t` rows.
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(BLOCK)
+        .map(move |r0| (r0, (r0 + BLOCK).min(t)))
 }
 
-/// `c = a · b` (`a: [m, k]`, `b: [k, n]` row-major), or `c += …` when `acc`.
-fn mm_ab(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) {
-    matmul(c, (m, n, k), (a, Tr::N), (b, Tr::N), acc, 1.0, false);
-}
-
-/// `c = aᵀ · b` (`a: [k, m]`, `b: [k, n]` row-major), or `c += …` when `acc`.
-fn mm_atb(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) {
-    matmul(c, (m, n, k), (a, Tr::T), (b, Tr::N), acc, 1.0, false);
+/// `y = p·v` for one head (`p: [t, t]` lower-triangular, `v`, `y: [t, d]`).
+fn probs_times_v(y: &mut [f32], p: &[f32], v: &[f32], t: usize, d: usize) {
+    for (r0, r1) in blocks(t) {
+        let (pb, yb) = (&p[r0 * t..], &mut y[r0 * d..]);
+        matmul_ld(
+            (yb, d),
+            (r1 - r0, d, r1),
+            (pb, t, Tr::N),
+            (v, d, Tr::N),
+            false,
+            1.0,
+            false,
+        );
+    }
 }
 
 /// The causal softmax probabilities `p = softmax(causal(q·kᵀ·scale))` of one head into
@@ -230,7 +243,18 @@ fn mm_atb(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc
 /// every other entry is an exact zero.
 fn probs(p: &mut [f32], q: &[f32], k: &[f32], dm: &Dims, starts: Option<&[u32]>) {
     let (t, d) = (dm.t, dm.d);
-    mm_abt(p, q, k, t, t, d, false);
+    for (r0, r1) in blocks(t) {
+        let (pb, qb) = (&mut p[r0 * t..], &q[r0 * d..]);
+        matmul_ld(
+            (pb, t),
+            (r1 - r0, r1, d),
+            (qb, d, Tr::N),
+            (k, d, Tr::T),
+            false,
+            1.0,
+            false,
+        );
+    }
     for (i, row) in p.chunks_exact_mut(t).enumerate() {
         let s = starts.map_or(0, |s| (s[i] as usize).min(i));
         row[..s].fill(0.0);
@@ -276,7 +300,7 @@ impl CustomOp3 for Attention {
                 for (r, yh) in y.chunks_exact_mut(hd).enumerate() {
                     let qh = &q[(g * rep + r) * hd..(g * rep + r + 1) * hd];
                     probs(&mut p, qh, kh, &dm, starts);
-                    mm_ab(yh, &p, vh, dm.t, dm.d, dm.t, false);
+                    probs_times_v(yh, &p, vh, dm.t, dm.d);
                 }
             }
         });
@@ -361,13 +385,12 @@ impl CustomOp3 for AttentionBwd {
                     let h0 = (g * rep + r) * hd;
                     let (qh, dyh) = (&q[h0..h0 + hd], &dy[h0..h0 + hd]);
                     probs(&mut p, qh, kh, &dm, starts);
-                    // dv += pᵀ·dy ; dp = dy·vᵀ
-                    mm_atb(dv, &p, dyh, t, dm.d, t, r > 0);
-                    mm_abt(&mut dp, dyh, vh, t, t, dm.d, false);
-                    softmax_backward(&p, &mut dp, t, dm.scale, starts);
-                    // dq = ds·k ; dk += dsᵀ·q
-                    mm_ab(&mut dq[r * hd..(r + 1) * hd], &dp, kh, t, dm.d, t, false);
-                    mm_atb(dk, &dp, qh, t, dm.d, t, r > 0);
+                    let heads = HeadGrads {
+                        dq: &mut dq[r * hd..(r + 1) * hd],
+                        dk,
+                        dv,
+                    };
+                    head_backward(heads, (&mut p, &mut dp), (qh, kh, vh, dyh), &dm, starts);
                 }
             }
         });
@@ -390,6 +413,71 @@ impl CustomOp3 for AttentionBwd {
         cx.to_tokens(&pick(rep + 1, 1), dm.kv, false, dv_out);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// One query head's share of the gradients (`dk` and `dv` are shared by the group's
+/// heads and accumulate; all start zeroed).
+struct HeadGrads<'a> {
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+}
+
+/// The backward of one head given its probabilities `p`, block by block below the
+/// diagonal: `dv += pᵀ·dy`, `dp = dy·vᵀ`, `ds = softmax'(dp)`, `dq = ds·k`, `dk += dsᵀ·q`.
+fn head_backward(
+    g: HeadGrads,
+    (p, dp): (&mut [f32], &mut [f32]),
+    (q, k, v, dy): (&[f32], &[f32], &[f32], &[f32]),
+    dm: &Dims,
+    starts: Option<&[u32]>,
+) {
+    let (t, d) = (dm.t, dm.d);
+    for (r0, r1) in blocks(t) {
+        let (pb, dyb) = (&p[r0 * t..], &dy[r0 * d..]);
+        matmul_ld(
+            (&mut *g.dv, d),
+            (r1, d, r1 - r0),
+            (pb, t, Tr::T),
+            (dyb, d, Tr::N),
+            true,
+            1.0,
+            false,
+        );
+        let dpb = &mut dp[r0 * t..];
+        matmul_ld(
+            (dpb, t),
+            (r1 - r0, r1, d),
+            (dyb, d, Tr::N),
+            (v, d, Tr::T),
+            false,
+            1.0,
+            false,
+        );
+    }
+    softmax_backward(p, dp, t, dm.scale, starts);
+    for (r0, r1) in blocks(t) {
+        let (dsb, qb) = (&dp[r0 * t..], &q[r0 * d..]);
+        let dqb = &mut g.dq[r0 * d..];
+        matmul_ld(
+            (dqb, d),
+            (r1 - r0, d, r1),
+            (dsb, t, Tr::N),
+            (k, d, Tr::N),
+            false,
+            1.0,
+            false,
+        );
+        matmul_ld(
+            (&mut *g.dk, d),
+            (r1, d, r1 - r0),
+            (dsb, t, Tr::T),
+            (qb, d, Tr::N),
+            true,
+            1.0,
+            false,
+        );
     }
 }
 
@@ -525,6 +613,22 @@ mod tests {
     fn rope_attention_keeps_packed_segments_apart() -> Result<()> {
         let starts = vec![0, 0, 0, 3, 3, 3, 3, 0, 0, 2, 2, 2, 2, 2];
         check(2, 7, (6, 2), 8, true, Some(starts))
+    }
+
+    /// Longer than one row block (`BLOCK`), ending in a partial block, with segments that
+    /// straddle block boundaries.
+    #[test]
+    fn rope_attention_across_row_blocks() -> Result<()> {
+        let t = 2 * BLOCK + 22;
+        check(1, t, (2, 1), 4, false, None)?;
+        let starts = (0..2 * t)
+            .map(|i| match i % t {
+                j if j < 50 => 0,
+                j if j < 100 => 50,
+                _ => 100,
+            })
+            .collect();
+        check(2, t, (2, 1), 4, true, Some(starts))
     }
 
     #[test]

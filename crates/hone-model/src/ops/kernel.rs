@@ -106,9 +106,45 @@ pub(crate) fn matmul(
     beta: f32,
     parallel: bool,
 ) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    let (a_cs, a_rs) = if ta == Tr::N { (1, k) } else { (m, 1) };
-    let (b_cs, b_rs) = if tb == Tr::N { (1, n) } else { (k, 1) };
+    let lda = if ta == Tr::N { k } else { m };
+    let ldb = if tb == Tr::N { n } else { k };
+    matmul_ld(
+        (c, n),
+        (m, n, k),
+        (a, lda, ta),
+        (b, ldb, tb),
+        acc,
+        beta,
+        parallel,
+    );
+}
+
+/// [`matmul`] on sub-matrices: each operand comes with the row stride of its storage
+/// (`ld`, as in BLAS), so a block of a larger row-major matrix is used in place.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_ld(
+    (c, ldc): (&mut [f32], usize),
+    (m, n, k): (usize, usize, usize),
+    (a, lda, ta): (&[f32], usize, Tr),
+    (b, ldb, tb): (&[f32], usize, Tr),
+    acc: bool,
+    beta: f32,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Stored shapes: a is [m, k] (N) or [k, m] (T); b is [k, n] (N) or [n, k] (T).
+    let need = |rows: usize, cols: usize, ld: usize| (rows.max(1) - 1) * ld + cols;
+    let (a_rows, a_cols) = if ta == Tr::N { (m, k) } else { (k, m) };
+    let (b_rows, b_cols) = if tb == Tr::N { (k, n) } else { (n, k) };
+    assert!(ldc >= n && lda >= a_cols && ldb >= b_cols);
+    assert!(c.len() >= need(m, n, ldc));
+    assert!(
+        k == 0 || (a.len() >= need(a_rows, a_cols, lda) && b.len() >= need(b_rows, b_cols, ldb))
+    );
+    let (a_cs, a_rs) = if ta == Tr::N { (1, lda) } else { (lda, 1) };
+    let (b_cs, b_rs) = if tb == Tr::N { (1, ldb) } else { (ldb, 1) };
     let threads = candle_core::utils::get_num_threads();
     let par = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -116,7 +152,7 @@ pub(crate) fn matmul(
         gemm::Parallelism::None
     };
     // SAFETY: the bounds are checked above, and the strides describe row-major storage of
-    // the shapes given (or of their transposes).
+    // the shapes given (or of their transposes) with the given row strides.
     unsafe {
         gemm::gemm(
             m,
@@ -124,7 +160,7 @@ pub(crate) fn matmul(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             acc,
             a.as_ptr(),
             a_cs as isize,
