@@ -1,3 +1,8 @@
+//! Throughput of candle's f32 matmul (the gemm crate, all threads) on the training step's
+//! product shapes, to hold against `torch.matmul` on the same machine: `x·Wᵀ` with `W`
+//! as a transposed view (what `ops::frozen_linear` runs) and as a contiguous `[in, out]`.
+//! Run: `cargo run --release -p hone-model --example mm_probe`.
+
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 fn main() -> candle_core::Result<()> {
