@@ -9,11 +9,13 @@
 //! Each op is tested against a reference built from stock differentiable candle ops, on
 //! both the forward and the gradient (autograd and finite differences).
 //!
-//! A Llama block for LoRA training is assembled as:
-//! `h = rms_norm(x, w_norm)`; `q = frozen_linear(h, w_q) + lora_q(h)` (likewise k, v);
-//! `q, k = rope(q), rope(k)`; `p = causal_softmax(q·kᵀ, 1/√d)`; `o = p·v`;
-//! `x += frozen_linear(o, w_o)`; `x += frozen_linear(silu_mul(gate(h2), up(h2)), w_down)`;
-//! then `masked_cross_entropy(logits, targets, mask)` on the shifted sequence.
+//! A Llama block for LoRA training (`train_forward.rs`) is assembled as:
+//! `h = rms_norm(x, w_norm)`; `q = lora_linear(h, w_q, A_q, B_q)` (or `frozen_linear`
+//! without an adapter; likewise k, v); `o = rope_attention(q, k, v)`;
+//! `x += lora_linear(o, w_o, …)`; `x += lora_linear(silu_mul(gate(h2), up(h2)), w_down, …)`;
+//! then `lm_head_cross_entropy(hidden, w_lm, targets, mask)` on the shifted sequence.
+//! `rope`, `causal_softmax` and `masked_cross_entropy` are the unfused pieces, kept as
+//! tested building blocks and references.
 
 mod attention;
 #[cfg(test)]
