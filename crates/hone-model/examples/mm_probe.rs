@@ -11,6 +11,11 @@ fn main() -> candle_core::Result<()> {
         (1024, 1536, 576),
         (1024, 576, 1536),
         (1024, 192, 576),
+        // The LM head, 64 and 256 trained rows at a time: forward and backward.
+        (64, 49152, 576),
+        (256, 49152, 576),
+        (64, 576, 49152),
+        (256, 576, 49152),
     ] {
         let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
