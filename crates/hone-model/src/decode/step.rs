@@ -14,6 +14,7 @@ use crate::linear::{BaseWeight, Linear, LoraAdapter, QWeight};
 use crate::llama::{Embedding, KvCache, Llama, LmHead, QEmbedding};
 
 use super::packed::{matmul_many, PackedMatrix};
+use crate::ops::kernel::dot;
 
 /// Prompt tokens per call during prefill: enough to read each weight block
 /// once for many tokens, few enough to keep the activations in cache.
@@ -390,24 +391,6 @@ fn softmax_in_place(s: &mut [f32]) {
         sum += *v;
     }
     s.iter_mut().for_each(|v| *v /= sum);
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise the loop.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {

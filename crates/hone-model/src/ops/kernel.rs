@@ -235,12 +235,12 @@ pub(crate) fn sum_exp(xs: &[f32], shift: f32) -> f32 {
     reduce(xs, 0.0, |x| fast_exp(x - shift), |a, x| a + x)
 }
 
-/// `Σ a_i·b_i` over the shorter length.
+/// `Σ a_i·b_i` over the shorter length. Eight partial sums let the compiler vectorize
+/// the loop. The decode path uses it too: its batched and one-by-one outputs are
+/// compared bit for bit, so its summation order must not change.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
         .remainder()
         .iter()
@@ -248,11 +248,11 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s = x.mul_add(y, *s);
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
         }
     }
-    sum(&acc) + tail
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `x ← e^(x·scale − shift)` in place, returning the sum of the results.

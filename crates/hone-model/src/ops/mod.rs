@@ -25,7 +25,7 @@ mod block_test;
 mod causal_softmax;
 mod cross_entropy;
 mod frozen_linear;
-mod kernel;
+pub(crate) mod kernel;
 mod lm_head_loss;
 mod lora_linear;
 mod rms_norm;
