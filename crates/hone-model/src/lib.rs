@@ -17,6 +17,8 @@ pub mod score;
 pub mod testing;
 pub mod train_forward;
 #[cfg(test)]
+mod train_reference;
+#[cfg(test)]
 mod train_tests;
 
 /// candle itself, so that a driver of the training step (`hone bench train`) can build

@@ -14,8 +14,8 @@
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
-use crate::linear::{BaseWeight, Linear};
-use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp};
+use crate::linear::BaseWeight;
+use crate::llama::{Embedding, Llama, LmHead};
 use crate::ops;
 
 /// Switches for one training-mode forward pass.
@@ -53,7 +53,12 @@ pub struct PackedLayout {
 
 impl PackedLayout {
     /// RoPE tables `(b, t, d/2)` gathered at each token's position.
-    fn rope_tables(&self, model: &Llama, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn rope_tables(
+        &self,
+        model: &Llama,
+        b: usize,
+        t: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let pos = Tensor::from_slice(&self.positions, b * t, model.device())?;
         let half = model.cfg.head_dim / 2;
         let gather = |table: &Tensor| -> Result<Tensor> {
@@ -123,17 +128,67 @@ impl Llama {
             ))?,
             Embedding::Quantized(_) => return Err(quantized_in_training()),
         };
-        for (i, block) in self.layers.iter().enumerate() {
-            let ctx = Ctx {
-                opts,
-                layer: i,
-                cos: &cos,
-                sin: &sin,
-                segment_starts: packed.map(|p| p.segment_starts.as_slice()),
-            };
-            x = self.train_block(block, &x, &ctx)?;
+        let p = opts.lora_dropout;
+        if !(0.0..1.0).contains(&p) {
+            return Err(ModelError::Adapter(format!(
+                "lora dropout must be in [0, 1), got {p}"
+            )));
         }
+        let (layers, theta) = self.stack_layers(opts.use_adapters)?;
+        let spec = ops::StackSpec {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_key_value_heads,
+            rms_norm_eps: self.cfg.rms_norm_eps,
+            cos: &cos,
+            sin: &sin,
+            segment_starts: packed.map(|p| p.segment_starts.as_slice()),
+            dropout: (p > 0.0).then_some((p as f32, opts.dropout_seed)),
+        };
+        x = ops::lora_stack(&x, theta.as_ref(), &layers, &spec)?;
         Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+    }
+
+    /// The decoder layers as [`ops::lora_stack`] takes them, and `theta`: every active
+    /// adapter's `A` and `B` flattened in stack order (`None` when there are none), built
+    /// by a differentiable `cat` so each LoRA matrix still gets its own gradient.
+    fn stack_layers(&self, use_adapters: bool) -> Result<(Vec<ops::StackLayer>, Option<Tensor>)> {
+        let mut parts = Vec::new();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for block in &self.layers {
+            let (a, m) = (&block.self_attn, &block.mlp);
+            let linears = [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ];
+            let mut weights = Vec::with_capacity(7);
+            let mut adapters = [None; 7];
+            for (slot, lin) in adapters.iter_mut().zip(linears) {
+                let BaseWeight::Dense(w) = lin.base() else {
+                    return Err(quantized_in_training());
+                };
+                weights.push(w.clone());
+                if let Some(ad) = lin.adapter().filter(|_| use_adapters) {
+                    *slot = Some((ad.rank(), ad.scale));
+                    parts.push(ad.a.flatten_all()?);
+                    parts.push(ad.b.flatten_all()?);
+                }
+            }
+            layers.push(ops::StackLayer {
+                input_norm: block.input_layernorm.clone(),
+                post_norm: block.post_attention_layernorm.clone(),
+                weights: weights.try_into().expect("seven projections"),
+                adapters,
+            });
+        }
+        let theta = (!parts.is_empty())
+            .then(|| Tensor::cat(&parts, 0))
+            .transpose()?;
+        Ok((layers, theta))
     }
 
     /// Logits `[b, t, vocab]` through the training-mode path.
@@ -180,76 +235,9 @@ impl Llama {
         let (loss, accuracy) = ops::lm_head_cross_entropy(&h, w, targets, mask)?;
         Ok(TrainLoss { loss, accuracy })
     }
-
-    fn train_block(&self, block: &Block, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
-        let h = ops::rms_norm(x, &block.input_layernorm, eps)?;
-        let h = self.train_attention(&block.self_attn, &h, ctx)?;
-        let x = (x + h)?;
-        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps)?;
-        let h = train_mlp(&block.mlp, &h, ctx)?;
-        Ok((x + h)?)
-    }
-
-    fn train_attention(&self, attn: &Attention, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let q = train_linear(&attn.q_proj, x, ctx, 0)?;
-        let k = train_linear(&attn.k_proj, x, ctx, 1)?;
-        let v = train_linear(&attn.v_proj, x, ctx, 2)?;
-        let spec = ops::AttentionSpec {
-            heads: self.cfg.num_attention_heads,
-            kv_heads: self.cfg.num_key_value_heads,
-            cos: ctx.cos,
-            sin: ctx.sin,
-            segment_starts: ctx.segment_starts,
-        };
-        let y = ops::rope_attention(&q, &k, &v, &spec)?;
-        train_linear(&attn.o_proj, &y, ctx, 3)
-    }
 }
 
-/// Per-layer context of one pass.
-struct Ctx<'a> {
-    opts: TrainOptions,
-    layer: usize,
-    cos: &'a Tensor,
-    sin: &'a Tensor,
-    /// Packed batches: where each token's example starts in its row.
-    segment_starts: Option<&'a [u32]>,
-}
-
-fn train_mlp(mlp: &Mlp, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-    let gate = train_linear(&mlp.gate_proj, x, ctx, 4)?;
-    let up = train_linear(&mlp.up_proj, x, ctx, 5)?;
-    train_linear(&mlp.down_proj, &ops::silu_mul(&gate, &up)?, ctx, 6)
-}
-
-/// `frozen_linear(x, W) + lora(dropout(x))`; `module` numbers the projection within its
-/// layer so that every dropout mask has its own seed.
-fn train_linear(lin: &Linear, x: &Tensor, ctx: &Ctx, module: u64) -> Result<Tensor> {
-    let BaseWeight::Dense(w) = lin.base() else {
-        return Err(quantized_in_training());
-    };
-    let Some(ad) = lin.adapter().filter(|_| ctx.opts.use_adapters) else {
-        return Ok(ops::frozen_linear(x, w)?);
-    };
-    let p = ctx.opts.lora_dropout;
-    if !(0.0..1.0).contains(&p) {
-        return Err(ModelError::Adapter(format!(
-            "lora dropout must be in [0, 1), got {p}"
-        )));
-    }
-    let dropout = (p > 0.0).then(|| ops::Dropout {
-        p: p as f32,
-        seed: ctx
-            .opts
-            .dropout_seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add((ctx.layer as u64) * 16 + module),
-    });
-    Ok(ops::lora_linear(x, w, &ad.a, &ad.b, ad.scale, dropout)?)
-}
-
-fn quantized_in_training() -> ModelError {
+pub(crate) fn quantized_in_training() -> ModelError {
     ModelError::Config(
         "training needs f32 base weights; load the model with WeightPath::F32".into(),
     )

@@ -286,3 +286,88 @@ fn adapters_with_unsupported_variants_are_refused() {
     let err = load_peft_adapter(&mut m, &out).unwrap_err();
     assert!(err.to_string().contains("rsLoRA"), "{err}");
 }
+
+/// The fused decoder stack against the same pass composed from the single-layer ops:
+/// final hidden states and every LoRA gradient, for the given adapters, dropout and
+/// packing.
+fn check_fused_against_unfused(targets: &str, dropout: f64, packed: bool) {
+    let (_d, mut m) = tiny();
+    let cfg = LoraConfig {
+        target_modules: LoraConfig::parse_target_modules(targets).unwrap(),
+        ..LoraConfig::default()
+    };
+    let params = LoraParams::attach(&mut m, &cfg, 5).unwrap();
+    randomize_b(&params, 0.2);
+    let (input, _, _) = batch();
+    let layout = packed.then(|| crate::train_forward::PackedLayout {
+        positions: vec![0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1],
+        segment_starts: vec![0, 0, 0, 3, 3, 3, 3, 0, 0, 0, 0, 0, 5, 5],
+    });
+    let opts = TrainOptions {
+        use_adapters: true,
+        lora_dropout: dropout,
+        dropout_seed: 99,
+    };
+    // A fixed random projection of the hidden states as the loss, so that every
+    // position and channel carries gradient.
+    let shape = (2, 7, m.cfg.hidden_size);
+    let probe = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+    let run = |h: Tensor| {
+        let loss = (h.clone() * &probe).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let grads: Vec<Tensor> = params
+            .trainable()
+            .iter()
+            .map(|(name, v)| {
+                g.get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {name}"))
+                    .clone()
+            })
+            .collect();
+        (h, grads)
+    };
+    let (hf, gf) = run(m
+        .forward_train_hidden_packed(&input, layout.as_ref(), opts)
+        .unwrap());
+    let (hu, gu) = run(m
+        .forward_train_hidden_unfused(&input, layout.as_ref(), opts)
+        .unwrap());
+    let d = max_diff(&hf, &hu);
+    assert!(d < 1e-4, "fused vs unfused hidden states differ by {d}");
+    for ((name, _), (a, b)) in params.trainable().iter().zip(gf.iter().zip(&gu)) {
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = max_diff(a, b);
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "{name}: gradients differ by {d} (max {scale})"
+        );
+    }
+}
+
+#[test]
+fn fused_stack_matches_unfused_ops_all_linear() {
+    check_fused_against_unfused("all-linear", 0.0, false);
+}
+
+#[test]
+fn fused_stack_matches_unfused_ops_with_dropout_and_packing() {
+    check_fused_against_unfused("all-linear", 0.3, true);
+    check_fused_against_unfused("q_proj,v_proj", 0.1, false);
+}
+
+#[test]
+fn fused_stack_without_adapters_is_the_base_model() {
+    let (_d, m) = tiny();
+    let (input, _, _) = batch();
+    let opts = TrainOptions::default();
+    let hf = m.forward_train_hidden_packed(&input, None, opts).unwrap();
+    let hu = m.forward_train_hidden_unfused(&input, None, opts).unwrap();
+    let d = max_diff(&hf, &hu);
+    assert!(d < 1e-5, "fused vs unfused differ by {d}");
+}

@@ -81,7 +81,7 @@ pub fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec) 
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Dims {
+pub(crate) struct Dims {
     b: usize,
     h: usize,
     kv: usize,
@@ -91,6 +91,18 @@ struct Dims {
 }
 
 impl Dims {
+    /// Shapes of a batch `b×t` with `h` query and `kv` key/value heads of width `d`.
+    pub(crate) fn new(b: usize, t: usize, (h, kv): (usize, usize), d: usize) -> Self {
+        Self {
+            b,
+            h,
+            kv,
+            t,
+            d,
+            scale: 1.0 / (d as f32).sqrt(),
+        }
+    }
+
     fn of(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec) -> Result<Self> {
         let (b, t, qw) = q.dims3()?;
         let (h, kv) = (spec.heads, spec.kv_heads);
@@ -107,14 +119,7 @@ impl Dims {
         if [q, k, v].iter().any(|x| x.dtype() != DType::F32) {
             bail!("rope_attention: only f32 is supported");
         }
-        Ok(Self {
-            b,
-            h,
-            kv,
-            t,
-            d,
-            scale: 1.0 / (d as f32).sqrt(),
-        })
+        Ok(Self::new(b, t, (h, kv), d))
     }
     fn n_rep(&self) -> usize {
         self.h / self.kv
@@ -126,7 +131,8 @@ impl Dims {
 }
 
 /// What the forward and backward share: shapes, the RoPE tables and segment starts.
-struct Context {
+/// The fused decoder stack builds one per pass and calls its kernels directly.
+pub(crate) struct Context {
     dims: Dims,
     cos: Arc<Vec<f32>>,
     sin: Arc<Vec<f32>>,
@@ -135,6 +141,102 @@ struct Context {
 }
 
 impl Context {
+    /// `cos`/`sin`: `(t, d/2)` tables shared by all rows, or `(b, t, d/2)` per row when
+    /// `per_row_tables`; `starts`: packed rows' segment starts (`[b·t]`).
+    pub(crate) fn new(
+        dims: Dims,
+        (cos, sin): (Arc<Vec<f32>>, Arc<Vec<f32>>),
+        per_row_tables: bool,
+        starts: Option<Arc<Vec<u32>>>,
+    ) -> Self {
+        Self {
+            dims,
+            cos,
+            sin,
+            per_row_tables,
+            starts,
+        }
+    }
+
+    /// Causal attention of token-major `q`, `k`, `v` (RoPE applied here) into a new
+    /// token-major `[b, t, h·d]` buffer.
+    pub(crate) fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (cx, dm) = (self, self.dims);
+        let q = cx.to_heads(q, dm.h, true);
+        let k = cx.to_heads(k, dm.kv, true);
+        let v = cx.to_heads(v, dm.kv, false);
+        let (hd, rep) = (dm.head(), dm.n_rep());
+        let mut heads = vec![0f32; q.len()];
+        // One "row" = the `rep` query heads of one (batch, KV head) group.
+        par_rows(&mut heads, rep * hd, 2 * rep * hd * dm.t, |g0, chunk| {
+            let mut p = vec![0f32; dm.t * dm.t];
+            for (gi, y) in chunk.chunks_exact_mut(rep * hd).enumerate() {
+                let g = g0 + gi;
+                let starts = cx.row_starts(g / dm.kv);
+                let (kh, vh) = (&k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd]);
+                for (r, yh) in y.chunks_exact_mut(hd).enumerate() {
+                    let qh = &q[(g * rep + r) * hd..(g * rep + r + 1) * hd];
+                    probs(&mut p, qh, kh, &dm, starts);
+                    probs_times_v(yh, &p, vh, dm.t, dm.d);
+                }
+            }
+        });
+        let mut out = vec![0f32; heads.len()];
+        cx.to_tokens(&heads, dm.h, false, &mut out);
+        out
+    }
+
+    /// The backward of [`Self::forward`] for the output gradient `dy`, into `out` laid
+    /// out as `[dq | dk | dv]`, each token-major like its input.
+    pub(crate) fn backward(&self, q: &[f32], k: &[f32], v: &[f32], dy: &[f32], out: &mut [f32]) {
+        let (cx, dm) = (self, self.dims);
+        let q = cx.to_heads(q, dm.h, true);
+        let k = cx.to_heads(k, dm.kv, true);
+        let v = cx.to_heads(v, dm.kv, false);
+        let dy = cx.to_heads(dy, dm.h, false);
+        let (hd, rep, t) = (dm.head(), dm.n_rep(), dm.t);
+        let groups = dm.b * dm.kv;
+        // Per (batch, KV head) group: [dq of its `rep` heads | dk | dv], head-major.
+        let mut grads = vec![0f32; groups * (rep + 2) * hd];
+        par_rows(&mut grads, (rep + 2) * hd, 5 * rep * hd * t, |g0, chunk| {
+            let mut p = vec![0f32; t * t];
+            let mut dp = vec![0f32; t * t];
+            for (gi, o) in chunk.chunks_exact_mut((rep + 2) * hd).enumerate() {
+                let g = g0 + gi;
+                let starts = cx.row_starts(g / dm.kv);
+                let (kh, vh) = (&k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd]);
+                let (dq, dkv) = o.split_at_mut(rep * hd);
+                let (dk, dv) = dkv.split_at_mut(hd);
+                for r in 0..rep {
+                    let h0 = (g * rep + r) * hd;
+                    let (qh, dyh) = (&q[h0..h0 + hd], &dy[h0..h0 + hd]);
+                    probs(&mut p, qh, kh, &dm, starts);
+                    let heads = HeadGrads {
+                        dq: &mut dq[r * hd..(r + 1) * hd],
+                        dk,
+                        dv,
+                    };
+                    head_backward(heads, (&mut p, &mut dp), (qh, kh, vh, dyh), &dm, starts);
+                }
+            }
+        });
+        let (nq, nk) = (q.len(), k.len());
+        let (dq_out, dkv_out) = out.split_at_mut(nq);
+        let (dk_out, dv_out) = dkv_out.split_at_mut(nk);
+        // Gather each kind back into head-major order, then to tokens (RoPE undone on
+        // dq and dk).
+        let pick = |slot: usize, len: usize| -> Vec<f32> {
+            let mut x = Vec::with_capacity(groups * len * hd);
+            for g in 0..groups {
+                let base = g * (rep + 2) * hd + slot * hd;
+                x.extend_from_slice(&grads[base..base + len * hd]);
+            }
+            x
+        };
+        cx.to_tokens(&pick(0, rep), dm.h, true, dq_out);
+        cx.to_tokens(&pick(rep, 1), dm.kv, true, dk_out);
+        cx.to_tokens(&pick(rep + 1, 1), dm.kv, false, dv_out);
+    }
     /// The `(cos, sin)` rows of token `i` of batch row `bi`.
     fn trig(&self, bi: usize, i: usize) -> (&[f32], &[f32]) {
         let half = self.dims.d / 2;
@@ -284,28 +386,12 @@ impl CustomOp3 for Attention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (cx, dm) = (&*self.ctx, self.ctx.dims);
-        let q = cx.to_heads(f32_data(sq, lq, "rope_attention q")?, dm.h, true);
-        let k = cx.to_heads(f32_data(sk, lk, "rope_attention k")?, dm.kv, true);
-        let v = cx.to_heads(f32_data(sv, lv, "rope_attention v")?, dm.kv, false);
-        let (hd, rep) = (dm.head(), dm.n_rep());
-        let mut heads = vec![0f32; q.len()];
-        // One "row" = the `rep` query heads of one (batch, KV head) group.
-        par_rows(&mut heads, rep * hd, 2 * rep * hd * dm.t, |g0, chunk| {
-            let mut p = vec![0f32; dm.t * dm.t];
-            for (gi, y) in chunk.chunks_exact_mut(rep * hd).enumerate() {
-                let g = g0 + gi;
-                let starts = cx.row_starts(g / dm.kv);
-                let (kh, vh) = (&k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd]);
-                for (r, yh) in y.chunks_exact_mut(hd).enumerate() {
-                    let qh = &q[(g * rep + r) * hd..(g * rep + r + 1) * hd];
-                    probs(&mut p, qh, kh, &dm, starts);
-                    probs_times_v(yh, &p, vh, dm.t, dm.d);
-                }
-            }
-        });
-        let mut out = vec![0f32; heads.len()];
-        cx.to_tokens(&heads, dm.h, false, &mut out);
+        let dm = self.ctx.dims;
+        let out = self.ctx.forward(
+            f32_data(sq, lq, "rope_attention q")?,
+            f32_data(sk, lk, "rope_attention k")?,
+            f32_data(sv, lv, "rope_attention v")?,
+        );
         Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.t, dm.h * dm.d))))
     }
 
@@ -361,56 +447,17 @@ impl CustomOp3 for AttentionBwd {
         sg: &CpuStorage,
         lg: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (cx, dm) = (&*self.ctx, self.ctx.dims);
+        let dm = self.ctx.dims;
         let kv = f32_data(skv, lkv, "rope_attention_bwd k,v")?;
         let (k, v) = kv.split_at(kv.len() / 2);
-        let q = cx.to_heads(f32_data(sq, lq, "rope_attention_bwd q")?, dm.h, true);
-        let k = cx.to_heads(k, dm.kv, true);
-        let v = cx.to_heads(v, dm.kv, false);
-        let dy = cx.to_heads(f32_data(sg, lg, "rope_attention_bwd grad")?, dm.h, false);
-        let (hd, rep, t) = (dm.head(), dm.n_rep(), dm.t);
-        let groups = dm.b * dm.kv;
-        // Per (batch, KV head) group: [dq of its `rep` heads | dk | dv], head-major.
-        let mut grads = vec![0f32; groups * (rep + 2) * hd];
-        par_rows(&mut grads, (rep + 2) * hd, 5 * rep * hd * t, |g0, chunk| {
-            let mut p = vec![0f32; t * t];
-            let mut dp = vec![0f32; t * t];
-            for (gi, o) in chunk.chunks_exact_mut((rep + 2) * hd).enumerate() {
-                let g = g0 + gi;
-                let starts = cx.row_starts(g / dm.kv);
-                let (kh, vh) = (&k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd]);
-                let (dq, dkv) = o.split_at_mut(rep * hd);
-                let (dk, dv) = dkv.split_at_mut(hd);
-                for r in 0..rep {
-                    let h0 = (g * rep + r) * hd;
-                    let (qh, dyh) = (&q[h0..h0 + hd], &dy[h0..h0 + hd]);
-                    probs(&mut p, qh, kh, &dm, starts);
-                    let heads = HeadGrads {
-                        dq: &mut dq[r * hd..(r + 1) * hd],
-                        dk,
-                        dv,
-                    };
-                    head_backward(heads, (&mut p, &mut dp), (qh, kh, vh, dyh), &dm, starts);
-                }
-            }
-        });
-        let (nq, nk) = (q.len(), k.len());
-        let mut out = vec![0f32; nq + 2 * nk];
-        let (dq_out, dkv_out) = out.split_at_mut(nq);
-        let (dk_out, dv_out) = dkv_out.split_at_mut(nk);
-        // Gather each kind back into head-major order, then to tokens (RoPE undone on
-        // dq and dk).
-        let pick = |slot: usize, len: usize| -> Vec<f32> {
-            let mut x = Vec::with_capacity(groups * len * hd);
-            for g in 0..groups {
-                let base = g * (rep + 2) * hd + slot * hd;
-                x.extend_from_slice(&grads[base..base + len * hd]);
-            }
-            x
-        };
-        cx.to_tokens(&pick(0, rep), dm.h, true, dq_out);
-        cx.to_tokens(&pick(rep, 1), dm.kv, true, dk_out);
-        cx.to_tokens(&pick(rep + 1, 1), dm.kv, false, dv_out);
+        let mut out = vec![0f32; dm.b * dm.t * (dm.h + 2 * dm.kv) * dm.d];
+        self.ctx.backward(
+            f32_data(sq, lq, "rope_attention_bwd q")?,
+            k,
+            v,
+            f32_data(sg, lg, "rope_attention_bwd grad")?,
+            &mut out,
+        );
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

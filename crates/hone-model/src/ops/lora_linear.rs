@@ -85,12 +85,8 @@ pub fn lora_linear(
     *out_dims.last_mut().expect("non-empty dims") = n_out;
     let op = LoraLinear {
         w: w.detach().contiguous()?,
-        shape: Dims {
-            rows,
-            n_in,
-            n_out,
-            r,
-        },
+        shape: Dims { rows, n_in, n_out },
+        r,
         scale: scale as f32,
         dropout: dropout.filter(|d| d.p > 0.0),
     };
@@ -100,54 +96,227 @@ pub fn lora_linear(
         .reshape(out_dims)
 }
 
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub rows: usize,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+/// An adapter's matrices and settings, on slices: `a: [r, n_in]`, `b: [n_out, r]`.
 #[derive(Clone, Copy)]
-struct Dims {
-    rows: usize,
-    n_in: usize,
-    n_out: usize,
-    r: usize,
+pub(crate) struct AdapterSlices<'a> {
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub r: usize,
+    pub scale: f32,
+    pub dropout: Option<Dropout>,
+}
+
+/// The op's kernels on slices: a frozen `w: [n_out, n_in]` and an optional adapter, over
+/// `rows` input rows. The fused decoder stack calls these directly with its own buffers.
+#[derive(Clone, Copy)]
+pub(crate) struct LoraKernel<'a> {
+    pub dims: Dims,
+    pub w: &'a [f32],
+    pub adapter: Option<AdapterSlices<'a>>,
+}
+
+/// Where [`LoraKernel::backward`] writes its gradients.
+pub(crate) struct LoraGrads<'a> {
+    /// `dx: [rows, n_in]`, added to when the flag is set; `None`: not needed.
+    pub dx: Option<(&'a mut [f32], bool)>,
+    /// `dA: [r, n_in]` and `dB: [n_out, r]` (overwritten); used only with an adapter.
+    pub dab: Option<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl LoraKernel<'_> {
+    /// `y = x·wᵀ + scale · (dropout(x)·aᵀ)·bᵀ` (`y +=` when `acc`, e.g. onto a residual
+    /// stream). Returns `xa = dropout(x)·aᵀ` (`[rows, r]`, empty without an adapter),
+    /// which the backward needs.
+    pub fn forward(&self, x: &[f32], y: &mut [f32], acc: bool) -> Vec<f32> {
+        let Dims { rows, n_in, n_out } = self.dims;
+        matmul(
+            y,
+            (rows, n_out, n_in),
+            (x, Tr::N),
+            (self.w, Tr::T),
+            acc,
+            1.0,
+            true,
+        );
+        let Some(ad) = self.adapter else {
+            return Vec::new();
+        };
+        let xa = self.down(&ad, x);
+        // y += scale · xa·bᵀ, accumulated by gemm: no separate add pass.
+        matmul(
+            y,
+            (rows, n_out, ad.r),
+            (&xa, Tr::N),
+            (ad.b, Tr::T),
+            true,
+            ad.scale,
+            true,
+        );
+        xa
+    }
+
+    /// `xa = dropout(x)·aᵀ`, `[rows, r]`.
+    fn down(&self, ad: &AdapterSlices, x: &[f32]) -> Vec<f32> {
+        let Dims { rows, n_in, .. } = self.dims;
+        let xm = adapter_input(ad, x);
+        let mut xa = vec![0f32; rows * ad.r];
+        matmul(
+            &mut xa,
+            (rows, ad.r, n_in),
+            (&xm, Tr::N),
+            (ad.a, Tr::T),
+            false,
+            1.0,
+            true,
+        );
+        xa
+    }
+
+    /// Gradients for the output gradient `dy`: `dB = scale·dyᵀ·xa`, `dxa = scale·dy·b`,
+    /// `dA = dxaᵀ·dropout(x)`, `dx = dy·w + (dxa·a) ⊙ mask`. `xa` is the forward's
+    /// (recomputed when `None`).
+    pub fn backward(&self, x: &[f32], xa: Option<&[f32]>, dy: &[f32], out: LoraGrads) {
+        let Dims { rows, n_in, n_out } = self.dims;
+        let mut dxa = Vec::new();
+        if let (Some(ad), Some((da, db))) = (self.adapter, out.dab) {
+            let xa_owned;
+            let xa = match xa {
+                Some(xa) => xa,
+                None => {
+                    xa_owned = self.down(&ad, x);
+                    &xa_owned
+                }
+            };
+            let r = ad.r;
+            matmul(
+                db,
+                (n_out, r, rows),
+                (dy, Tr::T),
+                (xa, Tr::N),
+                false,
+                ad.scale,
+                true,
+            );
+            dxa = vec![0f32; rows * r];
+            matmul(
+                &mut dxa,
+                (rows, r, n_out),
+                (dy, Tr::N),
+                (ad.b, Tr::N),
+                false,
+                ad.scale,
+                true,
+            );
+            let xm = adapter_input(&ad, x);
+            matmul(
+                da,
+                (r, n_in, rows),
+                (&dxa, Tr::T),
+                (&xm, Tr::N),
+                false,
+                1.0,
+                true,
+            );
+        }
+        let Some((dx, acc)) = out.dx else {
+            return;
+        };
+        matmul(
+            dx,
+            (rows, n_in, n_out),
+            (dy, Tr::N),
+            (self.w, Tr::N),
+            acc,
+            1.0,
+            true,
+        );
+        if let (Some(ad), false) = (self.adapter, dxa.is_empty()) {
+            add_adapter_dx(&ad, self.dims, dx, &dxa);
+        }
+    }
+}
+
+/// The adapter input `dropout(x)` (borrowed when there is no dropout).
+fn adapter_input<'a>(ad: &AdapterSlices, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    match &ad.dropout {
+        Some(d) => d.apply(x).into(),
+        None => x.into(),
+    }
+}
+
+/// `dx += (dxa·a) ⊙ mask`: accumulated by gemm without dropout, through a scratch buffer
+/// and the recomputed mask with it.
+fn add_adapter_dx(ad: &AdapterSlices, dims: Dims, dx: &mut [f32], dxa: &[f32]) {
+    let Dims { rows, n_in, .. } = dims;
+    let Some(d) = ad.dropout else {
+        matmul(
+            dx,
+            (rows, n_in, ad.r),
+            (dxa, Tr::N),
+            (ad.a, Tr::N),
+            true,
+            1.0,
+            true,
+        );
+        return;
+    };
+    let mut g = vec![0f32; rows * n_in];
+    matmul(
+        &mut g,
+        (rows, n_in, ad.r),
+        (dxa, Tr::N),
+        (ad.a, Tr::N),
+        false,
+        1.0,
+        true,
+    );
+    par_rows(dx, 1, 1, |i0, chunk| {
+        for (j, o) in chunk.iter_mut().enumerate() {
+            *o += g[i0 + j] * d.factor(i0 + j);
+        }
+    });
 }
 
 #[derive(Clone)]
 struct LoraLinear {
     w: Tensor,
     shape: Dims,
+    r: usize,
     scale: f32,
     dropout: Option<Dropout>,
 }
 
 impl LoraLinear {
-    /// Runs `f` on the frozen weight's data.
-    fn with_w<T>(&self, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the kernel over the frozen weight's data and the adapter `a`, `b`.
+    fn with_kernel<T>(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        f: impl FnOnce(LoraKernel) -> Result<T>,
+    ) -> Result<T> {
         let (storage, layout) = self.w.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => f(f32_data(s, layout, "lora_linear w")?),
+        let w = match &*storage {
+            Storage::Cpu(s) => f32_data(s, layout, "lora_linear w")?,
             _ => bail!("lora_linear: only the CPU backend is supported"),
-        }
-    }
-
-    /// The adapter input `dropout(x)` (borrowed when there is no dropout).
-    fn adapter_input<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
-        match &self.dropout {
-            Some(d) => d.apply(x).into(),
-            None => x.into(),
-        }
-    }
-
-    /// `xa = dropout(x)·aᵀ`, `[rows, r]`.
-    fn down(&self, xm: &[f32], a: &[f32]) -> Vec<f32> {
-        let Dims { rows, n_in, r, .. } = self.shape;
-        let mut xa = vec![0f32; rows * r];
-        matmul(
-            &mut xa,
-            (rows, r, n_in),
-            (xm, Tr::N),
-            (a, Tr::T),
-            false,
-            1.0,
-            true,
-        );
-        xa
+        };
+        f(LoraKernel {
+            dims: self.shape,
+            w,
+            adapter: Some(AdapterSlices {
+                a,
+                b,
+                r: self.r,
+                scale: self.scale,
+                dropout: self.dropout,
+            }),
+        })
     }
 }
 
@@ -165,39 +334,15 @@ impl CustomOp3 for LoraLinear {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let Dims {
-            rows,
-            n_in,
-            n_out,
-            r,
-        } = self.shape;
+        let Dims { rows, n_out, .. } = self.shape;
         let x = f32_data(sx, lx, "lora_linear x")?;
         let a = f32_data(sa, la, "lora_linear a")?;
         let b = f32_data(sb, lb, "lora_linear b")?;
-        let xa = self.down(&self.adapter_input(x), a);
         let mut y = vec![0f32; rows * n_out];
-        self.with_w(|w| {
-            matmul(
-                &mut y,
-                (rows, n_out, n_in),
-                (x, Tr::N),
-                (w, Tr::T),
-                false,
-                1.0,
-                true,
-            );
+        self.with_kernel(a, b, |k| {
+            k.forward(x, &mut y, false);
             Ok(())
         })?;
-        // y += scale · xa·bᵀ, accumulated by gemm: no separate add pass.
-        matmul(
-            &mut y,
-            (rows, n_out, r),
-            (&xa, Tr::N),
-            (b, Tr::T),
-            true,
-            self.scale,
-            true,
-        );
         Ok((CpuStorage::F32(y), Shape::from((rows, n_out))))
     }
 
@@ -209,8 +354,8 @@ impl CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Dims { rows, n_in, r, .. } = self.shape;
-        let n_out = self.shape.n_out;
+        let Dims { rows, n_in, n_out } = self.shape;
+        let r = self.r;
         let ab = Tensor::cat(&[a.flatten_all()?, b.flatten_all()?], 0)?;
         let all = x.apply_op3_no_bwd(
             &ab,
@@ -259,102 +404,25 @@ impl CustomOp3 for LoraLinearBwd {
         lg: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let f = &self.fwd;
-        let Dims {
-            rows,
-            n_in,
-            n_out,
-            r,
-        } = f.shape;
+        let Dims { rows, n_in, n_out } = f.shape;
+        let r = f.r;
         let x = f32_data(sx, lx, "lora_linear_bwd x")?;
         let (a, b) = f32_data(sab, lab, "lora_linear_bwd a,b")?.split_at(r * n_in);
         let dy = f32_data(sg, lg, "lora_linear_bwd grad")?;
-        let xm = f.adapter_input(x);
-        let xa = f.down(&xm, a);
         let nx = if self.need_dx { rows * n_in } else { 0 };
         let mut out = vec![0f32; nx + r * n_in + n_out * r];
         let (dx, dab) = out.split_at_mut(nx);
         let (da, db) = dab.split_at_mut(r * n_in);
-        // dB = scale · dyᵀ·xa ; dxa = scale · dy·b ; dA = dxaᵀ·dropout(x)
-        matmul(
-            db,
-            (n_out, r, rows),
-            (dy, Tr::T),
-            (&xa, Tr::N),
-            false,
-            f.scale,
-            true,
-        );
-        let mut dxa = vec![0f32; rows * r];
-        matmul(
-            &mut dxa,
-            (rows, r, n_out),
-            (dy, Tr::N),
-            (b, Tr::N),
-            false,
-            f.scale,
-            true,
-        );
-        matmul(
-            da,
-            (r, n_in, rows),
-            (&dxa, Tr::T),
-            (&xm, Tr::N),
-            false,
-            1.0,
-            true,
-        );
-        if self.need_dx {
-            f.with_w(|w| {
-                matmul(
-                    dx,
-                    (rows, n_in, n_out),
-                    (dy, Tr::N),
-                    (w, Tr::N),
-                    false,
-                    1.0,
-                    true,
-                );
-                Ok(())
-            })?;
-            self.add_adapter_dx(dx, &dxa, a);
-        }
+        f.with_kernel(a, b, |k| {
+            let grads = LoraGrads {
+                dx: self.need_dx.then_some((dx, false)),
+                dab: Some((da, db)),
+            };
+            k.backward(x, None, dy, grads);
+            Ok(())
+        })?;
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
-    }
-}
-
-impl LoraLinearBwd {
-    /// `dx += (dxa·a) ⊙ mask`: accumulated by gemm without dropout, through a scratch
-    /// buffer and the recomputed mask with it.
-    fn add_adapter_dx(&self, dx: &mut [f32], dxa: &[f32], a: &[f32]) {
-        let Dims { rows, n_in, r, .. } = self.fwd.shape;
-        let Some(d) = self.fwd.dropout else {
-            matmul(
-                dx,
-                (rows, n_in, r),
-                (dxa, Tr::N),
-                (a, Tr::N),
-                true,
-                1.0,
-                true,
-            );
-            return;
-        };
-        let mut g = vec![0f32; rows * n_in];
-        matmul(
-            &mut g,
-            (rows, n_in, r),
-            (dxa, Tr::N),
-            (a, Tr::N),
-            false,
-            1.0,
-            true,
-        );
-        par_rows(dx, 1, 1, |i0, chunk| {
-            for (j, o) in chunk.iter_mut().enumerate() {
-                *o += g[i0 + j] * d.factor(i0 + j);
-            }
-        });
     }
 }
 

@@ -9,13 +9,15 @@
 //! Each op is tested against a reference built from stock differentiable candle ops, on
 //! both the forward and the gradient (autograd and finite differences).
 //!
-//! A Llama block for LoRA training (`train_forward.rs`) is assembled as:
-//! `h = rms_norm(x, w_norm)`; `q = lora_linear(h, w_q, A_q, B_q)` (or `frozen_linear`
-//! without an adapter; likewise k, v); `o = rope_attention(q, k, v)`;
-//! `x += lora_linear(o, w_o, …)`; `x += lora_linear(silu_mul(gate(h2), up(h2)), w_down, …)`;
-//! then `lm_head_cross_entropy(hidden, w_lm, targets, mask)` on the shifted sequence.
-//! `rope`, `causal_softmax` and `masked_cross_entropy` are the unfused pieces, kept as
-//! tested building blocks and references.
+//! Training runs the decoder layers as one op, [`lora_stack`] (`stack.rs`): per layer
+//! `h = rms_norm(x)`; `q, k, v = lora(h)`; `x += lora_o(rope_attention(q, k, v))`;
+//! `x += lora_down(silu(lora_gate(h2)) · lora_up(h2))` with `h2 = rms_norm(x)`, forward
+//! and backward on plain buffers with the kernels of the single ops below. Then
+//! `rms_norm` and `lm_head_cross_entropy(hidden, w_lm, targets, mask)` on the shifted
+//! sequence. The single ops (`lora_linear`, `rope_attention`, `silu_mul`, …) stay as
+//! tested building blocks: the unfused composition of them is the reference the stack is
+//! tested against, and `rope`, `causal_softmax` and `masked_cross_entropy` are the
+//! pieces of the references in turn.
 
 mod attention;
 #[cfg(test)]
@@ -31,6 +33,7 @@ mod lora_linear;
 mod rms_norm;
 mod rope;
 mod silu_mul;
+mod stack;
 #[cfg(test)]
 mod testutil;
 
@@ -43,3 +46,4 @@ pub use lora_linear::{lora_linear, Dropout};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_i};
 pub use silu_mul::silu_mul;
+pub use stack::{lora_stack, module_seed, StackLayer, StackSpec, MODULES};

@@ -30,6 +30,50 @@ struct RmsNorm {
     eps: f32,
 }
 
+/// `y = rms_norm(x) · w` over the rows of width `d` of `x` (the op's forward on slices,
+/// shared with the fused decoder stack).
+pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], d: usize) {
+    par_rows(y, d, d, |row0, chunk| {
+        for (i, y) in chunk.chunks_exact_mut(d).enumerate() {
+            let xr = &x[(row0 + i) * d..(row0 + i + 1) * d];
+            let r = inv_rms(xr, eps);
+            for ((y, &xv), &wv) in y.iter_mut().zip(xr).zip(w) {
+                *y = xv * r * wv;
+            }
+        }
+    });
+}
+
+/// The input gradient of [`rms_norm_rows`] for the output gradient `g`, written into
+/// `dx` (added to it when `acc`, as for a residual stream's gradient).
+pub(crate) fn rms_norm_rows_bwd(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    (dx, acc): (&mut [f32], bool),
+    d: usize,
+) {
+    par_rows(dx, d, 2 * d, |row0, chunk| {
+        for (i, dx) in chunk.chunks_exact_mut(d).enumerate() {
+            let range = (row0 + i) * d..(row0 + i + 1) * d;
+            let (xr, gr) = (&x[range.clone()], &g[range]);
+            let r = inv_rms(xr, eps);
+            let dot: f32 = xr
+                .iter()
+                .zip(gr)
+                .zip(w)
+                .map(|((&xv, &gv), &wv)| xv * gv * wv)
+                .sum();
+            let c = r * r * dot / d as f32;
+            for (((dx, &xv), &gv), &wv) in dx.iter_mut().zip(xr).zip(gr).zip(w) {
+                let v = r * (gv * wv - xv * c);
+                *dx = if acc { *dx + v } else { v };
+            }
+        }
+    });
+}
+
 /// `1 / sqrt(mean(x²) + eps)` for one row.
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
     let ss: f32 = row.iter().map(|v| v * v).sum();
@@ -52,15 +96,7 @@ impl CustomOp2 for RmsNorm {
         let w = f32_data(s2, l2, "rms_norm weight")?;
         let d = last_dim(l1, "rms_norm x")?;
         let mut out = vec![0f32; x.len()];
-        par_rows(&mut out, d, d, |row0, chunk| {
-            for (i, y) in chunk.chunks_exact_mut(d).enumerate() {
-                let xr = &x[(row0 + i) * d..(row0 + i + 1) * d];
-                let r = inv_rms(xr, self.eps);
-                for ((y, &xv), &wv) in y.iter_mut().zip(xr).zip(w) {
-                    *y = xv * r * wv;
-                }
-            }
-        });
+        rms_norm_rows(x, w, self.eps, &mut out, d);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -103,23 +139,7 @@ impl CustomOp3 for RmsNormBwd {
         let g = f32_data(s3, l3, "rms_norm_bwd grad")?;
         let d = last_dim(l1, "rms_norm_bwd x")?;
         let mut out = vec![0f32; x.len()];
-        par_rows(&mut out, d, 2 * d, |row0, chunk| {
-            for (i, dx) in chunk.chunks_exact_mut(d).enumerate() {
-                let range = (row0 + i) * d..(row0 + i + 1) * d;
-                let (xr, gr) = (&x[range.clone()], &g[range]);
-                let r = inv_rms(xr, self.eps);
-                let dot: f32 = xr
-                    .iter()
-                    .zip(gr)
-                    .zip(w)
-                    .map(|((&xv, &gv), &wv)| xv * gv * wv)
-                    .sum();
-                let c = r * r * dot / d as f32;
-                for (((dx, &xv), &gv), &wv) in dx.iter_mut().zip(xr).zip(gr).zip(w) {
-                    *dx = r * (gv * wv - xv * c);
-                }
-            }
-        });
+        rms_norm_rows_bwd(x, w, g, self.eps, (&mut out, false), d);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -27,19 +27,53 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fast_exp(-x))
 }
 
-/// Elementwise map of two equal-length slices, row-parallel for large inputs.
-fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    par_rows(&mut out, 1, 1, |i0, chunk| {
-        let n = chunk.len();
-        for ((o, &x), &y) in chunk.iter_mut().zip(&a[i0..i0 + n]).zip(&b[i0..i0 + n]) {
-            *o = f(x, y);
-        }
-    });
-    out
+struct SiluMul;
+
+/// `(d gate, d up)` of one element: `g · up · σ(gate) · (1 + gate · (1 − σ(gate)))` and
+/// `g · silu(gate)`.
+#[inline(always)]
+fn silu_mul_grads(x: f32, u: f32, g: f32) -> (f32, f32) {
+    let s = sigmoid(x);
+    (g * u * s * (1.0 + x * (1.0 - s)), g * x * s)
 }
 
-struct SiluMul;
+/// `out = silu(gate) · up` on slices (the op's forward, shared with the fused stack).
+pub(crate) fn silu_mul_into(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    par_rows(out, 1, 1, |i0, chunk| {
+        let n = chunk.len();
+        for ((o, &x), &y) in chunk.iter_mut().zip(&gate[i0..i0 + n]).zip(&up[i0..i0 + n]) {
+            *o = x * sigmoid(x) * y;
+        }
+    });
+}
+
+/// Both input gradients of [`silu_mul_into`] in one pass: `d_gate` and `d_up` from the
+/// output gradient `g`.
+pub(crate) fn silu_mul_bwd_into(
+    gate: &[f32],
+    up: &[f32],
+    g: &[f32],
+    d_gate: &mut [f32],
+    d_up: &mut [f32],
+) {
+    // Two interleaved outputs do not fit `par_rows`; split the rows by hand.
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let chunk = gate.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (i, (dg, du)) in d_gate
+            .chunks_mut(chunk)
+            .zip(d_up.chunks_mut(chunk))
+            .enumerate()
+        {
+            let i0 = i * chunk;
+            scope.spawn(move || {
+                for (j, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
+                    (*dg, *du) = silu_mul_grads(gate[i0 + j], up[i0 + j], g[i0 + j]);
+                }
+            });
+        }
+    });
+}
 
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
@@ -55,7 +89,8 @@ impl CustomOp2 for SiluMul {
     ) -> Result<(CpuStorage, Shape)> {
         let gate = f32_data(s1, l1, "silu_mul gate")?;
         let up = f32_data(s2, l2, "silu_mul up")?;
-        let out = map2(gate, up, |g, u| g * sigmoid(g) * u);
+        let mut out = vec![0f32; gate.len()];
+        silu_mul_into(gate, up, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -105,6 +140,7 @@ impl CustomOp3 for SiluMulBwd {
         let up = f32_data(s2, l2, "silu_mul_bwd up")?;
         let grad = f32_data(s3, l3, "silu_mul_bwd grad")?;
         let mut out = vec![0f32; gate.len()];
+        let gate_grad = matches!(self, SiluMulBwd::Gate);
         par_rows(&mut out, 1, 3, |i0, chunk| {
             let n = chunk.len();
             let it = chunk
@@ -113,11 +149,8 @@ impl CustomOp3 for SiluMulBwd {
                 .zip(&up[i0..i0 + n])
                 .zip(&grad[i0..i0 + n]);
             for (((o, &x), &u), &g) in it {
-                let s = sigmoid(x);
-                *o = match self {
-                    SiluMulBwd::Gate => g * u * s * (1.0 + x * (1.0 - s)),
-                    SiluMulBwd::Up => g * x * s,
-                };
+                let (dg, du) = silu_mul_grads(x, u, g);
+                *o = if gate_grad { dg } else { du };
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

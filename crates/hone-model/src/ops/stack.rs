@@ -1,0 +1,563 @@
+//! The whole decoder stack of LoRA training as one op: every layer's norms, projections
+//! (with their adapters), attention, SwiGLU and residual adds, forward and backward, on
+//! plain buffers.
+//!
+//! Why one op: built from the per-layer custom ops, a step of SmolLM2 puts about 400
+//! nodes into candle's graph, and candle's backward gives every edge a zero-filled
+//! gradient buffer and an add pass, runs the residual adds as separate binary ops, and
+//! keeps each intermediate as a tensor of its own. Profiles put that bookkeeping at about
+//! a third of a training step. Here the forward saves exactly what the backward reads (a
+//! [`LayerTape`] per layer), the residual adds ride on the projections' gemm calls
+//! (`beta`/accumulate), and the backward walks the layers in reverse with the same
+//! kernels the single ops use ([`LoraKernel`], the attention [`Context`], the RMSNorm
+//! and SwiGLU slice functions), so the two paths cannot compute different things.
+//!
+//! The trainable parameters enter as one flat tensor `theta` (every adapter's `A` then
+//! `B`, layer by layer, module by module in [`MODULES`] order), so that candle's autograd
+//! still delivers one gradient per LoRA matrix: the caller builds `theta` with
+//! `Tensor::cat` of the flattened matrices, and the backward of `cat` splits the
+//! gradient. Frozen weights never get one.
+
+use std::sync::{Arc, Mutex};
+
+use super::attention::{Context as AttentionContext, Dims as AttentionDims};
+use super::kernel::f32_data;
+use super::lora_linear::{AdapterSlices, Dims as LinDims, Dropout, LoraGrads, LoraKernel};
+use super::rms_norm::{rms_norm_rows, rms_norm_rows_bwd};
+use super::silu_mul::{silu_mul_bwd_into, silu_mul_into};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+
+/// The projections of a layer, in the order of [`StackLayer::weights`] and of `theta`.
+pub const MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+/// One decoder layer's frozen weights and which projections carry an adapter.
+#[derive(Debug, Clone)]
+pub struct StackLayer {
+    /// RMSNorm weight before attention, `[hidden]`.
+    pub input_norm: Tensor,
+    /// RMSNorm weight before the MLP, `[hidden]`.
+    pub post_norm: Tensor,
+    /// Frozen `[out, in]` weights in [`MODULES`] order.
+    pub weights: [Tensor; 7],
+    /// Per projection: the adapter's `(rank, scale)`, or `None` for a frozen projection.
+    pub adapters: [Option<(usize, f64)>; 7],
+}
+
+/// Shapes and per-pass inputs of [`lora_stack`].
+#[derive(Debug, Clone, Copy)]
+pub struct StackSpec<'a> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub rms_norm_eps: f64,
+    /// RoPE tables `(t, d/2)`, or `(b, t, d/2)` for packed rows.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    /// Packed rows: `[b·t]` segment starts (see `ops::AttentionSpec`).
+    pub segment_starts: Option<&'a [u32]>,
+    /// LoRA dropout on every adapter's input: the probability and the pass's seed
+    /// (each projection's mask seed is [`module_seed`] of it).
+    pub dropout: Option<(f32, u64)>,
+}
+
+/// The dropout seed of projection `module` (index into [`MODULES`]) of `layer`, so that
+/// every mask of a pass differs and a pass is reproducible from its seed.
+pub fn module_seed(pass_seed: u64, layer: usize, module: usize) -> u64 {
+    pass_seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((layer as u64) * 16 + module as u64)
+}
+
+/// Runs the decoder layers over `x: [b, t, hidden]` (the embeddings) and returns the
+/// residual stream after the last layer (before the final norm). `theta` holds the
+/// adapters' matrices flattened in [`MODULES`] order, layer by layer (`None` or empty:
+/// no adapters). Differentiable in `x` and `theta`.
+pub fn lora_stack(
+    x: &Tensor,
+    theta: Option<&Tensor>,
+    layers: &[StackLayer],
+    spec: &StackSpec,
+) -> Result<Tensor> {
+    let (b, t, hidden) = x.dims3()?;
+    if x.dtype() != DType::F32 {
+        bail!("lora_stack: only f32 is supported");
+    }
+    let shape = Shapes::of(layers, hidden, spec)?;
+    let theta = match theta {
+        Some(th) => th.flatten_all()?.contiguous()?,
+        None => Tensor::zeros(0, DType::F32, x.device())?,
+    };
+    if theta.elem_count() != shape.theta_len {
+        bail!(
+            "lora_stack: theta has {} values, the adapters need {}",
+            theta.elem_count(),
+            shape.theta_len
+        );
+    }
+    let table = |x: &Tensor| -> Result<Arc<Vec<f32>>> {
+        Ok(Arc::new(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?))
+    };
+    let half = shape.head_dim / 2;
+    let per_row = spec.cos.rank() == 3;
+    let want = if per_row { b * t * half } else { t * half };
+    if spec.cos.elem_count() != want || spec.sin.elem_count() != want {
+        bail!(
+            "lora_stack: RoPE tables {:?} do not fit {b}x{t}",
+            spec.cos.dims()
+        );
+    }
+    let starts = match spec.segment_starts {
+        Some(s) if s.len() != b * t => {
+            bail!(
+                "lora_stack: {} segment starts for {} tokens",
+                s.len(),
+                b * t
+            )
+        }
+        Some(s) => Some(Arc::new(s.to_vec())),
+        None => None,
+    };
+    let attention = AttentionContext::new(
+        AttentionDims::new(b, t, (spec.heads, spec.kv_heads), shape.head_dim),
+        (table(spec.cos)?, table(spec.sin)?),
+        per_row,
+        starts,
+    );
+    let op = Stack {
+        layers: layers.to_vec(),
+        shape,
+        rows: b * t,
+        eps: spec.rms_norm_eps as f32,
+        dropout: spec.dropout.filter(|(p, _)| *p > 0.0),
+        attention,
+        save: x.track_op() || theta.track_op(),
+        tapes: Mutex::new(Vec::new()),
+    };
+    if let Some((p, _)) = op.dropout {
+        if !(0.0..1.0).contains(&p) {
+            bail!("lora dropout must be in [0, 1), got {p}");
+        }
+    }
+    x.contiguous()?.apply_op2(&theta, op)
+}
+
+/// Widths of the stack and where each adapter sits in `theta`.
+#[derive(Debug, Clone)]
+struct Shapes {
+    hidden: usize,
+    intermediate: usize,
+    head_dim: usize,
+    kv_width: usize,
+    /// Per layer, per module: the offset of its `A` in `theta` (its `B` follows).
+    offsets: Vec<[usize; 7]>,
+    /// Per layer: where its adapters start in `theta`.
+    layer_starts: Vec<usize>,
+    theta_len: usize,
+}
+
+impl Shapes {
+    fn of(layers: &[StackLayer], hidden: usize, spec: &StackSpec) -> Result<Self> {
+        let (h, kv) = (spec.heads, spec.kv_heads);
+        if h == 0
+            || kv == 0
+            || !h.is_multiple_of(kv)
+            || !hidden.is_multiple_of(h)
+            || !(hidden / h).is_multiple_of(2)
+        {
+            bail!("lora_stack: {h} heads and {kv} key/value heads do not fit width {hidden}");
+        }
+        let head_dim = hidden / h;
+        let kv_width = kv * head_dim;
+        let intermediate = match layers.first() {
+            Some(l) => l.weights[GATE].dim(0)?,
+            None => 0,
+        };
+        let expected = [
+            (hidden, hidden),
+            (kv_width, hidden),
+            (kv_width, hidden),
+            (hidden, hidden),
+            (intermediate, hidden),
+            (intermediate, hidden),
+            (hidden, intermediate),
+        ];
+        let (mut offsets, mut layer_starts, mut at) = (Vec::new(), Vec::new(), 0);
+        for (li, l) in layers.iter().enumerate() {
+            if l.input_norm.dims() != [hidden] || l.post_norm.dims() != [hidden] {
+                bail!("lora_stack: layer {li} norm weights do not have width {hidden}");
+            }
+            layer_starts.push(at);
+            let mut off = [0; 7];
+            for m in 0..7 {
+                let (out, inp) = expected[m];
+                if l.weights[m].dims() != [out, inp] || l.weights[m].dtype() != DType::F32 {
+                    bail!(
+                        "lora_stack: layer {li} {} is {:?} {:?}, expected f32 [{out}, {inp}]",
+                        MODULES[m],
+                        l.weights[m].dtype(),
+                        l.weights[m].dims()
+                    );
+                }
+                off[m] = at;
+                if let Some((r, _)) = l.adapters[m] {
+                    at += r * (inp + out);
+                }
+            }
+            offsets.push(off);
+        }
+        Ok(Self {
+            hidden,
+            intermediate,
+            head_dim,
+            kv_width,
+            offsets,
+            layer_starts,
+            theta_len: at,
+        })
+    }
+
+    /// `(out, in)` of module `m`.
+    fn io(&self, m: usize) -> (usize, usize) {
+        let (hd, kv, im) = (self.hidden, self.kv_width, self.intermediate);
+        [
+            (hd, hd),
+            (kv, hd),
+            (kv, hd),
+            (hd, hd),
+            (im, hd),
+            (im, hd),
+            (hd, im),
+        ][m]
+    }
+}
+
+/// What one layer's backward reads, saved by the forward. The SwiGLU product and the
+/// attention probabilities are recomputed rather than kept.
+struct LayerTape {
+    /// The layer's input (residual stream) and its normed copy.
+    x_in: Vec<f32>,
+    h1: Vec<f32>,
+    /// Projections before RoPE, token-major.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output (o_proj's input).
+    y: Vec<f32>,
+    /// Residual stream after attention, and its normed copy (the MLP's input).
+    x_mid: Vec<f32>,
+    h2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// Per module: `dropout(input)·Aᵀ` (empty without an adapter).
+    xa: [Vec<f32>; 7],
+}
+
+struct Stack {
+    layers: Vec<StackLayer>,
+    shape: Shapes,
+    rows: usize,
+    eps: f32,
+    dropout: Option<(f32, u64)>,
+    attention: AttentionContext,
+    /// Whether a backward can follow (an input tracks a gradient): only then are the
+    /// tapes kept.
+    save: bool,
+    tapes: Mutex<Vec<LayerTape>>,
+}
+
+/// The CPU data of a tensor (contiguous f32).
+fn with_data<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(f32_data(s, layout, what)?),
+        _ => bail!("lora_stack: only the CPU backend is supported"),
+    }
+}
+
+/// Borrowed data of one layer's frozen tensors.
+struct LayerData<'a> {
+    input_norm: &'a [f32],
+    post_norm: &'a [f32],
+    weights: [&'a [f32]; 7],
+}
+
+impl Stack {
+    /// Runs `f` with slices of layer `li`'s frozen tensors.
+    fn with_layer<T>(&self, li: usize, f: impl FnOnce(&LayerData) -> Result<T>) -> Result<T> {
+        let l = &self.layers[li];
+        let guards: Vec<_> = std::iter::once(&l.input_norm)
+            .chain(std::iter::once(&l.post_norm))
+            .chain(l.weights.iter())
+            .map(|t| t.storage_and_layout())
+            .collect();
+        let mut slices = Vec::with_capacity(guards.len());
+        for (storage, layout) in &guards {
+            match &**storage {
+                Storage::Cpu(s) => slices.push(f32_data(s, layout, "lora_stack weight")?),
+                _ => bail!("lora_stack: only the CPU backend is supported"),
+            }
+        }
+        let data = LayerData {
+            input_norm: slices[0],
+            post_norm: slices[1],
+            weights: std::array::from_fn(|m| slices[2 + m]),
+        };
+        f(&data)
+    }
+
+    /// The kernel of module `m` of layer `li` with its weights and `theta`'s adapter.
+    fn kernel<'a>(&self, li: usize, m: usize, w: &'a [f32], theta: &'a [f32]) -> LoraKernel<'a> {
+        let (out, inp) = self.shape.io(m);
+        let adapter = self.layers[li].adapters[m].map(|(r, scale)| {
+            let at = self.shape.offsets[li][m];
+            let (a, b) = theta[at..at + r * (inp + out)].split_at(r * inp);
+            AdapterSlices {
+                a,
+                b,
+                r,
+                scale: scale as f32,
+                dropout: self.dropout.map(|(p, seed)| Dropout {
+                    p,
+                    seed: module_seed(seed, li, m),
+                }),
+            }
+        });
+        LoraKernel {
+            dims: LinDims {
+                rows: self.rows,
+                n_in: inp,
+                n_out: out,
+            },
+            w,
+            adapter,
+        }
+    }
+
+    /// One layer forward: `x_in` → the layer's output, and its tape.
+    fn layer_forward(
+        &self,
+        li: usize,
+        x_in: Vec<f32>,
+        theta: &[f32],
+    ) -> Result<(Vec<f32>, LayerTape)> {
+        let (n, hd, kvw, im) = (
+            self.rows,
+            self.shape.hidden,
+            self.shape.kv_width,
+            self.shape.intermediate,
+        );
+        self.with_layer(li, |ld| {
+            let kern = |m: usize| self.kernel(li, m, ld.weights[m], theta);
+            let mut xa: [Vec<f32>; 7] = Default::default();
+            let mut h1 = vec![0f32; n * hd];
+            rms_norm_rows(&x_in, ld.input_norm, self.eps, &mut h1, hd);
+            let (mut q, mut k, mut v) =
+                (vec![0f32; n * hd], vec![0f32; n * kvw], vec![0f32; n * kvw]);
+            xa[Q] = kern(Q).forward(&h1, &mut q, false);
+            xa[K] = kern(K).forward(&h1, &mut k, false);
+            xa[V] = kern(V).forward(&h1, &mut v, false);
+            let y = self.attention.forward(&q, &k, &v);
+            let mut x_mid = x_in.clone();
+            xa[O] = kern(O).forward(&y, &mut x_mid, true);
+            let mut h2 = vec![0f32; n * hd];
+            rms_norm_rows(&x_mid, ld.post_norm, self.eps, &mut h2, hd);
+            let (mut gate, mut up) = (vec![0f32; n * im], vec![0f32; n * im]);
+            xa[GATE] = kern(GATE).forward(&h2, &mut gate, false);
+            xa[UP] = kern(UP).forward(&h2, &mut up, false);
+            let mut act = vec![0f32; n * im];
+            silu_mul_into(&gate, &up, &mut act);
+            let mut out = x_mid.clone();
+            xa[DOWN] = kern(DOWN).forward(&act, &mut out, true);
+            let tape = LayerTape {
+                x_in,
+                h1,
+                q,
+                k,
+                v,
+                y,
+                x_mid,
+                h2,
+                gate,
+                up,
+                xa,
+            };
+            Ok((out, tape))
+        })
+    }
+
+    /// One layer backward: `g` holds the gradient of the layer's output and becomes that
+    /// of its input (when `need_dx`); `dtheta` is this layer's share of `theta`'s
+    /// gradient.
+    fn layer_backward(
+        &self,
+        li: usize,
+        tape: &LayerTape,
+        g: &mut [f32],
+        (theta, dtheta): (&[f32], &mut [f32]),
+        need_dx: bool,
+    ) -> Result<()> {
+        let (n, hd, kvw, im) = (
+            self.rows,
+            self.shape.hidden,
+            self.shape.kv_width,
+            self.shape.intermediate,
+        );
+        let mut dab = self.split_grads(li, dtheta);
+        self.with_layer(li, |ld| {
+            let kern = |m: usize| self.kernel(li, m, ld.weights[m], theta);
+            let xa = |m: usize| Some(tape.xa[m].as_slice()).filter(|x| !x.is_empty());
+            // MLP: down, SwiGLU, gate and up, then the post-attention norm into `g`.
+            let act = if self.layers[li].adapters[DOWN].is_some() {
+                let mut act = vec![0f32; n * im];
+                silu_mul_into(&tape.gate, &tape.up, &mut act);
+                act
+            } else {
+                Vec::new()
+            };
+            let mut d_act = vec![0f32; n * im];
+            kern(DOWN).backward(&act, xa(DOWN), g, grads(Some(&mut d_act), dab[DOWN].take()));
+            let (mut d_gate, mut d_up) = (vec![0f32; n * im], vec![0f32; n * im]);
+            silu_mul_bwd_into(&tape.gate, &tape.up, &d_act, &mut d_gate, &mut d_up);
+            drop(d_act);
+            let mut dh = vec![0f32; n * hd];
+            kern(GATE).backward(
+                &tape.h2,
+                xa(GATE),
+                &d_gate,
+                grads(Some(&mut dh), dab[GATE].take()),
+            );
+            let acc = LoraGrads {
+                dx: Some((&mut dh, true)),
+                dab: dab[UP].take(),
+            };
+            kern(UP).backward(&tape.h2, xa(UP), &d_up, acc);
+            rms_norm_rows_bwd(&tape.x_mid, ld.post_norm, &dh, self.eps, (g, true), hd);
+            // Attention: o_proj, attention, q/k/v, then the input norm into `g`.
+            let mut dy = vec![0f32; n * hd];
+            kern(O).backward(&tape.y, xa(O), g, grads(Some(&mut dy), dab[O].take()));
+            let mut dqkv = vec![0f32; n * (hd + 2 * kvw)];
+            self.attention
+                .backward(&tape.q, &tape.k, &tape.v, &dy, &mut dqkv);
+            let (dq, dkv) = dqkv.split_at(n * hd);
+            let (dk, dv) = dkv.split_at(n * kvw);
+            let mut dh = need_dx.then(|| vec![0f32; n * hd]);
+            for (m, d, acc) in [(Q, dq, false), (K, dk, true), (V, dv, true)] {
+                let out = LoraGrads {
+                    dx: dh.as_deref_mut().map(|x| (x, acc)),
+                    dab: dab[m].take(),
+                };
+                kern(m).backward(&tape.h1, xa(m), d, out);
+            }
+            if let Some(dh) = dh {
+                rms_norm_rows_bwd(&tape.x_in, ld.input_norm, &dh, self.eps, (g, true), hd);
+            }
+            Ok(())
+        })
+    }
+
+    /// This layer's gradient slice split into per-module `(dA, dB)`.
+    fn split_grads<'a>(
+        &self,
+        li: usize,
+        mut rest: &'a mut [f32],
+    ) -> [Option<(&'a mut [f32], &'a mut [f32])>; 7] {
+        let mut out: [Option<(&mut [f32], &mut [f32])>; 7] = Default::default();
+        for (m, slot) in out.iter_mut().enumerate() {
+            let Some((r, _)) = self.layers[li].adapters[m] else {
+                continue;
+            };
+            let (o, i) = self.shape.io(m);
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(r * (i + o));
+            *slot = Some(mine.split_at_mut(r * i));
+            rest = tail;
+        }
+        out
+    }
+}
+
+/// Where a projection's backward writes: `dx` overwritten, and the adapter's grads.
+fn grads<'a>(
+    dx: Option<&'a mut Vec<f32>>,
+    dab: Option<(&'a mut [f32], &'a mut [f32])>,
+) -> LoraGrads<'a> {
+    LoraGrads {
+        dx: dx.map(|x| (x.as_mut_slice(), false)),
+        dab,
+    }
+}
+
+impl CustomOp2 for Stack {
+    fn name(&self) -> &'static str {
+        "hone-lora-stack"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        st: &CpuStorage,
+        lt: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let theta = f32_data(st, lt, "lora_stack theta")?;
+        let mut x = f32_data(sx, lx, "lora_stack x")?.to_vec();
+        let mut tapes = Vec::with_capacity(if self.save { self.layers.len() } else { 0 });
+        for li in 0..self.layers.len() {
+            let (out, tape) = self.layer_forward(li, x, theta)?;
+            if self.save {
+                tapes.push(tape);
+            }
+            x = out;
+        }
+        *self.tapes.lock().expect("tape lock") = tapes;
+        Ok((CpuStorage::F32(x), lx.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        theta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let tapes = self.tapes.lock().expect("tape lock");
+        if tapes.len() != self.layers.len() {
+            bail!("lora_stack: backward without the forward's saved activations");
+        }
+        let mut g: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut dtheta = vec![0f32; self.shape.theta_len];
+        with_data(theta, "lora_stack theta", |th| {
+            let mut rest: &mut [f32] = &mut dtheta;
+            for li in (0..self.layers.len()).rev() {
+                let (head, mine) =
+                    std::mem::take(&mut rest).split_at_mut(self.shape.layer_starts[li]);
+                rest = head;
+                let need_dx = li > 0 || x.track_op();
+                self.layer_backward(li, &tapes[li], &mut g, (th, mine), need_dx)?;
+            }
+            Ok(())
+        })?;
+        let dx = x
+            .track_op()
+            .then(|| Tensor::from_vec(g, x.shape(), x.device()))
+            .transpose()?;
+        let dtheta = theta
+            .track_op()
+            .then(|| Tensor::from_vec(dtheta, theta.shape(), theta.device()))
+            .transpose()?;
+        Ok((dx, dtheta))
+    }
+}

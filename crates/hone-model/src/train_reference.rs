@@ -1,0 +1,112 @@
+//! The training forward composed from the single-layer ops (one candle graph node per
+//! norm, projection and attention): the reference that the fused decoder stack
+//! ([`crate::ops::lora_stack`]) is tested against, forward and gradients.
+
+use candle_core::Tensor;
+
+use crate::error::{ModelError, Result};
+use crate::linear::{BaseWeight, Linear};
+use crate::llama::{Attention, Block, Embedding, Llama, Mlp};
+use crate::ops;
+use crate::train_forward::{quantized_in_training, PackedLayout, TrainOptions};
+
+impl Llama {
+    /// [`Self::forward_train_hidden_packed`] composed from the single-layer ops (one
+    /// candle graph node per norm, projection and attention): the reference that the fused
+    /// stack is tested against.
+    pub(crate) fn forward_train_hidden_unfused(
+        &self,
+        input_ids: &Tensor,
+        packed: Option<&PackedLayout>,
+        opts: TrainOptions,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let (cos, sin) = match packed {
+            Some(p) => p.rope_tables(self, b, t)?,
+            None => (
+                self.rope.cos.narrow(0, 0, t)?,
+                self.rope.sin.narrow(0, 0, t)?,
+            ),
+        };
+        let Embedding::Dense(w) = &self.embed_tokens else {
+            return Err(quantized_in_training());
+        };
+        let mut x =
+            w.index_select(&input_ids.flatten_all()?, 0)?
+                .reshape((b, t, self.cfg.hidden_size))?;
+        for (i, block) in self.layers.iter().enumerate() {
+            let ctx = Ctx {
+                opts,
+                layer: i,
+                cos: &cos,
+                sin: &sin,
+                segment_starts: packed.map(|p| p.segment_starts.as_slice()),
+            };
+            x = self.train_block(block, &x, &ctx)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+    }
+
+    fn train_block(&self, block: &Block, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let h = ops::rms_norm(x, &block.input_layernorm, eps)?;
+        let h = self.train_attention(&block.self_attn, &h, ctx)?;
+        let x = (x + h)?;
+        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps)?;
+        let h = train_mlp(&block.mlp, &h, ctx)?;
+        Ok((x + h)?)
+    }
+
+    fn train_attention(&self, attn: &Attention, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let q = train_linear(&attn.q_proj, x, ctx, 0)?;
+        let k = train_linear(&attn.k_proj, x, ctx, 1)?;
+        let v = train_linear(&attn.v_proj, x, ctx, 2)?;
+        let spec = ops::AttentionSpec {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_key_value_heads,
+            cos: ctx.cos,
+            sin: ctx.sin,
+            segment_starts: ctx.segment_starts,
+        };
+        let y = ops::rope_attention(&q, &k, &v, &spec)?;
+        train_linear(&attn.o_proj, &y, ctx, 3)
+    }
+}
+
+/// Per-layer context of one pass.
+struct Ctx<'a> {
+    opts: TrainOptions,
+    layer: usize,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    /// Packed batches: where each token's example starts in its row.
+    segment_starts: Option<&'a [u32]>,
+}
+
+fn train_mlp(mlp: &Mlp, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    let gate = train_linear(&mlp.gate_proj, x, ctx, 4)?;
+    let up = train_linear(&mlp.up_proj, x, ctx, 5)?;
+    train_linear(&mlp.down_proj, &ops::silu_mul(&gate, &up)?, ctx, 6)
+}
+
+/// `frozen_linear(x, W) + lora(dropout(x))`; `module` numbers the projection within its
+/// layer so that every dropout mask has its own seed.
+fn train_linear(lin: &Linear, x: &Tensor, ctx: &Ctx, module: u64) -> Result<Tensor> {
+    let BaseWeight::Dense(w) = lin.base() else {
+        return Err(quantized_in_training());
+    };
+    let Some(ad) = lin.adapter().filter(|_| ctx.opts.use_adapters) else {
+        return Ok(ops::frozen_linear(x, w)?);
+    };
+    let p = ctx.opts.lora_dropout;
+    if !(0.0..1.0).contains(&p) {
+        return Err(ModelError::Adapter(format!(
+            "lora dropout must be in [0, 1), got {p}"
+        )));
+    }
+    let dropout = (p > 0.0).then(|| ops::Dropout {
+        p: p as f32,
+        seed: ops::module_seed(ctx.opts.dropout_seed, ctx.layer, module as usize),
+    });
+    Ok(ops::lora_linear(x, w, &ad.a, &ad.b, ad.scale, dropout)?)
+}
