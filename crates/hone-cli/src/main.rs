@@ -47,6 +47,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     alloc::keep_freed_memory_briefly();
+    hone_model::pin_thread_count();
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -34,9 +34,19 @@ pub use lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};
 pub use merge::{merge_adapters, merge_to_hf_dir, write_hf_dir, MergeStats};
 pub use train_forward::{PackedLayout, TrainLoss, TrainOptions};
 
-/// Threads candle uses for matmuls and element-wise ops.
+/// Threads candle uses for matmuls and element-wise ops (read once).
 pub fn compute_threads() -> usize {
-    candle_core::utils::get_num_threads()
+    ops::kernel::threads()
+}
+
+/// Sets `RAYON_NUM_THREADS` to candle's default thread count when it is unset, so that
+/// candle's own per-call `get_num_threads()` reads an environment variable instead of
+/// parsing `/proc/cpuinfo` on every matmul. Call it at the start of a binary, before any
+/// thread is spawned; the thread count itself does not change.
+pub fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", compute_threads().to_string());
+    }
 }
 
 /// Makes candle's spinning "barrier pool" (quantized matmuls and large

@@ -57,7 +57,7 @@ pub(crate) fn silu_mul_bwd_into(
     d_up: &mut [f32],
 ) {
     // Two interleaved outputs do not fit `par_rows`; split the rows by hand.
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = super::kernel::threads();
     let chunk = gate.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for (i, (dg, du)) in d_gate
