@@ -50,6 +50,12 @@ fn main() -> std::process::ExitCode {
     hone_model::pin_thread_count();
     init_tracing();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Train(_) | Command::Bench(_) | Command::Quickstart(_)
+    ) {
+        alloc::hold_freed_memory();
+    }
     let result = match cli.command {
         Command::Model(c) => cmd::model::run(c),
         Command::Chat(a) => cmd::chat::run(a),
