@@ -263,6 +263,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Drops the training ops' pooled buffers when a run ends, however it ends, so that a
+/// server that trained keeps no step-sized working set (`ops::scratch`).
+struct ReleaseScratch;
+
+impl Drop for ReleaseScratch {
+    fn drop(&mut self) {
+        hone_model::ops::scratch::release();
+    }
+}
+
 /// Runs `objective` over `train` (and `valid` at each epoch end) on `model`, writing the
 /// adapter, metrics, summary, checkpoints and `best/` into `out_dir`.
 #[allow(clippy::too_many_arguments)]
@@ -276,6 +286,7 @@ pub fn train_loop<O: Objective>(
     sink: &mut dyn EventSink,
     ctl: &RunControl,
 ) -> Result<TrainSummary> {
+    let _scratch = ReleaseScratch;
     cfg.check(train.len())?;
     cfg.check_for_model(model)?;
     std::fs::create_dir_all(out_dir).map_err(io_err("create", out_dir))?;

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use super::kernel::{dot, exp_in_place, f32_data, matmul_ld, max, par_rows, Tr};
+use super::scratch;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// Where the rotary tables and segment bounds of one attention call come from.
@@ -166,7 +167,7 @@ impl Context {
         let k = cx.to_heads(k, dm.kv, true);
         let v = cx.to_heads(v, dm.kv, false);
         let (hd, rep) = (dm.head(), dm.n_rep());
-        let mut heads = vec![0f32; q.len()];
+        let mut heads = scratch::take(q.len());
         // One "row" = the `rep` query heads of one (batch, KV head) group.
         par_rows(&mut heads, rep * hd, 2 * rep * hd * dm.t, |g0, chunk| {
             let mut p = vec![0f32; dm.t * dm.t];
@@ -181,8 +182,9 @@ impl Context {
                 }
             }
         });
-        let mut out = vec![0f32; heads.len()];
+        let mut out = scratch::take(heads.len());
         cx.to_tokens(&heads, dm.h, false, &mut out);
+        [q, k, v, heads].into_iter().for_each(scratch::give);
         out
     }
 
@@ -197,7 +199,7 @@ impl Context {
         let (hd, rep, t) = (dm.head(), dm.n_rep(), dm.t);
         let groups = dm.b * dm.kv;
         // Per (batch, KV head) group: [dq of its `rep` heads | dk | dv], head-major.
-        let mut grads = vec![0f32; groups * (rep + 2) * hd];
+        let mut grads = scratch::take_zeroed(groups * (rep + 2) * hd);
         par_rows(&mut grads, (rep + 2) * hd, 5 * rep * hd * t, |g0, chunk| {
             let mut p = vec![0f32; t * t];
             let mut dp = vec![0f32; t * t];
@@ -236,6 +238,7 @@ impl Context {
         cx.to_tokens(&pick(0, rep), dm.h, true, dq_out);
         cx.to_tokens(&pick(rep, 1), dm.kv, true, dk_out);
         cx.to_tokens(&pick(rep + 1, 1), dm.kv, false, dv_out);
+        [q, k, v, dy, grads].into_iter().for_each(scratch::give);
     }
     /// The `(cos, sin)` rows of token `i` of batch row `bi`.
     fn trig(&self, bi: usize, i: usize) -> (&[f32], &[f32]) {
@@ -259,7 +262,7 @@ impl Context {
     /// when `rotate`.
     fn to_heads(&self, x: &[f32], n: usize, rotate: bool) -> Vec<f32> {
         let Dims { t, d, .. } = self.dims;
-        let mut out = vec![0f32; x.len()];
+        let mut out = scratch::take(x.len());
         par_rows(&mut out, t * d, t * d, |first, chunk| {
             for (ci, block) in chunk.chunks_exact_mut(t * d).enumerate() {
                 let (bi, head) = ((first + ci) / n, (first + ci) % n);

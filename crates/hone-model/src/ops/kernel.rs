@@ -71,10 +71,7 @@ where
     }
     let rows = out.len() / row_len;
     let work = rows.saturating_mul(work_per_row.max(row_len));
-    let threads = threads()
-        .min(work / MIN_WORK_PER_THREAD)
-        .min(rows)
-        .max(1);
+    let threads = threads().min(work / MIN_WORK_PER_THREAD).min(rows).max(1);
     if threads == 1 {
         f(0, out);
         return;

@@ -32,6 +32,7 @@ mod lm_head_loss;
 mod lora_linear;
 mod rms_norm;
 mod rope;
+pub mod scratch;
 mod silu_mul;
 mod stack;
 #[cfg(test)]

@@ -24,6 +24,7 @@ use super::attention::{Context as AttentionContext, Dims as AttentionDims};
 use super::kernel::f32_data;
 use super::lora_linear::{AdapterSlices, Dims as LinDims, Dropout, LoraGrads, LoraKernel};
 use super::rms_norm::{rms_norm_rows, rms_norm_rows_bwd};
+use super::scratch;
 use super::silu_mul::{silu_mul_bwd_into, silu_mul_into};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 
@@ -266,6 +267,29 @@ struct LayerTape {
     xa: [Vec<f32>; 7],
 }
 
+impl LayerTape {
+    /// Hands every buffer back to the scratch pool.
+    fn recycle(self) {
+        let [xa0, xa1, xa2, xa3, xa4, xa5, xa6] = self.xa;
+        recycle([
+            self.x_in, self.h1, self.q, self.k, self.v, self.y, self.x_mid, self.h2, self.gate,
+            self.up, xa0, xa1, xa2, xa3, xa4, xa5, xa6,
+        ]);
+    }
+}
+
+/// Hands buffers back to the scratch pool.
+fn recycle<const N: usize>(bufs: [Vec<f32>; N]) {
+    bufs.into_iter().for_each(scratch::give);
+}
+
+/// A pooled copy of `x`.
+fn copy(x: &[f32]) -> Vec<f32> {
+    let mut y = scratch::take(x.len());
+    y.copy_from_slice(x);
+    y
+}
+
 struct Stack {
     layers: Vec<StackLayer>,
     shape: Shapes,
@@ -363,25 +387,29 @@ impl Stack {
         self.with_layer(li, |ld| {
             let kern = |m: usize| self.kernel(li, m, ld.weights[m], theta);
             let mut xa: [Vec<f32>; 7] = Default::default();
-            let mut h1 = vec![0f32; n * hd];
+            let mut h1 = scratch::take(n * hd);
             rms_norm_rows(&x_in, ld.input_norm, self.eps, &mut h1, hd);
-            let (mut q, mut k, mut v) =
-                (vec![0f32; n * hd], vec![0f32; n * kvw], vec![0f32; n * kvw]);
+            let (mut q, mut k, mut v) = (
+                scratch::take(n * hd),
+                scratch::take(n * kvw),
+                scratch::take(n * kvw),
+            );
             xa[Q] = kern(Q).forward(&h1, &mut q, false);
             xa[K] = kern(K).forward(&h1, &mut k, false);
             xa[V] = kern(V).forward(&h1, &mut v, false);
             let y = self.attention.forward(&q, &k, &v);
-            let mut x_mid = x_in.clone();
+            let mut x_mid = copy(&x_in);
             xa[O] = kern(O).forward(&y, &mut x_mid, true);
-            let mut h2 = vec![0f32; n * hd];
+            let mut h2 = scratch::take(n * hd);
             rms_norm_rows(&x_mid, ld.post_norm, self.eps, &mut h2, hd);
-            let (mut gate, mut up) = (vec![0f32; n * im], vec![0f32; n * im]);
+            let (mut gate, mut up) = (scratch::take(n * im), scratch::take(n * im));
             xa[GATE] = kern(GATE).forward(&h2, &mut gate, false);
             xa[UP] = kern(UP).forward(&h2, &mut up, false);
-            let mut act = vec![0f32; n * im];
+            let mut act = scratch::take(n * im);
             silu_mul_into(&gate, &up, &mut act);
-            let mut out = x_mid.clone();
+            let mut out = copy(&x_mid);
             xa[DOWN] = kern(DOWN).forward(&act, &mut out, true);
+            scratch::give(act);
             let tape = LayerTape {
                 x_in,
                 h1,
@@ -422,18 +450,19 @@ impl Stack {
             let xa = |m: usize| Some(tape.xa[m].as_slice()).filter(|x| !x.is_empty());
             // MLP: down, SwiGLU, gate and up, then the post-attention norm into `g`.
             let act = if self.layers[li].adapters[DOWN].is_some() {
-                let mut act = vec![0f32; n * im];
+                let mut act = scratch::take(n * im);
                 silu_mul_into(&tape.gate, &tape.up, &mut act);
                 act
             } else {
                 Vec::new()
             };
-            let mut d_act = vec![0f32; n * im];
+            let mut d_act = scratch::take(n * im);
             kern(DOWN).backward(&act, xa(DOWN), g, grads(Some(&mut d_act), dab[DOWN].take()));
-            let (mut d_gate, mut d_up) = (vec![0f32; n * im], vec![0f32; n * im]);
+            scratch::give(act);
+            let (mut d_gate, mut d_up) = (scratch::take(n * im), scratch::take(n * im));
             silu_mul_bwd_into(&tape.gate, &tape.up, &d_act, &mut d_gate, &mut d_up);
-            drop(d_act);
-            let mut dh = vec![0f32; n * hd];
+            scratch::give(d_act);
+            let mut dh = scratch::take(n * hd);
             kern(GATE).backward(
                 &tape.h2,
                 xa(GATE),
@@ -446,15 +475,17 @@ impl Stack {
             };
             kern(UP).backward(&tape.h2, xa(UP), &d_up, acc);
             rms_norm_rows_bwd(&tape.x_mid, ld.post_norm, &dh, self.eps, (g, true), hd);
+            recycle([d_gate, d_up, dh]);
             // Attention: o_proj, attention, q/k/v, then the input norm into `g`.
-            let mut dy = vec![0f32; n * hd];
+            let mut dy = scratch::take(n * hd);
             kern(O).backward(&tape.y, xa(O), g, grads(Some(&mut dy), dab[O].take()));
-            let mut dqkv = vec![0f32; n * (hd + 2 * kvw)];
+            let mut dqkv = scratch::take(n * (hd + 2 * kvw));
             self.attention
                 .backward(&tape.q, &tape.k, &tape.v, &dy, &mut dqkv);
+            scratch::give(dy);
             let (dq, dkv) = dqkv.split_at(n * hd);
             let (dk, dv) = dkv.split_at(n * kvw);
-            let mut dh = need_dx.then(|| vec![0f32; n * hd]);
+            let mut dh = need_dx.then(|| scratch::take(n * hd));
             for (m, d, acc) in [(Q, dq, false), (K, dk, true), (V, dv, true)] {
                 let out = LoraGrads {
                     dx: dh.as_deref_mut().map(|x| (x, acc)),
@@ -464,7 +495,9 @@ impl Stack {
             }
             if let Some(dh) = dh {
                 rms_norm_rows_bwd(&tape.x_in, ld.input_norm, &dh, self.eps, (g, true), hd);
+                scratch::give(dh);
             }
+            scratch::give(dqkv);
             Ok(())
         })
     }
@@ -519,6 +552,8 @@ impl CustomOp2 for Stack {
             let (out, tape) = self.layer_forward(li, x, theta)?;
             if self.save {
                 tapes.push(tape);
+            } else {
+                tape.recycle();
             }
             x = out;
         }
@@ -533,9 +568,11 @@ impl CustomOp2 for Stack {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let tapes = self.tapes.lock().expect("tape lock");
+        // Taken, not borrowed: each layer's activations go back to the scratch pool as
+        // soon as its backward is done (a second backward of the same graph is an error).
+        let mut tapes = std::mem::take(&mut *self.tapes.lock().expect("tape lock"));
         if tapes.len() != self.layers.len() {
-            bail!("lora_stack: backward without the forward's saved activations");
+            bail!("lora_stack: backward without the forward's saved activations (run twice?)");
         }
         let mut g: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
         let mut dtheta = vec![0f32; self.shape.theta_len];
@@ -546,7 +583,9 @@ impl CustomOp2 for Stack {
                     std::mem::take(&mut rest).split_at_mut(self.shape.layer_starts[li]);
                 rest = head;
                 let need_dx = li > 0 || x.track_op();
-                self.layer_backward(li, &tapes[li], &mut g, (th, mine), need_dx)?;
+                let tape = tapes.pop().expect("one tape per layer");
+                self.layer_backward(li, &tape, &mut g, (th, mine), need_dx)?;
+                tape.recycle();
             }
             Ok(())
         })?;
