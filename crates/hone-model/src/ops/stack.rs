@@ -142,6 +142,7 @@ pub fn lora_stack(
         layers: layers.to_vec(),
         shape,
         rows: b * t,
+        seq: t,
         eps: spec.rms_norm_eps as f32,
         dropout: spec.dropout.filter(|(p, _)| *p > 0.0),
         attention,
@@ -294,6 +295,8 @@ struct Stack {
     layers: Vec<StackLayer>,
     shape: Shapes,
     rows: usize,
+    /// Tokens per row (the batch is `rows / seq` rows).
+    seq: usize,
     eps: f32,
     dropout: Option<(f32, u64)>,
     attention: AttentionContext,
@@ -545,6 +548,7 @@ impl CustomOp2 for Stack {
         st: &CpuStorage,
         lt: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        scratch::begin_pass((self.rows, self.seq));
         let theta = f32_data(st, lt, "lora_stack theta")?;
         let mut x = f32_data(sx, lx, "lora_stack x")?.to_vec();
         let mut tapes = Vec::with_capacity(if self.save { self.layers.len() } else { 0 });
