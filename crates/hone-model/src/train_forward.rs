@@ -103,31 +103,7 @@ impl Llama {
         packed: Option<&PackedLayout>,
         opts: TrainOptions,
     ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        if t > self.cfg.max_position_embeddings {
-            return Err(ModelError::ContextOverflow {
-                needed: t,
-                max: self.cfg.max_position_embeddings,
-            });
-        }
-        let (cos, sin) = match packed {
-            Some(p) => {
-                p.check(b, t)?;
-                p.rope_tables(self, b, t)?
-            }
-            None => (
-                self.rope.cos.narrow(0, 0, t)?,
-                self.rope.sin.narrow(0, 0, t)?,
-            ),
-        };
-        let mut x = match &self.embed_tokens {
-            Embedding::Dense(w) => w.index_select(&input_ids.flatten_all()?, 0)?.reshape((
-                b,
-                t,
-                self.cfg.hidden_size,
-            ))?,
-            Embedding::Quantized(_) => return Err(quantized_in_training()),
-        };
+        let (mut x, cos, sin) = self.train_inputs(input_ids, packed)?;
         let p = opts.lora_dropout;
         if !(0.0..1.0).contains(&p) {
             return Err(ModelError::Adapter(format!(
@@ -146,6 +122,41 @@ impl Llama {
         };
         x = ops::lora_stack(&x, theta.as_ref(), &layers, &spec)?;
         Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
+    }
+
+    /// The embeddings `[b, t, hidden]` of `input_ids` and the RoPE tables of the batch
+    /// (per row when packed), after checking the length and the layout.
+    pub(crate) fn train_inputs(
+        &self,
+        input_ids: &Tensor,
+        packed: Option<&PackedLayout>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t) = input_ids.dims2()?;
+        if t > self.cfg.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed: t,
+                max: self.cfg.max_position_embeddings,
+            });
+        }
+        let (cos, sin) = match packed {
+            Some(p) => {
+                p.check(b, t)?;
+                p.rope_tables(self, b, t)?
+            }
+            None => (
+                self.rope.cos.narrow(0, 0, t)?,
+                self.rope.sin.narrow(0, 0, t)?,
+            ),
+        };
+        let x = match &self.embed_tokens {
+            Embedding::Dense(w) => w.index_select(&input_ids.flatten_all()?, 0)?.reshape((
+                b,
+                t,
+                self.cfg.hidden_size,
+            ))?,
+            Embedding::Quantized(_) => return Err(quantized_in_training()),
+        };
+        Ok((x, cos, sin))
     }
 
     /// The decoder layers as [`ops::lora_stack`] takes them, and `theta`: every active

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
 use crate::linear::{BaseWeight, Linear};
-use crate::llama::{Attention, Block, Embedding, Llama, Mlp};
+use crate::llama::{Attention, Block, Llama, Mlp};
 use crate::ops;
 use crate::train_forward::{quantized_in_training, PackedLayout, TrainOptions};
 
@@ -20,20 +20,7 @@ impl Llama {
         packed: Option<&PackedLayout>,
         opts: TrainOptions,
     ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let (cos, sin) = match packed {
-            Some(p) => p.rope_tables(self, b, t)?,
-            None => (
-                self.rope.cos.narrow(0, 0, t)?,
-                self.rope.sin.narrow(0, 0, t)?,
-            ),
-        };
-        let Embedding::Dense(w) = &self.embed_tokens else {
-            return Err(quantized_in_training());
-        };
-        let mut x =
-            w.index_select(&input_ids.flatten_all()?, 0)?
-                .reshape((b, t, self.cfg.hidden_size))?;
+        let (mut x, cos, sin) = self.train_inputs(input_ids, packed)?;
         for (i, block) in self.layers.iter().enumerate() {
             let ctx = Ctx {
                 opts,

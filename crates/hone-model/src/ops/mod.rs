@@ -47,4 +47,4 @@ pub use lora_linear::{lora_linear, Dropout};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_i};
 pub use silu_mul::silu_mul;
-pub use stack::{lora_stack, module_seed, StackLayer, StackSpec, MODULES};
+pub use stack::{lora_stack, module_seed, StackLayer, StackSpec};

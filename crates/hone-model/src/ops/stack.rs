@@ -13,8 +13,8 @@
 //! and SwiGLU slice functions), so the two paths cannot compute different things.
 //!
 //! The trainable parameters enter as one flat tensor `theta` (every adapter's `A` then
-//! `B`, layer by layer, module by module in [`MODULES`] order), so that candle's autograd
-//! still delivers one gradient per LoRA matrix: the caller builds `theta` with
+//! `B`, layer by layer, module by module in `TARGET_MODULES` order), so that candle's
+//! autograd still delivers one gradient per LoRA matrix: the caller builds `theta` with
 //! `Tensor::cat` of the flattened matrices, and the backward of `cat` splits the
 //! gradient. Frozen weights never get one.
 
@@ -28,16 +28,9 @@ use super::scratch;
 use super::silu_mul::{silu_mul_bwd_into, silu_mul_into};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 
-/// The projections of a layer, in the order of [`StackLayer::weights`] and of `theta`.
-pub const MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+// The projections of a layer, in the order of `StackLayer::weights` and of `theta`:
+// the model order of `TARGET_MODULES`, indexed by the constants below.
+use crate::linear::TARGET_MODULES as MODULES;
 const Q: usize = 0;
 const K: usize = 1;
 const V: usize = 2;
@@ -53,7 +46,7 @@ pub struct StackLayer {
     pub input_norm: Tensor,
     /// RMSNorm weight before the MLP, `[hidden]`.
     pub post_norm: Tensor,
-    /// Frozen `[out, in]` weights in [`MODULES`] order.
+    /// Frozen `[out, in]` weights in `TARGET_MODULES` order.
     pub weights: [Tensor; 7],
     /// Per projection: the adapter's `(rank, scale)`, or `None` for a frozen projection.
     pub adapters: [Option<(usize, f64)>; 7],
@@ -75,8 +68,8 @@ pub struct StackSpec<'a> {
     pub dropout: Option<(f32, u64)>,
 }
 
-/// The dropout seed of projection `module` (index into [`MODULES`]) of `layer`, so that
-/// every mask of a pass differs and a pass is reproducible from its seed.
+/// The dropout seed of projection `module` (index into `TARGET_MODULES`) of `layer`, so
+/// that every mask of a pass differs and a pass is reproducible from its seed.
 pub fn module_seed(pass_seed: u64, layer: usize, module: usize) -> u64 {
     pass_seed
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -85,8 +78,8 @@ pub fn module_seed(pass_seed: u64, layer: usize, module: usize) -> u64 {
 
 /// Runs the decoder layers over `x: [b, t, hidden]` (the embeddings) and returns the
 /// residual stream after the last layer (before the final norm). `theta` holds the
-/// adapters' matrices flattened in [`MODULES`] order, layer by layer (`None` or empty:
-/// no adapters). Differentiable in `x` and `theta`.
+/// adapters' matrices flattened in `TARGET_MODULES` order, layer by layer (`None` or
+/// empty: no adapters). Differentiable in `x` and `theta`.
 pub fn lora_stack(
     x: &Tensor,
     theta: Option<&Tensor>,
