@@ -32,6 +32,16 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The largest absolute entry of `t`.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn all_linear() -> LoraConfig {
     LoraConfig {
         target_modules: LoraConfig::parse_target_modules("all-linear").unwrap(),
@@ -104,13 +114,7 @@ fn a_init_is_seeded_and_within_the_kaiming_bound() {
     let a1 = p1.modules[0].a.as_tensor();
     assert_eq!(max_diff(a1, p2.modules[0].a.as_tensor()), 0.0);
     let bound = 1.0 / (m1.cfg.hidden_size as f32).sqrt();
-    let maxabs = a1
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let maxabs = max_abs(a1);
     assert!(
         maxabs <= bound && maxabs > bound * 0.5,
         "{maxabs} vs {bound}"
@@ -335,13 +339,7 @@ fn check_fused_against_unfused(targets: &str, dropout: f64, packed: bool) {
     let d = max_diff(&hf, &hu);
     assert!(d < 1e-4, "fused vs unfused hidden states differ by {d}");
     for ((name, _), (a, b)) in params.trainable().iter().zip(gf.iter().zip(&gu)) {
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(b);
         let d = max_diff(a, b);
         assert!(
             d <= 1e-4 * scale.max(1.0),
