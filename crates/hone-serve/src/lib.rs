@@ -11,7 +11,7 @@
 //!   choices loop, and the local engine over hone-model);
 //! - [`worker`]: the job loop, the only code that changes a job's state;
 //!   [`job_context`]: what a training run sees; [`training`]: the trainer;
-//! - [`routes`]: the axum handlers; [`auth`]: keys and request ids.
+//! - `routes`: the axum handlers; [`auth`]: keys and request ids.
 //!
 //! Start it with [`serve`]; tests use [`router`] with an [`AppState`].
 

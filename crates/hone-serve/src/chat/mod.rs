@@ -3,7 +3,7 @@
 //! - [`backend`]: the engine seam ([`ChatBackend`]: one blocking `generate`
 //!   call for one choice), what a request generates with ([`ChatTarget`]),
 //!   and why it can fail ([`ChatError`], mapped to API errors);
-//! - [`plan`]: checks a request and turns it into a [`ChatPlan`] (sampling
+//! - [`plan`](mod@plan): checks a request and turns it into a [`ChatPlan`] (sampling
 //!   defaults, limits, fields refused by name);
 //! - [`admission`]: [`ChatService`], the backend behind a bounded number of
 //!   slots (over that, an immediate 429);
