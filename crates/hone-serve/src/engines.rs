@@ -1,15 +1,19 @@
 //! The seams to the parts of hone the server calls but does not own: the
 //! training-data validator (hone-data), the base-model catalog
-//! (hone-model's registry), the training engine, and the chat engine
+//! (hone-model's registry), the training engine ([`TrainingEngine`], which
+//! trains through a [`JobContext`]), and the chat engine
 //! ([`crate::chat::ChatBackend`]).
 //! Each is a small trait, so the server is testable without them and they
 //! are wired in one place (`hone serve` in hone-cli).
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::api::{Model, ModelTag};
+use crate::api::{JobError, Model, ModelTag};
+use crate::chat::admission::ChatService;
+use crate::chat::backend::ChatBackend;
+use crate::job_context::JobContext;
 
 /// One problem found in an uploaded training file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,12 +79,14 @@ impl HoneDataValidator {
     }
 }
 
-fn problem(i: &hone_data::Issue) -> FileProblem {
-    FileProblem {
-        line: i.line,
-        message: i.message,
-        code: i.code.as_str().to_string(),
-        text: i.text.clone(),
+impl From<&hone_data::Issue> for FileProblem {
+    fn from(i: &hone_data::Issue) -> Self {
+        FileProblem {
+            line: i.line,
+            message: i.message,
+            code: i.code.as_str().to_string(),
+            text: i.text.clone(),
+        }
     }
 }
 
@@ -98,12 +104,14 @@ impl FileValidator for HoneDataValidator {
         let mut check = FileCheck::default();
         for i in &report.errors {
             if i.code == hone_data::Code::InvalidNExamples {
-                check.warnings.push(problem(i));
+                check.warnings.push(i.into());
             } else {
-                check.errors.push(problem(i));
+                check.errors.push(i.into());
             }
         }
-        check.warnings.extend(report.warnings.iter().map(problem));
+        check
+            .warnings
+            .extend(report.warnings.iter().map(FileProblem::from));
         Ok(check)
     }
 }
@@ -116,7 +124,7 @@ pub struct ServedAdapter {
     /// The base model id it runs on.
     pub base: String,
     /// The PEFT adapter directory.
-    pub dir: std::path::PathBuf,
+    pub dir: PathBuf,
 }
 
 /// Lists the base models this server can serve and fine-tune, and the
@@ -174,6 +182,34 @@ impl ModelCatalog for StaticCatalog {
     }
 }
 
+// ---------------------------------------------------------------- training --
+
+/// How a training run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainingOutcome {
+    /// The adapter at `adapter_path` is final.
+    Succeeded {
+        adapter_path: PathBuf,
+        trained_tokens: u64,
+        /// Ids of files the engine stored (e.g. the metrics CSV).
+        result_files: Vec<String>,
+    },
+    /// The engine stopped because [`JobContext::stop_requested`] said so,
+    /// after saving a checkpoint to resume from.
+    Stopped,
+    /// Training failed; the error is shown on the job.
+    Failed(JobError),
+}
+
+/// Trains one job. Implemented over hone-train in [`crate::training`];
+/// blocking. A run of a job that has checkpoints must continue from the
+/// newest valid one (a pause, a crash or a shutdown interrupted it).
+pub trait TrainingEngine: Send + Sync + 'static {
+    fn train(&self, ctx: &JobContext) -> TrainingOutcome;
+}
+
+// ------------------------------------------------------------- all of them --
+
 /// Everything the server delegates. `validator: None` leaves uploaded
 /// fine-tune files with `status: "uploaded"` (not checked): honest, rather
 /// than a made-up `processed`. The default is [`HoneDataValidator`].
@@ -182,10 +218,10 @@ pub struct Engines {
     pub validator: Option<Arc<dyn FileValidator>>,
     pub catalog: Arc<dyn ModelCatalog>,
     /// Trains jobs; without one, jobs are validated and wait in `queued`.
-    pub training: Option<Arc<dyn crate::worker::TrainingEngine>>,
+    pub training: Option<Arc<dyn TrainingEngine>>,
     /// Answers `/v1/chat/completions` (with its admission limit); without
     /// one, chat answers a clear 501.
-    pub chat: Option<crate::chat::ChatService>,
+    pub chat: Option<ChatService>,
 }
 
 impl Engines {
@@ -201,19 +237,15 @@ impl Engines {
     }
 
     /// Sets the training engine.
-    pub fn training(mut self, t: Arc<dyn crate::worker::TrainingEngine>) -> Self {
+    pub fn training(mut self, t: Arc<dyn TrainingEngine>) -> Self {
         self.training = Some(t);
         self
     }
 
     /// Sets the chat backend, admitting at most `max_concurrent` generations
     /// at once (see [`crate::chat::default_max_concurrent_chats`]).
-    pub fn chat(
-        mut self,
-        backend: Arc<dyn crate::chat::ChatBackend>,
-        max_concurrent: usize,
-    ) -> Self {
-        self.chat = Some(crate::chat::ChatService::new(backend, max_concurrent));
+    pub fn chat(mut self, backend: Arc<dyn ChatBackend>, max_concurrent: usize) -> Self {
+        self.chat = Some(ChatService::new(backend, max_concurrent));
         self
     }
 

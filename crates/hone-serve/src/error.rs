@@ -1,5 +1,6 @@
 //! Typed API errors and the one table that maps them to an HTTP status, an
-//! OpenAI error `type` and `code`, and retry advice.
+//! OpenAI error `type` and retry advice. Their `code`s come from
+//! [`ErrorCode`], the one list of codes (shared with failed jobs).
 //!
 //! Why the table matters: the official SDK retries 408, 409, 429 and every
 //! 5xx. A permanent problem sent with one of those makes the client retry
@@ -12,7 +13,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::api::{ErrorBody, ErrorDetail};
+use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
 
 /// Every error a handler can answer with.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -22,12 +23,12 @@ pub enum ApiError {
     InvalidRequest {
         message: String,
         param: Option<String>,
-        code: Option<String>,
+        code: Option<ErrorCode>,
     },
     /// A permanent conflict with the current state (e.g. cancelling a job
     /// that already finished). Retrying can never help.
     #[error("{message}")]
-    InvalidState { message: String, code: String },
+    InvalidState { message: String, code: ErrorCode },
     /// Missing or wrong API key.
     #[error("{message}")]
     Unauthorized { message: String },
@@ -36,7 +37,7 @@ pub enum ApiError {
     NotFound {
         message: String,
         param: Option<String>,
-        code: String,
+        code: ErrorCode,
     },
     /// An upload went over the configured limit.
     #[error("the upload is larger than the limit of {limit} bytes")]
@@ -97,16 +98,16 @@ impl ApiError {
     }
 
     /// The machine-readable `code`, if any.
-    pub fn code(&self) -> Option<String> {
+    pub fn code(&self) -> Option<ErrorCode> {
         use ApiError::*;
         match self {
-            InvalidRequest { code, .. } => code.clone(),
-            InvalidState { code, .. } | NotFound { code, .. } => Some(code.clone()),
-            Unauthorized { .. } => Some("invalid_api_key".into()),
-            PayloadTooLarge { .. } => Some("file_too_large".into()),
-            RateLimited { .. } => Some("rate_limit_exceeded".into()),
-            NotImplemented { .. } => Some("not_implemented".into()),
-            Internal { .. } => Some("internal_error".into()),
+            InvalidRequest { code, .. } => *code,
+            InvalidState { code, .. } | NotFound { code, .. } => Some(*code),
+            Unauthorized { .. } => Some(ErrorCode::InvalidApiKey),
+            PayloadTooLarge { .. } => Some(ErrorCode::FileTooLarge),
+            RateLimited { .. } => Some(ErrorCode::RateLimitExceeded),
+            NotImplemented { .. } => Some(ErrorCode::NotImplemented),
+            Internal { .. } => Some(ErrorCode::InternalError),
         }
     }
 
@@ -128,7 +129,7 @@ impl ApiError {
                 message: self.to_string(),
                 kind: self.spec().kind.to_string(),
                 param: self.param(),
-                code: self.code(),
+                code: self.code().map(|c| c.as_str().to_string()),
             },
         }
     }
@@ -142,12 +143,33 @@ impl ApiError {
         }
     }
 
+    /// A 400 about one request field, with a machine-readable code.
+    pub fn invalid_with_code(
+        param: impl Into<String>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: Some(code),
+        }
+    }
+
+    /// A permanent conflict with the current state (400, never retried).
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError::InvalidState {
+            message: message.into(),
+            code,
+        }
+    }
+
     /// A 404 for an object of some kind (`file`, `fine-tuning job`, …).
     pub fn not_found(what: &str, id: &str) -> Self {
         ApiError::NotFound {
             message: format!("No such {what}: '{id}'."),
             param: Some("id".into()),
-            code: "not_found".into(),
+            code: ErrorCode::NotFound,
         }
     }
 
@@ -156,7 +178,7 @@ impl ApiError {
         ApiError::NotFound {
             message: format!("The model '{id}' does not exist."),
             param: Some("model".into()),
-            code: "model_not_found".into(),
+            code: ErrorCode::ModelNotFound,
         }
     }
 
@@ -195,7 +217,7 @@ impl From<JsonRejection> for ApiError {
         ApiError::InvalidRequest {
             message: format!("Invalid JSON body: {}", r.body_text()),
             param: None,
-            code: Some("invalid_json".into()),
+            code: Some(ErrorCode::InvalidJson),
         }
     }
 }
@@ -233,7 +255,7 @@ mod tests {
             ApiError::invalid(None, "x"),
             ApiError::InvalidState {
                 message: "x".into(),
-                code: "c".into(),
+                code: ErrorCode::InvalidJobState,
             },
             ApiError::Unauthorized {
                 message: "x".into(),
@@ -269,7 +291,7 @@ mod tests {
     async fn invalid_state_says_do_not_retry() {
         let r = ApiError::InvalidState {
             message: "done".into(),
-            code: "job_finished".into(),
+            code: ErrorCode::InvalidJobState,
         }
         .into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);

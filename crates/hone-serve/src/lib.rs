@@ -6,7 +6,12 @@
 //! - [`store`]: the durable job/file/model store (SQLite by default);
 //! - [`blobs`]: file contents on disk, written atomically;
 //! - [`engines`]: traits for what the server calls but does not own;
-//! - [`routes`]: the axum handlers; [`auth`]: keys and request ids.
+//! - [`catalog`]: the base models (and `--adapter` models) a server offers;
+//! - [`chat`]: chat completions without HTTP (checking, admission, the
+//!   choices loop, and the local engine over hone-model);
+//! - [`worker`]: the job loop, the only code that changes a job's state;
+//!   [`job_context`]: what a training run sees; [`training`]: the trainer;
+//! - `routes`: the axum handlers; [`auth`]: keys and request ids.
 //!
 //! Start it with [`serve`]; tests use [`router`] with an [`AppState`].
 
@@ -20,6 +25,7 @@ pub mod engines;
 pub mod error;
 mod extract;
 pub mod ids;
+pub mod job_context;
 pub mod openapi;
 mod routes;
 pub mod state;
@@ -29,16 +35,18 @@ pub mod worker;
 
 use std::future::{Future, IntoFuture};
 
+pub use api::ErrorCode;
 pub use catalog::{BaseModels, CatalogError};
 pub use config::ServeConfig;
 pub use engines::{
     Engines, FileCheck, FileProblem, FileValidator, HoneDataValidator, ModelCatalog, StaticCatalog,
+    TrainingEngine, TrainingOutcome,
 };
 pub use error::ApiError;
+pub use job_context::JobContext;
 pub use routes::router;
 pub use state::{AppState, ServeError};
 pub use training::{HoneTrainer, TrainerOptions};
-pub use worker::{JobContext, TrainingEngine, TrainingOutcome};
 
 /// Opens the store under `config.home`, binds `config.addr()`, and serves
 /// until Ctrl-C / SIGTERM, then drains (see [`serve_on`]).

@@ -17,6 +17,8 @@ use utoipa::openapi::{
     ResponseBuilder,
 };
 
+use crate::api::ErrorCode;
+
 /// One endpoint of the API.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoint {
@@ -245,11 +247,7 @@ fn operation(e: &Endpoint) -> utoipa::openapi::path::Operation {
             .response(
                 "default",
                 ResponseBuilder::new()
-                    .description(
-                        "An error: {\"error\": {message, type, param, code}}. 400 invalid or \
-                         a permanent conflict, 401 key, 404 unknown id (model_not_found for \
-                         models), 413 too large, 429 busy (Retry-After)",
-                    )
+                    .description(error_description())
                     .build(),
             )
             .security(SecurityRequirement::new("bearer", Vec::<String>::new()));
@@ -280,6 +278,19 @@ fn operation(e: &Endpoint) -> utoipa::openapi::path::Operation {
         ));
     }
     op.build()
+}
+
+/// The error response of every `/v1` operation, with every `code` the
+/// server can answer (from [`ErrorCode::ALL`], so the list cannot drift).
+fn error_description() -> String {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    format!(
+        "An error: {{\"error\": {{message, type, param, code}}}}. 400 invalid or \
+         a permanent conflict, 401 key, 404 unknown id (model_not_found for \
+         models), 413 too large, 429 busy (Retry-After). Codes (also on failed \
+         jobs' error.code): {}",
+        codes.join(", ")
+    )
 }
 
 /// The OpenAPI document of this server.

@@ -7,15 +7,16 @@ use axum::Json;
 
 use super::page_request;
 use crate::api::{
-    AutoOr, CreateJobRequest, FileStatus, FineTuningJob, Hyperparameters, JobCheckpoint, JobEvent,
-    JobStatus, JobTag, ListQuery, ListResponse, Method, MethodParams, MethodType,
+    AutoOr, CreateJobRequest, ErrorCode, FileStatus, FineTuningJob, Hyperparameters, JobCheckpoint,
+    JobEvent, JobFile, JobStatus, JobTag, ListQuery, ListResponse, Method, MethodParams,
+    MethodType,
 };
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ids;
 use crate::state::AppState;
 use crate::store::unix_now;
-use crate::worker::{self, Command};
+use crate::worker::Command;
 
 /// Page sizes: OpenAI's defaults, and our cap.
 const JOBS_PAGE: (u32, u32) = (20, 100);
@@ -27,24 +28,24 @@ pub(super) async fn create(
     ApiJson(req): ApiJson<CreateJobRequest>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
     if st.engines.catalog.base_model(&req.model).is_none() {
-        return Err(ApiError::InvalidRequest {
-            message: format!(
+        return Err(ApiError::invalid_with_code(
+            "model",
+            ErrorCode::ModelNotAvailable,
+            format!(
                 "Model '{}' is not available for fine-tuning. Base models: {}.",
                 req.model,
                 base_ids(&st).join(", ")
             ),
-            param: Some("model".into()),
-            code: Some("model_not_available".into()),
-        });
+        ));
     }
     if let Some(s) = &req.suffix {
         ids::validate_suffix(s)?;
     }
     check_metadata(&req)?;
     let (method, hyperparameters) = method_of(&req)?;
-    check_file(&st, &req.training_file, "training_file").await?;
+    check_file(&st, &req.training_file, JobFile::Training).await?;
     if let Some(v) = &req.validation_file {
-        check_file(&st, v, "validation_file").await?;
+        check_file(&st, v, JobFile::Validation).await?;
     }
     let job = FineTuningJob {
         id: ids::job_id(),
@@ -110,11 +111,11 @@ fn method_of(req: &CreateJobRequest) -> Result<(Method, Hyperparameters), ApiErr
         None => (MethodType::Supervised, None),
         Some(m) => match m.kind {
             MethodType::Reinforcement => {
-                return Err(ApiError::InvalidRequest {
-                    message: "Reinforcement fine-tuning is not supported by this server; use method.type 'supervised' or 'dpo'.".into(),
-                    param: Some("method.type".into()),
-                    code: Some("unsupported_method".into()),
-                })
+                return Err(ApiError::invalid_with_code(
+                    "method.type",
+                    ErrorCode::UnsupportedMethod,
+                    "Reinforcement fine-tuning is not supported by this server; use method.type 'supervised' or 'dpo'.",
+                ))
             }
             MethodType::Supervised => (MethodType::Supervised, m.supervised.map(|p| p.hyperparameters)),
             MethodType::Dpo => (MethodType::Dpo, m.dpo.map(|p| p.hyperparameters)),
@@ -126,7 +127,8 @@ fn method_of(req: &CreateJobRequest) -> Result<(Method, Hyperparameters), ApiErr
             "Give hyperparameters either in method.<type>.hyperparameters or at the top level, not both.",
         ));
     }
-    let mut h = worker::requested(from_method.or(req.hyperparameters));
+    // All "auto" unless given; the worker resolves them at validation.
+    let mut h = from_method.or(req.hyperparameters).unwrap_or_default();
     check_ranges(&h, kind)?;
     if kind == MethodType::Dpo && h.beta.is_none() {
         h.beta = Some(AutoOr::default());
@@ -183,17 +185,15 @@ fn check_ranges(h: &Hyperparameters, kind: MethodType) -> Result<(), ApiError> {
 
 /// The file must exist, be a fine-tune upload, and not have failed
 /// validation (its problems are repeated here, so the user sees them).
-async fn check_file(st: &AppState, id: &str, param: &'static str) -> Result<(), ApiError> {
+async fn check_file(st: &AppState, id: &str, which: JobFile) -> Result<(), ApiError> {
+    let invalid =
+        |message: String| ApiError::invalid_with_code(which.param(), which.invalid_code(), message);
     let fid = id.to_string();
-    let rec =
-        st.store
-            .run(move |s| s.get_file(&fid))
-            .await
-            .map_err(|_| ApiError::InvalidRequest {
-                message: format!("File '{id}' does not exist."),
-                param: Some(param.into()),
-                code: Some(format!("invalid_{param}")),
-            })?;
+    let rec = st
+        .store
+        .run(move |s| s.get_file(&fid))
+        .await
+        .map_err(|_| invalid(format!("File '{id}' does not exist.")))?;
     let f = rec.object;
     let problem = if f.purpose != "fine-tune" {
         Some(format!(
@@ -209,11 +209,7 @@ async fn check_file(st: &AppState, id: &str, param: &'static str) -> Result<(), 
         None
     };
     match problem {
-        Some(message) => Err(ApiError::InvalidRequest {
-            message,
-            param: Some(param.into()),
-            code: Some(format!("invalid_{param}")),
-        }),
+        Some(message) => Err(invalid(message)),
         None => Ok(()),
     }
 }

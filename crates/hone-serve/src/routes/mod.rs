@@ -14,7 +14,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::api::{Health, ListQuery};
+use crate::api::{ErrorCode, Health, ListQuery};
 use crate::auth::{request_id, require_key, ApiKeys};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -72,7 +72,7 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound {
         message: format!("Unknown request URL: {method} {}.", uri.path()),
         param: None,
-        code: "unknown_url".into(),
+        code: ErrorCode::UnknownUrl,
     }
 }
 

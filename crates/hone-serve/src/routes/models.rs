@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::Json;
 
-use crate::api::{ListResponse, Model, ModelDeleted, ModelTag};
+use crate::api::{ErrorCode, ListResponse, Model, ModelDeleted, ModelTag};
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::ids::FineTunedName;
@@ -47,18 +47,18 @@ pub(super) async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModelDeleted>, ApiError> {
     if st.engines.catalog.base_model(&id).is_some() {
-        return Err(ApiError::InvalidState {
-            message: format!("'{id}' is a base model; only fine-tuned models can be deleted."),
-            code: "model_not_deletable".into(),
-        });
+        return Err(ApiError::conflict(
+            ErrorCode::ModelNotDeletable,
+            format!("'{id}' is a base model; only fine-tuned models can be deleted."),
+        ));
     }
     if st.engines.catalog.served_adapter(&id).is_some() {
-        return Err(ApiError::InvalidState {
-            message: format!(
+        return Err(ApiError::conflict(
+            ErrorCode::ModelNotDeletable,
+            format!(
                 "'{id}' is served from a directory given to `hone serve --adapter`; restart the server without it instead."
             ),
-            code: "model_not_deletable".into(),
-        });
+        ));
     }
     let rec = {
         let id = id.clone();
@@ -67,12 +67,12 @@ pub(super) async fn delete(
     if rec.checkpoint_step.is_some()
         || FineTunedName::parse(&id).is_some_and(|n| n.checkpoint_step.is_some())
     {
-        return Err(ApiError::InvalidState {
-            message: format!(
+        return Err(ApiError::conflict(
+            ErrorCode::ModelNotDeletable,
+            format!(
                 "'{id}' is a checkpoint model; checkpoints are kept with their job and cannot be deleted one by one."
             ),
-            code: "model_not_deletable".into(),
-        });
+        ));
     }
     let del = id.clone();
     st.store.run(move |s| s.delete_model(&del)).await?;

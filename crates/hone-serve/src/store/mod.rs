@@ -20,8 +20,8 @@ use std::sync::Arc;
 pub use sqlite::SqliteStore;
 
 use crate::api::{
-    EventLevel, EventType, FileObject, FineTuningJob, JobCheckpoint, JobError, JobEvent, JobStatus,
-    Model,
+    ErrorCode, EventLevel, EventType, FileObject, FineTuningJob, JobCheckpoint, JobError, JobEvent,
+    JobStatus, Model,
 };
 use crate::error::ApiError;
 
@@ -49,15 +49,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { kind: "model", id } => ApiError::model_not_found(&id),
             StoreError::NotFound { kind, id } => ApiError::not_found(kind, &id),
-            e @ StoreError::InvalidTransition { .. } => ApiError::InvalidState {
-                message: e.to_string(),
-                code: "invalid_job_state".into(),
-            },
+            e @ StoreError::InvalidTransition { .. } => {
+                ApiError::conflict(ErrorCode::InvalidJobState, e.to_string())
+            }
             e @ StoreError::BadCursor(_) => ApiError::invalid("after", e.to_string()),
-            e @ StoreError::Duplicate(_) => ApiError::InvalidState {
-                message: e.to_string(),
-                code: "duplicate".into(),
-            },
+            e @ StoreError::Duplicate(_) => ApiError::conflict(ErrorCode::Duplicate, e.to_string()),
             StoreError::Backend(m) => ApiError::internal(m),
         }
     }

@@ -13,11 +13,12 @@ use axum::body::{to_bytes, Body};
 use axum::http::Request;
 use hone_model::candle_core::quantized::GgmlDType;
 use hone_model::generate::{FinishReason, Generation, GenerationParams};
+use hone_model::registry::{ModelSource, ResolvedModel};
 use hone_model::testing::{tiny_weights, write_tiny_gguf, TinySpec};
 use hone_model::{ChatEngine, LoraConfig, LoraParams, WeightPath};
 use hone_serve::chat::{ChatBackend, ChatError, ChatTarget, LocalChat, LocalChatOptions};
-use hone_serve::{Engines, JobContext, TrainingEngine, TrainingOutcome};
-use hone_text::ChatMessage;
+use hone_serve::{BaseModels, Engines, JobContext, TrainingEngine, TrainingOutcome};
+use hone_text::{ChatMessage, Role};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -48,13 +49,22 @@ fn tiny_gguf() -> (tempfile::TempDir, PathBuf) {
     (dir, gguf)
 }
 
+/// A catalog with one base model, `BASE`, whose weights are `gguf`.
+fn tiny_catalog(gguf: &Path) -> BaseModels {
+    BaseModels::new(vec![ResolvedModel {
+        id: BASE.into(),
+        source: ModelSource::Gguf(gguf.to_path_buf()),
+    }])
+    .unwrap()
+}
+
+/// Chat over `tiny_catalog`, which loads `BASE` on its first request.
 fn tiny_chat(gguf: &Path, max_adapters: usize) -> Arc<LocalChat> {
-    let engine = ChatEngine::load_path(gguf, WeightPath::Q8_0).unwrap();
     let opts = LocalChatOptions {
         max_adapters,
-        ..Default::default()
+        weights: WeightPath::Q8_0,
     };
-    Arc::new(LocalChat::without_registry(opts).with_base(BASE, engine))
+    Arc::new(LocalChat::new(Arc::new(tiny_catalog(gguf)), opts))
 }
 
 fn chat_app(max_adapters: usize) -> ChatApp {
@@ -364,6 +374,47 @@ async fn a_prompt_over_the_context_is_a_400_before_any_stream() {
     assert_eq!(v["error"]["param"], "messages");
 }
 
+/// Chat resolves base models through the catalog and nothing else: an
+/// engine handed in for an id the catalog does not have (say, the base of a
+/// stored fine-tune that is no longer offered) is never used, and the
+/// catalog's own base loads on first use.
+#[test]
+fn only_the_catalogs_base_models_are_served() {
+    let (_dir, gguf) = tiny_gguf();
+    let stray = ChatEngine::load_path(&gguf, WeightPath::Q8_0).unwrap();
+    let opts = LocalChatOptions {
+        max_adapters: 1,
+        weights: WeightPath::Q8_0,
+    };
+    let chat = LocalChat::new(Arc::new(tiny_catalog(&gguf)), opts).with_base("retired", stray);
+    let ask = |base: &str| {
+        let target = ChatTarget {
+            model: format!("ft:{base}:org:x:abcdefgh"),
+            base: base.into(),
+            adapter: None,
+        };
+        let params = GenerationParams {
+            max_tokens: 2,
+            ..Default::default()
+        };
+        chat.generate(
+            &target,
+            &[ChatMessage::new(Role::User, "hi")],
+            &params,
+            &mut |_| ControlFlow::Continue(()),
+        )
+    };
+    match ask("retired") {
+        Err(ChatError::ModelUnavailable { model, reason }) => {
+            assert_eq!(model, "retired");
+            assert!(reason.contains("not a base model"), "{reason}");
+        }
+        other => panic!("expected model_unavailable, got {other:?}"),
+    }
+    let g = ask(BASE).unwrap();
+    assert!(g.completion_tokens <= 2, "{g:?}");
+}
+
 // ------------------------------------------------- admission, disconnects --
 
 /// Streams "x" every millisecond until told to stop, the callback breaks,
@@ -600,13 +651,9 @@ async fn a_command_line_adapter_is_a_model_that_answers_with_its_weights() {
     let (dir, gguf) = tiny_gguf();
     let adapter = dir.path().join("support");
     write_adapter(&gguf, &adapter, 2);
-    let catalog = hone_serve::BaseModels::new(vec![hone_model::registry::ResolvedModel {
-        id: BASE.into(),
-        source: hone_model::registry::ModelSource::Gguf(gguf.clone()),
-    }])
-    .unwrap()
-    .with_adapters(&[format!("support={}", adapter.display())])
-    .unwrap();
+    let catalog = tiny_catalog(&gguf)
+        .with_adapters(&[format!("support={}", adapter.display())])
+        .unwrap();
     let chat = tiny_chat(&gguf, 2);
     let mut engines = Engines::with_base_models([BASE]).chat(chat.clone(), 4);
     engines.catalog = Arc::new(catalog);

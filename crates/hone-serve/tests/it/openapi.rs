@@ -114,3 +114,17 @@ async fn the_spec_declares_bearer_auth_on_v1_only() {
         "path"
     );
 }
+
+#[tokio::test]
+async fn the_spec_names_every_error_code() {
+    let t = TestApp::new();
+    let spec = t.get("/openapi.json").await.json();
+    let errors = spec["paths"]["/v1/fine_tuning/jobs"]["post"]["responses"]["default"]
+        ["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for code in hone_serve::ErrorCode::ALL {
+        assert!(errors.contains(code.as_str()), "{code} missing: {errors}");
+    }
+}

@@ -7,202 +7,36 @@
 //! answer, so the rules of which transition is allowed live in one place
 //! and two transitions never race.
 //!
-//! Training itself is delegated to a [`TrainingEngine`] (hone-train's, in
-//! [`crate::training`]), run on a thread per job (at most
+//! A new job is first validated (`worker/validate.rs`: its files and "auto"
+//! hyperparameters). Training itself is delegated to a [`TrainingEngine`]
+//! (hone-train's, in [`crate::training`]), run on a thread per job (at most
 //! `max_concurrent_jobs` at once) so that the worker keeps answering while
-//! jobs train. The engine reports progress through [`JobContext`] (events,
-//! metrics, checkpoints, result files, resolved hyperparameters) and polls
-//! [`JobContext::stop_requested`] to stop cooperatively for a cancel, a
-//! pause or a shutdown, after saving a checkpoint. Without an engine, jobs
-//! are validated and then wait in `queued`.
+//! jobs train. The engine reports progress through a [`JobContext`]
+//! ([`crate::job_context`]) and polls [`JobContext::stop_requested`] to stop
+//! cooperatively for a cancel, a pause or a shutdown, after saving a
+//! checkpoint. Without an engine, jobs are validated and then wait in
+//! `queued`.
+
+mod validate;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{
-    AutoOr, AutoTag, EventLevel, EventType, FileObject, FileStatus, FileTag, FineTuningJob,
-    Hyperparameters, JobCheckpoint, JobCheckpointTag, JobError, JobStatus, MethodType, StepMetrics,
-};
+use crate::api::{ErrorCode, FineTuningJob, JobError, JobStatus};
 use crate::blobs::FsBlobStore;
-use crate::ids::{self, FineTunedName};
-use crate::store::{
-    unix_now, CheckpointRecord, FileRecord, JobUpdate, NewEvent, PageRequest, Store, StoreError,
-    StoreResult, Transition,
-};
+use crate::ids::FineTunedName;
+use crate::job_context::{StopFlag, StopReason};
+use crate::store::{NewEvent, Store, StoreError, StoreResult, Transition};
 
-/// The purpose of the metrics CSV a job produces (OpenAI's name).
-pub const RESULTS_PURPOSE: &str = "fine-tune-results";
-
-/// How a training run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TrainingOutcome {
-    /// The adapter at `adapter_path` is final.
-    Succeeded {
-        adapter_path: PathBuf,
-        trained_tokens: u64,
-        /// Ids of files the engine stored (e.g. the metrics CSV).
-        result_files: Vec<String>,
-    },
-    /// The engine stopped because [`JobContext::stop_requested`] said so,
-    /// after saving a checkpoint to resume from.
-    Stopped,
-    /// Training failed; the error is shown on the job.
-    Failed(JobError),
-}
-
-/// Trains one job. Implemented over hone-train in [`crate::training`];
-/// blocking. A run of a job that has checkpoints must continue from the
-/// newest valid one (a pause, a crash or a shutdown interrupted it).
-pub trait TrainingEngine: Send + Sync + 'static {
-    fn train(&self, ctx: &JobContext) -> TrainingOutcome;
-}
-
-/// Why a run is asked to stop. Ordered: a stronger reason replaces a
-/// weaker one (a cancel wins over a pause, which wins over a shutdown).
-const STOP_NONE: u8 = 0;
-const STOP_SHUTDOWN: u8 = 1;
-const STOP_PAUSE: u8 = 2;
-const STOP_CANCEL: u8 = 3;
-
-/// What a training run may see and do. Everything here is progress, never a
-/// change of state: the state is the worker's.
-pub struct JobContext {
-    pub job: FineTuningJob,
-    /// The training file's content on disk.
-    pub training_file: PathBuf,
-    pub validation_file: Option<PathBuf>,
-    /// `$HONE_HOME/jobs/<job-id>/`: everything the run writes goes here.
-    pub job_dir: PathBuf,
-    /// The name the final model will get; checkpoint models derive from it.
-    pub model_name: FineTunedName,
-    store: Arc<dyn Store>,
-    blobs: FsBlobStore,
-    stop: Arc<AtomicU8>,
-}
-
-impl JobContext {
-    /// Whether the run should save a checkpoint and return
-    /// [`TrainingOutcome::Stopped`] (cancel, pause or shutdown was asked).
-    pub fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::SeqCst) != STOP_NONE
-    }
-
-    /// Records a message event.
-    pub fn message(&self, level: EventLevel, message: impl Into<String>) -> StoreResult<()> {
-        let e = NewEvent {
-            level,
-            kind: EventType::Message,
-            message: message.into(),
-            data: None,
-        };
-        self.store.add_event(&self.job.id, &e).map(|_| ())
-    }
-
-    /// The highest step that already has a metrics event: steps up to it are
-    /// being redone after a crash or a pause (resume restarts from the last
-    /// checkpoint), and their metrics are not recorded twice. Only recent
-    /// events are read (newest first), which always hold the last metrics.
-    pub fn last_recorded_step(&self) -> u64 {
-        let Ok(page) = self
-            .store
-            .list_events(&self.job.id, &PageRequest::first(200))
-        else {
-            return 0;
-        };
-        page.data
-            .iter()
-            .filter(|e| e.kind == EventType::Metrics)
-            .filter_map(|e| e.data.as_ref()?.get("step")?.as_u64())
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Records a metrics event ("Step 12/300: training loss=…").
-    pub fn metrics(&self, m: &StepMetrics) -> StoreResult<()> {
-        let mut msg = match (m.step, m.total_steps) {
-            (Some(s), Some(t)) => format!("Step {s}/{t}"),
-            (Some(s), None) => format!("Step {s}"),
-            _ => "Metrics".to_string(),
-        };
-        if let Some(l) = m.train_loss {
-            msg.push_str(&format!(": training loss={l:.4}"));
-        }
-        if let Some(l) = m.valid_loss {
-            msg.push_str(&format!(", validation loss={l:.4}"));
-        }
-        let data = serde_json::to_value(m).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let e = NewEvent {
-            level: EventLevel::Info,
-            kind: EventType::Metrics,
-            message: msg,
-            data: Some(data),
-        };
-        self.store.add_event(&self.job.id, &e).map(|_| ())
-    }
-
-    /// Registers a committed checkpoint (its adapter directory already in
-    /// place, and kept as long as the job); from now on it is a model
-    /// usable in chat.
-    pub fn checkpoint(
-        &self,
-        step: u64,
-        adapter_path: PathBuf,
-        metrics: StepMetrics,
-    ) -> StoreResult<JobCheckpoint> {
-        let checkpoint = JobCheckpoint {
-            id: ids::checkpoint_id(),
-            object: JobCheckpointTag,
-            created_at: unix_now(),
-            fine_tuned_model_checkpoint: self.model_name.at_step(step).to_string(),
-            fine_tuning_job_id: self.job.id.clone(),
-            step_number: step,
-            metrics,
-        };
-        self.store.add_checkpoint(&CheckpointRecord {
-            checkpoint: checkpoint.clone(),
-            adapter_path,
-        })?;
-        Ok(checkpoint)
-    }
-
-    /// Updates progress fields (resolved hyperparameters, tokens, ETA).
-    pub fn update(&self, u: &JobUpdate) -> StoreResult<FineTuningJob> {
-        self.store.update_job(&self.job.id, u)
-    }
-
-    /// Stores a file the run produced (the metrics CSV) as a file object
-    /// with purpose `fine-tune-results`, so clients download it with
-    /// `GET /v1/files/{id}/content`. The content is committed before the
-    /// record, so a listed file always has its bytes.
-    pub fn store_result_file(&self, filename: &str, src: &Path) -> StoreResult<FileObject> {
-        let id = ids::file_id();
-        let blob = self
-            .blobs
-            .put_file_blocking(&id, src)
-            .map_err(|e| StoreError::Backend(format!("storing {filename}: {e}")))?;
-        let object = FileObject {
-            id,
-            object: FileTag,
-            bytes: blob.bytes,
-            created_at: unix_now(),
-            filename: filename.to_string(),
-            purpose: RESULTS_PURPOSE.to_string(),
-            status: FileStatus::Processed,
-            status_details: None,
-            expires_at: None,
-        };
-        self.store.insert_file(&FileRecord {
-            object: object.clone(),
-            sha256: blob.sha256,
-        })?;
-        Ok(object)
-    }
-}
+// `crate::training` still imports these three from here. Their homes are
+// `crate::engines` and `crate::job_context`: once it imports them from
+// there, these become a plain `use`.
+pub use crate::engines::{TrainingEngine, TrainingOutcome};
+pub use crate::job_context::JobContext;
 
 /// A request from the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +106,7 @@ pub struct WorkerConfig {
 
 struct Running {
     job_id: String,
-    stop: Arc<AtomicU8>,
+    stop: StopFlag,
     waiting: Vec<Reply>,
 }
 
@@ -348,9 +182,9 @@ impl Worker {
 
     fn command(&mut self, id: &str, c: Command, reply: Reply) {
         if let Some(run) = self.running.iter_mut().find(|r| r.job_id == id) {
-            let flag = match c {
-                Command::Cancel => STOP_CANCEL,
-                Command::Pause => STOP_PAUSE,
+            let reason = match c {
+                Command::Cancel => StopReason::Cancel,
+                Command::Pause => StopReason::Pause,
                 Command::Resume => {
                     let job = self.cfg.store.get_job(id);
                     let _ = reply.send(job.and_then(|j| {
@@ -363,7 +197,7 @@ impl Worker {
                     return;
                 }
             };
-            let _ = run.stop.fetch_max(flag, Ordering::SeqCst);
+            run.stop.request(reason);
             run.waiting.push(reply);
             return;
         }
@@ -378,7 +212,7 @@ impl Worker {
     /// Stops taking jobs and asks every running job to checkpoint and stop.
     fn drain(&mut self, reply: oneshot::Sender<()>) {
         for run in &self.running {
-            let _ = run.stop.fetch_max(STOP_SHUTDOWN, Ordering::SeqCst);
+            run.stop.request(StopReason::Shutdown);
         }
         self.draining.get_or_insert_with(Vec::new).push(reply);
     }
@@ -507,7 +341,7 @@ impl Worker {
             job_dir,
             store: self.cfg.store.clone(),
             blobs: self.cfg.blobs.clone(),
-            stop: Arc::new(AtomicU8::new(STOP_NONE)),
+            stop: StopFlag::default(),
             job,
         })
     }
@@ -519,9 +353,7 @@ impl Worker {
             .iter()
             .position(|r| r.job_id == id)
             .map(|i| self.running.swap_remove(i));
-        let stop = run
-            .as_ref()
-            .map_or(STOP_NONE, |r| r.stop.load(Ordering::SeqCst));
+        let stop = run.as_ref().and_then(|r| r.stop.reason());
         let t = match outcome {
             Ok(TrainingOutcome::Succeeded {
                 adapter_path,
@@ -538,19 +370,18 @@ impl Worker {
                 Err(e) => Transition::Fail(internal_error(&e.to_string())),
             },
             Ok(TrainingOutcome::Stopped) => match stop {
-                STOP_CANCEL => Transition::Cancel,
-                STOP_PAUSE => Transition::Pause,
+                Some(StopReason::Cancel) => Transition::Cancel,
+                Some(StopReason::Pause) => Transition::Pause,
                 _ => Transition::Drain,
             },
             Ok(TrainingOutcome::Failed(e)) => Transition::Fail(e),
-            Err(panic) => Transition::Fail(JobError {
-                code: "internal_error".into(),
-                message: format!(
+            Err(panic) => Transition::Fail(JobError::new(
+                ErrorCode::InternalError,
+                format!(
                     "The trainer crashed (a bug in hone, not in your data): {panic}. \
                      The server kept running; you can create the job again."
                 ),
-                param: None,
-            }),
+            )),
         };
         let result = self.transition(id, &t);
         for reply in run.map(|r| r.waiting).unwrap_or_default() {
@@ -566,136 +397,11 @@ impl Worker {
             &job.id,
             &NewEvent::info(format!("Validating training file: {}", job.training_file)),
         );
-        let t = match self.check_files(job) {
+        let t = match validate::check_files(self.store(), &self.cfg.blobs, job) {
             Ok(()) => Transition::Queue,
             Err(e) => Transition::Fail(e),
         };
         let _ = self.transition(&job.id, &t);
-    }
-
-    fn check_files(&self, job: &FineTuningJob) -> Result<(), JobError> {
-        let method = match job.method.kind {
-            MethodType::Dpo => hone_data::Method::Dpo,
-            _ => hone_data::Method::Sft,
-        };
-        let opts = hone_data::ValidateOptions {
-            method: Some(method),
-            ..Default::default()
-        };
-        let train = self.report(&job.training_file, &opts, "training_file")?;
-        if train.n_examples < hone_data::MIN_EXAMPLES {
-            return Err(JobError {
-                code: "invalid_n_examples".into(),
-                message: format!(
-                    "The training file has {} valid examples; at least {} are required.",
-                    train.n_examples,
-                    hone_data::MIN_EXAMPLES
-                ),
-                param: Some("training_file".into()),
-            });
-        }
-        if let Some(v) = &job.validation_file {
-            self.report(v, &opts, "validation_file")?;
-        }
-        self.resolve_auto(job, method, &train)
-    }
-
-    /// Validates one file; any error (other than too few examples, which
-    /// the caller judges) fails the job with every problem listed.
-    fn report(
-        &self,
-        file_id: &str,
-        opts: &hone_data::ValidateOptions,
-        param: &str,
-    ) -> Result<hone_data::Report, JobError> {
-        let invalid = |message: String| JobError {
-            code: format!("invalid_{param}"),
-            message,
-            param: Some(param.into()),
-        };
-        let path = self
-            .cfg
-            .blobs
-            .path(file_id)
-            .map_err(|e| invalid(e.to_string()))?;
-        let report = hone_data::validate_file(&path, opts, None)
-            .map_err(|e| invalid(format!("File {file_id} cannot be read: {e}")))?;
-        let errors: Vec<String> = report
-            .errors
-            .iter()
-            .filter(|i| i.code != hone_data::Code::InvalidNExamples)
-            .map(|i| {
-                let p = crate::engines::FileProblem {
-                    line: i.line,
-                    message: i.message,
-                    code: i.code.as_str().into(),
-                    text: i.text.clone(),
-                };
-                p.to_string()
-            })
-            .collect();
-        if !errors.is_empty() {
-            return Err(invalid(format!(
-                "File {file_id} has {} error(s):\n{}",
-                errors.len(),
-                errors.join("\n")
-            )));
-        }
-        Ok(report)
-    }
-
-    fn resolve_auto(
-        &self,
-        job: &FineTuningJob,
-        method: hone_data::Method,
-        train: &hone_data::Report,
-    ) -> Result<(), JobError> {
-        let h = job.hyperparameters;
-        let overrides = hone_data::hparams::Overrides {
-            n_epochs: h.n_epochs.value(),
-            batch_size: h.batch_size.value(),
-            learning_rate_multiplier: h.learning_rate_multiplier.value(),
-            beta: h.beta.and_then(|b| b.value()),
-        };
-        let mean_tokens = train
-            .stats
-            .tokens
-            .as_ref()
-            .map(|t| t.total_tokens as f64 / train.n_examples.max(1) as f64);
-        let input = hone_data::hparams::AutoInput {
-            method,
-            n_examples: train.n_examples,
-            mean_tokens_per_example: mean_tokens,
-            model_params: None,
-        };
-        let r = hone_data::hparams::resolve_auto(&input, &overrides).map_err(|e| JobError {
-            code: "invalid_hyperparameters".into(),
-            message: e.to_string(),
-            param: Some("hyperparameters".into()),
-        })?;
-        let resolved = Hyperparameters {
-            n_epochs: AutoOr::Value(r.n_epochs),
-            batch_size: AutoOr::Value(r.batch_size),
-            learning_rate_multiplier: AutoOr::Value(r.learning_rate_multiplier),
-            beta: r.beta.map(AutoOr::Value),
-        };
-        let _ = self.store().update_job(
-            &job.id,
-            &JobUpdate {
-                hyperparameters: Some(resolved),
-                ..Default::default()
-            },
-        );
-        let why: Vec<String> = r
-            .reasons
-            .iter()
-            .map(|x| format!("{}={} ({})", x.param, x.value, x.why))
-            .collect();
-        let _ = self.store().add_event(
-            &job.id,
-            &NewEvent::info(format!("Hyperparameters: {}", why.join("; "))),
-        );
-        Ok(())
     }
 }
 
@@ -713,22 +419,8 @@ pub fn model_name_for(job: &FineTuningJob, org: &str) -> FineTunedName {
     }
 }
 
-/// The hyperparameters a new job shows before the worker resolves them.
-pub fn requested(h: Option<Hyperparameters>) -> Hyperparameters {
-    h.unwrap_or(Hyperparameters {
-        n_epochs: AutoOr::Auto(AutoTag),
-        batch_size: AutoOr::Auto(AutoTag),
-        learning_rate_multiplier: AutoOr::Auto(AutoTag),
-        beta: None,
-    })
-}
-
 fn internal_error(detail: &str) -> JobError {
-    JobError {
-        code: "internal_error".into(),
-        message: detail.to_string(),
-        param: None,
-    }
+    JobError::new(ErrorCode::InternalError, detail)
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {

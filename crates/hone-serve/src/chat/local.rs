@@ -1,0 +1,262 @@
+//! [`LocalChat`], the real chat backend: hone-model's [`ChatEngine`] over the
+//! base models of the catalog, with an LRU cache of adapters.
+//!
+//! Why the catalog and nothing else: `/v1/models`, job creation, the
+//! trainer and chat must agree on what a base model id means, so the weights
+//! of base `id` are the ones [`BaseModels`] resolved at start. A stored
+//! `ft:` model whose base is no longer in the catalog answers
+//! `model_unavailable`, rather than chat quietly loading some other file.
+//!
+//! Why one base and many adapters: a LoRA adapter is a few MB next to a base
+//! of hundreds. Each base is loaded once (packed weights, the serving path
+//! measured faithful to f32). An adapter is loaded onto a clone of the base's
+//! model *handle* (its weights are reference-counted, so nothing is copied)
+//! and kept, as a ready engine, in an LRU cache. Requests on different
+//! adapters therefore run side by side on one base, and every request
+//! generates through [`ChatEngine::generate_ids`], like `hone chat`.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hone_model::generate::{Generation, GenerationParams};
+use hone_model::{ChatEngine, ModelError, WeightPath, SERVING_WEIGHTS};
+use hone_text::ChatMessage;
+
+use super::backend::{ChatBackend, ChatError, ChatTarget};
+use crate::catalog::BaseModels;
+
+/// Adapters kept in memory by default (`--max-adapters`).
+pub const DEFAULT_MAX_ADAPTERS: usize = 8;
+
+/// Options of [`LocalChat`].
+#[derive(Debug, Clone)]
+pub struct LocalChatOptions {
+    /// Adapters kept in memory (LRU); at least 1.
+    pub max_adapters: usize,
+    /// The weight path bases are loaded with.
+    pub weights: WeightPath,
+}
+
+impl Default for LocalChatOptions {
+    fn default() -> Self {
+        LocalChatOptions {
+            max_adapters: DEFAULT_MAX_ADAPTERS,
+            weights: SERVING_WEIGHTS,
+        }
+    }
+}
+
+/// The real backend: the catalog's base models, each loaded once (on first
+/// use, or given at start), and adapted engines from an LRU cache.
+pub struct LocalChat {
+    catalog: Arc<BaseModels>,
+    options: LocalChatOptions,
+    bases: Mutex<HashMap<String, Arc<ChatEngine>>>,
+    adapters: Mutex<Lru<Arc<ChatEngine>>>,
+    adapter_loads: AtomicU64,
+}
+
+impl LocalChat {
+    /// Serves the base models of `catalog` (the same catalog the server lists
+    /// and trains from), each loaded on first use; load them at start with
+    /// [`LocalChat::preload`] or [`LocalChat::with_base`].
+    pub fn new(catalog: Arc<BaseModels>, options: LocalChatOptions) -> Self {
+        let cap = options.max_adapters.max(1);
+        LocalChat {
+            catalog,
+            options,
+            bases: Mutex::new(HashMap::new()),
+            adapters: Mutex::new(Lru::new(cap)),
+            adapter_loads: AtomicU64::new(0),
+        }
+    }
+
+    /// Uses an already loaded engine for catalog base `id` (`hone serve`
+    /// loads every base at start to check its adapters). An id the catalog
+    /// does not have is never served.
+    pub fn with_base(self, id: impl Into<String>, engine: ChatEngine) -> Self {
+        lock(&self.bases).insert(id.into(), Arc::new(engine));
+        self
+    }
+
+    /// Loads base `id` now (e.g. at startup, so the first request is fast
+    /// and a broken model is reported before serving).
+    pub fn preload(&self, id: &str) -> Result<(), ChatError> {
+        self.base(id).map(|_| ())
+    }
+
+    /// How many times an adapter was read from disk (cache misses).
+    pub fn adapter_loads(&self) -> u64 {
+        self.adapter_loads.load(Ordering::SeqCst)
+    }
+
+    /// Adapter directories in the cache, least recently used first.
+    pub fn cached_adapters(&self) -> Vec<PathBuf> {
+        lock(&self.adapters)
+            .entries
+            .iter()
+            .map(|(k, _)| k.1.clone())
+            .collect()
+    }
+
+    /// The loaded base `id`, loading it from the catalog on first use. The
+    /// lock is held while loading, so two first requests do not load it
+    /// twice.
+    fn base(&self, id: &str) -> Result<Arc<ChatEngine>, ChatError> {
+        let unavailable = |reason: String| ChatError::ModelUnavailable {
+            model: id.to_string(),
+            reason,
+        };
+        let resolved = self
+            .catalog
+            .source(id)
+            .ok_or_else(|| unavailable("it is not a base model of this server".into()))?;
+        let mut bases = lock(&self.bases);
+        if let Some(e) = bases.get(id) {
+            return Ok(e.clone());
+        }
+        tracing::info!(model = id, path = %resolved.source.path().display(), "loading base model");
+        let engine = ChatEngine::load(resolved, self.options.weights)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let engine = Arc::new(engine);
+        bases.insert(id.to_string(), engine.clone());
+        Ok(engine)
+    }
+
+    /// `base` with the adapter at `dir` attached, from the cache or from disk.
+    fn adapted(
+        &self,
+        target: &ChatTarget,
+        base: &ChatEngine,
+        dir: &Path,
+    ) -> Result<Arc<ChatEngine>, ChatError> {
+        let key = (target.base.clone(), dir.to_path_buf());
+        if let Some(engine) = lock(&self.adapters).get(&key) {
+            return Ok(engine);
+        }
+        // Read outside the lock: other requests keep using cached adapters.
+        let engine =
+            Arc::new(
+                load_adapter(base, dir).map_err(|e| ChatError::ModelUnavailable {
+                    model: target.model.clone(),
+                    reason: format!("adapter {}: {e}", dir.display()),
+                })?,
+            );
+        self.adapter_loads.fetch_add(1, Ordering::SeqCst);
+        lock(&self.adapters).put(key, engine.clone());
+        Ok(engine)
+    }
+}
+
+impl ChatBackend for LocalChat {
+    fn generate(
+        &self,
+        target: &ChatTarget,
+        messages: &[ChatMessage],
+        params: &GenerationParams,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation, ChatError> {
+        let base = self.base(&target.base)?;
+        let prompt = base
+            .encode_prompt(messages, None)
+            .map_err(|e| ChatError::InvalidPrompt(e.to_string()))?;
+        let engine = match &target.adapter {
+            None => base,
+            Some(dir) => self.adapted(target, &base, dir)?,
+        };
+        engine
+            .generate_ids(&prompt, params, on_text)
+            .map_err(gen_err)
+    }
+}
+
+fn gen_err(e: ModelError) -> ChatError {
+    match e {
+        ModelError::ContextOverflow { needed, max } => ChatError::ContextOverflow { needed, max },
+        ModelError::Text(m) => ChatError::InvalidPrompt(m),
+        other => ChatError::Generation(other.to_string()),
+    }
+}
+
+/// An engine for `base` with the PEFT adapter at `dir` attached: a clone of
+/// the base's model handle (the base weights are shared, not copied; the
+/// base itself stays bare), which checks every shape against the base, and
+/// a copy of its tokenizer (the engine owns one; a few MB, once per cached
+/// adapter, never per request).
+fn load_adapter(base: &ChatEngine, dir: &Path) -> Result<ChatEngine, ModelError> {
+    let mut model = base.model.clone();
+    let cfg = hone_model::load_peft_adapter(&mut model, dir)?;
+    if let Some(b) = cfg.base_model_name_or_path.as_deref() {
+        if !b.is_empty() && b != base.id {
+            tracing::debug!(adapter = %dir.display(), trained_on = b, base = %base.id,
+                "adapter names another base model id");
+        }
+    }
+    Ok(ChatEngine {
+        id: base.id.clone(),
+        model,
+        tokenizer: base.tokenizer.clone(),
+    })
+}
+
+/// (base id, adapter directory): what an adapted engine is cached under.
+type AdapterKey = (String, PathBuf);
+
+/// A small LRU (of adapted engines): few entries, so a vector (most recent
+/// last) is plenty.
+struct Lru<V> {
+    cap: usize,
+    entries: Vec<(AdapterKey, V)>,
+}
+
+impl<V: Clone> Lru<V> {
+    fn new(cap: usize) -> Self {
+        Lru {
+            cap,
+            entries: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, key: &AdapterKey) -> Option<V> {
+        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        let e = self.entries.remove(i);
+        let v = e.1.clone();
+        self.entries.push(e);
+        Some(v)
+    }
+
+    fn put(&mut self, key: AdapterKey, v: V) {
+        self.entries.retain(|(k, _)| *k != key);
+        self.entries.push((key, v));
+        while self.entries.len() > self.cap {
+            self.entries.remove(0);
+        }
+    }
+}
+
+/// Locks, recovering from a poisoned mutex: a panic in one request must not
+/// take chat down for every later one (the data stays consistent: each
+/// critical section only inserts whole entries).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_evicts_the_least_recently_used() {
+        let mut lru = Lru::new(2);
+        let k = |s: &str| (String::from("b"), PathBuf::from(s));
+        lru.put(k("a"), 1);
+        lru.put(k("b"), 2);
+        assert_eq!(lru.get(&k("a")), Some(1));
+        lru.put(k("c"), 3);
+        assert!(lru.get(&k("b")).is_none());
+        assert!(lru.get(&k("a")).is_some() && lru.get(&k("c")).is_some());
+    }
+}

@@ -1,0 +1,28 @@
+//! Chat completions, everything but HTTP (the handler is `routes/chat.rs`):
+//!
+//! - [`backend`]: the engine seam ([`ChatBackend`]: one blocking `generate`
+//!   call for one choice), what a request generates with ([`ChatTarget`]),
+//!   and why it can fail ([`ChatError`], mapped to API errors);
+//! - [`plan`](mod@plan): checks a request and turns it into a [`ChatPlan`] (sampling
+//!   defaults, limits, fields refused by name);
+//! - [`admission`]: [`ChatService`], the backend behind a bounded number of
+//!   slots (over that, an immediate 429);
+//! - [`run`]: [`run_choices`], the loop over the `n` choices of a plan, with
+//!   cancellation when the client goes away;
+//! - [`local`]: [`LocalChat`], the real backend over hone-model, with the
+//!   base models of the catalog and an LRU cache of adapters.
+//!
+//! Everything is re-exported here for callers outside (`crate::chat::X`);
+//! the files import each other directly, so none depends on this one.
+
+pub mod admission;
+pub mod backend;
+pub mod local;
+pub mod plan;
+pub mod run;
+
+pub use admission::{default_max_concurrent_chats, ChatService, RETRY_AFTER_SECS};
+pub use backend::{ChatBackend, ChatError, ChatTarget};
+pub use local::{LocalChat, LocalChatOptions, DEFAULT_MAX_ADAPTERS};
+pub use plan::{plan, ChatPlan, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_CHOICES, MAX_STOP};
+pub use run::{run_choices, CancelFlag, CancelOnDrop, ChatEvent, ChatRun, ChoiceOutput};

@@ -1,0 +1,232 @@
+//! Running a checked request: [`run_choices`] generates the `n` choices of
+//! a [`ChatPlan`] one after the other (choice `i` with seed `seed + i`),
+//! reports text and finishes as [`ChatEvent`]s, and counts tokens. The
+//! handler turns the events into one JSON answer or SSE chunks.
+//!
+//! A client that goes away must not keep a core busy: the handler holds a
+//! [`CancelOnDrop`] guard, and generation checks the [`CancelFlag`] at every
+//! piece of text.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hone_model::generate::FinishReason as GenFinish;
+
+use super::backend::{ChatBackend, ChatError, ChatTarget};
+use super::plan::ChatPlan;
+use crate::api::{FinishReason, Usage};
+
+/// One event of a run, in order: the text of choice `index` as it is
+/// decoded, then its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    Text { index: u32, text: String },
+    Finish { index: u32, reason: FinishReason },
+}
+
+/// One finished choice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+/// All choices of a request and their token counts (the prompt is
+/// counted once, as OpenAI does for `n > 1`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRun {
+    pub choices: Vec<ChoiceOutput>,
+    pub usage: Usage,
+}
+
+/// Set when the client is gone: generation stops at the next token.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// A guard that cancels when dropped: held by the handler's future or
+    /// the response stream, so a disconnect (which drops them) cancels.
+    pub fn guard(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+/// Cancels its flag when dropped.
+#[derive(Debug)]
+pub struct CancelOnDrop(CancelFlag);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Generates the `n` choices of `plan` one after the other (choice `i` with
+/// seed `seed + i`), reporting events through `emit`. Blocking. Stops early
+/// when `cancel` is set or `emit` breaks.
+pub fn run_choices(
+    backend: &dyn ChatBackend,
+    target: &ChatTarget,
+    plan: &ChatPlan,
+    cancel: &CancelFlag,
+    emit: &mut dyn FnMut(ChatEvent) -> ControlFlow<()>,
+) -> Result<ChatRun, ChatError> {
+    let mut choices = Vec::with_capacity(plan.n as usize);
+    let mut usage = Usage::default();
+    for index in 0..plan.n {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let mut params = plan.params.clone();
+        params.seed = params.seed.wrapping_add(index as u64);
+        let mut stopped = false;
+        let mut on_text = |text: &str| {
+            if cancel.is_cancelled() {
+                stopped = true;
+                return ControlFlow::Break(());
+            }
+            let flow = emit(ChatEvent::Text {
+                index,
+                text: text.to_string(),
+            });
+            stopped |= flow.is_break();
+            flow
+        };
+        let g = backend.generate(target, &plan.messages, &params, &mut on_text)?;
+        let finish_reason = match g.finish_reason {
+            GenFinish::Stop => FinishReason::Stop,
+            GenFinish::Length => FinishReason::Length,
+        };
+        if index == 0 {
+            usage.prompt_tokens = count(g.prompt_tokens);
+        }
+        usage.completion_tokens = usage
+            .completion_tokens
+            .saturating_add(count(g.completion_tokens));
+        choices.push(ChoiceOutput {
+            text: g.text,
+            finish_reason,
+        });
+        if stopped
+            || emit(ChatEvent::Finish {
+                index,
+                reason: finish_reason,
+            })
+            .is_break()
+        {
+            break;
+        }
+    }
+    usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+    Ok(ChatRun { choices, usage })
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use hone_model::generate::{Generation, GenerationParams};
+    use hone_text::ChatMessage;
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::ChatCompletionRequest;
+    use crate::chat::plan::plan;
+
+    fn with(extra: serde_json::Value) -> ChatCompletionRequest {
+        let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Echoes the seed and counts calls; says "stop" after `len` chars.
+    struct Echo;
+
+    impl ChatBackend for Echo {
+        fn generate(
+            &self,
+            _: &ChatTarget,
+            messages: &[ChatMessage],
+            params: &GenerationParams,
+            on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        ) -> Result<Generation, ChatError> {
+            let text = format!("{}#{}", messages[0].content, params.seed);
+            let mut out = String::new();
+            for c in text.chars() {
+                if on_text(&c.to_string()).is_break() {
+                    break;
+                }
+                out.push(c);
+            }
+            Ok(Generation {
+                completion_tokens: out.len(),
+                text: out,
+                token_ids: vec![],
+                finish_reason: GenFinish::Stop,
+                prompt_tokens: 3,
+            })
+        }
+    }
+
+    fn target() -> ChatTarget {
+        ChatTarget {
+            model: "m".into(),
+            base: "m".into(),
+            adapter: None,
+        }
+    }
+
+    #[test]
+    fn run_choices_seeds_each_choice_and_counts_the_prompt_once() {
+        let mut p = plan(&with(json!({"n": 2, "seed": 10}))).unwrap();
+        p.messages[0].content = "ab".into();
+        let mut events = Vec::new();
+        let run = run_choices(&Echo, &target(), &p, &CancelFlag::default(), &mut |e| {
+            events.push(e);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let texts: Vec<_> = run.choices.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, vec!["ab#10", "ab#11"]);
+        assert_eq!(run.usage.prompt_tokens, 3);
+        assert_eq!(run.usage.completion_tokens, 10);
+        assert_eq!(run.usage.total_tokens, 13);
+        assert_eq!(
+            events.last(),
+            Some(&ChatEvent::Finish {
+                index: 1,
+                reason: FinishReason::Stop
+            })
+        );
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_generating() {
+        let p = plan(&with(json!({"n": 3}))).unwrap();
+        let cancel = CancelFlag::default();
+        let mut pieces = 0;
+        let run = run_choices(&Echo, &target(), &p, &cancel, &mut |_| {
+            pieces += 1;
+            if pieces == 2 {
+                cancel.cancel();
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(run.choices.len(), 1);
+        assert_eq!(run.choices[0].text, "hi");
+        drop(cancel.guard());
+        assert!(cancel.is_cancelled());
+    }
+}
