@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hone_model::registry::Registry;
 use hone_model::ChatEngine;
 use hone_serve::chat::{LocalChat, LocalChatOptions};
 use hone_serve::{
@@ -76,7 +75,7 @@ fn chat_backend(config: &ServeConfig, models: &BaseModels) -> anyhow::Result<Loc
     };
     let weights = options.weights;
     hone_model::prefer_single_threaded_quantized_kernels(weights);
-    let mut chat = LocalChat::new(Registry::new(&config.home), options);
+    let mut chat = LocalChat::new(Arc::new(models.clone()), options);
     for m in models.iter() {
         let engine = ChatEngine::load(&m.resolved, weights).with_context(|| {
             format!(
