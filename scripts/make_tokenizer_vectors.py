@@ -95,13 +95,17 @@ def specials(tok):
     }
 
 
-def chat_cases(tok):
+def chat_cases(tok, template=None):
+    """Renders CHAT with the file's template, or with `template` (hone's
+    fallback for a file that has none)."""
     out = []
-    if not tok.chat_template:
+    if not (template or tok.chat_template):
         return out
     for messages in CHAT:
         for add in (False, True):
-            rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add)
+            rendered = tok.apply_chat_template(
+                messages, chat_template=template, tokenize=False, add_generation_prompt=add
+            )
             out.append({"messages": messages, "add_generation_prompt": add, "rendered": rendered})
     return out
 
@@ -114,7 +118,11 @@ def write_json(name, data):
     print("wrote", path)
 
 
-def real(path, name, extra):
+# hone's template for a Gemma file without one (Gemma 3 instruct's own).
+GEMMA3_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "hone-text", "src", "templates", "gemma3.jinja")
+
+
+def real(path, name, extra, template=None):
     tok = load(path)
     write_json(
         name,
@@ -125,7 +133,7 @@ def real(path, name, extra):
             **specials(tok),
             **extra(tok),
             "tokenizer": cases(tok, CORPUS),
-            "chat_template": chat_cases(tok),
+            "chat_template": chat_cases(tok, template),
         },
     )
 
@@ -240,8 +248,10 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     real(a.qwen, "qwen2.5-coder-0.5b-instruct.json",
          lambda t: {"eot": t.convert_tokens_to_ids("<|im_end|>")})
+    with open(GEMMA3_TEMPLATE, encoding="utf-8") as f:
+        gemma_template = f.read()
     real(a.gemma, "gemma-3-270m.json",
-         lambda t: {"eot": t.convert_tokens_to_ids("<end_of_turn>")})
+         lambda t: {"eot": t.convert_tokens_to_ids("<end_of_turn>")}, gemma_template)
     synthetic_bpe()
     synthetic_spm(a.gemma)
 

@@ -121,6 +121,31 @@ fn gemma_vocab_matches_transformers_on_a_cut_down_vocab() {
     assert_eq!(t.decode(&ids).unwrap(), "ǅ");
 }
 
+/// Every `chat_template` case renders byte for byte as transformers does.
+fn assert_renders_like_transformers(ct: &ChatTokenizer, v: &Value) {
+    let cases = v["chat_template"].as_array().expect("chat_template cases");
+    assert!(!cases.is_empty());
+    for case in cases {
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let add = case["add_generation_prompt"].as_bool().unwrap();
+        let rendered = ct.template.render(&messages, add, None).unwrap();
+        assert_eq!(rendered, case["rendered"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn a_gemma_file_without_a_template_gets_gemma3s() {
+    // The synthetic file, like the real gemma-3-270m, has no template; the
+    // reference renders are Gemma 3's template through transformers.
+    let ct = ChatTokenizer::from_gguf(testdata("synthetic-spm.gguf")).unwrap();
+    assert!(ct.template.source().contains("<start_of_turn>"));
+    assert_renders_like_transformers(&ct, &vectors("gemma-3-270m.json"));
+    let msgs = [ChatMessage::new(hone_text::Role::User, "Hi")];
+    let ids = ct.encode_prompt(&msgs, None).unwrap();
+    assert_eq!(ids[0], ct.tokenizer.bos_id().unwrap());
+    assert!(ids.contains(&ct.tokenizer.token_to_id("<start_of_turn>").unwrap()));
+}
+
 #[test]
 fn unknown_tokenizer_model_names_it_and_the_supported_ones() {
     let mut content = synthetic_bpe("llama-bpe");
@@ -184,24 +209,18 @@ fn qwen2_5_coder_tokenizer_and_template_match_transformers() {
         "qwen2.5-coder-0.5b-instruct.json",
     );
     assert_eq!(ct.tokenizer.stop_token_texts()[0], "<|im_end|>");
-    let cases = v["chat_template"].as_array().unwrap();
-    assert!(!cases.is_empty());
-    for case in cases {
-        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
-        let add = case["add_generation_prompt"].as_bool().unwrap();
-        let rendered = ct.template.render(&messages, add, None).unwrap();
-        assert_eq!(rendered, case["rendered"].as_str().unwrap());
-    }
+    assert_renders_like_transformers(&ct, &v);
 }
 
 #[test]
 #[ignore = "needs the Gemma 3 270M GGUF (HONE_TEST_GEMMA_GGUF or HONE_HOME)"]
 fn gemma3_tokenizer_matches_transformers() {
-    let (ct, _) = check_real(
+    let (ct, v) = check_real(
         "HONE_TEST_GEMMA_GGUF",
         "gemma-3-270m-q4_k_m.gguf",
         "gemma-3-270m.json",
     );
+    assert_renders_like_transformers(&ct, &v);
     let t = &ct.tokenizer;
     assert_eq!(t.token_to_id("<end_of_turn>"), Some(106));
     assert_eq!(t.stop_token_ids(), &[1, 106]);
