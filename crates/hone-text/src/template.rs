@@ -20,6 +20,11 @@ use crate::json::python_json;
 /// template. It is the format SmolLM, Qwen and many others were tuned on.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma 3's own template (from google/gemma-3 instruct's
+/// tokenizer_config.json), for a Gemma GGUF that ships none, as the base
+/// gemma-3-270m does: ChatML's markers are not tokens in Gemma's vocabulary.
+pub const GEMMA3_TEMPLATE: &str = include_str!("templates/gemma3.jinja");
+
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// A compiled chat template plus the special-token strings it may use.
@@ -64,12 +69,17 @@ impl ChatTemplate {
         self
     }
 
-    /// The template of a GGUF file (`tokenizer.chat_template`), or ChatML if
-    /// it has none.
+    /// The template of a GGUF file (`tokenizer.chat_template`). A file with
+    /// none gets [`GEMMA3_TEMPLATE`] for a Gemma architecture, else ChatML.
     pub fn from_gguf_content(content: &Content, bos_token: &str, eos_token: &str) -> Result<Self> {
-        match gguf::get_opt_string(content, "tokenizer.chat_template")? {
-            Some(src) => Self::new(src, bos_token, eos_token),
-            None => Self::chatml(bos_token, eos_token),
+        if let Some(src) = gguf::get_opt_string(content, "tokenizer.chat_template")? {
+            return Self::new(src, bos_token, eos_token);
+        }
+        let arch = gguf::get_opt_string(content, "general.architecture")?.unwrap_or("");
+        if arch.starts_with("gemma") {
+            Self::new(GEMMA3_TEMPLATE, bos_token, eos_token)
+        } else {
+            Self::chatml(bos_token, eos_token)
         }
     }
 

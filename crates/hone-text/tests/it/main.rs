@@ -1,4 +1,5 @@
 //! Integration tests for hone-text (one binary, modules below).
 
 mod chat;
+mod families;
 mod vectors;
