@@ -209,10 +209,108 @@ def tiny_models():
                 final_logit_softcapping=8.0,
                 attn_logit_softcapping=1.5,
             ),
-            "Gemma 3 with both softcaps set (null in released Gemma 3, present in the config) "
-            "and transformers' default RoPE bases (1e6 global, 1e4 local)",
+            "Gemma 3 with final_logit_softcapping 8 and attn_logit_softcapping 1.5 (both null in "
+            "released Gemma 3; transformers' Gemma 3 ignores the attention one, so these logits do "
+            "too) and transformers' default RoPE bases (1e6 global, 1e4 local)",
         ),
     ]
+
+
+def spec_inv_freq(params: dict, dim: int, max_pos: int) -> torch.Tensor:
+    """RoPE inverse frequencies as hone_model::family::RopeSpec computes them."""
+    theta = params["rope_theta"]
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "linear":
+        return inv / params["factor"]
+    if kind == "llama3":
+        factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+        old = params.get("original_max_position_embeddings", max_pos)
+        out = []
+        for f in inv.tolist():
+            wavelen = 2 * math.pi / f
+            if wavelen < old / high:
+                out.append(f)
+            elif wavelen > old / low:
+                out.append(f / factor)
+            else:
+                smooth = (old / wavelen - low) / (high - low)
+                out.append((1 - smooth) * f / factor + smooth * f)
+        return torch.tensor(out, dtype=torch.float32)
+    assert kind == "default", kind
+    return inv
+
+
+def spec_forward(model_dir: Path, ids: list) -> torch.Tensor:
+    """The block of hone_model::family's module doc, written from config.json
+    and the safetensors alone: checks that the spec describes the families
+    completely (a step it misses would make these logits differ from
+    transformers')."""
+    from safetensors.torch import load_file
+
+    c = json.loads((model_dir / "config.json").read_text())
+    w = load_file(model_dir / "model.safetensors")
+    gemma = c["model_type"] == "gemma3_text"
+    h, nh, nkv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = c.get("head_dim") or h // nh
+    eps, offset = c["rms_norm_eps"], (1.0 if gemma else 0.0)
+    t = len(ids)
+
+    def norm(x, name):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (w[name] + offset)
+
+    def rope(x, inv):
+        ang = torch.arange(t, dtype=torch.float32)[:, None] * inv[None, :]
+        cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    rp = c["rope_parameters"]
+    if gemma:
+        inv = {k: spec_inv_freq(v, hd, c["max_position_embeddings"]) for k, v in rp.items()}
+        scale = c["query_pre_attn_scalar"] ** -0.5
+    else:
+        inv = {"full_attention": spec_inv_freq(rp, hd, c["max_position_embeddings"])}
+        scale = hd**-0.5
+    kinds = c.get("layer_types") or ["full_attention"] * c["num_hidden_layers"]
+    x = w["model.embed_tokens.weight"][ids] * (torch.tensor(h**0.5) if gemma else 1.0)
+    for i, kind in enumerate(kinds):
+        p = f"model.layers.{i}."
+        a = norm(x, p + "input_layernorm.weight")
+        proj = lambda n: a @ w[p + f"self_attn.{n}_proj.weight"].T + w.get(
+            p + f"self_attn.{n}_proj.bias", torch.zeros(())
+        )
+        q = proj("q").view(t, nh, hd).transpose(0, 1)
+        k = proj("k").view(t, nkv, hd).transpose(0, 1)
+        v = proj("v").view(t, nkv, hd).transpose(0, 1)
+        if p + "self_attn.q_norm.weight" in w:
+            q, k = norm(q, p + "self_attn.q_norm.weight"), norm(k, p + "self_attn.k_norm.weight")
+        q, k = rope(q, inv[kind]), rope(k, inv[kind])
+        k, v = k.repeat_interleave(nh // nkv, 0), v.repeat_interleave(nh // nkv, 0)
+        s = q @ k.transpose(1, 2) * scale
+        # No attn_logit_softcapping: transformers' Gemma 3 does not apply it.
+        qi, kj = torch.arange(t)[:, None], torch.arange(t)[None, :]
+        visible = kj <= qi
+        if kind == "sliding_attention":
+            visible &= kj > qi - c["sliding_window"]
+        s = s.masked_fill(~visible, float("-inf")).softmax(-1)
+        o = (s @ v).transpose(0, 1).reshape(t, nh * hd) @ w[p + "self_attn.o_proj.weight"].T
+        if gemma:
+            o = norm(o, p + "post_attention_layernorm.weight")
+        x = x + o
+        f = norm(x, p + ("pre_feedforward_layernorm.weight" if gemma else "post_attention_layernorm.weight"))
+        gate = f @ w[p + "mlp.gate_proj.weight"].T
+        act = torch.nn.functional.gelu(gate, approximate="tanh") if gemma else torch.nn.functional.silu(gate)
+        f = (act * (f @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+        if gemma:
+            f = norm(f, p + "post_feedforward_layernorm.weight")
+        x = x + f
+    x = norm(x, "model.norm.weight")
+    logits = x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
+    if c.get("final_logit_softcapping"):
+        cap = c["final_logit_softcapping"]
+        logits = cap * torch.tanh(logits / cap)
+    return logits
 
 
 def make_tiny():
@@ -241,9 +339,17 @@ def make_tiny():
             },
             indent=None,
         )
+        with torch.no_grad():
+            gap = (spec_forward(out, INPUT_IDS) - logits).abs().max().item()
+        if gap > 1e-5:
+            sys.exit(f"{name}: the spec's block differs from transformers by {gap}")
         size = (out / "model.safetensors").stat().st_size
         index[name] = {"covers": covers, "safetensors_bytes": size}
-        print(f"{name}: {size} bytes, logits max-abs {logits.abs().max():.4f}", file=sys.stderr)
+        print(
+            f"{name}: {size} bytes, logits max-abs {logits.abs().max():.4f}, "
+            f"spec block vs transformers {gap:.2e}",
+            file=sys.stderr,
+        )
     write_json(FAMILIES / "index.json", {"produced_with": versions(), "models": index})
     make_rope_reference()
 

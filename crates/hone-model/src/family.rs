@@ -21,7 +21,7 @@
 //! q,k,v = a·Q (+QBias), a·K (+KBias), a·V (+VBias)        if qkv_bias
 //! q,k = norm(q_head, QNorm), norm(k_head, KNorm)           if qk_norm (per head, over head_dim)
 //! q,k = rope(q, k, l.rope.inv_freq)                        (HF "rotate half" layout)
-//! s  = q·kᵀ · attention_scale; s = cap·tanh(s/cap)         if attn_logit_softcap
+//! s  = q·kᵀ · attention_scale
 //! mask: causal, and keys older than l.window positions     if l.window is Some
 //! o  = softmax(s)·v·O;  o = norm(o, PostAttnNorm)          if post_attention_norm
 //! h  = h + o
@@ -499,9 +499,14 @@ pub struct DecoderSpec {
     pub embedding_scale: f32,
     /// Multiplies `q·kᵀ`: `head_dim^-0.5`, or `query_pre_attn_scalar^-0.5` (Gemma).
     pub attention_scale: f32,
-    /// `cap · tanh(s / cap)` on attention scores before the softmax.
-    pub attn_logit_softcap: Option<f32>,
     /// `cap · tanh(z / cap)` on the output logits.
+    ///
+    /// There is no attention-score softcap: Gemma 3's config has an
+    /// `attn_logit_softcapping` key, but transformers' Gemma 3 attention never
+    /// applies it (5.25: stored, not passed to the attention function) and
+    /// llama.cpp's converter refuses a Gemma 3 that sets it. hone follows
+    /// transformers and ignores the key; `testdata/families/gemma3_softcap`
+    /// sets it to check just that.
     pub final_logit_softcap: Option<f32>,
     /// The LM head is the embedding matrix.
     pub tie_word_embeddings: bool,
@@ -703,12 +708,9 @@ impl DecoderSpec {
         if !(self.norm.eps > 0.0 && self.norm.eps.is_finite()) {
             return bad(format!("RMSNorm eps {} must be positive", self.norm.eps));
         }
-        for cap in [self.attn_logit_softcap, self.final_logit_softcap]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(cap) = self.final_logit_softcap {
             if !(cap > 0.0 && cap.is_finite()) {
-                return bad(format!("softcapping {cap} must be positive"));
+                return bad(format!("final_logit_softcapping {cap} must be positive"));
             }
         }
         Ok(())
@@ -837,7 +839,6 @@ mod hf {
             } else {
                 1.0 / (head_dim as f32).sqrt()
             },
-            attn_logit_softcap: c.f64_opt("attn_logit_softcapping")?.map(|x| x as f32),
             final_logit_softcap: c.f64_opt("final_logit_softcapping")?.map(|x| x as f32),
             // transformers' defaults: Gemma3TextConfig ties, the others do not.
             tie_word_embeddings: c.bool_opt("tie_word_embeddings")?.unwrap_or(gemma),
@@ -1196,7 +1197,6 @@ mod gguf {
             attention_scale: 1.0
                 / (query_pre_attn_scalar(family, num_layers, hidden, heads, head_dim) as f32)
                     .sqrt(),
-            attn_logit_softcap: m.f64_opt("attn_logit_softcapping")?.map(|x| x as f32),
             final_logit_softcap: m.f64_opt("final_logit_softcapping")?.map(|x| x as f32),
             tie_word_embeddings: !has_tensor("output.weight"),
             qk_rows: if family == Family::Llama {
@@ -1575,7 +1575,7 @@ mod tests {
         assert_eq!(s.activation, Activation::GeluTanh);
         assert_eq!(s.embedding_scale, 32f32.sqrt());
         assert_eq!(s.attention_scale, (1.0 / 20f64.sqrt()) as f32);
-        assert_eq!((s.attn_logit_softcap, s.final_logit_softcap), (None, None));
+        assert_eq!(s.final_logit_softcap, None);
         use LayerKind::*;
         assert_eq!(s.layer_kinds, vec![Sliding, Sliding, Full, Sliding]);
         assert_eq!(s.sliding_window, Some(4));
@@ -1614,10 +1614,8 @@ mod tests {
     #[test]
     fn tiny_gemma3_softcap_and_default_bases() {
         let s = tiny("gemma3_softcap");
-        assert_eq!(
-            (s.attn_logit_softcap, s.final_logit_softcap),
-            (Some(1.5), Some(8.0))
-        );
+        // Its `attn_logit_softcapping: 1.5` is ignored, as transformers does.
+        assert_eq!(s.final_logit_softcap, Some(8.0));
         assert_eq!(s.layer(0).rope.theta, 10_000.0);
         assert_eq!(s.layer(1).rope.theta, 1_000_000.0);
         assert_eq!(s.layer(0).window, Some(3));
