@@ -6,7 +6,7 @@
 //! feed-forward) and differ only in switches and constants: the norm's scale
 //! convention and ε, extra norms, q/k/v biases, per-head q/k norms, the
 //! activation, the embedding and attention scales, RoPE base and scaling per
-//! layer, sliding-window layers, softcapping, tied embeddings, and the tensor
+//! layer, sliding-window layers, a final-logit softcap, tied embeddings, and the tensor
 //! names of each file format. This module holds those differences and nothing
 //! else; no forward pass lives here.
 //!
@@ -22,7 +22,7 @@
 //! q,k = norm(q_head, QNorm), norm(k_head, KNorm)           if qk_norm (per head, over head_dim)
 //! q,k = rope(q, k, l.rope.inv_freq)                        (HF "rotate half" layout)
 //! s  = q·kᵀ · attention_scale
-//! mask: causal, and keys older than l.window positions     if l.window is Some
+//! mask: causal; with l.window = Some(w), the query at p sees keys p-w+1 ..= p only
 //! o  = softmax(s)·v·O;  o = norm(o, PostAttnNorm)          if post_attention_norm
 //! h  = h + o
 //! f  = norm(h, FfnNorm); f = act(f·Gate) ⊙ (f·Up) · Down;  f = norm(f, PostFfnNorm) if post_ffn_norm
@@ -45,17 +45,20 @@
 //!   [`RopeSpec`] from its precomputed [`RopeSpec::inv_freq`], and per layer
 //!   takes the table and window of [`DecoderSpec::layer`]; the optional steps
 //!   of the block above are `if spec.x` branches in the one block function.
-//! - **The packed decode step** (`decode/step.rs`) reads the same flags; a
-//!   sliding layer masks (or drops from its KV cache) keys more than
-//!   `window - 1` positions behind the query.
+//! - **The packed decode step** (`decode/step.rs`) reads the same flags; k is
+//!   cached after its q/k norm and RoPE, and a sliding layer masks (or drops
+//!   from its KV cache) keys more than `window - 1` positions behind the query.
 //! - **The fused training stack** (`ops::stack`) keeps its kernels: RMSNorm
 //!   takes the folded weights, a GELU-tanh gate kernel sits beside `silu_mul`
 //!   and is picked by [`DecoderSpec::activation`], biases are added after the
 //!   frozen q/k/v matmuls, q/k norms are the same RMSNorm kernel over rows of
-//!   `head_dim`, and the causal softmax takes the layer's window.
-//! - **Merge** (`merge.rs`) writes HF names from [`DecoderSpec::tensor_name`]
-//!   with [`WeightFormat::HfSafetensors`], subtracts the HF offset again from
-//!   norm weights it writes, and keeps biases and extra norms untouched.
+//!   `head_dim`, and the causal softmax takes the layer's window. Each new
+//!   step needs its backward for the LoRA gradients (GELU-tanh, the q/k and
+//!   post norms, the embedding and logit scales); the frozen biases need none.
+//! - **Merge** (`merge.rs`) writes HF names from [`DecoderSpec::tensor_name_in`]
+//!   with [`WeightFormat::HfSafetensors`] (also for a model read from GGUF),
+//!   writes norm weights back in HF's convention (the multiplier minus 1 for
+//!   Gemma), and keeps biases and extra norms untouched.
 //!
 //! # Sources
 //!
@@ -66,8 +69,18 @@
 //! (`convert_hf_to_gguf.py`, `llama-model.cpp`): Llama 3 scaling arrives as the
 //! tensor `rope_freqs.weight`, Gemma 3's sliding pattern is llama.cpp's fixed
 //! 5-local-1-global unless the file says otherwise, and its local RoPE base is
-//! llama.cpp's fixed 10 000. Reference values for the RoPE tests and the tiny
-//! models in `testdata/families/` come from `scripts/make_family_vectors.py`.
+//! llama.cpp's fixed 10 000.
+//!
+//! # Reference data
+//!
+//! `scripts/make_family_vectors.py` (torch 2.15.0, transformers 5.25.0,
+//! gguf 0.19.0) made `testdata/families/`: a tiny random model per family
+//! variant with transformers' f32 logits for every position (hone's must match
+//! within 1e-4), and the RoPE inverse frequencies the tests below compare
+//! against; the script also recomputes each tiny model's logits from the block
+//! above and stops unless they match transformers within 1e-5. It made
+//! `testdata/real/` too, for the real Qwen2.5-Coder-0.5B and gemma-3-270m
+//! GGUFs (see `testdata/families/README.md`).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
