@@ -5,6 +5,7 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod error;
+pub mod family;
 pub mod generate;
 pub mod linear;
 pub mod llama;
