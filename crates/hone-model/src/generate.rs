@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::llama::{ForwardOptions, KvCache, Llama};
+use crate::kv_cache::KvCache;
+use crate::llama::{ForwardOptions, Llama};
 
 /// How to sample a completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
