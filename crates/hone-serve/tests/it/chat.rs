@@ -49,7 +49,7 @@ fn tiny_gguf() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn tiny_chat(gguf: &Path, max_adapters: usize) -> Arc<LocalChat> {
-    let engine = ChatEngine::load_path(gguf, WeightPath::Q8_0).unwrap();
+    let engine = ChatEngine::load_path(gguf, WeightPath::Packed).unwrap();
     let opts = LocalChatOptions {
         max_adapters,
         ..Default::default()
