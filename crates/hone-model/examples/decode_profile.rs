@@ -1,23 +1,24 @@
-//! Where decode time goes: `cargo run --release -p hone-model --example
-//! decode_profile -- MODEL.gguf [f32|native|q8_0]`.
+//! Where decode time goes in the tensor forward pass (layers against LM
+//! head): `cargo run --release -p hone-model --example decode_profile --
+//! MODEL.gguf [f32|packed]` (packed runs its weights through the tensor pass
+//! here, not through the packed decode step).
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use hone_model::{load_model, ForwardOptions, WeightPath};
+use hone_model::{load_model, ForwardOptions, TensorKvCache, WeightPath};
 
 fn main() -> hone_model::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let wp = match args.get(2).map(String::as_str) {
-        Some("f32") => WeightPath::F32,
-        Some("native") => WeightPath::Native,
-        _ => WeightPath::Q8_0,
+        Some("packed") => WeightPath::Packed,
+        _ => WeightPath::F32,
     };
     let m = load_model(std::path::Path::new(&args[1]), wp)?;
     let prompt: Vec<u32> = (0..40).map(|i| 100 + i).collect();
     let n = 100;
     let x = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-    let mut cache = m.new_cache();
+    let mut cache = TensorKvCache::new(&m.cfg);
     m.forward_hidden(&x, 0, Some(&mut cache), ForwardOptions::default())?;
     let tok = Tensor::new(&[42u32], &Device::Cpu)?.unsqueeze(0)?;
     let t = Instant::now();

@@ -7,15 +7,15 @@ use std::path::Path;
 
 use hone_text::{ChatMessage, ChatTokenizer};
 
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::generate::{generate, Detokenizer, Generation, GenerationParams};
 use crate::llama::{Llama, WeightPath};
-use crate::load::load_model;
-use crate::registry::{ModelSource, ResolvedModel};
+use crate::open::{text_err, OpenModel};
+use crate::registry::ResolvedModel;
 
 /// The weight path for serving: hone's packed kernels on the file's own
 /// Q4_1/Q8_0 blocks with f32 activations. Measured on SmolLM2-135M: logits
-/// within 1e-4 of the f32 path (candle's Q8_0: 1.0) and the reference greedy
+/// within 1e-4 of the f32 path (candle's Q8_0 kernels, since retired: 1.0) and the reference greedy
 /// answers exactly (`quantized_paths_gap_to_f32`), and the fastest decode
 /// (docs/benchmarks.md).
 pub const SERVING_WEIGHTS: WeightPath = WeightPath::Packed;
@@ -27,33 +27,15 @@ pub struct ChatEngine {
 }
 
 impl ChatEngine {
-    /// Loads weights, tokenizer and chat template of a resolved model.
+    /// Opens a resolved model and loads its weights: shorthand for
+    /// [`ResolvedModel::open`] then [`crate::open::OpenModel::load`].
     pub fn load(resolved: &ResolvedModel, weights: WeightPath) -> Result<Self> {
-        let (path, tokenizer) = match &resolved.source {
-            ModelSource::Gguf(p) => (p.as_path(), ChatTokenizer::from_gguf(p)),
-            ModelSource::HfDir(p) => (p.as_path(), ChatTokenizer::from_hf_dir(p)),
-        };
-        let model = load_model(path, weights)?;
-        let tokenizer = tokenizer.map_err(text_err)?;
-        Ok(Self {
-            id: resolved.id.clone(),
-            model,
-            tokenizer,
-        })
+        resolved.open()?.load(weights)
     }
 
     /// Loads a GGUF file or HF directory given by path.
     pub fn load_path(path: &Path, weights: WeightPath) -> Result<Self> {
-        let source = if path.is_dir() {
-            ModelSource::HfDir(path.to_path_buf())
-        } else {
-            ModelSource::Gguf(path.to_path_buf())
-        };
-        let id = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Self::load(&ResolvedModel { id, source }, weights)
+        OpenModel::open_path(path)?.load(weights)
     }
 
     /// Token ids of `messages` rendered with the generation prompt.
@@ -97,8 +79,4 @@ impl Detokenizer for ChatEngine {
             .decode_skip_special(ids)
             .map_err(text_err)
     }
-}
-
-fn text_err(e: hone_text::Error) -> ModelError {
-    ModelError::Text(e.to_string())
 }

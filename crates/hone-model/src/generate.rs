@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::llama::{ForwardOptions, KvCache, Llama};
+use crate::kv_cache::KvCache;
+use crate::llama::{ForwardOptions, Llama};
 
 /// How to sample a completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +96,7 @@ impl StepModel for Llama {
     }
 }
 
-/// Batched decode steps through [`Llama::forward_step_batch`], adapters on.
+/// Batched decode steps through [`Llama::step_batch_logits`], adapters on.
 impl BatchStepModel for Llama {
     fn step_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
         self.step_batch_logits(ids, caches, ForwardOptions::default())

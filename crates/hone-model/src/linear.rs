@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::decode::PackedMatrix;
 use crate::error::{ModelError, Result};
@@ -26,27 +25,9 @@ pub const TARGET_MODULES: &[&str] = &[
 pub enum BaseWeight {
     /// f32 weights: the training path and the numerical reference.
     Dense(Tensor),
-    /// Quantized weights (inference).
-    Quantized(QWeight),
-}
-
-/// A quantized weight matrix and the kernels that multiply it.
-#[derive(Debug, Clone)]
-pub enum QWeight {
-    /// candle's `QMatMul`, which quantizes the activations to 8 bits per product.
-    Candle(Arc<QMatMul>),
-    /// hone's own blocks and kernels, with f32 activations (the serving path).
+    /// Quantized blocks multiplied with f32 activations by hone's own
+    /// kernels ([`crate::decode`]): the serving path.
     Packed(Arc<PackedMatrix>),
-}
-
-impl QWeight {
-    /// `x·Wᵀ` for `x: [.., in]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            QWeight::Candle(q) => Ok(q.forward(x)?),
-            QWeight::Packed(p) => packed_forward(p, x),
-        }
-    }
 }
 
 /// `x·Wᵀ` through a packed matrix for a tensor input (the candle-tensor paths,
@@ -166,7 +147,7 @@ impl Linear {
     pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         match &self.base {
             BaseWeight::Dense(w) => dense_matmul(x, w),
-            BaseWeight::Quantized(q) => q.forward(x),
+            BaseWeight::Packed(p) => packed_forward(p, x),
         }
     }
 }

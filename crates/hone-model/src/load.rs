@@ -7,59 +7,91 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{
-    ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QMatMul, QTensor,
-};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
 use crate::decode::PackedMatrix;
 use crate::error::{ModelError, Result};
-use crate::linear::{BaseWeight, Linear, QWeight};
-use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, QEmbedding, WeightPath};
+use crate::linear::{BaseWeight, Linear};
+use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, WeightPath};
 
-/// Loads a model from a GGUF file or an HF directory, whichever `path` is.
+/// Loads a model's weights (no tokenizer) from a GGUF file or an HF
+/// directory, whichever `path` is: for callers that need only the network,
+/// such as training tests. Front ends open a model through
+/// [`crate::registry::ResolvedModel::open`], which reads the tokenizer too.
 pub fn load_model(path: &Path, weights: WeightPath) -> Result<Llama> {
-    if !path.exists() {
-        return Err(ModelError::NotFound(path.to_path_buf()));
-    }
-    if path.is_dir() {
-        load_hf_dir(path, weights)
-    } else {
-        load_gguf(path, weights)
-    }
+    let file = WeightFile::open(path)?;
+    let cfg = file.config()?;
+    file.load(cfg, weights)
 }
 
-/// Loads a GGUF file; `weights` picks dequantized f32, the file's own
-/// quantization, or Q8_0 re-quantized at load.
-pub fn load_gguf(path: &Path, weights: WeightPath) -> Result<Llama> {
-    let mut src = GgufSource::open(path)?;
-    let cfg = Config::from_gguf_metadata(&src.content.metadata)?;
-    build(&mut src, cfg, weights)
+/// A model file whose header is read but whose weights are not: a GGUF file
+/// (header, metadata and tensor index read, the file kept open) or an HF
+/// directory (`config.json` + `model.safetensors`).
+pub(crate) enum WeightFile {
+    Gguf(GgufSource),
+    HfDir(PathBuf),
 }
 
-/// Loads an HF directory. `WeightPath::Native` means f32 here (safetensors
-/// weights are not quantized).
-pub fn load_hf_dir(dir: &Path, weights: WeightPath) -> Result<Llama> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-    let cfg = Config::from_hf_json(&text)?;
-    let st = dir.join("model.safetensors");
-    if !st.exists() {
-        return Err(ModelError::NotFound(st));
-    }
-    let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| {
-        ModelError::CorruptSafetensors {
-            path: st.clone(),
-            msg: e.to_string(),
+impl WeightFile {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(ModelError::NotFound(path.to_path_buf()));
         }
-    })?;
-    let weights = if weights == WeightPath::Native {
-        WeightPath::F32
-    } else {
-        weights
-    };
-    build(&mut HfSource { tensors }, cfg, weights)
+        if path.is_dir() {
+            Ok(WeightFile::HfDir(path.to_path_buf()))
+        } else {
+            Ok(WeightFile::Gguf(GgufSource::open(path)?))
+        }
+    }
+
+    /// The GGUF header (metadata, with the tokenizer), for a GGUF file.
+    pub(crate) fn gguf_content(&self) -> Option<&gguf_file::Content> {
+        match self {
+            WeightFile::Gguf(src) => Some(&src.content),
+            WeightFile::HfDir(_) => None,
+        }
+    }
+
+    /// The model's configuration, without reading weights. For GGUF,
+    /// whether the embeddings are tied is read off the tensor index (a file
+    /// without `output.weight` ties them).
+    pub(crate) fn config(&self) -> Result<Config> {
+        match self {
+            WeightFile::Gguf(src) => {
+                let mut cfg = Config::from_gguf_metadata(&src.content.metadata)?;
+                cfg.tie_word_embeddings = !src.has("lm_head.weight");
+                Ok(cfg)
+            }
+            WeightFile::HfDir(dir) => {
+                let cfg_path = dir.join("config.json");
+                let text = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
+                Config::from_hf_json(&text)
+            }
+        }
+    }
+
+    /// Reads the weights into a [`Llama`] of configuration `cfg` (from
+    /// [`WeightFile::config`]).
+    pub(crate) fn load(self, cfg: Config, weights: WeightPath) -> Result<Llama> {
+        match self {
+            WeightFile::Gguf(mut src) => build(&mut src, cfg, weights),
+            WeightFile::HfDir(dir) => {
+                let st = dir.join("model.safetensors");
+                if !st.exists() {
+                    return Err(ModelError::NotFound(st));
+                }
+                let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| {
+                    ModelError::CorruptSafetensors {
+                        path: st.clone(),
+                        msg: e.to_string(),
+                    }
+                })?;
+                build(&mut HfSource { tensors }, cfg, weights)
+            }
+        }
+    }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> ModelError {
@@ -86,8 +118,9 @@ trait WeightSource {
     fn has(&self, name: &str) -> bool;
     /// The tensor as f32, rows in HF order.
     fn dense(&mut self, name: &str, rows: Rows) -> Result<Tensor>;
-    /// The tensor kept in (or converted to) a quantized form.
-    fn quantized(&mut self, name: &str, rows: Rows, path: WeightPath) -> Result<Arc<QTensor>>;
+    /// The tensor as blocks the packed kernels read: Q4_1 or Q8_0 as stored,
+    /// anything else re-quantized to Q8_0.
+    fn quantized(&mut self, name: &str, rows: Rows) -> Result<QTensor>;
 }
 
 fn build(src: &mut dyn WeightSource, mut cfg: Config, wp: WeightPath) -> Result<Llama> {
@@ -181,33 +214,17 @@ fn build(src: &mut dyn WeightSource, mut cfg: Config, wp: WeightPath) -> Result<
         };
         (Embedding::Dense(e), LmHead::Dense(head))
     } else {
-        let e = src.quantized(emb_name, Rows::Plain, wp)?;
+        let e = src.quantized(emb_name, Rows::Plain)?;
         check_shape(e.shape().dims(), emb_name, vocab_h)?;
+        let table = Arc::new(PackedMatrix::from_qtensor(&e)?);
         let head = if cfg.tie_word_embeddings {
-            e.clone()
+            table.clone()
         } else {
-            let t = src.quantized("lm_head.weight", Rows::Plain, wp)?;
+            let t = src.quantized("lm_head.weight", Rows::Plain)?;
             check_shape(t.shape().dims(), "lm_head.weight", vocab_h)?;
-            t
+            Arc::new(PackedMatrix::from_qtensor(&t)?)
         };
-        if wp == WeightPath::Packed {
-            let table = Arc::new(PackedMatrix::from_qtensor(&e)?);
-            let head = if Arc::ptr_eq(&head, &e) {
-                table.clone()
-            } else {
-                Arc::new(PackedMatrix::from_qtensor(&head)?)
-            };
-            (
-                Embedding::Quantized(QEmbedding::Packed(table)),
-                LmHead::Quantized(QWeight::Packed(head)),
-            )
-        } else {
-            let head = QMatMul::from_arc(head)?;
-            (
-                Embedding::Quantized(QEmbedding::Candle(e)),
-                LmHead::Quantized(QWeight::Candle(Arc::new(head))),
-            )
-        }
+        (Embedding::Packed(table), LmHead::Packed(head))
     };
     Llama::from_parts(cfg, embed, layers, norm_w, lm_head, wp, &dev)
 }
@@ -221,15 +238,12 @@ fn load_linear(
     rows: Rows,
 ) -> Result<Linear> {
     let name = name.as_str();
-    let base = if wp == WeightPath::F32 {
-        BaseWeight::Dense(checked(src.dense(name, rows)?, name, (out, inp))?)
-    } else {
-        let q = src.quantized(name, rows, wp)?;
-        check_shape(q.shape().dims(), name, (out, inp))?;
-        if wp == WeightPath::Packed {
-            BaseWeight::Quantized(QWeight::Packed(Arc::new(PackedMatrix::from_qtensor(&q)?)))
-        } else {
-            BaseWeight::Quantized(QWeight::Candle(Arc::new(QMatMul::from_arc(q)?)))
+    let base = match wp {
+        WeightPath::F32 => BaseWeight::Dense(checked(src.dense(name, rows)?, name, (out, inp))?),
+        WeightPath::Packed => {
+            let q = src.quantized(name, rows)?;
+            check_shape(q.shape().dims(), name, (out, inp))?;
+            BaseWeight::Packed(Arc::new(PackedMatrix::from_qtensor(&q)?))
         }
     };
     Ok(Linear::new(base, out, inp))
@@ -338,7 +352,7 @@ fn unpermute_quantized(q: &QTensor, n_heads: usize) -> Result<QTensor> {
     Ok(qtensor_from_ggml(q.dtype(), &bytes, dims, &Device::Cpu)?)
 }
 
-struct GgufSource {
+pub(crate) struct GgufSource {
     path: PathBuf,
     content: gguf_file::Content,
     reader: BufReader<File>,
@@ -387,14 +401,10 @@ impl WeightSource for GgufSource {
         }
     }
 
-    fn quantized(&mut self, name: &str, rows: Rows, wp: WeightPath) -> Result<Arc<QTensor>> {
+    fn quantized(&mut self, name: &str, rows: Rows) -> Result<QTensor> {
         let raw = self.raw(name)?;
-        let keep = match wp {
-            WeightPath::Native => true,
-            // Packed keeps both block types its kernels read (PackedMatrix).
-            WeightPath::Packed => matches!(raw.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0),
-            _ => raw.dtype() == GgmlDType::Q8_0,
-        };
+        // Both block types the packed kernels read (PackedMatrix) stay as stored.
+        let keep = matches!(raw.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0);
         let q = match (keep, rows) {
             (true, Rows::Plain) => raw,
             (true, Rows::RopeInterleaved(n)) => unpermute_quantized(&raw, n)?,
@@ -407,7 +417,7 @@ impl WeightSource for GgufSource {
                 QTensor::quantize(&t, GgmlDType::Q8_0)?
             }
         };
-        Ok(Arc::new(q))
+        Ok(q)
     }
 }
 
@@ -428,9 +438,9 @@ impl WeightSource for HfSource {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    fn quantized(&mut self, name: &str, rows: Rows, _wp: WeightPath) -> Result<Arc<QTensor>> {
+    fn quantized(&mut self, name: &str, rows: Rows) -> Result<QTensor> {
         let t = self.dense(name, rows)?;
-        Ok(Arc::new(QTensor::quantize(&t, GgmlDType::Q8_0)?))
+        Ok(QTensor::quantize(&t, GgmlDType::Q8_0)?)
     }
 }
 

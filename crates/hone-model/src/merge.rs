@@ -3,7 +3,7 @@
 //! `tokenizer_config.json` with the chat template, `generation_config.json`).
 //!
 //! Why a directory in HF's layout: it is what transformers, vLLM and llama.cpp's converter
-//! read, and [`crate::load_hf_dir`] reads it back, so `--model DIR` serves a merged model
+//! read, and [`crate::load_model`] reads it back, so `--model DIR` serves a merged model
 //! with the same tokenizer and chat template as base plus adapter. Weights are kept in HF
 //! row order (GGUF's Q/K permutation is undone at load), so nothing is permuted here.
 

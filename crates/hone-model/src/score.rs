@@ -10,7 +10,8 @@ use candle_core::{DType, Tensor, D};
 
 use crate::error::{ModelError, Result};
 use crate::generate::{BatchStepModel, StepModel};
-use crate::llama::{ForwardOptions, KvCache, Llama};
+use crate::kv_cache::KvCache;
+use crate::llama::{ForwardOptions, Llama};
 
 /// A [`Llama`] that runs with its LoRA adapters on or off, so one loaded
 /// base serves both the fine-tuned model and the baseline.

@@ -154,7 +154,7 @@ impl Llama {
                 t,
                 self.cfg.hidden_size,
             ))?,
-            Embedding::Quantized(_) => return Err(quantized_in_training()),
+            Embedding::Packed(_) => return Err(quantized_in_training()),
         };
         Ok((x, cos, sin))
     }
@@ -212,7 +212,7 @@ impl Llama {
     pub fn train_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             LmHead::Dense(w) => Ok(ops::frozen_linear(hidden, w)?),
-            LmHead::Quantized(_) => Err(quantized_in_training()),
+            LmHead::Packed(_) => Err(quantized_in_training()),
         }
     }
 

@@ -19,6 +19,7 @@
 
 mod chat;
 pub mod count;
+mod counter;
 mod error;
 mod gguf;
 mod hf;
@@ -30,7 +31,8 @@ mod time;
 mod tokenizer;
 
 pub use chat::{ChatCount, ChatTokenizer, EncodedChat};
-pub use count::{ChatTokenCounter, SpanCount};
+pub use count::SpanCount;
+pub use counter::ChatTokenCounter;
 pub use error::{Error, Result};
 pub use gguf::read_gguf_content;
 pub use spans::{MessageSpan, RenderedChat};

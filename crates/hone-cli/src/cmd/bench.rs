@@ -36,7 +36,7 @@ pub struct InferArgs {
     /// Model id or path to a GGUF file or HF directory.
     #[arg(long, env = "HONE_MODEL", default_value = DEFAULT_MODEL_ID)]
     pub model: String,
-    /// Weight path to measure: packed (default; hone's kernels), q8_0, native (candle's) or f32.
+    /// Weight path to measure: packed (default; hone's kernels) or f32.
     #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
     /// Tokens to generate per run.
@@ -71,7 +71,6 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         // decode team when the first packed product runs, i.e. after this.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
-    hone_model::prefer_single_threaded_quantized_kernels(args.weights);
     let t0 = Instant::now();
     let engine = load_engine(&args.model, args.weights)?;
     let load_s = t0.elapsed().as_secs_f64();

@@ -41,8 +41,8 @@ pub struct ChatArgs {
     #[arg(long, env = "HONE_SEED")]
     pub seed: Option<u64>,
     /// Weights used for inference: packed (default; the file's Q4_1/Q8_0 blocks
-    /// with hone's kernels, faithful to f32 and fastest), q8_0 or native
-    /// (candle's quantized kernels), or f32.
+    /// with hone's kernels, faithful to f32 and fastest) or f32 (the exact
+    /// reference).
     #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
     /// A LoRA adapter directory in PEFT layout (what `hone train` writes in
@@ -51,16 +51,17 @@ pub struct ChatArgs {
     pub adapter: Option<std::path::PathBuf>,
 }
 
-/// Parses `--weights`.
+/// Parses `--weights`. The values of the retired candle-quantized paths get
+/// their own message, so an old script learns what to use instead.
 pub fn parse_weights(s: &str) -> Result<WeightPath, String> {
     match s {
         "packed" => Ok(WeightPath::Packed),
-        "q8_0" | "q8" => Ok(WeightPath::Q8_0),
-        "native" => Ok(WeightPath::Native),
         "f32" => Ok(WeightPath::F32),
-        _ => Err(format!(
-            "unknown weights `{s}` (expected packed, q8_0, native or f32)"
+        "q8_0" | "q8" | "native" => Err(format!(
+            "`--weights {s}` (candle's quantized kernels) was removed: use packed (the \
+             default: the file's own blocks, faithful to f32 and faster) or f32"
         )),
+        _ => Err(format!("unknown weights `{s}` (expected packed or f32)")),
     }
 }
 
@@ -73,7 +74,6 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     validate(&args)?;
-    hone_model::prefer_single_threaded_quantized_kernels(args.weights);
     let mut engine = load_engine(&args.model, args.weights)?;
     if let Some(dir) = &args.adapter {
         attach_adapter(&mut engine, dir)?;
@@ -198,4 +198,21 @@ fn repl(
         params.seed = params.seed.wrapping_add(1);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_and_retired_values_say_what_to_use() {
+        assert_eq!(parse_weights("packed"), Ok(WeightPath::Packed));
+        assert_eq!(parse_weights("f32"), Ok(WeightPath::F32));
+        for retired in ["q8_0", "q8", "native"] {
+            let e = parse_weights(retired).unwrap_err();
+            assert!(e.contains("removed") && e.contains("packed"), "{e}");
+        }
+        let e = parse_weights("q4").unwrap_err();
+        assert!(e.contains("expected packed or f32"), "{e}");
+    }
 }

@@ -1,7 +1,8 @@
 //! `hone data validate|stats|estimate|split|convert`: a thin layer over
-//! hone-data. The only logic here is wiring the model's tokenizer and chat
-//! template (hone-text) into hone-data's `TokenCounter`, so that counts are
-//! the ones training will see.
+//! hone-data. Token counts come from the model opened the way every command
+//! opens it (`ResolvedModel::open`: tokenizer and chat template, no weights),
+//! through hone-text's `ChatTokenCounter`, so that counts are the ones
+//! training will see.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -20,11 +21,10 @@ use hone_data::hparams::{resolve_auto, AutoInput, ResolvedHyperparameters, BASE_
 use hone_data::quality::Goal;
 use hone_data::render::{render_distribution, render_report};
 use hone_data::{
-    validate_file, Method, PreferenceExample, Report, SftExample, TokenCount, TokenCounter,
-    ValidateOptions, DEFAULT_MAX_LINE_BYTES,
+    validate_file, Method, Report, TokenCounter, ValidateOptions, DEFAULT_MAX_LINE_BYTES,
 };
-use hone_model::registry::{ModelSource, DEFAULT_MODEL_ID};
-use hone_text::ChatTokenizer;
+use hone_model::registry::DEFAULT_MODEL_ID;
+use hone_text::ChatTokenCounter;
 
 #[derive(clap::Subcommand)]
 pub enum DataCommand {
@@ -144,79 +144,25 @@ pub fn run(c: DataCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Counts tokens with the model's tokenizer and chat template: `count_chat` /
-/// `count_preference` give exactly the lengths and trained-token counts of
-/// the `encode_chat` / `encode_preference` calls the trainer makes, without
-/// building the encodings (hone-text's count path; tested equal there).
-pub struct ModelCounter {
-    pub tokenizer: ChatTokenizer,
-    pub context_length: usize,
-}
-
-impl TokenCounter for ModelCounter {
-    fn count_sft(&self, ex: &SftExample) -> Result<TokenCount, String> {
-        let c = self
-            .tokenizer
-            .count_chat(&ex.messages, ex.tools.as_ref())
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(TokenCount::sequence(c.total, c.trained))
-    }
-
-    fn count_preference(&self, ex: &PreferenceExample) -> Result<TokenCount, String> {
-        let count = |answer| {
-            self.tokenizer
-                .count_preference(&ex.input, answer)
-                .map_err(|e| format!("{e:#}"))
-        };
-        let (p, n) = (count(&ex.preferred)?, count(&ex.non_preferred)?);
-        Ok(TokenCount {
-            total: p.total + n.total,
-            trained: p.trained + n.trained,
-            longest: p.total.max(n.total),
-        })
-    }
-
-    fn context_length(&self) -> usize {
-        self.context_length
-    }
-}
-
-/// A loaded model's counter, display id and size in parameters.
-pub struct LoadedModel {
-    pub counter: ModelCounter,
+/// A model opened for token counts (tokenizer, template and config, not
+/// the weights): hone-text's counter on it, its display id and its size in
+/// parameters.
+pub struct CountingModel {
+    pub counter: ChatTokenCounter,
     pub id: String,
     pub params: u64,
 }
 
-/// Resolves `--model` and loads its tokenizer, template and config (not the
-/// weights).
-pub fn load_model(spec: &str) -> anyhow::Result<LoadedModel> {
-    let resolved = hone_model::registry::resolve(spec)?;
-    let (tokenizer, config) = match &resolved.source {
-        ModelSource::Gguf(path) => {
-            let content = hone_text::read_gguf_content(path)?;
-            let tokenizer = ChatTokenizer::from_gguf_content(&content)?;
-            (
-                tokenizer,
-                hone_model::Config::from_gguf_metadata(&content.metadata)?,
-            )
-        }
-        ModelSource::HfDir(dir) => {
-            let text = std::fs::read_to_string(dir.join("config.json"))
-                .with_context(|| format!("reading {}", dir.display()))?;
-            (
-                ChatTokenizer::from_hf_dir(dir)?,
-                hone_model::Config::from_hf_json(&text)?,
-            )
-        }
-    };
-    Ok(LoadedModel {
-        counter: ModelCounter {
-            tokenizer,
-            context_length: config.max_position_embeddings,
-        },
-        id: resolved.id,
-        params: approx_params(&config),
+/// Resolves `--model` and opens it (not its weights). `count_chat` /
+/// `count_preference` then give exactly the lengths and trained-token counts
+/// of the `encode_chat` / `encode_preference` calls the trainer makes
+/// (tested equal in hone-text).
+pub fn open_for_counting(spec: &str) -> anyhow::Result<CountingModel> {
+    let model = hone_model::registry::resolve(spec)?.open()?;
+    Ok(CountingModel {
+        counter: model.token_counter(),
+        params: approx_params(&model.config),
+        id: model.id,
     })
 }
 
@@ -246,7 +192,7 @@ fn options(a: &InputArgs, model_name: Option<String>) -> ValidateOptions {
 }
 
 /// Validates with token counts from `model` (when given).
-fn run_validation(a: &InputArgs, model: Option<&LoadedModel>) -> anyhow::Result<Report> {
+fn run_validation(a: &InputArgs, model: Option<&CountingModel>) -> anyhow::Result<Report> {
     let start = Instant::now();
     let opts = options(a, model.map(|m| m.id.clone()));
     let counter = model.map(|m| &m.counter as &dyn TokenCounter);
@@ -273,7 +219,7 @@ fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let (model, skipped) = if a.no_tokens {
         (None, Some("token checks skipped (--no-tokens)".to_string()))
     } else {
-        match load_model(&a.input.model) {
+        match open_for_counting(&a.input.model) {
             Ok(m) => (Some(m), None),
             Err(e) => (
                 None,
@@ -310,7 +256,7 @@ fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn stats(a: &InputArgs) -> anyhow::Result<ExitCode> {
-    let model = load_model(&a.model)
+    let model = open_for_counting(&a.model)
         .with_context(|| format!("stats needs the tokenizer of model '{}'", a.model))?;
     let report = run_validation(a, Some(&model))?;
     if a.json {
@@ -371,7 +317,7 @@ fn print_stats(report: &Report) {
 }
 
 fn run_estimate(a: &EstimateArgs) -> anyhow::Result<ExitCode> {
-    let model = load_model(&a.input.model)
+    let model = open_for_counting(&a.input.model)
         .with_context(|| format!("estimate needs the tokenizer of model '{}'", a.input.model))?;
     let report = run_validation(&a.input, Some(&model))?;
     if !report.ok {
@@ -436,7 +382,7 @@ fn throughput(a: &EstimateArgs) -> Throughput {
 
 fn print_estimate(
     report: &Report,
-    model: &LoadedModel,
+    model: &CountingModel,
     hp: &ResolvedHyperparameters,
     e: &Estimate,
 ) {
@@ -593,25 +539,7 @@ fn convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tiny_model_counts_match_encode_chat() {
-        let counter = ModelCounter {
-            tokenizer: hone_text::testing::tiny_chat_tokenizer().unwrap(),
-            context_length: 64,
-        };
-        let ex: SftExample = serde_json::from_str(
-            r#"{"messages":[{"role":"user","content":"hi there"},{"role":"assistant","content":"hello","weight":0},{"role":"user","content":"again"},{"role":"assistant","content":"hello again"}]}"#,
-        )
-        .unwrap();
-        let c = counter.count_sft(&ex).unwrap();
-        let enc = counter.tokenizer.encode_chat(&ex.messages, None).unwrap();
-        assert_eq!(
-            (c.total, c.trained, c.longest),
-            (enc.len(), enc.trained_token_count(), enc.len())
-        );
-        assert!(c.trained > 0 && c.trained < c.total);
-    }
+    use hone_data::SftExample;
 
     #[test]
     fn sibling_names() {
@@ -627,7 +555,7 @@ mod tests {
     #[ignore = "needs HONE_TEST_GGUF"]
     fn real_model_token_stats() {
         let path = std::env::var("HONE_TEST_GGUF").expect("HONE_TEST_GGUF");
-        let model = load_model(&path).unwrap();
+        let model = open_for_counting(&path).unwrap();
         assert_eq!(model.counter.context_length, 8192);
         assert!(
             (130_000_000..140_000_000).contains(&model.params),
@@ -651,11 +579,7 @@ mod tests {
         let report = run_validation(&args, Some(&model)).unwrap();
         let t = report.stats.tokens.unwrap();
         let ex: SftExample = serde_json::from_str(line).unwrap();
-        let enc = model
-            .counter
-            .tokenizer
-            .encode_chat(&ex.messages, None)
-            .unwrap();
+        let enc = model.counter.chat.encode_chat(&ex.messages, None).unwrap();
         assert_eq!(t.total_tokens_per_example.max as usize, enc.len());
         assert_eq!(
             t.total_trained_tokens as usize,

@@ -67,7 +67,7 @@ pub struct EvalArgs {
     /// "did fine-tuning help?").
     #[arg(long)]
     pub require_improvement: bool,
-    /// Weights used for inference: packed (default), q8_0, native or f32.
+    /// Weights used for inference: packed (default) or f32.
     #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
 }
@@ -79,7 +79,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let metrics = metrics_file(&args)?;
-    hone_model::prefer_single_threaded_quantized_kernels(args.weights);
     let spec = EvalSpec {
         cases: args.cases.clone(),
         model: args.model.clone(),

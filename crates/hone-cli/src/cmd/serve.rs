@@ -74,7 +74,6 @@ fn chat_backend(config: &ServeConfig, models: &BaseModels) -> anyhow::Result<Loc
         ..LocalChatOptions::default()
     };
     let weights = options.weights;
-    hone_model::prefer_single_threaded_quantized_kernels(weights);
     let mut chat = LocalChat::new(Arc::new(models.clone()), options);
     for m in models.iter() {
         let engine = ChatEngine::load(&m.resolved, weights).with_context(|| {
@@ -115,11 +114,10 @@ fn validator(models: &BaseModels) -> HoneDataValidator {
     let Some(default) = models.default_model() else {
         return v;
     };
-    let path = default.resolved.source.path().display().to_string();
-    match crate::cmd::data::load_model(&path) {
-        Ok(loaded) => {
+    match default.resolved.open() {
+        Ok(model) => {
             v.options.model_name = Some(default.model.id.clone());
-            v.counter = Some(Arc::new(loaded.counter));
+            v.counter = Some(Arc::new(model.token_counter()));
         }
         Err(e) => eprintln!(
             "warning: no token counts in upload checks ({} did not load: {e:#})",

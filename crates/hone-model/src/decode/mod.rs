@@ -15,5 +15,5 @@ mod step;
 pub mod team;
 
 pub use packed::{PackedKind, PackedMatrix};
-pub use step::FlatKv;
+pub use step::PackedKvCache;
 pub(crate) use step::{step, step_batch};

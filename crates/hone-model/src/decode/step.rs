@@ -9,9 +9,10 @@
 
 use candle_core::{Storage, Tensor};
 
+use crate::config::Config;
 use crate::error::{ModelError, Result};
-use crate::linear::{BaseWeight, Linear, LoraAdapter, QWeight};
-use crate::llama::{Embedding, KvCache, Llama, LmHead, QEmbedding};
+use crate::linear::{BaseWeight, Linear, LoraAdapter};
+use crate::llama::{Embedding, Llama, LmHead};
 
 use super::packed::{matmul_many, PackedMatrix};
 use crate::ops::kernel::dot;
@@ -20,20 +21,24 @@ use crate::ops::kernel::dot;
 /// once for many tokens, few enough to keep the activations in cache.
 const PREFILL_CHUNK: usize = 16;
 
-/// Keys and values of one sequence, per layer, as `[positions, kv_dim]`.
+/// Keys and values of one sequence, per layer, as flat f32 rows
+/// `[positions, kv_dim]`: the packed step's cache, appended in place instead
+/// of copied each step (the tensor forward pass has its own,
+/// [`crate::forward::TensorKvCache`]).
 #[derive(Debug, Clone, Default)]
-pub struct FlatKv {
+pub struct PackedKvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     kv_dim: usize,
 }
 
-impl FlatKv {
-    pub fn new(layers: usize, kv_dim: usize) -> Self {
+impl PackedKvCache {
+    pub fn new(cfg: &Config) -> Self {
+        let layers = cfg.num_hidden_layers;
         Self {
             k: vec![Vec::new(); layers],
             v: vec![Vec::new(); layers],
-            kv_dim,
+            kv_dim: cfg.num_key_value_heads * cfg.head_dim,
         }
     }
 
@@ -49,6 +54,18 @@ impl FlatKv {
         self.len() == 0
     }
 
+    /// An error unless this cache was made for a model shaped like `cfg`
+    /// (a cache from another model would index out of its layers).
+    fn check_fits(&self, cfg: &Config) -> Result<()> {
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        if self.k.len() != cfg.num_hidden_layers || self.kv_dim != kv_dim {
+            return Err(ModelError::Generation(
+                "KV cache built for another model".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn clear(&mut self) {
         self.k
             .iter_mut()
@@ -62,7 +79,7 @@ pub(crate) fn step(
     model: &Llama,
     ids: &[u32],
     start_pos: usize,
-    cache: &mut KvCache,
+    cache: &mut PackedKvCache,
     use_adapters: bool,
 ) -> Result<Vec<f32>> {
     if ids.is_empty() {
@@ -97,7 +114,7 @@ pub(crate) fn step(
 pub(crate) fn step_batch(
     model: &Llama,
     ids: &[u32],
-    caches: &mut [&mut KvCache],
+    caches: &mut [&mut PackedKvCache],
     use_adapters: bool,
 ) -> Result<Vec<Vec<f32>>> {
     if ids.is_empty() || ids.len() != caches.len() {
@@ -144,15 +161,15 @@ impl Dims {
 fn forward_rows(
     model: &Llama,
     rows: &[(usize, u32)],
-    caches: &mut [&mut KvCache],
+    caches: &mut [&mut PackedKvCache],
     use_adapters: bool,
     want: &[usize],
 ) -> Result<Vec<Vec<f32>>> {
     let dims = Dims::of(model);
-    let positions = row_positions(model, rows, caches)?;
-    for c in caches.iter_mut() {
-        c.flat_mut()?;
+    for c in caches.iter() {
+        c.check_fits(&model.cfg)?;
     }
+    let positions = row_positions(model, rows, caches)?;
     let n = rows.len();
     let mut x = embed_rows(model, rows)?;
     for (layer, block) in model.layers.iter().enumerate() {
@@ -170,9 +187,9 @@ fn forward_rows(
         })??;
         let kvd = dims.kv_dim();
         for (i, &(seq, _)) in rows.iter().enumerate() {
-            let flat = caches[seq].flat_mut()?;
-            flat.k[layer].extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
-            flat.v[layer].extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
+            let cache = &mut caches[seq];
+            cache.k[layer].extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
+            cache.v[layer].extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
         }
         let att = attend_rows(&dims, &q, rows, &positions, caches, layer)?;
         add_into(&mut x, &linear_rows(&at.o_proj, &att, n, use_adapters)?);
@@ -209,7 +226,7 @@ fn forward_rows(
 fn row_positions(
     model: &Llama,
     rows: &[(usize, u32)],
-    caches: &[&mut KvCache],
+    caches: &[&mut PackedKvCache],
 ) -> Result<Vec<usize>> {
     let mut next: Vec<usize> = caches.iter().map(|c| c.len()).collect();
     let mut positions = Vec::with_capacity(rows.len());
@@ -230,7 +247,7 @@ fn row_positions(
 }
 
 fn embed_rows(model: &Llama, rows: &[(usize, u32)]) -> Result<Vec<f32>> {
-    let Embedding::Quantized(QEmbedding::Packed(table)) = &model.embed_tokens else {
+    let Embedding::Packed(table) = &model.embed_tokens else {
         return Err(not_packed("the token embedding"));
     };
     let mut x = Vec::with_capacity(rows.len() * table.dims().1);
@@ -248,7 +265,7 @@ fn embed_rows(model: &Llama, rows: &[(usize, u32)]) -> Result<Vec<f32>> {
 
 fn lm_head(model: &Llama) -> Result<&PackedMatrix> {
     match &model.lm_head {
-        LmHead::Quantized(QWeight::Packed(m)) => Ok(m),
+        LmHead::Packed(m) => Ok(m),
         _ => Err(not_packed("the LM head")),
     }
 }
@@ -270,7 +287,7 @@ fn linears_rows(
     let mats = lins
         .iter()
         .map(|lin| match lin.base() {
-            BaseWeight::Quantized(QWeight::Packed(w)) => Ok(w.as_ref()),
+            BaseWeight::Packed(w) => Ok(w.as_ref()),
             _ => Err(not_packed("a linear layer")),
         })
         .collect::<Result<Vec<&PackedMatrix>>>()?;
@@ -355,7 +372,7 @@ fn attend_rows(
     q: &[f32],
     rows: &[(usize, u32)],
     positions: &[usize],
-    caches: &[&mut KvCache],
+    caches: &[&mut PackedKvCache],
     layer: usize,
 ) -> Result<Vec<f32>> {
     let (hd, kvd) = (d.head_dim, d.kv_dim());
@@ -364,8 +381,8 @@ fn attend_rows(
     let mut out = vec![0f32; rows.len() * d.heads * hd];
     let mut scores = Vec::new();
     for (i, (&(seq, _), &pos)) in rows.iter().zip(positions).enumerate() {
-        let flat = caches[seq].flat();
-        let (ks, vs) = (&flat.k[layer], &flat.v[layer]);
+        let cache = &caches[seq];
+        let (ks, vs) = (&cache.k[layer], &cache.v[layer]);
         let t = pos + 1;
         for head in 0..d.heads {
             let g = head / n_rep;

@@ -549,7 +549,7 @@ fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32, starts: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llama::repeat_kv;
+    use crate::forward::repeat_kv;
     use crate::ops::testutil::{check_op, randn};
 
     fn err(e: crate::error::ModelError) -> candle_core::Error {

@@ -14,8 +14,8 @@
 use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Device, Tensor, Var};
+use hone_model::forward::repeat_kv;
 use hone_model::linear::{BaseWeight, Linear};
-use hone_model::llama::repeat_kv;
 use hone_model::testing::{write_tiny_model, TinySpec};
 use hone_model::{load_model, ops, Llama, LoraConfig, LoraParams, TrainOptions, WeightPath};
 
@@ -85,7 +85,7 @@ fn setup(targets: &str) -> Setup {
 fn base_vars(m: &Llama) -> Vec<[Var; 7]> {
     let var = |l: &Linear| match l.base() {
         BaseWeight::Dense(w) => Var::from_tensor(w).unwrap(),
-        BaseWeight::Quantized(_) => panic!("dense weights expected"),
+        BaseWeight::Packed(_) => panic!("dense weights expected"),
     };
     m.layers
         .iter()
@@ -138,7 +138,7 @@ fn base_vars_ids(m: &Llama) -> Vec<candle_core::TensorId> {
         })
         .filter_map(|l| match l.base() {
             BaseWeight::Dense(w) => Some(w.id()),
-            BaseWeight::Quantized(_) => None,
+            BaseWeight::Packed(_) => None,
         })
         .collect()
 }

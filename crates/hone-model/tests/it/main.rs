@@ -4,6 +4,7 @@ mod alloc_count;
 mod batch;
 mod frozen;
 mod merge;
+mod open;
 mod packed;
 mod real_model;
 mod tiny;

@@ -8,8 +8,8 @@ use hone_model::merge::{hf_tensors, MODEL_WEIGHTS_FILE};
 use hone_model::registry::{resolve_path, ModelSource};
 use hone_model::testing::{write_tiny_model, TinySpec};
 use hone_model::{
-    load_hf_dir, load_model, load_peft_adapter, merge_to_hf_dir, ChatEngine, Llama, LoraConfig,
-    LoraParams, WeightPath,
+    load_model, load_peft_adapter, merge_to_hf_dir, ChatEngine, Llama, LoraConfig, LoraParams,
+    WeightPath,
 };
 use hone_text::{ChatMessage, ChatTokenizer, Role};
 
@@ -69,7 +69,7 @@ fn merged_logits_equal_base_plus_adapter(targets: &str) {
     let per_layer = LoraConfig::parse_target_modules(targets).unwrap().len();
     assert_eq!(stats.merged_modules, per_layer * spec.layers);
 
-    let merged = load_hf_dir(&out, WeightPath::F32).unwrap();
+    let merged = load_model(&out, WeightPath::F32).unwrap();
     let base = load_model(&gguf, WeightPath::F32).unwrap();
     let x = ids(2, 11, spec.vocab_size());
     let want = unmerged.forward(&x, 0, None).unwrap();
@@ -190,7 +190,7 @@ fn merge_refuses_an_existing_output_and_a_model_without_adapter() {
     assert!(err.contains("nothing to merge"), "{err}");
     assert!(!dir.path().join("new").exists());
 
-    let mut quant = load_model(&gguf, WeightPath::Q8_0).unwrap();
+    let mut quant = load_model(&gguf, WeightPath::Packed).unwrap();
     load_peft_adapter(&mut quant, &adapter).unwrap();
     let err = merge_to_hf_dir(&mut quant, None, &dir.path().join("q"))
         .unwrap_err()

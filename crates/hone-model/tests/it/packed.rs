@@ -166,12 +166,28 @@ fn bad_steps_are_errors_not_panics() {
         matches!(r, Err(ModelError::ContextOverflow { .. })),
         "{r:?}"
     );
-    // A cache filled by the tensor path cannot continue on the packed step.
-    let mut tensor_cache = m.new_cache();
-    let input = Tensor::new(&[1u32, 2], m.device())
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    m.forward(&input, 0, Some(&mut tensor_cache)).unwrap();
-    assert!(m.step(&[3], 2, &mut tensor_cache).is_err());
+    // Each step path has its own cache type: the tensor forward pass takes
+    // only a `TensorKvCache` (checked by the compiler), and a cache made by
+    // an f32 model is refused by the packed step, in a single or batched step.
+    let f32_model = load_model(&tiny_q4_1(dir.path()), WeightPath::F32).unwrap();
+    let mut tensor_cache = f32_model.new_cache();
+    f32_model.step(&[1, 2], 0, &mut tensor_cache).unwrap();
+    let r = m.step(&[3], 2, &mut tensor_cache);
+    assert!(matches!(r, Err(ModelError::Generation(_))), "{r:?}");
+    let r = m.step_batch_logits(&[3], &mut [&mut tensor_cache], ForwardOptions::default());
+    assert!(r.is_err(), "batched step on a tensor cache");
+    let mut packed_cache = m.new_cache();
+    assert!(f32_model.step(&[1], 0, &mut packed_cache).is_err());
+}
+
+/// A packed cache made for a model of another shape is an error, not an
+/// out-of-bounds panic.
+#[test]
+fn a_cache_from_another_model_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = load_model(&tiny_q4_1(dir.path()), WeightPath::Packed).unwrap();
+    let mut other_cfg = m.cfg.clone();
+    other_cfg.num_hidden_layers += 1;
+    let mut cache = hone_model::KvCache::Packed(hone_model::PackedKvCache::new(&other_cfg));
+    assert!(m.step(&[1, 2], 0, &mut cache).is_err());
 }

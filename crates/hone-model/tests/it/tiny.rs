@@ -6,7 +6,7 @@ use hone_model::generate::{generate, GenerationParams};
 use hone_model::testing::{
     tiny_weights, write_tiny_gguf, write_tiny_hf_dir, write_tiny_model, TinySpec,
 };
-use hone_model::{load_model, ForwardOptions, LoraAdapter, ModelError, WeightPath};
+use hone_model::{load_model, ForwardOptions, LoraAdapter, ModelError, TensorKvCache, WeightPath};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
@@ -63,7 +63,7 @@ fn incremental_decoding_with_kv_cache_matches_full_forward() {
     let m = load_model(&gguf, WeightPath::F32).unwrap();
     let x = ids(1, 12, spec.vocab_size());
     let full = m.forward(&x, 0, None).unwrap();
-    let mut cache = m.new_cache();
+    let mut cache = TensorKvCache::new(&m.cfg);
     // A prefill of 5, then one token at a time.
     let mut parts = vec![m
         .forward(&x.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache))
@@ -103,14 +103,14 @@ fn quantized_paths_stay_close_to_f32() {
         .unwrap();
     let scale = scale.to_scalar::<f32>().unwrap();
     for (path, wp) in [
-        (&q8_path, WeightPath::Native),
-        (&f32_path, WeightPath::Q8_0),
+        (&q8_path, WeightPath::Packed),
+        (&f32_path, WeightPath::Packed),
         (&q8_path, WeightPath::F32),
     ] {
         let m = load_model(path, wp).unwrap();
         let l = m.forward(&x, 0, None).unwrap();
         let d = max_diff(&reference, &l);
-        // 8-bit weights and activations: a few percent of the logit range.
+        // 8-bit weights: a few percent of the logit range.
         assert!(
             d < 0.03 * scale,
             "{wp:?} from {path:?}: max diff {d} of {scale}"

@@ -62,7 +62,7 @@ fn tiny_catalog(gguf: &Path) -> BaseModels {
 fn tiny_chat(gguf: &Path, max_adapters: usize) -> Arc<LocalChat> {
     let opts = LocalChatOptions {
         max_adapters,
-        weights: WeightPath::Q8_0,
+        weights: WeightPath::Packed,
     };
     Arc::new(LocalChat::new(Arc::new(tiny_catalog(gguf)), opts))
 }
@@ -381,10 +381,10 @@ async fn a_prompt_over_the_context_is_a_400_before_any_stream() {
 #[test]
 fn only_the_catalogs_base_models_are_served() {
     let (_dir, gguf) = tiny_gguf();
-    let stray = ChatEngine::load_path(&gguf, WeightPath::Q8_0).unwrap();
+    let stray = ChatEngine::load_path(&gguf, WeightPath::Packed).unwrap();
     let opts = LocalChatOptions {
         max_adapters: 1,
-        weights: WeightPath::Q8_0,
+        weights: WeightPath::Packed,
     };
     let chat = LocalChat::new(Arc::new(tiny_catalog(&gguf)), opts).with_base("retired", stray);
     let ask = |base: &str| {
@@ -738,7 +738,7 @@ async fn concurrent_requests_on_different_adapters_do_not_mix() {
 
 // ------------------------------------------------------------ real model --
 
-/// France -> Paris through the HTTP route on the real SmolLM2 (Q8_0).
+/// France -> Paris through the HTTP route on the real SmolLM2 (packed weights).
 #[tokio::test]
 #[ignore = "needs HONE_TEST_GGUF (the real SmolLM2 GGUF)"]
 async fn real_model_answers_paris_over_http() {

@@ -69,8 +69,11 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     let targets = LoraConfig::parse_target_modules(&args.targets)?;
     let t0 = Instant::now();
     let resolved = hone_model::registry::resolve(&args.model)?;
-    let mut model = hone_model::load_model(resolved.source.path(), WeightPath::F32)
-        .with_context(|| format!("loading {}", resolved.source.path().display()))?;
+    let mut model = resolved
+        .open()
+        .and_then(|m| m.load(WeightPath::F32))
+        .with_context(|| format!("loading {}", resolved.source.path().display()))?
+        .model;
     let load_s = t0.elapsed().as_secs_f64();
     let lora = LoraConfig {
         r: args.lora_r,
