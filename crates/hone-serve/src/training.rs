@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use hone_data::hparams::Overrides;
 use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-use hone_model::{ChatEngine, LoraConfig, WeightPath};
+use hone_model::{ChatEngine, Llama, LoraConfig, WeightPath};
 use hone_train::job::{
     DEFAULT_KEEP_CHECKPOINTS, DEFAULT_LORA_ALPHA, DEFAULT_LORA_R, DEFAULT_MAX_SEQ_LEN,
     DEFAULT_TARGET_MODULES,
@@ -166,43 +166,7 @@ impl TrainingEngine for HoneTrainer {
 
 impl HoneTrainer {
     fn run(&self, ctx: &JobContext) -> Result<TrainingOutcome, JobError> {
-        let job = &ctx.job;
-        let opts = self
-            .options
-            .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
-        let data = TrainData::read(
-            opts.method,
-            &ctx.training_file,
-            ctx.validation_file.as_deref(),
-        )
-        .map_err(|e| job_error_of(&e.into()))?;
-        let resolved = self.models.source(&job.model).ok_or_else(|| {
-            job_error(
-                "model_not_available",
-                format!("The base model '{}' is no longer served.", job.model),
-            )
-        })?;
-        let _ = ctx.message(
-            EventLevel::Info,
-            format!("Loading base model {}", job.model),
-        );
-        let engine = ChatEngine::load(resolved, WeightPath::F32).map_err(|e| {
-            job_error(
-                "model_load_failed",
-                format!("Loading base model {}: {e}", job.model),
-            )
-        })?;
-        let mut model = engine.model;
-        let base = BaseModel {
-            id: &engine.id,
-            config: &model.cfg,
-            tokenizer: &engine.tokenizer,
-        };
-        let train_job = TrainJob::build(&opts, data, base).map_err(|e| job_error_of(&e))?;
-        for note in &train_job.notes {
-            let _ = ctx.message(EventLevel::Warn, note.to_string());
-        }
-        record_hyperparameters(ctx, &train_job);
+        let (train_job, mut model) = self.prepare(ctx)?;
         let out_dir = ctx.job_dir.join(RUN_DIR);
         let mut sink = JobSink::new(ctx, train_job.steps_per_epoch(), train_job.has_validation());
         let cancel = Arc::new(AtomicBool::new(false));
@@ -231,6 +195,49 @@ impl HoneTrainer {
                 format!("Training failed: {e:#}"),
             )),
         }
+    }
+
+    /// Reads the job's files (before loading the model, so bad data fails
+    /// fast), loads the base model with f32 weights, and builds the run with
+    /// hone-train's [`TrainJob::build`]; its data warnings become job events.
+    fn prepare(&self, ctx: &JobContext) -> Result<(TrainJob, Llama), JobError> {
+        let job = &ctx.job;
+        let opts = self
+            .options
+            .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
+        let data = TrainData::read(
+            opts.method,
+            &ctx.training_file,
+            ctx.validation_file.as_deref(),
+        )
+        .map_err(|e| job_error_of(&e.into()))?;
+        let resolved = self.models.source(&job.model).ok_or_else(|| {
+            job_error(
+                "model_not_available",
+                format!("The base model '{}' is no longer served.", job.model),
+            )
+        })?;
+        let _ = ctx.message(
+            EventLevel::Info,
+            format!("Loading base model {}", job.model),
+        );
+        let engine = ChatEngine::load(resolved, WeightPath::F32).map_err(|e| {
+            job_error(
+                "model_load_failed",
+                format!("Loading base model {}: {e}", job.model),
+            )
+        })?;
+        let base = BaseModel {
+            id: &engine.id,
+            config: &engine.model.cfg,
+            tokenizer: &engine.tokenizer,
+        };
+        let train_job = TrainJob::build(&opts, data, base).map_err(|e| job_error_of(&e))?;
+        for note in &train_job.notes {
+            let _ = ctx.message(EventLevel::Warn, note.to_string());
+        }
+        record_hyperparameters(ctx, &train_job);
+        Ok((train_job, engine.model))
     }
 }
 
