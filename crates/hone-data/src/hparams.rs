@@ -34,7 +34,8 @@ pub const DPO_SMALL_MODEL_MULTIPLIER: f64 = 0.5;
 pub const DPO_LARGE_MODEL_MULTIPLIER: f64 = 0.25;
 /// Models up to this many parameters count as small.
 pub const SMALL_MODEL_PARAMS: u64 = 1_000_000_000;
-/// DPO's beta when auto (OpenAI's default).
+/// DPO's beta when auto (TRL's and OpenAI's default). The one definition: the trainer
+/// and both front ends use it.
 pub const DPO_AUTO_BETA: f64 = 0.1;
 /// Auto batch size bounds.
 pub const MIN_AUTO_BATCH: u32 = 4;
@@ -144,7 +145,7 @@ pub fn resolve_auto(
     input: &AutoInput,
     o: &Overrides,
 ) -> Result<ResolvedHyperparameters, DataError> {
-    check_overrides(o)?;
+    o.check()?;
     let n = input.n_examples;
     let mut reasons = Vec::new();
     let n_epochs = pick(&mut reasons, "n_epochs", o.n_epochs, || {
@@ -213,26 +214,33 @@ fn pick<T: Copy + std::fmt::Display>(
     value
 }
 
-fn check_overrides(o: &Overrides) -> Result<(), DataError> {
-    let bad = |m: String| Err(DataError::InvalidArgument(m));
-    if let Some(e) = o.n_epochs.filter(|e| !(1..=50).contains(e)) {
-        return bad(format!("n_epochs must be between 1 and 50, got {e}"));
+impl Overrides {
+    /// Range checks of the user's values (also done by [`resolve_auto`]); callers
+    /// run it early to fail before any expensive work.
+    pub fn check(&self) -> Result<(), DataError> {
+        let bad = |m: String| Err(DataError::InvalidArgument(m));
+        if let Some(e) = self.n_epochs.filter(|e| !(1..=50).contains(e)) {
+            return bad(format!("n_epochs must be between 1 and 50, got {e}"));
+        }
+        if self.batch_size == Some(0) {
+            return bad("batch_size must be at least 1".into());
+        }
+        if let Some(m) = self
+            .learning_rate_multiplier
+            .filter(|m| !(m.is_finite() && *m > 0.0 && *m <= 100.0))
+        {
+            return bad(format!(
+                "learning_rate_multiplier must be in (0, 100], got {m}"
+            ));
+        }
+        if let Some(b) = self
+            .beta
+            .filter(|b| !(b.is_finite() && *b > 0.0 && *b <= 2.0))
+        {
+            return bad(format!("beta must be in (0, 2], got {b}"));
+        }
+        Ok(())
     }
-    if o.batch_size == Some(0) {
-        return bad("batch_size must be at least 1".into());
-    }
-    if let Some(m) = o
-        .learning_rate_multiplier
-        .filter(|m| !(m.is_finite() && *m > 0.0 && *m <= 100.0))
-    {
-        return bad(format!(
-            "learning_rate_multiplier must be in (0, 100], got {m}"
-        ));
-    }
-    if let Some(b) = o.beta.filter(|b| !(b.is_finite() && *b > 0.0 && *b <= 2.0)) {
-        return bad(format!("beta must be in (0, 2], got {b}"));
-    }
-    Ok(())
 }
 
 fn epochs_why(n: usize) -> String {

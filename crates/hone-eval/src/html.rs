@@ -2,31 +2,40 @@
 //! or external resources) with the comparison table, the failures and, when
 //! the adapter's `metrics.csv` is given, the loss curves. Everything that
 //! comes from data is HTML-escaped.
+//!
+//! This module depends on [`crate::report`], never the reverse:
+//! [`EvalReport::write_html`] is defined here.
 
 use std::fmt::Write as _;
 use std::path::Path;
+
+use hone_train::{parse_metrics_csv, MetricsRow};
 
 use crate::error::{EvalError, Result};
 use crate::report::{pct, EvalReport};
 use crate::run::ModelRun;
 
-/// One row of a trainer's `metrics.csv`
-/// (`step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricsRow {
-    pub step: f64,
-    pub train_loss: Option<f64>,
-    pub valid_loss: Option<f64>,
+impl EvalReport {
+    /// Writes the self-contained HTML report; with `metrics_csv` (a trainer's
+    /// `metrics.csv`, or the server's `step_metrics.csv`), it includes the loss curves.
+    /// (Defined here, with the rendering, so that the report does not depend on its
+    /// HTML form.)
+    pub fn write_html(&self, path: &Path, metrics_csv: Option<&Path>) -> Result<()> {
+        let metrics = match metrics_csv {
+            Some(p) => Some(read_metrics_csv(p)?),
+            None => None,
+        };
+        let html = render_html(self, metrics.as_deref());
+        std::fs::write(path, html).map_err(|source| EvalError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
 }
 
-/// The loss history of a training run.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Metrics {
-    pub rows: Vec<MetricsRow>,
-}
-
-/// Reads `metrics.csv`; columns are found by name, empty cells are gaps.
-pub fn read_metrics_csv(path: &Path) -> Result<Metrics> {
+/// Reads a trainer's `metrics.csv` with hone-train's reader (the format is defined
+/// once, next to its writer).
+pub fn read_metrics_csv(path: &Path) -> Result<Vec<MetricsRow>> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
@@ -35,45 +44,6 @@ pub fn read_metrics_csv(path: &Path) -> Result<Metrics> {
         path: path.to_path_buf(),
         message,
     })
-}
-
-/// Parses the text of a `metrics.csv`.
-pub fn parse_metrics_csv(text: &str) -> std::result::Result<Metrics, String> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or("empty metrics file")?
-        .split(',')
-        .map(str::trim)
-        .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name);
-    let step = col("step").ok_or("no `step` column")?;
-    let (train, valid) = (col("train_loss"), col("valid_loss"));
-    if train.is_none() && valid.is_none() {
-        return Err("no `train_loss` or `valid_loss` column".into());
-    }
-    let mut rows = Vec::new();
-    for (i, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let num = |c: Option<usize>| -> std::result::Result<Option<f64>, String> {
-            match c.and_then(|c| cells.get(c)).filter(|s| !s.is_empty()) {
-                None => Ok(None),
-                Some(s) => s
-                    .parse::<f64>()
-                    .map(Some)
-                    .map_err(|_| format!("row {}: `{s}` is not a number", i + 2)),
-            }
-        };
-        let Some(s) = num(Some(step))? else {
-            return Err(format!("row {}: no step", i + 2));
-        };
-        rows.push(MetricsRow {
-            step: s,
-            train_loss: num(train)?.filter(|x| x.is_finite()),
-            valid_loss: num(valid)?.filter(|x| x.is_finite()),
-        });
-    }
-    Ok(Metrics { rows })
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -98,7 +68,7 @@ th{background:#f3f3f3}td.num{text-align:right}pre{white-space:pre-wrap;margin:0;
 .pass{color:#17803d}.fail{color:#b3261e}.muted{color:#666}details{margin:.5em 0}";
 
 /// The whole report as an HTML document.
-pub fn render_html(report: &EvalReport, metrics: Option<&Metrics>) -> String {
+pub fn render_html(report: &EvalReport, metrics: Option<&[MetricsRow]>) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n");
     let _ = writeln!(
@@ -254,16 +224,17 @@ const PAD_T: f64 = 28.0;
 const PAD_B: f64 = 40.0;
 
 /// Training and validation loss against step as an inline SVG line chart.
-pub fn loss_chart_svg(m: &Metrics) -> String {
-    let train: Vec<(f64, f64)> = m
-        .rows
+/// Non-finite losses (a diverged step) are left out.
+pub fn loss_chart_svg(rows: &[MetricsRow]) -> String {
+    let point =
+        |step: u64, loss: Option<f64>| loss.filter(|l| l.is_finite()).map(|l| (step as f64, l));
+    let train: Vec<(f64, f64)> = rows
         .iter()
-        .filter_map(|r| r.train_loss.map(|l| (r.step, l)))
+        .filter_map(|r| point(r.step, Some(r.train_loss)))
         .collect();
-    let valid: Vec<(f64, f64)> = m
-        .rows
+    let valid: Vec<(f64, f64)> = rows
         .iter()
-        .filter_map(|r| r.valid_loss.map(|l| (r.step, l)))
+        .filter_map(|r| point(r.step, r.valid_loss))
         .collect();
     let all: Vec<&(f64, f64)> = train.iter().chain(&valid).collect();
     if all.is_empty() {

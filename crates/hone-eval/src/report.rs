@@ -1,14 +1,13 @@
 //! The evaluation report: per-model runs, the comparison of the evaluated
 //! model with its baseline, and its renderings (terminal table, failure
-//! list, JSON). The HTML rendering lives in [`crate::html`].
+//! list, JSON). The HTML rendering, `EvalReport::write_html` included, lives in
+//! [`crate::html`] (which uses this module, not the other way round).
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use serde::Serialize;
 
 use crate::case::EvalCase;
-use crate::error::{EvalError, Result};
 use crate::run::ModelRun;
 
 /// What a case asked, as shown in reports (seed 001's `input`/`expected`).
@@ -208,20 +207,6 @@ impl EvalReport {
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-    }
-
-    /// Writes the self-contained HTML report (see [`crate::html`]); with
-    /// `metrics_csv` (a trainer's `metrics.csv`), it includes the loss curves.
-    pub fn write_html(&self, path: &Path, metrics_csv: Option<&Path>) -> Result<()> {
-        let metrics = match metrics_csv {
-            Some(p) => Some(crate::html::read_metrics_csv(p)?),
-            None => None,
-        };
-        let html = crate::html::render_html(self, metrics.as_ref());
-        std::fs::write(path, html).map_err(|source| EvalError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
     }
 }
 

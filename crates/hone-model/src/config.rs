@@ -53,6 +53,20 @@ impl Config {
         Ok(())
     }
 
+    /// Parameters of the model (embeddings, attention with grouped KV heads,
+    /// SwiGLU MLP, untied head if any; norms left out): what the "auto"
+    /// learning-rate rule sizes a model by.
+    pub fn param_count(&self) -> u64 {
+        let (h, kv) = (
+            self.hidden_size as u64,
+            (self.num_key_value_heads * self.head_dim) as u64,
+        );
+        let per_layer = 2 * h * h + 2 * h * kv + 3 * h * self.intermediate_size as u64;
+        let embed = self.vocab_size as u64 * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + self.num_hidden_layers as u64 * per_layer
+    }
+
     /// Number of query heads sharing one key/value head.
     pub fn n_rep(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads

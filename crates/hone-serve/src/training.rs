@@ -1,11 +1,15 @@
 //! The training engine over hone-train: runs one fine-tuning job in-process.
 //!
-//! [`HoneTrainer::train`] loads the job's base model (f32 weights, its own
-//! tokenizer and chat template), parses and tokenizes the files with the
-//! same code as `hone train`, and calls [`hone_train::sft::run_sft`] with
-//! `resume: true`, so a run of a job that was paused, shut down or killed
-//! continues from its newest valid checkpoint. Everything the run writes
-//! lives in `$HONE_HOME/jobs/<job-id>/`:
+//! [`HoneTrainer::train`] maps the job (its method, hyperparameters and
+//! seed) and the server's [`TrainerOptions`] to hone-train's
+//! [`JobOptions`] ([`TrainerOptions::job_options`]: the only server-specific
+//! part), then does what `hone train` does, through the same builder:
+//! [`TrainData::read`] parses the files, [`TrainJob::build`] tokenises them
+//! with the job's base model (f32 weights, its own tokenizer and chat
+//! template), resolves "auto" and builds the config, and [`TrainJob::run`]
+//! trains with `resume: true`, so a run of a job that was paused, shut down
+//! or killed continues from its newest valid checkpoint. Everything the run
+//! writes lives in `$HONE_HOME/jobs/<job-id>/`:
 //!
 //! - `run/`: hone-train's output directory (final adapter, `metrics.csv`,
 //!   `summary.json`, and `checkpoints/step-N/` with optimizer state, which
@@ -14,7 +18,7 @@
 //!   checkpoint, kept for the job's life, which is what the checkpoint model
 //!   `ft:…:ckpt-step-N` serves from.
 //!
-//! Training events become job events ([`JobSink`]): one `metrics` event per
+//! Training events become job events (`JobSink`): one `metrics` event per
 //! step (with the validation loss at epoch ends), messages for the start, a
 //! resume and each checkpoint, and `estimated_finish` from the measured
 //! step rate. A cancel, pause or shutdown sets hone-train's cooperative
@@ -25,18 +29,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hone_data::hparams::{resolve_auto, AutoInput, Overrides};
-use hone_data::DataError;
+use hone_data::hparams::Overrides;
 use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-use hone_model::{ChatEngine, LoraConfig, WeightPath};
-use hone_train::batch::{batches_per_epoch, TokenizedExample};
-use hone_train::runner::METRICS_CSV;
+use hone_model::{ChatEngine, Llama, LoraConfig, WeightPath};
+use hone_train::job::{
+    DEFAULT_KEEP_CHECKPOINTS, DEFAULT_LORA_ALPHA, DEFAULT_LORA_R, DEFAULT_MAX_SEQ_LEN,
+    DEFAULT_TARGET_MODULES,
+};
+use hone_train::metrics::METRICS_CSV;
 use hone_train::{
-    run_dpo, run_sft, tokenize_dpo, tokenize_sft, AdamWConfig, DpoConfig, EventSink, RunControl,
-    ScheduleKind, TokenizedPair, TrainConfig, TrainError, TrainEvent,
+    BaseModel, DataFile, DataFileError, EventSink, JobOptions, MaxSeqLen, RunControl, TrainData,
+    TrainError, TrainEvent, TrainJob, TrainJobError,
 };
 
-use crate::api::{EventLevel, JobError, MethodType, StepMetrics};
+use crate::api::{AutoOr, EventLevel, Hyperparameters, JobError, MethodType, StepMetrics};
 use crate::catalog::BaseModels;
 use crate::store::{unix_now, JobUpdate};
 use crate::worker::{JobContext, TrainingEngine, TrainingOutcome};
@@ -68,13 +74,63 @@ pub struct TrainerOptions {
 impl Default for TrainerOptions {
     fn default() -> Self {
         TrainerOptions {
-            lora_r: 8,
-            lora_alpha: 16.0,
-            target_modules: "all-linear".into(),
-            max_seq_len: 1024,
+            lora_r: DEFAULT_LORA_R,
+            lora_alpha: DEFAULT_LORA_ALPHA,
+            target_modules: DEFAULT_TARGET_MODULES.into(),
+            max_seq_len: DEFAULT_MAX_SEQ_LEN,
             checkpoint_every: 20,
-            keep_checkpoints: 2,
+            keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
         }
+    }
+}
+
+impl TrainerOptions {
+    /// The hone-train options of a job: its method, its hyperparameters (any
+    /// still "auto" are resolved by [`TrainJob::build`], with the base
+    /// model's size, exactly as `hone train` resolves them) and its seed,
+    /// with these server-wide LoRA and checkpoint settings. Everything the
+    /// API does not expose keeps hone-train's defaults, which are also the
+    /// CLI's.
+    pub fn job_options(
+        &self,
+        method: MethodType,
+        h: &Hyperparameters,
+        seed: i64,
+    ) -> Result<JobOptions, JobError> {
+        let method = match method {
+            MethodType::Supervised => hone_data::Method::Sft,
+            MethodType::Dpo => hone_data::Method::Dpo,
+            MethodType::Reinforcement => {
+                return Err(JobError {
+                    code: "unsupported_method".into(),
+                    message: "Reinforcement fine-tuning is not supported by this server.".into(),
+                    param: Some("method.type".into()),
+                })
+            }
+        };
+        let target_modules = LoraConfig::parse_target_modules(&self.target_modules)
+            .map_err(|e| job_error("internal_error", format!("server LoRA options: {e}")))?;
+        Ok(JobOptions {
+            overrides: Overrides {
+                n_epochs: h.n_epochs.value(),
+                batch_size: h.batch_size.value(),
+                learning_rate_multiplier: h.learning_rate_multiplier.value(),
+                // The API's beta is DPO's only.
+                beta: h
+                    .beta
+                    .and_then(|b| b.value())
+                    .filter(|_| method == hone_data::Method::Dpo),
+            },
+            lora_r: self.lora_r,
+            lora_alpha: self.lora_alpha,
+            target_modules,
+            max_seq_len: MaxSeqLen::UpTo(self.max_seq_len),
+            seed: seed as u64,
+            // A job resumes from its checkpoints: keep at least one.
+            keep_checkpoints: self.keep_checkpoints.max(1),
+            checkpoint_every: self.checkpoint_every,
+            ..JobOptions::new(method)
+        })
     }
 }
 
@@ -108,104 +164,18 @@ impl TrainingEngine for HoneTrainer {
     }
 }
 
-/// Tokenised training and validation data of either method.
-enum Data {
-    Sft {
-        train: Vec<TokenizedExample>,
-        valid: Vec<TokenizedExample>,
-    },
-    Dpo {
-        train: Vec<TokenizedPair>,
-        valid: Vec<TokenizedPair>,
-    },
-}
-
-impl Data {
-    fn n_train(&self) -> usize {
-        match self {
-            Data::Sft { train, .. } => train.len(),
-            Data::Dpo { train, .. } => train.len(),
-        }
-    }
-
-    fn has_valid(&self) -> bool {
-        match self {
-            Data::Sft { valid, .. } => !valid.is_empty(),
-            Data::Dpo { valid, .. } => !valid.is_empty(),
-        }
-    }
-
-    /// Mean tokens per training example (both answers of a pair).
-    fn mean_tokens(&self) -> f64 {
-        let (sum, n) = match self {
-            Data::Sft { train, .. } => (
-                train.iter().map(|e| e.ids.len()).sum::<usize>(),
-                train.len(),
-            ),
-            Data::Dpo { train, .. } => (
-                train
-                    .iter()
-                    .map(|p| p.chosen.ids.len() + p.rejected.ids.len())
-                    .sum::<usize>(),
-                train.len(),
-            ),
-        };
-        sum as f64 / n.max(1) as f64
-    }
-}
-
 impl HoneTrainer {
     fn run(&self, ctx: &JobContext) -> Result<TrainingOutcome, JobError> {
-        let method = ctx.job.method.kind;
-        let resolved = self.models.source(&ctx.job.model).ok_or_else(|| {
-            job_error(
-                "model_not_available",
-                format!("The base model '{}' is no longer served.", ctx.job.model),
-            )
-        })?;
-        let _ = ctx.message(
-            EventLevel::Info,
-            format!("Loading base model {}", ctx.job.model),
-        );
-        let engine = ChatEngine::load(resolved, WeightPath::F32).map_err(|e| {
-            job_error(
-                "model_load_failed",
-                format!("Loading base model {}: {e}", ctx.job.model),
-            )
-        })?;
-        let mut model = engine.model;
-        let tok = engine.tokenizer;
-        let max_len = self
-            .options
-            .max_seq_len
-            .min(model.cfg.max_position_embeddings);
-        let data = read_data(ctx, method, &tok, max_len)?;
-        let (cfg, beta) = self.config(
-            ctx,
-            &data,
-            engine.id.clone(),
-            tok.tokenizer.eos_id(),
-            max_len,
-        )?;
+        let (train_job, mut model) = self.prepare(ctx)?;
         let out_dir = ctx.job_dir.join(RUN_DIR);
-        let steps_per_epoch = batches_per_epoch(data.n_train(), cfg.batch_size) as u64;
-        let mut sink = JobSink::new(ctx, steps_per_epoch, data.has_valid());
+        let mut sink = JobSink::new(ctx, train_job.steps_per_epoch(), train_job.has_validation());
         let cancel = Arc::new(AtomicBool::new(false));
         let ctl = RunControl {
             resume: true,
             cancel: Some(cancel.clone()),
         };
-        let result = with_stop_watcher(ctx, &cancel, || match &data {
-            Data::Sft { train, valid } => {
-                run_sft(&mut model, train, valid, &cfg, &out_dir, &mut sink, &ctl)
-            }
-            Data::Dpo { train, valid } => {
-                let dcfg = DpoConfig {
-                    train: cfg.clone(),
-                    beta,
-                };
-                run_dpo(&mut model, train, valid, &dcfg, &out_dir, &mut sink, &ctl)
-            }
+        let result = with_stop_watcher(ctx, &cancel, || {
+            train_job.run(&mut model, &out_dir, &mut sink, &ctl)
         });
         match result {
             Ok(summary) => {
@@ -227,200 +197,97 @@ impl HoneTrainer {
         }
     }
 
-    /// The hone-train config of a job (and DPO's beta): its resolved
-    /// hyperparameters (the worker resolved "auto" at validation and showed
-    /// them on the job; any left are resolved here by the same rule), the
-    /// server's LoRA options, and the job's seed.
-    fn config(
-        &self,
-        ctx: &JobContext,
-        data: &Data,
-        base_model: String,
-        pad_id: u32,
-        max_seq_len: usize,
-    ) -> Result<(TrainConfig, f64), JobError> {
-        let h = ctx.job.hyperparameters;
-        let dpo = matches!(data, Data::Dpo { .. });
-        let overrides = Overrides {
-            n_epochs: h.n_epochs.value(),
-            batch_size: h.batch_size.value(),
-            learning_rate_multiplier: h.learning_rate_multiplier.value(),
-            beta: h.beta.and_then(|b| b.value()),
-        };
-        let input = AutoInput {
-            method: if dpo {
-                hone_data::Method::Dpo
-            } else {
-                hone_data::Method::Sft
-            },
-            n_examples: data.n_train(),
-            mean_tokens_per_example: Some(data.mean_tokens()),
-            model_params: None,
-        };
-        let hp = resolve_auto(&input, &overrides)
-            .map_err(|e| job_error("invalid_hyperparameters", e.to_string()))?;
-        let target_modules = LoraConfig::parse_target_modules(&self.options.target_modules)
-            .map_err(|e| job_error("internal_error", format!("server LoRA options: {e}")))?;
-        let cfg = TrainConfig {
-            epochs: hp.n_epochs,
-            batch_size: hp.batch_size as usize,
-            grad_accum: 1,
-            learning_rate: hp.learning_rate,
-            schedule: ScheduleKind::Linear,
-            warmup_ratio: 0.0,
-            max_seq_len,
-            seed: ctx.job.seed as u64,
-            lora_r: self.options.lora_r,
-            lora_alpha: self.options.lora_alpha,
-            lora_dropout: 0.0,
-            target_modules,
-            adamw: AdamWConfig {
-                max_grad_norm: Some(1.0),
-                ..AdamWConfig::default()
-            },
-            keep_checkpoints: self.options.keep_checkpoints.max(1),
-            checkpoint_every: self.options.checkpoint_every,
-            base_model,
-            pad_id,
-            init_adapter: None,
-            packing: false,
-        };
-        Ok((cfg, hp.beta.unwrap_or(hone_data::hparams::DPO_AUTO_BETA)))
-    }
-}
-
-/// Parses and tokenises the job's files for its method. Invalid data
-/// (which upload validation should have caught) fails the job with every
-/// problem listed.
-fn read_data(
-    ctx: &JobContext,
-    method: MethodType,
-    tok: &hone_text::ChatTokenizer,
-    max_len: usize,
-) -> Result<Data, JobError> {
-    let tok_err = |e: TrainError| job_error("invalid_training_file", format!("{e:#}"));
-    let data = match method {
-        MethodType::Supervised => {
-            let mut sets = Vec::new();
-            for (path, role) in job_files(ctx) {
-                let ex = read_sft(path, role)?;
-                sets.push(tokenize_sft(tok, &ex, max_len).map_err(tok_err)?);
-            }
-            let valid = sets.get(1).map(|t| t.examples.clone()).unwrap_or_default();
-            let train = sets.swap_remove(0);
-            warn_truncated(ctx, train.truncated, max_len);
-            Data::Sft {
-                train: train.examples,
-                valid,
-            }
-        }
-        MethodType::Dpo => {
-            let mut sets = Vec::new();
-            for (path, role) in job_files(ctx) {
-                let ex = read_preference(path, role)?;
-                sets.push(tokenize_dpo(tok, &ex, max_len).map_err(tok_err)?);
-            }
-            let valid = sets.get(1).map(|t| t.pairs.clone()).unwrap_or_default();
-            let train = sets.swap_remove(0);
-            warn_truncated(ctx, train.truncated, max_len);
-            if train.dropped > 0 {
-                let _ = ctx.message(
-                    EventLevel::Warn,
-                    format!(
-                        "{} preference pair(s) were dropped: an answer had no token left within {max_len} tokens",
-                        train.dropped
-                    ),
-                );
-            }
-            Data::Dpo {
-                train: train.pairs,
-                valid,
-            }
-        }
-        MethodType::Reinforcement => {
-            return Err(JobError {
-                code: "unsupported_method".into(),
-                message: "Reinforcement fine-tuning is not supported by this server.".into(),
-                param: Some("method.type".into()),
-            })
-        }
-    };
-    if data.n_train() == 0 {
-        return Err(job_error(
-            "invalid_training_file",
-            "No training example is left after tokenization.",
-        ));
-    }
-    Ok(data)
-}
-
-fn warn_truncated(ctx: &JobContext, truncated: usize, max_len: usize) {
-    if truncated > 0 {
+    /// Reads the job's files (before loading the model, so bad data fails
+    /// fast), loads the base model with f32 weights, and builds the run with
+    /// hone-train's [`TrainJob::build`]; its data warnings become job events.
+    fn prepare(&self, ctx: &JobContext) -> Result<(TrainJob, Llama), JobError> {
+        let job = &ctx.job;
+        let opts = self
+            .options
+            .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
+        let data = TrainData::read(
+            opts.method,
+            &ctx.training_file,
+            ctx.validation_file.as_deref(),
+        )
+        .map_err(|e| job_error_of(&e.into()))?;
+        let resolved = self.models.source(&job.model).ok_or_else(|| {
+            job_error(
+                "model_not_available",
+                format!("The base model '{}' is no longer served.", job.model),
+            )
+        })?;
         let _ = ctx.message(
-            EventLevel::Warn,
-            format!("{truncated} training example(s) were cut to {max_len} tokens"),
+            EventLevel::Info,
+            format!("Loading base model {}", job.model),
         );
-    }
-}
-
-/// Which of a job's two files is being read, for error codes and `param`.
-#[derive(Clone, Copy)]
-enum FileRole {
-    Training,
-    Validation,
-}
-
-impl FileRole {
-    fn param(self) -> &'static str {
-        match self {
-            FileRole::Training => "training_file",
-            FileRole::Validation => "validation_file",
-        }
-    }
-
-    /// The error of a file that hone-data rejected, with its full report.
-    fn error(self, e: DataError) -> JobError {
-        let message = match e {
-            DataError::Invalid(report) => hone_data::render::render_report(&report),
-            other => other.to_string(),
+        let engine = ChatEngine::load(resolved, WeightPath::F32).map_err(|e| {
+            job_error(
+                "model_load_failed",
+                format!("Loading base model {}: {e}", job.model),
+            )
+        })?;
+        let base = BaseModel {
+            id: &engine.id,
+            config: &engine.model.cfg,
+            tokenizer: &engine.tokenizer,
         };
-        JobError {
-            code: format!("invalid_{}", self.param()),
-            message,
-            param: Some(self.param().into()),
+        let train_job = TrainJob::build(&opts, data, base).map_err(|e| job_error_of(&e))?;
+        for note in &train_job.notes {
+            let _ = ctx.message(EventLevel::Warn, note.to_string());
+        }
+        record_hyperparameters(ctx, &train_job);
+        Ok((train_job, engine.model))
+    }
+}
+
+/// Shows on the job the hyperparameters the run uses (all resolved).
+fn record_hyperparameters(ctx: &JobContext, job: &TrainJob) {
+    let hp = &job.hyperparameters;
+    let resolved = Hyperparameters {
+        n_epochs: AutoOr::Value(hp.n_epochs),
+        batch_size: AutoOr::Value(hp.batch_size),
+        learning_rate_multiplier: AutoOr::Value(hp.learning_rate_multiplier),
+        beta: job.beta.map(AutoOr::Value),
+    };
+    if resolved != ctx.job.hyperparameters {
+        let r = ctx.update(&JobUpdate {
+            hyperparameters: Some(resolved),
+            ..Default::default()
+        });
+        if let Err(e) = r {
+            tracing::warn!(job = %ctx.job.id, error = %e, "recording the resolved hyperparameters");
         }
     }
 }
 
-/// Parses an SFT file with hone-data. A validation file may hold fewer than
-/// [`hone_data::MIN_EXAMPLES`] examples (that minimum is for training).
-fn read_sft(path: &Path, role: FileRole) -> Result<Vec<hone_data::SftExample>, JobError> {
-    match role {
-        FileRole::Training => hone_data::parse_sft_file(path),
-        FileRole::Validation => hone_data::parse_sft_validation_file(path),
+/// The API error of a job that cannot start. A data file's problem fails
+/// the job with `invalid_training_file` / `invalid_validation_file`, the
+/// file as `param`, and (for a file hone-data rejected) every problem listed.
+pub fn job_error_of(e: &TrainJobError) -> JobError {
+    match e {
+        TrainJobError::Data(DataFileError { file, problem, .. }) => {
+            let param = match file {
+                DataFile::Training => "training_file",
+                DataFile::Validation => "validation_file",
+            };
+            JobError {
+                code: format!("invalid_{param}"),
+                message: problem.detail(),
+                param: Some(param.into()),
+            }
+        }
+        TrainJobError::Hyperparameters(e) => JobError {
+            code: "invalid_hyperparameters".into(),
+            message: e.to_string(),
+            param: Some("hyperparameters".into()),
+        },
+        // The server's options cannot be contradictory or beyond a model's
+        // context (its max_seq_len is capped), so these are its own bugs.
+        e @ (TrainJobError::Options(_) | TrainJobError::BeyondContext { .. }) => {
+            job_error("internal_error", format!("server training options: {e}"))
+        }
     }
-    .map_err(|e| role.error(e))
-}
-
-/// Parses a DPO file with hone-data, as [`read_sft`] does.
-fn read_preference(
-    path: &Path,
-    role: FileRole,
-) -> Result<Vec<hone_data::PreferenceExample>, JobError> {
-    match role {
-        FileRole::Training => hone_data::parse_preference_file(path),
-        FileRole::Validation => hone_data::parse_preference_validation_file(path),
-    }
-    .map_err(|e| role.error(e))
-}
-
-/// The training file, then the validation file if the job has one.
-fn job_files(ctx: &JobContext) -> impl Iterator<Item = (&PathBuf, FileRole)> {
-    std::iter::once((&ctx.training_file, FileRole::Training)).chain(
-        ctx.validation_file
-            .iter()
-            .map(|p| (p, FileRole::Validation)),
-    )
 }
 
 /// Runs `f` while a watcher thread turns the job's stop request into
@@ -656,4 +523,70 @@ fn copy_adapter(src: &Path, dest: &Path) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, dest)?;
     std::fs::File::open(parent)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AutoOr;
+
+    fn chats(path: &Path, n: usize) {
+        let lines: String = (0..n)
+            .map(|i| {
+                serde_json::json!({"messages": [
+                    {"role": "user", "content": format!("q{i}")},
+                    {"role": "assistant", "content": format!("a{i}")},
+                ]})
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        std::fs::write(path, lines).unwrap();
+    }
+
+    #[test]
+    fn a_rejected_file_fails_the_job_with_its_param_and_full_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (dir.path().join("good.jsonl"), dir.path().join("bad.jsonl"));
+        chats(&good, 10);
+        std::fs::write(&bad, "not json\n{\"messages\": []}\n").unwrap();
+        let read =
+            |t: &Path, v: Option<&Path>| TrainData::read(hone_data::Method::Sft, t, v).map(|_| ());
+        assert!(read(&good, Some(&good)).is_ok());
+        let e = job_error_of(&read(&bad, None).unwrap_err().into());
+        assert_eq!(e.code, "invalid_training_file");
+        assert_eq!(e.param.as_deref(), Some("training_file"));
+        let e = job_error_of(&read(&good, Some(&bad)).unwrap_err().into());
+        assert_eq!(e.code, "invalid_validation_file");
+        assert_eq!(e.param.as_deref(), Some("validation_file"));
+        // The full report: both bad lines, by number.
+        assert!(
+            e.message.contains("line 1") && e.message.contains("line 2"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn training_options_map_the_api_onto_the_shared_builder() {
+        let o = TrainerOptions {
+            keep_checkpoints: 0,
+            ..TrainerOptions::default()
+        };
+        let h = Hyperparameters {
+            n_epochs: AutoOr::Value(3),
+            beta: Some(AutoOr::Value(0.3)),
+            ..Hyperparameters::default()
+        };
+        let sft = o.job_options(MethodType::Supervised, &h, 5).unwrap();
+        assert_eq!(sft.overrides.n_epochs, Some(3));
+        assert_eq!(sft.overrides.batch_size, None, "auto stays auto");
+        assert_eq!(sft.overrides.beta, None, "beta is DPO's only");
+        assert_eq!((sft.seed, sft.keep_checkpoints), (5, 1));
+        assert_eq!(sft.max_seq_len, MaxSeqLen::UpTo(o.max_seq_len));
+        let dpo = o.job_options(MethodType::Dpo, &h, 5).unwrap();
+        assert_eq!(dpo.overrides.beta, Some(0.3));
+        let e = o.job_options(MethodType::Reinforcement, &h, 5).unwrap_err();
+        assert_eq!(e.code, "unsupported_method");
+    }
 }

@@ -15,6 +15,8 @@ use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 
 /// Token ids of a conversation and, per token, whether it counts in the loss.
+/// This is also what hone-train trains on (one tokenised SFT example, or one
+/// side of a DPO pair): there is no second "tokenised example" type.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EncodedChat {
     pub ids: Vec<u32>,
@@ -36,6 +38,22 @@ impl EncodedChat {
     /// Whether there are no tokens.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// Keeps the first `max_len` tokens (ids and mask together). Returns how
+    /// many were cut. Training cuts every sequence to its `max_seq_len`.
+    pub fn truncate(&mut self, max_len: usize) -> usize {
+        let cut = self.ids.len().saturating_sub(max_len);
+        self.ids.truncate(max_len);
+        self.loss_mask.truncate(max_len);
+        cut
+    }
+
+    /// Tokens that are predicted and trained after the next-token shift: the
+    /// first token is never a target, so its mask does not count (unlike
+    /// [`Self::trained_token_count`]).
+    pub fn trained_targets(&self) -> usize {
+        self.loss_mask.iter().skip(1).filter(|m| **m).count()
     }
 
     /// The ids whose mask is true, in order.

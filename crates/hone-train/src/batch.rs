@@ -1,38 +1,18 @@
-//! Turning tokenised examples into training batches: truncation, the
-//! next-token shift, padding, and a deterministic order per epoch.
+//! Turning tokenised examples (hone-text's [`EncodedChat`]: ids plus loss mask) into
+//! training batches: the next-token shift, padding or packing, the tensors the model
+//! takes, and a deterministic order per epoch.
 //!
 //! The order of an epoch is a pure function of `(seed, epoch)`, so the data
 //! cursor of a checkpoint is just `(epoch, batch index)`: resuming needs no
 //! hidden iterator state, and a resumed run sees exactly the batches an
 //! uninterrupted one would have.
 
+use candle_core::{Device, Tensor};
 use hone_model::PackedLayout;
+use hone_text::EncodedChat;
 
+use crate::error::Result;
 use crate::rng::TrainRng;
-
-/// One tokenised example: ids and which of them count in the loss.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenizedExample {
-    pub ids: Vec<u32>,
-    /// `loss_mask[i]` says whether token `i` is a training target.
-    pub loss_mask: Vec<bool>,
-}
-
-impl TokenizedExample {
-    /// Keeps the first `max_len` tokens. Returns how many were cut.
-    pub fn truncate(&mut self, max_len: usize) -> usize {
-        let cut = self.ids.len().saturating_sub(max_len);
-        self.ids.truncate(max_len);
-        self.loss_mask.truncate(max_len);
-        cut
-    }
-
-    /// Tokens that are predicted and trained after the next-token shift
-    /// (the first token is never a target).
-    pub fn trained_targets(&self) -> usize {
-        self.loss_mask.iter().skip(1).filter(|m| **m).count()
-    }
-}
 
 /// A padded batch in row-major `(batch, seq_len)` layout, already shifted:
 /// position `j` of row `i` predicts `targets[i * seq_len + j]` from
@@ -55,7 +35,7 @@ pub struct Batch {
 impl Batch {
     /// Builds a batch from examples, padding with `pad_id` to the longest.
     /// Examples shorter than two tokens contribute only padding.
-    pub fn from_examples(examples: &[&TokenizedExample], pad_id: u32) -> Batch {
+    pub fn from_examples(examples: &[&EncodedChat], pad_id: u32) -> Batch {
         let seq_len = examples
             .iter()
             .map(|e| e.ids.len().saturating_sub(1))
@@ -83,7 +63,7 @@ impl Batch {
     /// the fullest one. Each example keeps RoPE positions from 0 and attends only
     /// within itself ([`PackedLayout`]), so the loss equals the unpacked batch's.
     /// An example longer than `row_len` gets a row of its own.
-    pub fn packed(examples: &[&TokenizedExample], pad_id: u32, row_len: usize) -> Batch {
+    pub fn packed(examples: &[&EncodedChat], pad_id: u32, row_len: usize) -> Batch {
         let lens: Vec<usize> = examples
             .iter()
             .map(|e| e.ids.len().saturating_sub(1))
@@ -119,7 +99,7 @@ impl Batch {
     }
 
     /// Writes the shifted ids, targets and mask of `ex` from flat index `start`.
-    fn fill_at(&mut self, start: usize, ex: &TokenizedExample) {
+    fn fill_at(&mut self, start: usize, ex: &EncodedChat) {
         let n = ex.ids.len().saturating_sub(1);
         let base = start;
         for j in 0..n {
@@ -136,6 +116,17 @@ impl Batch {
     pub fn n_positions(&self) -> usize {
         self.batch * self.seq_len
     }
+}
+
+/// The batch as `(input_ids, targets, mask)` tensors of shape `(batch, seq_len)`.
+pub fn to_tensors(b: &Batch) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = Device::Cpu;
+    let shape = (b.batch, b.seq_len);
+    Ok((
+        Tensor::from_slice(&b.input_ids, shape, &dev)?,
+        Tensor::from_slice(&b.targets, shape, &dev)?,
+        Tensor::from_slice(&b.mask, shape, &dev)?,
+    ))
 }
 
 /// First-fit placement of items of `lens` into rows of capacity `cap`: each
@@ -193,8 +184,8 @@ pub fn batch_indices(
 mod tests {
     use super::*;
 
-    fn ex(ids: &[u32], mask: &[bool]) -> TokenizedExample {
-        TokenizedExample {
+    fn ex(ids: &[u32], mask: &[bool]) -> EncodedChat {
+        EncodedChat {
             ids: ids.to_vec(),
             loss_mask: mask.to_vec(),
         }

@@ -78,7 +78,8 @@ fn check_name(dir: &Path, name: &str) -> Result<()> {
     }
 }
 
-fn fsync_path(path: &Path) -> Result<()> {
+/// fsyncs a file or directory (so a rename that follows is durable).
+pub(crate) fn fsync_path(path: &Path) -> Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(io_err("fsync", path))

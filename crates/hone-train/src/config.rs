@@ -106,7 +106,7 @@ pub struct RunIdentity {
     #[serde(default)]
     pub beta: Option<f64>,
     pub config: TrainConfig,
-    /// See [`crate::runner::model_fingerprint`].
+    /// See [`crate::resume::model_fingerprint`].
     #[serde(default)]
     pub model_fingerprint: String,
     /// sha256 over the tokenised training examples.
@@ -116,7 +116,7 @@ pub struct RunIdentity {
 
 impl RunIdentity {
     /// One line per setting that differs, `name: checkpoint X, this run Y`. Settings
-    /// that do not change the steps ([`RESUMABLE_CHANGES`]) are ignored, and so are
+    /// that do not change the steps (`RESUMABLE_CHANGES`) are ignored, and so are
     /// fingerprints a (older) checkpoint did not record.
     pub fn differences(&self, now: &RunIdentity) -> Vec<String> {
         let mut out = Vec::new();

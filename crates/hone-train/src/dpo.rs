@@ -19,22 +19,22 @@ use candle_core::{Device, Tensor, D};
 use hone_data::PreferenceExample;
 use hone_model::ops::masked_cross_entropy;
 use hone_model::{Llama, TrainOptions};
-use hone_text::ChatTokenizer;
+use hone_text::{ChatTokenizer, EncodedChat};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::batch::{Batch, TokenizedExample};
+use crate::batch::{to_tensors, Batch};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::events::EventSink;
-use crate::runner::{to_tensors, train_loop, Objective, RunControl, Stats, TrainSummary};
+use crate::objective::{Objective, Stats};
+use crate::runner::{train_loop, RunControl};
 use crate::sft::hash_example;
-
-/// TRL's and OpenAI's default beta.
-pub const DEFAULT_BETA: f64 = 0.1;
+use crate::summary::TrainSummary;
 
 /// A DPO run: the shared settings plus `beta`, the strength of the pull towards the
-/// reference (higher keeps the policy closer to it).
+/// reference (higher keeps the policy closer to it). "auto" beta is hone-data's
+/// [`hone_data::hparams::DPO_AUTO_BETA`] (TRL's and OpenAI's 0.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DpoConfig {
     #[serde(flatten)]
@@ -45,8 +45,8 @@ pub struct DpoConfig {
 /// One tokenised preference pair: prompt + chosen answer, prompt + rejected answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizedPair {
-    pub chosen: TokenizedExample,
-    pub rejected: TokenizedExample,
+    pub chosen: EncodedChat,
+    pub rejected: EncodedChat,
 }
 
 impl TokenizedPair {
@@ -78,10 +78,6 @@ pub fn tokenize_dpo(
     for (index, ex) in examples.iter().enumerate() {
         let enc = |answer| {
             tok.encode_preference(&ex.input, answer)
-                .map(|e| TokenizedExample {
-                    ids: e.ids,
-                    loss_mask: e.loss_mask,
-                })
                 .map_err(|e| TrainError::Tokenize {
                     index,
                     message: format!("{e:#}"),
@@ -144,7 +140,7 @@ impl Dpo {
     /// Chosen rows then rejected rows in one batch, so policy and reference see the
     /// same tensors.
     fn batch(&self, chunk: &[&TokenizedPair]) -> Result<(Tensor, Tensor, Tensor, usize)> {
-        let seqs: Vec<&TokenizedExample> = chunk
+        let seqs: Vec<&EncodedChat> = chunk
             .iter()
             .map(|p| &p.chosen)
             .chain(chunk.iter().map(|p| &p.rejected))

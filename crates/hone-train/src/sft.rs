@@ -12,19 +12,20 @@ use candle_core::Tensor;
 use hone_data::SftExample;
 use hone_model::ops::TokenAccuracy;
 use hone_model::{Llama, TrainOptions};
-use hone_text::ChatTokenizer;
+use hone_text::{ChatTokenizer, EncodedChat};
 use sha2::{Digest, Sha256};
 
-use crate::batch::{Batch, TokenizedExample};
+use crate::batch::{to_tensors, Batch};
 use crate::error::{Result, TrainError};
 use crate::events::EventSink;
-use crate::runner::{to_tensors, train_loop, Objective, Stats};
+use crate::objective::{Objective, Stats};
+use crate::runner::train_loop;
 
 pub use crate::config::TrainConfig;
-pub use crate::runner::{
-    MetricsRow, RunControl, TrainSummary, TrainerState, CHECKPOINTS_DIR, METRICS_CSV,
-    METRICS_JSONL, OPTIMIZER_FILE, SUMMARY_JSON, TRAINER_STATE_FILE,
-};
+pub use crate::metrics::{MetricsRow, METRICS_CSV, METRICS_JSONL};
+pub use crate::resume::{TrainerState, OPTIMIZER_FILE, TRAINER_STATE_FILE};
+pub use crate::runner::{RunControl, CHECKPOINTS_DIR};
+pub use crate::summary::{TrainSummary, SUMMARY_JSON};
 
 /// SFT's settings are the shared [`TrainConfig`].
 pub type SftConfig = TrainConfig;
@@ -34,7 +35,7 @@ pub type SftSummary = TrainSummary;
 /// Tokenised examples and what tokenisation did to them.
 #[derive(Debug, Clone, Default)]
 pub struct Tokenized {
-    pub examples: Vec<TokenizedExample>,
+    pub examples: Vec<EncodedChat>,
     /// Examples cut at `max_seq_len`.
     pub truncated: usize,
     /// Examples with no trained target left (after truncation).
@@ -50,16 +51,12 @@ pub fn tokenize_sft(
 ) -> Result<Tokenized> {
     let mut out = Tokenized::default();
     for (index, ex) in examples.iter().enumerate() {
-        let enc = tok
+        let mut t = tok
             .encode_chat(&ex.messages, ex.tools.as_ref())
             .map_err(|e| TrainError::Tokenize {
                 index,
                 message: format!("{e:#}"),
             })?;
-        let mut t = TokenizedExample {
-            ids: enc.ids,
-            loss_mask: enc.loss_mask,
-        };
         if t.truncate(max_seq_len) > 0 {
             out.truncated += 1;
         }
@@ -76,8 +73,8 @@ pub fn tokenize_sft(
 /// `cfg.init_adapter` ones.
 pub fn train_sft(
     model: &mut Llama,
-    train: &[TokenizedExample],
-    valid: &[TokenizedExample],
+    train: &[EncodedChat],
+    valid: &[EncodedChat],
     cfg: &SftConfig,
     out_dir: &Path,
     sink: &mut dyn EventSink,
@@ -99,8 +96,8 @@ pub fn train_sft(
 /// resumed run produces the same steps as an uninterrupted one.
 pub fn resume_sft(
     model: &mut Llama,
-    train: &[TokenizedExample],
-    valid: &[TokenizedExample],
+    train: &[EncodedChat],
+    valid: &[EncodedChat],
     cfg: &SftConfig,
     out_dir: &Path,
     sink: &mut dyn EventSink,
@@ -115,8 +112,8 @@ pub fn resume_sft(
 /// The SFT entry point for callers that resume and cancel (the CLI, the server).
 pub fn run_sft(
     model: &mut Llama,
-    train: &[TokenizedExample],
-    valid: &[TokenizedExample],
+    train: &[EncodedChat],
+    valid: &[EncodedChat],
     cfg: &SftConfig,
     out_dir: &Path,
     sink: &mut dyn EventSink,
@@ -132,7 +129,7 @@ pub fn run_sft(
 /// Mean token loss and token accuracy over `examples`, without gradients.
 pub fn evaluate(
     model: &Llama,
-    examples: &[TokenizedExample],
+    examples: &[EncodedChat],
     batch_size: usize,
     pad_id: u32,
 ) -> Result<(f64, f64)> {
@@ -153,25 +150,25 @@ struct Sft {
 }
 
 impl Objective for Sft {
-    type Example = TokenizedExample;
+    type Example = EncodedChat;
     const METHOD: &'static str = "sft";
 
-    fn units(&self, ex: &TokenizedExample) -> u64 {
+    fn units(&self, ex: &EncodedChat) -> u64 {
         ex.trained_targets() as u64
     }
 
-    fn tokens(&self, ex: &TokenizedExample) -> u64 {
+    fn tokens(&self, ex: &EncodedChat) -> u64 {
         ex.ids.len().saturating_sub(1) as u64
     }
 
-    fn hash(&self, ex: &TokenizedExample, h: &mut Sha256) {
+    fn hash(&self, ex: &EncodedChat, h: &mut Sha256) {
         hash_example(ex, h);
     }
 
     fn forward(
         &self,
         model: &Llama,
-        chunk: &[&TokenizedExample],
+        chunk: &[&EncodedChat],
         opts: TrainOptions,
     ) -> Result<(Tensor, Stats)> {
         let batch = match self.pack_into {
@@ -184,15 +181,10 @@ impl Objective for Sft {
         Ok((out.loss, stats))
     }
 
-    fn evaluate(
-        &self,
-        model: &Llama,
-        examples: &[TokenizedExample],
-        batch: usize,
-    ) -> Result<Stats> {
+    fn evaluate(&self, model: &Llama, examples: &[EncodedChat], batch: usize) -> Result<Stats> {
         let mut total = Stats::default();
         for chunk in examples.chunks(batch.max(1)) {
-            let refs: Vec<&TokenizedExample> = chunk.iter().collect();
+            let refs: Vec<&EncodedChat> = chunk.iter().collect();
             let b = Batch::from_examples(&refs, self.pad_id);
             if b.n_trained == 0 {
                 continue;
@@ -217,7 +209,7 @@ fn token_stats(loss: &Tensor, n_trained: usize, acc: TokenAccuracy) -> Result<St
 }
 
 /// Feeds ids and mask of one example into a data fingerprint.
-pub(crate) fn hash_example(ex: &TokenizedExample, h: &mut Sha256) {
+pub(crate) fn hash_example(ex: &EncodedChat, h: &mut Sha256) {
     h.update((ex.ids.len() as u64).to_le_bytes());
     for (id, m) in ex.ids.iter().zip(&ex.loss_mask) {
         h.update(id.to_le_bytes());

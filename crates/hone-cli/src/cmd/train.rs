@@ -1,31 +1,33 @@
 //! `hone train`: LoRA fine-tuning of a base model on a JSONL file.
 //!
-//! The data is parsed and validated first (the full report on failure, before any
-//! model is loaded), "auto" hyperparameters are resolved by hone-data's one rule and
-//! printed, then hone-train runs the loop and writes a PEFT adapter into `--out`.
+//! This file only maps flags to hone-train's [`JobOptions`] and shows progress: the
+//! data is read and validated by [`TrainData::read`] (the full report on failure,
+//! before any model is loaded), and [`TrainJob::build`] tokenises it, resolves "auto"
+//! hyperparameters by hone-data's one rule and builds the config, exactly as the
+//! server does for an API job. The resolved values are printed with their reasons,
+//! then the run writes a PEFT adapter into `--out`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use anyhow::{bail, Context};
-use hone_data::hparams::{resolve_auto, AutoInput, ResolvedHyperparameters};
-
-use super::hparams::HyperparameterArgs;
-use hone_data::{DataError, Method, PreferenceExample, SftExample};
-use hone_model::registry::DEFAULT_MODEL_ID;
-use hone_model::{LoraConfig, WeightPath};
-use hone_train::dpo::{run_dpo, tokenize_dpo, DpoConfig, TokenizedPairs};
-use hone_train::sft::{run_sft, tokenize_sft, Tokenized};
-use hone_train::{
-    AdamWConfig, EventSink, JsonLinesSink, RunControl, ScheduleKind, TrainConfig, TrainError,
-    TrainEvent,
-};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// `--max-seq-len` when not given (capped at the model's context window).
-const DEFAULT_MAX_SEQ_LEN: usize = 1024;
+use anyhow::{bail, Context};
+use hone_data::hparams::ResolvedHyperparameters;
+use hone_data::{DataError, Method};
+use hone_model::registry::DEFAULT_MODEL_ID;
+use hone_model::{LoraConfig, WeightPath};
+use hone_train::job::{
+    DEFAULT_KEEP_CHECKPOINTS, DEFAULT_LORA_ALPHA, DEFAULT_LORA_R, DEFAULT_MAX_GRAD_NORM,
+    DEFAULT_MAX_SEQ_LEN, DEFAULT_SEED, DEFAULT_TARGET_MODULES,
+};
+use hone_train::{
+    BaseModel, DataFileError, DataProblem, EventSink, JobOptions, JsonLinesSink, MaxSeqLen,
+    RunControl, TrainData, TrainError, TrainEvent, TrainJob, TrainJobError,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::hparams::HyperparameterArgs;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -47,23 +49,23 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub hp: HyperparameterArgs,
     /// LoRA rank.
-    #[arg(long, env = "HONE_LORA_R", default_value_t = 8)]
+    #[arg(long, env = "HONE_LORA_R", default_value_t = DEFAULT_LORA_R)]
     pub lora_r: usize,
     /// LoRA alpha (the update is scaled by alpha / r).
-    #[arg(long, env = "HONE_LORA_ALPHA", default_value_t = 16.0)]
+    #[arg(long, env = "HONE_LORA_ALPHA", default_value_t = DEFAULT_LORA_ALPHA)]
     pub lora_alpha: f64,
     /// Dropout on the LoRA input during training.
     #[arg(long, env = "HONE_LORA_DROPOUT", default_value_t = 0.0)]
     pub lora_dropout: f64,
     /// Projections to adapt: all-linear, or a list such as q_proj,v_proj.
-    #[arg(long, env = "HONE_TARGET_MODULES", default_value = "all-linear")]
+    #[arg(long, env = "HONE_TARGET_MODULES", default_value = DEFAULT_TARGET_MODULES)]
     pub target_modules: String,
     /// Sequences are cut to this many tokens: at most the model's context window
     /// [default: 1024, or the context window if shorter].
     #[arg(long, env = "HONE_MAX_SEQ_LEN")]
     pub max_seq_len: Option<usize>,
     /// Seed of LoRA init, data order and dropout: one seed, one run.
-    #[arg(long, env = "HONE_SEED", default_value_t = 42)]
+    #[arg(long, env = "HONE_SEED", default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Split each batch into this many micro-batches (same result, less memory).
     #[arg(long, env = "HONE_GRAD_ACCUM", default_value_t = 1)]
@@ -75,7 +77,7 @@ pub struct TrainArgs {
     #[arg(long, env = "HONE_LR_SCHEDULE", default_value = "linear")]
     pub lr_schedule: String,
     /// Clip the global gradient norm to this (0 disables).
-    #[arg(long, env = "HONE_MAX_GRAD_NORM", default_value_t = 1.0)]
+    #[arg(long, env = "HONE_MAX_GRAD_NORM", default_value_t = DEFAULT_MAX_GRAD_NORM)]
     pub max_grad_norm: f64,
     /// DPO: strength of the pull towards the reference (the base without the adapter);
     /// default 0.1.
@@ -91,7 +93,7 @@ pub struct TrainArgs {
     #[arg(long, env = "HONE_PACKING")]
     pub packing: bool,
     /// Checkpoints kept, newest first (0 writes none).
-    #[arg(long, env = "HONE_KEEP_CHECKPOINTS", default_value_t = 2)]
+    #[arg(long, env = "HONE_KEEP_CHECKPOINTS", default_value_t = DEFAULT_KEEP_CHECKPOINTS)]
     pub keep_checkpoints: usize,
     /// Also checkpoint every N steps inside an epoch (0: at epoch ends only).
     #[arg(
@@ -110,83 +112,23 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
-    let method: Method = match a.method.as_str() {
-        "sft" => Method::Sft,
-        "dpo" => Method::Dpo,
-        other => bail!("unknown method `{other}` (expected sft or dpo)"),
-    };
-    if a.beta.is_some() && method != Method::Dpo {
-        bail!("--beta applies to --method dpo only");
-    }
-    if a.packing && method != Method::Sft {
-        bail!("--packing applies to --method sft only (a DPO pair is already one row each)");
-    }
-    if let Some(n) = a.max_seq_len.filter(|n| *n < 2) {
-        bail!("--max-seq-len {n} is impossible: a training sequence needs at least 2 tokens");
-    }
-    let schedule: ScheduleKind = a.lr_schedule.parse()?;
-    let mut lora = LoraShape {
-        r: a.lora_r,
-        alpha: a.lora_alpha,
-        targets: LoraConfig::parse_target_modules(&a.target_modules)?,
-    };
-    if let Some(dir) = &a.init_adapter {
-        lora = adapter_shape(dir)?;
-    }
-    let Some(data) = read_data(method, &a.data, false)? else {
-        return Ok(ExitCode::from(1));
-    };
-    let valid_data = match &a.validation {
-        Some(p) => match read_data(method, p, true)? {
-            Some(v) => v,
-            None => return Ok(ExitCode::from(1)),
-        },
-        None => Data::empty(method),
+    let opts = job_options(&a)?;
+    let data = match TrainData::read(opts.method, &a.data, a.validation.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return data_error(e, opts.method),
     };
     let engine = crate::cmd::chat::load_engine(&a.model, WeightPath::F32)?;
     let mut model = engine.model;
-    let tok = engine.tokenizer;
-    let context = model.cfg.max_position_embeddings;
-    let max_seq_len = match a.max_seq_len {
-        Some(n) if n > context => bail!(
-            "--max-seq-len {n} exceeds the context window of {} ({context} tokens)",
-            engine.id
-        ),
-        Some(n) => n,
-        None => DEFAULT_MAX_SEQ_LEN.min(context),
+    let base = BaseModel {
+        id: &engine.id,
+        config: &model.cfg,
+        tokenizer: &engine.tokenizer,
     };
-    let train = data.tokenize(&tok, max_seq_len)?;
-    let valid = valid_data.tokenize(&tok, max_seq_len)?;
-    train.report(max_seq_len, "training")?;
-    if a.validation.is_some() {
-        valid.report(max_seq_len, "validation")?;
+    let job = TrainJob::build(&opts, data, base).map_err(name_flags)?;
+    for note in &job.notes {
+        eprintln!("warning: {note}");
     }
-    let hp = resolve(&a, method, &train, count_params(&model))?;
-    print_hparams(&hp);
-    let cfg = TrainConfig {
-        epochs: hp.n_epochs,
-        batch_size: hp.batch_size as usize,
-        grad_accum: a.grad_accum,
-        learning_rate: hp.learning_rate,
-        schedule,
-        warmup_ratio: a.warmup_ratio,
-        max_seq_len,
-        seed: a.seed,
-        lora_r: lora.r,
-        lora_alpha: lora.alpha,
-        lora_dropout: a.lora_dropout,
-        target_modules: lora.targets,
-        adamw: AdamWConfig {
-            max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
-            ..AdamWConfig::default()
-        },
-        keep_checkpoints: a.keep_checkpoints,
-        checkpoint_every: a.save_every_steps,
-        base_model: engine.id.clone(),
-        pad_id: tok.tokenizer.eos_id(),
-        init_adapter: a.init_adapter.clone(),
-        packing: a.packing,
-    };
+    print_hparams(&job.hyperparameters);
     let mut sink: Box<dyn EventSink> = if a.json_events {
         Box::new(JsonLinesSink::new(std::io::stdout()))
     } else {
@@ -197,33 +139,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         cancel: Some(cancel_on_ctrl_c()),
     };
     let out = &a.out;
-    let result = match (train, valid) {
-        (Tokens::Sft(t), Tokens::Sft(v)) => run_sft(
-            &mut model,
-            &t.examples,
-            &v.examples,
-            &cfg,
-            out,
-            sink.as_mut(),
-            &ctl,
-        ),
-        (Tokens::Dpo(t), Tokens::Dpo(v)) => {
-            let cfg = DpoConfig {
-                train: cfg,
-                beta: hp.beta.unwrap_or(hone_train::dpo::DEFAULT_BETA),
-            };
-            run_dpo(
-                &mut model,
-                &t.pairs,
-                &v.pairs,
-                &cfg,
-                out,
-                sink.as_mut(),
-                &ctl,
-            )
-        }
-        _ => bail!("training and validation data must be of the same method"),
-    };
+    let result = job.run(&mut model, out, sink.as_mut(), &ctl);
     drop(sink);
     let summary = match result {
         Ok(s) => s,
@@ -258,7 +174,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 "best validation loss {:.4} at step {}: {}",
                 b.valid_loss,
                 b.step,
-                out.join(hone_train::runner::BEST_DIR).display()
+                out.join(hone_train::best::BEST_DIR).display()
             );
         }
     }
@@ -299,88 +215,6 @@ fn adapter_shape(dir: &Path) -> anyhow::Result<LoraShape> {
     })
 }
 
-/// Parsed examples of either method.
-enum Data {
-    Sft(Vec<SftExample>),
-    Dpo(Vec<PreferenceExample>),
-}
-
-impl Data {
-    fn empty(method: Method) -> Self {
-        match method {
-            Method::Sft => Data::Sft(Vec::new()),
-            Method::Dpo => Data::Dpo(Vec::new()),
-        }
-    }
-
-    fn tokenize(&self, tok: &hone_text::ChatTokenizer, max_len: usize) -> anyhow::Result<Tokens> {
-        Ok(match self {
-            Data::Sft(ex) => Tokens::Sft(tokenize_sft(tok, ex, max_len)?),
-            Data::Dpo(ex) => Tokens::Dpo(tokenize_dpo(tok, ex, max_len)?),
-        })
-    }
-}
-
-/// Tokenised examples of either method.
-enum Tokens {
-    Sft(Tokenized),
-    Dpo(TokenizedPairs),
-}
-
-impl Tokens {
-    fn len(&self) -> usize {
-        match self {
-            Tokens::Sft(t) => t.examples.len(),
-            Tokens::Dpo(t) => t.pairs.len(),
-        }
-    }
-
-    fn mean_tokens(&self) -> f64 {
-        let (sum, n) = match self {
-            Tokens::Sft(t) => (
-                t.examples.iter().map(|e| e.ids.len()).sum::<usize>(),
-                t.examples.len(),
-            ),
-            Tokens::Dpo(t) => (
-                t.pairs
-                    .iter()
-                    .map(|p| p.chosen.ids.len() + p.rejected.ids.len())
-                    .sum(),
-                t.pairs.len(),
-            ),
-        };
-        sum as f64 / n.max(1) as f64
-    }
-
-    /// Warns about cut or empty examples; fails when nothing is left to train, which
-    /// is what an impossible --max-seq-len (shorter than every prompt) looks like.
-    fn report(&self, max_len: usize, what: &str) -> anyhow::Result<()> {
-        let (n, truncated, useless) = match self {
-            Tokens::Sft(t) => (t.examples.len(), t.truncated, t.without_targets),
-            Tokens::Dpo(t) => (t.pairs.len() + t.dropped, t.truncated, t.dropped),
-        };
-        if truncated > 0 {
-            eprintln!(
-                "warning: {truncated} {what} example(s) cut to --max-seq-len {max_len} tokens"
-            );
-        }
-        if n > 0 && useless == n {
-            bail!(
-                "--max-seq-len {max_len} leaves no trained token in any {what} example \
-                 (every answer starts beyond it); raise --max-seq-len"
-            );
-        }
-        if useless > 0 {
-            let fate = match self {
-                Tokens::Sft(_) => "have no trained token left and add nothing",
-                Tokens::Dpo(_) => "have an answer with no token left and are dropped",
-            };
-            eprintln!("warning: {useless} {what} example(s) {fate}");
-        }
-        Ok(())
-    }
-}
-
 /// A positive number.
 fn parse_beta(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -415,40 +249,85 @@ fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
     flag
 }
 
-/// Parses a data file of the method's format; on invalid data prints the full report
-/// and returns `None`. A held-out (validation) file may have fewer than the
-/// ten examples a training file needs.
-fn read_data(method: Method, path: &Path, held_out: bool) -> anyhow::Result<Option<Data>> {
-    let parsed = match (method, held_out) {
-        (Method::Sft, false) => hone_data::parse_sft_file(path).map(Data::Sft),
-        (Method::Sft, true) => hone_data::parse_sft_validation_file(path).map(Data::Sft),
-        (Method::Dpo, false) => hone_data::parse_preference_file(path).map(Data::Dpo),
-        (Method::Dpo, true) => hone_data::parse_preference_validation_file(path).map(Data::Dpo),
+/// The job's settings from the flags (no file or model read yet, so a mistake fails
+/// fast). `--init-adapter`'s shape replaces the LoRA flags.
+pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
+    let method: Method = match a.method.as_str() {
+        "sft" => Method::Sft,
+        "dpo" => Method::Dpo,
+        other => bail!("unknown method `{other}` (expected sft or dpo)"),
     };
-    match parsed {
-        Ok(d) => Ok(Some(d)),
-        Err(DataError::Invalid(report)) => {
-            eprintln!("{} is not valid {} data:", path.display(), method.as_str());
-            eprint!("{}", hone_data::render::render_report(&report));
-            Ok(None)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    let mut opts = JobOptions {
+        overrides: a.hp.overrides(a.beta),
+        lora_r: a.lora_r,
+        lora_alpha: a.lora_alpha,
+        lora_dropout: a.lora_dropout,
+        target_modules: LoraConfig::parse_target_modules(&a.target_modules)?,
+        max_seq_len: a
+            .max_seq_len
+            .map_or(MaxSeqLen::UpTo(DEFAULT_MAX_SEQ_LEN), MaxSeqLen::Exactly),
+        seed: a.seed,
+        grad_accum: a.grad_accum,
+        warmup_ratio: a.warmup_ratio,
+        schedule: a.lr_schedule.parse()?,
+        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+        keep_checkpoints: a.keep_checkpoints,
+        checkpoint_every: a.save_every_steps,
+        init_adapter: a.init_adapter.clone(),
+        packing: a.packing,
+        ..JobOptions::new(method)
+    };
+    opts.check()?;
+    if let Some(dir) = &a.init_adapter {
+        let lora = adapter_shape(dir)?;
+        (opts.lora_r, opts.lora_alpha, opts.target_modules) = (lora.r, lora.alpha, lora.targets);
+    }
+    Ok(opts)
+}
+
+/// Build errors about `max_seq_len` in the flag's words.
+fn name_flags(e: TrainJobError) -> anyhow::Error {
+    match e {
+        TrainJobError::BeyondContext {
+            max_seq_len,
+            model,
+            context,
+        } => anyhow::anyhow!(
+            "--max-seq-len {max_seq_len} exceeds the context window of {model} ({context} tokens)"
+        ),
+        TrainJobError::Data(DataFileError {
+            file,
+            problem,
+            path,
+        }) => match *problem {
+            DataProblem::NothingToTrain { max_seq_len } => anyhow::anyhow!(
+                "--max-seq-len {max_seq_len} leaves no trained token in any {file} example \
+                 (every answer starts beyond it); raise --max-seq-len"
+            ),
+            problem => DataFileError {
+                file,
+                path,
+                problem: Box::new(problem),
+            }
+            .into(),
+        },
+        other => other.into(),
     }
 }
 
-fn resolve(
-    a: &TrainArgs,
-    method: Method,
-    t: &Tokens,
-    params: u64,
-) -> anyhow::Result<ResolvedHyperparameters> {
-    let input = AutoInput {
-        method,
-        n_examples: t.len(),
-        mean_tokens_per_example: Some(t.mean_tokens()),
-        model_params: Some(params),
-    };
-    Ok(resolve_auto(&input, &a.hp.overrides(a.beta))?)
+/// A data file hone-data rejected: the full report and exit code 1; any other
+/// failure (e.g. unreadable) is an error.
+fn data_error(e: DataFileError, method: Method) -> anyhow::Result<ExitCode> {
+    let DataFileError { path, problem, .. } = e;
+    match *problem {
+        DataProblem::Rejected(DataError::Invalid(report)) => {
+            eprintln!("{} is not valid {} data:", path.display(), method.as_str());
+            eprint!("{}", hone_data::render::render_report(&report));
+            Ok(ExitCode::from(1))
+        }
+        DataProblem::Rejected(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        other => Err(other).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 fn print_hparams(hp: &ResolvedHyperparameters) {
@@ -460,18 +339,6 @@ fn print_hparams(hp: &ResolvedHyperparameters) {
         };
         eprintln!("  {:<26} {:<10} ({why})", r.param, r.value);
     }
-}
-
-/// Parameters of the loaded model (for the auto learning-rate rule).
-fn count_params(m: &hone_model::Llama) -> u64 {
-    let c = &m.cfg;
-    let (h, kv) = (
-        c.hidden_size as u64,
-        (c.num_key_value_heads * c.head_dim) as u64,
-    );
-    let per_layer = 2 * h * h + 2 * h * kv + 3 * h * c.intermediate_size as u64;
-    let embed = c.vocab_size as u64 * h;
-    embed * if c.tie_word_embeddings { 1 } else { 2 } + c.num_hidden_layers as u64 * per_layer
 }
 
 /// A progress bar over steps, with the latest loss.
@@ -561,95 +428,4 @@ impl BarSink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: TrainArgs,
-    }
-
-    fn write_data(path: &Path, n: usize) {
-        let lines: Vec<String> = (0..n)
-            .map(|i| {
-                serde_json::json!({"messages": [
-                    {"role": "user", "content": format!("q{i}")},
-                    {"role": "assistant", "content": format!("answer {i}")},
-                ]})
-                .to_string()
-            })
-            .collect();
-        std::fs::write(path, lines.join("\n")).unwrap();
-    }
-
-    fn args(dir: &Path, model: &Path, extra: &[&str]) -> TrainArgs {
-        let mut argv = vec![
-            "hone".to_string(),
-            "--data".into(),
-            dir.join("train.jsonl").display().to_string(),
-            "--model".into(),
-            model.display().to_string(),
-            "--out".into(),
-            dir.join("out").display().to_string(),
-            "--epochs".into(),
-            "2".into(),
-        ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        Cli::try_parse_from(argv).unwrap().args
-    }
-
-    #[test]
-    fn trains_a_tiny_model_end_to_end_and_writes_the_adapter() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = hone_model::testing::TinySpec::default();
-        let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
-        write_data(&dir.path().join("train.jsonl"), 12);
-        let code = run(args(
-            dir.path(),
-            &gguf,
-            &["--batch-size", "4", "--json-events"],
-        ))
-        .unwrap();
-        assert_eq!(code, ExitCode::SUCCESS);
-        let out = dir.path().join("out");
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
-                .unwrap();
-        assert_eq!(summary["steps"], 6);
-        // The default targets all linear layers at auto lr 1e-3.
-        assert_eq!(
-            summary["config"]["target_modules"]
-                .as_array()
-                .unwrap()
-                .len(),
-            7
-        );
-        assert_eq!(summary["config"]["learning_rate"], 1e-3);
-        let mut m = hone_model::load_model(&gguf, WeightPath::F32).unwrap();
-        hone_model::load_peft_adapter(&mut m, &out).unwrap();
-    }
-
-    #[test]
-    fn invalid_data_fails_before_loading_the_model() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("train.jsonl"), "not json\n").unwrap();
-        let missing_model = dir.path().join("no-such-model.gguf");
-        let code = run(args(dir.path(), &missing_model, &[])).unwrap();
-        assert_eq!(code, ExitCode::from(1));
-        assert!(!dir.path().join("out").exists());
-        let code = run(args(dir.path(), &missing_model, &["--method", "dpo"])).unwrap();
-        assert_eq!(code, ExitCode::from(1));
-        let err = run(args(dir.path(), &missing_model, &["--beta", "0.2"])).unwrap_err();
-        assert!(err.to_string().contains("dpo only"), "{err}");
-        assert!(!dir.path().join("out").exists());
-        let err = run(args(
-            dir.path(),
-            &missing_model,
-            &["--target-modules", "wq"],
-        ))
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("q_proj"));
-    }
-}
+mod tests;

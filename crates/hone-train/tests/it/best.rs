@@ -4,9 +4,9 @@ use hone_data::{ChatMessage, Role, SftExample};
 use hone_model::testing::{write_tiny_model, TinySpec};
 use hone_model::{load_model, WeightPath};
 use hone_text::ChatTokenizer;
-use hone_train::runner::{BestInfo, MetricsRow};
 use hone_train::sft::{run_sft, tokenize_sft};
 use hone_train::{AdamWConfig, RunControl, ScheduleKind, TrainConfig, TrainEvent, VecSink};
+use hone_train::{BestInfo, MetricsRow};
 
 fn chat(q: &str, a: &str) -> SftExample {
     SftExample {

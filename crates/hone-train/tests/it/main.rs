@@ -3,5 +3,6 @@
 mod best;
 mod common;
 mod dpo;
+mod job;
 mod packing;
 mod sft;

@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor};
 use hone_data::{ChatMessage, Role, SftExample};
 use hone_model::lora::{LoraConfig, LoraParams};
 use hone_model::{Llama, TrainOptions};
-use hone_train::batch::{Batch, TokenizedExample};
+use hone_text::EncodedChat;
+use hone_train::batch::Batch;
 use hone_train::sft::{tokenize_sft, train_sft, SftConfig};
 use hone_train::{AdamWConfig, ScheduleKind, TrainEvent, VecSink};
 
@@ -48,12 +49,12 @@ fn chats() -> Vec<SftExample> {
     ]
 }
 
-fn examples(f: &Fixture) -> Vec<TokenizedExample> {
+fn examples(f: &Fixture) -> Vec<EncodedChat> {
     tokenize_sft(&f.tok, &chats(), 512).unwrap().examples
 }
 
 /// A row length that forces several rows, each holding several examples.
-fn row_len(ex: &[TokenizedExample]) -> usize {
+fn row_len(ex: &[EncodedChat]) -> usize {
     let longest = ex.iter().map(|e| e.ids.len() - 1).max().unwrap();
     longest + 8
 }
@@ -72,7 +73,7 @@ fn trained_targets(b: &Batch) -> Vec<u32> {
 fn packing_keeps_every_trained_token_and_only_those() {
     let f = fixture();
     let ex = examples(&f);
-    let refs: Vec<&TokenizedExample> = ex.iter().collect();
+    let refs: Vec<&EncodedChat> = ex.iter().collect();
     let plain = Batch::from_examples(&refs, 0);
     let packed = Batch::packed(&refs, 0, row_len(&ex));
     assert!(
@@ -160,7 +161,7 @@ fn packed_loss_and_lora_gradients_equal_the_unpacked_ones() {
     let mut f = fixture();
     let lora = with_lora(&mut f.model);
     let ex = examples(&f);
-    let refs: Vec<&TokenizedExample> = ex.iter().collect();
+    let refs: Vec<&EncodedChat> = ex.iter().collect();
     let (l_plain, g_plain) = loss_and_grads(&f.model, &lora, &Batch::from_examples(&refs, 0));
     let packed = Batch::packed(&refs, 0, row_len(&ex));
     let (l_packed, g_packed) = loss_and_grads(&f.model, &lora, &packed);

@@ -1,0 +1,350 @@
+//! One training job, built the same way from every front end.
+//!
+//! Why this exists: `hone train` (the CLI) and the server's training engine both turn
+//! "these files, this base model, these settings" into a run. When each did it on its
+//! own (its own data reader, its own "auto" call, its own `TrainConfig` literal) they
+//! drifted: the CLI passed the model's size to the auto learning-rate rule and the
+//! server did not, so the same file trained differently through the API. Now both
+//! front ends only *map* their inputs (flags, or the API's hyperparameters plus the
+//! server's [`JobOptions`] defaults) and call this module, which does everything else
+//! once:
+//!
+//! 1. [`JobOptions::check`]: settings that contradict each other, before any file or
+//!    model is read.
+//! 2. [`TrainData::read`] ([`crate::data`]): parses and validates the training (and
+//!    validation) file with hone-data. A rejected file is a typed [`DataFileError`]
+//!    carrying hone-data's full report, so the CLI can print it and the server can turn
+//!    it into an API error with the file's `param`.
+//! 3. [`TrainJob::build`]: with the already-loaded model's tokenizer and config (how a
+//!    model is opened is the front end's business), tokenises both files, notes what
+//!    tokenisation cut ([`crate::data::DataNote`]), resolves "auto" with hone-data's one
+//!    rule (including the model's parameter count), and yields the [`TrainConfig`].
+//! 4. [`TrainJob::run`]: SFT or DPO over the shared loop.
+
+use std::path::{Path, PathBuf};
+
+use hone_data::hparams::{
+    resolve_auto, AutoInput, Overrides, ResolvedHyperparameters, DPO_AUTO_BETA,
+};
+use hone_data::{DataError, Method};
+use hone_model::linear::TARGET_MODULES;
+use hone_model::Llama;
+use hone_text::ChatTokenizer;
+
+use crate::batch::batches_per_epoch;
+use crate::config::TrainConfig;
+use crate::data::{DataFileError, DataNote, TokenizedData, TrainData};
+use crate::dpo::{run_dpo, DpoConfig};
+use crate::error::{Result, TrainError};
+use crate::events::EventSink;
+use crate::optim::AdamWConfig;
+use crate::runner::RunControl;
+use crate::schedule::ScheduleKind;
+use crate::sft::run_sft;
+use crate::summary::TrainSummary;
+
+/// Sequences are cut to this many tokens unless told otherwise (and never beyond the
+/// model's context window).
+pub const DEFAULT_MAX_SEQ_LEN: usize = 1024;
+/// LoRA rank, alpha and targets that learned on small models (DESIGN.md, "Defaults
+/// that learn").
+pub const DEFAULT_LORA_R: usize = 8;
+pub const DEFAULT_LORA_ALPHA: f64 = 16.0;
+pub const DEFAULT_TARGET_MODULES: &str = "all-linear";
+pub const DEFAULT_SEED: u64 = 42;
+/// Resume checkpoints kept (the newest ones).
+pub const DEFAULT_KEEP_CHECKPOINTS: usize = 2;
+/// The global gradient norm is clipped to this.
+pub const DEFAULT_MAX_GRAD_NORM: f64 = 1.0;
+
+/// How long training sequences may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxSeqLen {
+    /// Exactly this (a user's explicit choice): beyond the model's context is an error.
+    Exactly(usize),
+    /// At most this, lowered to the model's context window (the default, and what a
+    /// server configures once for every base model it serves).
+    UpTo(usize),
+}
+
+impl MaxSeqLen {
+    fn value(self) -> usize {
+        match self {
+            MaxSeqLen::Exactly(n) | MaxSeqLen::UpTo(n) => n,
+        }
+    }
+
+    /// The length to train with on a model with `context` positions.
+    fn resolve(self, context: usize, model_id: &str) -> std::result::Result<usize, TrainJobError> {
+        match self {
+            MaxSeqLen::Exactly(n) if n > context => Err(TrainJobError::BeyondContext {
+                max_seq_len: n,
+                model: model_id.to_string(),
+                context,
+            }),
+            MaxSeqLen::Exactly(n) => Ok(n),
+            MaxSeqLen::UpTo(n) => Ok(n.min(context)),
+        }
+    }
+}
+
+/// Everything a front end decides about a run, already parsed: the method, the
+/// user-fixed hyperparameters (the rest are "auto"), and the LoRA and loop settings.
+/// [`JobOptions::new`] holds the defaults; a front end overwrites what its user set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOptions {
+    pub method: Method,
+    /// `n_epochs`, `batch_size`, `learning_rate_multiplier` and (DPO) `beta`; `None` is
+    /// "auto", resolved in [`TrainJob::build`].
+    pub overrides: Overrides,
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Parsed projection names (`LoraConfig::parse_target_modules`).
+    pub target_modules: Vec<String>,
+    pub max_seq_len: MaxSeqLen,
+    pub seed: u64,
+    pub grad_accum: usize,
+    pub warmup_ratio: f64,
+    pub schedule: ScheduleKind,
+    /// Clip the global gradient norm to this (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub keep_checkpoints: usize,
+    pub checkpoint_every: u64,
+    /// Start from this PEFT adapter; `lora_r`, `lora_alpha` and `target_modules` must
+    /// be its shape.
+    pub init_adapter: Option<PathBuf>,
+    /// SFT only: pack examples into rows.
+    pub packing: bool,
+}
+
+impl JobOptions {
+    /// The defaults for `method`, every hyperparameter "auto".
+    pub fn new(method: Method) -> Self {
+        JobOptions {
+            method,
+            overrides: Overrides::default(),
+            lora_r: DEFAULT_LORA_R,
+            lora_alpha: DEFAULT_LORA_ALPHA,
+            lora_dropout: 0.0,
+            target_modules: TARGET_MODULES.iter().map(|s| s.to_string()).collect(),
+            max_seq_len: MaxSeqLen::UpTo(DEFAULT_MAX_SEQ_LEN),
+            seed: DEFAULT_SEED,
+            grad_accum: 1,
+            warmup_ratio: 0.0,
+            schedule: ScheduleKind::Linear,
+            max_grad_norm: Some(DEFAULT_MAX_GRAD_NORM),
+            keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
+            checkpoint_every: 0,
+            init_adapter: None,
+            packing: false,
+        }
+    }
+
+    /// Settings that are wrong whatever the data and model: checked first, so a
+    /// mistake costs no file read and no model load.
+    pub fn check(&self) -> std::result::Result<(), TrainJobError> {
+        let bad = |m: &str| Err(TrainJobError::Options(m.into()));
+        if self.overrides.beta.is_some() && self.method != Method::Dpo {
+            return bad("beta applies to method dpo only");
+        }
+        if self.packing && self.method != Method::Sft {
+            return bad("packing applies to method sft only (a DPO pair is already one row each)");
+        }
+        let n = self.max_seq_len.value();
+        if n < 2 {
+            return Err(TrainJobError::Options(format!(
+                "max_seq_len {n} is impossible: a training sequence needs at least 2 tokens"
+            )));
+        }
+        self.overrides
+            .check()
+            .map_err(TrainJobError::Hyperparameters)
+    }
+}
+
+/// Why a job cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainJobError {
+    /// A data file is unusable (see [`crate::data::DataProblem::detail`] for the full
+    /// text).
+    #[error(transparent)]
+    Data(#[from] DataFileError),
+    /// A user-fixed hyperparameter is out of range.
+    #[error("{0}")]
+    Hyperparameters(DataError),
+    /// An explicit `max_seq_len` longer than the model's context window.
+    #[error("max_seq_len {max_seq_len} exceeds the context window of {model} ({context} tokens)")]
+    BeyondContext {
+        max_seq_len: usize,
+        model: String,
+        context: usize,
+    },
+    /// Settings that contradict each other.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// The base model as far as building a job needs it (already loaded by the caller).
+#[derive(Debug, Clone, Copy)]
+pub struct BaseModel<'a> {
+    /// Recorded in the adapter config and the run's identity.
+    pub id: &'a str,
+    /// Context window and parameter count.
+    pub config: &'a hone_model::Config,
+    pub tokenizer: &'a ChatTokenizer,
+}
+
+/// A run ready to start: tokenised data, resolved hyperparameters (with the reason for
+/// each), and the exact config.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub method: Method,
+    pub config: TrainConfig,
+    /// DPO's beta; `None` for SFT.
+    pub beta: Option<f64>,
+    pub hyperparameters: ResolvedHyperparameters,
+    pub data: TokenizedData,
+    /// Warnings about the data, for the front end to show.
+    pub notes: Vec<DataNote>,
+}
+
+impl TrainJob {
+    /// Tokenises `data` with the model's template, resolves "auto" and builds the
+    /// config (see the module docs).
+    pub fn build(
+        opts: &JobOptions,
+        data: TrainData,
+        model: BaseModel<'_>,
+    ) -> std::result::Result<TrainJob, TrainJobError> {
+        opts.check()?;
+        if data.method() != opts.method {
+            return Err(TrainJobError::Options(format!(
+                "the data was read as {} but the job is {}",
+                data.method().as_str(),
+                opts.method.as_str()
+            )));
+        }
+        let max_seq_len = opts
+            .max_seq_len
+            .resolve(model.config.max_position_embeddings, model.id)?;
+        let (tokenized, notes) = data.tokenize(model.tokenizer, max_seq_len)?;
+        let input = AutoInput {
+            method: opts.method,
+            n_examples: tokenized.n_train(),
+            mean_tokens_per_example: Some(tokenized.mean_train_tokens()),
+            model_params: Some(model.config.param_count()),
+        };
+        let hp = resolve_auto(&input, &opts.overrides).map_err(TrainJobError::Hyperparameters)?;
+        let beta = (opts.method == Method::Dpo).then(|| hp.beta.unwrap_or(DPO_AUTO_BETA));
+        let config = train_config(opts, &hp, max_seq_len, model);
+        Ok(TrainJob {
+            method: opts.method,
+            config,
+            beta,
+            hyperparameters: hp,
+            data: tokenized,
+            notes,
+        })
+    }
+
+    /// Optimizer steps per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        batches_per_epoch(self.data.n_train(), self.config.batch_size) as u64
+    }
+
+    /// Whether epochs end with a validation pass.
+    pub fn has_validation(&self) -> bool {
+        self.data.n_valid() > 0
+    }
+
+    /// Trains `model` (the base the job was built for, f32 weights), writing the
+    /// adapter, metrics, summary, checkpoints and `best/` into `out_dir`.
+    pub fn run(
+        &self,
+        model: &mut Llama,
+        out_dir: &Path,
+        sink: &mut dyn EventSink,
+        ctl: &RunControl,
+    ) -> Result<TrainSummary> {
+        match (&self.data, self.beta) {
+            (TokenizedData::Sft { train, valid }, _) => {
+                run_sft(model, train, valid, &self.config, out_dir, sink, ctl)
+            }
+            (TokenizedData::Dpo { train, valid }, Some(beta)) => {
+                let cfg = DpoConfig {
+                    train: self.config.clone(),
+                    beta,
+                };
+                run_dpo(model, train, valid, &cfg, out_dir, sink, ctl)
+            }
+            (TokenizedData::Dpo { .. }, None) => {
+                Err(TrainError::Config("a DPO job needs a beta".into()))
+            }
+        }
+    }
+}
+
+/// The run's config: resolved hyperparameters, the options, and the model's facts.
+fn train_config(
+    o: &JobOptions,
+    hp: &ResolvedHyperparameters,
+    max_seq_len: usize,
+    model: BaseModel<'_>,
+) -> TrainConfig {
+    TrainConfig {
+        epochs: hp.n_epochs,
+        batch_size: hp.batch_size as usize,
+        grad_accum: o.grad_accum,
+        learning_rate: hp.learning_rate,
+        schedule: o.schedule,
+        warmup_ratio: o.warmup_ratio,
+        max_seq_len,
+        seed: o.seed,
+        lora_r: o.lora_r,
+        lora_alpha: o.lora_alpha,
+        lora_dropout: o.lora_dropout,
+        target_modules: o.target_modules.clone(),
+        adamw: AdamWConfig {
+            max_grad_norm: o.max_grad_norm,
+            ..AdamWConfig::default()
+        },
+        keep_checkpoints: o.keep_checkpoints,
+        checkpoint_every: o.checkpoint_every,
+        base_model: model.id.to_string(),
+        pad_id: model.tokenizer.tokenizer.eos_id(),
+        init_adapter: o.init_adapter.clone(),
+        packing: o.packing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contradictory_options_are_refused_before_any_file_is_read() {
+        let mut o = JobOptions::new(Method::Sft);
+        assert!(o.check().is_ok());
+        o.overrides.beta = Some(0.2);
+        assert!(o.check().unwrap_err().to_string().contains("dpo only"));
+        let mut o = JobOptions::new(Method::Dpo);
+        o.packing = true;
+        assert!(o.check().unwrap_err().to_string().contains("sft only"));
+        let mut o = JobOptions::new(Method::Sft);
+        o.max_seq_len = MaxSeqLen::Exactly(1);
+        assert!(o.check().unwrap_err().to_string().contains("at least 2"));
+        let mut o = JobOptions::new(Method::Sft);
+        o.overrides.n_epochs = Some(0);
+        assert!(matches!(o.check(), Err(TrainJobError::Hyperparameters(_))));
+    }
+
+    #[test]
+    fn an_explicit_max_seq_len_must_fit_the_context_and_a_default_is_capped() {
+        assert_eq!(MaxSeqLen::UpTo(1024).resolve(256, "m").unwrap(), 256);
+        assert_eq!(MaxSeqLen::UpTo(100).resolve(256, "m").unwrap(), 100);
+        assert_eq!(MaxSeqLen::Exactly(256).resolve(256, "m").unwrap(), 256);
+        let e = MaxSeqLen::Exactly(300).resolve(256, "m").unwrap_err();
+        assert!(e.to_string().contains("context window of m (256"), "{e}");
+    }
+}
