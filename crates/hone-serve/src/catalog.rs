@@ -235,6 +235,20 @@ impl ModelCatalog for BaseModels {
         self.models.iter().map(|m| m.model.clone()).collect()
     }
 
+    /// Read from the model's own config (its file's metadata; no weights are
+    /// loaded), so a job resolves "auto" with the same model size as
+    /// `hone train` does.
+    fn param_count(&self, id: &str) -> Option<u64> {
+        let m = self.models.iter().find(|m| m.model.id == id)?;
+        match m.resolved.open() {
+            Ok(open) => Some(open.config.param_count()),
+            Err(e) => {
+                tracing::warn!(model = id, error = %e, "cannot read the model's size");
+                None
+            }
+        }
+    }
+
     fn served_adapters(&self) -> Vec<ServedAdapter> {
         self.adapters.clone()
     }

@@ -10,7 +10,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::api::{JobError, Model, ModelTag};
+use hone_data::hparams::ResolvedHyperparameters;
+
+use crate::api::{FineTuningJob, JobError, Model, ModelTag};
 use crate::chat::admission::ChatService;
 use crate::chat::backend::ChatBackend;
 use crate::job_context::JobContext;
@@ -138,6 +140,14 @@ pub trait ModelCatalog: Send + Sync + 'static {
         self.base_models().into_iter().find(|m| m.id == id)
     }
 
+    /// The parameter count of a base model, which the "auto" learning-rate
+    /// rule reads (hone-data's `resolve_auto`). `None` when unknown (a static
+    /// test catalog); the rule then assumes a small model, as the CLI does
+    /// without a model.
+    fn param_count(&self, _id: &str) -> Option<u64> {
+        None
+    }
+
     /// Adapters named on the command line (none by default).
     fn served_adapters(&self) -> Vec<ServedAdapter> {
         Vec::new()
@@ -206,6 +216,20 @@ pub enum TrainingOutcome {
 /// newest valid one (a pause, a crash or a shutdown interrupted it).
 pub trait TrainingEngine: Send + Sync + 'static {
     fn train(&self, ctx: &JobContext) -> TrainingOutcome;
+
+    /// Resolves a job's "auto" hyperparameters exactly as its run will (the
+    /// same data, tokenizer, context and model size), so that the values the
+    /// job shows once validated are the ones it trains with, and the same as
+    /// `hone train` would pick for that file. `None`: this engine cannot tell
+    /// (tests' fakes); the worker then resolves with hone-data's rule alone.
+    fn resolve_hyperparameters(
+        &self,
+        _job: &FineTuningJob,
+        _training_file: &Path,
+        _validation_file: Option<&Path>,
+    ) -> Option<Result<ResolvedHyperparameters, JobError>> {
+        None
+    }
 }
 
 // ------------------------------------------------------------- all of them --

@@ -59,6 +59,7 @@ impl AppState {
             home: config.home.clone(),
             org: config.org.clone(),
             engine: engines.training.clone(),
+            catalog: engines.catalog.clone(),
             max_concurrent_jobs: config.max_concurrent_jobs,
         })
         .map_err(|source| ServeError::Io {

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hone_data::hparams::Overrides;
+use hone_data::hparams::{Overrides, ResolvedHyperparameters};
 use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use hone_model::{ChatEngine, Llama, LoraConfig, WeightPath};
 use hone_train::job::{
@@ -42,10 +42,14 @@ use hone_train::{
     TrainError, TrainEvent, TrainJob, TrainJobError,
 };
 
-use crate::api::{AutoOr, EventLevel, Hyperparameters, JobError, MethodType, StepMetrics};
+use crate::api::{
+    AutoOr, ErrorCode, EventLevel, FineTuningJob, Hyperparameters, JobError, JobFile, MethodType,
+    StepMetrics,
+};
 use crate::catalog::BaseModels;
+use crate::engines::{TrainingEngine, TrainingOutcome};
+use crate::job_context::JobContext;
 use crate::store::{unix_now, JobUpdate};
-use crate::worker::{JobContext, TrainingEngine, TrainingOutcome};
 
 /// hone-train's output directory inside the job directory.
 pub const RUN_DIR: &str = "run";
@@ -101,15 +105,20 @@ impl TrainerOptions {
             MethodType::Supervised => hone_data::Method::Sft,
             MethodType::Dpo => hone_data::Method::Dpo,
             MethodType::Reinforcement => {
-                return Err(JobError {
-                    code: "unsupported_method".into(),
-                    message: "Reinforcement fine-tuning is not supported by this server.".into(),
-                    param: Some("method.type".into()),
-                })
+                return Err(JobError::new(
+                    ErrorCode::UnsupportedMethod,
+                    "Reinforcement fine-tuning is not supported by this server.",
+                )
+                .with_param("method.type"))
             }
         };
-        let target_modules = LoraConfig::parse_target_modules(&self.target_modules)
-            .map_err(|e| job_error("internal_error", format!("server LoRA options: {e}")))?;
+        let target_modules =
+            LoraConfig::parse_target_modules(&self.target_modules).map_err(|e| {
+                JobError::new(
+                    ErrorCode::InternalError,
+                    format!("server LoRA options: {e}"),
+                )
+            })?;
         Ok(JobOptions {
             overrides: Overrides {
                 n_epochs: h.n_epochs.value(),
@@ -146,16 +155,16 @@ impl HoneTrainer {
     }
 }
 
-/// A job failure with a code and a message for the user.
-fn job_error(code: &str, message: impl Into<String>) -> JobError {
-    JobError {
-        code: code.into(),
-        message: message.into(),
-        param: None,
-    }
-}
-
 impl TrainingEngine for HoneTrainer {
+    fn resolve_hyperparameters(
+        &self,
+        job: &FineTuningJob,
+        training_file: &Path,
+        validation_file: Option<&Path>,
+    ) -> Option<Result<ResolvedHyperparameters, JobError>> {
+        Some(self.resolve(job, training_file, validation_file))
+    }
+
     fn train(&self, ctx: &JobContext) -> TrainingOutcome {
         match self.run(ctx) {
             Ok(outcome) => outcome,
@@ -181,7 +190,10 @@ impl HoneTrainer {
             Ok(summary) => {
                 let csv = out_dir.join(METRICS_CSV);
                 let file = ctx.store_result_file(RESULT_FILE_NAME, &csv).map_err(|e| {
-                    job_error("internal_error", format!("storing the result file: {e}"))
+                    JobError::new(
+                        ErrorCode::InternalError,
+                        format!("storing the result file: {e}"),
+                    )
                 })?;
                 Ok(TrainingOutcome::Succeeded {
                     adapter_path: out_dir,
@@ -190,8 +202,8 @@ impl HoneTrainer {
                 })
             }
             Err(TrainError::Cancelled { .. }) => Ok(TrainingOutcome::Stopped),
-            Err(e) => Err(job_error(
-                "training_failed",
+            Err(e) => Err(JobError::new(
+                ErrorCode::TrainingFailed,
                 format!("Training failed: {e:#}"),
             )),
         }
@@ -200,6 +212,40 @@ impl HoneTrainer {
     /// Reads the job's files (before loading the model, so bad data fails
     /// fast), loads the base model with f32 weights, and builds the run with
     /// hone-train's [`TrainJob::build`]; its data warnings become job events.
+    fn resolve(
+        &self,
+        job: &FineTuningJob,
+        training_file: &Path,
+        validation_file: Option<&Path>,
+    ) -> Result<ResolvedHyperparameters, JobError> {
+        let opts = self
+            .options
+            .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
+        let data = TrainData::read(opts.method, training_file, validation_file)
+            .map_err(|e| job_error_of(&e.into()))?;
+        let open = self
+            .base_model(&job.model)?
+            .open()
+            .map_err(|e| load_failed(&job.model, e))?;
+        let base = BaseModel {
+            id: &open.id,
+            config: &open.config,
+            tokenizer: &open.tokenizer,
+        };
+        let train_job = TrainJob::build(&opts, data, base).map_err(|e| job_error_of(&e))?;
+        Ok(train_job.hyperparameters)
+    }
+
+    /// Where a job's base model is, or why it cannot be had.
+    fn base_model(&self, id: &str) -> Result<&hone_model::registry::ResolvedModel, JobError> {
+        self.models.source(id).ok_or_else(|| {
+            JobError::new(
+                ErrorCode::ModelNotAvailable,
+                format!("The base model '{id}' is no longer served."),
+            )
+        })
+    }
+
     fn prepare(&self, ctx: &JobContext) -> Result<(TrainJob, Llama), JobError> {
         let job = &ctx.job;
         let opts = self
@@ -211,22 +257,13 @@ impl HoneTrainer {
             ctx.validation_file.as_deref(),
         )
         .map_err(|e| job_error_of(&e.into()))?;
-        let resolved = self.models.source(&job.model).ok_or_else(|| {
-            job_error(
-                "model_not_available",
-                format!("The base model '{}' is no longer served.", job.model),
-            )
-        })?;
+        let resolved = self.base_model(&job.model)?;
         let _ = ctx.message(
             EventLevel::Info,
             format!("Loading base model {}", job.model),
         );
-        let engine = ChatEngine::load(resolved, WeightPath::F32).map_err(|e| {
-            job_error(
-                "model_load_failed",
-                format!("Loading base model {}: {e}", job.model),
-            )
-        })?;
+        let engine =
+            ChatEngine::load(resolved, WeightPath::F32).map_err(|e| load_failed(&job.model, e))?;
         let base = BaseModel {
             id: &engine.id,
             config: &engine.model.cfg,
@@ -239,6 +276,14 @@ impl HoneTrainer {
         record_hyperparameters(ctx, &train_job);
         Ok((train_job, engine.model))
     }
+}
+
+/// A base model that is served but cannot be opened or loaded.
+fn load_failed(id: &str, e: hone_model::ModelError) -> JobError {
+    JobError::new(
+        ErrorCode::ModelLoadFailed,
+        format!("Loading base model {id}: {e}"),
+    )
 }
 
 /// Shows on the job the hyperparameters the run uses (all resolved).
@@ -267,26 +312,22 @@ fn record_hyperparameters(ctx: &JobContext, job: &TrainJob) {
 pub fn job_error_of(e: &TrainJobError) -> JobError {
     match e {
         TrainJobError::Data(DataFileError { file, problem, .. }) => {
-            let param = match file {
-                DataFile::Training => "training_file",
-                DataFile::Validation => "validation_file",
+            let file = match file {
+                DataFile::Training => JobFile::Training,
+                DataFile::Validation => JobFile::Validation,
             };
-            JobError {
-                code: format!("invalid_{param}"),
-                message: problem.detail(),
-                param: Some(param.into()),
-            }
+            file.error(problem.detail())
         }
-        TrainJobError::Hyperparameters(e) => JobError {
-            code: "invalid_hyperparameters".into(),
-            message: e.to_string(),
-            param: Some("hyperparameters".into()),
-        },
+        TrainJobError::Hyperparameters(e) => {
+            JobError::new(ErrorCode::InvalidHyperparameters, e.to_string())
+                .with_param("hyperparameters")
+        }
         // The server's options cannot be contradictory or beyond a model's
         // context (its max_seq_len is capped), so these are its own bugs.
-        e @ (TrainJobError::Options(_) | TrainJobError::BeyondContext { .. }) => {
-            job_error("internal_error", format!("server training options: {e}"))
-        }
+        e @ (TrainJobError::Options(_) | TrainJobError::BeyondContext { .. }) => JobError::new(
+            ErrorCode::InternalError,
+            format!("server training options: {e}"),
+        ),
     }
 }
 

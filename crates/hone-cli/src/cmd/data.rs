@@ -161,23 +161,9 @@ pub fn open_for_counting(spec: &str) -> anyhow::Result<CountingModel> {
     let model = hone_model::registry::resolve(spec)?.open()?;
     Ok(CountingModel {
         counter: model.token_counter(),
-        params: approx_params(&model.config),
+        params: model.config.param_count(),
         id: model.id,
     })
-}
-
-/// Parameters of a Llama-family model from its config (embeddings, attention
-/// with grouped KV heads, SwiGLU MLP, untied head if any).
-fn approx_params(c: &hone_model::Config) -> u64 {
-    let (h, kv) = (
-        c.hidden_size as u64,
-        (c.num_key_value_heads * c.head_dim) as u64,
-    );
-    let attn = 2 * h * h + 2 * h * kv;
-    let mlp = 3 * h * c.intermediate_size as u64;
-    let embed = c.vocab_size as u64 * h;
-    let head = if c.tie_word_embeddings { 0 } else { embed };
-    embed + head + c.num_hidden_layers as u64 * (attn + mlp)
 }
 
 fn options(a: &InputArgs, model_name: Option<String>) -> ValidateOptions {

@@ -32,11 +32,8 @@ use crate::ids::FineTunedName;
 use crate::job_context::{StopFlag, StopReason};
 use crate::store::{NewEvent, Store, StoreError, StoreResult, Transition};
 
-// `crate::training` still imports these three from here. Their homes are
-// `crate::engines` and `crate::job_context`: once it imports them from
-// there, these become a plain `use`.
-pub use crate::engines::{TrainingEngine, TrainingOutcome};
-pub use crate::job_context::JobContext;
+use crate::engines::{ModelCatalog, TrainingEngine, TrainingOutcome};
+use crate::job_context::JobContext;
 
 /// A request from the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +97,8 @@ pub struct WorkerConfig {
     pub home: PathBuf,
     pub org: String,
     pub engine: Option<Arc<dyn TrainingEngine>>,
+    /// The served base models: validation resolves "auto" with their size.
+    pub catalog: Arc<dyn ModelCatalog>,
     /// Jobs trained at once (at least 1).
     pub max_concurrent_jobs: usize,
 }
@@ -397,7 +396,15 @@ impl Worker {
             &job.id,
             &NewEvent::info(format!("Validating training file: {}", job.training_file)),
         );
-        let t = match validate::check_files(self.store(), &self.cfg.blobs, job) {
+        let t = match validate::check_files(
+            self.store(),
+            &self.cfg.blobs,
+            validate::Resolvers {
+                training: self.cfg.engine.as_deref(),
+                catalog: self.cfg.catalog.as_ref(),
+            },
+            job,
+        ) {
             Ok(()) => Transition::Queue,
             Err(e) => Transition::Fail(e),
         };

@@ -5,6 +5,11 @@
 //! why. Any problem fails the job with a [`JobError`] whose code and `param`
 //! name the file.
 //!
+//! "auto" is resolved by the training engine when there is one (hone-train's
+//! job builder, with the base model's tokenizer and size: exactly what the
+//! run and `hone train` resolve), and by hone-data's rule on the report's
+//! counts otherwise.
+//!
 //! Kept apart from the job loop (`worker/mod.rs`) because it is about the
 //! data, not about states: the loop only turns its verdict into a
 //! transition.
@@ -13,7 +18,7 @@ use crate::api::{
     AutoOr, ErrorCode, FineTuningJob, Hyperparameters, JobError, JobFile, MethodType,
 };
 use crate::blobs::FsBlobStore;
-use crate::engines::FileProblem;
+use crate::engines::{FileProblem, ModelCatalog, TrainingEngine};
 use crate::store::{JobUpdate, NewEvent, Store};
 
 /// Checks the job's files with hone-data (every problem listed, with its
@@ -22,6 +27,7 @@ use crate::store::{JobUpdate, NewEvent, Store};
 pub(super) fn check_files(
     store: &dyn Store,
     blobs: &FsBlobStore,
+    engines: Resolvers<'_>,
     job: &FineTuningJob,
 ) -> Result<(), JobError> {
     let method = match job.method.kind {
@@ -44,10 +50,40 @@ pub(super) fn check_files(
         )
         .with_param(JobFile::Training.param()));
     }
-    if let Some(v) = &job.validation_file {
-        report(blobs, v, &opts, JobFile::Validation)?;
-    }
-    resolve_auto(store, job, method, &train)
+    let valid_path = match &job.validation_file {
+        Some(v) => {
+            report(blobs, v, &opts, JobFile::Validation)?;
+            Some(
+                blobs
+                    .path(v)
+                    .map_err(|e| JobFile::Validation.error(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let from_engine = match engines.training {
+        Some(engine) => {
+            let train_path = blobs
+                .path(&job.training_file)
+                .map_err(|e| JobFile::Training.error(e.to_string()))?;
+            engine.resolve_hyperparameters(job, &train_path, valid_path.as_deref())
+        }
+        None => None,
+    };
+    let resolved = match from_engine {
+        Some(r) => r?,
+        None => resolve_from_report(job, method, &train, engines.catalog)?,
+    };
+    show_resolved(store, job, &resolved);
+    Ok(())
+}
+
+/// What validation asks to resolve "auto": the training engine, which
+/// resolves exactly as the run will, or else hone-data's rule with the
+/// catalog's model size.
+pub(super) struct Resolvers<'a> {
+    pub training: Option<&'a dyn TrainingEngine>,
+    pub catalog: &'a dyn ModelCatalog,
 }
 
 /// Validates one file; any error (other than too few examples, which
@@ -78,12 +114,14 @@ fn report(
     Ok(report)
 }
 
-fn resolve_auto(
-    store: &dyn Store,
+/// hone-data's "auto" rule on the validation report's counts, for a server
+/// without a training engine.
+fn resolve_from_report(
     job: &FineTuningJob,
     method: hone_data::Method,
     train: &hone_data::Report,
-) -> Result<(), JobError> {
+    catalog: &dyn ModelCatalog,
+) -> Result<hone_data::hparams::ResolvedHyperparameters, JobError> {
     let h = job.hyperparameters;
     let overrides = hone_data::hparams::Overrides {
         n_epochs: h.n_epochs.value(),
@@ -100,12 +138,20 @@ fn resolve_auto(
         method,
         n_examples: train.n_examples,
         mean_tokens_per_example: mean_tokens,
-        model_params: None,
+        model_params: catalog.param_count(&job.model),
     };
-    let r = hone_data::hparams::resolve_auto(&input, &overrides).map_err(|e| {
+    hone_data::hparams::resolve_auto(&input, &overrides).map_err(|e| {
         JobError::new(ErrorCode::InvalidHyperparameters, e.to_string())
             .with_param("hyperparameters")
-    })?;
+    })
+}
+
+/// Shows the resolved values on the job, and says why in an event.
+fn show_resolved(
+    store: &dyn Store,
+    job: &FineTuningJob,
+    r: &hone_data::hparams::ResolvedHyperparameters,
+) {
     let resolved = Hyperparameters {
         n_epochs: AutoOr::Value(r.n_epochs),
         batch_size: AutoOr::Value(r.batch_size),
@@ -128,5 +174,4 @@ fn resolve_auto(
         &job.id,
         &NewEvent::info(format!("Hyperparameters: {}", why.join("; "))),
     );
-    Ok(())
 }

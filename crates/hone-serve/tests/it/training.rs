@@ -24,8 +24,11 @@ pub struct TinyModel {
 
 impl TinyModel {
     pub fn new() -> Self {
+        Self::with_spec(hone_model::testing::TinySpec::default())
+    }
+
+    pub fn with_spec(spec: hone_model::testing::TinySpec) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let spec = hone_model::testing::TinySpec::default();
         let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
         let models = BaseModels::new(vec![ResolvedModel {
             id: TINY.into(),
@@ -397,4 +400,71 @@ async fn a_dpo_job_trains_to_succeeded() {
         .as_str()
         .unwrap()
         .starts_with("ft:tiny:"));
+}
+
+/// Regression (issue #14): a job's "auto" hyperparameters were resolved at
+/// validation by hone-data's rule alone (no model size, no token counts) and
+/// then trained as if the user had set them, so the API picked another batch
+/// size than `hone train` for the same file. Now validation asks the trainer,
+/// which resolves with hone-train's one job builder, as `hone train` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_auto_hyperparameters_are_the_ones_hone_train_resolves() {
+    // A context long enough for the examples below not to be cut.
+    let tiny = TinyModel::with_spec(hone_model::testing::TinySpec {
+        context: 2048,
+        ..Default::default()
+    });
+    let t = app(&tiny, |_| {});
+    // Enough long chats that the token budget halves the batch size, which
+    // the old rule (without token counts) did not.
+    let content = chats(1600, 120);
+    let train = upload(&t, &content).await;
+    let id = create(
+        &t,
+        json!({"model": TINY, "training_file": train, "seed": 5}),
+    )
+    .await;
+    let shown = wait_for_resolved(&t, &id).await;
+    let _ = job_action(&t, &id, "cancel").await;
+
+    // What `hone train --data FILE --model tiny.gguf` resolves (its flags'
+    // defaults are hone-train's `JobOptions::new`, tested in hone-cli).
+    let path = tiny.dir.path().join("same.jsonl");
+    std::fs::write(&path, &content).unwrap();
+    let open = hone_model::OpenModel::open_path(&tiny.gguf()).unwrap();
+    let data = hone_train::TrainData::read(hone_data::Method::Sft, &path, None).unwrap();
+    let opts = hone_train::JobOptions::new(hone_data::Method::Sft);
+    let base = hone_train::BaseModel {
+        id: &open.id,
+        config: &open.config,
+        tokenizer: &open.tokenizer,
+    };
+    let cli = hone_train::TrainJob::build(&opts, data, base)
+        .unwrap()
+        .hyperparameters;
+    let without_counts = hone_data::hparams::auto_batch_size(1600, None);
+    assert!(
+        cli.batch_size < without_counts,
+        "the file must exercise the token budget: {cli:?}"
+    );
+    assert_eq!(shown["n_epochs"], cli.n_epochs, "{shown}");
+    assert_eq!(shown["batch_size"], cli.batch_size, "{shown}");
+    assert_eq!(
+        shown["learning_rate_multiplier"], cli.learning_rate_multiplier,
+        "{shown}"
+    );
+}
+
+/// The job's hyperparameters once they are no longer "auto".
+async fn wait_for_resolved(t: &TestApp, id: &str) -> Value {
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = job(t, id).await;
+        if j["hyperparameters"]["batch_size"].is_number() {
+            return j["hyperparameters"].clone();
+        }
+        assert!(j["error"].is_null(), "{j}");
+        assert!(Instant::now() < end, "never resolved: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
