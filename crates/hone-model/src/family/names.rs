@@ -42,7 +42,8 @@ impl TensorRole {
         )
     }
 
-    /// Whether the tensor is an RMSNorm weight (gets [`NormSpec::weight_offset`]).
+    /// Whether the tensor is an RMSNorm weight (gets
+    /// [`NormSpec::weight_offset`](super::NormSpec::weight_offset)).
     pub fn is_norm(self) -> bool {
         matches!(
             self,
