@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
+use hone_text::testing::{RealModel, REAL_GEMMA_GGUF, REAL_QWEN_GGUF};
 use serde_json::Value as Json;
 
 use super::gguf;
@@ -704,13 +705,13 @@ fn gguf_unsupported_and_incomplete_metadata() {
     assert!(err_of(parse_md(&m, &[])).contains("general.architecture"));
 }
 
-// ---- The real GGUF files (set HONE_TEST_QWEN2_GGUF / HONE_TEST_GEMMA3_GGUF) ----
+// ---- The real GGUF files (HONE_TEST_QWEN_GGUF / HONE_TEST_GEMMA_GGUF, or $HONE_HOME/models) ----
 
 /// Every tensor the spec expects is in the file with the expected shape,
 /// and every tensor of the file is one the spec knows.
-fn check_real_gguf(var: &str, family: Family) -> DecoderSpec {
-    let path = std::env::var(var).unwrap_or_else(|_| panic!("set {var}"));
-    let mut f = std::fs::File::open(&path).unwrap();
+fn check_real_gguf(model: RealModel, family: Family) -> DecoderSpec {
+    let path = model.path();
+    let mut f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let content = Content::read(&mut f).unwrap();
     let spec = DecoderSpec::from_gguf(&content, &mut f).unwrap();
     assert_eq!(spec.family, family);
@@ -729,9 +730,9 @@ fn check_real_gguf(var: &str, family: Family) -> DecoderSpec {
 }
 
 #[test]
-#[ignore = "needs HONE_TEST_QWEN2_GGUF (Qwen2.5-Coder-0.5B-Instruct GGUF)"]
+#[ignore = "needs the Qwen2.5-Coder GGUF (HONE_TEST_QWEN_GGUF or HONE_HOME)"]
 fn real_qwen2_5_gguf() {
-    let s = check_real_gguf("HONE_TEST_QWEN2_GGUF", Family::Qwen2);
+    let s = check_real_gguf(REAL_QWEN_GGUF, Family::Qwen2);
     assert_eq!(
         (s.dims.num_layers, s.dims.hidden_size, s.dims.head_dim),
         (24, 896, 64)
@@ -740,9 +741,9 @@ fn real_qwen2_5_gguf() {
 }
 
 #[test]
-#[ignore = "needs HONE_TEST_GEMMA3_GGUF (gemma-3-270m GGUF)"]
+#[ignore = "needs the Gemma 3 270M GGUF (HONE_TEST_GEMMA_GGUF or HONE_HOME)"]
 fn real_gemma3_270m_gguf() {
-    let s = check_real_gguf("HONE_TEST_GEMMA3_GGUF", Family::Gemma3);
+    let s = check_real_gguf(REAL_GEMMA_GGUF, Family::Gemma3);
     assert_eq!(
         (s.dims.num_layers, s.dims.hidden_size, s.dims.head_dim),
         (18, 640, 256)
