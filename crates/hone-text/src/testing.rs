@@ -1,10 +1,11 @@
 //! Tiny, deterministic tokenizers for tests in this and other crates, so
 //! tests need no model file. The vocabulary is SmolLM-shaped: 3 control
 //! tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`), all 256
-//! byte-level symbols, and merges for a few words.
+//! byte-level symbols, and merges for a few words. Also where the
+//! `#[ignore]`d tests of every crate find the real model files.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Content, Value};
 
@@ -145,4 +146,38 @@ pub fn write_tiny_gguf(path: impl AsRef<Path>, template: Option<&str>) -> Result
 /// A tiny chat tokenizer with SmolLM2's template.
 pub fn tiny_chat_tokenizer() -> Result<ChatTokenizer> {
     ChatTokenizer::from_gguf_content(&tiny_gguf_content(Some(SMOLLM2_TEMPLATE))?)
+}
+
+/// A real model file that `#[ignore]`d tests read: the variable that points
+/// at it and its file name in a registry after `hone model fetch`.
+#[derive(Debug, Clone, Copy)]
+pub struct RealModel {
+    pub var: &'static str,
+    pub file: &'static str,
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M.
+pub const REAL_QWEN_GGUF: RealModel = RealModel {
+    var: "HONE_TEST_QWEN_GGUF",
+    file: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+};
+
+/// gemma-3-270m, Q4_K_M.
+pub const REAL_GEMMA_GGUF: RealModel = RealModel {
+    var: "HONE_TEST_GEMMA_GGUF",
+    file: "gemma-3-270m-q4_k_m.gguf",
+};
+
+impl RealModel {
+    /// `$VAR` when set, else `$HONE_HOME/models/FILE`. Panics naming both
+    /// when neither is set: only ignored tests call this, and they cannot run
+    /// without the file.
+    pub fn path(&self) -> PathBuf {
+        if let Ok(p) = std::env::var(self.var) {
+            return PathBuf::from(p);
+        }
+        let home = std::env::var("HONE_HOME")
+            .unwrap_or_else(|_| panic!("set {} (or HONE_HOME after `hone model fetch`)", self.var));
+        Path::new(&home).join("models").join(self.file)
+    }
 }

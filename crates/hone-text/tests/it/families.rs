@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
+use hone_text::testing::{RealModel, REAL_GEMMA_GGUF, REAL_QWEN_GGUF};
 use hone_text::{read_gguf_content, ChatMessage, ChatTokenizer, Tokenizer};
 use serde_json::Value;
 
@@ -180,18 +181,8 @@ fn sentencepiece_vocab_of_an_unsupported_architecture_is_an_error() {
     assert!(err.contains("phi3") && err.contains("gemma3"), "{err}");
 }
 
-/// A real model file: `$VAR`, else `$HONE_HOME/models/FILE`.
-fn real_gguf(var: &str, file: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(var) {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HONE_HOME")
-        .unwrap_or_else(|_| panic!("set {var} (or HONE_HOME after `hone model fetch`)"));
-    Path::new(&home).join("models").join(file)
-}
-
-fn check_real(var: &str, file: &str, vectors_name: &str) -> (ChatTokenizer, Value) {
-    let path = real_gguf(var, file);
+fn check_real(model: RealModel, vectors_name: &str) -> (ChatTokenizer, Value) {
+    let path = model.path();
     let v = vectors(vectors_name);
     let ct = ChatTokenizer::from_gguf(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_matches_reference(&ct.tokenizer, &v);
@@ -207,11 +198,7 @@ fn check_real(var: &str, file: &str, vectors_name: &str) -> (ChatTokenizer, Valu
 #[test]
 #[ignore = "needs the Qwen2.5-Coder GGUF (HONE_TEST_QWEN_GGUF or HONE_HOME)"]
 fn qwen2_5_coder_tokenizer_and_template_match_transformers() {
-    let (ct, v) = check_real(
-        "HONE_TEST_QWEN_GGUF",
-        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        "qwen2.5-coder-0.5b-instruct.json",
-    );
+    let (ct, v) = check_real(REAL_QWEN_GGUF, "qwen2.5-coder-0.5b-instruct.json");
     assert_eq!(ct.tokenizer.stop_token_texts()[0], "<|im_end|>");
     assert_renders_like_transformers(&ct, &v);
 }
@@ -219,11 +206,7 @@ fn qwen2_5_coder_tokenizer_and_template_match_transformers() {
 #[test]
 #[ignore = "needs the Gemma 3 270M GGUF (HONE_TEST_GEMMA_GGUF or HONE_HOME)"]
 fn gemma3_tokenizer_matches_transformers() {
-    let (ct, v) = check_real(
-        "HONE_TEST_GEMMA_GGUF",
-        "gemma-3-270m-q4_k_m.gguf",
-        "gemma-3-270m.json",
-    );
+    let (ct, v) = check_real(REAL_GEMMA_GGUF, "gemma-3-270m.json");
     assert_renders_like_transformers(&ct, &v);
     let t = &ct.tokenizer;
     assert_eq!(t.token_to_id("<end_of_turn>"), Some(106));
