@@ -8,7 +8,7 @@ use crate::types::Method;
 
 /// Training throughput assumed when no `hone bench train` result exists:
 /// tokens per second for LoRA on SmolLM2-135M on the 2-core reference
-/// machine. DESIGN.md measured 136-214 tokens/s (batch 4×256) depending on
+/// machine. The first spike (docs/architecture.md) measured 136-214 tokens/s (batch 4×256) depending on
 /// kernels; we take the conservative end, rounded down.
 pub const DEFAULT_TOKENS_PER_SECOND: f64 = 130.0;
 /// A DPO step runs the policy forward and backward on two sequences and a

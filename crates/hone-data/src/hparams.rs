@@ -23,7 +23,7 @@ use crate::DataError;
 /// (peft and TRL examples).
 pub const BASE_LEARNING_RATE: f64 = 2e-4;
 /// SFT auto multiplier for small models: 5 × 2e-4 = 1e-3. Measured on
-/// SmolLM2-135M (DESIGN.md): LoRA on all linear layers at 1e-3 learned a
+/// SmolLM2-135M (docs/architecture.md, "Defaults that learn"): LoRA on all linear layers at 1e-3 learned a
 /// house style (83% of held-out answers); q,v at 2e-4 learned nothing.
 pub const SFT_SMALL_MODEL_MULTIPLIER: f64 = 5.0;
 /// SFT auto multiplier above [`SMALL_MODEL_PARAMS`]: 2e-4.

@@ -2,7 +2,7 @@
 //! chosen tokens (validation loss, perplexity, DPO pair accuracy), and a
 //! [`StepModel`] view of a [`Llama`] with its adapters switched on or off.
 //!
-//! Why here: only `hone-model` touches candle tensors (DESIGN.md), and
+//! Why here: only `hone-model` touches candle tensors (architecture.md), and
 //! evaluation must compare a fine-tuned model with its base from one loaded
 //! copy of the weights, which the adapter switch makes possible.
 

@@ -4,7 +4,7 @@
 //! It lives beside the inference path rather than behind a flag in it so that inference
 //! keeps its fused, cache-aware kernels untouched, while training gets ops that carry a
 //! gradient (candle's fused `rms_norm`, `rope` and `softmax_last_dim` drop it silently,
-//! DESIGN.md "Pitfalls"). The equivalence of the two paths is a test
+//! architecture.md "Pitfalls"). The equivalence of the two paths is a test
 //! (`train_forward_matches_inference_forward`), so they cannot drift apart unnoticed.
 //!
 //! Frozen weights go through [`ops::frozen_linear`] (no weight gradient is ever
@@ -41,7 +41,7 @@ impl Default for TrainOptions {
 
 /// Where packed examples sit in a batch: several examples share a row, each with
 /// RoPE positions from 0 and attending only within itself, so that a packed batch
-/// computes exactly what the same examples would unpacked (peers.md bug class 4).
+/// computes exactly what the same examples would unpacked (architecture.md pitfall 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedLayout {
     /// `[b·t]`, row-major: each token's position within its own example.

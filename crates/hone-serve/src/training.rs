@@ -59,7 +59,7 @@ pub const CHECKPOINT_MODELS_DIR: &str = "models";
 pub const RESULT_FILE_NAME: &str = "step_metrics.csv";
 
 /// LoRA and loop settings the API does not expose; the defaults are the
-/// ones measured to learn on small models (DESIGN.md, "Defaults that learn").
+/// ones measured to learn on small models (architecture.md, "Defaults that learn").
 #[derive(Debug, Clone)]
 pub struct TrainerOptions {
     pub lora_r: usize,

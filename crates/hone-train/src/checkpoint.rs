@@ -1,4 +1,4 @@
-//! Crash-safe checkpoint directories (DESIGN.md, "Storage").
+//! Crash-safe checkpoint directories (architecture.md, "Storage").
 //!
 //! A checkpoint is written into `step-N.tmp/`: its files first, each fsynced, then
 //! `manifest.json` with the size and sha256 of every file, written last. The directory is

@@ -2,8 +2,8 @@
 //! computes it (`loss_type="sigmoid"`, no label smoothing), over LoRA.
 //!
 //! The reference model is the same base with the adapter switched off
-//! (`TrainOptions::use_adapters = false`): no second model in memory (peers.md, bug
-//! class 6). Its log-probs are computed without gradients on the very batch tensors the
+//! (`TrainOptions::use_adapters = false`): no second model in memory (architecture.md,
+//! pitfall 6). Its log-probs are computed without gradients on the very batch tensors the
 //! policy sees, once per micro-batch, so at LoRA's zero init the policy and reference
 //! agree bit for bit (loss exactly ln 2). With `init_adapter` (DPO on top of an SFT
 //! adapter) the reference is still the base without adapter, as in TRL with a PEFT model.

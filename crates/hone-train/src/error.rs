@@ -17,7 +17,7 @@ pub enum TrainError {
     SafeTensors(#[from] safetensors::SafeTensorError),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
-    /// A trainable parameter got no gradient: something upstream dropped it (DESIGN.md,
+    /// A trainable parameter got no gradient: something upstream dropped it (architecture.md,
     /// "Pitfalls": stock fused ops do this silently).
     #[error("no gradient for trainable parameter `{0}`; an op upstream dropped it")]
     MissingGradient(String),

@@ -46,7 +46,7 @@ use crate::summary::TrainSummary;
 /// Sequences are cut to this many tokens unless told otherwise (and never beyond the
 /// model's context window).
 pub const DEFAULT_MAX_SEQ_LEN: usize = 1024;
-/// LoRA rank, alpha and targets that learned on small models (DESIGN.md, "Defaults
+/// LoRA rank, alpha and targets that learned on small models (architecture.md, "Defaults
 /// that learn").
 pub const DEFAULT_LORA_R: usize = 8;
 pub const DEFAULT_LORA_ALPHA: f64 = 16.0;

@@ -1,6 +1,6 @@
 //! `hone train` killed for real (SIGKILL, and Ctrl-C as SIGINT) and resumed: the
-//! per-step losses equal an uninterrupted run's, bit for bit on CPU (peers.md, bug
-//! class 7).
+//! per-step losses equal an uninterrupted run's, bit for bit on CPU (architecture.md,
+//! pitfall 7).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

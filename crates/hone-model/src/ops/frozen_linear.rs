@@ -3,7 +3,7 @@
 //! candle's matmul backward always computes the right-hand (weight) gradient, even for a
 //! detached weight, and keeps it in the gradient store until the step ends. For LoRA the
 //! base weights are frozen, so that is wasted work (a third of the matmul FLOPs) and, for a
-//! 135M model, gigabytes of memory (DESIGN.md: 95 → 136 tokens/s, 9.9 → 3.5 GB).
+//! 135M model, gigabytes of memory (architecture.md: 95 → 136 tokens/s, 9.9 → 3.5 GB).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};

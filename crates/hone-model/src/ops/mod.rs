@@ -1,4 +1,4 @@
-//! Differentiable ops with hand-written backward passes (see DESIGN.md, "Performance model").
+//! Differentiable ops with hand-written backward passes (see architecture.md, "Performance model").
 //!
 //! Every op here is a candle custom op with a fast f32 CPU forward and a `bwd`, so that
 //! `Tensor::backward()` flows through it. They exist because candle's fused ops

@@ -1,4 +1,4 @@
-//! hone-model integration tests (one binary; see DESIGN.md "Tests").
+//! hone-model integration tests (one binary; see architecture.md "Tests").
 
 mod alloc_count;
 mod batch;

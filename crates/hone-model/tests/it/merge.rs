@@ -1,4 +1,4 @@
-//! `merge`: a merged model behaves exactly like base plus adapter (peers.md bug class 5),
+//! `merge`: a merged model behaves exactly like base plus adapter (architecture.md pitfall 5),
 //! and its HF directory round-trips through the loader, the tokenizer and the template.
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! hone-train integration tests (one binary, see DESIGN.md).
+//! hone-train integration tests (one binary, see architecture.md).
 
 mod best;
 mod common;

@@ -1,5 +1,5 @@
 //! Sequence packing (`--packing`): several examples share a row, with positions
-//! and attention kept per example. The tests for peers.md bug classes 3 (masking
+//! and attention kept per example. The tests for architecture.md pitfalls 3 (masking
 //! silently off under packing) and 4 (packing changes the loss).
 
 use candle_core::{Device, Tensor};
