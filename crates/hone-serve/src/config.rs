@@ -40,7 +40,10 @@ pub struct ServeConfig {
     #[arg(long, env = "HONE_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
 
-    /// Organization name used in fine-tuned model names and `owned_by`.
+    /// The default project: where `--api-key` keys (and, without any key,
+    /// everyone) act, and its name in `organization_id`, `owned_by` and
+    /// fine-tuned model names. Keys made by `hone keys create` name their own
+    /// project.
     #[arg(long, env = "HONE_ORG", default_value = "hone")]
     pub org: String,
 
