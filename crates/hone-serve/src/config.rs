@@ -133,10 +133,16 @@ impl ServeConfig {
 
     /// Refuses to serve without auth on a non-loopback address.
     pub fn check_exposure(&self) -> Result<(), String> {
-        if self.usable_keys().is_empty() && !self.host.is_loopback() {
+        self.check_exposure_with(0)
+    }
+
+    /// As [`Self::check_exposure`], counting `stored_keys` keys made with
+    /// `hone keys create` (active in `hone.db`).
+    pub fn check_exposure_with(&self, stored_keys: usize) -> Result<(), String> {
+        if self.usable_keys().is_empty() && stored_keys == 0 && !self.host.is_loopback() {
             return Err(format!(
-                "refusing to listen on {} without an API key: pass --api-key (or HONE_API_KEYS), \
-                 or bind a loopback address",
+                "refusing to listen on {} without an API key: create one with `hone keys create`, \
+                 pass --api-key (or HONE_API_KEYS), or bind a loopback address",
                 self.host
             ));
         }
@@ -216,5 +222,7 @@ mod tests {
         assert!(c.check_exposure().is_err(), "blank keys do not count");
         c.api_keys = vec!["k".into()];
         assert!(c.check_exposure().is_ok());
+        c.api_keys = vec![];
+        assert!(c.check_exposure_with(1).is_ok(), "a stored key counts");
     }
 }
