@@ -182,9 +182,11 @@ pub struct AuthState {
 
 /// Finds the caller from `Authorization: Bearer <key>` and puts a
 /// [`Caller`] in the request's extensions. Stored keys are read at each
-/// request, so that `hone keys revoke` takes effect at once.
+/// request, so that `hone keys revoke` takes effect at once. Once a key was
+/// ever stored, auth stays on even if every key is revoked: revoking the
+/// last key must lock the server, not open it.
 pub async fn require_key(State(auth): State<AuthState>, mut req: Request, next: Next) -> Response {
-    let stored = match auth.store.run(|s| s.active_keys()).await {
+    let stored = match auth.store.run(|s| s.list_keys(None)).await {
         Ok(k) => k,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -220,7 +222,8 @@ pub async fn require_key(State(auth): State<AuthState>, mut req: Request, next: 
         .into_response();
     };
     let mut accepted = auth.config_keys.accepted.clone();
-    accepted.extend(stored.into_iter().map(|k| Accepted {
+    let active = stored.into_iter().filter(|k| k.revoked_at.is_none());
+    accepted.extend(active.map(|k| Accepted {
         digest: k.digest,
         caller: Caller {
             project: k.project,

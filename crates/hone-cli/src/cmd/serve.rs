@@ -26,7 +26,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config;
     let stored_keys = stored_keys(&config)?;
     config
-        .check_exposure_with(stored_keys)
+        .check_exposure_with(stored_keys.active)
         .map_err(|m| anyhow::anyhow!(m))?;
     let models = BaseModels::resolve(&config.home, &config.models)
         .context("resolving --model")?
@@ -53,12 +53,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How many active keys `hone keys create` stored in `hone.db`.
-fn stored_keys(config: &ServeConfig) -> anyhow::Result<usize> {
+/// Keys `hone keys create` stored in `hone.db`.
+struct StoredKeys {
+    /// Not revoked.
+    active: usize,
+    /// Ever stored: auth stays on once there was one.
+    ever: usize,
+}
+
+fn stored_keys(config: &ServeConfig) -> anyhow::Result<StoredKeys> {
     use hone_serve::store::{SqliteStore, Store};
     let path = config.home.join("hone.db");
     let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(store.active_keys()?.len())
+    let all = store.list_keys(None)?;
+    Ok(StoredKeys {
+        active: all.iter().filter(|k| k.revoked_at.is_none()).count(),
+        ever: all.len(),
+    })
 }
 
 /// The validator, the catalog and the trainer.
@@ -142,23 +153,23 @@ fn print_banner(
     config: &ServeConfig,
     bound: std::net::SocketAddr,
     models: &BaseModels,
-    stored_keys: usize,
+    stored_keys: StoredKeys,
 ) {
     eprintln!(
         "hone serve: listening on http://{bound}/v1 (home {})",
         config.home.display()
     );
     let keys = config.usable_keys().len();
-    if keys + stored_keys == 0 {
+    if keys + stored_keys.ever == 0 {
         eprintln!(
             "auth: off (no API key; bound to loopback only, so only this machine can connect; \
              create keys with `hone keys create --project NAME`, or pass --api-key or HONE_API_KEYS)"
         );
     } else {
         eprintln!(
-            "auth: on ({keys} --api-key key(s) in project {}, {stored_keys} key(s) from `hone keys`; \
+            "auth: on ({keys} --api-key key(s) in project {}, {} active key(s) from `hone keys`; \
              send Authorization: Bearer <key>)",
-            config.org
+            config.org, stored_keys.active
         );
     }
     if models.is_empty() {

@@ -94,10 +94,16 @@ async fn key_b_cannot_list_or_read_key_as_files() {
     let p = Projects::new();
     let fa = p.upload(&p.a).await;
     let fb = p.upload(&p.b).await;
-    assert_eq!(ids_of(&p.get(&p.a, "/v1/files").await.json()), [fa.clone()]);
-    assert_eq!(ids_of(&p.get(&p.b, "/v1/files").await.json()), [fb.clone()]);
+    assert_eq!(
+        ids_of(&p.get(&p.a, "/v1/files").await.json()),
+        [fa.as_str()]
+    );
+    assert_eq!(
+        ids_of(&p.get(&p.b, "/v1/files").await.json()),
+        [fb.as_str()]
+    );
     let purpose = p.get(&p.b, "/v1/files?purpose=fine-tune").await.json();
-    assert_eq!(ids_of(&purpose), [fb.clone()]);
+    assert_eq!(ids_of(&purpose), [fb.as_str()]);
     for uri in [format!("/v1/files/{fa}"), format!("/v1/files/{fa}/content")] {
         assert_error(&p.get(&p.b, &uri).await, 404, Some("not_found"));
     }
@@ -342,6 +348,17 @@ async fn a_revoked_or_unknown_key_is_refused() {
     assert!(revoked.revoked_at.is_some());
     assert_error(&p.get(&p.a, "/v1/files").await, 401, None);
     assert_eq!(p.get(&p.b, "/v1/files").await.status, 200);
+}
+
+#[tokio::test]
+async fn revoking_every_key_locks_the_server_instead_of_opening_it() {
+    let p = Projects::new();
+    let store = p.t.state.store.blocking().clone();
+    for k in store.list_keys(None).unwrap() {
+        store.revoke_key(&k.id).unwrap();
+    }
+    assert_error(&p.t.get("/v1/files").await, 401, None);
+    assert_error(&p.get(&p.admin, "/v1/files").await, 401, None);
 }
 
 #[tokio::test]
