@@ -378,3 +378,62 @@ async fn stored_keys_turn_auth_on_without_any_flag() {
     let p = Projects::on(t);
     assert_error(&p.t.get("/v1/files").await, 401, None);
 }
+
+/// A real (tiny) training run by project `alpha`: its model name, owner
+/// and result file are alpha's, and beta sees none of them.
+#[tokio::test]
+async fn a_trained_models_name_owner_and_result_file_are_its_projects() {
+    use hone_serve::TrainerOptions;
+    let tiny = crate::training::TinyModel::new();
+    let p = Projects::on(TestApp::with_engines(
+        tiny.engines(TrainerOptions::default()),
+        |_| {},
+    ));
+    let data = crate::training::chats(12, 3);
+    let (ct, body) = multipart(&[
+        ("purpose", None, b"fine-tune"),
+        ("file", Some("train.jsonl"), data.as_bytes()),
+    ]);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/files")
+        .header("authorization", format!("Bearer {}", p.a))
+        .header("content-type", ct)
+        .body(Body::from(body))
+        .unwrap();
+    let file = p.t.send(req).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"model": "tiny", "training_file": file, "suffix": "s",
+                      "hyperparameters": {"n_epochs": 1, "batch_size": 4}});
+    let r = p
+        .call(&p.a, Method::POST, "/v1/fine_tuning/jobs", Some(body))
+        .await;
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let uri = format!("/v1/fine_tuning/jobs/{id}");
+    let mut job = p.get(&p.a, &uri).await.json();
+    for _ in 0..6000 {
+        if job["status"] == "succeeded" || job["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        job = p.get(&p.a, &uri).await.json();
+    }
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let model = job["fine_tuned_model"].as_str().unwrap();
+    assert!(model.starts_with("ft:tiny:alpha:s:"), "{model}");
+    let m = p.get(&p.a, &format!("/v1/models/{model}")).await.json();
+    assert_eq!(m["owned_by"], "alpha");
+    let result = job["result_files"][0].as_str().unwrap();
+    assert_eq!(
+        p.get(&p.a, &format!("/v1/files/{result}")).await.status,
+        200
+    );
+    let theirs = p.get(&p.b, &format!("/v1/files/{result}")).await;
+    assert_error(&theirs, 404, Some("not_found"));
+    let theirs = p.get(&p.b, &format!("/v1/models/{model}")).await;
+    assert_error(&theirs, 404, Some("model_not_found"));
+    let ckpts = p.get(&p.b, &format!("{uri}/checkpoints")).await;
+    assert_error(&ckpts, 404, Some("not_found"));
+}
