@@ -38,6 +38,9 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Serve the OpenAI-compatible API: files, fine-tuning jobs, models, chat.
     Serve(cmd::serve::ServeArgs),
+    /// Manage the server's API keys and their projects.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
     /// The whole loop on a bundled example: validate, train, evaluate, report.
     Quickstart(cmd::quickstart::QuickstartArgs),
     /// Measure speed on this machine.
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Keys(c) => cmd::keys::run(c),
         Command::Quickstart(a) => cmd::quickstart::run(a),
     };
     match result {

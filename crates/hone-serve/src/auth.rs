@@ -1,67 +1,208 @@
-//! Bearer-token auth and request ids.
+//! API keys, projects, and request ids.
 //!
-//! Keys are kept only as sha256 digests and compared in constant time
-//! (subtle), against every configured key without short-circuiting, so the
-//! time taken says nothing about which key or how much of it matched. Keys
-//! are never logged.
-
-use std::sync::Arc;
+//! Every key belongs to a project (OpenAI's term): the files, jobs, events,
+//! checkpoints and fine-tuned models a key creates belong to its project,
+//! and other projects get a 404 for them (see [`crate::store::Scope`]). An
+//! admin key sees every project. Keys come from two places: `hone keys
+//! create` (stored in `hone.db`) and `--api-key`/`HONE_API_KEYS` (the
+//! default project, named by `--org`, for simple set-ups). With neither, on
+//! a loopback address, auth is off and the caller sees everything.
+//!
+//! Keys are kept only as digests ([`key_digest`]) and compared in constant
+//! time (subtle), against every accepted key without short-circuiting, so
+//! the time taken says nothing about which key or how much of it matched.
+//! Keys are never logged.
+//!
+//! Why a single keyed sha256 and no salt or slow hash: a key is 40 base62
+//! characters from the OS-seeded CSPRNG (about 238 bits). Salts and slow
+//! hashes protect low-entropy passwords from dictionary and precomputed
+//! attacks; against a 238-bit random secret, sha256's preimage resistance is
+//! already far beyond any brute force, so a leaked `hone.db` does not reveal
+//! keys. The fixed domain tag keeps these digests from matching any other
+//! sha256 hone stores (file contents).
 
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::ApiError;
 use crate::ids;
+use crate::store::{unix_now, KeyRecord, Scope, Store, StoreHandle, StoreResult};
 
-/// The accepted keys, as digests. Empty means auth is off.
-#[derive(Clone, Default)]
-pub struct ApiKeys {
-    digests: Vec<[u8; 32]>,
+/// What every key `hone keys create` makes starts with.
+pub const KEY_PREFIX: &str = "sk-hone-";
+
+/// Random characters after [`KEY_PREFIX`] (base62: about 238 bits).
+const KEY_RANDOM_CHARS: usize = 40;
+
+/// The digest a key is stored and compared as.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"hone-api-key-v1\0");
+    h.update(key.as_bytes());
+    h.finalize().into()
 }
 
-fn digest(s: &[u8]) -> [u8; 32] {
-    let out = Sha256::digest(s);
-    let mut d = [0u8; 32];
-    d.copy_from_slice(&out);
-    d
+/// Checks a project name: 1 to 64 of `A-Z a-z 0-9 . _ -`, so that it fits
+/// in a fine-tuned model name (`ft:<base>:<project>:...`, no `:`).
+pub fn validate_project(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+        return Err(format!(
+            "invalid project name '{name}': use 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Makes a new key for `project` and stores its digest. The key itself is
+/// returned once, to be shown to the user, and never stored.
+pub fn create_key(
+    store: &dyn Store,
+    project: &str,
+    admin: bool,
+) -> StoreResult<(KeyRecord, String)> {
+    let key = format!("{KEY_PREFIX}{}", ids::base62(KEY_RANDOM_CHARS));
+    let record = KeyRecord {
+        id: format!("key_{}", ids::base62(16)),
+        project: project.to_string(),
+        admin,
+        digest: key_digest(&key),
+        hint: key[key.len() - 4..].to_string(),
+        created_at: unix_now(),
+        revoked_at: None,
+    };
+    store.insert_key(&record)?;
+    Ok((record, key))
+}
+
+/// Who is calling: the project a request acts in, and what it may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Where what the caller creates goes (and the `organization_id`).
+    pub project: String,
+    /// An admin sees every project's objects.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// What the caller's reads and deletes may see.
+    pub fn scope(&self) -> Scope {
+        if self.admin {
+            Scope::All
+        } else {
+            Scope::Project(self.project.clone())
+        }
+    }
+}
+
+/// An accepted key's digest and who it makes the caller.
+#[derive(Clone)]
+struct Accepted {
+    digest: [u8; 32],
+    caller: Caller,
+}
+
+/// Finds the caller whose key is `token`, comparing against every key in
+/// constant time: the loop never stops early, and the match is picked with
+/// a constant-time select, not a branch.
+fn identify(accepted: &[Accepted], token: &str) -> Option<Caller> {
+    let d = key_digest(token);
+    let mut found = subtle::Choice::from(0u8);
+    let mut index = 0u32;
+    for (i, a) in accepted.iter().enumerate() {
+        let eq = a.digest.ct_eq(&d);
+        index.conditional_assign(&(i as u32), eq);
+        found |= eq;
+    }
+    bool::from(found).then(|| accepted[index as usize].caller.clone())
+}
+
+/// The `--api-key` keys, as digests: they belong to the default project.
+/// Empty means none were given.
+#[derive(Clone, Default)]
+pub struct ApiKeys {
+    accepted: Vec<Accepted>,
 }
 
 impl ApiKeys {
+    /// `keys` of the project named `"default"`; see [`ApiKeys::for_project`].
     pub fn new(keys: &[String]) -> Self {
+        Self::for_project(keys, "default")
+    }
+
+    /// `keys`, each acting in `project` (not admin).
+    pub fn for_project(keys: &[String], project: &str) -> Self {
+        let caller = Caller {
+            project: project.to_string(),
+            admin: false,
+        };
         ApiKeys {
-            digests: keys.iter().map(|k| digest(k.as_bytes())).collect(),
+            accepted: keys
+                .iter()
+                .map(|k| Accepted {
+                    digest: key_digest(k),
+                    caller: caller.clone(),
+                })
+                .collect(),
         }
     }
 
     /// Whether any key is configured.
     pub fn enabled(&self) -> bool {
-        !self.digests.is_empty()
+        !self.accepted.is_empty()
     }
 
     /// Whether `token` is one of the keys, in constant time.
     pub fn accepts(&self, token: &str) -> bool {
-        let d = digest(token.as_bytes());
-        let mut ok = subtle::Choice::from(0u8);
-        for k in &self.digests {
-            ok |= k.ct_eq(&d);
-        }
-        ok.into()
+        identify(&self.accepted, token).is_some()
     }
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys([{} redacted])", self.digests.len())
+        write!(f, "ApiKeys([{} redacted])", self.accepted.len())
     }
 }
 
-/// Checks `Authorization: Bearer <key>` when keys are configured.
-pub async fn require_key(State(keys): State<Arc<ApiKeys>>, req: Request, next: Next) -> Response {
-    if !keys.enabled() {
+/// What the auth middleware needs.
+#[derive(Clone)]
+pub struct AuthState {
+    pub store: StoreHandle,
+    /// `--api-key` keys.
+    pub config_keys: ApiKeys,
+    /// The default project: `--api-key` keys, and everyone when auth is off.
+    pub default_project: String,
+    /// Auth may be off only on a loopback address.
+    pub loopback: bool,
+}
+
+/// Finds the caller from `Authorization: Bearer <key>` and puts a
+/// [`Caller`] in the request's extensions. Stored keys are read at each
+/// request, so that `hone keys revoke` takes effect at once. Once a key was
+/// ever stored, auth stays on even if every key is revoked: revoking the
+/// last key must lock the server, not open it.
+pub async fn require_key(State(auth): State<AuthState>, mut req: Request, next: Next) -> Response {
+    let stored = match auth.store.run(|s| s.list_keys(None)).await {
+        Ok(k) => k,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if stored.is_empty() && !auth.config_keys.enabled() {
+        if !auth.loopback {
+            return ApiError::Unauthorized {
+                message:
+                    "No API key is configured on this server: create one with `hone keys create`."
+                        .into(),
+            }
+            .into_response();
+        }
+        req.extensions_mut().insert(Caller {
+            project: auth.default_project.clone(),
+            admin: true,
+        });
         return next.run(req).await;
     }
     let header = req
@@ -72,15 +213,29 @@ pub async fn require_key(State(keys): State<Arc<ApiKeys>>, req: Request, next: N
         h.strip_prefix("Bearer ")
             .or_else(|| h.strip_prefix("bearer "))
     });
-    match token {
-        None => ApiError::Unauthorized {
+    let Some(token) = token else {
+        return ApiError::Unauthorized {
             message: "You didn't provide an API key. Send it in an Authorization header \
                       using Bearer auth (Authorization: Bearer YOUR_KEY)."
                 .into(),
         }
-        .into_response(),
-        Some(t) if keys.accepts(t.trim()) => next.run(req).await,
-        Some(_) => ApiError::Unauthorized {
+        .into_response();
+    };
+    let mut accepted = auth.config_keys.accepted.clone();
+    let active = stored.into_iter().filter(|k| k.revoked_at.is_none());
+    accepted.extend(active.map(|k| Accepted {
+        digest: k.digest,
+        caller: Caller {
+            project: k.project,
+            admin: k.admin,
+        },
+    }));
+    match identify(&accepted, token.trim()) {
+        Some(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        None => ApiError::Unauthorized {
             message: "Incorrect API key provided.".into(),
         }
         .into_response(),
@@ -124,5 +279,30 @@ mod tests {
         assert!(!k.accepts("sk-on") && !k.accepts("sk-one ") && !k.accepts(""));
         assert!(!ApiKeys::default().enabled());
         assert!(!format!("{k:?}").contains("sk-"));
+    }
+
+    #[test]
+    fn the_matching_key_names_its_caller() {
+        let a = ApiKeys::for_project(&["sk-a".into()], "alpha");
+        let mut accepted = a.accepted.clone();
+        accepted.extend(ApiKeys::for_project(&["sk-b".into()], "beta").accepted);
+        assert_eq!(identify(&accepted, "sk-b").unwrap().project, "beta");
+        assert_eq!(identify(&accepted, "sk-a").unwrap().project, "alpha");
+        assert!(identify(&accepted, "sk-c").is_none());
+        assert!(identify(&[], "sk-a").is_none());
+    }
+
+    #[test]
+    fn digests_are_domain_separated_from_plain_sha256() {
+        let plain: [u8; 32] = Sha256::digest(b"sk-a").into();
+        assert_ne!(key_digest("sk-a"), plain);
+    }
+
+    #[test]
+    fn project_names_fit_in_model_names() {
+        assert!(validate_project("team-a_1.x").is_ok());
+        for bad in ["", "a:b", "a b", &"x".repeat(65)] {
+            assert!(validate_project(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -40,7 +40,10 @@ pub struct ServeConfig {
     #[arg(long, env = "HONE_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
 
-    /// Organization name used in fine-tuned model names and `owned_by`.
+    /// The default project: where `--api-key` keys (and, without any key,
+    /// everyone) act, and its name in `organization_id`, `owned_by` and
+    /// fine-tuned model names. Keys made by `hone keys create` name their own
+    /// project.
     #[arg(long, env = "HONE_ORG", default_value = "hone")]
     pub org: String,
 
@@ -130,10 +133,16 @@ impl ServeConfig {
 
     /// Refuses to serve without auth on a non-loopback address.
     pub fn check_exposure(&self) -> Result<(), String> {
-        if self.usable_keys().is_empty() && !self.host.is_loopback() {
+        self.check_exposure_with(0)
+    }
+
+    /// As [`Self::check_exposure`], counting `stored_keys` keys made with
+    /// `hone keys create` (active in `hone.db`).
+    pub fn check_exposure_with(&self, stored_keys: usize) -> Result<(), String> {
+        if self.usable_keys().is_empty() && stored_keys == 0 && !self.host.is_loopback() {
             return Err(format!(
-                "refusing to listen on {} without an API key: pass --api-key (or HONE_API_KEYS), \
-                 or bind a loopback address",
+                "refusing to listen on {} without an API key: create one with `hone keys create`, \
+                 pass --api-key (or HONE_API_KEYS), or bind a loopback address",
                 self.host
             ));
         }
@@ -213,5 +222,7 @@ mod tests {
         assert!(c.check_exposure().is_err(), "blank keys do not count");
         c.api_keys = vec!["k".into()];
         assert!(c.check_exposure().is_ok());
+        c.api_keys = vec![];
+        assert!(c.check_exposure_with(1).is_ok(), "a stored key counts");
     }
 }

@@ -19,8 +19,8 @@ use crate::api::{
 use crate::blobs::FsBlobStore;
 use crate::ids::{self, FineTunedName};
 use crate::store::{
-    unix_now, CheckpointRecord, FileRecord, JobUpdate, NewEvent, PageRequest, Store, StoreError,
-    StoreResult,
+    unix_now, CheckpointRecord, FileRecord, JobUpdate, NewEvent, PageRequest, Scope, Store,
+    StoreError, StoreResult,
 };
 
 /// The purpose of the metrics CSV a job produces (OpenAI's name).
@@ -98,7 +98,7 @@ impl JobContext {
     pub fn last_recorded_step(&self) -> u64 {
         let Ok(page) = self
             .store
-            .list_events(&self.job.id, &PageRequest::first(200))
+            .list_events(&Scope::All, &self.job.id, &PageRequest::first(200))
         else {
             return 0;
         };
@@ -186,6 +186,7 @@ impl JobContext {
         };
         self.store.insert_file(&FileRecord {
             object: object.clone(),
+            project: self.job.organization_id.clone(),
             sha256: blob.sha256,
         })?;
         Ok(object)

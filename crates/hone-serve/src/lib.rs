@@ -51,10 +51,13 @@ pub use training::{HoneTrainer, TrainerOptions};
 /// Opens the store under `config.home`, binds `config.addr()`, and serves
 /// until Ctrl-C / SIGTERM, then drains (see [`serve_on`]).
 pub async fn serve(config: ServeConfig, engines: Engines) -> Result<(), ServeError> {
-    config.check_exposure().map_err(ServeError::Exposure)?;
     let addr = config.addr();
     tracing::info!(?config, "starting hone-serve");
-    let state = AppState::open(config, engines)?;
+    let store = store::SqliteStore::open(&config.home.join("hone.db"))?;
+    config
+        .check_exposure_with(store::Store::active_keys(&store)?.len())
+        .map_err(ServeError::Exposure)?;
+    let state = AppState::with_store(config, engines, std::sync::Arc::new(store))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Io {

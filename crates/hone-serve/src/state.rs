@@ -53,11 +53,11 @@ impl AppState {
             what: format!("opening {}", files_dir.display()),
             source,
         })?;
+        store.adopt_unowned(&config.org)?;
         let worker = worker::start(WorkerConfig {
             store: store.clone(),
             blobs: blobs.clone(),
             home: config.home.clone(),
-            org: config.org.clone(),
             engine: engines.training.clone(),
             catalog: engines.catalog.clone(),
             max_concurrent_jobs: config.max_concurrent_jobs,

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod hparams;
+pub mod keys;
 pub mod merge;
 pub mod model;
 pub mod quickstart;

@@ -24,7 +24,10 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config;
-    config.check_exposure().map_err(|m| anyhow::anyhow!(m))?;
+    let stored_keys = stored_keys(&config)?;
+    config
+        .check_exposure_with(stored_keys.active)
+        .map_err(|m| anyhow::anyhow!(m))?;
     let models = BaseModels::resolve(&config.home, &config.models)
         .context("resolving --model")?
         .with_adapters(&config.adapters)
@@ -42,12 +45,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
         let state = AppState::open(config.clone(), engines)?;
-        print_banner(&config, bound, &models);
+        print_banner(&config, bound, &models, stored_keys);
         hone_serve::serve_on(listener, state, hone_serve::shutdown_signal()).await?;
         eprintln!("hone serve: stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keys `hone keys create` stored in `hone.db`.
+struct StoredKeys {
+    /// Not revoked.
+    active: usize,
+    /// Ever stored: auth stays on once there was one.
+    ever: usize,
+}
+
+fn stored_keys(config: &ServeConfig) -> anyhow::Result<StoredKeys> {
+    use hone_serve::store::{SqliteStore, Store};
+    let path = config.home.join("hone.db");
+    let store = SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let all = store.list_keys(None)?;
+    Ok(StoredKeys {
+        active: all.iter().filter(|k| k.revoked_at.is_none()).count(),
+        ever: all.len(),
+    })
 }
 
 /// The validator, the catalog and the trainer.
@@ -127,19 +149,28 @@ fn validator(models: &BaseModels) -> HoneDataValidator {
     v
 }
 
-fn print_banner(config: &ServeConfig, bound: std::net::SocketAddr, models: &BaseModels) {
+fn print_banner(
+    config: &ServeConfig,
+    bound: std::net::SocketAddr,
+    models: &BaseModels,
+    stored_keys: StoredKeys,
+) {
     eprintln!(
         "hone serve: listening on http://{bound}/v1 (home {})",
         config.home.display()
     );
     let keys = config.usable_keys().len();
-    if keys == 0 {
+    if keys + stored_keys.ever == 0 {
         eprintln!(
             "auth: off (no API key; bound to loopback only, so only this machine can connect; \
-             pass --api-key or HONE_API_KEYS to require a key)"
+             create keys with `hone keys create --project NAME`, or pass --api-key or HONE_API_KEYS)"
         );
     } else {
-        eprintln!("auth: on ({keys} API key(s); send Authorization: Bearer <key>)");
+        eprintln!(
+            "auth: on ({keys} --api-key key(s) in project {}, {} active key(s) from `hone keys`; \
+             send Authorization: Bearer <key>)",
+            config.org, stored_keys.active
+        );
     }
     if models.is_empty() {
         eprintln!(

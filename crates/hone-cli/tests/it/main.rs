@@ -2,6 +2,7 @@
 
 mod cli_docs;
 mod eval;
+mod keys;
 mod real_model;
 mod serve_crash;
 mod train_errors;

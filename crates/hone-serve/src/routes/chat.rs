@@ -13,7 +13,7 @@ use std::ops::ControlFlow;
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +22,7 @@ use crate::api::{
     AssistantMessage, AssistantTag, ChatCompletion, ChatCompletionChunk, ChatCompletionChunkTag,
     ChatCompletionRequest, ChatCompletionTag, Choice, ChunkChoice, Delta, FinishReason, Usage,
 };
+use crate::auth::Caller;
 use crate::chat::{self, CancelFlag, CancelOnDrop, ChatEvent, ChatPlan, ChatRun, ChatTarget};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -36,10 +37,11 @@ const STREAM_BUFFER: usize = 64;
 
 pub(super) async fn completions(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let plan = chat::plan(&req)?;
-    let target = resolve_target(&st, &req.model).await?;
+    let target = resolve_target(&st, &caller, &req.model).await?;
     let service = st
         .engines
         .chat
@@ -98,8 +100,12 @@ pub(super) async fn completions(
 
 /// Which base and adapter serve `model`: a catalog base model, a
 /// `--adapter` model, else an `ft:` or checkpoint model from the store (404 `model_not_found` if
-/// neither, e.g. a deleted fine-tune).
-async fn resolve_target(st: &AppState, model: &str) -> Result<ChatTarget, ApiError> {
+/// neither, e.g. a deleted fine-tune, or another project's).
+async fn resolve_target(
+    st: &AppState,
+    caller: &Caller,
+    model: &str,
+) -> Result<ChatTarget, ApiError> {
     if st.engines.catalog.base_model(model).is_some() {
         return Ok(ChatTarget {
             model: model.to_string(),
@@ -115,7 +121,8 @@ async fn resolve_target(st: &AppState, model: &str) -> Result<ChatTarget, ApiErr
         });
     }
     let id = model.to_string();
-    let rec = st.store.run(move |s| s.get_model(&id)).await?;
+    let scope = caller.scope();
+    let rec = st.store.run(move |s| s.get_model(&scope, &id)).await?;
     Ok(ChatTarget {
         model: model.to_string(),
         base: rec.base,

@@ -8,11 +8,13 @@ use axum::extract::multipart::Field;
 use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use tokio::io::AsyncReadExt;
 
 use super::page_request;
 use crate::api::{FileDeleted, FileObject, FileStatus, FileTag, ListQuery, ListResponse};
+use crate::auth::Caller;
 use crate::blobs::{Blob, Upload};
 use crate::engines::{FileCheck, FileValidator};
 use crate::error::ApiError;
@@ -42,6 +44,7 @@ const FILES_PAGE_MAX: u32 = 10_000;
 
 pub(super) async fn upload(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     mut mp: Multipart,
 ) -> Result<Json<FileObject>, ApiError> {
@@ -95,6 +98,7 @@ pub(super) async fn upload(
     };
     let record = FileRecord {
         object: object.clone(),
+        project: caller.project,
         sha256: blob.sha256,
     };
     if let Err(e) = st.store.run(move |s| s.insert_file(&record)).await {
@@ -202,22 +206,27 @@ pub(crate) fn status_of(check: &FileCheck) -> (FileStatus, Option<String>) {
 
 pub(super) async fn list(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse<FileObject>>, ApiError> {
     let page = page_request(&q, FILES_PAGE_MAX, FILES_PAGE_MAX)?;
     let purpose = q.purpose.clone();
     let p = st
         .store
-        .run(move |s| s.list_files(purpose.as_deref(), &page))
+        .run(move |s| s.list_files(&caller.scope(), purpose.as_deref(), &page))
         .await?;
     Ok(Json(ListResponse::page(p.data, p.has_more)))
 }
 
 pub(super) async fn retrieve(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FileObject>, ApiError> {
-    let rec = st.store.run(move |s| s.get_file(&id)).await?;
+    let rec = st
+        .store
+        .run(move |s| s.get_file(&caller.scope(), &id))
+        .await?;
     Ok(Json(rec.object))
 }
 
@@ -225,10 +234,13 @@ pub(super) async fn retrieve(
 /// between leaves an orphan blob, never a record without content).
 pub(super) async fn delete(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FileDeleted>, ApiError> {
     let del = id.clone();
-    st.store.run(move |s| s.delete_file(&del)).await?;
+    st.store
+        .run(move |s| s.delete_file(&caller.scope(), &del))
+        .await?;
     st.blobs.delete(&id).await?;
     Ok(Json(FileDeleted {
         id,
@@ -240,11 +252,14 @@ pub(super) async fn delete(
 /// Streams the raw bytes in 64 KiB chunks.
 pub(super) async fn content(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let rec = {
         let id = id.clone();
-        st.store.run(move |s| s.get_file(&id)).await?
+        st.store
+            .run(move |s| s.get_file(&caller.scope(), &id))
+            .await?
     };
     let file = st.blobs.open_read(&id).await?;
     let stream = futures_util::stream::unfold(Some(file), |state| async move {

@@ -3,6 +3,7 @@
 //! job's state: that goes through the worker.
 
 use axum::extract::State;
+use axum::Extension;
 use axum::Json;
 
 use super::page_request;
@@ -11,6 +12,7 @@ use crate::api::{
     JobEvent, JobFile, JobStatus, JobTag, ListQuery, ListResponse, Method, MethodParams,
     MethodType,
 };
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ids;
@@ -25,6 +27,7 @@ const CHECKPOINTS_PAGE: (u32, u32) = (10, 100);
 
 pub(super) async fn create(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateJobRequest>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
     if st.engines.catalog.base_model(&req.model).is_none() {
@@ -43,9 +46,9 @@ pub(super) async fn create(
     }
     check_metadata(&req)?;
     let (method, hyperparameters) = method_of(&req)?;
-    check_file(&st, &req.training_file, JobFile::Training).await?;
+    check_file(&st, &caller, &req.training_file, JobFile::Training).await?;
     if let Some(v) = &req.validation_file {
-        check_file(&st, v, JobFile::Validation).await?;
+        check_file(&st, &caller, v, JobFile::Validation).await?;
     }
     let job = FineTuningJob {
         id: ids::job_id(),
@@ -57,7 +60,7 @@ pub(super) async fn create(
         hyperparameters,
         method,
         model: req.model,
-        organization_id: st.config.org.clone(),
+        organization_id: caller.project.clone(),
         result_files: vec![],
         seed: req
             .seed
@@ -185,13 +188,20 @@ fn check_ranges(h: &Hyperparameters, kind: MethodType) -> Result<(), ApiError> {
 
 /// The file must exist, be a fine-tune upload, and not have failed
 /// validation (its problems are repeated here, so the user sees them).
-async fn check_file(st: &AppState, id: &str, which: JobFile) -> Result<(), ApiError> {
+/// Another project's file does not exist, as far as the caller can tell.
+async fn check_file(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    which: JobFile,
+) -> Result<(), ApiError> {
     let invalid =
         |message: String| ApiError::invalid_with_code(which.param(), which.invalid_code(), message);
     let fid = id.to_string();
+    let scope = caller.scope();
     let rec = st
         .store
-        .run(move |s| s.get_file(&fid))
+        .run(move |s| s.get_file(&scope, &fid))
         .await
         .map_err(|_| invalid(format!("File '{id}' does not exist.")))?;
     let f = rec.object;
@@ -216,66 +226,90 @@ async fn check_file(st: &AppState, id: &str, which: JobFile) -> Result<(), ApiEr
 
 pub(super) async fn list(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse<FineTuningJob>>, ApiError> {
     let page = page_request(&q, JOBS_PAGE.0, JOBS_PAGE.1)?;
-    let p = st.store.run(move |s| s.list_jobs(&page)).await?;
+    let p = st
+        .store
+        .run(move |s| s.list_jobs(&caller.scope(), &page))
+        .await?;
     Ok(Json(ListResponse::page(p.data, p.has_more)))
 }
 
 pub(super) async fn retrieve(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
-    Ok(Json(st.store.run(move |s| s.get_job(&id)).await?))
+    Ok(Json(
+        st.store
+            .run(move |s| s.get_job(&caller.scope(), &id))
+            .await?,
+    ))
 }
 
-async fn command(st: &AppState, id: &str, c: Command) -> Result<Json<FineTuningJob>, ApiError> {
+/// Sends `c` to the worker for a job the caller can see (else 404).
+async fn command(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    c: Command,
+) -> Result<Json<FineTuningJob>, ApiError> {
     let lookup = id.to_string();
-    st.store.run(move |s| s.get_job(&lookup)).await?;
+    let scope = caller.scope();
+    st.store.run(move |s| s.get_job(&scope, &lookup)).await?;
     Ok(Json(st.worker.command(id, c).await?))
 }
 
 pub(super) async fn cancel(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
-    command(&st, &id, Command::Cancel).await
+    command(&st, &caller, &id, Command::Cancel).await
 }
 
 pub(super) async fn pause(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
-    command(&st, &id, Command::Pause).await
+    command(&st, &caller, &id, Command::Pause).await
 }
 
 pub(super) async fn resume(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
-    command(&st, &id, Command::Resume).await
+    command(&st, &caller, &id, Command::Resume).await
 }
 
 pub(super) async fn events(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse<JobEvent>>, ApiError> {
     let page = page_request(&q, EVENTS_PAGE.0, EVENTS_PAGE.1)?;
-    let p = st.store.run(move |s| s.list_events(&id, &page)).await?;
+    let p = st
+        .store
+        .run(move |s| s.list_events(&caller.scope(), &id, &page))
+        .await?;
     Ok(Json(ListResponse::page(p.data, p.has_more)))
 }
 
 pub(super) async fn checkpoints(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse<JobCheckpoint>>, ApiError> {
     let page = page_request(&q, CHECKPOINTS_PAGE.0, CHECKPOINTS_PAGE.1)?;
     let p = st
         .store
-        .run(move |s| s.list_checkpoints(&id, &page))
+        .run(move |s| s.list_checkpoints(&caller.scope(), &id, &page))
         .await?;
     Ok(Json(ListResponse::page(p.data, p.has_more)))
 }

@@ -6,8 +6,6 @@ mod files;
 mod jobs;
 mod models;
 
-use std::sync::Arc;
-
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::middleware::{from_fn, from_fn_with_state};
@@ -15,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::api::{ErrorCode, Health, ListQuery};
-use crate::auth::{request_id, require_key, ApiKeys};
+use crate::auth::{request_id, require_key, ApiKeys, AuthState};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{Order, PageRequest};
@@ -26,7 +24,12 @@ const MULTIPART_SLACK: u64 = 1024 * 1024;
 
 /// The whole application: `/health` (public) and `/v1/...` (behind the key).
 pub fn router(state: AppState) -> Router {
-    let keys = Arc::new(ApiKeys::new(&state.config.usable_keys()));
+    let auth = AuthState {
+        store: state.store.clone(),
+        config_keys: ApiKeys::for_project(&state.config.usable_keys(), &state.config.org),
+        default_project: state.config.org.clone(),
+        loopback: state.config.host.is_loopback(),
+    };
     let body_limit = state
         .config
         .max_upload_bytes
@@ -51,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve).delete(models::delete))
         .route("/chat/completions", post(chat::completions))
-        .route_layer(from_fn_with_state(keys, require_key));
+        .route_layer(from_fn_with_state(auth, require_key));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(crate::openapi::openapi_json))

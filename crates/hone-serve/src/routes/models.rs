@@ -1,10 +1,12 @@
 //! `/v1/models`: base models from the catalog, adapters named with
-//! `hone serve --adapter`, then fine-tuned and checkpoint models from the store.
+//! `hone serve --adapter` (both shared by every project, read-only), then
+//! the caller's fine-tuned and checkpoint models from the store.
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 
 use crate::api::{ErrorCode, ListResponse, Model, ModelDeleted, ModelTag};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::ids::FineTunedName;
@@ -12,6 +14,7 @@ use crate::state::AppState;
 
 pub(super) async fn list(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<ListResponse<Model>>, ApiError> {
     let mut data = st.engines.catalog.base_models();
     data.extend(
@@ -21,12 +24,17 @@ pub(super) async fn list(
             .into_iter()
             .map(|a| a.model),
     );
-    data.extend(st.store.run(|s| s.list_models()).await?);
+    data.extend(
+        st.store
+            .run(move |s| s.list_models(&caller.scope()))
+            .await?,
+    );
     Ok(Json(ListResponse::page(data, false)))
 }
 
 pub(super) async fn retrieve(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Model>, ApiError> {
     if let Some(m) = st.engines.catalog.base_model(&id) {
@@ -35,7 +43,10 @@ pub(super) async fn retrieve(
     if let Some(a) = st.engines.catalog.served_adapter(&id) {
         return Ok(Json(a.model));
     }
-    let rec = st.store.run(move |s| s.get_model(&id)).await?;
+    let rec = st
+        .store
+        .run(move |s| s.get_model(&caller.scope(), &id))
+        .await?;
     Ok(Json(rec.model))
 }
 
@@ -44,6 +55,7 @@ pub(super) async fn retrieve(
 /// stay on disk with their job (its checkpoints still use them).
 pub(super) async fn delete(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModelDeleted>, ApiError> {
     if st.engines.catalog.base_model(&id).is_some() {
@@ -60,9 +72,10 @@ pub(super) async fn delete(
             ),
         ));
     }
+    let scope = caller.scope();
     let rec = {
-        let id = id.clone();
-        st.store.run(move |s| s.get_model(&id)).await?
+        let (id, scope) = (id.clone(), scope.clone());
+        st.store.run(move |s| s.get_model(&scope, &id)).await?
     };
     if rec.checkpoint_step.is_some()
         || FineTunedName::parse(&id).is_some_and(|n| n.checkpoint_step.is_some())
@@ -75,7 +88,7 @@ pub(super) async fn delete(
         ));
     }
     let del = id.clone();
-    st.store.run(move |s| s.delete_model(&del)).await?;
+    st.store.run(move |s| s.delete_model(&scope, &del)).await?;
     Ok(Json(ModelDeleted {
         id,
         object: ModelTag,

@@ -11,6 +11,11 @@
 //! the transition against [`Transition::allowed_from`] and commits the new
 //! state together with its event in one transaction, before the caller acts
 //! on it (the job worker is the only caller meant to use it).
+//!
+//! Every object belongs to a project (see [`crate::auth`]). Reads and
+//! deletes take a [`Scope`]: a row outside it is [`StoreError::NotFound`],
+//! exactly like a row that does not exist, so that one project cannot even
+//! learn that another's ids exist (a list cursor naming one is a bad cursor).
 
 mod sqlite;
 
@@ -59,6 +64,41 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Which projects' objects a call may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every project: admin keys, and the job worker.
+    All,
+    /// One project's objects only.
+    Project(String),
+}
+
+impl Scope {
+    /// Whether an object of `project` is visible.
+    pub fn sees(&self, project: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Project(p) => p == project,
+        }
+    }
+}
+
+/// An API key as stored: only a digest of the key (see [`crate::auth`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// `key_<16>`: how `hone keys list|revoke` name the key.
+    pub id: String,
+    pub project: String,
+    /// An admin key sees every project.
+    pub admin: bool,
+    /// The keyed sha256 digest of the key, from [`crate::auth::key_digest`].
+    pub digest: [u8; 32],
+    /// The key's last 4 characters, to tell keys apart in listings.
+    pub hint: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -102,6 +142,8 @@ pub struct Page<T> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileRecord {
     pub object: FileObject,
+    /// The project that uploaded it (or whose job produced it).
+    pub project: String,
     /// sha256 of the content, hex.
     pub sha256: String,
 }
@@ -271,19 +313,21 @@ pub struct JobUpdate {
 pub trait Store: Send + Sync + 'static {
     /// Records an uploaded file (its content is already in the blob store).
     fn insert_file(&self, file: &FileRecord) -> StoreResult<()>;
-    fn get_file(&self, id: &str) -> StoreResult<FileRecord>;
+    fn get_file(&self, scope: &Scope, id: &str) -> StoreResult<FileRecord>;
     fn list_files(
         &self,
+        scope: &Scope,
         purpose: Option<&str>,
         page: &PageRequest,
     ) -> StoreResult<Page<FileObject>>;
     /// Forgets a file. The caller removes the blob after this commits.
-    fn delete_file(&self, id: &str) -> StoreResult<()>;
+    fn delete_file(&self, scope: &Scope, id: &str) -> StoreResult<()>;
 
     /// Records a new job and its "Created fine-tuning job" event together.
+    /// The job belongs to the project in its `organization_id`.
     fn insert_job(&self, job: &FineTuningJob) -> StoreResult<()>;
-    fn get_job(&self, id: &str) -> StoreResult<FineTuningJob>;
-    fn list_jobs(&self, page: &PageRequest) -> StoreResult<Page<FineTuningJob>>;
+    fn get_job(&self, scope: &Scope, id: &str) -> StoreResult<FineTuningJob>;
+    fn list_jobs(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Page<FineTuningJob>>;
     /// Jobs in a state, oldest first: what the worker scans on start.
     fn jobs_with_status(&self, status: JobStatus) -> StoreResult<Vec<FineTuningJob>>;
     /// Changes a job's state if the transition is allowed from its current
@@ -293,7 +337,12 @@ pub trait Store: Send + Sync + 'static {
     fn update_job(&self, id: &str, update: &JobUpdate) -> StoreResult<FineTuningJob>;
 
     fn add_event(&self, job_id: &str, event: &NewEvent) -> StoreResult<JobEvent>;
-    fn list_events(&self, job_id: &str, page: &PageRequest) -> StoreResult<Page<JobEvent>>;
+    fn list_events(
+        &self,
+        scope: &Scope,
+        job_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<JobEvent>>;
 
     /// Records a committed checkpoint; it is a model from then on. Saving
     /// the same step again (a run resumed after a crash between writing the
@@ -301,16 +350,30 @@ pub trait Store: Send + Sync + 'static {
     fn add_checkpoint(&self, ckpt: &CheckpointRecord) -> StoreResult<()>;
     fn list_checkpoints(
         &self,
+        scope: &Scope,
         job_id: &str,
         page: &PageRequest,
     ) -> StoreResult<Page<JobCheckpoint>>;
 
     /// Fine-tuned and checkpoint models, newest first.
-    fn list_models(&self) -> StoreResult<Vec<Model>>;
+    fn list_models(&self, scope: &Scope) -> StoreResult<Vec<Model>>;
     /// A fine-tuned or checkpoint model by id.
-    fn get_model(&self, id: &str) -> StoreResult<ModelRecord>;
+    fn get_model(&self, scope: &Scope, id: &str) -> StoreResult<ModelRecord>;
     /// Deletes a fine-tuned model (not its checkpoints).
-    fn delete_model(&self, id: &str) -> StoreResult<()>;
+    fn delete_model(&self, scope: &Scope, id: &str) -> StoreResult<()>;
+
+    /// Gives files stored before projects existed (schema 1) to `project`,
+    /// the default project; a no-op once they have one.
+    fn adopt_unowned(&self, project: &str) -> StoreResult<()>;
+
+    /// Records a new API key (its digest only).
+    fn insert_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    /// Keys, oldest first, of one project or all; revoked ones included.
+    fn list_keys(&self, project: Option<&str>) -> StoreResult<Vec<KeyRecord>>;
+    /// Keys not revoked: what a request's bearer token is checked against.
+    fn active_keys(&self) -> StoreResult<Vec<KeyRecord>>;
+    /// Revokes a key at once (the next request with it gets a 401).
+    fn revoke_key(&self, id: &str) -> StoreResult<KeyRecord>;
 }
 
 /// Async access to a [`Store`]: each call runs on the blocking pool.

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    unix_now, CheckpointRecord, FileRecord, JobUpdate, ModelRecord, NewEvent, Order, Page,
-    PageRequest, Store, StoreError, StoreResult, Transition,
+    unix_now, CheckpointRecord, FileRecord, JobUpdate, KeyRecord, ModelRecord, NewEvent, Order,
+    Page, PageRequest, Scope, Store, StoreError, StoreResult, Transition,
 };
 use crate::api::{
     EventType, FileObject, FineTuningJob, JobCheckpoint, JobEvent, JobEventTag, JobStatus, Model,
@@ -66,6 +66,27 @@ const MIGRATIONS: &[&str] = &[
         base TEXT NOT NULL,
         adapter_path TEXT NOT NULL,
         body TEXT NOT NULL
+    );",
+    // 2: projects. Jobs (and their models) already name their project in
+    // `organization_id`; files get the default project when the server
+    // opens the store (`adopt_unowned`), as its name is not known here.
+    // API keys are stored as digests only.
+    "ALTER TABLE files ADD COLUMN project TEXT;
+    ALTER TABLE jobs ADD COLUMN project TEXT;
+    ALTER TABLE models ADD COLUMN project TEXT;
+    UPDATE jobs SET project = json_extract(body, '$.organization_id');
+    UPDATE models SET project = (SELECT project FROM jobs WHERE jobs.id = models.job_id);
+    CREATE INDEX files_project ON files(project, seq);
+    CREATE INDEX jobs_project ON jobs(project, seq);
+    CREATE TABLE api_keys (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        admin INTEGER NOT NULL,
+        digest BLOB NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
     );",
 ];
 
@@ -166,8 +187,14 @@ fn read_page<T: DeserializeOwned>(
         Order::Asc => (">", "ASC"),
     };
     if let Some(after) = &page.after {
-        let sql = format!("SELECT seq FROM {table} WHERE id = ?1");
-        let seq: Option<i64> = conn.query_row(&sql, [after], |r| r.get(0)).optional()?;
+        // The cursor must name a row of this very list: an id of another
+        // project (or job) is a bad cursor, like an id that does not exist.
+        let sql = format!("SELECT seq FROM {table} WHERE id = ? AND {filter}");
+        let mut cursor_args = vec![SqlValue::Text(after.clone())];
+        cursor_args.extend(args.iter().cloned());
+        let seq: Option<i64> = conn
+            .query_row(&sql, rusqlite::params_from_iter(cursor_args), |r| r.get(0))
+            .optional()?;
         let seq = seq.ok_or_else(|| StoreError::BadCursor(after.clone()))?;
         cond = format!("{cond} AND seq {cmp} ?");
         args.push(SqlValue::Integer(seq));
@@ -186,13 +213,23 @@ fn read_page<T: DeserializeOwned>(
     Ok(Page { data, has_more })
 }
 
-fn get_job_tx(conn: &Connection, id: &str) -> StoreResult<FineTuningJob> {
-    let body: Option<String> = conn
-        .query_row("SELECT body FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+/// `project = ?` for one project (with its argument), `1` for all.
+fn scope_filter(scope: &Scope) -> (&'static str, Vec<SqlValue>) {
+    match scope {
+        Scope::All => ("1", vec![]),
+        Scope::Project(p) => ("project = ?", vec![SqlValue::Text(p.clone())]),
+    }
+}
+
+fn get_job_tx(conn: &Connection, scope: &Scope, id: &str) -> StoreResult<FineTuningJob> {
+    let row: Option<(String, Option<String>)> = conn
+        .query_row("SELECT body, project FROM jobs WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
-    match body {
-        Some(b) => from_json(&b),
-        None => Err(StoreError::NotFound {
+    match row {
+        Some((b, project)) if scope.sees(project.as_deref().unwrap_or_default()) => from_json(&b),
+        _ => Err(StoreError::NotFound {
             kind: "fine-tuning job",
             id: id.into(),
         }),
@@ -224,8 +261,8 @@ fn insert_event_tx(conn: &Connection, job_id: &str, e: &NewEvent) -> StoreResult
     Ok(event)
 }
 
-fn job_exists(conn: &Connection, id: &str) -> StoreResult<()> {
-    get_job_tx(conn, id).map(|_| ())
+fn job_exists(conn: &Connection, scope: &Scope, id: &str) -> StoreResult<()> {
+    get_job_tx(conn, scope, id).map(|_| ())
 }
 
 /// Applies `t` to `job` in memory, after checking it is allowed.
@@ -274,13 +311,15 @@ fn register_model_tx(tx: &Transaction<'_>, job: &FineTuningJob, t: &Transition) 
             owned_by: job.organization_id.clone(),
         };
         tx.execute(
-            "INSERT INTO models (id, job_id, base, adapter_path, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO models (id, job_id, base, adapter_path, body, project)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 model.id,
                 job.id,
                 base,
                 adapter_path.to_string_lossy(),
-                to_json(&model)?
+                to_json(&model)?,
+                job.organization_id
             ],
         )?;
     }
@@ -291,12 +330,14 @@ impl Store for SqliteStore {
     fn insert_file(&self, file: &FileRecord) -> StoreResult<()> {
         let conn = self.lock();
         let n = conn.execute(
-            "INSERT OR IGNORE INTO files (id, purpose, sha256, body) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO files (id, purpose, sha256, body, project)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 file.object.id,
                 file.object.purpose,
                 file.sha256,
-                to_json(&file.object)?
+                to_json(&file.object)?,
+                file.project
             ],
         )?;
         if n == 0 {
@@ -305,45 +346,56 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn get_file(&self, id: &str) -> StoreResult<FileRecord> {
+    fn get_file(&self, scope: &Scope, id: &str) -> StoreResult<FileRecord> {
         let conn = self.lock();
-        let row: Option<(String, String)> = conn
-            .query_row("SELECT body, sha256 FROM files WHERE id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+        let row: Option<(String, String, Option<String>)> = conn
+            .query_row(
+                "SELECT body, sha256, project FROM files WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
-        let (body, sha256) = row.ok_or_else(|| StoreError::NotFound {
-            kind: "file",
-            id: id.into(),
-        })?;
-        Ok(FileRecord {
-            object: from_json(&body)?,
-            sha256,
-        })
+        match row {
+            Some((body, sha256, project)) => {
+                let project = project.unwrap_or_default();
+                if !scope.sees(&project) {
+                    return Err(not_found("file", id));
+                }
+                Ok(FileRecord {
+                    object: from_json(&body)?,
+                    project,
+                    sha256,
+                })
+            }
+            None => Err(not_found("file", id)),
+        }
     }
 
     fn list_files(
         &self,
+        scope: &Scope,
         purpose: Option<&str>,
         page: &PageRequest,
     ) -> StoreResult<Page<FileObject>> {
         let conn = self.lock();
+        let (filter, mut args) = scope_filter(scope);
         match purpose {
-            Some(p) => read_page(
-                &conn,
-                "files",
-                "purpose = ?",
-                vec![SqlValue::Text(p.into())],
-                page,
-            ),
-            None => read_page(&conn, "files", "1", vec![], page),
+            Some(p) => {
+                args.push(SqlValue::Text(p.into()));
+                let filter = format!("{filter} AND purpose = ?");
+                read_page(&conn, "files", &filter, args, page)
+            }
+            None => read_page(&conn, "files", filter, args, page),
         }
     }
 
-    fn delete_file(&self, id: &str) -> StoreResult<()> {
-        let n = self
-            .lock()
-            .execute("DELETE FROM files WHERE id = ?1", [id])?;
+    fn delete_file(&self, scope: &Scope, id: &str) -> StoreResult<()> {
+        let (filter, mut args) = scope_filter(scope);
+        args.insert(0, SqlValue::Text(id.into()));
+        let n = self.lock().execute(
+            &format!("DELETE FROM files WHERE id = ? AND {filter}"),
+            rusqlite::params_from_iter(args),
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound {
                 kind: "file",
@@ -357,8 +409,13 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let n = tx.execute(
-            "INSERT OR IGNORE INTO jobs (id, status, body) VALUES (?1, ?2, ?3)",
-            params![job.id, job.status.as_str(), to_json(job)?],
+            "INSERT OR IGNORE INTO jobs (id, status, body, project) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                job.id,
+                job.status.as_str(),
+                to_json(job)?,
+                job.organization_id
+            ],
         )?;
         if n == 0 {
             return Err(StoreError::Duplicate(format!("job {}", job.id)));
@@ -372,12 +429,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn get_job(&self, id: &str) -> StoreResult<FineTuningJob> {
-        get_job_tx(&self.lock(), id)
+    fn get_job(&self, scope: &Scope, id: &str) -> StoreResult<FineTuningJob> {
+        get_job_tx(&self.lock(), scope, id)
     }
 
-    fn list_jobs(&self, page: &PageRequest) -> StoreResult<Page<FineTuningJob>> {
-        read_page(&self.lock(), "jobs", "1", vec![], page)
+    fn list_jobs(&self, scope: &Scope, page: &PageRequest) -> StoreResult<Page<FineTuningJob>> {
+        let (filter, args) = scope_filter(scope);
+        read_page(&self.lock(), "jobs", filter, args, page)
     }
 
     fn jobs_with_status(&self, status: JobStatus) -> StoreResult<Vec<FineTuningJob>> {
@@ -390,7 +448,7 @@ impl Store for SqliteStore {
     fn transition_job(&self, id: &str, t: &Transition) -> StoreResult<FineTuningJob> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let mut job = get_job_tx(&tx, id)?;
+        let mut job = get_job_tx(&tx, &Scope::All, id)?;
         apply_transition(&mut job, t)?;
         put_job_tx(&tx, &job)?;
         register_model_tx(&tx, &job, t)?;
@@ -410,7 +468,7 @@ impl Store for SqliteStore {
     fn update_job(&self, id: &str, u: &JobUpdate) -> StoreResult<FineTuningJob> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let mut job = get_job_tx(&tx, id)?;
+        let mut job = get_job_tx(&tx, &Scope::All, id)?;
         if let Some(h) = u.hyperparameters {
             job.hyperparameters = h;
             job.method.set_hyperparameters(h);
@@ -431,13 +489,18 @@ impl Store for SqliteStore {
 
     fn add_event(&self, job_id: &str, event: &NewEvent) -> StoreResult<JobEvent> {
         let conn = self.lock();
-        job_exists(&conn, job_id)?;
+        job_exists(&conn, &Scope::All, job_id)?;
         insert_event_tx(&conn, job_id, event)
     }
 
-    fn list_events(&self, job_id: &str, page: &PageRequest) -> StoreResult<Page<JobEvent>> {
+    fn list_events(
+        &self,
+        scope: &Scope,
+        job_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<JobEvent>> {
         let conn = self.lock();
-        job_exists(&conn, job_id)?;
+        job_exists(&conn, scope, job_id)?;
         read_page(
             &conn,
             "events",
@@ -449,7 +512,7 @@ impl Store for SqliteStore {
 
     fn add_checkpoint(&self, c: &CheckpointRecord) -> StoreResult<()> {
         let conn = self.lock();
-        let job = get_job_tx(&conn, &c.checkpoint.fine_tuning_job_id)?;
+        let job = get_job_tx(&conn, &Scope::All, &c.checkpoint.fine_tuning_job_id)?;
         conn.execute(
             "INSERT INTO checkpoints (id, job_id, model_id, base, adapter_path, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -469,11 +532,12 @@ impl Store for SqliteStore {
 
     fn list_checkpoints(
         &self,
+        scope: &Scope,
         job_id: &str,
         page: &PageRequest,
     ) -> StoreResult<Page<JobCheckpoint>> {
         let conn = self.lock();
-        job_exists(&conn, job_id)?;
+        job_exists(&conn, scope, job_id)?;
         read_page(
             &conn,
             "checkpoints",
@@ -483,18 +547,28 @@ impl Store for SqliteStore {
         )
     }
 
-    fn list_models(&self) -> StoreResult<Vec<Model>> {
+    fn list_models(&self, scope: &Scope) -> StoreResult<Vec<Model>> {
         let conn = self.lock();
+        let (filter, args) = scope_filter(scope);
         let mut out: Vec<Model> = Vec::new();
-        let mut stmt = conn.prepare("SELECT body FROM models ORDER BY seq DESC")?;
-        for b in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        let sql = format!("SELECT body FROM models WHERE {filter} ORDER BY seq DESC");
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.clone()), |r| {
+            r.get::<_, String>(0)
+        })?;
+        for b in rows {
             out.push(from_json(&b?)?);
         }
-        let mut stmt = conn.prepare(
+        // Checkpoints belong to their job's project.
+        let job_filter = if filter == "1" { "1" } else { "j.project = ?" };
+        let sql = format!(
             "SELECT c.body, j.body FROM checkpoints c JOIN jobs j ON j.id = c.job_id
-             ORDER BY c.seq DESC",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+             WHERE {job_filter} ORDER BY c.seq DESC"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         for row in rows {
             let (c, j) = row?;
             let c: JobCheckpoint = from_json(&c)?;
@@ -504,16 +578,19 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn get_model(&self, id: &str) -> StoreResult<ModelRecord> {
+    fn get_model(&self, scope: &Scope, id: &str) -> StoreResult<ModelRecord> {
         let conn = self.lock();
-        let row: Option<(String, String, String, String)> = conn
+        let row: Option<(String, String, String, String, Option<String>)> = conn
             .query_row(
-                "SELECT body, job_id, base, adapter_path FROM models WHERE id = ?1",
+                "SELECT body, job_id, base, adapter_path, project FROM models WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        if let Some((body, job_id, base, path)) = row {
+        if let Some((body, job_id, base, path, project)) = row {
+            if !scope.sees(project.as_deref().unwrap_or_default()) {
+                return Err(not_found("model", id));
+            }
             return Ok(ModelRecord {
                 model: from_json(&body)?,
                 base,
@@ -534,7 +611,9 @@ impl Store for SqliteStore {
             id: id.into(),
         })?;
         let c: JobCheckpoint = from_json(&body)?;
-        let job = get_job_tx(&conn, &c.fine_tuning_job_id)?;
+        // A checkpoint belongs to its job's project.
+        let job =
+            get_job_tx(&conn, scope, &c.fine_tuning_job_id).map_err(|_| not_found("model", id))?;
         Ok(ModelRecord {
             model: checkpoint_model(&c, &job),
             base,
@@ -544,17 +623,106 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_model(&self, id: &str) -> StoreResult<()> {
-        let n = self
-            .lock()
-            .execute("DELETE FROM models WHERE id = ?1", [id])?;
+    fn delete_model(&self, scope: &Scope, id: &str) -> StoreResult<()> {
+        let (filter, mut args) = scope_filter(scope);
+        args.insert(0, SqlValue::Text(id.into()));
+        let n = self.lock().execute(
+            &format!("DELETE FROM models WHERE id = ? AND {filter}"),
+            rusqlite::params_from_iter(args),
+        )?;
         if n == 0 {
-            return Err(StoreError::NotFound {
-                kind: "model",
-                id: id.into(),
-            });
+            return Err(not_found("model", id));
         }
         Ok(())
+    }
+
+    fn adopt_unowned(&self, project: &str) -> StoreResult<()> {
+        let conn = self.lock();
+        for table in ["files", "jobs", "models"] {
+            conn.execute(
+                &format!("UPDATE {table} SET project = ?1 WHERE project IS NULL"),
+                [project],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_key(&self, k: &KeyRecord) -> StoreResult<()> {
+        self.lock().execute(
+            "INSERT INTO api_keys (id, project, admin, digest, hint, created_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                k.id,
+                k.project,
+                k.admin,
+                &k.digest[..],
+                k.hint,
+                k.created_at,
+                k.revoked_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn list_keys(&self, project: Option<&str>) -> StoreResult<Vec<KeyRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR project = ?1 ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map([project], key_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn active_keys(&self) -> StoreResult<Vec<KeyRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map([], key_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn revoke_key(&self, id: &str) -> StoreResult<KeyRecord> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, unix_now()],
+        )?;
+        conn.query_row(
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
+            [id],
+            key_row,
+        )
+        .optional()?
+        .unwrap_or_else(|| Err(not_found("API key", id)))
+    }
+}
+
+const KEY_COLUMNS: &str = "id, project, admin, digest, hint, created_at, revoked_at";
+
+/// One `api_keys` row; a digest of the wrong length is a corrupt row.
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<KeyRecord>> {
+    let digest: Vec<u8> = r.get(3)?;
+    let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) else {
+        return Ok(Err(backend(
+            "corrupt row: an API key digest is not 32 bytes",
+        )));
+    };
+    Ok(Ok(KeyRecord {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        admin: r.get(2)?,
+        digest,
+        hint: r.get(4)?,
+        created_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    }))
+}
+
+fn not_found(kind: &'static str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        id: id.into(),
     }
 }
 
@@ -581,6 +749,69 @@ mod tests {
         drop(s);
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
+    }
+
+    #[test]
+    fn rows_from_before_projects_belong_to_the_default_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hone.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let file = serde_json::json!({"id": "file-old", "object": "file", "bytes": 1,
+            "created_at": 1, "filename": "a.jsonl", "purpose": "fine-tune", "status": "processed"});
+        conn.execute(
+            "INSERT INTO files (id, purpose, sha256, body) VALUES ('file-old', 'fine-tune', 'x', ?1)",
+            [file.to_string()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, status, body) VALUES ('ftjob-old', 'queued', ?1)",
+            [serde_json::json!({"organization_id": "hone"}).to_string()],
+        )
+        .unwrap();
+        drop(conn);
+        let s = SqliteStore::open(&path).unwrap();
+        s.adopt_unowned("hone").unwrap();
+        let own = Scope::Project("hone".into());
+        let other = Scope::Project("other".into());
+        assert_eq!(s.get_file(&own, "file-old").unwrap().project, "hone");
+        assert!(matches!(
+            s.get_file(&other, "file-old"),
+            Err(StoreError::NotFound { .. })
+        ));
+        let page = PageRequest::first(10);
+        assert_eq!(s.list_files(&own, None, &page).unwrap().data.len(), 1);
+        assert!(s.list_files(&other, None, &page).unwrap().data.is_empty());
+        let project: String = s
+            .lock()
+            .query_row("SELECT project FROM jobs WHERE id = 'ftjob-old'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(project, "hone");
+    }
+
+    #[test]
+    fn keys_are_stored_as_digests_and_revoked_at_once() {
+        let s = SqliteStore::in_memory().unwrap();
+        let (rec, key) = crate::auth::create_key(&s, "alpha", false).unwrap();
+        assert!(key.starts_with(crate::auth::KEY_PREFIX));
+        let raw: Vec<u8> = s
+            .lock()
+            .query_row("SELECT digest FROM api_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(raw, crate::auth::key_digest(&key));
+        assert!(!String::from_utf8_lossy(&raw).contains(&key[8..]));
+        assert_eq!(s.active_keys().unwrap(), vec![rec.clone()]);
+        assert_eq!(s.list_keys(Some("beta")).unwrap(), vec![]);
+        s.revoke_key(&rec.id).unwrap();
+        assert!(s.active_keys().unwrap().is_empty());
+        assert_eq!(s.list_keys(None).unwrap().len(), 1, "kept, as revoked");
+        assert!(matches!(
+            s.revoke_key("key_nope"),
+            Err(StoreError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::api::{ErrorCode, FineTuningJob, JobError, JobStatus};
 use crate::blobs::FsBlobStore;
 use crate::ids::FineTunedName;
 use crate::job_context::{StopFlag, StopReason};
-use crate::store::{NewEvent, Store, StoreError, StoreResult, Transition};
+use crate::store::{NewEvent, Scope, Store, StoreError, StoreResult, Transition};
 
 use crate::engines::{ModelCatalog, TrainingEngine, TrainingOutcome};
 use crate::job_context::JobContext;
@@ -95,7 +95,6 @@ pub struct WorkerConfig {
     pub store: Arc<dyn Store>,
     pub blobs: FsBlobStore,
     pub home: PathBuf,
-    pub org: String,
     pub engine: Option<Arc<dyn TrainingEngine>>,
     /// The served base models: validation resolves "auto" with their size.
     pub catalog: Arc<dyn ModelCatalog>,
@@ -185,7 +184,7 @@ impl Worker {
                 Command::Cancel => StopReason::Cancel,
                 Command::Pause => StopReason::Pause,
                 Command::Resume => {
-                    let job = self.cfg.store.get_job(id);
+                    let job = self.cfg.store.get_job(&Scope::All, id);
                     let _ = reply.send(job.and_then(|j| {
                         Err(StoreError::InvalidTransition {
                             job: j.id,
@@ -334,7 +333,7 @@ impl Worker {
         std::fs::create_dir_all(&job_dir)
             .map_err(|e| format!("creating {}: {e}", job_dir.display()))?;
         Ok(JobContext {
-            model_name: model_name_for(&job, &self.cfg.org),
+            model_name: model_name_for(&job),
             training_file,
             validation_file,
             job_dir,
@@ -358,9 +357,9 @@ impl Worker {
                 adapter_path,
                 trained_tokens,
                 result_files,
-            }) => match self.store().get_job(id) {
+            }) => match self.store().get_job(&Scope::All, id) {
                 Ok(job) => Transition::Succeed {
-                    fine_tuned_model: model_name_for(&job, &self.cfg.org).to_string(),
+                    fine_tuned_model: model_name_for(&job).to_string(),
                     base: job.model.clone(),
                     adapter_path,
                     trained_tokens,
@@ -414,12 +413,12 @@ impl Worker {
 
 /// The final model name of a job: deterministic (the unique part is the
 /// end of the job id), so a paused and resumed job keeps it and its
-/// checkpoint models agree with it.
-pub fn model_name_for(job: &FineTuningJob, org: &str) -> FineTunedName {
+/// checkpoint models agree with it. The org part is the job's project.
+pub fn model_name_for(job: &FineTuningJob) -> FineTunedName {
     let tail = &job.id[job.id.len().saturating_sub(8)..];
     FineTunedName {
         base: job.model.clone(),
-        org: org.to_string(),
+        org: job.organization_id.clone(),
         suffix: job.user_provided_suffix.clone().unwrap_or_default(),
         unique: tail.to_string(),
         checkpoint_step: None,

@@ -435,7 +435,11 @@ async fn a_job_left_running_by_a_crash_is_requeued_at_start() {
     let id = job.id.clone();
     for _ in 0..500 {
         let id = id.clone();
-        let j = st.store.run(move |s| s.get_job(&id)).await.unwrap();
+        let j = st
+            .store
+            .run(move |s| s.get_job(&hone_serve::store::Scope::All, &id))
+            .await
+            .unwrap();
         if j.status == hone_serve::api::JobStatus::Queued {
             return;
         }

@@ -9,5 +9,6 @@ mod http;
 mod jobs;
 mod models;
 mod openapi;
+mod projects;
 mod store;
 mod training;

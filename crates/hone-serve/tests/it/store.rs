@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use hone_serve::api::{JobError, JobStatus};
-use hone_serve::store::{NewEvent, PageRequest, SqliteStore, Store, StoreError, Transition};
+use hone_serve::store::{NewEvent, PageRequest, Scope, SqliteStore, Store, StoreError, Transition};
 
 use crate::models::new_job;
 
@@ -26,7 +26,10 @@ fn fail() -> Transition {
 }
 
 fn messages(s: &dyn Store, job: &str) -> Vec<String> {
-    let mut p = s.list_events(job, &PageRequest::first(100)).unwrap().data;
+    let mut p = s
+        .list_events(&Scope::All, job, &PageRequest::first(100))
+        .unwrap()
+        .data;
     p.reverse();
     p.into_iter().map(|e| e.message).collect()
 }
@@ -46,7 +49,7 @@ fn happy_path_records_events_in_order_and_registers_the_model() {
     );
     assert_eq!(done.trained_tokens, Some(7));
     assert!(done.finished_at.is_some());
-    assert_eq!(s.get_job(&job.id).unwrap(), done);
+    assert_eq!(s.get_job(&Scope::All, &job.id).unwrap(), done);
     assert_eq!(
         messages(&s, &job.id),
         vec![
@@ -57,7 +60,7 @@ fn happy_path_records_events_in_order_and_registers_the_model() {
             "The job has successfully completed".to_string(),
         ]
     );
-    let m = s.get_model("ft:b:org:sfx:abcd1234").unwrap();
+    let m = s.get_model(&Scope::All, "ft:b:org:sfx:abcd1234").unwrap();
     assert_eq!(m.base, "b");
     assert_eq!(m.job_id, job.id);
 }
@@ -80,7 +83,7 @@ fn illegal_transitions_are_refused_and_change_nothing() {
         );
     }
     assert_eq!(
-        s.get_job(&job.id).unwrap().status,
+        s.get_job(&Scope::All, &job.id).unwrap().status,
         JobStatus::ValidatingFiles
     );
     assert_eq!(
@@ -96,7 +99,10 @@ fn illegal_transitions_are_refused_and_change_nothing() {
         "paused jobs do not start"
     );
     s.transition_job(&job.id, &Transition::Resume).unwrap();
-    assert_eq!(s.get_job(&job.id).unwrap().status, JobStatus::Queued);
+    assert_eq!(
+        s.get_job(&Scope::All, &job.id).unwrap().status,
+        JobStatus::Queued
+    );
     s.transition_job(&job.id, &Transition::Cancel).unwrap();
     for t in [
         Transition::Cancel,
@@ -127,14 +133,14 @@ fn failure_keeps_its_error() {
     let j = s.transition_job(&job.id, &fail()).unwrap();
     assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.error.unwrap().code, "invalid_training_file");
-    assert!(s.get_model("ft:b:org:sfx:abcd1234").is_err());
+    assert!(s.get_model(&Scope::All, "ft:b:org:sfx:abcd1234").is_err());
 }
 
 #[test]
 fn unknown_ids_are_not_found() {
     let s = SqliteStore::in_memory().unwrap();
     assert!(matches!(
-        s.get_job("ftjob-x"),
+        s.get_job(&Scope::All, "ftjob-x"),
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
@@ -146,7 +152,7 @@ fn unknown_ids_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        s.list_events("ftjob-x", &PageRequest::first(5)),
+        s.list_events(&Scope::All, "ftjob-x", &PageRequest::first(5)),
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -159,17 +165,20 @@ fn job_pages_and_status_scan() {
         s.insert_job(j).unwrap();
     }
     s.transition_job(&jobs[1].id, &Transition::Queue).unwrap();
-    let p = s.list_jobs(&PageRequest::first(2)).unwrap();
+    let p = s.list_jobs(&Scope::All, &PageRequest::first(2)).unwrap();
     assert_eq!(
         p.data.iter().map(|j| &j.id).collect::<Vec<_>>(),
         vec![&jobs[2].id, &jobs[1].id]
     );
     assert!(p.has_more);
     let p2 = s
-        .list_jobs(&PageRequest {
-            after: Some(jobs[1].id.clone()),
-            ..PageRequest::first(2)
-        })
+        .list_jobs(
+            &Scope::All,
+            &PageRequest {
+                after: Some(jobs[1].id.clone()),
+                ..PageRequest::first(2)
+            },
+        )
         .unwrap();
     assert_eq!(p2.data.len(), 1);
     assert!(!p2.has_more);
@@ -194,10 +203,10 @@ fn store_survives_reopen() {
         s.transition_job(&job.id, &succeed()).unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
-    let j = s.get_job(&job.id).unwrap();
+    let j = s.get_job(&Scope::All, &job.id).unwrap();
     assert_eq!(j.status, JobStatus::Succeeded);
     assert_eq!(messages(&s, &job.id).len(), 5);
-    assert!(s.get_model("ft:b:org:sfx:abcd1234").is_ok());
+    assert!(s.get_model(&Scope::All, "ft:b:org:sfx:abcd1234").is_ok());
 }
 
 #[tokio::test]

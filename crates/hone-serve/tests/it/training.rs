@@ -220,7 +220,7 @@ async fn a_real_job_succeeds_with_metrics_checkpoints_result_file_and_models() {
             let name = name.clone();
             t.state
                 .store
-                .run(move |s| s.get_model(&name))
+                .run(move |s| s.get_model(&hone_serve::store::Scope::All, &name))
                 .await
                 .unwrap()
         };
