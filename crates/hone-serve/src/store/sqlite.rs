@@ -5,7 +5,10 @@
 //! list order, so ids stay opaque random strings.
 //!
 //! Schema changes are numbered migrations applied in one transaction each
-//! and recorded in `PRAGMA user_version`.
+//! and recorded in `PRAGMA user_version` (`sqlite/schema.rs`); the tests are
+//! in `sqlite/tests.rs`. This file is over 600 lines because it holds the one
+//! `impl Store` block, a method per store operation, which Rust cannot split
+//! across files without an extra layer of indirection.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -25,70 +28,10 @@ use crate::api::{
 };
 use crate::ids;
 
-/// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    // 1: the first schema.
-    "CREATE TABLE files (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        purpose TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        status TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX jobs_status ON jobs(status, seq);
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        job_id TEXT NOT NULL REFERENCES jobs(id),
-        body TEXT NOT NULL
-    );
-    CREATE INDEX events_job ON events(job_id, seq);
-    CREATE TABLE checkpoints (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        job_id TEXT NOT NULL REFERENCES jobs(id),
-        model_id TEXT NOT NULL UNIQUE,
-        base TEXT NOT NULL,
-        adapter_path TEXT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX checkpoints_job ON checkpoints(job_id, seq);
-    CREATE TABLE models (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        job_id TEXT NOT NULL REFERENCES jobs(id),
-        base TEXT NOT NULL,
-        adapter_path TEXT NOT NULL,
-        body TEXT NOT NULL
-    );",
-    // 2: projects. Jobs (and their models) already name their project in
-    // `organization_id`; files get the default project when the server
-    // opens the store (`adopt_unowned`), as its name is not known here.
-    // API keys are stored as digests only.
-    "ALTER TABLE files ADD COLUMN project TEXT;
-    ALTER TABLE jobs ADD COLUMN project TEXT;
-    ALTER TABLE models ADD COLUMN project TEXT;
-    UPDATE jobs SET project = json_extract(body, '$.organization_id');
-    UPDATE models SET project = (SELECT project FROM jobs WHERE jobs.id = models.job_id);
-    CREATE INDEX files_project ON files(project, seq);
-    CREATE INDEX jobs_project ON jobs(project, seq);
-    CREATE TABLE api_keys (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        project TEXT NOT NULL,
-        admin INTEGER NOT NULL,
-        digest BLOB NOT NULL UNIQUE,
-        hint TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        revoked_at INTEGER
-    );",
-];
+mod schema;
+use schema::migrate;
+#[cfg(test)]
+use schema::MIGRATIONS;
 
 /// The SQLite [`Store`]. One connection behind a mutex: SQLite serialises
 /// writers anyway, and our request rate is small.
@@ -152,23 +95,6 @@ impl SqliteStore {
         // (rusqlite rolls back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version as usize > MIGRATIONS.len() {
-        return Err(backend(format!(
-            "database schema version {version} is newer than this hone ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
-        tx.commit()?;
-    }
-    Ok(())
 }
 
 /// Reads one page of `table` rows matching `filter` (an SQL condition with
@@ -737,91 +663,4 @@ fn checkpoint_model(c: &JobCheckpoint, job: &FineTuningJob) -> Model {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migrations_set_user_version_and_are_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hone.db");
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
-        drop(s);
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
-    }
-
-    #[test]
-    fn rows_from_before_projects_belong_to_the_default_project() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hone.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
-        conn.pragma_update(None, "user_version", 1).unwrap();
-        let file = serde_json::json!({"id": "file-old", "object": "file", "bytes": 1,
-            "created_at": 1, "filename": "a.jsonl", "purpose": "fine-tune", "status": "processed"});
-        conn.execute(
-            "INSERT INTO files (id, purpose, sha256, body) VALUES ('file-old', 'fine-tune', 'x', ?1)",
-            [file.to_string()],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO jobs (id, status, body) VALUES ('ftjob-old', 'queued', ?1)",
-            [serde_json::json!({"organization_id": "hone"}).to_string()],
-        )
-        .unwrap();
-        drop(conn);
-        let s = SqliteStore::open(&path).unwrap();
-        s.adopt_unowned("hone").unwrap();
-        let own = Scope::Project("hone".into());
-        let other = Scope::Project("other".into());
-        assert_eq!(s.get_file(&own, "file-old").unwrap().project, "hone");
-        assert!(matches!(
-            s.get_file(&other, "file-old"),
-            Err(StoreError::NotFound { .. })
-        ));
-        let page = PageRequest::first(10);
-        assert_eq!(s.list_files(&own, None, &page).unwrap().data.len(), 1);
-        assert!(s.list_files(&other, None, &page).unwrap().data.is_empty());
-        let project: String = s
-            .lock()
-            .query_row("SELECT project FROM jobs WHERE id = 'ftjob-old'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(project, "hone");
-    }
-
-    #[test]
-    fn keys_are_stored_as_digests_and_revoked_at_once() {
-        let s = SqliteStore::in_memory().unwrap();
-        let (rec, key) = crate::auth::create_key(&s, "alpha", false).unwrap();
-        assert!(key.starts_with(crate::auth::KEY_PREFIX));
-        let raw: Vec<u8> = s
-            .lock()
-            .query_row("SELECT digest FROM api_keys", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(raw, crate::auth::key_digest(&key));
-        assert!(!String::from_utf8_lossy(&raw).contains(&key[8..]));
-        assert_eq!(s.active_keys().unwrap(), vec![rec.clone()]);
-        assert_eq!(s.list_keys(Some("beta")).unwrap(), vec![]);
-        s.revoke_key(&rec.id).unwrap();
-        assert!(s.active_keys().unwrap().is_empty());
-        assert_eq!(s.list_keys(None).unwrap().len(), 1, "kept, as revoked");
-        assert!(matches!(
-            s.revoke_key("key_nope"),
-            Err(StoreError::NotFound { .. })
-        ));
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hone.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 99).unwrap();
-        drop(conn);
-        let err = SqliteStore::open(&path).err().unwrap();
-        assert!(err.to_string().contains("newer"), "{err}");
-    }
-}
+mod tests;
