@@ -14,9 +14,15 @@
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
+use crate::family::Switch;
 use crate::linear::BaseWeight;
 use crate::llama::{Embedding, Llama, LmHead};
 use crate::ops;
+
+/// The spec switches the fused training stack ([`ops::lora_stack`])
+/// implements: RoPE scaling is in the tables it is given; every other switch
+/// refuses the model until the stack has it (and its backward).
+pub const TRAIN_SWITCHES: &[Switch] = &[Switch::RopeScaling];
 
 /// Switches for one training-mode forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +137,11 @@ impl Llama {
         input_ids: &Tensor,
         packed: Option<&PackedLayout>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.spec.require(
+            "training",
+            TRAIN_SWITCHES,
+            "this family cannot be fine-tuned yet",
+        )?;
         let (b, t) = input_ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
             return Err(ModelError::ContextOverflow {

@@ -92,17 +92,21 @@
 //! - `rope.rs`: [`RopeSpec`], RoPE inverse frequencies and their
 //!   linear / llama3 / `rope_freqs` scaling;
 //! - `names.rs`: [`TensorRole`], each weight's HF and GGUF name and shape;
+//! - `switches.rs`: [`Switch`], the optional steps a model uses, so a path
+//!   that lacks one refuses the model instead of computing it wrong;
 //! - `tests.rs`: the tests of all of the above.
 
 mod gguf;
 mod hf;
 mod names;
 mod rope;
+mod switches;
 #[cfg(test)]
 mod tests;
 
 pub use names::TensorRole;
 pub use rope::{RopeScaling, RopeSpec};
+pub use switches::Switch;
 
 use crate::error::{ModelError, Result};
 
@@ -174,10 +178,9 @@ pub fn supported_architectures() -> String {
 /// The error for a model of an architecture hone does not run: it names the
 /// architecture and lists the supported ones, so nothing is loaded wrong.
 pub fn unsupported_architecture(found: &str) -> ModelError {
-    ModelError::Config(format!(
-        "unsupported model architecture `{found}`; supported: {}",
-        supported_architectures()
-    ))
+    ModelError::UnsupportedArchitecture {
+        found: found.to_string(),
+    }
 }
 
 /// Which file a spec was read from: tensor names and some weight conventions
