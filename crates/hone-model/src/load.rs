@@ -124,8 +124,21 @@ trait WeightSource {
     fn quantized(&mut self, name: &str, rows: Rows) -> Result<QTensor>;
 }
 
-/// The switches the packed decode step implements (see [`crate::decode`]).
-pub const PACKED_SWITCHES: &[Switch] = &[Switch::RopeScaling];
+/// The switches the packed decode step implements (see [`crate::decode`]):
+/// all of today's; a new one is refused on this path until it is added here.
+pub const PACKED_SWITCHES: &[Switch] = &[
+    Switch::QkvBias,
+    Switch::QkNorm,
+    Switch::PostAttentionNorm,
+    Switch::PostFfnNorm,
+    Switch::GeluTanh,
+    Switch::EmbeddingScale,
+    Switch::AttentionScale,
+    Switch::FinalLogitSoftcap,
+    Switch::SlidingWindow,
+    Switch::PerLayerRope,
+    Switch::RopeScaling,
+];
 
 /// Reads every tensor `spec` lists by role into a [`Llama`]: norms get the
 /// spec's weight offset (once, here), Q/K rows are un-permuted only for
