@@ -20,9 +20,10 @@ use crate::llama::{Embedding, Llama, LmHead};
 use crate::ops;
 
 /// The spec switches the fused training stack ([`ops::lora_stack`])
-/// implements: RoPE scaling is in the tables it is given; every other switch
-/// refuses the model until the stack has it (and its backward).
-pub const TRAIN_SWITCHES: &[Switch] = &[Switch::RopeScaling];
+/// implements: RoPE scaling is in the tables it is given, q/k/v biases are
+/// frozen constants added after the projections (no backward needed); every
+/// other switch refuses the model until the stack has it (and its backward).
+pub const TRAIN_SWITCHES: &[Switch] = &[Switch::RopeScaling, Switch::QkvBias];
 
 /// Switches for one training-mode forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +206,10 @@ impl Llama {
                 post_norm: block.post_attention_layernorm.clone(),
                 weights: weights.try_into().expect("seven projections"),
                 adapters,
+                qkv_bias: match (&a.q_bias, &a.k_bias, &a.v_bias) {
+                    (Some(q), Some(k), Some(v)) => Some([q.clone(), k.clone(), v.clone()]),
+                    _ => None,
+                },
             });
         }
         let theta = (!parts.is_empty())
