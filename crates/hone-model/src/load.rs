@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::decode::PackedMatrix;
 use crate::error::{ModelError, Result};
-use crate::family::{DecoderSpec, QkRows, Switch, TensorRole};
+use crate::family::{DecoderSpec, Family, QkRows, Switch, TensorRole};
 use crate::linear::{BaseWeight, Linear};
 use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, WeightPath};
 
@@ -309,34 +309,11 @@ fn check_shape<S: Into<candle_core::Shape>>(found: &[usize], name: &str, want: S
     Ok(())
 }
 
-/// Maps an HF tensor name to llama.cpp's GGUF name.
+/// Maps an HF tensor name of a Llama model to llama.cpp's GGUF name (names
+/// not in the map are returned unchanged); used to write Llama test GGUFs.
+/// The map itself is [`TensorRole::hf_to_gguf`].
 pub fn gguf_name(hf: &str) -> String {
-    const LAYER: &[(&str, &str)] = &[
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
-        ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "ffn_norm"),
-    ];
-    match hf {
-        "model.embed_tokens.weight" => return "token_embd.weight".into(),
-        "model.norm.weight" => return "output_norm.weight".into(),
-        "lm_head.weight" => return "output.weight".into(),
-        _ => {}
-    }
-    if let Some(rest) = hf.strip_prefix("model.layers.") {
-        if let Some((idx, tail)) = rest.split_once('.') {
-            let module = tail.trim_end_matches(".weight");
-            if let Some((_, g)) = LAYER.iter().find(|(h, _)| *h == module) {
-                return format!("blk.{idx}.{g}.weight");
-            }
-        }
-    }
-    hf.to_string()
+    TensorRole::hf_to_gguf(Family::Llama, hf).unwrap_or_else(|| hf.to_string())
 }
 
 /// Undoes llama.cpp's Q/K permutation on an f32 `[out, in]` weight:

@@ -30,7 +30,12 @@
 //! logits = norm(h, FinalNorm)·LmHead (Embed when tied);    cap·tanh(logits/cap) if final_logit_softcap
 //! ```
 //!
-//! # How each path will read it
+//! # How each path reads it
+//!
+//! Wired today: loading, the tensor forward pass and the packed decode step
+//! honour every switch; the training stack honours RoPE scaling and q/k/v
+//! biases, and merge writes plain Llama only. A path refuses a model using a
+//! [`Switch`] it lacks ([`DecoderSpec::require`]), never computing it wrong.
 //!
 //! - **Loading** (`load.rs`) asks [`DecoderSpec::tensor_name`] for every
 //!   [`TensorRole`] that [`DecoderSpec::layer_roles`] / [`DecoderSpec::model_roles`]
