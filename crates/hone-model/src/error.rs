@@ -2,9 +2,6 @@
 
 use std::path::PathBuf;
 
-/// Architectures `hone-model` can run; listed in [`ModelError::UnsupportedArchitecture`].
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("model file not found: {}", .0.display())]
@@ -31,11 +28,17 @@ pub enum ModelError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
+    /// A model of a family hone does not run (the message lists the
+    /// supported ones, [`crate::family::supported_architectures`]).
     #[error(
         "unsupported model architecture `{found}`; supported: {}",
-        SUPPORTED_ARCHITECTURES.join(", ")
+        crate::family::supported_architectures()
     )]
     UnsupportedArchitecture { found: String },
+    /// A model whose family uses a switch this weight path or pass does not
+    /// implement yet: refused rather than computed wrong.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("LoRA adapter: {0}")]
     Adapter(String),
     #[error("sequence of {needed} positions exceeds the context length {max}")]

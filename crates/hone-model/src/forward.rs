@@ -1,4 +1,5 @@
-//! The tensor forward pass of a [`Llama`] on candle (candle `llama.rs` style:
+//! The tensor forward pass of a [`Llama`] of any family on candle (the one
+//! block of [`crate::family`], every switch of its spec honoured) (candle `llama.rs` style:
 //! the KV cache is passed in from outside): the numerical reference, scoring
 //! (any weight path), and generation's step on f32 weights. Training runs its
 //! own pass with gradients (`crate::train_forward`), serving the packed
@@ -11,7 +12,9 @@ use candle_core::{Device, Tensor, D};
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
-use crate::llama::{Attention, Block, ForwardOptions, Llama, Mlp};
+use crate::family::{Activation, LayerKind};
+use crate::linear::Linear;
+use crate::llama::{Attention, Block, ForwardOptions, Llama, Mlp, RopeTables};
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) · weight` over the last dimension.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -35,9 +38,21 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// Scaled dot-product attention of `q: [b, h, t, d]` over `k`, `v: [b, h, T, d]`
-/// with an additive `mask: [t, T]` (0 or -inf).
+/// with an additive `mask: [t, T]` (0 or -inf), scores scaled by `d^-0.5`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    scaled_attention(q, k, v, mask, scale)
+}
+
+/// [`attention`] with the scores scaled by `scale` (the spec's
+/// `attention_scale`, e.g. Gemma's `query_pre_attn_scalar^-0.5`).
+pub fn scaled_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
@@ -68,8 +83,21 @@ pub fn grouped_attention(
     mask: Option<&Tensor>,
     n_rep: usize,
 ) -> Result<Tensor> {
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    grouped_attention_scaled(q, k, v, mask, n_rep, scale)
+}
+
+/// [`grouped_attention`] with the scores scaled by `scale`.
+pub fn grouped_attention_scaled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    n_rep: usize,
+    scale: f64,
+) -> Result<Tensor> {
     if n_rep == 1 {
-        return attention(q, &k.contiguous()?, &v.contiguous()?, mask);
+        return scaled_attention(q, &k.contiguous()?, &v.contiguous()?, mask, scale);
     }
     let (b, h, t, d) = q.dims4()?;
     let kv = h / n_rep;
@@ -78,17 +106,31 @@ pub fn grouped_attention(
         Some(m) => Some(m.repeat((n_rep, 1))?),
         None => None,
     };
-    let y = attention(&q, &k.contiguous()?, &v.contiguous()?, mask.as_ref())?;
+    let y = scaled_attention(&q, &k.contiguous()?, &v.contiguous()?, mask.as_ref(), scale)?;
     Ok(y.reshape((b, h, t, d))?)
 }
 
 /// The causal mask for `t` new positions after `start_pos` cached ones.
 pub fn causal_mask(t: usize, start_pos: usize, device: &Device) -> Result<Tensor> {
+    window_mask(t, start_pos, None, device)
+}
+
+/// The causal mask for `t` new positions after `start_pos` cached ones; with
+/// `window = Some(w)`, the query at `p` sees keys `p - w + 1 ..= p` only (a
+/// sliding layer, [`crate::family::LayerSpec::window`]).
+pub fn window_mask(
+    t: usize,
+    start_pos: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
     let total = start_pos + t;
+    let w = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
             (0..total).map(move |j| {
-                if j > start_pos + i {
+                let p = start_pos + i;
+                if j > p || p - j >= w {
                     f32::NEG_INFINITY
                 } else {
                     0.0
@@ -194,18 +236,101 @@ impl Llama {
                 )));
             }
         }
-        let (cos, sin) = self.rope.slice(start_pos, t)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, start_pos, self.device())?)
-        } else {
-            None
+        let full = self.rope.slice(start_pos, t)?;
+        let sliding = match &self.rope_sliding {
+            Some(r) => Some(r.slice(start_pos, t)?),
+            None => None,
         };
-        let mut x = self.embed_tokens.lookup(input_ids)?;
+        let full_mask = (t > 1)
+            .then(|| causal_mask(t, start_pos, self.device()))
+            .transpose()?;
+        let sliding_mask = match self.spec.sliding_window {
+            Some(w) if t > 1 || start_pos + t > w => {
+                Some(window_mask(t, start_pos, Some(w), self.device())?)
+            }
+            _ => None,
+        };
+        let mut x = self.embed(input_ids)?;
         for (i, block) in self.layers.iter().enumerate() {
+            let l = self.spec.layer(i);
+            let (cos, sin) = match (l.kind, &sliding) {
+                (LayerKind::Sliding, Some(r)) => r,
+                _ => &full,
+            };
+            let mask = match l.window {
+                Some(_) => sliding_mask.as_ref(),
+                None => full_mask.as_ref(),
+            };
             let c = cache.as_deref_mut().map(|c| (c, i));
-            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), c, opts)?;
+            x = self.block_forward(block, &x, cos, sin, mask, c, opts)?;
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// The embedding rows of `ids: [b, t]`, times the spec's embedding scale.
+    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.embed_tokens.lookup(ids)?;
+        let s = self.spec.embedding_scale;
+        if s == 1.0 {
+            Ok(x)
+        } else {
+            Ok((x * s as f64)?)
+        }
+    }
+
+    /// One residual block around `attend` (the attention of whichever pass
+    /// calls it), with the spec's post norms and activation.
+    fn residual_block(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
+        opts: ForwardOptions,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let h = attend(&rms_norm(x, &block.input_layernorm, eps)?)?;
+        let h = post_norm(h, block.post_attn_norm.as_ref(), eps)?;
+        let x = (x + h)?;
+        let h = rms_norm(&x, &block.post_attention_layernorm, eps)?;
+        let h = mlp_forward(&block.mlp, &h, self.spec.activation, opts)?;
+        let h = post_norm(h, block.post_ffn_norm.as_ref(), eps)?;
+        Ok((x + h)?)
+    }
+
+    /// q, k, v of `x: [b, t, hidden]` as heads `[b, heads, t, head_dim]`:
+    /// projections, biases, per-head q/k norms and RoPE (`cos`, `sin` as
+    /// [`rope`] takes them).
+    fn project_qkv(
+        &self,
+        attn: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        opts: ForwardOptions,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let cfg = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let a = opts.use_adapters;
+        let eps = cfg.rms_norm_eps;
+        let heads = |lin: &Linear, bias: &Option<Tensor>, n: usize| -> Result<Tensor> {
+            let mut y = lin.forward(x, a)?;
+            if let Some(bias) = bias {
+                y = y.broadcast_add(bias)?;
+            }
+            Ok(y.reshape((b, t, n, cfg.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let mut q = heads(&attn.q_proj, &attn.q_bias, cfg.num_attention_heads)?;
+        let mut k = heads(&attn.k_proj, &attn.k_bias, cfg.num_key_value_heads)?;
+        let v = heads(&attn.v_proj, &attn.v_bias, cfg.num_key_value_heads)?;
+        if let Some(w) = &attn.q_norm {
+            q = rms_norm(&q, w, eps)?;
+        }
+        if let Some(w) = &attn.k_norm {
+            k = rms_norm(&k, w, eps)?;
+        }
+        Ok((rope(&q, cos, sin)?, rope(&k, cos, sin)?, v))
     }
 
     /// One decode step for several sequences: `ids[i]` follows the positions
@@ -236,24 +361,35 @@ impl Llama {
             }
         }
         let pos = Tensor::new(positions.as_slice(), self.device())?;
-        let cos = self.rope.cos.index_select(&pos, 0)?.unsqueeze(1)?;
-        let sin = self.rope.sin.index_select(&pos, 0)?.unsqueeze(1)?;
+        let gather = |r: &RopeTables| -> Result<(Tensor, Tensor)> {
+            Ok((
+                r.cos.index_select(&pos, 0)?.unsqueeze(1)?,
+                r.sin.index_select(&pos, 0)?.unsqueeze(1)?,
+            ))
+        };
+        let full = gather(&self.rope)?;
+        let sliding = self.rope_sliding.as_ref().map(gather).transpose()?;
         let input = Tensor::new(ids, self.device())?.unsqueeze(1)?;
-        let mut x = self.embed_tokens.lookup(&input)?;
+        let mut x = self.embed(&input)?;
         for (layer, block) in self.layers.iter().enumerate() {
-            let eps = self.cfg.rms_norm_eps;
-            let h = rms_norm(&x, &block.input_layernorm, eps)?;
-            let h = self.attn_step_batch(&block.self_attn, &h, &cos, &sin, caches, layer, opts)?;
-            let x1 = (x + h)?;
-            let h = rms_norm(&x1, &block.post_attention_layernorm, eps)?;
-            x = (&x1 + mlp_forward(&block.mlp, &h, opts)?)?;
+            let (cos, sin) = match (self.spec.layer(layer).kind, &sliding) {
+                (LayerKind::Sliding, Some(r)) => r,
+                _ => &full,
+            };
+            x = self.residual_block(
+                block,
+                &x,
+                |h| self.attn_step_batch(&block.self_attn, h, cos, sin, caches, layer, opts),
+                opts,
+            )?;
         }
         let h = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
         Ok(self.logits(&h)?.squeeze(1)?)
     }
 
     /// Attention of one decode step for `B` sequences, `x: [B, 1, hidden]`:
-    /// projections batched, then each sequence attends over its own cache.
+    /// projections batched, then each sequence attends over its own cache
+    /// (its last `window` keys on a sliding layer).
     #[allow(clippy::too_many_arguments)]
     fn attn_step_batch(
         &self,
@@ -267,32 +403,31 @@ impl Llama {
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let b = x.dim(0)?;
-        let hd = cfg.head_dim;
-        let a = opts.use_adapters;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, 1, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = heads(attn.q_proj.forward(x, a)?, cfg.num_attention_heads)?;
-        let k = heads(attn.k_proj.forward(x, a)?, cfg.num_key_value_heads)?;
-        let v = heads(attn.v_proj.forward(x, a)?, cfg.num_key_value_heads)?;
-        let q = rope(&q, cos, sin)?;
-        let k = rope(&k, cos, sin)?;
+        let (q, k, v) = self.project_qkv(attn, x, cos, sin, opts)?;
+        let window = self.spec.layer(layer).window;
         let mut ys = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
-            let (ki, vi) = cache.append(layer, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?)?;
-            ys.push(grouped_attention(
+            let (mut ki, mut vi) = cache.append(layer, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?)?;
+            let n = ki.dim(2)?;
+            if let Some(w) = window.filter(|&w| n > w) {
+                ki = ki.narrow(2, n - w, w)?;
+                vi = vi.narrow(2, n - w, w)?;
+            }
+            ys.push(grouped_attention_scaled(
                 &q.narrow(0, i, 1)?,
                 &ki,
                 &vi,
                 None,
                 cfg.n_rep(),
+                self.spec.attention_scale as f64,
             )?);
         }
-        let y =
-            Tensor::cat(&ys, 0)?
-                .transpose(1, 2)?
-                .reshape((b, 1, cfg.num_attention_heads * hd))?;
-        attn.o_proj.forward(&y, a)
+        let y = Tensor::cat(&ys, 0)?.transpose(1, 2)?.reshape((
+            b,
+            1,
+            cfg.num_attention_heads * cfg.head_dim,
+        ))?;
+        attn.o_proj.forward(&y, opts.use_adapters)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -306,13 +441,12 @@ impl Llama {
         cache: Option<(&mut TensorKvCache, usize)>,
         opts: ForwardOptions,
     ) -> Result<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
-        let h = rms_norm(x, &block.input_layernorm, eps)?;
-        let h = self.attn_forward(&block.self_attn, &h, cos, sin, mask, cache, opts)?;
-        let x = (x + h)?;
-        let h = rms_norm(&x, &block.post_attention_layernorm, eps)?;
-        let h = mlp_forward(&block.mlp, &h, opts)?;
-        Ok((x + h)?)
+        self.residual_block(
+            block,
+            x,
+            |h| self.attn_forward(&block.self_attn, h, cos, sin, mask, cache, opts),
+            opts,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -328,34 +462,44 @@ impl Llama {
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, _) = x.dims3()?;
-        let hd = cfg.head_dim;
-        let a = opts.use_adapters;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = heads(attn.q_proj.forward(x, a)?, cfg.num_attention_heads)?;
-        let k = heads(attn.k_proj.forward(x, a)?, cfg.num_key_value_heads)?;
-        let v = heads(attn.v_proj.forward(x, a)?, cfg.num_key_value_heads)?;
-        let q = rope(&q, cos, sin)?;
-        let k = rope(&k, cos, sin)?;
+        let (q, k, v) = self.project_qkv(attn, x, cos, sin, opts)?;
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, k, v)?,
             None => (k, v),
         };
-        let y = grouped_attention(&q, &k, &v, mask, cfg.n_rep())?;
+        let scale = self.spec.attention_scale as f64;
+        let y = grouped_attention_scaled(&q, &k, &v, mask, cfg.n_rep(), scale)?;
         let y = y
             .transpose(1, 2)?
-            .reshape((b, t, cfg.num_attention_heads * hd))?;
-        attn.o_proj.forward(&y, a)
+            .reshape((b, t, cfg.num_attention_heads * cfg.head_dim))?;
+        attn.o_proj.forward(&y, opts.use_adapters)
     }
 }
 
-/// The SwiGLU MLP of one block.
-pub fn mlp_forward(mlp: &Mlp, x: &Tensor, opts: ForwardOptions) -> Result<Tensor> {
+/// `norm(h, w)` when the block has that norm (Gemma's post norms), else `h`.
+fn post_norm(h: Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    match weight {
+        Some(w) => rms_norm(&h, w, eps),
+        None => Ok(h),
+    }
+}
+
+/// The gated MLP of one block: `act(x·Gate) ⊙ (x·Up) · Down`.
+pub fn mlp_forward(
+    mlp: &Mlp,
+    x: &Tensor,
+    activation: Activation,
+    opts: ForwardOptions,
+) -> Result<Tensor> {
     let a = opts.use_adapters;
     let gate = mlp.gate_proj.forward(x, a)?;
     let up = mlp.up_proj.forward(x, a)?;
-    mlp.down_proj.forward(&swiglu(&gate, &up)?, a)
+    let h = match activation {
+        Activation::Silu => swiglu(&gate, &up)?,
+        // candle's `gelu` is the tanh approximation (`gelu_pytorch_tanh`).
+        Activation::GeluTanh => (gate.gelu()? * up)?,
+    };
+    mlp.down_proj.forward(&h, a)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! hone-model: Llama-family models on candle: opening and loading (GGUF, HF
+//! hone-model: decoder models of the supported families (Llama, Qwen2/2.5,
+//! Qwen3, Gemma 3; [`family`]) on candle: opening and loading (GGUF, HF
 //! safetensors; [`open`]), forward passes for training and inference, LoRA,
 //! and generation.
 

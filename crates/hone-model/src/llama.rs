@@ -1,4 +1,4 @@
-//! A Llama-family model: its weights and the structure that holds them
+//! A model of any supported family (see [`crate::family`]): its weights and the structure that holds them
 //! ([`Llama`], blocks, embedding, LM head), and the weight paths it can be
 //! loaded with. The passes that run it live beside it: the tensor forward
 //! pass ([`crate::forward`], training's reference and scoring), the packed
@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::Config;
 use crate::decode::packed::PackedMatrix;
 use crate::error::{ModelError, Result};
+use crate::family::{DecoderSpec, LayerKind, RopeSpec};
 use crate::linear::{dense_matmul, packed_forward, Linear, LoraAdapter};
 
 /// The cosine and sine tables of RoPE for every position up to the context length.
@@ -27,13 +28,12 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    pub fn new(cfg: &Config, device: &Device) -> Result<Self> {
-        let half = cfg.head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
-            .collect();
-        let n = cfg.max_position_embeddings;
-        let inv = Tensor::from_vec(inv, (1, half), device)?;
+    /// The tables of `rope` (its inverse frequencies, scaling applied) for
+    /// positions `0..positions`.
+    pub fn new(rope: &RopeSpec, positions: usize, device: &Device) -> Result<Self> {
+        let half = rope.inv_freq.len();
+        let n = positions;
+        let inv = Tensor::from_vec(rope.inv_freq.clone(), (1, half), device)?;
         let pos = Tensor::arange(0u32, n as u32, device)?
             .to_dtype(DType::F32)?
             .reshape((n, 1))?;
@@ -55,6 +55,13 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Frozen biases of q, k, v (`[out]`), when the spec has `qkv_bias`.
+    pub q_bias: Option<Tensor>,
+    pub k_bias: Option<Tensor>,
+    pub v_bias: Option<Tensor>,
+    /// Per-head RMSNorm weights (`[head_dim]`) of q and k, when `qk_norm`.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,8 +75,14 @@ pub struct Mlp {
 pub struct Block {
     pub input_layernorm: Tensor,
     pub self_attn: Attention,
+    /// The norm in front of the feed-forward (the spec's `FfnNorm`: Llama's
+    /// `post_attention_layernorm`, Gemma's `pre_feedforward_layernorm`).
     pub post_attention_layernorm: Tensor,
     pub mlp: Mlp,
+    /// Gemma's norm of the attention output before the residual add.
+    pub post_attn_norm: Option<Tensor>,
+    /// Gemma's norm of the feed-forward output before the residual add.
+    pub post_ffn_norm: Option<Tensor>,
 }
 
 /// The token embedding table: dense, or packed (looked up row by row).
@@ -147,22 +160,30 @@ impl WeightPath {
     }
 }
 
-/// A Llama-family causal language model.
+/// A causal language model of any supported family ([`DecoderSpec`]):
+/// named for the Llama block every family shares.
 #[derive(Debug, Clone)]
 pub struct Llama {
+    /// The sizes, a view of `spec`.
     pub cfg: Config,
+    /// What the family switches on; every forward path reads it.
+    pub spec: DecoderSpec,
     pub embed_tokens: Embedding,
     pub layers: Vec<Block>,
     pub norm: Tensor,
     pub lm_head: LmHead,
+    /// RoPE of full-attention layers (and of all layers unless
+    /// `rope_sliding` is set).
     pub rope: RopeTables,
+    /// RoPE of sliding layers when the spec gives them their own.
+    pub rope_sliding: Option<RopeTables>,
     pub weight_path: WeightPath,
     device: Device,
 }
 
 impl Llama {
     pub fn from_parts(
-        cfg: Config,
+        spec: DecoderSpec,
         embed_tokens: Embedding,
         layers: Vec<Block>,
         norm: Tensor,
@@ -170,9 +191,16 @@ impl Llama {
         weight_path: WeightPath,
         device: &Device,
     ) -> Result<Self> {
-        let rope = RopeTables::new(&cfg, device)?;
+        let n = spec.dims.max_position_embeddings;
+        let rope = RopeTables::new(&spec.rope_full, n, device)?;
+        let rope_sliding = match &spec.rope_sliding {
+            Some(r) => Some(RopeTables::new(r, n, device)?),
+            None => None,
+        };
         Ok(Self {
-            cfg,
+            cfg: Config::from_spec(&spec),
+            spec,
+            rope_sliding,
             embed_tokens,
             layers,
             norm,
@@ -191,11 +219,24 @@ impl Llama {
         &self.cfg
     }
 
-    /// Projects hidden states `[.., hidden]` to logits `[.., vocab]`.
+    /// The RoPE tables of layer `i` (sliding layers may have their own).
+    pub fn rope_of(&self, layer: usize) -> &RopeTables {
+        match (self.spec.layer_kinds[layer], &self.rope_sliding) {
+            (LayerKind::Sliding, Some(r)) => r,
+            _ => &self.rope,
+        }
+    }
+
+    /// Projects hidden states `[.., hidden]` to logits `[.., vocab]`, with
+    /// the spec's final softcap.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        match &self.lm_head {
-            LmHead::Dense(w) => dense_matmul(hidden, w),
-            LmHead::Packed(p) => packed_forward(p, hidden),
+        let z = match &self.lm_head {
+            LmHead::Dense(w) => dense_matmul(hidden, w)?,
+            LmHead::Packed(p) => packed_forward(p, hidden)?,
+        };
+        match self.spec.final_logit_softcap {
+            Some(cap) => Ok(((z / cap as f64)?.tanh()? * cap as f64)?),
+            None => Ok(z),
         }
     }
 

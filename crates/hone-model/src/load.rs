@@ -1,5 +1,7 @@
-//! Loading a [`Llama`] from a GGUF file or an HF directory
-//! (`config.json` + `model.safetensors`).
+//! Loading a [`Llama`] of any supported family from a GGUF file or an HF
+//! directory (`config.json` + `model.safetensors`), every tensor read by the
+//! role its [`DecoderSpec`] lists. For f32, any GGUF block type candle
+//! dequantizes (Q4_K, Q5_K, Q6_K, Q8_0, F16, BF16, …) is read.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,9 +12,9 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::Config;
 use crate::decode::PackedMatrix;
 use crate::error::{ModelError, Result};
+use crate::family::{DecoderSpec, Family, QkRows, Switch, TensorRole};
 use crate::linear::{BaseWeight, Linear};
 use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, WeightPath};
 
@@ -21,9 +23,9 @@ use crate::llama::{Attention, Block, Embedding, Llama, LmHead, Mlp, WeightPath};
 /// such as training tests. Front ends open a model through
 /// [`crate::registry::ResolvedModel::open`], which reads the tokenizer too.
 pub fn load_model(path: &Path, weights: WeightPath) -> Result<Llama> {
-    let file = WeightFile::open(path)?;
-    let cfg = file.config()?;
-    file.load(cfg, weights)
+    let mut file = WeightFile::open(path)?;
+    let spec = file.spec()?;
+    file.load(spec, weights)
 }
 
 /// A model file whose header is read but whose weights are not: a GGUF file
@@ -54,29 +56,28 @@ impl WeightFile {
         }
     }
 
-    /// The model's configuration, without reading weights. For GGUF,
-    /// whether the embeddings are tied is read off the tensor index (a file
-    /// without `output.weight` ties them).
-    pub(crate) fn config(&self) -> Result<Config> {
+    /// The model's [`DecoderSpec`], without reading weights (for a GGUF
+    /// file with `rope_freqs.weight`, that one small tensor is read).
+    pub(crate) fn spec(&mut self) -> Result<DecoderSpec> {
         match self {
             WeightFile::Gguf(src) => {
-                let mut cfg = Config::from_gguf_metadata(&src.content.metadata)?;
-                cfg.tie_word_embeddings = !src.has("lm_head.weight");
-                Ok(cfg)
+                DecoderSpec::from_gguf(&src.content, &mut src.reader).map_err(|e| match e {
+                    ModelError::Candle(c) => self_corrupt(&src.path, c),
+                    other => other,
+                })
             }
             WeightFile::HfDir(dir) => {
                 let cfg_path = dir.join("config.json");
                 let text = std::fs::read_to_string(&cfg_path).map_err(|e| io_err(&cfg_path, e))?;
-                Config::from_hf_json(&text)
+                DecoderSpec::from_hf_config(&text)
             }
         }
     }
 
-    /// Reads the weights into a [`Llama`] of configuration `cfg` (from
-    /// [`WeightFile::config`]).
-    pub(crate) fn load(self, cfg: Config, weights: WeightPath) -> Result<Llama> {
+    /// Reads the weights into a [`Llama`] of `spec` (from [`WeightFile::spec`]).
+    pub(crate) fn load(self, spec: DecoderSpec, weights: WeightPath) -> Result<Llama> {
         match self {
-            WeightFile::Gguf(mut src) => build(&mut src, cfg, weights),
+            WeightFile::Gguf(mut src) => build(&mut src, spec, weights),
             WeightFile::HfDir(dir) => {
                 let st = dir.join("model.safetensors");
                 if !st.exists() {
@@ -88,7 +89,7 @@ impl WeightFile {
                         msg: e.to_string(),
                     }
                 })?;
-                build(&mut HfSource { tensors }, cfg, weights)
+                build(&mut HfSource { tensors }, spec, weights)
             }
         }
     }
@@ -113,9 +114,9 @@ enum Rows {
     RopeInterleaved(usize),
 }
 
-/// A source of weights addressed by HF tensor names.
+/// A source of weights addressed by the names of its own format
+/// ([`DecoderSpec::tensor_name`]).
 trait WeightSource {
-    fn has(&self, name: &str) -> bool;
     /// The tensor as f32, rows in HF order.
     fn dense(&mut self, name: &str, rows: Rows) -> Result<Tensor>;
     /// The tensor as blocks the packed kernels read: Q4_1 or Q8_0 as stored,
@@ -123,121 +124,163 @@ trait WeightSource {
     fn quantized(&mut self, name: &str, rows: Rows) -> Result<QTensor>;
 }
 
-fn build(src: &mut dyn WeightSource, mut cfg: Config, wp: WeightPath) -> Result<Llama> {
-    let dev = Device::Cpu;
-    let (h, kv) = (cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim);
-    let q_out = cfg.num_attention_heads * cfg.head_dim;
-    let ff = cfg.intermediate_size;
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let qr = Rows::RopeInterleaved(cfg.num_attention_heads);
-        let kr = Rows::RopeInterleaved(cfg.num_key_value_heads);
-        let self_attn = Attention {
-            q_proj: load_linear(
-                src,
-                wp,
-                format!("{p}.self_attn.q_proj.weight"),
-                q_out,
-                h,
-                qr,
-            )?,
-            k_proj: load_linear(src, wp, format!("{p}.self_attn.k_proj.weight"), kv, h, kr)?,
-            v_proj: load_linear(
-                src,
-                wp,
-                format!("{p}.self_attn.v_proj.weight"),
-                kv,
-                h,
-                Rows::Plain,
-            )?,
-            o_proj: load_linear(
-                src,
-                wp,
-                format!("{p}.self_attn.o_proj.weight"),
-                h,
-                q_out,
-                Rows::Plain,
-            )?,
-        };
-        let mlp = Mlp {
-            gate_proj: load_linear(
-                src,
-                wp,
-                format!("{p}.mlp.gate_proj.weight"),
-                ff,
-                h,
-                Rows::Plain,
-            )?,
-            up_proj: load_linear(
-                src,
-                wp,
-                format!("{p}.mlp.up_proj.weight"),
-                ff,
-                h,
-                Rows::Plain,
-            )?,
-            down_proj: load_linear(
-                src,
-                wp,
-                format!("{p}.mlp.down_proj.weight"),
-                h,
-                ff,
-                Rows::Plain,
-            )?,
-        };
-        layers.push(Block {
-            input_layernorm: norm(src, &format!("{p}.input_layernorm.weight"), h)?,
-            self_attn,
-            post_attention_layernorm: norm(
-                src,
-                &format!("{p}.post_attention_layernorm.weight"),
-                h,
-            )?,
-            mlp,
-        });
+/// The switches the packed decode step implements (see [`crate::decode`]):
+/// all of today's; a new one is refused on this path until it is added here.
+pub const PACKED_SWITCHES: &[Switch] = &[
+    Switch::QkvBias,
+    Switch::QkNorm,
+    Switch::PostAttentionNorm,
+    Switch::PostFfnNorm,
+    Switch::GeluTanh,
+    Switch::EmbeddingScale,
+    Switch::AttentionScale,
+    Switch::FinalLogitSoftcap,
+    Switch::SlidingWindow,
+    Switch::PerLayerRope,
+    Switch::RopeScaling,
+];
+
+/// Reads every tensor `spec` lists by role into a [`Llama`]: norms get the
+/// spec's weight offset (once, here), Q/K rows are un-permuted only for
+/// llama.cpp's interleaved files, biases and extra norms are read when the
+/// spec has them.
+fn build(src: &mut dyn WeightSource, spec: DecoderSpec, wp: WeightPath) -> Result<Llama> {
+    if wp == WeightPath::Packed {
+        spec.require("packed decode", PACKED_SWITCHES, "use --weights f32")?;
     }
-    let norm_w = norm(src, "model.norm.weight", h)?;
-    let emb_name = "model.embed_tokens.weight";
-    let vocab_h = (cfg.vocab_size, h);
-    cfg.tie_word_embeddings = !src.has("lm_head.weight");
+    let mut layers = Vec::with_capacity(spec.dims.num_layers);
+    for i in 0..spec.dims.num_layers {
+        layers.push(build_block(src, &spec, wp, i)?);
+    }
+    let mut r = Reader { src, spec: &spec };
+    let norm_w = r.norm(TensorRole::FinalNorm, None)?;
+    let emb = r.name(TensorRole::Embed, None)?;
+    let vocab_h = r.spec.tensor_shape(TensorRole::Embed);
+    let head_name = (!spec.tie_word_embeddings)
+        .then(|| r.name(TensorRole::LmHead, None))
+        .transpose()?;
+    let src = r.src;
     let (embed, lm_head) = if wp == WeightPath::F32 {
-        let e = checked(src.dense(emb_name, Rows::Plain)?, emb_name, vocab_h)?;
-        let head = if cfg.tie_word_embeddings {
-            e.clone()
-        } else {
-            checked(
-                src.dense("lm_head.weight", Rows::Plain)?,
-                "lm_head.weight",
-                vocab_h,
-            )?
+        let e = checked(src.dense(&emb, Rows::Plain)?, &emb, vocab_h.clone())?;
+        let head = match &head_name {
+            None => e.clone(),
+            Some(n) => checked(src.dense(n, Rows::Plain)?, n, vocab_h)?,
         };
         (Embedding::Dense(e), LmHead::Dense(head))
     } else {
-        let e = src.quantized(emb_name, Rows::Plain)?;
-        check_shape(e.shape().dims(), emb_name, vocab_h)?;
+        let e = src.quantized(&emb, Rows::Plain)?;
+        check_shape(e.shape().dims(), &emb, vocab_h.clone())?;
         let table = Arc::new(PackedMatrix::from_qtensor(&e)?);
-        let head = if cfg.tie_word_embeddings {
-            table.clone()
-        } else {
-            let t = src.quantized("lm_head.weight", Rows::Plain)?;
-            check_shape(t.shape().dims(), "lm_head.weight", vocab_h)?;
-            Arc::new(PackedMatrix::from_qtensor(&t)?)
+        let head = match &head_name {
+            None => table.clone(),
+            Some(n) => {
+                let t = src.quantized(n, Rows::Plain)?;
+                check_shape(t.shape().dims(), n, vocab_h)?;
+                Arc::new(PackedMatrix::from_qtensor(&t)?)
+            }
         };
         (Embedding::Packed(table), LmHead::Packed(head))
     };
-    Llama::from_parts(cfg, embed, layers, norm_w, lm_head, wp, &dev)
+    Llama::from_parts(spec, embed, layers, norm_w, lm_head, wp, &Device::Cpu)
+}
+
+/// Reads tensors of one model by role.
+struct Reader<'a> {
+    src: &'a mut dyn WeightSource,
+    spec: &'a DecoderSpec,
+}
+
+impl Reader<'_> {
+    fn name(&self, role: TensorRole, layer: Option<usize>) -> Result<String> {
+        self.spec.tensor_name(role, layer).ok_or_else(|| {
+            ModelError::Config(format!("{role:?} has no tensor in this model's format"))
+        })
+    }
+
+    /// A norm weight as its multiplier: the stored weight plus the spec's offset.
+    fn norm(&mut self, role: TensorRole, layer: Option<usize>) -> Result<Tensor> {
+        let name = self.name(role, layer)?;
+        let t = checked(
+            self.src.dense(&name, Rows::Plain)?,
+            &name,
+            self.spec.tensor_shape(role),
+        )?;
+        let offset = self.spec.norm.weight_offset;
+        Ok(if offset != 0.0 {
+            (t + offset as f64)?
+        } else {
+            t
+        })
+    }
+
+    fn opt_norm(&mut self, on: bool, role: TensorRole, layer: usize) -> Result<Option<Tensor>> {
+        on.then(|| self.norm(role, Some(layer))).transpose()
+    }
+
+    fn bias(&mut self, role: TensorRole, layer: usize) -> Result<Option<Tensor>> {
+        if !self.spec.qkv_bias {
+            return Ok(None);
+        }
+        let name = self.name(role, Some(layer))?;
+        let t = self.src.dense(&name, Rows::Plain)?;
+        Ok(Some(checked(t, &name, self.spec.tensor_shape(role))?))
+    }
+
+    fn linear(&mut self, wp: WeightPath, role: TensorRole, layer: usize) -> Result<Linear> {
+        let name = self.name(role, Some(layer))?;
+        let d = &self.spec.dims;
+        let rows = match (self.spec.qk_rows, role) {
+            (QkRows::Interleaved, TensorRole::Q) => Rows::RopeInterleaved(d.num_heads),
+            (QkRows::Interleaved, TensorRole::K) => Rows::RopeInterleaved(d.num_kv_heads),
+            _ => Rows::Plain,
+        };
+        let shape = self.spec.tensor_shape(role);
+        load_linear(self.src, wp, &name, shape[0], shape[1], rows)
+    }
+}
+
+fn build_block(
+    src: &mut dyn WeightSource,
+    spec: &DecoderSpec,
+    wp: WeightPath,
+    i: usize,
+) -> Result<Block> {
+    use TensorRole::*;
+    let mut r = Reader { src, spec };
+    let self_attn = Attention {
+        q_proj: r.linear(wp, Q, i)?,
+        k_proj: r.linear(wp, K, i)?,
+        v_proj: r.linear(wp, V, i)?,
+        o_proj: r.linear(wp, O, i)?,
+        q_bias: r.bias(QBias, i)?,
+        k_bias: r.bias(KBias, i)?,
+        v_bias: r.bias(VBias, i)?,
+        q_norm: r.opt_norm(spec.qk_norm, QNorm, i)?,
+        k_norm: r.opt_norm(spec.qk_norm, KNorm, i)?,
+    };
+    let mlp = Mlp {
+        gate_proj: r.linear(wp, Gate, i)?,
+        up_proj: r.linear(wp, Up, i)?,
+        down_proj: r.linear(wp, Down, i)?,
+    };
+    Ok(Block {
+        input_layernorm: r.norm(AttnNorm, Some(i))?,
+        self_attn,
+        post_attention_layernorm: r.norm(FfnNorm, Some(i))?,
+        mlp,
+        post_attn_norm: r.opt_norm(spec.post_attention_norm, PostAttnNorm, i)?,
+        post_ffn_norm: r.opt_norm(spec.post_ffn_norm, PostFfnNorm, i)?,
+    })
 }
 
 fn load_linear(
     src: &mut dyn WeightSource,
     wp: WeightPath,
-    name: String,
+    name: &str,
     out: usize,
     inp: usize,
     rows: Rows,
 ) -> Result<Linear> {
-    let name = name.as_str();
     let base = match wp {
         WeightPath::F32 => BaseWeight::Dense(checked(src.dense(name, rows)?, name, (out, inp))?),
         WeightPath::Packed => {
@@ -247,12 +290,6 @@ fn load_linear(
         }
     };
     Ok(Linear::new(base, out, inp))
-}
-
-fn norm(src: &mut dyn WeightSource, name: &str, h: usize) -> Result<Tensor> {
-    let t = src.dense(name, Rows::Plain)?;
-    check_shape(t.dims(), name, (h,))?;
-    Ok(t)
 }
 
 fn checked<S: Into<candle_core::Shape>>(t: Tensor, name: &str, want: S) -> Result<Tensor> {
@@ -272,34 +309,11 @@ fn check_shape<S: Into<candle_core::Shape>>(found: &[usize], name: &str, want: S
     Ok(())
 }
 
-/// Maps an HF tensor name to llama.cpp's GGUF name.
+/// Maps an HF tensor name of a Llama model to llama.cpp's GGUF name (names
+/// not in the map are returned unchanged); used to write Llama test GGUFs.
+/// The map itself is [`TensorRole::hf_to_gguf`].
 pub fn gguf_name(hf: &str) -> String {
-    const LAYER: &[(&str, &str)] = &[
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
-        ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "ffn_norm"),
-    ];
-    match hf {
-        "model.embed_tokens.weight" => return "token_embd.weight".into(),
-        "model.norm.weight" => return "output_norm.weight".into(),
-        "lm_head.weight" => return "output.weight".into(),
-        _ => {}
-    }
-    if let Some(rest) = hf.strip_prefix("model.layers.") {
-        if let Some((idx, tail)) = rest.split_once('.') {
-            let module = tail.trim_end_matches(".weight");
-            if let Some((_, g)) = LAYER.iter().find(|(h, _)| *h == module) {
-                return format!("blk.{idx}.{g}.weight");
-            }
-        }
-    }
-    hf.to_string()
+    TensorRole::hf_to_gguf(Family::Llama, hf).unwrap_or_else(|| hf.to_string())
 }
 
 /// Undoes llama.cpp's Q/K permutation on an f32 `[out, in]` weight:
@@ -370,13 +384,12 @@ impl GgufSource {
         })
     }
 
-    fn raw(&mut self, hf: &str) -> Result<QTensor> {
-        let name = gguf_name(hf);
-        if !self.content.tensor_infos.contains_key(&name) {
-            return Err(ModelError::MissingTensor(format!("{name} ({hf})")));
+    fn raw(&mut self, name: &str) -> Result<QTensor> {
+        if !self.content.tensor_infos.contains_key(name) {
+            return Err(ModelError::MissingTensor(name.to_string()));
         }
         self.content
-            .tensor(&mut self.reader, &name, &Device::Cpu)
+            .tensor(&mut self.reader, name, &Device::Cpu)
             .map_err(|e| self_corrupt(&self.path, e))
     }
 }
@@ -389,10 +402,6 @@ fn self_corrupt(path: &Path, e: candle_core::Error) -> ModelError {
 }
 
 impl WeightSource for GgufSource {
-    fn has(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(&gguf_name(name))
-    }
-
     fn dense(&mut self, name: &str, rows: Rows) -> Result<Tensor> {
         let t = self.raw(name)?.dequantize(&Device::Cpu)?;
         match rows {
@@ -426,10 +435,6 @@ struct HfSource {
 }
 
 impl WeightSource for HfSource {
-    fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-
     fn dense(&mut self, name: &str, _rows: Rows) -> Result<Tensor> {
         let t = self
             .tensors

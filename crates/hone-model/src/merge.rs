@@ -47,6 +47,22 @@ pub fn merge_adapters(model: &mut Llama) -> Result<MergeStats> {
     Ok(MergeStats { merged_modules })
 }
 
+/// Merge writes a plain HF `LlamaConfig` and Llama tensor names: a model of
+/// another family, or with any switch (RoPE scaling included, which the
+/// written config would drop), is refused rather than written wrong.
+fn check_mergeable(model: &Llama) -> Result<()> {
+    let family = model.spec.family;
+    if family != crate::family::Family::Llama {
+        return Err(ModelError::Unsupported(format!(
+            "merge does not support the {} family yet (it writes Llama checkpoints only)",
+            family.hf_model_type()
+        )));
+    }
+    model
+        .spec
+        .require("merge", &[], "merging this model is not implemented yet")
+}
+
 fn in_module(path: &str, e: ModelError) -> ModelError {
     match e {
         ModelError::Config(m) => ModelError::Config(format!("{path}: {m}")),
@@ -143,7 +159,7 @@ impl SpecialIds {
     }
 }
 
-/// HF's `LlamaConfig` for `cfg` (what [`Config::from_hf_json`] and transformers read).
+/// HF's `LlamaConfig` for `cfg` (what [`crate::family::DecoderSpec::from_hf_config`] and transformers read).
 pub fn hf_config_json(cfg: &Config, tokenizer: Option<&ChatTokenizer>) -> serde_json::Value {
     let ids = SpecialIds::of(tokenizer);
     serde_json::json!({
@@ -202,6 +218,7 @@ fn generation_config_json(tokenizer: Option<&ChatTokenizer>) -> serde_json::Valu
 /// which is then renamed to `out`, so a crash never leaves a half-written model where a
 /// loader would find it. `out` must not exist yet.
 pub fn write_hf_dir(model: &Llama, tokenizer: Option<&ChatTokenizer>, out: &Path) -> Result<()> {
+    check_mergeable(model)?;
     if out.exists() {
         return Err(ModelError::Config(format!(
             "{} already exists; choose a new output directory",
@@ -291,6 +308,7 @@ pub fn merge_to_hf_dir(
     tokenizer: Option<&ChatTokenizer>,
     out: &Path,
 ) -> Result<MergeStats> {
+    check_mergeable(model)?;
     let stats = merge_adapters(model)?;
     if stats.merged_modules == 0 {
         return Err(ModelError::Adapter(

@@ -21,6 +21,7 @@ use hone_text::{ChatTokenCounter, ChatTokenizer};
 use crate::config::Config;
 use crate::engine::ChatEngine;
 use crate::error::{ModelError, Result};
+use crate::family::DecoderSpec;
 use crate::llama::WeightPath;
 use crate::load::WeightFile;
 use crate::registry::{ModelSource, ResolvedModel};
@@ -31,7 +32,10 @@ pub struct OpenModel {
     /// The id to show (see [`ResolvedModel::id`]).
     pub id: String,
     pub source: ModelSource,
+    /// The sizes, a view of `spec`.
     pub config: Config,
+    /// What the model's family switches on ([`crate::family`]).
+    pub spec: DecoderSpec,
     pub tokenizer: ChatTokenizer,
     /// The file, header read, kept for [`OpenModel::load`].
     file: WeightFile,
@@ -52,17 +56,18 @@ impl ResolvedModel {
     /// file's header, or an HF directory's `config.json` and tokenizer
     /// files), not its weights.
     pub fn open(&self) -> Result<OpenModel> {
-        let file = WeightFile::open(self.source.path())?;
+        let mut file = WeightFile::open(self.source.path())?;
         let tokenizer = match file.gguf_content() {
             Some(content) => ChatTokenizer::from_gguf_content(content),
             None => ChatTokenizer::from_hf_dir(self.source.path()),
         }
         .map_err(text_err)?;
-        let config = file.config()?;
+        let spec = file.spec()?;
         Ok(OpenModel {
             id: self.id.clone(),
             source: self.source.clone(),
-            config,
+            config: Config::from_spec(&spec),
+            spec,
             tokenizer,
             file,
         })
@@ -103,7 +108,7 @@ impl OpenModel {
     /// Reads the weights on `weights` (f32 for training and the reference,
     /// packed for serving) into a ready [`ChatEngine`].
     pub fn load(self, weights: WeightPath) -> Result<ChatEngine> {
-        let model = self.file.load(self.config, weights)?;
+        let model = self.file.load(self.spec, weights)?;
         Ok(ChatEngine {
             id: self.id,
             model,

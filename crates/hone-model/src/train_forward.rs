@@ -14,9 +14,16 @@
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
+use crate::family::Switch;
 use crate::linear::BaseWeight;
 use crate::llama::{Embedding, Llama, LmHead};
 use crate::ops;
+
+/// The spec switches the fused training stack ([`ops::lora_stack`])
+/// implements: RoPE scaling is in the tables it is given, q/k/v biases are
+/// frozen constants added after the projections (no backward needed); every
+/// other switch refuses the model until the stack has it (and its backward).
+pub const TRAIN_SWITCHES: &[Switch] = &[Switch::RopeScaling, Switch::QkvBias];
 
 /// Switches for one training-mode forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +138,11 @@ impl Llama {
         input_ids: &Tensor,
         packed: Option<&PackedLayout>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.spec.require(
+            "training",
+            TRAIN_SWITCHES,
+            "this family cannot be fine-tuned yet",
+        )?;
         let (b, t) = input_ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
             return Err(ModelError::ContextOverflow {
@@ -194,6 +206,10 @@ impl Llama {
                 post_norm: block.post_attention_layernorm.clone(),
                 weights: weights.try_into().expect("seven projections"),
                 adapters,
+                qkv_bias: match (&a.q_bias, &a.k_bias, &a.v_bias) {
+                    (Some(q), Some(k), Some(v)) => Some([q.clone(), k.clone(), v.clone()]),
+                    _ => None,
+                },
             });
         }
         let theta = (!parts.is_empty())

@@ -45,9 +45,9 @@ impl Llama {
     }
 
     fn train_attention(&self, attn: &Attention, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let q = train_linear(&attn.q_proj, x, ctx, 0)?;
-        let k = train_linear(&attn.k_proj, x, ctx, 1)?;
-        let v = train_linear(&attn.v_proj, x, ctx, 2)?;
+        let q = with_bias(train_linear(&attn.q_proj, x, ctx, 0)?, &attn.q_bias)?;
+        let k = with_bias(train_linear(&attn.k_proj, x, ctx, 1)?, &attn.k_bias)?;
+        let v = with_bias(train_linear(&attn.v_proj, x, ctx, 2)?, &attn.v_bias)?;
         let spec = ops::AttentionSpec {
             heads: self.cfg.num_attention_heads,
             kv_heads: self.cfg.num_key_value_heads,
@@ -57,6 +57,14 @@ impl Llama {
         };
         let y = ops::rope_attention(&q, &k, &v, &spec)?;
         train_linear(&attn.o_proj, &y, ctx, 3)
+    }
+}
+
+/// `y + bias` for a projection with a (frozen) bias.
+fn with_bias(y: Tensor, bias: &Option<Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => Ok(y.broadcast_add(b)?),
+        None => Ok(y),
     }
 }
 

@@ -295,7 +295,19 @@ fn adapters_with_unsupported_variants_are_refused() {
 /// final hidden states and every LoRA gradient, for the given adapters, dropout and
 /// packing.
 fn check_fused_against_unfused(targets: &str, dropout: f64, packed: bool) {
-    let (_d, mut m) = tiny();
+    let (_d, m) = tiny();
+    check_fused_against_unfused_on(m, targets, dropout, packed);
+}
+
+/// The tiny Qwen2 of `testdata/families/qwen2`: q/k/v biases, which the fused
+/// stack adds as frozen constants.
+fn tiny_qwen2() -> Llama {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/families/qwen2");
+    load_model(&dir, WeightPath::F32).unwrap()
+}
+
+fn check_fused_against_unfused_on(mut m: Llama, targets: &str, dropout: f64, packed: bool) {
     let cfg = LoraConfig {
         target_modules: LoraConfig::parse_target_modules(targets).unwrap(),
         ..LoraConfig::default()
@@ -357,6 +369,35 @@ fn fused_stack_matches_unfused_ops_all_linear() {
 fn fused_stack_matches_unfused_ops_with_dropout_and_packing() {
     check_fused_against_unfused("all-linear", 0.3, true);
     check_fused_against_unfused("q_proj,v_proj", 0.1, false);
+}
+
+#[test]
+fn fused_stack_matches_unfused_ops_with_qkv_bias() {
+    assert!(tiny_qwen2().layers[0].self_attn.q_bias.is_some());
+    check_fused_against_unfused_on(tiny_qwen2(), "all-linear", 0.0, false);
+    check_fused_against_unfused_on(tiny_qwen2(), "q_proj,v_proj", 0.2, true);
+}
+
+/// Training's pass on a model with biases equals the inference pass (which
+/// matches transformers, `tests/it/families.rs`), adapters on and off.
+#[test]
+fn train_forward_matches_inference_forward_with_qkv_bias() {
+    let mut m = tiny_qwen2();
+    let params = LoraParams::attach(&mut m, &all_linear(), 3).unwrap();
+    randomize_b(&params, 0.1);
+    let (input, _, _) = batch();
+    for use_adapters in [true, false] {
+        let inf = m
+            .forward_with(&input, 0, None, ForwardOptions { use_adapters })
+            .unwrap();
+        let opts = TrainOptions {
+            use_adapters,
+            ..TrainOptions::default()
+        };
+        let tr = m.forward_train(&input, opts).unwrap();
+        let d = max_diff(&inf, &tr);
+        assert!(d < 1e-4, "train vs inference logits differ by {d}");
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! when its weights are packed.
 
 pub mod packed;
+mod rows;
 mod step;
 pub mod team;
 

@@ -1,5 +1,6 @@
-//! The decode step on packed weights: the same Llama block as
-//! [`crate::Llama::forward_hidden`], written on f32 slices.
+//! The decode step on packed weights: the same block as
+//! [`crate::Llama::forward_hidden`] (every family's switches), written on
+//! f32 slices.
 //!
 //! One call takes a list of *rows*, each a token fed to one sequence: a
 //! prompt chunk is several rows of one sequence, a batched decode step one row
@@ -7,14 +8,17 @@
 //! read once per call); RoPE and attention use each row's own position and
 //! cache. Equivalence with the candle path is tested in `tests/it/packed.rs`.
 
-use candle_core::{Storage, Tensor};
-
 use crate::config::Config;
 use crate::error::{ModelError, Result};
+use crate::family::Activation;
 use crate::linear::{BaseWeight, Linear, LoraAdapter};
-use crate::llama::{Embedding, Llama, LmHead};
+use crate::llama::{Block, Embedding, Llama, LmHead, Mlp};
 
 use super::packed::{matmul_many, PackedMatrix};
+use super::rows::{
+    add_bias_rows, add_into, gate_in_place, post_norm_rows, rms_norm_rows, rope_rows,
+    softmax_in_place, with_f32,
+};
 use crate::ops::kernel::dot;
 
 /// Prompt tokens per call during prefill: enough to read each weight block
@@ -129,13 +133,16 @@ pub(crate) fn step_batch(
     forward_rows(model, &rows, caches, use_adapters, &want)
 }
 
-/// Shapes of the model, read once per call.
+/// Shapes and switches of the model, read once per call.
 struct Dims {
     hidden: usize,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
     eps: f32,
+    /// Multiplies `q·kᵀ` (the spec's `attention_scale`).
+    scale: f32,
+    activation: Activation,
 }
 
 impl Dims {
@@ -147,6 +154,8 @@ impl Dims {
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
             eps: c.rms_norm_eps as f32,
+            scale: model.spec.attention_scale,
+            activation: model.spec.activation,
         }
     }
 
@@ -155,9 +164,16 @@ impl Dims {
     }
 }
 
+/// One call's rows: which sequence each feeds, and at which position.
+struct Rows<'a> {
+    rows: &'a [(usize, u32)],
+    positions: Vec<usize>,
+}
+
 /// Runs `rows` (sequence index, token) through the model, appending each
 /// row's keys and values to its sequence's cache in order, and returns the
-/// logits of the rows listed in `want`.
+/// logits of the rows listed in `want`. The block is [`crate::family`]'s,
+/// every switch of the spec read here.
 fn forward_rows(
     model: &Llama,
     rows: &[(usize, u32)],
@@ -169,43 +185,25 @@ fn forward_rows(
     for c in caches.iter() {
         c.check_fits(&model.cfg)?;
     }
-    let positions = row_positions(model, rows, caches)?;
+    let rs = Rows {
+        rows,
+        positions: row_positions(model, rows, caches)?,
+    };
     let n = rows.len();
     let mut x = embed_rows(model, rows)?;
+    let scale = model.spec.embedding_scale;
+    if scale != 1.0 {
+        x.iter_mut().for_each(|v| *v *= scale);
+    }
     for (layer, block) in model.layers.iter().enumerate() {
         let h = rms_norm_rows(&x, &block.input_layernorm, dims.eps, n)?;
-        let at = &block.self_attn;
-        let qkv = linears_rows(&[&at.q_proj, &at.k_proj, &at.v_proj], &h, n, use_adapters)?;
-        let [mut q, mut k, v]: [Vec<f32>; 3] = qkv
-            .try_into()
-            .map_err(|_| not_packed("the attention projections"))?;
-        with_f32(&model.rope.cos, |cos| {
-            with_f32(&model.rope.sin, |sin| {
-                rope_rows(&mut q, dims.heads, dims.head_dim, &positions, cos, sin);
-                rope_rows(&mut k, dims.kv_heads, dims.head_dim, &positions, cos, sin);
-            })
-        })??;
-        let kvd = dims.kv_dim();
-        for (i, &(seq, _)) in rows.iter().enumerate() {
-            let cache = &mut caches[seq];
-            cache.k[layer].extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
-            cache.v[layer].extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
-        }
-        let att = attend_rows(&dims, &q, rows, &positions, caches, layer)?;
-        add_into(&mut x, &linear_rows(&at.o_proj, &att, n, use_adapters)?);
+        let att = attention_rows(model, &dims, block, &h, &rs, caches, layer, use_adapters)?;
+        let att = post_norm_rows(att, block.post_attn_norm.as_ref(), dims.eps, n)?;
+        add_into(&mut x, &att);
         let h = rms_norm_rows(&x, &block.post_attention_layernorm, dims.eps, n)?;
-        let mlp = &block.mlp;
-        let gu = linears_rows(&[&mlp.gate_proj, &mlp.up_proj], &h, n, use_adapters)?;
-        let [mut gate, up]: [Vec<f32>; 2] = gu
-            .try_into()
-            .map_err(|_| not_packed("the MLP projections"))?;
-        for (g, u) in gate.iter_mut().zip(&up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
-        add_into(
-            &mut x,
-            &linear_rows(&mlp.down_proj, &gate, n, use_adapters)?,
-        );
+        let f = ffn_rows(&dims, &block.mlp, &h, n, use_adapters)?;
+        let f = post_norm_rows(f, block.post_ffn_norm.as_ref(), dims.eps, n)?;
+        add_into(&mut x, &f);
     }
     if want.is_empty() {
         return Ok(Vec::new());
@@ -216,9 +214,76 @@ fn forward_rows(
         .collect();
     let h = rms_norm_rows(&picked, &model.norm, dims.eps, want.len())?;
     let head = lm_head(model)?;
-    let logits = head.matmul(&h, want.len())?;
+    let mut logits = head.matmul(&h, want.len())?;
+    if let Some(cap) = model.spec.final_logit_softcap {
+        logits.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
+    }
     let vocab = head.dims().0;
     Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+}
+
+/// The attention of one layer for all rows, output projection included:
+/// q/k/v (with biases), per-head q/k norms, the layer's RoPE, the new keys
+/// and values appended to each row's cache, attention over the layer's window.
+#[allow(clippy::too_many_arguments)]
+fn attention_rows(
+    model: &Llama,
+    dims: &Dims,
+    block: &Block,
+    h: &[f32],
+    rs: &Rows,
+    caches: &mut [&mut PackedKvCache],
+    layer: usize,
+    use_adapters: bool,
+) -> Result<Vec<f32>> {
+    let n = rs.rows.len();
+    let at = &block.self_attn;
+    let qkv = linears_rows(&[&at.q_proj, &at.k_proj, &at.v_proj], h, n, use_adapters)?;
+    let [mut q, mut k, mut v]: [Vec<f32>; 3] = qkv
+        .try_into()
+        .map_err(|_| not_packed("the attention projections"))?;
+    for (y, bias) in [
+        (&mut q, &at.q_bias),
+        (&mut k, &at.k_bias),
+        (&mut v, &at.v_bias),
+    ] {
+        if let Some(b) = bias {
+            add_bias_rows(y, b)?;
+        }
+    }
+    let hd = dims.head_dim;
+    if let Some(w) = &at.q_norm {
+        q = rms_norm_rows(&q, w, dims.eps, n * dims.heads)?;
+    }
+    if let Some(w) = &at.k_norm {
+        k = rms_norm_rows(&k, w, dims.eps, n * dims.kv_heads)?;
+    }
+    let rope = model.rope_of(layer);
+    with_f32(&rope.cos, |cos| {
+        with_f32(&rope.sin, |sin| {
+            rope_rows(&mut q, dims.heads, hd, &rs.positions, cos, sin);
+            rope_rows(&mut k, dims.kv_heads, hd, &rs.positions, cos, sin);
+        })
+    })??;
+    let kvd = dims.kv_dim();
+    for (i, &(seq, _)) in rs.rows.iter().enumerate() {
+        let cache = &mut caches[seq];
+        cache.k[layer].extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
+        cache.v[layer].extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
+    }
+    let window = model.spec.layer(layer).window;
+    let att = attend_rows(dims, &q, rs, window, caches, layer)?;
+    linear_rows(&at.o_proj, &att, n, use_adapters)
+}
+
+/// The gated feed-forward `act(h·Gate) ⊙ (h·Up) · Down` for all rows.
+fn ffn_rows(dims: &Dims, mlp: &Mlp, h: &[f32], n: usize, use_adapters: bool) -> Result<Vec<f32>> {
+    let gu = linears_rows(&[&mlp.gate_proj, &mlp.up_proj], h, n, use_adapters)?;
+    let [mut gate, up]: [Vec<f32>; 2] = gu
+        .try_into()
+        .map_err(|_| not_packed("the MLP projections"))?;
+    gate_in_place(&mut gate, &up, dims.activation);
+    linear_rows(&mlp.down_proj, &gate, n, use_adapters)
 }
 
 /// Each row's position: its cache's length plus the earlier rows of the same
@@ -324,109 +389,39 @@ fn add_lora(lin: &Linear, ad: &LoraAdapter, x: &[f32], y: &mut [f32]) -> Result<
     })?
 }
 
-/// RMSNorm of each row of `x` (as candle's `rms_norm`: f32 mean of squares).
-fn rms_norm_rows(x: &[f32], weight: &Tensor, eps: f32, n: usize) -> Result<Vec<f32>> {
-    with_f32(weight, |w| {
-        let h = w.len();
-        let mut out = Vec::with_capacity(n * h);
-        for row in x.chunks_exact(h) {
-            let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
-            out.extend(row.iter().zip(w).map(|(v, w)| v * inv * w));
-        }
-        out
-    })
-}
-
-/// Half-split RoPE of `heads` heads per row, each row at its own position;
-/// `cos`/`sin` are `[positions, head_dim/2]` tables.
-fn rope_rows(
-    x: &mut [f32],
-    heads: usize,
-    head_dim: usize,
-    positions: &[usize],
-    cos: &[f32],
-    sin: &[f32],
-) {
-    let half = head_dim / 2;
-    for (row, &p) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
-        let (c, s) = (
-            &cos[p * half..(p + 1) * half],
-            &sin[p * half..(p + 1) * half],
-        );
-        for head in row.chunks_exact_mut(head_dim) {
-            let (a, b) = head.split_at_mut(half);
-            for i in 0..half {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = x1 * c[i] - x2 * s[i];
-                b[i] = x1 * s[i] + x2 * c[i];
-            }
-        }
-    }
-}
-
 /// Causal grouped-query attention of each row over its own cache up to its
-/// own position; returns `[n, heads·head_dim]`.
+/// own position (its last `window` positions on a sliding layer); returns
+/// `[n, heads·head_dim]`.
 fn attend_rows(
     d: &Dims,
     q: &[f32],
-    rows: &[(usize, u32)],
-    positions: &[usize],
+    rs: &Rows,
+    window: Option<usize>,
     caches: &[&mut PackedKvCache],
     layer: usize,
 ) -> Result<Vec<f32>> {
     let (hd, kvd) = (d.head_dim, d.kv_dim());
     let n_rep = d.heads / d.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; rows.len() * d.heads * hd];
+    let scale = d.scale;
+    let mut out = vec![0f32; rs.rows.len() * d.heads * hd];
     let mut scores = Vec::new();
-    for (i, (&(seq, _), &pos)) in rows.iter().zip(positions).enumerate() {
+    for (i, (&(seq, _), &pos)) in rs.rows.iter().zip(&rs.positions).enumerate() {
         let cache = &caches[seq];
         let (ks, vs) = (&cache.k[layer], &cache.v[layer]);
         let t = pos + 1;
+        let first = window.map_or(0, |w| t.saturating_sub(w));
         for head in 0..d.heads {
             let g = head / n_rep;
             let qh = &q[(i * d.heads + head) * hd..][..hd];
             scores.clear();
-            scores.extend((0..t).map(|j| dot(qh, &ks[j * kvd + g * hd..][..hd]) * scale));
+            scores.extend((first..t).map(|j| dot(qh, &ks[j * kvd + g * hd..][..hd]) * scale));
             softmax_in_place(&mut scores);
             let oh = &mut out[(i * d.heads + head) * hd..][..hd];
-            for (j, p) in scores.iter().enumerate() {
+            for (p, j) in scores.iter().zip(first..) {
                 let vj = &vs[j * kvd + g * hd..][..hd];
                 oh.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
             }
         }
     }
     Ok(out)
-}
-
-fn softmax_in_place(s: &mut [f32]) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let mut sum = 0f32;
-    for v in s.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    s.iter_mut().for_each(|v| *v /= sum);
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-}
-
-/// Calls `f` with a contiguous f32 CPU tensor's data, without copying it.
-fn with_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            if let Ok(data) = cpu.as_slice::<f32>() {
-                return Ok(f(&data[start..end]));
-            }
-        }
-    }
-    let data = t
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok(f(&data))
 }

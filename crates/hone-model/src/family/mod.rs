@@ -30,7 +30,12 @@
 //! logits = norm(h, FinalNorm)·LmHead (Embed when tied);    cap·tanh(logits/cap) if final_logit_softcap
 //! ```
 //!
-//! # How each path will read it
+//! # How each path reads it
+//!
+//! Wired today: loading, the tensor forward pass and the packed decode step
+//! honour every switch; the training stack honours RoPE scaling and q/k/v
+//! biases, and merge writes plain Llama only. A path refuses a model using a
+//! [`Switch`] it lacks ([`DecoderSpec::require`]), never computing it wrong.
 //!
 //! - **Loading** (`load.rs`) asks [`DecoderSpec::tensor_name`] for every
 //!   [`TensorRole`] that [`DecoderSpec::layer_roles`] / [`DecoderSpec::model_roles`]
@@ -92,17 +97,21 @@
 //! - `rope.rs`: [`RopeSpec`], RoPE inverse frequencies and their
 //!   linear / llama3 / `rope_freqs` scaling;
 //! - `names.rs`: [`TensorRole`], each weight's HF and GGUF name and shape;
+//! - `switches.rs`: [`Switch`], the optional steps a model uses, so a path
+//!   that lacks one refuses the model instead of computing it wrong;
 //! - `tests.rs`: the tests of all of the above.
 
 mod gguf;
 mod hf;
 mod names;
 mod rope;
+mod switches;
 #[cfg(test)]
 mod tests;
 
 pub use names::TensorRole;
 pub use rope::{RopeScaling, RopeSpec};
+pub use switches::Switch;
 
 use crate::error::{ModelError, Result};
 
@@ -174,10 +183,9 @@ pub fn supported_architectures() -> String {
 /// The error for a model of an architecture hone does not run: it names the
 /// architecture and lists the supported ones, so nothing is loaded wrong.
 pub fn unsupported_architecture(found: &str) -> ModelError {
-    ModelError::Config(format!(
-        "unsupported model architecture `{found}`; supported: {}",
-        supported_architectures()
-    ))
+    ModelError::UnsupportedArchitecture {
+        found: found.to_string(),
+    }
 }
 
 /// Which file a spec was read from: tensor names and some weight conventions

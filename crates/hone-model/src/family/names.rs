@@ -34,6 +34,53 @@ pub enum TensorRole {
 }
 
 impl TensorRole {
+    /// Every role.
+    pub const ALL: [TensorRole; 20] = {
+        use TensorRole::*;
+        [
+            Embed,
+            LmHead,
+            FinalNorm,
+            RopeFreqs,
+            AttnNorm,
+            Q,
+            K,
+            V,
+            O,
+            QBias,
+            KBias,
+            VBias,
+            QNorm,
+            KNorm,
+            PostAttnNorm,
+            FfnNorm,
+            PostFfnNorm,
+            Gate,
+            Up,
+            Down,
+        ]
+    };
+
+    /// llama.cpp's GGUF name of the HF tensor `hf` of a `family` model
+    /// (`model.layers.3.self_attn.o_proj.weight` → `blk.3.attn_output.weight`);
+    /// `None` if `hf` is not one of that family's tensor names.
+    pub fn hf_to_gguf(family: Family, hf: &str) -> Option<String> {
+        let (layer, leaf) = match hf.strip_prefix("model.layers.") {
+            Some(rest) => {
+                let (idx, leaf) = rest.split_once('.')?;
+                (Some(idx.parse::<usize>().ok()?), leaf)
+            }
+            None => (None, hf),
+        };
+        let role = Self::ALL
+            .into_iter()
+            .find(|r| r.is_per_layer() == layer.is_some() && r.hf(family) == Some(leaf))?;
+        Some(match layer {
+            Some(i) => format!("blk.{i}.{}", role.gguf()),
+            None => role.gguf().to_string(),
+        })
+    }
+
     /// Whether the tensor is one per layer (`model.layers.N.` / `blk.N.`).
     pub fn is_per_layer(self) -> bool {
         !matches!(

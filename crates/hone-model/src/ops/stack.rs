@@ -50,6 +50,9 @@ pub struct StackLayer {
     pub weights: [Tensor; 7],
     /// Per projection: the adapter's `(rank, scale)`, or `None` for a frozen projection.
     pub adapters: [Option<(usize, f64)>; 7],
+    /// Frozen biases of q, k, v (`[out]` each; Qwen2), added after the projections.
+    /// Constants: the backward is unchanged, they get no gradient.
+    pub qkv_bias: Option<[Tensor; 3]>,
 }
 
 /// Shapes and per-pass inputs of [`lora_stack`].
@@ -131,8 +134,23 @@ pub fn lora_stack(
         per_row,
         starts,
     );
+    let biases = layers
+        .iter()
+        .map(|l| {
+            l.qkv_bias
+                .as_ref()
+                .map(|bs| -> Result<[Vec<f32>; 3]> {
+                    let v = |t: &Tensor| -> Result<Vec<f32>> {
+                        t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+                    };
+                    Ok([v(&bs[0])?, v(&bs[1])?, v(&bs[2])?])
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
     let op = Stack {
         layers: layers.to_vec(),
+        biases,
         shape,
         rows: b * t,
         seq: t,
@@ -194,6 +212,12 @@ impl Shapes {
         for (li, l) in layers.iter().enumerate() {
             if l.input_norm.dims() != [hidden] || l.post_norm.dims() != [hidden] {
                 bail!("lora_stack: layer {li} norm weights do not have width {hidden}");
+            }
+            if let Some(bias) = &l.qkv_bias {
+                let widths = [hidden, kv_width, kv_width];
+                if bias.iter().zip(widths).any(|(b, w)| b.dims() != [w]) {
+                    bail!("lora_stack: layer {li} q/k/v biases do not fit the projections");
+                }
             }
             layer_starts.push(at);
             let mut off = [0; 7];
@@ -277,6 +301,13 @@ fn recycle<const N: usize>(bufs: [Vec<f32>; N]) {
     bufs.into_iter().for_each(scratch::give);
 }
 
+/// Adds `bias` to every row of `y`.
+fn add_rows(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+    }
+}
+
 /// A pooled copy of `x`.
 fn copy(x: &[f32]) -> Vec<f32> {
     let mut y = scratch::take(x.len());
@@ -286,6 +317,8 @@ fn copy(x: &[f32]) -> Vec<f32> {
 
 struct Stack {
     layers: Vec<StackLayer>,
+    /// Per layer: the q, k, v biases as slices' owners (see [`StackLayer::qkv_bias`]).
+    biases: Vec<Option<[Vec<f32>; 3]>>,
     shape: Shapes,
     rows: usize,
     /// Tokens per row (the batch is `rows / seq` rows).
@@ -393,6 +426,11 @@ impl Stack {
             xa[Q] = kern(Q).forward(&h1, &mut q, false);
             xa[K] = kern(K).forward(&h1, &mut k, false);
             xa[V] = kern(V).forward(&h1, &mut v, false);
+            if let Some([bq, bk, bv]) = &self.biases[li] {
+                add_rows(&mut q, bq);
+                add_rows(&mut k, bk);
+                add_rows(&mut v, bv);
+            }
             let y = self.attention.forward(&q, &k, &v);
             let mut x_mid = copy(&x_in);
             xa[O] = kern(O).forward(&y, &mut x_mid, true);

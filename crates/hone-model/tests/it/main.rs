@@ -2,10 +2,12 @@
 
 mod alloc_count;
 mod batch;
+mod families;
 mod frozen;
 mod merge;
 mod open;
 mod packed;
+mod real_families;
 mod real_model;
 mod tiny;
 
