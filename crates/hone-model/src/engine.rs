@@ -3,15 +3,12 @@
 //! prompts are rendered by the same template code path as training.
 
 use std::ops::ControlFlow;
-use std::path::Path;
 
 use hone_text::{ChatMessage, ChatTokenizer};
 
-use crate::error::Result;
+use crate::error::{text_err, Result};
 use crate::generate::{generate, Detokenizer, Generation, GenerationParams};
 use crate::llama::{Llama, WeightPath};
-use crate::open::{text_err, OpenModel};
-use crate::registry::ResolvedModel;
 
 /// The weight path for serving: hone's packed kernels on the file's own
 /// Q4_1/Q8_0 blocks with f32 activations. Measured on SmolLM2-135M: logits
@@ -27,17 +24,6 @@ pub struct ChatEngine {
 }
 
 impl ChatEngine {
-    /// Opens a resolved model and loads its weights: shorthand for
-    /// [`ResolvedModel::open`] then [`crate::open::OpenModel::load`].
-    pub fn load(resolved: &ResolvedModel, weights: WeightPath) -> Result<Self> {
-        resolved.open()?.load(weights)
-    }
-
-    /// Loads a GGUF file or HF directory given by path.
-    pub fn load_path(path: &Path, weights: WeightPath) -> Result<Self> {
-        OpenModel::open_path(path)?.load(weights)
-    }
-
     /// Token ids of `messages` rendered with the generation prompt.
     pub fn encode_prompt(
         &self,

@@ -52,3 +52,8 @@ pub enum ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// A hone-text error (tokenizer or template) as a model error.
+pub(crate) fn text_err(e: hone_text::Error) -> ModelError {
+    ModelError::Text(e.to_string())
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use crate::decode::PackedMatrix;
+use crate::decode::packed::PackedMatrix;
 use crate::error::{ModelError, Result};
 
 /// The HF names of the projections LoRA can target, in model order.

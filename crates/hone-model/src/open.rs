@@ -20,7 +20,7 @@ use hone_text::{ChatTokenCounter, ChatTokenizer};
 
 use crate::config::Config;
 use crate::engine::ChatEngine;
-use crate::error::{ModelError, Result};
+use crate::error::{text_err, Result};
 use crate::family::DecoderSpec;
 use crate::llama::WeightPath;
 use crate::load::WeightFile;
@@ -117,6 +117,17 @@ impl OpenModel {
     }
 }
 
-pub(crate) fn text_err(e: hone_text::Error) -> ModelError {
-    ModelError::Text(e.to_string())
+/// The shorthands live here, beside the door they go through, so that
+/// `engine.rs` (what a loaded model does) needs nothing from this module.
+impl ChatEngine {
+    /// Opens a resolved model and loads its weights: shorthand for
+    /// [`ResolvedModel::open`] then [`OpenModel::load`].
+    pub fn load(resolved: &ResolvedModel, weights: WeightPath) -> Result<Self> {
+        resolved.open()?.load(weights)
+    }
+
+    /// Loads a GGUF file or HF directory given by path.
+    pub fn load_path(path: &Path, weights: WeightPath) -> Result<Self> {
+        OpenModel::open_path(path)?.load(weights)
+    }
 }
