@@ -1,0 +1,144 @@
+//! The stack's inputs and layout: which projection is which, one layer's frozen
+//! weights ([`StackLayer`]), the per-pass spec ([`StackSpec`]), and the widths and
+//! `theta` offsets checked once per pass ([`Shapes`]).
+
+use candle_core::{bail, DType, Result, Tensor};
+
+// The projections of a layer, in the order of `StackLayer::weights` and of `theta`:
+// the model order of `TARGET_MODULES`, indexed by the constants below.
+pub(super) use crate::linear::TARGET_MODULES as MODULES;
+pub(super) const Q: usize = 0;
+pub(super) const K: usize = 1;
+pub(super) const V: usize = 2;
+pub(super) const O: usize = 3;
+pub(super) const GATE: usize = 4;
+pub(super) const UP: usize = 5;
+pub(super) const DOWN: usize = 6;
+
+/// One decoder layer's frozen weights and which projections carry an adapter.
+#[derive(Debug, Clone)]
+pub struct StackLayer {
+    /// RMSNorm weight before attention, `[hidden]`.
+    pub input_norm: Tensor,
+    /// RMSNorm weight before the MLP, `[hidden]`.
+    pub post_norm: Tensor,
+    /// Frozen `[out, in]` weights in `TARGET_MODULES` order.
+    pub weights: [Tensor; 7],
+    /// Per projection: the adapter's `(rank, scale)`, or `None` for a frozen projection.
+    pub adapters: [Option<(usize, f64)>; 7],
+    /// Frozen biases of q, k, v (`[out]` each; Qwen2), added after the projections.
+    /// Constants: the backward is unchanged, they get no gradient.
+    pub qkv_bias: Option<[Tensor; 3]>,
+}
+
+/// Shapes and per-pass inputs of [`lora_stack`](super::lora_stack).
+#[derive(Debug, Clone, Copy)]
+pub struct StackSpec<'a> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub rms_norm_eps: f64,
+    /// RoPE tables `(t, d/2)`, or `(b, t, d/2)` for packed rows.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    /// Packed rows: `[b·t]` segment starts (see `ops::AttentionSpec`).
+    pub segment_starts: Option<&'a [u32]>,
+    /// LoRA dropout on every adapter's input: the probability and the pass's seed
+    /// (each projection's mask seed is [`module_seed`](super::module_seed) of it).
+    pub dropout: Option<(f32, u64)>,
+}
+
+/// Widths of the stack and where each adapter sits in `theta`.
+#[derive(Debug, Clone)]
+pub(super) struct Shapes {
+    pub(super) hidden: usize,
+    pub(super) intermediate: usize,
+    pub(super) head_dim: usize,
+    pub(super) kv_width: usize,
+    /// Per layer, per module: the offset of its `A` in `theta` (its `B` follows).
+    pub(super) offsets: Vec<[usize; 7]>,
+    /// Per layer: where its adapters start in `theta`.
+    pub(super) layer_starts: Vec<usize>,
+    pub(super) theta_len: usize,
+}
+
+impl Shapes {
+    pub(super) fn of(layers: &[StackLayer], hidden: usize, spec: &StackSpec) -> Result<Self> {
+        let (h, kv) = (spec.heads, spec.kv_heads);
+        if h == 0
+            || kv == 0
+            || !h.is_multiple_of(kv)
+            || !hidden.is_multiple_of(h)
+            || !(hidden / h).is_multiple_of(2)
+        {
+            bail!("lora_stack: {h} heads and {kv} key/value heads do not fit width {hidden}");
+        }
+        let head_dim = hidden / h;
+        let kv_width = kv * head_dim;
+        let intermediate = match layers.first() {
+            Some(l) => l.weights[GATE].dim(0)?,
+            None => 0,
+        };
+        let expected = [
+            (hidden, hidden),
+            (kv_width, hidden),
+            (kv_width, hidden),
+            (hidden, hidden),
+            (intermediate, hidden),
+            (intermediate, hidden),
+            (hidden, intermediate),
+        ];
+        let (mut offsets, mut layer_starts, mut at) = (Vec::new(), Vec::new(), 0);
+        for (li, l) in layers.iter().enumerate() {
+            if l.input_norm.dims() != [hidden] || l.post_norm.dims() != [hidden] {
+                bail!("lora_stack: layer {li} norm weights do not have width {hidden}");
+            }
+            if let Some(bias) = &l.qkv_bias {
+                let widths = [hidden, kv_width, kv_width];
+                if bias.iter().zip(widths).any(|(b, w)| b.dims() != [w]) {
+                    bail!("lora_stack: layer {li} q/k/v biases do not fit the projections");
+                }
+            }
+            layer_starts.push(at);
+            let mut off = [0; 7];
+            for m in 0..7 {
+                let (out, inp) = expected[m];
+                if l.weights[m].dims() != [out, inp] || l.weights[m].dtype() != DType::F32 {
+                    bail!(
+                        "lora_stack: layer {li} {} is {:?} {:?}, expected f32 [{out}, {inp}]",
+                        MODULES[m],
+                        l.weights[m].dtype(),
+                        l.weights[m].dims()
+                    );
+                }
+                off[m] = at;
+                if let Some((r, _)) = l.adapters[m] {
+                    at += r * (inp + out);
+                }
+            }
+            offsets.push(off);
+        }
+        Ok(Self {
+            hidden,
+            intermediate,
+            head_dim,
+            kv_width,
+            offsets,
+            layer_starts,
+            theta_len: at,
+        })
+    }
+
+    /// `(out, in)` of module `m`.
+    pub(super) fn io(&self, m: usize) -> (usize, usize) {
+        let (hd, kv, im) = (self.hidden, self.kv_width, self.intermediate);
+        [
+            (hd, hd),
+            (kv, hd),
+            (kv, hd),
+            (hd, hd),
+            (im, hd),
+            (im, hd),
+            (hd, im),
+        ][m]
+    }
+}
