@@ -80,6 +80,23 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// The line's JSON object, or `None` with the error that a line must be one
+/// (both formats start here).
+fn line_object<'a>(value: &'a Value, out: &mut LineIssues) -> Option<&'a Map<String, Value>> {
+    let obj = value.as_object();
+    if obj.is_none() {
+        out.push(
+            None,
+            Code::DataType,
+            format!(
+                "each line must be a JSON object, found {}",
+                type_name(value)
+            ),
+        );
+    }
+    obj
+}
+
 fn warn_unknown_keys(obj: &Map<String, Value>, known: &[&str], out: &mut LineIssues) {
     for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
         out.push(

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::message::{parse_message, parse_messages};
-use super::{check_tools, type_name, warn_unknown_keys, LineIssues, DPO_KEYS};
+use super::{check_tools, line_object, type_name, warn_unknown_keys, LineIssues, DPO_KEYS};
 use crate::issue::Code;
 use crate::types::{ChatMessage, PreferenceExample, Role};
 
@@ -12,17 +12,7 @@ const DPO_INPUT_KEYS: &[&str] = &["messages", "tools", "parallel_tool_calls"];
 
 /// Checks one DPO line.
 pub(crate) fn parse_preference(value: &Value, out: &mut LineIssues) -> Option<PreferenceExample> {
-    let Some(obj) = value.as_object() else {
-        out.push(
-            None,
-            Code::DataType,
-            format!(
-                "each line must be a JSON object, found {}",
-                type_name(value)
-            ),
-        );
-        return None;
-    };
+    let obj = line_object(value, out)?;
     warn_unknown_keys(obj, DPO_KEYS, out);
     let (input, tools) = parse_dpo_input(obj, out);
     let preferred = parse_dpo_output(obj, "preferred_output", "preferred_completion", out);

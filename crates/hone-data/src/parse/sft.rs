@@ -4,7 +4,9 @@
 use serde_json::Value;
 
 use super::message::parse_messages;
-use super::{check_tools, detect_method_value, type_name, warn_unknown_keys, LineIssues};
+use super::{
+    check_tools, detect_method_value, line_object, type_name, warn_unknown_keys, LineIssues,
+};
 use crate::issue::Code;
 use crate::types::{ChatMessage, Method, Role, SftExample};
 
@@ -12,17 +14,7 @@ const SFT_KEYS: &[&str] = &["messages", "tools", "parallel_tool_calls", "functio
 
 /// Checks one SFT line.
 pub(crate) fn parse_sft(value: &Value, out: &mut LineIssues) -> Option<SftExample> {
-    let Some(obj) = value.as_object() else {
-        out.push(
-            None,
-            Code::DataType,
-            format!(
-                "each line must be a JSON object, found {}",
-                type_name(value)
-            ),
-        );
-        return None;
-    };
+    let obj = line_object(value, out)?;
     warn_unknown_keys(obj, SFT_KEYS, out);
     let tools = check_tools(obj, out);
     let messages = match obj.get("messages") {
