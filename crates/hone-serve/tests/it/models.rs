@@ -45,10 +45,15 @@ pub fn new_job(model: &str) -> FineTuningJob {
 /// Runs a job through the store to success, with one checkpoint; returns
 /// (final model name, checkpoint model name).
 async fn fine_tuned_model(t: &TestApp) -> (String, String) {
-    let name = FineTunedName::new(BASE, "org", Some("sfx"));
+    fine_tuned_model_of(t, "org").await
+}
+
+/// The same for a job of `project`.
+pub async fn fine_tuned_model_of(t: &TestApp, project: &str) -> (String, String) {
+    let name = FineTunedName::new(BASE, project, Some("sfx"));
     let ckpt = name.at_step(10).to_string();
     let fin = name.to_string();
-    let (c2, f2) = (ckpt.clone(), fin.clone());
+    let (c2, f2, project) = (ckpt.clone(), fin.clone(), project.to_string());
     // The worker answers commands only after its start-up recovery (which
     // re-queues `running` jobs), so after this answer it cannot race the
     // job this test starts by hand.
@@ -65,6 +70,7 @@ async fn fine_tuned_model(t: &TestApp) -> (String, String) {
             // race with it. A validating_files job would be validated (and
             // failed, its file does not exist) by the worker concurrently.
             let mut job = new_job(BASE);
+            job.organization_id = project;
             job.status = JobStatus::Queued;
             s.insert_job(&job)?;
             s.transition_job(&job.id, &Transition::Start)?;

@@ -1,14 +1,9 @@
 //! Projects: what one key's project creates, another project cannot list,
 //! read, page to, change or use; it gets the 404 a missing id gets.
 
-use std::path::PathBuf;
-
 use axum::body::Body;
 use axum::http::{Method, Request};
-use hone_serve::api::{JobCheckpoint, JobCheckpointTag, JobStatus, StepMetrics};
 use hone_serve::auth::create_key;
-use hone_serve::ids::{self, FineTunedName};
-use hone_serve::store::{CheckpointRecord, Transition};
 use serde_json::{json, Value};
 
 use crate::common::{assert_error, multipart, Reply, TestApp, BASE, GOOD_JSONL};
@@ -230,58 +225,10 @@ async fn key_b_cannot_train_on_key_as_file() {
     );
 }
 
-/// A succeeded job of `project` with one checkpoint, straight through the
-/// store; returns (final model, checkpoint model).
-async fn fine_tuned_model_of(t: &TestApp, project: &str) -> (String, String) {
-    let name = FineTunedName::new(BASE, project, Some("sfx"));
-    let (fin, ckpt) = (name.to_string(), name.at_step(10).to_string());
-    let (f2, c2, project) = (fin.clone(), ckpt.clone(), project.to_string());
-    // See models.rs: after this answer the worker's start-up is done.
-    let _ = t
-        .state
-        .worker
-        .command("ftjob-none", hone_serve::worker::Command::Cancel)
-        .await;
-    t.state
-        .store
-        .run(move |s| {
-            let mut job = crate::models::new_job(BASE);
-            job.organization_id = project;
-            job.status = JobStatus::Queued;
-            s.insert_job(&job)?;
-            s.transition_job(&job.id, &Transition::Start)?;
-            s.add_checkpoint(&CheckpointRecord {
-                checkpoint: JobCheckpoint {
-                    id: ids::checkpoint_id(),
-                    object: JobCheckpointTag,
-                    created_at: 1,
-                    fine_tuned_model_checkpoint: c2,
-                    fine_tuning_job_id: job.id.clone(),
-                    step_number: 10,
-                    metrics: StepMetrics::default(),
-                },
-                adapter_path: PathBuf::from("/a/step-10"),
-            })?;
-            s.transition_job(
-                &job.id,
-                &Transition::Succeed {
-                    fine_tuned_model: f2,
-                    base: BASE.into(),
-                    adapter_path: PathBuf::from("/a/final"),
-                    trained_tokens: 100,
-                    result_files: vec![],
-                },
-            )
-        })
-        .await
-        .unwrap();
-    (fin, ckpt)
-}
-
 #[tokio::test]
 async fn key_b_cannot_list_read_or_delete_key_as_ft_models() {
     let p = Projects::new();
-    let (fin, ckpt) = fine_tuned_model_of(&p.t, "alpha").await;
+    let (fin, ckpt) = crate::models::fine_tuned_model_of(&p.t, "alpha").await;
     assert!(fin.contains(":alpha:"), "{fin}");
     let mine = p.get(&p.a, "/v1/models").await.json();
     let ids = ids_of(&mine);
@@ -309,7 +256,7 @@ async fn key_b_cannot_list_read_or_delete_key_as_ft_models() {
 #[tokio::test]
 async fn key_b_cannot_chat_with_key_as_ft_model() {
     let p = Projects::new();
-    let (fin, ckpt) = fine_tuned_model_of(&p.t, "alpha").await;
+    let (fin, ckpt) = crate::models::fine_tuned_model_of(&p.t, "alpha").await;
     for m in [&fin, &ckpt] {
         let body = json!({"model": m, "messages": [{"role": "user", "content": "hi"}]});
         let theirs = p
