@@ -214,32 +214,62 @@ fn pick<T: Copy + std::fmt::Display>(
     value
 }
 
+/// The accepted ranges of user-set values: the one definition that `hone
+/// train`, the API's job route (a 400 at creation) and the trainer all check
+/// against, through [`Overrides::out_of_range`]. Epochs are `1..=MAX_N_EPOCHS`,
+/// the multiplier is in `(0, MAX_LEARNING_RATE_MULTIPLIER]`, beta in
+/// `(0, MAX_BETA]` (OpenAI's range for DPO), a batch at least 1.
+pub const MAX_N_EPOCHS: u32 = 50;
+pub const MAX_LEARNING_RATE_MULTIPLIER: f64 = 100.0;
+pub const MAX_BETA: f64 = 2.0;
+
+/// A user value outside its range: which one, and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutOfRange {
+    /// `n_epochs`, `batch_size`, `learning_rate_multiplier` or `beta`.
+    pub param: &'static str,
+    pub message: String,
+}
+
 impl Overrides {
     /// Range checks of the user's values (also done by [`resolve_auto`]); callers
     /// run it early to fail before any expensive work.
     pub fn check(&self) -> Result<(), DataError> {
-        let bad = |m: String| Err(DataError::InvalidArgument(m));
-        if let Some(e) = self.n_epochs.filter(|e| !(1..=50).contains(e)) {
-            return bad(format!("n_epochs must be between 1 and 50, got {e}"));
+        match self.out_of_range() {
+            Some(p) => Err(DataError::InvalidArgument(p.message)),
+            None => Ok(()),
+        }
+    }
+
+    /// The first user value outside its range, naming the field, so that a
+    /// front end can point at it (the API's `param`).
+    pub fn out_of_range(&self) -> Option<OutOfRange> {
+        let bad = |param, message| Some(OutOfRange { param, message });
+        if let Some(e) = self.n_epochs.filter(|e| !(1..=MAX_N_EPOCHS).contains(e)) {
+            return bad(
+                "n_epochs",
+                format!("n_epochs must be between 1 and {MAX_N_EPOCHS}, got {e}"),
+            );
         }
         if self.batch_size == Some(0) {
-            return bad("batch_size must be at least 1".into());
+            return bad("batch_size", "batch_size must be at least 1".into());
         }
+        let in_range = |x: f64, max: f64| x.is_finite() && x > 0.0 && x <= max;
         if let Some(m) = self
             .learning_rate_multiplier
-            .filter(|m| !(m.is_finite() && *m > 0.0 && *m <= 100.0))
+            .filter(|m| !in_range(*m, MAX_LEARNING_RATE_MULTIPLIER))
         {
-            return bad(format!(
-                "learning_rate_multiplier must be in (0, 100], got {m}"
-            ));
+            return bad(
+                "learning_rate_multiplier",
+                format!(
+                    "learning_rate_multiplier must be in (0, {MAX_LEARNING_RATE_MULTIPLIER}], got {m}"
+                ),
+            );
         }
-        if let Some(b) = self
-            .beta
-            .filter(|b| !(b.is_finite() && *b > 0.0 && *b <= 2.0))
-        {
-            return bad(format!("beta must be in (0, 2], got {b}"));
+        if let Some(b) = self.beta.filter(|b| !in_range(*b, MAX_BETA)) {
+            return bad("beta", format!("beta must be in (0, {MAX_BETA}], got {b}"));
         }
-        Ok(())
+        None
     }
 }
 
@@ -371,5 +401,23 @@ mod tests {
         ] {
             assert!(resolve_auto(&input, &o).is_err());
         }
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_its_field_and_the_one_range() {
+        let o = |f: fn(&mut Overrides)| {
+            let mut o = Overrides::default();
+            f(&mut o);
+            o.out_of_range().map(|p| p.param)
+        };
+        assert_eq!(o(|o| o.beta = Some(MAX_BETA)), None);
+        assert_eq!(o(|o| o.beta = Some(2.5)), Some("beta"));
+        assert_eq!(o(|o| o.beta = Some(0.0)), Some("beta"));
+        assert_eq!(o(|o| o.n_epochs = Some(MAX_N_EPOCHS + 1)), Some("n_epochs"));
+        assert_eq!(o(|o| o.batch_size = Some(0)), Some("batch_size"));
+        assert_eq!(
+            o(|o| o.learning_rate_multiplier = Some(f64::INFINITY)),
+            Some("learning_rate_multiplier")
+        );
     }
 }

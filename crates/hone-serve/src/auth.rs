@@ -209,10 +209,7 @@ pub async fn require_key(State(auth): State<AuthState>, mut req: Request, next: 
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let token = header.and_then(|h| {
-        h.strip_prefix("Bearer ")
-            .or_else(|| h.strip_prefix("bearer "))
-    });
+    let token = header.and_then(bearer_token);
     let Some(token) = token else {
         return ApiError::Unauthorized {
             message: "You didn't provide an API key. Send it in an Authorization header \
@@ -240,6 +237,13 @@ pub async fn require_key(State(auth): State<AuthState>, mut req: Request, next: 
         }
         .into_response(),
     }
+}
+
+/// The key in an `Authorization` header value: `Bearer <key>`, with the
+/// scheme in any case (`bearer`, `BEARER`), as RFC 9110 says schemes are.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// The id of the current request, in the request's extensions.
@@ -290,6 +294,16 @@ mod tests {
         assert_eq!(identify(&accepted, "sk-a").unwrap().project, "alpha");
         assert!(identify(&accepted, "sk-c").is_none());
         assert!(identify(&[], "sk-a").is_none());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer sk-a", "bearer sk-a", "BEARER sk-a", "BeArEr sk-a"] {
+            assert_eq!(bearer_token(h), Some("sk-a"), "{h}");
+        }
+        assert_eq!(bearer_token("Basic sk-a"), None);
+        assert_eq!(bearer_token("Bearersk-a"), None);
+        assert_eq!(bearer_token("sk-a"), None);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! finished job, deleting a base model) are 400 here, and any 5xx that must
 //! not be retried carries `x-should-retry: false`.
 
-use axum::extract::multipart::MultipartError;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -39,8 +39,13 @@ pub enum ApiError {
         param: Option<String>,
         code: ErrorCode,
     },
-    /// An upload went over the configured limit.
-    #[error("the upload is larger than the limit of {limit} bytes")]
+    /// The path exists, but not with this method (e.g. `GET` on
+    /// `/v1/chat/completions`).
+    #[error("{message}")]
+    MethodNotAllowed { message: String },
+    /// A body went over its limit: the configured upload limit, or (`limit`
+    /// 0, when the layer that refused it does not say) a request-wide one.
+    #[error("{}", too_large_message(*limit))]
     PayloadTooLarge { limit: u64 },
     /// Admission control: too much work in flight; try again later.
     #[error("the server is busy; retry in {retry_after_secs} s")]
@@ -77,6 +82,11 @@ impl ApiError {
             ),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "invalid_request_error", None),
             NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", None),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                Some(false),
+            ),
             PayloadTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
@@ -104,6 +114,7 @@ impl ApiError {
             InvalidRequest { code, .. } => *code,
             InvalidState { code, .. } | NotFound { code, .. } => Some(*code),
             Unauthorized { .. } => Some(ErrorCode::InvalidApiKey),
+            MethodNotAllowed { .. } => Some(ErrorCode::MethodNotAllowed),
             PayloadTooLarge { .. } => Some(ErrorCode::FileTooLarge),
             RateLimited { .. } => Some(ErrorCode::RateLimitExceeded),
             NotImplemented { .. } => Some(ErrorCode::NotImplemented),
@@ -117,7 +128,7 @@ impl ApiError {
             ApiError::InvalidRequest { param, .. } | ApiError::NotFound { param, .. } => {
                 param.clone()
             }
-            ApiError::PayloadTooLarge { .. } => Some("file".into()),
+            ApiError::PayloadTooLarge { limit } if *limit > 0 => Some("file".into()),
             _ => None,
         }
     }
@@ -212,13 +223,37 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        ApiError::InvalidRequest {
-            message: format!("Invalid JSON body: {}", r.body_text()),
-            param: None,
-            code: Some(ErrorCode::InvalidJson),
+fn too_large_message(limit: u64) -> String {
+    if limit == 0 {
+        "The request body is larger than this server accepts.".into()
+    } else {
+        format!("The upload is larger than the limit of {limit} bytes.")
+    }
+}
+
+/// A body that could not be read: over a body limit (413), or cut off.
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge { limit: 0 };
         }
+        ApiError::invalid(
+            None,
+            format!("The body could not be read: {}", r.body_text()),
+        )
+    }
+}
+
+/// Not a multipart body (e.g. no boundary in its `Content-Type`).
+impl From<MultipartRejection> for ApiError {
+    fn from(r: MultipartRejection) -> Self {
+        ApiError::invalid(
+            None,
+            format!(
+                "Expected a multipart/form-data body with a boundary: {}",
+                r.body_text()
+            ),
+        )
     }
 }
 
@@ -263,6 +298,9 @@ mod tests {
             ApiError::not_found("file", "f"),
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::NotImplemented {
+                message: "x".into(),
+            },
+            ApiError::MethodNotAllowed {
                 message: "x".into(),
             },
         ];

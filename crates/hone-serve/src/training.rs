@@ -121,14 +121,12 @@ impl TrainerOptions {
             })?;
         Ok(JobOptions {
             overrides: Overrides {
-                n_epochs: h.n_epochs.value(),
-                batch_size: h.batch_size.value(),
-                learning_rate_multiplier: h.learning_rate_multiplier.value(),
                 // The API's beta is DPO's only.
                 beta: h
                     .beta
                     .and_then(|b| b.value())
                     .filter(|_| method == hone_data::Method::Dpo),
+                ..h.overrides()
             },
             lora_r: self.lora_r,
             lora_alpha: self.lora_alpha,

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     InvalidApiKey,
     /// No route has this method and path (404).
     UnknownUrl,
+    /// The path exists, but not with this method (405).
+    MethodNotAllowed,
     /// No object with this id (404).
     NotFound,
     /// No base, fine-tuned or checkpoint model with this id (404).
@@ -68,12 +70,13 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, in the order of the enum (for the OpenAPI spec). Keep it
     /// in step with the enum when adding a variant.
-    pub const ALL: [ErrorCode; 22] = {
+    pub const ALL: [ErrorCode; 23] = {
         use ErrorCode::*;
         [
             InvalidJson,
             InvalidApiKey,
             UnknownUrl,
+            MethodNotAllowed,
             NotFound,
             ModelNotFound,
             FileTooLarge,
@@ -103,6 +106,7 @@ impl ErrorCode {
             InvalidJson => "invalid_json",
             InvalidApiKey => "invalid_api_key",
             UnknownUrl => "unknown_url",
+            MethodNotAllowed => "method_not_allowed",
             NotFound => "not_found",
             ModelNotFound => "model_not_found",
             FileTooLarge => "file_too_large",

@@ -19,11 +19,27 @@ tag!(/// `"auto"`, for hyperparameters the server resolves.
 
 /// `"auto"` or a concrete value: what a user may give for a hyperparameter,
 /// and what a job shows until the worker resolves it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AutoOr<T> {
     Auto(AutoTag),
     Value(T),
+}
+
+/// By hand rather than `untagged`, whose error ("data did not match any
+/// variant") hides what was wrong: this one says what was expected and what
+/// came (`-1`, `"abc"`, `2.5`, `null`, 2⁴⁰ for a `u32`), and the request
+/// parser adds the field's path as the error's `param`.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for AutoOr<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        if v.as_str() == Some("auto") {
+            return Ok(AutoOr::Auto(AutoTag));
+        }
+        T::deserialize(v)
+            .map(AutoOr::Value)
+            .map_err(|e| serde::de::Error::custom(format!("must be \"auto\" or a number ({e})")))
+    }
 }
 
 impl<T> Default for AutoOr<T> {
@@ -54,6 +70,20 @@ pub struct Hyperparameters {
     /// DPO only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<AutoOr<f64>>,
+}
+
+impl Hyperparameters {
+    /// The values the user set, as hone-data's overrides (`None` is
+    /// "auto"): what the job route's range check, the trainer and the auto
+    /// rule all read.
+    pub fn overrides(&self) -> hone_data::hparams::Overrides {
+        hone_data::hparams::Overrides {
+            n_epochs: self.n_epochs.value(),
+            batch_size: self.batch_size.value(),
+            learning_rate_multiplier: self.learning_rate_multiplier.value(),
+            beta: self.beta.and_then(|b| b.value()),
+        }
+    }
 }
 
 /// `method.type`.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::Field;
-use axum::extract::{Multipart, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::blobs::{Blob, Upload};
 use crate::engines::{FileCheck, FileValidator};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiMultipart, ApiPath, ApiQuery};
 use crate::ids;
 use crate::state::AppState;
 use crate::store::{unix_now, FileRecord};
@@ -46,7 +46,7 @@ pub(super) async fn upload(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    mut mp: Multipart,
+    ApiMultipart(mut mp): ApiMultipart,
 ) -> Result<Json<FileObject>, ApiError> {
     let limit = st.config.max_upload_bytes;
     refuse_oversized_request(&headers, limit)?;

@@ -1,6 +1,9 @@
 //! `/v1/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume,
 //! events, checkpoints. Handlers read the store directly but never change a
-//! job's state: that goes through the worker.
+//! job's state: that goes through the worker. What creation checks in the
+//! job's files is in [`data`].
+
+mod data;
 
 use axum::extract::State;
 use axum::Extension;
@@ -19,6 +22,10 @@ use crate::ids;
 use crate::state::AppState;
 use crate::store::unix_now;
 use crate::worker::Command;
+
+/// The largest `batch_size` the API takes (the other ranges are hone-data's,
+/// [`hone_data::hparams::Overrides::out_of_range`], shared with the trainer).
+const MAX_BATCH_SIZE: u32 = 256;
 
 /// Page sizes: OpenAI's defaults, and our cap.
 const JOBS_PAGE: (u32, u32) = (20, 100);
@@ -45,11 +52,22 @@ pub(super) async fn create(
         ids::validate_suffix(s)?;
     }
     check_metadata(&req)?;
-    let (method, hyperparameters) = method_of(&req)?;
+    let (method, hyperparameters, given_at) = method_of(&req)?;
     check_file(&st, &caller, &req.training_file, JobFile::Training).await?;
     if let Some(v) = &req.validation_file {
         check_file(&st, &caller, v, JobFile::Validation).await?;
     }
+    let batch_size = hyperparameters
+        .batch_size
+        .value()
+        .map(|b| (b, format!("{given_at}.batch_size")));
+    let wanted = data::DataRequest {
+        kind: method.kind,
+        training_file: &req.training_file,
+        validation_file: req.validation_file.as_deref(),
+        batch_size,
+    };
+    data::check_data(&st, &wanted).await?;
     let job = FineTuningJob {
         id: ids::job_id(),
         object: JobTag,
@@ -108,8 +126,10 @@ fn check_metadata(req: &CreateJobRequest) -> Result<(), ApiError> {
 }
 
 /// The method and its requested hyperparameters, from `method` or the
-/// legacy top-level `hyperparameters` (not both).
-fn method_of(req: &CreateJobRequest) -> Result<(Method, Hyperparameters), ApiError> {
+/// legacy top-level `hyperparameters` (not both), and the path of the
+/// field they were given in (for `param`: `hyperparameters.n_epochs` or
+/// `method.dpo.hyperparameters.beta`, as the user wrote it).
+fn method_of(req: &CreateJobRequest) -> Result<(Method, Hyperparameters, &'static str), ApiError> {
     let (kind, from_method) = match &req.method {
         None => (MethodType::Supervised, None),
         Some(m) => match m.kind {
@@ -130,9 +150,14 @@ fn method_of(req: &CreateJobRequest) -> Result<(Method, Hyperparameters), ApiErr
             "Give hyperparameters either in method.<type>.hyperparameters or at the top level, not both.",
         ));
     }
+    let given_at = match (from_method.is_some(), kind) {
+        (false, _) => "hyperparameters",
+        (true, MethodType::Dpo) => "method.dpo.hyperparameters",
+        (true, _) => "method.supervised.hyperparameters",
+    };
     // All "auto" unless given; the worker resolves them at validation.
     let mut h = from_method.or(req.hyperparameters).unwrap_or_default();
-    check_ranges(&h, kind)?;
+    check_ranges(&h, kind, given_at)?;
     if kind == MethodType::Dpo && h.beta.is_none() {
         h.beta = Some(AutoOr::default());
     }
@@ -151,36 +176,28 @@ fn method_of(req: &CreateJobRequest) -> Result<(Method, Hyperparameters), ApiErr
         },
         reinforcement: None,
     };
-    Ok((method, h))
+    Ok((method, h, given_at))
 }
 
-fn check_ranges(h: &Hyperparameters, kind: MethodType) -> Result<(), ApiError> {
-    let out = |name: &'static str, range: &str| {
-        ApiError::invalid(
-            name,
-            format!("{name} must be \"auto\" or a number in {range}"),
-        )
+/// The ranges of the user's values: hone-data's, the ones the trainer
+/// checks (so a job accepted here never fails on them later), plus the
+/// API's batch cap.
+fn check_ranges(h: &Hyperparameters, kind: MethodType, given_at: &str) -> Result<(), ApiError> {
+    let bad = |name: &str, message: String| ApiError::InvalidRequest {
+        message,
+        param: Some(format!("{given_at}.{name}")),
+        code: None,
     };
-    if h.n_epochs.value().is_some_and(|n| !(1..=50).contains(&n)) {
-        return Err(out("n_epochs", "1..=50"));
+    if kind == MethodType::Supervised && h.beta.is_some() {
+        return Err(bad("beta", "beta applies to method.type 'dpo' only".into()));
     }
-    if h.batch_size
-        .value()
-        .is_some_and(|n| !(1..=256).contains(&n))
-    {
-        return Err(out("batch_size", "1..=256"));
+    if let Some(p) = h.overrides().out_of_range() {
+        return Err(bad(p.param, format!("{} (or \"auto\")", p.message)));
     }
-    if h.learning_rate_multiplier
-        .value()
-        .is_some_and(|x| !(x > 0.0 && x <= 100.0))
-    {
-        return Err(out("learning_rate_multiplier", "(0, 100]"));
-    }
-    match (kind, h.beta.and_then(|b| b.value())) {
-        (MethodType::Dpo, Some(b)) if !(b > 0.0 && b <= 10.0) => Err(out("beta", "(0, 10]")),
-        (MethodType::Supervised, _) if h.beta.is_some() => Err(ApiError::invalid(
-            "beta",
-            "beta applies to method.type 'dpo' only",
+    match h.batch_size.value() {
+        Some(b) if b > MAX_BATCH_SIZE => Err(bad(
+            "batch_size",
+            format!("batch_size must be at most {MAX_BATCH_SIZE} (or \"auto\"), got {b}"),
         )),
         _ => Ok(()),
     }

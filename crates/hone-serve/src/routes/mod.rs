@@ -1,14 +1,23 @@
 //! The HTTP routes. Handlers are thin: parse, call the store or an engine,
 //! answer with an `api` type or an `ApiError`.
+//!
+//! Two rules hold for every answer, whatever produced it:
+//! - an error has OpenAI's JSON body, including the ones axum makes by
+//!   itself (405, a body limit's 413, extractor rejections): see
+//!   [`openai_errors`];
+//! - under `/v1` the key is checked first, also for unknown paths and
+//!   methods, so that a caller without a key learns nothing about which
+//!   paths exist.
 
 mod chat;
 mod files;
 mod jobs;
 mod models;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Uri};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -22,7 +31,8 @@ use crate::store::{Order, PageRequest};
 /// exactly the limit: the request-wide backstop is the file limit plus this.
 const MULTIPART_SLACK: u64 = 1024 * 1024;
 
-/// The whole application: `/health` (public) and `/v1/...` (behind the key).
+/// The whole application: `/health` and `/openapi.json` (public) and
+/// `/v1/...` (behind the key, unknown paths included).
 pub fn router(state: AppState) -> Router {
     let auth = AuthState {
         store: state.store.clone(),
@@ -54,12 +64,14 @@ pub fn router(state: AppState) -> Router {
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve).delete(models::delete))
         .route("/chat/completions", post(chat::completions))
-        .route_layer(from_fn_with_state(auth, require_key));
+        .fallback(unknown_route)
+        .layer(from_fn_with_state(auth, require_key));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .nest("/v1", v1)
         .fallback(unknown_route)
+        .layer(from_fn(openai_errors))
         .layer(from_fn(request_id))
         .with_state(state)
 }
@@ -71,11 +83,66 @@ async fn health() -> Json<Health> {
     })
 }
 
-async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+/// A 404 naming the full path (`OriginalUri`: inside `/v1` the router sees
+/// the path without its prefix).
+async fn unknown_route(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::NotFound {
         message: format!("Unknown request URL: {method} {}.", uri.path()),
         param: None,
         code: ErrorCode::UnknownUrl,
+    }
+}
+
+/// Gives every error answer OpenAI's JSON body. Handlers answer with an
+/// [`ApiError`] already; this catches what axum answers by itself, which is
+/// plain text or empty: 405 (wrong method on a known path), 413 (a body
+/// limit), and any rejection an extractor makes before a handler runs.
+/// Headers such as `Allow` are kept.
+async fn openai_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || crate::extract::is_json(resp.headers()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let mut fixed = plain_error(status, &method, &path, text).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    fixed
+}
+
+/// The [`ApiError`] for an error axum answered in plain text (`text`, maybe
+/// empty) with `status`.
+fn plain_error(status: StatusCode, method: &Method, path: &str, text: String) -> ApiError {
+    let said = |fallback: String| {
+        if text.is_empty() {
+            fallback
+        } else {
+            text.clone()
+        }
+    };
+    match status {
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed {
+            message: format!("{method} is not allowed on {path}."),
+        },
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 },
+        StatusCode::NOT_FOUND => ApiError::NotFound {
+            message: said(format!("Unknown request URL: {method} {path}.")),
+            param: None,
+            code: ErrorCode::UnknownUrl,
+        },
+        s if s.is_server_error() => ApiError::internal(said(format!("{s}"))),
+        s => ApiError::invalid(None, said(format!("The request was refused ({s})."))),
     }
 }
 

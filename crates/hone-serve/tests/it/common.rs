@@ -176,3 +176,32 @@ pub const GOOD_JSONL: &str = concat!(
     r#"{"messages":[{"role":"user","content":"bye"},{"role":"assistant","content":"ciao"}]}"#,
     "\n"
 );
+
+/// `n` valid chat (SFT) examples, one per line.
+pub fn sft_jsonl(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("question number {i}")},
+                {"role": "assistant", "content": format!("answer number {i} in full")}
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+/// `n` valid preference (DPO) pairs, one per line.
+pub fn dpo_jsonl(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "input": {"messages": [{"role": "user", "content": format!("question {i}")}]},
+                "preferred_output": [{"role": "assistant", "content": format!("good answer {i}")}],
+                "non_preferred_output": [{"role": "assistant", "content": format!("bad answer {i}")}]
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}

@@ -14,7 +14,7 @@ use crate::common::TestApp;
 fn declared_routes() -> BTreeSet<(String, String)> {
     let src = include_str!("../../src/routes/mod.rs");
     let v1_start = src.find("let v1 = Router::new()").expect("a v1 router");
-    let v1_end = v1_start + src[v1_start..].find(".route_layer(").expect("v1 ends");
+    let v1_end = v1_start + src[v1_start..].find(".fallback(").expect("v1 ends");
     let mut out = BTreeSet::new();
     let mut at = 0;
     while let Some(i) = src[at..].find(".route(") {

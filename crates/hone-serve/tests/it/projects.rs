@@ -6,7 +6,7 @@ use axum::http::{Method, Request};
 use hone_serve::auth::create_key;
 use serde_json::{json, Value};
 
-use crate::common::{assert_error, multipart, Reply, TestApp, BASE, GOOD_JSONL};
+use crate::common::{assert_error, multipart, sft_jsonl, Reply, TestApp, BASE};
 
 /// An app with keys of projects `alpha` and `beta`, and an admin key.
 struct Projects {
@@ -49,9 +49,11 @@ impl Projects {
     }
 
     async fn upload(&self, key: &str) -> String {
+        // Ten examples: a job refuses fewer at creation.
+        let data = sft_jsonl(10);
         let (ct, body) = multipart(&[
             ("purpose", None, b"fine-tune"),
-            ("file", Some("train.jsonl"), GOOD_JSONL.as_bytes()),
+            ("file", Some("train.jsonl"), data.as_bytes()),
         ]);
         let req = Request::builder()
             .method(Method::POST)
@@ -133,7 +135,7 @@ async fn key_b_cannot_delete_key_as_files() {
         .await;
     assert_error(&del, 404, Some("not_found"));
     let content = p.get(&p.a, &format!("/v1/files/{fa}/content")).await;
-    assert_eq!(content.body, GOOD_JSONL.as_bytes(), "still there for A");
+    assert_eq!(content.body, sft_jsonl(10).as_bytes(), "still there for A");
 }
 
 #[tokio::test]
