@@ -141,7 +141,7 @@ fn plain_error(status: StatusCode, method: &Method, path: &str, text: String) ->
             param: None,
             code: ErrorCode::UnknownUrl,
         },
-        s if s.is_server_error() => ApiError::internal(said(format!("{s}"))),
+        s if s.is_server_error() => ApiError::internal(said(s.to_string())),
         s => ApiError::invalid(None, said(format!("The request was refused ({s})."))),
     }
 }
