@@ -355,8 +355,8 @@ impl Stack {
             }
             let (mut q_raw, mut k_raw) = (Vec::new(), Vec::new());
             if let Some([wq, wk]) = ld.qk_norm {
-                q_raw = std::mem::replace(&mut q, Vec::new());
-                k_raw = std::mem::replace(&mut k, Vec::new());
+                q_raw = std::mem::take(&mut q);
+                k_raw = std::mem::take(&mut k);
                 q = normed(&q_raw, wq, self.eps, dh);
                 k = normed(&k_raw, wk, self.eps, dh);
             }
@@ -429,7 +429,7 @@ impl Stack {
         need_dx: bool,
     ) -> Result<()> {
         let (n, hd, im) = (self.rows, self.shape.hidden, self.shape.intermediate);
-        let (qw, kvw, dh_) = (self.shape.q_width, self.shape.kv_width, self.shape.head_dim);
+        let (qw, kvw, head_dim) = (self.shape.q_width, self.shape.kv_width, self.shape.head_dim);
         let mut dab = self.split_grads(li, dtheta);
         self.with_layer(li, |ld| {
             let kern = |m: usize| self.kernel(li, m, ld.weights[m], theta);
@@ -489,8 +489,8 @@ impl Stack {
             let (dq, dkv) = dqkv.split_at_mut(n * qw);
             let (dk, dv) = dkv.split_at_mut(n * kvw);
             if let Some([wq, wk]) = ld.qk_norm {
-                let dq_raw = normed_bwd(&tape.q_raw, wq, dq, self.eps, dh_);
-                let dk_raw = normed_bwd(&tape.k_raw, wk, dk, self.eps, dh_);
+                let dq_raw = normed_bwd(&tape.q_raw, wq, dq, self.eps, head_dim);
+                let dk_raw = normed_bwd(&tape.k_raw, wk, dk, self.eps, head_dim);
                 dq.copy_from_slice(&dq_raw);
                 dk.copy_from_slice(&dk_raw);
                 recycle([dq_raw, dk_raw]);

@@ -90,7 +90,12 @@ pub(super) struct Shapes {
 impl Shapes {
     pub(super) fn of(layers: &[StackLayer], hidden: usize, spec: &StackSpec) -> Result<Self> {
         let (h, kv, head_dim) = (spec.heads, spec.kv_heads, spec.head_dim);
-        if h == 0 || kv == 0 || !h.is_multiple_of(kv) || head_dim == 0 || head_dim % 2 != 0 {
+        if h == 0
+            || kv == 0
+            || !h.is_multiple_of(kv)
+            || head_dim == 0
+            || !head_dim.is_multiple_of(2)
+        {
             bail!("lora_stack: {h} heads and {kv} key/value heads of width {head_dim} do not fit");
         }
         let (q_width, kv_width) = (h * head_dim, kv * head_dim);
