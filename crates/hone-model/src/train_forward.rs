@@ -1,5 +1,6 @@
-//! The training-mode forward pass: the same Llama block as [`Llama::forward_hidden`],
-//! built from the differentiable custom ops of [`crate::ops`].
+//! The training-mode forward pass: the same block as [`Llama::forward_hidden`] (the one
+//! of [`crate::family`], every switch of the spec honoured), built from the
+//! differentiable custom ops of [`crate::ops`].
 //!
 //! It lives beside the inference path rather than behind a flag in it so that inference
 //! keeps its fused, cache-aware kernels untouched, while training gets ops that carry a
@@ -14,16 +15,32 @@
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
-use crate::family::Switch;
+use crate::family::{LayerKind, Switch};
 use crate::linear::BaseWeight;
-use crate::llama::{Embedding, Llama, LmHead};
+use crate::llama::{Embedding, Llama, LmHead, RopeTables};
 use crate::ops;
 
-/// The spec switches the fused training stack ([`ops::lora_stack`])
-/// implements: RoPE scaling is in the tables it is given, q/k/v biases are
-/// frozen constants added after the projections (no backward needed); every
-/// other switch refuses the model until the stack has it (and its backward).
-pub const TRAIN_SWITCHES: &[Switch] = &[Switch::RopeScaling, Switch::QkvBias];
+/// The spec switches the training path implements: all of them. Where each lives:
+/// RoPE scaling and per-layer RoPE are in the tables the stack is given (one per
+/// distinct [`crate::family::RopeSpec`]); q/k/v biases are frozen constants added after
+/// the projections; q/k norms, post norms, GELU-tanh, sliding windows and the attention
+/// scale are steps of [`ops::lora_stack`] with their backward; the embedding scale
+/// multiplies the frozen embedding rows (nothing upstream needs a gradient); the final
+/// softcap is in [`ops::lm_head_cross_entropy`] and [`Llama::train_logits`]. A switch
+/// added to the spec later is refused by training until it is listed here.
+pub const TRAIN_SWITCHES: &[Switch] = &[
+    Switch::QkvBias,
+    Switch::QkNorm,
+    Switch::PostAttentionNorm,
+    Switch::PostFfnNorm,
+    Switch::GeluTanh,
+    Switch::EmbeddingScale,
+    Switch::AttentionScale,
+    Switch::FinalLogitSoftcap,
+    Switch::SlidingWindow,
+    Switch::PerLayerRope,
+    Switch::RopeScaling,
+];
 
 /// Switches for one training-mode forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -59,19 +76,14 @@ pub struct PackedLayout {
 }
 
 impl PackedLayout {
-    /// RoPE tables `(b, t, d/2)` gathered at each token's position.
-    pub(crate) fn rope_tables(
-        &self,
-        model: &Llama,
-        b: usize,
-        t: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let pos = Tensor::from_slice(&self.positions, b * t, model.device())?;
-        let half = model.cfg.head_dim / 2;
+    /// `rope`'s tables `(b, t, d/2)` gathered at each token's position.
+    fn rope_tables(&self, rope: &RopeTables, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let pos = Tensor::from_slice(&self.positions, b * t, rope.cos.device())?;
+        let half = rope.cos.dim(1)?;
         let gather = |table: &Tensor| -> Result<Tensor> {
             Ok(table.index_select(&pos, 0)?.reshape((b, t, half))?)
         };
-        Ok((gather(&model.rope.cos)?, gather(&model.rope.sin)?))
+        Ok((gather(&rope.cos)?, gather(&rope.sin)?))
     }
 
     fn check(&self, b: usize, t: usize) -> Result<()> {
@@ -84,6 +96,17 @@ impl PackedLayout {
         }
         Ok(())
     }
+}
+
+/// What every training pass starts from: the scaled embeddings and the RoPE tables of
+/// the batch.
+pub(crate) struct TrainInputs {
+    /// `embed[ids] · embedding_scale`, `[b, t, hidden]`.
+    pub(crate) x: Tensor,
+    /// `(cos, sin)` per distinct RoPE of the model: the full layers' first, then the
+    /// sliding layers' when they have their own ([`Llama::rope_index`]). Each `(t, d/2)`,
+    /// or `(b, t, d/2)` gathered at the packed positions.
+    pub(crate) ropes: Vec<(Tensor, Tensor)>,
 }
 
 /// Loss and token counts of one training-mode pass.
@@ -110,7 +133,7 @@ impl Llama {
         packed: Option<&PackedLayout>,
         opts: TrainOptions,
     ) -> Result<Tensor> {
-        let (mut x, cos, sin) = self.train_inputs(input_ids, packed)?;
+        let inputs = self.train_inputs(input_ids, packed)?;
         let p = opts.lora_dropout;
         if !(0.0..1.0).contains(&p) {
             return Err(ModelError::Adapter(format!(
@@ -118,26 +141,38 @@ impl Llama {
             )));
         }
         let (layers, theta) = self.stack_layers(opts.use_adapters)?;
+        let ropes: Vec<(&Tensor, &Tensor)> = inputs.ropes.iter().map(|(c, s)| (c, s)).collect();
         let spec = ops::StackSpec {
             heads: self.cfg.num_attention_heads,
             kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
             rms_norm_eps: self.cfg.rms_norm_eps,
-            cos: &cos,
-            sin: &sin,
+            attention_scale: self.spec.attention_scale,
+            activation: self.spec.activation,
+            ropes: &ropes,
             segment_starts: packed.map(|p| p.segment_starts.as_slice()),
             dropout: (p > 0.0).then_some((p as f32, opts.dropout_seed)),
         };
-        x = ops::lora_stack(&x, theta.as_ref(), &layers, &spec)?;
+        let x = ops::lora_stack(&inputs.x, theta.as_ref(), &layers, &spec)?;
         Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)
     }
 
-    /// The embeddings `[b, t, hidden]` of `input_ids` and the RoPE tables of the batch
-    /// (per row when packed), after checking the length and the layout.
+    /// Which of [`TrainInputs::ropes`] layer `i` uses: 1 for a sliding layer of a model
+    /// whose sliding layers have their own RoPE, else 0.
+    pub(crate) fn rope_index(&self, i: usize) -> usize {
+        match (self.spec.layer(i).kind, &self.rope_sliding) {
+            (LayerKind::Sliding, Some(_)) => 1,
+            _ => 0,
+        }
+    }
+
+    /// The scaled embeddings `[b, t, hidden]` of `input_ids` and the RoPE tables of the
+    /// batch (per row when packed), after checking the spec, the length and the layout.
     pub(crate) fn train_inputs(
         &self,
         input_ids: &Tensor,
         packed: Option<&PackedLayout>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    ) -> Result<TrainInputs> {
         self.spec.require(
             "training",
             TRAIN_SWITCHES,
@@ -150,16 +185,17 @@ impl Llama {
                 max: self.cfg.max_position_embeddings,
             });
         }
-        let (cos, sin) = match packed {
-            Some(p) => {
-                p.check(b, t)?;
-                p.rope_tables(self, b, t)?
-            }
-            None => (
-                self.rope.cos.narrow(0, 0, t)?,
-                self.rope.sin.narrow(0, 0, t)?,
-            ),
+        if let Some(p) = packed {
+            p.check(b, t)?;
+        }
+        let tables = |rope: &RopeTables| match packed {
+            Some(p) => p.rope_tables(rope, b, t),
+            None => rope.slice(0, t),
         };
+        let mut ropes = vec![tables(&self.rope)?];
+        if let Some(r) = &self.rope_sliding {
+            ropes.push(tables(r)?);
+        }
         let x = match &self.embed_tokens {
             Embedding::Dense(w) => w.index_select(&input_ids.flatten_all()?, 0)?.reshape((
                 b,
@@ -168,7 +204,10 @@ impl Llama {
             ))?,
             Embedding::Packed(_) => return Err(quantized_in_training()),
         };
-        Ok((x, cos, sin))
+        // The embedding is frozen: the scale needs no backward.
+        let s = self.spec.embedding_scale;
+        let x = if s == 1.0 { x } else { (x * s as f64)? };
+        Ok(TrainInputs { x, ropes })
     }
 
     /// The decoder layers as [`ops::lora_stack`] takes them, and `theta`: every active
@@ -177,7 +216,7 @@ impl Llama {
     fn stack_layers(&self, use_adapters: bool) -> Result<(Vec<ops::StackLayer>, Option<Tensor>)> {
         let mut parts = Vec::new();
         let mut layers = Vec::with_capacity(self.layers.len());
-        for block in &self.layers {
+        for (i, block) in self.layers.iter().enumerate() {
             let (a, m) = (&block.self_attn, &block.mlp);
             let linears = [
                 &a.q_proj,
@@ -210,6 +249,14 @@ impl Llama {
                     (Some(q), Some(k), Some(v)) => Some([q.clone(), k.clone(), v.clone()]),
                     _ => None,
                 },
+                qk_norm: match (&a.q_norm, &a.k_norm) {
+                    (Some(q), Some(k)) => Some([q.clone(), k.clone()]),
+                    _ => None,
+                },
+                post_attn_norm: block.post_attn_norm.clone(),
+                post_ffn_norm: block.post_ffn_norm.clone(),
+                rope: self.rope_index(i),
+                window: self.spec.layer(i).window,
             });
         }
         let theta = (!parts.is_empty())
@@ -224,11 +271,16 @@ impl Llama {
         self.train_logits(&h)
     }
 
-    /// Projects hidden states to logits with the frozen LM head (gradient to `hidden` only).
+    /// Projects hidden states to logits with the frozen LM head (gradient to `hidden`
+    /// only), with the spec's final softcap `cap · tanh(z / cap)`.
     pub fn train_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        match &self.lm_head {
-            LmHead::Dense(w) => Ok(ops::frozen_linear(hidden, w)?),
-            LmHead::Packed(_) => Err(quantized_in_training()),
+        let z = match &self.lm_head {
+            LmHead::Dense(w) => ops::frozen_linear(hidden, w)?,
+            LmHead::Packed(_) => return Err(quantized_in_training()),
+        };
+        match self.spec.final_logit_softcap {
+            Some(cap) => Ok(((z / cap as f64)?.tanh()? * cap as f64)?),
+            None => Ok(z),
         }
     }
 
@@ -259,7 +311,8 @@ impl Llama {
         let LmHead::Dense(w) = &self.lm_head else {
             return Err(quantized_in_training());
         };
-        let (loss, accuracy) = ops::lm_head_cross_entropy(&h, w, targets, mask)?;
+        let cap = self.spec.final_logit_softcap;
+        let (loss, accuracy) = ops::lm_head_cross_entropy(&h, w, targets, mask, cap)?;
         Ok(TrainLoss { loss, accuracy })
     }
 }

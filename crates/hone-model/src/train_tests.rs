@@ -1,4 +1,8 @@
-//! Tests of the training-mode forward and LoRA parameters on a tiny random model.
+//! Tests of the training-mode forward and LoRA parameters on tiny random models: the
+//! Llama of `crate::testing`, and one model per family variant from
+//! `testdata/families` (Qwen2 biases, Qwen3 q/k norms, Gemma 3's norms, GeGLU, scales,
+//! sliding windows and per-layer RoPE, and a final softcap), whose logits transformers
+//! computed.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -139,6 +143,8 @@ fn loss_value(m: &Llama) -> f64 {
     l.loss.to_scalar::<f32>().unwrap() as f64
 }
 
+/// The autograd gradient of entry `idx` of `var` against central finite differences of
+/// the training loss of [`batch`].
 fn fd_check(var: &Var, idx: usize, m: &Llama) {
     let (input, targets, mask) = batch();
     let l = m
@@ -299,12 +305,36 @@ fn check_fused_against_unfused(targets: &str, dropout: f64, packed: bool) {
     check_fused_against_unfused_on(m, targets, dropout, packed);
 }
 
+/// Every tiny model of `testdata/families` (see its README for what each covers).
+const FAMILIES: [&str; 6] = [
+    "llama3_scaled",
+    "llama_linear",
+    "qwen2",
+    "qwen3",
+    "gemma3",
+    "gemma3_softcap",
+];
+
+/// The families whose block has steps beyond Llama's and Qwen2's biases: Qwen3's q/k
+/// norms; Gemma 3's post norms, GeGLU, embedding and attention scales, sliding windows
+/// with their own RoPE, q/k norms; and a final logit softcap.
+const NEW_FAMILIES: [&str; 3] = ["qwen3", "gemma3", "gemma3_softcap"];
+
+fn family_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/families")
+        .join(name)
+}
+
+/// The tiny model `testdata/families/<name>`, f32.
+fn tiny_family(name: &str) -> Llama {
+    load_model(&family_dir(name), WeightPath::F32).unwrap()
+}
+
 /// The tiny Qwen2 of `testdata/families/qwen2`: q/k/v biases, which the fused
 /// stack adds as frozen constants.
 fn tiny_qwen2() -> Llama {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/families/qwen2");
-    load_model(&dir, WeightPath::F32).unwrap()
+    tiny_family("qwen2")
 }
 
 fn check_fused_against_unfused_on(mut m: Llama, targets: &str, dropout: f64, packed: bool) {
@@ -378,25 +408,138 @@ fn fused_stack_matches_unfused_ops_with_qkv_bias() {
     check_fused_against_unfused_on(tiny_qwen2(), "q_proj,v_proj", 0.2, true);
 }
 
-/// Training's pass on a model with biases equals the inference pass (which
-/// matches transformers, `tests/it/families.rs`), adapters on and off.
+/// Every family's q/k norms, post norms, GeGLU, scales, windows and per-layer RoPE in
+/// the fused stack equal the same pass built from the single ops, hidden states and
+/// every LoRA gradient, with and without dropout and packing.
 #[test]
-fn train_forward_matches_inference_forward_with_qkv_bias() {
-    let mut m = tiny_qwen2();
-    let params = LoraParams::attach(&mut m, &all_linear(), 3).unwrap();
-    randomize_b(&params, 0.1);
-    let (input, _, _) = batch();
-    for use_adapters in [true, false] {
-        let inf = m
-            .forward_with(&input, 0, None, ForwardOptions { use_adapters })
+fn fused_stack_matches_unfused_ops_on_every_family() {
+    for name in NEW_FAMILIES {
+        check_fused_against_unfused_on(tiny_family(name), "all-linear", 0.0, false);
+        check_fused_against_unfused_on(tiny_family(name), "all-linear", 0.2, true);
+        check_fused_against_unfused_on(tiny_family(name), "k_proj,o_proj,down_proj", 0.0, true);
+    }
+}
+
+/// Training's pass equals the inference pass (which matches transformers,
+/// `tests/it/families.rs`) on every family, adapters on and off: logits through
+/// [`Llama::forward_train`], the path DPO takes (final softcap included).
+#[test]
+fn train_forward_matches_inference_forward_on_every_family() {
+    for name in FAMILIES {
+        let mut m = tiny_family(name);
+        let params = LoraParams::attach(&mut m, &all_linear(), 3).unwrap();
+        randomize_b(&params, 0.1);
+        let (input, _, _) = batch();
+        for use_adapters in [true, false] {
+            let inf = m
+                .forward_with(&input, 0, None, ForwardOptions { use_adapters })
+                .unwrap();
+            let opts = TrainOptions {
+                use_adapters,
+                ..TrainOptions::default()
+            };
+            let tr = m.forward_train(&input, opts).unwrap();
+            let d = max_diff(&inf, &tr);
+            assert!(d < 1e-4, "{name}: train vs inference logits differ by {d}");
+        }
+    }
+}
+
+/// transformers' fixed ids and its logits `[positions][vocab]` of `testdata/families/<name>`.
+fn transformers_logits(name: &str) -> (Vec<u32>, Vec<Vec<f64>>) {
+    let path = family_dir(name).join("logits.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = v["input_ids"].as_array().unwrap();
+    let ids = ids.iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let rows = v["logits"].as_array().unwrap().iter();
+    let logits = rows
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    (ids, logits)
+}
+
+/// The training loss (fused stack, then the fused LM head and cross-entropy) of each
+/// tiny model equals the masked mean cross-entropy of transformers' own logits for the
+/// same tokens and mask, and so does the token accuracy.
+#[test]
+fn train_loss_matches_transformers_on_every_family() {
+    for name in FAMILIES {
+        let m = tiny_family(name);
+        let (ids, logits) = transformers_logits(name);
+        let n = ids.len() - 1;
+        let mask: Vec<f32> = (0..n).map(|i| if i % 4 == 1 { 0.0 } else { 1.0 }).collect();
+        let (mut want, mut hits, mut weight) = (0f64, 0u64, 0f64);
+        for (i, row) in logits.iter().take(n).enumerate() {
+            let t = ids[i + 1] as usize;
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+            let m = mask[i] as f64;
+            want += m * (lse - row[t]);
+            weight += m;
+            let best = row.iter().position(|&z| z == max).unwrap();
+            hits += (m > 0.0 && best == t) as u64;
+        }
+        want /= weight;
+        let dev = Device::Cpu;
+        let input = Tensor::from_slice(&ids[..n], (1, n), &dev).unwrap();
+        let targets = Tensor::from_slice(&ids[1..], (1, n), &dev).unwrap();
+        let mask = Tensor::from_vec(mask, (1, n), &dev).unwrap();
+        let out = m
+            .train_loss(&input, &targets, &mask, TrainOptions::default())
             .unwrap();
-        let opts = TrainOptions {
-            use_adapters,
-            ..TrainOptions::default()
-        };
-        let tr = m.forward_train(&input, opts).unwrap();
-        let d = max_diff(&inf, &tr);
-        assert!(d < 1e-4, "train vs inference logits differ by {d}");
+        let got = out.loss.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (got - want).abs() < 1e-4,
+            "{name}: training loss {got} vs transformers' {want}"
+        );
+        assert_eq!(out.accuracy.correct, hits, "{name}: token accuracy");
+        assert_eq!(out.accuracy.total, weight as u64, "{name}");
+    }
+}
+
+/// Finite differences agree with the fused stack's LoRA gradients on the new families,
+/// through every new step: q and k (q/k norms, sliding window and local RoPE on Gemma's
+/// layer 0), o (post-attention norm), gate (GeGLU), down (post-feed-forward norm), and
+/// Gemma's full-attention layer 2 with its own RoPE.
+#[test]
+fn gradient_of_lora_entries_matches_finite_differences_on_every_family() {
+    for name in NEW_FAMILIES {
+        let mut m = tiny_family(name);
+        let params = LoraParams::attach(&mut m, &all_linear(), 11).unwrap();
+        randomize_b(&params, 0.3);
+        let last = m.layers.len() - 1;
+        let modules = [
+            "layers.0.self_attn.q_proj".to_string(),
+            "layers.0.self_attn.k_proj".to_string(),
+            "layers.0.self_attn.o_proj".to_string(),
+            "layers.0.mlp.gate_proj".to_string(),
+            "layers.0.mlp.down_proj".to_string(),
+            format!("layers.{last}.self_attn.q_proj"),
+        ];
+        for suffix in &modules {
+            let module = params
+                .modules
+                .iter()
+                .find(|mm| mm.path.ends_with(suffix.as_str()))
+                .unwrap();
+            fd_check(&module.a, 3, &m);
+            fd_check(&module.b, 5, &m);
+        }
+        if name == "gemma3" {
+            // Layer 2 is Gemma's one full-attention layer (linear-scaled global RoPE).
+            let full = params
+                .modules
+                .iter()
+                .find(|mm| mm.path.ends_with("layers.2.self_attn.v_proj"));
+            fd_check(&full.unwrap().a, 2, &m);
+        }
     }
 }
 

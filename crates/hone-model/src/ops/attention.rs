@@ -33,19 +33,27 @@ pub struct AttentionSpec<'a> {
     /// `[b·t]`: the first column each query may attend to (packed rows, whose examples
     /// must not see each other); `None`: every query sees back to column 0.
     pub segment_starts: Option<&'a [u32]>,
+    /// Multiplies `q·kᵀ`; `None`: `d^-0.5` (Gemma's `query_pre_attn_scalar^-0.5`
+    /// differs, [`crate::family::DecoderSpec::attention_scale`]).
+    pub scale: Option<f32>,
+    /// A sliding layer's window: the query at column `j` sees keys `j - w + 1 ..= j`
+    /// only (on top of its segment start); `None`: the whole causal prefix.
+    pub window: Option<usize>,
 }
 
 /// RoPE (Hugging Face "rotate_half" layout) on `q` and `k`, then causal grouped-query
-/// attention `softmax(q·kᵀ/√d)·v`, on the projections' own token-major layout:
+/// attention `softmax(q·kᵀ·scale)·v` (`scale` = `1/√d` unless the spec sets it), on the projections' own token-major layout:
 /// `q: [b, t, h·d]`, `k`, `v: [b, t, kv·d]` → `[b, t, h·d]`. Query head `i` reads KV
-/// head `i / (h/kv)` (as `repeat_kv` does); query `j` sees keys from its segment start to
-/// `j`. Differentiable in `q`, `k` and `v`.
+/// head `i / (h/kv)` (as `repeat_kv` does); query `j` sees keys from its segment start
+/// (and within its window) to `j`. Differentiable in `q`, `k` and `v`.
 ///
 /// One op instead of head transposes, two RoPE ops, `repeat_kv` copies, a score matmul,
 /// a mask add, a softmax and a value matmul: none of those intermediates, nor their
 /// gradients, ever enter candle's graph.
 pub fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec) -> Result<Tensor> {
-    let dims = Dims::of(q, k, v, spec)?;
+    let dims = Dims::of(q, k, v, spec)?
+        .with_scale(spec.scale)
+        .with_window(spec.window)?;
     let table = |x: &Tensor, name: &str| -> Result<Arc<Vec<f32>>> {
         let half = dims.d / 2;
         if x.dims() != [dims.t, half] && x.dims() != [dims.b, dims.t, half] {
@@ -89,6 +97,8 @@ pub(crate) struct Dims {
     t: usize,
     d: usize,
     scale: f32,
+    /// A sliding layer's window (see [`AttentionSpec::window`]).
+    window: Option<usize>,
 }
 
 impl Dims {
@@ -101,6 +111,34 @@ impl Dims {
             t,
             d,
             scale: 1.0 / (d as f32).sqrt(),
+            window: None,
+        }
+    }
+
+    /// These dims with the scores scaled by `scale` (`None`: keep `d^-0.5`).
+    pub(crate) fn with_scale(self, scale: Option<f32>) -> Self {
+        Self {
+            scale: scale.unwrap_or(self.scale),
+            ..self
+        }
+    }
+
+    /// These dims with a sliding window (`None`: full causal attention); a zero window
+    /// would leave a query nothing to attend to and is an error.
+    pub(crate) fn with_window(self, window: Option<usize>) -> Result<Self> {
+        if window == Some(0) {
+            bail!("attention: a sliding window must be positive");
+        }
+        Ok(Self { window, ..self })
+    }
+
+    /// The first key column query `i` sees: its segment start (`starts`, the row's),
+    /// moved up to the window's left edge on a sliding layer.
+    fn first_visible(&self, i: usize, starts: Option<&[u32]>) -> usize {
+        let s = starts.map_or(0, |s| (s[i] as usize).min(i));
+        match self.window {
+            Some(w) => s.max((i + 1).saturating_sub(w)),
+            None => s,
         }
     }
 
@@ -344,8 +382,8 @@ fn probs_times_v(y: &mut [f32], p: &[f32], v: &[f32], t: usize, d: usize) {
 }
 
 /// The causal softmax probabilities `p = softmax(causal(q·kᵀ·scale))` of one head into
-/// `p: [t, t]`: row `i` covers columns `starts[i]..=i` (all from 0 without starts), and
-/// every other entry is an exact zero.
+/// `p: [t, t]`: row `i` covers columns `dm.first_visible(i)..=i` (its segment start and
+/// window), and every other entry is an exact zero.
 fn probs(p: &mut [f32], q: &[f32], k: &[f32], dm: &Dims, starts: Option<&[u32]>) {
     let (t, d) = (dm.t, dm.d);
     for (r0, r1) in blocks(t) {
@@ -361,7 +399,7 @@ fn probs(p: &mut [f32], q: &[f32], k: &[f32], dm: &Dims, starts: Option<&[u32]>)
         );
     }
     for (i, row) in p.chunks_exact_mut(t).enumerate() {
-        let s = starts.map_or(0, |s| (s[i] as usize).min(i));
+        let s = dm.first_visible(i, starts);
         row[..s].fill(0.0);
         let (vis, masked) = row[s..].split_at_mut(i + 1 - s);
         let shift = max(vis) * dm.scale;
@@ -506,7 +544,7 @@ fn head_backward(
             false,
         );
     }
-    softmax_backward(p, dp, t, dm.scale, starts);
+    softmax_backward(p, dp, dm, starts);
     for (r0, r1) in blocks(t) {
         let (dsb, qb) = (&dp[r0 * t..], &q[r0 * d..]);
         let dqb = &mut g.dq[r0 * d..];
@@ -533,9 +571,10 @@ fn head_backward(
 
 /// `ds = scale · p ⊙ (dp − rowsum(p ⊙ dp))` in place in `dp`, over each row's visible
 /// columns; zero elsewhere.
-fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize, scale: f32, starts: Option<&[u32]>) {
+fn softmax_backward(p: &[f32], dp: &mut [f32], dm: &Dims, starts: Option<&[u32]>) {
+    let (t, scale) = (dm.t, dm.scale);
     for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
-        let s = starts.map_or(0, |s| (s[i] as usize).min(i));
+        let s = dm.first_visible(i, starts);
         let vis = s..i + 1;
         let dot = dot(&pr[vis.clone()], &dr[vis.clone()]);
         for (x, &pv) in dr[vis.clone()].iter_mut().zip(&pr[vis]) {

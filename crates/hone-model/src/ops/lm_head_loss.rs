@@ -27,6 +27,9 @@ const CHUNK_ROWS: usize = 256;
 /// [`super::masked_cross_entropy`] and [`super::masked_token_accuracy`] give on the
 /// materialised logits (up to summation order).
 ///
+/// With `softcap = Some(cap)` the logits are `cap · tanh(hidden · wᵀ / cap)` (the spec's
+/// `final_logit_softcap`), and so is the loss's gradient through them.
+///
 /// `hidden` is `(…, h)`, `w` the frozen `(vocab, h)` head (never given a gradient);
 /// `targets` (u32 or i64) and `mask` have the leading shape of `hidden`. Differentiable
 /// with respect to `hidden`; when `hidden` carries no gradient (validation), the gradient
@@ -36,8 +39,12 @@ pub fn lm_head_cross_entropy(
     w: &Tensor,
     targets: &Tensor,
     mask: &Tensor,
+    softcap: Option<f32>,
 ) -> Result<(Tensor, TokenAccuracy)> {
     let dims = hidden.dims();
+    if softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+        bail!("lm_head_cross_entropy: the logit softcap must be positive, got {softcap:?}");
+    }
     let Some((&h, lead)) = dims.split_last() else {
         bail!("lm_head_cross_entropy: hidden states must have a feature dimension");
     };
@@ -79,6 +86,7 @@ pub fn lm_head_cross_entropy(
     let op = LmHeadLoss {
         w: w.detach().contiguous()?,
         rows,
+        softcap,
         need_grad: hidden.track_op(),
         grad: OnceLock::new(),
         accuracy: accuracy.clone(),
@@ -92,6 +100,8 @@ struct LmHeadLoss {
     w: Tensor,
     /// Trained positions: (row, target, mask weight).
     rows: Vec<(usize, usize, f32)>,
+    /// `cap · tanh(z / cap)` on the logits.
+    softcap: Option<f32>,
     need_grad: bool,
     /// `d loss / d hidden` for a unit upstream gradient, `[n, h]`.
     grad: OnceLock<Vec<f32>>,
@@ -123,6 +133,11 @@ impl LmHeadLoss {
         let x = Tensor::from_vec(x, (rows.len(), h), self.w.device())?;
         let mut logits = x.matmul(&self.w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
         let vocab = logits.len() / rows.len();
+        if let Some(cap) = self.softcap {
+            par_rows(&mut logits, vocab, vocab, |_, chunk| {
+                chunk.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
+            });
+        }
         let mut lse = vec![0f32; rows.len()];
         let mut argmax = vec![0f32; rows.len()];
         // Row statistics in parallel (each row is a 49k-wide pass).
@@ -158,8 +173,20 @@ impl LmHeadLoss {
                 let (_, t, m) = rows[row0 + i];
                 let scale = coef * m;
                 let l = lse[row0 + i];
-                d.iter_mut().for_each(|v| *v = scale * fast_exp(*v - l));
-                d[t] -= scale;
+                match self.softcap {
+                    None => {
+                        d.iter_mut().for_each(|v| *v = scale * fast_exp(*v - l));
+                        d[t] -= scale;
+                    }
+                    // Through the cap: d z = d z' · (1 − (z'/cap)²), z' the capped logit.
+                    Some(cap) => {
+                        let slope = |z: f32| 1.0 - (z / cap) * (z / cap);
+                        let at_target = scale * slope(d[t]);
+                        d.iter_mut()
+                            .for_each(|v| *v = scale * fast_exp(*v - l) * slope(*v));
+                        d[t] -= at_target;
+                    }
+                }
             }
         });
         let g = Tensor::from_vec(logits, (rows.len(), vocab), self.w.device())?;
@@ -228,6 +255,16 @@ mod tests {
     /// chunk, with weighted and masked-out positions.
     #[test]
     fn matches_the_materialised_logits_path() -> Result<()> {
+        check_against_materialised(None)
+    }
+
+    /// The same with a final logit softcap, materialised as `cap · tanh(z / cap)`.
+    #[test]
+    fn matches_the_materialised_logits_path_with_softcap() -> Result<()> {
+        check_against_materialised(Some(1.5))
+    }
+
+    fn check_against_materialised(softcap: Option<f32>) -> Result<()> {
         let dev = Device::Cpu;
         // 3 rows of t tokens span several chunks, the last one partial.
         let (b, t, h, vocab) = (3, CHUNK_ROWS + 14, 16, 37);
@@ -244,12 +281,15 @@ mod tests {
             .collect();
         let mask = Tensor::from_vec(mask, (b, t), &dev)?;
 
-        let logits = frozen_linear(hidden.as_tensor(), &w)?;
+        let mut logits = frozen_linear(hidden.as_tensor(), &w)?;
+        if let Some(cap) = softcap {
+            logits = ((logits / cap as f64)?.tanh()? * cap as f64)?;
+        }
         let want = masked_cross_entropy(&logits, &targets, &mask)?;
         let want_acc = masked_token_accuracy(&logits.detach(), &targets, &mask)?;
         let want_grad = want.backward()?.get(&hidden).unwrap().clone();
 
-        let (got, acc) = lm_head_cross_entropy(hidden.as_tensor(), &w, &targets, &mask)?;
+        let (got, acc) = lm_head_cross_entropy(hidden.as_tensor(), &w, &targets, &mask, softcap)?;
         let scaled = (got.clone() * 3.0)?;
         let got_grad = scaled.backward()?.get(&hidden).unwrap().clone();
 
@@ -267,14 +307,22 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (5, 8), &dev)?;
         let zero = Tensor::zeros(2, DType::F32, &dev)?;
         let (loss, acc) =
-            lm_head_cross_entropy(&hidden, &w, &Tensor::new(&[9u32, 1], &dev)?, &zero)?;
+            lm_head_cross_entropy(&hidden, &w, &Tensor::new(&[9u32, 1], &dev)?, &zero, None)?;
         assert_eq!(loss.to_scalar::<f32>()?, 0.0);
         assert_eq!(acc.total, 0);
         let one = Tensor::ones(2, DType::F32, &dev)?;
-        assert!(lm_head_cross_entropy(&hidden, &w, &Tensor::new(&[9u32, 1], &dev)?, &one).is_err());
         assert!(
-            lm_head_cross_entropy(&hidden, &w.t()?, &Tensor::new(&[0u32, 1], &dev)?, &one).is_err()
+            lm_head_cross_entropy(&hidden, &w, &Tensor::new(&[9u32, 1], &dev)?, &one, None)
+                .is_err()
         );
+        assert!(lm_head_cross_entropy(
+            &hidden,
+            &w.t()?,
+            &Tensor::new(&[0u32, 1], &dev)?,
+            &one,
+            None
+        )
+        .is_err());
         Ok(())
     }
 }

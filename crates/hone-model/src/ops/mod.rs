@@ -10,11 +10,14 @@
 //! both the forward and the gradient (autograd and finite differences).
 //!
 //! Training runs the decoder layers as one op, [`lora_stack`] (`stack.rs`): per layer
-//! `h = rms_norm(x)`; `q, k, v = lora(h)`; `x += lora_o(rope_attention(q, k, v))`;
-//! `x += lora_down(silu(lora_gate(h2)) · lora_up(h2))` with `h2 = rms_norm(x)`, forward
-//! and backward on plain buffers with the kernels of the single ops below. Then
-//! `rms_norm` and `lm_head_cross_entropy(hidden, w_lm, targets, mask)` on the shifted
-//! sequence. The single ops (`lora_linear`, `rope_attention`, `silu_mul`, …) stay as
+//! `h = rms_norm(x)`; `q, k, v = lora(h)` (+ frozen biases, then per-head q/k norms);
+//! `x += post_norm(lora_o(rope_attention(q, k, v)))` (the layer's RoPE table, window
+//! and score scale); `x += post_norm(lora_down(act(lora_gate(h2)) · lora_up(h2)))` with
+//! `h2 = rms_norm(x)` and `act` silu or GELU-tanh ([`glu`]); every optional step is the
+//! spec's (`crate::family`). Forward and backward run on plain buffers with the kernels
+//! of the single ops below. Then `rms_norm` and `lm_head_cross_entropy(hidden, w_lm,
+//! targets, mask, softcap)` on the shifted sequence. The single ops (`lora_linear`,
+//! `rope_attention`, `glu`, `rms_norm`, …) stay as
 //! tested building blocks: the unfused composition of them is the reference the stack is
 //! tested against, and `rope`, `causal_softmax` and `masked_cross_entropy` are the
 //! pieces of the references in turn.
@@ -27,13 +30,13 @@ mod block_test;
 mod causal_softmax;
 mod cross_entropy;
 mod frozen_linear;
+mod glu;
 pub(crate) mod kernel;
 mod lm_head_loss;
 mod lora_linear;
 mod rms_norm;
 mod rope;
 pub mod scratch;
-mod silu_mul;
 mod stack;
 #[cfg(test)]
 mod testutil;
@@ -42,9 +45,9 @@ pub use attention::{rope_attention, AttentionSpec};
 pub use causal_softmax::causal_softmax;
 pub use cross_entropy::{masked_cross_entropy, masked_token_accuracy, TokenAccuracy};
 pub use frozen_linear::frozen_linear;
+pub use glu::{glu, silu_mul};
 pub use lm_head_loss::lm_head_cross_entropy;
 pub use lora_linear::{lora_linear, Dropout};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_i};
-pub use silu_mul::silu_mul;
 pub use stack::{lora_stack, module_seed, StackLayer, StackSpec};

@@ -1,6 +1,9 @@
 //! The whole decoder stack of LoRA training as one op: every layer's norms, projections
-//! (with their adapters), attention, SwiGLU and residual adds, forward and backward, on
-//! plain buffers.
+//! (with their adapters), attention, gated feed-forward and residual adds, forward and
+//! backward, on plain buffers. Every optional step of the block in `crate::family` is
+//! here, once: frozen q/k/v biases, per-head q/k norms, the post-attention and
+//! post-feed-forward norms, SwiGLU or GeGLU, sliding windows, per-layer RoPE tables and a
+//! custom attention scale.
 //!
 //! Why one op: built from the per-layer custom ops, a step of SmolLM2 puts about 400
 //! nodes into candle's graph, and candle's backward gives every edge a zero-filled
@@ -10,7 +13,8 @@
 //! [`LayerTape`] per layer), the residual adds ride on the projections' gemm calls
 //! (`beta`/accumulate), and the backward walks the layers in reverse with the same
 //! kernels the single ops use ([`LoraKernel`], the attention [`Context`], the RMSNorm
-//! and SwiGLU slice functions), so the two paths cannot compute different things.
+//! and gated-activation slice functions), so the two paths cannot compute different
+//! things.
 //!
 //! The trainable parameters enter as one flat tensor `theta` (every adapter's `A` then
 //! `B`, layer by layer, module by module in `TARGET_MODULES` order), so that candle's
@@ -21,11 +25,12 @@
 use std::sync::{Arc, Mutex};
 
 use super::attention::{Context as AttentionContext, Dims as AttentionDims};
+use super::glu::{glu_bwd_into, glu_into};
 use super::kernel::f32_data;
 use super::lora_linear::{AdapterSlices, Dims as LinDims, Dropout, LoraGrads, LoraKernel};
 use super::rms_norm::{rms_norm_rows, rms_norm_rows_bwd};
 use super::scratch;
-use super::silu_mul::{silu_mul_bwd_into, silu_mul_into};
+use crate::family::Activation;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 
 mod layout;
@@ -70,13 +75,17 @@ pub fn lora_stack(
         Ok(Arc::new(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?))
     };
     let half = shape.head_dim / 2;
-    let per_row = spec.cos.rank() == 3;
+    let per_row = spec.ropes.first().is_some_and(|(cos, _)| cos.rank() == 3);
     let want = if per_row { b * t * half } else { t * half };
-    if spec.cos.elem_count() != want || spec.sin.elem_count() != want {
-        bail!(
-            "lora_stack: RoPE tables {:?} do not fit {b}x{t}",
-            spec.cos.dims()
-        );
+    let mut tables = Vec::with_capacity(spec.ropes.len());
+    for (cos, sin) in spec.ropes {
+        if cos.elem_count() != want || sin.elem_count() != want || (cos.rank() == 3) != per_row {
+            bail!(
+                "lora_stack: RoPE tables {:?} do not fit {b}x{t}",
+                cos.dims()
+            );
+        }
+        tables.push((table(cos)?, table(sin)?));
     }
     let starts = match spec.segment_starts {
         Some(s) if s.len() != b * t => {
@@ -89,12 +98,20 @@ pub fn lora_stack(
         Some(s) => Some(Arc::new(s.to_vec())),
         None => None,
     };
-    let attention = AttentionContext::new(
-        AttentionDims::new(b, t, (spec.heads, spec.kv_heads), shape.head_dim),
-        (table(spec.cos)?, table(spec.sin)?),
-        per_row,
-        starts,
-    );
+    let dims = AttentionDims::new(b, t, (spec.heads, spec.kv_heads), shape.head_dim)
+        .with_scale(Some(spec.attention_scale));
+    let attention = layers
+        .iter()
+        .map(|l| -> Result<AttentionContext> {
+            let (cos, sin) = &tables[l.rope];
+            Ok(AttentionContext::new(
+                dims.with_window(l.window)?,
+                (cos.clone(), sin.clone()),
+                per_row,
+                starts.clone(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let biases = layers
         .iter()
         .map(|l| {
@@ -116,6 +133,7 @@ pub fn lora_stack(
         rows: b * t,
         seq: t,
         eps: spec.rms_norm_eps as f32,
+        activation: spec.activation,
         dropout: spec.dropout.filter(|(p, _)| *p > 0.0),
         attention,
         save: x.track_op() || theta.track_op(),
@@ -129,23 +147,31 @@ pub fn lora_stack(
     x.contiguous()?.apply_op2(&theta, op)
 }
 
-/// What one layer's backward reads, saved by the forward. The SwiGLU product and the
-/// attention probabilities are recomputed rather than kept.
+/// What one layer's backward reads, saved by the forward. The gated activation and the
+/// attention probabilities are recomputed rather than kept. The buffers of steps a
+/// layer does not have (q/k norms, post norms) stay empty.
 struct LayerTape {
     /// The layer's input (residual stream) and its normed copy.
     x_in: Vec<f32>,
     h1: Vec<f32>,
-    /// Projections before RoPE, token-major.
+    /// Attention's inputs before RoPE (after bias and q/k norm), token-major.
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// q and k before their per-head norms (q/k norm layers only).
+    q_raw: Vec<f32>,
+    k_raw: Vec<f32>,
     /// Attention output (o_proj's input).
     y: Vec<f32>,
+    /// o_proj's output before the post-attention norm (post-norm layers only).
+    o: Vec<f32>,
     /// Residual stream after attention, and its normed copy (the MLP's input).
     x_mid: Vec<f32>,
     h2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// down_proj's output before the post-feed-forward norm (post-norm layers only).
+    down: Vec<f32>,
     /// Per module: `dropout(input)·Aᵀ` (empty without an adapter).
     xa: [Vec<f32>; 7],
 }
@@ -155,8 +181,8 @@ impl LayerTape {
     fn recycle(self) {
         let [xa0, xa1, xa2, xa3, xa4, xa5, xa6] = self.xa;
         recycle([
-            self.x_in, self.h1, self.q, self.k, self.v, self.y, self.x_mid, self.h2, self.gate,
-            self.up, xa0, xa1, xa2, xa3, xa4, xa5, xa6,
+            self.x_in, self.h1, self.q, self.k, self.v, self.q_raw, self.k_raw, self.y, self.o,
+            self.x_mid, self.h2, self.gate, self.up, self.down, xa0, xa1, xa2, xa3, xa4, xa5, xa6,
         ]);
     }
 }
@@ -189,8 +215,10 @@ struct Stack {
     /// Tokens per row (the batch is `rows / seq` rows).
     seq: usize,
     eps: f32,
+    activation: Activation,
     dropout: Option<(f32, u64)>,
-    attention: AttentionContext,
+    /// Per layer: its attention (RoPE table, window, scale).
+    attention: Vec<AttentionContext>,
     /// Whether a backward can follow (an input tracks a gradient): only then are the
     /// tapes kept.
     save: bool,
@@ -211,15 +239,39 @@ struct LayerData<'a> {
     input_norm: &'a [f32],
     post_norm: &'a [f32],
     weights: [&'a [f32]; 7],
+    /// q's and k's per-head norm weights.
+    qk_norm: Option<[&'a [f32]; 2]>,
+    post_attn_norm: Option<&'a [f32]>,
+    post_ffn_norm: Option<&'a [f32]>,
+}
+
+/// `norm(x)` of `x`'s rows of width `d` into a new pooled buffer.
+fn normed(x: &[f32], w: &[f32], eps: f32, d: usize) -> Vec<f32> {
+    let mut y = scratch::take(x.len());
+    rms_norm_rows(x, w, eps, &mut y, d);
+    y
+}
+
+/// The gradient of `norm(x)`'s input for the output gradient `g`, in a new pooled buffer.
+fn normed_bwd(x: &[f32], w: &[f32], g: &[f32], eps: f32, d: usize) -> Vec<f32> {
+    let mut dx = scratch::take(x.len());
+    rms_norm_rows_bwd(x, w, g, eps, (&mut dx, false), d);
+    dx
 }
 
 impl Stack {
     /// Runs `f` with slices of layer `li`'s frozen tensors.
     fn with_layer<T>(&self, li: usize, f: impl FnOnce(&LayerData) -> Result<T>) -> Result<T> {
         let l = &self.layers[li];
-        let guards: Vec<_> = std::iter::once(&l.input_norm)
-            .chain(std::iter::once(&l.post_norm))
+        let [qn, kn] = l
+            .qk_norm
+            .as_ref()
+            .map_or([None, None], |[q, k]| [Some(q), Some(k)]);
+        let optional = [qn, kn, l.post_attn_norm.as_ref(), l.post_ffn_norm.as_ref()];
+        let guards: Vec<_> = [&l.input_norm, &l.post_norm]
+            .into_iter()
             .chain(l.weights.iter())
+            .chain(optional.into_iter().flatten())
             .map(|t| t.storage_and_layout())
             .collect();
         let mut slices = Vec::with_capacity(guards.len());
@@ -229,10 +281,20 @@ impl Stack {
                 _ => bail!("lora_stack: only the CPU backend is supported"),
             }
         }
+        // The optional tensors follow the nine fixed ones, in `optional`'s order.
+        let mut rest = slices[9..].iter().copied();
+        let mut next = |present: bool| present.then(|| rest.next()).flatten();
+        let qk_norm = match (next(qn.is_some()), next(kn.is_some())) {
+            (Some(q), Some(k)) => Some([q, k]),
+            _ => None,
+        };
         let data = LayerData {
             input_norm: slices[0],
             post_norm: slices[1],
             weights: std::array::from_fn(|m| slices[2 + m]),
+            qk_norm,
+            post_attn_norm: next(optional[2].is_some()),
+            post_ffn_norm: next(optional[3].is_some()),
         };
         f(&data)
     }
@@ -272,19 +334,14 @@ impl Stack {
         x_in: Vec<f32>,
         theta: &[f32],
     ) -> Result<(Vec<f32>, LayerTape)> {
-        let (n, hd, kvw, im) = (
-            self.rows,
-            self.shape.hidden,
-            self.shape.kv_width,
-            self.shape.intermediate,
-        );
+        let (n, hd, im) = (self.rows, self.shape.hidden, self.shape.intermediate);
+        let (qw, kvw, dh) = (self.shape.q_width, self.shape.kv_width, self.shape.head_dim);
         self.with_layer(li, |ld| {
             let kern = |m: usize| self.kernel(li, m, ld.weights[m], theta);
             let mut xa: [Vec<f32>; 7] = Default::default();
-            let mut h1 = scratch::take(n * hd);
-            rms_norm_rows(&x_in, ld.input_norm, self.eps, &mut h1, hd);
+            let h1 = normed(&x_in, ld.input_norm, self.eps, hd);
             let (mut q, mut k, mut v) = (
-                scratch::take(n * hd),
+                scratch::take(n * qw),
                 scratch::take(n * kvw),
                 scratch::take(n * kvw),
             );
@@ -296,18 +353,26 @@ impl Stack {
                 add_rows(&mut k, bk);
                 add_rows(&mut v, bv);
             }
-            let y = self.attention.forward(&q, &k, &v);
-            let mut x_mid = copy(&x_in);
-            xa[O] = kern(O).forward(&y, &mut x_mid, true);
-            let mut h2 = scratch::take(n * hd);
-            rms_norm_rows(&x_mid, ld.post_norm, self.eps, &mut h2, hd);
+            let (mut q_raw, mut k_raw) = (Vec::new(), Vec::new());
+            if let Some([wq, wk]) = ld.qk_norm {
+                q_raw = std::mem::take(&mut q);
+                k_raw = std::mem::take(&mut k);
+                q = normed(&q_raw, wq, self.eps, dh);
+                k = normed(&k_raw, wk, self.eps, dh);
+            }
+            let y = self.attention[li].forward(&q, &k, &v);
+            let (x_mid, o) = self.residual_add(&x_in, ld.post_attn_norm, |out, acc| {
+                xa[O] = kern(O).forward(&y, out, acc);
+            });
+            let h2 = normed(&x_mid, ld.post_norm, self.eps, hd);
             let (mut gate, mut up) = (scratch::take(n * im), scratch::take(n * im));
             xa[GATE] = kern(GATE).forward(&h2, &mut gate, false);
             xa[UP] = kern(UP).forward(&h2, &mut up, false);
             let mut act = scratch::take(n * im);
-            silu_mul_into(&gate, &up, &mut act);
-            let mut out = copy(&x_mid);
-            xa[DOWN] = kern(DOWN).forward(&act, &mut out, true);
+            glu_into(self.activation, &gate, &up, &mut act);
+            let (out, down) = self.residual_add(&x_mid, ld.post_ffn_norm, |out, acc| {
+                xa[DOWN] = kern(DOWN).forward(&act, out, acc);
+            });
             scratch::give(act);
             let tape = LayerTape {
                 x_in,
@@ -315,15 +380,41 @@ impl Stack {
                 q,
                 k,
                 v,
+                q_raw,
+                k_raw,
                 y,
+                o,
                 x_mid,
                 h2,
                 gate,
                 up,
+                down,
                 xa,
             };
             Ok((out, tape))
         })
+    }
+
+    /// `x + f` or, with a post norm `w`, `x + norm(f, w)`, where `project(out, acc)`
+    /// writes `f` into `out` (adding to it when `acc`). Without a norm the projection
+    /// accumulates straight onto a copy of the residual stream; with one, `f` is kept
+    /// (the second value) for the norm's backward.
+    fn residual_add(
+        &self,
+        x: &[f32],
+        post_norm: Option<&[f32]>,
+        project: impl FnOnce(&mut [f32], bool),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let Some(w) = post_norm else {
+            let mut out = copy(x);
+            project(&mut out, true);
+            return (out, Vec::new());
+        };
+        let mut f = scratch::take(x.len());
+        project(&mut f, false);
+        let mut out = normed(&f, w, self.eps, self.shape.hidden);
+        out.iter_mut().zip(x).for_each(|(o, &xv)| *o += xv);
+        (out, f)
     }
 
     /// One layer backward: `g` holds the gradient of the layer's output and becomes that
@@ -337,29 +428,37 @@ impl Stack {
         (theta, dtheta): (&[f32], &mut [f32]),
         need_dx: bool,
     ) -> Result<()> {
-        let (n, hd, kvw, im) = (
-            self.rows,
-            self.shape.hidden,
-            self.shape.kv_width,
-            self.shape.intermediate,
-        );
+        let (n, hd, im) = (self.rows, self.shape.hidden, self.shape.intermediate);
+        let (qw, kvw, head_dim) = (self.shape.q_width, self.shape.kv_width, self.shape.head_dim);
         let mut dab = self.split_grads(li, dtheta);
         self.with_layer(li, |ld| {
             let kern = |m: usize| self.kernel(li, m, ld.weights[m], theta);
             let xa = |m: usize| Some(tape.xa[m].as_slice()).filter(|x| !x.is_empty());
-            // MLP: down, SwiGLU, gate and up, then the post-attention norm into `g`.
+            // MLP: the post-feed-forward norm, down, the gate, gate and up, then the
+            // pre-feed-forward norm into `g`.
+            let d_down = ld
+                .post_ffn_norm
+                .map(|w| normed_bwd(&tape.down, w, g, self.eps, hd));
             let act = if self.layers[li].adapters[DOWN].is_some() {
                 let mut act = scratch::take(n * im);
-                silu_mul_into(&tape.gate, &tape.up, &mut act);
+                glu_into(self.activation, &tape.gate, &tape.up, &mut act);
                 act
             } else {
                 Vec::new()
             };
             let mut d_act = scratch::take(n * im);
-            kern(DOWN).backward(&act, xa(DOWN), g, grads(Some(&mut d_act), dab[DOWN].take()));
+            let dy_down = d_down.as_deref().unwrap_or(g);
+            kern(DOWN).backward(
+                &act,
+                xa(DOWN),
+                dy_down,
+                grads(Some(&mut d_act), dab[DOWN].take()),
+            );
             scratch::give(act);
+            d_down.into_iter().for_each(scratch::give);
             let (mut d_gate, mut d_up) = (scratch::take(n * im), scratch::take(n * im));
-            silu_mul_bwd_into(&tape.gate, &tape.up, &d_act, &mut d_gate, &mut d_up);
+            let inputs = (tape.gate.as_slice(), tape.up.as_slice());
+            glu_bwd_into(self.activation, inputs, &d_act, &mut d_gate, &mut d_up);
             scratch::give(d_act);
             let mut dh = scratch::take(n * hd);
             kern(GATE).backward(
@@ -375,17 +474,29 @@ impl Stack {
             kern(UP).backward(&tape.h2, xa(UP), &d_up, acc);
             rms_norm_rows_bwd(&tape.x_mid, ld.post_norm, &dh, self.eps, (g, true), hd);
             recycle([d_gate, d_up, dh]);
-            // Attention: o_proj, attention, q/k/v, then the input norm into `g`.
-            let mut dy = scratch::take(n * hd);
-            kern(O).backward(&tape.y, xa(O), g, grads(Some(&mut dy), dab[O].take()));
-            let mut dqkv = scratch::take(n * (hd + 2 * kvw));
-            self.attention
-                .backward(&tape.q, &tape.k, &tape.v, &dy, &mut dqkv);
+            // Attention: the post-attention norm, o_proj, attention, the q/k norms,
+            // q/k/v, then the input norm into `g`.
+            let d_o = ld
+                .post_attn_norm
+                .map(|w| normed_bwd(&tape.o, w, g, self.eps, hd));
+            let mut dy = scratch::take(n * qw);
+            let dy_o = d_o.as_deref().unwrap_or(g);
+            kern(O).backward(&tape.y, xa(O), dy_o, grads(Some(&mut dy), dab[O].take()));
+            d_o.into_iter().for_each(scratch::give);
+            let mut dqkv = scratch::take(n * (qw + 2 * kvw));
+            self.attention[li].backward(&tape.q, &tape.k, &tape.v, &dy, &mut dqkv);
             scratch::give(dy);
-            let (dq, dkv) = dqkv.split_at(n * hd);
-            let (dk, dv) = dkv.split_at(n * kvw);
+            let (dq, dkv) = dqkv.split_at_mut(n * qw);
+            let (dk, dv) = dkv.split_at_mut(n * kvw);
+            if let Some([wq, wk]) = ld.qk_norm {
+                let dq_raw = normed_bwd(&tape.q_raw, wq, dq, self.eps, head_dim);
+                let dk_raw = normed_bwd(&tape.k_raw, wk, dk, self.eps, head_dim);
+                dq.copy_from_slice(&dq_raw);
+                dk.copy_from_slice(&dk_raw);
+                recycle([dq_raw, dk_raw]);
+            }
             let mut dh = need_dx.then(|| scratch::take(n * hd));
-            for (m, d, acc) in [(Q, dq, false), (K, dk, true), (V, dv, true)] {
+            for (m, d, acc) in [(Q, &*dq, false), (K, &*dk, true), (V, &*dv, true)] {
                 let out = LoraGrads {
                     dx: dh.as_deref_mut().map(|x| (x, acc)),
                     dab: dab[m].take(),

@@ -8,13 +8,8 @@ fn err(e: crate::error::ModelError) -> candle_core::Error {
 
 /// The same computation from stock differentiable candle ops: head transposes,
 /// `rope_slow`, `repeat_kv`, an additive mask, softmax and two matmuls.
-fn reference(
-    t: &[Tensor],
-    (h, kv): (usize, usize),
-    cos: &Tensor,
-    sin: &Tensor,
-    starts: Option<&[u32]>,
-) -> Result<Tensor> {
+fn reference(t: &[Tensor], (h, kv): (usize, usize), spec: &AttentionSpec) -> Result<Tensor> {
+    let (cos, sin, starts) = (spec.cos, spec.sin, spec.segment_starts);
     let (b, tt, qw) = t[0].dims3()?;
     let d = qw / h;
     let heads = |x: &Tensor, n: usize| x.reshape((b, tt, n, d))?.transpose(1, 2)?.contiguous();
@@ -40,7 +35,8 @@ fn reference(
         .map(|n| {
             let (row, i, j) = (n / (tt * tt), (n / tt) % tt, n % tt);
             let s = starts.map_or(0, |s| s[row * tt + i] as usize);
-            if j <= i && j >= s {
+            let in_window = spec.window.is_none_or(|w| j + w > i);
+            if j <= i && j >= s && in_window {
                 0.0
             } else {
                 -1e9
@@ -48,7 +44,8 @@ fn reference(
         })
         .collect();
     let mask = Tensor::from_vec(mask, (b, 1, tt, tt), q.device())?;
-    let s = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
+    let scale = spec.scale.map_or(1.0 / (d as f64).sqrt(), f64::from);
+    let s = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
     candle_nn::ops::softmax(&s, candle_core::D::Minus1)?
         .matmul(&v)?
         .transpose(1, 2)?
@@ -68,6 +65,19 @@ fn check(
     per_row: bool,
     starts: Option<Vec<u32>>,
 ) -> Result<()> {
+    check_with(b, t, (h, kv), d, per_row, starts, (None, None))
+}
+
+/// [`check`] with a custom score scale and a sliding window.
+fn check_with(
+    b: usize,
+    t: usize,
+    (h, kv): (usize, usize),
+    d: usize,
+    per_row: bool,
+    starts: Option<Vec<u32>>,
+    (scale, window): (Option<f32>, Option<usize>),
+) -> Result<()> {
     let table: Vec<usize> = if per_row {
         vec![b, t, d / 2]
     } else {
@@ -80,6 +90,8 @@ fn check(
         cos: &cos,
         sin: &sin,
         segment_starts: starts.as_deref(),
+        scale,
+        window,
     };
     check_op(
         &[
@@ -89,7 +101,7 @@ fn check(
         ],
         &[true, true, true],
         |x| rope_attention(&x[0], &x[1], &x[2], &spec),
-        |x| reference(x, (h, kv), &cos, &sin, starts.as_deref()),
+        |x| reference(x, (h, kv), &spec),
         1e-4,
     )
 }
@@ -127,6 +139,25 @@ fn rope_attention_across_row_blocks() -> Result<()> {
     check(2, t, (2, 1), 4, true, Some(starts))
 }
 
+/// Gemma 3's sliding layers: a window narrower than the sequence (alone, and with packed
+/// segments, whose starts it may lie behind or ahead of), and a custom score scale.
+#[test]
+fn rope_attention_with_window_and_scale() -> Result<()> {
+    check_with(2, 9, (4, 2), 8, false, None, (Some(0.2), Some(3)))?;
+    let starts = vec![0, 0, 0, 0, 0, 5, 5, 5, 5, 0, 0, 2, 2, 2, 2, 2, 2, 2];
+    check_with(2, 9, (2, 1), 6, true, Some(starts), (None, Some(2)))?;
+    // Across row blocks, a window wider than one block.
+    check_with(
+        1,
+        BLOCK + 30,
+        (2, 1),
+        4,
+        false,
+        None,
+        (Some(0.7), Some(BLOCK + 5)),
+    )
+}
+
 #[test]
 fn rope_attention_rejects_bad_shapes() {
     let (cos, sin) = trig(&[5, 2], 1);
@@ -136,6 +167,8 @@ fn rope_attention_rejects_bad_shapes() {
         cos: &cos,
         sin: &sin,
         segment_starts: None,
+        scale: None,
+        window: None,
     };
     let q = randn(&[1, 5, 12], 1);
     let k = randn(&[1, 5, 8], 2);
@@ -167,4 +200,9 @@ fn rope_attention_rejects_bad_shapes() {
         rope_attention(&q, &k, &k, &bad).is_err(),
         "table for 6 tokens"
     );
+    let bad = AttentionSpec {
+        window: Some(0),
+        ..spec(3, 3)
+    };
+    assert!(rope_attention(&q, &k, &k, &bad).is_err(), "empty window");
 }

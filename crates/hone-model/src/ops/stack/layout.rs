@@ -4,6 +4,8 @@
 
 use candle_core::{bail, DType, Result, Tensor};
 
+use crate::family::Activation;
+
 // The projections of a layer, in the order of `StackLayer::weights` and of `theta`:
 // the model order of `TARGET_MODULES`, indexed by the constants below.
 pub(super) use crate::linear::TARGET_MODULES as MODULES;
@@ -15,13 +17,28 @@ pub(super) const GATE: usize = 4;
 pub(super) const UP: usize = 5;
 pub(super) const DOWN: usize = 6;
 
-/// One decoder layer's frozen weights and which projections carry an adapter.
+/// One decoder layer's frozen weights, which projections carry an adapter, and what
+/// the layer's attention differs in (the block of `crate::family`, every optional step).
+///
+/// Norm weights are the multipliers themselves: the loader folded Gemma's `1 + w` into
+/// them once, so the stack never adds an offset.
 #[derive(Debug, Clone)]
 pub struct StackLayer {
     /// RMSNorm weight before attention, `[hidden]`.
     pub input_norm: Tensor,
-    /// RMSNorm weight before the MLP, `[hidden]`.
+    /// RMSNorm weight before the MLP, `[hidden]` (Gemma's `pre_feedforward_layernorm`).
     pub post_norm: Tensor,
+    /// Per-head RMSNorm weights of q and k, `[head_dim]` each, applied before RoPE
+    /// (Qwen3, Gemma 3).
+    pub qk_norm: Option<[Tensor; 2]>,
+    /// RMSNorm of the attention output before its residual add, `[hidden]` (Gemma).
+    pub post_attn_norm: Option<Tensor>,
+    /// RMSNorm of the feed-forward output before its residual add, `[hidden]` (Gemma).
+    pub post_ffn_norm: Option<Tensor>,
+    /// Which of [`StackSpec::ropes`] this layer rotates q and k with.
+    pub rope: usize,
+    /// A sliding layer's window (see `ops::AttentionSpec::window`); `None`: full.
+    pub window: Option<usize>,
     /// Frozen `[out, in]` weights in `TARGET_MODULES` order.
     pub weights: [Tensor; 7],
     /// Per projection: the adapter's `(rank, scale)`, or `None` for a frozen projection.
@@ -36,10 +53,17 @@ pub struct StackLayer {
 pub struct StackSpec<'a> {
     pub heads: usize,
     pub kv_heads: usize,
+    /// Width of one attention head (not always `hidden / heads`: Qwen3, Gemma 3).
+    pub head_dim: usize,
     pub rms_norm_eps: f64,
-    /// RoPE tables `(t, d/2)`, or `(b, t, d/2)` for packed rows.
-    pub cos: &'a Tensor,
-    pub sin: &'a Tensor,
+    /// Multiplies `q·kᵀ` (`head_dim^-0.5`, or Gemma's `query_pre_attn_scalar^-0.5`).
+    pub attention_scale: f32,
+    /// The gate activation of the feed-forward.
+    pub activation: Activation,
+    /// The distinct RoPE tables `(cos, sin)` of the pass, each `(t, d/2)`, or
+    /// `(b, t, d/2)` for packed rows; a layer picks one by [`StackLayer::rope`]
+    /// (Gemma's sliding layers have their own base).
+    pub ropes: &'a [(&'a Tensor, &'a Tensor)],
     /// Packed rows: `[b·t]` segment starts (see `ops::AttentionSpec`).
     pub segment_starts: Option<&'a [u32]>,
     /// LoRA dropout on every adapter's input: the probability and the pass's seed
@@ -53,6 +77,8 @@ pub(super) struct Shapes {
     pub(super) hidden: usize,
     pub(super) intermediate: usize,
     pub(super) head_dim: usize,
+    /// `heads · head_dim`: q's width and o's input width.
+    pub(super) q_width: usize,
     pub(super) kv_width: usize,
     /// Per layer, per module: the offset of its `A` in `theta` (its `B` follows).
     pub(super) offsets: Vec<[usize; 7]>,
@@ -63,37 +89,52 @@ pub(super) struct Shapes {
 
 impl Shapes {
     pub(super) fn of(layers: &[StackLayer], hidden: usize, spec: &StackSpec) -> Result<Self> {
-        let (h, kv) = (spec.heads, spec.kv_heads);
+        let (h, kv, head_dim) = (spec.heads, spec.kv_heads, spec.head_dim);
         if h == 0
             || kv == 0
             || !h.is_multiple_of(kv)
-            || !hidden.is_multiple_of(h)
-            || !(hidden / h).is_multiple_of(2)
+            || head_dim == 0
+            || !head_dim.is_multiple_of(2)
         {
-            bail!("lora_stack: {h} heads and {kv} key/value heads do not fit width {hidden}");
+            bail!("lora_stack: {h} heads and {kv} key/value heads of width {head_dim} do not fit");
         }
-        let head_dim = hidden / h;
-        let kv_width = kv * head_dim;
+        let (q_width, kv_width) = (h * head_dim, kv * head_dim);
         let intermediate = match layers.first() {
             Some(l) => l.weights[GATE].dim(0)?,
             None => 0,
         };
         let expected = [
-            (hidden, hidden),
+            (q_width, hidden),
             (kv_width, hidden),
             (kv_width, hidden),
-            (hidden, hidden),
+            (hidden, q_width),
             (intermediate, hidden),
             (intermediate, hidden),
             (hidden, intermediate),
         ];
         let (mut offsets, mut layer_starts, mut at) = (Vec::new(), Vec::new(), 0);
         for (li, l) in layers.iter().enumerate() {
-            if l.input_norm.dims() != [hidden] || l.post_norm.dims() != [hidden] {
+            let block_norms = [Some(&l.input_norm), Some(&l.post_norm)]
+                .into_iter()
+                .chain([l.post_attn_norm.as_ref(), l.post_ffn_norm.as_ref()])
+                .flatten();
+            if block_norms.into_iter().any(|w| w.dims() != [hidden]) {
                 bail!("lora_stack: layer {li} norm weights do not have width {hidden}");
             }
+            if let Some(qk) = &l.qk_norm {
+                if qk.iter().any(|w| w.dims() != [head_dim]) {
+                    bail!("lora_stack: layer {li} q/k norm weights do not have width {head_dim}");
+                }
+            }
+            if l.rope >= spec.ropes.len() {
+                bail!(
+                    "lora_stack: layer {li} asks for RoPE table {} of {}",
+                    l.rope,
+                    spec.ropes.len()
+                );
+            }
             if let Some(bias) = &l.qkv_bias {
-                let widths = [hidden, kv_width, kv_width];
+                let widths = [q_width, kv_width, kv_width];
                 if bias.iter().zip(widths).any(|(b, w)| b.dims() != [w]) {
                     bail!("lora_stack: layer {li} q/k/v biases do not fit the projections");
                 }
@@ -121,6 +162,7 @@ impl Shapes {
             hidden,
             intermediate,
             head_dim,
+            q_width,
             kv_width,
             offsets,
             layer_starts,
@@ -130,12 +172,12 @@ impl Shapes {
 
     /// `(out, in)` of module `m`.
     pub(super) fn io(&self, m: usize) -> (usize, usize) {
-        let (hd, kv, im) = (self.hidden, self.kv_width, self.intermediate);
+        let (hd, qw, kv, im) = (self.hidden, self.q_width, self.kv_width, self.intermediate);
         [
-            (hd, hd),
+            (qw, hd),
             (kv, hd),
             (kv, hd),
-            (hd, hd),
+            (hd, qw),
             (im, hd),
             (im, hd),
             (hd, im),
