@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # one bar line per GGUF tensor fills CI logs
+import torch  # noqa: E402 (after TQDM_DISABLE)
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,7 +136,7 @@ def main() -> int:
     ap.add_argument("--adapter", required=True, type=Path, help="a PEFT adapter dir hone wrote")
     args = ap.parse_args()
     torch.manual_seed(0)
-    hf_logging.disable_progress_bar()  # one bar line per tensor fills CI logs
+    hf_logging.disable_progress_bar()
 
     step(f"transformers loads {args.gguf.name}")
     tok, base = load_base(args.gguf)
