@@ -72,8 +72,9 @@ fn config() -> SftConfig {
             "up_proj",
             "down_proj",
         ]
+        .into_iter()
         .map(String::from)
-        .to_vec(),
+        .collect(),
         adamw: AdamWConfig::default(),
         keep_checkpoints: 1,
         checkpoint_every: 0,
