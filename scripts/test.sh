@@ -13,6 +13,9 @@ if [ "${1:-}" = "--fast" ]; then
 fi
 
 export HONE_HOME="${HONE_HOME:-$PWD/.hone}"
+start=$(date +%s)
+# Each step's elapsed time, so CI shows where its 30 minutes go.
+stamp() { echo "== test.sh: $* (+$(( $(date +%s) - start ))s)"; }
 # Build the test binaries first: this also builds target/release/hone with the
 # same feature set, so nothing is compiled twice (a separate `cargo build`
 # resolves features without dev-dependencies and rebuilds every hone crate).
@@ -36,16 +39,40 @@ if ! command -v "${HONE_TEST_CHROMIUM:-chromium}" >/dev/null 2>&1; then
   echo "note: chromium not found; skipping report_renders_in_headless_chromium" >&2
   skip_browser=(--skip report_renders_in_headless_chromium)
 fi
+stamp "cargo test, real-model tests included"
 cargo test --release --workspace -- --include-ignored --skip bench_ "${skip_browser[@]}"
 
 # The README's main job, shortened (1 epoch): the fine-tuned model must pass
-# more of the held-out cases than the base model.
+# more of the held-out cases than the base model. On the default model, then
+# on Qwen2.5-Coder-0.5B (issue #15; 64 tokens per eval case are enough for the
+# house style's opening and signature).
+stamp "quickstart on the default model"
 qs_out="$(mktemp -d)"
-./target/release/hone quickstart --out "$qs_out" --epochs 1 --max-tokens 96 --require-improvement
-rm -rf "$qs_out"
+trap 'rm -rf "$qs_out"' EXIT
+./target/release/hone quickstart --out "$qs_out/default" --epochs 1 --max-tokens 96 --require-improvement
+stamp "quickstart on qwen2.5-coder-0.5b-instruct"
+./target/release/hone quickstart --model qwen2.5-coder-0.5b-instruct --out "$qs_out/qwen" \
+  --epochs 1 --max-tokens 64 --require-improvement
 
-# The official openai Python SDK against `hone serve` on the real model: the
-# seeds' fine-tuning flow, unchanged but for base_url (tests/sdk/).
+# The official openai Python SDK against `hone serve`: the seeds' fine-tuning
+# flow, unchanged but for base_url (tests/sdk/), on the default model and on
+# Qwen (its `ft:` model chatted with, plain and streaming).
+stamp "openai SDK against hone serve, default model"
 python3 -m venv target/sdk-venv
 target/sdk-venv/bin/pip install --quiet -r tests/sdk/requirements.txt
 target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$HONE_TEST_GGUF"
+stamp "openai SDK against hone serve, qwen"
+target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$HONE_TEST_QWEN_GGUF" \
+  --base-id qwen2.5-coder-0.5b-instruct
+
+# The Qwen quickstart's adapter in Python peft on transformers' model of the
+# same GGUF: no missing or unexpected keys, and the same greedy text as
+# `hone chat --weights f32 --adapter` (tests/hf/). CI must run it: a failed
+# install fails the suite.
+stamp "peft loads hone's adapter (installing torch, transformers, peft, gguf)"
+python3 -m venv target/hf-venv
+target/hf-venv/bin/pip install --quiet -r tests/hf/requirements.txt
+stamp "peft loads hone's adapter (the check)"
+target/hf-venv/bin/python tests/hf/check_peft_adapter.py --hone "$HONE_BIN" \
+  --gguf "$HONE_TEST_QWEN_GGUF" --adapter "$qs_out/qwen/adapter"
+stamp "done"

@@ -8,6 +8,11 @@ checks that a bad training file is reported with every one of its errors.
 
 Usage (scripts/test.sh runs it with a venv it makes):
     python tests/sdk/e2e_openai.py --hone target/release/hone --model GGUF
+    python tests/sdk/e2e_openai.py --hone target/release/hone --model QWEN_GGUF \
+        --base-id qwen2.5-coder-0.5b-instruct
+
+`--base-id` is the id the server gives the GGUF (a registered model's file
+keeps its registry id); the job fine-tunes it and chats with its `ft:` model.
 
 It starts its own server on a free port with a fresh HONE_HOME, and stops it
 at the end. Exit 0 when every step passed.
@@ -187,7 +192,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hone", default=str(ROOT / "target" / "release" / "hone"))
     ap.add_argument("--model", required=True, help="the base model GGUF")
-    ap.add_argument("--base-id", default=BASE)
+    ap.add_argument("--base-id", default=BASE, help="the id hone serve gives --model")
     args = ap.parse_args()
     BASE = args.base_id
     with tempfile.TemporaryDirectory(prefix="hone-sdk-") as d:

@@ -53,7 +53,7 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let adapter = a.out.join("adapter");
     let report = a.out.join("report.html");
 
-    header(1, "the default model");
+    header(1, "the base model");
     let resolved = registry::resolve(&a.model).context("getting the base model")?;
     println!("{} at {}", resolved.id, resolved.source.path().display());
     let model = a.model.clone();
@@ -61,7 +61,13 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
 
     header(2, "the example dataset (Cogsworth Cycles support)");
     let files = write_dataset(&data_dir)?;
-    let code = data::run(parse_data(&["validate", path(&files.train)])?)?;
+    // Token counts with the model that will train, not the default one.
+    let code = data::run(parse_data(&[
+        "validate",
+        path(&files.train),
+        "--model",
+        &model,
+    ])?)?;
     if code != ExitCode::SUCCESS {
         bail!("the bundled dataset did not validate");
     }

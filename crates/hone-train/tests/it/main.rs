@@ -5,4 +5,5 @@ mod common;
 mod dpo;
 mod job;
 mod packing;
+mod real_qwen;
 mod sft;
