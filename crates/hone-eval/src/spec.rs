@@ -65,6 +65,9 @@ pub struct EvalSpec {
     pub preference_file: Option<PathBuf>,
     /// Inference weights (default: the serving path, packed).
     pub weights: WeightPath,
+    /// How the evaluated model is opened (`--chat-template`); a baseline of
+    /// another model keeps its own template.
+    pub open: hone_model::OpenOptions,
 }
 
 impl EvalSpec {
@@ -87,6 +90,7 @@ impl EvalSpec {
             chat_file: None,
             preference_file: None,
             weights: SERVING_WEIGHTS,
+            open: Default::default(),
         }
     }
 }
@@ -109,7 +113,7 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     let inputs = LossInputs::load(spec)?;
     let mut warnings = Vec::new();
     let resolved = resolve_model(spec)?;
-    let mut engine = ChatEngine::load(&resolved, spec.weights)?;
+    let mut engine = ChatEngine::load_with(&resolved, spec.weights, &spec.open)?;
     let adapter_label = match &spec.adapter {
         Some(dir) => {
             let cfg = hone_model::load_peft_adapter(&mut engine.model, dir)?;

@@ -41,7 +41,7 @@ pub use llama::{ForwardOptions, Llama, WeightPath};
 pub use load::load_model;
 pub use lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};
 pub use merge::{merge_adapters, merge_to_hf_dir, write_hf_dir, MergeStats};
-pub use open::OpenModel;
+pub use open::{OpenModel, OpenOptions};
 pub use train_forward::{PackedLayout, TrainLoss, TrainOptions};
 
 /// Threads candle uses for matmuls and element-wise ops (read once).

@@ -1,5 +1,6 @@
 //! Loading a [`Llama`] of any supported family from a GGUF file or an HF
-//! directory (`config.json` + `model.safetensors`), every tensor read by the
+//! directory (`config.json` + `model.safetensors`, or the shards listed in
+//! `model.safetensors.index.json`), every tensor read by the
 //! role its [`DecoderSpec`] lists. For f32, any GGUF block type candle
 //! dequantizes (Q4_K, Q5_K, Q6_K, Q8_0, F16, BF16, …) is read.
 
@@ -79,20 +80,80 @@ impl WeightFile {
         match self {
             WeightFile::Gguf(mut src) => build(&mut src, spec, weights),
             WeightFile::HfDir(dir) => {
-                let st = dir.join("model.safetensors");
-                if !st.exists() {
-                    return Err(ModelError::NotFound(st));
-                }
-                let tensors = candle_core::safetensors::load(&st, &Device::Cpu).map_err(|e| {
-                    ModelError::CorruptSafetensors {
-                        path: st.clone(),
-                        msg: e.to_string(),
-                    }
-                })?;
+                let tensors = read_hf_weights(&dir)?;
                 build(&mut HfSource { tensors }, spec, weights)
             }
         }
     }
+}
+
+/// The single weights file of an HF directory.
+pub const HF_WEIGHTS_FILE: &str = "model.safetensors";
+/// The index of a sharded HF checkpoint: `weight_map` from tensor name to
+/// shard file (`model-00001-of-00002.safetensors`, …).
+pub const HF_WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Every tensor of an HF directory: `model.safetensors`, or the shards that
+/// `model.safetensors.index.json` lists (as transformers writes checkpoints
+/// above its shard size). A tensor the index maps to a shard must be in that
+/// shard, so a wrong index fails here rather than loading a stale tensor.
+fn read_hf_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join(HF_WEIGHTS_FILE);
+    let index = dir.join(HF_WEIGHTS_INDEX_FILE);
+    if !index.exists() {
+        if !single.exists() {
+            return Err(ModelError::NotFound(single));
+        }
+        return read_safetensors(&single);
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
+    let bad = |msg: String| ModelError::CorruptSafetensors {
+        path: index.clone(),
+        msg,
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut by_shard: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`{name}` maps to {file}, not a file name")))?;
+        // Shards are files of this directory, never paths elsewhere.
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(bad(format!(
+                "shard `{file}` is not a file name in the directory"
+            )));
+        }
+        by_shard.entry(file).or_default().push(name);
+    }
+    let mut tensors = HashMap::new();
+    for (file, names) in by_shard {
+        let path = dir.join(file);
+        if !path.exists() {
+            return Err(ModelError::NotFound(path));
+        }
+        let mut shard = read_safetensors(&path)?;
+        for name in names {
+            let t = shard
+                .remove(name)
+                .ok_or_else(|| ModelError::CorruptSafetensors {
+                    path: path.clone(),
+                    msg: format!("the index puts `{name}` in this shard, which lacks it"),
+                })?;
+            tensors.insert(name.to_string(), t);
+        }
+    }
+    Ok(tensors)
+}
+
+fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::CorruptSafetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> ModelError {

@@ -6,6 +6,13 @@
 //! read, and [`crate::load_model`] reads it back, so `--model DIR` serves a merged model
 //! with the same tokenizer and chat template as base plus adapter. Weights are kept in HF
 //! row order (GGUF's Q/K permutation is undone at load), so nothing is permuted here.
+//!
+//! Every family is written from its [`DecoderSpec`](crate::family::DecoderSpec): tensor
+//! names by role ([`DecoderSpec::tensor_name_in`](crate::family::DecoderSpec::tensor_name_in)
+//! with HF names, also for a model read from GGUF), norm weights back in HF's convention
+//! (Gemma stores `w` for a `(1 + w)` scale; hone holds the multiplier), biases and extra
+//! norms as loaded, and `config.json` from the spec (`hf_config`), read back and compared
+//! so that a model the config cannot express is refused rather than written wrong.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,10 +22,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use hone_text::ChatTokenizer;
 
-use crate::config::Config;
 use crate::error::{ModelError, Result};
+use crate::family::{NormKind, TensorRole, WeightFormat};
 use crate::linear::{BaseWeight, Linear};
-use crate::llama::{Embedding, Llama, LmHead};
+use crate::llama::{Block, Embedding, Llama, LmHead};
+
+mod hf_config;
+
+pub use hf_config::hf_config_json;
+use hf_config::{generation_config_json, tokenizer_config_json, SpecialIds};
 
 /// The files of a merged model directory.
 pub const MODEL_CONFIG_FILE: &str = "config.json";
@@ -47,20 +59,11 @@ pub fn merge_adapters(model: &mut Llama) -> Result<MergeStats> {
     Ok(MergeStats { merged_modules })
 }
 
-/// Merge writes a plain HF `LlamaConfig` and Llama tensor names: a model of
-/// another family, or with any switch (RoPE scaling included, which the
-/// written config would drop), is refused rather than written wrong.
+/// Refuses, before anything is merged or written, a model whose HF config
+/// cannot describe it (see `hf_config`): every supported family is written,
+/// but not, e.g., a Llama GGUF whose RoPE scaling is only `rope_freqs.weight`.
 fn check_mergeable(model: &Llama) -> Result<()> {
-    let family = model.spec.family;
-    if family != crate::family::Family::Llama {
-        return Err(ModelError::Unsupported(format!(
-            "merge does not support the {} family yet (it writes Llama checkpoints only)",
-            family.hf_model_type()
-        )));
-    }
-    model
-        .spec
-        .require("merge", &[], "merging this model is not implemented yet")
+    hf_config_json(&model.spec, None).map(|_| ())
 }
 
 fn in_module(path: &str, e: ModelError) -> ModelError {
@@ -94,122 +97,94 @@ fn quantized_base() -> ModelError {
 }
 
 /// The model's weights under their HF names (`model.layers.0.self_attn.q_proj.weight`, …),
-/// f32, Q/K rows in HF order. `lm_head.weight` is included only when the embeddings are
-/// not tied. Attached adapters are ignored: call [`merge_adapters`] first.
+/// f32, Q/K rows in HF order, norms in HF's convention (`w` where Gemma scales by
+/// `1 + w`): every tensor the model's [`DecoderSpec`](crate::family::DecoderSpec) lists,
+/// by role. `lm_head.weight` is included only when the embeddings are not tied. Attached
+/// adapters are ignored: call [`merge_adapters`] first.
 pub fn hf_tensors(model: &Llama) -> Result<Vec<(String, Tensor)>> {
-    let Embedding::Dense(embed) = &model.embed_tokens else {
-        return Err(quantized_base());
-    };
-    let mut out = vec![("model.embed_tokens.weight".to_string(), embed.clone())];
-    for (i, blk) in model.layers.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        let at = &blk.self_attn;
-        let m = &blk.mlp;
-        for (name, lin) in [
-            ("self_attn.q_proj", &at.q_proj),
-            ("self_attn.k_proj", &at.k_proj),
-            ("self_attn.v_proj", &at.v_proj),
-            ("self_attn.o_proj", &at.o_proj),
-            ("mlp.gate_proj", &m.gate_proj),
-            ("mlp.up_proj", &m.up_proj),
-            ("mlp.down_proj", &m.down_proj),
-        ] {
-            let BaseWeight::Dense(w) = lin.base() else {
-                return Err(quantized_base());
-            };
-            out.push((format!("{p}.{name}.weight"), w.clone()));
+    let spec = &model.spec;
+    let name = |role, layer| spec.tensor_name_in(WeightFormat::HfSafetensors, role, layer);
+    let mut out = Vec::new();
+    for role in spec.model_roles() {
+        if let Some(n) = name(role, None) {
+            out.push((n, role, model_tensor(model, role)?));
         }
-        out.push((
-            format!("{p}.input_layernorm.weight"),
-            blk.input_layernorm.clone(),
-        ));
-        out.push((
-            format!("{p}.post_attention_layernorm.weight"),
-            blk.post_attention_layernorm.clone(),
-        ));
     }
-    out.push(("model.norm.weight".to_string(), model.norm.clone()));
-    if !model.cfg.tie_word_embeddings {
-        let LmHead::Dense(w) = &model.lm_head else {
-            return Err(quantized_base());
-        };
-        out.push(("lm_head.weight".to_string(), w.clone()));
+    for (i, blk) in model.layers.iter().enumerate() {
+        for role in spec.layer_roles() {
+            if let Some(n) = name(role, Some(i)) {
+                let t = block_tensor(blk, role)?.ok_or_else(|| missing(role, i))?;
+                out.push((n, role, t));
+            }
+        }
     }
+    let one_plus = spec.norm.kind == NormKind::OnePlusScale;
     out.into_iter()
-        .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.contiguous()?)))
+        .map(|(n, role, t)| {
+            let t = t.to_dtype(DType::F32)?;
+            // hone holds Gemma's multiplier 1 + w; HF stores w.
+            let t = if one_plus && role.is_norm() {
+                (t - 1.0)?
+            } else {
+                t
+            };
+            Ok((n, t.contiguous()?))
+        })
         .collect()
 }
 
-/// Special-token ids written into `config.json` and `generation_config.json`.
-#[derive(Debug, Clone, Copy, Default)]
-struct SpecialIds {
-    bos: Option<u32>,
-    eos: Option<u32>,
+fn missing(role: TensorRole, layer: usize) -> ModelError {
+    ModelError::Config(format!(
+        "layer {layer} has no {role:?} weight although the model's spec lists it"
+    ))
 }
 
-impl SpecialIds {
-    fn of(tokenizer: Option<&ChatTokenizer>) -> Self {
-        match tokenizer {
-            Some(t) => Self {
-                bos: t.tokenizer.bos_id(),
-                eos: Some(t.tokenizer.eos_id()),
-            },
-            None => Self::default(),
-        }
+/// A model-level weight as loaded (norms as multipliers).
+fn model_tensor(model: &Llama, role: TensorRole) -> Result<Tensor> {
+    match role {
+        TensorRole::Embed => match &model.embed_tokens {
+            Embedding::Dense(w) => Ok(w.clone()),
+            Embedding::Packed(_) => Err(quantized_base()),
+        },
+        TensorRole::LmHead => match &model.lm_head {
+            LmHead::Dense(w) => Ok(w.clone()),
+            LmHead::Packed(_) => Err(quantized_base()),
+        },
+        TensorRole::FinalNorm => Ok(model.norm.clone()),
+        other => Err(ModelError::Config(format!(
+            "{other:?} is not a model-level weight hone writes"
+        ))),
     }
 }
 
-/// HF's `LlamaConfig` for `cfg` (what [`crate::family::DecoderSpec::from_hf_config`] and transformers read).
-pub fn hf_config_json(cfg: &Config, tokenizer: Option<&ChatTokenizer>) -> serde_json::Value {
-    let ids = SpecialIds::of(tokenizer);
-    serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": null,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "attention_bias": false,
-        "mlp_bias": false,
-        "bos_token_id": ids.bos,
-        "eos_token_id": ids.eos,
-        "torch_dtype": "float32",
-        "use_cache": true,
-    })
-}
-
-/// `tokenizer_config.json`: the special tokens and the chat template, so that the
-/// template survives the merge (transformers and [`ChatTokenizer::from_hf_dir`] read it).
-fn tokenizer_config_json(t: &ChatTokenizer, context: usize) -> serde_json::Value {
-    let text = |id: Option<u32>| id.and_then(|i| t.tokenizer.id_to_token(i));
-    let eos = text(Some(t.tokenizer.eos_id()));
-    serde_json::json!({
-        "tokenizer_class": "GPT2Tokenizer",
-        "bos_token": text(t.tokenizer.bos_id()),
-        "eos_token": eos,
-        "pad_token": eos,
-        "chat_template": t.template.source(),
-        "model_max_length": context,
-        "add_prefix_space": false,
-        "clean_up_tokenization_spaces": false,
-    })
-}
-
-fn generation_config_json(tokenizer: Option<&ChatTokenizer>) -> serde_json::Value {
-    let ids = SpecialIds::of(tokenizer);
-    serde_json::json!({
-        "bos_token_id": ids.bos,
-        "eos_token_id": ids.eos,
-        "pad_token_id": ids.eos,
+/// A per-layer weight as loaded (norms as multipliers); `None` when the block
+/// lacks it. A packed (quantized) projection is an error: merge writes f32.
+fn block_tensor(blk: &Block, role: TensorRole) -> Result<Option<Tensor>> {
+    use TensorRole::*;
+    let at = &blk.self_attn;
+    let m = &blk.mlp;
+    let dense = |l: &Linear| match l.base() {
+        BaseWeight::Dense(w) => Ok(Some(w.clone())),
+        BaseWeight::Packed(_) => Err(quantized_base()),
+    };
+    Ok(match role {
+        AttnNorm => Some(blk.input_layernorm.clone()),
+        FfnNorm => Some(blk.post_attention_layernorm.clone()),
+        PostAttnNorm => blk.post_attn_norm.clone(),
+        PostFfnNorm => blk.post_ffn_norm.clone(),
+        Q => return dense(&at.q_proj),
+        K => return dense(&at.k_proj),
+        V => return dense(&at.v_proj),
+        O => return dense(&at.o_proj),
+        QBias => at.q_bias.clone(),
+        KBias => at.k_bias.clone(),
+        VBias => at.v_bias.clone(),
+        QNorm => at.q_norm.clone(),
+        KNorm => at.k_norm.clone(),
+        Gate => return dense(&m.gate_proj),
+        Up => return dense(&m.up_proj),
+        Down => return dense(&m.down_proj),
+        Embed | LmHead | FinalNorm | RopeFreqs => None,
     })
 }
 
@@ -250,11 +225,11 @@ pub fn write_hf_dir(model: &Llama, tokenizer: Option<&ChatTokenizer>, out: &Path
 }
 
 fn write_files(model: &Llama, tokenizer: Option<&ChatTokenizer>, dir: &Path) -> Result<()> {
-    let cfg = hf_config_json(&model.cfg, tokenizer);
+    let cfg = hf_config_json(&model.spec, tokenizer)?;
     write_json(&dir.join(MODEL_CONFIG_FILE), &cfg)?;
     write_json(
         &dir.join(GENERATION_CONFIG_FILE),
-        &generation_config_json(tokenizer),
+        &generation_config_json(&SpecialIds::of(tokenizer)),
     )?;
     if let Some(t) = tokenizer {
         let json = t

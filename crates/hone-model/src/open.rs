@@ -14,7 +14,7 @@
 //! the token counts a user sees before training are those of the model that
 //! trains and serves.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hone_text::{ChatTokenCounter, ChatTokenizer};
 
@@ -25,6 +25,15 @@ use crate::family::DecoderSpec;
 use crate::llama::WeightPath;
 use crate::load::WeightFile;
 use crate::registry::{ModelSource, ResolvedModel};
+
+/// How to open a model beyond what its file says: the one place a front end's
+/// `--chat-template FILE` is applied, so that `hone data`, `train`, `chat`,
+/// `eval` and `serve` render with the same template for the same flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// A Jinja chat template that replaces the model's own.
+    pub chat_template: Option<PathBuf>,
+}
 
 /// A model whose configuration, tokenizer and chat template are read, and
 /// whose weights are not (yet).
@@ -56,12 +65,21 @@ impl ResolvedModel {
     /// file's header, or an HF directory's `config.json` and tokenizer
     /// files), not its weights.
     pub fn open(&self) -> Result<OpenModel> {
+        self.open_with(&OpenOptions::default())
+    }
+
+    /// [`ResolvedModel::open`] with `options` applied (the chat template
+    /// override; `tokenizer.template.origin()` says which template is used).
+    pub fn open_with(&self, options: &OpenOptions) -> Result<OpenModel> {
         let mut file = WeightFile::open(self.source.path())?;
-        let tokenizer = match file.gguf_content() {
+        let mut tokenizer = match file.gguf_content() {
             Some(content) => ChatTokenizer::from_gguf_content(content),
             None => ChatTokenizer::from_hf_dir(self.source.path()),
         }
         .map_err(text_err)?;
+        if let Some(path) = &options.chat_template {
+            tokenizer = tokenizer.with_template_file(path).map_err(text_err)?;
+        }
         let spec = file.spec()?;
         Ok(OpenModel {
             id: self.id.clone(),
@@ -124,6 +142,15 @@ impl ChatEngine {
     /// [`ResolvedModel::open`] then [`OpenModel::load`].
     pub fn load(resolved: &ResolvedModel, weights: WeightPath) -> Result<Self> {
         resolved.open()?.load(weights)
+    }
+
+    /// [`ChatEngine::load`] with `options` applied ([`ResolvedModel::open_with`]).
+    pub fn load_with(
+        resolved: &ResolvedModel,
+        weights: WeightPath,
+        options: &OpenOptions,
+    ) -> Result<Self> {
+        resolved.open_with(options)?.load(weights)
     }
 
     /// Loads a GGUF file or HF directory given by path.

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel, KNOWN_MODELS};
+use hone_model::{ChatEngine, OpenModel, OpenOptions, WeightPath};
 
 use crate::api::{Model, ModelTag};
 use crate::engines::{ModelCatalog, ServedAdapter};
@@ -21,6 +22,10 @@ pub struct BaseModel {
 pub struct BaseModels {
     models: Vec<BaseModel>,
     adapters: Vec<ServedAdapter>,
+    /// How every served model is opened (`--chat-template`): applied by
+    /// [`BaseModels::open`] and [`BaseModels::load`], which chat, the
+    /// trainer and upload checks all go through.
+    open: OpenOptions,
 }
 
 /// Why a `--model` value could not be used.
@@ -71,6 +76,27 @@ impl BaseModels {
             });
         }
         Ok(out)
+    }
+
+    /// Opens every served model with `options` (the `--chat-template` override).
+    pub fn with_open_options(mut self, options: OpenOptions) -> Self {
+        self.open = options;
+        self
+    }
+
+    /// Opens a served model (config, tokenizer, chat template; no weights)
+    /// with the server's open options.
+    pub fn open(&self, resolved: &ResolvedModel) -> hone_model::Result<OpenModel> {
+        resolved.open_with(&self.open)
+    }
+
+    /// Loads a served model's weights with the server's open options.
+    pub fn load(
+        &self,
+        resolved: &ResolvedModel,
+        weights: WeightPath,
+    ) -> hone_model::Result<ChatEngine> {
+        ChatEngine::load_with(resolved, weights, &self.open)
     }
 
     /// Resolves `--model` values against the registry under `home`: a
@@ -240,7 +266,7 @@ impl ModelCatalog for BaseModels {
     /// `hone train` does.
     fn param_count(&self, id: &str) -> Option<u64> {
         let m = self.models.iter().find(|m| m.model.id == id)?;
-        match m.resolved.open() {
+        match self.open(&m.resolved) {
             Ok(open) => Some(open.config.param_count()),
             Err(e) => {
                 tracing::warn!(model = id, error = %e, "cannot read the model's size");

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use hone_data::hparams::{Overrides, ResolvedHyperparameters};
 use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-use hone_model::{ChatEngine, Llama, LoraConfig, WeightPath};
+use hone_model::{Llama, LoraConfig, WeightPath};
 use hone_train::job::{
     DEFAULT_KEEP_CHECKPOINTS, DEFAULT_LORA_ALPHA, DEFAULT_LORA_R, DEFAULT_MAX_SEQ_LEN,
     DEFAULT_TARGET_MODULES,
@@ -222,8 +222,8 @@ impl HoneTrainer {
         let data = TrainData::read(opts.method, training_file, validation_file)
             .map_err(|e| job_error_of(&e.into()))?;
         let open = self
-            .base_model(&job.model)?
-            .open()
+            .models
+            .open(self.base_model(&job.model)?)
             .map_err(|e| load_failed(&job.model, e))?;
         let base = BaseModel {
             id: &open.id,
@@ -260,8 +260,10 @@ impl HoneTrainer {
             EventLevel::Info,
             format!("Loading base model {}", job.model),
         );
-        let engine =
-            ChatEngine::load(resolved, WeightPath::F32).map_err(|e| load_failed(&job.model, e))?;
+        let engine = self
+            .models
+            .load(resolved, WeightPath::F32)
+            .map_err(|e| load_failed(&job.model, e))?;
         let base = BaseModel {
             id: &engine.id,
             config: &engine.model.cfg,

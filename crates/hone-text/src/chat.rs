@@ -117,6 +117,15 @@ impl ChatTokenizer {
         Ok(Self::new(tokenizer, template))
     }
 
+    /// The same tokenizer with the template read from a Jinja file
+    /// (`--chat-template FILE`) instead of the model's: the template then
+    /// renders training data, prompts and token counts alike.
+    pub fn with_template_file(self, path: &Path) -> Result<Self> {
+        let (bos, eos) = special_texts(&self.tokenizer);
+        let template = ChatTemplate::from_file(path, &bos, &eos)?;
+        Ok(Self::new(self.tokenizer, template))
+    }
+
     /// Renders without a generation prompt, with per-message spans.
     pub fn render_with_spans(
         &self,

@@ -39,6 +39,10 @@ pub enum Error {
     /// template's own (including `raise_exception` texts).
     #[error("chat template error: {0}")]
     Template(String),
+    /// A template file given to override the model's (`--chat-template`)
+    /// does not compile.
+    #[error("chat template {path}: {message}")]
+    TemplateFile { path: PathBuf, message: String },
     /// Rendering a longer conversation changed the text of an earlier part,
     /// so per-message spans (and loss masks) cannot be derived safely.
     #[error("chat template is not prefix-stable at message {message_index}: {detail}")]

@@ -58,3 +58,16 @@ pub(crate) fn chat_template(dir: &Path, config: Option<&Value>) -> Result<Option
         }),
     }
 }
+
+/// Whether the directory's `config.json` describes a Gemma model (its
+/// `model_type` starts with `gemma`); false when it cannot be read.
+pub(crate) fn is_gemma_dir(dir: &Path) -> bool {
+    read_json(&dir.join("config.json"))
+        .ok()
+        .and_then(|c| {
+            c.get("model_type")?
+                .as_str()
+                .map(|t| t.starts_with("gemma"))
+        })
+        .unwrap_or(false)
+}

@@ -36,7 +36,7 @@ pub use counter::ChatTokenCounter;
 pub use error::{Error, Result};
 pub use gguf::read_gguf_content;
 pub use spans::{MessageSpan, RenderedChat};
-pub use template::{ChatTemplate, CHATML_TEMPLATE};
+pub use template::{ChatTemplate, TemplateOrigin, CHATML_TEMPLATE};
 pub use tokenizer::{DecodeStream, EncodedText, IncrementalDecoder, Tokenizer, END_OF_TURN_TOKENS};
 
 /// Re-exported message types, so callers need not depend on hone-data just

@@ -4,7 +4,7 @@
 //! `strftime_now`, a `tojson` that matches Python's `json.dumps`). The same
 //! renderer serves training and inference, so the two can't drift apart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Content;
@@ -12,7 +12,7 @@ use hone_data::types::ChatMessage;
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, ErrorKind};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gguf;
 use crate::json::python_json;
 
@@ -27,12 +27,44 @@ pub const GEMMA3_TEMPLATE: &str = include_str!("templates/gemma3.jinja");
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Where a chat template came from. Front ends print it, so a user sees
+/// which template their data is rendered with before training on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateOrigin {
+    /// The model's own (GGUF metadata, `tokenizer_config.json` or
+    /// `chat_template.jinja`).
+    Model,
+    /// hone's Gemma 3 template ([`GEMMA3_TEMPLATE`]): the model is a Gemma
+    /// and ships none (the base gemma-3-270m). `file` names what lacked it.
+    GemmaDefault { file: &'static str },
+    /// ChatML ([`CHATML_TEMPLATE`]): the model ships none.
+    ChatmlDefault { file: &'static str },
+    /// A Jinja file given with `--chat-template`, overriding the model's.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for TemplateOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TemplateOrigin::Model => write!(f, "the model's own"),
+            TemplateOrigin::GemmaDefault { file } => {
+                write!(f, "default Gemma 3 template (the {file} has none)")
+            }
+            TemplateOrigin::ChatmlDefault { file } => {
+                write!(f, "default ChatML template (the {file} has none)")
+            }
+            TemplateOrigin::File(p) => write!(f, "{} (--chat-template)", p.display()),
+        }
+    }
+}
+
 /// A compiled chat template plus the special-token strings it may use.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     /// Shared so clones (one per worker) don't recompile the template.
     env: Arc<Environment<'static>>,
     source: String,
+    origin: TemplateOrigin,
     bos_token: String,
     eos_token: String,
     end_of_turn: Vec<String>,
@@ -51,6 +83,7 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             env,
             source: source.to_string(),
+            origin: TemplateOrigin::Model,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             end_of_turn,
@@ -60,6 +93,31 @@ impl ChatTemplate {
     /// The ChatML fallback ([`CHATML_TEMPLATE`]).
     pub fn chatml(bos_token: &str, eos_token: &str) -> Result<Self> {
         Self::new(CHATML_TEMPLATE, bos_token, eos_token)
+    }
+
+    /// A template read from a Jinja file (`--chat-template FILE`), overriding
+    /// the model's own. An unreadable file or a template that does not
+    /// compile is an error naming the file, with minijinja's message and line.
+    pub fn from_file(path: &Path, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let source = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let template = Self::new(&source, bos_token, eos_token).map_err(|e| match e {
+            Error::Template(msg) => Error::TemplateFile {
+                path: path.to_path_buf(),
+                message: msg,
+            },
+            other => other,
+        })?;
+        Ok(template.with_origin(TemplateOrigin::File(path.to_path_buf())))
+    }
+
+    fn with_origin(mut self, origin: TemplateOrigin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Where this template came from.
+    pub fn origin(&self) -> &TemplateOrigin {
+        &self.origin
     }
 
     /// Sets the token texts that close an assistant turn (for loss spans).
@@ -76,15 +134,29 @@ impl ChatTemplate {
             return Self::new(src, bos_token, eos_token);
         }
         let arch = gguf::get_opt_string(content, "general.architecture")?.unwrap_or("");
-        if arch.starts_with("gemma") {
-            Self::new(GEMMA3_TEMPLATE, bos_token, eos_token)
+        Self::family_default(arch.starts_with("gemma"), "GGUF", bos_token, eos_token)
+    }
+
+    /// The template of a model that ships none: Gemma 3's for a Gemma
+    /// (ChatML's markers are not tokens in its vocabulary), else ChatML.
+    fn family_default(
+        gemma: bool,
+        file: &'static str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<Self> {
+        if gemma {
+            Ok(Self::new(GEMMA3_TEMPLATE, bos_token, eos_token)?
+                .with_origin(TemplateOrigin::GemmaDefault { file }))
         } else {
-            Self::chatml(bos_token, eos_token)
+            Ok(Self::chatml(bos_token, eos_token)?
+                .with_origin(TemplateOrigin::ChatmlDefault { file }))
         }
     }
 
     /// The template of an HF model directory (`chat_template.jinja` or
-    /// `tokenizer_config.json`'s `chat_template`), or ChatML if it has none.
+    /// `tokenizer_config.json`'s `chat_template`); with none, Gemma 3's for a
+    /// Gemma (`config.json`'s `model_type`), else ChatML.
     pub fn from_hf_dir(dir: impl AsRef<Path>, bos_token: &str, eos_token: &str) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg_path = dir.join("tokenizer_config.json");
@@ -95,7 +167,12 @@ impl ChatTemplate {
         };
         match crate::hf::chat_template(dir, config.as_ref())? {
             Some(src) => Self::new(&src, bos_token, eos_token),
-            None => Self::chatml(bos_token, eos_token),
+            None => Self::family_default(
+                crate::hf::is_gemma_dir(dir),
+                "model directory",
+                bos_token,
+                eos_token,
+            ),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct ChatArgs {
     /// --out), applied on top of the base model without merging.
     #[arg(long, env = "HONE_ADAPTER")]
     pub adapter: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub template: super::chat_template::ChatTemplateArgs,
 }
 
 /// Parses `--weights`. The values of the retired candle-quantized paths get
@@ -74,7 +76,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     validate(&args)?;
-    let mut engine = load_engine(&args.model, args.weights)?;
+    let mut engine = load_engine_with(&args.model, args.weights, &args.template.options())?;
     if let Some(dir) = &args.adapter {
         attach_adapter(&mut engine, dir)?;
     }
@@ -118,6 +120,19 @@ pub fn load_engine(spec: &str, weights: WeightPath) -> anyhow::Result<ChatEngine
     let resolved = registry::resolve(spec)?;
     ChatEngine::load(&resolved, weights)
         .with_context(|| format!("loading model {}", resolved.source.path().display()))
+}
+
+/// [`load_engine`] with `--chat-template` applied; prints the template used.
+pub fn load_engine_with(
+    spec: &str,
+    weights: WeightPath,
+    options: &hone_model::OpenOptions,
+) -> anyhow::Result<ChatEngine> {
+    let resolved = registry::resolve(spec)?;
+    let engine = ChatEngine::load_with(&resolved, weights, options)
+        .with_context(|| format!("loading model {}", resolved.source.path().display()))?;
+    super::chat_template::print_template(&engine.id, &engine.tokenizer.template);
+    Ok(engine)
 }
 
 /// Loads a PEFT adapter onto the loaded base, warning when it was trained on

@@ -70,6 +70,8 @@ pub struct InputArgs {
     /// Print the elapsed time to stderr (for measuring).
     #[arg(long, hide = true)]
     pub timings: bool,
+    #[command(flatten)]
+    pub template: super::chat_template::ChatTemplateArgs,
 }
 
 #[derive(clap::Args)]
@@ -157,8 +159,13 @@ pub struct CountingModel {
 /// `count_preference` then give exactly the lengths and trained-token counts
 /// of the `encode_chat` / `encode_preference` calls the trainer makes
 /// (tested equal in hone-text).
-pub fn open_for_counting(spec: &str) -> anyhow::Result<CountingModel> {
-    let model = hone_model::registry::resolve(spec)?.open()?;
+/// `options` carries `--chat-template`; the template used is printed.
+pub fn open_for_counting(
+    spec: &str,
+    options: &hone_model::OpenOptions,
+) -> anyhow::Result<CountingModel> {
+    let model = hone_model::registry::resolve(spec)?.open_with(options)?;
+    super::chat_template::print_template(&model.id, &model.tokenizer.template);
     Ok(CountingModel {
         counter: model.token_counter(),
         params: model.config.param_count(),
@@ -205,7 +212,7 @@ fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let (model, skipped) = if a.no_tokens {
         (None, Some("token checks skipped (--no-tokens)".to_string()))
     } else {
-        match open_for_counting(&a.input.model) {
+        match open_for_counting(&a.input.model, &a.input.template.options()) {
             Ok(m) => (Some(m), None),
             Err(e) => (
                 None,
@@ -242,7 +249,7 @@ fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn stats(a: &InputArgs) -> anyhow::Result<ExitCode> {
-    let model = open_for_counting(&a.model)
+    let model = open_for_counting(&a.model, &a.template.options())
         .with_context(|| format!("stats needs the tokenizer of model '{}'", a.model))?;
     let report = run_validation(a, Some(&model))?;
     if a.json {
@@ -303,7 +310,7 @@ fn print_stats(report: &Report) {
 }
 
 fn run_estimate(a: &EstimateArgs) -> anyhow::Result<ExitCode> {
-    let model = open_for_counting(&a.input.model)
+    let model = open_for_counting(&a.input.model, &a.input.template.options())
         .with_context(|| format!("estimate needs the tokenizer of model '{}'", a.input.model))?;
     let report = run_validation(&a.input, Some(&model))?;
     if !report.ok {
@@ -541,7 +548,7 @@ mod tests {
     #[ignore = "needs HONE_TEST_GGUF"]
     fn real_model_token_stats() {
         let path = std::env::var("HONE_TEST_GGUF").expect("HONE_TEST_GGUF");
-        let model = open_for_counting(&path).unwrap();
+        let model = open_for_counting(&path, &Default::default()).unwrap();
         assert_eq!(model.counter.context_length, 8192);
         assert!(
             (130_000_000..140_000_000).contains(&model.params),
@@ -561,6 +568,7 @@ mod tests {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             json: false,
             timings: false,
+            template: Default::default(),
         };
         let report = run_validation(&args, Some(&model)).unwrap();
         let t = report.stats.tokens.unwrap();

@@ -70,6 +70,8 @@ pub struct EvalArgs {
     /// Weights used for inference: packed (default) or f32.
     #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
+    #[command(flatten)]
+    pub template: super::chat_template::ChatTemplateArgs,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -89,6 +91,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         chat_file: args.chat_file.clone(),
         preference_file: args.preference_file.clone(),
         weights: args.weights,
+        open: args.template.options(),
     };
     let mut bar = Bar::default();
     let report = run_eval_with(&spec, &mut |p| bar.update(p));

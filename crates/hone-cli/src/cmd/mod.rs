@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod chat_template;
 pub mod data;
 pub mod eval;
 pub mod hparams;

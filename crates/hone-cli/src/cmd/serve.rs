@@ -20,6 +20,8 @@ use hone_serve::{
 pub struct ServeArgs {
     #[command(flatten)]
     pub config: ServeConfig,
+    #[command(flatten)]
+    pub template: super::chat_template::ChatTemplateArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -31,7 +33,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let models = BaseModels::resolve(&config.home, &config.models)
         .context("resolving --model")?
         .with_adapters(&config.adapters)
-        .context("resolving --adapter")?;
+        .context("resolving --adapter")?
+        .with_open_options(args.template.options());
     let models = Arc::new(models);
     let engines = engines(&config, models.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -98,13 +101,14 @@ fn chat_backend(config: &ServeConfig, models: &BaseModels) -> anyhow::Result<Loc
     let weights = options.weights;
     let mut chat = LocalChat::new(Arc::new(models.clone()), options);
     for m in models.iter() {
-        let engine = ChatEngine::load(&m.resolved, weights).with_context(|| {
+        let engine = models.load(&m.resolved, weights).with_context(|| {
             format!(
                 "loading base model {} from {}",
                 m.model.id,
                 m.resolved.source.path().display()
             )
         })?;
+        super::chat_template::print_template(&m.model.id, &engine.tokenizer.template);
         check_adapters(models, &m.model.id, &engine)?;
         chat = chat.with_base(m.model.id.clone(), engine);
     }
@@ -136,7 +140,7 @@ fn validator(models: &BaseModels) -> HoneDataValidator {
     let Some(default) = models.default_model() else {
         return v;
     };
-    match default.resolved.open() {
+    match models.open(&default.resolved) {
         Ok(model) => {
             v.options.model_name = Some(default.model.id.clone());
             v.counter = Some(Arc::new(model.token_counter()));

@@ -109,6 +109,8 @@ pub struct TrainArgs {
     /// Print training events as JSON lines on stdout instead of a progress bar.
     #[arg(long, env = "HONE_JSON_EVENTS")]
     pub json_events: bool,
+    #[command(flatten)]
+    pub template: super::chat_template::ChatTemplateArgs,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -117,7 +119,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Ok(d) => d,
         Err(e) => return data_error(e, opts.method),
     };
-    let engine = crate::cmd::chat::load_engine(&a.model, WeightPath::F32)?;
+    let engine =
+        crate::cmd::chat::load_engine_with(&a.model, WeightPath::F32, &a.template.options())?;
     let mut model = engine.model;
     let base = BaseModel {
         id: &engine.id,

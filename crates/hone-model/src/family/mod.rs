@@ -34,7 +34,7 @@
 //!
 //! Wired today: loading, the tensor forward pass and the packed decode step
 //! honour every switch; the training stack honours RoPE scaling and q/k/v
-//! biases, and merge writes plain Llama only. A path refuses a model using a
+//! biases; merge writes every family. A path refuses a model using a
 //! [`Switch`] it lacks ([`DecoderSpec::require`]), never computing it wrong.
 //!
 //! - **Loading** (`load.rs`) asks [`DecoderSpec::tensor_name`] for every
@@ -63,7 +63,10 @@
 //! - **Merge** (`merge.rs`) writes HF names from [`DecoderSpec::tensor_name_in`]
 //!   with [`WeightFormat::HfSafetensors`] (also for a model read from GGUF),
 //!   writes norm weights back in HF's convention (the multiplier minus 1 for
-//!   Gemma), and keeps biases and extra norms untouched.
+//!   Gemma), and keeps biases and extra norms untouched. Its `config.json` is
+//!   written from the spec and read back with [`DecoderSpec::from_hf_config`]:
+//!   a spec the family's config cannot express (llama.cpp's `rope_freqs`
+//!   divisors) is refused with an error naming what it cannot express.
 //!
 //! # Sources
 //!

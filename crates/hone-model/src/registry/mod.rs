@@ -85,7 +85,8 @@ pub enum RegistryError {
     },
     #[error(
         "'{0}' is a directory but not a Hugging Face model directory: it needs \
-         config.json, model.safetensors and tokenizer.json (missing: {1})"
+         config.json, model.safetensors (or model.safetensors.index.json and its shards) \
+         and tokenizer.json (missing: {1})"
     )]
     NotAModelDir(PathBuf, String),
     #[error("'{0}' is not a model file: expected a .gguf file or a model directory")]
@@ -280,7 +281,13 @@ pub fn resolve_path(path: &Path) -> Result<ResolvedModel> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
     if path.is_dir() {
-        let missing: Vec<&str> = ["config.json", "model.safetensors", "tokenizer.json"]
+        // Weights are `model.safetensors` or shards listed in its index.
+        let weights = if path.join(crate::load::HF_WEIGHTS_INDEX_FILE).exists() {
+            crate::load::HF_WEIGHTS_INDEX_FILE
+        } else {
+            crate::load::HF_WEIGHTS_FILE
+        };
+        let missing: Vec<&str> = ["config.json", weights, "tokenizer.json"]
             .into_iter()
             .filter(|f| !path.join(f).exists())
             .collect();

@@ -168,21 +168,6 @@ fn every_family_trains() {
     }
 }
 
-/// Merge writes Llama checkpoints only: other families, and Llama with RoPE
-/// scaling (which the written config would drop), are refused before anything
-/// is written.
-#[test]
-fn merge_refuses_other_families_and_switches() {
-    let dir = tempfile::tempdir().unwrap();
-    for name in FAMILIES {
-        let m = load(name, WeightPath::F32).unwrap();
-        let out = dir.path().join(name);
-        let err = unsupported(hone_model::write_hf_dir(&m, None, &out).unwrap_err());
-        assert!(err.contains("merge does not support"), "{name}: {err}");
-        assert!(!out.exists(), "{name}: nothing is written");
-    }
-}
-
 /// Every position's logits through the packed step: the first `split` ids
 /// as one prompt chunk, then one token at a time.
 fn packed_logits(m: &Llama, ids: &[u32], split: usize) -> Vec<Vec<f32>> {

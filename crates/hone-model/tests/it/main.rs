@@ -2,8 +2,10 @@
 
 mod alloc_count;
 mod batch;
+mod chat_template;
 mod families;
 mod frozen;
+mod hf_dirs;
 mod merge;
 mod open;
 mod packed;

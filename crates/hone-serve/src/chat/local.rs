@@ -119,7 +119,9 @@ impl LocalChat {
             return Ok(e.clone());
         }
         tracing::info!(model = id, path = %resolved.source.path().display(), "loading base model");
-        let engine = ChatEngine::load(resolved, self.options.weights)
+        let engine = self
+            .catalog
+            .load(resolved, self.options.weights)
             .map_err(|e| unavailable(e.to_string()))?;
         let engine = Arc::new(engine);
         bases.insert(id.to_string(), engine.clone());
