@@ -34,6 +34,14 @@ export HONE_BIN="$PWD/target/release/hone"
 # `cargo test --release -p CRATE bench_ -- --ignored --nocapture`).
 # The eval report is also rendered in headless Chromium when it is installed
 # (.ci/run installs Debian's `chromium`).
+# Python with torch, transformers, peft and gguf (tests/hf/requirements.txt):
+# merged directories are loaded by transformers in the Rust tests
+# (HONE_TEST_PYTHON), and the peft check below uses it. CI must run these: a
+# failed install fails the suite.
+stamp "python venv with torch, transformers, peft, gguf"
+python3 -m venv target/hf-venv
+target/hf-venv/bin/pip install --quiet -r tests/hf/requirements.txt
+export HONE_TEST_PYTHON="$PWD/target/hf-venv/bin/python"
 skip_browser=()
 if ! command -v "${HONE_TEST_CHROMIUM:-chromium}" >/dev/null 2>&1; then
   echo "note: chromium not found; skipping report_renders_in_headless_chromium" >&2
@@ -69,10 +77,7 @@ target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$
 # same GGUF: no missing or unexpected keys, and the same greedy text as
 # `hone chat --weights f32 --adapter` (tests/hf/). CI must run it: a failed
 # install fails the suite.
-stamp "peft loads hone's adapter (installing torch, transformers, peft, gguf)"
-python3 -m venv target/hf-venv
-target/hf-venv/bin/pip install --quiet -r tests/hf/requirements.txt
-stamp "peft loads hone's adapter (the check)"
+stamp "peft loads hone's adapter"
 target/hf-venv/bin/python tests/hf/check_peft_adapter.py --hone "$HONE_BIN" \
   --gguf "$HONE_TEST_QWEN_GGUF" --adapter "$qs_out/qwen/adapter"
 stamp "done"
