@@ -274,9 +274,9 @@ impl Registry {
                 eprintln!("Fetching {f} from {}", spec.display());
                 vec![f.clone()]
             }
-            Selection::Safetensors(fs) => {
-                eprintln!("Fetching {} files from {}", fs.len(), spec.display());
-                fs.clone()
+            Selection::Safetensors(files) => {
+                eprintln!("Fetching {} files from {}", files.len(), spec.display());
+                files.clone()
             }
         };
         let mut paths = Vec::with_capacity(names.len());
@@ -582,9 +582,12 @@ fn is_loadable_gguf(name: &str) -> bool {
     let Some(stem) = lower.strip_suffix(".gguf") else {
         return false;
     };
-    let split = stem
-        .rsplit_once("-of-")
-        .is_some_and(|(a, b)| b.len() == 5 && a.len() > 6 && a[a.len() - 6..].starts_with('-'));
+    // `…-00001-of-00003`: five digits on both sides of "-of-".
+    let digits = |s: &[u8]| s.len() == 5 && s.iter().all(u8::is_ascii_digit);
+    let split = stem.rsplit_once("-of-").is_some_and(|(a, b)| {
+        let a = a.as_bytes();
+        a.len() > 6 && a[a.len() - 6] == b'-' && digits(&a[a.len() - 5..]) && digits(b.as_bytes())
+    });
     !split && !lower.contains("mmproj")
 }
 
@@ -648,6 +651,7 @@ mod tests {
             sib("m-Q4_K_M.gguf"),
             sib("mmproj-m-q4_k_m.gguf"),
             sib("big-q4_k_m-00001-of-00002.gguf"),
+            sib("aéééé-of-00002.gguf"),
         ];
         assert_eq!(
             select_files("r", &several, None).unwrap(),
