@@ -77,9 +77,10 @@ fn check_train(home: &Path, model: &str, env: &[(&str, &str)]) -> serde_json::Va
     let v = bench_json(&hone(home, &args, env));
     assert_eq!(v["bench"], "train");
     assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0, "{v}");
-    let loss = v["loss_first"].as_f64().unwrap();
-    // A random 259-token model starts near ln(259) = 5.56.
-    assert!(loss > 4.0 && loss < 8.0, "{v}");
+    // Two AdamW steps on the same batch lower its loss.
+    let first = v["loss_first"].as_f64().unwrap();
+    let last = v["loss_last"].as_f64().unwrap();
+    assert!(first.is_finite() && last < first, "{v}");
     v
 }
 
