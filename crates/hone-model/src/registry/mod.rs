@@ -9,8 +9,12 @@
 //! registered, and moved into place atomically, so a failed or interrupted
 //! fetch never leaves a half-written model behind.
 //!
-//! `known` lists the fetchable models and `fetch` downloads them; this
-//! module owns `registry.json` and resolving a `--model` value.
+//! Any Hugging Face hub repo can be fetched too, as `hf:ORG/NAME[@REV]`
+//! (`hub`), where a hub is reachable.
+//!
+//! `known` lists the pinned models and `fetch` downloads them; `hub` fetches
+//! from a Hugging Face hub; this module owns `registry.json` and resolving a
+//! `--model` value.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -18,12 +22,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod fake_hub;
 mod fetch;
+mod hub;
+#[cfg(test)]
+mod hub_tests;
 mod known;
 #[cfg(test)]
 mod tests;
 
 pub use fetch::{manual_fetch_command, sha256_file};
+pub use hub::{HubError, HubOrigin, HubSettings, HubSpec, DEFAULT_GGUF_QUANT, HUB_PREFIX};
 pub use known::{KnownModel, WheelPart, DEFAULT_MODEL_ID, KNOWN_MODELS};
 
 /// The file that lists registered models inside `$HONE_HOME/models`.
@@ -68,15 +77,18 @@ pub struct InstalledModel {
     pub sha256: Option<String>,
     /// Unix seconds when it was registered.
     pub installed_at: u64,
+    /// The hub repo and commit, for a model fetched as `hf:ORG/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubOrigin>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error(
         "unknown model '{spec}': it is neither a registered id nor an existing path. \
-         Installed: {installed}. Fetchable: {fetchable}. A path may be a GGUF file \
-         (Llama family) or a Hugging Face directory with config.json, \
-         model.safetensors and tokenizer.json"
+         Installed: {installed}. Fetchable: {fetchable}, or any Hugging Face repo as \
+         hf:ORG/NAME. A path may be a GGUF file or a Hugging Face directory with \
+         config.json, model.safetensors and tokenizer.json"
     )]
     UnknownModel {
         spec: String,
@@ -108,6 +120,8 @@ pub enum RegistryError {
         expected: String,
         actual: String,
     },
+    #[error(transparent)]
+    Hub(#[from] HubError),
     #[error("model registry {path}: {source}")]
     Io {
         path: PathBuf,
@@ -151,6 +165,8 @@ pub struct Registry {
     /// Extra `pip download` options (pip's own `PIP_*` environment
     /// variables work too).
     pip_options: Vec<String>,
+    /// The Hugging Face hub that `hf:` specs are fetched from.
+    hub: HubSettings,
 }
 
 impl Registry {
@@ -160,7 +176,15 @@ impl Registry {
             models_dir: home.as_ref().join("models"),
             python: std::env::var("HONE_PYTHON").unwrap_or_else(|_| "python3".into()),
             pip_options: Vec::new(),
+            hub: HubSettings::from_env(),
         }
+    }
+
+    /// Fetches `hf:` specs from another hub, as another user, instead of the
+    /// one `HF_ENDPOINT` and `HF_TOKEN` name.
+    pub fn with_hub(mut self, hub: HubSettings) -> Self {
+        self.hub = hub;
+        self
     }
 
     /// Uses another Python interpreter to run pip.
@@ -191,19 +215,25 @@ impl Registry {
     }
 
     /// Turns a `--model` value into weights on disk. Order: an existing path;
-    /// a registered id; a known id, which is fetched when missing.
+    /// a registered id (an `hf:ORG/NAME` spec counts as its registered id);
+    /// a known id or an `hf:` spec, which is fetched when missing.
     pub fn resolve(&self, spec: &str) -> Result<ResolvedModel> {
         let path = Path::new(spec);
         if path.exists() {
             return resolve_path(path);
         }
-        if let Some(m) = self.installed()?.into_iter().find(|m| m.id == spec) {
+        let hub = HubSpec::parse(spec).transpose()?;
+        let id = hub.as_ref().map_or(spec.to_string(), HubSpec::model_id);
+        if let Some(m) = self.installed()?.into_iter().find(|m| m.id == id) {
             if m.source.path().exists() {
                 return Ok(ResolvedModel {
                     id: m.id,
                     source: m.source,
                 });
             }
+        }
+        if let Some(hub) = hub {
+            return self.fetch_hub(&hub, None);
         }
         if let Some(known) = KNOWN_MODELS.iter().find(|k| k.id == spec) {
             let file = self.fetch(known)?;
@@ -253,16 +283,22 @@ impl Registry {
         Ok(self.installed()?.iter().any(|m| m.id == id))
     }
 
-    /// Adds or replaces an entry, writing `registry.json` atomically.
+    /// Registers a pinned model's file.
     fn register(&self, known: &KnownModel, file: &Path) -> Result<()> {
-        let mut models = self.installed()?;
-        models.retain(|m| m.id != known.id);
-        models.push(InstalledModel {
+        self.register_entry(InstalledModel {
             id: known.id.to_string(),
             source: ModelSource::Gguf(file.to_path_buf()),
             sha256: Some(known.sha256.to_string()),
             installed_at: unix_now(),
-        });
+            hub: None,
+        })
+    }
+
+    /// Adds or replaces an entry, writing `registry.json` atomically.
+    fn register_entry(&self, entry: InstalledModel) -> Result<()> {
+        let mut models = self.installed()?;
+        models.retain(|m| m.id != entry.id);
+        models.push(entry);
         models.sort_by(|a, b| a.id.cmp(&b.id));
         let json = serde_json::to_vec_pretty(&models).expect("registry entries serialize");
         write_atomic(&self.models_dir.join(REGISTRY_FILE), &json)

@@ -1,7 +1,9 @@
 //! `hone bench train`: the real LoRA training step, timed.
 //!
 //! Mirrors the PyTorch reference (`shared/bench/pytorch/bench_train.py`): the same 4×256
-//! token batch (vendored in testdata/), labels = inputs shifted by one, so the loss is the
+//! token batch (for the default model, PyTorch's own ids, vendored in testdata/; for any
+//! other model, the same chats tokenized by that model, as the script does with
+//! `HONE_BENCH_GGUF`), labels = inputs shifted by one, so the loss is the
 //! causal-LM cross-entropy over all `batch·(seq−1)` predicted positions; LoRA r=8, alpha
 //! 16, no dropout; AdamW at lr 1e-4 with torch's weight decay 0.01 and no clipping. The
 //! timed region is forward + loss + backward + optimizer step, as there. Tokens/s counts
@@ -14,13 +16,17 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use hone_model::candle_core::{DType, Device, Tensor};
 use hone_model::registry::DEFAULT_MODEL_ID;
-use hone_model::{LoraConfig, LoraParams, TrainOptions, WeightPath};
+use hone_model::{LoraConfig, LoraParams, OpenModel, TrainOptions, WeightPath};
+use hone_text::ChatMessage;
 use hone_train::optim::{AdamW, AdamWConfig};
 
 use super::{loadavg, round2};
 
 /// The exact token batch the PyTorch benchmark trains on (4 rows of 256 ids).
 const BATCH_JSON: &str = include_str!("../../../../../testdata/train_batch_4x256.json");
+
+/// The 100 chats that batch was rendered from (`shared/bench/pytorch/data/chat100.jsonl`).
+const CHATS_JSONL: &str = include_str!("chat100.jsonl");
 
 #[derive(clap::Args)]
 pub struct TrainBenchArgs {
@@ -69,11 +75,14 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     let targets = LoraConfig::parse_target_modules(&args.targets)?;
     let t0 = Instant::now();
     let resolved = hone_model::registry::resolve(&args.model)?;
-    let mut model = resolved
-        .open()
-        .and_then(|m| m.load(WeightPath::F32))
-        .with_context(|| format!("loading {}", resolved.source.path().display()))?
-        .model;
+    let loading = || format!("loading {}", resolved.source.path().display());
+    let open = resolved.open().with_context(loading)?;
+    let ids = if resolved.id == DEFAULT_MODEL_ID {
+        reference_ids()?
+    } else {
+        chat_ids(&open)?
+    };
+    let mut model = open.load(WeightPath::F32).with_context(loading)?.model;
     let load_s = t0.elapsed().as_secs_f64();
     let lora = LoraConfig {
         r: args.lora_r,
@@ -82,7 +91,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         target_modules: targets.clone(),
     };
     let params = LoraParams::attach(&mut model, &lora, 0)?;
-    let batch = Batch::new(args.batch, args.seq, model.cfg.vocab_size)?;
+    let batch = Batch::new(&ids, args.batch, args.seq, model.cfg.vocab_size)?;
     let cfg = AdamWConfig {
         weight_decay: 0.01,
         max_grad_norm: None,
@@ -166,14 +175,16 @@ struct Batch {
 }
 
 impl Batch {
-    /// `batch × seq` ids from the reference batch, row-major, repeated if more are
+    /// `batch × seq` ids from `flat` (the token stream), row-major, repeated if more are
     /// needed (as the PyTorch script repeats its token stream). The target of position
     /// `i` is token `i+1` of the same row; the last position of each row has none
     /// (mask 0), as in transformers' shifted causal-LM loss.
-    fn new(batch: usize, seq: usize, vocab: usize) -> anyhow::Result<Self> {
-        let flat = reference_ids()?;
+    fn new(flat: &[u32], batch: usize, seq: usize, vocab: usize) -> anyhow::Result<Self> {
+        if flat.is_empty() {
+            bail!("the benchmark's token stream is empty");
+        }
         if let Some(bad) = flat.iter().find(|&&id| id as usize >= vocab) {
-            bail!("the benchmark batch holds token id {bad}, beyond this model's vocabulary of {vocab}: use a SmolLM2-vocabulary model");
+            bail!("the benchmark batch holds token id {bad}, beyond this model's vocabulary of {vocab}: its tokenizer and weights disagree");
         }
         let ids: Vec<u32> = flat.iter().copied().cycle().take(batch * seq).collect();
         let mut targets = vec![0u32; batch * seq];
@@ -193,6 +204,27 @@ impl Batch {
     }
 }
 
+/// The benchmark chats as `model` sees them, as bench_train.py builds its batch: each
+/// chat rendered with the chat template (no generation prompt), the texts concatenated,
+/// tokenized without added special tokens.
+fn chat_ids(model: &OpenModel) -> anyhow::Result<Vec<u32>> {
+    let mut text = String::new();
+    for (i, line) in CHATS_JSONL.lines().enumerate() {
+        #[derive(serde::Deserialize)]
+        struct Chat {
+            messages: Vec<ChatMessage>,
+        }
+        let chat: Chat = serde_json::from_str(line)
+            .with_context(|| format!("benchmark chat {} is not a chat", i + 1))?;
+        text += &model
+            .tokenizer
+            .template
+            .render(&chat.messages, false, None)?;
+    }
+    Ok(model.tokenizer.tokenizer.encode(&text)?)
+}
+
+/// PyTorch's batch for the default model, flattened.
 fn reference_ids() -> anyhow::Result<Vec<u32>> {
     let v: serde_json::Value = serde_json::from_str(BATCH_JSON)?;
     let rows: Vec<Vec<u32>> = serde_json::from_value(v["input_ids"].clone())?;
@@ -289,7 +321,7 @@ mod tests {
 
     #[test]
     fn batch_mirrors_the_pytorch_reference_with_shifted_targets() {
-        let b = Batch::new(4, 256, 49152).unwrap();
+        let b = Batch::new(&reference_ids().unwrap(), 4, 256, 49152).unwrap();
         let ids = b.input.to_vec2::<u32>().unwrap();
         let v: serde_json::Value = serde_json::from_str(BATCH_JSON).unwrap();
         let want: Vec<Vec<u32>> = serde_json::from_value(v["input_ids"].clone()).unwrap();
@@ -302,9 +334,37 @@ mod tests {
         let trained: f32 = m.iter().flatten().sum();
         assert_eq!(trained, (4 * 255) as f32);
         assert!(
-            Batch::new(1, 8, 100).is_err(),
+            Batch::new(&reference_ids().unwrap(), 1, 8, 100).is_err(),
             "ids beyond a tiny vocabulary"
         );
+    }
+
+    /// Another model's batch is the benchmark chats in its own tokens: here a tiny
+    /// byte-level model, whose ids are the text's bytes (shifted past its 3 specials).
+    #[test]
+    fn other_models_tokenize_the_benchmark_chats_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gguf, _) = hone_model::testing::write_tiny_model(
+            dir.path(),
+            &hone_model::testing::TinySpec::default(),
+        )
+        .unwrap();
+        let open = OpenModel::open_path(&gguf).unwrap();
+        let ids = chat_ids(&open).unwrap();
+        let first: Vec<ChatMessage> = serde_json::from_value(
+            serde_json::from_str::<serde_json::Value>(CHATS_JSONL.lines().next().unwrap()).unwrap()
+                ["messages"]
+                .clone(),
+        )
+        .unwrap();
+        let want = open.tokenizer.template.render(&first, false, None).unwrap();
+        assert!(want.starts_with("<|im_start|>system\nYou are"), "{want:?}");
+        let head = open.tokenizer.tokenizer.encode(&want).unwrap();
+        assert_eq!(&ids[..head.len()], head.as_slice());
+        assert_eq!(ids[0], 1, "<|im_start|> is one special token");
+        assert!(ids.len() > 4 * 256, "enough for the default batch");
+        let b = Batch::new(&ids, 4, 256, open.config.vocab_size).unwrap();
+        assert_eq!(b.input.dims(), &[4, 256]);
     }
 
     #[test]

@@ -1,0 +1,705 @@
+//! `hf:ORG/NAME[@REV]`: base models fetched from a Hugging Face hub with the
+//! `hf-hub` crate (its blocking client), then registered like the pinned
+//! models so the same spec resolves later without network.
+//!
+//! Files are kept in hf-hub's cache layout under `$HONE_HOME/models/hf`
+//! (not `HF_HOME`: everything hone fetches lives under one home):
+//! `models--ORG--NAME/blobs/<etag>` holds the bytes, and
+//! `models--ORG--NAME/snapshots/<commit>/<file>` links to them. A GGUF repo
+//! registers one file of that snapshot; a safetensors repo registers the
+//! snapshot directory. hf-hub downloads into `blobs/<etag>.part` and resumes
+//! from it with a `Range` request, both after a dropped connection (a few
+//! retries in the same run) and on the next run. Every file is then checked
+//! against the size the hub lists and, where the hub gives one (LFS files),
+//! its sha256; a bad file is deleted.
+//!
+//! `HF_ENDPOINT` picks the hub (default `https://huggingface.co`) and
+//! `HF_TOKEN` authenticates (private or gated repos).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Cache, Repo, RepoType};
+use serde::{Deserialize, Serialize};
+
+use super::{io_err, sha256_file, unix_now, InstalledModel, ModelSource, Registry};
+use super::{ResolvedModel, Result};
+
+/// The prefix that marks a hub spec in `--model` and `hone model fetch`.
+pub const HUB_PREFIX: &str = "hf:";
+
+/// The hub used when `HF_ENDPOINT` is not set.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// The GGUF file picked when a repo has several and no `--file` is given:
+/// the usual 4-bit trade-off, and what hone's pinned models use.
+pub const DEFAULT_GGUF_QUANT: &str = "Q4_K_M";
+
+/// The files of a safetensors repo hone needs to load it.
+const SAFETENSORS_REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// Fetched with a safetensors model when the repo has them.
+const SAFETENSORS_OPTIONAL: [&str; 3] = [
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+];
+
+/// Where to fetch from and as whom; from `HF_ENDPOINT` and `HF_TOKEN` by
+/// default.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub endpoint: String,
+    pub token: Option<String>,
+    /// In-run retries of a dropped download, each resuming where it stopped.
+    pub retries: usize,
+}
+
+impl HubSettings {
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        HubSettings {
+            endpoint: var("HF_ENDPOINT")
+                .map(|e| e.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
+            token: var("HF_TOKEN"),
+            retries: 3,
+        }
+    }
+}
+
+/// Why a hub fetch failed. Every message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(
+        "'{0}' is not a hub spec: expected hf:ORG/NAME or hf:ORG/NAME@REVISION \
+         (e.g. hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF)"
+    )]
+    BadSpec(String),
+    #[error(
+        "cannot reach the hub at {endpoint} (HF_ENDPOINT): {reason}. Check the network, \
+         or set HF_ENDPOINT to a reachable hub or mirror"
+    )]
+    Unreachable { endpoint: String, reason: String },
+    #[error("the hub refused {what} with HTTP {status}: {hint}{message}")]
+    Denied {
+        what: String,
+        status: u16,
+        hint: &'static str,
+        message: String,
+    },
+    #[error("{what} was not found on {endpoint} (HTTP 404){message}")]
+    NotFound {
+        what: String,
+        endpoint: String,
+        message: String,
+    },
+    #[error("the hub answered {what} with HTTP {status}{message}")]
+    Http {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "{repo} has no files hone can load: it needs one .gguf file, or {required} \
+         (files: {files})"
+    )]
+    NoUsableFiles {
+        repo: String,
+        required: String,
+        files: String,
+    },
+    #[error(
+        "{repo} holds sharded safetensors (model.safetensors.index.json), which hone \
+         cannot load yet; use a GGUF repo of the same model, or merge the shards into \
+         one model.safetensors"
+    )]
+    Sharded { repo: String },
+    #[error(
+        "{repo} has several GGUF files and none is {DEFAULT_GGUF_QUANT}; pick one with \
+         --file NAME: {files}"
+    )]
+    AmbiguousGguf { repo: String, files: String },
+    #[error("{repo} has no file '{file}'; its GGUF files: {files}")]
+    NoSuchFile {
+        repo: String,
+        file: String,
+        files: String,
+    },
+    #[error(
+        "{file} from {repo} is corrupt: expected {expected}, got {actual}. The bad file \
+         was deleted; run the fetch again"
+    )]
+    Checksum {
+        repo: String,
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "downloading {file} from {repo} failed: {reason}. Run the same command again to \
+         resume: the partial download is kept"
+    )]
+    Download {
+        repo: String,
+        file: String,
+        reason: String,
+    },
+    #[error("the hub's answer for {what} is not what hf-hub expects: {reason}")]
+    BadAnswer { what: String, reason: String },
+}
+
+/// A parsed `hf:ORG/NAME[@REV]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSpec {
+    /// `ORG/NAME`.
+    pub repo: String,
+    /// A branch, tag or commit; `None` means `main`.
+    pub revision: Option<String>,
+}
+
+impl HubSpec {
+    /// `None` when `spec` does not start with `hf:` (so it is some other
+    /// kind of `--model` value); an error when it does but is malformed.
+    pub fn parse(spec: &str) -> Option<std::result::Result<HubSpec, HubError>> {
+        let rest = spec.strip_prefix(HUB_PREFIX)?;
+        let (repo, revision) = match rest.split_once('@') {
+            Some((r, rev)) => (r, Some(rev)),
+            None => (rest, None),
+        };
+        let ok_part = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        let valid_repo =
+            matches!(repo.split_once('/'), Some((org, name)) if ok_part(org) && ok_part(name));
+        let valid_rev = revision.is_none_or(|r| {
+            !r.is_empty() && !r.contains("..") && !r.chars().any(|c| c.is_whitespace())
+        });
+        if !valid_repo || !valid_rev {
+            return Some(Err(HubError::BadSpec(spec.to_string())));
+        }
+        Some(Ok(HubSpec {
+            repo: repo.to_string(),
+            revision: revision.map(str::to_string),
+        }))
+    }
+
+    /// The registry id: `hf--ORG--NAME` (plus `--REV` when one was given).
+    /// Ids carry no '/' or ':' because they appear in `ft:` model names.
+    pub fn model_id(&self) -> String {
+        let mut id = format!("hf--{}", self.repo.replace('/', "--"));
+        if let Some(rev) = &self.revision {
+            id += "--";
+            id += &rev.replace('/', "-");
+        }
+        id
+    }
+
+    fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+
+    fn display(&self) -> String {
+        format!("{}{}@{}", HUB_PREFIX, self.repo, self.revision())
+    }
+}
+
+/// Where a registered model came from on the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubOrigin {
+    pub endpoint: String,
+    pub repo: String,
+    /// The revision asked for (`main` when none was).
+    pub revision: String,
+    /// The commit it pointed to when fetched.
+    pub commit: String,
+    /// The files fetched.
+    pub files: Vec<String>,
+}
+
+/// The repo listing from `/api/models/{repo}/revision/{rev}?blobs=true`.
+#[derive(Debug, Deserialize)]
+struct RepoListing {
+    sha: String,
+    siblings: Vec<Sibling>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Sibling {
+    rfilename: String,
+    size: Option<u64>,
+    lfs: Option<LfsInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LfsInfo {
+    sha256: String,
+    size: u64,
+}
+
+/// What to download from a repo, and the format it will be registered as.
+#[derive(Debug, PartialEq, Eq)]
+enum Selection {
+    Gguf(String),
+    Safetensors(Vec<String>),
+}
+
+impl Registry {
+    /// The directory hf-hub's cache lives in: `$HONE_HOME/models/hf`.
+    pub fn hub_dir(&self) -> PathBuf {
+        self.models_dir.join("hf")
+    }
+
+    /// Fetches `spec` (when `file` is given, that GGUF file of the repo),
+    /// checks every file, registers it as [`HubSpec::model_id`] and returns
+    /// it. Files already downloaded are checked, not fetched again.
+    pub fn fetch_hub(&self, spec: &HubSpec, file: Option<&str>) -> Result<ResolvedModel> {
+        let api = self.hub_api()?;
+        let listing = self.list_repo(&api, spec)?;
+        let selection = select_files(&spec.repo, &listing.siblings, file)?;
+        // Pinning the listed commit makes every file come from the same
+        // snapshot even if the branch moves during the download.
+        let repo = api.repo(Repo::with_revision(
+            spec.repo.clone(),
+            RepoType::Model,
+            listing.sha.clone(),
+        ));
+        let names = match &selection {
+            Selection::Gguf(f) => {
+                eprintln!("Fetching {f} from {}", spec.display());
+                vec![f.clone()]
+            }
+            Selection::Safetensors(files) => {
+                eprintln!("Fetching {} files from {}", files.len(), spec.display());
+                files.clone()
+            }
+        };
+        let mut paths = Vec::with_capacity(names.len());
+        for name in &names {
+            let sibling = listing.siblings.iter().find(|s| &s.rfilename == name);
+            paths.push(self.download_checked(&repo, spec, name, sibling)?);
+        }
+        let source = match selection {
+            Selection::Gguf(_) => ModelSource::Gguf(paths.remove(0)),
+            Selection::Safetensors(_) => {
+                let dir = paths[0].parent().map(Path::to_path_buf).unwrap_or_default();
+                ModelSource::HfDir(dir)
+            }
+        };
+        let sha256 = match &source {
+            ModelSource::Gguf(_) => listing
+                .siblings
+                .iter()
+                .find(|s| s.rfilename == names[0])
+                .and_then(|s| s.lfs.as_ref())
+                .map(|l| l.sha256.clone()),
+            ModelSource::HfDir(_) => None,
+        };
+        let entry = InstalledModel {
+            id: spec.model_id(),
+            source: source.clone(),
+            sha256,
+            installed_at: unix_now(),
+            hub: Some(HubOrigin {
+                endpoint: self.hub.endpoint.clone(),
+                repo: spec.repo.clone(),
+                revision: spec.revision().to_string(),
+                commit: listing.sha,
+                files: names,
+            }),
+        };
+        self.register_entry(entry)?;
+        Ok(ResolvedModel {
+            id: spec.model_id(),
+            source,
+        })
+    }
+
+    fn hub_api(&self) -> Result<Api> {
+        let dir = self.hub_dir();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // `from_cache` rather than `new`: `new` looks up the home directory
+        // for HF's default cache and token, which hone does not use.
+        ApiBuilder::from_cache(Cache::new(dir))
+            .with_endpoint(self.hub.endpoint.clone())
+            .with_token(self.hub.token.clone())
+            .with_retries(self.hub.retries)
+            .with_user_agent("hone", env!("CARGO_PKG_VERSION"))
+            .build()
+            .map_err(|e| self.hub_error(e, "the hub client".into()).into())
+    }
+
+    fn list_repo(&self, api: &Api, spec: &HubSpec) -> Result<RepoListing> {
+        let what = format!("repo {} at revision '{}'", spec.repo, spec.revision());
+        let repo = api.repo(Repo::with_revision(
+            spec.repo.clone(),
+            RepoType::Model,
+            spec.revision().to_string(),
+        ));
+        let body = repo
+            .info_request()
+            .query("blobs", "true")
+            .call()
+            .map_err(|e| self.hub_error(ApiError::RequestError(Box::new(e)), what.clone()))?
+            .into_string()
+            .map_err(|e| HubError::BadAnswer {
+                what: what.clone(),
+                reason: e.to_string(),
+            })?;
+        serde_json::from_str(&body).map_err(|e| {
+            HubError::BadAnswer {
+                what,
+                reason: format!("the listing is not the expected JSON ({e})"),
+            }
+            .into()
+        })
+    }
+
+    /// Downloads one file (resuming a partial one) and checks its size and
+    /// sha256 against the listing; deletes it when they differ.
+    fn download_checked(
+        &self,
+        repo: &ApiRepo,
+        spec: &HubSpec,
+        name: &str,
+        sibling: Option<&Sibling>,
+    ) -> Result<PathBuf> {
+        let path = repo.get(name).map_err(|e| match e {
+            ApiError::IoError(io) => HubError::Download {
+                repo: spec.repo.clone(),
+                file: name.to_string(),
+                reason: io.to_string(),
+            },
+            ApiError::TooManyRetries(inner) => HubError::Download {
+                repo: spec.repo.clone(),
+                file: name.to_string(),
+                reason: format!(
+                    "still failing after {} retries: {}",
+                    self.hub.retries,
+                    self.hub_error(*inner, format!("{name} of {}", spec.repo))
+                ),
+            },
+            other => self.hub_error(other, format!("{name} of {}", spec.repo)),
+        })?;
+        let blob = fs::canonicalize(&path).map_err(io_err(&path))?;
+        if let Err(e) = check_file(&blob, sibling) {
+            // The blob and the snapshot link both go: a next fetch starts over.
+            let _ = fs::remove_file(&blob);
+            let _ = fs::remove_file(&path);
+            let (expected, actual) = e;
+            return Err(HubError::Checksum {
+                repo: spec.repo.clone(),
+                file: name.to_string(),
+                expected,
+                actual,
+            }
+            .into());
+        }
+        Ok(path)
+    }
+
+    /// Turns an hf-hub error into a [`HubError`] that names the setting to
+    /// change (`HF_ENDPOINT`, `HF_TOKEN`) or the thing that is missing.
+    fn hub_error(&self, e: ApiError, what: String) -> HubError {
+        let endpoint = self.hub.endpoint.clone();
+        match e {
+            ApiError::RequestError(err) => {
+                let reason = err.to_string();
+                let Some(resp) = (*err).into_response() else {
+                    return HubError::Unreachable { endpoint, reason };
+                };
+                let status = resp.status();
+                let code = resp.header("x-error-code").unwrap_or("").to_string();
+                let message = resp
+                    .header("x-error-message")
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default();
+                match status {
+                    401 | 403 => HubError::Denied {
+                        what,
+                        status,
+                        hint: match (self.hub.token.is_some(), code.as_str()) {
+                            (_, "GatedRepo") => {
+                                "the repo is gated: accept its terms on the hub, then set \
+                                 HF_TOKEN to a token of that account"
+                            }
+                            (false, _) => {
+                                "it is private, gated or does not exist; set HF_TOKEN to a \
+                                 token with read access"
+                            }
+                            (true, _) => {
+                                "HF_TOKEN is set but has no access to it (wrong or expired \
+                                 token, or the repo does not exist)"
+                            }
+                        },
+                        message,
+                    },
+                    404 => HubError::NotFound {
+                        what: match code.as_str() {
+                            "RevisionNotFound" => format!("the revision of {what}"),
+                            "EntryNotFound" => format!("file {what}"),
+                            _ => what,
+                        },
+                        endpoint,
+                        message,
+                    },
+                    _ => HubError::Http {
+                        what,
+                        status,
+                        message,
+                    },
+                }
+            }
+            ApiError::MissingHeader(h) | ApiError::InvalidHeader(h) => HubError::BadAnswer {
+                what,
+                reason: format!(
+                    "header '{h}' is missing or invalid; is HF_ENDPOINT ({endpoint}) a \
+                     Hugging Face hub?"
+                ),
+            },
+            ApiError::LockAcquisition(p) => HubError::BadAnswer {
+                what,
+                reason: format!(
+                    "another process is downloading the same file (lock {})",
+                    p.display()
+                ),
+            },
+            other => HubError::BadAnswer {
+                what,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `Err((expected, actual))` when the file's size or sha256 is not the
+/// listed one. The sha256 comes from the listing's LFS entry, else from the
+/// blob's name when hf-hub named it after a sha256 etag (`x-linked-etag`).
+fn check_file(blob: &Path, sibling: Option<&Sibling>) -> std::result::Result<(), (String, String)> {
+    let size = fs::metadata(blob).map(|m| m.len()).unwrap_or(0);
+    let listed_size = sibling.and_then(|s| s.lfs.as_ref().map(|l| l.size).or(s.size));
+    if let Some(expected) = listed_size {
+        if expected != size {
+            return Err((format!("{expected} bytes"), format!("{size} bytes")));
+        }
+    }
+    let etag = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.len() == 64 && n.chars().all(|c| c.is_ascii_hexdigit()));
+    let expected = sibling
+        .and_then(|s| s.lfs.as_ref().map(|l| l.sha256.to_lowercase()))
+        .or(etag);
+    if let Some(expected) = expected {
+        let actual =
+            sha256_file(blob).map_err(|e| (format!("sha256 {expected}"), e.to_string()))?;
+        if actual != expected {
+            return Err((format!("sha256 {expected}"), format!("sha256 {actual}")));
+        }
+    }
+    Ok(())
+}
+
+/// Picks what to download: `file` when given; else the safetensors set when
+/// the repo has it; else its one GGUF file, or the [`DEFAULT_GGUF_QUANT`]
+/// one among several.
+fn select_files(
+    repo: &str,
+    siblings: &[Sibling],
+    file: Option<&str>,
+) -> std::result::Result<Selection, HubError> {
+    let has = |f: &str| siblings.iter().any(|s| s.rfilename == f);
+    let ggufs: Vec<&str> = siblings
+        .iter()
+        .map(|s| s.rfilename.as_str())
+        .filter(|f| is_loadable_gguf(f))
+        .collect();
+    if let Some(f) = file {
+        if !has(f) {
+            return Err(HubError::NoSuchFile {
+                repo: repo.into(),
+                file: f.into(),
+                files: list_or_none(&ggufs),
+            });
+        }
+        return Ok(Selection::Gguf(f.into()));
+    }
+    if SAFETENSORS_REQUIRED.iter().all(|f| has(f)) {
+        let mut files: Vec<String> = SAFETENSORS_REQUIRED.iter().map(|f| f.to_string()).collect();
+        files.extend(
+            SAFETENSORS_OPTIONAL
+                .iter()
+                .filter(|f| has(f))
+                .map(|f| f.to_string()),
+        );
+        return Ok(Selection::Safetensors(files));
+    }
+    match ggufs.as_slice() {
+        [one] => return Ok(Selection::Gguf(one.to_string())),
+        [] => {}
+        several => {
+            let q = DEFAULT_GGUF_QUANT.to_ascii_lowercase();
+            let matching: Vec<&&str> = several
+                .iter()
+                .filter(|f| f.to_ascii_lowercase().contains(&q))
+                .collect();
+            return match matching.as_slice() {
+                [one] => {
+                    eprintln!(
+                        "{repo} has {} GGUF files; using {one} (the {DEFAULT_GGUF_QUANT} one; \
+                         pick another with --file NAME)",
+                        several.len()
+                    );
+                    Ok(Selection::Gguf(one.to_string()))
+                }
+                _ => Err(HubError::AmbiguousGguf {
+                    repo: repo.into(),
+                    files: several.join(", "),
+                }),
+            };
+        }
+    }
+    if has("model.safetensors.index.json") {
+        return Err(HubError::Sharded { repo: repo.into() });
+    }
+    let all: Vec<&str> = siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    Err(HubError::NoUsableFiles {
+        repo: repo.into(),
+        required: SAFETENSORS_REQUIRED.join(" + "),
+        files: list_or_none(&all),
+    })
+}
+
+/// A `.gguf` file hone can open on its own: not one shard of a split GGUF
+/// (`-00001-of-00003.gguf`) and not a vision projector (`mmproj`).
+fn is_loadable_gguf(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let Some(stem) = lower.strip_suffix(".gguf") else {
+        return false;
+    };
+    // `…-00001-of-00003`: five digits on both sides of "-of-".
+    let digits = |s: &[u8]| s.len() == 5 && s.iter().all(u8::is_ascii_digit);
+    let split = stem.rsplit_once("-of-").is_some_and(|(a, b)| {
+        let a = a.as_bytes();
+        a.len() > 6 && a[a.len() - 6] == b'-' && digits(&a[a.len() - 5..]) && digits(b.as_bytes())
+    });
+    !split && !lower.contains("mmproj")
+}
+
+fn list_or_none(files: &[&str]) -> String {
+    if files.is_empty() {
+        "none".into()
+    } else {
+        files.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sib(name: &str) -> Sibling {
+        Sibling {
+            rfilename: name.into(),
+            size: Some(1),
+            lfs: None,
+        }
+    }
+
+    #[test]
+    fn specs_parse_and_map_to_slash_free_ids() {
+        let s = HubSpec::parse("hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF")
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.repo, "Qwen/Qwen2.5-0.5B-Instruct-GGUF");
+        assert_eq!(s.revision, None);
+        assert_eq!(s.model_id(), "hf--Qwen--Qwen2.5-0.5B-Instruct-GGUF");
+        let s = HubSpec::parse("hf:a/b@refs/pr/1").unwrap().unwrap();
+        assert_eq!(s.revision.as_deref(), Some("refs/pr/1"));
+        assert_eq!(s.model_id(), "hf--a--b--refs-pr-1");
+        assert!(HubSpec::parse("smollm2-135m-instruct").is_none());
+        for bad in [
+            "hf:",
+            "hf:noslash",
+            "hf:a/b/c",
+            "hf:a/",
+            "hf:../x",
+            "hf:a/b@",
+            "hf:a b/c",
+        ] {
+            assert!(
+                matches!(HubSpec::parse(bad), Some(Err(HubError::BadSpec(_)))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_gguf_is_taken_and_several_need_the_default_or_a_file() {
+        let one = [sib("README.md"), sib("m-q8_0.gguf")];
+        assert_eq!(
+            select_files("r", &one, None).unwrap(),
+            Selection::Gguf("m-q8_0.gguf".into())
+        );
+        let several = [
+            sib("m-q8_0.gguf"),
+            sib("m-Q4_K_M.gguf"),
+            sib("mmproj-m-q4_k_m.gguf"),
+            sib("big-q4_k_m-00001-of-00002.gguf"),
+            sib("aéééé-of-00002.gguf"),
+        ];
+        assert_eq!(
+            select_files("r", &several, None).unwrap(),
+            Selection::Gguf("m-Q4_K_M.gguf".into())
+        );
+        assert_eq!(
+            select_files("r", &several, Some("m-q8_0.gguf")).unwrap(),
+            Selection::Gguf("m-q8_0.gguf".into())
+        );
+        assert!(matches!(
+            select_files("r", &several, Some("nope.gguf")),
+            Err(HubError::NoSuchFile { .. })
+        ));
+        let no_default = [sib("m-q8_0.gguf"), sib("m-f16.gguf")];
+        let err = select_files("r", &no_default, None).unwrap_err();
+        assert!(err.to_string().contains("--file"), "{err}");
+    }
+
+    #[test]
+    fn a_safetensors_repo_takes_the_required_and_present_optional_files() {
+        let repo = [
+            sib("config.json"),
+            sib("model.safetensors"),
+            sib("tokenizer.json"),
+            sib("generation_config.json"),
+            sib("README.md"),
+        ];
+        assert_eq!(
+            select_files("r", &repo, None).unwrap(),
+            Selection::Safetensors(vec![
+                "config.json".into(),
+                "model.safetensors".into(),
+                "tokenizer.json".into(),
+                "generation_config.json".into(),
+            ])
+        );
+        let sharded = [
+            sib("config.json"),
+            sib("model.safetensors.index.json"),
+            sib("model-00001-of-00002.safetensors"),
+        ];
+        assert!(matches!(
+            select_files("r", &sharded, None),
+            Err(HubError::Sharded { .. })
+        ));
+        let nothing = [sib("README.md"), sib("config.json")];
+        let err = select_files("r", &nothing, None).unwrap_err();
+        assert!(matches!(err, HubError::NoUsableFiles { .. }), "{err}");
+        assert!(err.to_string().contains("README.md"), "{err}");
+    }
+}
