@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel, KNOWN_MODELS};
+use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel, HubSpec, KNOWN_MODELS};
 use hone_model::{ChatEngine, OpenModel, OpenOptions, WeightPath};
 
 use crate::api::{Model, ModelTag};
@@ -230,8 +230,14 @@ fn resolve_spec(registry: &Registry, spec: &str) -> Result<ResolvedModel, Catalo
         }
         return Ok(r);
     }
+    // `hf:ORG/NAME[@REV]` names the model `hone model fetch` registered as
+    // `hf--ORG--NAME[--REV]`; the server never fetches, so it must be there.
+    let id = match HubSpec::parse(spec) {
+        Some(Ok(hub)) => hub.model_id(),
+        _ => spec.to_string(),
+    };
     let installed = registry.installed()?;
-    match installed.into_iter().find(|m| m.id == spec) {
+    match installed.into_iter().find(|m| m.id == id) {
         Some(m) if m.source.path().exists() => Ok(ResolvedModel {
             id: m.id,
             source: m.source,
@@ -367,6 +373,30 @@ mod tests {
             c().with_adapters(&[twice.clone(), twice]),
             Err(CatalogError::Duplicate(_))
         ));
+    }
+
+    /// `--model hf:ORG/NAME` serves what `hone model fetch hf:ORG/NAME`
+    /// registered (as `hf--ORG--NAME`), without fetching.
+    #[test]
+    fn a_fetched_hub_model_resolves_by_its_hf_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = hone_model::testing::TinySpec::default();
+        let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
+        let entry = serde_json::json!([{
+            "id": "hf--org--tiny",
+            "source": {"format": "gguf", "path": gguf},
+            "installed_at": 0,
+        }]);
+        std::fs::create_dir_all(dir.path().join("models")).unwrap();
+        std::fs::write(
+            dir.path().join("models/registry.json"),
+            serde_json::to_vec(&entry).unwrap(),
+        )
+        .unwrap();
+        let c = BaseModels::resolve(dir.path(), &["hf:org/tiny".to_string()]).unwrap();
+        assert_eq!(c.default_model().unwrap().model.id, "hf--org--tiny");
+        let err = BaseModels::resolve(dir.path(), &["hf:org/other".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("hf:org/other"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub enum ModelCommand {
     /// to do when it is already installed). `hf:ORG/NAME[@REV]` fetches a
     /// Hugging Face repo into $HONE_HOME/models/hf (HF_ENDPOINT picks the
     /// hub, HF_TOKEN authenticates; an interrupted download resumes): a GGUF
-    /// file, or config.json + model.safetensors + tokenizer files.
+    /// file, or config.json + model.safetensors (or its sharded index) + tokenizer files.
     Fetch {
         /// A pinned model id, or hf:ORG/NAME[@REVISION].
         #[arg(default_value = DEFAULT_MODEL_ID)]

@@ -32,10 +32,10 @@
 //!
 //! # How each path reads it
 //!
-//! Wired today: loading, the tensor forward pass and the packed decode step
-//! honour every switch; the training stack honours RoPE scaling and q/k/v
-//! biases; merge writes every family. A path refuses a model using a
-//! [`Switch`] it lacks ([`DecoderSpec::require`]), never computing it wrong.
+//! Wired today: loading, the tensor forward pass, the packed decode step and
+//! the fused training stack honour every switch; merge writes every family.
+//! A path refuses a model using a [`Switch`] it lacks
+//! ([`DecoderSpec::require`]), never computing it wrong.
 //!
 //! - **Loading** (`load.rs`) asks [`DecoderSpec::tensor_name`] for every
 //!   [`TensorRole`] that [`DecoderSpec::layer_roles`] / [`DecoderSpec::model_roles`]
@@ -54,12 +54,12 @@
 //!   cached after its q/k norm and RoPE, and a sliding layer masks (or drops
 //!   from its KV cache) keys more than `window - 1` positions behind the query.
 //! - **The fused training stack** (`ops::stack`) keeps its kernels: RMSNorm
-//!   takes the folded weights, a GELU-tanh gate kernel sits beside `silu_mul`
-//!   and is picked by [`DecoderSpec::activation`], biases are added after the
-//!   frozen q/k/v matmuls, q/k norms are the same RMSNorm kernel over rows of
-//!   `head_dim`, and the causal softmax takes the layer's window. Each new
-//!   step needs its backward for the LoRA gradients (GELU-tanh, the q/k and
-//!   post norms, the embedding and logit scales); the frozen biases need none.
+//!   takes the folded weights, `ops::glu` computes SwiGLU or GeGLU as
+//!   [`DecoderSpec::activation`] says, biases are added after the frozen
+//!   q/k/v matmuls, q/k norms are the same RMSNorm kernel over rows of
+//!   `head_dim`, attention takes the layer's RoPE table, window and scale,
+//!   and the LM-head loss takes the softcap. Every step has its backward for
+//!   the LoRA gradients; the frozen biases and embedding scale need none.
 //! - **Merge** (`merge.rs`) writes HF names from [`DecoderSpec::tensor_name_in`]
 //!   with [`WeightFormat::HfSafetensors`] (also for a model read from GGUF),
 //!   writes norm weights back in HF's convention (the multiplier minus 1 for

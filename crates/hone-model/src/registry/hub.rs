@@ -36,8 +36,12 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// the usual 4-bit trade-off, and what hone's pinned models use.
 pub const DEFAULT_GGUF_QUANT: &str = "Q4_K_M";
 
-/// The files of a safetensors repo hone needs to load it.
-const SAFETENSORS_REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+/// What a safetensors repo needs for hone to load it, as errors say it.
+const SAFETENSORS_REQUIRED: &str =
+    "config.json + tokenizer.json + model.safetensors (or model.safetensors.index.json and its shards)";
+
+/// The index of a sharded safetensors model.
+const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 
 /// Fetched with a safetensors model when the repo has them.
 const SAFETENSORS_OPTIONAL: [&str; 3] = [
@@ -110,12 +114,6 @@ pub enum HubError {
         required: String,
         files: String,
     },
-    #[error(
-        "{repo} holds sharded safetensors (model.safetensors.index.json), which hone \
-         cannot load yet; use a GGUF repo of the same model, or merge the shards into \
-         one model.safetensors"
-    )]
-    Sharded { repo: String },
     #[error(
         "{repo} has several GGUF files and none is {DEFAULT_GGUF_QUANT}; pick one with \
          --file NAME: {files}"
@@ -529,8 +527,7 @@ fn select_files(
         }
         return Ok(Selection::Gguf(f.into()));
     }
-    if SAFETENSORS_REQUIRED.iter().all(|f| has(f)) {
-        let mut files: Vec<String> = SAFETENSORS_REQUIRED.iter().map(|f| f.to_string()).collect();
+    if let Some(mut files) = safetensors_files(siblings) {
         files.extend(
             SAFETENSORS_OPTIONAL
                 .iter()
@@ -564,15 +561,40 @@ fn select_files(
             };
         }
     }
-    if has("model.safetensors.index.json") {
-        return Err(HubError::Sharded { repo: repo.into() });
-    }
     let all: Vec<&str> = siblings.iter().map(|s| s.rfilename.as_str()).collect();
     Err(HubError::NoUsableFiles {
         repo: repo.into(),
-        required: SAFETENSORS_REQUIRED.join(" + "),
+        required: SAFETENSORS_REQUIRED.into(),
         files: list_or_none(&all),
     })
+}
+
+/// The files of a safetensors model in the repo: config, tokenizer and the
+/// weights, either one `model.safetensors` or the index with every top-level
+/// `.safetensors` shard (the loader then checks each tensor is in the shard
+/// the index names). `None` when a required file is missing.
+fn safetensors_files(siblings: &[Sibling]) -> Option<Vec<String>> {
+    let has = |f: &str| siblings.iter().any(|s| s.rfilename == f);
+    if !has("config.json") || !has("tokenizer.json") {
+        return None;
+    }
+    let mut files = vec!["config.json".to_string()];
+    if has("model.safetensors") {
+        files.push("model.safetensors".into());
+    } else if has(SAFETENSORS_INDEX) {
+        files.push(SAFETENSORS_INDEX.into());
+        files.extend(
+            siblings
+                .iter()
+                .map(|s| s.rfilename.as_str())
+                .filter(|f| !f.contains('/') && f.ends_with(".safetensors"))
+                .map(str::to_string),
+        );
+    } else {
+        return None;
+    }
+    files.push("tokenizer.json".into());
+    Some(files)
 }
 
 /// A `.gguf` file hone can open on its own: not one shard of a split GGUF
@@ -692,11 +714,20 @@ mod tests {
             sib("config.json"),
             sib("model.safetensors.index.json"),
             sib("model-00001-of-00002.safetensors"),
+            sib("model-00002-of-00002.safetensors"),
+            sib("onnx/model.safetensors"),
+            sib("tokenizer.json"),
         ];
-        assert!(matches!(
-            select_files("r", &sharded, None),
-            Err(HubError::Sharded { .. })
-        ));
+        assert_eq!(
+            select_files("r", &sharded, None).unwrap(),
+            Selection::Safetensors(vec![
+                "config.json".into(),
+                "model.safetensors.index.json".into(),
+                "model-00001-of-00002.safetensors".into(),
+                "model-00002-of-00002.safetensors".into(),
+                "tokenizer.json".into(),
+            ])
+        );
         let nothing = [sib("README.md"), sib("config.json")];
         let err = select_files("r", &nothing, None).unwrap_err();
         assert!(matches!(err, HubError::NoUsableFiles { .. }), "{err}");

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use hone_model::{load_model, ForwardOptions, Llama, ModelError, TrainOptions, WeightPath};
+use hone_model::{load_model, ForwardOptions, Llama, TrainOptions, WeightPath};
 use serde_json::Value;
 
 /// Every tiny model in `testdata/families/`.
@@ -149,11 +149,6 @@ fn batched_steps_match_transformers() {
         }
         assert!(gap < TOL, "{name}: batched max gap {gap}");
     }
-}
-
-fn unsupported(e: ModelError) -> String {
-    assert!(matches!(e, ModelError::Unsupported(_)), "{e:?}");
-    e.to_string()
 }
 
 /// Training implements every switch of every family (`TRAIN_SWITCHES`): each tiny
