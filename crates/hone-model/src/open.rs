@@ -113,6 +113,7 @@ impl OpenModel {
             id: self.id,
             model,
             tokenizer: self.tokenizer,
+            grammar: Default::default(),
         })
     }
 }

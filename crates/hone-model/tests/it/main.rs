@@ -2,6 +2,7 @@
 
 mod alloc_count;
 mod batch;
+mod constrained;
 mod families;
 mod frozen;
 mod merge;
