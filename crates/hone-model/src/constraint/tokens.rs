@@ -91,7 +91,7 @@ impl TokenizerEnv for HoneTokEnv {
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
         self.trie.tokenize_with_greedy_fallback(s, |text| {
-            self.tokenizer.encode(text).unwrap_or_else(|_| Vec::new())
+            self.tokenizer.encode(text).unwrap_or_default()
         })
     }
 }

@@ -11,4 +11,5 @@ mod models;
 mod openapi;
 mod projects;
 mod store;
+mod structured;
 mod training;
