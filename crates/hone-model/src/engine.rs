@@ -3,9 +3,11 @@
 //! prompts are rendered by the same template code path as training.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use hone_text::{ChatMessage, ChatTokenizer};
 
+use crate::constraint::{GrammarEnv, GrammarEnvCell};
 use crate::error::{text_err, Result};
 use crate::generate::{generate, Detokenizer, Generation, GenerationParams};
 use crate::llama::{Llama, WeightPath};
@@ -21,6 +23,10 @@ pub struct ChatEngine {
     pub id: String,
     pub model: Llama,
     pub tokenizer: ChatTokenizer,
+    /// The vocabulary for constrained decoding, built on the first request
+    /// with a grammar and shared with adapted copies of this engine (same
+    /// tokenizer).
+    pub grammar: GrammarEnvCell,
 }
 
 impl ChatEngine {
@@ -64,5 +70,9 @@ impl Detokenizer for ChatEngine {
             .tokenizer
             .decode_skip_special(ids)
             .map_err(text_err)
+    }
+
+    fn grammar_env(&self) -> Result<Arc<GrammarEnv>> {
+        self.grammar.get(&self.tokenizer.tokenizer)
     }
 }

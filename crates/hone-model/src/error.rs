@@ -47,6 +47,10 @@ pub enum ModelError {
     Text(String),
     #[error("generation: {0}")]
     Generation(String),
+    /// A grammar or JSON Schema that cannot constrain decoding (the message
+    /// says why), or a tokenizer that cannot be constrained.
+    #[error("{0}")]
+    Grammar(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

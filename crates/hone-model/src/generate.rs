@@ -1,13 +1,17 @@
 //! Token generation shared by `hone chat` and the HTTP server: sampling
-//! (greedy, temperature, top-k, top-p; seeded), streaming through a
-//! callback, and stop conditions (stop tokens, `max_tokens`, stop strings).
+//! (greedy, temperature, top-k, top-p; seeded), an optional grammar that
+//! masks the logits before each sample ([`crate::constraint`]), streaming
+//! through a callback, and stop conditions (stop tokens, `max_tokens`, stop
+//! strings, a completed grammar).
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::{Constraint, Grammar, GrammarEnv};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{ForwardOptions, Llama};
@@ -25,6 +29,10 @@ pub struct GenerationParams {
     pub seed: u64,
     /// Generation ends before any of these strings, which are never emitted.
     pub stop: Vec<String>,
+    /// What the completion must match (JSON, a schema); each sequence gets
+    /// its own matcher. A stop token is allowed only once it is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerationParams {
@@ -36,6 +44,7 @@ impl Default for GenerationParams {
             top_k: 0,
             seed: 0,
             stop: Vec::new(),
+            grammar: None,
         }
     }
 }
@@ -43,7 +52,8 @@ impl Default for GenerationParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FinishReason {
-    /// A stop token or stop string, or the callback asked to stop.
+    /// A stop token or stop string, a completed grammar, or the callback
+    /// asked to stop.
     Stop,
     /// `max_tokens` (or the context length) was reached.
     Length,
@@ -107,6 +117,15 @@ impl BatchStepModel for Llama {
 pub trait Detokenizer {
     /// Decodes ids to text (special tokens may be skipped).
     fn decode(&self, ids: &[u32]) -> Result<String>;
+
+    /// The vocabulary grammars compile against, for
+    /// [`GenerationParams::grammar`]. A tokenizer without one cannot
+    /// constrain its output.
+    fn grammar_env(&self) -> Result<Arc<GrammarEnv>> {
+        Err(ModelError::Grammar(
+            "this tokenizer cannot constrain generation to a grammar".into(),
+        ))
+    }
 }
 
 impl<F: Fn(&[u32]) -> Result<String>> Detokenizer for F {
@@ -126,7 +145,7 @@ pub fn generate<M: StepModel>(
     detok: &dyn Detokenizer,
     on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    let mut seq = Sequence::new(prompt, params, model.context_length())?;
+    let mut seq = Sequence::new(prompt, params, model.context_length(), detok)?;
     let mut cache = model.new_cache();
     let mut logits = model.step(prompt, 0, &mut cache)?;
     while let Some(next) = seq.advance(&logits, stop_ids, detok, on_text)? {
@@ -160,7 +179,7 @@ pub fn generate_batch<M: BatchStepModel>(
     let ctx = model.context_length();
     let mut seqs = prompts
         .iter()
-        .map(|p| Sequence::new(p, params, ctx))
+        .map(|p| Sequence::new(p, params, ctx, detok))
         .collect::<Result<Vec<_>>>()?;
     let mut caches: Vec<M::Cache> = prompts.iter().map(|_| model.new_cache()).collect();
     let mut logits = Vec::with_capacity(prompts.len());
@@ -197,14 +216,15 @@ pub fn generate_batch<M: BatchStepModel>(
         .collect()
 }
 
-/// One completion in progress: its sampler, the ids so far and the text
-/// shown so far. [`generate`] and [`generate_batch`] drive it the same way,
+/// One completion in progress: its sampler, its grammar matcher (if any),
+/// the ids so far and the text shown so far. [`generate`] and [`generate_batch`] drive it the same way,
 /// which is why their results agree.
 struct Sequence<'p> {
     prompt_len: usize,
     ctx: usize,
     params: &'p GenerationParams,
     sampler: Sampler,
+    constraint: Option<Constraint>,
     stream: TextStream<'p>,
     ids: Vec<u32>,
     finish: FinishReason,
@@ -213,7 +233,12 @@ struct Sequence<'p> {
 }
 
 impl<'p> Sequence<'p> {
-    fn new(prompt: &[u32], params: &'p GenerationParams, ctx: usize) -> Result<Self> {
+    fn new(
+        prompt: &[u32],
+        params: &'p GenerationParams,
+        ctx: usize,
+        detok: &dyn Detokenizer,
+    ) -> Result<Self> {
         if prompt.is_empty() {
             return Err(ModelError::Generation("the prompt has no tokens".into()));
         }
@@ -223,11 +248,16 @@ impl<'p> Sequence<'p> {
                 max: ctx,
             });
         }
+        let constraint = match &params.grammar {
+            Some(g) => Some(detok.grammar_env()?.constraint(g)?),
+            None => None,
+        };
         Ok(Self {
             prompt_len: prompt.len(),
             ctx,
             params,
             sampler: Sampler::new(params),
+            constraint,
             stream: TextStream::new(&params.stop),
             ids: Vec::new(),
             finish: FinishReason::Length,
@@ -253,16 +283,20 @@ impl<'p> Sequence<'p> {
         {
             return Ok(None);
         }
-        let next = self.sampler.sample(logits)?;
+        let next = self.sample(logits, stop_ids)?;
         self.ids.push(next);
         if stop_ids.contains(&next) {
             self.finish = FinishReason::Stop;
             self.ended_by_stop_id = true;
             return Ok(None);
         }
+        let grammar_done = self
+            .constraint
+            .as_ref()
+            .is_some_and(Constraint::is_finished);
         let full = detok.decode(&self.ids)?;
         let (piece, hit_stop) = self.stream.push(&full);
-        if (!piece.is_empty() && on_text(&piece).is_break()) || hit_stop {
+        if (!piece.is_empty() && on_text(&piece).is_break()) || hit_stop || grammar_done {
             self.finish = FinishReason::Stop;
             return Ok(None);
         }
@@ -270,6 +304,21 @@ impl<'p> Sequence<'p> {
             return Ok(None);
         }
         Ok(Some(next))
+    }
+
+    /// The next token: sampled from `logits`, masked by the grammar first
+    /// when there is one (which then advances past it).
+    fn sample(&mut self, logits: &[f32], stop_ids: &[u32]) -> Result<u32> {
+        let Some(c) = &mut self.constraint else {
+            return self.sampler.sample(logits);
+        };
+        let mut masked = logits.to_vec();
+        c.mask(&mut masked, stop_ids)?;
+        let next = self.sampler.sample(&masked)?;
+        if !stop_ids.contains(&next) {
+            c.accept(next)?;
+        }
+        Ok(next)
     }
 
     /// The completion: emits the text held back for a possible stop string.

@@ -4,6 +4,7 @@
 //! and generation.
 
 pub mod config;
+pub mod constraint;
 pub mod decode;
 pub mod engine;
 pub mod error;

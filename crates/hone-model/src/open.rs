@@ -131,6 +131,7 @@ impl OpenModel {
             id: self.id,
             model,
             tokenizer: self.tokenizer,
+            grammar: Default::default(),
         })
     }
 }

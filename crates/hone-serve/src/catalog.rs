@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use hone_model::registry::{resolve_path, Registry, RegistryError, ResolvedModel, HubSpec, KNOWN_MODELS};
+use hone_model::registry::{
+    resolve_path, HubSpec, Registry, RegistryError, ResolvedModel, KNOWN_MODELS,
+};
 use hone_model::{ChatEngine, OpenModel, OpenOptions, WeightPath};
 
 use crate::api::{Model, ModelTag};

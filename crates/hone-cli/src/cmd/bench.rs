@@ -6,6 +6,10 @@
 //! exactly `--new-tokens` greedy tokens with no early stop, batch 1, KV cache.
 //! Prefill is the forward pass over the prompt (which yields the first new
 //! token); decode is the remaining `new_tokens - 1` single-token steps.
+//!
+//! `infer --json-schema FILE` measures the grammar's cost instead: the same
+//! prompt through `generate` (the serving path) with and without the
+//! schema, alternating runs so that both see the same machine load.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,9 +22,10 @@ use hone_text::{ChatMessage, Role};
 
 use super::chat::{load_engine, parse_weights};
 
+mod constrained;
 mod train;
 
-const PROMPT: &str = "Write a short story about a robot who learns to paint.";
+pub(super) const PROMPT: &str = "Write a short story about a robot who learns to paint.";
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -48,6 +53,10 @@ pub struct InferArgs {
     /// Compute threads (sets RAYON_NUM_THREADS; default: all cores).
     #[arg(long, env = "HONE_THREADS")]
     pub threads: Option<usize>,
+    /// Also decode under this JSON Schema (as `response_format` does) and
+    /// report both speeds and the overhead.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -70,6 +79,9 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         // Read by rayon when candle first builds its pool, and by hone's
         // decode team when the first packed product runs, i.e. after this.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    if let Some(path) = &args.json_schema {
+        return constrained::run(&args, path);
     }
     let t0 = Instant::now();
     let engine = load_engine(&args.model, args.weights)?;
@@ -133,7 +145,7 @@ fn one_run(
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use hone_model::constraint::Grammar;
 use hone_model::generate::{Generation, GenerationParams};
 use hone_model::registry::{self, DEFAULT_MODEL_ID};
 use hone_model::{ChatEngine, WeightPath};
@@ -51,6 +52,14 @@ pub struct ChatArgs {
     pub adapter: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub template: super::chat_template::ChatTemplateArgs,
+    /// Constrain each answer to one JSON object (the API's
+    /// `response_format: {type: "json_object"}`).
+    #[arg(long, conflicts_with = "json_schema")]
+    pub json: bool,
+    /// Constrain each answer to the JSON Schema in this file (the API's
+    /// `response_format: {type: "json_schema"}`, the same engine).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
 }
 
 /// Parses `--weights`. The values of the retired candle-quantized paths get
@@ -76,6 +85,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     validate(&args)?;
+    let grammar = grammar(&args)?;
     let mut engine = load_engine_with(&args.model, args.weights, &args.template.options())?;
     if let Some(dir) = &args.adapter {
         attach_adapter(&mut engine, dir)?;
@@ -87,6 +97,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         top_k: args.top_k,
         seed: args.seed.unwrap_or_else(fresh_seed),
         stop: Vec::new(),
+        grammar,
     };
     let mut conversation: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &args.system {
@@ -113,6 +124,23 @@ fn validate(args: &ChatArgs) -> anyhow::Result<()> {
         bail!("--max-tokens must be at least 1");
     }
     Ok(())
+}
+
+/// The grammar of `--json` or `--json-schema`, checked before the model loads.
+fn grammar(args: &ChatArgs) -> anyhow::Result<Option<Grammar>> {
+    if args.json {
+        return Ok(Some(Grammar::json_object()));
+    }
+    let Some(path) = &args.json_schema else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --json-schema {}", path.display()))?;
+    let schema: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--json-schema {} is not JSON", path.display()))?;
+    let g = Grammar::json_schema(schema)
+        .with_context(|| format!("--json-schema {} cannot be used", path.display()))?;
+    Ok(Some(g))
 }
 
 /// Resolves `--model` (fetching the default model if needed) and loads it.

@@ -192,3 +192,270 @@ fn greedy_is_argmax() {
     let mut s = Sampler::new(&GenerationParams::default());
     assert_eq!(s.sample(&[0.1, 3.0, 2.0]).unwrap(), 1);
 }
+
+/// Grammar-constrained generation over a toy vocabulary: ids 0..256 are the
+/// single bytes, 256 ends the turn.
+mod constrained {
+    use super::*;
+    use crate::constraint::{Grammar, GrammarEnv};
+    use serde_json::{json, Value};
+
+    const STOP: u32 = 256;
+
+    /// A detokenizer of raw bytes with a grammar environment.
+    struct Bytes(Arc<GrammarEnv>);
+
+    impl Bytes {
+        fn new() -> Self {
+            let words: Vec<Vec<u8>> = (0..=255u8)
+                .map(|b| vec![b])
+                .chain([b"\xFF<|end|>".to_vec()])
+                .collect();
+            Bytes(Arc::new(
+                GrammarEnv::from_token_bytes(&words, &[STOP]).unwrap(),
+            ))
+        }
+    }
+
+    impl Detokenizer for Bytes {
+        fn decode(&self, ids: &[u32]) -> Result<String> {
+            let bytes: Vec<u8> = ids.iter().filter(|&&i| i < 256).map(|&i| i as u8).collect();
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        fn grammar_env(&self) -> Result<Arc<GrammarEnv>> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// Pseudo-random logits that depend on the position only: a model
+    /// that knows nothing, which the mask must still keep to the grammar.
+    struct Noise;
+
+    impl Noise {
+        fn logits(pos: usize) -> Vec<f32> {
+            let mut rng = StdRng::seed_from_u64(pos as u64);
+            (0..257).map(|_| rng.random::<f32>() * 8.0).collect()
+        }
+    }
+
+    /// The cache is the number of positions seen.
+    impl StepModel for Noise {
+        type Cache = usize;
+        fn new_cache(&self) -> usize {
+            0
+        }
+        fn step(&self, ids: &[u32], start: usize, seen: &mut usize) -> Result<Vec<f32>> {
+            *seen = start + ids.len();
+            Ok(Self::logits(*seen))
+        }
+        fn context_length(&self) -> usize {
+            4096
+        }
+    }
+
+    impl BatchStepModel for Noise {
+        fn step_batch(&self, ids: &[u32], caches: &mut [&mut usize]) -> Result<Vec<Vec<f32>>> {
+            assert_eq!(ids.len(), caches.len());
+            Ok(caches
+                .iter_mut()
+                .map(|seen| {
+                    **seen += 1;
+                    Self::logits(**seen)
+                })
+                .collect())
+        }
+    }
+
+    /// [`Noise`] with a head start for the bytes that close strings,
+    /// objects and arrays: with plain noise a JSON string would run on for
+    /// hundreds of bytes.
+    struct Biased;
+
+    impl StepModel for Biased {
+        type Cache = usize;
+        fn new_cache(&self) -> usize {
+            0
+        }
+        fn step(&self, ids: &[u32], start: usize, c: &mut usize) -> Result<Vec<f32>> {
+            let mut l = Noise.step(ids, start, c)?;
+            for b in [b'"', b'}', b']'] {
+                l[b as usize] += 6.0;
+            }
+            Ok(l)
+        }
+        fn context_length(&self) -> usize {
+            4096
+        }
+    }
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "color": {"enum": ["red", "green", "blue"]},
+                "ok": {"type": "boolean"},
+                "tags": {"type": "array", "items": {"$ref": "#/$defs/tag"}, "maxItems": 3},
+                "size": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/size"}]}
+            },
+            "required": ["color", "ok", "tags", "size"],
+            "additionalProperties": false,
+            "$defs": {
+                "tag": {"enum": ["a", "b"]},
+                "size": {
+                    "type": "object",
+                    "properties": {"w": {"type": "integer", "minimum": 0, "maximum": 9}},
+                    "required": ["w"],
+                    "additionalProperties": false
+                }
+            }
+        })
+    }
+
+    /// Checks `v` against [`schema`] by hand.
+    fn conforms(v: &Value) -> bool {
+        let o = match v.as_object() {
+            Some(o) if o.len() == 4 => o,
+            _ => return false,
+        };
+        let color = o["color"]
+            .as_str()
+            .is_some_and(|c| ["red", "green", "blue"].contains(&c));
+        let tags = o["tags"]
+            .as_array()
+            .is_some_and(|t| t.len() <= 3 && t.iter().all(|x| x == "a" || x == "b"));
+        let size = o["size"].is_null()
+            || o["size"]
+                .as_object()
+                .is_some_and(|s| s.len() == 1 && s["w"].as_u64().is_some_and(|w| w <= 9));
+        color && o["ok"].is_boolean() && tags && size
+    }
+
+    fn params(grammar: Grammar, seed: u64, temperature: f32) -> GenerationParams {
+        GenerationParams {
+            max_tokens: 400,
+            temperature,
+            seed,
+            grammar: Some(grammar),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_model_that_wants_plain_text_still_writes_the_schema() {
+        let grammar = Grammar::json_schema(schema()).unwrap();
+        let m = Scripted {
+            script: b"hello there".iter().map(|&b| b as u32).collect(),
+            vocab: 257,
+        };
+        let detok = Bytes::new();
+        let mut streamed = String::new();
+        let g = generate(
+            &m,
+            &[0, 1],
+            &params(grammar, 0, 0.0),
+            &[STOP],
+            &detok,
+            &mut |s| {
+                streamed.push_str(s);
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&g.text).unwrap_or_else(|e| panic!("{e}: {}", g.text));
+        assert!(conforms(&v), "{v}");
+        assert_eq!(streamed, g.text);
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        // It ends at the closing brace: nothing else could follow.
+        assert_eq!(g.token_ids.last(), Some(&(b'}' as u32)));
+        assert_eq!(g.completion_tokens, g.text.len());
+    }
+
+    #[test]
+    fn sampled_noise_under_a_schema_always_validates() {
+        let grammar = Grammar::json_schema(schema()).unwrap();
+        let detok = Bytes::new();
+        for seed in 0..8 {
+            let p = params(grammar.clone(), seed, 1.0);
+            let g = generate(&Noise, &[0], &p, &[STOP], &detok, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(
+                g.finish_reason,
+                FinishReason::Stop,
+                "seed {seed}: {}",
+                g.text
+            );
+            let v: Value = serde_json::from_str(&g.text).unwrap();
+            assert!(conforms(&v), "seed {seed}: {v}");
+        }
+    }
+
+    #[test]
+    fn max_tokens_cuts_a_constrained_answer_with_length() {
+        let grammar = Grammar::json_schema(schema()).unwrap();
+        let p = GenerationParams {
+            max_tokens: 5,
+            ..params(grammar, 3, 1.0)
+        };
+        let g = generate(&Noise, &[0], &p, &[STOP], &Bytes::new(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(g.finish_reason, FinishReason::Length);
+        assert_eq!(g.token_ids.len(), 5);
+        assert!(g.text.starts_with("{\""), "{}", g.text);
+    }
+
+    #[test]
+    fn batched_sequences_each_keep_their_own_grammar_state() {
+        let grammar = Grammar::json_schema(schema()).unwrap();
+        let p = params(grammar, 5, 1.0);
+        let detok = Bytes::new();
+        let prompts = vec![vec![0], vec![0, 1, 2], vec![7]];
+        let batch = generate_batch(&Noise, &prompts, &p, &[STOP], &detok).unwrap();
+        for (prompt, b) in prompts.iter().zip(&batch) {
+            let alone = generate(&Noise, prompt, &p, &[STOP], &detok, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(b, &alone);
+            assert!(
+                conforms(&serde_json::from_str(&b.text).unwrap()),
+                "{}",
+                b.text
+            );
+        }
+    }
+
+    #[test]
+    fn a_detokenizer_without_a_grammar_env_refuses_a_grammar() {
+        let p = params(Grammar::json_object(), 0, 0.0);
+        let e = generate(&Noise, &[0], &p, &[STOP], &detok, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, ModelError::Grammar(_)), "{e}");
+    }
+
+    #[test]
+    fn json_object_mode_gives_one_object() {
+        let detok = Bytes::new();
+        let schema_free = Grammar::json_object();
+        for seed in 0..4 {
+            let p = params(schema_free.clone(), seed, 1.0);
+            let g = generate(&Biased, &[0], &p, &[STOP], &detok, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(
+                g.finish_reason,
+                FinishReason::Stop,
+                "seed {seed}: {}",
+                g.text
+            );
+            let v: Value = serde_json::from_str(&g.text).unwrap();
+            assert!(v.is_object(), "seed {seed}: {v}");
+        }
+    }
+}

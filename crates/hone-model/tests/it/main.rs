@@ -3,6 +3,7 @@
 mod alloc_count;
 mod batch;
 mod chat_template;
+mod constrained;
 mod families;
 mod frozen;
 mod hf_dirs;

@@ -117,7 +117,10 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-/// `response_format`.
+/// `response_format`: free text, JSON mode, or structured outputs. The
+/// `json_schema` object (`name`, `schema`, `strict`) stays raw JSON here and
+/// is checked, and its schema compiled, by `chat::plan`, so a malformed one
+/// is a 400 on `response_format` rather than an unreadable body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseFormat {

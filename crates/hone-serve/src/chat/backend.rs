@@ -37,6 +37,10 @@ pub enum ChatError {
     /// operator fixes the files, so the client must not retry.
     #[error("model '{model}' cannot be loaded: {reason}")]
     ModelUnavailable { model: String, reason: String },
+    /// `response_format` asks for a grammar this model cannot be held to
+    /// (its tokenizer's vocabulary cannot be read as bytes).
+    #[error("{0}")]
+    Grammar(String),
     /// Anything else that went wrong while generating.
     #[error("generation failed: {0}")]
     Generation(String),
@@ -54,6 +58,7 @@ impl From<ChatError> for ApiError {
             ChatError::ModelUnavailable { .. } => {
                 ApiError::conflict(ErrorCode::ModelUnavailable, e.to_string())
             }
+            ChatError::Grammar(_) => ApiError::invalid("response_format", e.to_string()),
             ChatError::Generation(_) => ApiError::internal(e.to_string()),
         }
     }

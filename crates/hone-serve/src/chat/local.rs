@@ -179,6 +179,7 @@ fn gen_err(e: ModelError) -> ChatError {
     match e {
         ModelError::ContextOverflow { needed, max } => ChatError::ContextOverflow { needed, max },
         ModelError::Text(m) => ChatError::InvalidPrompt(m),
+        ModelError::Grammar(m) => ChatError::Grammar(m),
         other => ChatError::Generation(other.to_string()),
     }
 }
@@ -201,6 +202,7 @@ fn load_adapter(base: &ChatEngine, dir: &Path) -> Result<ChatEngine, ModelError>
         id: base.id.clone(),
         model,
         tokenizer: base.tokenizer.clone(),
+        grammar: base.grammar.clone(),
     })
 }
 

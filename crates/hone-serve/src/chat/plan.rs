@@ -1,11 +1,18 @@
 //! Checking a chat request: [`plan`] turns the wire request into a
-//! [`ChatPlan`] (messages, sampling parameters, `n`, streaming), or a 400
-//! that names the offending field. Fields that would change the meaning of
-//! the answer and that we do not implement (tools, JSON modes,
-//! log-probabilities) are refused rather than silently ignored.
+//! [`ChatPlan`] (messages, sampling parameters with the grammar of
+//! `response_format`, `n`, streaming), or a 400 that names the offending
+//! field. Fields that would change the meaning of the answer and that we do
+//! not implement (tools, log-probabilities) are refused rather than
+//! silently ignored.
+//!
+//! `response_format`'s grammar is compiled here, before any generation, so
+//! a schema the engine cannot honour is a 400 on `response_format` and
+//! never a half-streamed answer.
 
+use hone_model::constraint::Grammar;
 use hone_model::generate::GenerationParams;
 use hone_text::ChatMessage;
+use serde_json::Value;
 
 use crate::api::{ChatCompletionRequest, ResponseFormat};
 use crate::error::ApiError;
@@ -33,8 +40,8 @@ pub struct ChatPlan {
 
 /// Checks a request and turns it into a [`ChatPlan`]. Fields that would
 /// change the meaning of the answer and that we do not implement (tools,
-/// JSON modes, log-probabilities) are refused with a 400 naming the field,
-/// rather than silently ignored.
+/// log-probabilities) are refused with a 400 naming the field, rather than
+/// silently ignored.
 pub fn plan(req: &ChatCompletionRequest) -> Result<ChatPlan, ApiError> {
     refuse_unsupported(req)?;
     if req.model.trim().is_empty() {
@@ -48,7 +55,8 @@ pub fn plan(req: &ChatCompletionRequest) -> Result<ChatPlan, ApiError> {
             format!("`n` must be between 1 and {MAX_CHOICES}, got {n}."),
         ));
     }
-    let params = sampling(req)?;
+    let mut params = sampling(req)?;
+    params.grammar = response_grammar(req.response_format.as_ref())?;
     Ok(ChatPlan {
         messages,
         params,
@@ -74,21 +82,6 @@ fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
             ));
         }
     }
-    match &req.response_format {
-        Some(ResponseFormat::JsonSchema { .. }) => {
-            return Err(ApiError::invalid(
-                "response_format",
-                "`response_format` of type `json_schema` (structured outputs) is not supported by this server yet.",
-            ))
-        }
-        Some(ResponseFormat::JsonObject) => {
-            return Err(ApiError::invalid(
-                "response_format",
-                "`response_format` of type `json_object` (JSON mode) is not supported by this server yet.",
-            ))
-        }
-        Some(ResponseFormat::Text) | None => {}
-    }
     if req.logprobs == Some(true) {
         return Err(ApiError::invalid(
             "logprobs",
@@ -102,6 +95,51 @@ fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The grammar the answer must match: none for text, any JSON object for
+/// `json_object`, the schema for `json_schema` (compiled now, so a schema
+/// the engine cannot honour is refused before generating).
+fn response_grammar(format: Option<&ResponseFormat>) -> Result<Option<Grammar>, ApiError> {
+    let json_schema = match format {
+        None | Some(ResponseFormat::Text) => return Ok(None),
+        Some(ResponseFormat::JsonObject) => return Ok(Some(Grammar::json_object())),
+        Some(ResponseFormat::JsonSchema { json_schema }) => json_schema,
+    };
+    let bad = |msg: String| ApiError::invalid("response_format", msg);
+    let spec = json_schema
+        .as_ref()
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            bad("`response_format.json_schema` must be an object with `name` and `schema`.".into())
+        })?;
+    let name = spec.get("name").and_then(Value::as_str).unwrap_or("");
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(bad(format!(
+            "`response_format.json_schema.name` must be 1 to 64 letters, digits, `_` or `-`, got {:?}.",
+            name
+        )));
+    }
+    if spec
+        .get("strict")
+        .is_some_and(|s| !s.is_boolean() && !s.is_null())
+    {
+        return Err(bad(
+            "`response_format.json_schema.strict` must be a boolean.".into(),
+        ));
+    }
+    let schema = spec
+        .get("schema")
+        .ok_or_else(|| bad("`response_format.json_schema.schema` is required.".into()))?;
+    Grammar::json_schema(schema.clone()).map(Some).map_err(|e| {
+        bad(format!(
+            "the schema of `response_format` cannot be used: {e}"
+        ))
+    })
 }
 
 fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
@@ -174,6 +212,7 @@ fn sampling(req: &ChatCompletionRequest) -> Result<GenerationParams, ApiError> {
         // Without a seed every request draws a fresh one.
         seed: req.seed.map_or_else(rand::random::<u64>, |s| s as u64),
         stop,
+        grammar: None,
     })
 }
 
@@ -228,7 +267,18 @@ mod tests {
                 "response_format",
             ),
             (
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "json_schema", "json_schema": {
+                    "name": "x", "schema": {"type": "frobnicate"}}}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {
+                    "name": "bad name!", "schema": {"type": "object"}}}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {
+                    "name": "x"}}}),
                 "response_format",
             ),
             (json!({"logprobs": true}), "logprobs"),
@@ -255,11 +305,43 @@ mod tests {
         for ok in [
             json!({"tools": [], "tool_choice": "none"}),
             json!({"response_format": {"type": "text"}}),
+            json!({"response_format": null}),
             json!({"logprobs": false, "top_logprobs": 0}),
             json!({"frequency_penalty": 0.2, "user": "u", "store": false}),
         ] {
             plan(&with(ok.clone())).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+    }
+
+    #[test]
+    fn response_format_becomes_the_grammar_of_every_choice() {
+        assert_eq!(plan(&with(json!({}))).unwrap().params.grammar, None);
+        let p = plan(&with(
+            json!({"response_format": {"type": "json_object"}, "n": 2}),
+        ))
+        .unwrap();
+        assert_eq!(p.params.grammar, Some(Grammar::json_object()));
+        let schema = json!({
+            "type": "object",
+            "properties": {"a": {"enum": ["x", "y"]}},
+            "required": ["a"],
+            "additionalProperties": false
+        });
+        let p = plan(&with(
+            json!({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "pick", "strict": true, "schema": schema}}}),
+        ))
+        .unwrap();
+        assert_eq!(
+            p.params.grammar,
+            Some(Grammar::json_schema(schema).unwrap())
+        );
+        let e = plan(&with(
+            json!({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "frobnicate"}}}}),
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("frobnicate"), "{e}");
     }
 
     #[test]

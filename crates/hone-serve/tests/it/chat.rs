@@ -25,8 +25,8 @@ use tower::ServiceExt;
 use crate::common::{assert_error, Reply, TestApp, BASE};
 
 /// A tiny random model on disk, and the app serving it as `BASE`.
-struct ChatApp {
-    t: TestApp,
+pub(crate) struct ChatApp {
+    pub(crate) t: TestApp,
     chat: Arc<LocalChat>,
     _model_dir: tempfile::TempDir,
 }
@@ -67,7 +67,7 @@ fn tiny_chat(gguf: &Path, max_adapters: usize) -> Arc<LocalChat> {
     Arc::new(LocalChat::new(Arc::new(tiny_catalog(gguf)), opts))
 }
 
-fn chat_app(max_adapters: usize) -> ChatApp {
+pub(crate) fn chat_app(max_adapters: usize) -> ChatApp {
     let (dir, gguf) = tiny_gguf();
     let chat = tiny_chat(&gguf, max_adapters);
     let engines = Engines::with_base_models([BASE])
@@ -87,11 +87,11 @@ fn post(body: &Value) -> Request<Body> {
         .unwrap()
 }
 
-async fn chat(t: &TestApp, body: Value) -> Reply {
+pub(crate) async fn chat(t: &TestApp, body: Value) -> Reply {
     t.send(post(&body)).await
 }
 
-fn ask(model: &str, extra: Value) -> Value {
+pub(crate) fn ask(model: &str, extra: Value) -> Value {
     let mut v = json!({
         "model": model,
         "messages": [
@@ -108,7 +108,7 @@ fn ask(model: &str, extra: Value) -> Value {
 }
 
 /// The content of choice 0 of a successful answer.
-async fn content(t: &TestApp, body: Value) -> String {
+pub(crate) async fn content(t: &TestApp, body: Value) -> String {
     let r = chat(t, body).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["choices"][0]["message"]["content"]
@@ -118,7 +118,7 @@ async fn content(t: &TestApp, body: Value) -> String {
 }
 
 /// The JSON payloads of an SSE body, and whether it ended with `[DONE]`.
-fn sse_frames(body: &[u8]) -> (Vec<Value>, bool) {
+pub(crate) fn sse_frames(body: &[u8]) -> (Vec<Value>, bool) {
     let text = String::from_utf8(body.to_vec()).unwrap();
     let mut frames = Vec::new();
     let mut done = false;
@@ -318,7 +318,7 @@ async fn semantics_changing_fields_are_refused_with_their_param() {
             "tools",
         ),
         (
-            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}}),
             "response_format",
         ),
         (json!({"logprobs": true}), "logprobs"),
@@ -582,7 +582,7 @@ fn sft_lines(n: usize) -> String {
 }
 
 /// Runs a job to success; returns the fine-tuned and checkpoint models.
-async fn fine_tune(t: &TestApp) -> (String, String) {
+pub(crate) async fn fine_tune(t: &TestApp) -> (String, String) {
     let f = t
         .upload("train.jsonl", "fine-tune", sft_lines(10).as_bytes())
         .await

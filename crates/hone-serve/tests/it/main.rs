@@ -12,5 +12,6 @@ mod models;
 mod openapi;
 mod projects;
 mod store;
+mod structured;
 mod training;
 mod wire;

@@ -1,0 +1,103 @@
+use serde_json::json;
+
+use super::*;
+
+fn words() -> Vec<Vec<u8>> {
+    (0..=255u8)
+        .map(|b| vec![b])
+        .chain([b"\xFF<|end|>".to_vec()])
+        .collect()
+}
+
+#[test]
+fn schemas_the_engine_cannot_honour_are_refused_up_front() {
+    for bad in [
+        json!({"type": "frobnicate"}),
+        json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}),
+        json!("just a string"),
+        json!(42),
+        json!({"type": "string", "pattern": "("}),
+    ] {
+        let e = Grammar::json_schema(bad.clone()).unwrap_err();
+        assert!(matches!(e, ModelError::Grammar(_)), "{bad}: {e}");
+        assert!(!e.to_string().is_empty());
+    }
+    assert!(Grammar::lark("start: (").is_err());
+}
+
+#[test]
+fn the_openai_strict_subset_compiles() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "email": {"type": "string", "format": "email"},
+            "when": {"type": "string", "format": "date-time"},
+            "kind": {"enum": ["a", "b"]},
+            "n": {"type": "integer"},
+            "x": {"type": "number"},
+            "list": {"type": "array", "items": {"$ref": "#/$defs/item"}},
+            "either": {"anyOf": [{"type": "string"}, {"type": "null"}]}
+        },
+        "required": ["name", "email", "when", "kind", "n", "x", "list", "either"],
+        "additionalProperties": false,
+        "$defs": {
+            "item": {
+                "type": "object",
+                "properties": {"v": {"type": "boolean"}},
+                "required": ["v"],
+                "additionalProperties": false
+            }
+        }
+    });
+    Grammar::json_schema(schema).unwrap();
+    Grammar::json_schema(json!(true)).unwrap();
+}
+
+#[test]
+fn a_grammar_round_trips_through_serde_and_is_checked_when_read() {
+    let g = Grammar::json_schema(json!({"type": "object"})).unwrap();
+    let v = serde_json::to_value(&g).unwrap();
+    assert_eq!(
+        v,
+        json!({"type": "json_schema", "schema": {"type": "object"}})
+    );
+    assert_eq!(serde_json::from_value::<Grammar>(v).unwrap(), g);
+    let bad = json!({"type": "json_schema", "schema": {"type": "frobnicate"}});
+    assert!(serde_json::from_value::<Grammar>(bad).is_err());
+}
+
+#[test]
+fn the_mask_allows_the_stop_token_only_once_the_grammar_accepts() {
+    let env = GrammarEnv::from_token_bytes(&words(), &[256]).unwrap();
+    let mut c = env.constraint(&Grammar::json_object()).unwrap();
+    let allowed = |c: &mut Constraint| {
+        let mut l = vec![0.0f32; 257];
+        c.mask(&mut l, &[256]).unwrap();
+        (0..257u32)
+            .filter(|&i| l[i as usize].is_finite())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(allowed(&mut c), vec![b'{' as u32]);
+    for b in br#"{"a":1"# {
+        c.accept(*b as u32).unwrap();
+    }
+    assert!(!allowed(&mut c).contains(&256));
+    assert!(!c.is_finished());
+    c.accept(b'}' as u32).unwrap();
+    assert!(c.is_finished(), "nothing can follow the object");
+    assert_eq!(allowed(&mut c), vec![256], "only the end of the turn");
+    // A number can go on, or end: the stop token is allowed beside digits.
+    let number = Grammar::json_schema(json!({"type": "integer"})).unwrap();
+    let mut c = env.constraint(&number).unwrap();
+    c.accept(b'7' as u32).unwrap();
+    let after = allowed(&mut c);
+    assert!(
+        after.contains(&256) && after.contains(&(b'0' as u32)),
+        "{after:?}"
+    );
+    assert!(!c.is_finished());
+    // A token the grammar forbids is an error, not a silent drift.
+    let mut c = env.constraint(&Grammar::json_object()).unwrap();
+    assert!(c.accept(b'x' as u32).is_err());
+}

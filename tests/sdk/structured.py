@@ -1,0 +1,152 @@
+"""Structured outputs through the official `openai` Python SDK against `hone serve`.
+
+Checks what a user of OpenAI's structured outputs does unchanged but for
+`base_url`:
+- `client.chat.completions.parse(..., response_format=PydanticModel)` (or the
+  `beta` path of older SDKs) returns a parsed, validated model instance;
+- the same with `stream=True` through `client.chat.completions.stream`;
+- `response_format={"type": "json_object"}` with `n=2` gives two JSON objects;
+- a schema the server cannot honour raises `BadRequestError` with
+  `param == "response_format"`.
+
+Usage:
+    python tests/sdk/structured.py --hone target/release/hone --model GGUF
+
+It starts its own server on a free port with a fresh HONE_HOME, and stops it
+at the end. Exit 0 when every step passed.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Literal
+
+import openai
+from openai import OpenAI
+from pydantic import BaseModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e_openai import API_KEY, ROOT, free_port, start_server, step  # noqa: E402
+
+BASE = "smollm2-135m-instruct"
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    city: str
+
+
+class Pets(BaseModel):
+    owner: str
+    pets: List[Literal["cat", "dog", "fish"]]
+
+
+PROMPT = "Alice is 30 years old and lives in Paris. Extract her name, age and city."
+
+
+def parse(client: OpenAI, **kw):
+    """`chat.completions.parse`, or its `beta` home in older SDKs."""
+    completions = getattr(client.chat.completions, "parse", None)
+    if completions is None:
+        completions = client.beta.chat.completions.parse
+    return completions(**kw)
+
+
+def run(client: OpenAI) -> None:
+    step("parse(response_format=Person)")
+    r = parse(
+        client,
+        model=BASE,
+        messages=[{"role": "user", "content": PROMPT}],
+        response_format=Person,
+        temperature=0,
+        max_completion_tokens=80,
+    )
+    msg = r.choices[0].message
+    assert isinstance(msg.parsed, Person), msg
+    assert r.choices[0].finish_reason == "stop", r
+    print("   ", msg.parsed)
+
+    step("parse with a nested enum list, sampled, seed")
+    r = parse(
+        client,
+        model=BASE,
+        messages=[{"role": "user", "content": "Bob has a cat and two dogs. List his pets."}],
+        response_format=Pets,
+        temperature=0.8,
+        seed=3,
+        max_completion_tokens=80,
+    )
+    assert isinstance(r.choices[0].message.parsed, Pets), r
+    print("   ", r.choices[0].message.parsed)
+
+    step("stream(response_format=Person)")
+    stream_api = getattr(client.chat.completions, "stream", None) or client.beta.chat.completions.stream
+    with stream_api(
+        model=BASE,
+        messages=[{"role": "user", "content": PROMPT}],
+        response_format=Person,
+        temperature=0,
+        max_completion_tokens=80,
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, Person), final
+    print("   ", final.choices[0].message.parsed)
+
+    step("json_object, n=2")
+    r = client.chat.completions.create(
+        model=BASE,
+        messages=[{"role": "user", "content": "Describe a cat as JSON."}],
+        response_format={"type": "json_object"},
+        n=2,
+        temperature=1.0,
+        seed=1,
+        max_completion_tokens=120,
+    )
+    assert len(r.choices) == 2
+    for c in r.choices:
+        if c.finish_reason == "stop":
+            assert isinstance(json.loads(c.message.content), dict), c
+        print("   ", c.finish_reason, c.message.content)
+
+    step("a bad schema is a 400 on response_format")
+    try:
+        client.chat.completions.create(
+            model=BASE,
+            messages=[{"role": "user", "content": "hi"}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "frobnicate"}},
+            },
+        )
+        raise AssertionError("a bad schema was accepted")
+    except openai.BadRequestError as e:
+        assert e.body and e.body.get("param") == "response_format", e.body
+        print("   ", e.body.get("message"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hone", default=str(ROOT / "target" / "release" / "hone"))
+    ap.add_argument("--model", required=True, help="the base model GGUF")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        port = free_port()
+        server = start_server(args.hone, args.model, Path(home), port)
+        try:
+            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY)
+            run(client)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print("structured outputs: all steps passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
