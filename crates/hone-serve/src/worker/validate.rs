@@ -122,13 +122,7 @@ fn resolve_from_report(
     train: &hone_data::Report,
     catalog: &dyn ModelCatalog,
 ) -> Result<hone_data::hparams::ResolvedHyperparameters, JobError> {
-    let h = job.hyperparameters;
-    let overrides = hone_data::hparams::Overrides {
-        n_epochs: h.n_epochs.value(),
-        batch_size: h.batch_size.value(),
-        learning_rate_multiplier: h.learning_rate_multiplier.value(),
-        beta: h.beta.and_then(|b| b.value()),
-    };
+    let overrides = job.hyperparameters.overrides();
     let mean_tokens = train
         .stats
         .tokens
