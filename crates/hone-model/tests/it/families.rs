@@ -72,7 +72,7 @@ pub fn max_gap(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn full_logits(m: &Llama, ids: &[u32]) -> Vec<Vec<f32>> {
+pub(crate) fn full_logits(m: &Llama, ids: &[u32]) -> Vec<Vec<f32>> {
     let x = Tensor::new(ids, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)

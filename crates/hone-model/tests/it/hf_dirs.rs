@@ -15,7 +15,7 @@ use hone_model::{load_model, ChatEngine, WeightPath};
 use hone_text::ChatTokenizer;
 use serde_json::json;
 
-use crate::families::{family_dir, reference, FAMILIES};
+use crate::families::{family_dir, full_logits as logits, reference, FAMILIES};
 
 /// Writes `tensors` as `shards` files plus the index transformers writes.
 fn write_shards(dir: &Path, tensors: &HashMap<String, Tensor>, shards: usize) {
@@ -48,19 +48,6 @@ fn write_shards(dir: &Path, tensors: &HashMap<String, Tensor>, shards: usize) {
 fn tiny_tokenizer(tmp: &Path) -> ChatTokenizer {
     let (gguf, _) = write_tiny_model(tmp, &TinySpec::default()).unwrap();
     ChatTokenizer::from_gguf(&gguf).unwrap()
-}
-
-fn logits(m: &hone_model::Llama, ids: &[u32]) -> Vec<Vec<f32>> {
-    let x = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    m.forward(&x, 0, None)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
 }
 
 #[test]

@@ -110,6 +110,25 @@ impl TestApp {
     }
 
     /// Uploads `content` as `filename` with `purpose`.
+    /// POSTs a JSON body.
+    pub async fn post_json(&self, uri: &str, body: Value) -> Reply {
+        let req = Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// Uploads a fine-tune file that must pass validation; its id.
+    pub async fn upload_jsonl(&self, content: &str) -> String {
+        let f = self
+            .upload("train.jsonl", "fine-tune", content.as_bytes())
+            .await
+            .json();
+        assert_eq!(f["status"], "processed", "{f}");
+        f["id"].as_str().unwrap().to_string()
+    }
+
     pub async fn upload(&self, filename: &str, purpose: &str, content: &[u8]) -> Reply {
         let (ct, body) = multipart(&[
             ("purpose", None, purpose.as_bytes()),

@@ -6,13 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::Method;
 use hone_model::registry::{ModelSource, ResolvedModel};
 use hone_serve::{AppState, BaseModels, Engines, HoneTrainer, ServeConfig, TrainerOptions};
 use serde_json::{json, Value};
 
-use crate::common::{Reply, TestApp};
+use crate::common::TestApp;
 
 pub const TINY: &str = "tiny";
 
@@ -70,25 +69,8 @@ pub fn chats(n: usize, words: usize) -> String {
         .collect()
 }
 
-async fn post_json(t: &TestApp, uri: &str, body: Value) -> Reply {
-    let req = Request::post(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    t.send(req).await
-}
-
-async fn upload(t: &TestApp, content: &str) -> String {
-    let f = t
-        .upload("train.jsonl", "fine-tune", content.as_bytes())
-        .await
-        .json();
-    assert_eq!(f["status"], "processed", "{f}");
-    f["id"].as_str().unwrap().to_string()
-}
-
 async fn create(t: &TestApp, body: Value) -> String {
-    let r = post_json(t, "/v1/fine_tuning/jobs", body).await;
+    let r = t.post_json("/v1/fine_tuning/jobs", body).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()["id"].as_str().unwrap().to_string()
 }
@@ -157,8 +139,8 @@ async fn job_action(t: &TestApp, id: &str, action: &str) -> Value {
 async fn a_real_job_succeeds_with_metrics_checkpoints_result_file_and_models() {
     let tiny = TinyModel::new();
     let t = app(&tiny, |_| {});
-    let train = upload(&t, &chats(12, 3)).await;
-    let valid = upload(&t, &chats(3, 3)).await;
+    let train = t.upload_jsonl(&chats(12, 3)).await;
+    let valid = t.upload_jsonl(&chats(3, 3)).await;
     let id = create(
         &t,
         json!({"model": TINY, "training_file": train, "validation_file": valid, "suffix": "house",
@@ -250,7 +232,7 @@ async fn a_real_job_succeeds_with_metrics_checkpoints_result_file_and_models() {
 async fn cancel_stops_a_running_job_within_seconds_and_the_next_job_starts() {
     let tiny = TinyModel::new();
     let t = app(&tiny, |_| {});
-    let train = upload(&t, &chats(40, 20)).await;
+    let train = t.upload_jsonl(&chats(40, 20)).await;
     let long = json!({"model": TINY, "training_file": train,
                       "hyperparameters": {"n_epochs": 50, "batch_size": 1}});
     let a = create(&t, long.clone()).await;
@@ -283,7 +265,7 @@ async fn cancel_stops_a_running_job_within_seconds_and_the_next_job_starts() {
 async fn pause_checkpoints_and_resume_continues_from_that_step() {
     let tiny = TinyModel::new();
     let t = app(&tiny, |_| {});
-    let train = upload(&t, &chats(40, 20)).await;
+    let train = t.upload_jsonl(&chats(40, 20)).await;
     let id = create(
         &t,
         json!({"model": TINY, "training_file": train,
@@ -327,7 +309,7 @@ async fn pause_checkpoints_and_resume_continues_from_that_step() {
 async fn shutdown_drains_a_running_job_and_a_restart_finishes_it() {
     let tiny = TinyModel::new();
     let t = app(&tiny, |_| {});
-    let train = upload(&t, &chats(40, 20)).await;
+    let train = t.upload_jsonl(&chats(40, 20)).await;
     let id = create(
         &t,
         json!({"model": TINY, "training_file": train,
@@ -385,7 +367,7 @@ async fn a_dpo_job_trains_to_succeeded() {
                 + "\n"
         })
         .collect();
-    let f = upload(&t, &lines).await;
+    let f = t.upload_jsonl(&lines).await;
     let id = create(
         &t,
         json!({"model": TINY, "training_file": f, "method": {"type": "dpo",
@@ -418,7 +400,7 @@ async fn a_jobs_auto_hyperparameters_are_the_ones_hone_train_resolves() {
     // Enough long chats that the token budget halves the batch size, which
     // the old rule (without token counts) did not.
     let content = chats(1600, 120);
-    let train = upload(&t, &content).await;
+    let train = t.upload_jsonl(&content).await;
     let id = create(
         &t,
         json!({"model": TINY, "training_file": train, "seed": 5}),
