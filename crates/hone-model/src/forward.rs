@@ -10,10 +10,10 @@
 
 use candle_core::{Device, Tensor, D};
 
-use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::family::{Activation, LayerKind};
 use crate::linear::Linear;
+pub use crate::kv_cache::TensorKvCache;
 use crate::llama::{Attention, Block, ForwardOptions, Llama, Mlp, RopeTables};
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) · weight` over the last dimension.
@@ -96,8 +96,9 @@ pub fn grouped_attention_scaled(
     n_rep: usize,
     scale: f64,
 ) -> Result<Tensor> {
+    let (k, v) = (&matmul_operand(k)?, &matmul_operand(v)?);
     if n_rep == 1 {
-        return scaled_attention(q, &k.contiguous()?, &v.contiguous()?, mask, scale);
+        return scaled_attention(q, k, v, mask, scale);
     }
     let (b, h, t, d) = q.dims4()?;
     let kv = h / n_rep;
@@ -106,8 +107,22 @@ pub fn grouped_attention_scaled(
         Some(m) => Some(m.repeat((n_rep, 1))?),
         None => None,
     };
-    let y = scaled_attention(&q, &k.contiguous()?, &v.contiguous()?, mask.as_ref(), scale)?;
+    let y = scaled_attention(&q, k, v, mask.as_ref(), scale)?;
     Ok(y.reshape((b, h, t, d))?)
+}
+
+/// `x: [b, h, n, d]` as a matmul operand: itself when candle's batched
+/// matmul can read its layout (rows of unit stride, batches a fixed stride
+/// apart, as in a view of the KV cache's filled part), else a contiguous
+/// copy. Views of the cache are thus never copied.
+fn matmul_operand(x: &Tensor) -> Result<Tensor> {
+    let (b, h, _, _) = x.dims4()?;
+    let st = x.stride();
+    if st[3] == 1 && (st[0] == st[1] * h || b == 1 || h == 1) {
+        Ok(x.clone())
+    } else {
+        Ok(x.contiguous()?)
+    }
 }
 
 /// The causal mask for `t` new positions after `start_pos` cached ones.
@@ -139,53 +154,6 @@ pub fn window_mask(
         })
         .collect();
     Ok(Tensor::from_vec(mask, (t, total), device)?)
-}
-
-/// Per-layer keys and values of the positions seen so far, as candle
-/// tensors `[b, kv_heads, positions, head_dim]`: the tensor forward pass's
-/// cache (the packed decode step has its own, [`crate::decode::PackedKvCache`]).
-#[derive(Debug, Clone)]
-pub struct TensorKvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl TensorKvCache {
-    pub fn new(cfg: &Config) -> Self {
-        Self {
-            layers: vec![None; cfg.num_hidden_layers],
-        }
-    }
-
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
-    }
-
-    /// Appends a layer's new keys and values; returns all of that layer's.
-    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let slot = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| ModelError::Generation("KV cache built for another model".into()))?;
-        let kv = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *slot = Some(kv.clone());
-        Ok(kv)
-    }
 }
 
 impl Llama {

@@ -134,9 +134,20 @@ impl<F: Fn(&[u32]) -> Result<String>> Detokenizer for F {
     }
 }
 
+/// Prompt tokens fed to the model per call by [`generate`]: between two
+/// such chunks the caller is asked (an empty piece to `on_text`) whether to
+/// go on, so a long prompt can be abandoned within one chunk. Large enough
+/// that the packed step still multiplies many rows at once.
+pub const PREFILL_CHUNK: usize = 64;
+
 /// Generates a completion of `prompt`, calling `on_text` with each new piece
 /// of text as soon as it is safe to show (complete UTF-8, and not possibly
 /// the start of a stop string). `on_text` returning `Break` ends generation.
+///
+/// A prompt longer than [`PREFILL_CHUNK`] is fed in chunks, and `on_text`
+/// is also called with an empty piece between chunks: answering `Break`
+/// there (a client that went away) stops the prefill, and the generation
+/// ends at once with no completion tokens.
 pub fn generate<M: StepModel>(
     model: &M,
     prompt: &[u32],
@@ -147,11 +158,33 @@ pub fn generate<M: StepModel>(
 ) -> Result<Generation> {
     let mut seq = Sequence::new(prompt, params, model.context_length(), detok)?;
     let mut cache = model.new_cache();
-    let mut logits = model.step(prompt, 0, &mut cache)?;
+    let Some(mut logits) = prefill(model, prompt, &mut cache, on_text)? else {
+        seq.finish = FinishReason::Stop;
+        return seq.finish(detok, on_text);
+    };
     while let Some(next) = seq.advance(&logits, stop_ids, detok, on_text)? {
         logits = model.step(&[next], seq.position(), &mut cache)?;
     }
     seq.finish(detok, on_text)
+}
+
+/// Feeds `prompt` to an empty `cache` in chunks of [`PREFILL_CHUNK`],
+/// asking `on_text` (with an empty piece) between chunks whether to go on.
+/// Returns the logits after the prompt, or `None` when asked to stop.
+fn prefill<M: StepModel>(
+    model: &M,
+    prompt: &[u32],
+    cache: &mut M::Cache,
+    on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Result<Option<Vec<f32>>> {
+    let mut logits = Vec::new();
+    for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+        if i > 0 && on_text("").is_break() {
+            return Ok(None);
+        }
+        logits = model.step(chunk, i * PREFILL_CHUNK, cache)?;
+    }
+    Ok(Some(logits))
 }
 
 /// A model that can also take one decode step for several sequences at

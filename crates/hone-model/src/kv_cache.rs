@@ -3,11 +3,14 @@
 //! forward pass ([`crate::forward`]) for f32 ones. Each path has its own cache
 //! type ([`PackedKvCache`], [`TensorKvCache`]); [`KvCache`] holds the one the
 //! model's path uses, so the generic generation loop can own caches without
-//! knowing the path.
+//! knowing the path. Both caches grow in place (no copy of earlier
+//! positions per step or prompt chunk).
 
+use candle_core::Tensor;
+
+use crate::config::Config;
 use crate::decode::{self, PackedKvCache};
 use crate::error::{ModelError, Result};
-use crate::forward::TensorKvCache;
 use crate::llama::{ForwardOptions, Llama, WeightPath};
 
 /// The KV cache of one sequence, of the type its model's step path uses;
@@ -92,7 +95,7 @@ impl Llama {
                 decode::step(self, ids, start_pos, cache.packed_mut()?, opts.use_adapters)
             }
             WeightPath::F32 => {
-                let input = candle_core::Tensor::new(ids, self.device())?.unsqueeze(0)?;
+                let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
                 let h = self.forward_hidden(&input, start_pos, Some(cache.tensor_mut()?), opts)?;
                 let last = h.narrow(1, ids.len() - 1, 1)?;
                 Ok(self.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
@@ -126,5 +129,110 @@ impl Llama {
                     .to_vec2::<f32>()?)
             }
         }
+    }
+}
+
+/// Per-layer keys and values of the positions seen so far, as candle
+/// tensors `[b, kv_heads, positions, head_dim]`: the tensor forward pass's
+/// cache (the packed decode step has its own, [`crate::decode::PackedKvCache`]).
+///
+/// Each layer's keys and values live in a buffer with room to spare, grown
+/// by doubling; new positions are written in place and attention reads a
+/// view of the filled part. Concatenating instead copied the whole cache at
+/// every step and every prompt chunk, which made long prompts quadratic.
+#[derive(Debug)]
+pub struct TensorKvCache {
+    layers: Vec<Option<LayerKv>>,
+}
+
+/// One layer's buffers `[b, kv_heads, capacity, head_dim]`, the first `len`
+/// positions filled.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// Positions a layer's buffer starts with: one short prompt's worth.
+const MIN_CAPACITY: usize = 64;
+
+/// A deep copy: clones write their own positions, never into a shared buffer.
+impl Clone for TensorKvCache {
+    fn clone(&self) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref().map(|l| LayerKv {
+                    // A copy of a CPU tensor cannot fail but for lack of memory.
+                    k: l.k.copy().unwrap_or_else(|_| l.k.clone()),
+                    v: l.v.copy().unwrap_or_else(|_| l.v.clone()),
+                    len: l.len,
+                })
+            })
+            .collect();
+        Self { layers }
+    }
+}
+
+impl TensorKvCache {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            layers: (0..cfg.num_hidden_layers).map(|_| None).collect(),
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+    }
+
+    /// Appends a layer's new keys and values; returns views of all of that
+    /// layer's (no copy of the earlier positions).
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| ModelError::Generation("KV cache built for another model".into()))?;
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let len = slot.as_ref().map_or(0, |l| l.len);
+        let need = len + k.dim(2)?;
+        let cap = slot.as_ref().map_or(0, |l| l.k.dim(2).unwrap_or(0));
+        if need > cap {
+            let cap = need.max(2 * cap).max(MIN_CAPACITY);
+            let grow = |t: &Tensor, old: Option<&Tensor>| -> Result<Tensor> {
+                let (b, h, _, d) = t.dims4()?;
+                let buf = Tensor::zeros((b, h, cap, d), t.dtype(), t.device())?;
+                if let Some(old) = old {
+                    buf.slice_set(old, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            let old = slot.take();
+            *slot = Some(LayerKv {
+                k: grow(&k, old.as_ref().map(|l| &l.k))?,
+                v: grow(&v, old.as_ref().map(|l| &l.v))?,
+                len,
+            });
+        }
+        let l = slot
+            .as_mut()
+            .ok_or_else(|| ModelError::Generation("KV cache layer missing".into()))?;
+        l.k.slice_set(&k, 2, len)?;
+        l.v.slice_set(&v, 2, len)?;
+        l.len = need;
+        Ok((l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?))
     }
 }

@@ -89,16 +89,6 @@ pub(super) fn gate_in_place(gate: &mut [f32], up: &[f32], activation: Activation
     }
 }
 
-pub(super) fn softmax_in_place(s: &mut [f32]) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let mut sum = 0f32;
-    for v in s.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    s.iter_mut().for_each(|v| *v /= sum);
-}
-
 pub(super) fn add_into(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }

@@ -459,3 +459,85 @@ mod constrained {
         }
     }
 }
+
+/// Counts the prompt tokens it was fed (its cache), predicting 'a' always.
+struct Counting;
+
+impl StepModel for Counting {
+    type Cache = usize;
+    fn new_cache(&self) -> usize {
+        0
+    }
+    fn step(&self, ids: &[u32], start: usize, fed: &mut usize) -> Result<Vec<f32>> {
+        assert_eq!(start, *fed, "chunks are fed in order");
+        *fed += ids.len();
+        let mut l = vec![0.0; 29];
+        l[0] = 10.0;
+        Ok(l)
+    }
+    fn context_length(&self) -> usize {
+        100_000
+    }
+}
+
+/// The client is gone during the prefill of a long prompt: generation stops
+/// at the next chunk boundary instead of computing the whole prompt.
+#[test]
+fn cancellation_reaches_prefill_between_chunks() {
+    let prompt = vec![1u32; 40 * PREFILL_CHUNK];
+    let mut asked = 0;
+    let m = Counting;
+    let mut cache = m.new_cache();
+    let got = prefill(&m, &prompt, &mut cache, &mut |piece: &str| {
+        assert_eq!(piece, "", "prefill only asks, it shows no text");
+        asked += 1;
+        ControlFlow::Break(())
+    })
+    .unwrap();
+    assert!(got.is_none());
+    assert_eq!(asked, 1);
+    assert_eq!(cache, PREFILL_CHUNK, "one chunk was computed, not the prompt");
+
+    let mut pieces = Vec::new();
+    let g = generate(
+        &m,
+        &prompt,
+        &GenerationParams::default(),
+        &[28],
+        &detok,
+        &mut |s: &str| {
+            pieces.push(s.to_string());
+            ControlFlow::Break(())
+        },
+    )
+    .unwrap();
+    assert_eq!(pieces, vec![""]);
+    assert_eq!((g.completion_tokens, g.text.as_str()), (0, ""));
+    assert_eq!(g.finish_reason, FinishReason::Stop);
+    assert_eq!(g.prompt_tokens, prompt.len());
+}
+
+/// Without a cancellation, a chunked prefill is the whole prompt fed in
+/// order, asked once per chunk boundary, and generation goes on as usual.
+#[test]
+fn a_long_prompt_is_fed_in_chunks_and_asked_between_them() {
+    let prompt = vec![1u32; 3 * PREFILL_CHUNK + 5];
+    let mut empty = 0;
+    let mut text = String::new();
+    let p = GenerationParams {
+        max_tokens: 3,
+        ..Default::default()
+    };
+    let g = generate(&Counting, &prompt, &p, &[28], &detok, &mut |s: &str| {
+        if s.is_empty() {
+            empty += 1;
+        }
+        text.push_str(s);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(empty, 3, "one question per boundary between 4 chunks");
+    assert_eq!(g.text, "aaa");
+    assert_eq!(text, "aaa");
+    assert_eq!(g.finish_reason, FinishReason::Length);
+}

@@ -80,6 +80,48 @@ fn incremental_decoding_with_kv_cache_matches_full_forward() {
     assert!(d < 1e-4, "cached vs full differ by {d}");
 }
 
+/// Past its starting room the f32 cache grows (positions are written in
+/// place, never concatenated): a prompt fed in chunks across two growths,
+/// then decoded a token at a time, still gives the full pass's logits; and
+/// a clone appends on its own, leaving the original untouched.
+#[test]
+fn a_growing_kv_cache_matches_full_forward_and_clones_are_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec {
+        context: 512,
+        ..TinySpec::default()
+    };
+    let (gguf, _) = write_tiny_model(dir.path(), &spec).unwrap();
+    let m = load_model(&gguf, WeightPath::F32).unwrap();
+    let n = 200;
+    let x = ids(1, n, spec.vocab_size());
+    let full = m.forward(&x, 0, None).unwrap();
+    let mut cache = TensorKvCache::new(&m.cfg);
+    let mut parts = Vec::new();
+    for (start, len) in [(0, 50), (50, 100), (150, 40)] {
+        let chunk = x.narrow(1, start, len).unwrap();
+        parts.push(m.forward(&chunk, start, Some(&mut cache)).unwrap());
+    }
+    let fork = cache.clone();
+    for p in 190..n {
+        let tok = x.narrow(1, p, 1).unwrap();
+        parts.push(m.forward(&tok, p, Some(&mut cache)).unwrap());
+    }
+    assert_eq!((cache.len(), fork.len()), (n, 190));
+    let d = max_diff(&full, &Tensor::cat(&parts, 1).unwrap());
+    assert!(d < 1e-4, "cached vs full differ by {d}");
+    // The fork continues with other tokens; the original is unchanged.
+    let mut fork = fork;
+    let other = ids(1, 10, spec.vocab_size());
+    m.forward(&other, 190, Some(&mut fork)).unwrap();
+    assert_eq!(fork.len(), 200);
+    let next = ids(1, 1, spec.vocab_size());
+    let a = m.forward(&next, n, Some(&mut cache)).unwrap();
+    let whole = Tensor::cat(&[x.clone(), next.clone()], 1).unwrap();
+    let b = m.forward(&whole, 0, None).unwrap().narrow(1, n, 1).unwrap();
+    assert!(max_diff(&a, &b) < 1e-4, "the original cache was not written by its clone");
+}
+
 #[test]
 fn quantized_paths_stay_close_to_f32() {
     let dir = tempfile::tempdir().unwrap();
