@@ -45,8 +45,10 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub struct RunControl {
     /// Continue from the newest valid checkpoint in `out_dir/checkpoints`, if any.
     pub resume: bool,
-    /// Set it (e.g. on Ctrl-C, or a job cancel) to stop after the current step: the run
-    /// writes a checkpoint at its cursor and returns [`TrainError::Cancelled`].
+    /// Set it (e.g. on Ctrl-C, or a job cancel) to stop: the run checks it after every
+    /// step and between the micro-batches of a step (`grad_accum`), whose partial
+    /// gradients are then dropped (the step is redone on resume). It writes a
+    /// checkpoint at its cursor and returns [`TrainError::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
@@ -130,12 +132,29 @@ pub fn train_loop<O: Objective>(
         resumed_from_step: ckpt.as_ref().map(|c| c.step),
     });
     let n_batches = batches_per_epoch(train.len(), cfg.batch_size);
+    let mut saved_step = ckpt.as_ref().map(|c| (c.step, c.path.clone()));
     for epoch in start_epoch..cfg.epochs {
         let first = if epoch == start_epoch { start_batch } else { 0 };
         for bi in first..n_batches {
             let idx = batch_indices(train.len(), cfg.batch_size, cfg.seed, epoch as usize, bi);
             let examples: Vec<&O::Example> = idx.iter().map(|&i| &train[i]).collect();
-            let stats = run.step(objective, &examples, sink)?;
+            let Some(stats) = run.step(objective, &examples, sink, ctl)? else {
+                // Cancelled inside the step: nothing of it was applied, so the
+                // checkpoint's cursor is this batch.
+                let saved = match saved_step {
+                    Some((step, path)) if step == run.step => Some(path),
+                    _ if cfg.keep_checkpoints > 0 && run.step > 0 => {
+                        let path = run.checkpoint(epoch, bi)?;
+                        sink.emit(&TrainEvent::Checkpoint {
+                            step: run.step,
+                            path: path.clone(),
+                        });
+                        Some(path)
+                    }
+                    _ => None,
+                };
+                return Err(cancelled(run.step, saved, sink));
+            };
             let end_of_epoch = bi + 1 == n_batches;
             let mut row = MetricsRow {
                 step: run.step,
@@ -164,16 +183,11 @@ pub fn train_loop<O: Objective>(
                     step: run.step,
                     path: path.clone(),
                 });
+                saved_step = Some((run.step, path.clone()));
                 saved = Some(path);
             }
             if cancel {
-                sink.emit(&TrainEvent::Error {
-                    message: format!("cancelled after step {}", run.step),
-                });
-                return Err(TrainError::Cancelled {
-                    step: run.step,
-                    checkpoint: saved,
-                });
+                return Err(cancelled(run.step, saved, sink));
             }
         }
     }
@@ -185,6 +199,14 @@ pub fn train_loop<O: Objective>(
         valid.len(),
         sink,
     )
+}
+
+/// Reports a cancel after `step` completed steps, with the checkpoint to resume from.
+fn cancelled(step: u64, checkpoint: Option<PathBuf>, sink: &mut dyn EventSink) -> TrainError {
+    sink.emit(&TrainEvent::Error {
+        message: format!("cancelled after step {step}"),
+    });
+    TrainError::Cancelled { step, checkpoint }
 }
 
 /// The mutable state of a run.
@@ -250,19 +272,24 @@ impl<'a> Run<'a> {
 
     /// One optimizer step over a batch. `grad_accum` splits it into micro-batches; each
     /// micro-batch's mean loss is weighted by its share of the batch's units, so the
-    /// accumulated gradient is the gradient of the whole batch's mean.
+    /// accumulated gradient is the gradient of the whole batch's mean. `None` when `ctl`
+    /// was cancelled between two micro-batches: the step is dropped, nothing applied.
     fn step<O: Objective>(
         &mut self,
         obj: &O,
         examples: &[&O::Example],
         sink: &mut dyn EventSink,
-    ) -> Result<Stats> {
+        ctl: &RunControl,
+    ) -> Result<Option<Stats>> {
         let t0 = Instant::now();
         let total: u64 = examples.iter().map(|e| obj.units(e)).sum();
         let micro = examples.len().div_ceil(self.cfg.grad_accum).max(1);
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let (mut stats, mut tokens) = (Stats::default(), 0u64);
         for (mi, chunk) in examples.chunks(micro).enumerate() {
+            if mi > 0 && ctl.cancelled() {
+                return Ok(None);
+            }
             tokens += chunk.iter().map(|e| obj.tokens(e)).sum::<u64>();
             let opts = TrainOptions {
                 use_adapters: true,
@@ -302,7 +329,7 @@ impl<'a> Run<'a> {
             grad_norm: Some(opt_stats.grad_norm),
             rewards,
         });
-        Ok(stats)
+        Ok(Some(stats))
     }
 
     /// Scores the validation set, fills the row, and refreshes `best/` on a new low.

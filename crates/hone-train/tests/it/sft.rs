@@ -494,6 +494,86 @@ fn cancel_mid_epoch_checkpoints_and_resume_finishes_identically() {
     );
 }
 
+/// A cancel that arrives while a step is between its micro-batches (a job
+/// cancelled during a long step) drops that step: no optimizer update, no
+/// metrics row, the checkpoint at the last whole step kept as the resume
+/// point; resuming then finishes exactly like the uninterrupted run.
+#[test]
+fn cancel_between_micro_batches_drops_the_step_and_resume_is_exact() {
+    let cfg = SftConfig {
+        keep_checkpoints: 5,
+        grad_accum: 2,
+        ..config(3)
+    };
+    let out = tempfile::tempdir().unwrap();
+    let (full, _) = run(&mut fixture(), &cfg, &out.path().join("full"));
+    let dir = out.path().join("cut");
+    let mut g = fixture();
+    let train = tokenize_sft(&g.tok, &data(), cfg.max_seq_len).unwrap();
+    let valid = tokenize_sft(&g.tok, &data()[..2], cfg.max_seq_len).unwrap();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut go = |resume: bool, sink: &mut dyn hone_train::EventSink| {
+        let ctl = hone_train::sft::RunControl {
+            resume,
+            cancel: Some(flag.clone()),
+        };
+        hone_train::sft::run_sft(
+            &mut g.model,
+            &train.examples,
+            &valid.examples,
+            &cfg,
+            &dir,
+            sink,
+            &ctl,
+        )
+    };
+    // Cancelled at the end of step 2: checkpoint at step 2.
+    let mut at2 = CancelAt {
+        at: 2,
+        flag: flag.clone(),
+    };
+    let err = go(false, &mut at2).unwrap_err();
+    let Some(ckpt2) = (match err {
+        hone_train::TrainError::Cancelled { step: 2, checkpoint } => checkpoint,
+        e => panic!("{e}"),
+    }) else {
+        panic!("no checkpoint at step 2")
+    };
+    let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    // Resumed with the cancel still set: step 3 computes its first
+    // micro-batch, then stops before the second, applying nothing.
+    let mut sink = VecSink::default();
+    let err = go(true, &mut sink).unwrap_err();
+    assert!(
+        matches!(&err, hone_train::TrainError::Cancelled { step: 2, checkpoint: Some(p) } if *p == ckpt2),
+        "{err}"
+    );
+    assert!(
+        !sink.events.iter().any(|e| matches!(e, TrainEvent::Step { .. })),
+        "no step completed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.csv")).unwrap(),
+        metrics
+    );
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut h = fixture();
+    let resumed = hone_train::resume_sft(
+        &mut h.model,
+        &train.examples,
+        &valid.examples,
+        &cfg,
+        &dir,
+        &mut VecSink::default(),
+    )
+    .unwrap();
+    assert_eq!(resumed.losses, full.losses);
+    assert_eq!(
+        std::fs::read(dir.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(out.path().join("full/adapter_model.safetensors")).unwrap()
+    );
+}
+
 #[test]
 fn checkpoint_every_n_steps_inside_epochs() {
     let cfg = SftConfig {
