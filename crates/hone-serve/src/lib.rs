@@ -11,7 +11,8 @@
 //!   choices loop, and the local engine over hone-model);
 //! - [`worker`]: the job loop, the only code that changes a job's state;
 //!   [`job_context`]: what a training run sees; [`training`]: the trainer;
-//! - `routes`: the axum handlers; [`auth`]: keys and request ids.
+//! - `routes`: the axum handlers; [`auth`]: keys and request ids;
+//! - [`sweep`]: at start, removes what a crash left that no record refers to.
 //!
 //! Start it with [`serve`]; tests use [`router`] with an [`AppState`].
 
@@ -30,6 +31,7 @@ pub mod openapi;
 mod routes;
 pub mod state;
 pub mod store;
+pub mod sweep;
 pub mod training;
 pub mod worker;
 
@@ -48,12 +50,17 @@ pub use routes::router;
 pub use state::{AppState, ServeError};
 pub use training::{HoneTrainer, TrainerOptions};
 
-/// Opens the store under `config.home`, binds `config.addr()`, and serves
-/// until Ctrl-C / SIGTERM, then drains (see [`serve_on`]).
+/// Opens the store under `config.home`, sweeps what a crash left
+/// ([`sweep`]), binds `config.addr()`, and serves until Ctrl-C / SIGTERM,
+/// then drains (see [`serve_on`]).
 pub async fn serve(config: ServeConfig, engines: Engines) -> Result<(), ServeError> {
     let addr = config.addr();
     tracing::info!(?config, "starting hone-serve");
     let store = store::SqliteStore::open(&config.home.join("hone.db"))?;
+    // Before the worker starts writing: see `sweep` for why only now.
+    if let Err(e) = sweep::sweep_orphans(&config.home, &store) {
+        tracing::warn!(error = %e, "could not sweep orphaned files; serving anyway");
+    }
     config
         .check_exposure_with(store::Store::active_keys(&store)?.len())
         .map_err(ServeError::Exposure)?;

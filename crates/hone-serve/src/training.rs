@@ -22,7 +22,9 @@
 //! step (with the validation loss at epoch ends), messages for the start, a
 //! resume and each checkpoint, and `estimated_finish` from the measured
 //! step rate. A cancel, pause or shutdown sets hone-train's cooperative
-//! cancel flag: the run stops after the current step with a checkpoint.
+//! cancel flag: the run stops after the current step, or between two of its
+//! micro-batches (dropping that step), with a checkpoint. (A cancel is
+//! answered before that: see `worker`.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -332,7 +334,8 @@ pub fn job_error_of(e: &TrainJobError) -> JobError {
 }
 
 /// Runs `f` while a watcher thread turns the job's stop request into
-/// hone-train's cancel flag (checked after every step).
+/// hone-train's cancel flag (checked after every step and between
+/// micro-batches).
 fn with_stop_watcher<T>(ctx: &JobContext, cancel: &AtomicBool, f: impl FnOnce() -> T) -> T {
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {

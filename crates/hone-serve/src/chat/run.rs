@@ -5,7 +5,8 @@
 //!
 //! A client that goes away must not keep a core busy: the handler holds a
 //! [`CancelOnDrop`] guard, and generation checks the [`CancelFlag`] at every
-//! piece of text.
+//! piece of text and between prompt chunks (hone-model's `generate` asks with
+//! an empty piece), so a long prefill stops within one chunk.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +92,10 @@ pub fn run_choices(
             if cancel.is_cancelled() {
                 stopped = true;
                 return ControlFlow::Break(());
+            }
+            if text.is_empty() {
+                // Generation asking, between prompt chunks, whether to go on.
+                return ControlFlow::Continue(());
             }
             let flow = emit(ChatEvent::Text {
                 index,
@@ -209,6 +214,75 @@ mod tests {
                 reason: FinishReason::Stop
             })
         );
+    }
+
+    /// Feeds a long prompt as hone-model's `generate` does: one empty piece
+    /// between chunks, stopping when answered `Break`; counts the chunks.
+    /// With `disconnect_at`, the client goes away (the flag is set, as the
+    /// handler's guard does when dropped) during that chunk.
+    #[derive(Default)]
+    struct Prefill {
+        chunks: std::sync::atomic::AtomicUsize,
+        disconnect_at: Option<(usize, CancelFlag)>,
+    }
+
+    impl ChatBackend for Prefill {
+        fn generate(
+            &self,
+            _: &ChatTarget,
+            _: &[ChatMessage],
+            _: &GenerationParams,
+            on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        ) -> Result<Generation, ChatError> {
+            for _ in 0..1000 {
+                let n = self.chunks.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some((at, flag)) = &self.disconnect_at {
+                    if n == *at {
+                        flag.cancel();
+                    }
+                }
+                if on_text("").is_break() {
+                    break;
+                }
+            }
+            Ok(Generation {
+                text: String::new(),
+                token_ids: vec![],
+                finish_reason: GenFinish::Stop,
+                completion_tokens: 0,
+                prompt_tokens: 64_000,
+            })
+        }
+    }
+
+    #[test]
+    fn a_cancel_during_prefill_stops_at_the_next_chunk_and_emits_nothing() {
+        let p = plan(&with(json!({"stream": true}))).unwrap();
+        let mut events = Vec::new();
+        // Not cancelled: the empty pieces are questions, never events.
+        let backend = Prefill::default();
+        run_choices(&backend, &target(), &p, &CancelFlag::default(), &mut |e| {
+            events.push(e);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(backend.chunks.load(Ordering::SeqCst), 1000);
+        assert!(matches!(events[..], [ChatEvent::Finish { .. }]), "{events:?}");
+        // The client goes away during chunk 3: no chunk after it runs.
+        let cancel = CancelFlag::default();
+        let backend = Prefill {
+            disconnect_at: Some((3, cancel.clone())),
+            ..Default::default()
+        };
+        events.clear();
+        let run = run_choices(&backend, &target(), &p, &cancel, &mut |e| {
+            events.push(e);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(backend.chunks.load(Ordering::SeqCst), 3);
+        assert_eq!(run.usage.completion_tokens, 0);
+        assert!(events.is_empty(), "{events:?}");
     }
 
     #[test]

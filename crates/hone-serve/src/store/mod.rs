@@ -374,6 +374,17 @@ pub trait Store: Send + Sync + 'static {
     fn active_keys(&self) -> StoreResult<Vec<KeyRecord>>;
     /// Revokes a key at once (the next request with it gets a 401).
     fn revoke_key(&self, id: &str) -> StoreResult<KeyRecord>;
+
+    /// The ids of every file and job, all projects: what the start-up sweep
+    /// (`crate::sweep`) keeps on disk.
+    fn referenced_ids(&self) -> StoreResult<ReferencedIds>;
+}
+
+/// Ids the store refers to, for [`Store::referenced_ids`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReferencedIds {
+    pub files: std::collections::HashSet<String>,
+    pub jobs: std::collections::HashSet<String>,
 }
 
 /// Async access to a [`Store`]: each call runs on the blocking pool.

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::{
     unix_now, CheckpointRecord, FileRecord, JobUpdate, KeyRecord, ModelRecord, NewEvent, Order,
-    Page, PageRequest, Scope, Store, StoreError, StoreResult, Transition,
+    Page, PageRequest, ReferencedIds, Scope, Store, StoreError, StoreResult, Transition,
 };
 use crate::api::{
     EventType, FileObject, FineTuningJob, JobCheckpoint, JobEvent, JobEventTag, JobStatus, Model,
@@ -253,6 +253,19 @@ fn register_model_tx(tx: &Transaction<'_>, job: &FineTuningJob, t: &Transition) 
 }
 
 impl Store for SqliteStore {
+    fn referenced_ids(&self) -> StoreResult<ReferencedIds> {
+        let conn = self.lock();
+        let ids = |table: &str| -> StoreResult<std::collections::HashSet<String>> {
+            let mut stmt = conn.prepare(&format!("SELECT id FROM {table}"))?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        };
+        Ok(ReferencedIds {
+            files: ids("files")?,
+            jobs: ids("jobs")?,
+        })
+    }
+
     fn insert_file(&self, file: &FileRecord) -> StoreResult<()> {
         let conn = self.lock();
         let n = conn.execute(

@@ -14,7 +14,8 @@
 //! jobs train. The engine reports progress through a [`JobContext`]
 //! ([`crate::job_context`]) and polls [`JobContext::stop_requested`] to stop
 //! cooperatively for a cancel, a pause or a shutdown, after saving a
-//! checkpoint. Without an engine, jobs are validated and then wait in
+//! checkpoint. A cancel does not wait for that: the job is `cancelled` at
+//! once, and the run's end is then only bookkeeping (its slot is freed). Without an engine, jobs are validated and then wait in
 //! `queued`.
 
 mod validate;
@@ -65,8 +66,10 @@ impl WorkerHandle {
         let _ = self.tx.send(Msg::Created);
     }
 
-    /// Asks for a cancel/pause/resume and waits for the resulting job. For a
-    /// running job the answer comes once the engine has stopped.
+    /// Asks for a cancel/pause/resume and waits for the resulting job. A
+    /// cancel answers at once (the running job is `cancelled` while its run
+    /// stops in the background); a pause of a running job answers once the
+    /// engine has stopped at a checkpoint.
     pub async fn command(&self, job_id: &str, c: Command) -> StoreResult<FineTuningJob> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -181,7 +184,15 @@ impl Worker {
     fn command(&mut self, id: &str, c: Command, reply: Reply) {
         if let Some(run) = self.running.iter_mut().find(|r| r.job_id == id) {
             let reason = match c {
-                Command::Cancel => StopReason::Cancel,
+                Command::Cancel => {
+                    // Answered at once, as OpenAI does: the job is cancelled
+                    // now; its run stops at the trainer's next check (and
+                    // keeps its slot until then), and whatever it ends with
+                    // no longer changes the job.
+                    run.stop.request(StopReason::Cancel);
+                    let _ = reply.send(self.transition(id, &Transition::Cancel));
+                    return;
+                }
                 Command::Pause => StopReason::Pause,
                 Command::Resume => {
                     let job = self.cfg.store.get_job(&Scope::All, id);
@@ -352,6 +363,17 @@ impl Worker {
             .position(|r| r.job_id == id)
             .map(|i| self.running.swap_remove(i));
         let stop = run.as_ref().and_then(|r| r.stop.reason());
+        if stop == Some(StopReason::Cancel) {
+            // Normally cancelled already, when asked (see `command`).
+            if let Ok(job) = self.store().get_job(&Scope::All, id) {
+                if job.status == JobStatus::Cancelled {
+                    for reply in run.map(|r| r.waiting).unwrap_or_default() {
+                        let _ = reply.send(Ok(job.clone()));
+                    }
+                    return;
+                }
+            }
+        }
         let t = match outcome {
             Ok(TrainingOutcome::Succeeded {
                 adapter_path,

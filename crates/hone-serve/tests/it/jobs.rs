@@ -445,3 +445,95 @@ async fn a_job_left_running_by_a_crash_is_requeued_at_start() {
     }
     panic!("job was not re-queued");
 }
+
+/// A training step that does not end until the test releases it, whatever
+/// stop is requested (a long step of a real run); records what it saw.
+#[derive(Default)]
+struct LongStep {
+    in_step: std::sync::atomic::AtomicBool,
+    saw_stop: std::sync::atomic::AtomicBool,
+    release: std::sync::atomic::AtomicBool,
+}
+
+impl TrainingEngine for LongStep {
+    fn train(&self, ctx: &JobContext) -> TrainingOutcome {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.in_step.store(true, SeqCst);
+        while !self.release.load(SeqCst) {
+            if ctx.stop_requested() {
+                self.saw_stop.store(true, SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.in_step.store(false, SeqCst);
+        if ctx.stop_requested() {
+            return TrainingOutcome::Stopped;
+        }
+        TrainingOutcome::Succeeded {
+            adapter_path: ctx.job_dir.join("adapter"),
+            trained_tokens: 1,
+            result_files: vec![],
+        }
+    }
+}
+
+/// Cancel answered while the step is still running: the job is `cancelled`
+/// at once, the run is told to stop, and its slot is only given to the next
+/// job once it has really stopped; its end does not change the job again.
+#[tokio::test]
+async fn cancel_answers_at_once_during_a_long_step() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let engine = Arc::new(LongStep::default());
+    let t = TestApp::with_engines(
+        Engines::with_base_models([BASE]).training(engine.clone()),
+        |c| c.max_concurrent_jobs = 1,
+    );
+    let file = upload_ok(&t, 10).await;
+    let a = create_job(&t, json!({"model": BASE, "training_file": file})).await;
+    wait_status(&t, &a, "running").await;
+    for _ in 0..500 {
+        if engine.in_step.load(SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(engine.in_step.load(SeqCst));
+    let c = t
+        .call(Method::POST, &format!("/v1/fine_tuning/jobs/{a}/cancel"))
+        .await;
+    assert_eq!(c.status, 200, "{}", String::from_utf8_lossy(&c.body));
+    assert_eq!(c.json()["status"], "cancelled");
+    assert!(
+        engine.in_step.load(SeqCst),
+        "the answer did not wait for the step"
+    );
+    assert_eq!(
+        t.get(&format!("/v1/fine_tuning/jobs/{a}")).await.json()["status"],
+        "cancelled"
+    );
+    // The stopping run keeps its slot: the next job waits.
+    let b = create_job(&t, json!({"model": BASE, "training_file": file})).await;
+    wait_status(&t, &b, "queued").await;
+    for _ in 0..500 {
+        if engine.saw_stop.load(SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(engine.saw_stop.load(SeqCst), "the run was asked to stop");
+    assert_eq!(
+        t.get(&format!("/v1/fine_tuning/jobs/{b}")).await.json()["status"],
+        "queued"
+    );
+    engine.release.store(true, SeqCst);
+    wait_status(&t, &b, "succeeded").await;
+    let j = t.get(&format!("/v1/fine_tuning/jobs/{a}")).await.json();
+    assert_eq!(j["status"], "cancelled");
+    assert!(j["fine_tuned_model"].is_null());
+    let cancelled = event_messages(&t, &a)
+        .await
+        .iter()
+        .filter(|m| m.as_str() == "Fine-tuning job cancelled")
+        .count();
+    assert_eq!(cancelled, 1);
+}

@@ -10,6 +10,8 @@ mod job_creation;
 mod jobs;
 mod models;
 mod openapi;
+mod orphans;
+mod prefill_cancel;
 mod projects;
 mod store;
 mod structured;

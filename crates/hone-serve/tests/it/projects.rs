@@ -299,6 +299,31 @@ async fn a_revoked_or_unknown_key_is_refused() {
     assert_eq!(p.get(&p.b, "/v1/files").await.status, 200);
 }
 
+/// Jobs belong to the project, not to the key that created them (as at
+/// OpenAI): revoking that key refuses the key at once, and the project's
+/// job goes on, visible to and cancellable by the project's other keys.
+#[tokio::test]
+async fn revoking_a_key_keeps_its_projects_jobs() {
+    let p = Projects::new();
+    let store = p.t.state.store.blocking().clone();
+    let (id, other) = create_key(store.as_ref(), "alpha", false).unwrap();
+    let file = p.upload(&other).await;
+    let job = p.create_job(&other, &file).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    store.revoke_key(&id.id).unwrap();
+    let uri = format!("/v1/fine_tuning/jobs/{job}");
+    assert_error(&p.get(&other, &uri).await, 401, Some("invalid_api_key"));
+    let j = p.get(&p.a, &uri).await.json();
+    assert!(["validating_files", "queued"].contains(&j["status"].as_str().unwrap()), "{j}");
+    let c = p
+        .call(&p.a, Method::POST, &format!("{uri}/cancel"), None)
+        .await
+        .json();
+    assert_eq!(c["status"], "cancelled");
+}
+
 #[tokio::test]
 async fn revoking_every_key_locks_the_server_instead_of_opening_it() {
     let p = Projects::new();
