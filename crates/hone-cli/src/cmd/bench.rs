@@ -1,5 +1,5 @@
-//! `hone bench infer|train`: inference and training speed on this machine, as one JSON
-//! line each.
+//! `hone bench infer|prefill|train`: inference and training speed on this machine, as one
+//! JSON line each.
 //!
 //! `infer` has the same shape as the PyTorch reference (`bench_infer.py`): the chat-templated
 //! prompt "Write a short story about a robot who learns to paint.", then
@@ -23,6 +23,7 @@ use hone_text::{ChatMessage, Role};
 use super::chat::{load_engine, parse_weights};
 
 mod constrained;
+mod prefill;
 mod train;
 
 pub(super) const PROMPT: &str = "Write a short story about a robot who learns to paint.";
@@ -31,6 +32,9 @@ pub(super) const PROMPT: &str = "Write a short story about a robot who learns to
 pub enum BenchCommand {
     /// Prefill and decode speed of greedy generation (one JSON line on stdout).
     Infer(InferArgs),
+    /// Prompt-processing speed at several prompt lengths (512, 2048, 8192 tokens by
+    /// default; one JSON line on stdout).
+    Prefill(prefill::PrefillArgs),
     /// Speed of the LoRA training step: forward, backward over the LoRA matrices only,
     /// AdamW step (one JSON line on stdout; also saved to $HONE_HOME/bench/train.json).
     Train(train::TrainBenchArgs),
@@ -62,6 +66,7 @@ pub struct InferArgs {
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
     match c {
         BenchCommand::Infer(a) => infer(a),
+        BenchCommand::Prefill(a) => prefill::run(a),
         BenchCommand::Train(a) => train::run(a),
     }
 }
