@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::case::EvalCase;
+pub use crate::run::pct;
 use crate::run::ModelRun;
 use crate::verdict::Economics;
 
@@ -344,10 +345,6 @@ fn render_economics(e: &Economics) -> String {
     out
 }
 
-/// `0.8` as `80.0%`.
-pub fn pct(x: f64) -> String {
-    format!("{:.1}%", x * 100.0)
-}
 
 fn line_list(lines: &[usize]) -> String {
     if lines.is_empty() {

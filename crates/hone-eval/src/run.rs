@@ -340,6 +340,11 @@ pub fn pair_accuracy(
     })
 }
 
+/// `0.8` as `80.0%`.
+pub fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
 pub(crate) fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 {
         0.0

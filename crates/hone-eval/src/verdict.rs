@@ -7,8 +7,7 @@
 use serde::Serialize;
 
 use crate::cost::{BreakEven, Prices, RunCost, TrainingCost};
-use crate::report::pct;
-use crate::run::ModelRun;
+use crate::run::{pct, ModelRun};
 
 /// The cost and decision section of a report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
