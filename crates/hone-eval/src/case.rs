@@ -1,13 +1,14 @@
 //! Evaluation cases: one JSONL line each,
 //! `{"messages": [...], "expected_patterns": [...], "forbidden_patterns": [...],
-//! "expected_json": {...}, "ideal": "..."}`. Every field but `messages` is
-//! optional, but a case must check something.
+//! "expected_json": {...}, "expected_schema": {...}, "ideal": "..."}`. Every
+//! field but `messages` is optional, but a case must check something.
 //!
 //! Everything that can be wrong with a case (bad JSON, a regex that does not
 //! compile, an empty pattern) is found at load time, for every line at once,
 //! so an evaluation never dies half-way through a model run.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use hone_text::{ChatMessage, Role};
 use regex::Regex;
@@ -80,6 +81,8 @@ pub struct EvalCase {
     pub forbidden_patterns: Vec<Pattern>,
     /// Fields the output's JSON object must have, with these values.
     pub expected_json: Option<Map<String, Value>>,
+    /// A JSON Schema the output must validate against.
+    pub expected_schema: Option<CaseSchema>,
     /// A reference answer, shown in reports (not checked).
     pub ideal: Option<String>,
 }
@@ -111,7 +114,55 @@ impl EvalCase {
         if let Some(j) = &self.expected_json {
             out.push(format!("json: {}", Value::Object(j.clone())));
         }
+        if let Some(s) = &self.expected_schema {
+            out.push(format!("schema: {}", s.schema));
+        }
         out
+    }
+}
+
+/// A case's `expected_schema`, compiled once when the file is loaded, so a
+/// schema the validator refuses is a load error with its line number.
+#[derive(Clone)]
+pub struct CaseSchema {
+    /// The schema as written (also what `--json-schema-from-case` decodes with).
+    pub schema: Value,
+    validator: Arc<jsonschema::Validator>,
+}
+
+impl CaseSchema {
+    /// Compiles `schema` (checked against its meta-schema first).
+    pub fn new(schema: Value) -> std::result::Result<Self, String> {
+        if !schema.is_object() {
+            return Err(format!(
+                "`expected_schema` must be a JSON Schema object, got {schema}"
+            ));
+        }
+        let validator = jsonschema::validator_for(&schema)
+            .map_err(|e| format!("`expected_schema` is not a valid JSON Schema: {e}"))?;
+        Ok(CaseSchema {
+            schema,
+            validator: Arc::new(validator),
+        })
+    }
+
+    /// `None` when `value` validates, else the first error with where it is.
+    pub fn violation(&self, value: &Value) -> Option<String> {
+        let err = self.validator.iter_errors(value).next()?;
+        let at = err.instance_path.to_string();
+        Some(if at.is_empty() {
+            err.to_string()
+        } else {
+            format!("{err} (at {at})")
+        })
+    }
+}
+
+impl std::fmt::Debug for CaseSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaseSchema")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,6 +178,8 @@ struct RawCase {
     forbidden_patterns: Vec<String>,
     #[serde(default)]
     expected_json: Option<Value>,
+    #[serde(default)]
+    expected_schema: Option<Value>,
     #[serde(default)]
     ideal: Option<String>,
     #[serde(default)]
@@ -182,7 +235,8 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
     let raw: RawCase = serde_json::from_str(line.trim_start_matches('\u{feff}')).map_err(|e| {
         format!(
             "{e} (a case is {{\"messages\": [...], \"expected_patterns\": [...], \
-             \"forbidden_patterns\": [...], \"expected_json\": {{...}}, \"ideal\": \"...\"}})"
+             \"forbidden_patterns\": [...], \"expected_json\": {{...}}, \"expected_schema\": {{...}}, \
+             \"ideal\": \"...\"}})"
         )
     })?;
     let mut messages = raw.messages;
@@ -206,9 +260,15 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
             ))
         }
     };
-    if expected_patterns.is_empty() && forbidden_patterns.is_empty() && expected_json.is_none() {
+    let expected_schema = raw.expected_schema.map(CaseSchema::new).transpose()?;
+    if expected_patterns.is_empty()
+        && forbidden_patterns.is_empty()
+        && expected_json.is_none()
+        && expected_schema.is_none()
+    {
         return Err(
-            "the case checks nothing: give expected_patterns, forbidden_patterns or expected_json"
+            "the case checks nothing: give expected_patterns, forbidden_patterns, \
+                    expected_json or expected_schema"
                 .into(),
         );
     }
@@ -220,6 +280,7 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
         expected_patterns,
         forbidden_patterns,
         expected_json,
+        expected_schema,
         ideal,
     })
 }
@@ -278,6 +339,29 @@ mod tests {
         assert!(errs[4].message.contains("must be an object"));
         assert!(errs[5].message.contains("empty pattern"));
         assert!(errs[6].message.contains("user message"));
+    }
+
+    #[test]
+    fn expected_schema_is_compiled_at_load() {
+        let ok = r#"{"messages": [{"role": "user", "content": "x"}], "expected_schema": {"type": "object", "required": ["a"]}}"#;
+        let c = &parse_cases(ok).unwrap()[0];
+        let s = c.expected_schema.as_ref().unwrap();
+        assert_eq!(s.violation(&serde_json::json!({"a": 1})), None);
+        let v = s.violation(&serde_json::json!({"b": 1})).unwrap();
+        assert!(v.contains("\"a\" is a required property"), "{v}");
+        let bad = [
+            r#"{"messages": [{"role": "user", "content": "x"}], "expected_schema": {"type": "no-such-type"}}"#,
+            r#"{"messages": [{"role": "user", "content": "x"}], "expected_schema": "object"}"#,
+        ]
+        .join("\n");
+        let errs = parse_cases(&bad).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert!(
+            errs[0].message.contains("not a valid JSON Schema"),
+            "{}",
+            errs[0].message
+        );
+        assert!(errs[1].message.contains("must be a JSON Schema object"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Checking one output against its case: expected and forbidden patterns,
-//! and the expected JSON fields.
+//! the expected JSON fields, and the case's JSON Schema.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -13,6 +13,9 @@ pub struct CheckOutcome {
     /// For cases with `expected_json`: whether the output parsed as a JSON
     /// object (`None` for other cases, so they do not count in the rate).
     pub json_valid: Option<bool>,
+    /// For cases with `expected_schema`: whether the output parsed as JSON
+    /// and validated against the schema (`None` for other cases).
+    pub schema_valid: Option<bool>,
     /// One line per failed check, e.g. `missing "Hi there!"`.
     pub failed_checks: Vec<String>,
 }
@@ -43,9 +46,23 @@ pub fn check_output(case: &EvalCase, output: &str) -> CheckOutcome {
                     false
                 }
             });
+    let schema_valid = case.expected_schema.as_ref().map(|schema| {
+        let problem = match extract_json(output) {
+            Some(value) => schema.violation(&value),
+            None => Some("output is not JSON".into()),
+        };
+        match problem {
+            None => true,
+            Some(p) => {
+                failed.push(format!("schema: {p}"));
+                false
+            }
+        }
+    });
     CheckOutcome {
         passed: failed.is_empty(),
         json_valid,
+        schema_valid,
         failed_checks: failed,
     }
 }
@@ -55,6 +72,15 @@ pub fn check_output(case: &EvalCase, output: &str) -> CheckOutcome {
 /// or plain ```` ``` ````) that is the whole output. Prose around the JSON
 /// is not accepted: a format fine-tune is judged on emitting only JSON.
 pub fn extract_json_object(output: &str) -> Option<Map<String, Value>> {
+    match extract_json(output) {
+        Some(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// The JSON document an output holds, by the same rule as
+/// [`extract_json_object`] but of any type (a schema may ask for an array).
+pub fn extract_json(output: &str) -> Option<Value> {
     let t = output.trim();
     let body = match t.strip_prefix("```") {
         Some(rest) => {
@@ -67,10 +93,7 @@ pub fn extract_json_object(output: &str) -> Option<Map<String, Value>> {
         }
         None => t,
     };
-    match serde_json::from_str::<Value>(body.trim()) {
-        Ok(Value::Object(m)) => Some(m),
-        _ => None,
-    }
+    serde_json::from_str::<Value>(body.trim()).ok()
 }
 
 fn field_mismatches(expected: &Map<String, Value>, got: &Map<String, Value>) -> Vec<String> {
@@ -180,5 +203,30 @@ mod tests {
         let o = check_output(&c, "team: Colts");
         assert_eq!(o.json_valid, Some(false));
         assert_eq!(o.failed_checks, vec!["output is not a JSON object"]);
+    }
+
+    #[test]
+    fn schema_validity_is_checked_and_counted() {
+        let c = case(
+            r#""expected_schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}"#,
+        );
+        let o = check_output(&c, "```json\n{\"n\": 3}\n```");
+        assert!(o.passed, "{:?}", o.failed_checks);
+        assert_eq!((o.schema_valid, o.json_valid), (Some(true), None));
+        let o = check_output(&c, r#"{"n": "three"}"#);
+        assert_eq!(o.schema_valid, Some(false));
+        assert_eq!(o.failed_checks.len(), 1);
+        assert!(
+            o.failed_checks[0].starts_with("schema: "),
+            "{:?}",
+            o.failed_checks
+        );
+        assert!(o.failed_checks[0].contains("/n"), "{:?}", o.failed_checks);
+        let o = check_output(&c, "n is 3");
+        assert_eq!(o.schema_valid, Some(false));
+        assert_eq!(o.failed_checks, vec!["schema: output is not JSON"]);
+        let arr = case(r#""expected_schema": {"type": "array", "maxItems": 2}"#);
+        assert_eq!(check_output(&arr, "[1, 2]").schema_valid, Some(true));
+        assert_eq!(check_output(&arr, "[1, 2, 3]").schema_valid, Some(false));
     }
 }

@@ -11,9 +11,11 @@ use std::path::Path;
 
 use hone_train::{parse_metrics_csv, MetricsRow};
 
+use crate::cost::RunCost;
 use crate::error::{EvalError, Result};
 use crate::report::{pct, EvalReport};
 use crate::run::ModelRun;
+use crate::verdict::Economics;
 
 impl EvalReport {
     /// Writes the self-contained HTML report; with `metrics_csv` (a trainer's
@@ -89,6 +91,9 @@ pub fn render_html(report: &EvalReport, metrics: Option<&[MetricsRow]>) -> Strin
         let _ = writeln!(h, "<p class=\"fail\">Warning: {}</p>", escape(w));
     }
     comparison_table(&mut h, report);
+    if let Some(e) = &report.economics {
+        economics(&mut h, e);
+    }
     if let Some(m) = metrics {
         let _ = writeln!(h, "<h2>Training</h2>");
         h.push_str(&loss_chart_svg(m));
@@ -139,11 +144,26 @@ fn comparison_table(h: &mut String, r: &EvalReport) {
         ),
         None => "-".into(),
     });
+    row("schema valid", &|m| match m.summary.schema_valid_rate {
+        Some(x) => format!(
+            "{} ({}/{})",
+            pct(x),
+            m.summary.schema_valid,
+            m.summary.schema_cases
+        ),
+        None => "-".into(),
+    });
+    row("mean prompt tokens", &|m| {
+        format!("{:.0}", m.summary.mean_prompt_tokens)
+    });
     row("mean output length", &|m| {
         format!(
             "{:.0} chars, {:.0} tokens",
             m.summary.mean_output_chars, m.summary.mean_output_tokens
         )
+    });
+    row("mean latency", &|m| {
+        format!("{:.2} s", m.summary.mean_latency_seconds)
     });
     row("validation loss (perplexity)", &|m| match &m.chat_loss {
         Some(l) => format!("{:.4} ({:.2})", l.loss, l.perplexity),
@@ -153,6 +173,23 @@ fn comparison_table(h: &mut String, r: &EvalReport) {
         Some(p) => format!("{} of {}", pct(p.accuracy), p.pairs),
         None => "-".into(),
     });
+    if let Some(e) = &r.economics {
+        for (name, f) in [
+            (
+                "cost / 1k requests (tokens)",
+                &(|c: &RunCost| c.usd_per_1k_requests) as &dyn Fn(&RunCost) -> f64,
+            ),
+            ("cost / 1k requests (local)", &|c: &RunCost| {
+                c.local_usd_per_1k_requests
+            }),
+        ] {
+            let _ = write!(h, "<tr><th>{}</th>", escape(name));
+            for c in &e.costs {
+                let _ = write!(h, "<td class=\"num\">${:.4}</td>", f(c));
+            }
+            h.push_str("</tr>\n");
+        }
+    }
     h.push_str("</table>\n");
     if let Some(c) = &r.comparison {
         let list = |v: &[usize]| {
@@ -174,6 +211,51 @@ fn comparison_table(h: &mut String, r: &EvalReport) {
             c.pass_to_fail.len(),
             escape(&list(&c.pass_to_fail))
         );
+    }
+}
+
+/// Prices, training cost, break-even and the verdict.
+fn economics(h: &mut String, e: &Economics) {
+    let p = &e.prices;
+    let _ = writeln!(
+        h,
+        "<h2>Should I fine-tune?</h2>\n<p class=\"muted\">Costs at ${}/1M input and ${}/1M output \
+         tokens, local compute ${}/hour, {} requests/day.</p>",
+        p.input_per_million, p.output_per_million, p.local_per_hour, p.requests_per_day
+    );
+    if let Some(t) = &e.training {
+        let _ = writeln!(
+            h,
+            "<p>Training cost: ${:.4} ({})</p>",
+            t.usd,
+            escape(&t.detail)
+        );
+    }
+    if !e.break_even.is_empty() {
+        h.push_str(
+            "<table>\n<tr><th>against</th><th>saving / 1k requests</th><th>break-even</th></tr>\n",
+        );
+        for b in &e.break_even {
+            let when = match (b.requests, b.days) {
+                (Some(n), Some(d)) => format!("{:.0} requests ({d:.1} days)", n.ceil()),
+                _ => "never".into(),
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td class=\"num\">${:.4}</td><td>{}</td></tr>",
+                escape(&b.baseline),
+                b.saving_usd_per_1k_requests,
+                escape(&when)
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if !e.verdict.is_empty() {
+        h.push_str("<ul class=\"verdict\">\n");
+        for v in &e.verdict {
+            let _ = writeln!(h, "<li>{}</li>", escape(v));
+        }
+        h.push_str("</ul>\n");
     }
 }
 

@@ -8,21 +8,33 @@
 //! - [`run`]: running one model (greedy), validation loss, DPO pair accuracy.
 //! - [`report`]: the comparison, terminal table, failure list and JSON; [`html`]: the
 //!   self-contained HTML report with loss curves.
+//! - [`approach`]: the `--baseline` specs (base, `prompt:FILE`, `few-shot:K[:FILE]`,
+//!   another model, the fine-tune) and the conversation each builds for a case;
+//!   [`shots`]: the few-shot pool (eval cases left out) and its picker seam.
+//! - [`cost`]: cost per 1,000 requests, training cost and break-even;
+//!   [`verdict`]: the "should I fine-tune?" section and its plain-language verdict.
 //! - [`spec`]: [`run_eval`], the whole evaluation from an [`EvalSpec`].
 
+pub mod approach;
 pub mod case;
 pub mod check;
+pub mod cost;
 mod error;
 pub mod html;
 pub mod model;
 pub mod report;
 pub mod run;
+pub mod shots;
 pub mod spec;
+pub mod verdict;
 
-pub use case::{load_cases, parse_cases, EvalCase, Pattern};
-pub use check::{check_output, extract_json_object, CheckOutcome};
+pub use approach::{Approach, Baseline, Request};
+pub use case::{load_cases, parse_cases, CaseSchema, EvalCase, Pattern};
+pub use check::{check_output, extract_json, extract_json_object, CheckOutcome};
+pub use cost::{BreakEven, CostSource, Prices, RunCost, TrainingCost};
 pub use error::{CaseError, EvalError, Result};
-pub use model::{EngineModel, EvalModel, Generated};
+pub use model::{Conversation, EngineModel, EvalModel, Generated};
 pub use report::{CaseInfo, Comparison, EvalReport, GenerationInfo};
 pub use run::{CaseResult, Decoding, LossMetrics, ModelRun, PairMetrics, Progress, Summary};
-pub use spec::{run_eval, run_eval_with, Baseline, EvalSpec};
+pub use spec::{run_eval, run_eval_with, EvalSpec};
+pub use verdict::Economics;

@@ -4,6 +4,7 @@
 
 use std::ops::ControlFlow;
 
+use hone_model::constraint::Grammar;
 use hone_model::generate::{generate, generate_batch, GenerationParams};
 use hone_model::score::{score_tokens, AdapterSwitch, TokenScore};
 use hone_model::ChatEngine;
@@ -18,20 +19,41 @@ pub struct Generated {
     pub text: String,
     /// Completion tokens, a final stop token included.
     pub tokens: usize,
+    /// Tokens of the rendered prompt (what a hosted API bills as input).
+    pub prompt_tokens: usize,
 }
 
-/// A conversation to complete: its messages and tool definitions.
-pub type Conversation<'a> = (&'a [ChatMessage], Option<&'a Value>);
+/// A conversation to complete: its messages, tool definitions and the
+/// grammar the answer must match (`--json-schema-from-case`).
+#[derive(Debug, Clone, Copy)]
+pub struct Conversation<'a> {
+    pub messages: &'a [ChatMessage],
+    pub tools: Option<&'a Value>,
+    pub grammar: Option<&'a Grammar>,
+}
+
+impl<'a> Conversation<'a> {
+    /// Plain messages: no tools, no grammar.
+    pub fn new(messages: &'a [ChatMessage]) -> Self {
+        Conversation {
+            messages,
+            tools: None,
+            grammar: None,
+        }
+    }
+}
 
 /// A model under evaluation.
 pub trait EvalModel {
     /// Greedy completion of the conversation, at most `max_tokens` tokens.
-    fn generate(
-        &self,
-        messages: &[ChatMessage],
-        tools: Option<&Value>,
-        max_tokens: usize,
-    ) -> Result<Generated>;
+    fn generate(&self, conv: &Conversation<'_>, max_tokens: usize) -> Result<Generated>;
+
+    /// Tokens of the conversation's rendered prompt (to check, before any
+    /// generation, that an approach's longer prompts fit the context).
+    fn prompt_tokens(&self, conv: &Conversation<'_>) -> Result<usize>;
+
+    /// The model's context length in tokens.
+    fn context_length(&self) -> usize;
 
     /// Greedy completions of several conversations, in order. The default
     /// runs them one by one; a real model decodes them together (see
@@ -41,10 +63,7 @@ pub trait EvalModel {
         convs: &[Conversation<'_>],
         max_tokens: usize,
     ) -> Vec<Result<Generated>> {
-        convs
-            .iter()
-            .map(|(m, tools)| self.generate(m, *tools, max_tokens))
-            .collect()
+        convs.iter().map(|c| self.generate(c, max_tokens)).collect()
     }
 
     /// Log-probability of the trained (assistant) tokens of a chat, with the
@@ -85,27 +104,23 @@ impl EngineModel<'_> {
     }
 }
 
-fn greedy(max_tokens: usize) -> GenerationParams {
+fn greedy(max_tokens: usize, grammar: Option<&Grammar>) -> GenerationParams {
     GenerationParams {
         max_tokens,
         temperature: 0.0,
+        grammar: grammar.cloned(),
         ..GenerationParams::default()
     }
 }
 
 impl EvalModel for EngineModel<'_> {
-    fn generate(
-        &self,
-        messages: &[ChatMessage],
-        tools: Option<&Value>,
-        max_tokens: usize,
-    ) -> Result<Generated> {
-        let prompt = self.engine.encode_prompt(messages, tools)?;
+    fn generate(&self, conv: &Conversation<'_>, max_tokens: usize) -> Result<Generated> {
+        let prompt = self.engine.encode_prompt(conv.messages, conv.tools)?;
         let stop = self.engine.tokenizer.tokenizer.stop_token_ids().to_vec();
         let g = generate(
             &self.switch(),
             &prompt,
-            &greedy(max_tokens),
+            &greedy(max_tokens, conv.grammar),
             &stop,
             self.engine,
             &mut |_| ControlFlow::Continue(()),
@@ -113,47 +128,41 @@ impl EvalModel for EngineModel<'_> {
         Ok(Generated {
             text: g.text,
             tokens: g.completion_tokens,
+            prompt_tokens: prompt.len(),
         })
     }
 
-    /// Decodes the conversations that encode together, each with its own KV
-    /// cache ([`generate_batch`]); one that does not encode gets its error.
+    fn prompt_tokens(&self, conv: &Conversation<'_>) -> Result<usize> {
+        Ok(self.engine.encode_prompt(conv.messages, conv.tools)?.len())
+    }
+
+    fn context_length(&self) -> usize {
+        self.engine.model.cfg.max_position_embeddings
+    }
+
+    /// Decodes the conversations together, each with its own KV cache
+    /// ([`generate_batch`]); one that does not encode gets its error.
+    /// Conversations with different grammars go in separate batches (a
+    /// batch shares its generation parameters).
     fn generate_many(
         &self,
         convs: &[Conversation<'_>],
         max_tokens: usize,
     ) -> Vec<Result<Generated>> {
-        let prompts: Vec<_> = convs
-            .iter()
-            .map(|(m, tools)| self.engine.encode_prompt(m, *tools))
-            .collect();
-        let ok: Vec<Vec<u32>> = prompts
-            .iter()
-            .filter_map(|p| p.as_ref().ok().cloned())
-            .collect();
-        let stop = self.engine.tokenizer.tokenizer.stop_token_ids().to_vec();
-        let batch = generate_batch(&self.switch(), &ok, &greedy(max_tokens), &stop, self.engine);
-        let mut done = match batch {
-            Ok(gens) => gens.into_iter().map(Ok).collect::<Vec<_>>(),
-            // A failure of the whole batch: every case gets it.
-            Err(e) => ok.iter().map(|_| Err(e.to_string())).collect(),
+        let mut out: Vec<Option<Result<Generated>>> = convs.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..convs.len()).collect();
+        while let Some(&first) = todo.first() {
+            let grammar = convs[first].grammar;
+            let (group, rest): (Vec<usize>, Vec<usize>) =
+                todo.iter().partition(|&&i| convs[i].grammar == grammar);
+            let gens = self.generate_group(&group, convs, grammar, max_tokens);
+            for (i, g) in group.into_iter().zip(gens) {
+                out[i] = Some(g);
+            }
+            todo = rest;
         }
-        .into_iter();
-        prompts
-            .into_iter()
-            .map(|p| {
-                p?;
-                match done.next() {
-                    Some(Ok(g)) => Ok(Generated {
-                        text: g.text,
-                        tokens: g.completion_tokens,
-                    }),
-                    Some(Err(e)) => Err(hone_model::ModelError::Generation(e).into()),
-                    None => {
-                        Err(hone_model::ModelError::Generation("batch lost a case".into()).into())
-                    }
-                }
-            })
+        out.into_iter()
+            .map(|g| g.unwrap_or_else(|| Err(generation_err("batch lost a case"))))
             .collect()
     }
 
@@ -174,6 +183,54 @@ impl EvalModel for EngineModel<'_> {
             .map_err(text_err)?;
         self.score(enc)
     }
+}
+
+impl EngineModel<'_> {
+    /// One [`generate_batch`] call over `convs[group]`, which share `grammar`.
+    fn generate_group(
+        &self,
+        group: &[usize],
+        convs: &[Conversation<'_>],
+        grammar: Option<&Grammar>,
+        max_tokens: usize,
+    ) -> Vec<Result<Generated>> {
+        let prompts: Vec<_> = group
+            .iter()
+            .map(|&i| self.engine.encode_prompt(convs[i].messages, convs[i].tools))
+            .collect();
+        let ok: Vec<Vec<u32>> = prompts
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let stop = self.engine.tokenizer.tokenizer.stop_token_ids().to_vec();
+        let params = greedy(max_tokens, grammar);
+        let batch = generate_batch(&self.switch(), &ok, &params, &stop, self.engine);
+        let mut done = match batch {
+            Ok(gens) => gens.into_iter().map(Ok).collect::<Vec<_>>(),
+            // A failure of the whole batch: every case gets it.
+            Err(e) => ok.iter().map(|_| Err(e.to_string())).collect(),
+        }
+        .into_iter();
+        prompts
+            .into_iter()
+            .map(|p| {
+                let prompt_tokens = p?.len();
+                match done.next() {
+                    Some(Ok(g)) => Ok(Generated {
+                        text: g.text,
+                        tokens: g.completion_tokens,
+                        prompt_tokens,
+                    }),
+                    Some(Err(e)) => Err(generation_err(e)),
+                    None => Err(generation_err("batch lost a case")),
+                }
+            })
+            .collect()
+    }
+}
+
+fn generation_err(e: impl Into<String>) -> crate::error::EvalError {
+    hone_model::ModelError::Generation(e.into()).into()
 }
 
 fn text_err(e: hone_text::Error) -> crate::error::EvalError {

@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::case::EvalCase;
+pub use crate::run::pct;
 use crate::run::ModelRun;
+use crate::verdict::Economics;
 
 /// What a case asked, as shown in reports (seed 001's `input`/`expected`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,10 +79,17 @@ pub struct GenerationInfo {
     pub batch: usize,
     /// Inference weights, e.g. `packed`.
     pub weights: String,
+    /// Cases with `expected_schema` were decoded constrained to it.
+    #[serde(default)]
+    pub json_schema_from_case: bool,
+    /// Seed of the random few-shot picks.
+    #[serde(default)]
+    pub few_shot_seed: u64,
 }
 
-/// The whole evaluation. `runs[0]` is the evaluated model; `runs[1]`, when
-/// present, its baseline.
+/// The whole evaluation. `runs[0]` is the evaluated model; `runs[1..]`, when
+/// present, its baselines in the order given (`runs[1]` is the one
+/// `comparison` and `--require-improvement` use).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     pub cases_file: String,
@@ -90,6 +99,8 @@ pub struct EvalReport {
     pub generation: GenerationInfo,
     /// Things the user should know (e.g. an adapter trained on another base).
     pub warnings: Vec<String>,
+    /// Costs, break-even and the verdict (set by [`EvalReport::with_economics`]).
+    pub economics: Option<Economics>,
 }
 
 impl EvalReport {
@@ -112,7 +123,14 @@ impl EvalReport {
             comparison,
             generation,
             warnings,
+            economics: None,
         }
+    }
+
+    /// The report with its cost and verdict section.
+    pub fn with_economics(mut self, economics: Economics) -> Self {
+        self.economics = Some(economics);
+        self
     }
 
     /// The evaluated model's run.
@@ -155,6 +173,9 @@ impl EvalReport {
                 c.pass_to_fail.len(),
                 line_list(&c.pass_to_fail)
             );
+        }
+        if let Some(e) = &self.economics {
+            out.push_str(&render_economics(e));
         }
         out
     }
@@ -231,6 +252,15 @@ fn table_rows(r: &EvalReport) -> Vec<Vec<String>> {
             format!("{}/{}", s.json_valid, s.json_cases)
         });
     }
+    if r.runs.iter().any(|m| m.summary.schema_cases > 0) {
+        add("schema valid", &|m| {
+            let s = &m.summary;
+            format!("{}/{}", s.schema_valid, s.schema_cases)
+        });
+    }
+    add("mean prompt tokens", &|m| {
+        format!("{:.0}", m.summary.mean_prompt_tokens)
+    });
     add("mean output length", &|m| {
         let s = &m.summary;
         format!(
@@ -253,13 +283,68 @@ fn table_rows(r: &EvalReport) -> Vec<Vec<String>> {
     add("generation time", &|m| {
         format!("{:.1} s", m.generation_seconds)
     });
+    add("mean latency", &|m| {
+        format!("{:.2} s", m.summary.mean_latency_seconds)
+    });
+    if let Some(e) = &r.economics {
+        let cost = |i: usize| e.costs.get(i);
+        let cells = |f: &dyn Fn(&crate::cost::RunCost) -> String| -> Vec<String> {
+            (0..r.runs.len())
+                .map(|i| cost(i).map(f).unwrap_or_default())
+                .collect()
+        };
+        let tokens = cells(&|c| format!("${:.4}", c.usd_per_1k_requests));
+        let local = cells(&|c| format!("${:.4}", c.local_usd_per_1k_requests));
+        rows.push(
+            std::iter::once("cost / 1k requests (tokens)".to_string())
+                .chain(tokens)
+                .collect(),
+        );
+        rows.push(
+            std::iter::once("cost / 1k requests (local)".to_string())
+                .chain(local)
+                .collect(),
+        );
+    }
     rows
 }
 
-/// `0.8` as `80.0%`.
-pub fn pct(x: f64) -> String {
-    format!("{:.1}%", x * 100.0)
+/// Prices, training cost, break-even and verdict, as text under the table.
+fn render_economics(e: &Economics) -> String {
+    let p = &e.prices;
+    let mut out = format!(
+        "\ncosts at ${}/1M input and ${}/1M output tokens, local compute ${}/hour\n",
+        p.input_per_million, p.output_per_million, p.local_per_hour
+    );
+    if let Some(t) = &e.training {
+        let _ = writeln!(out, "training cost: ${:.4} ({})", t.usd, t.detail);
+    }
+    for b in &e.break_even {
+        let _ = match b.requests {
+            Some(n) => writeln!(
+                out,
+                "break-even against {}: {:.0} requests ({:.1} days at {}/day)",
+                b.baseline,
+                n.ceil(),
+                b.days.unwrap_or(0.0),
+                p.requests_per_day
+            ),
+            None => writeln!(
+                out,
+                "break-even against {}: never (no saving per request)",
+                b.baseline
+            ),
+        };
+    }
+    if !e.verdict.is_empty() {
+        out.push_str("\nverdict:\n");
+        for v in &e.verdict {
+            let _ = writeln!(out, "  - {v}");
+        }
+    }
+    out
 }
+
 
 fn line_list(lines: &[usize]) -> String {
     if lines.is_empty() {

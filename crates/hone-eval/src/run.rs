@@ -7,9 +7,10 @@ use hone_data::{PreferenceExample, SftExample};
 use hone_model::score::TokenScore;
 use serde::Serialize;
 
+use crate::approach::{Approach, Request};
 use crate::case::EvalCase;
 use crate::check::check_output;
-use crate::error::Result;
+use crate::error::{EvalError, Result};
 use crate::model::{Conversation, EvalModel, Generated};
 
 /// The result of one case for one model.
@@ -19,8 +20,14 @@ pub struct CaseResult {
     pub line: usize,
     pub output: String,
     pub output_tokens: usize,
+    /// Tokens of the rendered prompt (0 when it did not encode).
+    pub prompt_tokens: usize,
+    /// Wall time of the batch the case was decoded in (with `--batch 1`,
+    /// the case's own time).
+    pub latency_seconds: f64,
     pub passed: bool,
     pub json_valid: Option<bool>,
+    pub schema_valid: Option<bool>,
     pub failed_checks: Vec<String>,
     /// Generation failed for this case (e.g. the prompt exceeds the
     /// context); the case counts as failed, the run goes on.
@@ -38,8 +45,16 @@ pub struct Summary {
     pub json_valid: usize,
     /// `None` when no case has `expected_json`.
     pub json_valid_rate: Option<f64>,
+    /// Cases with `expected_schema`, and how many answers parsed and validated.
+    pub schema_cases: usize,
+    pub schema_valid: usize,
+    /// `None` when no case has `expected_schema`.
+    pub schema_valid_rate: Option<f64>,
     pub mean_output_chars: f64,
     pub mean_output_tokens: f64,
+    pub mean_prompt_tokens: f64,
+    /// Mean of the cases' `latency_seconds`.
+    pub mean_latency_seconds: f64,
 }
 
 impl Summary {
@@ -51,13 +66,19 @@ impl Summary {
             .iter()
             .filter(|r| r.json_valid == Some(true))
             .count();
-        let mean = |f: &dyn Fn(&CaseResult) -> usize| {
+        let schema_cases = results.iter().filter(|r| r.schema_valid.is_some()).count();
+        let schema_valid = results
+            .iter()
+            .filter(|r| r.schema_valid == Some(true))
+            .count();
+        let mean_f = |f: &dyn Fn(&CaseResult) -> f64| {
             if total == 0 {
                 0.0
             } else {
-                results.iter().map(f).sum::<usize>() as f64 / total as f64
+                results.iter().map(f).sum::<f64>() / total as f64
             }
         };
+        let mean = |f: &dyn Fn(&CaseResult) -> usize| mean_f(&|r| f(r) as f64);
         Summary {
             total,
             passed,
@@ -65,8 +86,13 @@ impl Summary {
             json_cases,
             json_valid,
             json_valid_rate: (json_cases > 0).then(|| ratio(json_valid, json_cases)),
+            schema_cases,
+            schema_valid,
+            schema_valid_rate: (schema_cases > 0).then(|| ratio(schema_valid, schema_cases)),
             mean_output_chars: mean(&|r| r.output.chars().count()),
             mean_output_tokens: mean(&|r| r.output_tokens),
+            mean_prompt_tokens: mean(&|r| r.prompt_tokens),
+            mean_latency_seconds: mean_f(&|r| r.latency_seconds),
         }
     }
 }
@@ -141,34 +167,74 @@ pub struct Decoding {
     pub batch: usize,
 }
 
-/// Generates greedily for each case, `decoding.batch` cases at a time, and
-/// checks the outputs. Batching changes speed only, not outputs.
+/// Each case's request as given: its messages and tools, no grammar.
+pub fn plain_requests(cases: &[EvalCase]) -> Vec<Request> {
+    cases
+        .iter()
+        .map(|c| Approach::AsGiven.request(c, None))
+        .collect()
+}
+
+/// Checks, before anything is generated, that every request leaves room
+/// for `max_tokens` in the model's context: an approach that lengthens the
+/// prompt (a system prompt, few-shot examples) must not silently cut what is
+/// measured. The error names the cases and what to change.
+pub fn check_fit(
+    model: &dyn EvalModel,
+    label: &str,
+    cases: &[EvalCase],
+    requests: &[Request],
+    max_tokens: usize,
+) -> Result<()> {
+    let ctx = model.context_length();
+    let mut over = Vec::new();
+    for (case, req) in cases.iter().zip(requests) {
+        let n = model.prompt_tokens(&req.conversation())?;
+        if n + max_tokens > ctx {
+            over.push(format!("line {} ({n} tokens)", case.line));
+        }
+    }
+    if over.is_empty() {
+        return Ok(());
+    }
+    Err(EvalError::Spec(format!(
+        "{label}: {} case prompt(s) with --max-tokens {max_tokens} do not fit the model's \
+         {ctx}-token context: {}; use fewer examples, a shorter prompt or a smaller --max-tokens",
+        over.len(),
+        over.join(", ")
+    )))
+}
+
+/// Generates greedily for each case from its request, `decoding.batch`
+/// cases at a time, and checks the outputs. Batching changes speed only,
+/// not outputs.
 pub fn run_cases(
     model: &dyn EvalModel,
     label: &str,
     cases: &[EvalCase],
+    requests: &[Request],
     decoding: Decoding,
     on_progress: &mut dyn FnMut(Progress),
 ) -> (Vec<CaseResult>, f64) {
     let started = Instant::now();
     let mut results = Vec::with_capacity(cases.len());
-    for chunk in cases.chunks(decoding.batch.max(1)) {
+    let batch = decoding.batch.max(1);
+    for (chunk, reqs) in cases.chunks(batch).zip(requests.chunks(batch)) {
         on_progress(Progress {
             model: label,
             task: "cases",
             done: results.len(),
             total: cases.len(),
         });
-        let convs: Vec<Conversation> = chunk
-            .iter()
-            .map(|c| (c.messages.as_slice(), c.tools.as_ref()))
-            .collect();
+        let convs: Vec<Conversation> = reqs.iter().map(Request::conversation).collect();
+        let batch_started = Instant::now();
         let outs = model.generate_many(&convs, decoding.max_tokens);
+        let secs = batch_started.elapsed().as_secs_f64();
         results.extend(
             chunk
                 .iter()
                 .zip(outs)
-                .map(|(case, out)| case_result(case, out)),
+                .map(|(case, out)| case_result(case, out, secs)),
         );
     }
     on_progress(Progress {
@@ -180,7 +246,7 @@ pub fn run_cases(
     (results, started.elapsed().as_secs_f64())
 }
 
-fn case_result(case: &EvalCase, out: Result<Generated>) -> CaseResult {
+fn case_result(case: &EvalCase, out: Result<Generated>, latency_seconds: f64) -> CaseResult {
     match out {
         Ok(g) => {
             let o = check_output(case, &g.text);
@@ -188,8 +254,11 @@ fn case_result(case: &EvalCase, out: Result<Generated>) -> CaseResult {
                 line: case.line,
                 output: g.text,
                 output_tokens: g.tokens,
+                prompt_tokens: g.prompt_tokens,
+                latency_seconds,
                 passed: o.passed,
                 json_valid: o.json_valid,
+                schema_valid: o.schema_valid,
                 failed_checks: o.failed_checks,
                 error: None,
             }
@@ -198,8 +267,11 @@ fn case_result(case: &EvalCase, out: Result<Generated>) -> CaseResult {
             line: case.line,
             output: String::new(),
             output_tokens: 0,
+            prompt_tokens: 0,
+            latency_seconds,
             passed: false,
             json_valid: case.expected_json.as_ref().map(|_| false),
+            schema_valid: case.expected_schema.as_ref().map(|_| false),
             failed_checks: vec![format!("generation failed: {e}")],
             error: Some(e.to_string()),
         },
@@ -266,6 +338,11 @@ pub fn pair_accuracy(
             margin / pairs.len() as f64
         },
     })
+}
+
+/// `0.8` as `80.0%`.
+pub fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
 }
 
 pub(crate) fn ratio(a: usize, b: usize) -> f64 {

@@ -1,5 +1,6 @@
-//! `run_eval`: load the model (and adapter) once, run the fine-tuned model
-//! and its baseline on the cases, and build the report.
+//! `run_eval`: load the model (and adapter) once, run the evaluated model
+//! and each baseline (base, system prompt, few-shot, another model) on the
+//! cases, and build the report with costs and the verdict.
 
 use std::path::{Path, PathBuf};
 
@@ -7,37 +8,18 @@ use hone_data::{DataError, PreferenceExample, SftExample};
 use hone_model::registry::{self, ResolvedModel, DEFAULT_MODEL_ID};
 use hone_model::{ChatEngine, WeightPath, SERVING_WEIGHTS};
 
+use hone_model::constraint::Grammar;
+
+use crate::approach::{Approach, Baseline, Request};
 use crate::case::{load_cases, EvalCase};
+use crate::cost::{estimate_training, Prices, TrainingCost};
 use crate::error::{EvalError, Result};
 use crate::model::{EngineModel, EvalModel};
 use crate::report::{EvalReport, GenerationInfo};
-use crate::run::{chat_loss, pair_accuracy, run_cases, Decoding, ModelRun, Progress, Summary};
-
-/// Which model to compare against.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Baseline {
-    /// The base model under the adapter (the same loaded weights with the
-    /// adapter off); no baseline when there is no adapter.
-    #[default]
-    Auto,
-    /// No baseline.
-    None,
-    /// Another model: an id or a path (without adapter).
-    Model(String),
-}
-
-impl std::str::FromStr for Baseline {
-    type Err = std::convert::Infallible;
-
-    /// `auto`, `none`, or a model id or path.
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Ok(match s {
-            "auto" | "" => Baseline::Auto,
-            "none" => Baseline::None,
-            other => Baseline::Model(other.to_string()),
-        })
-    }
-}
+use crate::run::{
+    chat_loss, check_fit, pair_accuracy, run_cases, Decoding, ModelRun, Progress, Summary,
+};
+use crate::verdict::Economics;
 
 /// Cases decoded together by default: enough rows to read each weight
 /// matrix once for many tokens, few enough that a batch's slowest case
@@ -53,7 +35,20 @@ pub struct EvalSpec {
     pub model: Option<String>,
     /// A PEFT adapter directory applied on top of the model.
     pub adapter: Option<PathBuf>,
-    pub baseline: Baseline,
+    /// What to compare with (`--baseline`, repeatable), in this order.
+    pub baselines: Vec<Baseline>,
+    /// The training file: the few-shot pool when `few-shot:K` names no
+    /// file, and the training-cost estimate when the adapter has no summary.
+    pub train_file: Option<PathBuf>,
+    /// Seed of the random few-shot picks.
+    pub seed: u64,
+    /// Decode each case that has `expected_schema` constrained to it.
+    pub json_schema_from_case: bool,
+    /// Prices for the cost columns and break-even.
+    pub prices: Prices,
+    /// The fine-tune's training cost in US dollars, instead of the recorded
+    /// or estimated one.
+    pub training_cost: Option<f64>,
     /// Token limit of each generated answer.
     pub max_tokens: usize,
     /// Cases decoded together (each with its own KV cache); outputs do not
@@ -78,13 +73,19 @@ impl EvalSpec {
         }
     }
 
-    /// A spec with defaults: no adapter, auto baseline, 256 tokens, packed weights.
+    /// A spec with defaults: no adapter, auto baseline, 256 tokens, packed
+    /// weights, default prices.
     pub fn new(cases: impl Into<PathBuf>) -> Self {
         EvalSpec {
             cases: cases.into(),
             model: None,
             adapter: None,
-            baseline: Baseline::Auto,
+            baselines: vec![Baseline::Auto],
+            train_file: None,
+            seed: 0,
+            json_schema_from_case: false,
+            prices: Prices::default(),
+            training_cost: None,
             max_tokens: 256,
             batch: DEFAULT_BATCH,
             chat_file: None,
@@ -108,9 +109,21 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     if spec.batch == 0 {
         return Err(EvalError::Spec("batch must be at least 1".into()));
     }
+    spec.prices.check().map_err(EvalError::Spec)?;
+    if let Some(t) = spec.training_cost.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+        return Err(EvalError::Spec(format!(
+            "the training cost must be a number of dollars >= 0, got {t}"
+        )));
+    }
     // Everything the user wrote is checked before the (slow) model load.
     let cases = load_cases(&spec.cases)?;
     let inputs = LossInputs::load(spec)?;
+    let baselines = check_baselines(spec)?;
+    let approaches = baselines
+        .iter()
+        .map(|b| Approach::prepare(b, &cases, spec.train_file.as_deref(), spec.seed))
+        .collect::<Result<Vec<_>>>()?;
+    let grammars = case_grammars(spec, &cases)?;
     let mut warnings = Vec::new();
     let resolved = resolve_model(spec)?;
     let mut engine = ChatEngine::load_with(&resolved, spec.weights, &spec.open)?;
@@ -129,6 +142,26 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
         }
         None => None,
     };
+    let base = EngineModel {
+        engine: &engine,
+        use_adapters: false,
+    };
+    // Prompts made longer by an approach must fit, before any generation.
+    let requests: Vec<Vec<Request>> = approaches
+        .iter()
+        .map(|a| {
+            cases
+                .iter()
+                .zip(&grammars)
+                .map(|(c, g)| a.request(c, g.clone()))
+                .collect()
+        })
+        .collect();
+    for ((b, a), reqs) in baselines.iter().zip(&approaches).zip(&requests) {
+        if a.extends_prompt() {
+            check_fit(&base, &b.label(), &cases, reqs, spec.max_tokens)?;
+        }
+    }
     let tuned = EngineModel {
         engine: &engine,
         use_adapters: true,
@@ -138,81 +171,172 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     } else {
         engine.id.clone()
     };
-    let mut runs = vec![evaluate(
+    let plain = Approach::AsGiven;
+    let plain_requests: Vec<Request> = cases
+        .iter()
+        .zip(&grammars)
+        .map(|(c, g)| plain.request(c, g.clone()))
+        .collect();
+    let ctx = RunCtx {
+        cases: &cases,
+        decoding: spec.decoding(),
+        inputs: &inputs,
+    };
+    let mut runs = vec![ctx.evaluate(
         &tuned,
         &label,
         (&engine.id, adapter_label),
-        &cases,
-        spec.decoding(),
-        &inputs,
+        &plain_requests,
+        true,
         on_progress,
     )?];
-    match &spec.baseline {
-        Baseline::None => {}
-        Baseline::Auto if spec.adapter.is_none() => {}
-        Baseline::Auto => runs.push(base_run(&engine, &cases, spec, &inputs, on_progress)?),
-        Baseline::Model(m) => {
-            let other = registry::resolve(m)?;
-            if other.source == resolved.source && spec.adapter.is_some() {
-                runs.push(base_run(&engine, &cases, spec, &inputs, on_progress)?);
-            } else {
-                let e2 = ChatEngine::load(&other, spec.weights)?;
-                let m2 = EngineModel {
-                    engine: &e2,
-                    use_adapters: false,
-                };
-                let label = if e2.id == label {
-                    format!("{} (baseline)", e2.id)
-                } else {
-                    e2.id.clone()
-                };
-                runs.push(evaluate(
-                    &m2,
-                    &label,
-                    (&e2.id, None),
-                    &cases,
-                    spec.decoding(),
-                    &inputs,
-                    on_progress,
-                )?);
+    for (b, reqs) in baselines.iter().zip(&requests) {
+        let run = match b {
+            Baseline::None | Baseline::FineTuned => continue,
+            // Without an adapter the evaluated model is the base itself.
+            Baseline::Auto | Baseline::Base if spec.adapter.is_none() => continue,
+            Baseline::Auto | Baseline::Base => {
+                ctx.evaluate(&base, "base", (&engine.id, None), reqs, true, on_progress)?
             }
-        }
+            Baseline::Prompt(_) | Baseline::FewShot { .. } => {
+                // Loss measures belong to the model, not the prompt: the base run has them.
+                ctx.evaluate(
+                    &base,
+                    &b.label(),
+                    (&engine.id, None),
+                    reqs,
+                    false,
+                    on_progress,
+                )?
+            }
+            Baseline::Model(m) => {
+                let other = registry::resolve(m)?;
+                if other.source == resolved.source && spec.adapter.is_some() {
+                    ctx.evaluate(&base, "base", (&engine.id, None), reqs, true, on_progress)?
+                } else {
+                    let e2 = ChatEngine::load(&other, spec.weights)?;
+                    let m2 = EngineModel {
+                        engine: &e2,
+                        use_adapters: false,
+                    };
+                    let label = if e2.id == label {
+                        format!("{} (baseline)", e2.id)
+                    } else {
+                        e2.id.clone()
+                    };
+                    ctx.evaluate(&m2, &label, (&e2.id, None), reqs, true, on_progress)?
+                }
+            }
+        };
+        runs.push(run);
     }
     let generation = GenerationInfo {
         max_tokens: spec.max_tokens,
         greedy: true,
         batch: spec.batch,
         weights: spec.weights.as_str().to_string(),
+        json_schema_from_case: spec.json_schema_from_case,
+        few_shot_seed: spec.seed,
     };
+    let training = match &spec.adapter {
+        None => None,
+        Some(dir) => training_cost(spec, dir, &engine, &mut warnings),
+    };
+    let economics = Economics::of(&runs, spec.adapter.is_some(), training, spec.prices);
     Ok(EvalReport::new(
         &spec.cases.display().to_string(),
         &cases,
         runs,
         generation,
         warnings,
-    ))
+    )
+    .with_economics(economics))
 }
 
-fn base_run(
-    engine: &ChatEngine,
-    cases: &[EvalCase],
+/// The baselines to run, checked: `none` stands alone, `fine-tuned` needs
+/// an adapter, and no two runs share a label.
+fn check_baselines(spec: &EvalSpec) -> Result<Vec<Baseline>> {
+    let b = &spec.baselines;
+    if b.contains(&Baseline::None) && b.len() > 1 {
+        return Err(EvalError::Spec(
+            "--baseline none cannot be combined with other baselines".into(),
+        ));
+    }
+    if b.contains(&Baseline::FineTuned) && spec.adapter.is_none() {
+        return Err(EvalError::Spec(
+            "--baseline fine-tuned needs --adapter DIR".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for x in b {
+        // `auto` and `base` are the same run.
+        let key = match x {
+            Baseline::Auto => Baseline::Base.label(),
+            other => other.label(),
+        };
+        if !seen.insert(key.clone()) {
+            return Err(EvalError::Spec(format!("--baseline {key} is given twice")));
+        }
+    }
+    Ok(b.clone())
+}
+
+/// Each case's grammar under `--json-schema-from-case`: its `expected_schema`,
+/// compiled now so a schema the decoder cannot honour is an error before any
+/// model loads.
+fn case_grammars(spec: &EvalSpec, cases: &[EvalCase]) -> Result<Vec<Option<Grammar>>> {
+    if !spec.json_schema_from_case {
+        return Ok(cases.iter().map(|_| None).collect());
+    }
+    let mut bad = Vec::new();
+    let grammars = cases
+        .iter()
+        .map(|c| {
+            let s = c.expected_schema.as_ref()?;
+            Grammar::json_schema(s.schema.clone())
+                .map_err(|e| bad.push(format!("line {}: {e}", c.line)))
+                .ok()
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(grammars)
+    } else {
+        Err(EvalError::Spec(format!(
+            "--json-schema-from-case: schemas the decoder cannot use:\n  {}",
+            bad.join("\n  ")
+        )))
+    }
+}
+
+/// `--training-cost`, else the adapter's recorded wall time, else an
+/// estimate from `--train-file`; `None` (with a warning) when none is there.
+fn training_cost(
     spec: &EvalSpec,
-    inputs: &LossInputs,
-    on_progress: &mut dyn FnMut(Progress),
-) -> Result<ModelRun> {
-    let base = EngineModel {
-        engine,
-        use_adapters: false,
+    adapter: &Path,
+    engine: &ChatEngine,
+    warnings: &mut Vec<String>,
+) -> Option<TrainingCost> {
+    if let Some(usd) = spec.training_cost {
+        return Some(TrainingCost::given(usd));
+    }
+    if let Some(t) = TrainingCost::recorded(adapter, &spec.prices) {
+        return Some(t);
+    }
+    let Some(file) = &spec.train_file else {
+        warnings.push(format!(
+            "{} has no summary.json and no --train-file was given: the training cost is \
+             unknown, so there is no break-even",
+            adapter.display()
+        ));
+        return None;
     };
-    evaluate(
-        &base,
-        "base",
-        (&engine.id, None),
-        cases,
-        spec.decoding(),
-        inputs,
-        on_progress,
-    )
+    match estimate_training(engine, file, &spec.prices) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warnings.push(format!("cannot estimate the training cost: {e}"));
+            None
+        }
+    }
 }
 
 /// The optional loss-measure inputs, parsed once for both models.
@@ -254,17 +378,54 @@ fn data_err(path: &Path) -> impl FnOnce(DataError) -> EvalError + '_ {
     }
 }
 
-/// Runs every measure for one model.
+/// What every run shares: the cases, how they are decoded, the loss inputs.
+struct RunCtx<'a> {
+    cases: &'a [EvalCase],
+    decoding: Decoding,
+    inputs: &'a LossInputs,
+}
+
+impl RunCtx<'_> {
+    /// Runs the cases from `requests` on `model`, and the loss measures when
+    /// `losses` (they score the model, so a prompt baseline skips them).
+    fn evaluate(
+        &self,
+        model: &dyn EvalModel,
+        label: &str,
+        (model_id, adapter): (&str, Option<String>),
+        requests: &[Request],
+        losses: bool,
+        on_progress: &mut dyn FnMut(Progress),
+    ) -> Result<ModelRun> {
+        let none = LossInputs::default();
+        let inputs = if losses { self.inputs } else { &none };
+        evaluate(
+            model,
+            label,
+            (model_id, adapter),
+            self.cases,
+            requests,
+            self.decoding,
+            inputs,
+            on_progress,
+        )
+    }
+}
+
+/// Runs every measure for one model: the cases from `requests` (one per
+/// case), then the loss measures `inputs` asks for.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &dyn EvalModel,
     label: &str,
     (model_id, adapter): (&str, Option<String>),
     cases: &[EvalCase],
+    requests: &[Request],
     decoding: Decoding,
     inputs: &LossInputs,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<ModelRun> {
-    let (results, secs) = run_cases(model, label, cases, decoding, on_progress);
+    let (results, secs) = run_cases(model, label, cases, requests, decoding, on_progress);
     let chat = match &inputs.chats {
         Some(c) => Some(chat_loss(model, label, c, on_progress)?),
         None => None,

@@ -1,6 +1,8 @@
-//! `hone eval`: pass rates of a fine-tuned model and its base on test cases,
-//! side by side, with the failures, optional loss measures, JSON and an HTML
-//! report. The work is in `hone-eval`; this file maps flags and prints.
+//! `hone eval`: pass rates of a fine-tuned model, its base and other
+//! baselines (a system prompt, few-shot examples) on test cases, side by side,
+//! with costs, break-even and a verdict, the failures, optional loss measures,
+//! JSON and an HTML report. The work is in `hone-eval`; this file maps flags
+//! and prints.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -8,7 +10,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use hone_eval::{run_eval_with, Baseline, EvalReport, EvalSpec, Progress};
+use hone_eval::cost::{
+    DEFAULT_PRICE_INPUT, DEFAULT_PRICE_OUTPUT, DEFAULT_PRICE_PER_HOUR, DEFAULT_REQUESTS_PER_DAY,
+};
+use hone_eval::{run_eval_with, Baseline, EvalReport, EvalSpec, Prices, Progress};
 use hone_model::WeightPath;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -29,10 +34,43 @@ pub struct EvalArgs {
     /// of the model.
     #[arg(long, env = "HONE_ADAPTER")]
     pub adapter: Option<PathBuf>,
-    /// What to compare against: `auto` (the base model without the adapter, from the
-    /// same loaded weights), `none`, or another model id or path.
-    #[arg(long, env = "HONE_EVAL_BASELINE", default_value = "auto")]
-    pub baseline: String,
+    /// What to compare against; repeat for several: `auto` (default: `base` when there is
+    /// an adapter), `none`, `base` (the adapter switched off, same loaded weights),
+    /// `prompt:FILE` (base with FILE as system prompt, before the case's own),
+    /// `few-shot:K[:FILE]` (base with K example chats from FILE or --train-file as prior
+    /// turns), `fine-tuned` (the adapter, always run first), or another model id or path.
+    #[arg(long, env = "HONE_EVAL_BASELINE", value_parser = parse_baseline)]
+    pub baseline: Vec<Baseline>,
+    /// The training file (chat JSONL): few-shot examples for `few-shot:K`, and the
+    /// training-cost estimate when the adapter has no summary.json. Examples identical to
+    /// an eval case are never shown.
+    #[arg(long, env = "HONE_EVAL_TRAIN_FILE")]
+    pub train_file: Option<PathBuf>,
+    /// Seed of the random few-shot picks (each case gets its own, reproducible draw).
+    #[arg(long, env = "HONE_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Decode each case that has `expected_schema` constrained to that schema (as
+    /// `response_format: json_schema` does), to compare with unconstrained answers.
+    #[arg(long)]
+    pub json_schema_from_case: bool,
+    /// Price of 1M prompt tokens in US dollars, for the cost per 1,000 requests and
+    /// break-even (default: gpt-4o-mini's list price).
+    #[arg(long, env = "HONE_PRICE_INPUT", default_value_t = DEFAULT_PRICE_INPUT)]
+    pub price_input: f64,
+    /// Price of 1M completion tokens in US dollars.
+    #[arg(long, env = "HONE_PRICE_OUTPUT", default_value_t = DEFAULT_PRICE_OUTPUT)]
+    pub price_output: f64,
+    /// Local compute price in US dollars per hour (as in `hone data estimate`), for the
+    /// local cost per 1,000 requests and the training cost.
+    #[arg(long, env = "HONE_PRICE_PER_HOUR", default_value_t = DEFAULT_PRICE_PER_HOUR)]
+    pub price_per_hour: f64,
+    /// The traffic the verdict's "pays for itself in N days" assumes.
+    #[arg(long, env = "HONE_REQUESTS_PER_DAY", default_value_t = DEFAULT_REQUESTS_PER_DAY)]
+    pub requests_per_day: f64,
+    /// The fine-tune's training cost in US dollars (e.g. a hosted job's bill), instead
+    /// of the adapter's recorded training time or an estimate.
+    #[arg(long, env = "HONE_TRAINING_COST")]
+    pub training_cost: Option<f64>,
     /// Print the full report as JSON on stdout (progress and warnings go to stderr).
     #[arg(long)]
     pub json: bool,
@@ -85,7 +123,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         cases: args.cases.clone(),
         model: args.model.clone(),
         adapter: args.adapter.clone(),
-        baseline: args.baseline.parse().unwrap_or(Baseline::Auto),
+        baselines: if args.baseline.is_empty() {
+            vec![Baseline::Auto]
+        } else {
+            args.baseline.clone()
+        },
+        train_file: args.train_file.clone(),
+        seed: args.seed,
+        json_schema_from_case: args.json_schema_from_case,
+        prices: Prices {
+            input_per_million: args.price_input,
+            output_per_million: args.price_output,
+            local_per_hour: args.price_per_hour,
+            requests_per_day: args.requests_per_day,
+        },
+        training_cost: args.training_cost,
         max_tokens: args.max_tokens,
         batch: args.batch,
         chat_file: args.chat_file.clone(),
@@ -117,7 +169,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&report, args.min_pass_rate))
 }
 
-/// Whether the model passed more cases than the baseline; says why not.
+fn parse_baseline(s: &str) -> Result<Baseline, String> {
+    s.parse()
+}
+
+/// Whether the model passed more cases than the (first) baseline; says why not.
 fn improved(report: &EvalReport) -> bool {
     let (Some(model), Some(base)) = (report.model_run(), report.baseline_run()) else {
         eprintln!("--require-improvement needs a baseline run (not --baseline none)");

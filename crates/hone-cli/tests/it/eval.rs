@@ -54,12 +54,18 @@ impl Setup {
     }
 }
 
+/// `hone eval` on the tiny model, `--max-tokens 8` unless `args` set it.
 fn eval(s: &Setup, args: &[&str]) -> Output {
+    let max_tokens: &[&str] = if args.contains(&"--max-tokens") {
+        &[]
+    } else {
+        &["--max-tokens", "8"]
+    };
     Command::new(hone_bin())
         .arg("eval")
         .arg("--model")
         .arg(&s.model)
-        .args(["--max-tokens", "8"])
+        .args(max_tokens)
         .args(args)
         .env("HONE_HOME", s.dir.path().join("home"))
         .output()
@@ -215,4 +221,144 @@ fn progress_is_one_line_per_batch_without_a_terminal() {
     };
     assert_eq!(outputs(&out2), outputs(&out1));
     assert_eq!(err.lines().filter(|l| l.contains(" cases: ")).count(), 4);
+}
+
+/// `--baseline` twice (base and few-shot from the training file) beside the
+/// fine-tune: every approach's pass rate, tokens, latency and cost, the
+/// recorded training cost, break-even and the verdict in the JSON, the
+/// table and the HTML report.
+#[test]
+fn baselines_costs_and_verdict_end_to_end() {
+    let st = setup(12, 9);
+    let adapter = st.dir.path().join("adapter");
+    let t = st.train(&adapter, &["--epochs", "1"]);
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let cases = st.dir.path().join("cases.jsonl");
+    write_cases(&cases, &[PASSING, FAILING]);
+    let html = st.dir.path().join("report.html");
+    let (a, c, d) = (
+        adapter.to_str().unwrap(),
+        cases.to_str().unwrap(),
+        st.data.to_str().unwrap(),
+    );
+    let base_args = [
+        "--cases",
+        c,
+        "--adapter",
+        a,
+        "--baseline",
+        "base",
+        "--baseline",
+        "few-shot:2",
+        "--train-file",
+        d,
+        "--seed",
+        "4",
+    ];
+    let o = eval(
+        &st,
+        &[
+            &base_args[..],
+            &["--json", "--report", html.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let (out, err) = s(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let labels: Vec<&str> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["fine-tuned", "base", "few-shot:2"]);
+    let prompt = |i: usize| {
+        v["runs"][i]["summary"]["mean_prompt_tokens"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(prompt(0), prompt(1), "the same messages");
+    assert!(prompt(2) > prompt(1), "two example chats more");
+    for r in v["runs"].as_array().unwrap() {
+        assert_eq!(r["summary"]["total"], 2);
+        assert!(r["summary"]["mean_latency_seconds"].as_f64().unwrap() > 0.0);
+    }
+    let e = &v["economics"];
+    assert_eq!(e["costs"].as_array().unwrap().len(), 3);
+    assert_eq!(e["prices"]["input_per_million"], 0.15);
+    assert_eq!(
+        e["training"]["source"], "recorded",
+        "hone train wrote summary.json"
+    );
+    let verdict = e["verdict"].as_array().unwrap();
+    assert_eq!(verdict.len(), 2);
+    assert!(
+        verdict[1]
+            .as_str()
+            .unwrap()
+            .starts_with("few-shot:2 reaches "),
+        "{verdict:?}"
+    );
+    // Few-shot's longer prompts cost more per request, so the fine-tune pays back.
+    assert!(e["break_even"][1]["requests"].as_f64().unwrap() > 0.0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("Should I fine-tune?") && page.contains("few-shot:2 reaches"));
+    assert!(page.contains("cost / 1k requests (tokens)"));
+
+    let o = eval(&st, &base_args);
+    let (out, err) = s(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("mean prompt tokens") && out.contains("cost / 1k requests (local)"));
+    assert!(
+        out.contains("verdict:") && out.contains("- few-shot:2 reaches"),
+        "{out}"
+    );
+    assert!(
+        out.contains("training cost: $") && out.contains("recorded"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_baselines_are_clear_errors() {
+    let st = setup(12, 10);
+    let cases = st.dir.path().join("cases.jsonl");
+    write_cases(&cases, &[PASSING, FAILING]);
+    let (c, d) = (cases.to_str().unwrap(), st.data.to_str().unwrap());
+    let fails = |args: &[&str], want: &str| {
+        let o = eval(&st, &[&["--cases", c][..], args].concat());
+        let (_, err) = s(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    fails(
+        &["--baseline", "prompt:/no/such/prompt.txt"],
+        "/no/such/prompt.txt",
+    );
+    fails(&["--baseline", "few-shot:3"], "--train-file");
+    // 12 examples, 2 of them the eval cases' questions.
+    fails(
+        &["--baseline", "few-shot:11", "--train-file", d],
+        "few-shot:11 needs 11 examples, but",
+    );
+    fails(
+        &["--baseline", "few-shot:11", "--train-file", d],
+        "has 10 usable (2 left out",
+    );
+    fails(&["--baseline", "rag:docs"], "not available yet");
+    fails(&["--baseline", "fine-tuned"], "needs --adapter");
+    // The tiny model's context is 256 tokens: eight examples and 200 answer
+    // tokens do not fit, and that is said, never silently cut.
+    fails(
+        &[
+            "--baseline",
+            "few-shot:8",
+            "--train-file",
+            d,
+            "--max-tokens",
+            "200",
+        ],
+        "do not fit the model's 256-token context",
+    );
 }

@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-use hone_eval::run::{run_cases, Decoding};
+use hone_eval::run::{plain_requests, run_cases, Decoding};
 use hone_eval::{
-    parse_cases, EvalCase, EvalModel, EvalReport, Generated, GenerationInfo, ModelRun, Summary,
+    parse_cases, Conversation, EvalCase, EvalModel, EvalReport, Generated, GenerationInfo,
+    ModelRun, Summary,
 };
 use hone_model::score::TokenScore;
 use hone_text::ChatMessage;
@@ -16,18 +17,29 @@ pub struct Scripted(pub HashMap<String, String>);
 impl EvalModel for Scripted {
     fn generate(
         &self,
-        messages: &[ChatMessage],
-        _tools: Option<&Value>,
+        conv: &Conversation<'_>,
         _max_tokens: usize,
     ) -> hone_eval::Result<Generated> {
-        let q = &messages.last().unwrap().content;
+        let q = &conv.messages.last().unwrap().content;
         match self.0.get(q) {
             Some(a) => Ok(Generated {
                 text: a.clone(),
                 tokens: a.split_whitespace().count(),
+                prompt_tokens: self.prompt_tokens(conv)?,
             }),
             None => Err(hone_eval::EvalError::Spec(format!("no answer for {q}"))),
         }
+    }
+    /// One token a word of every message.
+    fn prompt_tokens(&self, conv: &Conversation<'_>) -> hone_eval::Result<usize> {
+        Ok(conv
+            .messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count())
+            .sum())
+    }
+    fn context_length(&self) -> usize {
+        64
     }
     fn score_chat(&self, _: &[ChatMessage], _: Option<&Value>) -> hone_eval::Result<TokenScore> {
         Ok(TokenScore::default())
@@ -86,6 +98,7 @@ pub fn run(model: &dyn EvalModel, label: &str, cases: &[EvalCase]) -> ModelRun {
         model,
         label,
         cases,
+        &plain_requests(cases),
         Decoding {
             max_tokens: 32,
             batch: 3,
@@ -115,6 +128,8 @@ pub fn report() -> EvalReport {
         greedy: true,
         batch: 3,
         weights: "q8_0".into(),
+        json_schema_from_case: false,
+        few_shot_seed: 0,
     };
     EvalReport::new("cases.jsonl", &cases, runs, gen, vec![])
 }
@@ -189,6 +204,8 @@ fn a_single_model_has_no_comparison() {
         greedy: true,
         batch: 3,
         weights: "f32".into(),
+        json_schema_from_case: false,
+        few_shot_seed: 0,
     };
     let r = EvalReport::new("c", &cases, vec![run(&base(), "m", &cases)], gen, vec![]);
     assert!(r.comparison.is_none());

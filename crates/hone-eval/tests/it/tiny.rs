@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use hone_eval::{run_eval, Baseline, EvalError, EvalSpec};
+use hone_eval::{run_eval, Baseline, CaseResult, EvalError, EvalSpec};
 use hone_model::testing::{write_tiny_model, TinySpec};
 use hone_model::{load_model, LoraConfig, LoraParams, TrainOptions, WeightPath};
 use hone_text::{ChatMessage, ChatTokenizer, Role};
@@ -135,10 +135,21 @@ fn tuned_and_base_share_one_load_and_compare_case_by_case() {
 
     // 4. --baseline none evaluates the fine-tuned model only.
     s.model = Some(f.gguf.display().to_string());
-    s.baseline = Baseline::None;
+    s.baselines = vec![Baseline::None];
     let r = run_eval(&s).unwrap();
     assert_eq!(r.runs.len(), 1);
-    assert_eq!(r.runs[0].results, tuned.results);
+    assert_eq!(untimed(&r.runs[0].results), untimed(&tuned.results));
+}
+
+/// Results without their wall times (which differ from run to run).
+fn untimed(results: &[CaseResult]) -> Vec<CaseResult> {
+    results
+        .iter()
+        .map(|r| CaseResult {
+            latency_seconds: 0.0,
+            ..r.clone()
+        })
+        .collect()
 }
 
 fn chat(q: &str, a: &str) -> String {
@@ -348,4 +359,96 @@ fn batch_size_changes_no_output() {
     }
     s.batch = 0;
     assert!(run_eval(&s).is_err());
+}
+
+/// `prompt:FILE` and `few-shot:K` run on the base (adapter off) with the
+/// longer prompts they build; the fine-tune's training cost is estimated
+/// from the training file (this adapter has no summary.json), and every
+/// baseline gets a verdict.
+#[test]
+fn prompt_and_few_shot_baselines_beside_the_fine_tune() {
+    let f = fixture();
+    let cases = f.root.join("cases.jsonl");
+    write(
+        &cases,
+        &[
+            case(
+                "Hello",
+                r#""forbidden_patterns": ["As an AI language model"]"#,
+            ),
+            case("Paris", r#""expected_patterns": ["re:^never$"]"#),
+        ],
+    );
+    let prompt = f.root.join("sys.txt");
+    std::fs::write(&prompt, "Answer in one short sentence.\n").unwrap();
+    let train = f.root.join("train.jsonl");
+    let examples: Vec<String> = ["Hello", "Bonjour", "Ciao", "Hola", "Hallo"]
+        .iter()
+        .map(|q| chat(q, "Hi!"))
+        .collect();
+    write(&train, &examples);
+    let mut s = spec(&f, &cases);
+    s.adapter = Some(f.adapter.clone());
+    s.baselines = vec![
+        Baseline::Base,
+        Baseline::Prompt(prompt),
+        Baseline::FewShot { k: 2, file: None },
+        Baseline::FineTuned,
+    ];
+    s.train_file = Some(train.clone());
+    let r = run_eval(&s).unwrap();
+    let labels: Vec<&str> = r.runs.iter().map(|x| x.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["fine-tuned", "base", "prompt:sys.txt", "few-shot:2"]
+    );
+    let p = |i: usize| r.runs[i].summary.mean_prompt_tokens;
+    assert_eq!(p(0), p(1));
+    assert!(p(2) > p(1) && p(3) > p(1), "{} {} {}", p(1), p(2), p(3));
+    assert!(r
+        .runs
+        .iter()
+        .all(|x| x.results.iter().all(|c| c.error.is_none())));
+    let e = r.economics.as_ref().unwrap();
+    let t = e.training.as_ref().unwrap();
+    assert_eq!(t.source, hone_eval::CostSource::Estimated);
+    assert!(t.usd > 0.0 && t.detail.contains("train.jsonl"), "{t:?}");
+    assert_eq!(e.verdict.len(), 3);
+    assert!(e.verdict[2].starts_with("few-shot:2 "), "{:?}", e.verdict);
+
+    // The same seed picks the same examples: identical outputs.
+    let again = run_eval(&s).unwrap();
+    assert_eq!(untimed(&again.runs[3].results), untimed(&r.runs[3].results));
+
+    // A pool too small once the eval cases are left out ("Hello" is one).
+    s.baselines = vec![Baseline::FewShot { k: 5, file: None }];
+    let e = run_eval(&s).unwrap_err().to_string();
+    assert!(e.contains("has 4 usable (1 left out as identical"), "{e}");
+}
+
+/// `--json-schema-from-case` decodes with the case's schema, so even a
+/// random model answers with valid JSON; without it the schema-valid rate
+/// shows that it does not.
+#[test]
+fn json_schema_from_case_constrains_decoding() {
+    let f = fixture();
+    let cases = f.root.join("schema.jsonl");
+    let schema = r#""expected_schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false}"#;
+    write(&cases, &[case("Hello", schema), case("Paris", schema)]);
+    let mut s = spec(&f, &cases);
+    s.max_tokens = 32;
+    let free = run_eval(&s).unwrap();
+    assert_eq!(free.runs[0].summary.schema_cases, 2);
+    assert_eq!(free.runs[0].summary.schema_valid_rate, Some(0.0));
+    s.json_schema_from_case = true;
+    let r = run_eval(&s).unwrap();
+    assert!(r.generation.json_schema_from_case);
+    let sum = &r.runs[0].summary;
+    assert_eq!(
+        (sum.schema_valid, sum.schema_valid_rate),
+        (2, Some(1.0)),
+        "{:?}",
+        r.runs[0].results
+    );
+    assert_eq!(sum.passed, 2);
 }

@@ -1,0 +1,345 @@
+//! The approaches `hone eval` compares ("should I fine-tune?"): the base
+//! model as is, with a system prompt, with few-shot examples, another model,
+//! and the fine-tune. [`Baseline`] is what `--baseline SPEC` parses to;
+//! [`Approach`] is a baseline made ready to run (its prompt file read, its
+//! example pool loaded), and [`Approach::request`] builds the conversation
+//! one case is answered from. Every approach then goes through the same
+//! generation path and checks ([`crate::run::run_cases`]).
+
+use std::path::{Path, PathBuf};
+
+use hone_model::constraint::Grammar;
+use hone_text::{ChatMessage, Role};
+use serde_json::Value;
+
+use crate::case::EvalCase;
+use crate::error::{EvalError, Result};
+use crate::model::Conversation;
+use crate::shots::{RandomPicker, ShotPicker, ShotPool};
+
+/// One `--baseline SPEC`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Baseline {
+    /// `auto` (the default): the base model under the adapter (the same
+    /// loaded weights with the adapter off); nothing without an adapter.
+    #[default]
+    Auto,
+    /// `none`: only the evaluated model.
+    None,
+    /// `base`: the base model with the messages as given.
+    Base,
+    /// `fine-tuned`: the adapter. It is always the evaluated model (the first
+    /// run) when `--adapter` is given, so naming it adds no run.
+    FineTuned,
+    /// `prompt:FILE`: the base model with FILE's text as system prompt.
+    Prompt(PathBuf),
+    /// `few-shot:K[:FILE]`: the base model with K example conversations from
+    /// FILE (default: the spec's training file) as prior turns.
+    FewShot { k: usize, file: Option<PathBuf> },
+    /// Another model (an id or a path), without adapter.
+    Model(String),
+}
+
+impl std::str::FromStr for Baseline {
+    type Err = String;
+
+    /// `auto`, `none`, `base`, `fine-tuned`, `prompt:FILE`,
+    /// `few-shot:K[:FILE]`, or a model id or path. `rag:DIR[:K]` and
+    /// `fine-tuned+rag:DIR` are recognised and refused: retrieval is not in
+    /// hone yet.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some(file) = s.strip_prefix("prompt:") {
+            if file.is_empty() {
+                return Err("`prompt:FILE` needs a file".into());
+            }
+            return Ok(Baseline::Prompt(file.into()));
+        }
+        if let Some(rest) = s.strip_prefix("few-shot:") {
+            return parse_few_shot(rest);
+        }
+        if s.starts_with("rag:") || s.starts_with("fine-tuned+rag:") {
+            return Err(format!(
+                "--baseline {s}: retrieval baselines (rag:DIR[:K], fine-tuned+rag:DIR) are \
+                 not available yet; use base, prompt:FILE, few-shot:K[:FILE] or fine-tuned"
+            ));
+        }
+        Ok(match s {
+            "auto" | "" => Baseline::Auto,
+            "none" => Baseline::None,
+            "base" => Baseline::Base,
+            "fine-tuned" => Baseline::FineTuned,
+            other => Baseline::Model(other.to_string()),
+        })
+    }
+}
+
+fn parse_few_shot(rest: &str) -> std::result::Result<Baseline, String> {
+    let (k, file) = match rest.split_once(':') {
+        Some((k, f)) if !f.is_empty() => (k, Some(PathBuf::from(f))),
+        Some((k, _)) => (k, None),
+        None => (rest, None),
+    };
+    match k.parse::<usize>() {
+        Ok(k) if k > 0 => Ok(Baseline::FewShot { k, file }),
+        _ => Err(format!(
+            "few-shot:{rest}: K must be a whole number of examples, at least 1 \
+             (few-shot:K or few-shot:K:FILE)"
+        )),
+    }
+}
+
+impl Baseline {
+    /// The run's label in tables: the spec as written, `base` for `auto`.
+    pub fn label(&self) -> String {
+        match self {
+            Baseline::Auto | Baseline::Base => "base".into(),
+            Baseline::None => "none".into(),
+            Baseline::FineTuned => "fine-tuned".into(),
+            Baseline::Prompt(p) => format!("prompt:{}", file_name(p)),
+            Baseline::FewShot { k, file: None } => format!("few-shot:{k}"),
+            Baseline::FewShot { k, file: Some(f) } => format!("few-shot:{k}:{}", file_name(f)),
+            Baseline::Model(m) => m.clone(),
+        }
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+/// How an approach changes a case's conversation before generation.
+#[derive(Debug, Clone)]
+pub enum Approach {
+    /// The messages as given (the base model, the fine-tune, another model).
+    AsGiven,
+    /// A system prompt put before the case's own (see [`with_system_prompt`]).
+    Prompt(String),
+    /// `k` examples per case from `pool`, chosen by `picker`.
+    FewShot {
+        k: usize,
+        pool: ShotPool,
+        picker: RandomPicker,
+    },
+}
+
+impl Approach {
+    /// Makes `baseline` ready to run: reads its prompt file or loads its
+    /// example pool, with every problem reported before any model loads.
+    /// `train_file` is the few-shot pool when the spec names no FILE.
+    pub fn prepare(
+        baseline: &Baseline,
+        cases: &[EvalCase],
+        train_file: Option<&Path>,
+        seed: u64,
+    ) -> Result<Self> {
+        match baseline {
+            Baseline::Prompt(file) => Ok(Approach::Prompt(read_prompt(file)?)),
+            Baseline::FewShot { k, file } => {
+                let file = file.as_deref().or(train_file).ok_or_else(|| {
+                    EvalError::Spec(format!(
+                        "--baseline few-shot:{k} takes its examples from the training file: \
+                         give --train-file FILE, or few-shot:{k}:FILE"
+                    ))
+                })?;
+                let pool = ShotPool::load(file, cases)?;
+                pool.check_k(*k)?;
+                Ok(Approach::FewShot {
+                    k: *k,
+                    pool,
+                    picker: RandomPicker { seed },
+                })
+            }
+            _ => Ok(Approach::AsGiven),
+        }
+    }
+
+    /// Whether the approach adds to the prompt (and so may push a case past
+    /// the context).
+    pub fn extends_prompt(&self) -> bool {
+        !matches!(self, Approach::AsGiven)
+    }
+
+    /// The conversation `case` is answered from under this approach.
+    pub fn request(&self, case: &EvalCase, grammar: Option<Grammar>) -> Request {
+        let messages = match self {
+            Approach::AsGiven => case.messages.clone(),
+            Approach::Prompt(p) => with_system_prompt(&case.messages, p),
+            Approach::FewShot { k, pool, picker } => {
+                let picked = picker.pick(case, pool, *k);
+                let shots: Vec<&[ChatMessage]> = picked.iter().map(|&i| pool.shot(i)).collect();
+                with_shots(&case.messages, &shots)
+            }
+        };
+        Request {
+            messages,
+            tools: case.tools.clone(),
+            grammar,
+        }
+    }
+}
+
+/// What one case is answered from: the built conversation and the grammar
+/// it is decoded with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Option<Value>,
+    pub grammar: Option<Grammar>,
+}
+
+impl Request {
+    pub fn conversation(&self) -> Conversation<'_> {
+        Conversation {
+            messages: &self.messages,
+            tools: self.tools.as_ref(),
+            grammar: self.grammar.as_ref(),
+        }
+    }
+}
+
+/// A `prompt:FILE`'s text; a missing or empty file is an error.
+fn read_prompt(file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file).map_err(|source| EvalError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(EvalError::Spec(format!(
+            "--baseline prompt:{}: the file is empty",
+            file.display()
+        )));
+    }
+    Ok(text.to_string())
+}
+
+/// `messages` with `prompt` as system prompt. A case's own system message
+/// is kept, after the prompt and a blank line, since it may carry what the
+/// case needs (prepend, not replace).
+pub fn with_system_prompt(messages: &[ChatMessage], prompt: &str) -> Vec<ChatMessage> {
+    let mut out = messages.to_vec();
+    match out.first_mut() {
+        Some(first) if first.role == Role::System => {
+            first.content = format!("{prompt}\n\n{}", first.content);
+        }
+        _ => out.insert(0, ChatMessage::new(Role::System, prompt)),
+    }
+    out
+}
+
+/// `messages` with the example conversations `shots` as prior turns: after
+/// the case's leading system message(s), before its own turns.
+pub fn with_shots(messages: &[ChatMessage], shots: &[&[ChatMessage]]) -> Vec<ChatMessage> {
+    let n_system = messages
+        .iter()
+        .take_while(|m| m.role == Role::System)
+        .count();
+    let mut out = messages[..n_system].to_vec();
+    for shot in shots {
+        out.extend(shot.iter().cloned());
+    }
+    out.extend(messages[n_system..].iter().cloned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: Role, c: &str) -> ChatMessage {
+        ChatMessage::new(role, c)
+    }
+
+    #[test]
+    fn specs_parse() {
+        let p = |s: &str| s.parse::<Baseline>();
+        assert_eq!(p("base"), Ok(Baseline::Base));
+        assert_eq!(p("auto"), Ok(Baseline::Auto));
+        assert_eq!(p("none"), Ok(Baseline::None));
+        assert_eq!(p("fine-tuned"), Ok(Baseline::FineTuned));
+        assert_eq!(p("prompt:sys.txt"), Ok(Baseline::Prompt("sys.txt".into())));
+        assert_eq!(p("few-shot:5"), Ok(Baseline::FewShot { k: 5, file: None }));
+        assert_eq!(
+            p("few-shot:2:ex.jsonl"),
+            Ok(Baseline::FewShot {
+                k: 2,
+                file: Some("ex.jsonl".into())
+            })
+        );
+        assert_eq!(
+            p("smollm2-135m-instruct"),
+            Ok(Baseline::Model("smollm2-135m-instruct".into()))
+        );
+        for bad in ["few-shot:0", "few-shot:x", "few-shot:", "prompt:"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        for rag in ["rag:docs", "rag:docs:3", "fine-tuned+rag:docs"] {
+            assert!(p(rag).unwrap_err().contains("not available yet"), "{rag}");
+        }
+        assert_eq!(
+            p("few-shot:2:dir/ex.jsonl").unwrap().label(),
+            "few-shot:2:ex.jsonl"
+        );
+        assert_eq!(p("prompt:a/sys.txt").unwrap().label(), "prompt:sys.txt");
+    }
+
+    #[test]
+    fn system_prompt_is_added_or_prepended() {
+        let plain = [msg(Role::User, "q")];
+        let out = with_system_prompt(&plain, "Be brief.");
+        assert_eq!(
+            out,
+            vec![msg(Role::System, "Be brief."), msg(Role::User, "q")]
+        );
+        let with_sys = [msg(Role::System, "Case rules."), msg(Role::User, "q")];
+        let out = with_system_prompt(&with_sys, "Be brief.");
+        assert_eq!(
+            out,
+            vec![
+                msg(Role::System, "Be brief.\n\nCase rules."),
+                msg(Role::User, "q")
+            ]
+        );
+    }
+
+    #[test]
+    fn shots_go_after_the_system_message_and_before_the_case() {
+        let case = [msg(Role::System, "S"), msg(Role::User, "q")];
+        let a = [msg(Role::User, "u1"), msg(Role::Assistant, "a1")];
+        let b = [msg(Role::User, "u2"), msg(Role::Assistant, "a2")];
+        let out = with_shots(&case, &[&a, &b]);
+        let got: Vec<(Role, &str)> = out.iter().map(|m| (m.role, m.content.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Role::System, "S"),
+                (Role::User, "u1"),
+                (Role::Assistant, "a1"),
+                (Role::User, "u2"),
+                (Role::Assistant, "a2"),
+                (Role::User, "q"),
+            ]
+        );
+        let no_sys = with_shots(&case[1..], &[&a]);
+        assert_eq!(no_sys.len(), 3);
+        assert_eq!(no_sys[0].content, "u1");
+        assert_eq!(no_sys[2].content, "q");
+    }
+
+    #[test]
+    fn prompt_file_must_exist_and_say_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.txt");
+        let e = Approach::prepare(&Baseline::Prompt(missing.clone()), &[], None, 0).unwrap_err();
+        assert!(e.to_string().contains("nope.txt"), "{e}");
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, " \n").unwrap();
+        let e = Approach::prepare(&Baseline::Prompt(empty), &[], None, 0).unwrap_err();
+        assert!(e.to_string().contains("the file is empty"), "{e}");
+        let e =
+            Approach::prepare(&Baseline::FewShot { k: 1, file: None }, &[], None, 0).unwrap_err();
+        assert!(e.to_string().contains("--train-file"), "{e}");
+    }
+}
