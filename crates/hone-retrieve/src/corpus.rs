@@ -209,7 +209,7 @@ impl Corpus {
         let mut scored: Vec<(usize, f32)> = self
             .vectors
             .iter()
-            .map(|v| v.iter().zip(query).map(|(a, b)| a * b).sum())
+            .map(|v| v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>())
             .enumerate()
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

