@@ -70,7 +70,7 @@ pub struct EmbeddingUsage {
 /// The answer of `POST /v1/embeddings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingList {
-    pub object: super::ListTag,
+    pub object: super::lists::ListTag,
     pub data: Vec<Embedding>,
     pub model: String,
     pub usage: EmbeddingUsage,
