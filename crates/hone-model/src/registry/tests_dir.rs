@@ -28,7 +28,7 @@ fn known(sha_of: &[(&str, &[u8])]) -> KnownDirModel {
                 .find(|(p, _)| p == path)
                 .map_or(*bytes, |(_, b)| *b);
             PinnedFile {
-                path: *path,
+                path,
                 sha256: sha(bytes),
             }
         })
