@@ -62,7 +62,7 @@ pub struct ChatArgs {
     pub json_schema: Option<std::path::PathBuf>,
     /// Retrieval: before each answer, put the chunks of the .txt/.md files
     /// under DIR most similar to the message in the system message (after
-    /// --system), in the format docs/cli.md shows. Vectors are cached under
+    /// --system), in the format docs/architecture.md ("Embeddings") shows. Vectors are cached under
     /// $HONE_HOME/cache/embeddings.
     #[arg(long, value_name = "DIR")]
     pub rag: Option<std::path::PathBuf>,
