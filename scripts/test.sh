@@ -28,6 +28,7 @@ export HONE_TEST_GGUF
 HONE_TEST_QWEN_GGUF="$(./target/release/hone model fetch qwen2.5-coder-0.5b-instruct | cut -f2)"
 HONE_TEST_GEMMA_GGUF="$(./target/release/hone model fetch gemma-3-270m | cut -f2)"
 export HONE_TEST_QWEN_GGUF HONE_TEST_GEMMA_GGUF
+HONE_TEST_EMBED_DIR="$(./target/release/hone model fetch all-minilm-l6-v2 | cut -f2)"; export HONE_TEST_EMBED_DIR
 export HONE_BIN="$PWD/target/release/hone"
 # Ignored tests are of two kinds: real-model tests (run here) and benchmarks,
 # named bench_* (skipped here: they measure, they do not check; run them with
@@ -68,7 +69,7 @@ stamp "quickstart on qwen2.5-coder-0.5b-instruct"
 stamp "openai SDK against hone serve, default model"
 python3 -m venv target/sdk-venv
 target/sdk-venv/bin/pip install --quiet -r tests/sdk/requirements.txt
-target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$HONE_TEST_GGUF"
+target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$HONE_TEST_GGUF" --embedding-model "$HONE_TEST_EMBED_DIR"
 stamp "openai SDK against hone serve, qwen"
 target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$HONE_TEST_QWEN_GGUF" \
   --base-id qwen2.5-coder-0.5b-instruct

@@ -41,10 +41,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(hone: str, model: str, home: Path, port: int) -> subprocess.Popen:
+def start_server(hone: str, model: str, home: Path, port: int,
+                 embedding_model: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, HONE_HOME=str(home), RUST_LOG="info")
     log = open(home / "server.log", "wb")
     cmd = [hone, "serve", "--port", str(port), "--api-key", API_KEY, "--model", model]
+    if embedding_model:
+        cmd += ["--embedding-model", embedding_model]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -184,6 +187,29 @@ def fine_tune_flow(client: OpenAI, tmp: Path) -> None:
         pass
 
 
+def embeddings_flow(client: OpenAI, model: str) -> None:
+    """client.embeddings.create as the SDK sends it (base64 by default),
+    floats, a batch, usage, and the 400 for an unsupported `dimensions`."""
+    step("embeddings: one string (the SDK asks for base64 and decodes it)")
+    r = client.embeddings.create(model=model, input="The cat sits on the mat.")
+    v = r.data[0].embedding
+    assert len(v) == 384 and abs(sum(x * x for x in v) - 1.0) < 1e-3, len(v)
+    assert r.usage.prompt_tokens == r.usage.total_tokens > 2, r.usage
+    step("embeddings: a batch of strings as floats, in order")
+    texts = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Invoices are due monthly."]
+    r2 = client.embeddings.create(model=model, input=texts, encoding_format="float")
+    assert [d.index for d in r2.data] == [0, 1, 2]
+    assert max(abs(a - b) for a, b in zip(r2.data[0].embedding, v)) < 1e-5
+    cos = [sum(a * b for a, b in zip(r2.data[0].embedding, d.embedding)) for d in r2.data[1:]]
+    assert cos[0] > cos[1], cos  # the paraphrase is nearer than the unrelated text
+    step("embeddings: an unsupported `dimensions` is a 400 naming it")
+    try:
+        client.embeddings.create(model=model, input="x", dimensions=8)
+        raise AssertionError("dimensions=8 accepted")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "dimensions", e.body
+
+
 BASE = "smollm2-135m-instruct"
 
 
@@ -193,12 +219,14 @@ def main() -> int:
     ap.add_argument("--hone", default=str(ROOT / "target" / "release" / "hone"))
     ap.add_argument("--model", required=True, help="the base model GGUF")
     ap.add_argument("--base-id", default=BASE, help="the id hone serve gives --model")
+    ap.add_argument("--embedding-model", help="an embedding model directory for "
+                    "/v1/embeddings (all-minilm-l6-v2); without it that step is skipped")
     args = ap.parse_args()
     BASE = args.base_id
     with tempfile.TemporaryDirectory(prefix="hone-sdk-") as d:
         home = Path(d)
         port = free_port()
-        proc = start_server(args.hone, args.model, home, port)
+        proc = start_server(args.hone, args.model, home, port, args.embedding_model)
         try:
             client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
                             max_retries=0, timeout=300)
@@ -211,6 +239,8 @@ def main() -> int:
                 pass
             bad_file_reports_every_error(client, home)
             fine_tune_flow(client, home)
+            if args.embedding_model:
+                embeddings_flow(client, Path(args.embedding_model).name)
         except BaseException:
             print((home / "server.log").read_text()[-6000:], file=sys.stderr)
             raise

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod constraint;
 pub mod decode;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod family;

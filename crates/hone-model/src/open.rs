@@ -71,6 +71,11 @@ impl ResolvedModel {
     /// [`ResolvedModel::open`] with `options` applied (the chat template
     /// override; `tokenizer.template.origin()` says which template is used).
     pub fn open_with(&self, options: &OpenOptions) -> Result<OpenModel> {
+        if let ModelSource::HfDir(dir) = &self.source {
+            if crate::embed::is_embedding_model(dir) {
+                return Err(crate::embed::refuse_for_chat(&self.id));
+            }
+        }
         let mut file = WeightFile::open(self.source.path())?;
         let mut tokenizer = match file.gguf_content() {
             Some(content) => ChatTokenizer::from_gguf_content(content),

@@ -110,7 +110,10 @@ impl BaseModels {
         let mut out = Vec::new();
         if specs.is_empty() {
             for m in registry.installed()? {
-                if m.source.path().exists() {
+                // Embedding models are served on /v1/embeddings, not here.
+                if m.source.path().exists()
+                    && !hone_model::embed::is_embedding_model(m.source.path())
+                {
                     out.push(ResolvedModel {
                         id: m.id,
                         source: m.source,

@@ -86,6 +86,12 @@ pub struct ServeConfig {
     /// checkpoint at the next start).
     #[arg(long, env = "HONE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 60)]
     pub shutdown_timeout_secs: u64,
+
+    /// The model `/v1/embeddings` serves: an installed id or a model
+    /// directory (default: all-minilm-l6-v2 when installed; `none`: off).
+    /// At most --max-concurrent-chats embedding requests run at once.
+    #[arg(long, env = "HONE_EMBEDDING_MODEL", value_name = "ID")]
+    pub embedding_model: Option<String>,
 }
 
 impl ServeConfig {
@@ -105,6 +111,7 @@ impl ServeConfig {
             max_concurrent_chats: 0,
             max_adapters: crate::chat::DEFAULT_MAX_ADAPTERS,
             shutdown_timeout_secs: 60,
+            embedding_model: None,
         }
     }
 

@@ -246,6 +246,8 @@ pub struct Engines {
     /// Answers `/v1/chat/completions` (with its admission limit); without
     /// one, chat answers a clear 501.
     pub chat: Option<ChatService>,
+    /// Answers `/v1/embeddings`; without one, it answers 404 `model_not_found`.
+    pub embeddings: Option<crate::embeddings::EmbeddingService>,
 }
 
 impl Engines {
@@ -257,6 +259,7 @@ impl Engines {
             catalog: Arc::new(StaticCatalog::new(ids)),
             training: None,
             chat: None,
+            embeddings: None,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod blobs;
 pub mod catalog;
 pub mod chat;
 pub mod config;
+pub mod embeddings;
 pub mod engines;
 pub mod error;
 mod extract;

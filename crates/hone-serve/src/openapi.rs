@@ -219,6 +219,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
             "chat",
         )
     },
+    Endpoint {
+        body: JSON,
+        ..ep(
+            "post",
+            "/v1/embeddings",
+            "createEmbedding",
+            "Embed texts or token arrays (--embedding-model)",
+            "embeddings",
+        )
+    },
 ];
 
 fn http_method(m: &str) -> HttpMethod {

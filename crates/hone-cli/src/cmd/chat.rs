@@ -60,6 +60,18 @@ pub struct ChatArgs {
     /// `response_format: {type: "json_schema"}`, the same engine).
     #[arg(long, value_name = "FILE")]
     pub json_schema: Option<std::path::PathBuf>,
+    /// Retrieval: before each answer, put the chunks of the .txt/.md files
+    /// under DIR most similar to the message in the system message (after
+    /// --system), in the format docs/architecture.md ("Embeddings") shows. Vectors are cached under
+    /// $HONE_HOME/cache/embeddings.
+    #[arg(long, value_name = "DIR")]
+    pub rag: Option<std::path::PathBuf>,
+    /// Chunks retrieved per message with --rag (fewer if DIR has fewer; said so).
+    #[arg(long, value_name = "K", default_value_t = 4, requires = "rag")]
+    pub rag_k: usize,
+    /// The embedding model --rag uses (fetched when missing).
+    #[arg(long, value_name = "ID", default_value = registry::DEFAULT_EMBEDDING_MODEL_ID, requires = "rag")]
+    pub rag_model: String,
 }
 
 /// Parses `--weights`. The values of the retired candle-quantized paths get
@@ -86,6 +98,11 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
     }
     validate(&args)?;
     let grammar = grammar(&args)?;
+    let rag = args
+        .rag
+        .as_deref()
+        .map(|dir| Rag::open(dir, &args.rag_model, args.rag_k))
+        .transpose()?;
     let mut engine = load_engine_with(&args.model, args.weights, &args.template.options())?;
     if let Some(dir) = &args.adapter {
         attach_adapter(&mut engine, dir)?;
@@ -99,17 +116,113 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
         stop: Vec::new(),
         grammar,
     };
-    let mut conversation: Vec<ChatMessage> = Vec::new();
-    if let Some(s) = &args.system {
-        conversation.push(ChatMessage::new(Role::System, s.clone()));
-    }
+    let turn = Turn {
+        engine: &engine,
+        system: args.system.clone(),
+        rag: rag.as_ref(),
+    };
     match &args.prompt {
         Some(p) => {
-            conversation.push(ChatMessage::new(Role::User, p.clone()));
-            answer(&engine, &conversation, &params)?;
+            turn.answer(&[ChatMessage::new(Role::User, p.clone())], &params)?;
             Ok(ExitCode::SUCCESS)
         }
-        None => repl(&engine, conversation, &mut params),
+        None => repl(&turn, &mut params),
+    }
+}
+
+/// What `--rag` retrieves from: the corpus and the model that embedded it.
+struct Rag {
+    model: hone_model::embed::EmbeddingModel,
+    corpus: hone_retrieve::Corpus,
+    k: usize,
+}
+
+impl Rag {
+    /// Embeds DIR (or reads its cached vectors) and says what was skipped.
+    fn open(dir: &std::path::Path, model: &str, k: usize) -> anyhow::Result<Rag> {
+        if k == 0 {
+            bail!("--rag-k must be at least 1");
+        }
+        let resolved = registry::resolve(model)?;
+        let model = resolved
+            .open_embedding()
+            .with_context(|| format!("loading the embedding model for --rag ({model})"))?;
+        let options = hone_retrieve::CorpusOptions::default();
+        let corpus = hone_retrieve::Corpus::from_dir(dir, &model, &options)
+            .with_context(|| format!("--rag {}", dir.display()))?;
+        let r = &corpus.report;
+        eprintln!(
+            "--rag {}: {} chunks from {} files ({} embedded now, {} from the cache)",
+            dir.display(),
+            corpus.chunks().len(),
+            r.files,
+            r.embedded_files,
+            r.cached_files
+        );
+        if !r.skipped_binary.is_empty() {
+            let names: Vec<String> = r
+                .skipped_binary
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            eprintln!(
+                "  skipped {} binary file(s): {}",
+                names.len(),
+                names.join(", ")
+            );
+        }
+        if r.truncated_chunks > 0 {
+            eprintln!(
+                "  {} chunk(s) longer than {} tokens were embedded from their beginning only",
+                r.truncated_chunks,
+                model.max_tokens()
+            );
+        }
+        Ok(Rag { model, corpus, k })
+    }
+
+    /// The system message for `question`: `system` (if any), a blank line,
+    /// then the top-K chunks ([`hone_retrieve::format_context`]).
+    fn system_for(&self, system: Option<&str>, question: &str) -> anyhow::Result<String> {
+        let hits = self.corpus.top_k(&self.model, question, self.k)?;
+        if hits.truncated() {
+            eprintln!(
+                "note: --rag-k {} but the documents hold only {} chunks; using all of them",
+                self.k,
+                hits.hits.len()
+            );
+        }
+        let context = hone_retrieve::format_context(&hits.hits);
+        Ok(match system {
+            Some(s) => format!("{s}\n\n{context}"),
+            None => context,
+        })
+    }
+}
+
+/// One answer's inputs: the model, `--system` and `--rag`.
+struct Turn<'a> {
+    engine: &'a ChatEngine,
+    system: Option<String>,
+    rag: Option<&'a Rag>,
+}
+
+impl Turn<'_> {
+    /// Answers the conversation (without its system message, which is
+    /// built here: `--system`, plus retrieved chunks for the last message).
+    fn answer(
+        &self,
+        conversation: &[ChatMessage],
+        params: &GenerationParams,
+    ) -> anyhow::Result<Generation> {
+        let system = match (self.rag, conversation.last()) {
+            (Some(rag), Some(last)) => Some(rag.system_for(self.system.as_deref(), &last.content)?),
+            _ => self.system.clone(),
+        };
+        let mut messages = Vec::with_capacity(conversation.len() + 1);
+        messages.extend(system.map(|s| ChatMessage::new(Role::System, s)));
+        messages.extend_from_slice(conversation);
+        answer(self.engine, &messages, params)
     }
 }
 
@@ -206,16 +319,12 @@ fn answer(
     Ok(g)
 }
 
-fn repl(
-    engine: &ChatEngine,
-    start: Vec<ChatMessage>,
-    params: &mut GenerationParams,
-) -> anyhow::Result<ExitCode> {
+fn repl(turn: &Turn<'_>, params: &mut GenerationParams) -> anyhow::Result<ExitCode> {
     eprintln!(
         "hone chat with {} — /reset clears the conversation, /exit or Ctrl-D quits",
-        engine.id
+        turn.engine.id
     );
-    let mut conversation = start.clone();
+    let mut conversation: Vec<ChatMessage> = Vec::new();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -228,14 +337,14 @@ fn repl(
             "" => continue,
             "/exit" | "/quit" => break,
             "/reset" => {
-                conversation = start.clone();
+                conversation.clear();
                 eprintln!("(conversation cleared)");
                 continue;
             }
             _ => {}
         }
         conversation.push(ChatMessage::new(Role::User, line));
-        let g = answer(engine, &conversation, params)?;
+        let g = turn.answer(&conversation, params)?;
         conversation.push(ChatMessage::new(Role::Assistant, g.text));
         // Vary samples between turns while staying reproducible for a given --seed.
         params.seed = params.seed.wrapping_add(1);

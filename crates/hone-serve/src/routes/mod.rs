@@ -10,6 +10,7 @@
 //!   paths exist.
 
 mod chat;
+mod embeddings;
 mod files;
 mod jobs;
 mod models;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve).delete(models::delete))
         .route("/chat/completions", post(chat::completions))
+        .route("/embeddings", post(embeddings::create))
         .fallback(unknown_route)
         .layer(from_fn_with_state(auth, require_key));
     Router::new()

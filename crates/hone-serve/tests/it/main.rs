@@ -4,6 +4,7 @@
 
 mod chat;
 mod common;
+mod embeddings;
 mod files;
 mod http;
 mod job_creation;
