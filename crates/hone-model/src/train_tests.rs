@@ -592,11 +592,15 @@ fn fused_stack_without_adapters_is_the_base_model() {
 
 /// The bf16 kernels this CPU runs, each forced in turn (the portable one everywhere).
 fn bf16_paths() -> Vec<Precision> {
-    [Bf16Kernel::Avx512Bf16, Bf16Kernel::Portable]
-        .into_iter()
-        .filter(|k| k.available())
-        .map(Precision::Bf16)
-        .collect()
+    [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Portable,
+    ]
+    .into_iter()
+    .filter(|k| k.available())
+    .map(Precision::Bf16)
+    .collect()
 }
 
 /// Every bf16 path gives the f32 path's logits and loss up to bf16 rounding (and

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{Result, Tensor, TensorId};
 
+use super::amx::{self, VnniMatrix};
 use super::bf16::{matmul_nt, Bf16Kernel, Bf16Matrix};
 use super::kernel::{f32_data, matmul, Tr};
 
@@ -157,20 +158,45 @@ pub fn cpu_flags() -> Vec<&'static str> {
     flags
 }
 
-/// A frozen weight `[n_out, n_in]` in bf16: as stored and transposed.
+/// A frozen weight `[n_out, n_in]` in bf16, as stored (`w`, rows over `n_in`, for
+/// `x·Wᵀ`) and transposed (`wt`, rows over `n_out`, for `dy·W`): bf16 rows for the row
+/// kernels, or packed into AMX blocks.
 #[derive(Debug)]
-pub(crate) struct Bf16Weight {
-    /// `W`, rows over `n_in` (for `x·Wᵀ`).
-    pub w: Bf16Matrix,
-    /// `Wᵀ`, rows over `n_out` (for `dy·W`).
-    pub wt: Bf16Matrix,
+pub(crate) enum Bf16Weight {
+    Rows { w: Bf16Matrix, wt: Bf16Matrix },
+    Tiles { w: VnniMatrix, wt: VnniMatrix },
 }
 
 impl Bf16Weight {
-    fn of(w: &[f32], n_out: usize, n_in: usize) -> Self {
-        Self {
-            w: Bf16Matrix::from_f32(w, n_out, n_in),
-            wt: Bf16Matrix::transposed_from_f32(w, n_out, n_in),
+    fn of(w: &[f32], n_out: usize, n_in: usize, kernel: Bf16Kernel) -> Self {
+        let rows = Bf16Matrix::from_f32(w, n_out, n_in);
+        let rows_t = Bf16Matrix::transposed_from_f32(w, n_out, n_in);
+        match kernel {
+            Bf16Kernel::Amx => Self::Tiles {
+                w: VnniMatrix::pack(&rows),
+                wt: VnniMatrix::pack(&rows_t),
+            },
+            _ => Self::Rows {
+                w: rows,
+                wt: rows_t,
+            },
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Rows { w, wt } => w.bytes() + wt.bytes(),
+            Self::Tiles { w, wt } => w.bytes() + wt.bytes(),
+        }
+    }
+
+    /// `c = a·Wᵀ` (`transposed`: `a·W`), `c +=` when `acc`.
+    fn product(&self, c: &mut [f32], a: &Bf16Matrix, transposed: bool, acc: bool, k: Bf16Kernel) {
+        match (self, transposed) {
+            (Self::Rows { w, .. }, false) => matmul_nt(c, a, w, acc, k, true),
+            (Self::Rows { wt, .. }, true) => matmul_nt(c, a, wt, acc, k, true),
+            (Self::Tiles { w, .. }, false) => amx::matmul_nt(c, a, w, acc, true),
+            (Self::Tiles { wt, .. }, true) => amx::matmul_nt(c, a, wt, acc, true),
         }
     }
 }
@@ -189,7 +215,7 @@ impl FrozenWeight<'_> {
         match self.bf16 {
             Some((w, kernel)) => {
                 let xb = Bf16Matrix::from_f32(x, rows, n_in);
-                matmul_nt(y, &xb, &w.w, acc, kernel, true);
+                w.product(y, &xb, false, acc, kernel);
             }
             None => matmul(
                 y,
@@ -208,7 +234,7 @@ impl FrozenWeight<'_> {
         match self.bf16 {
             Some((w, kernel)) => {
                 let gb = Bf16Matrix::from_f32(dy, rows, n_out);
-                matmul_nt(dx, &gb, &w.wt, acc, kernel, true);
+                w.product(dx, &gb, true, acc, kernel);
             }
             None => matmul(
                 dx,
@@ -235,18 +261,22 @@ pub(crate) fn prepare(
 ) -> Result<Option<(Arc<Bf16Weight>, Bf16Kernel)>> {
     match precision {
         Precision::F32 => Ok(None),
-        Precision::Bf16(k) => Ok(Some((bf16_weight(w)?, k))),
+        Precision::Bf16(k) => Ok(Some((bf16_weight(w, k)?, k))),
     }
 }
 
-fn cache() -> &'static Mutex<HashMap<TensorId, Arc<Bf16Weight>>> {
-    static CACHE: OnceLock<Mutex<HashMap<TensorId, Arc<Bf16Weight>>>> = OnceLock::new();
+/// The copies by weight tensor and layout (tiles or rows).
+type Cache = Mutex<HashMap<(TensorId, bool), Arc<Bf16Weight>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
-/// The bf16 copy of the frozen 2-D f32 weight `w`, made on first use.
-pub(crate) fn bf16_weight(w: &Tensor) -> Result<Arc<Bf16Weight>> {
-    if let Some(hit) = cache().lock().expect("bf16 cache").get(&w.id()) {
+/// The bf16 copy of the frozen 2-D f32 weight `w` for `kernel`, made on first use.
+pub(crate) fn bf16_weight(w: &Tensor, kernel: Bf16Kernel) -> Result<Arc<Bf16Weight>> {
+    let key = (w.id(), kernel == Bf16Kernel::Amx);
+    if let Some(hit) = cache().lock().expect("bf16 cache").get(&key) {
         return Ok(hit.clone());
     }
     let (n_out, n_in) = w.dims2()?;
@@ -256,10 +286,10 @@ pub(crate) fn bf16_weight(w: &Tensor) -> Result<Arc<Bf16Weight>> {
             candle_core::Storage::Cpu(s) => f32_data(s, layout, "bf16 base weight")?,
             _ => candle_core::bail!("bf16 base weights: only the CPU backend is supported"),
         };
-        Arc::new(Bf16Weight::of(data, n_out, n_in))
+        Arc::new(Bf16Weight::of(data, n_out, n_in, kernel))
     };
     let mut c = cache().lock().expect("bf16 cache");
-    Ok(c.entry(w.id()).or_insert(made).clone())
+    Ok(c.entry(key).or_insert(made).clone())
 }
 
 /// Frees every bf16 weight copy (they are made again on the next bf16 product).
@@ -270,7 +300,7 @@ pub fn release_cache() {
 /// Bytes held by the bf16 weight copies.
 pub fn cache_bytes() -> usize {
     let c = cache().lock().expect("bf16 cache");
-    c.values().map(|w| w.w.bytes() + w.wt.bytes()).sum()
+    c.values().map(|w| w.bytes()).sum()
 }
 
 #[cfg(test)]
@@ -311,11 +341,19 @@ mod tests {
     #[test]
     fn weight_copies_are_cached_per_tensor() -> Result<()> {
         let w = crate::ops::testutil::randn(&[5, 40], 9);
-        let a = bf16_weight(&w)?;
-        let b = bf16_weight(&w)?;
+        let a = bf16_weight(&w, Bf16Kernel::Portable)?;
+        let b = bf16_weight(&w, Bf16Kernel::Portable)?;
         assert!(Arc::ptr_eq(&a, &b), "the second use hits the cache");
-        assert_eq!((a.w.rows, a.w.cols, a.wt.rows, a.wt.cols), (5, 40, 40, 5));
-        let other = bf16_weight(&w.copy()?)?;
+        let Bf16Weight::Rows { w: rows, wt } = &*a else {
+            panic!("the row kernels get rows")
+        };
+        assert_eq!((rows.rows, rows.cols, wt.rows, wt.cols), (5, 40, 40, 5));
+        let tiles = bf16_weight(&w, Bf16Kernel::Amx)?;
+        assert!(
+            matches!(&*tiles, Bf16Weight::Tiles { .. }),
+            "AMX gets tiles"
+        );
+        let other = bf16_weight(&w.copy()?, Bf16Kernel::Portable)?;
         assert!(!Arc::ptr_eq(&a, &other), "another tensor gets its own copy");
         Ok(())
     }

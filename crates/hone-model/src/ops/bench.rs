@@ -184,11 +184,12 @@ fn bf16_products_against_f32_gemm() {
             )
         });
         let wb = Bf16Matrix::from_f32(&w, n, k);
-        let kernel = Bf16Kernel::detect();
+        let kernel = Bf16Kernel::Avx512Bf16;
         let t16 = best(&mut || {
             let xb = Bf16Matrix::from_f32(&x, m, k);
             matmul_nt(&mut c, &xb, &wb, false, kernel, true)
         });
+        let kernel = Bf16Kernel::Avx512Bf16;
         println!(
             "{m}x{n}x{k}: f32 gemm {:.1} GFLOP/s, bf16 {} {:.1} GFLOP/s ({:.2}x)",
             flop / t32,
@@ -196,5 +197,13 @@ fn bf16_products_against_f32_gemm() {
             flop / t16,
             t32 / t16
         );
+        if super::amx::available() {
+            let packed = super::amx::VnniMatrix::pack(&wb);
+            let ta = best(&mut || {
+                let xb = Bf16Matrix::from_f32(&x, m, k);
+                super::amx::matmul_nt(&mut c, &xb, &packed, false, true)
+            });
+            println!("  amx_bf16 {:.1} GFLOP/s ({:.2}x f32)", flop / ta, t32 / ta);
+        }
     }
 }

@@ -60,11 +60,12 @@ pub(crate) struct Bf16Matrix {
 }
 
 impl Bf16Matrix {
-    /// `src` (row-major `[rows, cols]`), rounded to bf16.
+    /// `src` (row-major `[rows, cols]`), rounded to bf16. The storage holds whole
+    /// groups of 32 rows (zeros past `rows`), which AMX tiles read as a unit.
     pub fn from_f32(src: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(src.len(), rows * cols, "Bf16Matrix::from_f32 shape");
         let stride = cols.div_ceil(K_ALIGN) * K_ALIGN;
-        let mut data = vec![0u16; rows * stride];
+        let mut data = vec![0u16; rows.div_ceil(32) * 32 * stride];
         for (d, s) in data
             .chunks_exact_mut(stride)
             .zip(src.chunks_exact(cols.max(1)))
@@ -120,6 +121,8 @@ impl Bf16Matrix {
 /// Which implementation runs a bf16 product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
+    /// AMX-BF16 tiles (`tdpbf16ps`, [`super::amx`]) on weights packed for them.
+    Amx,
     /// `vdpbf16ps` (AVX512_BF16 with AVX512F).
     Avx512Bf16,
     /// bf16 operands widened to f32 and multiplied in plain Rust: the same products on
@@ -130,11 +133,10 @@ pub enum Bf16Kernel {
 impl Bf16Kernel {
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Self {
-        if Self::Avx512Bf16.available() {
-            Self::Avx512Bf16
-        } else {
-            Self::Portable
-        }
+        [Self::Amx, Self::Avx512Bf16]
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Self::Portable)
     }
 
     /// Whether this CPU can run the kernel.
@@ -146,6 +148,7 @@ impl Bf16Kernel {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Self::Avx512Bf16 => false,
+            Self::Amx => super::amx::available(),
             Self::Portable => true,
         }
     }
@@ -153,12 +156,13 @@ impl Bf16Kernel {
     /// Whether the kernel beats the f32 gemm (measured, docs/benchmarks.md "Session 9,
     /// bf16"): `auto` picks bf16 only then.
     pub fn faster_than_f32(self) -> bool {
-        false
+        self == Self::Amx
     }
 
     /// A short name for reports.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Amx => "amx_bf16",
             Self::Avx512Bf16 => "avx512_bf16",
             Self::Portable => "bf16-portable",
         }
@@ -185,6 +189,12 @@ pub(crate) fn matmul_nt(
     if m == 0 || n == 0 {
         return;
     }
+    // This is the row-by-row layout; AMX needs packed weights (`amx::matmul_nt`), so
+    // here it stands for the best row kernel.
+    let kernel = match kernel {
+        Bf16Kernel::Amx => Bf16Kernel::Avx512Bf16,
+        k => k,
+    };
     let kernel = if kernel.available() {
         kernel
     } else {
@@ -490,12 +500,20 @@ mod tests {
     }
 
     #[test]
-    fn detection_picks_an_available_kernel() {
+    fn detection_picks_the_best_available_kernel() {
         let k = Bf16Kernel::detect();
         assert!(k.available());
+        let expected = if super::super::amx::available() {
+            Bf16Kernel::Amx
+        } else if Bf16Kernel::Avx512Bf16.available() {
+            Bf16Kernel::Avx512Bf16
+        } else {
+            Bf16Kernel::Portable
+        };
+        assert_eq!(k, expected);
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
-            k == Bf16Kernel::Avx512Bf16,
+            Bf16Kernel::Avx512Bf16.available(),
             is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512f")
         );
     }

@@ -22,6 +22,7 @@
 //! tested against, and `rope`, `causal_softmax` and `masked_cross_entropy` are the
 //! pieces of the references in turn.
 
+mod amx;
 mod attention;
 pub mod base_weights;
 #[cfg(test)]
