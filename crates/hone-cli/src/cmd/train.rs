@@ -110,7 +110,7 @@ pub struct TrainArgs {
     #[arg(long, env = "HONE_JSON_EVENTS")]
     pub json_events: bool,
     /// Precision of the products with the frozen base weights: auto (bf16 where the CPU
-    /// has AVX512_BF16, else f32), f32 or bf16 (f32 accumulation; LoRA stays f32).
+    /// has AMX-BF16, else f32), f32 or bf16 (f32 accumulation; LoRA stays f32).
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
     pub base_weights: hone_model::ops::BaseWeights,
     #[command(flatten)]

@@ -61,8 +61,8 @@ pub struct TrainBenchArgs {
     /// Do not save the result to $HONE_HOME/bench/train.json.
     #[arg(long)]
     pub no_save: bool,
-    /// Precision of the frozen-weight products: auto (bf16 where the CPU has
-    /// AVX512_BF16, else f32), f32 or bf16.
+    /// Precision of the frozen-weight products: auto (bf16 where the CPU has AMX-BF16,
+    /// else f32), f32 or bf16 (f32 accumulation; docs/train.md).
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = BaseWeights::parse)]
     pub base_weights: BaseWeights,
 }
@@ -186,7 +186,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
 /// the frozen projections and the LM head forward and backward-to-activations (2 + 2
 /// per weight per token), causal attention (`q·kᵀ` and `p·v` over half the sequence on
 /// average, forward and twice that backward), and the adapters (forward, and their
-/// three backward products). Norms, activations and the optimizer are left out (a few
+/// four backward products). Norms, activations and the optimizer are left out (a few
 /// percent).
 fn step_flops(cfg: &Config, lora: &LoraConfig, batch: usize, seq: usize) -> f64 {
     let (h, q, kv) = (
