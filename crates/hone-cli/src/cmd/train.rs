@@ -109,12 +109,21 @@ pub struct TrainArgs {
     /// Print training events as JSON lines on stdout instead of a progress bar.
     #[arg(long, env = "HONE_JSON_EVENTS")]
     pub json_events: bool,
+    /// Precision of the products with the frozen base weights: auto (bf16 where the CPU
+    /// has AMX-BF16, else f32), f32 or bf16 (f32 accumulation; LoRA stays f32).
+    #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
+    pub base_weights: hone_model::ops::BaseWeights,
     #[command(flatten)]
     pub template: super::chat_template::ChatTemplateArgs,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let opts = job_options(&a)?;
+    hone_model::ops::set_base_weights(a.base_weights);
+    eprintln!(
+        "base weights: {} products",
+        a.base_weights.resolve().describe()
+    );
     let data = match TrainData::read(opts.method, &a.data, a.validation.as_deref()) {
         Ok(d) => d,
         Err(e) => return data_error(e, opts.method),

@@ -25,8 +25,17 @@ const FLAGS: &[&str] = &[
 
 /// Starts a run and waits until it reports a checkpoint at step >= `min_step`.
 fn start_until_checkpoint(s: &Setup, out: &Path, min_step: u64) -> (Child, u64) {
+    start_until_checkpoint_with(s, out, min_step, FLAGS)
+}
+
+fn start_until_checkpoint_with(
+    s: &Setup,
+    out: &Path,
+    min_step: u64,
+    flags: &[&str],
+) -> (Child, u64) {
     let mut child = s
-        .train_cmd(out, FLAGS)
+        .train_cmd(out, flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -56,7 +65,11 @@ fn losses(out: &Path) -> Vec<(u64, f64)> {
 }
 
 fn resume_and_compare(s: &Setup, full: &Path, cut: &Path, killed_after: u64) {
-    let o = s.train(cut, &[FLAGS, &["--resume"]].concat());
+    resume_and_compare_with(s, full, cut, killed_after, FLAGS)
+}
+
+fn resume_and_compare_with(s: &Setup, full: &Path, cut: &Path, killed_after: u64, flags: &[&str]) {
+    let o = s.train(cut, &[flags, &["--resume"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let start: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
@@ -73,13 +86,24 @@ fn resume_and_compare(s: &Setup, full: &Path, cut: &Path, killed_after: u64) {
 
 #[test]
 fn sigkill_then_resume_gives_the_uninterrupted_losses() {
+    sigkill_then_resume(&[FLAGS, &["--base-weights", "f32"]].concat());
+}
+
+/// The same with bf16 products (AVX512_BF16 where the CPU has it, else the portable
+/// kernel): the bf16 path is as deterministic as the f32 one.
+#[test]
+fn sigkill_then_resume_gives_the_uninterrupted_losses_with_bf16_base_weights() {
+    sigkill_then_resume(&[FLAGS, &["--base-weights", "bf16"]].concat());
+}
+
+fn sigkill_then_resume(flags: &[&str]) {
     let s = setup(48, 7);
     let full = s.dir.path().join("full");
-    let o = s.train(&full, FLAGS);
+    let o = s.train(&full, flags);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let cut = s.dir.path().join("cut");
-    let (mut child, step) = start_until_checkpoint(&s, &cut, 6);
+    let (mut child, step) = start_until_checkpoint_with(&s, &cut, 6, flags);
     child.kill().unwrap(); // SIGKILL on Unix
     let status = child.wait().unwrap();
     assert!(!status.success());
@@ -87,7 +111,7 @@ fn sigkill_then_resume_gives_the_uninterrupted_losses() {
         !cut.join("summary.json").exists(),
         "the run finished before the kill; make it longer"
     );
-    resume_and_compare(&s, &full, &cut, step);
+    resume_and_compare_with(&s, &full, &cut, step, flags);
 }
 
 #[test]

@@ -135,3 +135,75 @@ fn bench_attention_softmax_and_cross_entropy() -> Result<()> {
     );
     Ok(())
 }
+
+/// bf16 products (`ops::bf16`) against the f32 gemm on training shapes (4×256 tokens;
+/// SmolLM2-135M and Qwen2.5-0.5B projections), GFLOP/s of each, best of 5.
+/// Run: `cargo test --release -p hone-model --lib ops::bench::bf16 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bf16_products_against_f32_gemm() {
+    use super::bf16::{matmul_nt, Bf16Kernel, Bf16Matrix};
+    use super::kernel::{matmul, Tr};
+    let best = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    for (m, n, k) in [
+        (1024, 1536, 576),
+        (1024, 576, 1536),
+        (1024, 896, 896),
+        (1024, 4864, 896),
+        (1024, 896, 4864),
+    ] {
+        let x = randn(&[m, k], 1)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let w = randn(&[n, k], 2)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut c = vec![0f32; m * n];
+        let flop = 2.0 * (m * n * k) as f64 / 1e9;
+        let t32 = best(&mut || {
+            matmul(
+                &mut c,
+                (m, n, k),
+                (&x, Tr::N),
+                (&w, Tr::T),
+                false,
+                1.0,
+                true,
+            )
+        });
+        let wb = Bf16Matrix::from_f32(&w, n, k);
+        let kernel = Bf16Kernel::Avx512Bf16;
+        let t16 = best(&mut || {
+            let xb = Bf16Matrix::from_f32(&x, m, k);
+            matmul_nt(&mut c, &xb, &wb, false, kernel, true)
+        });
+        let kernel = Bf16Kernel::Avx512Bf16;
+        println!(
+            "{m}x{n}x{k}: f32 gemm {:.1} GFLOP/s, bf16 {} {:.1} GFLOP/s ({:.2}x)",
+            flop / t32,
+            kernel.name(),
+            flop / t16,
+            t32 / t16
+        );
+        if super::amx::available() {
+            let packed = super::amx::VnniMatrix::pack(&wb);
+            let ta = best(&mut || {
+                let xb = Bf16Matrix::from_f32(&x, m, k);
+                super::amx::matmul_nt(&mut c, &xb, &packed, false, true)
+            });
+            println!("  amx_bf16 {:.1} GFLOP/s ({:.2}x f32)", flop / ta, t32 / ta);
+        }
+    }
+}

@@ -5,6 +5,11 @@
 //! base weights are frozen, so that is wasted work (a third of the matmul FLOPs) and, for a
 //! 135M model, gigabytes of memory (architecture.md: 95 → 136 tokens/s, 9.9 → 3.5 GB).
 
+use std::sync::Arc;
+
+use super::base_weights::{self, Bf16Weight, FrozenWeight};
+use super::bf16::Bf16Kernel;
+use super::kernel::f32_data;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -26,10 +31,27 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     *out_dims.last_mut().expect("non-empty dims") = n_out;
     let x2 = x.contiguous()?.reshape((rows, n_in))?;
     let w = w.detach().contiguous()?;
-    x2.apply_op2(&w, FrozenLinear)?.reshape(out_dims)
+    let op = FrozenLinear {
+        bf16: base_weights::prepare(&w, base_weights::current_precision())?,
+    };
+    x2.apply_op2(&w, op)?.reshape(out_dims)
 }
 
-struct FrozenLinear;
+/// The op, with the weight's bf16 copy when products run in bf16 (`base_weights`).
+struct FrozenLinear {
+    bf16: Option<(Arc<Bf16Weight>, Bf16Kernel)>,
+}
+
+impl FrozenLinear {
+    /// The weight as a bf16 product operand (its f32 slice is not read on that path).
+    fn bf16_weight(&self) -> Option<FrozenWeight<'_>> {
+        let (w, k) = self.bf16.as_ref()?;
+        Some(FrozenWeight {
+            f32: &[],
+            bf16: Some((w, *k)),
+        })
+    }
+}
 
 impl CustomOp2 for FrozenLinear {
     fn name(&self) -> &'static str {
@@ -48,6 +70,12 @@ impl CustomOp2 for FrozenLinear {
         if k != k2 {
             bail!("frozen_linear: inner dims differ ({k} vs {k2})");
         }
+        if let Some(w) = self.bf16_weight() {
+            let x = f32_data(s1, l1, "frozen_linear x")?;
+            let mut y = vec![0f32; m * n];
+            w.forward(x, &mut y, (m, k, n), false);
+            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+        }
         // wᵀ as a strided view: no copy; gemm handles the column-major operand.
         let wt = l2.transpose(0, 1)?;
         let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
@@ -63,6 +91,13 @@ impl CustomOp2 for FrozenLinear {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if !x.track_op() {
             return Ok((None, None));
+        }
+        if let Some(wb) = self.bf16_weight() {
+            let (m, (n, k)) = (grad.dim(0)?, w.dims2()?);
+            let dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let mut dx = vec![0f32; m * k];
+            wb.backward(&dy, &mut dx, (m, k, n), false);
+            return Ok((Some(Tensor::from_vec(dx, (m, k), w.device())?), None));
         }
         // grad and w are both detached, so this matmul adds nothing to the graph.
         let dx = grad.contiguous()?.matmul(w)?;

@@ -14,6 +14,8 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use super::base_weights::{self, Bf16Weight, FrozenWeight};
+use super::bf16::Bf16Kernel;
 use super::cross_entropy::TokenAccuracy;
 use super::kernel::{self, f32_data, fast_exp, index_data, par_rows};
 
@@ -83,8 +85,10 @@ pub fn lm_head_cross_entropy(
         }
     }
     let accuracy = Arc::new(OnceLock::new());
+    let w = w.detach().contiguous()?;
     let op = LmHeadLoss {
-        w: w.detach().contiguous()?,
+        bf16: base_weights::prepare(&w, base_weights::current_precision())?,
+        w,
         rows,
         softcap,
         need_grad: hidden.track_op(),
@@ -98,6 +102,8 @@ pub fn lm_head_cross_entropy(
 
 struct LmHeadLoss {
     w: Tensor,
+    /// The head's bf16 copy when the products run in bf16 (`base_weights`).
+    bf16: Option<(Arc<Bf16Weight>, Bf16Kernel)>,
     /// Trained positions: (row, target, mask weight).
     rows: Vec<(usize, usize, f32)>,
     /// `cap · tanh(z / cap)` on the logits.
@@ -130,9 +136,18 @@ impl LmHeadLoss {
         for &(r, _, _) in rows {
             x.extend_from_slice(&hidden[r * h..(r + 1) * h]);
         }
-        let x = Tensor::from_vec(x, (rows.len(), h), self.w.device())?;
-        let mut logits = x.matmul(&self.w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-        let vocab = logits.len() / rows.len();
+        let vocab = self.w.dim(0)?;
+        let mut logits = match self.bf16_weight() {
+            Some(w) => {
+                let mut z = vec![0f32; rows.len() * vocab];
+                w.forward(&x, &mut z, (rows.len(), h, vocab), false);
+                z
+            }
+            None => {
+                let x = Tensor::from_vec(x, (rows.len(), h), self.w.device())?;
+                x.matmul(&self.w.t()?)?.flatten_all()?.to_vec1::<f32>()?
+            }
+        };
         if let Some(cap) = self.softcap {
             par_rows(&mut logits, vocab, vocab, |_, chunk| {
                 chunk.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
@@ -189,9 +204,28 @@ impl LmHeadLoss {
                 }
             }
         });
-        let g = Tensor::from_vec(logits, (rows.len(), vocab), self.w.device())?;
-        let dx = g.matmul(&self.w)?.flatten_all()?.to_vec1::<f32>()?;
+        let dx = match self.bf16_weight() {
+            Some(w) => {
+                let mut dx = vec![0f32; rows.len() * h];
+                w.backward(&logits, &mut dx, (rows.len(), h, vocab), false);
+                dx
+            }
+            None => {
+                let g = Tensor::from_vec(logits, (rows.len(), vocab), self.w.device())?;
+                g.matmul(&self.w)?.flatten_all()?.to_vec1::<f32>()?
+            }
+        };
         Ok((out, Some(dx)))
+    }
+
+    /// The head as a bf16 product operand (`None`: the f32 path, candle's matmul). Its
+    /// f32 slice is never read by the bf16 products.
+    fn bf16_weight(&self) -> Option<FrozenWeight<'_>> {
+        let (w, k) = self.bf16.as_ref()?;
+        Some(FrozenWeight {
+            f32: &[],
+            bf16: Some((w, *k)),
+        })
     }
 }
 

@@ -9,6 +9,10 @@
 //! directly, and the dropout mask is a hash of (seed, element) that the backward recomputes
 //! rather than a stored tensor.
 
+use std::sync::Arc;
+
+use super::base_weights::{self, Bf16Weight, FrozenWeight};
+use super::bf16::Bf16Kernel;
 use super::kernel::{f32_data, matmul, par_rows, Tr};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
@@ -83,8 +87,10 @@ pub fn lora_linear(
     let rows = x.elem_count() / n_in;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("non-empty dims") = n_out;
+    let w = w.detach().contiguous()?;
     let op = LoraLinear {
-        w: w.detach().contiguous()?,
+        bf16: base_weights::prepare(&w, base_weights::current_precision())?,
+        w,
         shape: Dims { rows, n_in, n_out },
         r,
         scale: scale as f32,
@@ -113,12 +119,13 @@ pub(crate) struct AdapterSlices<'a> {
     pub dropout: Option<Dropout>,
 }
 
-/// The op's kernels on slices: a frozen `w: [n_out, n_in]` and an optional adapter, over
-/// `rows` input rows. The fused decoder stack calls these directly with its own buffers.
+/// The op's kernels on slices: a frozen `w: [n_out, n_in]` (multiplied in f32 or bf16)
+/// and an optional adapter, over `rows` input rows. The fused decoder stack calls these
+/// directly with its own buffers.
 #[derive(Clone, Copy)]
 pub(crate) struct LoraKernel<'a> {
     pub dims: Dims,
-    pub w: &'a [f32],
+    pub w: FrozenWeight<'a>,
     pub adapter: Option<AdapterSlices<'a>>,
 }
 
@@ -136,15 +143,7 @@ impl LoraKernel<'_> {
     /// which the backward needs.
     pub fn forward(&self, x: &[f32], y: &mut [f32], acc: bool) -> Vec<f32> {
         let Dims { rows, n_in, n_out } = self.dims;
-        matmul(
-            y,
-            (rows, n_out, n_in),
-            (x, Tr::N),
-            (self.w, Tr::T),
-            acc,
-            1.0,
-            true,
-        );
+        self.w.forward(x, y, (rows, n_in, n_out), acc);
         let Some(ad) = self.adapter else {
             return Vec::new();
         };
@@ -228,15 +227,7 @@ impl LoraKernel<'_> {
         let Some((dx, acc)) = out.dx else {
             return;
         };
-        matmul(
-            dx,
-            (rows, n_in, n_out),
-            (dy, Tr::N),
-            (self.w, Tr::N),
-            acc,
-            1.0,
-            true,
-        );
+        self.w.backward(dy, dx, (rows, n_in, n_out), acc);
         if let (Some(ad), false) = (self.adapter, dxa.is_empty()) {
             add_adapter_dx(&ad, self.dims, dx, &dxa);
         }
@@ -287,6 +278,8 @@ fn add_adapter_dx(ad: &AdapterSlices, dims: Dims, dx: &mut [f32], dxa: &[f32]) {
 #[derive(Clone)]
 struct LoraLinear {
     w: Tensor,
+    /// `w`'s bf16 copy when the products run in bf16.
+    bf16: Option<(Arc<Bf16Weight>, Bf16Kernel)>,
     shape: Dims,
     r: usize,
     scale: f32,
@@ -308,7 +301,10 @@ impl LoraLinear {
         };
         f(LoraKernel {
             dims: self.shape,
-            w,
+            w: FrozenWeight {
+                f32: w,
+                bf16: self.bf16.as_ref().map(|(w, k)| (&**w, *k)),
+            },
             adapter: Some(AdapterSlices {
                 a,
                 b,

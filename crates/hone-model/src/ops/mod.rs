@@ -22,9 +22,12 @@
 //! tested against, and `rope`, `causal_softmax` and `masked_cross_entropy` are the
 //! pieces of the references in turn.
 
+mod amx;
 mod attention;
+pub mod base_weights;
 #[cfg(test)]
 mod bench;
+pub(crate) mod bf16;
 #[cfg(test)]
 mod block_test;
 mod causal_softmax;
@@ -42,6 +45,8 @@ mod stack;
 mod testutil;
 
 pub use attention::{rope_attention, AttentionSpec};
+pub use base_weights::{set_base_weights, BaseWeights, Precision};
+pub use bf16::Bf16Kernel;
 pub use causal_softmax::causal_softmax;
 pub use cross_entropy::{masked_cross_entropy, masked_token_accuracy, TokenAccuracy};
 pub use frozen_linear::frozen_linear;

@@ -108,12 +108,14 @@ pub fn pooled_bytes() -> usize {
         .unwrap_or(0)
 }
 
-/// Drops every pooled buffer (the memory goes back to the allocator). Call when training
-/// is over, so that a long-running process does not keep a step's working set.
+/// Drops every pooled buffer and the bf16 copies of base weights (the memory goes back
+/// to the allocator). Call when training is over, so that a long-running process does
+/// not keep a step's working set.
 pub fn release() {
     if let Ok(mut p) = POOL.lock() {
         *p = None;
     }
+    super::base_weights::release_cache();
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::attention::{Context as AttentionContext, Dims as AttentionDims};
+use super::base_weights::{self, Bf16Weight, FrozenWeight};
+use super::bf16::Bf16Kernel;
 use super::glu::{glu_bwd_into, glu_into};
 use super::kernel::f32_data;
 use super::lora_linear::{AdapterSlices, Dims as LinDims, Dropout, LoraGrads, LoraKernel};
@@ -126,8 +128,20 @@ pub fn lora_stack(
                 .transpose()
         })
         .collect::<Result<Vec<_>>>()?;
+    let bf16 = layers
+        .iter()
+        .map(|l| -> Result<[Option<Bf16Copy>; 7]> {
+            let precision = base_weights::current_precision();
+            let mut out: [Option<Bf16Copy>; 7] = Default::default();
+            for (slot, w) in out.iter_mut().zip(&l.weights) {
+                *slot = base_weights::prepare(w, precision)?;
+            }
+            Ok(out)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let op = Stack {
         layers: layers.to_vec(),
+        bf16,
         biases,
         shape,
         rows: b * t,
@@ -206,8 +220,14 @@ fn copy(x: &[f32]) -> Vec<f32> {
     y
 }
 
+/// A frozen weight's bf16 copy and the kernel that multiplies by it.
+type Bf16Copy = (Arc<Bf16Weight>, Bf16Kernel);
+
 struct Stack {
     layers: Vec<StackLayer>,
+    /// Per layer, per projection: the weight's bf16 copy when products run in bf16
+    /// (read once when the op is built, so the backward uses the forward's path).
+    bf16: Vec<[Option<Bf16Copy>; 7]>,
     /// Per layer: the q, k, v biases as slices' owners (see [`StackLayer::qkv_bias`]).
     biases: Vec<Option<[Vec<f32>; 3]>>,
     shape: Shapes,
@@ -300,7 +320,7 @@ impl Stack {
     }
 
     /// The kernel of module `m` of layer `li` with its weights and `theta`'s adapter.
-    fn kernel<'a>(&self, li: usize, m: usize, w: &'a [f32], theta: &'a [f32]) -> LoraKernel<'a> {
+    fn kernel<'a>(&'a self, li: usize, m: usize, w: &'a [f32], theta: &'a [f32]) -> LoraKernel<'a> {
         let (out, inp) = self.shape.io(m);
         let adapter = self.layers[li].adapters[m].map(|(r, scale)| {
             let at = self.shape.offsets[li][m];
@@ -322,7 +342,10 @@ impl Stack {
                 n_in: inp,
                 n_out: out,
             },
-            w,
+            w: FrozenWeight {
+                f32: w,
+                bf16: self.bf16[li][m].as_ref().map(|(w, k)| (&**w, *k)),
+            },
             adapter,
         }
     }

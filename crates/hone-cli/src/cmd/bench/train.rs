@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use hone_model::candle_core::{DType, Device, Tensor};
+use hone_model::ops::base_weights::{self, BaseWeights};
 use hone_model::registry::DEFAULT_MODEL_ID;
-use hone_model::{LoraConfig, LoraParams, OpenModel, TrainOptions, WeightPath};
+use hone_model::{Config, LoraConfig, LoraParams, OpenModel, TrainOptions, WeightPath};
 use hone_text::ChatMessage;
 use hone_train::optim::{AdamW, AdamWConfig};
 
@@ -60,6 +61,10 @@ pub struct TrainBenchArgs {
     /// Do not save the result to $HONE_HOME/bench/train.json.
     #[arg(long)]
     pub no_save: bool,
+    /// Precision of the frozen-weight products: auto (bf16 where the CPU has AMX-BF16,
+    /// else f32), f32 or bf16 (f32 accumulation; docs/train.md).
+    #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = BaseWeights::parse)]
+    pub base_weights: BaseWeights,
 }
 
 pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
@@ -73,6 +78,14 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     // Training uses every core for candle's matmuls and hone's ops (measured on
     // free cores: 138 against 120 tokens/s with one); `CANDLE_NUM_THREADS` overrides.
     let targets = LoraConfig::parse_target_modules(&args.targets)?;
+    base_weights::set_base_weights(args.base_weights);
+    let products = args.base_weights.resolve();
+    eprintln!(
+        "base weights: {:?} -> {} products (cpu: {})",
+        args.base_weights,
+        products.describe(),
+        base_weights::cpu_flags().join(" ")
+    );
     let t0 = Instant::now();
     let resolved = hone_model::registry::resolve(&args.model)?;
     let loading = || format!("loading {}", resolved.source.path().display());
@@ -127,6 +140,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let peak = peak_rss_bytes();
+    let flops = step_flops(&model.cfg, &lora, args.batch, args.seq);
     let out = serde_json::json!({
         "bench": "train",
         "model": resolved.id,
@@ -138,6 +152,11 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         "tokens_per_second_median": round2(tokens / sorted[sorted.len() / 2]),
         "mean_step_ms": round2(mean * 1e3),
         "min_step_ms": round2(sorted[0] * 1e3),
+        "base_weights": format!("{:?}", args.base_weights).to_lowercase(),
+        "products": products.describe(),
+        "cpu_flags": base_weights::cpu_flags(),
+        "step_gflop": round2(flops / 1e9),
+        "gflops_per_second": round2(flops / mean / 1e9),
         "peak_rss_bytes": peak,
         "peak_rss_mb": peak.map(|b| b / (1024 * 1024)),
         "threads": hone_model::compute_threads(),
@@ -161,6 +180,49 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         save_atomic(&path, &out).with_context(|| format!("saving {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The floating-point operations of one step (multiply-adds count 2), from the shapes:
+/// the frozen projections and the LM head forward and backward-to-activations (2 + 2
+/// per weight per token), causal attention (`q·kᵀ` and `p·v` over half the sequence on
+/// average, forward and twice that backward), and the adapters (forward, and their
+/// four backward products). Norms, activations and the optimizer are left out (a few
+/// percent).
+fn step_flops(cfg: &Config, lora: &LoraConfig, batch: usize, seq: usize) -> f64 {
+    let (h, q, kv) = (
+        cfg.hidden_size as f64,
+        (cfg.num_attention_heads * cfg.head_dim) as f64,
+        (cfg.num_key_value_heads * cfg.head_dim) as f64,
+    );
+    let im = cfg.intermediate_size as f64;
+    let io = |m: &str| match m {
+        "q_proj" => (h, q),
+        "k_proj" | "v_proj" => (h, kv),
+        "o_proj" => (q, h),
+        "gate_proj" | "up_proj" => (h, im),
+        _ => (im, h),
+    };
+    let modules = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let frozen: f64 = modules.iter().map(|m| io(m).0 * io(m).1).sum();
+    let adapters: f64 = lora
+        .target_modules
+        .iter()
+        .map(|m| (io(m).0 + io(m).1) * lora.r as f64)
+        .sum();
+    let tokens = (batch * seq) as f64;
+    let layers = cfg.num_hidden_layers as f64;
+    let attention = 3.0 * 2.0 * 2.0 * (seq as f64 / 2.0) * q;
+    let per_token_layer = 4.0 * frozen + 2.0 * 3.0 * adapters + attention;
+    let head = 4.0 * cfg.vocab_size as f64 * h * (seq - 1) as f64 / seq as f64;
+    tokens * (layers * per_token_layer + head)
 }
 
 fn round4(x: f64) -> f64 {

@@ -1,0 +1,360 @@
+//! How training multiplies by the frozen base weights: in f32 (the `gemm` crate) or in
+//! bf16 with f32 accumulation ([`super::bf16`]), and the bf16 copies of the weights.
+//!
+//! The choice is a process setting ([`set_base_weights`], from `--base-weights`) because
+//! it belongs to the machine and the run, not to each call; a thread may override it for
+//! a scope ([`with_base_weights`]) so that tests of both paths can run side by side. An
+//! op reads it once when it is built and keeps it, so a forward and its backward always
+//! use the same path.
+//!
+//! The bf16 copies are made once per weight tensor, the first time a bf16 product needs
+//! it, and kept in a cache keyed by the tensor's id (candle never reuses one); each entry
+//! holds the weight as stored (`W`, for `x·Wᵀ`) and transposed (`Wᵀ`, for `dy·W`), 4
+//! bytes per parameter. [`release_cache`] frees them when training ends
+//! (`scratch::release` calls it).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::{Result, Tensor, TensorId};
+
+use super::amx::{self, VnniMatrix};
+use super::bf16::{matmul_nt, Bf16Kernel, Bf16Matrix};
+use super::kernel::{f32_data, matmul, Tr};
+
+/// The precision of the frozen-weight products of training (`--base-weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseWeights {
+    /// bf16 where a bf16 kernel is faster than f32 on this CPU, else f32. AVX512_BF16's
+    /// `vdpbf16ps` alone is not: on the Xeon this was measured on it retired at about
+    /// 0.6× the f32 FMA's FLOP rate, so the products ran at half the f32 gemm's speed
+    /// (docs/benchmarks.md, "Session 9, bf16"); only AMX tiles would be.
+    Auto,
+    /// f32 products (the reference).
+    F32,
+    /// bf16 products with f32 accumulation, on the best kernel this CPU has (the
+    /// portable one, slowly, when it has none).
+    Bf16,
+}
+
+impl BaseWeights {
+    /// Parses `auto`, `f32` or `bf16`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown base-weights mode {other:?}: expected auto, f32 or bf16"
+            )),
+        }
+    }
+
+    /// The product path this setting means on this CPU.
+    pub fn resolve(self) -> Precision {
+        match self {
+            Self::F32 => Precision::F32,
+            Self::Bf16 => Precision::Bf16(Bf16Kernel::detect()),
+            Self::Auto => match Bf16Kernel::detect() {
+                k if k.faster_than_f32() => Precision::Bf16(k),
+                _ => Precision::F32,
+            },
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Self::Auto => 0,
+            Self::F32 => 1,
+            Self::Bf16 => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Self {
+        match c {
+            1 => Self::F32,
+            2 => Self::Bf16,
+            _ => Self::Auto,
+        }
+    }
+}
+
+/// A resolved product path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16(Bf16Kernel),
+}
+
+impl Precision {
+    /// `f32 (gemm)` or `bf16 (avx512_bf16)` and the like, for reports.
+    pub fn describe(self) -> String {
+        match self {
+            Self::F32 => "f32 (gemm)".into(),
+            Self::Bf16(k) => format!("bf16 ({})", k.name()),
+        }
+    }
+}
+
+/// The process's mode: f32 until a front end sets another (the library's products stay
+/// the reference unless asked; the CLI's `--base-weights` defaults to `auto`).
+static PROCESS: AtomicU8 = AtomicU8::new(1);
+
+thread_local! {
+    static OVERRIDE: Cell<Option<Precision>> = const { Cell::new(None) };
+}
+
+/// Sets the process's base-weight mode (the CLI's `--base-weights`).
+pub fn set_base_weights(mode: BaseWeights) {
+    PROCESS.store(mode.code(), Ordering::Relaxed);
+}
+
+/// The process's base-weight mode.
+pub fn base_weights() -> BaseWeights {
+    BaseWeights::from_code(PROCESS.load(Ordering::Relaxed))
+}
+
+/// The product path ops built on this thread use now.
+pub fn current_precision() -> Precision {
+    OVERRIDE
+        .with(|o| o.get())
+        .unwrap_or_else(|| base_weights().resolve())
+}
+
+/// Runs `f` with this thread's ops using `precision` (a forced path, e.g. in tests).
+pub fn with_precision<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
+    let old = OVERRIDE.with(|o| o.replace(Some(precision)));
+    struct Restore(Option<Precision>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(old);
+    f()
+}
+
+/// The CPU features that bear on the products, as detected at run time: `avx512f`,
+/// `avx512_bf16`, `amx_bf16` (AMX is reported, but no kernel uses it yet).
+pub fn cpu_flags() -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            flags.push("avx512f");
+        }
+        if is_x86_feature_detected!("avx512bf16") {
+            flags.push("avx512_bf16");
+        }
+        // `is_x86_feature_detected!("amx-bf16")` is unstable: CPUID leaf 7, EDX bit 22
+        // (a CPU without leaf 7 returns zeros there).
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        if leaf7.edx & (1 << 22) != 0 {
+            flags.push("amx_bf16");
+        }
+    }
+    flags
+}
+
+/// A frozen weight `[n_out, n_in]` in bf16, as stored (`w`, rows over `n_in`, for
+/// `x·Wᵀ`) and transposed (`wt`, rows over `n_out`, for `dy·W`): bf16 rows for the row
+/// kernels, or packed into AMX blocks.
+#[derive(Debug)]
+pub(crate) enum Bf16Weight {
+    Rows { w: Bf16Matrix, wt: Bf16Matrix },
+    Tiles { w: VnniMatrix, wt: VnniMatrix },
+}
+
+impl Bf16Weight {
+    fn of(w: &[f32], n_out: usize, n_in: usize, kernel: Bf16Kernel) -> Self {
+        let rows = Bf16Matrix::from_f32(w, n_out, n_in);
+        let rows_t = Bf16Matrix::transposed_from_f32(w, n_out, n_in);
+        match kernel {
+            Bf16Kernel::Amx => Self::Tiles {
+                w: VnniMatrix::pack(&rows),
+                wt: VnniMatrix::pack(&rows_t),
+            },
+            _ => Self::Rows {
+                w: rows,
+                wt: rows_t,
+            },
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Rows { w, wt } => w.bytes() + wt.bytes(),
+            Self::Tiles { w, wt } => w.bytes() + wt.bytes(),
+        }
+    }
+
+    /// `c = a·Wᵀ` (`transposed`: `a·W`), `c +=` when `acc`.
+    fn product(&self, c: &mut [f32], a: &Bf16Matrix, transposed: bool, acc: bool, k: Bf16Kernel) {
+        match (self, transposed) {
+            (Self::Rows { w, .. }, false) => matmul_nt(c, a, w, acc, k, true),
+            (Self::Rows { wt, .. }, true) => matmul_nt(c, a, wt, acc, k, true),
+            (Self::Tiles { w, .. }, false) => amx::matmul_nt(c, a, w, acc, true),
+            (Self::Tiles { wt, .. }, true) => amx::matmul_nt(c, a, wt, acc, true),
+        }
+    }
+}
+
+/// A frozen weight `w: [n_out, n_in]` as a product operand: the f32 data, and its bf16
+/// copy with the kernel when products run in bf16.
+#[derive(Clone, Copy)]
+pub(crate) struct FrozenWeight<'a> {
+    pub f32: &'a [f32],
+    pub bf16: Option<(&'a Bf16Weight, Bf16Kernel)>,
+}
+
+impl FrozenWeight<'_> {
+    /// `y = x·wᵀ` (`y +=` when `acc`) for `rows` rows of `x: [rows, n_in]`.
+    pub fn forward(&self, x: &[f32], y: &mut [f32], (rows, n_in, n_out): Shape3, acc: bool) {
+        match self.bf16 {
+            Some((w, kernel)) => {
+                let xb = Bf16Matrix::from_f32(x, rows, n_in);
+                w.product(y, &xb, false, acc, kernel);
+            }
+            None => matmul(
+                y,
+                (rows, n_out, n_in),
+                (x, Tr::N),
+                (self.f32, Tr::T),
+                acc,
+                1.0,
+                true,
+            ),
+        }
+    }
+
+    /// `dx = dy·w` (`dx +=` when `acc`) for `rows` rows of `dy: [rows, n_out]`.
+    pub fn backward(&self, dy: &[f32], dx: &mut [f32], (rows, n_in, n_out): Shape3, acc: bool) {
+        match self.bf16 {
+            Some((w, kernel)) => {
+                let gb = Bf16Matrix::from_f32(dy, rows, n_out);
+                w.product(dx, &gb, true, acc, kernel);
+            }
+            None => matmul(
+                dx,
+                (rows, n_in, n_out),
+                (dy, Tr::N),
+                (self.f32, Tr::N),
+                acc,
+                1.0,
+                true,
+            ),
+        }
+    }
+}
+
+/// `(rows, n_in, n_out)` of a product with a frozen weight.
+pub(crate) type Shape3 = (usize, usize, usize);
+
+/// A frozen weight tensor prepared for `precision`: its bf16 copy when products run in
+/// bf16 (`None` for f32). Ops keep it beside the tensor and lend both as a
+/// [`FrozenWeight`].
+pub(crate) fn prepare(
+    w: &Tensor,
+    precision: Precision,
+) -> Result<Option<(Arc<Bf16Weight>, Bf16Kernel)>> {
+    match precision {
+        Precision::F32 => Ok(None),
+        Precision::Bf16(k) => Ok(Some((bf16_weight(w, k)?, k))),
+    }
+}
+
+/// The copies by weight tensor and layout (tiles or rows).
+type Cache = Mutex<HashMap<(TensorId, bool), Arc<Bf16Weight>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The bf16 copy of the frozen 2-D f32 weight `w` for `kernel`, made on first use.
+pub(crate) fn bf16_weight(w: &Tensor, kernel: Bf16Kernel) -> Result<Arc<Bf16Weight>> {
+    let key = (w.id(), kernel == Bf16Kernel::Amx);
+    if let Some(hit) = cache().lock().expect("bf16 cache").get(&key) {
+        return Ok(hit.clone());
+    }
+    let (n_out, n_in) = w.dims2()?;
+    let made = {
+        let (storage, layout) = w.storage_and_layout();
+        let data = match &*storage {
+            candle_core::Storage::Cpu(s) => f32_data(s, layout, "bf16 base weight")?,
+            _ => candle_core::bail!("bf16 base weights: only the CPU backend is supported"),
+        };
+        Arc::new(Bf16Weight::of(data, n_out, n_in, kernel))
+    };
+    let mut c = cache().lock().expect("bf16 cache");
+    Ok(c.entry(key).or_insert(made).clone())
+}
+
+/// Frees every bf16 weight copy (they are made again on the next bf16 product).
+pub fn release_cache() {
+    cache().lock().expect("bf16 cache").clear();
+}
+
+/// Bytes held by the bf16 weight copies.
+pub fn cache_bytes() -> usize {
+    let c = cache().lock().expect("bf16 cache");
+    c.values().map(|w| w.bytes()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_resolve_by_the_cpu() {
+        assert_eq!(BaseWeights::parse("BF16"), Ok(BaseWeights::Bf16));
+        assert_eq!(BaseWeights::parse("f32"), Ok(BaseWeights::F32));
+        assert_eq!(BaseWeights::parse("auto"), Ok(BaseWeights::Auto));
+        let err = BaseWeights::parse("fp8").unwrap_err();
+        assert!(err.contains("auto, f32 or bf16"), "{err}");
+        assert_eq!(BaseWeights::F32.resolve(), Precision::F32);
+        let best = Bf16Kernel::detect();
+        assert_eq!(BaseWeights::Bf16.resolve(), Precision::Bf16(best));
+        let auto = BaseWeights::Auto.resolve();
+        if best.faster_than_f32() {
+            assert_eq!(auto, Precision::Bf16(best));
+        } else {
+            assert_eq!(auto, Precision::F32, "no faster bf16 kernel: auto is f32");
+        }
+    }
+
+    #[test]
+    fn a_thread_override_is_scoped() {
+        let forced = Precision::Bf16(Bf16Kernel::Portable);
+        let outside = current_precision();
+        let inside = with_precision(forced, || {
+            let nested = with_precision(Precision::F32, current_precision);
+            assert_eq!(nested, Precision::F32);
+            current_precision()
+        });
+        assert_eq!(inside, forced);
+        assert_eq!(current_precision(), outside);
+    }
+
+    #[test]
+    fn weight_copies_are_cached_per_tensor() -> Result<()> {
+        let w = crate::ops::testutil::randn(&[5, 40], 9);
+        let a = bf16_weight(&w, Bf16Kernel::Portable)?;
+        let b = bf16_weight(&w, Bf16Kernel::Portable)?;
+        assert!(Arc::ptr_eq(&a, &b), "the second use hits the cache");
+        let Bf16Weight::Rows { w: rows, wt } = &*a else {
+            panic!("the row kernels get rows")
+        };
+        assert_eq!((rows.rows, rows.cols, wt.rows, wt.cols), (5, 40, 40, 5));
+        let tiles = bf16_weight(&w, Bf16Kernel::Amx)?;
+        assert!(
+            matches!(&*tiles, Bf16Weight::Tiles { .. }),
+            "AMX gets tiles"
+        );
+        let other = bf16_weight(&w.copy()?, Bf16Kernel::Portable)?;
+        assert!(!Arc::ptr_eq(&a, &other), "another tensor gets its own copy");
+        Ok(())
+    }
+}
