@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor, D};
 
 use crate::error::{ModelError, Result};
 use crate::family::{Activation, LayerKind};
-use crate::linear::Linear;
 pub use crate::kv_cache::TensorKvCache;
+use crate::linear::Linear;
 use crate::llama::{Attention, Block, ForwardOptions, Llama, Mlp, RopeTables};
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps) · weight` over the last dimension.

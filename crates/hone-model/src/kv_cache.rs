@@ -201,7 +201,12 @@ impl TensorKvCache {
 
     /// Appends a layer's new keys and values; returns views of all of that
     /// layer's (no copy of the earlier positions).
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let slot = self
             .layers
             .get_mut(layer)

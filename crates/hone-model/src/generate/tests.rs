@@ -496,7 +496,10 @@ fn cancellation_reaches_prefill_between_chunks() {
     .unwrap();
     assert!(got.is_none());
     assert_eq!(asked, 1);
-    assert_eq!(cache, PREFILL_CHUNK, "one chunk was computed, not the prompt");
+    assert_eq!(
+        cache, PREFILL_CHUNK,
+        "one chunk was computed, not the prompt"
+    );
 
     let mut pieces = Vec::new();
     let g = generate(

@@ -119,7 +119,10 @@ fn a_growing_kv_cache_matches_full_forward_and_clones_are_independent() {
     let a = m.forward(&next, n, Some(&mut cache)).unwrap();
     let whole = Tensor::cat(&[x.clone(), next.clone()], 1).unwrap();
     let b = m.forward(&whole, 0, None).unwrap().narrow(1, n, 1).unwrap();
-    assert!(max_diff(&a, &b) < 1e-4, "the original cache was not written by its clone");
+    assert!(
+        max_diff(&a, &b) < 1e-4,
+        "the original cache was not written by its clone"
+    );
 }
 
 #[test]

@@ -267,7 +267,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(backend.chunks.load(Ordering::SeqCst), 1000);
-        assert!(matches!(events[..], [ChatEvent::Finish { .. }]), "{events:?}");
+        assert!(
+            matches!(events[..], [ChatEvent::Finish { .. }]),
+            "{events:?}"
+        );
         // The client goes away during chunk 3: no chunk after it runs.
         let cancel = CancelFlag::default();
         let backend = Prefill {

@@ -53,7 +53,9 @@ impl ChatBackend for Counting {
             }
             on_text(piece)
         };
-        let g = self.inner.generate(target, messages, params, &mut counted)?;
+        let g = self
+            .inner
+            .generate(target, messages, params, &mut counted)?;
         *self.ended.lock().unwrap() = Some(g.clone());
         Ok(g)
     }
@@ -129,7 +131,10 @@ async fn a_disconnect_during_prefill_stops_it_within_one_chunk_and_frees_the_slo
     pending.abort();
     assert!(pending.await.unwrap_err().is_cancelled());
     cut.proceed.store(true, SeqCst);
-    wait_for("the generation to end", || cut.ended.lock().unwrap().is_some()).await;
+    wait_for("the generation to end", || {
+        cut.ended.lock().unwrap().is_some()
+    })
+    .await;
     let g = cut.ended.lock().unwrap().clone().unwrap();
     assert_eq!(
         cut.questions.load(SeqCst),
@@ -137,5 +142,8 @@ async fn a_disconnect_during_prefill_stops_it_within_one_chunk_and_frees_the_slo
         "no chunk after the disconnect ({chunks} for the whole prompt)"
     );
     assert_eq!((g.completion_tokens, g.text.as_str()), (0, ""));
-    wait_for("the slot", || service.available() == service.max_concurrent()).await;
+    wait_for("the slot", || {
+        service.available() == service.max_concurrent()
+    })
+    .await;
 }

@@ -316,7 +316,10 @@ async fn revoking_a_key_keeps_its_projects_jobs() {
     let uri = format!("/v1/fine_tuning/jobs/{job}");
     assert_error(&p.get(&other, &uri).await, 401, Some("invalid_api_key"));
     let j = p.get(&p.a, &uri).await.json();
-    assert!(["validating_files", "queued"].contains(&j["status"].as_str().unwrap()), "{j}");
+    assert!(
+        ["validating_files", "queued"].contains(&j["status"].as_str().unwrap()),
+        "{j}"
+    );
     let c = p
         .call(&p.a, Method::POST, &format!("{uri}/cancel"), None)
         .await

@@ -534,7 +534,10 @@ fn cancel_between_micro_batches_drops_the_step_and_resume_is_exact() {
     };
     let err = go(false, &mut at2).unwrap_err();
     let Some(ckpt2) = (match err {
-        hone_train::TrainError::Cancelled { step: 2, checkpoint } => checkpoint,
+        hone_train::TrainError::Cancelled {
+            step: 2,
+            checkpoint,
+        } => checkpoint,
         e => panic!("{e}"),
     }) else {
         panic!("no checkpoint at step 2")
@@ -549,7 +552,10 @@ fn cancel_between_micro_batches_drops_the_step_and_resume_is_exact() {
         "{err}"
     );
     assert!(
-        !sink.events.iter().any(|e| matches!(e, TrainEvent::Step { .. })),
+        !sink
+            .events
+            .iter()
+            .any(|e| matches!(e, TrainEvent::Step { .. })),
         "no step completed"
     );
     assert_eq!(
