@@ -1,4 +1,4 @@
-//! The block formats a [`PackedMatrix`] keeps, and their scalar dequantization.
+//! The block formats a [`super::PackedMatrix`] keeps, and their scalar dequantization.
 //!
 //! Every kind is ggml's layout with the f16 scales widened to f32 once at load,
 //! so the kernels never convert them; the quants are kept byte for byte. The
@@ -11,33 +11,144 @@
 //! eight. Unit `u` of a matrix is weights `32u..32u + 32` in row-major order,
 //! so a row of `cols` weights is `cols / 32` consecutive units.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
-use super::packed::{PackedKind, PackedMatrix, UNIT};
 use crate::error::{ModelError, Result};
+
+/// Weights per kernel unit: a legacy ggml block (`QK4_1`, `QK5_0`, `QK8_0`),
+/// or an eighth of a K-quant super-block.
+pub const UNIT: usize = 32;
 
 /// Weights per K-quant super-block (ggml's `QK_K`).
 pub const SUPER: usize = 256;
 
 /// Units per K-quant super-block.
-pub(super) const UNITS_PER_SUPER: usize = SUPER / UNIT;
+pub(crate) const UNITS_PER_SUPER: usize = SUPER / UNIT;
 
 /// Bytes of unpacked sub-block scales kept per K-quant super-block: 8 scales
 /// then 8 mins (Q4_K, Q5_K), or 16 signed scales (Q6_K).
-pub(super) const SUB_BYTES: usize = 16;
+pub(crate) const SUB_BYTES: usize = 16;
 
-/// Splits ggml's bytes of a `[rows, cols]` matrix of `kind` into `m`'s
-/// scales, mins, unpacked sub-block scales and quants.
-pub(super) fn parse_blocks(m: &mut PackedMatrix, data: &[u8]) -> Result<()> {
+/// The quantization of a [`PackedMatrix`]: one of ggml's block types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum PackedKind {
+    /// 4-bit weights with a scale and a minimum per block of 32 (the default GGUF's linears).
+    Q4_1,
+    /// 8-bit weights with a scale per block of 32 (types not kept natively are re-quantized to it).
+    Q8_0,
+    /// 5-bit weights (offset 16) with a scale per block of 32 (most linears of Q4_K_M files).
+    Q5_0,
+    /// 4-bit weights in super-blocks of 256: eight sub-blocks with 6-bit scales and mins.
+    Q4_K,
+    /// As Q4_K with a fifth bit per weight.
+    Q5_K,
+    /// 6-bit weights (offset 32) in super-blocks of 256: sixteen sub-blocks with 8-bit scales.
+    Q6_K,
+}
+
+impl PackedKind {
+    /// The kind that keeps a GGUF type's blocks as stored, if there is one.
+    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
+        Some(match dtype {
+            GgmlDType::Q4_1 => PackedKind::Q4_1,
+            GgmlDType::Q8_0 => PackedKind::Q8_0,
+            GgmlDType::Q5_0 => PackedKind::Q5_0,
+            GgmlDType::Q4K => PackedKind::Q4_K,
+            GgmlDType::Q5K => PackedKind::Q5_K,
+            GgmlDType::Q6K => PackedKind::Q6_K,
+            _ => return None,
+        })
+    }
+
+    /// Weights per block: 32, or 256 for the K-quants.
+    pub fn block_weights(self) -> usize {
+        match self {
+            PackedKind::Q4_K | PackedKind::Q5_K | PackedKind::Q6_K => SUPER,
+            _ => UNIT,
+        }
+    }
+
+    /// Bytes of one block in a GGUF file.
+    pub(crate) fn ggml_block_bytes(self) -> usize {
+        match self {
+            PackedKind::Q4_1 => 20,
+            PackedKind::Q8_0 => 34,
+            PackedKind::Q5_0 => 22,
+            PackedKind::Q4_K => 144,
+            PackedKind::Q5_K => 176,
+            PackedKind::Q6_K => 210,
+        }
+    }
+
+    /// Bytes of quants kept per block (the file's block without its scales).
+    pub(crate) fn quant_bytes(self) -> usize {
+        match self {
+            PackedKind::Q4_1 => 16,
+            PackedKind::Q8_0 => 32,
+            PackedKind::Q5_0 => 20,
+            PackedKind::Q4_K => 128,
+            PackedKind::Q5_K => 160,
+            PackedKind::Q6_K => 192,
+        }
+    }
+
+    pub(crate) fn has_mins(self) -> bool {
+        matches!(self, PackedKind::Q4_1 | PackedKind::Q4_K | PackedKind::Q5_K)
+    }
+}
+
+/// The blocks of one matrix, split by part so the kernels read each with a
+/// plain load.
+#[derive(Debug, Clone)]
+pub struct Blocks {
+    pub(crate) kind: PackedKind,
+    /// `d` of each block, row-major: the f16 scale widened once at load.
+    pub(crate) scales: Vec<f32>,
+    /// `m` (Q4_1) or `dmin` (Q4_K, Q5_K) of each block; empty for other kinds.
+    pub(crate) mins: Vec<f32>,
+    /// The K-quants' sub-block scales, [`SUB_BYTES`] per block; empty for
+    /// other kinds.
+    pub(crate) sub: Vec<u8>,
+    /// The quants of each block, in ggml's byte order.
+    pub(crate) quants: Vec<u8>,
+}
+
+impl Blocks {
+    /// Empty parts with room for `weights` weights of `kind`.
+    pub(crate) fn with_capacity(kind: PackedKind, weights: usize) -> Self {
+        let n = weights / kind.block_weights();
+        let sub = if kind.block_weights() == SUPER {
+            SUB_BYTES
+        } else {
+            0
+        };
+        Self {
+            kind,
+            scales: Vec::with_capacity(n),
+            mins: Vec::with_capacity(if kind.has_mins() { n } else { 0 }),
+            sub: Vec::with_capacity(n * sub),
+            quants: Vec::with_capacity(n * kind.quant_bytes()),
+        }
+    }
+
+    /// Bytes held (quants and scales).
+    pub(crate) fn bytes(&self) -> usize {
+        self.quants.len() + self.sub.len() + 4 * (self.scales.len() + self.mins.len())
+    }
+}
+
+/// Splits ggml's bytes of `weights` weights of `m.kind` into `m`'s scales,
+/// mins, unpacked sub-block scales and quants.
+pub(crate) fn parse_blocks(m: &mut Blocks, weights: usize, data: &[u8]) -> Result<()> {
     let kind = m.kind;
     let block_bytes = kind.ggml_block_bytes();
-    let n_blocks = m.rows * m.cols / kind.block_weights();
+    let n_blocks = weights / kind.block_weights();
     if data.len() != n_blocks * block_bytes {
         return Err(ModelError::Config(format!(
-            "{kind:?} data of {} bytes does not hold a [{}, {}] matrix",
-            data.len(),
-            m.rows,
-            m.cols
+            "{kind:?} data of {} bytes does not hold {weights} weights",
+            data.len()
         )));
     }
     for b in data.chunks_exact(block_bytes) {
@@ -93,7 +204,7 @@ fn unpack_scales_mins(q: &[u8]) -> [u8; SUB_BYTES] {
 
 /// Where unit `u` of a matrix of `kind` lives: its block, and its index in it.
 #[inline(always)]
-pub(super) fn locate(kind: PackedKind, u: usize) -> (usize, usize) {
+pub(crate) fn locate(kind: PackedKind, u: usize) -> (usize, usize) {
     if kind.block_weights() == SUPER {
         (u / UNITS_PER_SUPER, u % UNITS_PER_SUPER)
     } else {
@@ -103,7 +214,7 @@ pub(super) fn locate(kind: PackedKind, u: usize) -> (usize, usize) {
 
 /// Unit `u` of `m` as f32 weights: the reference the SIMD kernels must match,
 /// written as ggml's `dequantize_row_*`.
-pub(super) fn unit_f32(m: &PackedMatrix, u: usize, w: &mut [f32; UNIT]) {
+pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
     let (b, j) = locate(m.kind, u);
     let qb = m.kind.quant_bytes();
     let q = &m.quants[b * qb..(b + 1) * qb];
@@ -161,166 +272,5 @@ pub(super) fn unit_f32(m: &PackedMatrix, u: usize, w: &mut [f32; UNIT]) {
                 w[l] = d * sc * (v as i32 - 32) as f32;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-
-    use super::super::packed::Kernel;
-    use super::*;
-
-    const KINDS: [GgmlDType; 6] = [
-        GgmlDType::Q4_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q5_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
-
-    /// Weights in [-0.5, 0.5) with a per-row offset, so blocks have both signs
-    /// and nonzero minimums.
-    fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..rows * cols)
-            .map(|i| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let v = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
-                v + 0.1 * ((i / cols) % 3) as f32
-            })
-            .collect()
-    }
-
-    fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> Result<QTensor> {
-        let w = Tensor::from_vec(random(rows, cols, seed), (rows, cols), &Device::Cpu)?;
-        Ok(QTensor::quantize(&w, dtype)?)
-    }
-
-    /// `x·Wᵀ` (`[n, rows]`) with kernel `k` on one thread.
-    fn product_with(m: &PackedMatrix, k: Kernel, x: &[f32], n: usize) -> Vec<f32> {
-        let mut yt = vec![0f32; m.rows * n];
-        m.rows_into(k, 0, x, n, &mut yt);
-        let mut y = vec![0f32; n * m.rows];
-        for (r, row) in yt.chunks_exact(n).enumerate() {
-            for (c, v) in row.iter().enumerate() {
-                y[c * m.rows + r] = *v;
-            }
-        }
-        y
-    }
-
-    fn max_gap(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).fold(0f32, |g, (x, y)| g.max((x - y).abs()))
-    }
-
-    /// Every kind is kept as stored (no re-quantization), and its rows equal
-    /// candle's dequantization of the same blocks.
-    #[test]
-    fn rows_equal_candles_dequantization() -> Result<()> {
-        for dtype in KINDS {
-            let q = quantized(dtype, 5, 512, 3)?;
-            let p = PackedMatrix::from_qtensor(&q)?;
-            assert_eq!(Some(p.kind()), PackedKind::from_ggml(dtype), "{dtype:?}");
-            let want = q.dequantize(&Device::Cpu)?.to_vec2::<f32>()?;
-            for (r, want_row) in want.iter().enumerate() {
-                let gap = max_gap(&p.row_f32(r)?, want_row);
-                assert!(gap < 1e-6, "{dtype:?} row {r}: {gap}");
-            }
-        }
-        Ok(())
-    }
-
-    /// For every kind and every kernel this CPU runs, the product equals the
-    /// dequantized-f32 product up to summation order: 1 to 9 activation rows,
-    /// odd row counts and odd counts of blocks per row.
-    #[test]
-    fn every_kernel_equals_the_dequantized_f32_product() -> Result<()> {
-        let kernels = Kernel::available();
-        assert_eq!(kernels.last(), Some(&Kernel::Scalar));
-        for dtype in KINDS {
-            for (rows, cols) in [(1, 256), (7, 768), (3, 1280)] {
-                let q = quantized(dtype, rows, cols, rows as u64)?;
-                let p = PackedMatrix::from_qtensor(&q)?;
-                let wd = q.dequantize(&Device::Cpu)?;
-                for n in [1, 2, 3, 4, 5, 9] {
-                    let x = random(n, cols, 7 + n as u64);
-                    let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu)?;
-                    let want = xt.matmul(&wd.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-                    for &k in &kernels {
-                        let got = product_with(&p, k, &x, n);
-                        let gap = max_gap(&got, &want);
-                        assert!(gap < 2e-4, "{dtype:?} {k:?} [{rows}, {cols}] n={n}: {gap}");
-                    }
-                    let gap = max_gap(&p.matmul(&x, n)?, &want);
-                    assert!(gap < 2e-4, "{dtype:?} matmul [{rows}, {cols}] n={n}: {gap}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// With every kernel, a row's result does not depend on how many rows
-    /// share the call.
-    #[test]
-    fn batching_never_changes_a_row() -> Result<()> {
-        for dtype in [
-            GgmlDType::Q5_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-        ] {
-            let p = PackedMatrix::from_qtensor(&quantized(dtype, 9, 512, 5)?)?;
-            let x = random(6, 512, 11);
-            for k in Kernel::available() {
-                let all = product_with(&p, k, &x, 6);
-                for c in 0..6 {
-                    let alone = product_with(&p, k, &x[c * 512..(c + 1) * 512], 1);
-                    assert_eq!(alone, all[c * 9..(c + 1) * 9], "{dtype:?} {k:?} row {c}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Native blocks are smaller than the Q8_0 they replaced.
-    #[test]
-    fn native_blocks_keep_their_size() -> Result<()> {
-        let q8 = PackedMatrix::from_qtensor(&quantized(GgmlDType::Q8_0, 4, 512, 1)?)?;
-        for (dtype, bits) in [
-            (GgmlDType::Q5_0, 5.5),
-            (GgmlDType::Q4K, 4.5),
-            (GgmlDType::Q5K, 5.5),
-            (GgmlDType::Q6K, 6.5625),
-        ] {
-            let p = PackedMatrix::from_qtensor(&quantized(dtype, 4, 512, 1)?)?;
-            let per_weight = 8.0 * p.bytes() as f64 / (4.0 * 512.0);
-            // f32 scales: up to one extra bit per 32 weights over the file's bits.
-            assert!(per_weight < bits + 1.0, "{dtype:?}: {per_weight} bits");
-            assert!(p.bytes() < q8.bytes(), "{dtype:?}");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn bad_block_data_is_an_error() {
-        for kind in [
-            PackedKind::Q5_0,
-            PackedKind::Q4_K,
-            PackedKind::Q5_K,
-            PackedKind::Q6_K,
-        ] {
-            let bytes = kind.ggml_block_bytes() * 512 / kind.block_weights();
-            assert!(PackedMatrix::from_ggml_blocks(kind, 2, 256, &vec![0; bytes]).is_ok());
-            assert!(PackedMatrix::from_ggml_blocks(kind, 2, 256, &vec![0; bytes - 1]).is_err());
-        }
-        // K-quant rows are whole super-blocks.
-        let err = PackedMatrix::from_ggml_blocks(PackedKind::Q4_K, 1, 96, &[0; 144]).unwrap_err();
-        assert!(err.to_string().contains("multiple of 256"), "{err}");
     }
 }

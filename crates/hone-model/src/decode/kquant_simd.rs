@@ -1,4 +1,4 @@
-//! SIMD kernels of [`PackedMatrix`] products, for every packed kind: AVX-512
+//! SIMD kernels of [`super::PackedMatrix`] products, for every packed kind: AVX-512
 //! and AVX2+FMA, chosen at run time (see `PackedMatrix::group`).
 //!
 //! Both walk a row in units of 32 weights (see [`super::kquant`]): each unit is
@@ -10,28 +10,30 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{locate, SUB_BYTES};
-use super::packed::{PackedKind, PackedMatrix, UNIT};
+use super::kquant::{locate, Blocks, PackedKind, SUB_BYTES, UNIT};
 
 /// AVX-512 kernel: four accumulators per activation row (two units per
 /// iteration), so consecutive multiply-adds do not wait on each other.
 ///
 /// # Safety
 /// Needs AVX-512F. `out` holds whole rows of `n` values for rows starting
-/// at `r0` within the matrix, and `x` holds `n` rows of `m.cols` values.
+/// at `r0` within the `cols`-wide matrix of `m`, and `x` holds `n` rows of
+/// `cols` values.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn group512<const N: usize>(
-    m: &PackedMatrix,
-    r0: usize,
+pub(crate) unsafe fn group512<const N: usize>(
+    m: &Blocks,
+    cols: usize,
     x: &[f32],
     c0: usize,
     n: usize,
+    r0: usize,
     out: &mut [f32],
 ) {
-    let nu = m.cols / UNIT;
+    let nu = cols / UNIT;
     let rows = out.len() / n;
-    debug_assert!(r0 + rows <= m.rows && (c0 + N) * m.cols <= x.len());
-    let xp = x.as_ptr().add(c0 * m.cols);
+    debug_assert!((r0 + rows) * nu * UNIT <= m.scales.len() * m.kind.block_weights());
+    debug_assert!((c0 + N) * cols <= x.len());
+    let xp = x.as_ptr().add(c0 * cols);
     for r in 0..rows {
         let u0 = (r0 + r) * nu;
         let mut acc = [[_mm512_setzero_ps(); 4]; N];
@@ -40,7 +42,7 @@ pub(super) unsafe fn group512<const N: usize>(
             let (wl, wh) = unit512(m, u0 + u);
             let (vl, vh) = unit512(m, u0 + u + 1);
             for (c, a) in acc.iter_mut().enumerate() {
-                let xb = xp.add(c * m.cols + u * UNIT);
+                let xb = xp.add(c * cols + u * UNIT);
                 a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
                 a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
                 a[2] = _mm512_fmadd_ps(vl, _mm512_loadu_ps(xb.add(32)), a[2]);
@@ -51,7 +53,7 @@ pub(super) unsafe fn group512<const N: usize>(
         if u < nu {
             let (wl, wh) = unit512(m, u0 + u);
             for (c, a) in acc.iter_mut().enumerate() {
-                let xb = xp.add(c * m.cols + u * UNIT);
+                let xb = xp.add(c * cols + u * UNIT);
                 a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
                 a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
             }
@@ -71,7 +73,7 @@ unsafe fn bytes16(p: *const u8) -> __m512i {
 
 /// Unit `u` as two f32 vectors: weights 0..16 and 16..32.
 #[inline(always)]
-unsafe fn unit512(m: &PackedMatrix, u: usize) -> (__m512, __m512) {
+unsafe fn unit512(m: &Blocks, u: usize) -> (__m512, __m512) {
     let (b, j) = locate(m.kind, u);
     let q = m.quants.as_ptr().add(b * m.kind.quant_bytes());
     let d = *m.scales.get_unchecked(b);
@@ -172,25 +174,27 @@ unsafe fn q6_512(ql: *const u8, qh: *const u8, ns: __m128i, hs: __m128i) -> __m5
 /// # Safety
 /// Needs AVX2 and FMA; the same slice contract as [`group512`].
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn group256<const N: usize>(
-    m: &PackedMatrix,
-    r0: usize,
+pub(crate) unsafe fn group256<const N: usize>(
+    m: &Blocks,
+    cols: usize,
     x: &[f32],
     c0: usize,
     n: usize,
+    r0: usize,
     out: &mut [f32],
 ) {
-    let nu = m.cols / UNIT;
+    let nu = cols / UNIT;
     let rows = out.len() / n;
-    debug_assert!(r0 + rows <= m.rows && (c0 + N) * m.cols <= x.len());
-    let xp = x.as_ptr().add(c0 * m.cols);
+    debug_assert!((r0 + rows) * nu * UNIT <= m.scales.len() * m.kind.block_weights());
+    debug_assert!((c0 + N) * cols <= x.len());
+    let xp = x.as_ptr().add(c0 * cols);
     for r in 0..rows {
         let u0 = (r0 + r) * nu;
         let mut acc = [[_mm256_setzero_ps(); 2]; N];
         for u in 0..nu {
             let w = unit256(m, u0 + u);
             for (c, a) in acc.iter_mut().enumerate() {
-                let xb = xp.add(c * m.cols + u * UNIT);
+                let xb = xp.add(c * cols + u * UNIT);
                 a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), a[0]);
                 a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb.add(8)), a[1]);
                 a[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb.add(16)), a[0]);
@@ -219,7 +223,7 @@ unsafe fn bytes8(p: *const u8) -> __m256i {
 
 /// Unit `u` as four f32 vectors of 8 weights each.
 #[inline(always)]
-unsafe fn unit256(m: &PackedMatrix, u: usize) -> [__m256; 4] {
+unsafe fn unit256(m: &Blocks, u: usize) -> [__m256; 4] {
     let (b, j) = locate(m.kind, u);
     let q = m.quants.as_ptr().add(b * m.kind.quant_bytes());
     let d = _mm256_set1_ps(*m.scales.get_unchecked(b));

@@ -13,6 +13,8 @@
 mod kquant;
 #[cfg(target_arch = "x86_64")]
 mod kquant_simd;
+#[cfg(test)]
+mod kquant_tests;
 pub mod packed;
 mod rows;
 mod step;

@@ -18,105 +18,25 @@
 //! re-quantized to Q8_0 at load. The block formats are in [`super::kquant`],
 //! the SIMD kernels in [`super::kquant_simd`].
 
-use super::kquant::{self, SUB_BYTES, SUPER};
+use candle_core::quantized::QTensor;
+
+use super::kquant::{self, Blocks};
+pub use super::kquant::{PackedKind, UNIT};
 #[cfg(target_arch = "x86_64")]
 use super::kquant_simd;
 use super::team;
 use crate::error::{ModelError, Result};
-use candle_core::quantized::{GgmlDType, QTensor};
-
-/// Weights per kernel unit: a legacy ggml block (`QK4_1`, `QK5_0`, `QK8_0`),
-/// or an eighth of a K-quant super-block.
-pub const UNIT: usize = 32;
 
 /// Multiply-adds below which a product runs on the calling thread: splitting
 /// smaller ones costs more in hand-over than it saves.
 const PARALLEL_MIN_MACS: usize = 200_000;
 
-/// The quantization of a [`PackedMatrix`]: one of ggml's block types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
-pub enum PackedKind {
-    /// 4-bit weights with a scale and a minimum per block of 32 (the default GGUF's linears).
-    Q4_1,
-    /// 8-bit weights with a scale per block of 32 (types not kept natively are re-quantized to it).
-    Q8_0,
-    /// 5-bit weights (offset 16) with a scale per block of 32 (most linears of Q4_K_M files).
-    Q5_0,
-    /// 4-bit weights in super-blocks of 256: eight sub-blocks with 6-bit scales and mins.
-    Q4_K,
-    /// As Q4_K with a fifth bit per weight.
-    Q5_K,
-    /// 6-bit weights (offset 32) in super-blocks of 256: sixteen sub-blocks with 8-bit scales.
-    Q6_K,
-}
-
-impl PackedKind {
-    /// The kind that keeps a GGUF type's blocks as stored, if there is one.
-    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
-        Some(match dtype {
-            GgmlDType::Q4_1 => PackedKind::Q4_1,
-            GgmlDType::Q8_0 => PackedKind::Q8_0,
-            GgmlDType::Q5_0 => PackedKind::Q5_0,
-            GgmlDType::Q4K => PackedKind::Q4_K,
-            GgmlDType::Q5K => PackedKind::Q5_K,
-            GgmlDType::Q6K => PackedKind::Q6_K,
-            _ => return None,
-        })
-    }
-
-    /// Weights per block: 32, or 256 for the K-quants.
-    pub fn block_weights(self) -> usize {
-        match self {
-            PackedKind::Q4_K | PackedKind::Q5_K | PackedKind::Q6_K => SUPER,
-            _ => UNIT,
-        }
-    }
-
-    /// Bytes of one block in a GGUF file.
-    pub(super) fn ggml_block_bytes(self) -> usize {
-        match self {
-            PackedKind::Q4_1 => 20,
-            PackedKind::Q8_0 => 34,
-            PackedKind::Q5_0 => 22,
-            PackedKind::Q4_K => 144,
-            PackedKind::Q5_K => 176,
-            PackedKind::Q6_K => 210,
-        }
-    }
-
-    /// Bytes of quants kept per block (the file's block without its scales).
-    pub(super) fn quant_bytes(self) -> usize {
-        match self {
-            PackedKind::Q4_1 => 16,
-            PackedKind::Q8_0 => 32,
-            PackedKind::Q5_0 => 20,
-            PackedKind::Q4_K => 128,
-            PackedKind::Q5_K => 160,
-            PackedKind::Q6_K => 192,
-        }
-    }
-
-    fn has_mins(self) -> bool {
-        matches!(self, PackedKind::Q4_1 | PackedKind::Q4_K | PackedKind::Q5_K)
-    }
-}
-
 /// A `[rows, cols]` weight matrix (HF layout `[out, in]`) of quantized blocks.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
-    pub(super) kind: PackedKind,
-    pub(super) rows: usize,
-    pub(super) cols: usize,
-    /// `d` of each block, row-major: the f16 scale widened once at load.
-    pub(super) scales: Vec<f32>,
-    /// `m` (Q4_1) or `dmin` (Q4_K, Q5_K) of each block; empty for other kinds.
-    pub(super) mins: Vec<f32>,
-    /// The K-quants' sub-block scales, [`SUB_BYTES`] per block (see
-    /// [`super::kquant`]); empty for other kinds.
-    pub(super) sub: Vec<u8>,
-    /// The quants of each block, in ggml's byte order.
-    pub(super) quants: Vec<u8>,
+    rows: usize,
+    cols: usize,
+    blocks: Blocks,
 }
 
 impl PackedMatrix {
@@ -144,7 +64,7 @@ impl PackedMatrix {
     ) -> Result<Self> {
         check_cols(kind, cols)?;
         let mut m = Self::empty(kind, rows, cols);
-        kquant::parse_blocks(&mut m, data)?;
+        kquant::parse_blocks(&mut m.blocks, rows * cols, data)?;
         Ok(m)
     }
 
@@ -162,8 +82,8 @@ impl PackedMatrix {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            m.scales.push(d);
-            m.quants.extend(
+            m.blocks.scales.push(d);
+            m.blocks.quants.extend(
                 block
                     .iter()
                     .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8 as u8),
@@ -173,25 +93,15 @@ impl PackedMatrix {
     }
 
     fn empty(kind: PackedKind, rows: usize, cols: usize) -> Self {
-        let n_blocks = rows * cols / kind.block_weights();
-        let sub = if kind.block_weights() == SUPER {
-            SUB_BYTES
-        } else {
-            0
-        };
         Self {
-            kind,
             rows,
             cols,
-            scales: Vec::with_capacity(n_blocks),
-            mins: Vec::with_capacity(if kind.has_mins() { n_blocks } else { 0 }),
-            sub: Vec::with_capacity(n_blocks * sub),
-            quants: Vec::with_capacity(n_blocks * kind.quant_bytes()),
+            blocks: Blocks::with_capacity(kind, rows * cols),
         }
     }
 
     pub fn kind(&self) -> PackedKind {
-        self.kind
+        self.blocks.kind
     }
 
     /// `(rows, cols)`.
@@ -201,7 +111,7 @@ impl PackedMatrix {
 
     /// Bytes held (quants and scales).
     pub fn bytes(&self) -> usize {
-        self.quants.len() + self.sub.len() + 4 * (self.scales.len() + self.mins.len())
+        self.blocks.bytes()
     }
 
     /// Row `r` as f32 (an embedding lookup).
@@ -216,7 +126,7 @@ impl PackedMatrix {
         let mut out = Vec::with_capacity(self.cols);
         let mut w = [0f32; UNIT];
         for u in r * nu..(r + 1) * nu {
-            kquant::unit_f32(self, u, &mut w);
+            kquant::unit_f32(&self.blocks, u, &mut w);
             out.extend_from_slice(&w);
         }
         Ok(out)
@@ -233,7 +143,7 @@ impl PackedMatrix {
     /// activation rows per kernel call (each weight block is unpacked once
     /// per four). Every activation row gets the same arithmetic whatever `n`
     /// is, so batching never changes a result.
-    pub(super) fn rows_into(&self, k: Kernel, r0: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    pub(crate) fn rows_into(&self, k: Kernel, r0: usize, x: &[f32], n: usize, out: &mut [f32]) {
         let mut c0 = 0;
         while c0 < n {
             let group = (n - c0).min(4);
@@ -261,9 +171,13 @@ impl PackedMatrix {
             // with those features (`Kernel::available`); the kernels' indexing
             // stays within the slices (see `kquant_simd`).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { kquant_simd::group512::<N>(self, r0, x, c0, n, out) },
+            Kernel::Avx512 => unsafe {
+                kquant_simd::group512::<N>(&self.blocks, self.cols, x, c0, n, r0, out)
+            },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { kquant_simd::group256::<N>(self, r0, x, c0, n, out) },
+            Kernel::Avx2 => unsafe {
+                kquant_simd::group256::<N>(&self.blocks, self.cols, x, c0, n, r0, out)
+            },
             _ => scalar_group::<N>(self, r0, x, c0, n, out),
         }
     }
@@ -272,7 +186,7 @@ impl PackedMatrix {
 /// A kernel for the packed products. Which ones a CPU can run is checked at
 /// run time, so one binary serves CPUs with and without AVX-512.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kernel {
+pub(crate) enum Kernel {
     Avx512,
     Avx2,
     Scalar,
@@ -280,12 +194,12 @@ pub(super) enum Kernel {
 
 impl Kernel {
     /// The fastest kernel this CPU runs.
-    pub(super) fn best() -> Self {
+    pub(crate) fn best() -> Self {
         Self::available()[0]
     }
 
     /// Every kernel this CPU runs, fastest first (the tests check each).
-    pub(super) fn available() -> Vec<Self> {
+    pub(crate) fn available() -> Vec<Self> {
         let mut ks = Vec::with_capacity(3);
         #[cfg(target_arch = "x86_64")]
         {
@@ -408,7 +322,7 @@ fn scalar_group<const N: usize>(
         let row = r0 + r;
         let mut acc = [0f32; N];
         for u in 0..nu {
-            kquant::unit_f32(m, row * nu + u, &mut w);
+            kquant::unit_f32(&m.blocks, row * nu + u, &mut w);
             for (c, a) in acc.iter_mut().enumerate() {
                 let xs = &x[(c0 + c) * m.cols + u * UNIT..][..UNIT];
                 *a += w.iter().zip(xs).map(|(w, x)| w * x).sum::<f32>();
@@ -423,6 +337,7 @@ fn scalar_group<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::GgmlDType;
     use candle_core::{Device, Tensor};
 
     fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
