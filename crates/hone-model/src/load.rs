@@ -473,8 +473,8 @@ impl WeightSource for GgufSource {
 
     fn quantized(&mut self, name: &str, rows: Rows) -> Result<QTensor> {
         let raw = self.raw(name)?;
-        // Both block types the packed kernels read (PackedMatrix) stay as stored.
-        let keep = matches!(raw.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0);
+        // The block types the packed kernels read (PackedKind) stay as stored.
+        let keep = crate::decode::PackedKind::from_ggml(raw.dtype()).is_some();
         let q = match (keep, rows) {
             (true, Rows::Plain) => raw,
             (true, Rows::RopeInterleaved(n)) => unpermute_quantized(&raw, n)?,

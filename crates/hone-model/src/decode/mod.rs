@@ -10,6 +10,11 @@
 //! using candle tensors; [`crate::Llama`] dispatches its step functions here
 //! when its weights are packed.
 
+mod kquant;
+#[cfg(target_arch = "x86_64")]
+mod kquant_simd;
+#[cfg(test)]
+mod kquant_tests;
 pub mod packed;
 mod rows;
 mod step;

@@ -1,4 +1,4 @@
-//! Quantized weight matrices in hone's own layout, multiplied with f32
+//! Quantized weight matrices in ggml's block layouts, multiplied with f32
 //! activations by hand-written SIMD kernels.
 //!
 //! Why our own rather than candle's `QMatMul`:
@@ -11,104 +11,66 @@
 //! - one kernel call multiplies a weight block with up to four activation rows, so
 //!   a batched decode step or a prefill chunk reads the weights once.
 //!
-//! Blocks are ggml's (32 weights): Q4_1 `w = d·q + m` with 4-bit `q`, Q8_0
-//! `w = d·q` with 8-bit `q`. Scales are kept as f32 beside the quants.
+//! The kinds a GGUF file uses for its linears (Q4_1, Q5_0, Q8_0, and the
+//! K-quants Q4_K, Q5_K, Q6_K of Q4_K_M files) are kept as stored, so their
+//! products equal the file's dequantized weights times f32 activations. Other
+//! types (Q4_0, Q5_1, Q2_K, Q3_K, Q8_K, F16, BF16, F32) are dequantized and
+//! re-quantized to Q8_0 at load. The block formats are in [`super::kquant`],
+//! the SIMD kernels in [`super::kquant_simd`].
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use half::f16;
+use candle_core::quantized::QTensor;
 
+use super::kquant::{self, Blocks};
+pub use super::kquant::{PackedKind, UNIT};
+#[cfg(target_arch = "x86_64")]
+use super::kquant_simd;
 use super::team;
 use crate::error::{ModelError, Result};
-
-/// Weights per quantization block (ggml's `QK4_1` and `QK8_0`).
-pub const BLOCK: usize = 32;
 
 /// Multiply-adds below which a product runs on the calling thread: splitting
 /// smaller ones costs more in hand-over than it saves.
 const PARALLEL_MIN_MACS: usize = 200_000;
 
-/// The quantization of a [`PackedMatrix`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackedKind {
-    /// 4-bit weights with a scale and a minimum per block (the default GGUF's linears).
-    Q4_1,
-    /// 8-bit weights with a scale per block (other types are re-quantized to it).
-    Q8_0,
-}
-
-impl PackedKind {
-    /// Bytes of quants per block.
-    fn quant_bytes(self) -> usize {
-        match self {
-            PackedKind::Q4_1 => BLOCK / 2,
-            PackedKind::Q8_0 => BLOCK,
-        }
-    }
-}
-
 /// A `[rows, cols]` weight matrix (HF layout `[out, in]`) of quantized blocks.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
-    kind: PackedKind,
     rows: usize,
     cols: usize,
-    /// `d` of each block, row-major `[rows, cols/32]`.
-    scales: Vec<f32>,
-    /// `m` of each block (Q4_1 only; empty for Q8_0).
-    mins: Vec<f32>,
-    /// The quants of each block, in ggml's byte order.
-    quants: Vec<u8>,
+    blocks: Blocks,
 }
 
 impl PackedMatrix {
-    /// Takes a candle quantized tensor `[rows, cols]`: Q4_1 and Q8_0 blocks are
-    /// kept as they are; any other type is dequantized and re-quantized to Q8_0.
+    /// Takes a candle quantized tensor `[rows, cols]`: blocks of a type with a
+    /// [`PackedKind`] are kept as they are; any other type is dequantized and
+    /// re-quantized to Q8_0.
     pub fn from_qtensor(q: &QTensor) -> Result<Self> {
         let (rows, cols) = q.shape().dims2()?;
-        check_cols(cols)?;
-        match q.dtype() {
-            GgmlDType::Q4_1 => Self::from_ggml_blocks(PackedKind::Q4_1, rows, cols, &q.data()?),
-            GgmlDType::Q8_0 => Self::from_ggml_blocks(PackedKind::Q8_0, rows, cols, &q.data()?),
-            _ => {
+        match PackedKind::from_ggml(q.dtype()) {
+            Some(kind) => Self::from_ggml_blocks(kind, rows, cols, &q.data()?),
+            None => {
+                check_cols(PackedKind::Q8_0, cols)?;
                 let w = q.dequantize(&candle_core::Device::Cpu)?;
                 Self::quantize_q8_0(rows, cols, &w.flatten_all()?.to_vec1::<f32>()?)
             }
         }
     }
 
-    /// Parses ggml block bytes (`d: f16[, m: f16], qs`) of a `[rows, cols]` matrix.
+    /// Parses ggml's block bytes of a `[rows, cols]` matrix of `kind`.
     pub fn from_ggml_blocks(
         kind: PackedKind,
         rows: usize,
         cols: usize,
         data: &[u8],
     ) -> Result<Self> {
-        check_cols(cols)?;
-        let qb = kind.quant_bytes();
-        let header = if kind == PackedKind::Q4_1 { 4 } else { 2 };
-        let n_blocks = rows * cols / BLOCK;
-        if data.len() != n_blocks * (header + qb) {
-            return Err(ModelError::Config(format!(
-                "{kind:?} data of {} bytes does not hold a [{rows}, {cols}] matrix",
-                data.len()
-            )));
-        }
+        check_cols(kind, cols)?;
         let mut m = Self::empty(kind, rows, cols);
-        for block in data.chunks_exact(header + qb) {
-            m.scales
-                .push(f16::from_le_bytes([block[0], block[1]]).to_f32());
-            if kind == PackedKind::Q4_1 {
-                m.mins
-                    .push(f16::from_le_bytes([block[2], block[3]]).to_f32());
-            }
-            m.quants.extend_from_slice(&block[header..]);
-        }
+        kquant::parse_blocks(&mut m.blocks, rows * cols, data)?;
         Ok(m)
     }
 
     /// Quantizes f32 weights `[rows, cols]` to Q8_0 (ggml's rule: `d = max|w| / 127`).
     pub fn quantize_q8_0(rows: usize, cols: usize, w: &[f32]) -> Result<Self> {
-        check_cols(cols)?;
+        check_cols(PackedKind::Q8_0, cols)?;
         if w.len() != rows * cols {
             return Err(ModelError::Config(format!(
                 "{} weights do not fill a [{rows}, {cols}] matrix",
@@ -116,12 +78,12 @@ impl PackedMatrix {
             )));
         }
         let mut m = Self::empty(PackedKind::Q8_0, rows, cols);
-        for block in w.chunks_exact(BLOCK) {
+        for block in w.chunks_exact(UNIT) {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            m.scales.push(d);
-            m.quants.extend(
+            m.blocks.scales.push(d);
+            m.blocks.quants.extend(
                 block
                     .iter()
                     .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8 as u8),
@@ -131,23 +93,15 @@ impl PackedMatrix {
     }
 
     fn empty(kind: PackedKind, rows: usize, cols: usize) -> Self {
-        let n_blocks = rows * cols / BLOCK;
         Self {
-            kind,
             rows,
             cols,
-            scales: Vec::with_capacity(n_blocks),
-            mins: Vec::with_capacity(if kind == PackedKind::Q4_1 {
-                n_blocks
-            } else {
-                0
-            }),
-            quants: Vec::with_capacity(n_blocks * kind.quant_bytes()),
+            blocks: Blocks::with_capacity(kind, rows * cols),
         }
     }
 
     pub fn kind(&self) -> PackedKind {
-        self.kind
+        self.blocks.kind
     }
 
     /// `(rows, cols)`.
@@ -157,7 +111,7 @@ impl PackedMatrix {
 
     /// Bytes held (quants and scales).
     pub fn bytes(&self) -> usize {
-        self.quants.len() + 4 * (self.scales.len() + self.mins.len())
+        self.blocks.bytes()
     }
 
     /// Row `r` as f32 (an embedding lookup).
@@ -168,22 +122,12 @@ impl PackedMatrix {
                 self.rows
             )));
         }
-        let nb = self.cols / BLOCK;
+        let nu = self.cols / UNIT;
         let mut out = Vec::with_capacity(self.cols);
-        for b in r * nb..(r + 1) * nb {
-            let d = self.scales[b];
-            match self.kind {
-                PackedKind::Q4_1 => {
-                    let q = &self.quants[b * 16..(b + 1) * 16];
-                    let m = self.mins[b];
-                    out.extend(q.iter().map(|x| (x & 0xF) as f32 * d + m));
-                    out.extend(q.iter().map(|x| (x >> 4) as f32 * d + m));
-                }
-                PackedKind::Q8_0 => {
-                    let q = &self.quants[b * 32..(b + 1) * 32];
-                    out.extend(q.iter().map(|&x| x as i8 as f32 * d));
-                }
-            }
+        let mut w = [0f32; UNIT];
+        for u in r * nu..(r + 1) * nu {
+            kquant::unit_f32(&self.blocks, u, &mut w);
+            out.extend_from_slice(&w);
         }
         Ok(out)
     }
@@ -199,29 +143,77 @@ impl PackedMatrix {
     /// activation rows per kernel call (each weight block is unpacked once
     /// per four). Every activation row gets the same arithmetic whatever `n`
     /// is, so batching never changes a result.
-    fn rows_into(&self, r0: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    pub(crate) fn rows_into(&self, k: Kernel, r0: usize, x: &[f32], n: usize, out: &mut [f32]) {
         let mut c0 = 0;
         while c0 < n {
             let group = (n - c0).min(4);
             match group {
-                1 => self.group::<1>(r0, x, c0, n, out),
-                2 => self.group::<2>(r0, x, c0, n, out),
-                3 => self.group::<3>(r0, x, c0, n, out),
-                _ => self.group::<4>(r0, x, c0, n, out),
+                1 => self.group::<1>(k, r0, x, c0, n, out),
+                2 => self.group::<2>(k, r0, x, c0, n, out),
+                3 => self.group::<3>(k, r0, x, c0, n, out),
+                _ => self.group::<4>(k, r0, x, c0, n, out),
             }
             c0 += group;
         }
     }
 
-    fn group<const N: usize>(&self, r0: usize, x: &[f32], c0: usize, n: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above); the kernel's
-            // indexing stays within the slices (see `simd::group`).
-            unsafe { simd::group::<N>(self, r0, x, c0, n, out) };
-            return;
+    fn group<const N: usize>(
+        &self,
+        k: Kernel,
+        r0: usize,
+        x: &[f32],
+        c0: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        match k {
+            // SAFETY: `Kernel::Avx512` and `Kernel::Avx2` exist only on CPUs
+            // with those features (`Kernel::available`); the kernels' indexing
+            // stays within the slices (see `kquant_simd`).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                kquant_simd::group512::<N>(&self.blocks, self.cols, x, c0, n, r0, out)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe {
+                kquant_simd::group256::<N>(&self.blocks, self.cols, x, c0, n, r0, out)
+            },
+            _ => scalar_group::<N>(self, r0, x, c0, n, out),
         }
-        scalar_group::<N>(self, r0, x, c0, n, out);
+    }
+}
+
+/// A kernel for the packed products. Which ones a CPU can run is checked at
+/// run time, so one binary serves CPUs with and without AVX-512.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub(crate) fn best() -> Self {
+        Self::available()[0]
+    }
+
+    /// Every kernel this CPU runs, fastest first (the tests check each).
+    pub(crate) fn available() -> Vec<Self> {
+        let mut ks = Vec::with_capacity(3);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                ks.push(Kernel::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                ks.push(Kernel::Avx2);
+            }
+        }
+        ks.push(Kernel::Scalar);
+        ks
     }
 }
 
@@ -245,9 +237,10 @@ pub fn matmul_many(mats: &[&PackedMatrix], x: &[f32], n: usize) -> Result<Vec<Ve
     let mut yts: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
     let total_rows: usize = mats.iter().map(|m| m.rows).sum();
     let team = team::global();
+    let k = Kernel::best();
     if team.threads() <= 1 || total_rows * cols * n < PARALLEL_MIN_MACS {
         for (m, yt) in mats.iter().zip(yts.iter_mut()) {
-            m.rows_into(0, x, n, yt);
+            m.rows_into(k, 0, x, n, yt);
         }
     } else {
         let per = total_rows.div_ceil(team.threads() * 4).max(1);
@@ -261,11 +254,11 @@ pub fn matmul_many(mats: &[&PackedMatrix], x: &[f32], n: usize) -> Result<Vec<Ve
         }
         let outs: Vec<OutPtr> = yts.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
         team.run(chunks.len(), &|i| {
-            let (k, r0, r1) = chunks[i];
-            // SAFETY: chunk `i` owns rows r0..r1 of matrix k's output, disjoint
-            // from every other chunk's, inside `yts[k]`, which outlives `run`.
-            let dst = unsafe { std::slice::from_raw_parts_mut(outs[k].at(r0 * n), (r1 - r0) * n) };
-            mats[k].rows_into(r0, x, n, dst);
+            let (m, r0, r1) = chunks[i];
+            // SAFETY: chunk `i` owns rows r0..r1 of matrix m's output, disjoint
+            // from every other chunk's, inside `yts[m]`, which outlives `run`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(outs[m].at(r0 * n), (r1 - r0) * n) };
+            mats[m].rows_into(k, r0, x, n, dst);
         });
     }
     if n == 1 {
@@ -301,19 +294,20 @@ impl OutPtr {
     }
 }
 
-fn check_cols(cols: usize) -> Result<()> {
-    if cols == 0 || !cols.is_multiple_of(BLOCK) {
+fn check_cols(kind: PackedKind, cols: usize) -> Result<()> {
+    let per = kind.block_weights();
+    if cols == 0 || !cols.is_multiple_of(per) {
         return Err(ModelError::Config(format!(
-            "a packed matrix needs a column count that is a multiple of {BLOCK}, got {cols}"
+            "a packed {kind:?} matrix needs a column count that is a multiple of {per}, got {cols}"
         )));
     }
     Ok(())
 }
 
-/// The portable kernel for CPUs without AVX-512: the same products in plain
-/// loops. Its summation order differs from the SIMD kernel's, but only one of
-/// the two runs on a given CPU, and within it every activation row gets the
-/// same operations whatever `N` is.
+/// The portable kernel for CPUs without AVX2: the same products in plain
+/// loops, on weights dequantized by [`kquant::unit_f32`]. Its summation order
+/// differs from the SIMD kernels', but only one kernel runs on a given CPU,
+/// and within it every activation row gets the same operations whatever `N` is.
 fn scalar_group<const N: usize>(
     m: &PackedMatrix,
     r0: usize,
@@ -322,32 +316,15 @@ fn scalar_group<const N: usize>(
     n: usize,
     out: &mut [f32],
 ) {
-    let nb = m.cols / BLOCK;
-    let mut w = [0f32; BLOCK];
+    let nu = m.cols / UNIT;
+    let mut w = [0f32; UNIT];
     for (r, out_row) in out.chunks_exact_mut(n).enumerate() {
         let row = r0 + r;
         let mut acc = [0f32; N];
-        for b in 0..nb {
-            let blk = row * nb + b;
-            let d = m.scales[blk];
-            match m.kind {
-                PackedKind::Q4_1 => {
-                    let q = &m.quants[blk * 16..blk * 16 + 16];
-                    let mn = m.mins[blk];
-                    for j in 0..16 {
-                        w[j] = (q[j] & 0xF) as f32 * d + mn;
-                        w[j + 16] = (q[j] >> 4) as f32 * d + mn;
-                    }
-                }
-                PackedKind::Q8_0 => {
-                    let q = &m.quants[blk * 32..blk * 32 + 32];
-                    for j in 0..32 {
-                        w[j] = q[j] as i8 as f32 * d;
-                    }
-                }
-            }
+        for u in 0..nu {
+            kquant::unit_f32(&m.blocks, row * nu + u, &mut w);
             for (c, a) in acc.iter_mut().enumerate() {
-                let xs = &x[(c0 + c) * m.cols + b * BLOCK..][..BLOCK];
+                let xs = &x[(c0 + c) * m.cols + u * UNIT..][..UNIT];
                 *a += w.iter().zip(xs).map(|(w, x)| w * x).sum::<f32>();
             }
         }
@@ -357,97 +334,10 @@ fn scalar_group<const N: usize>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    use std::arch::x86_64::*;
-
-    use super::{PackedKind, PackedMatrix, BLOCK};
-
-    /// AVX-512 kernel: for each output row, each block is unpacked to two
-    /// 16-lane f32 vectors (`d·q + m`) and fused-multiply-added into the
-    /// accumulators of each activation row: four per row (two blocks per
-    /// iteration), so consecutive multiply-adds do not wait on each other.
-    /// Every activation row gets the same operations whatever `N` is.
-    ///
-    /// # Safety
-    /// Needs AVX-512F. `out` holds whole rows of `n` values for rows starting
-    /// at `r0` within the matrix, and `x` holds `n` rows of `m.cols` values.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn group<const N: usize>(
-        m: &PackedMatrix,
-        r0: usize,
-        x: &[f32],
-        c0: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
-        let nb = m.cols / BLOCK;
-        let rows = out.len() / n;
-        debug_assert!(r0 + rows <= m.rows && (c0 + N) * m.cols <= x.len());
-        let xp = x.as_ptr().add(c0 * m.cols);
-        for r in 0..rows {
-            let blk0 = (r0 + r) * nb;
-            let mut acc = [[_mm512_setzero_ps(); 4]; N];
-            let mut b = 0;
-            while b + 2 <= nb {
-                let (wl, wh) = unpack(m, blk0 + b);
-                let (vl, vh) = unpack(m, blk0 + b + 1);
-                for (c, a) in acc.iter_mut().enumerate() {
-                    let xb = xp.add(c * m.cols + b * BLOCK);
-                    a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
-                    a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
-                    a[2] = _mm512_fmadd_ps(vl, _mm512_loadu_ps(xb.add(32)), a[2]);
-                    a[3] = _mm512_fmadd_ps(vh, _mm512_loadu_ps(xb.add(48)), a[3]);
-                }
-                b += 2;
-            }
-            if b < nb {
-                let (wl, wh) = unpack(m, blk0 + b);
-                for (c, a) in acc.iter_mut().enumerate() {
-                    let xb = xp.add(c * m.cols + b * BLOCK);
-                    a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
-                    a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
-                }
-            }
-            for (c, a) in acc.iter().enumerate() {
-                let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-                out[r * n + c0 + c] = _mm512_reduce_add_ps(s);
-            }
-        }
-    }
-
-    /// Block `blk` as two f32 vectors: weights 0..16 and 16..32.
-    #[inline(always)]
-    unsafe fn unpack(m: &PackedMatrix, blk: usize) -> (__m512, __m512) {
-        let d = _mm512_set1_ps(*m.scales.get_unchecked(blk));
-        match m.kind {
-            PackedKind::Q4_1 => {
-                let q = m.quants.as_ptr().add(blk * 16) as *const __m128i;
-                let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(q));
-                let low = _mm512_and_si512(bytes, _mm512_set1_epi32(0xF));
-                let high = _mm512_srli_epi32::<4>(bytes);
-                let mn = _mm512_set1_ps(*m.mins.get_unchecked(blk));
-                (
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), d, mn),
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), d, mn),
-                )
-            }
-            PackedKind::Q8_0 => {
-                let q = m.quants.as_ptr().add(blk * 32) as *const __m128i;
-                let low = _mm512_cvtepi8_epi32(_mm_loadu_si128(q));
-                let high = _mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(1)));
-                (
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(low), d),
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(high), d),
-                )
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::GgmlDType;
     use candle_core::{Device, Tensor};
 
     fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {

@@ -166,9 +166,11 @@ fn check_real_packed(model: RealModel, file: &str) {
     );
 }
 
-/// Bound on the packed path's logit gap to the f32 path on the real files
-/// (Q4_K/Q5_K/Q6_K re-quantized to Q8_0); see the printed measurement.
-const PACKED_TOL: f32 = 1.0;
+/// Bound on the packed path's logit gap to the f32 path on the real files:
+/// their Q5_0/Q8_0/Q4_K/Q6_K blocks are kept as stored, so only summation
+/// order differs (measured 1.1e-5 on Qwen, 2.9e-5 on Gemma; see the printed
+/// measurement). Under Q8_0 re-quantization it was 0.11 and 0.28.
+const PACKED_TOL: f32 = 1e-3;
 
 #[test]
 #[ignore = "needs the real Qwen GGUF (HONE_TEST_QWEN_GGUF)"]

@@ -1,0 +1,338 @@
+//! SIMD kernels of [`super::PackedMatrix`] products, for every packed kind: AVX-512
+//! and AVX2+FMA, chosen at run time (see `PackedMatrix::group`).
+//!
+//! Both walk a row in units of 32 weights (see [`super::kquant`]): each unit is
+//! unpacked to f32 weights once and fused-multiply-added into the accumulators
+//! of up to four activation rows, so one weight read serves them all. Every
+//! activation row gets the same operations whatever `N` is, so batching never
+//! changes a result. The unpacking follows [`super::kquant::unit_f32`], which
+//! the tests hold both kernels to.
+
+use std::arch::x86_64::*;
+
+use super::kquant::{locate, Blocks, PackedKind, SUB_BYTES, UNIT};
+
+/// AVX-512 kernel: four accumulators per activation row (two units per
+/// iteration), so consecutive multiply-adds do not wait on each other.
+///
+/// # Safety
+/// Needs AVX-512F. `out` holds whole rows of `n` values for rows starting
+/// at `r0` within the `cols`-wide matrix of `m`, and `x` holds `n` rows of
+/// `cols` values.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn group512<const N: usize>(
+    m: &Blocks,
+    cols: usize,
+    x: &[f32],
+    c0: usize,
+    n: usize,
+    r0: usize,
+    out: &mut [f32],
+) {
+    let nu = cols / UNIT;
+    let rows = out.len() / n;
+    debug_assert!((r0 + rows) * nu * UNIT <= m.scales.len() * m.kind.block_weights());
+    debug_assert!((c0 + N) * cols <= x.len());
+    let xp = x.as_ptr().add(c0 * cols);
+    for r in 0..rows {
+        let u0 = (r0 + r) * nu;
+        let mut acc = [[_mm512_setzero_ps(); 4]; N];
+        let mut u = 0;
+        while u + 2 <= nu {
+            let (wl, wh) = unit512(m, u0 + u);
+            let (vl, vh) = unit512(m, u0 + u + 1);
+            for (c, a) in acc.iter_mut().enumerate() {
+                let xb = xp.add(c * cols + u * UNIT);
+                a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
+                a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
+                a[2] = _mm512_fmadd_ps(vl, _mm512_loadu_ps(xb.add(32)), a[2]);
+                a[3] = _mm512_fmadd_ps(vh, _mm512_loadu_ps(xb.add(48)), a[3]);
+            }
+            u += 2;
+        }
+        if u < nu {
+            let (wl, wh) = unit512(m, u0 + u);
+            for (c, a) in acc.iter_mut().enumerate() {
+                let xb = xp.add(c * cols + u * UNIT);
+                a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
+                a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            out[r * n + c0 + c] = _mm512_reduce_add_ps(s);
+        }
+    }
+}
+
+/// 16 bytes as 16 unsigned 32-bit lanes.
+#[inline(always)]
+unsafe fn bytes16(p: *const u8) -> __m512i {
+    _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Unit `u` as two f32 vectors: weights 0..16 and 16..32.
+#[inline(always)]
+unsafe fn unit512(m: &Blocks, u: usize) -> (__m512, __m512) {
+    let (b, j) = locate(m.kind, u);
+    let q = m.quants.as_ptr().add(b * m.kind.quant_bytes());
+    let d = *m.scales.get_unchecked(b);
+    let nib = _mm512_set1_epi32(0xF);
+    match m.kind {
+        PackedKind::Q4_1 => {
+            let bytes = bytes16(q);
+            let low = _mm512_and_si512(bytes, nib);
+            let high = _mm512_srli_epi32::<4>(bytes);
+            let (d, mn) = (_mm512_set1_ps(d), _mm512_set1_ps(*m.mins.get_unchecked(b)));
+            (
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), d, mn),
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), d, mn),
+            )
+        }
+        PackedKind::Q8_0 => {
+            let q = q as *const __m128i;
+            let low = _mm512_cvtepi8_epi32(_mm_loadu_si128(q));
+            let high = _mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(1)));
+            let d = _mm512_set1_ps(d);
+            (
+                _mm512_mul_ps(_mm512_cvtepi32_ps(low), d),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(high), d),
+            )
+        }
+        PackedKind::Q5_0 => {
+            let qh = _mm512_set1_epi32((q as *const u32).read_unaligned() as i32);
+            let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let bytes = bytes16(q.add(4));
+            let low = _mm512_or_si512(_mm512_and_si512(bytes, nib), bit4_512(qh, lanes));
+            let high = _mm512_or_si512(
+                _mm512_srli_epi32::<4>(bytes),
+                bit4_512(qh, _mm512_add_epi32(lanes, _mm512_set1_epi32(16))),
+            );
+            let (d, sixteen) = (_mm512_set1_ps(d), _mm512_set1_epi32(16));
+            (
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(low, sixteen)), d),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(high, sixteen)), d),
+            )
+        }
+        PackedKind::Q4_K | PackedKind::Q5_K => {
+            let sub = m.sub.as_ptr().add(b * SUB_BYTES);
+            let d1 = _mm512_set1_ps(d * *sub.add(j) as f32);
+            let m1 = _mm512_set1_ps(*m.mins.get_unchecked(b) * *sub.add(8 + j) as f32);
+            let five = m.kind == PackedKind::Q5_K;
+            let qs = q.add(if five { 32 } else { 0 } + (j / 2) * 32);
+            let shift = _mm_cvtsi32_si128(4 * (j & 1) as i32);
+            let mut low = _mm512_and_si512(_mm512_srl_epi32(bytes16(qs), shift), nib);
+            let mut high = _mm512_and_si512(_mm512_srl_epi32(bytes16(qs.add(16)), shift), nib);
+            if five {
+                let hs = _mm512_set1_epi32(j as i32);
+                low = _mm512_or_si512(low, bit4_512(bytes16(q), hs));
+                high = _mm512_or_si512(high, bit4_512(bytes16(q.add(16)), hs));
+            }
+            (
+                _mm512_fmsub_ps(_mm512_cvtepi32_ps(low), d1, m1),
+                _mm512_fmsub_ps(_mm512_cvtepi32_ps(high), d1, m1),
+            )
+        }
+        PackedKind::Q6_K => {
+            let (half, k) = (j / 4, j % 4);
+            let ql = q.add(64 * half + 32 * (k & 1));
+            let qh = q.add(128 + 32 * half);
+            let ns = _mm_cvtsi32_si128(4 * (k >> 1) as i32);
+            let hs = _mm_cvtsi32_si128(2 * k as i32);
+            let sc = m.sub.as_ptr().add(b * SUB_BYTES + 8 * half + 2 * k);
+            let s0 = _mm512_set1_ps(d * *sc as i8 as f32);
+            let s1 = _mm512_set1_ps(d * *sc.add(1) as i8 as f32);
+            (
+                _mm512_mul_ps(s0, q6_512(ql, qh, ns, hs)),
+                _mm512_mul_ps(s1, q6_512(ql.add(16), qh.add(16), ns, hs)),
+            )
+        }
+    }
+}
+
+/// Bit `shift` of each lane of `v`, moved to bit 4 (a 5-bit quant's high bit).
+#[inline(always)]
+unsafe fn bit4_512(v: __m512i, shift: __m512i) -> __m512i {
+    let bit = _mm512_and_si512(_mm512_srlv_epi32(v, shift), _mm512_set1_epi32(1));
+    _mm512_slli_epi32::<4>(bit)
+}
+
+/// 16 Q6_K quants minus 32: a nibble of `ql` (shifted by `ns`) and two bits
+/// of `qh` (shifted by `hs`).
+#[inline(always)]
+unsafe fn q6_512(ql: *const u8, qh: *const u8, ns: __m128i, hs: __m128i) -> __m512 {
+    let lo = _mm512_and_si512(_mm512_srl_epi32(bytes16(ql), ns), _mm512_set1_epi32(0xF));
+    let hi = _mm512_and_si512(_mm512_srl_epi32(bytes16(qh), hs), _mm512_set1_epi32(3));
+    let q = _mm512_or_si512(lo, _mm512_slli_epi32::<4>(hi));
+    _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(32)))
+}
+
+/// AVX2+FMA kernel, for CPUs without AVX-512: two accumulators per activation
+/// row (8 of the 16 vector registers at `N = 4`, beside a unit's four weight
+/// vectors).
+///
+/// # Safety
+/// Needs AVX2 and FMA; the same slice contract as [`group512`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn group256<const N: usize>(
+    m: &Blocks,
+    cols: usize,
+    x: &[f32],
+    c0: usize,
+    n: usize,
+    r0: usize,
+    out: &mut [f32],
+) {
+    let nu = cols / UNIT;
+    let rows = out.len() / n;
+    debug_assert!((r0 + rows) * nu * UNIT <= m.scales.len() * m.kind.block_weights());
+    debug_assert!((c0 + N) * cols <= x.len());
+    let xp = x.as_ptr().add(c0 * cols);
+    for r in 0..rows {
+        let u0 = (r0 + r) * nu;
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for u in 0..nu {
+            let w = unit256(m, u0 + u);
+            for (c, a) in acc.iter_mut().enumerate() {
+                let xb = xp.add(c * cols + u * UNIT);
+                a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), a[0]);
+                a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb.add(8)), a[1]);
+                a[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb.add(16)), a[0]);
+                a[1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb.add(24)), a[1]);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            out[r * n + c0 + c] = hsum256(_mm256_add_ps(a[0], a[1]));
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// 8 bytes as 8 unsigned 32-bit lanes.
+#[inline(always)]
+unsafe fn bytes8(p: *const u8) -> __m256i {
+    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
+}
+
+/// Unit `u` as four f32 vectors of 8 weights each.
+#[inline(always)]
+unsafe fn unit256(m: &Blocks, u: usize) -> [__m256; 4] {
+    let (b, j) = locate(m.kind, u);
+    let q = m.quants.as_ptr().add(b * m.kind.quant_bytes());
+    let d = _mm256_set1_ps(*m.scales.get_unchecked(b));
+    let zero = _mm_setzero_si128();
+    match m.kind {
+        PackedKind::Q4_1 => {
+            let mn = _mm256_set1_ps(*m.mins.get_unchecked(b));
+            let four = _mm_cvtsi32_si128(4);
+            [
+                _mm256_fmadd_ps(nibbles256(q, zero), d, mn),
+                _mm256_fmadd_ps(nibbles256(q.add(8), zero), d, mn),
+                _mm256_fmadd_ps(nibbles256(q, four), d, mn),
+                _mm256_fmadd_ps(nibbles256(q.add(8), four), d, mn),
+            ]
+        }
+        PackedKind::Q8_0 => [
+            _mm256_mul_ps(signed8(q), d),
+            _mm256_mul_ps(signed8(q.add(8)), d),
+            _mm256_mul_ps(signed8(q.add(16)), d),
+            _mm256_mul_ps(signed8(q.add(24)), d),
+        ],
+        PackedKind::Q5_0 => {
+            let qh = _mm256_set1_epi32((q as *const u32).read_unaligned() as i32);
+            let four = _mm_cvtsi32_si128(4);
+            let qs = q.add(4);
+            [
+                _mm256_mul_ps(q5_0_256(qs, zero, qh, 0), d),
+                _mm256_mul_ps(q5_0_256(qs.add(8), zero, qh, 8), d),
+                _mm256_mul_ps(q5_0_256(qs, four, qh, 16), d),
+                _mm256_mul_ps(q5_0_256(qs.add(8), four, qh, 24), d),
+            ]
+        }
+        PackedKind::Q4_K | PackedKind::Q5_K => {
+            let sub = m.sub.as_ptr().add(b * SUB_BYTES);
+            let d1 = _mm256_set1_ps(*m.scales.get_unchecked(b) * *sub.add(j) as f32);
+            let m1 = _mm256_set1_ps(*m.mins.get_unchecked(b) * *sub.add(8 + j) as f32);
+            let five = m.kind == PackedKind::Q5_K;
+            let qs = q.add(if five { 32 } else { 0 } + (j / 2) * 32);
+            let shift = _mm_cvtsi32_si128(4 * (j & 1) as i32);
+            let hs = _mm_cvtsi32_si128(j as i32);
+            let mut w = [_mm256_setzero_ps(); 4];
+            for (i, w) in w.iter_mut().enumerate() {
+                let mut v = nibbles_i256(qs.add(8 * i), shift);
+                if five {
+                    let hb = _mm256_srl_epi32(bytes8(q.add(8 * i)), hs);
+                    let hb = _mm256_and_si256(hb, _mm256_set1_epi32(1));
+                    v = _mm256_or_si256(v, _mm256_slli_epi32::<4>(hb));
+                }
+                *w = _mm256_fmsub_ps(_mm256_cvtepi32_ps(v), d1, m1);
+            }
+            w
+        }
+        PackedKind::Q6_K => {
+            let (half, k) = (j / 4, j % 4);
+            let ql = q.add(64 * half + 32 * (k & 1));
+            let qh = q.add(128 + 32 * half);
+            let ns = _mm_cvtsi32_si128(4 * (k >> 1) as i32);
+            let hs = _mm_cvtsi32_si128(2 * k as i32);
+            let sc = m.sub.as_ptr().add(b * SUB_BYTES + 8 * half + 2 * k);
+            let d = *m.scales.get_unchecked(b);
+            let s0 = _mm256_set1_ps(d * *sc as i8 as f32);
+            let s1 = _mm256_set1_ps(d * *sc.add(1) as i8 as f32);
+            [
+                _mm256_mul_ps(s0, q6_256(ql, qh, ns, hs)),
+                _mm256_mul_ps(s0, q6_256(ql.add(8), qh.add(8), ns, hs)),
+                _mm256_mul_ps(s1, q6_256(ql.add(16), qh.add(16), ns, hs)),
+                _mm256_mul_ps(s1, q6_256(ql.add(24), qh.add(24), ns, hs)),
+            ]
+        }
+    }
+}
+
+/// The nibble at bit `shift` (0 or 4) of 8 bytes.
+#[inline(always)]
+unsafe fn nibbles_i256(p: *const u8, shift: __m128i) -> __m256i {
+    _mm256_and_si256(_mm256_srl_epi32(bytes8(p), shift), _mm256_set1_epi32(0xF))
+}
+
+/// The nibble at bit `shift` (0 or 4) of 8 bytes, as f32.
+#[inline(always)]
+unsafe fn nibbles256(p: *const u8, shift: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(nibbles_i256(p, shift))
+}
+
+/// 8 signed bytes as f32.
+#[inline(always)]
+unsafe fn signed8(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
+/// Q5_0 weights `first..first + 8` minus 16: the nibbles at bit `shift` of 8
+/// bytes at `qs`, with high bits `first..first + 8` of `qh`.
+#[inline(always)]
+unsafe fn q5_0_256(qs: *const u8, shift: __m128i, qh: __m256i, first: i32) -> __m256 {
+    let nibs = nibbles_i256(qs, shift);
+    let lanes = _mm256_add_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(first),
+    );
+    let hb = _mm256_and_si256(_mm256_srlv_epi32(qh, lanes), _mm256_set1_epi32(1));
+    let q = _mm256_or_si256(nibs, _mm256_slli_epi32::<4>(hb));
+    _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(16)))
+}
+
+/// 8 Q6_K quants minus 32 (see [`q6_512`]).
+#[inline(always)]
+unsafe fn q6_256(ql: *const u8, qh: *const u8, ns: __m128i, hs: __m128i) -> __m256 {
+    let lo = _mm256_and_si256(_mm256_srl_epi32(bytes8(ql), ns), _mm256_set1_epi32(0xF));
+    let hi = _mm256_and_si256(_mm256_srl_epi32(bytes8(qh), hs), _mm256_set1_epi32(3));
+    let q = _mm256_or_si256(lo, _mm256_slli_epi32::<4>(hi));
+    _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(32)))
+}

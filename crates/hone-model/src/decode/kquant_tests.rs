@@ -1,0 +1,161 @@
+//! Tests of the packed kinds and kernels: each equals candle's dequantized
+//! f32 product (`QTensor::quantize` / `dequantize`) on every kernel this CPU runs.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use super::packed::{Kernel, PackedKind, PackedMatrix};
+use crate::error::Result;
+
+const KINDS: [GgmlDType; 6] = [
+    GgmlDType::Q4_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q5_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// Weights in [-0.5, 0.5) with a per-row offset, so blocks have both signs
+/// and nonzero minimums.
+fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..rows * cols)
+        .map(|i| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
+            v + 0.1 * ((i / cols) % 3) as f32
+        })
+        .collect()
+}
+
+fn quantized(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> Result<QTensor> {
+    let w = Tensor::from_vec(random(rows, cols, seed), (rows, cols), &Device::Cpu)?;
+    Ok(QTensor::quantize(&w, dtype)?)
+}
+
+/// `x·Wᵀ` (`[n, rows]`) with kernel `k` on one thread.
+fn product_with(m: &PackedMatrix, k: Kernel, x: &[f32], n: usize) -> Vec<f32> {
+    let (rows, _) = m.dims();
+    let mut yt = vec![0f32; rows * n];
+    m.rows_into(k, 0, x, n, &mut yt);
+    let mut y = vec![0f32; n * rows];
+    for (r, row) in yt.chunks_exact(n).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            y[c * rows + r] = *v;
+        }
+    }
+    y
+}
+
+fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |g, (x, y)| g.max((x - y).abs()))
+}
+
+/// Every kind is kept as stored (no re-quantization), and its rows equal
+/// candle's dequantization of the same blocks.
+#[test]
+fn rows_equal_candles_dequantization() -> Result<()> {
+    for dtype in KINDS {
+        let q = quantized(dtype, 5, 512, 3)?;
+        let p = PackedMatrix::from_qtensor(&q)?;
+        assert_eq!(Some(p.kind()), PackedKind::from_ggml(dtype), "{dtype:?}");
+        let want = q.dequantize(&Device::Cpu)?.to_vec2::<f32>()?;
+        for (r, want_row) in want.iter().enumerate() {
+            let gap = max_gap(&p.row_f32(r)?, want_row);
+            assert!(gap < 1e-6, "{dtype:?} row {r}: {gap}");
+        }
+    }
+    Ok(())
+}
+
+/// For every kind and every kernel this CPU runs, the product equals the
+/// dequantized-f32 product up to summation order: 1 to 9 activation rows,
+/// odd row counts and odd counts of blocks per row.
+#[test]
+fn every_kernel_equals_the_dequantized_f32_product() -> Result<()> {
+    let kernels = Kernel::available();
+    assert_eq!(kernels.last(), Some(&Kernel::Scalar));
+    for dtype in KINDS {
+        for (rows, cols) in [(1, 256), (7, 768), (3, 1280)] {
+            let q = quantized(dtype, rows, cols, rows as u64)?;
+            let p = PackedMatrix::from_qtensor(&q)?;
+            let wd = q.dequantize(&Device::Cpu)?;
+            for n in [1, 2, 3, 4, 5, 9] {
+                let x = random(n, cols, 7 + n as u64);
+                let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu)?;
+                let want = xt.matmul(&wd.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+                for &k in &kernels {
+                    let got = product_with(&p, k, &x, n);
+                    let gap = max_gap(&got, &want);
+                    assert!(gap < 2e-4, "{dtype:?} {k:?} [{rows}, {cols}] n={n}: {gap}");
+                }
+                let gap = max_gap(&p.matmul(&x, n)?, &want);
+                assert!(gap < 2e-4, "{dtype:?} matmul [{rows}, {cols}] n={n}: {gap}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// With every kernel, a row's result does not depend on how many rows
+/// share the call.
+#[test]
+fn batching_never_changes_a_row() -> Result<()> {
+    for dtype in [
+        GgmlDType::Q5_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ] {
+        let p = PackedMatrix::from_qtensor(&quantized(dtype, 9, 512, 5)?)?;
+        let x = random(6, 512, 11);
+        for k in Kernel::available() {
+            let all = product_with(&p, k, &x, 6);
+            for c in 0..6 {
+                let alone = product_with(&p, k, &x[c * 512..(c + 1) * 512], 1);
+                assert_eq!(alone, all[c * 9..(c + 1) * 9], "{dtype:?} {k:?} row {c}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Native blocks are smaller than the Q8_0 they replaced.
+#[test]
+fn native_blocks_keep_their_size() -> Result<()> {
+    let q8 = PackedMatrix::from_qtensor(&quantized(GgmlDType::Q8_0, 4, 512, 1)?)?;
+    for (dtype, bits) in [
+        (GgmlDType::Q5_0, 5.5),
+        (GgmlDType::Q4K, 4.5),
+        (GgmlDType::Q5K, 5.5),
+        (GgmlDType::Q6K, 6.5625),
+    ] {
+        let p = PackedMatrix::from_qtensor(&quantized(dtype, 4, 512, 1)?)?;
+        let per_weight = 8.0 * p.bytes() as f64 / (4.0 * 512.0);
+        // f32 scales: up to one extra bit per 32 weights over the file's bits.
+        assert!(per_weight < bits + 1.0, "{dtype:?}: {per_weight} bits");
+        assert!(p.bytes() < q8.bytes(), "{dtype:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_block_data_is_an_error() {
+    for kind in [
+        PackedKind::Q5_0,
+        PackedKind::Q4_K,
+        PackedKind::Q5_K,
+        PackedKind::Q6_K,
+    ] {
+        let bytes = kind.ggml_block_bytes() * 512 / kind.block_weights();
+        assert!(PackedMatrix::from_ggml_blocks(kind, 2, 256, &vec![0; bytes]).is_ok());
+        assert!(PackedMatrix::from_ggml_blocks(kind, 2, 256, &vec![0; bytes - 1]).is_err());
+    }
+    // K-quant rows are whole super-blocks.
+    let err = PackedMatrix::from_ggml_blocks(PackedKind::Q4_K, 1, 96, &[0; 144]).unwrap_err();
+    assert!(err.to_string().contains("multiple of 256"), "{err}");
+}
