@@ -13,5 +13,6 @@ mod openapi;
 mod projects;
 mod store;
 mod structured;
+mod tools;
 mod training;
 mod wire;
