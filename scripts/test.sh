@@ -73,6 +73,9 @@ target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$
 stamp "openai SDK against hone serve, qwen"
 target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$HONE_TEST_QWEN_GGUF" \
   --base-id qwen2.5-coder-0.5b-instruct
+stamp "openai SDK structured outputs and tools, qwen"
+target/sdk-venv/bin/python tests/sdk/structured.py --hone "$HONE_BIN" --model "$HONE_TEST_QWEN_GGUF" \
+  --base-id qwen2.5-coder-0.5b-instruct
 
 # The Qwen quickstart's adapter in Python peft on transformers' model of the
 # same GGUF: no missing or unexpected keys, and the same greedy text as

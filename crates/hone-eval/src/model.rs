@@ -179,7 +179,7 @@ impl EvalModel for EngineModel<'_> {
         let enc = self
             .engine
             .tokenizer
-            .encode_preference(prompt, answer)
+            .encode_preference(prompt, answer, None)
             .map_err(text_err)?;
         self.score(enc)
     }

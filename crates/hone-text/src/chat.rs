@@ -159,12 +159,14 @@ impl ChatTokenizer {
 
     /// A DPO sequence: `prompt` then `answer`, with the loss mask over the
     /// answer and its end-of-turn token only (whatever the answer's weight).
+    /// `tools` (the pair's `input.tools`) is rendered as in [`Self::encode_chat`].
     pub fn encode_preference(
         &self,
         prompt: &[ChatMessage],
         answer: &ChatMessage,
+        tools: Option<&serde_json::Value>,
     ) -> Result<EncodedChat> {
-        let rendered = self.render_preference(prompt, answer)?;
+        let rendered = self.render_preference(prompt, answer, tools)?;
         self.encode_rendered(&rendered)
     }
 
@@ -173,6 +175,7 @@ impl ChatTokenizer {
         &self,
         prompt: &[ChatMessage],
         answer: &ChatMessage,
+        tools: Option<&serde_json::Value>,
     ) -> Result<RenderedChat> {
         if answer.role != Role::Assistant {
             return Err(Error::InvalidConversation(format!(
@@ -184,7 +187,7 @@ impl ChatTokenizer {
         messages.push(answer.clone());
         let last = messages.len() - 1;
         self.template
-            .render_spans_where(&messages, None, |i, _| i == last)
+            .render_spans_where(&messages, tools, |i, _| i == last)
     }
 
     /// `encode_chat(messages, tools)`'s length and trained-token count,
@@ -198,13 +201,14 @@ impl ChatTokenizer {
         self.count_rendered(&rendered)
     }
 
-    /// `encode_preference(prompt, answer)`'s length and trained-token count.
+    /// `encode_preference(prompt, answer, tools)`'s length and trained-token count.
     pub fn count_preference(
         &self,
         prompt: &[ChatMessage],
         answer: &ChatMessage,
+        tools: Option<&serde_json::Value>,
     ) -> Result<ChatCount> {
-        let rendered = self.render_preference(prompt, answer)?;
+        let rendered = self.render_preference(prompt, answer, tools)?;
         self.count_rendered(&rendered)
     }
 

@@ -27,7 +27,7 @@ impl hone_data::TokenCounter for ChatTokenCounter {
     ) -> std::result::Result<hone_data::TokenCount, String> {
         let count = |answer| {
             self.chat
-                .count_preference(&ex.input, answer)
+                .count_preference(&ex.input, answer, ex.tools.as_ref())
                 .map_err(|e| format!("{e:#}"))
         };
         let (p, n) = (count(&ex.preferred)?, count(&ex.non_preferred)?);
@@ -87,11 +87,11 @@ mod tests {
         let c = counter.count_preference(&ex).unwrap();
         let p = counter
             .chat
-            .encode_preference(&ex.input, &ex.preferred)
+            .encode_preference(&ex.input, &ex.preferred, ex.tools.as_ref())
             .unwrap();
         let n = counter
             .chat
-            .encode_preference(&ex.input, &ex.non_preferred)
+            .encode_preference(&ex.input, &ex.non_preferred, ex.tools.as_ref())
             .unwrap();
         assert_eq!(c.total, p.len() + n.len());
         assert_eq!(c.trained, p.trained_token_count() + n.trained_token_count());

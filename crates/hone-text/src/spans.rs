@@ -58,10 +58,23 @@ impl ChatTemplate {
         is_target: impl Fn(usize, &ChatMessage) -> bool,
     ) -> Result<RenderedChat> {
         let mut prev = String::new();
-        let mut spans = Vec::with_capacity(messages.len());
+        let mut spans: Vec<MessageSpan> = Vec::with_capacity(messages.len());
         for (i, message) in messages.iter().enumerate() {
             let text = self.render(&messages[..=i], false, tools)?;
-            ensure_prefix(&prev, &text, i, "the conversation before it")?;
+            let mut start = prev.len();
+            if !text.starts_with(&prev) {
+                start = common_prefix(&prev, &text);
+                match spans.last_mut() {
+                    // A template may close a tool result differently when
+                    // another follows (Qwen's joins a run of them into one
+                    // turn): the earlier one's span ends where the two
+                    // renderings part. Nothing trained lies there.
+                    Some(last) if last.role == Role::Tool && message.role == Role::Tool => {
+                        last.range.end = start.max(last.range.start);
+                    }
+                    _ => ensure_prefix(&prev, &text, i, "the conversation before it")?,
+                }
+            }
             let trained_range = if is_target(i, message) {
                 Some(self.trained_range(messages, i, &prev, &text, tools)?)
             } else {
@@ -70,7 +83,7 @@ impl ChatTemplate {
             spans.push(MessageSpan {
                 message_index: i,
                 role: message.role,
-                range: prev.len()..text.len(),
+                range: start..text.len(),
                 trained_range,
             });
             prev = text;
@@ -109,8 +122,9 @@ impl ChatTemplate {
         let segment = &with[start..];
         // Search after the content when it is rendered verbatim, so an
         // end-of-turn string quoted inside the content is not mistaken.
-        let search_from = if segment.starts_with(message.content.as_str()) {
-            message.content.len()
+        let answer = self.answer_text(message);
+        let search_from = if segment.starts_with(answer.as_str()) {
+            answer.len()
         } else {
             0
         };
@@ -127,6 +141,12 @@ impl ChatTemplate {
             .unwrap_or_else(|| segment.trim_end().len());
         Ok(start..start + end)
     }
+}
+
+/// How many leading bytes `a` and `b` share (on a char boundary).
+fn common_prefix(a: &str, b: &str) -> usize {
+    let n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    a.floor_char_boundary_compat(n)
 }
 
 fn ensure_prefix(prefix: &str, text: &str, index: usize, what: &str) -> Result<()> {

@@ -68,6 +68,10 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     end_of_turn: Vec<String>,
+    /// Whether the template writes the `tools` it is given into the
+    /// prompt (Qwen2.5's does). When not, tools, calls and tool results go
+    /// through hone's Hermes-style fallback ([`crate::tool_calls`]).
+    renders_tools: bool,
 }
 
 impl ChatTemplate {
@@ -80,14 +84,37 @@ impl ChatTemplate {
         if eos_token != "<|im_end|>" {
             end_of_turn.push("<|im_end|>".to_string());
         }
-        Ok(ChatTemplate {
+        let mut template = ChatTemplate {
             env,
             source: source.to_string(),
             origin: TemplateOrigin::Model,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             end_of_turn,
-        })
+            renders_tools: false,
+        };
+        template.renders_tools = template.probe_tools();
+        Ok(template)
+    }
+
+    /// Whether rendering a conversation with one tool writes that tool's
+    /// name into the prompt. Asked of the template itself rather than
+    /// guessed from its source, so any template that renders tools is used
+    /// as is.
+    fn probe_tools(&self) -> bool {
+        const PROBE: &str = "hone_probe_function_name";
+        let tools = serde_json::json!([{"type": "function", "function": {
+            "name": PROBE, "description": "probe", "parameters": {"type": "object", "properties": {}}}}]);
+        let messages = [ChatMessage::new(hone_data::types::Role::User, "hi")];
+        self.render_raw(&messages, true, Some(&tools))
+            .is_ok_and(|text| text.contains(PROBE))
+    }
+
+    /// Whether the template renders `tools` itself; when false, hone's
+    /// fallback format ([`crate::tool_calls::fallback_messages`]) is used,
+    /// in training and serving alike.
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
     }
 
     /// The ChatML fallback ([`CHATML_TEMPLATE`]).
@@ -187,9 +214,39 @@ impl ChatTemplate {
     }
 
     /// Renders a conversation. `tools` is passed as the `tools` variable
-    /// (none when absent); messages carry `name`, `tool_calls` and
-    /// `tool_call_id` when set.
+    /// (none when absent); messages carry `name`, `tool_calls` (arguments
+    /// decoded to objects, as HF templates expect) and `tool_call_id` when
+    /// set. A template that does not render tools gets the conversation
+    /// through hone's fallback ([`crate::tool_calls::fallback_messages`]).
     pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
+        if self.renders_tools {
+            return self.render_raw(messages, add_generation_prompt, tools);
+        }
+        let list = tools
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::as_slice);
+        let messages = crate::tool_calls::fallback_messages(messages, list);
+        self.render_raw(&messages, add_generation_prompt, None)
+    }
+
+    /// The text an assistant message's turn holds after its generation
+    /// prompt, before any end-of-turn marker, when the template writes its
+    /// content verbatim: its content, plus its calls in the fallback.
+    pub(crate) fn answer_text(&self, message: &ChatMessage) -> String {
+        match &message.tool_calls {
+            Some(calls) if !self.renders_tools => {
+                crate::tool_calls::calls_text(&message.content, calls)
+            }
+            _ => message.content.clone(),
+        }
+    }
+
+    fn render_raw(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
@@ -272,12 +329,25 @@ fn message_value(m: &ChatMessage) -> Value {
         pairs.push(("name", Value::from(name.as_str())));
     }
     if let Some(calls) = &m.tool_calls {
-        pairs.push(("tool_calls", json_to_value(calls)));
+        pairs.push(("tool_calls", json_to_value(&decoded_calls(calls))));
     }
     if let Some(id) = &m.tool_call_id {
         pairs.push(("tool_call_id", Value::from(id.as_str())));
     }
     Value::from_pairs(pairs)
+}
+
+/// `tool_calls` with each `function.arguments` JSON string decoded to an
+/// object: OpenAI sends strings, HF templates (Qwen's `arguments | tojson`)
+/// expect objects, as vLLM and transformers pass them.
+fn decoded_calls(calls: &serde_json::Value) -> serde_json::Value {
+    let mut calls = calls.clone();
+    for call in calls.as_array_mut().into_iter().flatten() {
+        if let Some(args) = call.pointer_mut("/function/arguments") {
+            *args = crate::tool_calls::decoded_arguments(args);
+        }
+    }
+    calls
 }
 
 /// serde_json to minijinja, keeping map order.

@@ -77,7 +77,7 @@ pub fn tokenize_dpo(
     let mut out = TokenizedPairs::default();
     for (index, ex) in examples.iter().enumerate() {
         let enc = |answer| {
-            tok.encode_preference(&ex.input, answer)
+            tok.encode_preference(&ex.input, answer, ex.tools.as_ref())
                 .map_err(|e| TrainError::Tokenize {
                     index,
                     message: format!("{e:#}"),

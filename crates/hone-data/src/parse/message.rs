@@ -302,8 +302,13 @@ fn check_tool_call(call: &Value) -> Result<(), &'static str> {
     f.get("name")
         .and_then(Value::as_str)
         .ok_or("function needs a string \"name\"")?;
+    // Templates render the arguments as the object the string encodes.
     match f.get("arguments") {
-        None | Some(Value::String(_)) => Ok(()),
+        None => Ok(()),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(_)) => Ok(()),
+            _ => Err("function.arguments must be a JSON string encoding an object"),
+        },
         Some(_) => Err("function.arguments must be a JSON-encoded string"),
     }
 }

@@ -125,12 +125,8 @@ fn check_tools(obj: &Map<String, Value>, out: &mut LineIssues) -> Option<Value> 
         None | Some(Value::Null) => None,
         Some(Value::Array(tools)) => {
             for (i, t) in tools.iter().enumerate() {
-                if !t.is_object() {
-                    out.push(
-                        None,
-                        Code::InvalidFieldType,
-                        format!("tools[{i}] must be an object, found {}", type_name(t)),
-                    );
+                if let Err(why) = check_tool(t) {
+                    out.push(None, Code::InvalidFieldType, format!("tools[{i}] {why}"));
                 }
             }
             Some(Value::Array(tools.clone()))
@@ -146,10 +142,84 @@ fn check_tools(obj: &Map<String, Value>, out: &mut LineIssues) -> Option<Value> 
     }
 }
 
+/// One tool definition, as chat templates and the server read it:
+/// `{"type": "function", "function": {"name": "…", "parameters": {…}}}`.
+fn check_tool(t: &Value) -> Result<(), String> {
+    let obj = t
+        .as_object()
+        .ok_or_else(|| format!("must be an object, found {}", type_name(t)))?;
+    if obj.get("type").and_then(Value::as_str) != Some("function") {
+        return Err("needs \"type\": \"function\"".into());
+    }
+    let f = obj
+        .get("function")
+        .and_then(Value::as_object)
+        .ok_or("needs a \"function\" object")?;
+    match f.get("name") {
+        Some(Value::String(n)) if !n.is_empty() => {}
+        _ => return Err("needs a non-empty string \"function.name\"".into()),
+    }
+    match f.get("parameters") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(p) => Err(format!(
+            "\"function.parameters\" must be a JSON Schema object, found {}",
+            type_name(p)
+        )),
+    }
+}
+
 /// At most `max` characters of `s`, for quoting user data in messages.
 pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn tools_must_be_named_functions() {
+        let f = |v: Value| json!({"type": "function", "function": v});
+        for (tools, ok) in [
+            (
+                json!([f(json!({"name": "a", "parameters": {"type": "object"}}))]),
+                true,
+            ),
+            (json!([f(json!({"name": "a"}))]), true),
+            (json!([f(json!({"description": "no name"}))]), false),
+            (json!([f(json!({"name": ""}))]), false),
+            (json!([f(json!({"name": "a", "parameters": "x"}))]), false),
+            (json!([{"type": "retrieval"}]), false),
+            (json!([7]), false),
+        ] {
+            let mut out = LineIssues::new(1);
+            let line = json!({ "tools": tools });
+            check_tools(line.as_object().unwrap(), &mut out);
+            assert_eq!(out.has_errors(), !ok, "{tools}: {:?}", out.issues);
+        }
+    }
+
+    #[test]
+    fn call_arguments_must_encode_an_object() {
+        let call = |args: Value| {
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}]})
+        };
+        for (args, ok) in [
+            (json!("{\"a\": 1}"), true),
+            (json!("{}"), true),
+            (json!("[1]"), false),
+            (json!("not json"), false),
+            (json!({"a": 1}), false),
+        ] {
+            let mut out = LineIssues::new(1);
+            let m = message::parse_message(&call(args.clone()), 1, &mut out);
+            assert_eq!(m.is_some(), ok, "{args}: {:?}", out.issues);
+        }
     }
 }

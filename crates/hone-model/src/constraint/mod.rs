@@ -22,6 +22,7 @@
 //! the matcher stops and generation ends there with finish reason `stop`.
 
 mod tokens;
+mod tool_calls;
 
 use llguidance::api::{GrammarInit, ParserLimits, TopLevelGrammar};
 use llguidance::{Matcher, ParserFactory};
@@ -31,6 +32,7 @@ use serde_json::{json, Value};
 use crate::error::{ModelError, Result};
 
 pub use tokens::GrammarEnvCell;
+pub use tool_calls::{CallRules, CallableTool};
 
 /// What a grammar is written as: the wire form of a [`Grammar`] (what
 /// `GenerationParams` serializes).

@@ -101,3 +101,81 @@ fn the_mask_allows_the_stop_token_only_once_the_grammar_accepts() {
     let mut c = env.constraint(&Grammar::json_object()).unwrap();
     assert!(c.accept(b'x' as u32).is_err());
 }
+
+fn weather_tools() -> Vec<CallableTool> {
+    vec![
+        CallableTool {
+            name: "get_weather".into(),
+            parameters: Some(json!({
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"$ref": "#/$defs/unit"}},
+                "required": ["city", "unit"],
+                "additionalProperties": false,
+                "$defs": {"unit": {"enum": ["c", "f"]}}
+            })),
+        },
+        CallableTool {
+            name: "now".into(),
+            parameters: None,
+        },
+    ]
+}
+
+/// Whether `text` (fed byte by byte) is accepted to the end by `grammar`.
+fn accepts(grammar: &Grammar, text: &str) -> bool {
+    let env = GrammarEnv::from_token_bytes(&words(), &[256]).unwrap();
+    let mut c = env.constraint(grammar).unwrap();
+    for b in text.bytes() {
+        let mut l = vec![0.0f32; 257];
+        c.mask(&mut l, &[256]).unwrap();
+        if !l[b as usize].is_finite() || c.accept(b as u32).is_err() {
+            return false;
+        }
+    }
+    let mut l = vec![0.0f32; 257];
+    c.mask(&mut l, &[256]).unwrap();
+    l[256].is_finite()
+}
+
+#[test]
+fn tool_call_grammar_holds_calls_to_their_schemas() {
+    let one = CallRules {
+        parallel: false,
+        allow_text: false,
+    };
+    let g = Grammar::tool_calls(&weather_tools(), one).unwrap();
+    let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n</tool_call>";
+    assert!(accepts(&g, call));
+    assert!(accepts(
+        &g,
+        "<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>"
+    ));
+    for bad in [
+        "<tool_call>\n{\"name\": \"nope\", \"arguments\": {}}\n</tool_call>",
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"k\"}}\n</tool_call>",
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+        "Sure, here it is.",
+    ] {
+        assert!(!accepts(&g, bad), "{bad}");
+    }
+    let two = format!("{call}\n{call}");
+    assert!(!accepts(&g, &two), "one call only without parallel");
+    let parallel = CallRules {
+        parallel: true,
+        allow_text: false,
+    };
+    let g = Grammar::tool_calls(&weather_tools(), parallel).unwrap();
+    assert!(accepts(&g, &two));
+    let either = CallRules {
+        parallel: true,
+        allow_text: true,
+    };
+    let g = Grammar::tool_calls(&weather_tools(), either).unwrap();
+    assert!(accepts(&g, "Sure, no call needed.\nBye."));
+    assert!(accepts(&g, call));
+    let bad = CallableTool {
+        name: "f".into(),
+        parameters: Some(json!({"type": "frobnicate"})),
+    };
+    assert!(Grammar::tool_calls(&[bad], one).is_err());
+}

@@ -165,6 +165,9 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
+    /// Raw, so a non-boolean is a 400 naming the field.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<Value>,
 }
 
 impl ChatCompletionRequest {
@@ -212,7 +215,7 @@ pub struct AssistantMessage {
     /// Always present, null: the SDK's type has it.
     pub refusal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Value>,
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// One choice of a completion.
@@ -245,6 +248,50 @@ pub struct Delta {
     pub role: Option<AssistantTag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// One call in an answer: `{"id": "call_…", "type": "function",
+/// "function": {"name", "arguments"}}`, arguments a JSON string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: FunctionTag,
+    pub function: FunctionCall,
+}
+
+/// A called function's name and its arguments as a JSON string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+tag!(/// `"function"`, the only kind of tool call.
+    FunctionTag = "function");
+
+/// A piece of a streamed call: the first for a call carries `index`, `id`,
+/// `type` and the name (arguments `""`); later ones add argument text, as
+/// the SDK's stream helpers join them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FunctionTag>,
+    pub function: FunctionDelta,
+}
+
+/// The function part of a [`ToolCallDelta`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// One choice of a streamed chunk.
@@ -316,6 +363,7 @@ mod tests {
         let first = Delta {
             role: Some(AssistantTag),
             content: Some(String::new()),
+            tool_calls: None,
         };
         assert_eq!(
             serde_json::to_value(&first).unwrap(),

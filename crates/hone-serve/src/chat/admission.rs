@@ -80,6 +80,7 @@ mod tests {
             &self,
             _: &ChatTarget,
             _: &[ChatMessage],
+            _: Option<&serde_json::Value>,
             _: &GenerationParams,
             _: &mut dyn FnMut(&str) -> ControlFlow<()>,
         ) -> Result<Generation, ChatError> {

@@ -65,13 +65,16 @@ impl From<ChatError> for ApiError {
 }
 
 /// Generates one assistant reply. Blocking (called on the blocking pool).
-/// `on_text` receives each safe-to-show piece of text as it is decoded;
+/// `tools` (the request's checked `tools` list) is rendered into the prompt
+/// by the chat template, or by hone's fallback when the template cannot
+/// render tools (see `hone_text::tool_calls`). `on_text` receives each safe-to-show piece of text as it is decoded;
 /// `Break` stops generation (the client went away).
 pub trait ChatBackend: Send + Sync + 'static {
     fn generate(
         &self,
         target: &ChatTarget,
         messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
         params: &GenerationParams,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, ChatError>;

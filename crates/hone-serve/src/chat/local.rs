@@ -158,12 +158,13 @@ impl ChatBackend for LocalChat {
         &self,
         target: &ChatTarget,
         messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
         params: &GenerationParams,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, ChatError> {
         let base = self.base(&target.base)?;
         let prompt = base
-            .encode_prompt(messages, None)
+            .encode_prompt(messages, tools)
             .map_err(|e| ChatError::InvalidPrompt(e.to_string()))?;
         let engine = match &target.adapter {
             None => base,

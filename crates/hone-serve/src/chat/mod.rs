@@ -7,6 +7,8 @@
 //!   defaults, limits, fields refused by name);
 //! - [`admission`]: [`ChatService`], the backend behind a bounded number of
 //!   slots (over that, an immediate 429);
+//! - [`tools`]: checks `tools`, `tool_choice` and `parallel_tool_calls`
+//!   into a [`ToolPlan`] and the grammar of forced or strict calls;
 //! - [`run`]: [`run_choices`], the loop over the `n` choices of a plan, with
 //!   cancellation when the client goes away;
 //! - [`local`]: [`LocalChat`], the real backend over hone-model, with the
@@ -20,9 +22,11 @@ pub mod backend;
 pub mod local;
 pub mod plan;
 pub mod run;
+pub mod tools;
 
 pub use admission::{default_max_concurrent_chats, ChatService, RETRY_AFTER_SECS};
 pub use backend::{ChatBackend, ChatError, ChatTarget};
 pub use local::{LocalChat, LocalChatOptions, DEFAULT_MAX_ADAPTERS};
 pub use plan::{plan, ChatPlan, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_CHOICES, MAX_STOP};
 pub use run::{run_choices, CancelFlag, CancelOnDrop, ChatEvent, ChatRun, ChoiceOutput};
+pub use tools::ToolPlan;

@@ -1,9 +1,9 @@
 //! Checking a chat request: [`plan`] turns the wire request into a
 //! [`ChatPlan`] (messages, sampling parameters with the grammar of
-//! `response_format`, `n`, streaming), or a 400 that names the offending
-//! field. Fields that would change the meaning of the answer and that we do
-//! not implement (tools, log-probabilities) are refused rather than
-//! silently ignored.
+//! `response_format`, `n`, streaming, the tools of [`super::tools`]), or a
+//! 400 that names the offending field. Fields that would change the
+//! meaning of the answer and that we do not implement (log-probabilities)
+//! are refused rather than silently ignored.
 //!
 //! `response_format`'s grammar is compiled here, before any generation, so
 //! a schema the engine cannot honour is a 400 on `response_format` and
@@ -14,6 +14,7 @@ use hone_model::generate::GenerationParams;
 use hone_text::ChatMessage;
 use serde_json::Value;
 
+use super::tools::{plan_tools, ToolPlan};
 use crate::api::{ChatCompletionRequest, ResponseFormat};
 use crate::error::ApiError;
 
@@ -36,11 +37,25 @@ pub struct ChatPlan {
     pub n: u32,
     pub stream: bool,
     pub include_usage: bool,
+    /// `tools` and how answers are read for calls; `None` without tools.
+    pub tools: Option<ToolPlan>,
+}
+
+impl ChatPlan {
+    /// The tool list the chat template renders, if any.
+    pub fn tool_list(&self) -> Option<&Value> {
+        self.tools.as_ref().map(|t| &t.tools)
+    }
+
+    /// Whether answers are read for tool calls.
+    pub fn parses_calls(&self) -> bool {
+        self.tools.as_ref().is_some_and(|t| t.parse_calls)
+    }
 }
 
 /// Checks a request and turns it into a [`ChatPlan`]. Fields that would
-/// change the meaning of the answer and that we do not implement (tools,
-/// log-probabilities) are refused with a 400 naming the field, rather than
+/// change the meaning of the answer and that we do not implement
+/// (log-probabilities) are refused with a 400 naming the field, rather than
 /// silently ignored.
 pub fn plan(req: &ChatCompletionRequest) -> Result<ChatPlan, ApiError> {
     refuse_unsupported(req)?;
@@ -56,32 +71,29 @@ pub fn plan(req: &ChatCompletionRequest) -> Result<ChatPlan, ApiError> {
         ));
     }
     let mut params = sampling(req)?;
+    let (tools, call_grammar) = plan_tools(req)?;
     params.grammar = response_grammar(req.response_format.as_ref())?;
+    if call_grammar.is_some() {
+        if params.grammar.is_some() {
+            return Err(ApiError::invalid(
+                "response_format",
+                "`response_format` cannot be combined with a `tool_choice` that forces a call, \
+                 or with strict tools: both would constrain the same answer.",
+            ));
+        }
+        params.grammar = call_grammar;
+    }
     Ok(ChatPlan {
         messages,
         params,
         n,
         stream: req.is_stream(),
         include_usage: req.include_usage(),
+        tools,
     })
 }
 
 fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid(
-            "tools",
-            "`tools` (function calling) is not supported by this server yet.",
-        ));
-    }
-    if let Some(tc) = &req.tool_choice {
-        let harmless = tc.is_null() || tc == "none" || tc == "auto";
-        if !harmless {
-            return Err(ApiError::invalid(
-                "tool_choice",
-                "`tool_choice` is not supported by this server yet (no tools can be called).",
-            ));
-        }
-    }
     if req.logprobs == Some(true) {
         return Err(ApiError::invalid(
             "logprobs",
@@ -260,7 +272,10 @@ mod tests {
     #[test]
     fn plan_refuses_what_it_cannot_honour_by_param() {
         let cases = [
-            (json!({"tools": [{"type": "function"}]}), "tools"),
+            (
+                json!({"tools": [{"type": "function"}]}),
+                "tools[0].function",
+            ),
             (json!({"tool_choice": "required"}), "tool_choice"),
             (
                 json!({"response_format": {"type": "json_schema", "json_schema": {}}}),

@@ -104,7 +104,13 @@ pub fn run_choices(
             stopped |= flow.is_break();
             flow
         };
-        let g = backend.generate(target, &plan.messages, &params, &mut on_text)?;
+        let g = backend.generate(
+            target,
+            &plan.messages,
+            plan.tool_list(),
+            &params,
+            &mut on_text,
+        )?;
         let finish_reason = match g.finish_reason {
             GenFinish::Stop => FinishReason::Stop,
             GenFinish::Length => FinishReason::Length,
@@ -163,6 +169,7 @@ mod tests {
             &self,
             _: &ChatTarget,
             messages: &[ChatMessage],
+            _: Option<&serde_json::Value>,
             params: &GenerationParams,
             on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
         ) -> Result<Generation, ChatError> {

@@ -18,9 +18,12 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use hone_text::{parse_tool_calls, ParsedToolCall, ToolCallStream};
+
 use crate::api::{
     AssistantMessage, AssistantTag, ChatCompletion, ChatCompletionChunk, ChatCompletionChunkTag,
-    ChatCompletionRequest, ChatCompletionTag, Choice, ChunkChoice, Delta, FinishReason, Usage,
+    ChatCompletionRequest, ChatCompletionTag, Choice, ChunkChoice, Delta, FinishReason,
+    FunctionCall, FunctionDelta, FunctionTag, ToolCall, ToolCallDelta, Usage,
 };
 use crate::auth::Caller;
 use crate::chat::{self, CancelFlag, CancelOnDrop, ChatEvent, ChatPlan, ChatRun, ChatTarget};
@@ -60,6 +63,7 @@ pub(super) async fn completions(
     let cancel = CancelFlag::default();
     let guard = cancel.guard();
     let backend = service.backend.clone();
+    let parse_calls = plan.parses_calls();
     if !plan.stream {
         let run = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -70,7 +74,7 @@ pub(super) async fn completions(
         .await
         .map_err(|e| ApiError::internal(format!("chat generation failed: {e}")))??;
         drop(guard);
-        return Ok(Json(completion(&meta, run)).into_response());
+        return Ok(Json(completion(&meta, run, parse_calls)).into_response());
     }
     let include_usage = plan.include_usage;
     let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
@@ -89,6 +93,7 @@ pub(super) async fn completions(
         meta,
         include_usage,
         started: Vec::new(),
+        calls: parse_calls.then(Vec::new),
         _guard: guard,
     };
     let events = stream::once(async move { first })
@@ -166,21 +171,34 @@ struct Meta {
     model: String,
 }
 
-fn completion(meta: &Meta, run: ChatRun) -> ChatCompletion {
+/// The JSON answer. With `parse_calls`, each choice's text is read for
+/// tool calls: calls become `tool_calls` (content null when there is no
+/// text before them) and finish `tool_calls`; text with no well-formed
+/// calls stays content (null if empty, as a streamed answer reassembles).
+fn completion(meta: &Meta, run: ChatRun, parse_calls: bool) -> ChatCompletion {
     let choices = run
         .choices
         .into_iter()
         .enumerate()
-        .map(|(i, c)| Choice {
-            index: i as u32,
-            message: AssistantMessage {
-                role: AssistantTag,
-                content: Some(c.text),
-                refusal: None,
-                tool_calls: None,
-            },
-            logprobs: None,
-            finish_reason: c.finish_reason,
+        .map(|(i, c)| {
+            let (content, calls) = if parse_calls {
+                let p = parse_tool_calls(&c.text);
+                (p.content, p.calls)
+            } else {
+                (Some(c.text), Vec::new())
+            };
+            let tool_calls = (!calls.is_empty()).then(|| calls.iter().map(tool_call).collect());
+            Choice {
+                index: i as u32,
+                message: AssistantMessage {
+                    role: AssistantTag,
+                    content,
+                    refusal: None,
+                    tool_calls,
+                },
+                logprobs: None,
+                finish_reason: finish_with_calls(c.finish_reason, &calls),
+            }
         })
         .collect();
     ChatCompletion {
@@ -194,14 +212,47 @@ fn completion(meta: &Meta, run: ChatRun) -> ChatCompletion {
     }
 }
 
+/// `call_<24>`: the id of one tool call in an answer.
+fn call_id() -> String {
+    format!("call_{}", ids::base62(24))
+}
+
+fn tool_call(c: &ParsedToolCall) -> ToolCall {
+    ToolCall {
+        id: call_id(),
+        kind: FunctionTag,
+        function: FunctionCall {
+            name: c.name.clone(),
+            arguments: c.arguments_json(),
+        },
+    }
+}
+
+/// `tool_calls` when the answer made calls, else why generation stopped.
+fn finish_with_calls(reason: FinishReason, calls: &[ParsedToolCall]) -> FinishReason {
+    if calls.is_empty() {
+        reason
+    } else {
+        FinishReason::ToolCalls
+    }
+}
+
 /// Turns run events into SSE events: the role delta before a choice's
 /// first text, content deltas, an empty delta with the finish reason, the
 /// usage chunk if asked, then `[DONE]`. Holds the cancel guard, so that
 /// dropping the response stream (a disconnect) cancels generation.
+///
+/// When answers are read for tool calls (`calls` is set), text goes
+/// through a [`ToolCallStream`] per choice: content is sent as soon as it
+/// cannot begin a call, a call is held until the choice ends, then sent as
+/// `delta.tool_calls`, each call as two chunks (index, id, type and name
+/// with empty arguments; then the arguments), and the choice finishes with
+/// `tool_calls`.
 struct SseState {
     meta: Meta,
     include_usage: bool,
     started: Vec<u32>,
+    calls: Option<Vec<(u32, ToolCallStream)>>,
     _guard: CancelOnDrop,
 }
 
@@ -210,11 +261,34 @@ impl SseState {
         match m {
             Msg::Event(ChatEvent::Text { index, text }) => {
                 let mut out = self.start(index);
-                out.push(self.chunk(index, delta(None, Some(text)), None));
+                let text = match self.call_stream(index) {
+                    Some(s) => s.push(&text),
+                    None => text,
+                };
+                if !text.is_empty() {
+                    out.push(self.chunk(index, delta(None, Some(text)), None));
+                }
                 out
             }
             Msg::Event(ChatEvent::Finish { index, reason }) => {
                 let mut out = self.start(index);
+                let (rest, calls) = match self.take_call_stream(index) {
+                    Some(s) => s.finish(),
+                    None => (String::new(), Vec::new()),
+                };
+                if !rest.is_empty() {
+                    out.push(self.chunk(index, delta(None, Some(rest)), None));
+                }
+                for (k, call) in calls.iter().enumerate() {
+                    for d in call_deltas(k as u32, call) {
+                        let d = Delta {
+                            tool_calls: Some(vec![d]),
+                            ..Delta::default()
+                        };
+                        out.push(self.chunk(index, d, None));
+                    }
+                }
+                let reason = finish_with_calls(reason, &calls);
                 out.push(self.chunk(index, Delta::default(), Some(reason)));
                 out
             }
@@ -231,14 +305,36 @@ impl SseState {
         }
     }
 
-    /// The role delta, the first time choice `index` says anything.
+    /// The role delta, the first time choice `index` says anything. When
+    /// answers may be calls it has no content (an answer of calls only
+    /// then has none, as in the JSON answer).
     fn start(&mut self, index: u32) -> Vec<Event> {
         if self.started.contains(&index) {
             return Vec::new();
         }
         self.started.push(index);
-        let role = delta(Some(AssistantTag), Some(String::new()));
+        let content = self.calls.is_none().then(String::new);
+        let role = delta(Some(AssistantTag), content);
         vec![self.chunk(index, role, None)]
+    }
+
+    /// Choice `index`'s call reader, when answers are read for calls.
+    fn call_stream(&mut self, index: u32) -> Option<&mut ToolCallStream> {
+        let streams = self.calls.as_mut()?;
+        if !streams.iter().any(|(i, _)| *i == index) {
+            streams.push((index, ToolCallStream::new()));
+        }
+        streams
+            .iter_mut()
+            .find(|(i, _)| *i == index)
+            .map(|s| &mut s.1)
+    }
+
+    fn take_call_stream(&mut self, index: u32) -> Option<ToolCallStream> {
+        self.call_stream(index)?;
+        let streams = self.calls.as_mut()?;
+        let at = streams.iter().position(|(i, _)| *i == index)?;
+        Some(streams.remove(at).1)
     }
 
     fn chunk(&self, index: u32, delta: Delta, finish: Option<FinishReason>) -> Event {
@@ -264,7 +360,36 @@ impl SseState {
 }
 
 fn delta(role: Option<AssistantTag>, content: Option<String>) -> Delta {
-    Delta { role, content }
+    Delta {
+        role,
+        content,
+        tool_calls: None,
+    }
+}
+
+/// Call `index` of a choice as the SDK expects it streamed: id, type and
+/// name first (arguments empty), then the arguments.
+fn call_deltas(index: u32, call: &ParsedToolCall) -> [ToolCallDelta; 2] {
+    [
+        ToolCallDelta {
+            index,
+            id: Some(call_id()),
+            kind: Some(FunctionTag),
+            function: FunctionDelta {
+                name: Some(call.name.clone()),
+                arguments: Some(String::new()),
+            },
+        },
+        ToolCallDelta {
+            index,
+            id: None,
+            kind: None,
+            function: FunctionDelta {
+                name: None,
+                arguments: Some(call.arguments_json()),
+            },
+        },
+    ]
 }
 
 fn json_event<T: serde::Serialize>(v: &T) -> Event {

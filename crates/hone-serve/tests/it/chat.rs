@@ -314,8 +314,8 @@ async fn semantics_changing_fields_are_refused_with_their_param() {
     let a = chat_app(2);
     for (extra, param) in [
         (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
+            json!({"tools": [{"type": "function", "function": {"description": "no name"}}]}),
+            "tools[0].function.name",
         ),
         (
             json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}}),
@@ -400,6 +400,7 @@ fn only_the_catalogs_base_models_are_served() {
         chat.generate(
             &target,
             &[ChatMessage::new(Role::User, "hi")],
+            None,
             &params,
             &mut |_| ControlFlow::Continue(()),
         )
@@ -431,6 +432,7 @@ impl ChatBackend for Drip {
         &self,
         _: &ChatTarget,
         _: &[ChatMessage],
+        _: Option<&serde_json::Value>,
         params: &GenerationParams,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, ChatError> {

@@ -16,5 +16,6 @@ mod prefill_cancel;
 mod projects;
 mod store;
 mod structured;
+mod tools;
 mod training;
 mod wire;

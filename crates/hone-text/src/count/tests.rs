@@ -197,8 +197,8 @@ fn count_preference_equals_encode_preference() {
             .cloned()
             .collect();
         let answer = conv.last().unwrap();
-        let enc = ct.encode_preference(&prompt, answer).unwrap();
-        let got = ct.count_preference(&prompt, answer).unwrap();
+        let enc = ct.encode_preference(&prompt, answer, None).unwrap();
+        let got = ct.count_preference(&prompt, answer, None).unwrap();
         assert_eq!(
             (got.total, got.trained),
             (enc.len(), enc.trained_token_count())

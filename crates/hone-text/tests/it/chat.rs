@@ -172,7 +172,7 @@ fn preference_mask_covers_only_the_answer_and_its_end_of_turn() {
     ];
     let mut answer = msg(Role::Assistant, "Paris");
     answer.weight = Some(0); // weight is irrelevant for DPO answers
-    let enc = ct.encode_preference(&prompt, &answer).unwrap();
+    let enc = ct.encode_preference(&prompt, &answer, None).unwrap();
     assert_eq!(
         ct.tokenizer.decode(&enc.trained_ids()).unwrap(),
         "Paris<|im_end|>"
@@ -180,7 +180,7 @@ fn preference_mask_covers_only_the_answer_and_its_end_of_turn() {
     let prompt_ids = ct.encode_prompt(&prompt, None).unwrap();
     assert_eq!(&enc.ids[..prompt_ids.len()], &prompt_ids[..]);
     assert!(matches!(
-        ct.encode_preference(&prompt, &msg(Role::User, "x")),
+        ct.encode_preference(&prompt, &msg(Role::User, "x"), None),
         Err(Error::InvalidConversation(_))
     ));
 }
