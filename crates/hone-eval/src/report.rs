@@ -345,7 +345,6 @@ fn render_economics(e: &Economics) -> String {
     out
 }
 
-
 fn line_list(lines: &[usize]) -> String {
     if lines.is_empty() {
         return "none".into();
