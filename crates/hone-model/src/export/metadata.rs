@@ -209,6 +209,10 @@ pub fn check_round_trip(path: &Path, want: &DecoderSpec) -> Result<()> {
             *g = w.clone();
         }
     }
+    // GGUF stores ε as f32 (llama.cpp reads no other type).
+    if got.norm.eps as f32 == want.norm.eps as f32 {
+        got.norm.eps = want.norm.eps;
+    }
     if (got.attention_scale - want.attention_scale).abs() <= 1e-6 * want.attention_scale.abs() {
         got.attention_scale = want.attention_scale;
     }

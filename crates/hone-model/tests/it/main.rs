@@ -4,6 +4,7 @@ mod alloc_count;
 mod batch;
 mod chat_template;
 mod constrained;
+mod export;
 mod families;
 mod frozen;
 mod hf_dirs;
