@@ -108,12 +108,12 @@ pub(crate) fn write_file(
     Ok(())
 }
 
+/// A tensor of the export: its GGUF name, role, layer (`None` for model-level) and f32 data.
+type NamedTensor = (String, TensorRole, Option<usize>, Tensor);
+
 /// Every tensor of the GGUF, f32, with its name, role and layer, in llama.cpp's order
 /// (model-level first, then per layer).
-fn gguf_tensors(
-    model: &Llama,
-    spec: &crate::family::DecoderSpec,
-) -> Result<Vec<(String, TensorRole, Option<usize>, Tensor)>> {
+fn gguf_tensors(model: &Llama, spec: &crate::family::DecoderSpec) -> Result<Vec<NamedTensor>> {
     let mut out = Vec::new();
     for role in spec.model_roles() {
         let Some(name) = spec.tensor_name(role, None) else {

@@ -60,11 +60,10 @@ pub fn gguf_repo_id(content: &Content) -> Option<String> {
         "general.source.url",
     ]
     .iter()
-    .filter_map(|k| match content.metadata.get(*k) {
+    .find_map(|k| match content.metadata.get(*k) {
         Some(Value::String(s)) => as_repo_id(s),
         _ => None,
     })
-    .next()
 }
 
 /// `ORG/NAME` from `ORG/NAME` or `https://huggingface.co/ORG/NAME[/...]`; `None` for a

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use hone_model::export::{self, GgufType, TokenizerSource};
 use hone_model::family::{RopeScaling, RopeSpec};
 use hone_model::load::unpermute_rope_rows;
@@ -316,5 +316,4 @@ fn a_model_llama_cpps_keys_cannot_express_is_refused() {
         0,
         "no temp file left"
     );
-    let _ = DType::F32;
 }
