@@ -34,6 +34,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Merge a LoRA adapter into its base and write a Hugging Face model directory.
     Merge(cmd::merge::MergeArgs),
+    /// Export base + LoRA adapter as GGUF (merged model, LoRA adapter) with Ollama Modelfiles.
+    Export(cmd::export::ExportArgs),
     /// Evaluate a model (and its base, side by side) on test cases.
     Eval(cmd::eval::EvalArgs),
     /// Serve the OpenAI-compatible API: files, fine-tuning jobs, models, chat.
@@ -66,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Train(a) => cmd::train::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Keys(c) => cmd::keys::run(c),

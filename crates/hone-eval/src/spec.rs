@@ -130,7 +130,7 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     let adapter_label = match &spec.adapter {
         Some(dir) => {
             let cfg = hone_model::load_peft_adapter(&mut engine.model, dir)?;
-            let base = cfg.base_model_name_or_path.unwrap_or_default();
+            let base = cfg.hone_base().unwrap_or_default().to_string();
             if !base.is_empty() && base != engine.id {
                 warnings.push(format!(
                     "adapter {} was trained on '{base}', but the base model is '{}'",
@@ -478,5 +478,5 @@ fn adapter_base(dir: &Path) -> Result<Option<String>> {
         path: p.clone(),
         message: e.to_string(),
     })?;
-    Ok(cfg.base_model_name_or_path.filter(|s| !s.is_empty()))
+    Ok(cfg.hone_base().map(str::to_string))
 }

@@ -3,12 +3,14 @@
 //! safetensors; [`open`]), forward passes for training and inference, LoRA,
 //! and generation.
 
+pub mod atomic_file;
 pub mod config;
 pub mod constraint;
 pub mod decode;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod family;
 pub mod forward;
 pub mod generate;
@@ -42,7 +44,9 @@ pub use linear::{BaseWeight, Linear, LoraAdapter};
 pub use llama::{ForwardOptions, Llama, WeightPath};
 pub use load::load_model;
 pub use lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};
-pub use merge::{merge_adapters, merge_to_hf_dir, write_hf_dir, MergeStats};
+pub use merge::{
+    merge_adapters, merge_to_hf_dir, merge_to_hf_dir_as, write_hf_dir, MergeDtype, MergeStats,
+};
 pub use open::{OpenModel, OpenOptions};
 pub use train_forward::{PackedLayout, TrainLoss, TrainOptions};
 

@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::error::{ModelError, Result};
 use crate::linear::{LoraAdapter, TARGET_MODULES};
 use crate::llama::Llama;
@@ -183,9 +184,14 @@ impl LoraParams {
         let json = serde_json::to_vec_pretty(&cfg)
             .map_err(|e| ModelError::Adapter(format!("adapter config: {e}")))?;
         let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
-        std::fs::write(&cfg_path, json).map_err(io(&cfg_path))?;
-        candle_core::safetensors::save(&self.peft_tensors(), dir.join(ADAPTER_WEIGHTS_FILE))?;
-        Ok(())
+        atomic_file::write(&cfg_path, &json).map_err(io(&cfg_path))?;
+        let weights = dir.join(ADAPTER_WEIGHTS_FILE);
+        let tensors = self.peft_tensors();
+        atomic_file::write_with(
+            &weights,
+            |tmp| -> Result<()> { Ok(candle_core::safetensors::save(&tensors, tmp)?) },
+            io(&weights),
+        )
     }
 }
 
@@ -200,8 +206,15 @@ pub struct PeftConfig {
     #[serde(default)]
     pub lora_dropout: f64,
     pub target_modules: Vec<String>,
+    /// The base model's Hugging Face repository id when hone knows it (see
+    /// [`crate::registry::base_repo_id`]), so that peft's `AutoPeftModelForCausalLM`
+    /// finds the base; else hone's id, as adapters before this field always had.
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// hone's own id (or path) of the base model, which hone reads back through
+    /// [`PeftConfig::hone_base`]. peft ignores unknown keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hone_base_model: Option<String>,
     #[serde(default = "bias_none")]
     pub bias: String,
     #[serde(default)]
@@ -216,12 +229,27 @@ pub struct PeftConfig {
     pub use_dora: bool,
 }
 
+impl PeftConfig {
+    /// The base model as hone names it, for resolving and for mismatch warnings:
+    /// `hone_base_model`, or for adapters written before that field (and by other tools)
+    /// `base_model_name_or_path`. `None` when both are absent or empty.
+    pub fn hone_base(&self) -> Option<&str> {
+        [&self.hone_base_model, &self.base_model_name_or_path]
+            .into_iter()
+            .find_map(|v| v.as_deref().filter(|s| !s.is_empty()))
+    }
+}
+
 fn bias_none() -> String {
     "none".into()
 }
 
 impl PeftConfig {
+    /// The config of an adapter trained with `c` on `base_model` (hone's id or path):
+    /// `base_model_name_or_path` is its repository id when known, `hone_base_model` the
+    /// id itself.
     pub fn from_lora(c: &LoraConfig, base_model: &str) -> Self {
+        let repo = crate::registry::base_repo_id(base_model);
         Self {
             peft_type: "LORA".into(),
             task_type: "CAUSAL_LM".into(),
@@ -229,7 +257,8 @@ impl PeftConfig {
             lora_alpha: c.alpha,
             lora_dropout: c.dropout,
             target_modules: c.target_modules.clone(),
-            base_model_name_or_path: Some(base_model.to_string()),
+            base_model_name_or_path: Some(repo.unwrap_or_else(|| base_model.to_string())),
+            hone_base_model: Some(base_model.to_string()),
             bias: "none".into(),
             fan_in_fan_out: false,
             inference_mode: true,
@@ -304,7 +333,79 @@ pub fn load_peft_adapter(model: &mut Llama, dir: &Path) -> Result<PeftConfig> {
     Ok(cfg)
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError {
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError {
     let path = path.to_path_buf();
-    move |source| ModelError::Io { path, source }
+    move |source| ModelError::Io {
+        path: path.clone(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{write_tiny_model, TinySpec};
+    use crate::{load_model, WeightPath};
+
+    #[test]
+    fn adapter_config_names_the_repository_and_keeps_hones_id() {
+        let c = PeftConfig::from_lora(&LoraConfig::default(), "smollm2-135m-instruct");
+        assert_eq!(
+            c.base_model_name_or_path.as_deref(),
+            Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+        );
+        assert_eq!(c.hone_base_model.as_deref(), Some("smollm2-135m-instruct"));
+        assert_eq!(c.hone_base(), Some("smollm2-135m-instruct"));
+        // Unknown to the registry: the id itself, as before.
+        let c = PeftConfig::from_lora(&LoraConfig::default(), "tiny");
+        assert_eq!(c.base_model_name_or_path.as_deref(), Some("tiny"));
+        assert_eq!(c.hone_base(), Some("tiny"));
+    }
+
+    /// An adapter written before `hone_base_model` existed (hone's id in
+    /// `base_model_name_or_path`, no other field) still loads, and hone reads its base.
+    #[test]
+    fn old_adapters_still_load_and_name_their_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+        let mut m = load_model(&gguf, WeightPath::F32).unwrap();
+        let params = LoraParams::attach(&mut m, &LoraConfig::default(), 1).unwrap();
+        let out = dir.path().join("adapter");
+        params.save_peft(&out, "smollm2-135m-instruct").unwrap();
+        let cfg_path = out.join(ADAPTER_CONFIG_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        assert_eq!(v["hone_base_model"], "smollm2-135m-instruct");
+        v.as_object_mut().unwrap().remove("hone_base_model");
+        v["base_model_name_or_path"] = "smollm2-135m-instruct".into();
+        std::fs::write(&cfg_path, v.to_string()).unwrap();
+
+        let mut fresh = load_model(&gguf, WeightPath::F32).unwrap();
+        let cfg = load_peft_adapter(&mut fresh, &out).unwrap();
+        assert_eq!(cfg.hone_base_model, None);
+        assert_eq!(cfg.hone_base(), Some("smollm2-135m-instruct"));
+        let attached = fresh
+            .linears_mut()
+            .into_iter()
+            .filter(|(_, l)| l.adapter().is_some())
+            .count();
+        assert_eq!(attached, params.modules.len());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn adapter_files_are_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+        let mut m = load_model(&gguf, WeightPath::F32).unwrap();
+        let params = LoraParams::attach(&mut m, &LoraConfig::default(), 1).unwrap();
+        let out = dir.path().join("adapter");
+        params.save_peft(&out, "tiny").unwrap();
+        let want = 0o666 & !crate::atomic_file::umask();
+        for f in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+            let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "{f}");
+        }
+    }
 }

@@ -15,19 +15,18 @@
 //! so that a model the config cannot express is refused rather than written wrong.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use hone_text::ChatTokenizer;
 
+use crate::atomic_file;
 use crate::error::{ModelError, Result};
 use crate::family::{NormKind, TensorRole, WeightFormat};
 use crate::linear::{BaseWeight, Linear};
 use crate::llama::{Block, Embedding, Llama, LmHead};
 
-mod hf_config;
+pub(crate) mod hf_config;
 
 pub use hf_config::hf_config_json;
 use hf_config::{generation_config_json, tokenizer_config_json, SpecialIds};
@@ -38,6 +37,52 @@ pub const MODEL_WEIGHTS_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+
+/// The dtype of the merged weights (`hone merge --dtype`). Merging itself is always f32;
+/// this is only how `model.safetensors` stores the result. Norms, biases and every other
+/// tensor are written in the same dtype, as transformers' `save_pretrained` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MergeDtype {
+    /// Exact: the merged f32 weights bit for bit (4 bytes a weight).
+    F32,
+    /// Half the size of f32 with f32's range: the default, as most base models ship.
+    #[default]
+    Bf16,
+    /// Half the size, 3 more mantissa bits than bf16 but a range of ±65504.
+    F16,
+}
+
+impl MergeDtype {
+    /// `f32`, `bf16`, `f16` (also `float32`, `bfloat16`, `float16`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f16" | "float16" | "fp16" => Ok(Self::F16),
+            other => Err(ModelError::Config(format!(
+                "unknown merge dtype `{other}`; valid: f32, bf16, f16"
+            ))),
+        }
+    }
+
+    /// candle's dtype for the tensors.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    /// The `torch_dtype` of `config.json`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::Bf16 => "bfloat16",
+            Self::F16 => "float16",
+        }
+    }
+}
 
 /// What [`merge_adapters`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +137,7 @@ fn merge_linear(lin: &mut Linear) -> Result<bool> {
     Ok(true)
 }
 
-fn quantized_base() -> ModelError {
+pub(crate) fn quantized_base() -> ModelError {
     ModelError::Config("merging needs f32 base weights; load the model with WeightPath::F32".into())
 }
 
@@ -140,7 +185,7 @@ fn missing(role: TensorRole, layer: usize) -> ModelError {
 }
 
 /// A model-level weight as loaded (norms as multipliers).
-fn model_tensor(model: &Llama, role: TensorRole) -> Result<Tensor> {
+pub(crate) fn model_tensor(model: &Llama, role: TensorRole) -> Result<Tensor> {
     match role {
         TensorRole::Embed => match &model.embed_tokens {
             Embedding::Dense(w) => Ok(w.clone()),
@@ -159,7 +204,7 @@ fn model_tensor(model: &Llama, role: TensorRole) -> Result<Tensor> {
 
 /// A per-layer weight as loaded (norms as multipliers); `None` when the block
 /// lacks it. A packed (quantized) projection is an error: merge writes f32.
-fn block_tensor(blk: &Block, role: TensorRole) -> Result<Option<Tensor>> {
+pub(crate) fn block_tensor(blk: &Block, role: TensorRole) -> Result<Option<Tensor>> {
     use TensorRole::*;
     let at = &blk.self_attn;
     let m = &blk.mlp;
@@ -189,10 +234,16 @@ fn block_tensor(blk: &Block, role: TensorRole) -> Result<Option<Tensor>> {
 }
 
 /// Writes `model` (adapters already merged) and its tokenizer as an HF directory at
-/// `out`. Atomic: everything is written and fsynced in a temporary sibling directory,
-/// which is then renamed to `out`, so a crash never leaves a half-written model where a
-/// loader would find it. `out` must not exist yet.
-pub fn write_hf_dir(model: &Llama, tokenizer: Option<&ChatTokenizer>, out: &Path) -> Result<()> {
+/// `out`, weights in `dtype`. Atomic: everything is written and fsynced in a staging
+/// sibling directory, which is then renamed to `out` (files 0644, the directory 0755
+/// under umask 022; see [`atomic_file`]), so a crash never leaves a half-written model
+/// where a loader would find it. `out` must not exist yet.
+pub fn write_hf_dir(
+    model: &Llama,
+    tokenizer: Option<&ChatTokenizer>,
+    out: &Path,
+    dtype: MergeDtype,
+) -> Result<()> {
     check_mergeable(model)?;
     if out.exists() {
         return Err(ModelError::Config(format!(
@@ -200,32 +251,23 @@ pub fn write_hf_dir(model: &Llama, tokenizer: Option<&ChatTokenizer>, out: &Path
             out.display()
         )));
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "merged".into());
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempdir_in(&parent)
-        .map_err(io(&parent))?;
-    write_files(model, tokenizer, tmp.path())?;
-    // Keep the directory (no delete on drop) only once it is renamed into place.
-    std::fs::rename(tmp.path(), out).map_err(io(out))?;
-    let _ = tmp.keep();
-    if let Ok(d) = File::open(&parent) {
-        let _ = d.sync_all();
+    let staged = atomic_file::staging_dir(out).map_err(io(out))?;
+    let written = write_files(model, tokenizer, &staged, dtype)
+        .and_then(|()| atomic_file::publish_dir(&staged, out).map_err(io(out)));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
     }
-    Ok(())
+    written
 }
 
-fn write_files(model: &Llama, tokenizer: Option<&ChatTokenizer>, dir: &Path) -> Result<()> {
-    let cfg = hf_config_json(&model.spec, tokenizer)?;
+fn write_files(
+    model: &Llama,
+    tokenizer: Option<&ChatTokenizer>,
+    dir: &Path,
+    dtype: MergeDtype,
+) -> Result<()> {
+    let mut cfg = hf_config_json(&model.spec, tokenizer)?;
+    cfg["torch_dtype"] = dtype.torch_name().into();
     write_json(&dir.join(MODEL_CONFIG_FILE), &cfg)?;
     write_json(
         &dir.join(GENERATION_CONFIG_FILE),
@@ -241,7 +283,10 @@ fn write_files(model: &Llama, tokenizer: Option<&ChatTokenizer>, dir: &Path) -> 
         let tc = tokenizer_config_json(t, model.cfg.max_position_embeddings);
         write_json(&dir.join(TOKENIZER_CONFIG_FILE), &tc)?;
     }
-    let tensors = hf_tensors(model)?;
+    let tensors = hf_tensors(model)?
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_dtype(dtype.dtype())?)))
+        .collect::<Result<Vec<_>>>()?;
     let weights = dir.join(MODEL_WEIGHTS_FILE);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::tensor::serialize_to_file(
@@ -253,10 +298,7 @@ fn write_files(model: &Llama, tokenizer: Option<&ChatTokenizer>, dir: &Path) -> 
         path: weights.clone(),
         msg: format!("writing: {e}"),
     })?;
-    File::open(&weights)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&weights))?;
-    Ok(())
+    atomic_file::finish_file(&weights).map_err(io(&weights))
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
@@ -265,23 +307,36 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     write_synced(path, &text)
 }
 
+/// A file inside the staging directory: written, then given its final mode and fsynced.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    std::fs::write(path, bytes).map_err(io(path))?;
+    atomic_file::finish_file(path).map_err(io(path))
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError {
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError {
     let path = path.to_path_buf();
-    move |source| ModelError::Io { path, source }
+    move |source| ModelError::Io {
+        path: path.clone(),
+        source,
+    }
 }
 
-/// Merges the adapters attached to `model` and writes the HF directory `out`: the one
-/// call behind `hone merge`. Returns what was merged.
+/// [`merge_to_hf_dir_as`] in f32, the exact reference.
 pub fn merge_to_hf_dir(
     model: &mut Llama,
     tokenizer: Option<&ChatTokenizer>,
     out: &Path,
+) -> Result<MergeStats> {
+    merge_to_hf_dir_as(model, tokenizer, out, MergeDtype::F32)
+}
+
+/// Merges the adapters attached to `model` and writes the HF directory `out` with
+/// weights in `dtype`: the one call behind `hone merge`. Returns what was merged.
+pub fn merge_to_hf_dir_as(
+    model: &mut Llama,
+    tokenizer: Option<&ChatTokenizer>,
+    out: &Path,
+    dtype: MergeDtype,
 ) -> Result<MergeStats> {
     check_mergeable(model)?;
     let stats = merge_adapters(model)?;
@@ -290,7 +345,7 @@ pub fn merge_to_hf_dir(
             "no adapter is attached: nothing to merge".into(),
         ));
     }
-    write_hf_dir(model, tokenizer, out)?;
+    write_hf_dir(model, tokenizer, out, dtype)?;
     Ok(stats)
 }
 

@@ -211,7 +211,7 @@ fn adapter_base(dir: &Path) -> Result<Option<String>, String> {
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let cfg: hone_model::PeftConfig =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(cfg.base_model_name_or_path.filter(|b| !b.is_empty()))
+    Ok(cfg.hone_base().map(str::to_string))
 }
 
 fn resolve_spec(registry: &Registry, spec: &str) -> Result<ResolvedModel, CatalogError> {

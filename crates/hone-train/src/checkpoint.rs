@@ -8,6 +8,7 @@
 //! before it; old checkpoints are pruned only after a new one is committed.
 
 use crate::error::{io_err, Result, TrainError};
+use hone_model::atomic_file;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -80,9 +81,7 @@ fn check_name(dir: &Path, name: &str) -> Result<()> {
 
 /// fsyncs a file or directory (so a rename that follows is durable).
 pub(crate) fn fsync_path(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync", path))
+    atomic_file::fsync(path).map_err(io_err("fsync", path))
 }
 
 /// Size and lowercase-hex sha256 of a file, read in blocks.
@@ -144,7 +143,7 @@ impl PendingCheckpoint {
     }
 
     /// Lets `write` create the file at the given path itself (e.g. a safetensors save);
-    /// the file is fsynced afterwards.
+    /// the file then gets mode `0666 & !umask` and is fsynced (`atomic_file::finish_file`).
     pub fn write_with(
         &mut self,
         name: &str,
@@ -159,7 +158,7 @@ impl PendingCheckpoint {
         }
         let path = self.tmp.join(name);
         write(&path)?;
-        fsync_path(&path)?;
+        atomic_file::finish_file(&path).map_err(io_err("finish", &path))?;
         self.files.push(name.to_string());
         Ok(())
     }
@@ -186,17 +185,15 @@ impl PendingCheckpoint {
         let json = serde_json::to_vec_pretty(&manifest)?;
         let mut f = File::create(&manifest_path).map_err(io_err("create", &manifest_path))?;
         f.write_all(&json)
-            .and_then(|_| f.sync_all())
             .map_err(io_err("write", &manifest_path))?;
-        fsync_path(&self.tmp)?;
+        atomic_file::finish_file(&manifest_path).map_err(io_err("finish", &manifest_path))?;
 
         let dest = self.root.join(dir_name(self.step));
         if dest.exists() {
             fs::remove_dir_all(&dest).map_err(io_err("remove", &dest))?;
         }
-        fs::rename(&self.tmp, &dest).map_err(io_err("rename", &self.tmp))?;
+        atomic_file::publish_dir(&self.tmp, &dest).map_err(io_err("rename", &self.tmp))?;
         self.committed = true;
-        fsync_path(&self.root)?;
         Ok(Checkpoint {
             step: self.step,
             path: dest,
@@ -346,6 +343,32 @@ mod tests {
             b"weights 7"
         );
         assert_eq!(latest_valid(dir.path()).unwrap().unwrap(), ckpt);
+    }
+
+    /// Files written by a 0600-creating writer, the manifest and the directory all end
+    /// with the umask's mode (0644 / 0755 under umask 022), readable by other users.
+    #[cfg(unix)]
+    #[test]
+    fn checkpoint_files_get_the_umask_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = PendingCheckpoint::begin(dir.path(), 3).unwrap();
+        p.write_with("a.bin", |path| {
+            fs::write(path, b"a").map_err(io_err("write", path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+                .map_err(io_err("chmod", path))
+        })
+        .unwrap();
+        let ckpt = p.commit().unwrap();
+        let umask = atomic_file::umask();
+        for f in ["a.bin", MANIFEST_FILE] {
+            assert_eq!(mode(&ckpt.file(f)), 0o666 & !umask, "{f}");
+        }
+        assert_eq!(mode(&ckpt.path), 0o777 & !umask);
+        if umask == 0o022 {
+            assert_eq!(mode(&ckpt.file("a.bin")), 0o644);
+        }
     }
 
     #[test]

@@ -281,7 +281,7 @@ pub fn load_engine_with(
 pub fn attach_adapter(engine: &mut ChatEngine, dir: &std::path::Path) -> anyhow::Result<()> {
     let cfg = hone_model::load_peft_adapter(&mut engine.model, dir)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
-    let base = cfg.base_model_name_or_path.as_deref().unwrap_or("");
+    let base = cfg.hone_base().unwrap_or("");
     if !base.is_empty() && base != engine.id {
         eprintln!(
             "warning: adapter {} was trained on '{base}', but the base model is '{}'",

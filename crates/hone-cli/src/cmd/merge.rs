@@ -3,7 +3,8 @@
 //! The base is loaded in f32 (the training reference), every adapter is folded into its
 //! weight (`W + alpha/r · B·A`), and the result is written atomically as `config.json`,
 //! `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with the chat template)
-//! and `generation_config.json`. `--model DIR` then serves it like any HF directory.
+//! and `generation_config.json`, weights in `--dtype` (bf16 by default, f32 the exact
+//! reference). `--model DIR` then serves it like any HF directory.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use hone_model::lora::ADAPTER_CONFIG_FILE;
 use hone_model::registry::{self, DEFAULT_MODEL_ID};
-use hone_model::{ChatEngine, PeftConfig, WeightPath};
+use hone_model::{ChatEngine, MergeDtype, PeftConfig, WeightPath};
 
 #[derive(clap::Args)]
 pub struct MergeArgs {
@@ -26,6 +27,14 @@ pub struct MergeArgs {
     /// `base_model_name_or_path` when it resolves, else smollm2-135m-instruct.
     #[arg(long, env = "HONE_MODEL")]
     pub model: Option<String>,
+    /// dtype of the written weights: f32 (exact, 4 bytes a weight), bf16 or f16 (half the
+    /// size). The merge itself is computed in f32 either way.
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    pub dtype: MergeDtype,
+}
+
+fn parse_dtype(s: &str) -> Result<MergeDtype, String> {
+    MergeDtype::parse(s).map_err(|e| e.to_string())
 }
 
 pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
@@ -43,22 +52,28 @@ pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("loading {}", resolved.source.path().display()))?;
     hone_model::load_peft_adapter(&mut engine.model, &args.adapter)
         .with_context(|| format!("attaching the adapter {}", args.adapter.display()))?;
-    let stats = hone_model::merge_to_hf_dir(&mut engine.model, Some(&engine.tokenizer), &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let stats = hone_model::merge_to_hf_dir_as(
+        &mut engine.model,
+        Some(&engine.tokenizer),
+        &args.out,
+        args.dtype,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
-        "merged {} LoRA module(s) (r={}, alpha={}) into {} -> {} in {:.1}s",
+        "merged {} LoRA module(s) (r={}, alpha={}) into {} -> {} ({}) in {:.1}s",
         stats.merged_modules,
         peft.r,
         peft.lora_alpha,
         resolved.id,
         args.out.display(),
+        args.dtype.torch_name(),
         t0.elapsed().as_secs_f64()
     );
     println!("use it with: hone chat --model {}", shell_path(&args.out));
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_adapter_config(dir: &Path) -> anyhow::Result<PeftConfig> {
+pub(crate) fn read_adapter_config(dir: &Path) -> anyhow::Result<PeftConfig> {
     let path = dir.join(ADAPTER_CONFIG_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -70,11 +85,11 @@ fn read_adapter_config(dir: &Path) -> anyhow::Result<PeftConfig> {
 }
 
 /// `--model`, else the adapter's base when the registry knows it, else the default.
-fn base_model_spec(explicit: Option<&str>, peft: &PeftConfig) -> String {
+pub(crate) fn base_model_spec(explicit: Option<&str>, peft: &PeftConfig) -> String {
     if let Some(m) = explicit {
         return m.to_string();
     }
-    match peft.base_model_name_or_path.as_deref() {
+    match peft.hone_base() {
         Some(base) if resolvable(base) => base.to_string(),
         _ => DEFAULT_MODEL_ID.to_string(),
     }
@@ -113,6 +128,7 @@ mod tests {
     fn peft(base: Option<&str>) -> PeftConfig {
         let mut c = PeftConfig::from_lora(&hone_model::LoraConfig::default(), "x");
         c.base_model_name_or_path = base.map(str::to_string);
+        c.hone_base_model = None;
         c
     }
 
@@ -134,5 +150,12 @@ mod tests {
             DEFAULT_MODEL_ID
         );
         assert_eq!(base_model_spec(None, &peft(None)), DEFAULT_MODEL_ID);
+        // A new adapter: the repository id for peft, hone's id read back.
+        let new = PeftConfig::from_lora(&hone_model::LoraConfig::default(), DEFAULT_MODEL_ID);
+        assert_ne!(
+            new.base_model_name_or_path.as_deref(),
+            Some(DEFAULT_MODEL_ID)
+        );
+        assert_eq!(base_model_spec(None, &new), DEFAULT_MODEL_ID);
     }
 }

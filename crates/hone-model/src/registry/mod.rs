@@ -17,7 +17,7 @@
 //! `--model` value.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ mod hub;
 #[cfg(test)]
 mod hub_tests;
 mod known;
+mod repo_id;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub use known::{
     KnownDirModel, KnownModel, PinnedFile, WheelPart, DEFAULT_EMBEDDING_MODEL_ID, DEFAULT_MODEL_ID,
     KNOWN_EMBEDDING_MODELS, KNOWN_MODELS,
 };
+pub use repo_id::{base_repo_id, gguf_repo_id};
 
 /// The file that lists registered models inside `$HONE_HOME/models`.
 const REGISTRY_FILE: &str = "registry.json";
@@ -375,13 +377,7 @@ fn has_gguf_magic(path: &Path) -> bool {
 /// Writes `bytes` to a temp file beside `path`, fsyncs it, then renames it
 /// over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    sync_parent(path)
+    crate::atomic_file::write(path, bytes).map_err(io_err(path))
 }
 
 fn sync_parent(path: &Path) -> Result<()> {

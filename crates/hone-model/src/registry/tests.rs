@@ -6,6 +6,7 @@ use std::process::Command;
 const FAKE: KnownModel = KnownModel {
     id: "fake-model",
     file_name: "fake.gguf",
+    hf_repo: "hone-test/fake",
     sha256: "",
     parts: &[WheelPart {
         pip_requirement: "hone-no-such-package-xyz==0.0.0",
@@ -138,6 +139,7 @@ const CHUNKS: [(&str, &[u8]); 3] = [
 const FAKE_PARTS: KnownModel = KnownModel {
     id: "fake-chunked",
     file_name: "chunked.gguf",
+    hf_repo: "hone-test/chunked",
     sha256: "",
     parts: &[
         WheelPart {

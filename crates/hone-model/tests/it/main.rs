@@ -5,6 +5,7 @@ mod batch;
 mod chat_template;
 mod constrained;
 mod embed_real;
+mod export;
 mod families;
 mod frozen;
 mod hf_dirs;

@@ -395,7 +395,7 @@ fn merge_refuses_what_config_json_cannot_express() {
     let mut m = load_model(&crate::families::family_dir("qwen2"), WeightPath::F32).unwrap();
     m.spec.qk_norm = true;
     let out = dir.path().join("qknorm");
-    let err = hone_model::write_hf_dir(&m, None, &out)
+    let err = hone_model::write_hf_dir(&m, None, &out, hone_model::MergeDtype::F32)
         .unwrap_err()
         .to_string();
     assert!(err.contains("q/k norms"), "{err}");

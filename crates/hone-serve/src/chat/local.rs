@@ -193,7 +193,7 @@ fn gen_err(e: ModelError) -> ChatError {
 fn load_adapter(base: &ChatEngine, dir: &Path) -> Result<ChatEngine, ModelError> {
     let mut model = base.model.clone();
     let cfg = hone_model::load_peft_adapter(&mut model, dir)?;
-    if let Some(b) = cfg.base_model_name_or_path.as_deref() {
+    if let Some(b) = cfg.hone_base() {
         if !b.is_empty() && b != base.id {
             tracing::debug!(adapter = %dir.display(), trained_on = b, base = %base.id,
                 "adapter names another base model id");

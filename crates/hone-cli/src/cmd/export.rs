@@ -1,0 +1,153 @@
+//! `hone export`: base + LoRA adapter -> GGUF files for llama.cpp and Ollama.
+//!
+//! Writes into `--out` (created; existing files are never overwritten):
+//! - `model-<type>.gguf` for each `--type` (f16, bf16, q8_0, q4_k_m, q4_1): the merged
+//!   model with the base GGUF's tokenizer, chat template and special tokens;
+//! - `adapter-lora.gguf`: the adapter alone, for `llama-cli -m BASE --lora` or Ollama's
+//!   `ADAPTER`;
+//! - `Modelfile` (FROM the first merged GGUF) and `Modelfile.adapter` (FROM the base
+//!   GGUF, ADAPTER the LoRA GGUF), printed too.
+//!
+//! The base must be a GGUF (every `hone model fetch` model is): its tokenizer metadata is
+//! what llama.cpp needs, and building it from an HF `tokenizer.json` is not done yet.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use hone_model::export::{self, GgufType, TokenizerSource};
+use hone_model::registry::{self, ModelSource};
+use hone_model::{ChatEngine, WeightPath};
+
+use super::merge::{base_model_spec, read_adapter_config};
+
+/// The LoRA GGUF's file name.
+pub const LORA_FILE: &str = "adapter-lora.gguf";
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The adapter directory in PEFT layout (what `hone train` writes in --out).
+    #[arg(long, env = "HONE_ADAPTER")]
+    pub adapter: PathBuf,
+    /// Directory to write the GGUF files and Modelfiles into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Base model id or GGUF path. Default: the adapter's base when it resolves, else
+    /// smollm2-135m-instruct.
+    #[arg(long, env = "HONE_MODEL")]
+    pub model: Option<String>,
+    /// GGUF types of the merged model, comma-separated: f16, bf16, q8_0, q4_k_m, q4_1.
+    #[arg(long = "type", default_value = "q8_0", value_delimiter = ',', value_parser = parse_type)]
+    pub types: Vec<GgufType>,
+    /// Write only the LoRA GGUF and Modelfile.adapter, no merged model.
+    #[arg(long)]
+    pub lora_only: bool,
+}
+
+fn parse_type(s: &str) -> Result<GgufType, String> {
+    GgufType::parse(s).map_err(|e| e.to_string())
+}
+
+/// The merged model's file name for `ty`.
+pub fn model_file(ty: GgufType) -> String {
+    format!("model-{}.gguf", ty.name())
+}
+
+pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let mut files = vec![LORA_FILE.to_string(), "Modelfile.adapter".into()];
+    if !args.lora_only {
+        files.extend(args.types.iter().map(|t| model_file(*t)));
+        files.push("Modelfile".into());
+    }
+    for f in &files {
+        if args.out.join(f).exists() {
+            bail!(
+                "{} already exists; choose a new --out (export never overwrites)",
+                args.out.join(f).display()
+            );
+        }
+    }
+    let peft = read_adapter_config(&args.adapter)?;
+    let spec = base_model_spec(args.model.as_deref(), &peft);
+    let t0 = Instant::now();
+    let resolved = registry::resolve(&spec).with_context(|| format!("base model `{spec}`"))?;
+    let ModelSource::Gguf(base_path) = &resolved.source else {
+        bail!(
+            "export needs a GGUF base model for llama.cpp's tokenizer metadata; {} is a \
+             Hugging Face directory (building that metadata from tokenizer.json is not \
+             supported yet): pass the base as a GGUF with --model",
+            resolved.source.path().display()
+        );
+    };
+    let content = export::read_gguf_content(base_path)?;
+    let mut engine = ChatEngine::load(&resolved, WeightPath::F32)
+        .with_context(|| format!("loading {}", base_path.display()))?;
+    hone_model::load_peft_adapter(&mut engine.model, &args.adapter)
+        .with_context(|| format!("attaching the adapter {}", args.adapter.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    let lora = args.out.join(LORA_FILE);
+    let stats = export::write_lora_gguf(&engine.model, peft.lora_alpha, &lora)?;
+    println!(
+        "wrote {} ({} tensors, {})",
+        lora.display(),
+        stats.tensors,
+        mb(stats.bytes)
+    );
+    let stops = engine.tokenizer.tokenizer.stop_token_texts();
+    let template = engine.tokenizer.template.source().to_string();
+    let base_abs = std::fs::canonicalize(base_path).unwrap_or_else(|_| base_path.clone());
+    let adapter_mf = export::modelfile(
+        &base_abs.display().to_string(),
+        Some(LORA_FILE),
+        &template,
+        &stops,
+    );
+    write_text(&args.out.join("Modelfile.adapter"), &adapter_mf)?;
+
+    if !args.lora_only {
+        let merged = hone_model::merge_adapters(&mut engine.model)?;
+        let source = TokenizerSource::Gguf(&content);
+        for ty in &args.types {
+            let path = args.out.join(model_file(*ty));
+            let s = export::write_gguf(&engine.model, &source, *ty, &path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            let types: Vec<String> = s.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            println!(
+                "wrote {} ({} tensors: {}; {})",
+                path.display(),
+                s.tensors,
+                types.join(", "),
+                mb(s.bytes)
+            );
+        }
+        let first = model_file(args.types[0]);
+        let mf = export::modelfile(&first, None, &template, &stops);
+        write_text(&args.out.join("Modelfile"), &mf)?;
+        println!(
+            "merged {} LoRA module(s) of {} in {:.1}s\n\n{}/Modelfile:\n{mf}",
+            merged.merged_modules,
+            resolved.id,
+            t0.elapsed().as_secs_f64(),
+            args.out.display()
+        );
+        println!(
+            "use it with: ollama create NAME -f {}/Modelfile",
+            args.out.display()
+        );
+    } else {
+        println!("{}/Modelfile.adapter:\n{adapter_mf}", args.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
+    hone_model::atomic_file::write(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
