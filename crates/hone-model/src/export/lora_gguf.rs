@@ -12,8 +12,9 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::DType;
 
+use super::file::{io, write_file, ExportStats};
 use super::metadata::gguf_spec;
-use super::{io, quant, ExportStats};
+use super::quant;
 use crate::atomic_file;
 use crate::error::{ModelError, Result};
 use crate::family::{QkRows, TensorRole};
@@ -74,7 +75,7 @@ pub fn write_lora_gguf(model: &Llama, alpha: f64, out: &Path) -> Result<ExportSt
         ("adapter.type".into(), Value::String("lora".into())),
         ("adapter.lora.alpha".into(), Value::F32(alpha as f32)),
     ];
-    atomic_file::write_with(out, |tmp| super::write_file(tmp, &md, &tensors), io(out))?;
+    atomic_file::write_with(out, |tmp| write_file(tmp, &md, &tensors), io(out))?;
     Ok(ExportStats {
         tensors: tensors.len(),
         bytes: std::fs::metadata(out).map_err(io(out))?.len(),

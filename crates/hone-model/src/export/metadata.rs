@@ -198,7 +198,7 @@ fn arch_metadata(spec: &DecoderSpec) -> Result<Vec<(String, Value)>> {
 /// describes `want` (the export's [`gguf_spec`]): what llama.cpp's keys cannot say
 /// (e.g. a sliding-layer RoPE base other than llama.cpp's fixed 10 000) is an error.
 pub fn check_round_trip(path: &Path, want: &DecoderSpec) -> Result<()> {
-    let mut f = std::fs::File::open(path).map_err(super::io(path))?;
+    let mut f = std::fs::File::open(path).map_err(super::file::io(path))?;
     let content = Content::read(&mut f)?;
     let mut got = DecoderSpec::from_gguf(&content, &mut f)?;
     if same_rope(&got.rope_full, &want.rope_full) {

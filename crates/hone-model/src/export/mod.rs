@@ -22,8 +22,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Content, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Tensor};
 
 use crate::atomic_file;
@@ -32,25 +31,19 @@ use crate::family::{RopeScaling, TensorRole};
 use crate::llama::Llama;
 use crate::load::permute_rope_rows;
 use crate::merge::{block_tensor, model_tensor};
+use file::{io, write_file};
 
+pub mod file;
 pub mod lora_gguf;
 pub mod metadata;
 pub mod modelfile;
 pub mod quant;
 
+pub use file::{ggml_type_name, read_gguf_content, ExportStats};
 pub use lora_gguf::write_lora_gguf;
 pub use metadata::TokenizerSource;
 pub use modelfile::modelfile;
 pub use quant::GgufType;
-
-/// What [`write_gguf`] wrote.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportStats {
-    pub tensors: usize,
-    pub bytes: u64,
-    /// How many tensors of each ggml type, e.g. `[("q4_K", 120), ("q6_K", 31), …]`.
-    pub types: Vec<(String, usize)>,
-}
 
 /// Writes `model` (adapters merged or none attached) as a GGUF of type `ty` at `out`,
 /// with the tokenizer metadata of `tokenizer`. Needs dense f32 weights (load with
@@ -92,20 +85,6 @@ pub fn write_gguf(
         bytes,
         types,
     })
-}
-
-/// candle's GGUF writer (format version 2, which llama.cpp reads).
-pub(crate) fn write_file(
-    path: &Path,
-    md: &[(String, Value)],
-    tensors: &[(String, QTensor)],
-) -> Result<()> {
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
-    gguf_file::write(&mut f, &md_refs, &t_refs)?;
-    std::io::Write::flush(&mut f).map_err(io(path))?;
-    Ok(())
 }
 
 /// A tensor of the export: its GGUF name, role, layer (`None` for model-level) and f32 data.
@@ -156,39 +135,4 @@ fn rope_freqs(spec: &crate::family::DecoderSpec) -> Result<Tensor> {
         ));
     };
     Ok(Tensor::new(f.as_slice(), &candle_core::Device::Cpu)?)
-}
-
-/// The GGUF metadata of `path` (header only; tensors are not read).
-pub fn read_gguf_content(path: &Path) -> Result<Content> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    Content::read(&mut f).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
-}
-
-pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError {
-    let path = path.to_path_buf();
-    move |source| ModelError::Io {
-        path: path.clone(),
-        source,
-    }
-}
-
-/// The ggml type name llama.cpp prints (`q4_K`, `f16`, …).
-pub fn ggml_type_name(t: GgmlDType) -> &'static str {
-    match t {
-        GgmlDType::F32 => "f32",
-        GgmlDType::F16 => "f16",
-        GgmlDType::BF16 => "bf16",
-        GgmlDType::Q4_0 => "q4_0",
-        GgmlDType::Q4_1 => "q4_1",
-        GgmlDType::Q5_0 => "q5_0",
-        GgmlDType::Q5_1 => "q5_1",
-        GgmlDType::Q8_0 => "q8_0",
-        GgmlDType::Q8_1 => "q8_1",
-        GgmlDType::Q2K => "q2_K",
-        GgmlDType::Q3K => "q3_K",
-        GgmlDType::Q4K => "q4_K",
-        GgmlDType::Q5K => "q5_K",
-        GgmlDType::Q6K => "q6_K",
-        GgmlDType::Q8K => "q8_K",
-    }
 }

@@ -132,7 +132,7 @@ fn fits(want: GgmlDType, cols: usize) -> GgmlDType {
 pub fn type_counts(types: impl Iterator<Item = GgmlDType>) -> Vec<(String, usize)> {
     let mut m: BTreeMap<&'static str, usize> = BTreeMap::new();
     for t in types {
-        *m.entry(super::ggml_type_name(t)).or_default() += 1;
+        *m.entry(super::file::ggml_type_name(t)).or_default() += 1;
     }
     let mut v: Vec<(String, usize)> = m.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -13,8 +13,6 @@
 //! reduction (two activation tiles of 16 rows × 32 k, two weight tiles of 32 k × 16
 //! columns per step); it is stored once to a stack buffer and added to `c`.
 
-use std::sync::OnceLock;
-
 use super::bf16::Bf16Matrix;
 use super::kernel::par_rows;
 
@@ -73,50 +71,7 @@ impl VnniMatrix {
 }
 
 /// Whether this CPU has AMX-BF16 and the kernel granted this process the tile state.
-pub(crate) fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| cpu_has_amx() && request_tile_permission())
-}
-
-#[cfg(target_arch = "x86_64")]
-fn cpu_has_amx() -> bool {
-    let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
-    // EDX bit 22: AMX-BF16, bit 24: AMX-TILE.
-    leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn cpu_has_amx() -> bool {
-    false
-}
-
-/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: without it the first tile
-/// instruction kills the process (SIGILL). Process-wide, once.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn request_tile_permission() -> bool {
-    const SYS_ARCH_PRCTL: i64 = 158;
-    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-    const XFEATURE_XTILEDATA: i64 = 18;
-    let ret: i64;
-    // SAFETY: a plain system call; it only changes the process's permitted xstate.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") SYS_ARCH_PRCTL => ret,
-            in("rdi") ARCH_REQ_XCOMP_PERM,
-            in("rsi") XFEATURE_XTILEDATA,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
-    ret == 0
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn request_tile_permission() -> bool {
-    false
-}
+pub(crate) use super::cpu::amx_available as available;
 
 /// `c = a · bᵀ` (`c +=` when `acc`), `a: [m, k]` bf16 rows, `b` packed `[n, k]`, `c`
 /// row-major `[m, n]`. [`available`] must be true.

@@ -148,7 +148,7 @@ impl Bf16Kernel {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Self::Avx512Bf16 => false,
-            Self::Amx => super::amx::available(),
+            Self::Amx => super::cpu::amx_available(),
             Self::Portable => true,
         }
     }
@@ -347,9 +347,9 @@ mod avx512 {
             for j in 0..N {
                 let bv: __m512bh =
                     std::mem::transmute(_mm512_loadu_si512(pb.add(j * s + kk) as *const _));
-                for i in 0..M {
-                    let a: __m512bh = std::mem::transmute(av[i]);
-                    acc[i][j] = _mm512_dpbf16_ps(acc[i][j], a, bv);
+                for (row, &a) in acc.iter_mut().zip(av.iter()) {
+                    let a: __m512bh = std::mem::transmute(a);
+                    row[j] = _mm512_dpbf16_ps(row[j], a, bv);
                 }
             }
             kk += 32;
@@ -503,7 +503,7 @@ mod tests {
     fn detection_picks_the_best_available_kernel() {
         let k = Bf16Kernel::detect();
         assert!(k.available());
-        let expected = if super::super::amx::available() {
+        let expected = if super::super::cpu::amx_available() {
             Bf16Kernel::Amx
         } else if Bf16Kernel::Avx512Bf16.available() {
             Bf16Kernel::Avx512Bf16

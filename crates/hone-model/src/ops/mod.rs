@@ -31,6 +31,7 @@ pub(crate) mod bf16;
 #[cfg(test)]
 mod block_test;
 mod causal_softmax;
+mod cpu;
 mod cross_entropy;
 mod frozen_linear;
 mod glu;

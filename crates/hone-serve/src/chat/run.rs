@@ -238,6 +238,7 @@ mod tests {
             &self,
             _: &ChatTarget,
             _: &[ChatMessage],
+            _: Option<&serde_json::Value>,
             _: &GenerationParams,
             on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
         ) -> Result<Generation, ChatError> {

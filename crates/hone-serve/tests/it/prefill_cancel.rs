@@ -41,6 +41,7 @@ impl ChatBackend for Counting {
         &self,
         target: &ChatTarget,
         messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
         params: &GenerationParams,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, ChatError> {
@@ -55,7 +56,7 @@ impl ChatBackend for Counting {
         };
         let g = self
             .inner
-            .generate(target, messages, params, &mut counted)?;
+            .generate(target, messages, tools, params, &mut counted)?;
         *self.ended.lock().unwrap() = Some(g.clone());
         Ok(g)
     }

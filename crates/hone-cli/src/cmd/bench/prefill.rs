@@ -39,7 +39,7 @@ pub struct PrefillArgs {
 }
 
 pub fn run(args: PrefillArgs) -> anyhow::Result<ExitCode> {
-    if args.runs == 0 || args.prompt_tokens.iter().any(|&n| n == 0) {
+    if args.runs == 0 || args.prompt_tokens.contains(&0) {
         bail!("--runs and every --prompt-tokens must be at least 1");
     }
     let engine = load_engine(&args.model, args.weights)?;
