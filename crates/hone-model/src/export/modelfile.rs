@@ -118,7 +118,7 @@ mod tests {
         assert!(m.contains("<start_of_turn>model\n\"\"\""), "{m}");
         assert!(m.contains("PARAMETER stop \"<end_of_turn>\""), "{m}");
         let m = modelfile("x.gguf", None, "[INST]", &["</s>".into()]);
-        assert!(!m.contains("TEMPLATE"), "{m}");
+        assert!(!m.contains("TEMPLATE \"\"\""), "{m}");
         assert!(m.contains("# No TEMPLATE"), "{m}");
         assert!(m.contains("PARAMETER stop \"</s>\""), "{m}");
     }

@@ -240,6 +240,8 @@ fn tools_and_tool_call_fields_reach_the_template() {
     let mut result = msg(Role::Tool, "42");
     result.tool_call_id = Some("c1".into());
     result.name = Some("f".into());
+    // A call's `arguments` string reaches the template decoded to an object, as
+    // transformers and vLLM pass it (templates such as Qwen's `tojson` it).
     let out = t
         .render(&[msg(Role::User, "go"), call, result], false, Some(&tools))
         .unwrap();
@@ -247,7 +249,7 @@ fn tools_and_tool_call_fields_reach_the_template() {
         out,
         "[{\"function\": {\"description\": \"a <b> & 'c'\", \"name\": \"f\"}, \"type\": \"function\"}]\n\
          user:go\n\
-         assistant:[{\"function\": {\"arguments\": \"{}\", \"name\": \"f\"}, \"id\": \"c1\", \"type\": \"function\"}]\n\
+         assistant:[{\"function\": {\"arguments\": {}, \"name\": \"f\"}, \"id\": \"c1\", \"type\": \"function\"}]\n\
          tool(f):42[c1]\n"
     );
 }
