@@ -169,11 +169,14 @@ impl FdTolerance {
     /// activation to 8 significant bits (2^-9 relative), and the gradient passes
     /// through a dozen of them. (Finite differences of the bf16 loss itself are no
     /// reference: on the tiny model, rows of 64, the rounding barely averages out and
-    /// the loss moves in steps as large as the differences.)
+    /// the loss moves in steps as large as the differences.) A dozen roundings of
+    /// 2^-9 add up to ~2.5% typically; with random LoRA `B`s (`randomize_b` is not
+    /// seeded) single entries were seen 6.5% off, so the bound is 10%: a wrong
+    /// gradient (a missing term, a transposed product) is off by far more.
     const BF16: Self = Self {
         eps: 1e-2,
         abs: 5e-3,
-        rel: 5e-2,
+        rel: 1e-1,
     };
 }
 
