@@ -267,11 +267,20 @@ impl BreakEven {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::run::{CaseResult, Summary};
 
-    fn run(label: &str, prompt: usize, completion: usize, n: usize, secs: f64) -> ModelRun {
+    /// A run of `n` cases, the first `passed` passing, each with these token counts,
+    /// taking `secs` in all (a fixture shared with `verdict`'s tests).
+    pub(crate) fn fake_run(
+        label: &str,
+        n: usize,
+        passed: usize,
+        prompt: usize,
+        completion: usize,
+        secs: f64,
+    ) -> ModelRun {
         let results: Vec<CaseResult> = (0..n)
             .map(|i| CaseResult {
                 line: i + 1,
@@ -279,7 +288,7 @@ mod tests {
                 output_tokens: completion,
                 prompt_tokens: prompt,
                 latency_seconds: secs / n as f64,
-                passed: true,
+                passed: i < passed,
                 json_valid: None,
                 schema_valid: None,
                 failed_checks: vec![],
@@ -296,6 +305,10 @@ mod tests {
             pair_accuracy: None,
             generation_seconds: secs,
         }
+    }
+
+    fn run(label: &str, prompt: usize, completion: usize, n: usize, secs: f64) -> ModelRun {
+        fake_run(label, n, n, prompt, completion, secs)
     }
 
     #[test]

@@ -125,34 +125,10 @@ fn round_up(x: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::cost::{CostSource, TrainingCost};
-    use crate::run::{CaseResult, Summary};
 
     /// A run of 10 cases, `passed` of them passing, with these token counts.
     fn run(label: &str, passed: usize, prompt: usize, completion: usize) -> ModelRun {
-        let results: Vec<CaseResult> = (0..10)
-            .map(|i| CaseResult {
-                line: i + 1,
-                output: String::new(),
-                output_tokens: completion,
-                prompt_tokens: prompt,
-                latency_seconds: 0.1,
-                passed: i < passed,
-                json_valid: None,
-                schema_valid: None,
-                failed_checks: vec![],
-                error: None,
-            })
-            .collect();
-        ModelRun {
-            label: label.into(),
-            model: "m".into(),
-            adapter: None,
-            summary: Summary::of(&results),
-            results,
-            chat_loss: None,
-            pair_accuracy: None,
-            generation_seconds: 1.0,
-        }
+        crate::cost::tests::fake_run(label, 10, passed, prompt, completion, 1.0)
     }
 
     fn training(usd: f64) -> TrainingCost {

@@ -13,7 +13,8 @@ use crate::generate::{generate, Detokenizer, Generation, GenerationParams};
 use crate::llama::{Llama, WeightPath};
 
 /// The weight path for serving: hone's packed kernels on the file's own
-/// Q4_1/Q8_0 blocks with f32 activations. Measured on SmolLM2-135M: logits
+/// blocks (Q4_1, Q8_0, Q5_0 and the K-quants kept as stored; others re-quantized
+/// to Q8_0) with f32 activations. Measured on SmolLM2-135M: logits
 /// within 1e-4 of the f32 path (candle's Q8_0 kernels, since retired: 1.0) and the reference greedy
 /// answers exactly (`quantized_paths_gap_to_f32`), and the fastest decode
 /// (docs/benchmarks.md).
