@@ -1,6 +1,7 @@
 //! The approaches `hone eval` compares ("should I fine-tune?"): the base
-//! model as is, with a system prompt, with few-shot examples, another model,
-//! and the fine-tune. [`Baseline`] is what `--baseline SPEC` parses to;
+//! model as is, with a system prompt, with few-shot examples, with retrieved
+//! document chunks, another model, the fine-tune, and the fine-tune with
+//! retrieved chunks. [`Baseline`] is what `--baseline SPEC` parses to;
 //! [`Approach`] is a baseline made ready to run (its prompt file read, its
 //! example pool loaded), and [`Approach::request`] builds the conversation
 //! one case is answered from. Every approach then goes through the same
@@ -12,10 +13,13 @@ use hone_model::constraint::Grammar;
 use hone_text::{ChatMessage, Role};
 use serde_json::Value;
 
+use hone_retrieve::{CorpusOptions, Embed};
+
 use crate::case::EvalCase;
 use crate::error::{EvalError, Result};
 use crate::model::Conversation;
-use crate::shots::{RandomPicker, ShotPicker, ShotPool};
+use crate::rag::Retrieved;
+use crate::shots::{Picker, RandomPicker, ShotPick, ShotPicker, ShotPool, SimilarPicker};
 
 /// One `--baseline SPEC`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -36,6 +40,11 @@ pub enum Baseline {
     /// `few-shot:K[:FILE]`: the base model with K example conversations from
     /// FILE (default: the spec's training file) as prior turns.
     FewShot { k: usize, file: Option<PathBuf> },
+    /// `rag:DIR[:K]`: the base model with the top-K chunks of DIR (default
+    /// K: [`hone_retrieve::DEFAULT_K`]) in the system message.
+    Rag { dir: PathBuf, k: usize },
+    /// `fine-tuned+rag:DIR[:K]`: the adapter with the same retrieval.
+    FineTunedRag { dir: PathBuf, k: usize },
     /// Another model (an id or a path), without adapter.
     Model(String),
 }
@@ -44,9 +53,8 @@ impl std::str::FromStr for Baseline {
     type Err = String;
 
     /// `auto`, `none`, `base`, `fine-tuned`, `prompt:FILE`,
-    /// `few-shot:K[:FILE]`, or a model id or path. `rag:DIR[:K]` and
-    /// `fine-tuned+rag:DIR` are recognised and refused: retrieval is not in
-    /// hone yet.
+    /// `few-shot:K[:FILE]`, `rag:DIR[:K]`, `fine-tuned+rag:DIR[:K]`, or a
+    /// model id or path.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         if let Some(file) = s.strip_prefix("prompt:") {
             if file.is_empty() {
@@ -57,11 +65,13 @@ impl std::str::FromStr for Baseline {
         if let Some(rest) = s.strip_prefix("few-shot:") {
             return parse_few_shot(rest);
         }
-        if s.starts_with("rag:") || s.starts_with("fine-tuned+rag:") {
-            return Err(format!(
-                "--baseline {s}: retrieval baselines (rag:DIR[:K], fine-tuned+rag:DIR) are \
-                 not available yet; use base, prompt:FILE, few-shot:K[:FILE] or fine-tuned"
-            ));
+        if let Some(rest) = s.strip_prefix("rag:") {
+            let (dir, k) = parse_rag(s, rest)?;
+            return Ok(Baseline::Rag { dir, k });
+        }
+        if let Some(rest) = s.strip_prefix("fine-tuned+rag:") {
+            let (dir, k) = parse_rag(s, rest)?;
+            return Ok(Baseline::FineTunedRag { dir, k });
         }
         Ok(match s {
             "auto" | "" => Baseline::Auto,
@@ -88,6 +98,26 @@ fn parse_few_shot(rest: &str) -> std::result::Result<Baseline, String> {
     }
 }
 
+/// `DIR[:K]`: a trailing `:K` that is a number is K (so a directory name
+/// may hold colons); K is at least 1.
+fn parse_rag(spec: &str, rest: &str) -> std::result::Result<(PathBuf, usize), String> {
+    let (dir, k) = match rest.rsplit_once(':') {
+        Some((dir, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => {
+            let k = k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                format!("{spec}: K must be a whole number of chunks, at least 1")
+            })?;
+            (dir, k)
+        }
+        _ => (rest, hone_retrieve::DEFAULT_K),
+    };
+    if dir.is_empty() {
+        return Err(format!(
+            "{spec}: a directory of .txt/.md documents is needed (rag:DIR or rag:DIR:K)"
+        ));
+    }
+    Ok((PathBuf::from(dir), k))
+}
+
 impl Baseline {
     /// The run's label in tables: the spec as written, `base` for `auto`.
     pub fn label(&self) -> String {
@@ -98,7 +128,19 @@ impl Baseline {
             Baseline::Prompt(p) => format!("prompt:{}", file_name(p)),
             Baseline::FewShot { k, file: None } => format!("few-shot:{k}"),
             Baseline::FewShot { k, file: Some(f) } => format!("few-shot:{k}:{}", file_name(f)),
+            Baseline::Rag { dir, k } => format!("rag:{}:{k}", file_name(dir)),
+            Baseline::FineTunedRag { dir, k } => format!("fine-tuned+rag:{}:{k}", file_name(dir)),
             Baseline::Model(m) => m.clone(),
+        }
+    }
+
+    /// Whether the baseline needs the embedding model: retrieval always,
+    /// few-shot when examples are picked by similarity.
+    pub fn needs_embeddings(&self, pick: ShotPick) -> bool {
+        match self {
+            Baseline::Rag { .. } | Baseline::FineTunedRag { .. } => true,
+            Baseline::FewShot { .. } => pick == ShotPick::Similar,
+            _ => false,
         }
     }
 }
@@ -120,38 +162,76 @@ pub enum Approach {
     FewShot {
         k: usize,
         pool: ShotPool,
-        picker: RandomPicker,
+        picker: Picker,
     },
+    /// Each case's retrieved chunks in its system message.
+    Rag(Retrieved),
+}
+
+/// What [`Approach::prepare`] draws on besides the baseline itself.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub cases: &'a [EvalCase],
+    /// The few-shot pool when `few-shot:K` names no file.
+    pub train_file: Option<&'a Path>,
+    pub pick: ShotPick,
+    /// Seed of random few-shot picks.
+    pub seed: u64,
+    /// Loaded when a baseline needs it ([`Baseline::needs_embeddings`]).
+    pub embedder: Option<&'a dyn Embed>,
+    pub corpus: &'a CorpusOptions,
+}
+
+impl Inputs<'_> {
+    fn embedder(&self, what: &str) -> Result<&dyn Embed> {
+        self.embedder.ok_or_else(|| {
+            EvalError::Spec(format!("{what} needs an embedding model, and none was loaded"))
+        })
+    }
 }
 
 impl Approach {
-    /// Makes `baseline` ready to run: reads its prompt file or loads its
-    /// example pool, with every problem reported before any model loads.
-    /// `train_file` is the few-shot pool when the spec names no FILE.
-    pub fn prepare(
-        baseline: &Baseline,
-        cases: &[EvalCase],
-        train_file: Option<&Path>,
-        seed: u64,
-    ) -> Result<Self> {
+    /// Makes `baseline` ready to run: reads its prompt file, loads its
+    /// example pool or retrieves its chunks, with every problem reported
+    /// before any chat model loads.
+    pub fn prepare(baseline: &Baseline, inputs: &Inputs<'_>) -> Result<Self> {
         match baseline {
             Baseline::Prompt(file) => Ok(Approach::Prompt(read_prompt(file)?)),
             Baseline::FewShot { k, file } => {
-                let file = file.as_deref().or(train_file).ok_or_else(|| {
+                let file = file.as_deref().or(inputs.train_file).ok_or_else(|| {
                     EvalError::Spec(format!(
                         "--baseline few-shot:{k} takes its examples from the training file: \
                          give --train-file FILE, or few-shot:{k}:FILE"
                     ))
                 })?;
-                let pool = ShotPool::load(file, cases)?;
+                let pool = ShotPool::load(file, inputs.cases)?;
                 pool.check_k(*k)?;
-                Ok(Approach::FewShot {
-                    k: *k,
-                    pool,
-                    picker: RandomPicker { seed },
-                })
+                let picker = match inputs.pick {
+                    ShotPick::Random => Picker::Random(RandomPicker { seed: inputs.seed }),
+                    ShotPick::Similar => Picker::Similar(SimilarPicker::new(
+                        inputs.embedder(&baseline.label())?,
+                        &pool,
+                        inputs.cases,
+                    )?),
+                };
+                Ok(Approach::FewShot { k: *k, pool, picker })
+            }
+            Baseline::Rag { dir, k } | Baseline::FineTunedRag { dir, k } => {
+                let label = format!("--baseline {}", baseline.label());
+                let embedder = inputs.embedder(&label)?;
+                let r = Retrieved::build(&label, dir, *k, inputs.cases, embedder, inputs.corpus)?;
+                Ok(Approach::Rag(r))
             }
             _ => Ok(Approach::AsGiven),
+        }
+    }
+
+    /// What the approach has to say about its inputs (e.g. files skipped),
+    /// for the report's warnings.
+    pub fn notes(&self) -> &[String] {
+        match self {
+            Approach::Rag(r) => &r.notes,
+            _ => &[],
         }
     }
 
@@ -171,6 +251,7 @@ impl Approach {
                 let shots: Vec<&[ChatMessage]> = picked.iter().map(|&i| pool.shot(i)).collect();
                 with_shots(&case.messages, &shots)
             }
+            Approach::Rag(r) => r.messages(case),
         };
         Request {
             messages,
@@ -275,9 +356,20 @@ mod tests {
         for bad in ["few-shot:0", "few-shot:x", "few-shot:", "prompt:"] {
             assert!(p(bad).is_err(), "{bad}");
         }
-        for rag in ["rag:docs", "rag:docs:3", "fine-tuned+rag:docs"] {
-            assert!(p(rag).unwrap_err().contains("not available yet"), "{rag}");
+        let k = hone_retrieve::DEFAULT_K;
+        assert_eq!(p("rag:docs"), Ok(Baseline::Rag { dir: "docs".into(), k }));
+        assert_eq!(p("rag:docs:3"), Ok(Baseline::Rag { dir: "docs".into(), k: 3 }));
+        assert_eq!(p("rag:a:b"), Ok(Baseline::Rag { dir: "a:b".into(), k }));
+        assert_eq!(
+            p("fine-tuned+rag:x/docs:2"),
+            Ok(Baseline::FineTunedRag { dir: "x/docs".into(), k: 2 })
+        );
+        assert_eq!(p("fine-tuned+rag:x/docs:2").unwrap().label(), "fine-tuned+rag:docs:2");
+        assert_eq!(p("rag:docs").unwrap().label(), format!("rag:docs:{k}"));
+        for bad in ["rag:", "rag::3", "rag:docs:0", "fine-tuned+rag:"] {
+            assert!(p(bad).is_err(), "{bad}");
         }
+        assert!(p("rag:docs:0").unwrap_err().contains("at least 1"));
         assert_eq!(
             p("few-shot:2:dir/ex.jsonl").unwrap().label(),
             "few-shot:2:ex.jsonl"
@@ -332,14 +424,22 @@ mod tests {
     fn prompt_file_must_exist_and_say_something() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.txt");
-        let e = Approach::prepare(&Baseline::Prompt(missing.clone()), &[], None, 0).unwrap_err();
+        let corpus = CorpusOptions::default();
+        let inputs = Inputs {
+            cases: &[],
+            train_file: None,
+            pick: ShotPick::Random,
+            seed: 0,
+            embedder: None,
+            corpus: &corpus,
+        };
+        let e = Approach::prepare(&Baseline::Prompt(missing.clone()), &inputs).unwrap_err();
         assert!(e.to_string().contains("nope.txt"), "{e}");
         let empty = dir.path().join("empty.txt");
         std::fs::write(&empty, " \n").unwrap();
-        let e = Approach::prepare(&Baseline::Prompt(empty), &[], None, 0).unwrap_err();
+        let e = Approach::prepare(&Baseline::Prompt(empty), &inputs).unwrap_err();
         assert!(e.to_string().contains("the file is empty"), "{e}");
-        let e =
-            Approach::prepare(&Baseline::FewShot { k: 1, file: None }, &[], None, 0).unwrap_err();
+        let e = Approach::prepare(&Baseline::FewShot { k: 1, file: None }, &inputs).unwrap_err();
         assert!(e.to_string().contains("--train-file"), "{e}");
     }
 }

@@ -7,8 +7,11 @@
 //! - Per request, local compute: the measured seconds per request at a price
 //!   per hour, the rule `hone data estimate` uses for training.
 //! - The fine-tune's one-time training cost ([`TrainingCost`]), and the
-//!   break-even volume against each baseline: training cost ÷ the token-priced
-//!   saving per request.
+//!   break-even volume against each baseline: training cost ÷ the saving per
+//!   request, both in the same units ([`Basis`]): a training cost measured
+//!   or estimated as local compute time is repaid by local compute saved per
+//!   request; a training cost given in dollars (`--training-cost`, a hosted
+//!   job's bill) by token-priced savings, as a hosted API bills.
 
 use std::path::Path;
 
@@ -130,19 +133,39 @@ pub struct TrainingCost {
 }
 
 impl TrainingCost {
-    /// From the adapter's `summary.json`: its wall time at the local price.
-    /// `None` when the adapter has no readable summary.
+    /// From the adapter's `summary.json`: the whole run's training time at
+    /// the local price. `None` when the adapter has no readable summary.
+    ///
+    /// `elapsed_s` there counts only the last session (a resumed run
+    /// restarts its clock), while `processed_tokens` counts the whole run and
+    /// `tokens_per_s` is the last session's rate; their quotient is the whole
+    /// run's time (exactly `elapsed_s` when the run was never resumed; the
+    /// earlier sessions taken at the last one's rate when it was).
     pub fn recorded(adapter: &Path, prices: &Prices) -> Option<Self> {
         let text = std::fs::read_to_string(adapter.join(hone_train::summary::SUMMARY_JSON)).ok()?;
         let s: hone_train::TrainSummary = serde_json::from_str(&text).ok()?;
-        let seconds = s.elapsed_s.max(0.0);
+        let session = s.elapsed_s.max(0.0);
+        let whole = if s.tokens_per_s > 0.0 && s.processed_tokens > 0 {
+            s.processed_tokens as f64 / s.tokens_per_s
+        } else {
+            session
+        };
+        let resumed = whole > session * 1.001 + 1.0;
+        let how = if resumed {
+            format!(
+                "{} tokens at the last session's {:.0} tokens/s; the run was resumed, its last \
+                 session took {session:.0} s",
+                s.processed_tokens, s.tokens_per_s
+            )
+        } else {
+            "summary.json".to_string()
+        };
         Some(TrainingCost {
-            usd: seconds / 3600.0 * prices.local_per_hour,
-            seconds: Some(seconds),
+            usd: whole / 3600.0 * prices.local_per_hour,
+            seconds: Some(whole),
             source: CostSource::Recorded,
             detail: format!(
-                "recorded: {seconds:.0} s of training (summary.json, since the last resume) \
-                 at ${}/hour",
+                "recorded: {whole:.0} s of training ({how}) at ${}/hour",
                 prices.local_per_hour
             ),
         })
@@ -235,11 +258,53 @@ pub fn estimate_training(
     Ok(TrainingCost::estimated(&e, train_file))
 }
 
+/// What the per-request saving of a break-even is priced in: the same
+/// units as the training cost it repays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    /// Token prices (`--price-input`/`--price-output`): the training cost was
+    /// given in dollars (a hosted job), and requests go to a hosted model.
+    Tokens,
+    /// Local compute (`--price-per-hour` × measured seconds per request):
+    /// the training cost is local compute time too (recorded or estimated),
+    /// and requests are served here.
+    Local,
+}
+
+impl Basis {
+    /// The basis that matches a training cost's units.
+    pub fn for_training(t: &TrainingCost) -> Self {
+        match t.source {
+            CostSource::Given => Basis::Tokens,
+            CostSource::Recorded | CostSource::Estimated => Basis::Local,
+        }
+    }
+
+    /// The per-1,000-requests cost of `run` on this basis.
+    pub fn usd_per_1k(self, run: &RunCost) -> f64 {
+        match self {
+            Basis::Tokens => run.usd_per_1k_requests,
+            Basis::Local => run.local_usd_per_1k_requests,
+        }
+    }
+
+    /// How the verdict names it.
+    pub fn words(self) -> &'static str {
+        match self {
+            Basis::Tokens => "at token prices",
+            Basis::Local => "in local compute time",
+        }
+    }
+}
+
 /// When the fine-tune's training cost is repaid against one baseline.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BreakEven {
     pub baseline: String,
-    /// Baseline minus fine-tune, token-priced, per 1,000 requests (US dollars).
+    /// What the saving is priced in (the training cost's units).
+    pub basis: Basis,
+    /// Baseline minus fine-tune per 1,000 requests (US dollars), on `basis`.
     pub saving_usd_per_1k_requests: f64,
     /// Requests after which the training cost is repaid; `None` when the
     /// fine-tune saves nothing per request (it never pays for itself).
@@ -252,13 +317,15 @@ impl BreakEven {
     pub fn of(
         fine_tuned: &RunCost,
         baseline: &RunCost,
-        training_usd: f64,
+        training: &TrainingCost,
         prices: &Prices,
     ) -> Self {
-        let saving_per_1k = baseline.usd_per_1k_requests - fine_tuned.usd_per_1k_requests;
-        let requests = (saving_per_1k > 0.0).then(|| training_usd / (saving_per_1k / 1000.0));
+        let basis = Basis::for_training(training);
+        let saving_per_1k = basis.usd_per_1k(baseline) - basis.usd_per_1k(fine_tuned);
+        let requests = (saving_per_1k > 0.0).then(|| training.usd / (saving_per_1k / 1000.0));
         BreakEven {
             baseline: baseline.label.clone(),
+            basis,
             saving_usd_per_1k_requests: saving_per_1k,
             requests,
             days: requests.map(|r| r / prices.requests_per_day),
@@ -331,13 +398,29 @@ pub(crate) mod tests {
         assert!((fs.usd_per_1k_requests - 0.135).abs() < 1e-12);
         // Saving $0.09 per 1k = 9e-5 a request; $0.45 of training → 5,000
         // requests → 10 days at 500 a day.
-        let be = BreakEven::of(&ft, &fs, 0.45, &prices);
+        let given = TrainingCost::given(0.45);
+        let be = BreakEven::of(&ft, &fs, &given, &prices);
+        assert_eq!(be.basis, Basis::Tokens, "a bill in dollars: token prices");
         assert!((be.saving_usd_per_1k_requests - 0.09).abs() < 1e-12);
         assert!((be.requests.unwrap() - 5000.0).abs() < 1e-6);
         assert!((be.days.unwrap() - 10.0).abs() < 1e-9);
         // A baseline that is cheaper per request: never repaid.
-        let be = BreakEven::of(&fs, &ft, 0.45, &prices);
+        let be = BreakEven::of(&fs, &ft, &given, &prices);
         assert_eq!((be.requests, be.days), (None, None));
+        // Training measured as local compute is repaid in local compute:
+        // few-shot takes 1 s a request, the fine-tune 0.5 s; 0.5 s saved a
+        // request repays 900 s of training after 1,800 requests, whatever
+        // the price per hour.
+        let local = TrainingCost {
+            usd: 900.0 / 3600.0 * prices.local_per_hour,
+            seconds: Some(900.0),
+            source: CostSource::Recorded,
+            detail: String::new(),
+        };
+        let be = BreakEven::of(&ft, &fs, &local, &prices);
+        assert_eq!(be.basis, Basis::Local);
+        assert!((be.saving_usd_per_1k_requests - 0.05).abs() < 1e-12);
+        assert!((be.requests.unwrap() - 1800.0).abs() < 1e-6);
     }
 
     #[test]
@@ -350,6 +433,38 @@ pub(crate) mod tests {
         assert!(TrainingCost::recorded(dir.path(), &prices).is_none());
         std::fs::write(dir.path().join("summary.json"), "{broken").unwrap();
         assert!(TrainingCost::recorded(dir.path(), &prices).is_none());
+    }
+
+    /// A summary.json of a run that processed `tokens` in all, whose last
+    /// session took `elapsed` s at `rate` tokens/s.
+    fn summary(tokens: u64, elapsed: f64, rate: f64) -> String {
+        let text = include_str!("../testdata/summary.json");
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["processed_tokens"] = tokens.into();
+        v["elapsed_s"] = elapsed.into();
+        v["tokens_per_s"] = rate.into();
+        v.to_string()
+    }
+
+    #[test]
+    fn recorded_training_cost_counts_the_whole_run_across_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let prices = Prices {
+            local_per_hour: 0.36,
+            ..Prices::default()
+        };
+        let path = dir.path().join("summary.json");
+        // Never resumed: 3,600 tokens in 36 s at 100 tokens/s.
+        std::fs::write(&path, summary(3600, 36.0, 100.0)).unwrap();
+        let t = TrainingCost::recorded(dir.path(), &prices).unwrap();
+        assert!((t.seconds.unwrap() - 36.0).abs() < 1e-9);
+        assert!((t.usd - 0.0036).abs() < 1e-12);
+        assert!(!t.detail.contains("resumed"), "{}", t.detail);
+        // Resumed: the last session did 1,200 of the 3,600 tokens in 12 s.
+        std::fs::write(&path, summary(3600, 12.0, 100.0)).unwrap();
+        let t = TrainingCost::recorded(dir.path(), &prices).unwrap();
+        assert!((t.seconds.unwrap() - 36.0).abs() < 1e-9, "{t:?}");
+        assert!(t.detail.contains("resumed"), "{}", t.detail);
     }
 
     #[test]

@@ -233,7 +233,7 @@ fn economics(h: &mut String, e: &Economics) {
     }
     if !e.break_even.is_empty() {
         h.push_str(
-            "<table>\n<tr><th>against</th><th>saving / 1k requests</th><th>break-even</th></tr>\n",
+            "<table>\n<tr><th>against</th><th>saving / 1k requests</th><th>priced</th><th>break-even</th></tr>\n",
         );
         for b in &e.break_even {
             let when = match (b.requests, b.days) {
@@ -242,9 +242,10 @@ fn economics(h: &mut String, e: &Economics) {
             };
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td class=\"num\">${:.4}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td class=\"num\">${:.4}</td><td>{}</td><td>{}</td></tr>",
                 escape(&b.baseline),
                 b.saving_usd_per_1k_requests,
+                b.basis.words(),
                 escape(&when)
             );
         }

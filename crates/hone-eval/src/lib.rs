@@ -9,8 +9,10 @@
 //! - [`report`]: the comparison, terminal table, failure list and JSON; [`html`]: the
 //!   self-contained HTML report with loss curves.
 //! - [`approach`]: the `--baseline` specs (base, `prompt:FILE`, `few-shot:K[:FILE]`,
-//!   another model, the fine-tune) and the conversation each builds for a case;
-//!   [`shots`]: the few-shot pool (eval cases left out) and its picker seam.
+//!   `rag:DIR[:K]`, another model, the fine-tune, `fine-tuned+rag:DIR[:K]`) and the
+//!   conversation each builds for a case; [`shots`]: the few-shot pool (eval cases left
+//!   out) and its pickers (embedding similarity, or random); [`rag`]: each case's
+//!   retrieved chunks (hone-retrieve) in its system message.
 //! - [`cost`]: cost per 1,000 requests, training cost and break-even;
 //!   [`verdict`]: the "should I fine-tune?" section and its plain-language verdict.
 //! - [`spec`]: [`run_eval`], the whole evaluation from an [`EvalSpec`].
@@ -22,6 +24,7 @@ pub mod cost;
 mod error;
 pub mod html;
 pub mod model;
+pub mod rag;
 pub mod report;
 pub mod run;
 pub mod shots;
@@ -36,5 +39,6 @@ pub use error::{CaseError, EvalError, Result};
 pub use model::{Conversation, EngineModel, EvalModel, Generated};
 pub use report::{CaseInfo, Comparison, EvalReport, GenerationInfo};
 pub use run::{CaseResult, Decoding, LossMetrics, ModelRun, PairMetrics, Progress, Summary};
+pub use shots::ShotPick;
 pub use spec::{run_eval, run_eval_with, EvalSpec};
 pub use verdict::Economics;

@@ -85,6 +85,13 @@ pub struct GenerationInfo {
     /// Seed of the random few-shot picks.
     #[serde(default)]
     pub few_shot_seed: u64,
+    /// How few-shot examples were picked: `similar` or `random`.
+    #[serde(default)]
+    pub few_shot_pick: String,
+    /// The embedding model of the rag baselines and similar few-shot picks,
+    /// when one was used.
+    #[serde(default)]
+    pub embedding_model: Option<String>,
 }
 
 /// The whole evaluation. `runs[0]` is the evaluated model; `runs[1..]`, when
@@ -323,16 +330,18 @@ fn render_economics(e: &Economics) -> String {
         let _ = match b.requests {
             Some(n) => writeln!(
                 out,
-                "break-even against {}: {:.0} requests ({:.1} days at {}/day)",
+                "break-even against {} {}: {:.0} requests ({:.1} days at {}/day)",
                 b.baseline,
+                b.basis.words(),
                 n.ceil(),
                 b.days.unwrap_or(0.0),
                 p.requests_per_day
             ),
             None => writeln!(
                 out,
-                "break-even against {}: never (no saving per request)",
-                b.baseline
+                "break-even against {} {}: never (no saving per request)",
+                b.baseline,
+                b.basis.words()
             ),
         };
     }

@@ -177,7 +177,7 @@ pub fn plain_requests(cases: &[EvalCase]) -> Vec<Request> {
 
 /// Checks, before anything is generated, that every request leaves room
 /// for `max_tokens` in the model's context: an approach that lengthens the
-/// prompt (a system prompt, few-shot examples) must not silently cut what is
+/// prompt (a system prompt, few-shot examples, retrieved chunks) must not silently cut what is
 /// measured. The error names the cases and what to change.
 pub fn check_fit(
     model: &dyn EvalModel,
@@ -199,7 +199,8 @@ pub fn check_fit(
     }
     Err(EvalError::Spec(format!(
         "{label}: {} case prompt(s) with --max-tokens {max_tokens} do not fit the model's \
-         {ctx}-token context: {}; use fewer examples, a shorter prompt or a smaller --max-tokens",
+         {ctx}-token context: {}; use fewer examples or chunks, a shorter prompt or a smaller \
+         --max-tokens",
         over.len(),
         over.join(", ")
     )))

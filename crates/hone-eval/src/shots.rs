@@ -1,13 +1,14 @@
 //! Few-shot examples: the pool they come from (a training-format chat file,
 //! with every example that repeats an eval case left out, so a baseline is
 //! never shown the answer it is tested on), and the [`ShotPicker`] seam that
-//! chooses K of them for a case. Today's picker is random with a seed;
-//! picking by embedding similarity to the case plugs in as another
-//! implementation of the same trait.
+//! chooses K of them for a case: by embedding similarity to the case
+//! ([`SimilarPicker`], the default) or at random with a seed
+//! ([`RandomPicker`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use hone_retrieve::{Embed, VectorIndex};
 use hone_text::{ChatMessage, Role};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -147,6 +148,113 @@ impl ShotPicker for RandomPicker {
         let case_seed = (case.line as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut rng = StdRng::seed_from_u64(self.seed ^ case_seed);
         rand::seq::index::sample(&mut rng, pool.len(), k.min(pool.len())).into_vec()
+    }
+}
+
+/// How few-shot examples are chosen (`--few-shot-pick`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShotPick {
+    /// The K examples whose question is most similar to the case's, by the
+    /// embedding model's cosine similarity (what a production few-shot
+    /// prompt would retrieve).
+    #[default]
+    Similar,
+    /// K at random, seeded (`--seed`).
+    Random,
+}
+
+impl ShotPick {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShotPick::Similar => "similar",
+            ShotPick::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for ShotPick {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "similar" => Ok(ShotPick::Similar),
+            "random" => Ok(ShotPick::Random),
+            other => Err(format!(
+                "few-shot pick '{other}': use similar (by embedding similarity) or random"
+            )),
+        }
+    }
+}
+
+/// The question a conversation asks: its last user message (what a
+/// retrieval query and the similarity of examples are measured on).
+pub fn question(messages: &[ChatMessage]) -> &str {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map_or("", |m| m.content.as_str())
+}
+
+/// The K examples whose question is nearest the case's. Every vector is
+/// computed once, when the picker is made, so picking cannot fail.
+#[derive(Debug, Clone)]
+pub struct SimilarPicker {
+    shots: VectorIndex,
+    /// Each case's question vector, by the case's line.
+    cases: HashMap<usize, Vec<f32>>,
+}
+
+impl SimilarPicker {
+    /// Embeds the question of every pool example and every case.
+    pub fn new(embedder: &dyn Embed, pool: &ShotPool, cases: &[EvalCase]) -> Result<Self> {
+        let embed = |texts: Vec<&str>| {
+            embedder
+                .embed(&texts)
+                .map(|e| e.vectors)
+                .map_err(|e| EvalError::Spec(format!("few-shot similarity: {e}")))
+        };
+        let mut shots = VectorIndex::default();
+        for v in embed(pool.shots.iter().map(|s| question(s)).collect())? {
+            shots.push(v);
+        }
+        let case_vectors = embed(cases.iter().map(|c| question(&c.messages)).collect())?;
+        let cases = cases
+            .iter()
+            .zip(case_vectors)
+            .map(|(c, v)| (c.line, hone_retrieve::vectors::unit(v)))
+            .collect();
+        Ok(SimilarPicker { shots, cases })
+    }
+}
+
+impl ShotPicker for SimilarPicker {
+    /// The K nearest, the nearest last: shown as prior turns, it then sits
+    /// right before the case's question (as in Liu et al. 2021, "What Makes
+    /// Good In-Context Examples for GPT-3?").
+    fn pick(&self, case: &EvalCase, _pool: &ShotPool, k: usize) -> Vec<usize> {
+        let Some(q) = self.cases.get(&case.line) else {
+            return Vec::new();
+        };
+        let mut picked: Vec<usize> = self.shots.top_k(q, k).into_iter().map(|(i, _)| i).collect();
+        picked.reverse();
+        picked
+    }
+}
+
+/// The picker a few-shot baseline runs with.
+#[derive(Debug, Clone)]
+pub enum Picker {
+    Similar(SimilarPicker),
+    Random(RandomPicker),
+}
+
+impl ShotPicker for Picker {
+    fn pick(&self, case: &EvalCase, pool: &ShotPool, k: usize) -> Vec<usize> {
+        match self {
+            Picker::Similar(p) => p.pick(case, pool, k),
+            Picker::Random(p) => p.pick(case, pool, k),
+        }
     }
 }
 

@@ -10,12 +10,15 @@ use hone_model::{ChatEngine, WeightPath, SERVING_WEIGHTS};
 
 use hone_model::constraint::Grammar;
 
-use crate::approach::{Approach, Baseline, Request};
+use hone_retrieve::{CorpusOptions, Embed};
+
+use crate::approach::{Approach, Baseline, Inputs, Request};
 use crate::case::{load_cases, EvalCase};
 use crate::cost::{estimate_training, Prices, TrainingCost};
 use crate::error::{EvalError, Result};
 use crate::model::{EngineModel, EvalModel};
 use crate::report::{EvalReport, GenerationInfo};
+use crate::shots::ShotPick;
 use crate::run::{
     chat_loss, check_fit, pair_accuracy, run_cases, Decoding, ModelRun, Progress, Summary,
 };
@@ -40,8 +43,15 @@ pub struct EvalSpec {
     /// The training file: the few-shot pool when `few-shot:K` names no
     /// file, and the training-cost estimate when the adapter has no summary.
     pub train_file: Option<PathBuf>,
+    /// How few-shot examples are picked (default: by embedding similarity).
+    pub few_shot_pick: ShotPick,
     /// Seed of the random few-shot picks.
     pub seed: u64,
+    /// The embedding model (id or path) of the rag baselines and similar
+    /// few-shot picks; loaded only when one of them runs.
+    pub embedding_model: String,
+    /// Chunking and vector cache of the rag baselines' documents.
+    pub corpus: CorpusOptions,
     /// Decode each case that has `expected_schema` constrained to it.
     pub json_schema_from_case: bool,
     /// Prices for the cost columns and break-even.
@@ -82,7 +92,10 @@ impl EvalSpec {
             adapter: None,
             baselines: vec![Baseline::Auto],
             train_file: None,
+            few_shot_pick: ShotPick::default(),
             seed: 0,
+            embedding_model: registry::DEFAULT_EMBEDDING_MODEL_ID.to_string(),
+            corpus: CorpusOptions::default(),
             json_schema_from_case: false,
             prices: Prices::default(),
             training_cost: None,
@@ -119,12 +132,24 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     let cases = load_cases(&spec.cases)?;
     let inputs = LossInputs::load(spec)?;
     let baselines = check_baselines(spec)?;
+    let embedder = load_embedder(spec, &baselines)?;
+    let prep = Inputs {
+        cases: &cases,
+        train_file: spec.train_file.as_deref(),
+        pick: spec.few_shot_pick,
+        seed: spec.seed,
+        embedder: embedder.as_ref().map(|e| e as &dyn Embed),
+        corpus: &spec.corpus,
+    };
     let approaches = baselines
         .iter()
-        .map(|b| Approach::prepare(b, &cases, spec.train_file.as_deref(), spec.seed))
+        .map(|b| Approach::prepare(b, &prep))
         .collect::<Result<Vec<_>>>()?;
     let grammars = case_grammars(spec, &cases)?;
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = approaches
+        .iter()
+        .flat_map(|a| a.notes().iter().cloned())
+        .collect();
     let resolved = resolve_model(spec)?;
     let mut engine = ChatEngine::load_with(&resolved, spec.weights, &spec.open)?;
     let adapter_label = match &spec.adapter {
@@ -185,7 +210,7 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     let mut runs = vec![ctx.evaluate(
         &tuned,
         &label,
-        (&engine.id, adapter_label),
+        (&engine.id, adapter_label.clone()),
         &plain_requests,
         true,
         on_progress,
@@ -198,7 +223,7 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
             Baseline::Auto | Baseline::Base => {
                 ctx.evaluate(&base, "base", (&engine.id, None), reqs, true, on_progress)?
             }
-            Baseline::Prompt(_) | Baseline::FewShot { .. } => {
+            Baseline::Prompt(_) | Baseline::FewShot { .. } | Baseline::Rag { .. } => {
                 // Loss measures belong to the model, not the prompt: the base run has them.
                 ctx.evaluate(
                     &base,
@@ -209,6 +234,14 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
                     on_progress,
                 )?
             }
+            Baseline::FineTunedRag { .. } => ctx.evaluate(
+                &tuned,
+                &b.label(),
+                (&engine.id, adapter_label.clone()),
+                reqs,
+                false,
+                on_progress,
+            )?,
             Baseline::Model(m) => {
                 let other = registry::resolve(m)?;
                 if other.source == resolved.source && spec.adapter.is_some() {
@@ -237,6 +270,8 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
         weights: spec.weights.as_str().to_string(),
         json_schema_from_case: spec.json_schema_from_case,
         few_shot_seed: spec.seed,
+        few_shot_pick: spec.few_shot_pick.as_str().to_string(),
+        embedding_model: embedder.as_ref().map(|e| e.id.clone()),
     };
     let training = match &spec.adapter {
         None => None,
@@ -262,10 +297,16 @@ fn check_baselines(spec: &EvalSpec) -> Result<Vec<Baseline>> {
             "--baseline none cannot be combined with other baselines".into(),
         ));
     }
-    if b.contains(&Baseline::FineTuned) && spec.adapter.is_none() {
-        return Err(EvalError::Spec(
-            "--baseline fine-tuned needs --adapter DIR".into(),
-        ));
+    if spec.adapter.is_none() {
+        if let Some(x) = b
+            .iter()
+            .find(|x| matches!(x, Baseline::FineTuned | Baseline::FineTunedRag { .. }))
+        {
+            return Err(EvalError::Spec(format!(
+                "--baseline {} needs --adapter DIR",
+                x.label()
+            )));
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for x in b {
@@ -279,6 +320,32 @@ fn check_baselines(spec: &EvalSpec) -> Result<Vec<Baseline>> {
         }
     }
     Ok(b.clone())
+}
+
+/// The embedding model, loaded when a baseline needs it (retrieval, or
+/// few-shot picked by similarity); an unknown or unloadable model is an
+/// error naming `--embedding-model`, before the chat model loads.
+fn load_embedder(
+    spec: &EvalSpec,
+    baselines: &[Baseline],
+) -> Result<Option<hone_model::embed::EmbeddingModel>> {
+    let Some(first) = baselines
+        .iter()
+        .find(|b| b.needs_embeddings(spec.few_shot_pick))
+    else {
+        return Ok(None);
+    };
+    let id = &spec.embedding_model;
+    let model = registry::resolve(id)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.open_embedding().map_err(|e| e.to_string()))
+        .map_err(|e| {
+            EvalError::Spec(format!(
+                "--baseline {} needs the embedding model '{id}' (--embedding-model): {e}",
+                first.label()
+            ))
+        })?;
+    Ok(Some(model))
 }
 
 /// Each case's grammar under `--json-schema-from-case`: its `expected_schema`,

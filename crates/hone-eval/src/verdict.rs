@@ -18,8 +18,8 @@ pub struct Economics {
     /// The fine-tune's one-time cost; `None` without an adapter, or when it
     /// is unknown.
     pub training: Option<TrainingCost>,
-    /// The fine-tune against each other run (empty without an adapter or
-    /// without a training cost).
+    /// The fine-tune against each other run that does not use the adapter
+    /// itself (empty without an adapter or without a training cost).
     pub break_even: Vec<BreakEven>,
     /// One sentence per baseline (empty without an adapter).
     pub verdict: Vec<String>,
@@ -39,9 +39,15 @@ impl Economics {
         let mut verdict = Vec::new();
         if let (true, Some(ft_run), Some(ft_cost)) = (fine_tuned, runs.first(), costs.first()) {
             for (run, cost) in runs.iter().zip(&costs).skip(1) {
+                if run.adapter.is_some() {
+                    // The same fine-tune with more in its prompt
+                    // (fine-tuned+rag): nothing to repay, only to compare.
+                    verdict.push(same_fine_tune(ft_run, run));
+                    continue;
+                }
                 let be = training
                     .as_ref()
-                    .map(|t| BreakEven::of(ft_cost, cost, t.usd, &prices));
+                    .map(|t| BreakEven::of(ft_cost, cost, t, &prices));
                 verdict.push(sentence(ft_run, run, be.as_ref(), &prices));
                 break_even.extend(be);
             }
@@ -64,6 +70,51 @@ pub fn sentence(
     break_even: Option<&BreakEven>,
     prices: &Prices,
 ) -> String {
+    let (quality, tokens) = quality_and_tokens(fine_tuned, baseline);
+    let per_day = prices.requests_per_day;
+    let payback = match break_even {
+        None => "the training cost is unknown (no summary.json in the adapter: give \
+                 --train-file or --training-cost), so there is no break-even"
+            .to_string(),
+        Some(BreakEven {
+            requests: None,
+            basis,
+            ..
+        }) => format!(
+            "the fine-tune saves nothing per request against it {}, so it never pays for its \
+             training",
+            basis.words()
+        ),
+        Some(BreakEven {
+            requests: Some(r),
+            days: Some(d),
+            basis,
+            ..
+        }) if *d <= 1.0 => format!(
+            "at {per_day} requests/day the fine-tune pays for itself {} within the first day \
+             ({:.0} requests)",
+            basis.words(),
+            round_up(*r)
+        ),
+        Some(BreakEven { days, basis, .. }) => format!(
+            "at {per_day} requests/day the fine-tune pays for itself {} in {:.0} days",
+            basis.words(),
+            round_up(days.unwrap_or(f64::INFINITY))
+        ),
+    };
+    format!("{quality}{tokens}; {payback}")
+}
+
+/// The verdict on a run of the same fine-tune with more in its prompt
+/// (`fine-tuned+rag`): quality and prompt size only.
+fn same_fine_tune(fine_tuned: &ModelRun, run: &ModelRun) -> String {
+    let (quality, tokens) = quality_and_tokens(fine_tuned, run);
+    format!("{quality}{tokens} (the same fine-tune, so no training cost to repay)")
+}
+
+/// "{name} reaches N% of the fine-tune's pass rate (..)" and " at Nx the
+/// prompt tokens".
+fn quality_and_tokens(fine_tuned: &ModelRun, baseline: &ModelRun) -> (String, String) {
     let (f, b) = (&fine_tuned.summary, &baseline.summary);
     let name = &baseline.label;
     let quality = if f.pass_rate > 0.0 {
@@ -89,31 +140,7 @@ pub fn sentence(
     } else {
         String::new()
     };
-    let per_day = prices.requests_per_day;
-    let payback = match break_even {
-        None => "the training cost is unknown (no summary.json in the adapter: give \
-                 --train-file or --training-cost), so there is no break-even"
-            .to_string(),
-        Some(BreakEven { requests: None, .. }) => {
-            "the fine-tune saves nothing per request against it, so it never pays for its \
-               training"
-                .to_string()
-        }
-        Some(BreakEven {
-            requests: Some(r),
-            days: Some(d),
-            ..
-        }) if *d <= 1.0 => format!(
-            "at {per_day} requests/day the fine-tune pays for itself within the first day \
-             ({:.0} requests)",
-            round_up(*r)
-        ),
-        Some(BreakEven { days, .. }) => format!(
-            "at {per_day} requests/day the fine-tune pays for itself in {:.0} days",
-            round_up(days.unwrap_or(f64::INFINITY))
-        ),
-    };
-    format!("{quality}{tokens}; {payback}")
+    (quality, tokens)
 }
 
 /// Rounds up, ignoring float noise (1500.0000000002 requests are 1500).
@@ -156,7 +183,8 @@ mod tests {
             e.verdict,
             vec![
                 "few-shot:5 reaches 80% of the fine-tune's pass rate (80.0% vs 100.0%) at 6.0x \
-                 the prompt tokens; at 500 requests/day the fine-tune pays for itself in 3 days"
+                 the prompt tokens; at 500 requests/day the fine-tune pays for itself at token prices in 3 \
+                 days"
             ]
         );
     }
@@ -174,8 +202,8 @@ mod tests {
         assert_eq!(
             e.verdict[0],
             "base reaches 100% of the fine-tune's pass rate (50.0% vs 50.0%) at 1.0x the \
-             prompt tokens; the fine-tune saves nothing per request against it, so it never \
-             pays for its training"
+             prompt tokens; the fine-tune saves nothing per request against it at token \
+             prices, so it never pays for its training"
         );
         let prompt = run("prompt:sys.txt", 0, 200, 40);
         let e = Economics::of(
@@ -188,8 +216,8 @@ mod tests {
         assert_eq!(
             e.verdict[0],
             "prompt:sys.txt reaches 0% of the fine-tune's pass rate (0.0% vs 50.0%) at 2.0x \
-             the prompt tokens; at 500 requests/day the fine-tune pays for itself within the \
-             first day (7 requests)"
+             the prompt tokens; at 500 requests/day the fine-tune pays for itself at token \
+             prices within the first day (7 requests)"
         );
         let e = Economics::of(&[ft, prompt], true, None, Prices::default());
         assert!(e.verdict[0]
@@ -205,6 +233,20 @@ mod tests {
         assert!(
             s.starts_with("neither base nor the fine-tune passes any case"),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn fine_tuned_plus_rag_is_compared_but_repays_nothing() {
+        let ft = run("fine-tuned", 4, 100, 40);
+        let mut both = run("fine-tuned+rag:docs:2", 8, 300, 40);
+        both.adapter = Some("adapter".into());
+        let e = Economics::of(&[ft, both], true, Some(training(1.0)), Prices::default());
+        assert!(e.break_even.is_empty());
+        assert_eq!(
+            e.verdict[0],
+            "fine-tuned+rag:docs:2 reaches 200% of the fine-tune's pass rate (80.0% vs 40.0%) \
+             at 3.0x the prompt tokens (the same fine-tune, so no training cost to repay)"
         );
     }
 

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::cache::{content_hash, EmbeddingCache};
 use crate::chunk::{chunk_text, ChunkOptions};
 use crate::error::{io_err, Result, RetrieveError};
+use crate::vectors::{unit, VectorIndex};
 use crate::Embed;
 
 /// File extensions read as documents (compared case-insensitively).
@@ -93,8 +94,8 @@ impl Hits<'_> {
 #[derive(Debug, Clone)]
 pub struct Corpus {
     chunks: Vec<Chunk>,
-    /// Unit-length vectors, one per chunk.
-    vectors: Vec<Vec<f32>>,
+    /// One vector per chunk.
+    vectors: VectorIndex,
     model_id: String,
     pub report: LoadReport,
 }
@@ -110,7 +111,7 @@ impl Corpus {
         let cache = options.cache_dir.as_ref().map(EmbeddingCache::new);
         let mut corpus = Corpus {
             chunks: Vec::new(),
-            vectors: Vec::new(),
+            vectors: VectorIndex::default(),
             model_id: embedder.model_id().to_string(),
             report: LoadReport::default(),
         };
@@ -175,7 +176,7 @@ impl Corpus {
                 index,
                 text,
             });
-            self.vectors.push(unit(v));
+            self.vectors.push(v);
         }
         Ok(())
     }
@@ -206,17 +207,11 @@ impl Corpus {
 
     /// [`Corpus::top_k`] for a query already embedded (unit length).
     pub fn top_k_vector(&self, query: &[f32], k: usize) -> Hits<'_> {
-        let mut scored: Vec<(usize, f32)> = self
-            .vectors
-            .iter()
-            .map(|v| v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>())
-            .enumerate()
-            .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         Hits {
-            hits: scored
+            hits: self
+                .vectors
+                .top_k(query, k)
                 .into_iter()
-                .take(k)
                 .map(|(i, score)| Hit {
                     chunk: &self.chunks[i],
                     score,
@@ -269,43 +264,6 @@ fn check_shape(vectors: &[Vec<f32>], count: usize, dim: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// `v` scaled to unit length (a zero vector stays zero and scores 0).
-fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
-}
-
-/// The retrieved chunks as a system message, in the format `hone chat
-/// --rag` and `hone eval`'s rag baseline use (docs/cli.md documents it):
-///
-/// ```text
-/// Use the following excerpts from the documents to answer when they are relevant.
-///
-/// [1] guide/setup.md (part 3)
-/// <chunk text>
-///
-/// [2] faq.txt (part 1)
-/// <chunk text>
-/// ```
-pub fn format_context(hits: &[Hit<'_>]) -> String {
-    let mut out = String::from(
-        "Use the following excerpts from the documents to answer when they are relevant.\n",
-    );
-    for (i, hit) in hits.iter().enumerate() {
-        out += &format!(
-            "\n[{}] {} (part {})\n{}\n",
-            i + 1,
-            hit.chunk.source.display(),
-            hit.chunk.index + 1,
-            hit.chunk.text
-        );
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use super::*;
 use crate::fake::FakeEmbedder;
+use crate::format_context;
 
 fn write(dir: &Path, rel: &str, bytes: &[u8]) {
     let path = dir.join(rel);

@@ -6,6 +6,7 @@ use std::cell::Cell;
 
 use crate::{Embed, Embedded, Result};
 
+#[derive(Debug)]
 pub struct FakeEmbedder {
     pub id: String,
     pub embedded: Cell<usize>,

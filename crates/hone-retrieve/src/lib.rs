@@ -5,7 +5,7 @@
 //! ```text
 //! let corpus = Corpus::from_dir(dir, &embedder, &CorpusOptions::default())?;
 //! let hits = corpus.top_k(&embedder, "question", 4)?;
-//! let system = format_context(&hits.hits);
+//! let system = system_with_context(None, &format_context(&hits.hits));
 //! ```
 //!
 //! - [`chunk`] cuts each file into overlapping windows of words;
@@ -16,19 +16,26 @@
 //!   brute force: every query is compared with every chunk. That is a few
 //!   milliseconds for thousands of chunks (384 floats each); past about a
 //!   hundred thousand chunks, or for many queries per second, an
-//!   approximate index would be needed.
+//!   approximate index would be needed ([`vectors`] is the one place
+//!   to change);
+//! - [`context`] turns the hits into the system message, in the one format
+//!   `hone chat --rag` and `hone eval`'s rag baselines share.
 //!
 //! Any embedding model plugs in through [`Embed`]; hone-model's
 //! [`EmbeddingModel`] implements it.
 
 pub mod cache;
 pub mod chunk;
+pub mod context;
 pub mod corpus;
 mod error;
+pub mod vectors;
 
 pub use chunk::{chunk_text, ChunkOptions};
-pub use corpus::{format_context, Chunk, Corpus, CorpusOptions, Hit, Hits, LoadReport};
+pub use context::{format_context, system_with_context, CONTEXT_HEADER, DEFAULT_K};
+pub use corpus::{Chunk, Corpus, CorpusOptions, Hit, Hits, LoadReport};
 pub use error::{Result, RetrieveError};
+pub use vectors::VectorIndex;
 
 use hone_model::embed::{EmbeddingModel, Overflow};
 
@@ -69,5 +76,5 @@ impl Embed for EmbeddingModel {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod fake;
+/// A word-counting fake embedder for fast tests here and in hone-eval.
+pub mod fake;

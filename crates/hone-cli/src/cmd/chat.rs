@@ -62,12 +62,12 @@ pub struct ChatArgs {
     pub json_schema: Option<std::path::PathBuf>,
     /// Retrieval: before each answer, put the chunks of the .txt/.md files
     /// under DIR most similar to the message in the system message (after
-    /// --system), in the format docs/architecture.md ("Embeddings") shows. Vectors are cached under
-    /// $HONE_HOME/cache/embeddings.
+    /// --system), in the format docs/eval.md ("The retrieval format") shows, the one `hone
+    /// eval --baseline rag:DIR` measures. Vectors are cached under $HONE_HOME/cache/embeddings.
     #[arg(long, value_name = "DIR")]
     pub rag: Option<std::path::PathBuf>,
     /// Chunks retrieved per message with --rag (fewer if DIR has fewer; said so).
-    #[arg(long, value_name = "K", default_value_t = 4, requires = "rag")]
+    #[arg(long, value_name = "K", default_value_t = hone_retrieve::DEFAULT_K, requires = "rag")]
     pub rag_k: usize,
     /// The embedding model --rag uses (fetched when missing).
     #[arg(long, value_name = "ID", default_value = registry::DEFAULT_EMBEDDING_MODEL_ID, requires = "rag")]
@@ -159,30 +159,15 @@ impl Rag {
             r.embedded_files,
             r.cached_files
         );
-        if !r.skipped_binary.is_empty() {
-            let names: Vec<String> = r
-                .skipped_binary
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            eprintln!(
-                "  skipped {} binary file(s): {}",
-                names.len(),
-                names.join(", ")
-            );
-        }
-        if r.truncated_chunks > 0 {
-            eprintln!(
-                "  {} chunk(s) longer than {} tokens were embedded from their beginning only",
-                r.truncated_chunks,
-                model.max_tokens()
-            );
+        for note in r.notes() {
+            eprintln!("  {note}");
         }
         Ok(Rag { model, corpus, k })
     }
 
     /// The system message for `question`: `system` (if any), a blank line,
-    /// then the top-K chunks ([`hone_retrieve::format_context`]).
+    /// then the top-K chunks, in the format `hone eval`'s rag baselines use
+    /// ([`hone_retrieve::system_with_context`]).
     fn system_for(&self, system: Option<&str>, question: &str) -> anyhow::Result<String> {
         let hits = self.corpus.top_k(&self.model, question, self.k)?;
         if hits.truncated() {
@@ -193,10 +178,7 @@ impl Rag {
             );
         }
         let context = hone_retrieve::format_context(&hits.hits);
-        Ok(match system {
-            Some(s) => format!("{s}\n\n{context}"),
-            None => context,
-        })
+        Ok(hone_retrieve::system_with_context(system, &context))
     }
 }
 

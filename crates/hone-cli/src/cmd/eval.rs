@@ -1,5 +1,6 @@
 //! `hone eval`: pass rates of a fine-tuned model, its base and other
-//! baselines (a system prompt, few-shot examples) on test cases, side by side,
+//! baselines (a system prompt, few-shot examples, retrieved document chunks)
+//! on test cases, side by side,
 //! with costs, break-even and a verdict, the failures, optional loss measures,
 //! JSON and an HTML report. The work is in `hone-eval`; this file maps flags
 //! and prints.
@@ -13,7 +14,7 @@ use anyhow::{bail, Context};
 use hone_eval::cost::{
     DEFAULT_PRICE_INPUT, DEFAULT_PRICE_OUTPUT, DEFAULT_PRICE_PER_HOUR, DEFAULT_REQUESTS_PER_DAY,
 };
-use hone_eval::{run_eval_with, Baseline, EvalReport, EvalSpec, Prices, Progress};
+use hone_eval::{run_eval_with, Baseline, EvalReport, EvalSpec, Prices, Progress, ShotPick};
 use hone_model::WeightPath;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -38,7 +39,10 @@ pub struct EvalArgs {
     /// an adapter), `none`, `base` (the adapter switched off, same loaded weights),
     /// `prompt:FILE` (base with FILE as system prompt, before the case's own),
     /// `few-shot:K[:FILE]` (base with K example chats from FILE or --train-file as prior
-    /// turns), `fine-tuned` (the adapter, always run first), or another model id or path.
+    /// turns), `rag:DIR[:K]` (base with the top-K chunks of the .txt/.md files in DIR in
+    /// the system message, K default 4, the format of `hone chat --rag`), `fine-tuned`
+    /// (the adapter, always run first), `fine-tuned+rag:DIR[:K]` (the adapter with the
+    /// same retrieval), or another model id or path.
     #[arg(long, env = "HONE_EVAL_BASELINE", value_parser = parse_baseline)]
     pub baseline: Vec<Baseline>,
     /// The training file (chat JSONL): few-shot examples for `few-shot:K`, and the
@@ -46,9 +50,17 @@ pub struct EvalArgs {
     /// an eval case are never shown.
     #[arg(long, env = "HONE_EVAL_TRAIN_FILE")]
     pub train_file: Option<PathBuf>,
+    /// How few-shot examples are picked for each case: `similar` (the K whose question
+    /// is nearest the case's, by --embedding-model) or `random` (seeded by --seed).
+    #[arg(long, env = "HONE_EVAL_FEW_SHOT_PICK", default_value = "similar")]
+    pub few_shot_pick: ShotPick,
     /// Seed of the random few-shot picks (each case gets its own, reproducible draw).
     #[arg(long, env = "HONE_SEED", default_value_t = 0)]
     pub seed: u64,
+    /// The embedding model (id or path) of the rag baselines and of few-shot picks by
+    /// similarity; loaded only when one of them runs (fetched when missing).
+    #[arg(long, env = "HONE_EMBEDDING_MODEL", default_value = hone_model::registry::DEFAULT_EMBEDDING_MODEL_ID)]
+    pub embedding_model: String,
     /// Decode each case that has `expected_schema` constrained to that schema (as
     /// `response_format: json_schema` does), to compare with unconstrained answers.
     #[arg(long)]
@@ -129,7 +141,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             args.baseline.clone()
         },
         train_file: args.train_file.clone(),
+        few_shot_pick: args.few_shot_pick,
         seed: args.seed,
+        embedding_model: args.embedding_model.clone(),
+        corpus: hone_retrieve::CorpusOptions::default(),
         json_schema_from_case: args.json_schema_from_case,
         prices: Prices {
             input_per_million: args.price_input,

@@ -130,6 +130,8 @@ pub fn report() -> EvalReport {
         weights: "q8_0".into(),
         json_schema_from_case: false,
         few_shot_seed: 0,
+        few_shot_pick: "similar".into(),
+        embedding_model: None,
     };
     EvalReport::new("cases.jsonl", &cases, runs, gen, vec![])
 }
@@ -206,6 +208,8 @@ fn a_single_model_has_no_comparison() {
         weights: "f32".into(),
         json_schema_from_case: false,
         few_shot_seed: 0,
+        few_shot_pick: "similar".into(),
+        embedding_model: None,
     };
     let r = EvalReport::new("c", &cases, vec![run(&base(), "m", &cases)], gen, vec![]);
     assert!(r.comparison.is_none());

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use hone_eval::{run_eval, Baseline, CaseResult, EvalError, EvalSpec};
+use hone_eval::{run_eval, Baseline, CaseResult, EvalError, EvalSpec, ShotPick};
 use hone_model::testing::{write_tiny_model, TinySpec};
 use hone_model::{load_model, LoraConfig, LoraParams, TrainOptions, WeightPath};
 use hone_text::{ChatMessage, ChatTokenizer, Role};
@@ -13,6 +13,9 @@ struct Fixture {
     root: PathBuf,
     gguf: PathBuf,
     adapter: PathBuf,
+    /// A tiny random sentence-transformers BERT: the embedding model of the
+    /// rag baselines and the similar few-shot picks.
+    embedder: PathBuf,
 }
 
 /// A tiny model and an adapter with random (non-zero) B, so that the
@@ -37,11 +40,16 @@ fn fixture() -> Fixture {
     }
     let adapter = root.join("adapter");
     lora.save_peft(&adapter, "tiny-base-not-installed").unwrap();
+    let embedder = root.join("tiny-bert");
+    hone_model::embed::testing::TinyBert::default()
+        .write(&embedder)
+        .unwrap();
     Fixture {
         _dir: dir,
         root,
         gguf,
         adapter,
+        embedder,
     }
 }
 
@@ -63,6 +71,11 @@ fn spec(f: &Fixture, cases: &Path) -> EvalSpec {
         model: Some(f.gguf.display().to_string()),
         max_tokens: 10,
         weights: WeightPath::F32,
+        embedding_model: f.embedder.display().to_string(),
+        corpus: hone_retrieve::CorpusOptions {
+            cache_dir: Some(f.root.join("embedding-cache")),
+            ..Default::default()
+        },
         ..EvalSpec::new(cases)
     }
 }
@@ -416,9 +429,17 @@ fn prompt_and_few_shot_baselines_beside_the_fine_tune() {
     assert_eq!(e.verdict.len(), 3);
     assert!(e.verdict[2].starts_with("few-shot:2 "), "{:?}", e.verdict);
 
-    // The same seed picks the same examples: identical outputs.
+    // Picks by similarity (the default) are the same on every run:
+    // identical outputs; so are random picks with the same seed.
+    assert_eq!(r.generation.few_shot_pick, "similar");
+    assert_eq!(r.generation.embedding_model.as_deref(), Some("tiny-bert"));
     let again = run_eval(&s).unwrap();
     assert_eq!(untimed(&again.runs[3].results), untimed(&r.runs[3].results));
+    s.few_shot_pick = ShotPick::Random;
+    let random = run_eval(&s).unwrap();
+    assert_eq!(random.generation.embedding_model, None, "not loaded for random picks");
+    let again = run_eval(&s).unwrap();
+    assert_eq!(untimed(&again.runs[3].results), untimed(&random.runs[3].results));
 
     // A pool too small once the eval cases are left out ("Hello" is one).
     s.baselines = vec![Baseline::FewShot { k: 5, file: None }];
@@ -451,4 +472,109 @@ fn json_schema_from_case_constrains_decoding() {
         r.runs[0].results
     );
     assert_eq!(sum.passed, 2);
+}
+
+/// A docs directory: three topics, and a binary `.md` that is skipped.
+fn docs(root: &Path) -> PathBuf {
+    let d = root.join("docs");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("paris.md"), "Paris is the capital of France.").unwrap();
+    std::fs::write(d.join("tea.txt"), "Green tea is brewed at 80 degrees.").unwrap();
+    std::fs::write(d.join("ships.md"), "Ships sail the sea at night.").unwrap();
+    std::fs::write(d.join("blob.md"), b"\x00\x01bin").unwrap();
+    d
+}
+
+/// `rag:DIR:K` runs the base and `fine-tuned+rag:DIR:K` the adapter, both
+/// with each case's retrieved chunks in the system message; the skipped
+/// binary file is named; the fine-tune with retrieval gets a verdict but no
+/// break-even (it has no training of its own to repay).
+#[test]
+fn rag_baselines_beside_the_fine_tune() {
+    let f = fixture();
+    let cases = f.root.join("cases.jsonl");
+    write(
+        &cases,
+        &[
+            case("What is the capital?", r#""forbidden_patterns": ["As an AI"]"#),
+            case("How hot is tea brewed?", r#""forbidden_patterns": ["As an AI"]"#),
+        ],
+    );
+    let dir = docs(&f.root);
+    let mut s = spec(&f, &cases);
+    s.adapter = Some(f.adapter.clone());
+    s.training_cost = Some(1.0);
+    s.baselines = vec![
+        Baseline::Base,
+        Baseline::Rag { dir: dir.clone(), k: 2 },
+        Baseline::FineTunedRag { dir: dir.clone(), k: 2 },
+    ];
+    let r = run_eval(&s).unwrap();
+    let labels: Vec<&str> = r.runs.iter().map(|x| x.label.as_str()).collect();
+    assert_eq!(labels, ["fine-tuned", "base", "rag:docs:2", "fine-tuned+rag:docs:2"]);
+    assert!(r.runs[3].adapter.is_some() && r.runs[2].adapter.is_none());
+    let p = |i: usize| r.runs[i].summary.mean_prompt_tokens;
+    assert_eq!(p(0), p(1));
+    assert!(p(2) > p(1) + 20.0, "two chunks and the header: {} vs {}", p(2), p(1));
+    assert_eq!(p(2), p(3), "the same retrieved prompts, with and without the adapter");
+    assert!(r.runs.iter().all(|x| x.results.iter().all(|c| c.error.is_none())));
+    assert!(
+        r.warnings.iter().any(|w| w == "--baseline rag:docs:2: skipped 1 binary file(s): blob.md"),
+        "{:?}",
+        r.warnings
+    );
+    let e = r.economics.as_ref().unwrap();
+    assert_eq!(e.verdict.len(), 3);
+    assert_eq!(e.break_even.len(), 2, "base and rag, not fine-tuned+rag");
+    assert!(e.verdict[2].ends_with("(the same fine-tune, so no training cost to repay)"));
+    // The second run reads every document's vectors from the cache.
+    let cache = f.root.join("embedding-cache");
+    assert!(std::fs::read_dir(&cache).unwrap().count() > 0);
+}
+
+/// Every problem with a rag baseline is an error before any generation.
+#[test]
+fn rag_bad_inputs_are_clear_errors() {
+    let f = fixture();
+    let cases = f.root.join("cases.jsonl");
+    write(&cases, &[case("What is the capital?", r#""expected_patterns": ["x"]"#)]);
+    let dir = docs(&f.root);
+    let err = |s: &EvalSpec| run_eval(s).unwrap_err().to_string();
+    let mut s = spec(&f, &cases);
+
+    s.baselines = vec![Baseline::Rag { dir: f.root.join("nope"), k: 2 }];
+    let e = err(&s);
+    assert!(e.contains("rag:nope:2") && e.contains("does not exist"), "{e}");
+
+    let empty = f.root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("scan.md"), b"\x00\x00").unwrap();
+    std::fs::write(empty.join("notes.pdf"), b"%PDF").unwrap();
+    s.baselines = vec![Baseline::Rag { dir: empty, k: 1 }];
+    let e = err(&s);
+    assert!(e.contains("no text to retrieve from") && e.contains("1 binary and 1 other"), "{e}");
+
+    s.baselines = vec![Baseline::Rag { dir: dir.clone(), k: 9 }];
+    let e = err(&s);
+    assert!(e.contains("K is 9, but") && e.contains("only 3 chunk(s)"), "{e}");
+
+    s.baselines = vec![Baseline::FineTunedRag { dir: dir.clone(), k: 1 }];
+    assert!(err(&s).contains("fine-tuned+rag:docs:1 needs --adapter DIR"));
+
+    s.baselines = vec![Baseline::Rag { dir: dir.clone(), k: 1 }];
+    s.embedding_model = f.root.join("no-such-model").display().to_string();
+    let e = err(&s);
+    assert!(e.contains("needs the embedding model") && e.contains("--embedding-model"), "{e}");
+    // A chat model is not an embedding model.
+    s.embedding_model = f.gguf.display().to_string();
+    assert!(err(&s).contains("--embedding-model"));
+
+    // Chunks that push the prompt past the context are refused, not cut:
+    // the plain prompt fits with these max_tokens, the retrieved one not.
+    let mut s = spec(&f, &cases);
+    let plain = run_eval(&s).unwrap().runs[0].results[0].prompt_tokens;
+    s.max_tokens = 256 - plain - 5;
+    s.baselines = vec![Baseline::Rag { dir, k: 3 }];
+    let e = err(&s);
+    assert!(e.contains("do not fit the model's 256-token context") && e.contains("chunks"), "{e}");
 }
