@@ -316,4 +316,36 @@ mod tests {
         assert_ne!(a, p.pick(&cs[1], &pool, 5), "each case draws its own");
         assert_ne!(a, RandomPicker { seed: 8 }.pick(&cs[0], &pool, 5));
     }
+
+    #[test]
+    fn similar_picks_are_the_nearest_questions_nearest_last() {
+        let examples = vec![
+            chat("how do I bake bread", "a"),
+            chat("where is the harbour", "b"),
+            chat("bake bread at home quickly", "c"),
+            chat("ships in the harbour at night", "d"),
+            chat("q1", "echo of an eval case"),
+        ];
+        let cs = parse_cases(concat!(
+            r#"{"messages": [{"role": "user", "content": "q1"}], "expected_patterns": ["x"]}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "bake bread"}], "expected_patterns": ["x"]}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "the harbour ships"}], "expected_patterns": ["x"]}"#,
+        ))
+        .unwrap();
+        let pool = ShotPool::from_examples(Path::new("t"), examples, &cs);
+        assert_eq!(pool.len(), 4, "the copy of case q1 is never a shot");
+        let e = hone_retrieve::fake::FakeEmbedder::new("fake");
+        let p = SimilarPicker::new(&e, &pool, &cs).unwrap();
+        assert_eq!(e.embedded.get(), 4 + 3, "each question embedded once");
+        // "bake bread": shots 0 (2 shared words of 5) and 2 (2 of 5), tie
+        // kept in pool order, the nearest last.
+        assert_eq!(p.pick(&cs[1], &pool, 2), vec![2, 0]);
+        assert_eq!(p.pick(&cs[2], &pool, 2), vec![1, 3]);
+        assert_eq!(p.pick(&cs[2], &pool, 1), vec![3]);
+        assert_eq!(Picker::Similar(p.clone()).pick(&cs[2], &pool, 1), vec![3]);
+        assert_eq!("random".parse::<ShotPick>(), Ok(ShotPick::Random));
+        assert!("nearest".parse::<ShotPick>().is_err());
+    }
 }
