@@ -103,9 +103,10 @@ fn parse_few_shot(rest: &str) -> std::result::Result<Baseline, String> {
 fn parse_rag(spec: &str, rest: &str) -> std::result::Result<(PathBuf, usize), String> {
     let (dir, k) = match rest.rsplit_once(':') {
         Some((dir, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => {
-            let k = k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
-                format!("{spec}: K must be a whole number of chunks, at least 1")
-            })?;
+            let k =
+                k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                    format!("{spec}: K must be a whole number of chunks, at least 1")
+                })?;
             (dir, k)
         }
         _ => (rest, hone_retrieve::DEFAULT_K),
@@ -185,7 +186,9 @@ pub struct Inputs<'a> {
 impl Inputs<'_> {
     fn embedder(&self, what: &str) -> Result<&dyn Embed> {
         self.embedder.ok_or_else(|| {
-            EvalError::Spec(format!("{what} needs an embedding model, and none was loaded"))
+            EvalError::Spec(format!(
+                "{what} needs an embedding model, and none was loaded"
+            ))
         })
     }
 }
@@ -214,7 +217,11 @@ impl Approach {
                         inputs.cases,
                     )?),
                 };
-                Ok(Approach::FewShot { k: *k, pool, picker })
+                Ok(Approach::FewShot {
+                    k: *k,
+                    pool,
+                    picker,
+                })
             }
             Baseline::Rag { dir, k } | Baseline::FineTunedRag { dir, k } => {
                 let label = format!("--baseline {}", baseline.label());
@@ -357,14 +364,38 @@ mod tests {
             assert!(p(bad).is_err(), "{bad}");
         }
         let k = hone_retrieve::DEFAULT_K;
-        assert_eq!(p("rag:docs"), Ok(Baseline::Rag { dir: "docs".into(), k }));
-        assert_eq!(p("rag:docs:3"), Ok(Baseline::Rag { dir: "docs".into(), k: 3 }));
-        assert_eq!(p("rag:a:b"), Ok(Baseline::Rag { dir: "a:b".into(), k }));
+        assert_eq!(
+            p("rag:docs"),
+            Ok(Baseline::Rag {
+                dir: "docs".into(),
+                k
+            })
+        );
+        assert_eq!(
+            p("rag:docs:3"),
+            Ok(Baseline::Rag {
+                dir: "docs".into(),
+                k: 3
+            })
+        );
+        assert_eq!(
+            p("rag:a:b"),
+            Ok(Baseline::Rag {
+                dir: "a:b".into(),
+                k
+            })
+        );
         assert_eq!(
             p("fine-tuned+rag:x/docs:2"),
-            Ok(Baseline::FineTunedRag { dir: "x/docs".into(), k: 2 })
+            Ok(Baseline::FineTunedRag {
+                dir: "x/docs".into(),
+                k: 2
+            })
         );
-        assert_eq!(p("fine-tuned+rag:x/docs:2").unwrap().label(), "fine-tuned+rag:docs:2");
+        assert_eq!(
+            p("fine-tuned+rag:x/docs:2").unwrap().label(),
+            "fine-tuned+rag:docs:2"
+        );
         assert_eq!(p("rag:docs").unwrap().label(), format!("rag:docs:{k}"));
         for bad in ["rag:", "rag::3", "rag:docs:0", "fine-tuned+rag:"] {
             assert!(p(bad).is_err(), "{bad}");

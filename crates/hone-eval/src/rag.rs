@@ -120,12 +120,25 @@ mod tests {
         assert_eq!(m[0].role, Role::System);
         assert_eq!(
             m[0].content,
-            format!("{}\n\n[1] cats.md (part 1)\nCats purr and sleep.\n", hone_retrieve::CONTEXT_HEADER)
+            format!(
+                "{}\n\n[1] cats.md (part 1)\nCats purr and sleep.\n",
+                hone_retrieve::CONTEXT_HEADER
+            )
         );
         let m = r.messages(&cs[1]);
-        assert_eq!(m.len(), 2, "the case's own system message is kept, not doubled");
-        assert!(m[0].content.starts_with("Be brief.\n\n"), "{}", m[0].content);
-        assert!(m[0].content.contains("ships.txt (part 1)\nShips sail the sea."));
+        assert_eq!(
+            m.len(),
+            2,
+            "the case's own system message is kept, not doubled"
+        );
+        assert!(
+            m[0].content.starts_with("Be brief.\n\n"),
+            "{}",
+            m[0].content
+        );
+        assert!(m[0]
+            .content
+            .contains("ships.txt (part 1)\nShips sail the sea."));
         assert_eq!(r.notes, ["rag:docs:1: skipped 1 binary file(s): blob.md"]);
     }
 
@@ -137,17 +150,26 @@ mod tests {
         let err = Retrieved::build("rag:docs:3", dir.path(), 3, &cs, &e, &options())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("rag:docs:3: K is 3, but") && err.contains("only 2 chunk(s)"), "{err}");
+        assert!(
+            err.contains("rag:docs:3: K is 3, but") && err.contains("only 2 chunk(s)"),
+            "{err}"
+        );
         let missing = dir.path().join("nope");
         let err = Retrieved::build("rag:nope", &missing, 1, &cs, &e, &options())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("does not exist or is not a directory"), "{err}");
+        assert!(
+            err.contains("does not exist or is not a directory"),
+            "{err}"
+        );
         let empty = tempfile::tempdir().unwrap();
         std::fs::write(empty.path().join("only.md"), b"\x00").unwrap();
         let err = Retrieved::build("rag:empty", empty.path(), 1, &cs, &e, &options())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no text to retrieve from") && err.contains("1 binary"), "{err}");
+        assert!(
+            err.contains("no text to retrieve from") && err.contains("1 binary"),
+            "{err}"
+        );
     }
 }

@@ -18,10 +18,10 @@ use crate::cost::{estimate_training, Prices, TrainingCost};
 use crate::error::{EvalError, Result};
 use crate::model::{EngineModel, EvalModel};
 use crate::report::{EvalReport, GenerationInfo};
-use crate::shots::ShotPick;
 use crate::run::{
     chat_loss, check_fit, pair_accuracy, run_cases, Decoding, ModelRun, Progress, Summary,
 };
+use crate::shots::ShotPick;
 use crate::verdict::Economics;
 
 /// Cases decoded together by default: enough rows to read each weight

@@ -66,7 +66,11 @@ mod tests {
         let order: Vec<usize> = top.iter().map(|t| t.0).collect();
         assert_eq!(order, [2, 3, 1]);
         assert!((top[0].1 - 1.0).abs() < 1e-6 && (top[2].1 - 0.70710677).abs() < 1e-6);
-        assert_eq!(idx.top_k(&[1.0, 0.0], 10).len(), 5, "k beyond the size: all");
+        assert_eq!(
+            idx.top_k(&[1.0, 0.0], 10).len(),
+            5,
+            "k beyond the size: all"
+        );
         assert_eq!(idx.len(), 5);
     }
 }

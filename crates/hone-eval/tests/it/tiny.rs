@@ -437,9 +437,15 @@ fn prompt_and_few_shot_baselines_beside_the_fine_tune() {
     assert_eq!(untimed(&again.runs[3].results), untimed(&r.runs[3].results));
     s.few_shot_pick = ShotPick::Random;
     let random = run_eval(&s).unwrap();
-    assert_eq!(random.generation.embedding_model, None, "not loaded for random picks");
+    assert_eq!(
+        random.generation.embedding_model, None,
+        "not loaded for random picks"
+    );
     let again = run_eval(&s).unwrap();
-    assert_eq!(untimed(&again.runs[3].results), untimed(&random.runs[3].results));
+    assert_eq!(
+        untimed(&again.runs[3].results),
+        untimed(&random.runs[3].results)
+    );
 
     // A pool too small once the eval cases are left out ("Hello" is one).
     s.baselines = vec![Baseline::FewShot { k: 5, file: None }];
@@ -496,8 +502,14 @@ fn rag_baselines_beside_the_fine_tune() {
     write(
         &cases,
         &[
-            case("What is the capital?", r#""forbidden_patterns": ["As an AI"]"#),
-            case("How hot is tea brewed?", r#""forbidden_patterns": ["As an AI"]"#),
+            case(
+                "What is the capital?",
+                r#""forbidden_patterns": ["As an AI"]"#,
+            ),
+            case(
+                "How hot is tea brewed?",
+                r#""forbidden_patterns": ["As an AI"]"#,
+            ),
         ],
     );
     let dir = docs(&f.root);
@@ -506,20 +518,43 @@ fn rag_baselines_beside_the_fine_tune() {
     s.training_cost = Some(1.0);
     s.baselines = vec![
         Baseline::Base,
-        Baseline::Rag { dir: dir.clone(), k: 2 },
-        Baseline::FineTunedRag { dir: dir.clone(), k: 2 },
+        Baseline::Rag {
+            dir: dir.clone(),
+            k: 2,
+        },
+        Baseline::FineTunedRag {
+            dir: dir.clone(),
+            k: 2,
+        },
     ];
     let r = run_eval(&s).unwrap();
     let labels: Vec<&str> = r.runs.iter().map(|x| x.label.as_str()).collect();
-    assert_eq!(labels, ["fine-tuned", "base", "rag:docs:2", "fine-tuned+rag:docs:2"]);
+    assert_eq!(
+        labels,
+        ["fine-tuned", "base", "rag:docs:2", "fine-tuned+rag:docs:2"]
+    );
     assert!(r.runs[3].adapter.is_some() && r.runs[2].adapter.is_none());
     let p = |i: usize| r.runs[i].summary.mean_prompt_tokens;
     assert_eq!(p(0), p(1));
-    assert!(p(2) > p(1) + 20.0, "two chunks and the header: {} vs {}", p(2), p(1));
-    assert_eq!(p(2), p(3), "the same retrieved prompts, with and without the adapter");
-    assert!(r.runs.iter().all(|x| x.results.iter().all(|c| c.error.is_none())));
     assert!(
-        r.warnings.iter().any(|w| w == "--baseline rag:docs:2: skipped 1 binary file(s): blob.md"),
+        p(2) > p(1) + 20.0,
+        "two chunks and the header: {} vs {}",
+        p(2),
+        p(1)
+    );
+    assert_eq!(
+        p(2),
+        p(3),
+        "the same retrieved prompts, with and without the adapter"
+    );
+    assert!(r
+        .runs
+        .iter()
+        .all(|x| x.results.iter().all(|c| c.error.is_none())));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w == "--baseline rag:docs:2: skipped 1 binary file(s): blob.md"),
         "{:?}",
         r.warnings
     );
@@ -537,14 +572,26 @@ fn rag_baselines_beside_the_fine_tune() {
 fn rag_bad_inputs_are_clear_errors() {
     let f = fixture();
     let cases = f.root.join("cases.jsonl");
-    write(&cases, &[case("What is the capital?", r#""expected_patterns": ["x"]"#)]);
+    write(
+        &cases,
+        &[case(
+            "What is the capital?",
+            r#""expected_patterns": ["x"]"#,
+        )],
+    );
     let dir = docs(&f.root);
     let err = |s: &EvalSpec| run_eval(s).unwrap_err().to_string();
     let mut s = spec(&f, &cases);
 
-    s.baselines = vec![Baseline::Rag { dir: f.root.join("nope"), k: 2 }];
+    s.baselines = vec![Baseline::Rag {
+        dir: f.root.join("nope"),
+        k: 2,
+    }];
     let e = err(&s);
-    assert!(e.contains("rag:nope:2") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("rag:nope:2") && e.contains("does not exist"),
+        "{e}"
+    );
 
     let empty = f.root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -552,19 +599,37 @@ fn rag_bad_inputs_are_clear_errors() {
     std::fs::write(empty.join("notes.pdf"), b"%PDF").unwrap();
     s.baselines = vec![Baseline::Rag { dir: empty, k: 1 }];
     let e = err(&s);
-    assert!(e.contains("no text to retrieve from") && e.contains("1 binary and 1 other"), "{e}");
+    assert!(
+        e.contains("no text to retrieve from") && e.contains("1 binary and 1 other"),
+        "{e}"
+    );
 
-    s.baselines = vec![Baseline::Rag { dir: dir.clone(), k: 9 }];
+    s.baselines = vec![Baseline::Rag {
+        dir: dir.clone(),
+        k: 9,
+    }];
     let e = err(&s);
-    assert!(e.contains("K is 9, but") && e.contains("only 3 chunk(s)"), "{e}");
+    assert!(
+        e.contains("K is 9, but") && e.contains("only 3 chunk(s)"),
+        "{e}"
+    );
 
-    s.baselines = vec![Baseline::FineTunedRag { dir: dir.clone(), k: 1 }];
+    s.baselines = vec![Baseline::FineTunedRag {
+        dir: dir.clone(),
+        k: 1,
+    }];
     assert!(err(&s).contains("fine-tuned+rag:docs:1 needs --adapter DIR"));
 
-    s.baselines = vec![Baseline::Rag { dir: dir.clone(), k: 1 }];
+    s.baselines = vec![Baseline::Rag {
+        dir: dir.clone(),
+        k: 1,
+    }];
     s.embedding_model = f.root.join("no-such-model").display().to_string();
     let e = err(&s);
-    assert!(e.contains("needs the embedding model") && e.contains("--embedding-model"), "{e}");
+    assert!(
+        e.contains("needs the embedding model") && e.contains("--embedding-model"),
+        "{e}"
+    );
     // A chat model is not an embedding model.
     s.embedding_model = f.gguf.display().to_string();
     assert!(err(&s).contains("--embedding-model"));
@@ -576,5 +641,8 @@ fn rag_bad_inputs_are_clear_errors() {
     s.max_tokens = 256 - plain - 5;
     s.baselines = vec![Baseline::Rag { dir, k: 3 }];
     let e = err(&s);
-    assert!(e.contains("do not fit the model's 256-token context") && e.contains("chunks"), "{e}");
+    assert!(
+        e.contains("do not fit the model's 256-token context") && e.contains("chunks"),
+        "{e}"
+    );
 }
