@@ -254,6 +254,9 @@ fn baselines_costs_and_verdict_end_to_end() {
         d,
         "--seed",
         "4",
+        // Random picks: no embedding model in this test's HONE_HOME.
+        "--few-shot-pick",
+        "random",
     ];
     let o = eval(
         &st,
@@ -336,17 +339,43 @@ fn bad_baselines_are_clear_errors() {
         &["--baseline", "prompt:/no/such/prompt.txt"],
         "/no/such/prompt.txt",
     );
-    fails(&["--baseline", "few-shot:3"], "--train-file");
+    fails(
+        &["--baseline", "few-shot:3", "--few-shot-pick", "random"],
+        "--train-file",
+    );
     // 12 examples, 2 of them the eval cases' questions.
     fails(
-        &["--baseline", "few-shot:11", "--train-file", d],
+        &[
+            "--baseline",
+            "few-shot:11",
+            "--train-file",
+            d,
+            "--few-shot-pick",
+            "random",
+        ],
         "few-shot:11 needs 11 examples, but",
     );
     fails(
-        &["--baseline", "few-shot:11", "--train-file", d],
+        &[
+            "--baseline",
+            "few-shot:11",
+            "--train-file",
+            d,
+            "--few-shot-pick",
+            "random",
+        ],
         "has 10 usable (2 left out",
     );
-    fails(&["--baseline", "rag:docs"], "not available yet");
+    // The embedding model is loaded (and must exist) before the documents.
+    fails(
+        &[
+            "--baseline",
+            "rag:docs",
+            "--embedding-model",
+            "/no/such/model",
+        ],
+        "needs the embedding model '/no/such/model' (--embedding-model)",
+    );
     fails(&["--baseline", "fine-tuned"], "needs --adapter");
     // The tiny model's context is 256 tokens: eight examples and 200 answer
     // tokens do not fit, and that is said, never silently cut.
@@ -358,6 +387,8 @@ fn bad_baselines_are_clear_errors() {
             d,
             "--max-tokens",
             "200",
+            "--few-shot-pick",
+            "random",
         ],
         "do not fit the model's 256-token context",
     );
