@@ -77,6 +77,12 @@ stamp "openai SDK structured outputs and tools, qwen"
 target/sdk-venv/bin/python tests/sdk/structured.py --hone "$HONE_BIN" --model "$HONE_TEST_QWEN_GGUF" \
   --base-id qwen2.5-coder-0.5b-instruct
 
+# schemathesis against `hone serve` on the default model, from the server's own
+# /openapi.json: any 5xx or answer off its schema fails (scripts/schemathesis.sh;
+# 3 minutes of fuzzing, about 3.5 with the venv).
+stamp "schemathesis against hone serve, default model"
+scripts/schemathesis.sh "$HONE_BIN" "$HONE_TEST_GGUF" 180
+
 # The Qwen quickstart's adapter in Python peft on transformers' model of the
 # same GGUF: no missing or unexpected keys, and the same greedy text as
 # `hone chat --weights f32 --adapter` (tests/hf/). CI must run it: a failed

@@ -13,7 +13,7 @@ tag!(/// `"assistant"`, the only role a completion answers with.
 
 /// A message's content: a string, or a list of parts (only text parts are
 /// understood; others are refused when converted).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
@@ -21,7 +21,7 @@ pub enum MessageContent {
 }
 
 /// One part of a multi-part content.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -55,7 +55,7 @@ impl MessageContent {
 }
 
 /// One message of a chat completion request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequestMessage {
     /// `system`, `developer` (treated as system), `user`, `assistant`, `tool`.
     pub role: String,
@@ -64,6 +64,7 @@ pub struct ChatRequestMessage {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ToolCall>>)]
     pub tool_calls: Option<Value>,
     #[serde(default)]
     pub tool_call_id: Option<String>,
@@ -94,7 +95,7 @@ impl ChatRequestMessage {
 }
 
 /// `stop`: one string or up to four.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StopSpec {
     One(String),
@@ -111,7 +112,7 @@ impl StopSpec {
 }
 
 /// `stream_options`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
@@ -121,19 +122,20 @@ pub struct StreamOptions {
 /// `json_schema` object (`name`, `schema`, `strict`) stays raw JSON here and
 /// is checked, and its schema compiled, by `chat::plan`, so a malformed one
 /// is a 400 on `response_format` rather than an unreadable body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseFormat {
     Text,
     JsonObject,
     JsonSchema {
         #[serde(default)]
+        #[schema(value_type = Option<JsonSchemaSpec>)]
         json_schema: Option<Value>,
     },
 }
 
 /// Body of `POST /v1/chat/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatRequestMessage>,
@@ -162,11 +164,14 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<ToolSpec>>)]
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
+    #[schema(value_type = Option<ToolChoiceSpec>)]
     pub tool_choice: Option<Value>,
     /// Raw, so a non-boolean is a 400 naming the field.
     #[serde(default)]
+    #[schema(value_type = Option<bool>)]
     pub parallel_tool_calls: Option<Value>,
 }
 
@@ -190,7 +195,7 @@ impl ChatCompletionRequest {
 }
 
 /// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
@@ -200,7 +205,7 @@ pub enum FinishReason {
 }
 
 /// Token counts of a completion.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -208,7 +213,7 @@ pub struct Usage {
 }
 
 /// The assistant message of a (non-streamed) choice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssistantMessage {
     pub role: AssistantTag,
     pub content: Option<String>,
@@ -219,7 +224,7 @@ pub struct AssistantMessage {
 }
 
 /// One choice of a completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Choice {
     pub index: u32,
     pub message: AssistantMessage,
@@ -228,7 +233,7 @@ pub struct Choice {
 }
 
 /// `object: "chat.completion"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletion {
     pub id: String,
     pub object: ChatCompletionTag,
@@ -242,7 +247,7 @@ pub struct ChatCompletion {
 
 /// The delta of a streamed choice. The first chunk carries the role and an
 /// empty content; the last carries neither (an empty object).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<AssistantTag>,
@@ -254,7 +259,7 @@ pub struct Delta {
 
 /// One call in an answer: `{"id": "call_…", "type": "function",
 /// "function": {"name", "arguments"}}`, arguments a JSON string.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ToolCall {
     pub id: String,
     #[serde(rename = "type")]
@@ -263,7 +268,7 @@ pub struct ToolCall {
 }
 
 /// A called function's name and its arguments as a JSON string.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionCall {
     pub name: String,
     pub arguments: String,
@@ -275,7 +280,7 @@ tag!(/// `"function"`, the only kind of tool call.
 /// A piece of a streamed call: the first for a call carries `index`, `id`,
 /// `type` and the name (arguments `""`); later ones add argument text, as
 /// the SDK's stream helpers join them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ToolCallDelta {
     pub index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,7 +291,7 @@ pub struct ToolCallDelta {
 }
 
 /// The function part of a [`ToolCallDelta`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionDelta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -295,7 +300,7 @@ pub struct FunctionDelta {
 }
 
 /// One choice of a streamed chunk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -304,7 +309,7 @@ pub struct ChunkChoice {
 }
 
 /// `object: "chat.completion.chunk"`. The usage chunk has `choices: []`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: ChatCompletionChunkTag,
@@ -313,6 +318,81 @@ pub struct ChatCompletionChunk {
     pub choices: Vec<ChunkChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+// ----- Schemas of the request fields kept as raw JSON above (`tools`,
+// `tool_choice`, a message's `tool_calls`, `response_format`'s
+// `json_schema`), which `chat::tools` and `chat::plan` check by hand so that
+// a bad one is a 400 naming the field, not an unreadable body. These types
+// only describe the shape for `/openapi.json` (the fields name them with
+// `#[schema(value_type = ...)]`); nothing (de)serializes them.
+
+/// One entry of `tools`: a function the model may call.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ToolSpec {
+    #[serde(rename = "type")]
+    kind: FunctionTag,
+    function: FunctionSpec,
+}
+
+/// A callable function: its name, what it does, and a JSON Schema of its
+/// arguments.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct FunctionSpec {
+    /// Letters, digits, `_` and `-`, at most 64.
+    name: String,
+    description: Option<String>,
+    /// A JSON Schema object for the arguments.
+    parameters: Option<serde_json::Map<String, Value>>,
+    /// Hold calls to `parameters` with the grammar.
+    strict: Option<bool>,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"`, or one named function.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum ToolChoiceSpec {
+    Mode(ToolChoiceMode),
+    Named(NamedToolChoice),
+}
+
+/// The modes of `tool_choice`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoiceMode {
+    None,
+    Auto,
+    Required,
+}
+
+/// `{"type": "function", "function": {"name": ...}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    kind: FunctionTag,
+    function: NamedFunction,
+}
+
+/// The function a named `tool_choice` requires.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NamedFunction {
+    name: String,
+}
+
+/// `response_format.json_schema`: structured outputs.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct JsonSchemaSpec {
+    name: String,
+    description: Option<String>,
+    /// The JSON Schema the answer must follow.
+    schema: Option<serde_json::Map<String, Value>>,
+    strict: Option<bool>,
 }
 
 #[cfg(test)]

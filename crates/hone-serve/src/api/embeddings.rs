@@ -8,7 +8,7 @@ tag!(/// `"embedding"`
 /// What to embed: a string, a list of strings, a token array, or a list of
 /// token arrays (ids of the served model's vocabulary, without `[CLS]` and
 /// `[SEP]`, which the server adds).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     Text(String),
@@ -18,7 +18,7 @@ pub enum EmbeddingInput {
 }
 
 /// How the vectors are written in the answer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodingFormat {
     /// A JSON array of numbers.
@@ -30,7 +30,7 @@ pub enum EncodingFormat {
 }
 
 /// `POST /v1/embeddings`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: EmbeddingInput,
@@ -44,7 +44,7 @@ pub struct EmbeddingRequest {
 }
 
 /// One vector, as a float array or a base64 string.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     Float(Vec<f32>),
@@ -52,7 +52,7 @@ pub enum EmbeddingVector {
 }
 
 /// One input's embedding.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Embedding {
     pub object: EmbeddingTag,
     /// The input's position in the request.
@@ -61,14 +61,14 @@ pub struct Embedding {
 }
 
 /// Tokens the model read, `[CLS]` and `[SEP]` included.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: u32,
     pub total_tokens: u32,
 }
 
 /// The answer of `POST /v1/embeddings`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingList {
     pub object: super::lists::ListTag,
     pub data: Vec<Embedding>,

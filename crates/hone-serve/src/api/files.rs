@@ -9,7 +9,7 @@ tag!(/// `"file"`
 
 /// Upload state of a file. Fine-tune files are validated at upload and end
 /// `processed` or `error` before the upload call returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileStatus {
     Uploaded,
@@ -37,7 +37,7 @@ impl FileStatus {
 }
 
 /// `object: "file"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileObject {
     pub id: String,
     pub object: FileTag,
@@ -60,9 +60,23 @@ impl HasId for FileObject {
 }
 
 /// Answer of `DELETE /v1/files/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileDeleted {
     pub id: String,
     pub object: FileTag,
     pub deleted: bool,
+}
+
+/// The multipart form of `POST /v1/files`, for the OpenAPI spec only (the
+/// handler reads the parts as a stream, so that a large upload never sits
+/// in memory). Other parts (e.g. `expires_after`) are accepted and ignored.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct FileUpload {
+    /// The file's bytes, with its filename.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+    /// `fine-tune` (validated at upload), `assistants`, `batch`, `user_data`,
+    /// `evals` or `vision`.
+    pub purpose: String,
 }

@@ -19,7 +19,7 @@ tag!(/// `"auto"`, for hyperparameters the server resolves.
 
 /// `"auto"` or a concrete value: what a user may give for a hyperparameter,
 /// and what a job shows until the worker resolves it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum AutoOr<T> {
     Auto(AutoTag),
@@ -59,7 +59,7 @@ impl<T: Copy> AutoOr<T> {
 }
 
 /// Hyperparameters, as requested (possibly `"auto"`) or resolved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Hyperparameters {
     #[serde(default)]
     pub n_epochs: AutoOr<u32>,
@@ -87,7 +87,7 @@ impl Hyperparameters {
 }
 
 /// `method.type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MethodType {
     Supervised,
@@ -97,14 +97,14 @@ pub enum MethodType {
 }
 
 /// `method.supervised` / `method.dpo`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MethodParams {
     #[serde(default)]
     pub hyperparameters: Hyperparameters,
 }
 
 /// The training method of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Method {
     #[serde(rename = "type")]
     pub kind: MethodType,
@@ -118,7 +118,7 @@ pub struct Method {
 }
 
 /// Status of a fine-tuning job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     ValidatingFiles,
@@ -169,7 +169,7 @@ impl JobStatus {
 /// `error` of a failed job. `code` is a string on the wire and in the
 /// store (a job failed by an older version keeps its code); new ones are
 /// built from an [`ErrorCode`] with [`JobError::new`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub code: String,
     pub message: String,
@@ -239,7 +239,7 @@ impl Method {
 }
 
 /// `object: "fine_tuning.job"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FineTuningJob {
     pub id: String,
     pub object: JobTag,
@@ -272,7 +272,7 @@ impl HasId for FineTuningJob {
 }
 
 /// Body of `POST /v1/fine_tuning/jobs`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct CreateJobRequest {
     pub model: String,
     pub training_file: String,
@@ -292,7 +292,7 @@ pub struct CreateJobRequest {
 }
 
 /// Level of a job event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventLevel {
     Info,
@@ -320,7 +320,7 @@ impl EventLevel {
 }
 
 /// Kind of a job event: a human message, or a metrics record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     Message,
@@ -345,7 +345,7 @@ impl EventType {
 }
 
 /// `object: "fine_tuning.job.event"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     pub id: String,
     pub object: JobEventTag,
@@ -364,7 +364,7 @@ impl HasId for JobEvent {
 }
 
 /// Metrics of a step, as in metrics events and checkpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepMetrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u64>,
@@ -385,7 +385,7 @@ pub struct StepMetrics {
 }
 
 /// `object: "fine_tuning.job.checkpoint"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobCheckpoint {
     pub id: String,
     pub object: JobCheckpointTag,

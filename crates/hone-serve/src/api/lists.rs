@@ -8,7 +8,7 @@ tag!(/// `"list"`
 /// A page of a list: newest first, with `has_more` for cursor pagination.
 /// `first_id`/`last_id` appear on files and checkpoints (and are harmless on
 /// the others, so we send them whenever the page is not empty).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListResponse<T> {
     pub object: ListTag,
     pub data: Vec<T>,
@@ -40,11 +40,15 @@ impl<T: HasId> ListResponse<T> {
 }
 
 /// Query of list endpoints: `after` (an id, exclusive) and `limit`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// The id of the last object of the previous page (exclusive).
     pub after: Option<String>,
+    /// Page size, from 1 to the endpoint's maximum (files 10,000, events 1,000,
+    /// jobs and checkpoints 100).
     pub limit: Option<u32>,
-    /// `asc` or `desc` (files only); newest first when absent.
+    /// `asc` or `desc`; newest first when absent.
     pub order: Option<String>,
     /// Files only: filter by purpose.
     pub purpose: Option<String>,

@@ -8,7 +8,7 @@ tag!(/// `"model"`
     ModelTag = "model");
 
 /// `object: "model"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Model {
     pub id: String,
     pub object: ModelTag,
@@ -23,7 +23,7 @@ impl HasId for Model {
 }
 
 /// Answer of `DELETE /v1/models/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelDeleted {
     pub id: String,
     pub object: ModelTag,

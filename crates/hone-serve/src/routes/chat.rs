@@ -38,6 +38,15 @@ use crate::store::unix_now;
 /// pauses generation instead of piling up text.
 const STREAM_BUFFER: usize = 64;
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    operation_id = "createChatCompletion",
+    tag = "chat",
+    summary = "Chat with a base, ft: or checkpoint model (stream: SSE)",
+    request_body(content = ChatCompletionRequest, content_type = "application/json"),
+    responses((status = 200, description = "The completion; with `stream: true`, `chat.completion.chunk` objects as server-sent events, then `data: [DONE]`", content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))))
+)]
 pub(super) async fn completions(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,

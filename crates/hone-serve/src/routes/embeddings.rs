@@ -25,6 +25,15 @@ enum Inputs {
     Tokens(Vec<Vec<u32>>),
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    operation_id = "createEmbedding",
+    tag = "embeddings",
+    summary = "Embed texts or token arrays (--embedding-model)",
+    request_body(content = EmbeddingRequest, content_type = "application/json"),
+    responses((status = 200, description = "One vector per input, in order", body = EmbeddingList))
+)]
 pub(super) async fn create(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<EmbeddingRequest>,

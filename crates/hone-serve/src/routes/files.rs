@@ -13,7 +13,9 @@ use axum::Json;
 use tokio::io::AsyncReadExt;
 
 use super::page_request;
-use crate::api::{FileDeleted, FileObject, FileStatus, FileTag, ListQuery, ListResponse};
+use crate::api::{
+    FileDeleted, FileObject, FileStatus, FileTag, FileUpload, ListQuery, ListResponse,
+};
 use crate::auth::Caller;
 use crate::blobs::{Blob, Upload};
 use crate::engines::{FileCheck, FileValidator};
@@ -42,6 +44,15 @@ const MAX_LISTED_PROBLEMS: usize = 1000;
 /// Files list: OpenAI's default and maximum page size.
 const FILES_PAGE_MAX: u32 = 10_000;
 
+#[utoipa::path(
+    post,
+    path = "/v1/files",
+    operation_id = "createFile",
+    tag = "files",
+    summary = "Upload a file (multipart: file, purpose); fine-tune files are validated at upload",
+    request_body(content = FileUpload, content_type = "multipart/form-data"),
+    responses((status = 200, description = "The stored file; a fine-tune file is `processed` or `error` already", body = FileObject))
+)]
 pub(super) async fn upload(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -204,6 +215,15 @@ pub(crate) fn status_of(check: &FileCheck) -> (FileStatus, Option<String>) {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/files",
+    operation_id = "listFiles",
+    tag = "files",
+    summary = "List files, newest first",
+    params(ListQuery),
+    responses((status = 200, description = "A page of files", body = ListResponse<FileObject>))
+)]
 pub(super) async fn list(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -218,6 +238,15 @@ pub(super) async fn list(
     Ok(Json(ListResponse::page(p.data, p.has_more)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/files/{id}",
+    operation_id = "retrieveFile",
+    tag = "files",
+    summary = "Retrieve a file object",
+    params(("id" = String, Path, description = "A file id")),
+    responses((status = 200, description = "The file", body = FileObject))
+)]
 pub(super) async fn retrieve(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -232,6 +261,15 @@ pub(super) async fn retrieve(
 
 /// Forgets the file, then removes its blob (after the commit, so a crash in
 /// between leaves an orphan blob, never a record without content).
+#[utoipa::path(
+    delete,
+    path = "/v1/files/{id}",
+    operation_id = "deleteFile",
+    tag = "files",
+    summary = "Delete a file",
+    params(("id" = String, Path, description = "A file id")),
+    responses((status = 200, description = "Deleted", body = FileDeleted))
+)]
 pub(super) async fn delete(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -250,6 +288,15 @@ pub(super) async fn delete(
 }
 
 /// Streams the raw bytes in 64 KiB chunks.
+#[utoipa::path(
+    get,
+    path = "/v1/files/{id}/content",
+    operation_id = "downloadFile",
+    tag = "files",
+    summary = "Download a file's raw bytes",
+    params(("id" = String, Path, description = "A file id")),
+    responses((status = 200, description = "The bytes as uploaded", body = [u8], content_type = "application/octet-stream"))
+)]
 pub(super) async fn content(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -32,6 +32,15 @@ const JOBS_PAGE: (u32, u32) = (20, 100);
 const EVENTS_PAGE: (u32, u32) = (20, 1000);
 const CHECKPOINTS_PAGE: (u32, u32) = (10, 100);
 
+#[utoipa::path(
+    post,
+    path = "/v1/fine_tuning/jobs",
+    operation_id = "createFineTuningJob",
+    tag = "fine-tuning",
+    summary = "Create a fine-tuning job (supervised or dpo)",
+    request_body(content = CreateJobRequest, content_type = "application/json"),
+    responses((status = 200, description = "The new job, `validating_files`", body = FineTuningJob))
+)]
 pub(super) async fn create(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -241,6 +250,15 @@ async fn check_file(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/fine_tuning/jobs",
+    operation_id = "listFineTuningJobs",
+    tag = "fine-tuning",
+    summary = "List fine-tuning jobs, newest first",
+    params(ListQuery),
+    responses((status = 200, description = "A page of jobs", body = ListResponse<FineTuningJob>))
+)]
 pub(super) async fn list(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -254,6 +272,15 @@ pub(super) async fn list(
     Ok(Json(ListResponse::page(p.data, p.has_more)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/fine_tuning/jobs/{id}",
+    operation_id = "retrieveFineTuningJob",
+    tag = "fine-tuning",
+    summary = "Retrieve a job",
+    params(("id" = String, Path, description = "A job id")),
+    responses((status = 200, description = "The job", body = FineTuningJob))
+)]
 pub(super) async fn retrieve(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -279,6 +306,15 @@ async fn command(
     Ok(Json(st.worker.command(id, c).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/fine_tuning/jobs/{id}/cancel",
+    operation_id = "cancelFineTuningJob",
+    tag = "fine-tuning",
+    summary = "Cancel a job (answers at once; a running one stops within a step)",
+    params(("id" = String, Path, description = "A job id")),
+    responses((status = 200, description = "The job, `cancelled`", body = FineTuningJob))
+)]
 pub(super) async fn cancel(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -287,6 +323,15 @@ pub(super) async fn cancel(
     command(&st, &caller, &id, Command::Cancel).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/fine_tuning/jobs/{id}/pause",
+    operation_id = "pauseFineTuningJob",
+    tag = "fine-tuning",
+    summary = "Pause a job (a running one checkpoints first)",
+    params(("id" = String, Path, description = "A job id")),
+    responses((status = 200, description = "The job", body = FineTuningJob))
+)]
 pub(super) async fn pause(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -295,6 +340,15 @@ pub(super) async fn pause(
     command(&st, &caller, &id, Command::Pause).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/fine_tuning/jobs/{id}/resume",
+    operation_id = "resumeFineTuningJob",
+    tag = "fine-tuning",
+    summary = "Resume a paused job (queued again; continues from its checkpoint)",
+    params(("id" = String, Path, description = "A job id")),
+    responses((status = 200, description = "The job", body = FineTuningJob))
+)]
 pub(super) async fn resume(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -303,6 +357,15 @@ pub(super) async fn resume(
     command(&st, &caller, &id, Command::Resume).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/fine_tuning/jobs/{id}/events",
+    operation_id = "listFineTuningEvents",
+    tag = "fine-tuning",
+    summary = "A job's events (messages and per-step metrics), newest first",
+    params(("id" = String, Path, description = "A job id"), ListQuery),
+    responses((status = 200, description = "A page of events", body = ListResponse<JobEvent>))
+)]
 pub(super) async fn events(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -317,6 +380,15 @@ pub(super) async fn events(
     Ok(Json(ListResponse::page(p.data, p.has_more)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/fine_tuning/jobs/{id}/checkpoints",
+    operation_id = "listFineTuningJobCheckpoints",
+    tag = "fine-tuning",
+    summary = "A job's checkpoints, each usable as a model",
+    params(("id" = String, Path, description = "A job id"), ListQuery),
+    responses((status = 200, description = "A page of checkpoints", body = ListResponse<JobCheckpoint>))
+)]
 pub(super) async fn checkpoints(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -14,6 +14,7 @@ mod embeddings;
 mod files;
 mod jobs;
 mod models;
+pub(crate) mod spec;
 
 use axum::extract::{DefaultBodyLimit, OriginalUri, Request};
 use axum::http::{header, Method, StatusCode};
@@ -70,7 +71,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(auth, require_key));
     Router::new()
         .route("/health", get(health))
-        .route("/openapi.json", get(crate::openapi::openapi_json))
+        .route("/openapi.json", get(spec::openapi_json))
         .nest("/v1", v1)
         .fallback(unknown_route)
         .layer(from_fn(openai_errors))
@@ -78,6 +79,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "ops",
+    summary = "Liveness and version (no key needed)",
+    responses((status = 200, description = "The server is up", body = Health))
+)]
 async fn health() -> Json<Health> {
     Json(Health {
         status: "ok".into(),

@@ -12,6 +12,14 @@ use crate::extract::ApiPath;
 use crate::ids::FineTunedName;
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "listModels",
+    tag = "models",
+    summary = "Base, fine-tuned and checkpoint models",
+    responses((status = 200, description = "Every model this key may use", body = ListResponse<Model>))
+)]
 pub(super) async fn list(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -32,6 +40,15 @@ pub(super) async fn list(
     Ok(Json(ListResponse::page(data, false)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{id}",
+    operation_id = "retrieveModel",
+    tag = "models",
+    summary = "Retrieve a model (ft: ids keep their colons)",
+    params(("id" = String, Path, description = "A model id")),
+    responses((status = 200, description = "The model", body = Model))
+)]
 pub(super) async fn retrieve(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -53,6 +70,15 @@ pub(super) async fn retrieve(
 /// Deletes a fine-tuned model. Base and checkpoint models cannot be
 /// deleted: a permanent 400, so the SDK does not retry. The adapter files
 /// stay on disk with their job (its checkpoints still use them).
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{id}",
+    operation_id = "deleteModel",
+    tag = "models",
+    summary = "Delete a fine-tuned model",
+    params(("id" = String, Path, description = "A fine-tuned model id")),
+    responses((status = 200, description = "Deleted", body = ModelDeleted))
+)]
 pub(super) async fn delete(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -128,3 +128,101 @@ async fn the_spec_names_every_error_code() {
         assert!(errors.contains(code.as_str()), "{code} missing: {errors}");
     }
 }
+
+/// Every `$ref` in `v`, as `(where, target)`.
+fn refs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x.as_str()) {
+                    ("$ref", Some(r)) => out.push((at.to_string(), r.to_string())),
+                    _ => refs(x, &format!("{at}/{k}"), out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                refs(x, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_operation_has_request_and_response_schemas() {
+    let t = TestApp::new();
+    let spec = t.get("/openapi.json").await.json();
+    let schemas = spec["components"]["schemas"].as_object().unwrap();
+    let mut with_body = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let what = format!("{method} {path}");
+            let ok = op["responses"]["200"]["content"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{what}: a 200 without content"));
+            assert!(!ok.is_empty(), "{what}");
+            for (ct, media) in ok {
+                assert!(media["schema"].is_object(), "{what} {ct}: no schema");
+            }
+            if let Some(body) = op.get("requestBody") {
+                assert_eq!(body["required"], true, "{what}");
+                for (ct, media) in body["content"].as_object().unwrap() {
+                    let s = &media["schema"];
+                    assert!(s["$ref"].is_string(), "{what} {ct}: body not a named type");
+                }
+                with_body.insert(what.clone());
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                assert!(p["schema"].is_object(), "{what}: parameter {p} untyped");
+            }
+            if path.starts_with("/v1/") {
+                let error = &op["responses"]["default"]["content"]["application/json"]["schema"];
+                assert_eq!(error["$ref"], "#/components/schemas/ErrorBody", "{what}");
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "post /v1/files",
+        "post /v1/fine_tuning/jobs",
+        "post /v1/chat/completions",
+        "post /v1/embeddings",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(with_body, expected, "the operations that take a body");
+    assert!(
+        spec["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]
+            .is_object()
+    );
+    // Every reference resolves, so a client can follow the whole document.
+    let mut found = Vec::new();
+    refs(&spec, "", &mut found);
+    assert!(found.len() > 20, "{found:?}");
+    for (at, r) in found {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("{at}: {r}"));
+        assert!(schemas.contains_key(name), "{at}: {r} is not defined");
+    }
+    // The fields kept as raw JSON in the types are described all the same.
+    let chat = &schemas["ChatCompletionRequest"]["properties"];
+    for field in [
+        "messages",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "stop",
+    ] {
+        assert!(chat[field].is_object(), "chat request lacks {field}");
+    }
+    assert!(schemas.contains_key("ToolSpec") && schemas.contains_key("JsonSchemaSpec"));
+    let list = &spec["paths"]["/v1/files"]["get"]["parameters"];
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["after", "limit", "order", "purpose"]);
+}

@@ -1,0 +1,56 @@
+//! `GET /openapi.json`: the operations collected from the
+//! `#[utoipa::path]` attribute on each handler (beside the code it
+//! describes, so a changed request or answer type changes the spec with it),
+//! completed by `crate::openapi` with what every operation shares (auth, the
+//! error answer). It lives inside `routes` because the handlers are private
+//! to it.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::{chat, embeddings, files, jobs, models};
+
+/// Every routed operation. `tests/it/openapi.rs` checks this list against
+/// the router both ways.
+#[derive(OpenApi)]
+#[openapi(paths(
+    super::health,
+    openapi_json,
+    files::upload,
+    files::list,
+    files::retrieve,
+    files::delete,
+    files::content,
+    jobs::create,
+    jobs::list,
+    jobs::retrieve,
+    jobs::cancel,
+    jobs::pause,
+    jobs::resume,
+    jobs::events,
+    jobs::checkpoints,
+    models::list,
+    models::retrieve,
+    models::delete,
+    chat::completions,
+    embeddings::create,
+))]
+pub(crate) struct RoutedApi;
+
+/// The OpenAPI document of this server.
+pub fn spec() -> utoipa::openapi::OpenApi {
+    crate::openapi::complete(RoutedApi::openapi())
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "ops",
+    summary = "This document (no key needed)",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value))
+)]
+pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(spec())
+}
