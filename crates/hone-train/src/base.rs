@@ -49,7 +49,7 @@ pub fn fit_model(model: &mut Llama, mode: BaseWeights) -> Result<()> {
     let packed = model
         .layers
         .iter()
-        .flat_map(|b| linears(b))
+        .flat_map(linears)
         .filter(|l| matches!(l.base(), BaseWeight::Packed(_)))
         .count();
     let total = model.layers.len() * 7;
