@@ -1,9 +1,13 @@
 //! Throughput of candle's f32 matmul (the gemm crate, all threads) on the training step's
 //! product shapes, to hold against `torch.matmul` on the same machine: `x·Wᵀ` with `W`
 //! as a transposed view (what `ops::frozen_linear` runs) and as a contiguous `[in, out]`.
-//! Run: `cargo run --release -p hone-model --example mm_probe`.
+//! Then the frozen-weight product paths of training (f32 gemm, and bf16 on this CPU's
+//! best kernel) on the step's shapes, through `hone_model::ops::peak`, the measurement
+//! `hone bench train` divides its GFLOP/s by.
+//! Run: `cargo run --release --workspace --example mm_probe`.
 
 use candle_core::{Device, Tensor};
+use hone_model::ops::peak;
 use std::time::Instant;
 fn main() -> candle_core::Result<()> {
     for (m, n, k) in [
@@ -40,6 +44,18 @@ fn main() -> candle_core::Result<()> {
             2.0 * (m * n * k) as f64 / dt / 1e9,
             2.0 * (m * n * k) as f64 / dt2 / 1e9
         );
+    }
+    let bf16 = hone_model::ops::Precision::Bf16(hone_model::ops::Bf16Kernel::detect());
+    for precision in [hone_model::ops::Precision::F32, bf16] {
+        let rates = peak::product_rates(precision, peak::TRAINING_SHAPES, 5)?;
+        for r in rates {
+            let (rows, n_in, n_out) = r.shape;
+            println!(
+                "{}: x[{rows},{n_in}]·Wᵀ[{n_in},{n_out}] {:.1} GFLOP/s",
+                precision.describe(),
+                r.gflops
+            );
+        }
     }
     Ok(())
 }

@@ -202,7 +202,7 @@ impl Llama {
                 t,
                 self.cfg.hidden_size,
             ))?,
-            Embedding::Packed(_) => return Err(quantized_in_training()),
+            Embedding::Packed(_) => self.embed_tokens.lookup(input_ids)?,
         };
         // The embedding is frozen: the scale needs no backward.
         let s = self.spec.embedding_scale;
@@ -230,10 +230,7 @@ impl Llama {
             let mut weights = Vec::with_capacity(7);
             let mut adapters = [None; 7];
             for (slot, lin) in adapters.iter_mut().zip(linears) {
-                let BaseWeight::Dense(w) = lin.base() else {
-                    return Err(quantized_in_training());
-                };
-                weights.push(w.clone());
+                weights.push(lin.base().clone());
                 if let Some(ad) = lin.adapter().filter(|_| use_adapters) {
                     *slot = Some((ad.rank(), ad.scale));
                     parts.push(ad.a.flatten_all()?);
@@ -276,7 +273,7 @@ impl Llama {
     pub fn train_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let z = match &self.lm_head {
             LmHead::Dense(w) => ops::frozen_linear(hidden, w)?,
-            LmHead::Packed(_) => return Err(quantized_in_training()),
+            LmHead::Packed(p) => ops::frozen_linear_base(hidden, &BaseWeight::Packed(p.clone()))?,
         };
         match self.spec.final_logit_softcap {
             Some(cap) => Ok(((z / cap as f64)?.tanh()? * cap as f64)?),
@@ -308,15 +305,18 @@ impl Llama {
         let h = self.forward_train_hidden_packed(input_ids, packed, opts)?;
         // The LM head and the loss in one op: only trained positions are projected,
         // and the 200 MB logits of a 4x256 batch are never held (ops::lm_head_loss).
-        let LmHead::Dense(w) = &self.lm_head else {
-            return Err(quantized_in_training());
+        let w = match &self.lm_head {
+            LmHead::Dense(w) => BaseWeight::Dense(w.clone()),
+            LmHead::Packed(p) => BaseWeight::Packed(p.clone()),
         };
         let cap = self.spec.final_logit_softcap;
-        let (loss, accuracy) = ops::lm_head_cross_entropy(&h, w, targets, mask, cap)?;
+        let (loss, accuracy) = ops::lm_head_cross_entropy_base(&h, &w, targets, mask, cap)?;
         Ok(TrainLoss { loss, accuracy })
     }
 }
 
+/// The unfused reference path (`train_reference`, tests only) multiplies f32 tensors.
+#[cfg(test)]
 pub(crate) fn quantized_in_training() -> ModelError {
     ModelError::Config(
         "training needs f32 base weights; load the model with WeightPath::F32".into(),

@@ -72,6 +72,12 @@ pub struct ServeConfig {
     #[arg(long, env = "HONE_CHECKPOINT_EVERY", default_value_t = 20)]
     pub checkpoint_every: u64,
 
+    /// How fine-tuning jobs hold and multiply the frozen base: auto (bf16
+    /// where the CPU has AMX-BF16, else f32), f32, bf16, q8_0 or native (see
+    /// `hone train --base-weights`). A resumed job keeps the mode it started with.
+    #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
+    pub base_weights: hone_model::ops::BaseWeights,
+
     /// Chat completions generated at once; more get a 429 with
     /// `Retry-After` (0: twice the cores, at least 4).
     #[arg(long, env = "HONE_MAX_CONCURRENT_CHATS", default_value_t = 0)]
@@ -108,6 +114,7 @@ impl ServeConfig {
             adapters: Vec::new(),
             max_concurrent_jobs: 1,
             checkpoint_every: 20,
+            base_weights: hone_model::ops::BaseWeights::Auto,
             max_concurrent_chats: 0,
             max_adapters: crate::chat::DEFAULT_MAX_ADAPTERS,
             shutdown_timeout_secs: 60,
@@ -174,6 +181,7 @@ impl fmt::Debug for ServeConfig {
             .field("adapters", &self.adapters)
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
             .field("checkpoint_every", &self.checkpoint_every)
+            .field("base_weights", &self.base_weights)
             .field("max_concurrent_chats", &self.max_concurrent_chats)
             .field("max_adapters", &self.max_adapters)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)

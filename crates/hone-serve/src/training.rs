@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use hone_data::hparams::{Overrides, ResolvedHyperparameters};
 use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-use hone_model::{Llama, LoraConfig, WeightPath};
+use hone_model::ops::BaseWeights;
+use hone_model::{Llama, LoraConfig};
 use hone_train::job::{
     DEFAULT_KEEP_CHECKPOINTS, DEFAULT_LORA_ALPHA, DEFAULT_LORA_R, DEFAULT_MAX_SEQ_LEN,
     DEFAULT_TARGET_MODULES,
@@ -75,6 +76,9 @@ pub struct TrainerOptions {
     /// Resume checkpoints hone-train keeps (checkpoint models are copied out
     /// and kept regardless).
     pub keep_checkpoints: usize,
+    /// How jobs multiply by the frozen base (`hone serve --base-weights`); a job's
+    /// checkpoints record the mode it resolved to, and its resume keeps it.
+    pub base_weights: BaseWeights,
 }
 
 impl Default for TrainerOptions {
@@ -86,6 +90,7 @@ impl Default for TrainerOptions {
             max_seq_len: DEFAULT_MAX_SEQ_LEN,
             checkpoint_every: 20,
             keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
+            base_weights: BaseWeights::Auto,
         }
     }
 }
@@ -138,6 +143,7 @@ impl TrainerOptions {
             // A job resumes from its checkpoints: keep at least one.
             keep_checkpoints: self.keep_checkpoints.max(1),
             checkpoint_every: self.checkpoint_every,
+            base_weights: self.base_weights,
             ..JobOptions::new(method)
         })
     }
@@ -262,9 +268,13 @@ impl HoneTrainer {
             EventLevel::Info,
             format!("Loading base model {}", job.model),
         );
+        // A resumed job keeps the mode its checkpoint recorded (with `auto`).
+        let out_dir = ctx.job_dir.join(RUN_DIR);
+        let mode = hone_train::base::mode_for_run(self.options.base_weights, &out_dir, true)
+            .map_err(|e| JobError::new(ErrorCode::InternalError, e.to_string()))?;
         let engine = self
             .models
-            .load(resolved, WeightPath::F32)
+            .load(resolved, hone_train::base::weight_path(mode))
             .map_err(|e| load_failed(&job.model, e))?;
         let base = BaseModel {
             id: &engine.id,
@@ -484,13 +494,18 @@ impl EventSink for JobSink<'_> {
                 train_examples,
                 trainable_params,
                 resumed_from_step,
+                base_weights,
                 ..
             } => {
+                let mode = base_weights.as_str();
                 let msg = match resumed_from_step {
-                    Some(s) => format!("Resuming from the checkpoint at step {s} of {total_steps}"),
+                    Some(s) => format!(
+                        "Resuming from the checkpoint at step {s} of {total_steps} \
+                         ({mode} base weights)"
+                    ),
                     None => format!(
                         "Training {trainable_params} LoRA parameters on {train_examples} examples: \
-                         {epochs} epoch(s), {total_steps} steps"
+                         {epochs} epoch(s), {total_steps} steps, {mode} base weights"
                     ),
                 };
                 let r = self.ctx.message(EventLevel::Info, msg);

@@ -8,6 +8,9 @@
 //! before it; old checkpoints are pruned only after a new one is committed.
 
 use crate::error::{io_err, Result, TrainError};
+
+/// Where checkpoints go, inside a run's output directory.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
 use hone_model::atomic_file;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use hone_model::lora::LoraConfig;
+use hone_model::ops::BaseWeights;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -49,6 +50,12 @@ pub struct TrainConfig {
     /// padding work is saved). A batch still holds `batch_size` examples.
     #[serde(default)]
     pub packing: bool,
+    /// How the frozen base weights are multiplied (`--base-weights`). A run resolves
+    /// `auto` once ([`BaseWeights::for_run`]) and its checkpoints record the result, so
+    /// a resume multiplies the same way; `auto` read from a checkpoint means it predates
+    /// the field (not compared).
+    #[serde(default)]
+    pub base_weights: BaseWeights,
 }
 
 /// Settings that may change between an interrupted run and its resume: they do not
@@ -149,6 +156,9 @@ impl RunIdentity {
             if RESUMABLE_CHANGES.contains(&k.as_str()) || k == "init_adapter" {
                 continue;
             }
+            if k == "base_weights" && va == "\"auto\"" {
+                continue; // an older checkpoint: the mode was not recorded
+            }
             let vb = b.get(k).cloned().unwrap_or_else(|| "(none)".into());
             cmp(k, va.clone(), vb);
         }
@@ -219,6 +229,7 @@ mod tests {
             pad_id: 0,
             init_adapter: None,
             packing: false,
+            base_weights: BaseWeights::F32,
         }
     }
 
@@ -256,5 +267,29 @@ mod tests {
         let d = a.differences(&other);
         assert!(d.iter().any(|l| l.starts_with("training data:")), "{d:?}");
         assert!(d.iter().any(|l| l.starts_with("method:")), "{d:?}");
+    }
+
+    #[test]
+    fn a_resume_with_another_base_weight_mode_is_named_unless_the_checkpoint_predates_it() {
+        let a = id(cfg());
+        let mut c = cfg();
+        c.base_weights = BaseWeights::Bf16;
+        let d = a.differences(&id(c.clone()));
+        assert_eq!(
+            d,
+            vec!["base_weights: checkpoint \"f32\", this run \"bf16\"".to_string()]
+        );
+        let mut old = cfg();
+        old.base_weights = BaseWeights::Auto;
+        assert!(id(old).differences(&id(c)).is_empty());
+        let text = serde_json::to_string(&cfg()).unwrap();
+        let without = text.replace(",\"base_weights\":\"f32\"", "");
+        assert_ne!(text, without, "the field is written");
+        let read: TrainConfig = serde_json::from_str(&without).unwrap();
+        assert_eq!(
+            read.base_weights,
+            BaseWeights::Auto,
+            "older configs read as auto"
+        );
     }
 }

@@ -20,6 +20,10 @@ pub enum TrainEvent {
         trainable_params: u64,
         /// Set when the run continues from a checkpoint.
         resumed_from_step: Option<u64>,
+        /// How the frozen base is multiplied (`f32` or `bf16`: `auto` already
+        /// resolved, or kept from the checkpoint a resume starts from).
+        #[serde(default)]
+        base_weights: hone_model::ops::BaseWeights,
     },
     Step {
         step: u64,

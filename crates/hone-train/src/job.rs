@@ -28,6 +28,7 @@ use hone_data::hparams::{
 };
 use hone_data::{DataError, Method};
 use hone_model::linear::TARGET_MODULES;
+use hone_model::ops::BaseWeights;
 use hone_model::Llama;
 use hone_text::ChatTokenizer;
 
@@ -116,6 +117,9 @@ pub struct JobOptions {
     pub init_adapter: Option<PathBuf>,
     /// SFT only: pack examples into rows.
     pub packing: bool,
+    /// How the frozen base is multiplied (`--base-weights`; resolved when the run
+    /// starts, see [`crate::TrainConfig::base_weights`]).
+    pub base_weights: BaseWeights,
 }
 
 impl JobOptions {
@@ -138,6 +142,7 @@ impl JobOptions {
             checkpoint_every: 0,
             init_adapter: None,
             packing: false,
+            base_weights: BaseWeights::Auto,
         }
     }
 
@@ -315,6 +320,7 @@ fn train_config(
         pad_id: model.tokenizer.tokenizer.eos_id(),
         init_adapter: o.init_adapter.clone(),
         packing: o.packing,
+        base_weights: o.base_weights,
     }
 }
 

@@ -12,6 +12,7 @@
 //!   checkpoints ([`checkpoint`] for the directories, [`resume`] for what they hold).
 //! - [`batch`]: tokenised examples into padded or packed batches and tensors.
 
+pub mod base;
 pub mod batch;
 pub mod best;
 pub mod checkpoint;

@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use hone_model::lora::LoraParams;
+use hone_model::ops::base_weights::with_precision;
+use hone_model::ops::BaseWeights;
 use hone_model::{Llama, TrainOptions};
 
 use crate::batch::{batch_indices, batches_per_epoch};
@@ -37,8 +39,7 @@ use crate::resume::{
 use crate::schedule::LrSchedule;
 use crate::summary::TrainSummary;
 
-/// Where checkpoints go, inside the output directory.
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub use crate::checkpoint::CHECKPOINTS_DIR;
 
 /// How a run is started and stopped from outside.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +88,47 @@ pub fn train_loop<O: Objective>(
     cfg.check(train.len())?;
     cfg.check_for_model(model)?;
     std::fs::create_dir_all(out_dir).map_err(io_err("create", out_dir))?;
+    let ckpt = if ctl.resume {
+        checkpoint::latest_valid(&out_dir.join(CHECKPOINTS_DIR))?
+    } else {
+        None
+    };
+    let recorded = match &ckpt {
+        Some(c) => Some(read_state(c)?.config.base_weights),
+        None => None,
+    };
+    let mut cfg = cfg.clone();
+    cfg.base_weights = BaseWeights::for_run(cfg.base_weights, recorded);
+    crate::base::fit_model(model, cfg.base_weights)?;
+    // Every op of the run (forward, backward, validation) is built on this thread and
+    // reads the product path from this scope.
+    with_precision(cfg.base_weights.resolve(), || {
+        run_from(
+            model,
+            objective,
+            (train, valid),
+            &cfg,
+            out_dir,
+            sink,
+            ctl,
+            ckpt,
+        )
+    })
+}
+
+/// [`train_loop`] once the checkpoint to resume from (if any) is found and the base-weight
+/// mode is resolved.
+#[allow(clippy::too_many_arguments)]
+fn run_from<O: Objective>(
+    model: &mut Llama,
+    objective: &O,
+    (train, valid): (&[O::Example], &[O::Example]),
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    sink: &mut dyn EventSink,
+    ctl: &RunControl,
+    ckpt: Option<checkpoint::Checkpoint>,
+) -> Result<TrainSummary> {
     let lora = LoraParams::attach(model, &cfg.lora(), cfg.seed)?;
     if let Some(dir) = &cfg.init_adapter {
         load_adapter_into(&lora.trainable(), dir)?;
@@ -97,11 +139,6 @@ pub fn train_loop<O: Objective>(
         config: cfg.clone(),
         model_fingerprint: model_fingerprint(model)?,
         data_fingerprint: data_fingerprint(objective, train),
-    };
-    let ckpt = if ctl.resume {
-        checkpoint::latest_valid(&out_dir.join(CHECKPOINTS_DIR))?
-    } else {
-        None
     };
     if let Some(c) = &ckpt {
         check_identity(c, &identity)?;
@@ -130,6 +167,7 @@ pub fn train_loop<O: Objective>(
         valid_examples: valid.len() as u64,
         trainable_params: run.lora.num_params() as u64,
         resumed_from_step: ckpt.as_ref().map(|c| c.step),
+        base_weights: cfg.base_weights,
     });
     let n_batches = batches_per_epoch(train.len(), cfg.batch_size);
     let mut saved_step = ckpt.as_ref().map(|c| (c.step, c.path.clone()));

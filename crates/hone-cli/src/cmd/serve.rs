@@ -83,6 +83,7 @@ fn engines(config: &ServeConfig, models: Arc<BaseModels>) -> anyhow::Result<Engi
     engines = engines.validator(Arc::new(validator(&models)));
     let options = TrainerOptions {
         checkpoint_every: config.checkpoint_every,
+        base_weights: config.base_weights,
         ..TrainerOptions::default()
     };
     let chat = chat_backend(config, &models)?;

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use hone_data::hparams::ResolvedHyperparameters;
 use hone_data::{DataError, Method};
 use hone_model::registry::DEFAULT_MODEL_ID;
-use hone_model::{LoraConfig, WeightPath};
+use hone_model::LoraConfig;
 use hone_train::job::{
     DEFAULT_KEEP_CHECKPOINTS, DEFAULT_LORA_ALPHA, DEFAULT_LORA_R, DEFAULT_MAX_GRAD_NORM,
     DEFAULT_MAX_SEQ_LEN, DEFAULT_SEED, DEFAULT_TARGET_MODULES,
@@ -109,8 +109,10 @@ pub struct TrainArgs {
     /// Print training events as JSON lines on stdout instead of a progress bar.
     #[arg(long, env = "HONE_JSON_EVENTS")]
     pub json_events: bool,
-    /// Precision of the products with the frozen base weights: auto (bf16 where the CPU
-    /// has AMX-BF16, else f32), f32 or bf16 (f32 accumulation; LoRA stays f32).
+    /// How the frozen base is held and multiplied: auto (bf16 where the CPU has AMX-BF16,
+    /// else f32), f32, bf16 (bf16 products, f32 accumulation), q8_0 or native (the GGUF's
+    /// quantized blocks kept, dequantized a panel at a time inside f32 products: least
+    /// memory). LoRA stays f32. Checkpoints record the mode; --resume with auto keeps it.
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
     pub base_weights: hone_model::ops::BaseWeights,
     #[command(flatten)]
@@ -119,17 +121,14 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let opts = job_options(&a)?;
-    hone_model::ops::set_base_weights(a.base_weights);
-    eprintln!(
-        "base weights: {} products",
-        a.base_weights.resolve().describe()
-    );
     let data = match TrainData::read(opts.method, &a.data, a.validation.as_deref()) {
         Ok(d) => d,
         Err(e) => return data_error(e, opts.method),
     };
-    let engine =
-        crate::cmd::chat::load_engine_with(&a.model, WeightPath::F32, &a.template.options())?;
+    // A resume with `auto` keeps the checkpoint's mode, which decides the load path.
+    let mode = hone_train::base::mode_for_run(a.base_weights, &a.out, a.resume)?;
+    let path = hone_train::base::weight_path(mode);
+    let engine = crate::cmd::chat::load_engine_with(&a.model, path, &a.template.options())?;
     let mut model = engine.model;
     let base = BaseModel {
         id: &engine.id,
@@ -287,6 +286,7 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
         checkpoint_every: a.save_every_steps,
         init_adapter: a.init_adapter.clone(),
         packing: a.packing,
+        base_weights: a.base_weights,
         ..JobOptions::new(method)
     };
     opts.check()?;
@@ -366,9 +366,14 @@ impl EventSink for BarSink {
                 total_steps,
                 trainable_params,
                 resumed_from_step,
+                base_weights,
                 ..
             } => {
-                eprintln!("training {trainable_params} LoRA parameters for {total_steps} steps");
+                eprintln!(
+                    "training {trainable_params} LoRA parameters for {total_steps} steps \
+                     (base weights: {} products)",
+                    base_weights.resolve().describe()
+                );
                 if let Some(step) = resumed_from_step {
                     eprintln!("resuming after step {step}");
                 }

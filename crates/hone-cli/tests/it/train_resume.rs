@@ -96,6 +96,46 @@ fn sigkill_then_resume_gives_the_uninterrupted_losses_with_bf16_base_weights() {
     sigkill_then_resume(&[FLAGS, &["--base-weights", "bf16"]].concat());
 }
 
+/// The same with the base kept in quantized blocks (`native`: the file's kinds the
+/// decode kernels read, here Q8_0 re-quantized from the tiny F32 file; `q8_0`): the
+/// panel products are as deterministic as the f32 ones.
+#[test]
+fn sigkill_then_resume_gives_the_uninterrupted_losses_with_block_base_weights() {
+    for mode in ["native", "q8_0"] {
+        sigkill_then_resume(&[FLAGS, &["--base-weights", mode]].concat());
+    }
+}
+
+/// A checkpoint records its run's mode: `--resume` with the default `auto` takes it
+/// (loading the blocks again) and replays the uninterrupted native run exactly, while
+/// an explicit other mode is refused, naming the difference.
+#[test]
+fn a_resume_with_auto_keeps_the_checkpoints_base_weight_mode() {
+    let native = [FLAGS, &["--base-weights", "native"]].concat();
+    let s = setup(48, 7);
+    let full = s.dir.path().join("full");
+    let o = s.train(&full, &native);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cut = s.dir.path().join("cut");
+    let (mut child, step) = start_until_checkpoint_with(&s, &cut, 6, &native);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = s.train(
+        &cut,
+        &[FLAGS, &["--base-weights", "f32", "--resume"]].concat(),
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("base_weights: checkpoint \"native\", this run \"f32\""),
+        "{err}"
+    );
+    resume_and_compare_with(&s, &full, &cut, step, FLAGS);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cut.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["config"]["base_weights"], "native");
+}
+
 fn sigkill_then_resume(flags: &[&str]) {
     let s = setup(48, 7);
     let full = s.dir.path().join("full");

@@ -23,39 +23,97 @@ use candle_core::{Result, Tensor, TensorId};
 use super::amx::{self, VnniMatrix};
 use super::bf16::{matmul_nt, Bf16Kernel, Bf16Matrix};
 use super::kernel::{f32_data, matmul, Tr};
+use super::packed_product;
+use crate::decode::PackedMatrix;
+use crate::linear::BaseWeight;
 
 /// The precision of the frozen-weight products of training (`--base-weights`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A run records the mode it resolved to (`f32` or `bf16`, never `auto`) in its
+/// checkpoints, so that a resume multiplies the same way; `auto` in a stored config means
+/// "not recorded" (checkpoints older than the field).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BaseWeights {
     /// bf16 where a bf16 kernel is faster than f32 on this CPU, else f32. AVX512_BF16's
     /// `vdpbf16ps` alone is not: on the Xeon this was measured on it retired at about
     /// 0.6× the f32 FMA's FLOP rate, so the products ran at half the f32 gemm's speed
     /// (docs/benchmarks.md, "Session 9, bf16"); only AMX tiles would be.
+    #[default]
     Auto,
     /// f32 products (the reference).
     F32,
     /// bf16 products with f32 accumulation, on the best kernel this CPU has (the
     /// portable one, slowly, when it has none).
     Bf16,
+    /// The base kept as Q8_0 blocks (every linear of the file re-quantized to Q8_0 at
+    /// load, as the serving path does for kinds it has no kernel for), dequantized a
+    /// panel at a time inside f32 products ([`super::packed_product`]).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// The base kept in the file's own blocks where the decode kernels read them (Q4_1,
+    /// Q5_0, Q8_0, Q4_K, Q5_K, Q6_K; other kinds as Q8_0), dequantized a panel at a
+    /// time inside f32 products: the least memory (QLoRA-style).
+    Native,
 }
 
 impl BaseWeights {
-    /// Parses `auto`, `f32` or `bf16`.
+    /// Parses `auto`, `f32`, `bf16`, `q8_0` or `native`.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
+            "q8_0" => Ok(Self::Q8_0),
+            "native" => Ok(Self::Native),
             other => Err(format!(
-                "unknown base-weights mode {other:?}: expected auto, f32 or bf16"
+                "unknown base-weights mode {other:?}: expected auto, f32, bf16, q8_0 or native"
             )),
         }
     }
 
-    /// The product path this setting means on this CPU.
+    /// Whether the base stays in quantized blocks (`q8_0`, `native`): the model is
+    /// loaded with `WeightPath::Packed` for these, with `WeightPath::F32` otherwise.
+    pub fn keeps_blocks(self) -> bool {
+        matches!(self, Self::Q8_0 | Self::Native)
+    }
+
+    /// `auto` decided for this CPU (`f32` or `bf16`); an explicit mode as it is.
+    pub fn resolved(self) -> Self {
+        match (self, self.resolve()) {
+            (Self::Auto, Precision::F32) => Self::F32,
+            (Self::Auto, Precision::Bf16(_)) => Self::Bf16,
+            (explicit, _) => explicit,
+        }
+    }
+
+    /// The mode a run uses: `requested`, except that `auto` keeps the mode an earlier
+    /// part of the run recorded (`recorded`, from its checkpoint) so that a resume
+    /// multiplies as the interrupted run did, and is otherwise decided for this CPU. An
+    /// explicit mode is returned as is (the checkpoint check then names a mismatch).
+    pub fn for_run(requested: Self, recorded: Option<Self>) -> Self {
+        match (requested, recorded) {
+            (Self::Auto, Some(r)) if r != Self::Auto => r,
+            (r, _) => r.resolved(),
+        }
+    }
+
+    /// `auto`, `f32`, `bf16`, `q8_0` or `native`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::Q8_0 => "q8_0",
+            Self::Native => "native",
+        }
+    }
+
+    /// The product path this setting means on this CPU (block-kept bases multiply in
+    /// f32 over dequantized panels).
     pub fn resolve(self) -> Precision {
         match self {
-            Self::F32 => Precision::F32,
+            Self::F32 | Self::Q8_0 | Self::Native => Precision::F32,
             Self::Bf16 => Precision::Bf16(Bf16Kernel::detect()),
             Self::Auto => match Bf16Kernel::detect() {
                 k if k.faster_than_f32() => Precision::Bf16(k),
@@ -69,6 +127,8 @@ impl BaseWeights {
             Self::Auto => 0,
             Self::F32 => 1,
             Self::Bf16 => 2,
+            Self::Q8_0 => 3,
+            Self::Native => 4,
         }
     }
 
@@ -76,6 +136,8 @@ impl BaseWeights {
         match c {
             1 => Self::F32,
             2 => Self::Bf16,
+            3 => Self::Q8_0,
+            4 => Self::Native,
             _ => Self::Auto,
         }
     }
@@ -201,23 +263,26 @@ impl Bf16Weight {
     }
 }
 
-/// A frozen weight `w: [n_out, n_in]` as a product operand: the f32 data, and its bf16
-/// copy with the kernel when products run in bf16.
+/// A frozen weight `w: [n_out, n_in]` as a product operand: the f32 data, or its bf16
+/// copy with the kernel when products run in bf16, or its quantized blocks (a base kept
+/// in blocks; the f32 slice is then empty).
 #[derive(Clone, Copy)]
 pub(crate) struct FrozenWeight<'a> {
     pub f32: &'a [f32],
     pub bf16: Option<(&'a Bf16Weight, Bf16Kernel)>,
+    pub packed: Option<&'a PackedMatrix>,
 }
 
 impl FrozenWeight<'_> {
     /// `y = x·wᵀ` (`y +=` when `acc`) for `rows` rows of `x: [rows, n_in]`.
     pub fn forward(&self, x: &[f32], y: &mut [f32], (rows, n_in, n_out): Shape3, acc: bool) {
-        match self.bf16 {
-            Some((w, kernel)) => {
+        match (self.bf16, self.packed) {
+            (Some((w, kernel)), _) => {
                 let xb = Bf16Matrix::from_f32(x, rows, n_in);
                 w.product(y, &xb, false, acc, kernel);
             }
-            None => matmul(
+            (None, Some(p)) => packed_product::forward(p, x, y, rows, acc),
+            (None, None) => matmul(
                 y,
                 (rows, n_out, n_in),
                 (x, Tr::N),
@@ -231,12 +296,13 @@ impl FrozenWeight<'_> {
 
     /// `dx = dy·w` (`dx +=` when `acc`) for `rows` rows of `dy: [rows, n_out]`.
     pub fn backward(&self, dy: &[f32], dx: &mut [f32], (rows, n_in, n_out): Shape3, acc: bool) {
-        match self.bf16 {
-            Some((w, kernel)) => {
+        match (self.bf16, self.packed) {
+            (Some((w, kernel)), _) => {
                 let gb = Bf16Matrix::from_f32(dy, rows, n_out);
                 w.product(dx, &gb, true, acc, kernel);
             }
-            None => matmul(
+            (None, Some(p)) => packed_product::backward(p, dy, dx, rows, acc),
+            (None, None) => matmul(
                 dx,
                 (rows, n_in, n_out),
                 (dy, Tr::N),
@@ -252,6 +318,52 @@ impl FrozenWeight<'_> {
 /// `(rows, n_in, n_out)` of a product with a frozen weight.
 pub(crate) type Shape3 = (usize, usize, usize);
 
+/// A frozen weight's bf16 copy and the kernel that multiplies by it.
+pub(crate) type Bf16Copy = (Arc<Bf16Weight>, Bf16Kernel);
+
+/// A frozen weight as an op keeps it: the model's weight (f32 tensor or quantized
+/// blocks) and, for an f32 tensor whose products run in bf16, its bf16 copy. Blocks
+/// always multiply in f32 over dequantized panels (no bf16 copy of them is made).
+#[derive(Clone)]
+pub(crate) struct PreparedWeight {
+    pub weight: BaseWeight,
+    pub bf16: Option<Bf16Copy>,
+}
+
+impl PreparedWeight {
+    /// `w` prepared for `precision`.
+    pub fn new(w: &BaseWeight, precision: Precision) -> Result<Self> {
+        let bf16 = match w {
+            BaseWeight::Dense(t) => prepare(t, precision)?,
+            BaseWeight::Packed(_) => None,
+        };
+        Ok(Self {
+            weight: w.clone(),
+            bf16,
+        })
+    }
+
+    /// `(n_out, n_in)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match &self.weight {
+            BaseWeight::Dense(t) => t.dims2(),
+            BaseWeight::Packed(p) => Ok(p.dims()),
+        }
+    }
+
+    /// The weight as a product operand, with `f32` its tensor's data (empty for blocks).
+    pub fn operand<'a>(&'a self, f32: &'a [f32]) -> FrozenWeight<'a> {
+        FrozenWeight {
+            f32,
+            bf16: self.bf16.as_ref().map(|(w, k)| (&**w, *k)),
+            packed: match &self.weight {
+                BaseWeight::Packed(p) => Some(&**p),
+                BaseWeight::Dense(_) => None,
+            },
+        }
+    }
+}
+
 /// A frozen weight tensor prepared for `precision`: its bf16 copy when products run in
 /// bf16 (`None` for f32). Ops keep it beside the tensor and lend both as a
 /// [`FrozenWeight`].
@@ -263,6 +375,24 @@ pub(crate) fn prepare(
         Precision::F32 => Ok(None),
         Precision::Bf16(k) => Ok(Some((bf16_weight(w, k)?, k))),
     }
+}
+
+/// [`prepare`] without the cache: a copy owned by the caller alone (the peak-rate probe's
+/// throwaway weights must not stay in the cache).
+pub(crate) fn prepare_uncached(w: &Tensor, precision: Precision) -> Result<Option<Bf16Copy>> {
+    let Precision::Bf16(kernel) = precision else {
+        return Ok(None);
+    };
+    let (n_out, n_in) = w.dims2()?;
+    let (storage, layout) = w.storage_and_layout();
+    let data = match &*storage {
+        candle_core::Storage::Cpu(s) => f32_data(s, layout, "bf16 base weight")?,
+        _ => candle_core::bail!("bf16 base weights: only the CPU backend is supported"),
+    };
+    Ok(Some((
+        Arc::new(Bf16Weight::of(data, n_out, n_in, kernel)),
+        kernel,
+    )))
 }
 
 /// The copies by weight tensor and layout (tiles or rows).
@@ -312,8 +442,17 @@ mod tests {
         assert_eq!(BaseWeights::parse("BF16"), Ok(BaseWeights::Bf16));
         assert_eq!(BaseWeights::parse("f32"), Ok(BaseWeights::F32));
         assert_eq!(BaseWeights::parse("auto"), Ok(BaseWeights::Auto));
+        assert_eq!(BaseWeights::parse("Q8_0"), Ok(BaseWeights::Q8_0));
+        assert_eq!(BaseWeights::parse("native"), Ok(BaseWeights::Native));
         let err = BaseWeights::parse("fp8").unwrap_err();
-        assert!(err.contains("auto, f32 or bf16"), "{err}");
+        assert!(err.contains("auto, f32, bf16, q8_0 or native"), "{err}");
+        for m in [BaseWeights::Q8_0, BaseWeights::Native] {
+            assert!(m.keeps_blocks());
+            assert_eq!(m.resolve(), Precision::F32, "blocks multiply in f32 panels");
+            assert_eq!(m.resolved(), m);
+            assert_eq!(BaseWeights::parse(m.as_str()), Ok(m));
+        }
+        assert!(!BaseWeights::Bf16.keeps_blocks());
         assert_eq!(BaseWeights::F32.resolve(), Precision::F32);
         let best = Bf16Kernel::detect();
         assert_eq!(BaseWeights::Bf16.resolve(), Precision::Bf16(best));
@@ -323,6 +462,33 @@ mod tests {
         } else {
             assert_eq!(auto, Precision::F32, "no faster bf16 kernel: auto is f32");
         }
+    }
+
+    #[test]
+    fn a_run_resolves_auto_once_and_a_resume_keeps_the_recorded_mode() {
+        let here = BaseWeights::Auto.resolved();
+        assert_ne!(here, BaseWeights::Auto);
+        assert_eq!(BaseWeights::for_run(BaseWeights::Auto, None), here);
+        assert_eq!(
+            BaseWeights::for_run(BaseWeights::Auto, Some(BaseWeights::Auto)),
+            here,
+            "a checkpoint without the field records nothing"
+        );
+        for recorded in [BaseWeights::F32, BaseWeights::Bf16] {
+            assert_eq!(
+                BaseWeights::for_run(BaseWeights::Auto, Some(recorded)),
+                recorded
+            );
+        }
+        assert_eq!(
+            BaseWeights::for_run(BaseWeights::F32, Some(BaseWeights::Bf16)),
+            BaseWeights::F32,
+            "an explicit mode is kept (the checkpoint check refuses the mismatch)"
+        );
+        let json = serde_json::to_string(&BaseWeights::Bf16).unwrap();
+        assert_eq!(json, "\"bf16\"");
+        let json = serde_json::to_string(&BaseWeights::Q8_0).unwrap();
+        assert_eq!(json, "\"q8_0\"");
     }
 
     #[test]

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use super::base_weights::{self, Bf16Weight, FrozenWeight};
 use super::bf16::Bf16Kernel;
 use super::kernel::f32_data;
+use crate::decode::PackedMatrix;
+use crate::linear::BaseWeight;
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `x · wᵀ` with `x` of shape `(…, in)` and `w` of shape `(out, in)` (the PyTorch /
 /// safetensors layout), giving `(…, out)`. The weight is treated as frozen: it is
@@ -37,6 +39,64 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x2.apply_op2(&w, op)?.reshape(out_dims)
 }
 
+/// [`frozen_linear`] for a model's base weight: an f32 tensor, or quantized blocks kept
+/// as they are (`--base-weights q8_0|native`), multiplied over dequantized panels in the
+/// forward and in the backward's `dx`.
+pub fn frozen_linear_base(x: &Tensor, w: &BaseWeight) -> Result<Tensor> {
+    let p = match w {
+        BaseWeight::Dense(t) => return frozen_linear(x, t),
+        BaseWeight::Packed(p) => p.clone(),
+    };
+    let (n_out, n_in) = p.dims();
+    let dims = x.dims();
+    if dims.last() != Some(&n_in) || x.dtype() != DType::F32 {
+        bail!("frozen_linear: x {dims:?} is not f32 ending in the weight's input dim {n_in}");
+    }
+    let rows = x.elem_count() / n_in;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("non-empty dims") = n_out;
+    let x2 = x.contiguous()?.reshape((rows, n_in))?;
+    x2.apply_op1(FrozenBlocks { w: p })?.reshape(out_dims)
+}
+
+/// `x · wᵀ` with `w` in quantized blocks (see [`frozen_linear_base`]).
+struct FrozenBlocks {
+    w: Arc<PackedMatrix>,
+}
+
+impl FrozenBlocks {
+    fn operand(&self) -> FrozenWeight<'_> {
+        FrozenWeight {
+            f32: &[],
+            bf16: None,
+            packed: Some(&self.w),
+        }
+    }
+}
+
+impl CustomOp1 for FrozenBlocks {
+    fn name(&self) -> &'static str {
+        "hone-frozen-linear-blocks"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        let (n, _) = self.w.dims();
+        let x = f32_data(s, l, "frozen_linear x")?;
+        let mut y = vec![0f32; m * n];
+        self.operand().forward(x, &mut y, (m, k, n), false);
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (m, (n, k)) = (grad.dim(0)?, self.w.dims());
+        let dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; m * k];
+        self.operand().backward(&dy, &mut dx, (m, k, n), false);
+        Ok(Some(Tensor::from_vec(dx, (m, k), x.device())?))
+    }
+}
+
 /// The op, with the weight's bf16 copy when products run in bf16 (`base_weights`).
 struct FrozenLinear {
     bf16: Option<(Arc<Bf16Weight>, Bf16Kernel)>,
@@ -49,6 +109,7 @@ impl FrozenLinear {
         Some(FrozenWeight {
             f32: &[],
             bf16: Some((w, *k)),
+            packed: None,
         })
     }
 }

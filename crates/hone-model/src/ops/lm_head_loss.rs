@@ -14,10 +14,10 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-use super::base_weights::{self, Bf16Weight, FrozenWeight};
-use super::bf16::Bf16Kernel;
+use super::base_weights::{self, PreparedWeight};
 use super::cross_entropy::TokenAccuracy;
 use super::kernel::{self, f32_data, fast_exp, index_data, par_rows};
+use crate::linear::BaseWeight;
 
 /// Trained positions projected per chunk: 256 rows of a 49k vocabulary are 50 MB of
 /// logits. Fewer rows starve gemm: on SmolLM2's head the projection ran at 81 GFLOP/s
@@ -43,6 +43,22 @@ pub fn lm_head_cross_entropy(
     mask: &Tensor,
     softcap: Option<f32>,
 ) -> Result<(Tensor, TokenAccuracy)> {
+    if w.dtype() != DType::F32 {
+        bail!("lm_head_cross_entropy: only f32 is supported");
+    }
+    let w = BaseWeight::Dense(w.detach().contiguous()?);
+    lm_head_cross_entropy_base(hidden, &w, targets, mask, softcap)
+}
+
+/// [`lm_head_cross_entropy`] for a model's head as it holds it: an f32 tensor, or
+/// quantized blocks (`--base-weights q8_0|native`), multiplied over dequantized panels.
+pub fn lm_head_cross_entropy_base(
+    hidden: &Tensor,
+    w: &BaseWeight,
+    targets: &Tensor,
+    mask: &Tensor,
+    softcap: Option<f32>,
+) -> Result<(Tensor, TokenAccuracy)> {
     let dims = hidden.dims();
     if softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
         bail!("lm_head_cross_entropy: the logit softcap must be positive, got {softcap:?}");
@@ -50,16 +66,16 @@ pub fn lm_head_cross_entropy(
     let Some((&h, lead)) = dims.split_last() else {
         bail!("lm_head_cross_entropy: hidden states must have a feature dimension");
     };
-    let (vocab, wh) = w.dims2()?;
+    let w = PreparedWeight::new(w, base_weights::current_precision())?;
+    let (vocab, wh) = w.dims()?;
     if wh != h || targets.dims() != lead || mask.dims() != lead {
         bail!(
-            "lm_head_cross_entropy: hidden {dims:?}, head {:?}, targets {:?} and mask {:?} do not fit",
-            w.dims(),
+            "lm_head_cross_entropy: hidden {dims:?}, head [{vocab}, {wh}], targets {:?} and mask {:?} do not fit",
             targets.dims(),
             mask.dims()
         );
     }
-    if hidden.dtype() != DType::F32 || w.dtype() != DType::F32 {
+    if hidden.dtype() != DType::F32 {
         bail!("lm_head_cross_entropy: only f32 is supported");
     }
     let n = targets.elem_count();
@@ -85,9 +101,7 @@ pub fn lm_head_cross_entropy(
         }
     }
     let accuracy = Arc::new(OnceLock::new());
-    let w = w.detach().contiguous()?;
     let op = LmHeadLoss {
-        bf16: base_weights::prepare(&w, base_weights::current_precision())?,
         w,
         rows,
         softcap,
@@ -101,9 +115,8 @@ pub fn lm_head_cross_entropy(
 }
 
 struct LmHeadLoss {
-    w: Tensor,
-    /// The head's bf16 copy when the products run in bf16 (`base_weights`).
-    bf16: Option<(Arc<Bf16Weight>, Bf16Kernel)>,
+    /// The head, with its bf16 copy when the products run in bf16 (`base_weights`).
+    w: PreparedWeight,
     /// Trained positions: (row, target, mask weight).
     rows: Vec<(usize, usize, f32)>,
     /// `cap · tanh(z / cap)` on the logits.
@@ -136,16 +149,17 @@ impl LmHeadLoss {
         for &(r, _, _) in rows {
             x.extend_from_slice(&hidden[r * h..(r + 1) * h]);
         }
-        let vocab = self.w.dim(0)?;
-        let mut logits = match self.bf16_weight() {
+        let vocab = self.w.dims()?.0;
+        let mut logits = match self.candle_f32() {
             Some(w) => {
-                let mut z = vec![0f32; rows.len() * vocab];
-                w.forward(&x, &mut z, (rows.len(), h, vocab), false);
-                z
+                let x = Tensor::from_vec(x, (rows.len(), h), w.device())?;
+                x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?
             }
             None => {
-                let x = Tensor::from_vec(x, (rows.len(), h), self.w.device())?;
-                x.matmul(&self.w.t()?)?.flatten_all()?.to_vec1::<f32>()?
+                let mut z = vec![0f32; rows.len() * vocab];
+                let w = self.w.operand(&[]);
+                w.forward(&x, &mut z, (rows.len(), h, vocab), false);
+                z
             }
         };
         if let Some(cap) = self.softcap {
@@ -204,28 +218,29 @@ impl LmHeadLoss {
                 }
             }
         });
-        let dx = match self.bf16_weight() {
+        let dx = match self.candle_f32() {
             Some(w) => {
-                let mut dx = vec![0f32; rows.len() * h];
-                w.backward(&logits, &mut dx, (rows.len(), h, vocab), false);
-                dx
+                let g = Tensor::from_vec(logits, (rows.len(), vocab), w.device())?;
+                g.matmul(w)?.flatten_all()?.to_vec1::<f32>()?
             }
             None => {
-                let g = Tensor::from_vec(logits, (rows.len(), vocab), self.w.device())?;
-                g.matmul(&self.w)?.flatten_all()?.to_vec1::<f32>()?
+                let mut dx = vec![0f32; rows.len() * h];
+                let w = self.w.operand(&[]);
+                w.backward(&logits, &mut dx, (rows.len(), h, vocab), false);
+                dx
             }
         };
         Ok((out, Some(dx)))
     }
 
-    /// The head as a bf16 product operand (`None`: the f32 path, candle's matmul). Its
-    /// f32 slice is never read by the bf16 products.
-    fn bf16_weight(&self) -> Option<FrozenWeight<'_>> {
-        let (w, k) = self.bf16.as_ref()?;
-        Some(FrozenWeight {
-            f32: &[],
-            bf16: Some((w, *k)),
-        })
+    /// The head's f32 tensor when its products are f32 ones (candle's matmul); `None`
+    /// when hone's own products multiply it (its bf16 copy or its blocks), which never
+    /// read an f32 slice.
+    fn candle_f32(&self) -> Option<&Tensor> {
+        match &self.w.weight {
+            BaseWeight::Dense(w) if self.w.bf16.is_none() => Some(w),
+            _ => None,
+        }
     }
 }
 

@@ -304,6 +304,7 @@ impl LoraLinear {
             w: FrozenWeight {
                 f32: w,
                 bf16: self.bf16.as_ref().map(|(w, k)| (&**w, *k)),
+                packed: None,
             },
             adapter: Some(AdapterSlices {
                 a,

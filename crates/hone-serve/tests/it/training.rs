@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
+use hone_model::ops::BaseWeights;
 use hone_model::registry::{ModelSource, ResolvedModel};
 use hone_serve::{AppState, BaseModels, Engines, HoneTrainer, ServeConfig, TrainerOptions};
 use serde_json::{json, Value};
@@ -287,9 +288,10 @@ async fn pause_checkpoints_and_resume_continues_from_that_step() {
     wait_steps(&t, &id, paused_at as usize + 2).await;
     let ev = events(&t, &id).await;
     let msgs = messages(&ev);
+    let mode = BaseWeights::Auto.resolved().as_str();
     assert!(
         msgs.contains(&format!(
-            "Resuming from the checkpoint at step {paused_at} of 2000"
+            "Resuming from the checkpoint at step {paused_at} of 2000 ({mode} base weights)"
         )),
         "{msgs:#?}"
     );
@@ -449,4 +451,64 @@ async fn wait_for_resolved(t: &TestApp, id: &str) -> Value {
         assert!(Instant::now() < end, "never resolved: {j}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A job trains with the server's `--base-weights` mode, records it in its
+/// checkpoints and summary, and a restarted server whose mode is `auto`
+/// resumes it in the recorded mode (here the one `auto` would not pick on
+/// this CPU, so keeping it is visible).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_records_its_base_weight_mode_and_a_restart_resumes_in_it() {
+    let here = BaseWeights::Auto.resolved();
+    let other = if here == BaseWeights::Bf16 {
+        BaseWeights::F32
+    } else {
+        BaseWeights::Bf16
+    };
+    let tiny = TinyModel::new();
+    let forced = TrainerOptions {
+        base_weights: other,
+        ..TrainerOptions::default()
+    };
+    let t = TestApp::with_engines(tiny.engines(forced), |_| {});
+    let train = t.upload_jsonl(&chats(10, 20)).await;
+    let id = create(
+        &t,
+        json!({"model": TINY, "training_file": train,
+               "hyperparameters": {"n_epochs": 2, "batch_size": 1}}),
+    )
+    .await;
+    wait_steps(&t, &id, 2).await;
+    let started = format!(", {} base weights", other.as_str());
+    assert!(
+        messages(&events(&t, &id).await)
+            .iter()
+            .any(|m| m.starts_with("Training ") && m.ends_with(&started)),
+        "the start message names the mode"
+    );
+    tokio::time::timeout(Duration::from_secs(30), t.state.worker.shutdown())
+        .await
+        .expect("drained in time");
+    let home: &Path = t.dir.path();
+    let st = AppState::open(
+        ServeConfig::new(home),
+        tiny.engines(TrainerOptions::default()),
+    )
+    .unwrap();
+    let t2 = TestApp {
+        app: hone_serve::router(st.clone()),
+        state: st,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    wait_for(&t2, &id, "succeeded", 300).await;
+    let resumed = format!("({} base weights)", other.as_str());
+    assert!(
+        messages(&events(&t2, &id).await)
+            .iter()
+            .any(|m| m.starts_with("Resuming from the checkpoint") && m.ends_with(&resumed)),
+        "the resume keeps the recorded mode"
+    );
+    let summary = home.join("jobs").join(&id).join("run/summary.json");
+    let summary: Value = serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap();
+    assert_eq!(summary["config"]["base_weights"], other.as_str());
 }

@@ -41,6 +41,7 @@ fn cfg() -> TrainConfig {
         pad_id: 0,
         init_adapter: None,
         packing: false,
+        base_weights: hone_model::ops::BaseWeights::F32,
     }
 }
 

@@ -52,6 +52,7 @@ fn train_cfg(epochs: u32) -> TrainConfig {
         pad_id: 0,
         init_adapter: None,
         packing: false,
+        base_weights: hone_model::ops::BaseWeights::F32,
     }
 }
 

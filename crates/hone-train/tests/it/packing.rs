@@ -206,6 +206,7 @@ fn config(packing: bool) -> SftConfig {
         pad_id: 0,
         init_adapter: None,
         packing,
+        base_weights: hone_model::ops::BaseWeights::F32,
     }
 }
 

@@ -82,6 +82,7 @@ fn config() -> SftConfig {
         pad_id: 0,
         init_adapter: None,
         packing: false,
+        base_weights: hone_model::ops::BaseWeights::F32,
     }
 }
 

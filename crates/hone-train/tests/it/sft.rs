@@ -59,6 +59,7 @@ fn config(epochs: u32) -> SftConfig {
         pad_id: 0,
         init_adapter: None,
         packing: false,
+        base_weights: hone_model::ops::BaseWeights::F32,
     }
 }
 

@@ -16,8 +16,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use hone_model::candle_core::{DType, Device, Tensor};
 use hone_model::ops::base_weights::{self, BaseWeights};
+use hone_model::ops::{peak, Precision};
 use hone_model::registry::DEFAULT_MODEL_ID;
-use hone_model::{Config, LoraConfig, LoraParams, OpenModel, TrainOptions, WeightPath};
+use hone_model::{Config, LoraConfig, LoraParams, OpenModel, TrainOptions};
 use hone_text::ChatMessage;
 use hone_train::optim::{AdamW, AdamWConfig};
 
@@ -61,8 +62,8 @@ pub struct TrainBenchArgs {
     /// Do not save the result to $HONE_HOME/bench/train.json.
     #[arg(long)]
     pub no_save: bool,
-    /// Precision of the frozen-weight products: auto (bf16 where the CPU has AMX-BF16,
-    /// else f32), f32 or bf16 (f32 accumulation; docs/train.md).
+    /// How the frozen base is held and multiplied: auto (bf16 where the CPU has
+    /// AMX-BF16, else f32), f32, bf16, q8_0 or native (docs/train.md).
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = BaseWeights::parse)]
     pub base_weights: BaseWeights,
 }
@@ -95,7 +96,13 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         chat_ids(&open)?
     };
-    let mut model = open.load(WeightPath::F32).with_context(loading)?.model;
+    let mode = args.base_weights.resolved();
+    let mut model = open
+        .load(hone_train::base::weight_path(mode))
+        .with_context(loading)?
+        .model;
+    hone_train::base::fit_model(&mut model, mode)?;
+    let base_bytes = hone_train::base::base_bytes(&model);
     let load_s = t0.elapsed().as_secs_f64();
     let lora = LoraConfig {
         r: args.lora_r,
@@ -141,6 +148,10 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
     sorted.sort_by(f64::total_cmp);
     let peak = peak_rss_bytes();
     let flops = step_flops(&model.cfg, &lora, args.batch, args.seq);
+    let step_gflops = flops / mean / 1e9;
+    let bf16_copies = base_weights::cache_bytes();
+    // Measured after the steps, so the probe's buffers do not count in the peak RSS.
+    let rates = PeakRates::measure(products)?;
     let out = serde_json::json!({
         "bench": "train",
         "model": resolved.id,
@@ -152,12 +163,19 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         "tokens_per_second_median": round2(tokens / sorted[sorted.len() / 2]),
         "mean_step_ms": round2(mean * 1e3),
         "min_step_ms": round2(sorted[0] * 1e3),
-        "base_weights": format!("{:?}", args.base_weights).to_lowercase(),
+        "base_weights": args.base_weights.as_str(),
+        "base_weights_resolved": args.base_weights.resolved().as_str(),
         "products": products.describe(),
         "cpu_flags": base_weights::cpu_flags(),
         "step_gflop": round2(flops / 1e9),
-        "gflops_per_second": round2(flops / mean / 1e9),
+        "gflops_per_second": round2(step_gflops),
+        "peak_product_gflops": round2(rates.products),
+        "peak_f32_gemm_gflops": round2(rates.f32),
+        "fraction_of_peak": round4(step_gflops / rates.products),
+        "fraction_of_f32_peak": round4(step_gflops / rates.f32),
         "peak_rss_bytes": peak,
+        "base_weight_mb": base_bytes / (1024 * 1024),
+        "bf16_copies_mb": bf16_copies / (1024 * 1024),
         "peak_rss_mb": peak.map(|b| b / (1024 * 1024)),
         "threads": hone_model::compute_threads(),
         "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
@@ -223,6 +241,28 @@ fn step_flops(cfg: &Config, lora: &LoraConfig, batch: usize, seq: usize) -> f64 
     let per_token_layer = 4.0 * frozen + 2.0 * 3.0 * adapters + attention;
     let head = 4.0 * cfg.vocab_size as f64 * h * (seq - 1) as f64 / seq as f64;
     tokens * (layers * per_token_layer + head)
+}
+
+/// The machine's measured peak rates (GFLOP/s) of the products the step ran on and of
+/// the f32 gemm (`hone_model::ops::peak`, also behind the `mm_probe` example).
+struct PeakRates {
+    products: f64,
+    f32: f64,
+}
+
+impl PeakRates {
+    fn measure(precision: Precision) -> anyhow::Result<Self> {
+        let f32 = peak::peak_product_rate(Precision::F32)?;
+        let products = match precision {
+            Precision::F32 => f32,
+            other => peak::peak_product_rate(other)?,
+        };
+        eprintln!(
+            "peak product rate: {products:.1} GFLOP/s on {}, f32 gemm {f32:.1} GFLOP/s",
+            precision.describe()
+        );
+        Ok(Self { products, f32 })
+    }
 }
 
 fn round4(x: f64) -> f64 {

@@ -3,6 +3,7 @@
 
 use super::*;
 use clap::Parser;
+use hone_model::WeightPath;
 
 #[derive(Parser)]
 struct Cli {

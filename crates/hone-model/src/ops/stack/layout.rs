@@ -5,6 +5,15 @@
 use candle_core::{bail, DType, Result, Tensor};
 
 use crate::family::Activation;
+use crate::linear::BaseWeight;
+
+/// `(out, in)` of a frozen weight.
+fn weight_dims(w: &BaseWeight) -> Result<(usize, usize)> {
+    match w {
+        BaseWeight::Dense(t) => t.dims2(),
+        BaseWeight::Packed(p) => Ok(p.dims()),
+    }
+}
 
 // The projections of a layer, in the order of `StackLayer::weights` and of `theta`:
 // the model order of `TARGET_MODULES`, indexed by the constants below.
@@ -39,8 +48,9 @@ pub struct StackLayer {
     pub rope: usize,
     /// A sliding layer's window (see `ops::AttentionSpec::window`); `None`: full.
     pub window: Option<usize>,
-    /// Frozen `[out, in]` weights in `TARGET_MODULES` order.
-    pub weights: [Tensor; 7],
+    /// Frozen `[out, in]` weights in `TARGET_MODULES` order: f32 tensors, or quantized
+    /// blocks (`--base-weights q8_0|native`).
+    pub weights: [BaseWeight; 7],
     /// Per projection: the adapter's `(rank, scale)`, or `None` for a frozen projection.
     pub adapters: [Option<(usize, f64)>; 7],
     /// Frozen biases of q, k, v (`[out]` each; Qwen2), added after the projections.
@@ -100,7 +110,7 @@ impl Shapes {
         }
         let (q_width, kv_width) = (h * head_dim, kv * head_dim);
         let intermediate = match layers.first() {
-            Some(l) => l.weights[GATE].dim(0)?,
+            Some(l) => weight_dims(&l.weights[GATE])?.0,
             None => 0,
         };
         let expected = [
@@ -143,12 +153,16 @@ impl Shapes {
             let mut off = [0; 7];
             for m in 0..7 {
                 let (out, inp) = expected[m];
-                if l.weights[m].dims() != [out, inp] || l.weights[m].dtype() != DType::F32 {
+                let w = &l.weights[m];
+                let f32_or_blocks = match w {
+                    BaseWeight::Dense(t) => t.dtype() == DType::F32,
+                    BaseWeight::Packed(_) => true,
+                };
+                if weight_dims(w)? != (out, inp) || !f32_or_blocks {
                     bail!(
-                        "lora_stack: layer {li} {} is {:?} {:?}, expected f32 [{out}, {inp}]",
+                        "lora_stack: layer {li} {} is {:?}, expected f32 or blocks [{out}, {inp}]",
                         MODULES[m],
-                        l.weights[m].dtype(),
-                        l.weights[m].dims()
+                        weight_dims(w)?
                     );
                 }
                 off[m] = at;
