@@ -163,6 +163,45 @@ fn sft_on_the_real_model_teaches_a_new_answer_format() {
     );
 }
 
+/// Issue #15: the base Gemma 3 270M (its file has no chat template, so hone's
+/// documented default Gemma template renders the turns for training and chat
+/// alike) learns the same format from the same 32 examples. Kept short for CI:
+/// 3 epochs, 32-token answers.
+#[test]
+#[ignore = "needs HONE_TEST_GEMMA_GGUF; trains for about a minute"]
+fn sft_on_real_gemma_teaches_the_answer_format() {
+    let gguf = std::env::var("HONE_TEST_GEMMA_GGUF")
+        .expect("HONE_TEST_GEMMA_GGUF must point at gemma-3-270m-q4_k_m.gguf");
+    assert!(PathBuf::from(&gguf).exists(), "{gguf} does not exist");
+    let out = tempfile::tempdir().unwrap();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/format/train.jsonl");
+    let (ok, _, stderr) = hone(&[
+        "train",
+        "--model",
+        &gguf,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--json-events",
+    ]);
+    assert!(ok, "hone train failed: {stderr}");
+    let n = heldout_prompts().len();
+    let base = format_pass_count(&gguf, None);
+    let tuned = format_pass_count(&gguf, Some(out.path().to_str().unwrap()));
+    eprintln!("gemma-3-270m format followed: base {base}/{n}, fine-tuned {tuned}/{n}");
+    assert!(
+        base <= 1,
+        "the base model already follows the format ({base}/{n})"
+    );
+    assert!(
+        tuned * 4 >= n * 3,
+        "only {tuned}/{n} held-out answers follow the format"
+    );
+}
+
 #[test]
 fn the_format_checker_accepts_only_the_taught_format() {
     assert!(follows_format("Answer: Ten days | Source: policy-3\n"));

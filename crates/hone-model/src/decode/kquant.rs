@@ -1,7 +1,10 @@
 //! The block formats a [`super::PackedMatrix`] keeps, and their scalar dequantization.
 //!
-//! Every kind is ggml's layout with the f16 scales widened to f32 once at load,
-//! so the kernels never convert them; the quants are kept byte for byte. The
+//! Every kind is ggml's layout split by part: the f16 scales (and minimums)
+//! in one array, the quants byte for byte in another. Scales stay f16 as in
+//! the file: decode reads every weight byte once per token and is bound by
+//! those bytes, and f32 scales made Q5_0/Q4_1 blocks 9-20% larger; the SIMD
+//! kernels widen a row's scales 16 at a time before its units. The
 //! K-quants' 6-bit packed sub-block scales and mins are unpacked once to one
 //! byte each (16 bytes per 256 weights instead of 12): the kernels then read a
 //! scale with a plain load, and the bytes read per token grow by under 2%.
@@ -29,6 +32,10 @@ pub(crate) const UNITS_PER_SUPER: usize = SUPER / UNIT;
 /// Bytes of unpacked sub-block scales kept per K-quant super-block: 8 scales
 /// then 8 mins (Q4_K, Q5_K), or 16 signed scales (Q6_K).
 pub(crate) const SUB_BYTES: usize = 16;
+
+/// f16 zeros kept after the last block's scale (and minimum), so the SIMD
+/// kernels widen a row's scales 16 at a time without a scalar tail.
+pub(crate) const SCALE_PAD: usize = 16;
 
 /// The quantization of a [`PackedMatrix`]: one of ggml's block types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +111,10 @@ impl PackedKind {
 #[derive(Debug, Clone)]
 pub struct Blocks {
     pub(crate) kind: PackedKind,
-    /// `d` of each block, row-major: the f16 scale widened once at load.
-    pub(crate) scales: Vec<f32>,
-    /// `m` (Q4_1) or `dmin` (Q4_K, Q5_K) of each block; empty for other kinds.
-    pub(crate) mins: Vec<f32>,
+    /// `d` of each block, row-major, as stored (f16).
+    pub(crate) scales: Vec<f16>,
+    /// `m` (Q4_1) or `dmin` (Q4_K, Q5_K) of each block (f16); empty for other kinds.
+    pub(crate) mins: Vec<f16>,
     /// The K-quants' sub-block scales, [`SUB_BYTES`] per block; empty for
     /// other kinds.
     pub(crate) sub: Vec<u8>,
@@ -126,16 +133,25 @@ impl Blocks {
         };
         Self {
             kind,
-            scales: Vec::with_capacity(n),
-            mins: Vec::with_capacity(if kind.has_mins() { n } else { 0 }),
+            scales: Vec::with_capacity(n + SCALE_PAD),
+            mins: Vec::with_capacity(if kind.has_mins() { n + SCALE_PAD } else { 0 }),
             sub: Vec::with_capacity(n * sub),
             quants: Vec::with_capacity(n * kind.quant_bytes()),
         }
     }
 
+    /// Ends the parts once every block is in: pads the scales and minimums
+    /// with [`SCALE_PAD`] zeros (see there).
+    pub(crate) fn seal(&mut self) {
+        self.scales.extend([f16::ZERO; SCALE_PAD]);
+        if self.kind.has_mins() {
+            self.mins.extend([f16::ZERO; SCALE_PAD]);
+        }
+    }
+
     /// Bytes held (quants and scales).
     pub(crate) fn bytes(&self) -> usize {
-        self.quants.len() + self.sub.len() + 4 * (self.scales.len() + self.mins.len())
+        self.quants.len() + self.sub.len() + 2 * (self.scales.len() + self.mins.len())
     }
 }
 
@@ -152,7 +168,7 @@ pub(crate) fn parse_blocks(m: &mut Blocks, weights: usize, data: &[u8]) -> Resul
         )));
     }
     for b in data.chunks_exact(block_bytes) {
-        let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+        let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
         match kind {
             // d, m, qs[16]
             PackedKind::Q4_1 => {
@@ -180,6 +196,7 @@ pub(crate) fn parse_blocks(m: &mut Blocks, weights: usize, data: &[u8]) -> Resul
             }
         }
     }
+    m.seal();
     Ok(())
 }
 
@@ -202,6 +219,61 @@ fn unpack_scales_mins(q: &[u8]) -> [u8; SUB_BYTES] {
     out
 }
 
+/// A [`PackedKind`] known at compile time: the kernels are generic over it, so
+/// each kind gets its own loop with the unpacking inlined and no branch on the
+/// kind per unit (the match on `K::KIND` folds away).
+pub(crate) trait Kind {
+    const KIND: PackedKind;
+}
+
+macro_rules! kinds {
+    ($($tag:ident => $kind:ident),*) => {
+        $(
+            #[allow(non_camel_case_types)]
+            pub(crate) struct $tag;
+            impl Kind for $tag {
+                const KIND: PackedKind = PackedKind::$kind;
+            }
+        )*
+    };
+}
+kinds!(KQ4_1 => Q4_1, KQ8_0 => Q8_0, KQ5_0 => Q5_0, KQ4_K => Q4_K, KQ5_K => Q5_K, KQ6_K => Q6_K);
+
+/// Runs `$body` with `$k` bound to the [`Kind`] marker of `$kind`: the one
+/// place a run-time kind becomes a compile-time one.
+macro_rules! with_kind {
+    ($kind:expr, $k:ident => $body:expr) => {{
+        use $crate::decode::kquant::{KQ4_1, KQ4_K, KQ5_0, KQ5_K, KQ6_K, KQ8_0};
+        match $kind {
+            PackedKind::Q4_1 => {
+                type $k = KQ4_1;
+                $body
+            }
+            PackedKind::Q8_0 => {
+                type $k = KQ8_0;
+                $body
+            }
+            PackedKind::Q5_0 => {
+                type $k = KQ5_0;
+                $body
+            }
+            PackedKind::Q4_K => {
+                type $k = KQ4_K;
+                $body
+            }
+            PackedKind::Q5_K => {
+                type $k = KQ5_K;
+                $body
+            }
+            PackedKind::Q6_K => {
+                type $k = KQ6_K;
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use with_kind;
+
 /// Where unit `u` of a matrix of `kind` lives: its block, and its index in it.
 #[inline(always)]
 pub(crate) fn locate(kind: PackedKind, u: usize) -> (usize, usize) {
@@ -218,10 +290,10 @@ pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
     let (b, j) = locate(m.kind, u);
     let qb = m.kind.quant_bytes();
     let q = &m.quants[b * qb..(b + 1) * qb];
-    let d = m.scales[b];
+    let d = m.scales[b].to_f32();
     match m.kind {
         PackedKind::Q4_1 => {
-            let mn = m.mins[b];
+            let mn = m.mins[b].to_f32();
             for l in 0..16 {
                 w[l] = (q[l] & 0xF) as f32 * d + mn;
                 w[l + 16] = (q[l] >> 4) as f32 * d + mn;
@@ -244,7 +316,7 @@ pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
         }
         PackedKind::Q4_K | PackedKind::Q5_K => {
             let sub = &m.sub[b * SUB_BYTES..][..SUB_BYTES];
-            let (d1, m1) = (d * sub[j] as f32, m.mins[b] * sub[8 + j] as f32);
+            let (d1, m1) = (d * sub[j] as f32, m.mins[b].to_f32() * sub[8 + j] as f32);
             let (qh, qs) = if m.kind == PackedKind::Q5_K {
                 (Some(&q[..32]), &q[32..])
             } else {

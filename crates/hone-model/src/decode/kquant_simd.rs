@@ -1,5 +1,7 @@
 //! SIMD kernels of [`super::PackedMatrix`] products, for every packed kind: AVX-512
-//! and AVX2+FMA, chosen at run time (see `PackedMatrix::group`).
+//! and AVX2+FMA+F16C, chosen at run time (see `PackedMatrix::group`), each
+//! monomorphised per kind ([`super::kquant::Kind`]) so a row's loop never
+//! branches on the block format.
 //!
 //! Both walk a row in units of 32 weights (see [`super::kquant`]): each unit is
 //! unpacked to f32 weights once and fused-multiply-added into the accumulators
@@ -10,7 +12,13 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{locate, Blocks, PackedKind, SUB_BYTES, UNIT};
+use half::f16;
+
+use super::kquant::{locate, Blocks, Kind, PackedKind, SCALE_PAD, SUB_BYTES, UNIT};
+
+/// Units of a row whose block scales are widened to f32 at once, into a
+/// stack buffer the units then read with a plain broadcast.
+const SPAN: usize = 256;
 
 /// AVX-512 kernel: four accumulators per activation row (two units per
 /// iteration), so consecutive multiply-adds do not wait on each other.
@@ -18,9 +26,9 @@ use super::kquant::{locate, Blocks, PackedKind, SUB_BYTES, UNIT};
 /// # Safety
 /// Needs AVX-512F. `out` holds whole rows of `n` values for rows starting
 /// at `r0` within the `cols`-wide matrix of `m`, and `x` holds `n` rows of
-/// `cols` values.
+/// `cols` values; `m`'s scales carry [`super::kquant::SCALE_PAD`] padding.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn group512<const N: usize>(
+pub(crate) unsafe fn group512<const N: usize, K: Kind>(
     m: &Blocks,
     cols: usize,
     x: &[f32],
@@ -29,39 +37,65 @@ pub(crate) unsafe fn group512<const N: usize>(
     r0: usize,
     out: &mut [f32],
 ) {
+    debug_assert!(m.kind == K::KIND);
     let nu = cols / UNIT;
+    let upb = K::KIND.block_weights() / UNIT;
     let rows = out.len() / n;
     debug_assert!((r0 + rows) * nu * UNIT <= m.scales.len() * m.kind.block_weights());
     debug_assert!((c0 + N) * cols <= x.len());
     let xp = x.as_ptr().add(c0 * cols);
+    let (mut ds, mut ms) = ([0f32; SPAN + SCALE_PAD], [0f32; SPAN + SCALE_PAD]);
     for r in 0..rows {
         let u0 = (r0 + r) * nu;
         let mut acc = [[_mm512_setzero_ps(); 4]; N];
-        let mut u = 0;
-        while u + 2 <= nu {
-            let (wl, wh) = unit512(m, u0 + u);
-            let (vl, vh) = unit512(m, u0 + u + 1);
-            for (c, a) in acc.iter_mut().enumerate() {
-                let xb = xp.add(c * cols + u * UNIT);
-                a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
-                a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
-                a[2] = _mm512_fmadd_ps(vl, _mm512_loadu_ps(xb.add(32)), a[2]);
-                a[3] = _mm512_fmadd_ps(vh, _mm512_loadu_ps(xb.add(48)), a[3]);
+        let mut s = 0;
+        while s < nu {
+            let span = (nu - s).min(SPAN);
+            let (b0, nb) = ((u0 + s) / upb, span.div_ceil(upb));
+            widen512(m.scales.as_ptr().add(b0), nb, &mut ds);
+            if K::KIND.has_mins() {
+                widen512(m.mins.as_ptr().add(b0), nb, &mut ms);
             }
-            u += 2;
-        }
-        if u < nu {
-            let (wl, wh) = unit512(m, u0 + u);
-            for (c, a) in acc.iter_mut().enumerate() {
-                let xb = xp.add(c * cols + u * UNIT);
-                a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
-                a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
+            let scale = |u: usize| (*ds.get_unchecked(u / upb), *ms.get_unchecked(u / upb));
+            let xs = xp.add(s * UNIT);
+            let mut u = 0;
+            while u + 2 <= span {
+                let (wl, wh) = unit512::<K>(m, u0 + s + u, scale(u));
+                let (vl, vh) = unit512::<K>(m, u0 + s + u + 1, scale(u + 1));
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let xb = xs.add(c * cols + u * UNIT);
+                    a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
+                    a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
+                    a[2] = _mm512_fmadd_ps(vl, _mm512_loadu_ps(xb.add(32)), a[2]);
+                    a[3] = _mm512_fmadd_ps(vh, _mm512_loadu_ps(xb.add(48)), a[3]);
+                }
+                u += 2;
             }
+            if u < span {
+                let (wl, wh) = unit512::<K>(m, u0 + s + u, scale(u));
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let xb = xs.add(c * cols + u * UNIT);
+                    a[0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xb), a[0]);
+                    a[1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xb.add(16)), a[1]);
+                }
+            }
+            s += span;
         }
         for (c, a) in acc.iter().enumerate() {
             let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
             out[r * n + c0 + c] = _mm512_reduce_add_ps(s);
         }
+    }
+}
+
+/// `n` f16 values at `src` as f32 in `dst`, 16 at a time: reads and writes
+/// up to 15 values past `n` (the blocks' [`super::kquant::SCALE_PAD`]).
+#[inline(always)]
+unsafe fn widen512(src: *const f16, n: usize, dst: &mut [f32; SPAN + SCALE_PAD]) {
+    debug_assert!(n <= SPAN);
+    for i in (0..n).step_by(16) {
+        let h = _mm256_loadu_si256(src.add(i) as *const __m256i);
+        _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
     }
 }
 
@@ -71,19 +105,19 @@ unsafe fn bytes16(p: *const u8) -> __m512i {
     _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
 }
 
-/// Unit `u` as two f32 vectors: weights 0..16 and 16..32.
+/// Unit `u` as two f32 vectors (weights 0..16 and 16..32), given its
+/// block's scale and minimum widened to f32.
 #[inline(always)]
-unsafe fn unit512(m: &Blocks, u: usize) -> (__m512, __m512) {
-    let (b, j) = locate(m.kind, u);
-    let q = m.quants.as_ptr().add(b * m.kind.quant_bytes());
-    let d = *m.scales.get_unchecked(b);
+unsafe fn unit512<K: Kind>(m: &Blocks, u: usize, (d, mn): (f32, f32)) -> (__m512, __m512) {
+    let (b, j) = locate(K::KIND, u);
+    let q = m.quants.as_ptr().add(b * K::KIND.quant_bytes());
     let nib = _mm512_set1_epi32(0xF);
-    match m.kind {
+    match K::KIND {
         PackedKind::Q4_1 => {
             let bytes = bytes16(q);
             let low = _mm512_and_si512(bytes, nib);
             let high = _mm512_srli_epi32::<4>(bytes);
-            let (d, mn) = (_mm512_set1_ps(d), _mm512_set1_ps(*m.mins.get_unchecked(b)));
+            let (d, mn) = (_mm512_set1_ps(d), _mm512_set1_ps(mn));
             (
                 _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), d, mn),
                 _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), d, mn),
@@ -100,33 +134,37 @@ unsafe fn unit512(m: &Blocks, u: usize) -> (__m512, __m512) {
             )
         }
         PackedKind::Q5_0 => {
-            let qh = _mm512_set1_epi32((q as *const u32).read_unaligned() as i32);
-            let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            // A weight is `(nibble | high bit << 4) - 16`: the nibble where
+            // its high bit is set, the nibble minus 16 where it is clear.
+            let qh = (q as *const u32).read_unaligned();
             let bytes = bytes16(q.add(4));
-            let low = _mm512_or_si512(_mm512_and_si512(bytes, nib), bit4_512(qh, lanes));
-            let high = _mm512_or_si512(
-                _mm512_srli_epi32::<4>(bytes),
-                bit4_512(qh, _mm512_add_epi32(lanes, _mm512_set1_epi32(16))),
-            );
-            let (d, sixteen) = (_mm512_set1_ps(d), _mm512_set1_epi32(16));
+            let sixteen = _mm512_set1_epi32(16);
+            let low = _mm512_and_si512(bytes, nib);
+            let low = _mm512_mask_sub_epi32(low, !(qh as u16), low, sixteen);
+            let high = _mm512_srli_epi32::<4>(bytes);
+            let high = _mm512_mask_sub_epi32(high, !((qh >> 16) as u16), high, sixteen);
+            let d = _mm512_set1_ps(d);
             (
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(low, sixteen)), d),
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(high, sixteen)), d),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(low), d),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(high), d),
             )
         }
         PackedKind::Q4_K | PackedKind::Q5_K => {
             let sub = m.sub.as_ptr().add(b * SUB_BYTES);
             let d1 = _mm512_set1_ps(d * *sub.add(j) as f32);
-            let m1 = _mm512_set1_ps(*m.mins.get_unchecked(b) * *sub.add(8 + j) as f32);
-            let five = m.kind == PackedKind::Q5_K;
+            let m1 = _mm512_set1_ps(mn * *sub.add(8 + j) as f32);
+            let five = K::KIND == PackedKind::Q5_K;
             let qs = q.add(if five { 32 } else { 0 } + (j / 2) * 32);
             let shift = _mm_cvtsi32_si128(4 * (j & 1) as i32);
             let mut low = _mm512_and_si512(_mm512_srl_epi32(bytes16(qs), shift), nib);
             let mut high = _mm512_and_si512(_mm512_srl_epi32(bytes16(qs.add(16)), shift), nib);
             if five {
-                let hs = _mm512_set1_epi32(j as i32);
-                low = _mm512_or_si512(low, bit4_512(bytes16(q), hs));
-                high = _mm512_or_si512(high, bit4_512(bytes16(q.add(16)), hs));
+                // The fifth bit is bit `j` of each weight's `qh` byte: add 16 where set.
+                let (bit, sixteen) = (_mm512_set1_epi32(1 << j), _mm512_set1_epi32(16));
+                let lk = _mm512_test_epi32_mask(bytes16(q), bit);
+                let hk = _mm512_test_epi32_mask(bytes16(q.add(16)), bit);
+                low = _mm512_mask_add_epi32(low, lk, low, sixteen);
+                high = _mm512_mask_add_epi32(high, hk, high, sixteen);
             }
             (
                 _mm512_fmsub_ps(_mm512_cvtepi32_ps(low), d1, m1),
@@ -150,13 +188,6 @@ unsafe fn unit512(m: &Blocks, u: usize) -> (__m512, __m512) {
     }
 }
 
-/// Bit `shift` of each lane of `v`, moved to bit 4 (a 5-bit quant's high bit).
-#[inline(always)]
-unsafe fn bit4_512(v: __m512i, shift: __m512i) -> __m512i {
-    let bit = _mm512_and_si512(_mm512_srlv_epi32(v, shift), _mm512_set1_epi32(1));
-    _mm512_slli_epi32::<4>(bit)
-}
-
 /// 16 Q6_K quants minus 32: a nibble of `ql` (shifted by `ns`) and two bits
 /// of `qh` (shifted by `hs`).
 #[inline(always)]
@@ -172,9 +203,9 @@ unsafe fn q6_512(ql: *const u8, qh: *const u8, ns: __m128i, hs: __m128i) -> __m5
 /// vectors).
 ///
 /// # Safety
-/// Needs AVX2 and FMA; the same slice contract as [`group512`].
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn group256<const N: usize>(
+/// Needs AVX2, FMA and F16C; the same slice contract as [`group512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn group256<const N: usize, K: Kind>(
     m: &Blocks,
     cols: usize,
     x: &[f32],
@@ -183,27 +214,52 @@ pub(crate) unsafe fn group256<const N: usize>(
     r0: usize,
     out: &mut [f32],
 ) {
+    debug_assert!(m.kind == K::KIND);
     let nu = cols / UNIT;
+    let upb = K::KIND.block_weights() / UNIT;
     let rows = out.len() / n;
     debug_assert!((r0 + rows) * nu * UNIT <= m.scales.len() * m.kind.block_weights());
     debug_assert!((c0 + N) * cols <= x.len());
     let xp = x.as_ptr().add(c0 * cols);
+    let (mut ds, mut ms) = ([0f32; SPAN + SCALE_PAD], [0f32; SPAN + SCALE_PAD]);
     for r in 0..rows {
         let u0 = (r0 + r) * nu;
         let mut acc = [[_mm256_setzero_ps(); 2]; N];
-        for u in 0..nu {
-            let w = unit256(m, u0 + u);
-            for (c, a) in acc.iter_mut().enumerate() {
-                let xb = xp.add(c * cols + u * UNIT);
-                a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), a[0]);
-                a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb.add(8)), a[1]);
-                a[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb.add(16)), a[0]);
-                a[1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb.add(24)), a[1]);
+        let mut s = 0;
+        while s < nu {
+            let span = (nu - s).min(SPAN);
+            let (b0, nb) = ((u0 + s) / upb, span.div_ceil(upb));
+            widen256(m.scales.as_ptr().add(b0), nb, &mut ds);
+            if K::KIND.has_mins() {
+                widen256(m.mins.as_ptr().add(b0), nb, &mut ms);
             }
+            let xs = xp.add(s * UNIT);
+            for u in 0..span {
+                let scale = (*ds.get_unchecked(u / upb), *ms.get_unchecked(u / upb));
+                let w = unit256::<K>(m, u0 + s + u, scale);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let xb = xs.add(c * cols + u * UNIT);
+                    a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), a[0]);
+                    a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb.add(8)), a[1]);
+                    a[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb.add(16)), a[0]);
+                    a[1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb.add(24)), a[1]);
+                }
+            }
+            s += span;
         }
         for (c, a) in acc.iter().enumerate() {
             out[r * n + c0 + c] = hsum256(_mm256_add_ps(a[0], a[1]));
         }
+    }
+}
+
+/// As [`widen512`], 8 at a time (F16C).
+#[inline(always)]
+unsafe fn widen256(src: *const f16, n: usize, dst: &mut [f32; SPAN + SCALE_PAD]) {
+    debug_assert!(n <= SPAN);
+    for i in (0..n).step_by(8) {
+        let h = _mm_loadu_si128(src.add(i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
     }
 }
 
@@ -221,16 +277,16 @@ unsafe fn bytes8(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
 }
 
-/// Unit `u` as four f32 vectors of 8 weights each.
+/// Unit `u` as four f32 vectors of 8 weights each (see [`unit512`]).
 #[inline(always)]
-unsafe fn unit256(m: &Blocks, u: usize) -> [__m256; 4] {
-    let (b, j) = locate(m.kind, u);
-    let q = m.quants.as_ptr().add(b * m.kind.quant_bytes());
-    let d = _mm256_set1_ps(*m.scales.get_unchecked(b));
+unsafe fn unit256<K: Kind>(m: &Blocks, u: usize, (d_f32, mn): (f32, f32)) -> [__m256; 4] {
+    let (b, j) = locate(K::KIND, u);
+    let q = m.quants.as_ptr().add(b * K::KIND.quant_bytes());
+    let d = _mm256_set1_ps(d_f32);
     let zero = _mm_setzero_si128();
-    match m.kind {
+    match K::KIND {
         PackedKind::Q4_1 => {
-            let mn = _mm256_set1_ps(*m.mins.get_unchecked(b));
+            let mn = _mm256_set1_ps(mn);
             let four = _mm_cvtsi32_si128(4);
             [
                 _mm256_fmadd_ps(nibbles256(q, zero), d, mn),
@@ -258,9 +314,9 @@ unsafe fn unit256(m: &Blocks, u: usize) -> [__m256; 4] {
         }
         PackedKind::Q4_K | PackedKind::Q5_K => {
             let sub = m.sub.as_ptr().add(b * SUB_BYTES);
-            let d1 = _mm256_set1_ps(*m.scales.get_unchecked(b) * *sub.add(j) as f32);
-            let m1 = _mm256_set1_ps(*m.mins.get_unchecked(b) * *sub.add(8 + j) as f32);
-            let five = m.kind == PackedKind::Q5_K;
+            let d1 = _mm256_set1_ps(d_f32 * *sub.add(j) as f32);
+            let m1 = _mm256_set1_ps(mn * *sub.add(8 + j) as f32);
+            let five = K::KIND == PackedKind::Q5_K;
             let qs = q.add(if five { 32 } else { 0 } + (j / 2) * 32);
             let shift = _mm_cvtsi32_si128(4 * (j & 1) as i32);
             let hs = _mm_cvtsi32_si128(j as i32);
@@ -283,7 +339,7 @@ unsafe fn unit256(m: &Blocks, u: usize) -> [__m256; 4] {
             let ns = _mm_cvtsi32_si128(4 * (k >> 1) as i32);
             let hs = _mm_cvtsi32_si128(2 * k as i32);
             let sc = m.sub.as_ptr().add(b * SUB_BYTES + 8 * half + 2 * k);
-            let d = *m.scales.get_unchecked(b);
+            let d = d_f32;
             let s0 = _mm256_set1_ps(d * *sc as i8 as f32);
             let s1 = _mm256_set1_ps(d * *sc.add(1) as i8 as f32);
             [

@@ -136,7 +136,8 @@ fn native_blocks_keep_their_size() -> Result<()> {
     ] {
         let p = PackedMatrix::from_qtensor(&quantized(dtype, 4, 512, 1)?)?;
         let per_weight = 8.0 * p.bytes() as f64 / (4.0 * 512.0);
-        // f32 scales: up to one extra bit per 32 weights over the file's bits.
+        // Scales as stored (f16); K-quant sub-block scales unpacked to a
+        // byte each, and the scales' padding, add under a bit per weight here.
         assert!(per_weight < bits + 1.0, "{dtype:?}: {per_weight} bits");
         assert!(p.bytes() < q8.bytes(), "{dtype:?}");
     }
@@ -158,4 +159,38 @@ fn bad_block_data_is_an_error() {
     // K-quant rows are whole super-blocks.
     let err = PackedMatrix::from_ggml_blocks(PackedKind::Q4_K, 1, 96, &[0; 144]).unwrap_err();
     assert!(err.to_string().contains("multiple of 256"), "{err}");
+}
+
+/// Not a test: prints each kernel's single-thread speed per kind, for a matrix
+/// that stays in L2 and one that does not (L3 here) (best of many runs,
+/// so a busy machine only adds runs, not time). Run by hand:
+/// `cargo test --release --workspace -- --ignored kernel_speed_report --nocapture`.
+#[test]
+#[ignore]
+fn kernel_speed_report() -> Result<()> {
+    for dtype in KINDS {
+        for (rows, cols, reps) in [(128, 1024, 400), (16384, 1024, 10)] {
+            let p = PackedMatrix::from_qtensor(&quantized(dtype, rows, cols, 1)?)?;
+            let x = random(1, cols, 2);
+            for k in Kernel::available() {
+                if k == Kernel::Scalar && rows > 128 {
+                    continue;
+                }
+                let mut out = vec![0f32; rows];
+                let mut best = f64::MAX;
+                for _ in 0..reps {
+                    let t = std::time::Instant::now();
+                    p.rows_into(k, 0, &x, 1, &mut out);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let weights = (rows * cols) as f64;
+                println!(
+                    "{dtype:?} {k:?} [{rows}, {cols}]: {:.2} weights/ns, {:.2} GB/s",
+                    weights / best / 1e9,
+                    p.bytes() as f64 / best / 1e9
+                );
+            }
+        }
+    }
+    Ok(())
 }

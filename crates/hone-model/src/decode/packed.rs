@@ -82,13 +82,15 @@ impl PackedMatrix {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            m.blocks.scales.push(d);
+            // Stored as f16, quantized with the f32 `d` (ggml's `quantize_row_q8_0`).
+            m.blocks.scales.push(half::f16::from_f32(d));
             m.blocks.quants.extend(
                 block
                     .iter()
                     .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8 as u8),
             );
         }
+        m.blocks.seal();
         Ok(m)
     }
 
@@ -171,13 +173,13 @@ impl PackedMatrix {
             // with those features (`Kernel::available`); the kernels' indexing
             // stays within the slices (see `kquant_simd`).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe {
-                kquant_simd::group512::<N>(&self.blocks, self.cols, x, c0, n, r0, out)
-            },
+            Kernel::Avx512 => kquant::with_kind!(self.blocks.kind, K => unsafe {
+                kquant_simd::group512::<N, K>(&self.blocks, self.cols, x, c0, n, r0, out)
+            }),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe {
-                kquant_simd::group256::<N>(&self.blocks, self.cols, x, c0, n, r0, out)
-            },
+            Kernel::Avx2 => kquant::with_kind!(self.blocks.kind, K => unsafe {
+                kquant_simd::group256::<N, K>(&self.blocks, self.cols, x, c0, n, r0, out)
+            }),
             _ => scalar_group::<N>(self, r0, x, c0, n, out),
         }
     }
@@ -208,6 +210,7 @@ impl Kernel {
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 ks.push(Kernel::Avx2);
             }

@@ -113,9 +113,11 @@ pub(super) fn parse(
         .ok_or_else(|| ModelError::MissingMetadata(m.key("attention.layer_norm_rms_epsilon")))?;
     let rope_full = rope_full(&m, head_dim, freq_factors)?;
     let (layer_kinds, sliding_window) = layers(&m, family, num_layers)?;
-    // llama.cpp hard-codes Gemma 3's local base (10 000, no scaling).
+    // Gemma 3's sliding layers: `rope.freq_base_swa` when the file sets it,
+    // else llama.cpp's default of 10 000; never scaled (as llama.cpp).
     let rope_sliding = if gemma {
-        Some(RopeSpec::new(10_000.0, head_dim, RopeScaling::None)?)
+        let theta = m.f64_opt("rope.freq_base_swa")?.unwrap_or(10_000.0) as f32;
+        Some(RopeSpec::new(theta, head_dim, RopeScaling::None)?)
     } else {
         None
     };

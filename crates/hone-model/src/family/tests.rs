@@ -611,6 +611,12 @@ fn gguf_gemma3_norms_are_already_shifted_and_layers_follow_llama_cpp() {
     assert_eq!(s.layer(0).window, Some(512));
     assert_eq!(s.layer(0).rope.theta, 10_000.0);
     assert_eq!(s.layer(5).rope.theta, 1_000_000.0);
+    // A file that sets the sliding layers' base (llama.cpp reads the same key).
+    let mut swa = m.clone();
+    swa.insert("gemma3.rope.freq_base_swa".into(), Value::F32(50_000.0));
+    let s_swa = parse_md(&swa, &[]).unwrap();
+    assert_eq!(s_swa.layer(0).rope.theta, 50_000.0);
+    assert_eq!(s_swa.layer(5).rope.theta, 1_000_000.0);
     // The 62-layer 27B scales by hidden / heads (llama.cpp's rule).
     let mut big = m.clone();
     big.insert("gemma3.block_count".into(), Value::U32(62));
