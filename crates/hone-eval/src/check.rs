@@ -1,10 +1,12 @@
 //! Checking one output against its case: expected and forbidden patterns,
-//! the expected JSON fields, and the case's JSON Schema.
+//! the expected JSON fields, the case's JSON Schema and its expected tool
+//! calls ([`crate::tool_check`]).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::case::EvalCase;
+use crate::tool_check::{check_tool_calls, ToolCallOutcome};
 
 /// The verdict on one output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -16,6 +18,8 @@ pub struct CheckOutcome {
     /// For cases with `expected_schema`: whether the output parsed as JSON
     /// and validated against the schema (`None` for other cases).
     pub schema_valid: Option<bool>,
+    /// For cases with `expected_tool_calls`: the calls against them.
+    pub tool_calls: Option<ToolCallOutcome>,
     /// One line per failed check, e.g. `missing "Hi there!"`.
     pub failed_checks: Vec<String>,
 }
@@ -59,10 +63,16 @@ pub fn check_output(case: &EvalCase, output: &str) -> CheckOutcome {
             }
         }
     });
+    let tool_calls = case.expected_tool_calls.as_ref().map(|expected| {
+        let (outcome, problems) = check_tool_calls(expected, output);
+        failed.extend(problems);
+        outcome
+    });
     CheckOutcome {
         passed: failed.is_empty(),
         json_valid,
         schema_valid,
+        tool_calls,
         failed_checks: failed,
     }
 }

@@ -13,6 +13,8 @@
 //!   [`shots`]: the few-shot pool (eval cases left out) and its picker seam.
 //! - [`cost`]: cost per 1,000 requests, training cost and break-even;
 //!   [`verdict`]: the "should I fine-tune?" section and its plain-language verdict.
+//! - [`tool_check`]: `expected_tool_calls` (right function, exact / subset arguments,
+//!   malformed calls) and the grammar a case is decoded with (`response_format`, strict tools).
 //! - [`spec`]: [`run_eval`], the whole evaluation from an [`EvalSpec`].
 
 pub mod approach;
@@ -26,6 +28,7 @@ pub mod report;
 pub mod run;
 pub mod shots;
 pub mod spec;
+pub mod tool_check;
 pub mod verdict;
 
 pub use approach::{Approach, Baseline, Request};
@@ -37,4 +40,5 @@ pub use model::{Conversation, EngineModel, EvalModel, Generated};
 pub use report::{CaseInfo, Comparison, EvalReport, GenerationInfo};
 pub use run::{CaseResult, Decoding, LossMetrics, ModelRun, PairMetrics, Progress, Summary};
 pub use spec::{run_eval, run_eval_with, EvalSpec};
+pub use tool_check::{ArgumentsMatch, ExpectedToolCalls, ToolCallOutcome, ToolCallSummary};
 pub use verdict::Economics;
