@@ -286,7 +286,9 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
         None => None,
     };
     if raw.response_format.as_ref().is_some_and(|f| !f.is_object()) {
-        return Err("`response_format` must be an object such as {\"type\": \"json_object\"}".into());
+        return Err(
+            "`response_format` must be an object such as {\"type\": \"json_object\"}".into(),
+        );
     }
     if expected_patterns.is_empty()
         && forbidden_patterns.is_empty()

@@ -106,7 +106,9 @@ fn expected_call(v: Value) -> Result<ExpectedCall, String> {
         Some(other) => return Err(format!("`arguments` must be an object, got {other}")),
     };
     if let Some(k) = o.keys().next() {
-        return Err(format!("unknown key `{k}` (a call has `name` and `arguments`)"));
+        return Err(format!(
+            "unknown key `{k}` (a call has `name` and `arguments`)"
+        ));
     }
     Ok(ExpectedCall { name, arguments })
 }
@@ -163,7 +165,11 @@ pub fn check_tool_calls(
         ArgumentsMatch::Subset => outcome.subset_arguments,
     };
     if !outcome.right_function {
-        failed.push(format!("tool calls: expected {}, got {}", names(want), shown()));
+        failed.push(format!(
+            "tool calls: expected {}, got {}",
+            names(want),
+            shown()
+        ));
     } else if !args_ok {
         failed.push(format!("tool call arguments differ: got {}", shown()));
     }
@@ -242,8 +248,10 @@ pub struct ToolCallSummary {
 impl ToolCallSummary {
     /// `None` when no case has `expected_tool_calls`.
     pub fn of(results: &[CaseResult]) -> Option<Self> {
-        let outcomes: Vec<&ToolCallOutcome> =
-            results.iter().filter_map(|r| r.tool_calls.as_ref()).collect();
+        let outcomes: Vec<&ToolCallOutcome> = results
+            .iter()
+            .filter_map(|r| r.tool_calls.as_ref())
+            .collect();
         if outcomes.is_empty() {
             return None;
         }
@@ -327,7 +335,10 @@ pub fn response_format_grammar(format: &Value) -> Result<Option<Grammar>, String
 /// When any tool is `strict`: text, or calls to the tools held to their
 /// parameter schemas (parallel calls allowed).
 fn strict_tools_grammar(tools: Option<&Value>) -> Result<Option<Grammar>, String> {
-    let tools = tools.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let tools = tools
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let function = |t: &Value| t.get("function").cloned().unwrap_or(Value::Null);
     let strict = tools
         .iter()
@@ -339,7 +350,10 @@ fn strict_tools_grammar(tools: Option<&Value>) -> Result<Option<Grammar>, String
         .iter()
         .map(|t| {
             let f = function(t);
-            let name = f.get("name").and_then(Value::as_str).ok_or("a tool has no function name")?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or("a tool has no function name")?;
             Ok(CallableTool {
                 name: name.to_string(),
                 parameters: f.get("parameters").filter(|p| p.is_object()).cloned(),

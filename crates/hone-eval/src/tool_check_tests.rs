@@ -10,7 +10,10 @@ fn case(extra: &str) -> EvalCase {
 }
 
 fn call(name: &str, args: serde_json::Value) -> String {
-    format!("<tool_call>\n{}\n</tool_call>", json!({"name": name, "arguments": args}))
+    format!(
+        "<tool_call>\n{}\n</tool_call>",
+        json!({"name": name, "arguments": args})
+    )
 }
 
 #[test]
@@ -39,13 +42,21 @@ fn exact_and_subset_arguments_and_parallel_calls_in_any_order() {
     let t = o.tool_calls.unwrap();
     assert!(t.right_function && !t.exact_arguments && t.subset_arguments);
     assert!(!o.passed);
-    assert!(o.failed_checks[0].contains("arguments differ"), "{:?}", o.failed_checks);
+    assert!(
+        o.failed_checks[0].contains("arguments differ"),
+        "{:?}",
+        o.failed_checks
+    );
 
     // One call where two are expected: the wrong functions.
     let o = check_output(&c, &call("get_weather", json!({"city": "Rome"})));
     let t = o.tool_calls.unwrap();
     assert!(!t.right_function && !t.exact_arguments);
-    assert!(o.failed_checks[0].contains("expected get_weather, get_weather"), "{:?}", o.failed_checks);
+    assert!(
+        o.failed_checks[0].contains("expected get_weather, get_weather"),
+        "{:?}",
+        o.failed_checks
+    );
 }
 
 #[test]
@@ -69,14 +80,22 @@ fn no_call_expected_and_malformed_calls() {
     assert!(o.tool_calls.unwrap().right_function);
     let o = check_output(&c, &call("f", json!({})));
     assert!(!o.passed);
-    assert!(o.failed_checks[0].contains("expected no call, got f({})"), "{:?}", o.failed_checks);
+    assert!(
+        o.failed_checks[0].contains("expected no call, got f({})"),
+        "{:?}",
+        o.failed_checks
+    );
 
     let want = case(r#""expected_tool_calls": [{"name": "f"}]"#);
     let broken = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": \n</tool_call>";
     let o = check_output(&want, broken);
     let t = o.tool_calls.unwrap();
     assert!(t.malformed && !t.right_function);
-    assert!(o.failed_checks.iter().any(|f| f.contains("malformed")), "{:?}", o.failed_checks);
+    assert!(
+        o.failed_checks.iter().any(|f| f.contains("malformed")),
+        "{:?}",
+        o.failed_checks
+    );
     // A bare JSON object is text, not a call (as serving reads it).
     let o = check_output(&want, r#"{"name": "f", "arguments": {}}"#);
     let t = o.tool_calls.unwrap();
@@ -100,11 +119,23 @@ fn bad_expectations_are_load_errors() {
     assert_eq!(errs.len(), 7, "{msgs:?}");
     assert!(msgs[0].contains("must be a list"), "{}", msgs[0]);
     assert!(msgs[1].contains("[0]: `name`"), "{}", msgs[1]);
-    assert!(msgs[2].contains("`arguments` must be an object"), "{}", msgs[2]);
+    assert!(
+        msgs[2].contains("`arguments` must be an object"),
+        "{}",
+        msgs[2]
+    );
     assert!(msgs[3].contains("unknown key `args`"), "{}", msgs[3]);
     assert!(msgs[4].contains("\"exact\" or \"subset\""), "{}", msgs[4]);
-    assert!(msgs[5].contains("needs `expected_tool_calls`"), "{}", msgs[5]);
-    assert!(msgs[6].contains("`response_format` must be an object"), "{}", msgs[6]);
+    assert!(
+        msgs[5].contains("needs `expected_tool_calls`"),
+        "{}",
+        msgs[5]
+    );
+    assert!(
+        msgs[6].contains("`response_format` must be an object"),
+        "{}",
+        msgs[6]
+    );
 }
 
 fn result(outcome: Option<ToolCallOutcome>) -> CaseResult {
@@ -141,7 +172,10 @@ fn summary_counts_only_tool_cases() {
         result(None),
     ])
     .unwrap();
-    assert_eq!((s.cases, s.right_function, s.exact_arguments, s.malformed), (3, 2, 1, 1));
+    assert_eq!(
+        (s.cases, s.right_function, s.exact_arguments, s.malformed),
+        (3, 2, 1, 1)
+    );
     assert!((s.right_function_rate - 2.0 / 3.0).abs() < 1e-12);
     let rows = ToolCallSummary::rows(Some(&s));
     assert_eq!(rows[0], ("right function", "66.7% (2/3)".to_string()));
@@ -157,10 +191,16 @@ fn grammars_come_from_response_format_then_strict_tools_then_the_schema() {
     let schema = r#""expected_schema": {"type": "object"}"#;
     let fmt = r#""response_format": {"type": "json_object"}"#;
     let c = case(&format!("{fmt}, {schema}"));
-    assert_eq!(case_grammar(&c, false).unwrap(), Some(Grammar::json_object()));
+    assert_eq!(
+        case_grammar(&c, false).unwrap(),
+        Some(Grammar::json_object())
+    );
     let c = case(&format!("{tools}, {schema}"));
     let g = case_grammar(&c, true).unwrap().unwrap();
-    assert!(matches!(g.spec(), hone_model::constraint::GrammarSpec::Lark { .. }));
+    assert!(matches!(
+        g.spec(),
+        hone_model::constraint::GrammarSpec::Lark { .. }
+    ));
     let c = case(schema);
     assert_eq!(case_grammar(&c, false).unwrap(), None);
     assert_eq!(
@@ -169,13 +209,20 @@ fn grammars_come_from_response_format_then_strict_tools_then_the_schema() {
     );
     // Not strict: no grammar; text format: none either.
     let loose = tools.replace("\"strict\": true,", "");
-    assert_eq!(case_grammar(&case(&format!("{loose}, {schema}")), false).unwrap(), None);
+    assert_eq!(
+        case_grammar(&case(&format!("{loose}, {schema}")), false).unwrap(),
+        None
+    );
     let text = r#""response_format": {"type": "text"}, "expected_patterns": ["a"]"#;
     assert_eq!(case_grammar(&case(text), true).unwrap(), None);
     let bad = r#""response_format": {"type": "xml"}, "expected_patterns": ["a"]"#;
-    assert!(case_grammar(&case(bad), false).unwrap_err().contains("\"json_schema\""));
+    assert!(case_grammar(&case(bad), false)
+        .unwrap_err()
+        .contains("\"json_schema\""));
     let no_schema = r#""response_format": {"type": "json_schema", "json_schema": {"name": "x"}}, "expected_patterns": ["a"]"#;
-    assert!(case_grammar(&case(no_schema), false).unwrap_err().contains("schema` is required"));
+    assert!(case_grammar(&case(no_schema), false)
+        .unwrap_err()
+        .contains("schema` is required"));
 }
 
 #[test]

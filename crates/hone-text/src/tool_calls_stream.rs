@@ -110,7 +110,9 @@ impl ToolCallStream {
     /// The part of the answer's whole `content` not released yet.
     fn release_rest(&mut self, content: Option<&str>) -> Vec<CallEvent> {
         let content = content.unwrap_or_default();
-        let rest = content.get(self.released.min(content.len())..).unwrap_or_default();
+        let rest = content
+            .get(self.released.min(content.len())..)
+            .unwrap_or_default();
         self.released = self.released.max(content.len());
         if rest.is_empty() {
             Vec::new()
@@ -276,4 +278,3 @@ fn compact_object(text: &str) -> (String, Option<usize>) {
     }
     (out, None)
 }
-

@@ -133,7 +133,10 @@ fn a_stream_gives_what_the_whole_text_gives() {
                 };
                 let (shown, rest, calls, events) = stream_with(s, text, size);
                 assert_eq!(calls, whole.calls, "{text} / {size}");
-                assert_eq!(format!("{shown}{rest}"), whole.content.clone().unwrap_or_default());
+                assert_eq!(
+                    format!("{shown}{rest}"),
+                    whole.content.clone().unwrap_or_default()
+                );
                 let want: Vec<(String, String)> = whole
                     .calls
                     .iter()
@@ -168,7 +171,9 @@ fn a_live_stream_sends_the_name_first_then_arguments_as_they_are_written() {
         })
         .collect();
     assert_eq!(content, "Sure.");
-    assert!(matches!(&seen[first_args - 1].1, CallEvent::Start { index: 0, name } if name == "get_weather"));
+    assert!(
+        matches!(&seen[first_args - 1].1, CallEvent::Start { index: 0, name } if name == "get_weather")
+    );
     // The first call's arguments arrive in many pieces, all before the second call starts.
     let pieces = seen
         .iter()
@@ -176,18 +181,26 @@ fn a_live_stream_sends_the_name_first_then_arguments_as_they_are_written() {
         .count();
     assert!(pieces > 10, "{pieces}");
     let second = text.find("now").unwrap();
-    assert!(seen.iter().any(|(i, e)| matches!(e, CallEvent::Start { index: 1, .. }) && *i > second));
+    assert!(seen
+        .iter()
+        .any(|(i, e)| matches!(e, CallEvent::Start { index: 1, .. }) && *i > second));
     let (last, calls) = s.finish();
     let mut events: Vec<CallEvent> = seen.into_iter().map(|(_, e)| e).collect();
     events.extend(last);
     assert_eq!(
         joined_calls(&events),
         vec![
-            ("get_weather".to_string(), r#"{"city":"Paris, France","days":[1,2]}"#.to_string()),
+            (
+                "get_weather".to_string(),
+                r#"{"city":"Paris, France","days":[1,2]}"#.to_string()
+            ),
             ("now".to_string(), "{}".to_string())
         ]
     );
-    assert_eq!(calls[0].arguments_json(), r#"{"city":"Paris, France","days":[1,2]}"#);
+    assert_eq!(
+        calls[0].arguments_json(),
+        r#"{"city":"Paris, France","days":[1,2]}"#
+    );
 }
 
 #[test]
@@ -201,8 +214,14 @@ fn a_held_stream_sends_nothing_of_a_call_before_the_end() {
     assert_eq!(
         events,
         vec![
-            CallEvent::Start { index: 0, name: "f".into() },
-            CallEvent::Arguments { index: 0, fragment: r#"{"x":1}"#.into() }
+            CallEvent::Start {
+                index: 0,
+                name: "f".into()
+            },
+            CallEvent::Arguments {
+                index: 0,
+                fragment: r#"{"x":1}"#.into()
+            }
         ]
     );
     assert_eq!(calls.len(), 1);
@@ -214,7 +233,10 @@ fn a_live_call_cut_short_keeps_what_was_sent_and_reports_no_call() {
     let (shown, rest, calls, events) = stream_with(ToolCallStream::live(), text, 3);
     assert!(calls.is_empty());
     assert_eq!((shown.as_str(), rest.as_str()), ("", ""));
-    assert_eq!(joined_calls(&events), vec![("f".to_string(), r#"{"x":"abc"#.to_string())]);
+    assert_eq!(
+        joined_calls(&events),
+        vec![("f".to_string(), r#"{"x":"abc"#.to_string())]
+    );
 }
 
 #[test]
@@ -222,7 +244,10 @@ fn arguments_keep_the_models_spelling_without_the_spaces() {
     let p = parse_tool_calls(
         "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"n\": 1.50, \"s\": \"a \\u00e9 b\"}}\n</tool_call>",
     );
-    assert_eq!(p.calls[0].arguments_json(), r#"{"n":1.50,"s":"a \u00e9 b"}"#);
+    assert_eq!(
+        p.calls[0].arguments_json(),
+        r#"{"n":1.50,"s":"a \u00e9 b"}"#
+    );
     assert_eq!(p.calls[0].arguments, json!({"n": 1.5, "s": "a é b"}));
     // Another shape (arguments before the name) is re-encoded.
     let p = parse_tool_calls("<tool_call>{\"arguments\": {\"a\": 1}, \"name\": \"g\"}</tool_call>");
@@ -430,15 +455,27 @@ mod templates {
 #[test]
 fn llama_3_1_calls_are_read_bare_or_after_the_python_tag() {
     let one = r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#;
-    for text in [one.to_string(), format!("<|python_tag|>{one}"), format!("\n {one}\n")] {
+    for text in [
+        one.to_string(),
+        format!("<|python_tag|>{one}"),
+        format!("\n {one}\n"),
+    ] {
         let p = parse_tool_calls(&text);
-        assert_eq!(p.calls, vec![call("get_weather", json!({"city": "Paris"}))], "{text}");
+        assert_eq!(
+            p.calls,
+            vec![call("get_weather", json!({"city": "Paris"}))],
+            "{text}"
+        );
         assert_eq!((p.content, p.malformed), (None, false));
     }
     // Llama 3.2's parallel calls: separated by `;` (or newlines).
-    let two = r#"<|python_tag|>{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {}}"#;
+    let two =
+        r#"<|python_tag|>{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {}}"#;
     let p = parse_tool_calls(two);
-    assert_eq!(p.calls, vec![call("a", json!({"x": 1})), call("b", json!({}))]);
+    assert_eq!(
+        p.calls,
+        vec![call("a", json!({"x": 1})), call("b", json!({}))]
+    );
     // A bare JSON answer of another shape is text, not a call, and not malformed.
     for text in [
         r#"{"name": "f", "arguments": {}}"#,
@@ -461,9 +498,17 @@ fn mistral_calls_are_read_after_their_marker() {
     assert_eq!(p.content.as_deref(), Some("Let me look."));
     assert_eq!(
         p.calls,
-        vec![call("get_weather", json!({"city": "Oslo"})), call("now", json!({"tz": "CET"}))]
+        vec![
+            call("get_weather", json!({"city": "Oslo"})),
+            call("now", json!({"tz": "CET"}))
+        ]
     );
-    for bad in ["[TOOL_CALLS] []", "[TOOL_CALLS] [{\"name\": 1}]", "[TOOL_CALLS] {\"name\": \"f\"}", "x [TOOL_CALLS]"] {
+    for bad in [
+        "[TOOL_CALLS] []",
+        "[TOOL_CALLS] [{\"name\": 1}]",
+        "[TOOL_CALLS] {\"name\": \"f\"}",
+        "x [TOOL_CALLS]",
+    ] {
         let p = parse_tool_calls(bad);
         assert!(p.calls.is_empty() && p.malformed, "{bad}");
         assert_eq!(p.content.as_deref(), Some(bad));
@@ -485,9 +530,16 @@ fn streams_hold_other_syntaxes_until_the_end() {
             for s in [ToolCallStream::new(), ToolCallStream::live()] {
                 let (shown, rest, calls, events) = stream_with(s, text, size);
                 assert_eq!(calls, whole.calls, "{text}");
-                assert_eq!(format!("{shown}{rest}"), whole.content.clone().unwrap_or_default(), "{text}");
+                assert_eq!(
+                    format!("{shown}{rest}"),
+                    whole.content.clone().unwrap_or_default(),
+                    "{text}"
+                );
                 if !whole.calls.is_empty() {
-                    assert!(!shown.contains('{') && !shown.contains("TOOL"), "{text}: {shown}");
+                    assert!(
+                        !shown.contains('{') && !shown.contains("TOOL"),
+                        "{text}: {shown}"
+                    );
                     assert_eq!(joined_calls(&events).len(), whole.calls.len());
                 }
             }

@@ -247,7 +247,12 @@ async fn streamed_calls_reassemble_to_the_unstreamed_answer() {
 fn argument_pieces(frames: &[Value], index: u64) -> Vec<String> {
     frames
         .iter()
-        .flat_map(|f| f["choices"][0]["delta"]["tool_calls"].as_array().cloned().unwrap_or_default())
+        .flat_map(|f| {
+            f["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter(|tc| tc["index"] == index && tc.get("id").is_none())
         .map(|tc| tc["function"]["arguments"].as_str().unwrap().to_string())
         .collect()
@@ -272,7 +277,10 @@ async fn held_calls_stream_their_arguments_piece_by_piece() {
             let pieces = argument_pieces(&frames, i as u64);
             // Sent as the model wrote them: many pieces, not one at the end.
             assert!(pieces.len() >= 4, "{extra}: {name} came in {pieces:?}");
-            assert_eq!(pieces.concat(), call["function"]["arguments"].as_str().unwrap());
+            assert_eq!(
+                pieces.concat(),
+                call["function"]["arguments"].as_str().unwrap()
+            );
         }
     }
 }
