@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::case::EvalCase;
+pub use crate::tool_check::json_eq;
 use crate::tool_check::{check_tool_calls, ToolCallOutcome};
 
 /// The verdict on one output.
@@ -117,25 +118,6 @@ fn field_mismatches(expected: &Map<String, Value>, got: &Map<String, Value>) -> 
             Some(_) => None,
         })
         .collect()
-}
-
-/// Structural equality where numbers compare by value (`1` equals `1.0`).
-pub fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => x == y,
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
 }
 
 #[cfg(test)]

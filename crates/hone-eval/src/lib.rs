@@ -14,11 +14,13 @@
 //! - [`cost`]: cost per 1,000 requests, training cost and break-even;
 //!   [`verdict`]: the "should I fine-tune?" section and its plain-language verdict.
 //! - [`tool_check`]: `expected_tool_calls` (right function, exact / subset arguments,
-//!   malformed calls) and the grammar a case is decoded with (`response_format`, strict tools).
+//!   malformed calls); [`case_grammar`]: the grammar a case is decoded with (`response_format`,
+//!   strict tools, `--json-schema-from-case`).
 //! - [`spec`]: [`run_eval`], the whole evaluation from an [`EvalSpec`].
 
 pub mod approach;
 pub mod case;
+pub mod case_grammar;
 pub mod check;
 pub mod cost;
 mod error;

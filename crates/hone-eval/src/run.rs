@@ -94,7 +94,7 @@ impl Summary {
             schema_cases,
             schema_valid,
             schema_valid_rate: (schema_cases > 0).then(|| ratio(schema_valid, schema_cases)),
-            tool_calls: ToolCallSummary::of(results),
+            tool_calls: ToolCallSummary::of(results.iter().map(|r| r.tool_calls.as_ref())),
             mean_output_chars: mean(&|r| r.output.chars().count()),
             mean_output_tokens: mean(&|r| r.output_tokens),
             mean_prompt_tokens: mean(&|r| r.prompt_tokens),

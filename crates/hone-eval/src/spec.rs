@@ -281,7 +281,7 @@ fn check_baselines(spec: &EvalSpec) -> Result<Vec<Baseline>> {
     Ok(b.clone())
 }
 
-/// Each case's grammar (`tool_check::case_grammar`: its `response_format`,
+/// Each case's grammar (`case_grammar::case_grammar`: its `response_format`,
 /// strict tools, or its `expected_schema` under `--json-schema-from-case`),
 /// compiled now so a schema the decoder cannot honour is an error before any
 /// model loads.
@@ -290,7 +290,7 @@ fn case_grammars(spec: &EvalSpec, cases: &[EvalCase]) -> Result<Vec<Option<Gramm
     let grammars = cases
         .iter()
         .map(|c| {
-            crate::tool_check::case_grammar(c, spec.json_schema_from_case)
+            crate::case_grammar::case_grammar(c, spec.json_schema_from_case)
                 .map_err(|e| bad.push(format!("line {}: {e}", c.line)))
                 .ok()
                 .flatten()

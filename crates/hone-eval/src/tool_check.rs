@@ -2,21 +2,11 @@
 //! answer must make, or `[]` for none), read from the output as serving
 //! reads it (`hone_text::parse_tool_calls`), and the rates over a run:
 //! right function, exact arguments, arguments as a subset, malformed calls.
-//!
-//! Also the grammar a case is decoded with ([`case_grammar`]): its
-//! `response_format`, else the call grammar when one of its tools is
-//! `strict`, as `POST /v1/chat/completions` does under `tool_choice: auto`
-//! (hone-serve's `chat/tools.rs`), else its `expected_schema` under
-//! `--json-schema-from-case`.
+//! (The grammar a case is decoded with is [`crate::case_grammar`]'s.)
 
-use hone_model::constraint::{CallRules, CallableTool, Grammar};
 use hone_text::{parse_tool_calls, ParsedToolCall};
 use serde::Serialize;
 use serde_json::{Map, Value};
-
-use crate::case::EvalCase;
-use crate::check::json_eq;
-use crate::run::{ratio, CaseResult};
 
 /// How a case compares arguments: `exact` (the default: equal as JSON,
 /// numbers by value) or `subset` (the expected fields are there with these
@@ -275,7 +265,7 @@ impl ToolCallSummary {
     /// The table and HTML rows: (label, cell).
     pub fn rows(s: Option<&Self>) -> [(&'static str, String); 3] {
         let cell = |n: usize, of: usize| match s {
-            Some(_) => format!("{} ({n}/{of})", crate::run::pct(ratio(n, of))),
+            Some(_) => format!("{:.1}% ({n}/{of})", ratio(n, of) * 100.0),
             None => "-".into(),
         };
         let s0 = s.copied();
@@ -293,80 +283,31 @@ impl ToolCallSummary {
     }
 }
 
-/// The grammar `case` is decoded with (see the module doc); `Err` names
-/// what the engine cannot honour.
-pub fn case_grammar(case: &EvalCase, schema_from_case: bool) -> Result<Option<Grammar>, String> {
-    if let Some(format) = &case.response_format {
-        return response_format_grammar(format);
-    }
-    if let Some(g) = strict_tools_grammar(case.tools.as_ref())? {
-        return Ok(Some(g));
-    }
-    match (&case.expected_schema, schema_from_case) {
-        (Some(s), true) => Grammar::json_schema(s.schema.clone())
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        _ => Ok(None),
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
     }
 }
 
-/// `response_format` as the API takes it: `{"type": "text"}`,
-/// `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
-/// {"name", "schema", "strict"?}}`.
-pub fn response_format_grammar(format: &Value) -> Result<Option<Grammar>, String> {
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(Grammar::json_object())),
-        Some("json_schema") => {
-            let schema = format
-                .get("json_schema")
-                .and_then(|j| j.get("schema"))
-                .ok_or("`response_format.json_schema.schema` is required")?;
-            Grammar::json_schema(schema.clone())
-                .map(Some)
-                .map_err(|e| format!("`response_format`: {e}"))
+/// Structural equality where numbers compare by value (`1` equals `1.0`).
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
         }
-        _ => Err(format!(
-            "`response_format` must have `type` \"text\", \"json_object\" or \"json_schema\", got {format}"
-        )),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
     }
-}
-
-/// When any tool is `strict`: text, or calls to the tools held to their
-/// parameter schemas (parallel calls allowed).
-fn strict_tools_grammar(tools: Option<&Value>) -> Result<Option<Grammar>, String> {
-    let tools = tools
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let function = |t: &Value| t.get("function").cloned().unwrap_or(Value::Null);
-    let strict = tools
-        .iter()
-        .any(|t| function(t).get("strict").and_then(Value::as_bool) == Some(true));
-    if !strict {
-        return Ok(None);
-    }
-    let callable = tools
-        .iter()
-        .map(|t| {
-            let f = function(t);
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or("a tool has no function name")?;
-            Ok(CallableTool {
-                name: name.to_string(),
-                parameters: f.get("parameters").filter(|p| p.is_object()).cloned(),
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let rules = CallRules {
-        parallel: true,
-        allow_text: true,
-    };
-    Grammar::tool_calls(&callable, rules)
-        .map(Some)
-        .map_err(|e| format!("`tools`: {e}"))
 }
 
 #[cfg(test)]

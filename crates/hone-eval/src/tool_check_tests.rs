@@ -2,7 +2,10 @@ use serde_json::json;
 
 use super::*;
 use crate::case::parse_cases;
+use crate::case_grammar::case_grammar;
 use crate::check::check_output;
+use crate::run::CaseResult;
+use hone_model::constraint::Grammar;
 
 fn case(extra: &str) -> EvalCase {
     let line = format!(r#"{{"messages": [{{"role": "user", "content": "q"}}], {extra}}}"#);
@@ -156,7 +159,7 @@ fn result(outcome: Option<ToolCallOutcome>) -> CaseResult {
 
 #[test]
 fn summary_counts_only_tool_cases() {
-    assert_eq!(ToolCallSummary::of(&[result(None)]), None);
+    assert_eq!(ToolCallSummary::of([None]), None);
     let o = |f: bool, e: bool, m: bool| {
         Some(ToolCallOutcome {
             right_function: f,
@@ -165,13 +168,13 @@ fn summary_counts_only_tool_cases() {
             malformed: m,
         })
     };
-    let s = ToolCallSummary::of(&[
+    let results = [
         result(o(true, true, false)),
         result(o(true, false, false)),
         result(o(false, false, true)),
         result(None),
-    ])
-    .unwrap();
+    ];
+    let s = ToolCallSummary::of(results.iter().map(|r| r.tool_calls.as_ref())).unwrap();
     assert_eq!(
         (s.cases, s.right_function, s.exact_arguments, s.malformed),
         (3, 2, 1, 1)
