@@ -236,12 +236,10 @@ pub struct ToolCallSummary {
 }
 
 impl ToolCallSummary {
-    /// `None` when no case has `expected_tool_calls`.
-    pub fn of(results: &[CaseResult]) -> Option<Self> {
-        let outcomes: Vec<&ToolCallOutcome> = results
-            .iter()
-            .filter_map(|r| r.tool_calls.as_ref())
-            .collect();
+    /// Over the cases' outcomes (`None` for cases without
+    /// `expected_tool_calls`); `None` when no case has one.
+    pub fn of<'a>(cases: impl IntoIterator<Item = Option<&'a ToolCallOutcome>>) -> Option<Self> {
+        let outcomes: Vec<&ToolCallOutcome> = cases.into_iter().flatten().collect();
         if outcomes.is_empty() {
             return None;
         }
