@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::case::parse_cases;
+use crate::case::{parse_cases, EvalCase};
 use crate::case_grammar::case_grammar;
 use crate::check::check_output;
 use crate::run::CaseResult;
