@@ -1,7 +1,9 @@
 //! Evaluation cases: one JSONL line each,
 //! `{"messages": [...], "expected_patterns": [...], "forbidden_patterns": [...],
-//! "expected_json": {...}, "expected_schema": {...}, "ideal": "..."}`. Every
-//! field but `messages` is optional, but a case must check something.
+//! "expected_json": {...}, "expected_schema": {...}, "expected_tool_calls":
+//! [...], "ideal": "..."}`, with optional `tools` and `response_format` for
+//! generation. Every field but `messages` is optional, but a case must
+//! check something.
 //!
 //! Everything that can be wrong with a case (bad JSON, a regex that does not
 //! compile, an empty pattern) is found at load time, for every line at once,
@@ -16,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{CaseError, EvalError, Result};
+use crate::tool_check::ExpectedToolCalls;
 
 /// Prefix that makes a pattern a regular expression.
 pub const REGEX_PREFIX: &str = "re:";
@@ -83,6 +86,11 @@ pub struct EvalCase {
     pub expected_json: Option<Map<String, Value>>,
     /// A JSON Schema the output must validate against.
     pub expected_schema: Option<CaseSchema>,
+    /// The calls the answer must make (see [`crate::tool_check`]).
+    pub expected_tool_calls: Option<ExpectedToolCalls>,
+    /// `response_format` as the API takes it: the answer is decoded with
+    /// its grammar.
+    pub response_format: Option<Value>,
     /// A reference answer, shown in reports (not checked).
     pub ideal: Option<String>,
 }
@@ -116,6 +124,9 @@ impl EvalCase {
         }
         if let Some(s) = &self.expected_schema {
             out.push(format!("schema: {}", s.schema));
+        }
+        if let Some(t) = &self.expected_tool_calls {
+            out.push(t.describe());
         }
         out
     }
@@ -182,6 +193,12 @@ struct RawCase {
     expected_schema: Option<Value>,
     #[serde(default)]
     ideal: Option<String>,
+    #[serde(default)]
+    expected_tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_arguments: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
     #[serde(default)]
     tools: Option<Value>,
     #[serde(default)]
@@ -261,14 +278,27 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
         }
     };
     let expected_schema = raw.expected_schema.map(CaseSchema::new).transpose()?;
+    let expected_tool_calls = match raw.expected_tool_calls {
+        Some(calls) => Some(ExpectedToolCalls::parse(calls, raw.tool_arguments)?),
+        None if raw.tool_arguments.is_some() => {
+            return Err("`tool_arguments` needs `expected_tool_calls`".into())
+        }
+        None => None,
+    };
+    if raw.response_format.as_ref().is_some_and(|f| !f.is_object()) {
+        return Err(
+            "`response_format` must be an object such as {\"type\": \"json_object\"}".into(),
+        );
+    }
     if expected_patterns.is_empty()
         && forbidden_patterns.is_empty()
         && expected_json.is_none()
         && expected_schema.is_none()
+        && expected_tool_calls.is_none()
     {
         return Err(
             "the case checks nothing: give expected_patterns, forbidden_patterns, \
-                    expected_json or expected_schema"
+                    expected_json, expected_schema or expected_tool_calls"
                 .into(),
         );
     }
@@ -281,6 +311,8 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
         forbidden_patterns,
         expected_json,
         expected_schema,
+        expected_tool_calls,
+        response_format: raw.response_format,
         ideal,
     })
 }

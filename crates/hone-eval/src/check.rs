@@ -1,10 +1,13 @@
 //! Checking one output against its case: expected and forbidden patterns,
-//! the expected JSON fields, and the case's JSON Schema.
+//! the expected JSON fields, the case's JSON Schema and its expected tool
+//! calls ([`crate::tool_check`]).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::case::EvalCase;
+pub use crate::tool_check::json_eq;
+use crate::tool_check::{check_tool_calls, ToolCallOutcome};
 
 /// The verdict on one output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -16,6 +19,8 @@ pub struct CheckOutcome {
     /// For cases with `expected_schema`: whether the output parsed as JSON
     /// and validated against the schema (`None` for other cases).
     pub schema_valid: Option<bool>,
+    /// For cases with `expected_tool_calls`: the calls against them.
+    pub tool_calls: Option<ToolCallOutcome>,
     /// One line per failed check, e.g. `missing "Hi there!"`.
     pub failed_checks: Vec<String>,
 }
@@ -59,10 +64,16 @@ pub fn check_output(case: &EvalCase, output: &str) -> CheckOutcome {
             }
         }
     });
+    let tool_calls = case.expected_tool_calls.as_ref().map(|expected| {
+        let (outcome, problems) = check_tool_calls(expected, output);
+        failed.extend(problems);
+        outcome
+    });
     CheckOutcome {
         passed: failed.is_empty(),
         json_valid,
         schema_valid,
+        tool_calls,
         failed_checks: failed,
     }
 }
@@ -107,25 +118,6 @@ fn field_mismatches(expected: &Map<String, Value>, got: &Map<String, Value>) -> 
             Some(_) => None,
         })
         .collect()
-}
-
-/// Structural equality where numbers compare by value (`1` equals `1.0`).
-pub fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => x == y,
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
 }
 
 #[cfg(test)]

@@ -358,6 +358,7 @@ pub(crate) mod tests {
                 passed: i < passed,
                 json_valid: None,
                 schema_valid: None,
+                tool_calls: None,
                 failed_checks: vec![],
                 error: None,
             })

@@ -153,6 +153,15 @@ fn comparison_table(h: &mut String, r: &EvalReport) {
         ),
         None => "-".into(),
     });
+    let tools = r.runs.iter().any(|m| m.summary.tool_calls.is_some());
+    for k in (0..3).filter(|_| tools) {
+        let label = crate::tool_check::ToolCallSummary::rows(None)[k].0;
+        row(label, &|m| {
+            crate::tool_check::ToolCallSummary::rows(m.summary.tool_calls.as_ref())[k]
+                .1
+                .clone()
+        });
+    }
     row("mean prompt tokens", &|m| {
         format!("{:.0}", m.summary.mean_prompt_tokens)
     });

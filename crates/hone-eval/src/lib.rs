@@ -15,10 +15,14 @@
 //!   retrieved chunks (hone-retrieve) in its system message.
 //! - [`cost`]: cost per 1,000 requests, training cost and break-even;
 //!   [`verdict`]: the "should I fine-tune?" section and its plain-language verdict.
+//! - [`tool_check`]: `expected_tool_calls` (right function, exact / subset arguments,
+//!   malformed calls); [`case_grammar`]: the grammar a case is decoded with (`response_format`,
+//!   strict tools, `--json-schema-from-case`).
 //! - [`spec`]: [`run_eval`], the whole evaluation from an [`EvalSpec`].
 
 pub mod approach;
 pub mod case;
+pub mod case_grammar;
 pub mod check;
 pub mod cost;
 mod error;
@@ -29,6 +33,7 @@ pub mod report;
 pub mod run;
 pub mod shots;
 pub mod spec;
+pub mod tool_check;
 pub mod verdict;
 
 pub use approach::{Approach, Baseline, Request};
@@ -41,4 +46,5 @@ pub use report::{CaseInfo, Comparison, EvalReport, GenerationInfo};
 pub use run::{CaseResult, Decoding, LossMetrics, ModelRun, PairMetrics, Progress, Summary};
 pub use shots::ShotPick;
 pub use spec::{run_eval, run_eval_with, EvalSpec};
+pub use tool_check::{ArgumentsMatch, ExpectedToolCalls, ToolCallOutcome, ToolCallSummary};
 pub use verdict::Economics;

@@ -265,6 +265,16 @@ fn table_rows(r: &EvalReport) -> Vec<Vec<String>> {
             format!("{}/{}", s.schema_valid, s.schema_cases)
         });
     }
+    if r.runs.iter().any(|m| m.summary.tool_calls.is_some()) {
+        for k in 0..3 {
+            let label = crate::tool_check::ToolCallSummary::rows(None)[k].0;
+            add(label, &|m| {
+                crate::tool_check::ToolCallSummary::rows(m.summary.tool_calls.as_ref())[k]
+                    .1
+                    .clone()
+            });
+        }
+    }
     add("mean prompt tokens", &|m| {
         format!("{:.0}", m.summary.mean_prompt_tokens)
     });

@@ -12,6 +12,7 @@ use crate::case::EvalCase;
 use crate::check::check_output;
 use crate::error::{EvalError, Result};
 use crate::model::{Conversation, EvalModel, Generated};
+use crate::tool_check::{ToolCallOutcome, ToolCallSummary};
 
 /// The result of one case for one model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,6 +29,8 @@ pub struct CaseResult {
     pub passed: bool,
     pub json_valid: Option<bool>,
     pub schema_valid: Option<bool>,
+    /// For cases with `expected_tool_calls` (see [`crate::tool_check`]).
+    pub tool_calls: Option<ToolCallOutcome>,
     pub failed_checks: Vec<String>,
     /// Generation failed for this case (e.g. the prompt exceeds the
     /// context); the case counts as failed, the run goes on.
@@ -50,6 +53,8 @@ pub struct Summary {
     pub schema_valid: usize,
     /// `None` when no case has `expected_schema`.
     pub schema_valid_rate: Option<f64>,
+    /// Function-calling rates; `None` when no case has `expected_tool_calls`.
+    pub tool_calls: Option<ToolCallSummary>,
     pub mean_output_chars: f64,
     pub mean_output_tokens: f64,
     pub mean_prompt_tokens: f64,
@@ -89,6 +94,7 @@ impl Summary {
             schema_cases,
             schema_valid,
             schema_valid_rate: (schema_cases > 0).then(|| ratio(schema_valid, schema_cases)),
+            tool_calls: ToolCallSummary::of(results.iter().map(|r| r.tool_calls.as_ref())),
             mean_output_chars: mean(&|r| r.output.chars().count()),
             mean_output_tokens: mean(&|r| r.output_tokens),
             mean_prompt_tokens: mean(&|r| r.prompt_tokens),
@@ -260,6 +266,7 @@ fn case_result(case: &EvalCase, out: Result<Generated>, latency_seconds: f64) ->
                 passed: o.passed,
                 json_valid: o.json_valid,
                 schema_valid: o.schema_valid,
+                tool_calls: o.tool_calls,
                 failed_checks: o.failed_checks,
                 error: None,
             }
@@ -273,6 +280,7 @@ fn case_result(case: &EvalCase, out: Result<Generated>, latency_seconds: f64) ->
             passed: false,
             json_valid: case.expected_json.as_ref().map(|_| false),
             schema_valid: case.expected_schema.as_ref().map(|_| false),
+            tool_calls: None,
             failed_checks: vec![format!("generation failed: {e}")],
             error: Some(e.to_string()),
         },

@@ -348,28 +348,26 @@ fn load_embedder(
     Ok(Some(model))
 }
 
-/// Each case's grammar under `--json-schema-from-case`: its `expected_schema`,
+/// Each case's grammar (`case_grammar::case_grammar`: its `response_format`,
+/// strict tools, or its `expected_schema` under `--json-schema-from-case`),
 /// compiled now so a schema the decoder cannot honour is an error before any
 /// model loads.
 fn case_grammars(spec: &EvalSpec, cases: &[EvalCase]) -> Result<Vec<Option<Grammar>>> {
-    if !spec.json_schema_from_case {
-        return Ok(cases.iter().map(|_| None).collect());
-    }
     let mut bad = Vec::new();
     let grammars = cases
         .iter()
         .map(|c| {
-            let s = c.expected_schema.as_ref()?;
-            Grammar::json_schema(s.schema.clone())
+            crate::case_grammar::case_grammar(c, spec.json_schema_from_case)
                 .map_err(|e| bad.push(format!("line {}: {e}", c.line)))
                 .ok()
+                .flatten()
         })
         .collect();
     if bad.is_empty() {
         Ok(grammars)
     } else {
         Err(EvalError::Spec(format!(
-            "--json-schema-from-case: schemas the decoder cannot use:\n  {}",
+            "grammars the decoder cannot use:\n  {}",
             bad.join("\n  ")
         )))
     }

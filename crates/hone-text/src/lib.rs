@@ -39,7 +39,7 @@ pub use gguf::read_gguf_content;
 pub use spans::{MessageSpan, RenderedChat};
 pub use template::{ChatTemplate, TemplateOrigin, CHATML_TEMPLATE};
 pub use tokenizer::{DecodeStream, EncodedText, IncrementalDecoder, Tokenizer, END_OF_TURN_TOKENS};
-pub use tool_calls::{parse_tool_calls, ParsedAnswer, ParsedToolCall, ToolCallStream};
+pub use tool_calls::{parse_tool_calls, CallEvent, ParsedAnswer, ParsedToolCall, ToolCallStream};
 
 /// Re-exported message types, so callers need not depend on hone-data just
 /// to build a conversation.

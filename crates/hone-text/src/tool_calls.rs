@@ -2,6 +2,7 @@
 //! content plus calls ([`parse_tool_calls`], [`ToolCallStream`] for a
 //! streamed answer), and writing tools, calls and tool results as text for
 //! a chat template that cannot render them itself ([`fallback_messages`]).
+//! Streaming (calls sent as they are written) is in `tool_calls_stream.rs`.
 //!
 //! Why one format: Qwen2.5 and Qwen3 templates render tools this way and
 //! their models answer with it, and hone's fallback for other templates
@@ -19,6 +20,13 @@
 use hone_data::types::{ChatMessage, Role};
 use serde_json::{Map, Value};
 
+#[path = "tool_calls_formats.rs"]
+mod formats;
+#[path = "tool_calls_stream.rs"]
+mod stream;
+pub use formats::{MISTRAL_TOOL_CALLS, PYTHON_TAG};
+pub use stream::{CallEvent, ToolCallStream};
+
 /// Opens a call in an answer.
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";
 /// Closes a call in an answer.
@@ -30,12 +38,17 @@ pub struct ParsedToolCall {
     pub name: String,
     /// Always a JSON object.
     pub arguments: Value,
+    /// `arguments` as the JSON string OpenAI's wire format carries: the
+    /// model's own text with the whitespace outside strings dropped (what a
+    /// stream sends piece by piece), or the object re-encoded when the
+    /// model wrote the call in another shape.
+    pub arguments_text: String,
 }
 
 impl ParsedToolCall {
     /// `arguments` as the JSON string OpenAI's wire format carries.
     pub fn arguments_json(&self) -> String {
-        self.arguments.to_string()
+        self.arguments_text.clone()
     }
 }
 
@@ -48,6 +61,9 @@ pub struct ParsedAnswer {
     /// The calls, in order; empty when the answer has none or when any
     /// call is malformed (then the whole answer is `content`).
     pub calls: Vec<ParsedToolCall>,
+    /// The answer opened a call that did not parse, so it is all content
+    /// (what eval counts as a malformed call).
+    pub malformed: bool,
 }
 
 /// Splits a model's answer into content and tool calls.
@@ -57,17 +73,33 @@ pub struct ParsedAnswer {
 /// right after the JSON). If any part of that is malformed (not JSON, no
 /// `name`, arguments not an object, stray text between calls), the answer
 /// is returned whole as content with no calls: a broken call is never
-/// reported as a call.
+/// reported as a call. Answers without `<tool_call>` are also read for
+/// Llama 3.1's and Mistral's call syntaxes (`tool_calls_formats.rs`).
 pub fn parse_tool_calls(text: &str) -> ParsedAnswer {
     let Some(start) = text.find(TOOL_CALL_OPEN) else {
-        return as_content(text);
+        return match formats::parse_other(text) {
+            None => as_content(text),
+            Some((content, Some(calls))) => ParsedAnswer {
+                content: non_empty(&content),
+                calls,
+                malformed: false,
+            },
+            Some((_, None)) => ParsedAnswer {
+                malformed: true,
+                ..as_content(text)
+            },
+        };
     };
     match parse_call_block(&text[start..]) {
         Some(calls) => ParsedAnswer {
             content: non_empty(text[..start].trim_end()),
             calls,
+            malformed: false,
         },
-        None => as_content(text),
+        None => ParsedAnswer {
+            malformed: true,
+            ..as_content(text)
+        },
     }
 }
 
@@ -75,6 +107,7 @@ fn as_content(text: &str) -> ParsedAnswer {
     ParsedAnswer {
         content: non_empty(text),
         calls: Vec::new(),
+        malformed: false,
     }
 }
 
@@ -120,58 +153,14 @@ fn parse_call_json(body: &str) -> Option<ParsedToolCall> {
         },
         Some(_) => return None,
     };
-    Some(ParsedToolCall { name, arguments })
-}
-
-/// [`parse_tool_calls`] for an answer that arrives in pieces: text before
-/// the first `<tool_call>` is released as soon as it cannot be the start of
-/// one (nor trailing whitespace before one); from `<tool_call>` on, text is
-/// held until [`Self::finish`]. What is released plus what `finish`
-/// returns is exactly what `parse_tool_calls` gives for the whole text.
-#[derive(Debug, Default)]
-pub struct ToolCallStream {
-    text: String,
-    released: usize,
-}
-
-impl ToolCallStream {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a piece; returns the content that can be shown now (maybe
-    /// empty).
-    pub fn push(&mut self, piece: &str) -> String {
-        self.text.push_str(piece);
-        if self.text.contains(TOOL_CALL_OPEN) {
-            return String::new();
-        }
-        let safe = safe_end(&self.text);
-        let out = self.text[self.released.min(safe)..safe].to_string();
-        self.released = self.released.max(safe);
-        out
-    }
-
-    /// The end of the answer: the content not yet released (empty when
-    /// there is none) and the calls.
-    pub fn finish(self) -> (String, Vec<ParsedToolCall>) {
-        let parsed = parse_tool_calls(&self.text);
-        let content = parsed.content.unwrap_or_default();
-        let rest = content.get(self.released..).unwrap_or_default().to_string();
-        (rest, parsed.calls)
-    }
-}
-
-/// How much of `text` (which holds no `<tool_call>`) can be shown: up to
-/// any trailing whitespace, and before a tail that could begin one.
-fn safe_end(text: &str) -> usize {
-    let mut end = text.trim_end().len();
-    for (i, _) in text.char_indices().rev().take(TOOL_CALL_OPEN.len()) {
-        if TOOL_CALL_OPEN.starts_with(&text[i..]) {
-            end = end.min(text[..i].trim_end().len());
-        }
-    }
-    end
+    let arguments_text = stream::streamed_arguments(body)
+        .filter(|t| serde_json::from_str::<Value>(t).ok().as_ref() == Some(&arguments))
+        .unwrap_or_else(|| arguments.to_string());
+    Some(ParsedToolCall {
+        name,
+        arguments,
+        arguments_text,
+    })
 }
 
 /// The system-prompt text that lists `tools` (OpenAI's

@@ -5,6 +5,7 @@ use super::*;
 fn call(name: &str, args: Value) -> ParsedToolCall {
     ParsedToolCall {
         name: name.into(),
+        arguments_text: args.to_string(),
         arguments: args,
     }
 }
@@ -51,16 +52,54 @@ fn a_malformed_call_leaves_the_whole_answer_as_content() {
     }
 }
 
-/// Streams `text` in pieces of `size` bytes (on char boundaries).
-fn stream(text: &str, size: usize) -> (String, String, Vec<ParsedToolCall>) {
-    let mut s = ToolCallStream::new();
+/// Streams `text` in pieces of `size` chars: the content shown while it
+/// streamed, the content at the end, the calls, and every event.
+fn stream_with(
+    mut s: ToolCallStream,
+    text: &str,
+    size: usize,
+) -> (String, String, Vec<ParsedToolCall>, Vec<CallEvent>) {
     let mut shown = String::new();
+    let mut events = Vec::new();
     let chars: Vec<char> = text.chars().collect();
     for piece in chars.chunks(size) {
-        shown.push_str(&s.push(&piece.iter().collect::<String>()));
+        events.extend(s.push(&piece.iter().collect::<String>()));
     }
-    let (rest, calls) = s.finish();
+    let before_end = events.len();
+    let (last, calls) = s.finish();
+    events.extend(last);
+    let mut rest = String::new();
+    for (i, e) in events.iter().enumerate() {
+        if let CallEvent::Content(t) = e {
+            if i < before_end {
+                shown.push_str(t)
+            } else {
+                rest.push_str(t)
+            }
+        }
+    }
+    (shown, rest, calls, events)
+}
+
+fn stream(text: &str, size: usize) -> (String, String, Vec<ParsedToolCall>) {
+    let (shown, rest, calls, _) = stream_with(ToolCallStream::new(), text, size);
     (shown, rest, calls)
+}
+
+/// Joins call events as an SDK does: (name, arguments) per call index.
+fn joined_calls(events: &[CallEvent]) -> Vec<(String, String)> {
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for e in events {
+        match e {
+            CallEvent::Start { index, name } => {
+                assert_eq!(*index, calls.len(), "calls start in order");
+                calls.push((name.clone(), String::new()));
+            }
+            CallEvent::Arguments { index, fragment } => calls[*index].1.push_str(fragment),
+            CallEvent::Content(_) => {}
+        }
+    }
+    calls
 }
 
 #[test]
@@ -86,8 +125,133 @@ fn a_stream_gives_what_the_whole_text_gives() {
             if !whole.calls.is_empty() {
                 assert!(!shown.contains('<'), "a call was shown as text: {shown}");
             }
+            for live in [false, true] {
+                let s = if live {
+                    ToolCallStream::live()
+                } else {
+                    ToolCallStream::new()
+                };
+                let (shown, rest, calls, events) = stream_with(s, text, size);
+                assert_eq!(calls, whole.calls, "{text} / {size}");
+                assert_eq!(
+                    format!("{shown}{rest}"),
+                    whole.content.clone().unwrap_or_default()
+                );
+                let want: Vec<(String, String)> = whole
+                    .calls
+                    .iter()
+                    .map(|c| (c.name.clone(), c.arguments_json()))
+                    .collect();
+                assert_eq!(joined_calls(&events), want, "{text} / {size} / live {live}");
+            }
         }
     }
+}
+
+#[test]
+fn a_live_stream_sends_the_name_first_then_arguments_as_they_are_written() {
+    let text = "Sure.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris, France\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>";
+    let mut s = ToolCallStream::live();
+    let mut seen = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        for e in s.push(&c.to_string()) {
+            seen.push((i, e));
+        }
+    }
+    let first_args = seen
+        .iter()
+        .position(|(_, e)| matches!(e, CallEvent::Arguments { index: 0, .. }))
+        .unwrap();
+    let content: String = seen
+        .iter()
+        .filter_map(|(_, e)| match e {
+            CallEvent::Content(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(content, "Sure.");
+    assert!(
+        matches!(&seen[first_args - 1].1, CallEvent::Start { index: 0, name } if name == "get_weather")
+    );
+    // The first call's arguments arrive in many pieces, all before the second call starts.
+    let pieces = seen
+        .iter()
+        .filter(|(_, e)| matches!(e, CallEvent::Arguments { index: 0, .. }))
+        .count();
+    assert!(pieces > 10, "{pieces}");
+    let second = text.find("now").unwrap();
+    assert!(seen
+        .iter()
+        .any(|(i, e)| matches!(e, CallEvent::Start { index: 1, .. }) && *i > second));
+    let (last, calls) = s.finish();
+    let mut events: Vec<CallEvent> = seen.into_iter().map(|(_, e)| e).collect();
+    events.extend(last);
+    assert_eq!(
+        joined_calls(&events),
+        vec![
+            (
+                "get_weather".to_string(),
+                r#"{"city":"Paris, France","days":[1,2]}"#.to_string()
+            ),
+            ("now".to_string(), "{}".to_string())
+        ]
+    );
+    assert_eq!(
+        calls[0].arguments_json(),
+        r#"{"city":"Paris, France","days":[1,2]}"#
+    );
+}
+
+#[test]
+fn a_held_stream_sends_nothing_of_a_call_before_the_end() {
+    let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>";
+    let mut s = ToolCallStream::new();
+    for c in text.chars() {
+        assert!(s.push(&c.to_string()).is_empty());
+    }
+    let (events, calls) = s.finish();
+    assert_eq!(
+        events,
+        vec![
+            CallEvent::Start {
+                index: 0,
+                name: "f".into()
+            },
+            CallEvent::Arguments {
+                index: 0,
+                fragment: r#"{"x":1}"#.into()
+            }
+        ]
+    );
+    assert_eq!(calls.len(), 1);
+}
+
+#[test]
+fn a_live_call_cut_short_keeps_what_was_sent_and_reports_no_call() {
+    let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": \"abc";
+    let (shown, rest, calls, events) = stream_with(ToolCallStream::live(), text, 3);
+    assert!(calls.is_empty());
+    assert_eq!((shown.as_str(), rest.as_str()), ("", ""));
+    assert_eq!(
+        joined_calls(&events),
+        vec![("f".to_string(), r#"{"x":"abc"#.to_string())]
+    );
+}
+
+#[test]
+fn arguments_keep_the_models_spelling_without_the_spaces() {
+    let p = parse_tool_calls(
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"n\": 1.50, \"s\": \"a \\u00e9 b\"}}\n</tool_call>",
+    );
+    assert_eq!(
+        p.calls[0].arguments_json(),
+        r#"{"n":1.50,"s":"a \u00e9 b"}"#
+    );
+    assert_eq!(p.calls[0].arguments, json!({"n": 1.5, "s": "a é b"}));
+    // Another shape (arguments before the name) is re-encoded.
+    let p = parse_tool_calls("<tool_call>{\"arguments\": {\"a\": 1}, \"name\": \"g\"}</tool_call>");
+    assert_eq!(p.calls[0].arguments_json(), r#"{"a":1}"#);
 }
 
 #[test]
@@ -285,5 +449,100 @@ mod templates {
             .contains("get_weather"));
         assert!(with.len() > without.len());
         assert_eq!(with.trained_token_count(), without.trained_token_count());
+    }
+}
+
+#[test]
+fn llama_3_1_calls_are_read_bare_or_after_the_python_tag() {
+    let one = r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#;
+    for text in [
+        one.to_string(),
+        format!("<|python_tag|>{one}"),
+        format!("\n {one}\n"),
+    ] {
+        let p = parse_tool_calls(&text);
+        assert_eq!(
+            p.calls,
+            vec![call("get_weather", json!({"city": "Paris"}))],
+            "{text}"
+        );
+        assert_eq!((p.content, p.malformed), (None, false));
+    }
+    // Llama 3.2's parallel calls: separated by `;` (or newlines).
+    let two =
+        r#"<|python_tag|>{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {}}"#;
+    let p = parse_tool_calls(two);
+    assert_eq!(
+        p.calls,
+        vec![call("a", json!({"x": 1})), call("b", json!({}))]
+    );
+    // A bare JSON answer of another shape is text, not a call, and not malformed.
+    for text in [
+        r#"{"name": "f", "arguments": {}}"#,
+        r#"{"name": "Alice", "age": 30}"#,
+        r#"{"name": "f", "parameters": {}} and some words"#,
+    ] {
+        let p = parse_tool_calls(text);
+        assert!(p.calls.is_empty() && !p.malformed, "{text}");
+        assert_eq!(p.content.as_deref(), Some(text));
+    }
+    // After the tag, anything but calls is malformed.
+    let p = parse_tool_calls("<|python_tag|>brave_search.call(query=\"x\")");
+    assert!(p.calls.is_empty() && p.malformed);
+}
+
+#[test]
+fn mistral_calls_are_read_after_their_marker() {
+    let text = r#"Let me look. [TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "now", "arguments": "{\"tz\": \"CET\"}"}]"#;
+    let p = parse_tool_calls(text);
+    assert_eq!(p.content.as_deref(), Some("Let me look."));
+    assert_eq!(
+        p.calls,
+        vec![
+            call("get_weather", json!({"city": "Oslo"})),
+            call("now", json!({"tz": "CET"}))
+        ]
+    );
+    for bad in [
+        "[TOOL_CALLS] []",
+        "[TOOL_CALLS] [{\"name\": 1}]",
+        "[TOOL_CALLS] {\"name\": \"f\"}",
+        "x [TOOL_CALLS]",
+    ] {
+        let p = parse_tool_calls(bad);
+        assert!(p.calls.is_empty() && p.malformed, "{bad}");
+        assert_eq!(p.content.as_deref(), Some(bad));
+    }
+}
+
+#[test]
+fn streams_hold_other_syntaxes_until_the_end() {
+    let texts = [
+        r#"{"name": "f", "parameters": {"x": 1}}"#,
+        r#"<|python_tag|>{"name": "f", "parameters": {}}"#,
+        r#"Checking [TOOL_CALLS] [{"name": "f", "arguments": {"q": "a b"}}]"#,
+        r#"{"answer": 42}"#,
+        "an answer that mentions [TOOL and { braces }",
+    ];
+    for text in texts {
+        let whole = parse_tool_calls(text);
+        for size in [1, 4, 100] {
+            for s in [ToolCallStream::new(), ToolCallStream::live()] {
+                let (shown, rest, calls, events) = stream_with(s, text, size);
+                assert_eq!(calls, whole.calls, "{text}");
+                assert_eq!(
+                    format!("{shown}{rest}"),
+                    whole.content.clone().unwrap_or_default(),
+                    "{text}"
+                );
+                if !whole.calls.is_empty() {
+                    assert!(
+                        !shown.contains('{') && !shown.contains("TOOL"),
+                        "{text}: {shown}"
+                    );
+                    assert_eq!(joined_calls(&events).len(), whole.calls.len());
+                }
+            }
+        }
     }
 }

@@ -51,6 +51,11 @@ impl ChatPlan {
     pub fn parses_calls(&self) -> bool {
         self.tools.as_ref().is_some_and(|t| t.parse_calls)
     }
+
+    /// Whether calls are grammar-held (streamed as they are written).
+    pub fn calls_held(&self) -> bool {
+        self.tools.as_ref().is_some_and(|t| t.calls_held)
+    }
 }
 
 /// Checks a request and turns it into a [`ChatPlan`]. Fields that would

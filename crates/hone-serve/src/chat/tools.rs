@@ -26,6 +26,10 @@ pub struct ToolPlan {
     /// Whether answers are read for `<tool_call>` blocks (not under
     /// `tool_choice: "none"`).
     pub parse_calls: bool,
+    /// Whether a grammar holds calls to the tools' schemas (`required`, a
+    /// named function, strict tools), so a call cannot turn out malformed
+    /// and can be streamed as it is written.
+    pub calls_held: bool,
 }
 
 /// `tool_choice`, read.
@@ -81,6 +85,7 @@ pub fn plan_tools(
     let plan = ToolPlan {
         tools: Value::Array(tools.to_vec()),
         parse_calls: choice != Choice::None,
+        calls_held: grammar.is_some(),
     };
     Ok((Some(plan), grammar))
 }

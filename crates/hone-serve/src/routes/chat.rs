@@ -18,7 +18,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use hone_text::{parse_tool_calls, ParsedToolCall, ToolCallStream};
+use hone_text::{parse_tool_calls, CallEvent, ParsedToolCall, ToolCallStream};
 
 use crate::api::{
     AssistantMessage, AssistantTag, ChatCompletion, ChatCompletionChunk, ChatCompletionChunkTag,
@@ -73,6 +73,7 @@ pub(super) async fn completions(
     let guard = cancel.guard();
     let backend = service.backend.clone();
     let parse_calls = plan.parses_calls();
+    let calls_held = plan.calls_held();
     if !plan.stream {
         let run = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -103,6 +104,7 @@ pub(super) async fn completions(
         include_usage,
         started: Vec::new(),
         calls: parse_calls.then(Vec::new),
+        calls_held,
         _guard: guard,
     };
     let events = stream::once(async move { first })
@@ -253,15 +255,17 @@ fn finish_with_calls(reason: FinishReason, calls: &[ParsedToolCall]) -> FinishRe
 ///
 /// When answers are read for tool calls (`calls` is set), text goes
 /// through a [`ToolCallStream`] per choice: content is sent as soon as it
-/// cannot begin a call, a call is held until the choice ends, then sent as
-/// `delta.tool_calls`, each call as two chunks (index, id, type and name
-/// with empty arguments; then the arguments), and the choice finishes with
-/// `tool_calls`.
+/// cannot begin a call; a call is sent as `delta.tool_calls`, first a chunk
+/// with its index, id, type and name (arguments empty), then chunks of
+/// argument text, and the choice finishes with `tool_calls`. Grammar-held
+/// calls (`calls_held`) go out as the model writes them; others when the
+/// choice ends (see `hone_text`'s `tool_calls_stream.rs` for why).
 struct SseState {
     meta: Meta,
     include_usage: bool,
     started: Vec<u32>,
     calls: Option<Vec<(u32, ToolCallStream)>>,
+    calls_held: bool,
     _guard: CancelOnDrop,
 }
 
@@ -270,33 +274,20 @@ impl SseState {
         match m {
             Msg::Event(ChatEvent::Text { index, text }) => {
                 let mut out = self.start(index);
-                let text = match self.call_stream(index) {
+                let events = match self.call_stream(index) {
                     Some(s) => s.push(&text),
-                    None => text,
+                    None => vec![CallEvent::Content(text)],
                 };
-                if !text.is_empty() {
-                    out.push(self.chunk(index, delta(None, Some(text)), None));
-                }
+                out.extend(self.call_chunks(index, events));
                 out
             }
             Msg::Event(ChatEvent::Finish { index, reason }) => {
                 let mut out = self.start(index);
-                let (rest, calls) = match self.take_call_stream(index) {
+                let (events, calls) = match self.take_call_stream(index) {
                     Some(s) => s.finish(),
-                    None => (String::new(), Vec::new()),
+                    None => (Vec::new(), Vec::new()),
                 };
-                if !rest.is_empty() {
-                    out.push(self.chunk(index, delta(None, Some(rest)), None));
-                }
-                for (k, call) in calls.iter().enumerate() {
-                    for d in call_deltas(k as u32, call) {
-                        let d = Delta {
-                            tool_calls: Some(vec![d]),
-                            ..Delta::default()
-                        };
-                        out.push(self.chunk(index, d, None));
-                    }
-                }
+                out.extend(self.call_chunks(index, events));
                 let reason = finish_with_calls(reason, &calls);
                 out.push(self.chunk(index, Delta::default(), Some(reason)));
                 out
@@ -329,9 +320,15 @@ impl SseState {
 
     /// Choice `index`'s call reader, when answers are read for calls.
     fn call_stream(&mut self, index: u32) -> Option<&mut ToolCallStream> {
+        let held = self.calls_held;
         let streams = self.calls.as_mut()?;
         if !streams.iter().any(|(i, _)| *i == index) {
-            streams.push((index, ToolCallStream::new()));
+            let s = if held {
+                ToolCallStream::live()
+            } else {
+                ToolCallStream::new()
+            };
+            streams.push((index, s));
         }
         streams
             .iter_mut()
@@ -344,6 +341,24 @@ impl SseState {
         let streams = self.calls.as_mut()?;
         let at = streams.iter().position(|(i, _)| *i == index)?;
         Some(streams.remove(at).1)
+    }
+
+    /// Choice `choice`'s content and call events as chunks.
+    fn call_chunks(&self, choice: u32, events: Vec<CallEvent>) -> Vec<Event> {
+        events
+            .into_iter()
+            .filter_map(|e| {
+                let d = match e {
+                    CallEvent::Content(t) if t.is_empty() => return None,
+                    CallEvent::Content(t) => delta(None, Some(t)),
+                    CallEvent::Start { index, name } => {
+                        call_delta(index, Some(name), String::new())
+                    }
+                    CallEvent::Arguments { index, fragment } => call_delta(index, None, fragment),
+                };
+                Some(self.chunk(choice, d, None))
+            })
+            .collect()
     }
 
     fn chunk(&self, index: u32, delta: Delta, finish: Option<FinishReason>) -> Event {
@@ -376,29 +391,24 @@ fn delta(role: Option<AssistantTag>, content: Option<String>) -> Delta {
     }
 }
 
-/// Call `index` of a choice as the SDK expects it streamed: id, type and
-/// name first (arguments empty), then the arguments.
-fn call_deltas(index: u32, call: &ParsedToolCall) -> [ToolCallDelta; 2] {
-    [
-        ToolCallDelta {
-            index,
-            id: Some(call_id()),
-            kind: Some(FunctionTag),
-            function: FunctionDelta {
-                name: Some(call.name.clone()),
-                arguments: Some(String::new()),
-            },
+/// A `delta.tool_calls` entry for call `index` as the SDK reassembles it:
+/// the first (with the `name`) has the id and type and empty arguments,
+/// later ones only argument text.
+fn call_delta(index: usize, name: Option<String>, arguments: String) -> Delta {
+    let first = name.is_some();
+    let d = ToolCallDelta {
+        index: index as u32,
+        id: first.then(call_id),
+        kind: first.then_some(FunctionTag),
+        function: FunctionDelta {
+            name,
+            arguments: Some(arguments),
         },
-        ToolCallDelta {
-            index,
-            id: None,
-            kind: None,
-            function: FunctionDelta {
-                name: None,
-                arguments: Some(call.arguments_json()),
-            },
-        },
-    ]
+    };
+    Delta {
+        tool_calls: Some(vec![d]),
+        ..Delta::default()
+    }
 }
 
 fn json_event<T: serde::Serialize>(v: &T) -> Event {

@@ -243,6 +243,65 @@ async fn streamed_calls_reassemble_to_the_unstreamed_answer() {
     }
 }
 
+/// The argument pieces of choice 0's call `index`, in the order sent.
+fn argument_pieces(frames: &[Value], index: u64) -> Vec<String> {
+    frames
+        .iter()
+        .flat_map(|f| {
+            f["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|tc| tc["index"] == index && tc.get("id").is_none())
+        .map(|tc| tc["function"]["arguments"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn held_calls_stream_their_arguments_piece_by_piece() {
+    let a = chat_app(2);
+    for extra in [
+        json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+        json!({"tool_choice": "required", "seed": 5}),
+    ] {
+        let mut body = with_tools(extra.clone());
+        body["stream"] = json!(true);
+        let r = chat(&a.t, body).await;
+        let (frames, done) = sse_frames(&r.body);
+        assert!(done);
+        let (_, calls, finish) = reassemble(&frames);
+        assert_eq!(finish, "tool_calls", "{extra}");
+        for (i, call) in calls.iter().enumerate() {
+            let (name, _) = check_call(call);
+            let pieces = argument_pieces(&frames, i as u64);
+            // Sent as the model wrote them: many pieces, not one at the end.
+            assert!(pieces.len() >= 4, "{extra}: {name} came in {pieces:?}");
+            assert_eq!(
+                pieces.concat(),
+                call["function"]["arguments"].as_str().unwrap()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_held_call_cut_by_max_tokens_finishes_with_length() {
+    let a = chat_app(2);
+    // The tiny vocabulary is one byte a token: 60 tokens end 10 bytes into
+    // `<tool_call>\n{"name": "get_weather", "arguments": {...`.
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let mut body = with_tools(json!({"tool_choice": named, "max_tokens": 60}));
+    body["stream"] = json!(true);
+    let (frames, done) = sse_frames(&chat(&a.t, body).await.body);
+    assert!(done);
+    let (content, calls, finish) = reassemble(&frames);
+    assert_eq!(finish, "length");
+    assert_eq!(content, None, "the cut call is not sent again as text");
+    assert_eq!(calls.len(), 1, "{frames:?}");
+    assert!(!argument_pieces(&frames, 0).is_empty());
+}
+
 #[tokio::test]
 async fn a_follow_up_with_calls_and_results_is_answered() {
     let a = chat_app(2);
