@@ -220,6 +220,50 @@ pub const ENDPOINTS: &[Endpoint] = &[
         )
     },
     Endpoint {
+        query: &["after", "limit", "order", "model", "metadata"],
+        ..ep(
+            "get",
+            "/v1/chat/completions",
+            "listChatCompletions",
+            "Stored completions (store: true), oldest first; filter by model and metadata[key]=value",
+            "chat",
+        )
+    },
+    ep(
+        "get",
+        "/v1/chat/completions/{id}",
+        "getChatCompletion",
+        "A stored completion, with its metadata",
+        "chat",
+    ),
+    Endpoint {
+        body: JSON,
+        ..ep(
+            "post",
+            "/v1/chat/completions/{id}",
+            "updateChatCompletion",
+            "Replace a stored completion's metadata",
+            "chat",
+        )
+    },
+    ep(
+        "delete",
+        "/v1/chat/completions/{id}",
+        "deleteChatCompletion",
+        "Delete a stored completion",
+        "chat",
+    ),
+    Endpoint {
+        query: &["after", "limit", "order"],
+        ..ep(
+            "get",
+            "/v1/chat/completions/{id}/messages",
+            "getChatCompletionMessages",
+            "The request messages of a stored completion",
+            "chat",
+        )
+    },
+    Endpoint {
         body: JSON,
         ..ep(
             "post",

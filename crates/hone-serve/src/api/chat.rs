@@ -168,6 +168,12 @@ pub struct ChatCompletionRequest {
     /// Raw, so a non-boolean is a 400 naming the field.
     #[serde(default)]
     pub parallel_tool_calls: Option<Value>,
+    /// Whether to keep the request and answer (`GET /v1/chat/completions`).
+    #[serde(default)]
+    pub store: Option<bool>,
+    /// Key/value strings stored with the completion (see `chat_store`).
+    #[serde(default)]
+    pub metadata: Option<super::Metadata>,
 }
 
 impl ChatCompletionRequest {
@@ -179,6 +185,11 @@ impl ChatCompletionRequest {
     /// Whether the answer is streamed as SSE.
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
+    }
+
+    /// Whether the completion is kept (`store: true`).
+    pub fn is_stored(&self) -> bool {
+        self.store.unwrap_or(false)
     }
 
     /// Whether a streamed answer ends with a usage chunk.

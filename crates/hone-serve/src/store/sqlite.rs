@@ -28,6 +28,7 @@ use crate::api::{
 };
 use crate::ids;
 
+mod completions;
 mod schema;
 use schema::migrate;
 #[cfg(test)]
