@@ -6,7 +6,8 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{from_json, read_page, scope_filter, to_json, SqliteStore};
+use super::rows::{from_json, read_page, scope_filter, to_json};
+use super::SqliteStore;
 use crate::api::{Metadata, StoredCompletion};
 use crate::store::completions::{CompletionFilter, CompletionRecord, CompletionStore};
 use crate::store::{Page, PageRequest, Scope, StoreError, StoreResult};
