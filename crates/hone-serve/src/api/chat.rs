@@ -173,7 +173,7 @@ pub struct ChatCompletionRequest {
     pub store: Option<bool>,
     /// Key/value strings stored with the completion (see `chat_store`).
     #[serde(default)]
-    pub metadata: Option<super::Metadata>,
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl ChatCompletionRequest {

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ChatCompletion, ChatRequestMessage, HasId};
+use super::chat::{ChatCompletion, ChatRequestMessage, MessageContent};
+use super::lists::HasId;
 
 tag!(/// `"chat.completion.deleted"`
     ChatCompletionDeletedTag = "chat.completion.deleted");
@@ -83,7 +84,6 @@ pub struct StoreMessage {
 impl StoreMessage {
     /// Message `index` of completion `completion_id`'s request.
     pub fn from_request(completion_id: &str, index: usize, m: &ChatRequestMessage) -> Self {
-        use super::MessageContent;
         let (content, parts) = match &m.content {
             None => (None, None),
             Some(MessageContent::Text(s)) => (Some(s.clone()), None),

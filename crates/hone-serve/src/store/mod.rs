@@ -23,7 +23,6 @@ mod sqlite;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use completions::{CompletionFilter, CompletionRecord, CompletionStore};
 pub use sqlite::SqliteStore;
 
 use crate::api::{
@@ -312,7 +311,7 @@ pub struct JobUpdate {
 }
 
 /// The durable store. See the module docs for why it is synchronous.
-pub trait Store: CompletionStore + Send + Sync + 'static {
+pub trait Store: completions::CompletionStore + Send + Sync + 'static {
     /// Records an uploaded file (its content is already in the blob store).
     fn insert_file(&self, file: &FileRecord) -> StoreResult<()>;
     fn get_file(&self, scope: &Scope, id: &str) -> StoreResult<FileRecord>;
