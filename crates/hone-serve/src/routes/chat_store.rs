@@ -22,7 +22,7 @@ use crate::chat::{ChatEvent, ChatRun, ChoiceOutput};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
-use crate::store::completions::{page_of, CompletionFilter, CompletionRecord, CompletionStore};
+use crate::store::completions::{page_of, CompletionFilter, CompletionRecord};
 use crate::store::{Order, StoreHandle};
 
 /// Default and largest page of completions and of messages.
