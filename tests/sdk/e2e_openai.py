@@ -210,6 +210,43 @@ def embeddings_flow(client: OpenAI, model: str) -> None:
         assert e.body["param"] == "dimensions", e.body
 
 
+def stored_completions_flow(client: OpenAI) -> None:
+    """Stored completions (`store=True`) through the SDK's own calls:
+    chat.completions.list/retrieve/update/delete and .messages.list."""
+    step("stored completions: two stored, one not")
+    ask = [{"role": "system", "content": "Answer in one short sentence."},
+           {"role": "user", "content": "What colour is the sky?"}]
+    kept = client.chat.completions.create(model=BASE, messages=ask, max_tokens=16,
+                                          store=True, metadata={"flow": "sdk", "n": "1"})
+    streamed = list(client.chat.completions.create(
+        model=BASE, messages=ask, max_tokens=16, stream=True,
+        store=True, metadata={"flow": "sdk", "n": "2"}))
+    client.chat.completions.create(model=BASE, messages=ask, max_tokens=4)
+    step("stored completions: list with a metadata filter, retrieve, messages")
+    page = client.chat.completions.list(metadata={"flow": "sdk"}, limit=10)
+    ids = [c.id for c in page.data]
+    assert ids == [kept.id, streamed[0].id], ids
+    only = client.chat.completions.list(metadata={"n": "1"}).data
+    assert [c.id for c in only] == [kept.id]
+    first = client.chat.completions.list(limit=1)
+    assert first.has_more and [c.id for c in first.data] == [kept.id]
+    got = client.chat.completions.retrieve(kept.id)
+    assert got.choices[0].message.content == kept.choices[0].message.content
+    msgs = client.chat.completions.messages.list(kept.id).data
+    assert [m.content for m in msgs] == [m["content"] for m in ask], msgs
+    step("stored completions: update metadata, delete, then 404")
+    upd = client.chat.completions.update(kept.id, metadata={"flow": "done"})
+    assert upd.id == kept.id
+    assert [c.id for c in client.chat.completions.list(metadata={"flow": "done"}).data] == [kept.id]
+    gone = client.chat.completions.delete(kept.id)
+    assert gone.deleted and gone.id == kept.id
+    try:
+        client.chat.completions.retrieve(kept.id)
+        raise AssertionError("a deleted completion was retrieved")
+    except openai.NotFoundError:
+        pass
+
+
 BASE = "smollm2-135m-instruct"
 
 
@@ -238,6 +275,7 @@ def main() -> int:
             except openai.AuthenticationError:
                 pass
             bad_file_reports_every_error(client, home)
+            stored_completions_flow(client)
             fine_tune_flow(client, home)
             if args.embedding_model:
                 embeddings_flow(client, Path(args.embedding_model).name)

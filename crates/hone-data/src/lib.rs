@@ -14,10 +14,13 @@
 //! - [`hparams::resolve_auto`]: the one "auto" rule.
 //! - [`estimate::estimate`]: steps, time and cost.
 //! - [`split::split_file`], [`convert::convert`].
+//! - [`gate::LineGate`]: one line at a time, for writers (`hone data
+//!   generate`, `export-completions`): valid and not a near-duplicate.
 
 pub mod convert;
 mod error;
 pub mod estimate;
+pub mod gate;
 pub mod hparams;
 pub mod issue;
 pub mod lines;

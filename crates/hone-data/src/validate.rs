@@ -306,6 +306,35 @@ fn check_line_into(raw: &RawLine, ctx: &LineContext<'_>, out: &mut LineIssues) -
     }))
 }
 
+/// Checks one line on its own (for writers that validate as they go, see
+/// [`crate::gate`]): its issues, and its example and duplicate keys when it
+/// has no error. The same checks as a file's lines get.
+pub(crate) fn check_one(
+    text: &str,
+    number: usize,
+    method: Method,
+) -> (Vec<Issue>, Option<(Example, DedupKeys)>) {
+    let raw = RawLine {
+        number,
+        bytes: text.as_bytes().to_vec(),
+        full_len: text.len(),
+    };
+    let ctx = LineContext {
+        method,
+        counter: None,
+        length_limit: usize::MAX,
+    };
+    let out = check_line(&raw, &ctx);
+    let has_error = out
+        .issues
+        .iter()
+        .any(|i| i.code.severity() == Severity::Error);
+    match out.outcome {
+        Outcome::Valid(v) if !has_error => (out.issues, Some((v.example, v.keys))),
+        _ => (out.issues, None),
+    }
+}
+
 /// serde_json's message without its own " at line 1 column N" suffix.
 fn json_reason(e: &serde_json::Error) -> String {
     let s = e.to_string();

@@ -25,6 +25,7 @@ pub mod config;
 pub mod embeddings;
 pub mod engines;
 pub mod error;
+pub mod export;
 mod extract;
 pub mod ids;
 pub mod job_context;

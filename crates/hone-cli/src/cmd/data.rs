@@ -1,4 +1,5 @@
-//! `hone data validate|stats|estimate|split|convert`: a thin layer over
+//! `hone data validate|stats|estimate|split|convert` (and `generate`,
+//! `export-completions` in their own files): a thin layer over
 //! hone-data. Token counts come from the model opened the way every command
 //! opens it (`ResolvedModel::open`: tokenizer and chat template, no weights),
 //! through hone-text's `ChatTokenCounter`, so that counts are the ones
@@ -39,6 +40,10 @@ pub enum DataCommand {
     Split(SplitArgs),
     /// Convert Alpaca, instruction/response or ShareGPT data to chat JSONL.
     Convert(ConvertArgs),
+    /// Write a server's stored completions (`store: true`) as training data.
+    ExportCompletions(super::data_export::ExportArgs),
+    /// Make training data with a teacher model over an OpenAI-compatible API.
+    Generate(super::data_generate::GenerateArgs),
 }
 
 /// The file and how to read it.
@@ -143,6 +148,8 @@ pub fn run(c: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::Estimate(a) => run_estimate(&a),
         DataCommand::Split(a) => split(&a),
         DataCommand::Convert(a) => convert(&a),
+        DataCommand::ExportCompletions(a) => super::data_export::run(&a),
+        DataCommand::Generate(a) => super::data_generate::run(&a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of the `hone` binary (one test binary, modules inside).
 
 mod cli_docs;
+mod distill;
 mod eval;
 mod keys;
 mod model_hub;

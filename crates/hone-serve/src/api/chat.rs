@@ -173,6 +173,12 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     #[schema(value_type = Option<bool>)]
     pub parallel_tool_calls: Option<Value>,
+    /// Whether to keep the request and answer (`GET /v1/chat/completions`).
+    #[serde(default)]
+    pub store: Option<bool>,
+    /// Key/value strings stored with the completion (see `chat_store`).
+    #[serde(default)]
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl ChatCompletionRequest {
@@ -184,6 +190,11 @@ impl ChatCompletionRequest {
     /// Whether the answer is streamed as SSE.
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
+    }
+
+    /// Whether the completion is kept (`store: true`).
+    pub fn is_stored(&self) -> bool {
+        self.store.unwrap_or(false)
     }
 
     /// Whether a streamed answer ends with a usage chunk.

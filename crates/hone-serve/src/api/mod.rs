@@ -64,6 +64,7 @@ macro_rules! tag {
 }
 
 pub mod chat;
+pub mod chat_store;
 pub mod embeddings;
 pub mod errors;
 pub mod files;
@@ -72,6 +73,7 @@ pub mod lists;
 pub mod models;
 
 pub use chat::*;
+pub use chat_store::*;
 pub use embeddings::*;
 pub use errors::*;
 pub use files::*;

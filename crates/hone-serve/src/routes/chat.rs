@@ -53,6 +53,7 @@ pub(super) async fn completions(
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let plan = chat::plan(&req)?;
+    super::chat_store::check_request(&req)?;
     let target = resolve_target(&st, &caller, &req.model).await?;
     let service = st
         .engines
@@ -84,7 +85,11 @@ pub(super) async fn completions(
         .await
         .map_err(|e| ApiError::internal(format!("chat generation failed: {e}")))??;
         drop(guard);
-        return Ok(Json(completion(&meta, run, parse_calls)).into_response());
+        let answer = completion(&meta, run, parse_calls);
+        if req.is_stored() {
+            super::chat_store::keep(&st.store, caller.project, &req, &answer).await?;
+        }
+        return Ok(Json(answer).into_response());
     }
     let include_usage = plan.include_usage;
     let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
@@ -99,6 +104,14 @@ pub(super) async fn completions(
         Some(m) => m,
         None => return Err(ApiError::internal("chat generation ended without output")),
     };
+    let mut recorder = req.is_stored().then(|| Keeping {
+        store: st.store.clone(),
+        project: caller.project.clone(),
+        meta: meta.clone(),
+        req,
+        parse_calls,
+        seen: super::chat_store::Recorder::default(),
+    });
     let mut sse = SseState {
         meta,
         include_usage,
@@ -109,6 +122,15 @@ pub(super) async fn completions(
     };
     let events = stream::once(async move { first })
         .chain(ReceiverStream::new(rx))
+        .then(move |m| {
+            let keep = recorder.as_mut().and_then(|k| k.see(&m));
+            async move {
+                if let Some(keep) = keep {
+                    keep.await;
+                }
+                m
+            }
+        })
         .flat_map(move |m| stream::iter(sse.events(m)))
         .map(Ok::<_, Infallible>);
     Ok(Sse::new(events).into_response())
@@ -175,7 +197,43 @@ fn generate_into(
     let _ = tx.blocking_send(last);
 }
 
+/// A streamed answer to keep (`store: true`): its events are collected, and
+/// the completion is stored when it is done, before `[DONE]` is sent.
+struct Keeping {
+    store: crate::store::StoreHandle,
+    project: String,
+    meta: Meta,
+    req: ChatCompletionRequest,
+    parse_calls: bool,
+    seen: super::chat_store::Recorder,
+}
+
+impl Keeping {
+    /// Notes `m`; at the end, the future that stores the completion. A
+    /// failure to store is logged: the answer has already been streamed.
+    fn see(&mut self, m: &Msg) -> Option<impl std::future::Future<Output = ()>> {
+        match m {
+            Msg::Event(e) => {
+                self.seen.event(e);
+                None
+            }
+            Msg::Done(usage) => {
+                let answer = completion(&self.meta, self.seen.run(*usage), self.parse_calls);
+                let (store, project) = (self.store.clone(), self.project.clone());
+                let req = self.req.clone();
+                Some(async move {
+                    if let Err(e) = super::chat_store::keep(&store, project, &req, &answer).await {
+                        tracing::error!(error = %e.body().error.message, "storing a streamed completion failed");
+                    }
+                })
+            }
+            Msg::Failed(_) => None,
+        }
+    }
+}
+
 /// The fields every chunk and the completion share.
+#[derive(Clone)]
 struct Meta {
     id: String,
     created: i64,

@@ -10,6 +10,7 @@
 //!   paths exist.
 
 mod chat;
+mod chat_store;
 mod embeddings;
 mod files;
 mod jobs;
@@ -65,7 +66,17 @@ pub fn router(state: AppState) -> Router {
         .route("/fine_tuning/jobs/{id}/checkpoints", get(jobs::checkpoints))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve).delete(models::delete))
-        .route("/chat/completions", post(chat::completions))
+        .route(
+            "/chat/completions",
+            post(chat::completions).get(chat_store::list),
+        )
+        .route(
+            "/chat/completions/{id}",
+            get(chat_store::retrieve)
+                .post(chat_store::update)
+                .delete(chat_store::delete),
+        )
+        .route("/chat/completions/{id}/messages", get(chat_store::messages))
         .route("/embeddings", post(embeddings::create))
         .fallback(unknown_route)
         .layer(from_fn_with_state(auth, require_key));

@@ -8,7 +8,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{chat, embeddings, files, jobs, models};
+use super::{chat, chat_store, embeddings, files, jobs, models};
 
 /// Every routed operation. `tests/it/openapi.rs` checks this list against
 /// the router both ways.
@@ -33,6 +33,11 @@ use super::{chat, embeddings, files, jobs, models};
     models::retrieve,
     models::delete,
     chat::completions,
+    chat_store::list,
+    chat_store::retrieve,
+    chat_store::update,
+    chat_store::delete,
+    chat_store::messages,
     embeddings::create,
 ))]
 pub(crate) struct RoutedApi;

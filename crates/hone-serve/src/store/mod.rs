@@ -17,6 +17,7 @@
 //! exactly like a row that does not exist, so that one project cannot even
 //! learn that another's ids exist (a list cursor naming one is a bad cursor).
 
+pub mod completions;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -310,7 +311,7 @@ pub struct JobUpdate {
 }
 
 /// The durable store. See the module docs for why it is synchronous.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: completions::CompletionStore + Send + Sync + 'static {
     /// Records an uploaded file (its content is already in the blob store).
     fn insert_file(&self, file: &FileRecord) -> StoreResult<()>;
     fn get_file(&self, scope: &Scope, id: &str) -> StoreResult<FileRecord>;

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::api::{FileObject, FineTuningJob, JobCheckpoint, JobEvent, JobStatus, Model};
 
+mod completions;
 mod files;
 mod jobs;
 mod keys;

@@ -3,6 +3,7 @@
 //! listener.
 
 mod chat;
+mod chat_store;
 mod common;
 mod embeddings;
 mod files;

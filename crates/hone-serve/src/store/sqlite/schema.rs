@@ -67,6 +67,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
     );",
+    // 3: stored chat completions (`store: true`), see `completions.rs`.
+    "CREATE TABLE chat_completions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        model TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        metadata TEXT NOT NULL,
+        body TEXT NOT NULL,
+        messages TEXT NOT NULL
+    );
+    CREATE INDEX chat_completions_project ON chat_completions(project, seq);",
 ];
 
 /// Brings the database to the newest schema, one migration per transaction;
