@@ -15,6 +15,7 @@
 //! - [`estimate::estimate`]: steps, time and cost.
 //! - [`split::split_file`], [`convert::convert`].
 
+pub mod atomic_file;
 pub mod convert;
 mod error;
 pub mod estimate;
