@@ -54,7 +54,10 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// `vocab_size` rows.
 pub fn tokenizer_keys(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>> {
     let tj = read_json(&dir.join("tokenizer.json"))?.ok_or_else(|| {
-        unsupported(dir, "it has no tokenizer.json (llama.cpp needs the vocabulary)")
+        unsupported(
+            dir,
+            "it has no tokenizer.json (llama.cpp needs the vocabulary)",
+        )
     })?;
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let model_json = read_json(&dir.join("config.json"))?.unwrap_or(Json::Null);
@@ -104,9 +107,9 @@ fn unsupported(dir: &Path, what: &str) -> ModelError {
 
 fn read_json(path: &Path) -> Result<Option<Json>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            ModelError::Config(format!("{}: not valid JSON: {e}", path.display()))
-        }),
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| ModelError::Config(format!("{}: not valid JSON: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ModelError::Io {
             path: path.to_path_buf(),
@@ -154,7 +157,9 @@ fn pre_tokenizer_name(pre: &Json) -> Option<&'static str> {
     if byte_level(pre, true) {
         return Some("gpt2");
     }
-    let list = pre["pretokenizers"].as_array().filter(|_| pre["type"] == "Sequence")?;
+    let list = pre["pretokenizers"]
+        .as_array()
+        .filter(|_| pre["type"] == "Sequence")?;
     match list.as_slice() {
         [digits, bl] if digits["type"] == "Digits" && byte_level(bl, true) => {
             (digits["individual_digits"].as_bool() == Some(true)).then_some("smollm")
@@ -279,12 +284,13 @@ fn special_text(config: &Json, key: &str) -> Option<String> {
 /// tokenizer_config.json's flags fill in what the post-processor left unsaid.
 fn add_special_flags(post: &Json, config: &Json) -> Vec<(&'static str, bool)> {
     let mut flags: Vec<(&'static str, bool)> = Vec::new();
-    let mut set = |kind: &'static str, v: bool, overwrite: bool| {
-        match flags.iter_mut().find(|(k, _)| *k == kind) {
-            Some(f) if overwrite => f.1 = v,
-            Some(_) => {}
-            None => flags.push((kind, v)),
-        }
+    let mut set = |kind: &'static str, v: bool, overwrite: bool| match flags
+        .iter_mut()
+        .find(|(k, _)| *k == kind)
+    {
+        Some(f) if overwrite => f.1 = v,
+        Some(_) => {}
+        None => flags.push((kind, v)),
     };
     let processors: Vec<&Json> = match post["processors"].as_array() {
         Some(l) => l.iter().collect(),

@@ -368,15 +368,21 @@ fn write_bpe_tokenizer(dir: &Path, pre: &str, pair_merges: bool) {
         "gpt2" => byte_level(true),
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-        "qwen2" => split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
-        "llama-bpe" => split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+        "qwen2" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        "llama-bpe" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
         other => panic!("{other}"),
     };
     let added: Vec<_> = specials
         .iter()
         .enumerate()
-        .map(|(i, s)| json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true}))
+        .map(|(i, s)| {
+            json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+        })
         .collect();
     let tj = json!({
         "version": "1.0", "truncation": null, "padding": null,
@@ -445,7 +451,11 @@ fn hf_directory_bases_export_with_their_tokenizer_json() {
         );
         for t in texts {
             let want = src.tokenizer.encode(t).unwrap();
-            assert_eq!(exp.tokenizer.encode(t).unwrap(), want, "{name} ({pre}): {t:?}");
+            assert_eq!(
+                exp.tokenizer.encode(t).unwrap(),
+                want,
+                "{name} ({pre}): {t:?}"
+            );
             assert!(want.len() < t.len(), "{name}: some merges apply");
         }
         assert_eq!(src.tokenizer.eos_id(), exp.tokenizer.eos_id(), "{name}");
@@ -464,7 +474,17 @@ fn hf_directory_bases_export_with_their_tokenizer_json() {
         assert_eq!(md["tokenizer.ggml.merges"].to_vec().unwrap().len(), 8);
         assert_eq!(md["tokenizer.ggml.eos_token_id"].to_u32().unwrap(), 2);
         assert_eq!(md["tokenizer.ggml.padding_token_id"].to_u32().unwrap(), 0);
-        assert!(!md.contains_key("tokenizer.ggml.bos_token_id"));
+        // No bos_token in tokenizer_config.json: config.json's id, as the converter does.
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
+                .unwrap();
+        match cfg["bos_token_id"].as_u64() {
+            Some(b) => assert_eq!(
+                md["tokenizer.ggml.bos_token_id"].to_u32().unwrap() as u64,
+                b
+            ),
+            None => assert!(!md.contains_key("tokenizer.ggml.bos_token_id")),
+        }
         assert!(matches!(
             md["tokenizer.ggml.add_bos_token"],
             Value::Bool(false)
@@ -501,7 +521,8 @@ fn tokenizers_gguf_cannot_hold_are_refused_by_name() {
     };
     let err = edit(&|tj| {
         tj["model"]["byte_fallback"] = true.into();
-        tj["decoder"] = serde_json::json!({"type": "Sequence", "decoders": [{"type": "ByteFallback"}]});
+        tj["decoder"] =
+            serde_json::json!({"type": "Sequence", "decoders": [{"type": "ByteFallback"}]});
     });
     assert!(err.contains("SentencePiece"), "{err}");
     let err = edit(&|tj| tj["model"]["type"] = "Unigram".into());
@@ -515,7 +536,10 @@ fn tokenizers_gguf_cannot_hold_are_refused_by_name() {
     let err = edit(&|tj| tj["added_tokens"][0]["id"] = 300.into());
     assert!(err.contains("vocab_size 256"), "{err}");
     std::fs::remove_file(d.join("tokenizer.json")).unwrap();
-    let err = export::tokenizer_keys(d, 256).map(|_| ()).unwrap_err().to_string();
+    let err = export::tokenizer_keys(d, 256)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no tokenizer.json"), "{err}");
     // write_bpe_tokenizer's own file is accepted (the refusals above are the edits).
     write_bpe_tokenizer(d, "gpt2", false);
