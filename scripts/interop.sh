@@ -22,7 +22,7 @@ cd "$ROOT"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 HONE="${HONE_BIN:-$TARGET/release/hone}"
 if [[ ! -x "$HONE" ]]; then
-  cargo build --release -p hone-cli
+  cargo build --release --workspace
 fi
 
 WORK="${INTEROP_WORK:-}"

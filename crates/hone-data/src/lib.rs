@@ -17,6 +17,7 @@
 //! - [`gate::LineGate`]: one line at a time, for writers (`hone data
 //!   generate`, `export-completions`): valid and not a near-duplicate.
 
+pub mod atomic_file;
 pub mod convert;
 mod error;
 pub mod estimate;

@@ -195,30 +195,25 @@ pub fn split_file(
     })
 }
 
-/// Writes lines atomically (temp file in the same directory, then rename).
+/// Writes lines atomically with the umask's mode ([`crate::atomic_file`]).
 pub(crate) fn write_lines<'a>(
     path: &Path,
     lines: impl Iterator<Item = &'a [u8]>,
 ) -> Result<(), DataError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(DataError::io(dir))?;
-    {
-        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        for line in lines {
-            w.write_all(line).map_err(DataError::io(path))?;
-            w.write_all(b"\n").map_err(DataError::io(path))?;
-        }
-        w.flush().map_err(DataError::io(path))?;
-    }
-    tmp.as_file().sync_all().map_err(DataError::io(path))?;
-    tmp.persist(path).map_err(|e| DataError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    crate::atomic_file::write_with(
+        path,
+        |tmp| {
+            let file = std::fs::File::create(tmp)?;
+            let mut w = std::io::BufWriter::new(file);
+            for line in lines {
+                w.write_all(line)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()
+        },
+        |e| e,
+    )
+    .map_err(DataError::io(path))
 }
 
 #[cfg(test)]
@@ -283,5 +278,26 @@ mod tests {
     fn seed_stream_is_pinned() {
         // Guards the promise that a seed means the same split forever.
         assert_eq!(SplitMix64(0).next(), 0xE220_A839_7B1D_CDAF);
+    }
+
+    /// Split files are data a user takes away: written with the umask's mode (0644
+    /// under umask 022), not the 0600 of a temp file.
+    #[cfg(unix)]
+    #[test]
+    fn split_files_get_the_umask_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("all.jsonl");
+        let lines: Vec<String> = (0..10).map(|i| format!("{{\"n\": {i}}}")).collect();
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let (t, v) = (dir.path().join("t.jsonl"), dir.path().join("v.jsonl"));
+        split_file(&input, &t, &v, 0.2, 1).unwrap();
+        let want = 0o666 & !crate::atomic_file::umask();
+        for p in [&t, &v] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "{}", p.display());
+        }
+        let n = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((n(&t), n(&v)), (8, 2));
     }
 }

@@ -557,31 +557,27 @@ impl EventSink for JobSink<'_> {
     }
 }
 
-/// Copies the two PEFT files of a checkpoint into `dest` atomically (a temp
-/// directory, fsynced, then renamed), replacing an older copy.
+/// Copies the two PEFT files of a checkpoint into `dest` atomically (a staging
+/// directory, fsynced, then renamed), replacing an older copy. The copies get the
+/// umask's modes (0644 files in a 0755 directory under umask 022), so that another
+/// user or a service account can load the adapter, as with `hone train`'s own output.
 fn copy_adapter(src: &Path, dest: &Path) -> std::io::Result<()> {
-    let parent = dest
-        .parent()
-        .ok_or_else(|| std::io::Error::other("checkpoint model path has no parent"))?;
-    std::fs::create_dir_all(parent)?;
-    let tmp: PathBuf = parent.join(format!(
-        ".{}.tmp",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    for name in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
-        std::fs::copy(src.join(name), tmp.join(name))?;
-        std::fs::File::open(tmp.join(name))?.sync_all()?;
+    use hone_model::atomic_file::{finish_file, publish_dir, staging_dir};
+    let tmp: PathBuf = staging_dir(dest)?;
+    let staged = (|| {
+        for name in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+            std::fs::copy(src.join(name), tmp.join(name))?;
+            finish_file(&tmp.join(name))?;
+        }
+        if dest.exists() {
+            std::fs::remove_dir_all(dest)?;
+        }
+        publish_dir(&tmp, dest)
+    })();
+    if staged.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::File::open(&tmp)?.sync_all()?;
-    if dest.exists() {
-        std::fs::remove_dir_all(dest)?;
-    }
-    std::fs::rename(&tmp, dest)?;
-    std::fs::File::open(parent)?.sync_all()
+    staged
 }
 
 #[cfg(test)]

@@ -495,19 +495,22 @@ fn convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
     );
     let report = match &a.output {
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            let report = hone_data::convert::convert(
-                input,
-                BufWriter::new(tmp.as_file_mut()),
-                a.from,
-                a.system.as_deref(),
-            )?;
-            tmp.persist(path)?;
-            report
+            // Crash-safe, with the umask's mode (not a temp file's 0600).
+            let mut report = None;
+            hone_data::atomic_file::write_with(
+                path,
+                |tmp| -> anyhow::Result<()> {
+                    let mut w = BufWriter::new(File::create(tmp)?);
+                    let r =
+                        hone_data::convert::convert(input, &mut w, a.from, a.system.as_deref())?;
+                    w.flush()?;
+                    report = Some(r);
+                    Ok(())
+                },
+                anyhow::Error::from,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+            report.expect("set when the write succeeded")
         }
         None => {
             let stdout = std::io::stdout().lock();
@@ -540,6 +543,32 @@ fn convert(a: &ConvertArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use hone_data::SftExample;
+
+    /// `hone data convert --output` writes a file users take away: the umask's mode
+    /// (0644 under umask 022), not a temp file's 0600.
+    #[cfg(unix)]
+    #[test]
+    fn converted_files_get_the_umask_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("alpaca.jsonl");
+        std::fs::write(&input, "{\"instruction\": \"Hi\", \"output\": \"Hello\"}\n").unwrap();
+        let out = dir.path().join("chat.jsonl");
+        let argv = ["hone", "--from", "alpaca", "--output"];
+        let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        argv.push(out.display().to_string());
+        argv.push(input.display().to_string());
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: ConvertArgs,
+        }
+        let a = <Cli as clap::Parser>::try_parse_from(argv).unwrap().a;
+        assert_eq!(convert(&a).unwrap(), ExitCode::SUCCESS);
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !hone_data::atomic_file::umask());
+        assert!(std::fs::read_to_string(&out).unwrap().contains("Hello"));
+    }
 
     #[test]
     fn sibling_names() {

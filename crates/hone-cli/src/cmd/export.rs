@@ -8,8 +8,11 @@
 //! - `Modelfile` (FROM the first merged GGUF) and `Modelfile.adapter` (FROM the base
 //!   GGUF, ADAPTER the LoRA GGUF), printed too.
 //!
-//! The base must be a GGUF (every `hone model fetch` model is): its tokenizer metadata is
-//! what llama.cpp needs, and building it from an HF `tokenizer.json` is not done yet.
+//! The tokenizer metadata llama.cpp needs is copied from a GGUF base (every `hone model
+//! fetch` model is one), or built from an HF directory's `tokenizer.json` (byte-level BPE
+//! vocabularies; others are a clear error, see `hone_model::export::tokenizer_json`).
+//! For an HF-directory base, `Modelfile.adapter`'s `FROM` names the directory, which
+//! Ollama imports itself (safetensors).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,19 +75,24 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let spec = base_model_spec(args.model.as_deref(), &peft);
     let t0 = Instant::now();
     let resolved = registry::resolve(&spec).with_context(|| format!("base model `{spec}`"))?;
-    let ModelSource::Gguf(base_path) = &resolved.source else {
-        bail!(
-            "export needs a GGUF base model for llama.cpp's tokenizer metadata; {} is a \
-             Hugging Face directory (building that metadata from tokenizer.json is not \
-             supported yet): pass the base as a GGUF with --model",
-            resolved.source.path().display()
-        );
+    let base_path = resolved.source.path().to_path_buf();
+    let content = match &resolved.source {
+        ModelSource::Gguf(p) => Some(export::read_gguf_content(p)?),
+        ModelSource::HfDir(_) => None,
     };
-    let content = export::read_gguf_content(base_path)?;
     let mut engine = ChatEngine::load(&resolved, WeightPath::F32)
         .with_context(|| format!("loading {}", base_path.display()))?;
     hone_model::load_peft_adapter(&mut engine.model, &args.adapter)
         .with_context(|| format!("attaching the adapter {}", args.adapter.display()))?;
+    // Before anything is written: a tokenizer llama.cpp's keys cannot hold is an error.
+    let source = match &content {
+        Some(c) => TokenizerSource::Gguf(c),
+        None if args.lora_only => TokenizerSource::WeightsOnly,
+        None => TokenizerSource::Keys(
+            export::tokenizer_keys(&base_path, engine.model.cfg.vocab_size)
+                .with_context(|| format!("the tokenizer of {}", base_path.display()))?,
+        ),
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -98,7 +106,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     );
     let stops = engine.tokenizer.tokenizer.stop_token_texts();
     let template = engine.tokenizer.template.source().to_string();
-    let base_abs = std::fs::canonicalize(base_path).unwrap_or_else(|_| base_path.clone());
+    let base_abs = std::fs::canonicalize(&base_path).unwrap_or_else(|_| base_path.clone());
     let adapter_mf = export::modelfile(
         &base_abs.display().to_string(),
         Some(LORA_FILE),
@@ -109,7 +117,6 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
     if !args.lora_only {
         let merged = hone_model::merge_adapters(&mut engine.model)?;
-        let source = TokenizerSource::Gguf(&content);
         for ty in &args.types {
             let path = args.out.join(model_file(*ty));
             let s = export::write_gguf(&engine.model, &source, *ty, &path)

@@ -19,6 +19,9 @@ pub enum TokenizerSource<'a> {
     /// `general.*` keys are copied as they are, so llama.cpp tokenizes exactly as for
     /// the base.
     Gguf(&'a Content),
+    /// `tokenizer.*` keys built for the export, from an HF directory's tokenizer files
+    /// ([`super::tokenizer_json::tokenizer_keys`]).
+    Keys(Vec<(String, Value)>),
     /// None: a weights-only file that hone loads but llama.cpp refuses (it needs a
     /// tokenizer). For tests on tokenizer-less models; `hone export` never writes it.
     WeightsOnly,
@@ -76,7 +79,7 @@ pub fn gguf_metadata(
     ];
     let source = match tokenizer {
         TokenizerSource::Gguf(c) => Some(&c.metadata),
-        TokenizerSource::WeightsOnly => None,
+        TokenizerSource::Keys(_) | TokenizerSource::WeightsOnly => None,
     };
     let name = source
         .and_then(|m| m.get("general.name"))
@@ -116,6 +119,9 @@ pub fn gguf_metadata(
                 md.push((k.clone(), v.clone()));
             }
         }
+    }
+    if let TokenizerSource::Keys(keys) = tokenizer {
+        md.extend(keys.iter().cloned());
     }
     Ok(md)
 }

@@ -14,7 +14,8 @@
 //!   formats and k-quant `from_float`). 1-D tensors (norms, biases) stay f32.
 //! - **Metadata** ([`metadata`]): the architecture keys written from the spec, plus, from
 //!   a GGUF source, its `tokenizer.*` keys (vocabulary, merges, special tokens, chat
-//!   template) and descriptive `general.*` keys. The written file is read back with
+//!   template) and descriptive `general.*` keys; from an HF directory, the same
+//!   `tokenizer.*` keys built from its `tokenizer.json` ([`tokenizer_json`]). The written file is read back with
 //!   hone's own GGUF parser and must give the model's spec, or nothing is published:
 //!   a model llama.cpp's keys cannot express is an error, never a misread file.
 //!
@@ -38,12 +39,14 @@ pub mod lora_gguf;
 pub mod metadata;
 pub mod modelfile;
 pub mod quant;
+pub mod tokenizer_json;
 
 pub use file::{ggml_type_name, read_gguf_content, ExportStats};
 pub use lora_gguf::write_lora_gguf;
 pub use metadata::TokenizerSource;
 pub use modelfile::modelfile;
 pub use quant::GgufType;
+pub use tokenizer_json::tokenizer_keys;
 
 /// Writes `model` (adapters merged or none attached) as a GGUF of type `ty` at `out`,
 /// with the tokenizer metadata of `tokenizer`. Needs dense f32 weights (load with

@@ -9,30 +9,56 @@ use candle_core::quantized::gguf_file::{Content, Value};
 
 use super::{HubSpec, Registry, KNOWN_MODELS};
 
-/// The repository id of the base model `spec` (a hone id, an `hf:` spec or a path), or
-/// `None` when nothing says it. In order: the registry's entry for a known model; the
-/// repository of an `hf:` spec or of a model fetched as one; for a path (or an installed
-/// model's file), a known model's file name, then the GGUF's `general.*` metadata
-/// (`base_model.0.repo_url`, `source.repo_url`, `source.huggingface.repository`), or an
-/// HF directory's `config.json` `_name_or_path` when that is a repository id.
-/// Never fetches anything.
+/// The repository id of the base model `spec` (a hone id, an `hf:` spec, a path, or the
+/// file stem hone names a model given by path), or `None` when nothing says it. In
+/// order: the registry's entry for a known model; the repository of an `hf:` spec or of
+/// a model fetched as one; for a path (or an installed model's file), a known model's
+/// file name, then the GGUF's `general.*` metadata (`base_model.0.repo_url`,
+/// `source.repo_url`, `source.huggingface.repository`), or an HF directory's
+/// `config.json` `_name_or_path` when that is a repository id; last, a known model's or
+/// an installed model's file stem (`hone train --model DIR/SmolLM2-135M-Instruct.Q4_1.gguf`
+/// names its base `SmolLM2-135M-Instruct.Q4_1`, the path being gone by the time the
+/// adapter is written). Never fetches anything. Installed models are looked up in the
+/// default `HONE_HOME` ([`Registry::base_repo_id`] for another).
 pub fn base_repo_id(spec: &str) -> Option<String> {
-    if let Some(k) = KNOWN_MODELS.iter().find(|k| k.id == spec) {
-        return Some(k.hf_repo.to_string());
+    Registry::default_home().base_repo_id(spec)
+}
+
+impl Registry {
+    /// [`base_repo_id`], looking installed models up in this registry.
+    pub fn base_repo_id(&self, spec: &str) -> Option<String> {
+        if let Some(k) = KNOWN_MODELS.iter().find(|k| k.id == spec) {
+            return Some(k.hf_repo.to_string());
+        }
+        if let Some(Ok(hub)) = HubSpec::parse(spec) {
+            return Some(hub.repo);
+        }
+        let path = Path::new(spec);
+        if path.exists() {
+            return repo_id_of_path(path);
+        }
+        if let Some(k) = KNOWN_MODELS.iter().find(|k| file_stem(k.file_name) == spec) {
+            return Some(k.hf_repo.to_string());
+        }
+        let installed = self.installed().ok()?;
+        let m = installed.iter().find(|m| m.id == spec).or_else(|| {
+            installed
+                .iter()
+                .find(|m| m.source.path().file_stem().and_then(|s| s.to_str()) == Some(spec))
+        })?;
+        match &m.hub {
+            Some(origin) => Some(origin.repo.clone()),
+            None => repo_id_of_path(m.source.path()),
+        }
     }
-    if let Some(Ok(hub)) = HubSpec::parse(spec) {
-        return Some(hub.repo);
-    }
-    let path = Path::new(spec);
-    if path.exists() {
-        return repo_id_of_path(path);
-    }
-    let installed = Registry::default_home().installed().ok()?;
-    let m = installed.into_iter().find(|m| m.id == spec)?;
-    match m.hub {
-        Some(origin) => Some(origin.repo),
-        None => repo_id_of_path(m.source.path()),
-    }
+}
+
+/// `name` without its `.gguf` extension, as [`super::resolve_path`] names a model file.
+fn file_stem(name: &str) -> &str {
+    Path::new(name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(name)
 }
 
 fn repo_id_of_path(path: &Path) -> Option<String> {
@@ -143,5 +169,70 @@ mod tests {
         )
         .unwrap();
         assert_eq!(base_repo_id(&p), None);
+    }
+
+    /// The bug: `hone train --model /path/SmolLM2-135M-Instruct.Q4_1.gguf` names its base
+    /// by the file stem (`resolve_path`'s id), and the adapter's
+    /// `base_model_name_or_path` was that stem, which peft cannot load.
+    #[test]
+    fn train_on_a_gguf_path_records_the_repo_id_not_the_file_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::testing::TinySpec::default();
+        let (tiny, _) = crate::testing::write_tiny_model(dir.path(), &spec).unwrap();
+        let known = KNOWN_MODELS
+            .iter()
+            .find(|k| k.id == "smollm2-135m-instruct")
+            .unwrap();
+        let path = dir.path().join(known.file_name);
+        std::fs::copy(&tiny, &path).unwrap();
+        let id = super::super::resolve_path(&path).unwrap().id;
+        assert_eq!(id, "SmolLM2-135M-Instruct.Q4_1");
+        let peft = crate::lora::PeftConfig::from_lora(&crate::LoraConfig::default(), &id);
+        assert_eq!(
+            peft.base_model_name_or_path.as_deref(),
+            Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+        );
+        assert_eq!(peft.hone_base(), Some("SmolLM2-135M-Instruct.Q4_1"));
+        // The path itself, and every known model's stem.
+        let p = path.display().to_string();
+        assert_eq!(base_repo_id(&p).as_deref(), Some(known.hf_repo));
+        for k in KNOWN_MODELS {
+            assert_eq!(
+                base_repo_id(file_stem(k.file_name)).as_deref(),
+                Some(k.hf_repo)
+            );
+        }
+    }
+
+    /// A GGUF registered under another name (not a known file): its stem finds the
+    /// installed entry, whose file's `general.*` metadata names the repository.
+    #[test]
+    fn an_installed_ggufs_stem_finds_the_repo_in_its_general_metadata() {
+        use candle_core::quantized::gguf_file;
+        let home = tempfile::tempdir().unwrap();
+        let reg = Registry::new(home.path());
+        let file = home.path().join("models").join("my-base.Q8_0.gguf");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let repo = Value::String("https://huggingface.co/acme/my-base".into());
+        let mut out = std::fs::File::create(&file).unwrap();
+        gguf_file::write(&mut out, &[("general.base_model.0.repo_url", &repo)], &[]).unwrap();
+        drop(out);
+        assert_eq!(reg.base_repo_id("my-base.Q8_0"), None, "not registered yet");
+        reg.register_entry(super::super::InstalledModel {
+            id: "my-base".into(),
+            source: super::super::ModelSource::Gguf(file.clone()),
+            sha256: None,
+            installed_at: 0,
+            hub: None,
+        })
+        .unwrap();
+        for spec in ["my-base", "my-base.Q8_0"] {
+            assert_eq!(
+                reg.base_repo_id(spec).as_deref(),
+                Some("acme/my-base"),
+                "{spec}"
+            );
+        }
+        assert_eq!(reg.base_repo_id("other"), None);
     }
 }

@@ -317,3 +317,231 @@ fn a_model_llama_cpps_keys_cannot_express_is_refused() {
         "no temp file left"
     );
 }
+
+/// GPT-2's byte alphabet symbol of each byte.
+fn sym(b: u8) -> String {
+    hone_text::testing::byte_level_symbols()[b as usize].to_string()
+}
+
+/// A small byte-level BPE `tokenizer.json` (ChatML specials, printable ASCII and `\n`,
+/// a few merges) with the pre-tokenizer llama.cpp calls `pre`, and its
+/// `tokenizer_config.json`, written into `dir`. Merges are written in the newer
+/// `[a, b]` form when `pair_merges`.
+fn write_bpe_tokenizer(dir: &Path, pre: &str, pair_merges: bool) {
+    use serde_json::json;
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let mut vocab = serde_json::Map::new();
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+    }
+    for b in std::iter::once(b'\n').chain(32..=126u8) {
+        let n = vocab.len();
+        vocab.insert(sym(b), n.into());
+    }
+    let pairs = [
+        ("Ġ", "t"),
+        ("h", "e"),
+        ("Ġt", "he"),
+        ("i", "n"),
+        ("Ġ", "a"),
+        ("e", "r"),
+        ("o", "n"),
+        ("Ġ", "o"),
+    ];
+    let mut merges = Vec::new();
+    for (a, b) in pairs {
+        let n = vocab.len();
+        vocab.insert(format!("{a}{b}"), n.into());
+        merges.push(if pair_merges {
+            json!([a, b])
+        } else {
+            json!(format!("{a} {b}"))
+        });
+    }
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let split = |re: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]})
+    };
+    let pre_tokenizer = match pre {
+        "gpt2" => byte_level(true),
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "qwen2" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        "llama-bpe" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        other => panic!("{other}"),
+    };
+    let added: Vec<_> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tj = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+    let cfg = json!({
+        "bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "add_bos_token": false,
+        "chat_template": hone_model::testing::CHATML_TEMPLATE,
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+}
+
+/// A family's tiny model as a complete HF directory (llama.cpp-expressible config,
+/// weights, and a byte-level BPE tokenizer with pre-tokenizer `pre`) under `dir`.
+fn hf_dir_with_tokenizer(name: &str, pre: &str, dir: &Path) -> std::path::PathBuf {
+    let src = llama_cpp_expressible(name, dir);
+    let out = dir.join(format!("{name}-hf"));
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    write_bpe_tokenizer(&out, pre, name.starts_with("qwen"));
+    out
+}
+
+/// An HF-directory base exports to GGUF with tokenizer metadata built from its
+/// tokenizer.json, in every family: hone's GGUF reader gives the same token ids, special
+/// ids and chat template as the directory's tokenizer.json, the token list is padded to
+/// the model's vocabulary with unused `[PAD<i>]` entries as llama.cpp's converter
+/// writes it, and the logits are within the f16 gap of the round-trip test (2e-2).
+#[test]
+fn hf_directory_bases_export_with_their_tokenizer_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let pres = [
+        ("llama3_scaled", "llama-bpe"),
+        ("llama_linear", "llama-bpe"),
+        ("qwen2", "qwen2"),
+        ("qwen3", "qwen2"),
+        ("gemma3", "smollm"),
+        ("gemma3_softcap", "gpt2"),
+    ];
+    assert_eq!(pres.map(|(n, _)| n), FAMILIES);
+    let texts = [
+        "<|im_start|>user\nthe inner other on a tether, 12345!<|im_end|>\n",
+        "  two  spaces\n\nand 3.14 'll they're",
+    ];
+    for (name, pre) in pres {
+        let hf = hf_dir_with_tokenizer(name, pre, dir.path());
+        let m = load_model(&hf, WeightPath::F32).unwrap();
+        let keys = export::tokenizer_keys(&hf, m.cfg.vocab_size).unwrap();
+        let out = dir.path().join(format!("{name}-f16.gguf"));
+        export::write_gguf(&m, &TokenizerSource::Keys(keys), GgufType::F16, &out).unwrap();
+
+        let (src, exp) = (
+            ChatTokenizer::from_hf_dir(&hf).unwrap(),
+            ChatTokenizer::from_gguf(&out).unwrap(),
+        );
+        for t in texts {
+            let want = src.tokenizer.encode(t).unwrap();
+            assert_eq!(
+                exp.tokenizer.encode(t).unwrap(),
+                want,
+                "{name} ({pre}): {t:?}"
+            );
+            assert!(want.len() < t.len(), "{name}: some merges apply");
+        }
+        assert_eq!(src.tokenizer.eos_id(), exp.tokenizer.eos_id(), "{name}");
+        assert_eq!(src.template.source(), exp.template.source(), "{name}");
+
+        let md = export::read_gguf_content(&out).unwrap().metadata;
+        let s = |k: &str| md[k].to_string().unwrap().clone();
+        assert_eq!(s("tokenizer.ggml.model"), "gpt2");
+        assert_eq!(s("tokenizer.ggml.pre"), pre);
+        let tokens = md["tokenizer.ggml.tokens"].to_vec().unwrap();
+        assert_eq!(tokens.len(), m.cfg.vocab_size);
+        assert_eq!(tokens[200].to_string().unwrap(), "[PAD200]");
+        let types = md["tokenizer.ggml.token_type"].to_vec().unwrap();
+        let ty = |i: usize| types[i].to_i32().unwrap();
+        assert_eq!((ty(0), ty(2), ty(10), ty(200)), (3, 3, 1, 5));
+        assert_eq!(md["tokenizer.ggml.merges"].to_vec().unwrap().len(), 8);
+        assert_eq!(md["tokenizer.ggml.eos_token_id"].to_u32().unwrap(), 2);
+        assert_eq!(md["tokenizer.ggml.padding_token_id"].to_u32().unwrap(), 0);
+        // No bos_token in tokenizer_config.json: config.json's id, as the converter does.
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap())
+                .unwrap();
+        match cfg["bos_token_id"].as_u64() {
+            Some(b) => assert_eq!(
+                md["tokenizer.ggml.bos_token_id"].to_u32().unwrap() as u64,
+                b
+            ),
+            None => assert!(!md.contains_key("tokenizer.ggml.bos_token_id")),
+        }
+        assert!(matches!(
+            md["tokenizer.ggml.add_bos_token"],
+            Value::Bool(false)
+        ));
+
+        let (ids, _) = reference(name);
+        let gap = max_gap(
+            &full_logits(&load_model(&out, WeightPath::F32).unwrap(), &ids),
+            &full_logits(&m, &ids),
+        );
+        eprintln!("{name} ({pre}) from its HF directory, f16: max logit gap {gap:.2e}");
+        assert!(gap < 2e-2, "{name}: {gap}");
+    }
+}
+
+/// Tokenizers llama.cpp's byte-level keys cannot hold are refused with the reason:
+/// Gemma's SentencePiece-style BPE, a Unigram model, an unknown split, no tokenizer.json,
+/// a token id beyond the model's vocabulary.
+#[test]
+fn tokenizers_gguf_cannot_hold_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        write_bpe_tokenizer(d, "gpt2", false);
+        let p = d.join("tokenizer.json");
+        let mut tj: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut tj);
+        std::fs::write(&p, tj.to_string()).unwrap();
+        export::tokenizer_keys(d, 256)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let err = edit(&|tj| {
+        tj["model"]["byte_fallback"] = true.into();
+        tj["decoder"] =
+            serde_json::json!({"type": "Sequence", "decoders": [{"type": "ByteFallback"}]});
+    });
+    assert!(err.contains("SentencePiece"), "{err}");
+    let err = edit(&|tj| tj["model"]["type"] = "Unigram".into());
+    assert!(err.contains("Unigram"), "{err}");
+    let err = edit(&|tj| {
+        tj["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]})
+    });
+    assert!(err.contains("pre-tokenizer"), "{err}");
+    let err = edit(&|tj| tj["added_tokens"][0]["id"] = 300.into());
+    assert!(err.contains("vocab_size 256"), "{err}");
+    std::fs::remove_file(d.join("tokenizer.json")).unwrap();
+    let err = export::tokenizer_keys(d, 256)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no tokenizer.json"), "{err}");
+    // write_bpe_tokenizer's own file is accepted (the refusals above are the edits).
+    write_bpe_tokenizer(d, "gpt2", false);
+    assert!(export::tokenizer_keys(d, 256).is_ok());
+}

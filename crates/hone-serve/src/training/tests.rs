@@ -60,3 +60,34 @@ fn training_options_map_the_api_onto_the_shared_builder() {
     let e = o.job_options(MethodType::Reinforcement, &h, 5).unwrap_err();
     assert_eq!(e.code, "unsupported_method");
 }
+
+/// The server's checkpoint adapters are for other processes too (a separate inference
+/// service, `hone export` as another user): the umask's modes even when the source files
+/// are 0600, a stale copy replaced, no staging directory left.
+#[cfg(unix)]
+#[test]
+fn checkpoint_adapters_are_copied_with_the_umask_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("step-2");
+    std::fs::create_dir(&src).unwrap();
+    for name in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+        std::fs::write(src.join(name), name).unwrap();
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let models = dir.path().join("models");
+    let dest = models.join("ckpt-step-2");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("stale"), b"old").unwrap();
+    copy_adapter(&src, &dest).unwrap();
+    let umask = hone_model::atomic_file::umask();
+    assert_eq!(mode(&dest), 0o777 & !umask);
+    for name in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+        assert_eq!(mode(&dest.join(name)), 0o666 & !umask, "{name}");
+        assert_eq!(std::fs::read_to_string(dest.join(name)).unwrap(), name);
+    }
+    assert!(!dest.join("stale").exists());
+    let names: Vec<_> = std::fs::read_dir(&models).unwrap().collect();
+    assert_eq!(names.len(), 1, "no staging directory left");
+}

@@ -401,25 +401,32 @@ fn machine_busy_ticks() -> Option<u64> {
     Some(v.iter().sum::<u64>() - idle)
 }
 
-/// Writes `value` to `path` through a temporary file in the same directory and a rename,
-/// so `hone data estimate` never reads a half-written result.
+/// Writes `value` to `path` crash-safely, with the umask's mode
+/// ([`hone_data::atomic_file`]), so `hone data estimate` never reads a half-written result.
 fn save_atomic(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
-    let dir: PathBuf = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    use std::io::Write;
-    tmp.write_all(serde_json::to_string_pretty(value)?.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)?;
+    let json = serde_json::to_string_pretty(value)?;
+    hone_data::atomic_file::write(path, json.as_bytes())?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The saved figures are read by other users' tools too: the umask's mode, not 0600.
+    #[cfg(unix)]
+    #[test]
+    fn saved_results_get_the_umask_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bench/train.json");
+        save_atomic(&path, &serde_json::json!({"steps": 3})).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !hone_data::atomic_file::umask());
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back["steps"], 3);
+    }
 
     #[test]
     fn batch_mirrors_the_pytorch_reference_with_shifted_targets() {
