@@ -9,7 +9,7 @@
 //! timed region is forward + loss + backward + optimizer step, as there. Tokens/s counts
 //! `batch·seq` tokens per step, as there.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
