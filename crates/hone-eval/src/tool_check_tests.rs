@@ -8,6 +8,8 @@ use crate::run::CaseResult;
 use hone_model::constraint::Grammar;
 
 fn case(extra: &str) -> EvalCase {
+    // One JSONL line: the tests write `extra` over several lines for reading.
+    let extra = extra.replace('\n', " ");
     let line = format!(r#"{{"messages": [{{"role": "user", "content": "q"}}], {extra}}}"#);
     parse_cases(&line).unwrap().remove(0)
 }

@@ -44,7 +44,7 @@ async fn a_file_upload_without_a_multipart_boundary_is_openai_json_not_text() {
 async fn a_method_not_allowed_is_openai_json_not_an_empty_405() {
     let t = TestApp::new();
     for (method, uri) in [
-        (Method::GET, "/v1/chat/completions"),
+        (Method::PUT, "/v1/chat/completions"),
         (Method::DELETE, "/v1/fine_tuning/jobs"),
         (Method::PUT, "/v1/files/file-x"),
         (Method::POST, "/health"),
