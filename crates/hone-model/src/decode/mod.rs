@@ -10,6 +10,7 @@
 //! using candle tensors; [`crate::Llama`] dispatches its step functions here
 //! when its weights are packed.
 
+mod attend;
 mod kquant;
 #[cfg(target_arch = "x86_64")]
 mod kquant_simd;
@@ -20,6 +21,6 @@ mod rows;
 mod step;
 pub mod team;
 
+pub use attend::PackedKvCache;
 pub use packed::{PackedKind, PackedMatrix};
-pub use step::PackedKvCache;
 pub(crate) use step::{step, step_batch};

@@ -8,88 +8,22 @@
 //! read once per call); RoPE and attention use each row's own position and
 //! cache. Equivalence with the candle path is tested in `tests/it/packed.rs`.
 
-use std::sync::Mutex;
-
-use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::family::Activation;
 use crate::linear::{BaseWeight, Linear, LoraAdapter};
 use crate::llama::{Block, Embedding, Llama, LmHead, Mlp};
 
+use super::attend::{attend_rows, AttnDims, PackedKvCache};
 use super::packed::{matmul_many, PackedMatrix};
 use super::rows::{
     add_bias_rows, add_into, gate_in_place, post_norm_rows, rms_norm_rows, rope_rows, with_f32,
 };
-use super::team;
 use crate::ops::kernel::dot;
 
 /// Prompt tokens per forward pass during prefill: enough to read each
 /// weight block once for many tokens, few enough to keep the activations in
 /// cache.
 const PREFILL_ROWS: usize = 16;
-
-/// Keys and values of one sequence, per layer, as flat f32 rows
-/// `[positions, kv_dim]`: the packed step's cache, appended in place instead
-/// of copied each step (the tensor forward pass has its own,
-/// [`crate::forward::TensorKvCache`]).
-#[derive(Debug, Clone, Default)]
-pub struct PackedKvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    kv_dim: usize,
-}
-
-impl PackedKvCache {
-    pub fn new(cfg: &Config) -> Self {
-        let layers = cfg.num_hidden_layers;
-        Self {
-            k: vec![Vec::new(); layers],
-            v: vec![Vec::new(); layers],
-            kv_dim: cfg.num_key_value_heads * cfg.head_dim,
-        }
-    }
-
-    /// Cached positions.
-    pub fn len(&self) -> usize {
-        match self.k.first() {
-            Some(k) if self.kv_dim > 0 => k.len() / self.kv_dim,
-            _ => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// An error unless this cache was made for a model shaped like `cfg`
-    /// (a cache from another model would index out of its layers).
-    fn check_fits(&self, cfg: &Config) -> Result<()> {
-        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        if self.k.len() != cfg.num_hidden_layers || self.kv_dim != kv_dim {
-            return Err(ModelError::Generation(
-                "KV cache built for another model".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Room for `positions` more positions in every layer, allocated once
-    /// before a prompt rather than grown (and copied) as it is fed.
-    fn reserve(&mut self, positions: usize) {
-        let n = positions * self.kv_dim;
-        self.k
-            .iter_mut()
-            .chain(self.v.iter_mut())
-            .for_each(|l| l.reserve(n));
-    }
-
-    pub fn clear(&mut self) {
-        self.k
-            .iter_mut()
-            .chain(self.v.iter_mut())
-            .for_each(Vec::clear);
-    }
-}
 
 /// Logits after `ids`, which follow `start_pos` positions already in `cache`.
 pub(crate) fn step(
@@ -175,6 +109,15 @@ impl Dims {
 
     fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
+    }
+
+    fn attn(&self) -> AttnDims {
+        AttnDims {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            scale: self.scale,
+        }
     }
 }
 
@@ -281,12 +224,19 @@ fn attention_rows(
     })??;
     let kvd = dims.kv_dim();
     for (i, &(seq, _)) in rs.rows.iter().enumerate() {
-        let cache = &mut caches[seq];
-        cache.k[layer].extend_from_slice(&k[i * kvd..(i + 1) * kvd]);
-        cache.v[layer].extend_from_slice(&v[i * kvd..(i + 1) * kvd]);
+        caches[seq].push(layer, &k[i * kvd..][..kvd], &v[i * kvd..][..kvd]);
     }
     let window = model.spec.layer(layer).window;
-    let att = attend_rows(dims, &q, rs, window, caches, layer)?;
+    let seqs: Vec<usize> = rs.rows.iter().map(|r| r.0).collect();
+    let att = attend_rows(
+        &dims.attn(),
+        &q,
+        &seqs,
+        &rs.positions,
+        window,
+        caches,
+        layer,
+    );
     linear_rows(&at.o_proj, &att, n, use_adapters)
 }
 
@@ -401,120 +351,4 @@ fn add_lora(lin: &Linear, ad: &LoraAdapter, x: &[f32], y: &mut [f32]) -> Result<
             }
         })
     })?
-}
-
-/// Key positions per block in [`attend_head`]: one head's keys and values
-/// for a block (2 × 64 × head_dim floats) stay in L1 while every row of the
-/// call that sees them is served.
-const KEY_BLOCK: usize = 64;
-
-/// Attention work (row × key × head visits) from which the heads are spread
-/// over the decode team: below it (a decode step at a short context), waking
-/// the team costs more than it saves.
-const PARALLEL_ATTENTION_MIN: usize = 1 << 14;
-
-/// Causal grouped-query attention of each row over its own cache up to its
-/// own position (its last `window` positions on a sliding layer); returns
-/// `[n, heads·head_dim]`. Block-wise: each head is one job for the decode
-/// team, and rows of the same sequence (a prompt chunk) read each block of
-/// keys once between them, with an online softmax, instead of each row
-/// re-reading the whole cache (which made long prompts super-linear).
-fn attend_rows(
-    d: &Dims,
-    q: &[f32],
-    rs: &Rows,
-    window: Option<usize>,
-    caches: &[&mut PackedKvCache],
-    layer: usize,
-) -> Result<Vec<f32>> {
-    let (hd, heads, n) = (d.head_dim, d.heads, rs.rows.len());
-    let spans: Vec<(usize, usize)> = rs
-        .positions
-        .iter()
-        .map(|&p| (window.map_or(0, |w| (p + 1).saturating_sub(w)), p + 1))
-        .collect();
-    let work = spans.iter().map(|(f, t)| t - f).sum::<usize>() * heads;
-    let per_head: Vec<Mutex<Vec<f32>>> = (0..heads).map(|_| Mutex::new(Vec::new())).collect();
-    let job = |head: usize| {
-        let y = attend_head(d, head, q, rs, &spans, caches, layer);
-        *per_head[head].lock().unwrap_or_else(|e| e.into_inner()) = y;
-    };
-    if work >= PARALLEL_ATTENTION_MIN {
-        team::global().run(heads, &job);
-    } else {
-        (0..heads).for_each(job);
-    }
-    let mut out = vec![0f32; n * heads * hd];
-    for (head, y) in per_head.into_iter().enumerate() {
-        let y = y.into_inner().unwrap_or_else(|e| e.into_inner());
-        for (i, yi) in y.chunks_exact(hd).enumerate() {
-            out[(i * heads + head) * hd..][..hd].copy_from_slice(yi);
-        }
-    }
-    Ok(out)
-}
-
-/// Query head `head`'s attention for every row, `[n, head_dim]`. Keys are
-/// visited in blocks on a fixed grid (multiples of [`KEY_BLOCK`]), and each
-/// row keeps a running maximum and sum, so a row's arithmetic is the same
-/// whichever other rows share the call (chunked and one-by-one prefill agree
-/// bit for bit).
-fn attend_head(
-    d: &Dims,
-    head: usize,
-    q: &[f32],
-    rs: &Rows,
-    spans: &[(usize, usize)],
-    caches: &[&mut PackedKvCache],
-    layer: usize,
-) -> Vec<f32> {
-    let (hd, kvd) = (d.head_dim, d.kv_dim());
-    let g = head / (d.heads / d.kv_heads);
-    let n = rs.rows.len();
-    let mut out = vec![0f32; n * hd];
-    // Per row: the largest score so far and the sum of e^(score - max).
-    let mut state = vec![(f32::NEG_INFINITY, 0f32); n];
-    let mut scores = [0f32; KEY_BLOCK];
-    let mut i0 = 0;
-    while i0 < n {
-        let seq = rs.rows[i0].0;
-        let i1 = i0 + rs.rows[i0..].iter().take_while(|r| r.0 == seq).count();
-        let (ks, vs) = (&caches[seq].k[layer], &caches[seq].v[layer]);
-        let lo = spans[i0..i1].iter().map(|s| s.0).min().unwrap_or(0);
-        let hi = spans[i0..i1].iter().map(|s| s.1).max().unwrap_or(0);
-        for b in (lo / KEY_BLOCK * KEY_BLOCK..hi).step_by(KEY_BLOCK) {
-            for i in i0..i1 {
-                let (s, e) = (spans[i].0.max(b), spans[i].1.min(b + KEY_BLOCK));
-                if s >= e {
-                    continue;
-                }
-                let qh = &q[(i * d.heads + head) * hd..][..hd];
-                let sc = &mut scores[..e - s];
-                for (x, j) in sc.iter_mut().zip(s..e) {
-                    *x = dot(qh, &ks[j * kvd + g * hd..][..hd]) * d.scale;
-                }
-                let oh = &mut out[i * hd..][..hd];
-                let (max, sum) = &mut state[i];
-                let block_max = sc.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                if block_max > *max {
-                    let c = (*max - block_max).exp();
-                    *sum *= c;
-                    oh.iter_mut().for_each(|o| *o *= c);
-                    *max = block_max;
-                }
-                for (&x, j) in sc.iter().zip(s..e) {
-                    let p = (x - *max).exp();
-                    *sum += p;
-                    let vj = &vs[j * kvd + g * hd..][..hd];
-                    oh.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
-                }
-            }
-        }
-        i0 = i1;
-    }
-    for (oh, (_, sum)) in out.chunks_exact_mut(hd).zip(&state) {
-        let inv = 1.0 / sum;
-        oh.iter_mut().for_each(|o| *o *= inv);
-    }
-    out
 }

@@ -228,6 +228,35 @@ fn packed_step_matches_the_f32_pass_for_every_family() {
     }
 }
 
+/// Sliding-window layers over a prompt of several key blocks: with a window
+/// (70) wider than a block (64) and a prompt of 150, each row's span starts
+/// inside a block, and the packed step must still equal the tensor pass.
+#[test]
+fn packed_sliding_windows_span_key_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rounded = q8_0_rounded_copy("gemma3_softcap", dir.path());
+    let cfg_path = rounded.join("config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 256.into();
+    cfg["sliding_window"] = 70.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let f32_model = load_model(&rounded, WeightPath::F32).unwrap();
+    let packed = load_model(&rounded, WeightPath::Packed).unwrap();
+    let ids: Vec<u32> = (0..150u32).map(|i| 3 + (i * 29 + i / 5) % 250).collect();
+    let want = full_logits(&f32_model, &ids);
+    let opts = ForwardOptions::default();
+    let mut cache = packed.new_cache();
+    let mut got = vec![packed
+        .step_logits(&ids[..100], 0, &mut cache, opts)
+        .unwrap()];
+    for (p, &id) in ids.iter().enumerate().skip(100) {
+        got.push(packed.step_logits(&[id], p, &mut cache, opts).unwrap());
+    }
+    let gap = max_gap(&got, &want[99..]);
+    assert!(gap < TOL, "packed vs f32 with a 70-token window: {gap}");
+}
+
 /// The tiny `gemma3` has an attention output of 48 columns, which packed
 /// blocks of 32 cannot hold: a clear error, not a wrong answer.
 #[test]

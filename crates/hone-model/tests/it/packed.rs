@@ -17,7 +17,12 @@ use hone_model::{load_model, ForwardOptions, Llama, ModelError, WeightPath};
 /// whose embedding holds Q8_0-representable values (the packed path stores
 /// it as Q8_0), so both paths multiply the same weights.
 fn tiny_q4_1(dir: &Path) -> PathBuf {
-    let spec = TinySpec::default();
+    tiny_q4_1_shaped(dir, &TinySpec::default())
+}
+
+/// [`tiny_q4_1`] with another shape.
+fn tiny_q4_1_shaped(dir: &Path, spec: &TinySpec) -> PathBuf {
+    let spec = spec.clone();
     let mut w = tiny_weights(&spec).unwrap();
     for (name, t) in w.iter_mut() {
         if name.contains("embed_tokens") {
@@ -85,6 +90,37 @@ fn prefill_in_chunks_equals_one_token_at_a_time() {
         b = m.step(&[id], pos, &mut one_by_one).unwrap();
     }
     assert_eq!(a, b);
+}
+
+/// A prompt longer than several key blocks (64 positions), with heads of 64
+/// columns (whole value tiles): chunked prefill equals one token at a time
+/// bit for bit, and both follow the tensor pass across the block edges.
+#[test]
+fn long_prompts_cross_key_blocks_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec {
+        hidden: 128,
+        heads: 2,
+        kv_heads: 1,
+        ..TinySpec::default()
+    };
+    let gguf = tiny_q4_1_shaped(dir.path(), &spec);
+    let m = load_model(&gguf, WeightPath::Packed).unwrap();
+    let reference = load_model(&gguf, WeightPath::F32).unwrap();
+    let ids: Vec<u32> = (0..200u32).map(|i| 3 + (i * 37 + i / 7) % 250).collect();
+    let want = tensor_logits(&reference, &ids, true);
+    let mut one_by_one = m.new_cache();
+    let mut each = Vec::new();
+    for (pos, &id) in ids.iter().enumerate() {
+        each.push(m.step(&[id], pos, &mut one_by_one).unwrap());
+    }
+    for end in [63, 64, 65, 128, 150, 200] {
+        let mut cache = m.new_cache();
+        let got = m.step(&ids[..end], 0, &mut cache).unwrap();
+        assert_eq!(got, each[end - 1], "prefill of {end} tokens");
+        let d = max_abs_diff(&got, &want[end - 1]);
+        assert!(d < 1e-3, "position {}: {d} from the tensor pass", end - 1);
+    }
 }
 
 /// With an adapter attached, the packed step follows it when adapters are on
