@@ -51,6 +51,9 @@ pub struct TrainOptions {
     pub lora_dropout: f64,
     /// Seed of this pass's dropout masks, so that a run is reproducible.
     pub dropout_seed: u64,
+    /// Recompute each layer's activations in the backward instead of keeping them
+    /// (`--gradient-checkpointing`; see `ops::StackSpec::checkpoint`).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainOptions {
@@ -59,6 +62,7 @@ impl Default for TrainOptions {
             use_adapters: true,
             lora_dropout: 0.0,
             dropout_seed: 0,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -152,6 +156,7 @@ impl Llama {
             ropes: &ropes,
             segment_starts: packed.map(|p| p.segment_starts.as_slice()),
             dropout: (p > 0.0).then_some((p as f32, opts.dropout_seed)),
+            checkpoint: opts.gradient_checkpointing,
         };
         let x = ops::lora_stack(&inputs.x, theta.as_ref(), &layers, &spec)?;
         Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?)

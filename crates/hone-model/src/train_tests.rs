@@ -406,6 +406,7 @@ fn check_fused_against_unfused_on(mut m: Llama, targets: &str, dropout: f64, pac
         use_adapters: true,
         lora_dropout: dropout,
         dropout_seed: 99,
+        ..TrainOptions::default()
     };
     // A fixed random projection of the hidden states as the loss, so that every
     // position and channel carries gradient.
@@ -729,6 +730,68 @@ fn short_sft_run_in_bf16_tracks_the_f32_loss_curve() {
             assert!(
                 (g - w).abs() <= 1e-2 * w,
                 "{p:?} step {step}: loss {g} vs f32 {w}\n{got:?}\n{want:?}"
+            );
+        }
+    }
+}
+
+/// Hidden states and every LoRA gradient of `m` with and without gradient
+/// checkpointing, as flat vectors.
+fn checkpointing_pair(mut m: Llama, dropout: f64, packed: bool) -> [(Vec<f32>, Vec<Vec<f32>>); 2] {
+    let params = LoraParams::attach(&mut m, &all_linear(), 5).unwrap();
+    randomize_b(&params, 0.2);
+    let (input, _, _) = batch();
+    let layout = packed.then(|| crate::train_forward::PackedLayout {
+        positions: vec![0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1],
+        segment_starts: vec![0, 0, 0, 3, 3, 3, 3, 0, 0, 0, 0, 0, 5, 5],
+    });
+    let probe = Tensor::randn(0f32, 1.0, (2, 7, m.cfg.hidden_size), &Device::Cpu).unwrap();
+    [false, true].map(|gradient_checkpointing| {
+        let opts = TrainOptions {
+            lora_dropout: dropout,
+            dropout_seed: 17,
+            gradient_checkpointing,
+            ..TrainOptions::default()
+        };
+        let h = m
+            .forward_train_hidden_packed(&input, layout.as_ref(), opts)
+            .unwrap();
+        let g = (h.clone() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let grads = params
+            .trainable()
+            .iter()
+            .map(|(name, v)| flat(g.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}"))))
+            .collect();
+        (flat(&h), grads)
+    })
+}
+
+/// Gradient checkpointing recomputes each layer in the backward from its saved input:
+/// same kernels, same input, dropout masks from the same seeds, so the hidden states
+/// and every gradient equal the kept-activations run bit for bit, on every family,
+/// with dropout and packed rows.
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_bit_for_bit() {
+    let (_d, m) = tiny();
+    let mut models = vec![("llama", m)];
+    models.extend(NEW_FAMILIES.iter().map(|n| (*n, tiny_family(n))));
+    for (name, m) in models {
+        for (dropout, packed) in [(0.0, false), (0.3, true)] {
+            let [(h0, g0), (h1, g1)] = checkpointing_pair(m.clone(), dropout, packed);
+            assert_eq!(h0, h1, "{name}: hidden states");
+            assert!(
+                g0.iter().any(|g| g.iter().any(|x| *x != 0.0)),
+                "{name}: no gradient"
+            );
+            assert_eq!(
+                g0, g1,
+                "{name}: gradients (dropout {dropout}, packed {packed})"
             );
         }
     }

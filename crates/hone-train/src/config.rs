@@ -56,11 +56,20 @@ pub struct TrainConfig {
     /// the field (not compared).
     #[serde(default)]
     pub base_weights: BaseWeights,
+    /// Recompute each layer's activations in the backward instead of keeping them all
+    /// (`--gradient-checkpointing`): less memory, one more forward pass per step, the
+    /// same gradients bit for bit (so a resume may switch it).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 /// Settings that may change between an interrupted run and its resume: they do not
 /// affect the steps (how often and how many checkpoints are written).
-const RESUMABLE_CHANGES: &[&str] = &["keep_checkpoints", "checkpoint_every"];
+const RESUMABLE_CHANGES: &[&str] = &[
+    "keep_checkpoints",
+    "checkpoint_every",
+    "gradient_checkpointing",
+];
 
 impl TrainConfig {
     /// The LoRA shape this run trains.
@@ -230,6 +239,7 @@ mod tests {
             init_adapter: None,
             packing: false,
             base_weights: BaseWeights::F32,
+            gradient_checkpointing: false,
         }
     }
 
@@ -291,5 +301,20 @@ mod tests {
             BaseWeights::Auto,
             "older configs read as auto"
         );
+    }
+
+    /// Checkpointing changes memory, not the steps: a resume may switch it, and
+    /// checkpoints written before the field read as off.
+    #[test]
+    fn a_resume_may_switch_gradient_checkpointing() {
+        let mut on = cfg();
+        on.gradient_checkpointing = true;
+        assert!(id(cfg()).differences(&id(on.clone())).is_empty());
+        assert!(id(on).differences(&id(cfg())).is_empty());
+        let text = serde_json::to_string(&cfg()).unwrap();
+        let without = text.replace(",\"gradient_checkpointing\":false", "");
+        assert_ne!(text, without, "the field is written");
+        let read: TrainConfig = serde_json::from_str(&without).unwrap();
+        assert!(!read.gradient_checkpointing);
     }
 }

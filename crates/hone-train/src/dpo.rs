@@ -162,8 +162,7 @@ impl Dpo {
         let n = chunk.len();
         let reference = TrainOptions {
             use_adapters: false,
-            lora_dropout: 0.0,
-            dropout_seed: 0,
+            ..TrainOptions::default()
         };
         let ref_lp =
             sequence_logprobs(&model.forward_train(&input, reference)?, &targets, &mask)?.detach();

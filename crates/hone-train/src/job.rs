@@ -120,6 +120,8 @@ pub struct JobOptions {
     /// How the frozen base is multiplied (`--base-weights`; resolved when the run
     /// starts, see [`crate::TrainConfig::base_weights`]).
     pub base_weights: BaseWeights,
+    /// See [`crate::TrainConfig::gradient_checkpointing`].
+    pub gradient_checkpointing: bool,
 }
 
 impl JobOptions {
@@ -143,6 +145,7 @@ impl JobOptions {
             init_adapter: None,
             packing: false,
             base_weights: BaseWeights::Auto,
+            gradient_checkpointing: false,
         }
     }
 
@@ -321,6 +324,7 @@ fn train_config(
         init_adapter: o.init_adapter.clone(),
         packing: o.packing,
         base_weights: o.base_weights,
+        gradient_checkpointing: o.gradient_checkpointing,
     }
 }
 

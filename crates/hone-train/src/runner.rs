@@ -333,6 +333,7 @@ impl<'a> Run<'a> {
                 use_adapters: true,
                 lora_dropout: self.cfg.lora_dropout,
                 dropout_seed: mix(self.cfg.seed, self.step, mi as u64),
+                gradient_checkpointing: self.cfg.gradient_checkpointing,
             };
             let (loss, s) = obj.forward(self.model, chunk, opts)?;
             let weight = s.units as f64 / total.max(1) as f64;

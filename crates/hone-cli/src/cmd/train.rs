@@ -115,6 +115,11 @@ pub struct TrainArgs {
     /// memory). LoRA stays f32. Checkpoints record the mode; --resume with auto keeps it.
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
     pub base_weights: hone_model::ops::BaseWeights,
+    /// Keep only each layer's input for the backward and recompute the rest there:
+    /// activation memory of about one layer instead of all, for one more forward pass per
+    /// step (for long sequences; the gradients are the same, so --resume may switch it).
+    #[arg(long, env = "HONE_GRADIENT_CHECKPOINTING")]
+    pub gradient_checkpointing: bool,
     #[command(flatten)]
     pub template: super::chat_template::ChatTemplateArgs,
 }
@@ -287,6 +292,7 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
         init_adapter: a.init_adapter.clone(),
         packing: a.packing,
         base_weights: a.base_weights,
+        gradient_checkpointing: a.gradient_checkpointing,
         ..JobOptions::new(method)
     };
     opts.check()?;

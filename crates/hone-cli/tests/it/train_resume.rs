@@ -136,6 +136,24 @@ fn a_resume_with_auto_keeps_the_checkpoints_base_weight_mode() {
     assert_eq!(summary["config"]["base_weights"], "native");
 }
 
+/// `--gradient-checkpointing` recomputes activations without changing a bit: a run
+/// with it, killed and resumed without it, gives the per-step losses and the adapter
+/// bytes of an uninterrupted run that never used it.
+#[test]
+fn gradient_checkpointing_changes_no_step_and_a_resume_may_switch_it() {
+    let f32_base = [FLAGS, &["--base-weights", "f32"]].concat();
+    let s = setup(48, 7);
+    let full = s.dir.path().join("full");
+    let o = s.train(&full, &f32_base);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cut = s.dir.path().join("cut");
+    let recompute = [&f32_base[..], &["--gradient-checkpointing"]].concat();
+    let (mut child, step) = start_until_checkpoint_with(&s, &cut, 6, &recompute);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    resume_and_compare_with(&s, &full, &cut, step, &f32_base);
+}
+
 fn sigkill_then_resume(flags: &[&str]) {
     let s = setup(48, 7);
     let full = s.dir.path().join("full");

@@ -152,6 +152,7 @@ pub fn lora_stack(
         dropout: spec.dropout.filter(|(p, _)| *p > 0.0),
         attention,
         save: x.track_op() || theta.track_op(),
+        checkpoint: spec.checkpoint,
         tapes: Mutex::new(Vec::new()),
     };
     if let Some((p, _)) = op.dropout {
@@ -202,6 +203,15 @@ impl LayerTape {
     }
 }
 
+/// What the forward keeps of one layer for the backward.
+enum Saved {
+    /// Every activation the layer's backward reads.
+    Tape(Box<LayerTape>),
+    /// Only the layer's input (gradient checkpointing): the backward runs the layer
+    /// forward again to get its tape.
+    Input(Vec<f32>),
+}
+
 /// Hands buffers back to the scratch pool.
 fn recycle<const N: usize>(bufs: [Vec<f32>; N]) {
     bufs.into_iter().for_each(scratch::give);
@@ -240,7 +250,9 @@ struct Stack {
     /// Whether a backward can follow (an input tracks a gradient): only then are the
     /// tapes kept.
     save: bool,
-    tapes: Mutex<Vec<LayerTape>>,
+    /// Keep layer inputs only ([`StackSpec::checkpoint`]).
+    checkpoint: bool,
+    tapes: Mutex<Vec<Saved>>,
 }
 
 /// The CPU data of a tensor (contiguous f32).
@@ -460,11 +472,15 @@ impl CustomOp2 for Stack {
         let mut x = f32_data(sx, lx, "lora_stack x")?.to_vec();
         let mut tapes = Vec::with_capacity(if self.save { self.layers.len() } else { 0 });
         for li in 0..self.layers.len() {
+            let input = (self.save && self.checkpoint).then(|| copy(&x));
             let (out, tape) = self.layer_forward(li, x, theta)?;
-            if self.save {
-                tapes.push(tape);
-            } else {
-                tape.recycle();
+            match input {
+                Some(x_in) => {
+                    tape.recycle();
+                    tapes.push(Saved::Input(x_in));
+                }
+                None if self.save => tapes.push(Saved::Tape(Box::new(tape))),
+                None => tape.recycle(),
             }
             x = out;
         }
@@ -494,7 +510,14 @@ impl CustomOp2 for Stack {
                     std::mem::take(&mut rest).split_at_mut(self.shape.layer_starts[li]);
                 rest = head;
                 let need_dx = li > 0 || x.track_op();
-                let tape = tapes.pop().expect("one tape per layer");
+                let tape = match tapes.pop().expect("one tape per layer") {
+                    Saved::Tape(tape) => *tape,
+                    Saved::Input(x_in) => {
+                        let (out, tape) = self.layer_forward(li, x_in, th)?;
+                        scratch::give(out);
+                        tape
+                    }
+                };
                 self.layer_backward(li, &tape, &mut g, (th, mine), need_dx)?;
                 tape.recycle();
             }

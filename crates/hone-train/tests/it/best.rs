@@ -42,6 +42,7 @@ fn cfg() -> TrainConfig {
         init_adapter: None,
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
+        gradient_checkpointing: false,
     }
 }
 

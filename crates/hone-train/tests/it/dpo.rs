@@ -53,6 +53,7 @@ fn train_cfg(epochs: u32) -> TrainConfig {
         init_adapter: None,
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
+        gradient_checkpointing: false,
     }
 }
 

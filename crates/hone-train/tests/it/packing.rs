@@ -207,6 +207,7 @@ fn config(packing: bool) -> SftConfig {
         init_adapter: None,
         packing,
         base_weights: hone_model::ops::BaseWeights::F32,
+        gradient_checkpointing: false,
     }
 }
 

@@ -83,6 +83,7 @@ fn config() -> SftConfig {
         init_adapter: None,
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
+        gradient_checkpointing: false,
     }
 }
 

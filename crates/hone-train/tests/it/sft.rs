@@ -60,6 +60,7 @@ fn config(epochs: u32) -> SftConfig {
         init_adapter: None,
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
+        gradient_checkpointing: false,
     }
 }
 

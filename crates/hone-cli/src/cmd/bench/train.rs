@@ -66,6 +66,10 @@ pub struct TrainBenchArgs {
     /// AMX-BF16, else f32), f32, bf16, q8_0 or native (docs/train.md).
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = BaseWeights::parse)]
     pub base_weights: BaseWeights,
+    /// Recompute each layer's activations in the backward (`hone train
+    /// --gradient-checkpointing`).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
@@ -123,7 +127,10 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
             &batch.input,
             &batch.targets,
             &batch.mask,
-            TrainOptions::default(),
+            TrainOptions {
+                gradient_checkpointing: args.gradient_checkpointing,
+                ..TrainOptions::default()
+            },
         )?;
         let loss = out.loss.to_scalar::<f32>()?;
         let grads = out.loss.backward()?;
@@ -166,6 +173,8 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         "base_weights": args.base_weights.as_str(),
         "base_weights_resolved": args.base_weights.resolved().as_str(),
         "products": products.describe(),
+        // The step's useful work: recomputed forwards are not counted in the GFLOP.
+        "gradient_checkpointing": args.gradient_checkpointing,
         "cpu_flags": base_weights::cpu_flags(),
         "step_gflop": round2(flops / 1e9),
         "gflops_per_second": round2(step_gflops),

@@ -79,6 +79,12 @@ pub struct StackSpec<'a> {
     /// LoRA dropout on every adapter's input: the probability and the pass's seed
     /// (each projection's mask seed is [`module_seed`](super::module_seed) of it).
     pub dropout: Option<(f32, u64)>,
+    /// Gradient checkpointing: keep only each layer's input for the backward and
+    /// recompute the layer's other activations there (one more forward per step, for
+    /// activation memory of one layer instead of all). The gradients are the same bit
+    /// for bit: the recomputation runs the same kernels on the same input, and dropout
+    /// masks come from the seeds.
+    pub checkpoint: bool,
 }
 
 /// Widths of the stack and where each adapter sits in `theta`.
