@@ -20,7 +20,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::{Detokenizer, FinishReason, Generation, GenerationParams, Sequence};
-use crate::engine::ChatEngine;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{Feed, KvCache};
 use crate::llama::{ForwardOptions, Llama};
@@ -31,23 +30,12 @@ use crate::llama::{ForwardOptions, Llama};
 pub const STEP_PROMPT_ROWS: usize = 16;
 
 /// What a row generates with: a model handle (its adapters on), the
-/// tokenizer that turns its ids into text, and the ids that end it.
+/// tokenizer that turns its ids into text, and the ids that end it
+/// (implemented by [`crate::ChatEngine`]).
 pub trait RowEngine: Send + Sync {
     fn model(&self) -> &Llama;
     fn detokenizer(&self) -> &dyn Detokenizer;
     fn stop_ids(&self) -> &[u32];
-}
-
-impl RowEngine for ChatEngine {
-    fn model(&self) -> &Llama {
-        &self.model
-    }
-    fn detokenizer(&self) -> &dyn Detokenizer {
-        self
-    }
-    fn stop_ids(&self) -> &[u32] {
-        self.tokenizer.tokenizer.stop_token_ids()
-    }
 }
 
 /// Where a row's output goes (the request that asked for it).

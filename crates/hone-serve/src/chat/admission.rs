@@ -8,10 +8,9 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::backend::ChatBackend;
+/// Seconds a 429 tells the client to wait (defined with the errors).
+pub use super::backend::RETRY_AFTER_SECS;
 use crate::error::ApiError;
-
-/// Seconds a 429 tells the client to wait.
-pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// Concurrent requests admitted by default: 16 per core, at least 32. They
 /// are rows of one running batch per model (whose step reads the weights

@@ -20,6 +20,9 @@ use hone_text::ChatMessage;
 use crate::api::ErrorCode;
 use crate::error::ApiError;
 
+/// Seconds a 429 tells the client to wait.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 /// What a request generates with: the model id the client named, the base
 /// model, and the adapter directory of an `ft:` or checkpoint model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +75,7 @@ impl From<ChatError> for ApiError {
             }
             ChatError::Grammar(_) => ApiError::invalid("response_format", e.to_string()),
             ChatError::Busy => ApiError::RateLimited {
-                retry_after_secs: super::admission::RETRY_AFTER_SECS,
+                retry_after_secs: RETRY_AFTER_SECS,
             },
             ChatError::OverBudget { .. } => ApiError::invalid("max_tokens", e.to_string()),
             ChatError::Generation(_) => ApiError::internal(e.to_string()),

@@ -28,9 +28,10 @@ pub mod run;
 pub mod scheduler;
 pub mod tools;
 
-pub use admission::{default_max_concurrent_chats, ChatService, RETRY_AFTER_SECS};
+pub use admission::{default_max_concurrent_chats, ChatService};
 pub use backend::{
     BatchSnapshot, CancelFlag, CancelOnDrop, ChatBackend, ChatError, ChatTarget, ChoiceUpdate,
+    RETRY_AFTER_SECS,
 };
 pub use local::{
     BatchOptions, LocalChat, LocalChatOptions, DEFAULT_KV_CACHE_MB, DEFAULT_MAX_ADAPTERS,

@@ -14,7 +14,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use hone_model::generate::{BatchRow, BatchStats, Generation, RowSink, RunningBatch};
@@ -188,11 +188,9 @@ fn engine_loop(rx: Receiver<BatchRow>, mut batch: RunningBatch, stats: &Mutex<Ba
                 Err(_) => return,
             }
         }
-        loop {
-            match rx.try_recv() {
-                Ok(row) => batch.join(row),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        // Everything that arrived during the last step joins before the next.
+        while let Ok(row) = rx.try_recv() {
+            batch.join(row);
         }
         batch.step();
         *lock(stats) = batch.stats();
