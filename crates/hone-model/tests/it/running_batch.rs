@@ -348,3 +348,48 @@ fn feeds_on_models_of_different_bases_are_an_error() {
     let e = Llama::step_feeds(&mut feeds, ForwardOptions::default()).unwrap_err();
     assert!(e.to_string().contains("one loaded base model"), "{e}");
 }
+
+/// The real SmolLM2 on its packed serving weights, base and two random
+/// adapters in one batch, greedy and seeded, a prompt several steps long
+/// among them: each row equals its generation alone.
+#[test]
+#[ignore = "needs HONE_TEST_GGUF (the real SmolLM2 GGUF)"]
+fn real_model_rows_on_mixed_adapters_equal_each_alone() {
+    let gguf = std::env::var("HONE_TEST_GGUF").expect("set HONE_TEST_GGUF");
+    let base = load_model(Path::new(&gguf), WeightPath::Packed).unwrap();
+    let a1 = adapted(&base, 1, &["q_proj", "v_proj"]);
+    let a2 = adapted(&base, 2, &["o_proj", "down_proj"]);
+    let engs: Vec<Arc<Eng>> = [base, a1, a2]
+        .into_iter()
+        .map(|model| {
+            Arc::new(Eng {
+                model,
+                stop: vec![2],
+                panic_on: None,
+            })
+        })
+        .collect();
+    let prompts = [
+        vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 2],
+        (0..40).map(|i| 100 + 37 * i).collect::<Vec<u32>>(),
+    ];
+    let mut rows = Vec::new();
+    for (i, e) in engs.iter().enumerate() {
+        for p in &prompts {
+            rows.push(Row::new(e, p.clone(), greedy(16)));
+            rows.push(Row::new(e, p.clone(), sampled(i as u64)));
+        }
+    }
+    let alone: Vec<_> = rows.iter().map(Row::alone).collect();
+    assert_ne!(
+        alone[0].0.token_ids, alone[4].0.token_ids,
+        "adapter 1 changes the answer"
+    );
+    let mut batch = RunningBatch::new(16);
+    rows.iter().for_each(|r| batch.join(r.batch_row()));
+    run(&mut batch);
+    for (i, (r, (g, text))) in rows.iter().zip(&alone).enumerate() {
+        assert_eq!(&r.result().unwrap().unwrap(), g, "row {i}");
+        assert_eq!(&r.seen.lock().unwrap().text, text, "row {i} streamed");
+    }
+}
