@@ -357,8 +357,8 @@ fn feeds_on_models_of_different_bases_are_an_error() {
 fn real_model_rows_on_mixed_adapters_equal_each_alone() {
     let gguf = std::env::var("HONE_TEST_GGUF").expect("set HONE_TEST_GGUF");
     let base = load_model(Path::new(&gguf), WeightPath::Packed).unwrap();
-    let a1 = adapted(&base, 1, &["q_proj", "v_proj"]);
-    let a2 = adapted(&base, 2, &["o_proj", "down_proj"]);
+    let a1 = adapted(&base, 20, &["q_proj", "v_proj"]);
+    let a2 = adapted(&base, 40, &["o_proj", "down_proj"]);
     let engs: Vec<Arc<Eng>> = [base, a1, a2]
         .into_iter()
         .map(|model| {
