@@ -173,6 +173,9 @@ def fine_tune_flow(client: OpenAI, tmp: Path) -> None:
                                        messages=messages, temperature=0, max_tokens=16)
     assert r.choices[0].message.content
 
+    concurrent_streams(client, [BASE, job.fine_tuned_model, ckpts[0].fine_tuned_model_checkpoint],
+                       messages)
+
     step("list models, then delete the fine-tuned model")
     ids = [m.id for m in client.models.list().data]
     assert BASE in ids and job.fine_tuned_model in ids, ids
@@ -185,6 +188,34 @@ def fine_tune_flow(client: OpenAI, tmp: Path) -> None:
         raise AssertionError("chat with a deleted model succeeded")
     except openai.NotFoundError:
         pass
+
+
+def concurrent_streams(client: OpenAI, models: list, messages: list) -> None:
+    """8 clients at once, streaming, on the base and two adapters (one batch
+    per base model in the server): each gets what it gets alone."""
+    step("8 concurrent streaming clients on mixed adapters")
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = [(models[i % len(models)], 24 + i) for i in range(8)]
+
+    def alone(ask):
+        model, n = ask
+        r = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                           max_tokens=n)
+        return r.choices[0].message.content
+
+    def streamed(ask):
+        model, n = ask
+        chunks = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                                max_tokens=n, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    expected = [alone(a) for a in asks]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(streamed, asks))
+    for a, e, g in zip(asks, expected, got):
+        assert g == e, f"{a}: concurrent {g!r} != alone {e!r}"
+    print(f"   {len(asks)} concurrent streams equal their answers alone")
 
 
 def embeddings_flow(client: OpenAI, model: str) -> None:

@@ -9,7 +9,7 @@ use hone_text::{ChatMessage, ChatTokenizer};
 
 use crate::constraint::{GrammarEnv, GrammarEnvCell};
 use crate::error::{text_err, Result};
-use crate::generate::{generate, Detokenizer, Generation, GenerationParams};
+use crate::generate::{generate, Detokenizer, Generation, GenerationParams, RowEngine};
 use crate::llama::{Llama, WeightPath};
 
 /// The weight path for serving: hone's packed kernels on the file's own
@@ -75,5 +75,19 @@ impl Detokenizer for ChatEngine {
 
     fn grammar_env(&self) -> Result<Arc<GrammarEnv>> {
         self.grammar.get(&self.tokenizer.tokenizer)
+    }
+}
+
+/// A row of the server's running batch generates with the engine's model
+/// handle (its adapters on), tokenizer and stop tokens.
+impl RowEngine for ChatEngine {
+    fn model(&self) -> &Llama {
+        &self.model
+    }
+    fn detokenizer(&self) -> &dyn Detokenizer {
+        self
+    }
+    fn stop_ids(&self) -> &[u32] {
+        self.tokenizer.tokenizer.stop_token_ids()
     }
 }

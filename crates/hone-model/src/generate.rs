@@ -252,23 +252,23 @@ pub fn generate_batch<M: BatchStepModel>(
 /// One completion in progress: its sampler, its grammar matcher (if any),
 /// the ids so far and the text shown so far. [`generate`] and [`generate_batch`] drive it the same way,
 /// which is why their results agree.
-struct Sequence<'p> {
+struct Sequence {
     prompt_len: usize,
     ctx: usize,
-    params: &'p GenerationParams,
+    max_tokens: usize,
     sampler: Sampler,
     constraint: Option<Constraint>,
-    stream: TextStream<'p>,
+    stream: TextStream,
     ids: Vec<u32>,
     finish: FinishReason,
     /// The last id is a stop token (kept in `token_ids`, not in the text).
     ended_by_stop_id: bool,
 }
 
-impl<'p> Sequence<'p> {
+impl Sequence {
     fn new(
         prompt: &[u32],
-        params: &'p GenerationParams,
+        params: &GenerationParams,
         ctx: usize,
         detok: &dyn Detokenizer,
     ) -> Result<Self> {
@@ -288,10 +288,10 @@ impl<'p> Sequence<'p> {
         Ok(Self {
             prompt_len: prompt.len(),
             ctx,
-            params,
+            max_tokens: params.max_tokens,
             sampler: Sampler::new(params),
             constraint,
-            stream: TextStream::new(&params.stop),
+            stream: TextStream::new(params.stop.clone()),
             ids: Vec::new(),
             finish: FinishReason::Length,
             ended_by_stop_id: false,
@@ -312,8 +312,7 @@ impl<'p> Sequence<'p> {
         detok: &dyn Detokenizer,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Option<u32>> {
-        if self.ids.len() >= self.params.max_tokens || self.prompt_len + self.ids.len() >= self.ctx
-        {
+        if self.ids.len() >= self.max_tokens || self.prompt_len + self.ids.len() >= self.ctx {
             return Ok(None);
         }
         let next = self.sample(logits, stop_ids)?;
@@ -333,7 +332,7 @@ impl<'p> Sequence<'p> {
             self.finish = FinishReason::Stop;
             return Ok(None);
         }
-        if self.ids.len() >= self.params.max_tokens {
+        if self.ids.len() >= self.max_tokens {
             return Ok(None);
         }
         Ok(Some(next))
@@ -381,15 +380,15 @@ impl<'p> Sequence<'p> {
 }
 
 /// Turns the growing decoded text into safe-to-show increments.
-struct TextStream<'a> {
-    stops: &'a [String],
+struct TextStream {
+    stops: Vec<String>,
     /// Text emitted so far (a prefix of every later decode).
     text: String,
     stopped: bool,
 }
 
-impl<'a> TextStream<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl TextStream {
+    fn new(stops: Vec<String>) -> Self {
         Self {
             stops,
             text: String::new(),
@@ -446,7 +445,7 @@ impl<'a> TextStream<'a> {
     /// Length of the longest suffix of `s` that is a proper prefix of a stop string.
     fn held_suffix(&self, s: &str) -> usize {
         let mut best = 0;
-        for st in self.stops {
+        for st in &self.stops {
             for (i, _) in st.char_indices().skip(1) {
                 let prefix = &st[..i];
                 if i > best && s.ends_with(prefix) {
@@ -542,6 +541,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+
+mod batch;
+pub use batch::{BatchRow, BatchStats, RowEngine, RowSink, RunningBatch, STEP_PROMPT_ROWS};
 
 #[cfg(test)]
 mod tests;

@@ -132,6 +132,55 @@ impl Llama {
     }
 }
 
+/// Tokens fed to one sequence in a [`Llama::step_feeds`] call: the model
+/// handle it runs (its own adapters), the tokens, and its cache.
+pub struct Feed<'a> {
+    pub model: &'a Llama,
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+impl Llama {
+    /// Feeds several sequences in one step, each on its own model handle
+    /// (clones of one loaded base, which differ in their adapters): a prompt
+    /// chunk of one and decode tokens of others go through the packed
+    /// weights together. Returns, per feed, the logits after its last token,
+    /// each equal to what [`Llama::step_logits`] gives for that feed alone.
+    /// On f32 weights (no packed step) the feeds run one after another.
+    pub fn step_feeds(feeds: &mut [Feed<'_>], opts: ForwardOptions) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = feeds.first() else {
+            return Ok(Vec::new());
+        };
+        match first.model.weight_path {
+            WeightPath::Packed => {
+                let models: Vec<(&Llama, &[u32])> =
+                    feeds.iter().map(|f| (f.model, f.ids)).collect();
+                let mut typed = Vec::with_capacity(feeds.len());
+                for f in feeds.iter_mut() {
+                    typed.push(f.cache.packed_mut()?);
+                }
+                decode::step_feeds(&models, &mut typed, opts.use_adapters)
+            }
+            WeightPath::F32 => feeds
+                .iter_mut()
+                .map(|f| {
+                    let start = f.cache.len();
+                    f.model.step_logits(f.ids, start, f.cache, opts)
+                })
+                .collect(),
+        }
+    }
+
+    /// Bytes of KV cache one sequence of `positions` positions holds (keys
+    /// and values of every layer, f32, keys in whole blocks of 64): what a
+    /// serving budget reserves per request.
+    pub fn kv_cache_bytes(&self, positions: usize) -> usize {
+        let c = &self.cfg;
+        let per_position = c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
+        2 * per_position * positions.div_ceil(64) * 64
+    }
+}
+
 /// Per-layer keys and values of the positions seen so far, as candle
 /// tensors `[b, kv_heads, positions, head_dim]`: the tensor forward pass's
 /// cache (the packed decode step has its own, [`crate::decode::PackedKvCache`]).

@@ -78,10 +78,18 @@ pub struct ServeConfig {
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
     pub base_weights: hone_model::ops::BaseWeights,
 
-    /// Chat completions generated at once; more get a 429 with
-    /// `Retry-After` (0: twice the cores, at least 4).
+    /// Chat completions admitted at once (they decode together, as rows of
+    /// one batch per model); more get a 429 with `Retry-After` (0: 16 per
+    /// core, at least 32).
     #[arg(long, env = "HONE_MAX_CONCURRENT_CHATS", default_value_t = 0)]
     pub max_concurrent_chats: usize,
+
+    /// KV-cache budget of chat, in MiB, for all models together. Each
+    /// request reserves what its rows can grow to (prompt plus max_tokens,
+    /// at most the context length, times n); over the budget it gets a 429
+    /// with `Retry-After`.
+    #[arg(long, env = "HONE_KV_CACHE_MB", default_value_t = crate::chat::DEFAULT_KV_CACHE_MB)]
+    pub kv_cache_mb: usize,
 
     /// LoRA adapters kept in memory for chat (least recently used evicted).
     #[arg(long, env = "HONE_MAX_ADAPTERS", default_value_t = crate::chat::DEFAULT_MAX_ADAPTERS)]
@@ -116,6 +124,7 @@ impl ServeConfig {
             checkpoint_every: 20,
             base_weights: hone_model::ops::BaseWeights::Auto,
             max_concurrent_chats: 0,
+            kv_cache_mb: crate::chat::DEFAULT_KV_CACHE_MB,
             max_adapters: crate::chat::DEFAULT_MAX_ADAPTERS,
             shutdown_timeout_secs: 60,
             embedding_model: None,
@@ -183,6 +192,7 @@ impl fmt::Debug for ServeConfig {
             .field("checkpoint_every", &self.checkpoint_every)
             .field("base_weights", &self.base_weights)
             .field("max_concurrent_chats", &self.max_concurrent_chats)
+            .field("kv_cache_mb", &self.kv_cache_mb)
             .field("max_adapters", &self.max_adapters)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .finish()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hone_model::ChatEngine;
-use hone_serve::chat::{LocalChat, LocalChatOptions};
+use hone_serve::chat::{BatchOptions, LocalChat, LocalChatOptions};
 use hone_serve::embeddings::EmbeddingService;
 use hone_serve::{
     AppState, BaseModels, Engines, HoneDataValidator, HoneTrainer, ServeConfig, TrainerOptions,
@@ -118,7 +118,11 @@ fn chat_backend(config: &ServeConfig, models: &BaseModels) -> anyhow::Result<Loc
         ..LocalChatOptions::default()
     };
     let weights = options.weights;
-    let mut chat = LocalChat::new(Arc::new(models.clone()), options);
+    let batching = BatchOptions {
+        kv_cache_bytes: config.kv_cache_mb.saturating_mul(1 << 20),
+        ..BatchOptions::default()
+    };
+    let mut chat = LocalChat::new(Arc::new(models.clone()), options).with_batching(batching);
     for m in models.iter() {
         let engine = models.load(&m.resolved, weights).with_context(|| {
             format!(
@@ -214,10 +218,11 @@ fn print_banner(
     }
     eprintln!(
         "jobs: up to {} at a time, checkpoint every {} step(s) and at each epoch end; \
-         chat: up to {} at a time, {} adapter(s) cached",
+         chat: up to {} at a time in a batch per model, KV cache {} MiB, {} adapter(s) cached",
         config.max_concurrent_jobs.max(1),
         config.checkpoint_every,
         config.chat_capacity(),
+        config.kv_cache_mb,
         config.max_adapters.max(1)
     );
 }

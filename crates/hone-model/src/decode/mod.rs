@@ -23,4 +23,4 @@ pub mod team;
 
 pub use attend::PackedKvCache;
 pub use packed::{PackedKind, PackedMatrix};
-pub(crate) use step::{step, step_batch};
+pub(crate) use step::{step, step_batch, step_feeds};

@@ -7,11 +7,17 @@
 //! per sequence. The linear layers multiply all rows at once (the weights are
 //! read once per call); RoPE and attention use each row's own position and
 //! cache. Equivalence with the candle path is tested in `tests/it/packed.rs`.
+//!
+//! Each sequence may run its own [`Llama`] handle: clones of one base model
+//! (the packed weights shared by `Arc`) that differ in their LoRA adapters.
+//! The base products are computed once for all rows; each row then adds its
+//! own sequence's adapter, so requests on different adapters share a batch
+//! and rows on the bare base pay nothing for the adapters of others.
 
 use crate::error::{ModelError, Result};
 use crate::family::Activation;
 use crate::linear::{BaseWeight, Linear, LoraAdapter};
-use crate::llama::{Block, Embedding, Llama, LmHead, Mlp};
+use crate::llama::{Block, Embedding, Llama, LmHead};
 
 use super::attend::{attend_rows, AttnDims, PackedKvCache};
 use super::packed::{matmul_many, PackedMatrix};
@@ -55,7 +61,7 @@ pub(crate) fn step(
         } else {
             &[]
         };
-        logits = forward_rows(model, &rows, &mut caches, use_adapters, want)?;
+        logits = forward_rows(&[model], &rows, &mut caches, use_adapters, want)?;
     }
     logits
         .pop()
@@ -78,7 +84,39 @@ pub(crate) fn step_batch(
     }
     let rows: Vec<(usize, u32)> = ids.iter().enumerate().map(|(i, &t)| (i, t)).collect();
     let want: Vec<usize> = (0..rows.len()).collect();
-    forward_rows(model, &rows, caches, use_adapters, &want)
+    forward_rows(&vec![model; rows.len()], &rows, caches, use_adapters, &want)
+}
+
+/// Feeds several sequences at once, each its own tokens on its own model
+/// handle: `feeds[i] = (model, ids)` follows the positions in `caches[i]`.
+/// Returns, per sequence, the logits after its last token. The models must
+/// share their base weights (clones of one loaded model, adapters apart).
+/// A prompt chunk of one sequence and decode tokens of others thus go
+/// through the weights together.
+pub(crate) fn step_feeds(
+    feeds: &[(&Llama, &[u32])],
+    caches: &mut [&mut PackedKvCache],
+    use_adapters: bool,
+) -> Result<Vec<Vec<f32>>> {
+    if feeds.is_empty() || feeds.len() != caches.len() || feeds.iter().any(|f| f.1.is_empty()) {
+        return Err(ModelError::Generation(format!(
+            "a step needs at least one token per sequence and one cache per sequence, \
+             got {} sequence(s) and {} cache(s)",
+            feeds.len(),
+            caches.len()
+        )));
+    }
+    let models: Vec<&Llama> = feeds.iter().map(|f| f.0).collect();
+    let mut rows = Vec::new();
+    let mut want = Vec::with_capacity(feeds.len());
+    for (seq, (_, ids)) in feeds.iter().enumerate() {
+        rows.extend(ids.iter().map(|&t| (seq, t)));
+        want.push(rows.len() - 1);
+    }
+    for (c, (_, ids)) in caches.iter_mut().zip(feeds) {
+        c.reserve(ids.len());
+    }
+    forward_rows(&models, &rows, caches, use_adapters, &want)
 }
 
 /// Shapes and switches of the model, read once per call.
@@ -129,15 +167,17 @@ struct Rows<'a> {
 
 /// Runs `rows` (sequence index, token) through the model, appending each
 /// row's keys and values to its sequence's cache in order, and returns the
-/// logits of the rows listed in `want`. The block is [`crate::family`]'s,
-/// every switch of the spec read here.
+/// logits of the rows listed in `want`. Sequence `s` runs `models[s]` (the
+/// base weights are read from `models[0]`, which all share). The block is
+/// [`crate::family`]'s, every switch of the spec read here.
 fn forward_rows(
-    model: &Llama,
+    models: &[&Llama],
     rows: &[(usize, u32)],
     caches: &mut [&mut PackedKvCache],
     use_adapters: bool,
     want: &[usize],
 ) -> Result<Vec<Vec<f32>>> {
+    let model = check_shared_base(models, caches.len())?;
     let dims = Dims::of(model);
     for c in caches.iter() {
         c.check_fits(&model.cfg)?;
@@ -153,12 +193,17 @@ fn forward_rows(
         x.iter_mut().for_each(|v| *v *= scale);
     }
     for (layer, block) in model.layers.iter().enumerate() {
+        let blocks = LayerBlocks {
+            base: block,
+            seqs: models.iter().map(|m| &m.layers[layer]).collect(),
+            use_adapters,
+        };
         let h = rms_norm_rows(&x, &block.input_layernorm, dims.eps, n)?;
-        let att = attention_rows(model, &dims, block, &h, &rs, caches, layer, use_adapters)?;
+        let att = attention_rows(model, &dims, &blocks, &h, &rs, caches, layer)?;
         let att = post_norm_rows(att, block.post_attn_norm.as_ref(), dims.eps, n)?;
         add_into(&mut x, &att);
         let h = rms_norm_rows(&x, &block.post_attention_layernorm, dims.eps, n)?;
-        let f = ffn_rows(&dims, &block.mlp, &h, n, use_adapters)?;
+        let f = ffn_rows(&dims, &blocks, &h, &rs)?;
         let f = post_norm_rows(f, block.post_ffn_norm.as_ref(), dims.eps, n)?;
         add_into(&mut x, &f);
     }
@@ -182,23 +227,25 @@ fn forward_rows(
 /// The attention of one layer for all rows, output projection included:
 /// q/k/v (with biases), per-head q/k norms, the layer's RoPE, the new keys
 /// and values appended to each row's cache, attention over the layer's window.
-#[allow(clippy::too_many_arguments)]
 fn attention_rows(
     model: &Llama,
     dims: &Dims,
-    block: &Block,
+    blocks: &LayerBlocks,
     h: &[f32],
     rs: &Rows,
     caches: &mut [&mut PackedKvCache],
     layer: usize,
-    use_adapters: bool,
 ) -> Result<Vec<f32>> {
     let n = rs.rows.len();
-    let at = &block.self_attn;
-    let qkv = linears_rows(&[&at.q_proj, &at.k_proj, &at.v_proj], h, n, use_adapters)?;
-    let [mut q, mut k, mut v]: [Vec<f32>; 3] = qkv
-        .try_into()
-        .map_err(|_| not_packed("the attention projections"))?;
+    let at = &blocks.base.self_attn;
+    let [mut q, mut k, mut v] = blocks.linears(
+        |b| {
+            let a = &b.self_attn;
+            [&a.q_proj, &a.k_proj, &a.v_proj]
+        },
+        h,
+        rs,
+    )?;
     for (y, bias) in [
         (&mut q, &at.q_bias),
         (&mut k, &at.k_bias),
@@ -237,17 +284,101 @@ fn attention_rows(
         caches,
         layer,
     );
-    linear_rows(&at.o_proj, &att, n, use_adapters)
+    let [out] = blocks.linears(|b| [&b.self_attn.o_proj], &att, rs)?;
+    Ok(out)
 }
 
 /// The gated feed-forward `act(h·Gate) ⊙ (h·Up) · Down` for all rows.
-fn ffn_rows(dims: &Dims, mlp: &Mlp, h: &[f32], n: usize, use_adapters: bool) -> Result<Vec<f32>> {
-    let gu = linears_rows(&[&mlp.gate_proj, &mlp.up_proj], h, n, use_adapters)?;
-    let [mut gate, up]: [Vec<f32>; 2] = gu
-        .try_into()
-        .map_err(|_| not_packed("the MLP projections"))?;
+fn ffn_rows(dims: &Dims, blocks: &LayerBlocks, h: &[f32], rs: &Rows) -> Result<Vec<f32>> {
+    let [mut gate, up] = blocks.linears(|b| [&b.mlp.gate_proj, &b.mlp.up_proj], h, rs)?;
     gate_in_place(&mut gate, &up, dims.activation);
-    linear_rows(&mlp.down_proj, &gate, n, use_adapters)
+    let [out] = blocks.linears(|b| [&b.mlp.down_proj], &gate, rs)?;
+    Ok(out)
+}
+
+/// The models of a step must be handles on one set of base weights (their
+/// adapters apart): returns the one whose base weights are read.
+fn check_shared_base<'m>(models: &[&'m Llama], seqs: usize) -> Result<&'m Llama> {
+    let Some(&first) = models.first() else {
+        return Err(ModelError::Generation(
+            "a step needs at least one sequence".into(),
+        ));
+    };
+    if models.len() != seqs {
+        return Err(ModelError::Generation(format!(
+            "{} model(s) for {seqs} sequence(s)",
+            models.len()
+        )));
+    }
+    let head = lm_head_arc(first);
+    if models.iter().any(|m| !std::ptr::eq(lm_head_arc(m), head)) {
+        return Err(ModelError::Generation(
+            "the sequences of one step must run on clones of one loaded base model".into(),
+        ));
+    }
+    Ok(first)
+}
+
+/// The address of a model's packed LM head (shared by every clone).
+fn lm_head_arc(m: &Llama) -> *const PackedMatrix {
+    match &m.lm_head {
+        LmHead::Packed(p) => std::sync::Arc::as_ptr(p),
+        _ => std::ptr::null(),
+    }
+}
+
+/// One layer as the rows of a step see it: the block whose base weights
+/// are multiplied, and each sequence's own block (whose adapters it adds).
+struct LayerBlocks<'a> {
+    base: &'a Block,
+    seqs: Vec<&'a Block>,
+    use_adapters: bool,
+}
+
+impl LayerBlocks<'_> {
+    /// `x·Wᵀ` for `n` rows and the `K` linears `pick` names (they read the
+    /// same input: one job for the thread team), then each row's own
+    /// adapter term `scale·(x·Aᵀ)·Bᵀ`, added per run of rows of one sequence.
+    fn linears<const K: usize>(
+        &self,
+        pick: impl Fn(&Block) -> [&Linear; K],
+        x: &[f32],
+        rs: &Rows,
+    ) -> Result<[Vec<f32>; K]> {
+        let n = rs.rows.len();
+        let mats = pick(self.base)
+            .iter()
+            .map(|lin| match lin.base() {
+                BaseWeight::Packed(w) => Ok(w.as_ref()),
+                _ => Err(not_packed("a linear layer")),
+            })
+            .collect::<Result<Vec<&PackedMatrix>>>()?;
+        let mut ys: [Vec<f32>; K] = matmul_many(&mats, x, n)?
+            .try_into()
+            .map_err(|_| not_packed("a linear layer"))?;
+        if !self.use_adapters {
+            return Ok(ys);
+        }
+        let inp = x.len() / n.max(1);
+        let mut start = 0;
+        while start < n {
+            let seq = rs.rows[start].0;
+            let end = start + rs.rows[start..].iter().take_while(|r| r.0 == seq).count();
+            for (lin, y) in pick(self.seqs[seq]).iter().zip(ys.iter_mut()) {
+                if let Some(ad) = lin.adapter() {
+                    let out = y.len() / n;
+                    add_lora(
+                        lin,
+                        ad,
+                        &x[start * inp..end * inp],
+                        &mut y[start * out..end * out],
+                    )?;
+                }
+            }
+            start = end;
+        }
+        Ok(ys)
+    }
 }
 
 /// Each row's position: its cache's length plus the earlier rows of the same
@@ -303,37 +434,6 @@ fn not_packed(what: &str) -> ModelError {
     ModelError::Config(format!(
         "{what} is not packed; load the model with WeightPath::Packed for this step"
     ))
-}
-
-/// `x·Wᵀ (+ scale·(x·Aᵀ)·Bᵀ)` for `n` rows, for several linears that read
-/// the same input (one job for the thread team).
-fn linears_rows(
-    lins: &[&Linear],
-    x: &[f32],
-    n: usize,
-    use_adapters: bool,
-) -> Result<Vec<Vec<f32>>> {
-    let mats = lins
-        .iter()
-        .map(|lin| match lin.base() {
-            BaseWeight::Packed(w) => Ok(w.as_ref()),
-            _ => Err(not_packed("a linear layer")),
-        })
-        .collect::<Result<Vec<&PackedMatrix>>>()?;
-    let mut ys = matmul_many(&mats, x, n)?;
-    if use_adapters {
-        for (lin, y) in lins.iter().zip(ys.iter_mut()) {
-            if let Some(ad) = lin.adapter() {
-                add_lora(lin, ad, x, y)?;
-            }
-        }
-    }
-    Ok(ys)
-}
-
-fn linear_rows(lin: &Linear, x: &[f32], n: usize, use_adapters: bool) -> Result<Vec<f32>> {
-    let mut ys = linears_rows(&[lin], x, n, use_adapters)?;
-    ys.pop().ok_or_else(|| not_packed("a linear layer"))
 }
 
 /// Adds the adapter's `scale·(x·Aᵀ)·Bᵀ` to `y`, row by row.

@@ -14,6 +14,7 @@ mod open;
 mod packed;
 mod real_families;
 mod real_model;
+mod running_batch;
 mod tiny;
 
 #[global_allocator]

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::backend::ChatBackend;
+/// Seconds a 429 tells the client to wait (defined with the errors).
+pub use super::backend::RETRY_AFTER_SECS;
 use crate::error::ApiError;
 
-/// Seconds a 429 tells the client to wait.
-pub const RETRY_AFTER_SECS: u64 = 1;
-
-/// Concurrent generations admitted by default: twice the cores (at least
-/// 4). More only time-slices the same cores and grows every latency.
+/// Concurrent requests admitted by default: 16 per core, at least 32. They
+/// are rows of one running batch per model (whose step reads the weights
+/// once for all rows), so many fit; the KV-cache budget is the other limit.
 pub fn default_max_concurrent_chats() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (2 * cores).max(4)
+    (16 * cores).max(32)
 }
 
 /// A backend plus admission control: at most `max_concurrent` generations

@@ -12,24 +12,37 @@
 //! measured faithful to f32). An adapter is loaded onto a clone of the base's
 //! model *handle* (its weights are reference-counted, so nothing is copied)
 //! and kept, as a ready engine, in an LRU cache. Requests on different
-//! adapters therefore run side by side on one base, and every request
-//! generates through [`ChatEngine::generate_ids`], like `hone chat`.
+//! adapters therefore run side by side on one base.
+//!
+//! Why an engine loop per base: a request's choices become rows of that
+//! base's running batch ([`super::scheduler`]), whatever their adapters, so
+//! concurrent requests share each read of the weights. Each request first
+//! reserves its KV cache from the budget shared by all bases, or is refused
+//! with a 429. [`ChatBackend::generate`] (one choice on the caller's thread,
+//! through [`ChatEngine::generate_ids`] like `hone chat`) stays for callers
+//! that wrap the backend one choice at a time.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
-use hone_model::generate::{Generation, GenerationParams};
+use hone_model::generate::{BatchRow, Generation, GenerationParams};
 use hone_model::{ChatEngine, ModelError, WeightPath, SERVING_WEIGHTS};
 use hone_text::ChatMessage;
 
-use super::backend::{ChatBackend, ChatError, ChatTarget};
+use super::backend::{BatchSnapshot, CancelFlag, ChatBackend, ChatError, ChatTarget, ChoiceUpdate};
+use super::scheduler::{ChannelSink, KvBudget, RowMsg, Scheduler, DEFAULT_MAX_BATCH_ROWS};
 use crate::catalog::BaseModels;
 
 /// Adapters kept in memory by default (`--max-adapters`).
 pub const DEFAULT_MAX_ADAPTERS: usize = 8;
+
+/// The KV-cache budget by default (`--kv-cache-mb`), in MiB: room for
+/// about ten SmolLM2-135M requests at its full 8k context, or a hundred
+/// at 600 positions each.
+pub const DEFAULT_KV_CACHE_MB: usize = 4096;
 
 /// Options of [`LocalChat`].
 #[derive(Debug, Clone)]
@@ -49,6 +62,24 @@ impl Default for LocalChatOptions {
     }
 }
 
+/// How [`LocalChat`] batches requests (see [`LocalChat::with_batching`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// The KV-cache budget of all bases together, in bytes.
+    pub kv_cache_bytes: usize,
+    /// Rows decoding at once per base; more admitted rows wait their turn.
+    pub max_batch_rows: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            kv_cache_bytes: DEFAULT_KV_CACHE_MB << 20,
+            max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+        }
+    }
+}
+
 /// The real backend: the catalog's base models, each loaded once (on first
 /// use, or given at start), and adapted engines from an LRU cache.
 pub struct LocalChat {
@@ -57,6 +88,9 @@ pub struct LocalChat {
     bases: Mutex<HashMap<String, Arc<ChatEngine>>>,
     adapters: Mutex<Lru<Arc<ChatEngine>>>,
     adapter_loads: AtomicU64,
+    batching: BatchOptions,
+    kv: Arc<KvBudget>,
+    schedulers: Mutex<HashMap<String, Arc<Scheduler>>>,
 }
 
 impl LocalChat {
@@ -67,11 +101,22 @@ impl LocalChat {
         let cap = options.max_adapters.max(1);
         LocalChat {
             catalog,
-            options,
             bases: Mutex::new(HashMap::new()),
             adapters: Mutex::new(Lru::new(cap)),
             adapter_loads: AtomicU64::new(0),
+            options,
+            batching: BatchOptions::default(),
+            kv: KvBudget::new(BatchOptions::default().kv_cache_bytes),
+            schedulers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Batches with `batching` instead of [`BatchOptions::default`] (set
+    /// before serving: the budget starts empty).
+    pub fn with_batching(mut self, batching: BatchOptions) -> Self {
+        self.kv = KvBudget::new(batching.kv_cache_bytes);
+        self.batching = batching;
+        self
     }
 
     /// Uses an already loaded engine for catalog base `id` (`hone serve`
@@ -86,6 +131,11 @@ impl LocalChat {
     /// and a broken model is reported before serving).
     pub fn preload(&self, id: &str) -> Result<(), ChatError> {
         self.base(id).map(|_| ())
+    }
+
+    /// The KV-cache budget requests reserve from (shared by all bases).
+    pub fn kv_budget(&self) -> Arc<KvBudget> {
+        self.kv.clone()
     }
 
     /// How many times an adapter was read from disk (cache misses).
@@ -128,6 +178,88 @@ impl LocalChat {
         Ok(engine)
     }
 
+    /// The engine loop of base `id`, started on first use.
+    fn scheduler(&self, id: &str) -> Result<Arc<Scheduler>, ChatError> {
+        let mut all = lock(&self.schedulers);
+        if let Some(s) = all.get(id) {
+            return Ok(s.clone());
+        }
+        let s = Scheduler::start(id, self.batching.max_batch_rows)
+            .map_err(|e| ChatError::Generation(format!("cannot start the engine loop: {e}")))?;
+        let s = Arc::new(s);
+        all.insert(id.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// The engine for `target` (its base, with its adapter if any) and the
+    /// prompt ids of `messages`.
+    fn prepare(
+        &self,
+        target: &ChatTarget,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<(Arc<ChatEngine>, Vec<u32>), ChatError> {
+        let base = self.base(&target.base)?;
+        let prompt = base
+            .encode_prompt(messages, tools)
+            .map_err(|e| ChatError::InvalidPrompt(e.to_string()))?;
+        let engine = match &target.adapter {
+            None => base,
+            Some(dir) => self.adapted(target, &base, dir)?,
+        };
+        Ok((engine, prompt))
+    }
+
+    /// The rows of one request, each holding its share of the KV budget:
+    /// 429 (`Busy`) when the budget is taken, `OverBudget` when the request
+    /// could never fit.
+    fn rows(
+        &self,
+        engine: &Arc<ChatEngine>,
+        prompt: &[u32],
+        params: &[GenerationParams],
+        cancel: &CancelFlag,
+        tx: &mpsc::Sender<RowMsg>,
+        ended: &Arc<AtomicBool>,
+    ) -> Result<Vec<BatchRow>, ChatError> {
+        let ctx = engine.model.cfg.max_position_embeddings;
+        if prompt.len() >= ctx {
+            return Err(ChatError::ContextOverflow {
+                needed: prompt.len() + 1,
+                max: ctx,
+            });
+        }
+        let per_row = |p: &GenerationParams| {
+            let positions = prompt.len().saturating_add(p.max_tokens).min(ctx);
+            engine.model.kv_cache_bytes(positions)
+        };
+        let needed: usize = params.iter().map(per_row).sum();
+        if needed > self.kv.budget() {
+            return Err(ChatError::OverBudget {
+                needed_mb: needed.div_ceil(1 << 20),
+                budget_mb: self.kv.budget() >> 20,
+            });
+        }
+        let mut kv = self.kv.try_reserve(needed).ok_or(ChatError::Busy)?;
+        let mut rows = Vec::with_capacity(params.len());
+        for (index, p) in params.iter().enumerate() {
+            // Split the request's reservation into one share per row, so
+            // each row gives its own back when it leaves.
+            let share = kv.split_off(per_row(p));
+            let sink = ChannelSink {
+                index,
+                tx: tx.clone(),
+                cancel: cancel.clone(),
+                ended: ended.clone(),
+                kv: Some(share),
+            };
+            let row = BatchRow::new(engine.clone(), prompt.to_vec(), p, Box::new(sink))
+                .map_err(gen_err)?;
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
     /// `base` with the adapter at `dir` attached, from the cache or from disk.
     fn adapted(
         &self,
@@ -162,17 +294,84 @@ impl ChatBackend for LocalChat {
         params: &GenerationParams,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, ChatError> {
-        let base = self.base(&target.base)?;
-        let prompt = base
-            .encode_prompt(messages, tools)
-            .map_err(|e| ChatError::InvalidPrompt(e.to_string()))?;
-        let engine = match &target.adapter {
-            None => base,
-            Some(dir) => self.adapted(target, &base, dir)?,
-        };
+        let (engine, prompt) = self.prepare(target, messages, tools)?;
         engine
             .generate_ids(&prompt, params, on_text)
             .map_err(gen_err)
+    }
+
+    /// The choices as rows of the base's running batch: reserve their KV
+    /// cache, hand them to the engine loop, relay what they report.
+    fn generate_choices(
+        &self,
+        target: &ChatTarget,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        params: &[GenerationParams],
+        cancel: &CancelFlag,
+        on: &mut dyn FnMut(usize, ChoiceUpdate<'_>) -> ControlFlow<()>,
+    ) -> Result<Vec<Generation>, ChatError> {
+        let (engine, prompt) = self.prepare(target, messages, tools)?;
+        let (tx, rx) = mpsc::channel();
+        // Set when this request stops listening: its rows then leave.
+        let ended = Arc::new(AtomicBool::new(false));
+        let _leave = EndOnDrop(ended.clone());
+        let rows = self.rows(&engine, &prompt, params, cancel, &tx, &ended)?;
+        drop(tx);
+        self.scheduler(&target.base)?
+            .submit(rows)
+            .map_err(gen_err)?;
+        let mut done: Vec<Option<Generation>> = params.iter().map(|_| None).collect();
+        while done.iter().any(Option::is_none) {
+            let Ok(msg) = rx.recv() else {
+                return Err(ChatError::Generation("the engine loop stopped".into()));
+            };
+            let flow = match msg {
+                RowMsg::Text(i, t) => on(i, ChoiceUpdate::Text(&t)),
+                RowMsg::Done(i, Ok(g)) => {
+                    let flow = on(i, ChoiceUpdate::Done(&g));
+                    done[i] = Some(g);
+                    flow
+                }
+                RowMsg::Done(_, Err(e)) => return Err(gen_err(e)),
+            };
+            if flow.is_break() {
+                break;
+            }
+        }
+        Ok(done.into_iter().flatten().collect())
+    }
+
+    fn batch_stats(&self) -> Vec<BatchSnapshot> {
+        let bases = lock(&self.bases);
+        let mut out: Vec<BatchSnapshot> = lock(&self.schedulers)
+            .iter()
+            .map(|(id, s)| {
+                let st = s.stats();
+                let per_position = bases.get(id).map_or(0, |e| e.model.kv_cache_bytes(64) / 64);
+                BatchSnapshot {
+                    model: id.clone(),
+                    running_rows: st.running,
+                    waiting_rows: st.waiting,
+                    last_step_tokens: st.last_step_tokens,
+                    kv_bytes_used: st.kv_positions * per_position,
+                    kv_bytes_reserved: self.kv.reserved(),
+                    kv_bytes_budget: self.kv.budget(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.model.cmp(&b.model));
+        out
+    }
+}
+
+/// Marks a request as no longer listening when dropped (it returned, or
+/// failed, or its thread unwound), so its remaining rows leave the batch.
+struct EndOnDrop(Arc<AtomicBool>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 

@@ -4,17 +4,16 @@
 //! handler turns the events into one JSON answer or SSE chunks.
 //!
 //! A client that goes away must not keep a core busy: the handler holds a
-//! [`CancelOnDrop`] guard, and generation checks the [`CancelFlag`] at every
-//! piece of text and between prompt chunks (hone-model's `generate` asks with
-//! an empty piece), so a long prefill stops within one chunk.
+//! [`CancelOnDrop`](super::backend::CancelOnDrop) guard, and generation
+//! checks the [`CancelFlag`] at every piece of text and between prompt
+//! chunks (hone-model's `generate` asks with an empty piece; the engine loop
+//! checks before every step), so a long prefill stops within one chunk.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use hone_model::generate::FinishReason as GenFinish;
 
-use super::backend::{ChatBackend, ChatError, ChatTarget};
+use super::backend::{CancelFlag, ChatBackend, ChatError, ChatTarget, ChoiceUpdate};
 use super::plan::ChatPlan;
 use crate::api::{FinishReason, Usage};
 
@@ -41,37 +40,10 @@ pub struct ChatRun {
     pub usage: Usage,
 }
 
-/// Set when the client is gone: generation stops at the next token.
-#[derive(Debug, Clone, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
-
-impl CancelFlag {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-    /// A guard that cancels when dropped: held by the handler's future or
-    /// the response stream, so a disconnect (which drops them) cancels.
-    pub fn guard(&self) -> CancelOnDrop {
-        CancelOnDrop(self.clone())
-    }
-}
-
-/// Cancels its flag when dropped.
-#[derive(Debug)]
-pub struct CancelOnDrop(CancelFlag);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-/// Generates the `n` choices of `plan` one after the other (choice `i` with
-/// seed `seed + i`), reporting events through `emit`. Blocking. Stops early
-/// when `cancel` is set or `emit` breaks.
+/// Generates the `n` choices of `plan` (choice `i` with seed `seed + i`;
+/// the real backend runs them as rows of one batch), reporting events
+/// through `emit`. Blocking. Stops early when `cancel` is set or `emit`
+/// breaks.
 pub fn run_choices(
     backend: &dyn ChatBackend,
     target: &ChatTarget,
@@ -79,64 +51,62 @@ pub fn run_choices(
     cancel: &CancelFlag,
     emit: &mut dyn FnMut(ChatEvent) -> ControlFlow<()>,
 ) -> Result<ChatRun, ChatError> {
-    let mut choices = Vec::with_capacity(plan.n as usize);
-    let mut usage = Usage::default();
-    for index in 0..plan.n {
+    let params: Vec<_> = (0..plan.n)
+        .map(|i| {
+            let mut p = plan.params.clone();
+            p.seed = p.seed.wrapping_add(i as u64);
+            p
+        })
+        .collect();
+    let mut on = |index: usize, update: ChoiceUpdate<'_>| {
         if cancel.is_cancelled() {
-            break;
+            return ControlFlow::Break(());
         }
-        let mut params = plan.params.clone();
-        params.seed = params.seed.wrapping_add(index as u64);
-        let mut stopped = false;
-        let mut on_text = |text: &str| {
-            if cancel.is_cancelled() {
-                stopped = true;
-                return ControlFlow::Break(());
-            }
-            if text.is_empty() {
-                // Generation asking, between prompt chunks, whether to go on.
-                return ControlFlow::Continue(());
-            }
-            let flow = emit(ChatEvent::Text {
+        let index = index as u32;
+        match update {
+            // Generation asking, between prompt chunks, whether to go on.
+            ChoiceUpdate::Text("") => ControlFlow::Continue(()),
+            ChoiceUpdate::Text(text) => emit(ChatEvent::Text {
                 index,
                 text: text.to_string(),
-            });
-            stopped |= flow.is_break();
-            flow
-        };
-        let g = backend.generate(
-            target,
-            &plan.messages,
-            plan.tool_list(),
-            &params,
-            &mut on_text,
-        )?;
-        let finish_reason = match g.finish_reason {
-            GenFinish::Stop => FinishReason::Stop,
-            GenFinish::Length => FinishReason::Length,
-        };
-        if index == 0 {
-            usage.prompt_tokens = count(g.prompt_tokens);
-        }
-        usage.completion_tokens = usage
-            .completion_tokens
-            .saturating_add(count(g.completion_tokens));
-        choices.push(ChoiceOutput {
-            text: g.text,
-            finish_reason,
-        });
-        if stopped
-            || emit(ChatEvent::Finish {
+            }),
+            ChoiceUpdate::Done(g) => emit(ChatEvent::Finish {
                 index,
-                reason: finish_reason,
-            })
-            .is_break()
-        {
-            break;
+                reason: finish_reason(g.finish_reason),
+            }),
         }
+    };
+    let gens = backend.generate_choices(
+        target,
+        &plan.messages,
+        plan.tool_list(),
+        &params,
+        cancel,
+        &mut on,
+    )?;
+    let mut usage = Usage::default();
+    if let Some(g) = gens.first() {
+        usage.prompt_tokens = count(g.prompt_tokens);
     }
+    usage.completion_tokens = gens
+        .iter()
+        .fold(0u32, |n, g| n.saturating_add(count(g.completion_tokens)));
     usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+    let choices = gens
+        .into_iter()
+        .map(|g| ChoiceOutput {
+            finish_reason: finish_reason(g.finish_reason),
+            text: g.text,
+        })
+        .collect();
     Ok(ChatRun { choices, usage })
+}
+
+fn finish_reason(f: GenFinish) -> FinishReason {
+    match f {
+        GenFinish::Stop => FinishReason::Stop,
+        GenFinish::Length => FinishReason::Length,
+    }
 }
 
 fn count(n: usize) -> u32 {
@@ -145,6 +115,8 @@ fn count(n: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use hone_model::generate::{Generation, GenerationParams};
     use hone_text::ChatMessage;
     use serde_json::json;

@@ -2,6 +2,7 @@
 //! in-process with `tower::ServiceExt::oneshot`, and once over a real
 //! listener.
 
+mod batching;
 mod chat;
 mod chat_store;
 mod common;

@@ -1,0 +1,338 @@
+//! Continuous batching: a [`RunningBatch`] of sequences that join and leave
+//! between steps, the machine behind the server's engine loop.
+//!
+//! Each step feeds every running row at once ([`Llama::step_feeds`]): one
+//! token for each row that is decoding, and a chunk of at most
+//! [`STEP_PROMPT_ROWS`] prompt tokens for the rows still reading their
+//! prompt, so a long prompt is read over several steps while the others
+//! keep streaming. Each row runs its own model handle (clones of one base
+//! that differ in their adapters), keeps its own KV cache, sampler and
+//! grammar matcher ([`Sequence`], the same state [`super::generate`]
+//! drives), so its result equals the unbatched one.
+//!
+//! A row leaves as soon as it is done, its sink no longer wants it (the
+//! client went away), or it fails; its cache is freed then. A panic while
+//! sampling or decoding one row fails that row only.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::{Detokenizer, FinishReason, Generation, GenerationParams, Sequence};
+use crate::error::{ModelError, Result};
+use crate::kv_cache::{Feed, KvCache};
+use crate::llama::{ForwardOptions, Llama};
+
+/// Prompt tokens fed per step, over all rows still reading their prompt:
+/// enough to read each weight block once for many tokens (the packed step's
+/// own chunk), few enough that the decoding rows wait little for them.
+pub const STEP_PROMPT_ROWS: usize = 16;
+
+/// What a row generates with: a model handle (its adapters on), the
+/// tokenizer that turns its ids into text, and the ids that end it
+/// (implemented by [`crate::ChatEngine`]).
+pub trait RowEngine: Send + Sync {
+    fn model(&self) -> &Llama;
+    fn detokenizer(&self) -> &dyn Detokenizer;
+    fn stop_ids(&self) -> &[u32];
+}
+
+/// Where a row's output goes (the request that asked for it).
+pub trait RowSink: Send {
+    /// False once the client has gone away: the row then leaves before the
+    /// next step (asked before every step, so keep it cheap).
+    fn wanted(&self) -> bool;
+    /// A new piece of text, safe to show; `Break` ends the row.
+    fn text(&mut self, piece: &str) -> ControlFlow<()>;
+    /// The end of the row: its generation, or why it failed. Called once.
+    fn done(&mut self, result: Result<Generation>);
+}
+
+/// A sequence ready to join a batch: built on the caller's thread, so that
+/// checking the prompt and compiling a grammar never stall the batch.
+pub struct BatchRow {
+    engine: Arc<dyn RowEngine>,
+    prompt: Vec<u32>,
+    seq: Sequence,
+    cache: KvCache,
+    /// Prompt tokens fed so far.
+    fed: usize,
+    /// The sampled token to feed next, once the prompt is read.
+    next: Option<u32>,
+    sink: Box<dyn RowSink>,
+}
+
+impl BatchRow {
+    /// A row generating a completion of `prompt` with `params` on `engine`.
+    /// Fails (as [`super::generate`] would) on an empty prompt, a prompt
+    /// over the context length, or a grammar the tokenizer cannot hold.
+    pub fn new(
+        engine: Arc<dyn RowEngine>,
+        prompt: Vec<u32>,
+        params: &GenerationParams,
+        sink: Box<dyn RowSink>,
+    ) -> Result<Self> {
+        let model = engine.model();
+        let seq = Sequence::new(
+            &prompt,
+            params,
+            model.cfg.max_position_embeddings,
+            engine.detokenizer(),
+        )?;
+        let cache = model.new_cache();
+        Ok(BatchRow {
+            engine,
+            prompt,
+            seq,
+            cache,
+            fed: 0,
+            next: None,
+            sink,
+        })
+    }
+
+    /// Ends the row: the generation so far (text held back for a possible
+    /// stop string included) goes to the sink, with `finish` when given.
+    fn finish(mut self, finish: Option<FinishReason>) {
+        if let Some(f) = finish {
+            self.seq.finish = f;
+        }
+        let BatchRow {
+            engine,
+            seq,
+            mut sink,
+            cache,
+            ..
+        } = self;
+        drop(cache);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            seq.finish(engine.detokenizer(), &mut |t| sink.text(t))
+        }))
+        .unwrap_or_else(|p| Err(panicked(&p)));
+        sink.done(result);
+    }
+
+    fn fail(self, e: ModelError) {
+        let BatchRow {
+            cache, mut sink, ..
+        } = self;
+        drop(cache);
+        sink.done(Err(e));
+    }
+
+    /// The tokens this row feeds next: its sampled token, or the next chunk
+    /// of its prompt of at most `budget` tokens (then taken from `budget`).
+    fn feed(&self, budget: &mut usize) -> Option<std::ops::Range<usize>> {
+        if self.next.is_some() {
+            return Some(0..1);
+        }
+        let take = (*budget).min(self.prompt.len() - self.fed);
+        *budget -= take;
+        (take > 0).then(|| self.fed..self.fed + take)
+    }
+}
+
+/// A snapshot of a batch, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Rows in the running batch.
+    pub running: usize,
+    /// Rows waiting for room in the batch.
+    pub waiting: usize,
+    /// Tokens fed by the last step (decode tokens plus prompt tokens).
+    pub last_step_tokens: usize,
+    /// Positions held in the KV caches of the running rows.
+    pub kv_positions: usize,
+}
+
+/// Rows decoding together, plus rows waiting for room (at most `max_rows`
+/// run at once).
+pub struct RunningBatch {
+    running: Vec<BatchRow>,
+    waiting: VecDeque<BatchRow>,
+    max_rows: usize,
+    last_step_tokens: usize,
+}
+
+impl RunningBatch {
+    /// A batch of at most `max_rows` (at least 1) running rows.
+    pub fn new(max_rows: usize) -> Self {
+        RunningBatch {
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            max_rows: max_rows.max(1),
+            last_step_tokens: 0,
+        }
+    }
+
+    /// Adds a row; it runs from the next step with room for it.
+    pub fn join(&mut self, row: BatchRow) {
+        self.waiting.push_back(row);
+    }
+
+    /// True when no row is running or waiting.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        BatchStats {
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            last_step_tokens: self.last_step_tokens,
+            kv_positions: self.running.iter().map(|r| r.cache.len()).sum(),
+        }
+    }
+
+    /// One step: rows no longer wanted leave, waiting rows join while there
+    /// is room, every running row is fed (a token, or a prompt chunk), and
+    /// each row whose prompt is read samples its next token. Rows that end
+    /// report to their sink and leave. Runs nothing when the batch is empty.
+    pub fn step(&mut self) {
+        self.drop_unwanted();
+        while self.running.len() < self.max_rows {
+            match self.waiting.pop_front() {
+                Some(r) => self.running.push(r),
+                None => break,
+            }
+        }
+        if self.running.is_empty() {
+            self.last_step_tokens = 0;
+            return;
+        }
+        let mut budget = STEP_PROMPT_ROWS;
+        let plan: Vec<Option<std::ops::Range<usize>>> =
+            self.running.iter().map(|r| r.feed(&mut budget)).collect();
+        self.last_step_tokens = plan.iter().flatten().map(|r| r.len()).sum();
+        let logits = match self.forward(&plan) {
+            Ok(l) => l,
+            Err(e) => {
+                // The step itself failed: no row fed in it can go on.
+                let fed = std::mem::take(&mut self.running);
+                for (row, p) in fed.into_iter().zip(&plan) {
+                    match p {
+                        Some(_) => row.fail(again(&e)),
+                        None => self.running.push(row),
+                    }
+                }
+                return;
+            }
+        };
+        let rows = std::mem::take(&mut self.running);
+        let mut logits = logits.into_iter();
+        for (mut row, p) in rows.into_iter().zip(plan) {
+            let Some(range) = p else {
+                self.running.push(row);
+                continue;
+            };
+            let l = logits.next().unwrap_or_default();
+            if row.next.is_none() {
+                row.fed = range.end;
+                if row.fed < row.prompt.len() {
+                    self.running.push(row);
+                    continue;
+                }
+            }
+            if let Some(row) = advance(row, &l) {
+                self.running.push(row);
+            }
+        }
+    }
+
+    /// Rows whose sink no longer wants them leave, running or waiting.
+    fn drop_unwanted(&mut self) {
+        let stop = Some(FinishReason::Stop);
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| r.sink.wanted());
+        self.running = keep;
+        gone.into_iter().for_each(|r| r.finish(stop));
+        let (keep, gone): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|r| r.sink.wanted());
+        self.waiting = keep;
+        gone.into_iter().for_each(|r| r.finish(stop));
+    }
+
+    /// The packed step over the rows `plan` feeds: the logits after each
+    /// fed row's tokens, in order. A panic in the model fails the step.
+    fn forward(&mut self, plan: &[Option<std::ops::Range<usize>>]) -> Result<Vec<Vec<f32>>> {
+        let mut feeds = Vec::with_capacity(plan.len());
+        for (row, p) in self.running.iter_mut().zip(plan) {
+            let Some(range) = p else { continue };
+            let BatchRow {
+                engine,
+                prompt,
+                cache,
+                next,
+                ..
+            } = row;
+            let ids = match next {
+                Some(t) => std::slice::from_ref(t),
+                None => &prompt[range.clone()],
+            };
+            feeds.push(Feed {
+                model: engine.model(),
+                ids,
+                cache,
+            });
+        }
+        catch_unwind(AssertUnwindSafe(|| {
+            Llama::step_feeds(&mut feeds, ForwardOptions::default())
+        }))
+        .unwrap_or_else(|p| Err(panicked(&p)))
+    }
+}
+
+/// Samples `row`'s next token from `logits` and streams its text. Returns
+/// the row when it goes on; else it has reported its end to its sink.
+fn advance(mut row: BatchRow, logits: &[f32]) -> Option<BatchRow> {
+    let BatchRow {
+        engine, seq, sink, ..
+    } = &mut row;
+    let step = catch_unwind(AssertUnwindSafe(|| {
+        seq.advance(logits, engine.stop_ids(), engine.detokenizer(), &mut |t| {
+            sink.text(t)
+        })
+    }));
+    match step {
+        Ok(Ok(Some(next))) => {
+            row.next = Some(next);
+            Some(row)
+        }
+        Ok(Ok(None)) => {
+            row.finish(None);
+            None
+        }
+        Ok(Err(e)) => {
+            row.fail(e);
+            None
+        }
+        Err(p) => {
+            row.fail(panicked(&p));
+            None
+        }
+    }
+}
+
+/// The error of a failed step, for each of its rows (errors are not `Clone`).
+fn again(e: &ModelError) -> ModelError {
+    match e {
+        ModelError::ContextOverflow { needed, max } => ModelError::ContextOverflow {
+            needed: *needed,
+            max: *max,
+        },
+        other => ModelError::Generation(other.to_string()),
+    }
+}
+
+/// A panic caught while generating one row, as that row's error.
+fn panicked(payload: &Box<dyn std::any::Any + Send>) -> ModelError {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    ModelError::Generation(format!("generation panicked: {what}"))
+}

@@ -1,0 +1,395 @@
+//! Continuous batching (`RunningBatch`, `Llama::step_feeds`) on a tiny random
+//! model: rows on different adapters, joining between steps and reading
+//! long prompts in chunks, each get exactly what `generate` gives them alone;
+//! a row that is no longer wanted leaves at once; a panic in one row's
+//! decoding fails that row only.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::GgmlDType;
+use hone_model::generate::{
+    generate, BatchRow, Detokenizer, FinishReason, Generation, GenerationParams, RowEngine,
+    RowSink, RunningBatch, STEP_PROMPT_ROWS,
+};
+use hone_model::kv_cache::Feed;
+use hone_model::lora::{LoraConfig, LoraParams};
+use hone_model::testing::{tiny_weights, write_tiny_gguf, TinySpec};
+use hone_model::{load_model, ForwardOptions, Llama, WeightPath};
+
+/// The tiny model, embeddings scaled down so the layers (and adapters)
+/// decide the answers (as in `batch.rs`).
+fn tiny(dir: &Path) -> Llama {
+    let spec = TinySpec::default();
+    let mut w = tiny_weights(&spec).unwrap();
+    for (name, t) in w.iter_mut() {
+        if name.contains("embed_tokens") {
+            *t = t.affine(0.02, 0.0).unwrap();
+        }
+    }
+    let gguf = dir.join("tiny.gguf");
+    write_tiny_gguf(&gguf, &spec, &w, GgmlDType::F32).unwrap();
+    load_model(&gguf, WeightPath::Packed).unwrap()
+}
+
+/// A clone of `base` (weights shared) with its own LoRA adapter.
+fn adapted(base: &Llama, seed: u64, targets: &[&str]) -> Llama {
+    let mut m = base.clone();
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+    };
+    let lora = LoraParams::attach(&mut m, &cfg, seed).unwrap();
+    for x in &lora.modules {
+        let b = x.b.as_tensor();
+        let b = candle_core::Tensor::ones(b.dims(), b.dtype(), b.device())
+            .unwrap()
+            .affine(0.05 * seed as f64, 0.0)
+            .unwrap();
+        x.b.set(&b).unwrap();
+    }
+    m
+}
+
+/// A row engine over a test model; decoding panics on `panic_on`.
+struct Eng {
+    model: Llama,
+    stop: Vec<u32>,
+    panic_on: Option<u32>,
+}
+
+impl Detokenizer for Eng {
+    fn decode(&self, ids: &[u32]) -> hone_model::Result<String> {
+        if let Some(p) = self.panic_on {
+            assert!(!ids.contains(&p), "decoding met token {p}");
+        }
+        Ok(ids.iter().map(|i| format!("<{i}>")).collect())
+    }
+}
+
+impl RowEngine for Eng {
+    fn model(&self) -> &Llama {
+        &self.model
+    }
+    fn detokenizer(&self) -> &dyn Detokenizer {
+        self
+    }
+    fn stop_ids(&self) -> &[u32] {
+        &self.stop
+    }
+}
+
+/// What a row reported.
+#[derive(Default)]
+struct Seen {
+    text: String,
+    done: Option<Result<Generation, String>>,
+}
+
+struct Sink {
+    seen: Arc<Mutex<Seen>>,
+    wanted: Arc<AtomicBool>,
+}
+
+impl RowSink for Sink {
+    fn wanted(&self) -> bool {
+        self.wanted.load(SeqCst)
+    }
+    fn text(&mut self, piece: &str) -> ControlFlow<()> {
+        self.seen.lock().unwrap().text.push_str(piece);
+        ControlFlow::Continue(())
+    }
+    fn done(&mut self, result: hone_model::Result<Generation>) {
+        let mut s = self.seen.lock().unwrap();
+        assert!(s.done.is_none(), "done twice");
+        s.done = Some(result.map_err(|e| e.to_string()));
+    }
+}
+
+struct Row {
+    eng: Arc<Eng>,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+    seen: Arc<Mutex<Seen>>,
+    wanted: Arc<AtomicBool>,
+}
+
+impl Row {
+    fn new(eng: &Arc<Eng>, prompt: Vec<u32>, params: GenerationParams) -> Self {
+        Row {
+            eng: eng.clone(),
+            prompt,
+            params,
+            seen: Arc::default(),
+            wanted: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    fn batch_row(&self) -> BatchRow {
+        let sink = Sink {
+            seen: self.seen.clone(),
+            wanted: self.wanted.clone(),
+        };
+        BatchRow::new(
+            self.eng.clone(),
+            self.prompt.clone(),
+            &self.params,
+            Box::new(sink),
+        )
+        .unwrap()
+    }
+
+    /// What `generate` gives this row alone, and the text it streams.
+    fn alone(&self) -> (Generation, String) {
+        let mut text = String::new();
+        let g = generate(
+            &self.eng.model,
+            &self.prompt,
+            &self.params,
+            &self.eng.stop,
+            &*self.eng,
+            &mut |t| {
+                text.push_str(t);
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        (g, text)
+    }
+
+    fn result(&self) -> Option<Result<Generation, String>> {
+        self.seen.lock().unwrap().done.clone()
+    }
+}
+
+fn engines(dir: &Path) -> Vec<Arc<Eng>> {
+    let base = tiny(dir);
+    let a1 = adapted(&base, 5, &["q_proj", "o_proj"]);
+    let a2 = adapted(&base, 9, &["v_proj", "down_proj", "gate_proj"]);
+    [base, a1, a2]
+        .into_iter()
+        .map(|model| {
+            Arc::new(Eng {
+                model,
+                stop: vec![],
+                panic_on: None,
+            })
+        })
+        .collect()
+}
+
+fn greedy(max_tokens: usize) -> GenerationParams {
+    GenerationParams {
+        max_tokens,
+        ..Default::default()
+    }
+}
+
+fn sampled(seed: u64) -> GenerationParams {
+    GenerationParams {
+        max_tokens: 10,
+        temperature: 0.9,
+        top_p: 0.9,
+        seed,
+        ..Default::default()
+    }
+}
+
+/// A prompt several steps long.
+fn long_prompt() -> Vec<u32> {
+    (0..(2 * STEP_PROMPT_ROWS + 7) as u32)
+        .map(|i| 3 + (i * 37) % 200)
+        .collect()
+}
+
+/// Steps until every row is done (a bounded number of steps).
+fn run(batch: &mut RunningBatch) {
+    for _ in 0..1000 {
+        if batch.is_empty() {
+            return;
+        }
+        batch.step();
+    }
+    panic!("the batch never emptied");
+}
+
+#[test]
+fn rows_on_mixed_adapters_equal_generating_each_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    let prompts = [
+        vec![1, 40, 50, 60, 70],
+        vec![3],
+        long_prompt(),
+        vec![100, 101],
+    ];
+    let mut rows = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        for (j, e) in engs.iter().enumerate() {
+            let params = if (i + j) % 2 == 0 {
+                greedy(8 + i)
+            } else {
+                sampled((10 * i + j) as u64)
+            };
+            rows.push(Row::new(e, p.clone(), params));
+        }
+    }
+    // The same prompt on each adapter must differ, else adapters are not applied.
+    let alone: Vec<_> = rows.iter().map(Row::alone).collect();
+    assert_ne!(alone[0].0.token_ids, alone[1].0.token_ids);
+    assert_ne!(alone[0].0.token_ids, alone[2].0.token_ids);
+
+    // Half join at once; the rest join one by one while the first decode.
+    let mut batch = RunningBatch::new(8);
+    let (first, later) = rows.split_at(rows.len() / 2);
+    first.iter().for_each(|r| batch.join(r.batch_row()));
+    batch.step();
+    batch.step();
+    for r in later {
+        batch.join(r.batch_row());
+        batch.step();
+        let st = batch.stats();
+        assert!(st.running <= 8, "{st:?}");
+        assert!(
+            st.last_step_tokens <= st.running + STEP_PROMPT_ROWS,
+            "a step feeds one token per decoding row plus one prompt chunk: {st:?}"
+        );
+    }
+    run(&mut batch);
+    assert_eq!(batch.stats().kv_positions, 0, "every cache was freed");
+    for (i, (r, (g, text))) in rows.iter().zip(&alone).enumerate() {
+        let got = r.result().expect("done").expect("no error");
+        assert_eq!(&got, g, "row {i}");
+        assert_eq!(&r.seen.lock().unwrap().text, text, "row {i} streamed");
+    }
+}
+
+#[test]
+fn a_row_no_longer_wanted_leaves_at_once_with_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    let keep = Row::new(&engs[1], vec![1, 2, 3], greedy(30));
+    let gone = Row::new(&engs[2], long_prompt(), greedy(30));
+    let mut batch = RunningBatch::new(4);
+    batch.join(keep.batch_row());
+    batch.join(gone.batch_row());
+    batch.step();
+    let before = batch.stats();
+    assert_eq!(before.running, 2);
+    assert!(gone.result().is_none());
+    gone.wanted.store(false, SeqCst);
+    batch.step();
+    let after = batch.stats();
+    assert_eq!(after.running, 1, "{after:?}");
+    assert_eq!(
+        after.kv_positions,
+        3 + 1,
+        "only the kept row's cache remains"
+    );
+    let g = gone.result().expect("told at once").unwrap();
+    assert_eq!(
+        (g.finish_reason, g.completion_tokens),
+        (FinishReason::Stop, 0)
+    );
+    run(&mut batch);
+    assert_eq!(keep.result().unwrap().unwrap(), keep.alone().0);
+}
+
+#[test]
+fn a_panic_while_decoding_one_row_fails_that_row_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    let prompt = vec![1, 40, 50, 60, 70];
+    let ok = Row::new(&engs[0], prompt.clone(), greedy(8));
+    let bad_token = ok.alone().0.token_ids[1];
+    let bad = Arc::new(Eng {
+        model: engs[0].model.clone(),
+        stop: vec![],
+        panic_on: Some(bad_token),
+    });
+    let bad = Row::new(&bad, prompt, greedy(8));
+    let other = Row::new(&engs[1], vec![5, 6], sampled(3));
+    let mut batch = RunningBatch::new(4);
+    for r in [&ok, &bad, &other] {
+        batch.join(r.batch_row());
+    }
+    run(&mut batch);
+    let err = bad.result().unwrap().unwrap_err();
+    assert!(
+        err.contains("panicked") && err.contains("decoding met token"),
+        "{err}"
+    );
+    assert_eq!(ok.result().unwrap().unwrap(), ok.alone().0);
+    assert_eq!(other.result().unwrap().unwrap(), other.alone().0);
+}
+
+#[test]
+fn feeds_on_models_of_different_bases_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = tiny(dir.path());
+    let b = tiny(dir.path());
+    let (mut ca, mut cb) = (a.new_cache(), b.new_cache());
+    let mut feeds = [
+        Feed {
+            model: &a,
+            ids: &[1, 2],
+            cache: &mut ca,
+        },
+        Feed {
+            model: &b,
+            ids: &[3],
+            cache: &mut cb,
+        },
+    ];
+    let e = Llama::step_feeds(&mut feeds, ForwardOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("one loaded base model"), "{e}");
+}
+
+/// The real SmolLM2 on its packed serving weights, base and two random
+/// adapters in one batch, greedy and seeded, a prompt several steps long
+/// among them: each row equals its generation alone.
+#[test]
+#[ignore = "needs HONE_TEST_GGUF (the real SmolLM2 GGUF)"]
+fn real_model_rows_on_mixed_adapters_equal_each_alone() {
+    let gguf = std::env::var("HONE_TEST_GGUF").expect("set HONE_TEST_GGUF");
+    let base = load_model(Path::new(&gguf), WeightPath::Packed).unwrap();
+    let a1 = adapted(&base, 20, &["q_proj", "v_proj"]);
+    let a2 = adapted(&base, 40, &["o_proj", "down_proj"]);
+    let engs: Vec<Arc<Eng>> = [base, a1, a2]
+        .into_iter()
+        .map(|model| {
+            Arc::new(Eng {
+                model,
+                stop: vec![2],
+                panic_on: None,
+            })
+        })
+        .collect();
+    let prompts = [
+        vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 2],
+        (0..40).map(|i| 100 + 37 * i).collect::<Vec<u32>>(),
+    ];
+    let mut rows = Vec::new();
+    for (i, e) in engs.iter().enumerate() {
+        for p in &prompts {
+            rows.push(Row::new(e, p.clone(), greedy(16)));
+            rows.push(Row::new(e, p.clone(), sampled(i as u64)));
+        }
+    }
+    let alone: Vec<_> = rows.iter().map(Row::alone).collect();
+    assert_ne!(
+        alone[0].0.token_ids, alone[4].0.token_ids,
+        "adapter 1 changes the answer"
+    );
+    let mut batch = RunningBatch::new(16);
+    rows.iter().for_each(|r| batch.join(r.batch_row()));
+    run(&mut batch);
+    for (i, (r, (g, text))) in rows.iter().zip(&alone).enumerate() {
+        assert_eq!(&r.result().unwrap().unwrap(), g, "row {i}");
+        assert_eq!(&r.seen.lock().unwrap().text, text, "row {i} streamed");
+    }
+}
