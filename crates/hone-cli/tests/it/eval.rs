@@ -369,7 +369,7 @@ fn bad_baselines_are_clear_errors() {
     // The documents are checked before the embedding model loads; with
     // documents in place, an embedding model that does not exist is named.
     let docs = st.dir.path().join("docs");
-    let rag = format!("rag:{}", docs.display());
+    let rag = format!("rag:{}:1", docs.display());
     let no_model = ["--embedding-model", "/no/such/model"];
     fails(
         &[&["--baseline", rag.as_str()][..], &no_model].concat(),
