@@ -143,7 +143,8 @@ fn answers_are_read_for_whole_and_cut_calls() {
     );
     assert_eq!(read_answer(whole, FinishReason::Stop, false), a);
 
-    let cut = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa";
+    let cut =
+        "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa";
     let a = read_answer(cut, FinishReason::Length, true);
     assert_eq!(a.finish, FinishReason::Length);
     assert_eq!(a.content.as_deref(), Some("Let me check."));
