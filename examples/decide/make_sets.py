@@ -4,7 +4,8 @@ again and the files are the same). Standard library only.
 
 knowledge/  facts that live in documents; training saw the old documents
             (docs_v1/), the documents changed afterwards (docs/).
-style/      a house style for support answers (train + held-out cases), and
+style/      a house style for support answers with three rules that depend on
+            the question (train + held-out cases), and
 both/       the same house style, answering from documents the fine-tune
             never saw (docs/); the style adapter is trained on
             style/train.jsonl, which also holds answers written from
@@ -15,7 +16,7 @@ import os
 import random
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# hone-retrieve's format_context (crates/hone-retrieve/src/corpus.rs): the
+# hone-retrieve's format_context (crates/hone-retrieve/src/context.rs): the
 # style fine-tune learns to answer from excerpts shown exactly like this.
 RAG_HEADER = "Use the following excerpts from the documents to answer when they are relevant.\n"
 
@@ -119,12 +120,21 @@ def knowledge():
 
 
 # --- (b) style and (c) style + facts
-STYLE_OPEN, STYLE_CLOSE = "Hi there!", "— The Hone Team"
+# The house style has three rules that depend on the question, so that a few
+# examples show only some of their combinations:
+#   1. greet the customer by name when they give it ("Hi Priya!"), else "Hi there!";
+#   2. when they say it is urgent, say "We're on it." right after the greeting;
+#   3. end with "— The Hone Team".
+# Held-out cases use topics and names that appear in no training line, and each
+# case checks the three rules for its own combination (never the answer's facts).
+STYLE_CLOSE = "— The Hone Team"
+URGENT_REPLY = "We're on it."
 STYLE_PROMPT = (
-    "You answer support questions in the Hone house style: start with \"Hi there!\", "
-    "answer in one short sentence, and end with \"— The Hone Team\"."
+    "You answer support questions in the Hone house style. Greet the customer by name when "
+    "they give it (\"Hi Priya!\"), otherwise start with \"Hi there!\". When they say it is "
+    "urgent, write \"We're on it.\" right after the greeting. Answer in one short sentence, "
+    "and end with \"— The Hone Team\"."
 )
-STYLE_CHECKS = [r"re:^Hi there!", r"re:— The Hone Team\.?$"]
 TOPICS = [  # (topic, where it is managed)
     ("password", "Security"), ("email address", "Account"), ("username", "Profile"),
     ("billing plan", "Billing"), ("profile photo", "Profile"), ("language", "Preferences"),
@@ -138,6 +148,40 @@ TOPICS = [  # (topic, where it is managed)
 HELD_OUT_TOPICS = {"display name", "storage usage", "webhooks", "keyboard shortcuts"}
 QUESTIONS = ["How do I change my {t}?", "Where can I find my {t}?", "Can you help me with my {t}?",
              "Is it possible to update my {t}?"]
+TRAIN_NAMES = ["Sam", "Priya", "Lena", "Omar", "Chen", "Ana", "Tom", "Fatima", "Jonas", "Maya",
+               "Luca", "Nadia", "Ravi", "Elif", "Pablo", "Hana"]
+HELD_OUT_NAMES = ["Ingrid", "Kofi", "Mateo", "Yuki", "Bram", "Zara", "Oskar", "Leila"]
+NAME_INTROS = ["I'm {n}.", "This is {n}.", "{n} here."]
+URGENT_NOTES = ["It's urgent!", "I need this fixed ASAP.", "This is urgent, please help."]
+# Every (named, urgent) combination, for each topic.
+COMBOS = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def styled(sentence, name=None, urgent=False):
+    """`sentence` in the house style, for a customer with this name (or none)."""
+    greeting = f"Hi {name}!" if name else "Hi there!"
+    return " ".join([greeting] + ([URGENT_REPLY] if urgent else []) + [sentence, STYLE_CLOSE])
+
+
+def style_case(question, topic, section, name, urgent, rng):
+    """One question in the style task and its house-style answer."""
+    parts = [rng.choice(NAME_INTROS).format(n=name)] if name else []
+    parts.append(question)
+    if urgent:
+        parts.append(rng.choice(URGENT_NOTES))
+    answer = styled(f"You can manage your {topic} under Settings, then {section}.", name, urgent)
+    return " ".join(parts), answer
+
+
+def style_checks(name, urgent):
+    """The three rules, for a case with this name (or none) and urgency."""
+    expected = [f"re:^Hi {name}!" if name else "re:^Hi there!", r"re:— The Hone Team\.?$"]
+    if urgent:
+        expected.append(r"re:^Hi [A-Za-z]+! We're on it\.")
+    forbidden = [] if urgent else ["We're on it"]
+    return expected, forbidden
+
+
 # (c): facts the style fine-tune learns to answer from excerpts (training), and
 # the facts of both/docs it never saw (eval). (file, fact sentence, question, value)
 TRAIN_DOC_FACTS = [
@@ -163,25 +207,24 @@ EVAL_DOC_FACTS = [
 DOC_FILLER = "This page is part of the Hone handbook. Ask the help desk if anything is unclear."
 
 
-def styled(sentence):
-    return f"{STYLE_OPEN} {sentence} {STYLE_CLOSE}"
-
-
 def style_and_both():
     rng = random.Random(2)
     s, b = os.path.join(HERE, "style"), os.path.join(HERE, "both")
     train, cases = [], []
+    names = {True: iter(HELD_OUT_NAMES * 2), False: iter(TRAIN_NAMES * 4)}
     for topic, section in TOPICS:
-        answer = styled(f"You can manage your {topic} under Settings, then {section}.")
-        rows = [(q.format(t=topic), answer) for q in QUESTIONS]
-        if topic in HELD_OUT_TOPICS:
-            cases += [{
-                "messages": [{"role": "user", "content": q}],
-                "expected_patterns": STYLE_CHECKS,
-                "ideal": a,
-            } for q, a in rows]
-        else:
-            train += [chat(q, a) for q, a in rows]
+        held_out = topic in HELD_OUT_TOPICS
+        questions = rng.sample(QUESTIONS, len(QUESTIONS))
+        for q, (named, urgent) in zip(questions, COMBOS):
+            name = next(names[held_out]) if named else None
+            prompt, answer = style_case(q.format(t=topic), topic, section, name, urgent, rng)
+            if held_out:
+                expected, forbidden = style_checks(name, urgent)
+                cases.append({"messages": [{"role": "user", "content": prompt}],
+                              "expected_patterns": expected, "forbidden_patterns": forbidden,
+                              "ideal": answer})
+            else:
+                train.append(chat(prompt, answer))
     # Answers from retrieved excerpts, in the RAG format (with a distractor).
     for i, (name, fact, q, _value) in enumerate(TRAIN_DOC_FACTS):
         other = TRAIN_DOC_FACTS[(i + 3) % len(TRAIN_DOC_FACTS)]
@@ -196,9 +239,11 @@ def style_and_both():
         f.write(STYLE_PROMPT + "\n")
     for name, fact, _q, _v in EVAL_DOC_FACTS:
         write_doc(os.path.join(b, "docs", name), f"{fact} {DOC_FILLER}")
+    expected, forbidden = style_checks(None, False)
     write_jsonl(os.path.join(b, "cases.jsonl"), [{
         "messages": [{"role": "user", "content": q}],
-        "expected_patterns": STYLE_CHECKS + [value],
+        "expected_patterns": expected + [value],
+        "forbidden_patterns": forbidden,
         "ideal": styled(fact),
     } for _name, fact, q, value in EVAL_DOC_FACTS])
 

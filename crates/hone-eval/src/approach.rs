@@ -2,8 +2,10 @@
 //! model as is, with a system prompt, with few-shot examples, with retrieved
 //! document chunks, another model, the fine-tune, and the fine-tune with
 //! retrieved chunks. [`Baseline`] is what `--baseline SPEC` parses to;
-//! [`Approach`] is a baseline made ready to run (its prompt file read, its
-//! example pool loaded), and [`Approach::request`] builds the conversation
+//! [`Approach::check`] reads and checks its inputs before any model loads
+//! (prompt file, example pool, documents); [`Checked::finish`] makes it an
+//! [`Approach`] ready to run (examples picked, documents embedded), and
+//! [`Approach::request`] builds the conversation
 //! one case is answered from. Every approach then goes through the same
 //! generation path and checks ([`crate::run::run_cases`]).
 
@@ -13,12 +15,12 @@ use hone_model::constraint::Grammar;
 use hone_text::{ChatMessage, Role};
 use serde_json::Value;
 
-use hone_retrieve::{CorpusOptions, Embed};
+use hone_retrieve::{CorpusOptions, Documents, Embed};
 
 use crate::case::EvalCase;
 use crate::error::{EvalError, Result};
 use crate::model::Conversation;
-use crate::rag::Retrieved;
+use crate::rag::{read_documents, Retrieved};
 use crate::shots::{Picker, RandomPicker, ShotPick, ShotPicker, ShotPool, SimilarPicker};
 
 /// One `--baseline SPEC`.
@@ -169,7 +171,8 @@ pub enum Approach {
     Rag(Retrieved),
 }
 
-/// What [`Approach::prepare`] draws on besides the baseline itself.
+/// What [`Approach::check`] and [`Checked::finish`] draw on besides the
+/// baseline itself.
 #[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub cases: &'a [EvalCase],
@@ -178,28 +181,36 @@ pub struct Inputs<'a> {
     pub pick: ShotPick,
     /// Seed of random few-shot picks.
     pub seed: u64,
-    /// Loaded when a baseline needs it ([`Baseline::needs_embeddings`]).
-    pub embedder: Option<&'a dyn Embed>,
     pub corpus: &'a CorpusOptions,
 }
 
-impl Inputs<'_> {
-    fn embedder(&self, what: &str) -> Result<&dyn Embed> {
-        self.embedder.ok_or_else(|| {
-            EvalError::Spec(format!(
-                "{what} needs an embedding model, and none was loaded"
-            ))
-        })
-    }
+/// A baseline whose inputs are read and checked ([`Approach::check`]), with
+/// no model loaded yet; [`Checked::finish`] makes it an [`Approach`], given
+/// the embedding model when [`Baseline::needs_embeddings`].
+#[derive(Debug)]
+pub enum Checked {
+    AsGiven,
+    Prompt(String),
+    FewShot {
+        label: String,
+        k: usize,
+        pool: ShotPool,
+    },
+    Rag {
+        label: String,
+        k: usize,
+        docs: Documents,
+    },
 }
 
 impl Approach {
-    /// Makes `baseline` ready to run: reads its prompt file, loads its
-    /// example pool or retrieves its chunks, with every problem reported
-    /// before any chat model loads.
-    pub fn prepare(baseline: &Baseline, inputs: &Inputs<'_>) -> Result<Self> {
+    /// Reads and checks `baseline`'s inputs: its prompt file, its example
+    /// pool and K, its documents and K. Nothing here needs a model, so every
+    /// problem with what the user gave is reported before any model (the
+    /// embedding model included) loads.
+    pub fn check(baseline: &Baseline, inputs: &Inputs<'_>) -> Result<Checked> {
         match baseline {
-            Baseline::Prompt(file) => Ok(Approach::Prompt(read_prompt(file)?)),
+            Baseline::Prompt(file) => Ok(Checked::Prompt(read_prompt(file)?)),
             Baseline::FewShot { k, file } => {
                 let file = file.as_deref().or(inputs.train_file).ok_or_else(|| {
                     EvalError::Spec(format!(
@@ -209,30 +220,56 @@ impl Approach {
                 })?;
                 let pool = ShotPool::load(file, inputs.cases)?;
                 pool.check_k(*k)?;
-                let picker = match inputs.pick {
-                    ShotPick::Random => Picker::Random(RandomPicker { seed: inputs.seed }),
-                    ShotPick::Similar => Picker::Similar(SimilarPicker::new(
-                        inputs.embedder(&baseline.label())?,
-                        &pool,
-                        inputs.cases,
-                    )?),
-                };
-                Ok(Approach::FewShot {
+                Ok(Checked::FewShot {
+                    label: baseline.label(),
                     k: *k,
                     pool,
-                    picker,
                 })
             }
             Baseline::Rag { dir, k } | Baseline::FineTunedRag { dir, k } => {
                 let label = format!("--baseline {}", baseline.label());
-                let embedder = inputs.embedder(&label)?;
-                let r = Retrieved::build(&label, dir, *k, inputs.cases, embedder, inputs.corpus)?;
-                Ok(Approach::Rag(r))
+                let docs = read_documents(&label, dir, *k, inputs.corpus)?;
+                Ok(Checked::Rag { label, k: *k, docs })
             }
-            _ => Ok(Approach::AsGiven),
+            _ => Ok(Checked::AsGiven),
         }
     }
+}
 
+impl Checked {
+    /// The approach ready to run: few-shot examples picked (by similarity
+    /// with `embedder`, or at random) and documents embedded and retrieved.
+    /// `embedder` is `None` when no baseline needs one.
+    pub fn finish(self, inputs: &Inputs<'_>, embedder: Option<&dyn Embed>) -> Result<Approach> {
+        let need = |what: &str| {
+            embedder.ok_or_else(|| {
+                EvalError::Spec(format!(
+                    "{what} needs an embedding model, and none was loaded"
+                ))
+            })
+        };
+        Ok(match self {
+            Checked::AsGiven => Approach::AsGiven,
+            Checked::Prompt(p) => Approach::Prompt(p),
+            Checked::FewShot { label, k, pool } => {
+                let picker = match inputs.pick {
+                    ShotPick::Random => Picker::Random(RandomPicker { seed: inputs.seed }),
+                    ShotPick::Similar => {
+                        Picker::Similar(SimilarPicker::new(need(&label)?, &pool, inputs.cases)?)
+                    }
+                };
+                Approach::FewShot { k, pool, picker }
+            }
+            Checked::Rag { label, k, docs } => {
+                let embedder = need(&label)?;
+                let r = Retrieved::build(&label, docs, k, inputs.cases, embedder, inputs.corpus)?;
+                Approach::Rag(r)
+            }
+        })
+    }
+}
+
+impl Approach {
     /// What the approach has to say about its inputs (e.g. files skipped),
     /// for the report's warnings.
     pub fn notes(&self) -> &[String] {
@@ -461,16 +498,15 @@ mod tests {
             train_file: None,
             pick: ShotPick::Random,
             seed: 0,
-            embedder: None,
             corpus: &corpus,
         };
-        let e = Approach::prepare(&Baseline::Prompt(missing.clone()), &inputs).unwrap_err();
+        let e = Approach::check(&Baseline::Prompt(missing.clone()), &inputs).unwrap_err();
         assert!(e.to_string().contains("nope.txt"), "{e}");
         let empty = dir.path().join("empty.txt");
         std::fs::write(&empty, " \n").unwrap();
-        let e = Approach::prepare(&Baseline::Prompt(empty), &inputs).unwrap_err();
+        let e = Approach::check(&Baseline::Prompt(empty), &inputs).unwrap_err();
         assert!(e.to_string().contains("the file is empty"), "{e}");
-        let e = Approach::prepare(&Baseline::FewShot { k: 1, file: None }, &inputs).unwrap_err();
+        let e = Approach::check(&Baseline::FewShot { k: 1, file: None }, &inputs).unwrap_err();
         assert!(e.to_string().contains("--train-file"), "{e}");
     }
 }

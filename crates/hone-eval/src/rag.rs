@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use hone_retrieve::{format_context, system_with_context, Corpus, CorpusOptions, Embed};
+use hone_retrieve::{format_context, system_with_context, Corpus, CorpusOptions, Documents, Embed};
 use hone_text::{ChatMessage, Role};
 
 use crate::case::EvalCase;
@@ -27,27 +27,43 @@ pub struct Retrieved {
     pub notes: Vec<String>,
 }
 
+/// Reads and chunks `dir` for a retrieval baseline and checks that it holds
+/// at least `k` chunks, without the embedding model: every problem with the
+/// documents is found before any model loads. `spec` names the baseline in
+/// errors.
+pub fn read_documents(
+    spec: &str,
+    dir: &Path,
+    k: usize,
+    options: &CorpusOptions,
+) -> Result<Documents> {
+    let docs = Documents::read(dir, &options.chunking)
+        .map_err(|e| EvalError::Spec(format!("{spec}: {e}")))?;
+    let available = docs.chunk_count();
+    if k > available {
+        return Err(EvalError::Spec(format!(
+            "{spec}: K is {k}, but {} holds only {available} chunk(s); lower K (a \
+             smaller K than asked would change what is measured)",
+            dir.display()
+        )));
+    }
+    Ok(docs)
+}
+
 impl Retrieved {
-    /// Reads and embeds `dir` (cached vectors reused), then retrieves `k`
-    /// chunks for every case. `spec` names the baseline in errors.
+    /// Embeds `docs` (read by [`read_documents`]; cached vectors reused),
+    /// then retrieves `k` chunks for every case. `spec` names the baseline
+    /// in errors.
     pub fn build(
         spec: &str,
-        dir: &Path,
+        docs: Documents,
         k: usize,
         cases: &[EvalCase],
         embedder: &dyn Embed,
         options: &CorpusOptions,
     ) -> Result<Self> {
         let bad = |e: hone_retrieve::RetrieveError| EvalError::Spec(format!("{spec}: {e}"));
-        let corpus = Corpus::from_dir(dir, embedder, options).map_err(bad)?;
-        let available = corpus.chunks().len();
-        if k > available {
-            return Err(EvalError::Spec(format!(
-                "{spec}: K is {k}, but {} holds only {available} chunk(s); lower K (a \
-                 smaller K than asked would change what is measured)",
-                dir.display()
-            )));
-        }
+        let corpus = Corpus::embed(docs, embedder, options).map_err(bad)?;
         let mut contexts = HashMap::new();
         for case in cases {
             let hits = corpus
@@ -114,7 +130,9 @@ mod tests {
         let dir = docs();
         let e = FakeEmbedder::new("fake");
         let cs = cases();
-        let r = Retrieved::build("rag:docs:1", dir.path(), 1, &cs, &e, &options()).unwrap();
+        let docs = read_documents("rag:docs:1", dir.path(), 1, &options()).unwrap();
+        assert_eq!(e.embedded.get(), 0, "reading embeds nothing");
+        let r = Retrieved::build("rag:docs:1", docs, 1, &cs, &e, &options()).unwrap();
         let m = r.messages(&cs[0]);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].role, Role::System);
@@ -144,10 +162,8 @@ mod tests {
 
     #[test]
     fn bad_dirs_and_k_beyond_the_chunks_are_refused() {
-        let e = FakeEmbedder::new("fake");
-        let cs = cases();
         let dir = docs();
-        let err = Retrieved::build("rag:docs:3", dir.path(), 3, &cs, &e, &options())
+        let err = read_documents("rag:docs:3", dir.path(), 3, &options())
             .unwrap_err()
             .to_string();
         assert!(
@@ -155,7 +171,7 @@ mod tests {
             "{err}"
         );
         let missing = dir.path().join("nope");
-        let err = Retrieved::build("rag:nope", &missing, 1, &cs, &e, &options())
+        let err = read_documents("rag:nope", &missing, 1, &options())
             .unwrap_err()
             .to_string();
         assert!(
@@ -164,7 +180,7 @@ mod tests {
         );
         let empty = tempfile::tempdir().unwrap();
         std::fs::write(empty.path().join("only.md"), b"\x00").unwrap();
-        let err = Retrieved::build("rag:empty", empty.path(), 1, &cs, &e, &options())
+        let err = read_documents("rag:empty", empty.path(), 1, &options())
             .unwrap_err()
             .to_string();
         assert!(

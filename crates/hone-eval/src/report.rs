@@ -227,9 +227,41 @@ impl EvalReport {
         out
     }
 
-    /// Prints the evaluated model's failures to stdout.
+    /// The evaluated model's failures in full ([`EvalReport::render_failures`]),
+    /// then every other run's, one line a case: the checks it missed and
+    /// the start of its answer. Without them a baseline's failures could
+    /// not be told apart (bad retrieval, or a model that ignored the
+    /// excerpt; a missed greeting or a missed sign-off).
+    pub fn render_all_failures(&self) -> String {
+        let mut out = self.render_failures(0);
+        for r in self.runs.iter().skip(1) {
+            let failed: Vec<_> = r.results.iter().filter(|res| !res.passed).collect();
+            let _ = writeln!(
+                out,
+                "\nFailures of {} ({} of {}):",
+                r.label,
+                failed.len(),
+                r.results.len()
+            );
+            if failed.is_empty() {
+                out.push_str("  none\n");
+            }
+            for res in failed {
+                let _ = writeln!(
+                    out,
+                    "  line {}: {} | actual: {}",
+                    res.line,
+                    res.failed_checks.join("; "),
+                    clip(&res.output, FAILURE_LINE_CHARS)
+                );
+            }
+        }
+        out
+    }
+
+    /// Prints every run's failures to stdout ([`EvalReport::render_all_failures`]).
     pub fn print_failures(&self) {
-        print!("{}", self.render_failures(0));
+        print!("{}", self.render_all_failures());
     }
 
     /// The report as pretty JSON.
@@ -370,6 +402,19 @@ fn line_list(lines: &[usize]) -> String {
     }
     let l: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     format!("lines {}", l.join(", "))
+}
+
+/// How much of a baseline's failed answer its one failure line shows.
+const FAILURE_LINE_CHARS: usize = 80;
+
+/// `s` on one line, cut to `max` characters with an ellipsis.
+fn clip(s: &str, max: usize) -> String {
+    let one_line = s.trim().replace('\n', "\\n");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let cut: String = one_line.chars().take(max).collect();
+    format!("{cut}…")
 }
 
 fn indent(s: &str) -> String {

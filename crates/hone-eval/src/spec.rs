@@ -132,20 +132,25 @@ pub fn run_eval_with(spec: &EvalSpec, on_progress: &mut dyn FnMut(Progress)) -> 
     let cases = load_cases(&spec.cases)?;
     let inputs = LossInputs::load(spec)?;
     let baselines = check_baselines(spec)?;
-    let embedder = load_embedder(spec, &baselines)?;
     let prep = Inputs {
         cases: &cases,
         train_file: spec.train_file.as_deref(),
         pick: spec.few_shot_pick,
         seed: spec.seed,
-        embedder: embedder.as_ref().map(|e| e as &dyn Embed),
         corpus: &spec.corpus,
     };
-    let approaches = baselines
+    let checked = baselines
         .iter()
-        .map(|b| Approach::prepare(b, &prep))
+        .map(|b| Approach::check(b, &prep))
         .collect::<Result<Vec<_>>>()?;
     let grammars = case_grammars(spec, &cases)?;
+    // Only now, with every input checked, the embedding model (when a
+    // baseline needs it), then the chat model.
+    let embedder = load_embedder(spec, &baselines)?;
+    let approaches = checked
+        .into_iter()
+        .map(|c| c.finish(&prep, embedder.as_ref().map(|e| e as &dyn Embed)))
+        .collect::<Result<Vec<_>>>()?;
     let mut warnings: Vec<String> = approaches
         .iter()
         .flat_map(|a| a.notes().iter().cloned())

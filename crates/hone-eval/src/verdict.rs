@@ -51,6 +51,10 @@ impl Economics {
                 verdict.push(sentence(ft_run, run, be.as_ref(), &prices));
                 break_even.extend(be);
             }
+            // No winner to name: one sentence instead of a comparison each.
+            if let Some(none) = nothing_passes(runs) {
+                verdict = vec![none];
+            }
         }
         Economics {
             prices,
@@ -71,6 +75,9 @@ pub fn sentence(
     prices: &Prices,
 ) -> String {
     let (quality, tokens) = quality_and_tokens(fine_tuned, baseline);
+    if fine_tuned.summary.passed == 0 && baseline.summary.passed == 0 {
+        return format!("{quality}{tokens}, so neither is worth paying for on these cases");
+    }
     let per_day = prices.requests_per_day;
     let payback = match break_even {
         None => "the training cost is unknown (no summary.json in the adapter: give \
@@ -103,6 +110,21 @@ pub fn sentence(
         ),
     };
     format!("{quality}{tokens}; {payback}")
+}
+
+/// The verdict when no run passes a single case: no approach wins, and the
+/// costs and break-evens compare answers that all fail.
+fn nothing_passes(runs: &[ModelRun]) -> Option<String> {
+    if runs.len() < 2 || runs.iter().any(|r| r.summary.passed > 0) {
+        return None;
+    }
+    let total = runs[0].summary.total;
+    Some(format!(
+        "no approach passes; none of the {} approaches passes any of the {total} cases, so \
+         there is no winner and the costs and break-evens above compare failing answers \
+         only: check the cases, the data or the model first",
+        runs.len()
+    ))
 }
 
 /// The verdict on a run of the same fine-tune with more in its prompt
@@ -233,6 +255,38 @@ mod tests {
         assert!(
             s.starts_with("neither base nor the fine-tune passes any case"),
             "{s}"
+        );
+        assert_eq!(
+            s,
+            "neither base nor the fine-tune passes any case at 1.0x the prompt tokens, so \
+             neither is worth paying for on these cases"
+        );
+    }
+
+    #[test]
+    fn no_winner_is_named_when_nothing_passes() {
+        let runs = [
+            run("fine-tuned", 0, 100, 20),
+            run("base", 0, 100, 40),
+            run("few-shot:4", 0, 500, 40),
+        ];
+        let e = Economics::of(&runs, true, Some(training(0.01)), Prices::default());
+        assert_eq!(
+            e.verdict,
+            vec![
+                "no approach passes; none of the 3 approaches passes any of the 10 cases, so \
+                 there is no winner and the costs and break-evens above compare failing \
+                 answers only: check the cases, the data or the model first"
+            ]
+        );
+        assert_eq!(e.break_even.len(), 2, "the figures are still computed");
+        // One passing case anywhere brings back the comparison per baseline.
+        let mut some = runs.clone();
+        some[2] = run("few-shot:4", 1, 500, 40);
+        let e = Economics::of(&some, true, Some(training(0.01)), Prices::default());
+        assert_eq!(e.verdict.len(), 2);
+        assert!(
+            e.verdict[1].starts_with("few-shot:4 passes 10.0% of the cases, the fine-tune none")
         );
     }
 

@@ -100,79 +100,124 @@ pub struct Corpus {
     pub report: LoadReport,
 }
 
+/// The documents of a directory read and chunked, not yet embedded: every
+/// problem with the directory (missing, empty, only binary files) and the
+/// chunk count are known before the embedding model is loaded, so a caller
+/// can check its inputs first and load the model only when they are good.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    files: Vec<DocumentFile>,
+    pub report: LoadReport,
+}
+
+/// One document's chunks and the hash its cached vectors are keyed by.
+#[derive(Debug, Clone)]
+struct DocumentFile {
+    /// Relative to the corpus directory.
+    source: PathBuf,
+    hash: String,
+    texts: Vec<String>,
+}
+
+impl Documents {
+    /// Reads and chunks the documents under `dir` (see the module docs for
+    /// which files); a directory that yields no chunk is an error.
+    pub fn read(dir: &Path, chunking: &ChunkOptions) -> Result<Documents> {
+        chunking.check()?;
+        if !dir.is_dir() {
+            return Err(RetrieveError::NotADir(dir.to_path_buf()));
+        }
+        let mut report = LoadReport::default();
+        let mut files = Vec::new();
+        for path in documents(dir, &mut report)? {
+            let bytes = fs::read(&path).map_err(io_err(&path))?;
+            let source = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
+            let text = match std::str::from_utf8(&bytes) {
+                Ok(t) if !t.contains('\0') => t,
+                _ => {
+                    report.skipped_binary.push(source);
+                    continue;
+                }
+            };
+            report.files += 1;
+            let texts = chunk_text(text, chunking)?;
+            if !texts.is_empty() {
+                let hash = content_hash(&bytes);
+                files.push(DocumentFile {
+                    source,
+                    hash,
+                    texts,
+                });
+            }
+        }
+        if files.is_empty() {
+            return Err(RetrieveError::Empty {
+                dir: dir.to_path_buf(),
+                skipped_binary: report.skipped_binary.len(),
+                ignored: report.ignored,
+            });
+        }
+        Ok(Documents { files, report })
+    }
+
+    /// How many chunks the documents make (what a top-K can return at most).
+    pub fn chunk_count(&self) -> usize {
+        self.files.iter().map(|f| f.texts.len()).sum()
+    }
+}
+
 impl Corpus {
     /// Reads, chunks and embeds the documents under `dir` (see the module
     /// docs for which files), reusing cached vectors of unchanged files.
     pub fn from_dir(dir: &Path, embedder: &dyn Embed, options: &CorpusOptions) -> Result<Corpus> {
-        options.chunking.check()?;
-        if !dir.is_dir() {
-            return Err(RetrieveError::NotADir(dir.to_path_buf()));
-        }
+        Corpus::embed(Documents::read(dir, &options.chunking)?, embedder, options)
+    }
+
+    /// Embeds documents already read with `options.chunking`, reusing
+    /// cached vectors of unchanged files.
+    pub fn embed(docs: Documents, embedder: &dyn Embed, options: &CorpusOptions) -> Result<Corpus> {
         let cache = options.cache_dir.as_ref().map(EmbeddingCache::new);
         let mut corpus = Corpus {
             chunks: Vec::new(),
             vectors: VectorIndex::default(),
             model_id: embedder.model_id().to_string(),
-            report: LoadReport::default(),
+            report: docs.report,
         };
-        for path in documents(dir, &mut corpus.report)? {
-            corpus.add_file(dir, &path, embedder, cache.as_ref(), &options.chunking)?;
-        }
-        if corpus.chunks.is_empty() {
-            return Err(RetrieveError::Empty {
-                dir: dir.to_path_buf(),
-                skipped_binary: corpus.report.skipped_binary.len(),
-                ignored: corpus.report.ignored,
-            });
+        for file in docs.files {
+            corpus.add_file(file, embedder, cache.as_ref(), &options.chunking)?;
         }
         Ok(corpus)
     }
 
     fn add_file(
         &mut self,
-        dir: &Path,
-        path: &Path,
+        file: DocumentFile,
         embedder: &dyn Embed,
         cache: Option<&EmbeddingCache>,
         chunking: &ChunkOptions,
     ) -> Result<()> {
-        let bytes = fs::read(path).map_err(io_err(path))?;
-        let rel = path.strip_prefix(dir).unwrap_or(path).to_path_buf();
-        let text = match std::str::from_utf8(&bytes) {
-            Ok(t) if !t.contains('\0') => t,
-            _ => {
-                self.report.skipped_binary.push(rel);
-                return Ok(());
-            }
-        };
-        self.report.files += 1;
-        let texts = chunk_text(text, chunking)?;
-        if texts.is_empty() {
-            return Ok(());
-        }
         let (model, dim) = (embedder.model_id(), embedder.dim());
-        let hash = content_hash(&bytes);
-        let cached = cache.and_then(|c| c.get(model, &hash, chunking, dim, texts.len()));
+        let cached = cache.and_then(|c| c.get(model, &file.hash, chunking, dim, file.texts.len()));
         let vectors = match cached {
             Some(v) => {
                 self.report.cached_files += 1;
                 v
             }
             None => {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let refs: Vec<&str> = file.texts.iter().map(String::as_str).collect();
                 let out = embedder.embed(&refs)?;
-                check_shape(&out.vectors, texts.len(), dim)?;
+                check_shape(&out.vectors, file.texts.len(), dim)?;
                 if let Some(c) = cache {
-                    c.put(model, &hash, chunking, dim, &out.vectors)?;
+                    c.put(model, &file.hash, chunking, dim, &out.vectors)?;
                 }
                 self.report.embedded_files += 1;
                 self.report.truncated_chunks += out.truncated;
                 out.vectors
             }
         };
-        for (index, (text, v)) in texts.into_iter().zip(vectors).enumerate() {
+        for (index, (text, v)) in file.texts.into_iter().zip(vectors).enumerate() {
             self.chunks.push(Chunk {
-                source: rel.clone(),
+                source: file.source.clone(),
                 index,
                 text,
             });

@@ -168,3 +168,28 @@ fn the_context_format_numbers_and_names_each_chunk() {
          \n[2] a.txt (part 1)\nalpha beta\n"
     );
 }
+
+/// Reading needs no embedding model: the directory's problems and its chunk
+/// count are known first, and embedding what was read gives the corpus
+/// `from_dir` gives.
+#[test]
+fn documents_are_read_and_counted_before_any_embedding() {
+    let dir = docs();
+    let opts = small_chunks(None);
+    let docs = Documents::read(dir.path(), &opts.chunking).unwrap();
+    assert_eq!(docs.report.files, 3, "cats, ships and the empty text file");
+    assert_eq!(docs.report.skipped_binary, vec![PathBuf::from("blob.md")]);
+    let e = FakeEmbedder::new("fake");
+    assert_eq!(e.embedded.get(), 0);
+    let n = docs.chunk_count();
+    let corpus = Corpus::embed(docs, &e, &opts).unwrap();
+    assert_eq!(corpus.chunks().len(), n);
+    let again = Corpus::from_dir(dir.path(), &e, &opts).unwrap();
+    assert_eq!(again.chunks(), corpus.chunks());
+    assert_eq!(again.report, corpus.report);
+    let missing = dir.path().join("nope");
+    assert!(matches!(
+        Documents::read(&missing, &opts.chunking),
+        Err(RetrieveError::NotADir(_))
+    ));
+}

@@ -33,7 +33,7 @@ pub mod vectors;
 
 pub use chunk::{chunk_text, ChunkOptions};
 pub use context::{format_context, system_with_context, CONTEXT_HEADER, DEFAULT_K};
-pub use corpus::{Chunk, Corpus, CorpusOptions, Hit, Hits, LoadReport};
+pub use corpus::{Chunk, Corpus, CorpusOptions, Documents, Hit, Hits, LoadReport};
 pub use error::{Result, RetrieveError};
 pub use vectors::VectorIndex;
 

@@ -366,14 +366,19 @@ fn bad_baselines_are_clear_errors() {
         ],
         "has 10 usable (2 left out",
     );
-    // The embedding model is loaded (and must exist) before the documents.
+    // The documents are checked before the embedding model loads; with
+    // documents in place, an embedding model that does not exist is named.
+    let docs = st.dir.path().join("docs");
+    let rag = format!("rag:{}:1", docs.display());
+    let no_model = ["--embedding-model", "/no/such/model"];
     fails(
-        &[
-            "--baseline",
-            "rag:docs",
-            "--embedding-model",
-            "/no/such/model",
-        ],
+        &[&["--baseline", rag.as_str()][..], &no_model].concat(),
+        "does not exist",
+    );
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("a.md"), "Some text to retrieve.").unwrap();
+    fails(
+        &[&["--baseline", rag.as_str()][..], &no_model].concat(),
         "needs the embedding model '/no/such/model' (--embedding-model)",
     );
     fails(&["--baseline", "fine-tuned"], "needs --adapter");

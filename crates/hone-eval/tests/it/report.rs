@@ -186,6 +186,36 @@ fn table_and_failures_read_like_seed_001() {
     assert!(f.contains("forbidden \"As an AI\" present"));
 }
 
+/// The terminal report lists every run's failures: the evaluated model's in
+/// full, each baseline's one line a case with the checks it missed.
+#[test]
+fn failures_of_every_run_are_listed() {
+    let r = report();
+    let all = r.render_all_failures();
+    assert!(all.starts_with(&r.render_failures(0)), "{all}");
+    let base = all
+        .split("Failures of base (2 of 4):\n")
+        .nth(1)
+        .expect(&all);
+    let lines: Vec<&str> = base.lines().collect();
+    assert_eq!(lines.len(), 2, "{base}");
+    assert!(lines[0].starts_with("  line 1: "), "{base}");
+    assert!(lines[0].ends_with(" | actual: I cannot help."), "{base}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "  line 1: {} | actual: I cannot help.",
+            r.runs[1].results[0].failed_checks.join("; ")
+        )
+    );
+    assert!(lines[1].starts_with("  line 2: "), "{base}");
+    // The answer as given (it is under the 80 characters a line shows).
+    assert!(
+        lines[1].ends_with("| actual: The Colts traded Taylor. <script>alert(1)</script>"),
+        "{base}"
+    );
+}
+
 #[test]
 fn json_output_has_runs_comparison_and_cases() {
     let r = report();

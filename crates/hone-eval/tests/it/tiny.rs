@@ -647,3 +647,58 @@ fn rag_bad_inputs_are_clear_errors() {
         "{e}"
     );
 }
+
+/// The embedding model is loaded only after every input is checked, and
+/// only when a baseline needs it: with an embedding model that cannot load
+/// (and a chat model that does not exist), a bad few-shot pool or bad
+/// documents are what is reported; with good inputs, the embedding model.
+#[test]
+fn the_embedding_model_loads_after_the_input_checks_and_only_when_needed() {
+    let f = fixture();
+    let cases = f.root.join("cases.jsonl");
+    write(&cases, &[case("Hello", r#""expected_patterns": ["x"]"#)]);
+    let train = f.root.join("train.jsonl");
+    let examples: Vec<String> = ["Bonjour", "Ciao", "Hola"]
+        .iter()
+        .map(|q| chat(q, "Hi!"))
+        .collect();
+    write(&train, &examples);
+    let mut s = spec(&f, &cases);
+    s.model = Some(f.root.join("missing.gguf").display().to_string());
+    s.embedding_model = f.root.join("no-such-model").display().to_string();
+    s.train_file = Some(train);
+    let err = |s: &EvalSpec| run_eval(s).unwrap_err().to_string();
+
+    assert_eq!(s.few_shot_pick, ShotPick::Similar);
+    s.baselines = vec![Baseline::FewShot { k: 5, file: None }];
+    let e = err(&s);
+    assert!(e.contains("few-shot:5 needs 5 examples"), "{e}");
+    s.baselines = vec![Baseline::Rag {
+        dir: f.root.join("nope"),
+        k: 1,
+    }];
+    let e = err(&s);
+    assert!(e.contains("does not exist"), "{e}");
+    s.baselines = vec![Baseline::Rag {
+        dir: docs(&f.root),
+        k: 9,
+    }];
+    let e = err(&s);
+    assert!(e.contains("K is 9, but"), "{e}");
+
+    // Good inputs: now the embedding model is what fails, still before the
+    // chat model (which does not exist either).
+    s.baselines = vec![Baseline::FewShot { k: 2, file: None }];
+    let e = err(&s);
+    assert!(
+        e.contains("needs the embedding model") && !e.contains("missing.gguf"),
+        "{e}"
+    );
+
+    // Random picks need no embedding model: the broken one is never loaded.
+    s.few_shot_pick = ShotPick::Random;
+    s.model = Some(f.gguf.display().to_string());
+    let r = run_eval(&s).unwrap();
+    assert_eq!(r.runs.len(), 2);
+    assert_eq!(r.generation.embedding_model, None);
+}

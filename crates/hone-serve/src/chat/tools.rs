@@ -11,11 +11,14 @@
 //! to any tool), a named function (exactly one call to it), and `auto` when
 //! any tool is `strict` (text, or calls held to the schemas). Under plain
 //! `auto` the model chooses freely and a malformed call is answered as text.
+//!
+//! [`read_answer`] reads a finished answer for calls, for the JSON response.
 
 use hone_model::constraint::{CallRules, CallableTool, Grammar};
+use hone_text::{parse_tool_calls, CallEvent, ToolCallStream};
 use serde_json::{Map, Value};
 
-use crate::api::ChatCompletionRequest;
+use crate::api::{ChatCompletionRequest, FinishReason};
 use crate::error::ApiError;
 
 /// The checked function-calling part of a request.
@@ -250,6 +253,72 @@ fn function_name(f: &Map<String, Value>) -> Result<String, String> {
         ));
     }
     Ok(name.clone())
+}
+
+/// A finished answer read for tool calls, as the JSON response carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadAnswer {
+    pub content: Option<String>,
+    /// Each call's function name and arguments (JSON text).
+    pub calls: Vec<(String, String)>,
+    pub finish: FinishReason,
+}
+
+/// Reads a finished answer's `text` for tool calls: well-formed calls
+/// finish `tool_calls`, and text without them stays content (a malformed
+/// call too). A grammar-held call (`held`) cut short by `max_tokens`
+/// (`reason` is `length`) is answered as the stream sends it, and as OpenAI
+/// answers a call cut by `max_tokens`: the call, with its name and the
+/// arguments written so far (incomplete JSON), content null unless text
+/// came before it, and finish `length`.
+pub fn read_answer(text: &str, reason: FinishReason, held: bool) -> ReadAnswer {
+    let parsed = parse_tool_calls(text);
+    if held && reason == FinishReason::Length && parsed.calls.is_empty() {
+        if let Some(cut) = cut_call(text) {
+            return cut;
+        }
+    }
+    let calls: Vec<(String, String)> = parsed
+        .calls
+        .iter()
+        .map(|c| (c.name.clone(), c.arguments_json()))
+        .collect();
+    let finish = if calls.is_empty() {
+        reason
+    } else {
+        FinishReason::ToolCalls
+    };
+    ReadAnswer {
+        content: parsed.content,
+        calls,
+        finish,
+    }
+}
+
+/// What a live [`ToolCallStream`] sends for `text`, joined: `None` when it
+/// sent no call (the cut came before a call's name was complete).
+fn cut_call(text: &str) -> Option<ReadAnswer> {
+    let mut stream = ToolCallStream::live();
+    let mut events = stream.push(text);
+    events.extend(stream.finish().0);
+    let mut content = String::new();
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for e in events {
+        match e {
+            CallEvent::Content(t) => content.push_str(&t),
+            CallEvent::Start { name, .. } => calls.push((name, String::new())),
+            CallEvent::Arguments { index, fragment } => {
+                if let Some(c) = calls.get_mut(index) {
+                    c.1.push_str(&fragment);
+                }
+            }
+        }
+    }
+    (!calls.is_empty()).then(|| ReadAnswer {
+        content: (!content.is_empty()).then_some(content),
+        calls,
+        finish: FinishReason::Length,
+    })
 }
 
 fn invalid_at(param: String, message: String) -> ApiError {

@@ -126,3 +126,43 @@ fn bad_tools_are_refused_by_param() {
         assert_eq!(e.spec().status.as_u16(), 400, "{extra}");
     }
 }
+
+/// A finished answer read for calls: whole calls finish `tool_calls`; a
+/// held call cut by `max_tokens` is the partial call finishing `length`
+/// (what the stream sends, and what OpenAI answers); the same cut text
+/// without a grammar, or cut before the call's name is complete, is content.
+#[test]
+fn answers_are_read_for_whole_and_cut_calls() {
+    let whole = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let a = read_answer(whole, FinishReason::Stop, true);
+    assert_eq!(a.finish, FinishReason::ToolCalls);
+    assert_eq!(a.content, None);
+    assert_eq!(
+        a.calls,
+        vec![("get_weather".to_string(), r#"{"city":"Paris"}"#.to_string())]
+    );
+    assert_eq!(read_answer(whole, FinishReason::Stop, false), a);
+
+    let cut =
+        "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa";
+    let a = read_answer(cut, FinishReason::Length, true);
+    assert_eq!(a.finish, FinishReason::Length);
+    assert_eq!(a.content.as_deref(), Some("Let me check."));
+    assert_eq!(
+        a.calls,
+        vec![("get_weather".to_string(), r#"{"city":"Pa"#.to_string())]
+    );
+    // Not held: a cut call is a malformed one, answered as text.
+    let a = read_answer(cut, FinishReason::Length, false);
+    assert_eq!(
+        (a.content.as_deref(), a.calls.len(), a.finish),
+        (Some(cut), 0, FinishReason::Length)
+    );
+    // Cut before the name is whole: nothing was sent as a call.
+    let early = "<tool_call>\n{\"name\": \"get_wea";
+    let a = read_answer(early, FinishReason::Length, true);
+    assert_eq!(
+        (a.content.as_deref(), a.calls.len(), a.finish),
+        (Some(early), 0, FinishReason::Length)
+    );
+}

@@ -18,7 +18,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use hone_text::{parse_tool_calls, CallEvent, ParsedToolCall, ToolCallStream};
+use hone_text::{CallEvent, ParsedToolCall, ToolCallStream};
 
 use crate::api::{
     AssistantMessage, AssistantTag, ChatCompletion, ChatCompletionChunk, ChatCompletionChunkTag,
@@ -26,6 +26,7 @@ use crate::api::{
     FunctionCall, FunctionDelta, FunctionTag, ToolCall, ToolCallDelta, Usage,
 };
 use crate::auth::Caller;
+use crate::chat::tools::{read_answer, ReadAnswer};
 use crate::chat::{self, CancelFlag, CancelOnDrop, ChatEvent, ChatPlan, ChatRun, ChatTarget};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
@@ -85,7 +86,7 @@ pub(super) async fn completions(
         .await
         .map_err(|e| ApiError::internal(format!("chat generation failed: {e}")))??;
         drop(guard);
-        let answer = completion(&meta, run, parse_calls);
+        let answer = completion(&meta, run, parse_calls, calls_held);
         if req.is_stored() {
             super::chat_store::keep(&st.store, caller.project, &req, &answer).await?;
         }
@@ -110,6 +111,7 @@ pub(super) async fn completions(
         meta: meta.clone(),
         req,
         parse_calls,
+        calls_held,
         seen: super::chat_store::Recorder::default(),
     });
     let mut sse = SseState {
@@ -205,6 +207,7 @@ struct Keeping {
     meta: Meta,
     req: ChatCompletionRequest,
     parse_calls: bool,
+    calls_held: bool,
     seen: super::chat_store::Recorder,
 }
 
@@ -218,7 +221,8 @@ impl Keeping {
                 None
             }
             Msg::Done(usage) => {
-                let answer = completion(&self.meta, self.seen.run(*usage), self.parse_calls);
+                let run = self.seen.run(*usage);
+                let answer = completion(&self.meta, run, self.parse_calls, self.calls_held);
                 let (store, project) = (self.store.clone(), self.project.clone());
                 let req = self.req.clone();
                 Some(async move {
@@ -243,30 +247,35 @@ struct Meta {
 /// The JSON answer. With `parse_calls`, each choice's text is read for
 /// tool calls: calls become `tool_calls` (content null when there is no
 /// text before them) and finish `tool_calls`; text with no well-formed
-/// calls stays content (null if empty, as a streamed answer reassembles).
-fn completion(meta: &Meta, run: ChatRun, parse_calls: bool) -> ChatCompletion {
+/// calls stays content (null if empty, as a streamed answer reassembles);
+/// a held call cut by `max_tokens` is the partial call, finishing `length`
+/// (`chat::tools::read_answer`).
+fn completion(meta: &Meta, run: ChatRun, parse_calls: bool, calls_held: bool) -> ChatCompletion {
     let choices = run
         .choices
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            let (content, calls) = if parse_calls {
-                let p = parse_tool_calls(&c.text);
-                (p.content, p.calls)
+            let a = if parse_calls {
+                read_answer(&c.text, c.finish_reason, calls_held)
             } else {
-                (Some(c.text), Vec::new())
+                ReadAnswer {
+                    content: Some(c.text),
+                    calls: Vec::new(),
+                    finish: c.finish_reason,
+                }
             };
-            let tool_calls = (!calls.is_empty()).then(|| calls.iter().map(tool_call).collect());
+            let tool_calls = (!a.calls.is_empty()).then(|| a.calls.iter().map(tool_call).collect());
             Choice {
                 index: i as u32,
                 message: AssistantMessage {
                     role: AssistantTag,
-                    content,
+                    content: a.content,
                     refusal: None,
                     tool_calls,
                 },
                 logprobs: None,
-                finish_reason: finish_with_calls(c.finish_reason, &calls),
+                finish_reason: a.finish,
             }
         })
         .collect();
@@ -286,13 +295,13 @@ fn call_id() -> String {
     format!("call_{}", ids::base62(24))
 }
 
-fn tool_call(c: &ParsedToolCall) -> ToolCall {
+fn tool_call((name, arguments): &(String, String)) -> ToolCall {
     ToolCall {
         id: call_id(),
         kind: FunctionTag,
         function: FunctionCall {
-            name: c.name.clone(),
-            arguments: c.arguments_json(),
+            name: name.clone(),
+            arguments: arguments.clone(),
         },
     }
 }

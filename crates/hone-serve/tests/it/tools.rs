@@ -293,13 +293,33 @@ async fn a_held_call_cut_by_max_tokens_finishes_with_length() {
     let named = json!({"type": "function", "function": {"name": "get_weather"}});
     let mut body = with_tools(json!({"tool_choice": named, "max_tokens": 60}));
     body["stream"] = json!(true);
-    let (frames, done) = sse_frames(&chat(&a.t, body).await.body);
+    let (frames, done) = sse_frames(&chat(&a.t, body.clone()).await.body);
     assert!(done);
     let (content, calls, finish) = reassemble(&frames);
     assert_eq!(finish, "length");
     assert_eq!(content, None, "the cut call is not sent again as text");
     assert_eq!(calls.len(), 1, "{frames:?}");
     assert!(!argument_pieces(&frames, 0).is_empty());
+    // Unstreamed, the same answer (same seed) is the same partial call, as
+    // OpenAI answers a call cut by max_tokens: finish `length`, content
+    // null, the call's name and its arguments as far as they were written.
+    body["stream"] = json!(false);
+    let v = chat(&a.t, body).await.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "length", "{v}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{v}");
+    let whole = choice["message"]["tool_calls"].as_array().expect("a call");
+    assert_eq!(whole.len(), 1, "{v}");
+    assert_eq!(whole[0]["function"]["name"], calls[0]["function"]["name"]);
+    assert_eq!(
+        whole[0]["function"]["arguments"],
+        calls[0]["function"]["arguments"]
+    );
+    let args = whole[0]["function"]["arguments"].as_str().unwrap();
+    assert!(
+        serde_json::from_str::<Value>(args).is_err(),
+        "the arguments are cut: {args}"
+    );
 }
 
 #[tokio::test]
