@@ -31,7 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 FAILS = []
 SUMMARY = {}
@@ -179,11 +180,17 @@ def main():
     floor = floor.abs().max().item()
     del merged
     m64 = AutoModelForCausalLM.from_pretrained(args.merged, dtype=torch.float64).eval()
-    # The f64 reference: base + adapter through AutoPeftModel, whose base is the plain
-    # (dequantized) safetensors copy in the local hub cache. A base read from the GGUF
-    # keeps its blocks packed and multiplies in f32 whatever dtype is asked for.
-    ref64_model = AutoPeftModelForCausalLM.from_pretrained(args.adapter, dtype=torch.float64)
-    ref64_model = ref64_model.to(torch.float64).eval()
+    # The f64 reference: base + adapter on a plain float64 model holding the base's
+    # dequantized weights (the safetensors copy interop.sh put in the local hub cache).
+    # A base read from the GGUF keeps its blocks packed and multiplies in f32 whatever
+    # dtype is asked for, and so does one whose config still names the GGUF.
+    base64 = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.merged),
+                                              dtype=torch.float64)
+    weights = {k: v.double() for k, v in load_file(base_snapshot(cfg)).items()}
+    missing, unexpected = base64.load_state_dict(weights, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    base64.tie_weights()
+    ref64_model = PeftModel.from_pretrained(base64, args.adapter).to(torch.float64).eval()
     assert all(p.dtype == torch.float64 for p in ref64_model.parameters())
     assert all(p.dtype == torch.float64 for p in m64.parameters())
     x = torch.tensor([ids])
@@ -240,6 +247,16 @@ def main():
         Path(args.summary).write_text(json.dumps(SUMMARY, indent=2))
     print(f"interop: {len(SUMMARY)} results, {len(FAILS)} failed" + (f": {FAILS}" if FAILS else ""))
     sys.exit(1 if FAILS else 0)
+
+
+def base_snapshot(adapter_cfg):
+    """The base's `model.safetensors` in the local hub cache (HF_HUB_CACHE), under the
+    adapter's `base_model_name_or_path`."""
+    repo = adapter_cfg["base_model_name_or_path"].replace("/", "--")
+    hits = sorted(Path(os.environ["HF_HUB_CACHE"]).glob(f"models--{repo}/snapshots/*/model.safetensors"))
+    if not hits:
+        sys.exit(f"no model.safetensors for {repo} under HF_HUB_CACHE")
+    return str(hits[0])
 
 
 def first_divergence(a, b):
