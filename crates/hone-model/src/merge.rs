@@ -38,9 +38,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
-/// The dtype of the merged weights (`hone merge --dtype`). Merging itself is always f32;
-/// this is only how `model.safetensors` stores the result. Norms, biases and every other
-/// tensor are written in the same dtype, as transformers' `save_pretrained` does.
+/// The dtype of the merged weights (`hone merge --dtype`). Merging itself is always done
+/// in f64 and rounded to f32 once (see `merge_linear`); this is only how
+/// `model.safetensors` stores the result. Norms, biases and every other tensor are
+/// written in the same dtype, as transformers' `save_pretrained` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MergeDtype {
     /// Exact: the merged f32 weights bit for bit (4 bytes a weight).
@@ -126,12 +127,14 @@ fn merge_linear(lin: &mut Linear) -> Result<bool> {
     let BaseWeight::Dense(w) = lin.base() else {
         return Err(quantized_base());
     };
+    // In f64, rounded to f32 once: the stored weight is the f32 nearest to the exact
+    // `W + s·B·A` (an f32 product and sum would round twice, up to ~1 ulp more).
     let delta = (ad
         .b
-        .to_dtype(DType::F32)?
-        .matmul(&ad.a.to_dtype(DType::F32)?)?
+        .to_dtype(DType::F64)?
+        .matmul(&ad.a.to_dtype(DType::F64)?)?
         * ad.scale)?;
-    let merged = (w.to_dtype(DType::F32)? + delta)?;
+    let merged = (w.to_dtype(DType::F64)? + delta)?.to_dtype(DType::F32)?;
     let (out, inp) = lin.dims();
     *lin = Linear::new(BaseWeight::Dense(merged), out, inp);
     Ok(true)

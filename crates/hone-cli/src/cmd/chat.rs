@@ -264,7 +264,7 @@ pub fn attach_adapter(engine: &mut ChatEngine, dir: &std::path::Path) -> anyhow:
     let cfg = hone_model::load_peft_adapter(&mut engine.model, dir)
         .with_context(|| format!("loading adapter {}", dir.display()))?;
     let base = cfg.hone_base().unwrap_or("");
-    if !base.is_empty() && base != engine.id {
+    if !base.is_empty() && !hone_model::registry::is_same_base(base, &engine.id) {
         eprintln!(
             "warning: adapter {} was trained on '{base}', but the base model is '{}'",
             dir.display(),

@@ -84,32 +84,26 @@ pub(crate) fn read_adapter_config(dir: &Path) -> anyhow::Result<PeftConfig> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// `--model`, else the adapter's base when the registry knows it, else the default.
+/// `--model`, else the adapter's recorded base when hone can find it (see
+/// `Registry::recorded_base_model`), else the default (with a warning when the adapter
+/// named another base).
 pub(crate) fn base_model_spec(explicit: Option<&str>, peft: &PeftConfig) -> String {
     if let Some(m) = explicit {
         return m.to_string();
     }
-    match peft.hone_base() {
-        Some(base) if resolvable(base) => base.to_string(),
-        _ => DEFAULT_MODEL_ID.to_string(),
+    let Some(base) = peft.hone_base() else {
+        return DEFAULT_MODEL_ID.to_string();
+    };
+    match registry::Registry::default_home().recorded_base_model(base) {
+        Some(spec) => spec,
+        None => {
+            eprintln!(
+                "warning: the adapter's base `{base}` is no file or model hone knows; \
+                 using {DEFAULT_MODEL_ID} (pass --model to choose)"
+            );
+            DEFAULT_MODEL_ID.to_string()
+        }
     }
-}
-
-/// Whether `spec` names an existing path, an installed model or a fetchable one, without
-/// fetching anything.
-fn resolvable(spec: &str) -> bool {
-    if spec.is_empty() {
-        return false;
-    }
-    if Path::new(spec).exists() {
-        return true;
-    }
-    let reg = registry::Registry::default_home();
-    let installed = reg
-        .installed()
-        .map(|v| v.iter().any(|m| m.id == spec))
-        .unwrap_or(false);
-    installed || registry::KNOWN_MODELS.iter().any(|k| k.id == spec)
 }
 
 fn shell_path(p: &Path) -> String {
@@ -150,6 +144,14 @@ mod tests {
             DEFAULT_MODEL_ID
         );
         assert_eq!(base_model_spec(None, &peft(None)), DEFAULT_MODEL_ID);
+        // Adapters trained on a GGUF path recorded its file stem (before
+        // `recorded_base`), or record a path since gone: a known model's file names it.
+        let known = registry::KNOWN_MODELS[0];
+        let stem = known.file_name.trim_end_matches(".gguf");
+        let gone = format!("/no/such/dir/{}", known.file_name);
+        for recorded in [stem, gone.as_str()] {
+            assert_eq!(base_model_spec(None, &peft(Some(recorded))), known.id);
+        }
         // A new adapter: the repository id for peft, hone's id read back.
         let new = PeftConfig::from_lora(&hone_model::LoraConfig::default(), DEFAULT_MODEL_ID);
         assert_ne!(

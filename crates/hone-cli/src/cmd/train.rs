@@ -135,8 +135,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let path = hone_train::base::weight_path(mode);
     let engine = crate::cmd::chat::load_engine_with(&a.model, path, &a.template.options())?;
     let mut model = engine.model;
+    // A model given by path is recorded as its path (or installed id), not its stem.
+    let recorded = hone_model::registry::recorded_base(&a.model, &engine.id);
     let base = BaseModel {
-        id: &engine.id,
+        id: &recorded,
         config: &model.cfg,
         tokenizer: &engine.tokenizer,
     };

@@ -3,6 +3,7 @@
 mod cli_docs;
 mod distill;
 mod eval;
+mod export;
 mod keys;
 mod model_hub;
 mod real_model;

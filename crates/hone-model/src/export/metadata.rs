@@ -171,6 +171,13 @@ fn arch_metadata(spec: &DecoderSpec) -> Result<Vec<(String, Value)>> {
     }
     if let Some(w) = spec.sliding_window {
         md.push(("attention.sliding_window".into(), u(w)));
+        // Gemma 3's sliding layers' RoPE base (llama.cpp reads it with the window, else
+        // takes 10 000; its converter writes it from `rope_local_base_freq` / the
+        // `sliding_attention` RoPE parameters). Their RoPE is never scaled in llama.cpp:
+        // a scaled one fails the read-back check.
+        if let Some(r) = &spec.rope_sliding {
+            md.push(("rope.freq_base_swa".into(), Value::F32(r.theta)));
+        }
         // llama.cpp's default is 5 sliding layers then 1 full; any other pattern is
         // written out, one bool per layer (true = sliding).
         let default: Vec<LayerKind> = (0..d.num_layers)
@@ -202,7 +209,8 @@ fn arch_metadata(spec: &DecoderSpec) -> Result<Vec<(String, Value)>> {
 
 /// Reads the written file back with hone's GGUF parser and refuses it unless it
 /// describes `want` (the export's [`gguf_spec`]): what llama.cpp's keys cannot say
-/// (e.g. a sliding-layer RoPE base other than llama.cpp's fixed 10 000) is an error.
+/// (e.g. Gemma 3's `query_pre_attn_scalar` other than the head size, which llama.cpp
+/// derives) is an error.
 pub fn check_round_trip(path: &Path, want: &DecoderSpec) -> Result<()> {
     let mut f = std::fs::File::open(path).map_err(super::file::io(path))?;
     let content = Content::read(&mut f)?;

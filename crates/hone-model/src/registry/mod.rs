@@ -40,7 +40,7 @@ pub use known::{
     KnownDirModel, KnownModel, PinnedFile, WheelPart, DEFAULT_EMBEDDING_MODEL_ID, DEFAULT_MODEL_ID,
     KNOWN_EMBEDDING_MODELS, KNOWN_MODELS,
 };
-pub use repo_id::{base_repo_id, gguf_repo_id};
+pub use repo_id::{base_repo_id, gguf_repo_id, is_same_base, recorded_base};
 
 /// The file that lists registered models inside `$HONE_HOME/models`.
 const REGISTRY_FILE: &str = "registry.json";

@@ -53,6 +53,80 @@ impl Registry {
     }
 }
 
+/// What `hone train` records as an adapter's base (`hone_base_model`), so that `hone
+/// merge`, `hone export` and `hone eval` find it again without `--model`: for a model
+/// given by path (`spec`), the id of the installed model that is that file, else the
+/// file's absolute path — not the file stem hone names such a model by (`resolved_id`),
+/// which resolves to nothing later; any other spec as resolved. Installed models are
+/// looked up in the default `HONE_HOME`.
+pub fn recorded_base(spec: &str, resolved_id: &str) -> String {
+    Registry::default_home().recorded_base(spec, resolved_id)
+}
+
+/// Whether an adapter's recorded base ([`crate::PeftConfig::hone_base`]) names the model
+/// loaded as `id`: the same id, or a path whose file stem is the id hone gives a model
+/// loaded by path (so `hone chat --model PATH --adapter DIR` does not warn about its own
+/// base).
+pub fn is_same_base(recorded: &str, id: &str) -> bool {
+    recorded == id
+        || (recorded.contains(std::path::MAIN_SEPARATOR)
+            && Path::new(recorded).file_stem().and_then(|s| s.to_str()) == Some(id))
+}
+
+impl Registry {
+    /// [`recorded_base`], looking installed models up in this registry.
+    pub fn recorded_base(&self, spec: &str, resolved_id: &str) -> String {
+        let path = Path::new(spec);
+        if !path.exists() {
+            return resolved_id.to_string();
+        }
+        let abs = canonical(path);
+        let installed = self.installed().unwrap_or_default();
+        match installed.iter().find(|m| canonical(m.source.path()) == abs) {
+            Some(m) => m.id.clone(),
+            None => abs.display().to_string(),
+        }
+    }
+
+    /// The base model an adapter records (`recorded`, see [`recorded_base`]) as a spec
+    /// [`super::resolve`] takes, without fetching anything, or `None` when it names
+    /// nothing hone can find: an existing path, an installed or a known model as it is;
+    /// else a known model for its file (a vanished path, or the file stem adapters
+    /// trained on a path recorded before [`recorded_base`]), an installed model for its
+    /// file's stem.
+    pub fn recorded_base_model(&self, recorded: &str) -> Option<String> {
+        if recorded.is_empty() {
+            return None;
+        }
+        let installed = self.installed().unwrap_or_default();
+        let path = Path::new(recorded);
+        if path.exists()
+            || installed.iter().any(|m| m.id == recorded)
+            || KNOWN_MODELS.iter().any(|k| k.id == recorded)
+        {
+            return Some(recorded.to_string());
+        }
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or(recorded);
+        if let Some(k) = KNOWN_MODELS
+            .iter()
+            .find(|k| k.file_name == name || file_stem(k.file_name) == name)
+        {
+            return Some(k.id.to_string());
+        }
+        installed
+            .iter()
+            .find(|m| m.source.path().file_stem().and_then(|s| s.to_str()) == Some(name))
+            .map(|m| m.id.clone())
+    }
+}
+
+fn canonical(p: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// `name` without its `.gguf` extension, as [`super::resolve_path`] names a model file.
 fn file_stem(name: &str) -> &str {
     Path::new(name)
@@ -202,6 +276,54 @@ mod tests {
                 Some(k.hf_repo)
             );
         }
+    }
+
+    /// `hone train --model PATH` records the path (or the installed model that is that
+    /// file), and `hone merge` / `hone export` find the base again from what was
+    /// recorded, also from the file stems older adapters recorded.
+    #[test]
+    fn a_base_given_by_path_is_recorded_so_that_it_resolves_again() {
+        let home = tempfile::tempdir().unwrap();
+        let reg = Registry::new(home.path());
+        let file = home.path().join("my-base.Q8_0.gguf");
+        std::fs::write(&file, b"GGUF").unwrap();
+        let abs = std::fs::canonicalize(&file).unwrap().display().to_string();
+        let p = file.display().to_string();
+        assert_eq!(reg.recorded_base(&p, "my-base.Q8_0"), abs);
+        assert_eq!(reg.recorded_base("smollm2-135m-instruct", "x"), "x");
+        assert_eq!(reg.recorded_base_model(&abs).as_deref(), Some(abs.as_str()));
+        reg.register_entry(super::super::InstalledModel {
+            id: "mine".into(),
+            source: super::super::ModelSource::Gguf(file.clone()),
+            sha256: None,
+            installed_at: 0,
+            hub: None,
+        })
+        .unwrap();
+        assert_eq!(reg.recorded_base(&p, "my-base.Q8_0"), "mine");
+        for (recorded, want) in [
+            ("mine", Some("mine")),
+            ("my-base.Q8_0", Some("mine")),
+            ("smollm2-135m-instruct", Some("smollm2-135m-instruct")),
+            ("SmolLM2-135M-Instruct.Q4_1", Some("smollm2-135m-instruct")),
+            (
+                "/gone/dir/SmolLM2-135M-Instruct.Q4_1.gguf",
+                Some("smollm2-135m-instruct"),
+            ),
+            ("/gone/dir/other.gguf", None),
+            ("nothing-known", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                reg.recorded_base_model(recorded).as_deref(),
+                want,
+                "{recorded}"
+            );
+        }
+        assert!(is_same_base("a", "a"));
+        assert!(!is_same_base("a", "b"));
+        assert!(is_same_base(&abs, "my-base.Q8_0"));
+        assert!(!is_same_base("my-base.Q8_0.gguf", "my-base.Q8_0"));
     }
 
     /// A GGUF registered under another name (not a known file): its stem finds the

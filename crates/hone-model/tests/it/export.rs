@@ -106,9 +106,10 @@ fn export_gap(name: &str, ty: GgufType, dir: &Path) -> (f32, f32) {
 }
 
 /// The family's tiny model, with what llama.cpp hard-codes for Gemma 3 and the tiny
-/// `gemma3` model deliberately varies (query_pre_attn_scalar = head_dim, local RoPE
-/// base 10 000) set to llama.cpp's values, in a copy under `dir`. The unchanged model is
-/// refused (see `a_model_llama_cpps_keys_cannot_express_is_refused`).
+/// `gemma3` model deliberately varies (query_pre_attn_scalar = head_dim) set to
+/// llama.cpp's value, in a copy under `dir`. The unchanged model is refused (see
+/// `a_model_llama_cpps_keys_cannot_express_is_refused`); its local RoPE base of 100 is
+/// kept: `rope.freq_base_swa` says it.
 fn llama_cpp_expressible(name: &str, dir: &Path) -> std::path::PathBuf {
     let src = family_dir(name);
     let text = std::fs::read_to_string(src.join("config.json")).unwrap();
@@ -117,7 +118,6 @@ fn llama_cpp_expressible(name: &str, dir: &Path) -> std::path::PathBuf {
         return src;
     }
     cfg["query_pre_attn_scalar"] = cfg["head_dim"].clone();
-    cfg["rope_parameters"]["sliding_attention"]["rope_theta"] = 10_000.0.into();
     let out = dir.join(format!("{name}-llama-cpp"));
     if !out.exists() {
         std::fs::create_dir_all(&out).unwrap();
@@ -152,6 +152,46 @@ fn every_family_exports_and_round_trips_through_hones_gguf_loader() {
         }
     }
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// Every model directory under `testdata/families` (listed from disk, so a family added
+/// there is covered) exports as it is, or is refused by name with nothing written: only
+/// the tiny `gemma3`, whose `query_pre_attn_scalar` (20) is not its head size (24), which
+/// llama.cpp cannot be told.
+#[test]
+fn every_family_directory_exports_or_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = family_dir("");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").exists())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= FAMILIES.len(), "{names:?}");
+    let mut refused = Vec::new();
+    for name in &names {
+        let m = load_model(&root.join(name), WeightPath::F32).unwrap();
+        let out = dir.path().join(format!("{name}.gguf"));
+        match export::write_gguf(&m, &TokenizerSource::WeightsOnly, GgufType::F16, &out) {
+            Ok(_) => {
+                let back = load_model(&out, WeightPath::F32).unwrap();
+                assert_eq!(back.spec.family, m.spec.family, "{name}");
+                assert_eq!(back.spec.dims, m.spec.dims, "{name}");
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("cannot export") && e.contains("attention scale"),
+                    "{e}"
+                );
+                assert!(!out.exists(), "{name}: a refused export left a file");
+                refused.push(name.clone());
+            }
+        }
+    }
+    assert_eq!(refused, ["gemma3"], "of {names:?}");
 }
 
 /// A merged tiny Llama exported with its GGUF's tokenizer: the tokenizer, chat template
@@ -286,8 +326,9 @@ fn lora_gguf_holds_the_adapter_in_llama_cpps_layout() {
     assert!(!none.exists());
 }
 
-/// A Gemma 3 whose sliding layers use a RoPE base other than llama.cpp's fixed 10 000
-/// cannot be said in llama.cpp's keys as hone reads them: refused, nothing written.
+/// What llama.cpp's keys cannot say is refused, nothing written: Gemma 3's
+/// `query_pre_attn_scalar` other than the head size (llama.cpp derives the scale), and
+/// scaled RoPE on the sliding layers (llama.cpp never scales them).
 #[test]
 fn a_model_llama_cpps_keys_cannot_express_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +345,8 @@ fn a_model_llama_cpps_keys_cannot_express_is_refused() {
     assert!(err.contains("attention scale"), "{err}");
     let mut m = load("gemma3_softcap", WeightPath::F32).unwrap();
     let dim = m.spec.rope_full.dim;
-    m.spec.rope_sliding = Some(RopeSpec::new(20_000.0, dim, RopeScaling::None).unwrap());
+    let linear = RopeScaling::Linear { factor: 2.0 };
+    m.spec.rope_sliding = Some(RopeSpec::new(20_000.0, dim, linear).unwrap());
     let out = dir.path().join("g.gguf");
     let err = export::write_gguf(&m, &TokenizerSource::WeightsOnly, GgufType::F16, &out)
         .unwrap_err()
@@ -316,6 +358,33 @@ fn a_model_llama_cpps_keys_cannot_express_is_refused() {
         0,
         "no temp file left"
     );
+}
+
+/// Gemma 3's sliding-layer RoPE base is written as `gemma3.rope.freq_base_swa` (what
+/// llama.cpp reads; without it llama.cpp takes 10 000) and read back as the same model.
+#[test]
+fn gemma_sliding_rope_base_is_written_for_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = load("gemma3_softcap", WeightPath::F32).unwrap();
+    let dim = m.spec.rope_full.dim;
+    m.spec.rope_sliding = Some(RopeSpec::new(20_000.0, dim, RopeScaling::None).unwrap());
+    let out = dir.path().join("g.gguf");
+    export::write_gguf(&m, &TokenizerSource::WeightsOnly, GgufType::F16, &out).unwrap();
+    let content = Content::read(&mut std::fs::File::open(&out).unwrap()).unwrap();
+    match content.metadata.get("gemma3.rope.freq_base_swa") {
+        Some(Value::F32(v)) => assert_eq!(*v, 20_000.0),
+        other => panic!("gemma3.rope.freq_base_swa: {other:?}"),
+    }
+    let back = load_model(&out, WeightPath::F32).unwrap();
+    assert_eq!(back.spec.rope_sliding.as_ref().unwrap().theta, 20_000.0);
+    // The tiny gemma3's local base of 100 (its copy with llama.cpp's attention scale).
+    let g = llama_cpp_expressible("gemma3", dir.path());
+    let m = load_model(&g, WeightPath::F32).unwrap();
+    let out = dir.path().join("g3.gguf");
+    export::write_gguf(&m, &TokenizerSource::WeightsOnly, GgufType::F16, &out).unwrap();
+    let back = load_model(&out, WeightPath::F32).unwrap();
+    assert_eq!(back.spec.rope_sliding, m.spec.rope_sliding);
+    assert_eq!(back.spec.rope_sliding.unwrap().theta, 100.0);
 }
 
 /// GPT-2's byte alphabet symbol of each byte.
