@@ -93,7 +93,7 @@ fn every_kernel_equals_the_dequantized_f32_product() -> Result<()> {
                     let gap = max_gap(&got, &want);
                     assert!(gap < 2e-4, "{dtype:?} {k:?} [{rows}, {cols}] n={n}: {gap}");
                 }
-                let gap = max_gap(&p.matmul(&x, n)?, &want);
+                let gap = max_gap(&p.matmul_with(&x, n, super::q8::Activations::F32)?, &want);
                 assert!(gap < 2e-4, "{dtype:?} matmul [{rows}, {cols}] n={n}: {gap}");
             }
         }
