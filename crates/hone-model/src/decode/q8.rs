@@ -1,6 +1,6 @@
 //! Packed products with the activations quantized to 8 bits, multiplied with
 //! the weights' integer quants by integer dot products (llama.cpp's scheme):
-//! the default decode path (see [`Activations`]).
+//! opt-in with `HONE_DECODE_ACTIVATIONS=q8` (see [`Activations`]).
 //!
 //! Why: the f32 kernels of [`super::kquant_simd`] widen every weight to f32
 //! before a multiply-add, about four instructions per 16 weights; with 8-bit
@@ -26,9 +26,11 @@ pub(crate) const SPAN: usize = 64;
 /// for the kernels' 128-bit loads past the last group.
 pub(crate) const GROUP_BUF: usize = 2 * SPAN + 4;
 
-/// How the packed decode path multiplies: with activations quantized to 8 bits
-/// (the default), or kept f32 (`HONE_DECODE_ACTIVATIONS=f32`), which equals the
-/// dequantized-weights product up to summation order.
+/// How the packed decode path multiplies: with f32 activations (the default),
+/// which equals the dequantized-weights product up to summation order, or with
+/// activations quantized to 8 bits (`HONE_DECODE_ACTIVATIONS=q8`). The default
+/// stays f32 until the 8-bit path is measured faster end to end on a quiet
+/// machine (docs/benchmarks.md, "Session 11, decode").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activations {
     F32,
@@ -98,10 +100,9 @@ impl Q8Kernel {
         {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
-                if has!("avx512vnni") {
-                    ks.push(Q8Kernel::Vnni512);
-                }
+            let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+            if avx2 && avx512 && has!("avx512vnni") {
+                ks.push(Q8Kernel::Vnni512);
             }
             if avx2 {
                 ks.push(Q8Kernel::Avx2);
