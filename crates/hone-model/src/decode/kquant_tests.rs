@@ -93,7 +93,7 @@ fn every_kernel_equals_the_dequantized_f32_product() -> Result<()> {
                     let gap = max_gap(&got, &want);
                     assert!(gap < 2e-4, "{dtype:?} {k:?} [{rows}, {cols}] n={n}: {gap}");
                 }
-                let gap = max_gap(&p.matmul(&x, n)?, &want);
+                let gap = max_gap(&p.matmul_with(&x, n, super::q8::Activations::F32)?, &want);
                 assert!(gap < 2e-4, "{dtype:?} matmul [{rows}, {cols}] n={n}: {gap}");
             }
         }
@@ -187,6 +187,25 @@ fn kernel_speed_report() -> Result<()> {
                 println!(
                     "{dtype:?} {k:?} [{rows}, {cols}]: {:.2} weights/ns, {:.2} GB/s",
                     weights / best / 1e9,
+                    p.bytes() as f64 / best / 1e9
+                );
+            }
+            // The 8-bit-activation kernels, quantization of the row included.
+            for k in super::q8::Q8Kernel::available() {
+                if k == super::q8::Q8Kernel::Scalar && rows > 128 {
+                    continue;
+                }
+                let mut out = vec![0f32; rows];
+                let mut best = f64::MAX;
+                for _ in 0..reps {
+                    let t = std::time::Instant::now();
+                    let xq = super::q8::Q8Rows::quantize(&x, 1, cols);
+                    p.rows_into_q8(k, 0, &xq, &mut out);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!(
+                    "{dtype:?} q8 {k:?} [{rows}, {cols}]: {:.2} weights/ns, {:.2} GB/s",
+                    (rows * cols) as f64 / best / 1e9,
                     p.bytes() as f64 / best / 1e9
                 );
             }

@@ -17,10 +17,16 @@ mod kquant_simd;
 #[cfg(test)]
 mod kquant_tests;
 pub mod packed;
+mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_simd;
+#[cfg(test)]
+mod q8_tests;
 mod rows;
 mod step;
 pub mod team;
 
 pub use attend::PackedKvCache;
 pub use packed::{PackedKind, PackedMatrix};
+pub use q8::{Activations, ActivationsGuard};
 pub(crate) use step::{step, step_batch, step_feeds};

@@ -24,6 +24,9 @@ use super::kquant::{self, Blocks};
 pub use super::kquant::{PackedKind, UNIT};
 #[cfg(target_arch = "x86_64")]
 use super::kquant_simd;
+use super::q8::{self, Activations, Q8Kernel, Q8Rows};
+#[cfg(target_arch = "x86_64")]
+use super::q8_simd;
 use super::team;
 use crate::error::{ModelError, Result};
 
@@ -137,8 +140,56 @@ impl PackedMatrix {
     /// `y = x·Wᵀ` for `n` activation rows `x: [n, cols]`; returns `[n, rows]`.
     /// Output rows are split over the decode team's threads when the product is large.
     pub fn matmul(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let mut ys = matmul_many(&[self], x, n)?;
+        self.matmul_with(x, n, Activations::current())
+    }
+
+    /// [`Self::matmul`] with the activations' precision chosen by the caller.
+    pub fn matmul_with(&self, x: &[f32], n: usize, act: Activations) -> Result<Vec<f32>> {
+        let mut ys = matmul_many_with(&[self], x, n, act)?;
         Ok(ys.pop().unwrap_or_default())
+    }
+
+    /// As [`Self::rows_into`] with activations quantized to 8 bits
+    /// ([`super::q8`]), four activation rows per kernel call.
+    pub(crate) fn rows_into_q8(&self, k: Q8Kernel, r0: usize, xq: &Q8Rows, out: &mut [f32]) {
+        if k == Q8Kernel::Scalar {
+            return q8::rows_scalar(&self.blocks, self.cols, xq, r0, out);
+        }
+        let mut c0 = 0;
+        while c0 < xq.n {
+            let group = (xq.n - c0).min(4);
+            match group {
+                1 => self.group_q8::<1>(k, r0, xq, c0, out),
+                2 => self.group_q8::<2>(k, r0, xq, c0, out),
+                3 => self.group_q8::<3>(k, r0, xq, c0, out),
+                _ => self.group_q8::<4>(k, r0, xq, c0, out),
+            }
+            c0 += group;
+        }
+    }
+
+    fn group_q8<const N: usize>(
+        &self,
+        k: Q8Kernel,
+        r0: usize,
+        xq: &Q8Rows,
+        c0: usize,
+        out: &mut [f32],
+    ) {
+        let (b, cols) = (&self.blocks, self.cols);
+        match k {
+            // SAFETY: the kernels exist only on CPUs with their features
+            // (`Q8Kernel::available`); their indexing stays within the slices.
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Vnni512 => kquant::with_kind!(b.kind, K => unsafe {
+                q8_simd::group_vnni::<N, K>(b, cols, xq, c0, r0, out)
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx2 => kquant::with_kind!(b.kind, K => unsafe {
+                q8_simd::group_avx2::<N, K>(b, cols, xq, c0, r0, out)
+            }),
+            _ => q8::rows_scalar(b, cols, xq, r0, out),
+        }
     }
 
     /// Output rows `r0..r0 + out.len()/n` into `out: [rows, n]`, four
@@ -223,7 +274,18 @@ impl Kernel {
 /// `x·Wᵀ` for several matrices with the same input width (e.g. a layer's
 /// q, k and v projections) as one job for the team, which then hands work
 /// out once instead of once per matrix. Returns one `[n, rows]` per matrix.
+/// The activations are multiplied as [`Activations::current`] says.
 pub fn matmul_many(mats: &[&PackedMatrix], x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+    matmul_many_with(mats, x, n, Activations::current())
+}
+
+/// [`matmul_many`] with the activations' precision chosen by the caller.
+pub fn matmul_many_with(
+    mats: &[&PackedMatrix],
+    x: &[f32],
+    n: usize,
+    act: Activations,
+) -> Result<Vec<Vec<f32>>> {
     let Some(cols) = mats.first().map(|m| m.cols) else {
         return Ok(Vec::new());
     };
@@ -241,9 +303,18 @@ pub fn matmul_many(mats: &[&PackedMatrix], x: &[f32], n: usize) -> Result<Vec<Ve
     let total_rows: usize = mats.iter().map(|m| m.rows).sum();
     let team = team::global();
     let k = Kernel::best();
+    // Quantized once for the whole group (e.g. q, k and v share it).
+    let (xq, qk) = match act {
+        Activations::Q8 => (Some(Q8Rows::quantize(x, n, cols)), Q8Kernel::best()),
+        Activations::F32 => (None, Q8Kernel::Scalar),
+    };
+    let rows_into = |m: &PackedMatrix, r0: usize, dst: &mut [f32]| match &xq {
+        Some(xq) => m.rows_into_q8(qk, r0, xq, dst),
+        None => m.rows_into(k, r0, x, n, dst),
+    };
     if team.threads() <= 1 || total_rows * cols * n < PARALLEL_MIN_MACS {
         for (m, yt) in mats.iter().zip(yts.iter_mut()) {
-            m.rows_into(k, 0, x, n, yt);
+            rows_into(m, 0, yt);
         }
     } else {
         let per = total_rows.div_ceil(team.threads() * 4).max(1);
@@ -261,7 +332,7 @@ pub fn matmul_many(mats: &[&PackedMatrix], x: &[f32], n: usize) -> Result<Vec<Ve
             // SAFETY: chunk `i` owns rows r0..r1 of matrix m's output, disjoint
             // from every other chunk's, inside `yts[m]`, which outlives `run`.
             let dst = unsafe { std::slice::from_raw_parts_mut(outs[m].at(r0 * n), (r1 - r0) * n) };
-            mats[m].rows_into(k, r0, x, n, dst);
+            rows_into(mats[m], r0, dst);
         });
     }
     if n == 1 {
@@ -367,7 +438,7 @@ mod tests {
             let wd = p_dequantized(&p)?;
             for n in [1, 2, 3, 4, 5, 9] {
                 let x = random(n, cols, 7 + n as u64);
-                let got = p.matmul(&x, n)?;
+                let got = p.matmul_with(&x, n, Activations::F32)?;
                 let xt = Tensor::from_vec(x.clone(), (n, cols), &Device::Cpu)?;
                 let want = xt.matmul(&wd.t()?)?.flatten_all()?.to_vec1::<f32>()?;
                 let gap = max_gap(&got, &want);

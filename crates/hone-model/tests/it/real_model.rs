@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
+use hone_model::decode::Activations;
 use hone_model::generate::{generate, GenerationParams};
 use hone_model::{load_model, Llama, WeightPath};
 use serde_json::Value;
@@ -140,8 +141,13 @@ fn f32_path_reproduces_reference_cross_entropy_on_train_batch() {
 fn quantized_paths_gap_to_f32() {
     let v = reference(VECTORS);
     let reference_model = load_model(&gguf(), WeightPath::F32).unwrap();
-    for wp in [WeightPath::Packed] {
-        let m = load_model(&gguf(), wp).unwrap();
+    let m = load_model(&gguf(), WeightPath::Packed).unwrap();
+    // f32 activations: greedy identical and a tight gap. 8-bit activations
+    // (`HONE_DECODE_ACTIVATIONS=q8`): the gap and greedy agreement are printed,
+    // and the gap bounded: measured 1.40 on the first prompt, whose greedy
+    // answer then differs from its first token (why q8 is not the default).
+    for (act, tol) in [(Activations::F32, 2e-2), (Activations::Q8, 2.0)] {
+        let _guard = Activations::override_on_this_thread(act);
         for case in v["logits"].as_array().unwrap() {
             let ids = u32s(&case["ids"]);
             let a = Tensor::new(last_logits(&reference_model, &ids), &Device::Cpu).unwrap();
@@ -149,10 +155,13 @@ fn quantized_paths_gap_to_f32() {
             let gap = (&a - &b).unwrap().abs().unwrap().max(D::Minus1).unwrap();
             let gap = gap.to_scalar::<f32>().unwrap();
             let g = greedy(&m, &ids, 20);
-            let same = g == u32s(&case["greedy_20"]);
-            eprintln!("{wp:?}: max |logit gap| {gap:.4}, greedy_20 identical: {same} {g:?}");
-            assert!(same, "{wp:?} greedy differs: {g:?}");
-            assert!(gap < 2e-2, "packed logits are {gap} from f32");
+            let want = u32s(&case["greedy_20"]);
+            let agree = g.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            eprintln!("{act:?}: max |logit gap| {gap:.4}, greedy_20 agrees on {agree}/20 {g:?}");
+            if act == Activations::F32 {
+                assert_eq!(g, want, "{act:?} greedy differs");
+            }
+            assert!(gap < tol, "{act:?}: packed logits are {gap} from f32");
         }
     }
 }
