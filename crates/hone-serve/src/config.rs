@@ -98,6 +98,12 @@ pub struct ServeConfig {
     /// At most --max-concurrent-chats embedding requests run at once.
     #[arg(long, env = "HONE_EMBEDDING_MODEL", value_name = "ID")]
     pub embedding_model: Option<String>,
+
+    /// Serve `GET /metrics` (Prometheus) without the API key, for a
+    /// scraper on a trusted network. Without it, /metrics needs a key as
+    /// /v1 does. Its labels name every project's served models.
+    #[arg(long, env = "HONE_PUBLIC_METRICS")]
+    pub public_metrics: bool,
 }
 
 impl ServeConfig {
@@ -119,6 +125,7 @@ impl ServeConfig {
             max_adapters: crate::chat::DEFAULT_MAX_ADAPTERS,
             shutdown_timeout_secs: 60,
             embedding_model: None,
+            public_metrics: false,
         }
     }
 
@@ -185,6 +192,7 @@ impl fmt::Debug for ServeConfig {
             .field("max_concurrent_chats", &self.max_concurrent_chats)
             .field("max_adapters", &self.max_adapters)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .field("public_metrics", &self.public_metrics)
             .finish()
     }
 }

@@ -10,6 +10,7 @@ mod files;
 mod http;
 mod job_creation;
 mod jobs;
+mod metrics;
 mod models;
 mod openapi;
 mod orphans;
