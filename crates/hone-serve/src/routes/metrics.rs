@@ -21,7 +21,7 @@ use crate::state::AppState;
     responses((status = 200, description = "Every metric in the Prometheus text format 0.0.4 (docs/api.md, Metrics)", content_type = "text/plain", body = String))
 )]
 pub(super) async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let jobs = st.store.run(|s| Metrics::job_counts(s)).await?;
+    let jobs = st.store.run(Metrics::job_counts).await?;
     let engine = st
         .engines
         .chat
