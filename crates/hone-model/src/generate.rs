@@ -459,5 +459,11 @@ impl<'a> TextStream<'a> {
 mod sampling;
 pub use sampling::{argmax, Sampler};
 
+impl Sampler {
+    pub fn new(p: &GenerationParams) -> Self {
+        Sampler::with(p.temperature, p.top_p, p.top_k, p.seed)
+    }
+}
+
 #[cfg(test)]
 mod tests;

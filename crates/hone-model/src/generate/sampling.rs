@@ -16,7 +16,6 @@ use std::cmp::Ordering;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::GenerationParams;
 use crate::error::{ModelError, Result};
 
 /// Logits more than this many nats (at temperature 1) below the best are
@@ -36,12 +35,14 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(p: &GenerationParams) -> Self {
+    /// A sampler seeded with `seed` (`Sampler::new` takes these from
+    /// `GenerationParams`).
+    pub fn with(temperature: f32, top_p: f32, top_k: usize, seed: u64) -> Self {
         Self {
-            rng: StdRng::seed_from_u64(p.seed),
-            temperature: p.temperature,
-            top_p: p.top_p,
-            top_k: p.top_k,
+            rng: StdRng::seed_from_u64(seed),
+            temperature,
+            top_p,
+            top_k,
         }
     }
 
@@ -216,13 +217,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let p = GenerationParams {
-                temperature: t,
-                top_p,
-                top_k,
-                ..GenerationParams::default()
-            };
-            let s = Sampler::new(&p);
+            let s = Sampler::with(t, top_p, top_k, 0);
             let row = logits(49_152, seed as u64);
             let f64_total = top_k == 0;
             assert_eq!(
