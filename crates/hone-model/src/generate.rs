@@ -7,8 +7,6 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::{Constraint, Grammar, GrammarEnv};
@@ -457,89 +455,13 @@ impl TextStream {
     }
 }
 
-/// Seeded sampler over a logits vector.
-pub struct Sampler {
-    rng: StdRng,
-    temperature: f32,
-    top_p: f32,
-    top_k: usize,
-}
+mod sampling;
+pub use sampling::{argmax, Sampler};
 
 impl Sampler {
     pub fn new(p: &GenerationParams) -> Self {
-        Self {
-            rng: StdRng::seed_from_u64(p.seed),
-            temperature: p.temperature,
-            top_p: p.top_p,
-            top_k: p.top_k,
-        }
+        Sampler::with(p.temperature, p.top_p, p.top_k, p.seed)
     }
-
-    pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
-        if logits.is_empty() {
-            return Err(ModelError::Generation("empty logits".into()));
-        }
-        if self.temperature <= 0.0 || self.top_k == 1 {
-            return Ok(argmax(logits));
-        }
-        let cands = self.candidates(logits);
-        let total: f32 = cands.iter().map(|(_, p)| p).sum();
-        let mut u = self.rng.random::<f32>() * total;
-        for (id, p) in &cands {
-            if u < *p {
-                return Ok(*id);
-            }
-            u -= p;
-        }
-        Ok(cands
-            .last()
-            .map(|(id, _)| *id)
-            .unwrap_or_else(|| argmax(logits)))
-    }
-
-    /// Tokens that can be sampled with their (unnormalised) probabilities,
-    /// most likely first. Logits more than 40 nats below the best are
-    /// dropped up front: together they weigh under 1e-12 even at full vocab.
-    fn candidates(&self, logits: &[f32]) -> Vec<(u32, f32)> {
-        let t = self.temperature;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let floor = max - 40.0 * t;
-        let mut c: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, &l)| l >= floor)
-            .map(|(i, &l)| (i as u32, ((l - max) / t).exp()))
-            .collect();
-        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.top_k > 0 {
-            c.truncate(self.top_k);
-        }
-        if self.top_p < 1.0 {
-            let total: f32 = c.iter().map(|(_, p)| p).sum();
-            let mut acc = 0.0;
-            let mut keep = c.len();
-            for (i, (_, p)) in c.iter().enumerate() {
-                acc += p / total;
-                if acc >= self.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            c.truncate(keep.max(1));
-        }
-        c
-    }
-}
-
-/// Index of the largest logit (the first on ties).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 mod batch;

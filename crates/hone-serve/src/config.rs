@@ -106,6 +106,12 @@ pub struct ServeConfig {
     /// At most --max-concurrent-chats embedding requests run at once.
     #[arg(long, env = "HONE_EMBEDDING_MODEL", value_name = "ID")]
     pub embedding_model: Option<String>,
+
+    /// Serve `GET /metrics` (Prometheus) without the API key, for a
+    /// scraper on a trusted network. Without it, /metrics needs a key as
+    /// /v1 does. Its labels name every project's served models.
+    #[arg(long, env = "HONE_PUBLIC_METRICS")]
+    pub public_metrics: bool,
 }
 
 impl ServeConfig {
@@ -128,6 +134,7 @@ impl ServeConfig {
             max_adapters: crate::chat::DEFAULT_MAX_ADAPTERS,
             shutdown_timeout_secs: 60,
             embedding_model: None,
+            public_metrics: false,
         }
     }
 
@@ -195,6 +202,7 @@ impl fmt::Debug for ServeConfig {
             .field("kv_cache_mb", &self.kv_cache_mb)
             .field("max_adapters", &self.max_adapters)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .field("public_metrics", &self.public_metrics)
             .finish()
     }
 }

@@ -12,6 +12,7 @@
 //! - [`worker`]: the job loop, the only code that changes a job's state;
 //!   [`job_context`]: what a training run sees; [`training`]: the trainer;
 //! - `routes`: the axum handlers; [`auth`]: keys and request ids;
+//! - [`metrics`]: the Prometheus metrics of `GET /metrics`;
 //! - [`sweep`]: at start, removes what a crash left that no record refers to.
 //!
 //! Start it with [`serve`]; tests use [`router`] with an [`AppState`].
@@ -29,6 +30,7 @@ pub mod export;
 mod extract;
 pub mod ids;
 pub mod job_context;
+pub mod metrics;
 pub mod openapi;
 mod routes;
 pub mod state;

@@ -18,6 +18,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// The job worker: the only changer of job state.
     pub worker: WorkerHandle,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why the server could not start.
@@ -72,6 +74,7 @@ impl AppState {
             engines,
             config: Arc::new(config),
             worker,
+            metrics: Arc::default(),
         })
     }
 

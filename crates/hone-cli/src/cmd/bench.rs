@@ -1,4 +1,4 @@
-//! `hone bench infer|prefill|train`: inference and training speed on this machine, as one
+//! `hone bench infer|prefill|train|serve`: inference and training speed on this machine, as one
 //! JSON line each.
 //!
 //! `infer` has the same shape as the PyTorch reference (`bench_infer.py`): the chat-templated
@@ -24,6 +24,7 @@ use super::chat::{load_engine, parse_weights};
 
 mod constrained;
 mod prefill;
+mod serve;
 mod train;
 
 pub(super) const PROMPT: &str = "Write a short story about a robot who learns to paint.";
@@ -38,6 +39,9 @@ pub enum BenchCommand {
     /// Speed of the LoRA training step: forward, backward over the LoRA matrices only,
     /// AdamW step (one JSON line on stdout; also saved to $HONE_HOME/bench/train.json).
     Train(train::TrainBenchArgs),
+    /// Serving speed over HTTP: C concurrent streaming clients against `hone serve`
+    /// (and llama.cpp's server with --llama-server), one JSON line on stdout.
+    Serve(serve::ServeBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -68,6 +72,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Infer(a) => infer(a),
         BenchCommand::Prefill(a) => prefill::run(a),
         BenchCommand::Train(a) => train::run(a),
+        BenchCommand::Serve(a) => serve::run(a),
     }
 }
 

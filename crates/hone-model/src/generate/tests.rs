@@ -1,4 +1,6 @@
 use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// A fake model that always predicts `script[pos - prompt_len]`.
 struct Scripted {

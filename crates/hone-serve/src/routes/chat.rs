@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
@@ -31,6 +32,7 @@ use crate::chat::{self, CancelFlag, CancelOnDrop, ChatEvent, ChatPlan, ChatRun, 
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::ids;
+use crate::metrics::GenerationClock;
 use crate::state::AppState;
 use crate::store::unix_now;
 
@@ -53,9 +55,32 @@ pub(super) async fn completions(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let metrics = st.metrics.clone();
+    let mut found = None;
+    let res = respond(st, caller, req, arrived, &mut found).await;
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(e) => e.spec().status,
+    };
+    metrics.request(found.as_deref().unwrap_or("other"), status.as_u16());
+    res
+}
+
+/// The answer to a request that arrived at `arrived`; `found` is set to
+/// the model's name once it is known to exist (the metrics' label).
+async fn respond(
+    st: AppState,
+    caller: Caller,
+    req: ChatCompletionRequest,
+    arrived: Instant,
+    found: &mut Option<String>,
+) -> Result<Response, ApiError> {
     let plan = chat::plan(&req)?;
     super::chat_store::check_request(&req)?;
     let target = resolve_target(&st, &caller, &req.model).await?;
+    *found = Some(req.model.clone());
+    let mut clock = GenerationClock::start(st.metrics.clone(), &req.model, arrived);
     let service = st
         .engines
         .chat
@@ -79,9 +104,14 @@ pub(super) async fn completions(
     if !plan.stream {
         let run = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            chat::run_choices(&*backend, &target, &plan, &cancel, &mut |_| {
+            let res = chat::run_choices(&*backend, &target, &plan, &cancel, &mut |ev| {
+                clock.see(&ev);
                 ControlFlow::Continue(())
-            })
+            });
+            if let Ok(run) = &res {
+                clock.done(&run.usage);
+            }
+            res
         })
         .await
         .map_err(|e| ApiError::internal(format!("chat generation failed: {e}")))??;
@@ -96,7 +126,7 @@ pub(super) async fn completions(
     let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        generate_into(&*backend, &target, &plan, &cancel, &tx);
+        generate_into(&*backend, &target, &plan, &cancel, &tx, clock);
     });
     // Errors before the first token (a prompt over the context, an adapter
     // that cannot load) are still proper HTTP errors, not a broken stream.
@@ -177,23 +207,28 @@ enum Msg {
     Failed(ApiError),
 }
 
-/// Runs the choices, sending each event; a closed channel (the client is
-/// gone) stops generation.
+/// Runs the choices, sending each event (timed by `clock`); a closed
+/// channel (the client is gone) stops generation.
 fn generate_into(
     backend: &dyn chat::ChatBackend,
     target: &ChatTarget,
     plan: &ChatPlan,
     cancel: &CancelFlag,
     tx: &mpsc::Sender<Msg>,
+    mut clock: GenerationClock,
 ) {
-    let res = chat::run_choices(backend, target, plan, cancel, &mut |ev| match tx
-        .blocking_send(Msg::Event(ev))
-    {
-        Ok(()) => ControlFlow::Continue(()),
-        Err(_) => ControlFlow::Break(()),
+    let res = chat::run_choices(backend, target, plan, cancel, &mut |ev| {
+        clock.see(&ev);
+        match tx.blocking_send(Msg::Event(ev)) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
     });
     let last = match res {
-        Ok(run) => Msg::Done(run.usage),
+        Ok(run) => {
+            clock.done(&run.usage);
+            Msg::Done(run.usage)
+        }
         Err(e) => Msg::Failed(e.into()),
     };
     let _ = tx.blocking_send(last);

@@ -14,6 +14,7 @@ mod chat_store;
 mod embeddings;
 mod files;
 mod jobs;
+mod metrics;
 mod models;
 pub(crate) mod spec;
 
@@ -34,8 +35,9 @@ use crate::store::{Order, PageRequest};
 /// exactly the limit: the request-wide backstop is the file limit plus this.
 const MULTIPART_SLACK: u64 = 1024 * 1024;
 
-/// The whole application: `/health` and `/openapi.json` (public) and
-/// `/v1/...` (behind the key, unknown paths included).
+/// The whole application: `/health` and `/openapi.json` (public),
+/// `/metrics` (behind the key unless `--public-metrics`) and `/v1/...`
+/// (behind the key, unknown paths included).
 pub fn router(state: AppState) -> Router {
     let auth = AuthState {
         store: state.store.clone(),
@@ -79,9 +81,18 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/completions/{id}/messages", get(chat_store::messages))
         .route("/embeddings", post(embeddings::create))
         .fallback(unknown_route)
-        .layer(from_fn_with_state(auth, require_key));
+        .layer(from_fn_with_state(auth.clone(), require_key));
+    let metrics_auth = metrics::MetricsAuth {
+        public: state.config.public_metrics,
+        auth,
+    };
     Router::new()
         .route("/health", get(health))
+        .route(
+            "/metrics",
+            get(metrics::metrics)
+                .layer(from_fn_with_state(metrics_auth, metrics::key_unless_public)),
+        )
         .route("/openapi.json", get(spec::openapi_json))
         .nest("/v1", v1)
         .fallback(unknown_route)

@@ -8,7 +8,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{chat, chat_store, embeddings, files, jobs, models};
+use super::{chat, chat_store, embeddings, files, jobs, metrics, models};
 
 /// Every routed operation. `tests/it/openapi.rs` checks this list against
 /// the router both ways.
@@ -16,6 +16,7 @@ use super::{chat, chat_store, embeddings, files, jobs, models};
 #[openapi(paths(
     super::health,
     openapi_json,
+    metrics::metrics,
     files::upload,
     files::list,
     files::retrieve,

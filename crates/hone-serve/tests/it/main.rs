@@ -11,6 +11,7 @@ mod files;
 mod http;
 mod job_creation;
 mod jobs;
+mod metrics;
 mod models;
 mod openapi;
 mod orphans;

@@ -1,0 +1,474 @@
+//! `hone bench serve`: end-to-end serving speed over HTTP, as a user of the
+//! OpenAI API sees it. For each level of concurrency C it starts `hone
+//! serve` (this binary, on a temporary HONE_HOME, `--max-concurrent-chats
+//! C`), lets C clients stream chat completions at once, and reports the
+//! aggregate generated tokens/s, p50/p95 time to first token and
+//! inter-token latency, the 429 count and the server's peak RSS.
+//!
+//! With `--llama-server PATH`, llama.cpp's server runs the same clients on
+//! the same GGUF with the same threads (`-np C`, continuous batching). The
+//! two alternate within each level (the order flips from level to level),
+//! so both see the same machine load; compare them as ratios.
+//!
+//! A client that gets a 429 counts it, waits the `Retry-After` second and
+//! sends the request again, as the OpenAI SDK does.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hone_model::registry::{ModelSource, DEFAULT_MODEL_ID};
+use serde_json::{json, Value};
+
+use super::{loadavg, round2};
+
+/// Realistic chat turns: a system prompt and questions that want a
+/// paragraph, so that most answers run to the token limit.
+const SYSTEM: &str = "You are a helpful assistant. Answer clearly and in full sentences.";
+const PROMPTS: [&str; 12] = [
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short story about a robot who learns to paint.",
+    "What are the main causes of inflation, and how do central banks respond?",
+    "Give me three tips for writing a good cover letter, with an example of each.",
+    "Describe the water cycle to a ten-year-old.",
+    "What is the difference between a list and a tuple in Python? Show an example.",
+    "Plan a one-day walking tour of Rome for a first-time visitor.",
+    "Why is the sky blue? Explain the physics simply.",
+    "Summarize the plot of Romeo and Juliet in a paragraph.",
+    "How do I make a simple tomato sauce from scratch?",
+    "What should I consider when choosing a laptop for programming?",
+    "Explain what a hash table is and why lookups are fast.",
+];
+
+/// How long a server may take to load its model and answer `/health`.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(clap::Args)]
+pub struct ServeBenchArgs {
+    /// Model id or GGUF path (served by hone; its GGUF for llama-server).
+    #[arg(long, env = "HONE_MODEL", default_value = DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// Levels of concurrent streaming clients, measured one after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub clients: Vec<usize>,
+    /// Requests each client sends, one after another, per level.
+    #[arg(long, default_value_t = 2)]
+    pub requests_per_client: usize,
+    /// `max_tokens` of each request.
+    #[arg(long, default_value_t = 96)]
+    pub max_tokens: usize,
+    /// `temperature` of each request.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Compute threads of each server (default: all cores).
+    #[arg(long, env = "HONE_THREADS")]
+    pub threads: Option<usize>,
+    /// llama.cpp's `llama-server` binary: also measure it, alternating.
+    #[arg(long, value_name = "PATH")]
+    pub llama_server: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Hone,
+    Llama,
+}
+
+impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Hone => "hone",
+            Kind::Llama => "llama_server",
+        }
+    }
+}
+
+pub fn run(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        bail!("--clients must list levels of at least 1");
+    }
+    if args.requests_per_client == 0 || args.max_tokens == 0 {
+        bail!("--requests-per-client and --max-tokens must be at least 1");
+    }
+    let resolved = hone_model::registry::resolve(&args.model)
+        .with_context(|| format!("resolving model '{}'", args.model))?;
+    let ModelSource::Gguf(gguf) = &resolved.source else {
+        bail!("hone bench serve needs a GGUF model (llama-server reads only GGUF)");
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut kinds = vec![Kind::Hone];
+    if args.llama_server.is_some() {
+        kinds.push(Kind::Llama);
+    }
+    let load_before = loadavg();
+    let mut levels = Vec::new();
+    for (i, &c) in args.clients.iter().enumerate() {
+        let mut level = json!({ "clients": c });
+        let mut order = kinds.clone();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for kind in order {
+            let server = Server::start(kind, &args, &resolved.id, gguf, threads, c)?;
+            let stats = drive(&server, &resolved.id, c, &args)?;
+            let mut v = stats.to_json();
+            v["peak_rss_mb"] = json!(server.peak_rss_mb());
+            level[kind.key()] = v;
+            eprintln!("bench serve: C={c} {}: {}", kind.key(), level[kind.key()]);
+        }
+        if let (Some(h), Some(l)) = (
+            level["hone"]["tokens_per_s"].as_f64(),
+            level["llama_server"]["tokens_per_s"].as_f64(),
+        ) {
+            level["hone_over_llama_server"] = json!(round2(h / l.max(1e-9)));
+        }
+        levels.push(level);
+    }
+    let out = json!({
+        "bench": "serve",
+        "model": resolved.id,
+        "threads": threads,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "requests_per_client": args.requests_per_client,
+        "levels": levels,
+        "load_before": load_before,
+        "load_after": loadavg(),
+    });
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A server process on a free local port, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    _home: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start(
+        kind: Kind,
+        args: &ServeBenchArgs,
+        id: &str,
+        gguf: &Path,
+        threads: usize,
+        clients: usize,
+    ) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let (cmd, home) = match kind {
+            Kind::Hone => hone_command(id, gguf, threads, clients, port)?,
+            Kind::Llama => {
+                let bin = args.llama_server.as_deref().context("no --llama-server")?;
+                (llama_command(bin, gguf, threads, clients, port), None)
+            }
+        };
+        let mut cmd = cmd;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", kind.key()))?;
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _home: home,
+        };
+        server.wait_ready(kind)?;
+        Ok(server)
+    }
+
+    /// Polls `/health` until it answers 200 (llama-server answers 503
+    /// while loading), failing early if the process exits.
+    fn wait_ready(&mut self, kind: Kind) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build();
+        while t0.elapsed() < START_TIMEOUT {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited while starting ({status})", kind.key());
+            }
+            if let Ok(r) = agent.get(&format!("{}/health", self.base)).call() {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("{} did not become ready in {START_TIMEOUT:?}", kind.key())
+    }
+
+    /// The process's peak resident memory (VmHWM) in MB.
+    fn peak_rss_mb(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `hone serve` (this binary) on a fresh HONE_HOME, serving `gguf` as `id`.
+fn hone_command(
+    id: &str,
+    gguf: &Path,
+    threads: usize,
+    clients: usize,
+    port: u16,
+) -> anyhow::Result<(Command, Option<tempfile::TempDir>)> {
+    let home = tempfile::tempdir().context("making a temporary HONE_HOME")?;
+    let exe = std::env::current_exe().context("finding the hone binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg("--home")
+        .arg(home.path())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--model")
+        .arg(format!("{id}={}", gguf.display()))
+        .args(["--max-concurrent-chats", &clients.to_string()])
+        .args(["--embedding-model", "none"])
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env_remove("HONE_API_KEYS");
+    Ok((cmd, Some(home)))
+}
+
+/// llama.cpp's server with `clients` slots and continuous batching; its
+/// shared libraries are looked for beside the binary.
+fn llama_command(bin: &Path, gguf: &Path, threads: usize, clients: usize, port: u16) -> Command {
+    let mut cmd = Command::new(bin);
+    if let Some(dir) = bin.parent() {
+        let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+        cmd.env("LD_LIBRARY_PATH", format!("{}:{old}", dir.display()));
+    }
+    let t = threads.to_string();
+    cmd.arg("-m")
+        .arg(gguf)
+        .args(["-t", &t, "-tb", &t])
+        .args(["-np", &clients.to_string()])
+        .args(["-c", &(clients * 1024).to_string()])
+        .arg("--cont-batching")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+    cmd
+}
+
+/// A port free right now (the server binds it a moment later).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// What one level measured on one server.
+#[derive(Default)]
+struct Stats {
+    wall_s: f64,
+    requests: usize,
+    errors: usize,
+    rate_limited: usize,
+    tokens: u64,
+    ttft: Vec<f64>,
+    itl: Vec<f64>,
+}
+
+impl Stats {
+    fn to_json(&self) -> Value {
+        let ms = |v: &[f64], p: f64| percentile(v, p).map(|s| round2(s * 1000.0));
+        json!({
+            "tokens_per_s": round2(self.tokens as f64 / self.wall_s.max(1e-9)),
+            "ttft_p50_ms": ms(&self.ttft, 0.5),
+            "ttft_p95_ms": ms(&self.ttft, 0.95),
+            "itl_p50_ms": ms(&self.itl, 0.5),
+            "itl_p95_ms": ms(&self.itl, 0.95),
+            "requests": self.requests,
+            "errors": self.errors,
+            "http_429": self.rate_limited,
+            "generated_tokens": self.tokens,
+            "wall_s": round2(self.wall_s),
+        })
+    }
+
+    fn add(&mut self, other: Stats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.rate_limited += other.rate_limited;
+        self.tokens += other.tokens;
+        self.ttft.extend(other.ttft);
+        self.itl.extend(other.itl);
+    }
+}
+
+/// The `p` quantile (0..=1) of `v`, nearest rank.
+fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s.get(i).copied()
+}
+
+/// One warm-up request, then `clients` threads each sending
+/// `requests_per_client` streamed requests.
+fn drive(
+    server: &Server,
+    model: &str,
+    clients: usize,
+    args: &ServeBenchArgs,
+) -> anyhow::Result<Stats> {
+    let url = format!("{}/v1/chat/completions", server.base);
+    let warm = stream_one(&url, &body(model, PROMPTS[0], 8, args.temperature, 0));
+    if let Err(e) = warm {
+        bail!("the warm-up request to {url} failed: {e}");
+    }
+    let t0 = Instant::now();
+    let mut total = Stats::default();
+    let per_client: Vec<Stats> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let url = &url;
+                s.spawn(move || client(url, model, c, args))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    total.wall_s = t0.elapsed().as_secs_f64();
+    for s in per_client {
+        total.add(s);
+    }
+    Ok(total)
+}
+
+/// Client `c`: its requests one after another, retrying after a 429.
+fn client(url: &str, model: &str, c: usize, args: &ServeBenchArgs) -> Stats {
+    let mut st = Stats::default();
+    for r in 0..args.requests_per_client {
+        let n = c * args.requests_per_client + r;
+        let prompt = PROMPTS[n % PROMPTS.len()];
+        let req = body(model, prompt, args.max_tokens, args.temperature, n as u64);
+        loop {
+            match stream_one(url, &req) {
+                Ok(one) => {
+                    st.requests += 1;
+                    st.tokens += one.tokens;
+                    st.ttft.extend(one.ttft);
+                    st.itl.extend(one.itl);
+                    break;
+                }
+                Err(Failure::Busy(wait)) => {
+                    st.rate_limited += 1;
+                    std::thread::sleep(wait);
+                }
+                Err(Failure::Other(e)) => {
+                    eprintln!("bench serve: request failed: {e}");
+                    st.errors += 1;
+                    break;
+                }
+            }
+        }
+    }
+    st
+}
+
+fn body(model: &str, prompt: &str, max_tokens: usize, temperature: f32, seed: u64) -> String {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": prompt},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string()
+}
+
+/// One streamed request's timings.
+struct OneStream {
+    tokens: u64,
+    ttft: Option<f64>,
+    itl: Vec<f64>,
+}
+
+enum Failure {
+    /// A 429: wait this long, then send again.
+    Busy(Duration),
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Busy(d) => write!(f, "429 (retry after {d:?})"),
+            Failure::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Sends `body` and reads the SSE answer, timing each content delta. The
+/// tokens are the usage chunk's `completion_tokens`, else the deltas.
+fn stream_one(url: &str, body: &str) -> Result<OneStream, Failure> {
+    let t0 = Instant::now();
+    let resp = ureq::post(url)
+        .set("content-type", "application/json")
+        .send_string(body);
+    let resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(429, r)) => {
+            let secs = r.header("retry-after").and_then(|s| s.parse().ok());
+            return Err(Failure::Busy(Duration::from_secs(secs.unwrap_or(1))));
+        }
+        Err(e) => return Err(Failure::Other(e.to_string())),
+    };
+    let mut out = OneStream {
+        tokens: 0,
+        ttft: None,
+        itl: Vec::new(),
+    };
+    let (mut last, mut deltas, mut usage) = (None::<Instant>, 0u64, None);
+    for line in BufReader::new(resp.into_reader()).lines() {
+        let line = line.map_err(|e| Failure::Other(format!("reading the stream: {e}")))?;
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(data)
+            .map_err(|e| Failure::Other(format!("a chunk is not JSON ({e}): {data}")))?;
+        if let Some(e) = v.get("error") {
+            return Err(Failure::Other(format!("error in the stream: {e}")));
+        }
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            usage = Some(n);
+        }
+        let has_text = v["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty());
+        if has_text {
+            let now = Instant::now();
+            match last {
+                None => out.ttft = Some((now - t0).as_secs_f64()),
+                Some(prev) => out.itl.push((now - prev).as_secs_f64()),
+            }
+            last = Some(now);
+            deltas += 1;
+        }
+    }
+    out.tokens = usage.unwrap_or(deltas);
+    Ok(out)
+}
