@@ -70,9 +70,7 @@ struct StateLabel {
 
 type HistogramFamily = Family<ModelLabel, Histogram, fn() -> Histogram>;
 
-/// What the chat engine holds right now. Today every admitted request
-/// generates alone (its own KV cache, batch of one); the batch scheduler
-/// fills in real rows, queue and KV pool when it lands.
+/// What the chat engine holds right now, from the engine loops' counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineSnapshot {
     /// Sequences generating now.
@@ -90,18 +88,33 @@ pub struct EngineSnapshot {
 }
 
 impl EngineSnapshot {
-    /// What today's admission slots know: running = slots taken; there is
-    /// no queue (over capacity is a 429) and each generation steps alone.
+    /// The engine loops' own counts ([`crate::chat::BatchSnapshot`], one per loaded
+    /// base): running and waiting rows summed over bases, the largest last step
+    /// (tokens fed, prompt rows included), KV bytes held and the shared budget. A
+    /// backend without engine loops reports its admission slots as running.
     pub fn of(service: &ChatService) -> Self {
-        let capacity = service.max_concurrent();
-        let running = capacity.saturating_sub(service.available()) as i64;
+        let capacity = service.max_concurrent() as i64;
+        let loops = service.backend.batch_stats();
+        if loops.is_empty() {
+            let running = capacity - service.available() as i64;
+            return EngineSnapshot {
+                running,
+                batch_size: running.min(1),
+                capacity,
+                ..Default::default()
+            };
+        }
+        let sum = |f: fn(&crate::chat::BatchSnapshot) -> usize| -> i64 {
+            loops.iter().map(f).sum::<usize>() as i64
+        };
         EngineSnapshot {
-            running,
-            waiting: 0,
-            batch_size: running.min(1),
-            capacity: capacity as i64,
-            kv_cache_used_bytes: 0,
-            kv_cache_capacity_bytes: 0,
+            running: sum(|b| b.running_rows),
+            waiting: sum(|b| b.waiting_rows),
+            batch_size: loops.iter().map(|b| b.last_step_tokens).max().unwrap_or(0) as i64,
+            capacity,
+            kv_cache_used_bytes: sum(|b| b.kv_bytes_used),
+            kv_cache_capacity_bytes: loops.iter().map(|b| b.kv_bytes_budget).max().unwrap_or(0)
+                as i64,
         }
     }
 }

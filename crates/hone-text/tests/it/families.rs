@@ -209,14 +209,17 @@ fn qwen2_5_coder_tokenizer_and_template_match_transformers() {
 #[test]
 #[ignore = "needs the Qwen2.5-Coder GGUF (HONE_TEST_QWEN_GGUF or HONE_HOME)"]
 fn qwen_tool_call_tags_survive_decoding_without_special_tokens() {
-    let ct = ChatTokenizer::from_gguf(&REAL_QWEN_GGUF.path()).unwrap();
+    let ct = ChatTokenizer::from_gguf(REAL_QWEN_GGUF.path()).unwrap();
     let t = &ct.tokenizer;
     let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call><|im_end|>";
     let ids = t.encode(text).unwrap();
     assert_eq!(t.token_to_id("<tool_call>"), Some(151657));
     assert!(ids.contains(&151657) && ids.contains(&151658), "{ids:?}");
     let decoded = t.decode_skip_special(&ids).unwrap();
-    assert_eq!(decoded, "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>");
+    assert_eq!(
+        decoded,
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"
+    );
 }
 
 #[test]
