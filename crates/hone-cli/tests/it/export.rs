@@ -8,7 +8,7 @@ use crate::train_support::{hone_bin, setup, stderr};
 
 #[test]
 fn merge_and_export_find_a_base_trained_by_path() {
-    let s = setup(6, 11);
+    let s = setup(12, 11);
     let adapter = s.dir.path().join("adapter");
     let o = s.train(&adapter, &["--epochs", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -57,13 +57,13 @@ impl Activations {
     }
 
     /// The process's choice, read once from `HONE_DECODE_ACTIVATIONS`
-    /// (`f32` or `q8`; unset or anything else: `q8`).
+    /// (`f32` or `q8`; unset or anything else: `f32`, the exact path).
     pub fn configured() -> Self {
         static CHOICE: std::sync::OnceLock<Activations> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(
             || match std::env::var("HONE_DECODE_ACTIVATIONS").as_deref() {
-                Ok("f32") => Activations::F32,
-                _ => Activations::Q8,
+                Ok("q8") => Activations::Q8,
+                _ => Activations::F32,
             },
         )
     }
