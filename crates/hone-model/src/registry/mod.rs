@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub mod fake_hub;
 mod fetch;
 mod hub;
+mod hub_files;
 #[cfg(test)]
 mod hub_tests;
 mod known;
