@@ -237,8 +237,8 @@ fn gemma3_tokenizer_matches_transformers() {
 /// A training conversation with a call, rendered and tokenised the way `hone train`
 /// does (`encode_chat`, which hone-train's SFT path calls): Qwen's `<tool_call>` and
 /// `</tool_call>` are their own ids and inside the loss mask with the call body and
-/// `<|im_end|>`, so a fine-tune is taught to write the tags (it is the Coder model's
-/// near-untrained output rows for them that make it slow to learn: docs/tools.md).
+/// `<|im_end|>`, so a fine-tune is taught to write the tags. (Qwen2.5-Coder still never
+/// writes them: its output rows for the tags are untrained, see docs/tools.md.)
 #[test]
 #[ignore = "needs the Qwen2.5-Coder GGUF (HONE_TEST_QWEN_GGUF or HONE_HOME)"]
 fn qwen_tool_call_tags_are_trained_tokens() {
