@@ -233,3 +233,39 @@ fn gemma3_tokenizer_matches_transformers() {
     // Newline runs are whole tokens, as in Gemma's own tokenizer.
     assert_eq!(t.encode("\n\n").unwrap(), vec![108]);
 }
+
+/// A training conversation with a call, rendered and tokenised the way `hone train`
+/// does (`encode_chat`, which hone-train's SFT path calls): Qwen's `<tool_call>` and
+/// `</tool_call>` are their own ids and inside the loss mask with the call body and
+/// `<|im_end|>`, so a fine-tune is taught to write the tags. (Qwen2.5-Coder still never
+/// writes them: its output rows for the tags are untrained, see docs/tools.md.)
+#[test]
+#[ignore = "needs the Qwen2.5-Coder GGUF (HONE_TEST_QWEN_GGUF or HONE_HOME)"]
+fn qwen_tool_call_tags_are_trained_tokens() {
+    let ct = ChatTokenizer::from_gguf(REAL_QWEN_GGUF.path()).unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tools/train.jsonl");
+    let examples = hone_data::parse_sft_file(&file).unwrap();
+    let ex = &examples[0];
+    assert!(
+        ex.messages[2].tool_calls.is_some(),
+        "line 1 answers with a call"
+    );
+    let enc = ct.encode_chat(&ex.messages, ex.tools.as_ref()).unwrap();
+    let trained = enc.trained_ids();
+    let (open, close, eot) = (151657, 151658, 151645);
+    assert_eq!(trained.first(), Some(&open), "{trained:?}");
+    assert_eq!(trained[trained.len() - 2..], [close, eot], "{trained:?}");
+    assert_eq!(
+        ct.tokenizer.decode(&trained).unwrap(),
+        "<tool_call>\n{\"name\": \"set_reminder\", \"arguments\": \
+         {\"text\": \"take out the trash\", \"time\": \"10:00\"}}\n</tool_call><|im_end|>"
+    );
+    // The system prompt quotes the tags too; those stay untrained.
+    let untrained_tags = enc
+        .ids
+        .iter()
+        .zip(&enc.loss_mask)
+        .filter(|(&id, &m)| id == open && !m)
+        .count();
+    assert_eq!(untrained_tags, 2);
+}
