@@ -18,16 +18,22 @@ use hone_train::sft::{tokenize_sft, train_sft, SftConfig};
 use hone_train::{AdamWConfig, ScheduleKind, VecSink};
 
 /// The largest relative distance `|loss − f32 loss| / f32 loss` allowed at any of the
-/// 100 steps, per mode, on the tiny model (docs/train.md; measured 2026-12-06).
+/// 100 steps, per mode, on the tiny model: about twice the worst step measured on
+/// 2026-12-06 (bf16 0.0005, q8_0 0.0014, native 0.025; docs/train.md). Native's drift is
+/// the largest although its linears hold the f32 run's own Q4_1 values (docs/train.md
+/// says why that is worth a look).
 const TINY_TOLERANCE: [(BaseWeights, f64); 3] = [
-    (BaseWeights::Bf16, 0.01),
-    (BaseWeights::Native, 0.02),
-    (BaseWeights::Q8_0, 0.02),
+    (BaseWeights::Bf16, 0.001),
+    (BaseWeights::Native, 0.05),
+    (BaseWeights::Q8_0, 0.003),
 ];
 
 /// The quickstart's first 50 training chats, one per step for two epochs: 100 steps.
 fn data() -> Vec<SftExample> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/support/train.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/support/train.jsonl"
+    );
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -84,7 +90,15 @@ fn curves(gguf: &Path, max_seq_len: usize, lr: f64) -> (Vec<f64>, Vec<(BaseWeigh
         let out = tempfile::tempdir().unwrap();
         let cfg = config(mode, pad, max_seq_len, lr);
         let mut sink = VecSink::default();
-        let s = train_sft(&mut model, &train.examples, &[], &cfg, out.path(), &mut sink).unwrap();
+        let s = train_sft(
+            &mut model,
+            &train.examples,
+            &[],
+            &cfg,
+            out.path(),
+            &mut sink,
+        )
+        .unwrap();
         assert_eq!(s.steps, 100, "{mode:?}");
         s.losses
     };
@@ -94,7 +108,11 @@ fn curves(gguf: &Path, max_seq_len: usize, lr: f64) -> (Vec<f64>, Vec<(BaseWeigh
         .into_iter()
         .map(|mode| {
             let got = curve(mode);
-            let dist: Vec<f64> = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w).collect();
+            let dist: Vec<f64> = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs() / w)
+                .collect();
             let (step, d) = dist
                 .iter()
                 .copied()
@@ -112,8 +130,14 @@ fn curves(gguf: &Path, max_seq_len: usize, lr: f64) -> (Vec<f64>, Vec<(BaseWeigh
 /// The f32 curve must fall (else tracking it says little): the last ten steps' mean
 /// below `fall` times the first ten's.
 fn assert_learns(want: &[f64], fall: f64) {
-    let (head, tail) = (want[..10].iter().sum::<f64>(), want[90..].iter().sum::<f64>());
-    assert!(tail < head * fall, "the f32 run learns: first ten {head}, last ten {tail}");
+    let (head, tail) = (
+        want[..10].iter().sum::<f64>(),
+        want[90..].iter().sum::<f64>(),
+    );
+    assert!(
+        tail < head * fall,
+        "the f32 run learns: first ten {head}, last ten {tail}"
+    );
 }
 
 fn assert_within(worst: &[(BaseWeights, usize, f64)], tolerance: &[(BaseWeights, f64)]) {
@@ -124,14 +148,17 @@ fn assert_within(worst: &[(BaseWeights, usize, f64)], tolerance: &[(BaseWeights,
 }
 
 /// The tiny model with Q4_1 linears (the block modes keep them; f32 and bf16 load them
-/// dequantized), sequences cut to 64 byte-level tokens.
+/// dequantized), its context widened to hold the chats as byte-level tokens.
 #[test]
 fn a_100_step_run_tracks_the_f32_loss_curve_in_every_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = TinySpec::default();
+    let spec = TinySpec {
+        context: 1024,
+        ..TinySpec::default()
+    };
     let gguf = dir.path().join("tiny-q4_1.gguf");
     write_tiny_gguf(&gguf, &spec, &tiny_weights(&spec).unwrap(), GgmlDType::Q4_1).unwrap();
-    let (want, worst) = curves(&gguf, 64, 1e-3);
+    let (want, worst) = curves(&gguf, 1024, 1e-3);
     assert_learns(&want, 0.9);
     assert_within(&worst, &TINY_TOLERANCE);
 }
