@@ -153,8 +153,10 @@ impl Linear {
 }
 
 /// `x·Wᵀ` for `x: [.., in]` and `W: [out, in]`, flattening leading dims so
-/// gemm sees one large matrix product.
+/// gemm sees one large matrix product. A weight of another dtype than `x` (a base held
+/// in bf16 for training, `--base-weights bf16`) is widened for this product only.
 pub fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let w = &w.to_dtype(x.dtype())?;
     let dims = x.dims();
     let in_dim = *dims
         .last()

@@ -100,7 +100,9 @@ impl Embedding {
         match self {
             Embedding::Dense(w) => {
                 let h = w.dim(1)?;
-                Ok(w.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?)
+                let rows = w.index_select(&ids.flatten_all()?, 0)?;
+                // A bf16-held table (`--base-weights bf16`) widens the rows it gives.
+                Ok(rows.to_dtype(DType::F32)?.reshape((b, t, h))?)
             }
             Embedding::Packed(p) => {
                 let (vocab, h) = p.dims();

@@ -12,7 +12,7 @@
 //! computed); the LoRA matrices, which are candle `Var`s during training, go through stock
 //! matmuls, so the gradient store holds exactly the trainable parameters.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::family::{LayerKind, Switch};
@@ -202,11 +202,11 @@ impl Llama {
             ropes.push(tables(r)?);
         }
         let x = match &self.embed_tokens {
-            Embedding::Dense(w) => w.index_select(&input_ids.flatten_all()?, 0)?.reshape((
-                b,
-                t,
-                self.cfg.hidden_size,
-            ))?,
+            // A bf16-held table (`--base-weights bf16`) widens only the rows it gathers.
+            Embedding::Dense(w) => w
+                .index_select(&input_ids.flatten_all()?, 0)?
+                .to_dtype(DType::F32)?
+                .reshape((b, t, self.cfg.hidden_size))?,
             Embedding::Packed(_) => self.embed_tokens.lookup(input_ids)?,
         };
         // The embedding is frozen: the scale needs no backward.
@@ -276,10 +276,11 @@ impl Llama {
     /// Projects hidden states to logits with the frozen LM head (gradient to `hidden`
     /// only), with the spec's final softcap `cap · tanh(z / cap)`.
     pub fn train_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let z = match &self.lm_head {
-            LmHead::Dense(w) => ops::frozen_linear(hidden, w)?,
-            LmHead::Packed(p) => ops::frozen_linear_base(hidden, &BaseWeight::Packed(p.clone()))?,
+        let w = match &self.lm_head {
+            LmHead::Dense(w) => BaseWeight::Dense(w.clone()),
+            LmHead::Packed(p) => BaseWeight::Packed(p.clone()),
         };
+        let z = ops::frozen_linear_base(hidden, &w)?;
         match self.spec.final_logit_softcap {
             Some(cap) => Ok(((z / cap as f64)?.tanh()? * cap as f64)?),
             None => Ok(z),

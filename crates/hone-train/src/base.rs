@@ -41,10 +41,11 @@ pub fn mode_for_run(requested: BaseWeights, out_dir: &Path, resume: bool) -> Res
     Ok(BaseWeights::for_run(requested, recorded))
 }
 
-/// Checks that `model` holds its base as `mode` (resolved) needs, and for `q8_0`
+/// Checks that `model` holds its base as `mode` (resolved) needs; for `q8_0`
 /// re-quantizes every block matrix of another kind to Q8_0 (the linears, the LM head and
-/// the embedding; a tied head stays shared). A dense model in a block mode, or the
-/// reverse, is an error naming the load path.
+/// the embedding; a tied head stays shared), for `bf16` holds the dense base in bf16
+/// ([`to_bf16`]). A dense model in a block mode, or the reverse, is an error naming the
+/// load path.
 pub fn fit_model(model: &mut Llama, mode: BaseWeights) -> Result<()> {
     let packed = model
         .layers
@@ -65,15 +66,72 @@ pub fn fit_model(model: &mut Llama, mode: BaseWeights) -> Result<()> {
         (false, n) if n > 0 => return wrong("in quantized blocks", WeightPath::F32),
         _ => {}
     }
-    if mode == BaseWeights::Q8_0 {
-        to_q8_0(model)?;
+    let in_bf16 =
+        model.layers.iter().flat_map(linears).any(
+            |l| matches!(l.base(), BaseWeight::Dense(t) if t.dtype() == candle_core::DType::BF16),
+        );
+    if in_bf16 && mode != BaseWeights::Bf16 {
+        return Err(TrainError::Config(format!(
+            "--base-weights {} needs the f32 weights, but this model's base is held in bf16 \
+             (fitted for --base-weights bf16); load it again",
+            mode.as_str()
+        )));
+    }
+    match mode {
+        BaseWeights::Q8_0 => to_q8_0(model)?,
+        BaseWeights::Bf16 => to_bf16(model)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Holds the dense base in bf16 (`--base-weights bf16`): every linear, the embedding
+/// and the LM head (a tied head stays shared), each f32 tensor dropped as soon as its
+/// bf16 twin exists, so the base takes 2 bytes per parameter and no f32 copy remains.
+/// The products read the bf16 tensors directly; the embedding widens the rows it gathers.
+fn to_bf16(model: &mut Llama) -> Result<()> {
+    use hone_model::llama::{Embedding, LmHead};
+    use hone_model::ops::base_weights::to_bf16_tensor;
+    let err =
+        |e: &dyn std::fmt::Display| TrainError::Config(format!("holding the base in bf16: {e}"));
+    for b in &mut model.layers {
+        let (a, m) = (&mut b.self_attn, &mut b.mlp);
+        for lin in [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ] {
+            if let BaseWeight::Dense(t) = lin.base() {
+                let held = to_bf16_tensor(t).map_err(|e| err(&e))?;
+                let (out, inp) = lin.dims();
+                let adapter = lin.adapter().cloned();
+                *lin = Linear::new(BaseWeight::Dense(held), out, inp);
+                lin.set_adapter(adapter).map_err(|e| err(&e))?;
+            }
+        }
+    }
+    if let (Embedding::Dense(e), LmHead::Dense(h)) = (&model.embed_tokens, &model.lm_head) {
+        let tied = e.id() == h.id();
+        let e = to_bf16_tensor(e).map_err(|e| err(&e))?;
+        let h = if tied {
+            e.clone()
+        } else {
+            to_bf16_tensor(h).map_err(|e| err(&e))?
+        };
+        model.embed_tokens = Embedding::Dense(e);
+        model.lm_head = LmHead::Dense(h);
     }
     Ok(())
 }
 
 /// Bytes the model holds for its frozen base: every linear, the embedding and the LM
-/// head (a tied head once), as f32 tensors or blocks. bf16 copies made for the
-/// products come on top (`hone_model::ops::base_weights::cache_bytes`).
+/// head (a tied head once), as f32 or bf16 tensors or blocks. bf16 copies of f32
+/// weights made for products come on top (`hone_model::ops::base_weights::cache_bytes`;
+/// none in a run, whose bf16 base is held in bf16).
 pub fn base_bytes(model: &Llama) -> usize {
     use hone_model::llama::{Embedding, LmHead};
     let weight = |w: &BaseWeight| match w {

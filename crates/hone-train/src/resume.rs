@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use hone_model::linear::BaseWeight;
 use hone_model::lora::{LoraParams, PeftConfig, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use hone_model::Llama;
@@ -61,7 +61,7 @@ pub fn model_fingerprint(model: &Llama) -> Result<String> {
     let mut h = Sha256::new();
     h.update(format!("{:?}", model.cfg).as_bytes());
     let mut feed = |t: &Tensor| -> Result<()> {
-        for v in t.flatten_all()?.to_vec1::<f32>()? {
+        for v in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
             h.update(v.to_le_bytes());
         }
         Ok(())

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{FromArgMatches, Parser};
+use hone_model::ops::BaseWeights;
 use hone_model::registry::{self, DEFAULT_MODEL_ID};
 
 use super::{data, eval, train};
@@ -45,6 +46,10 @@ pub struct QuickstartArgs {
     /// the base model (what CI checks).
     #[arg(long)]
     pub require_improvement: bool,
+    /// How training holds and multiplies the frozen base: auto, f32, bf16, q8_0 or
+    /// native (`hone train --base-weights`, docs/train.md).
+    #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = BaseWeights::parse)]
+    pub base_weights: BaseWeights,
 }
 
 pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
@@ -96,6 +101,8 @@ pub fn run(a: QuickstartArgs) -> anyhow::Result<ExitCode> {
         path(&adapter),
         "--epochs",
         &a.epochs,
+        "--base-weights",
+        a.base_weights.as_str(),
     ])?)?;
     clock.lap("training");
     if code != ExitCode::SUCCESS {

@@ -1,6 +1,6 @@
 //! AMX-BF16 tiles for the bf16 products of [`super::bf16`]: `c (+)= a · bᵀ` with `a`
-//! bf16 rows (activations) and `b` a weight packed into AMX's pair-interleaved ("VNNI")
-//! blocks once.
+//! bf16 rows (activations) and `b` a weight panel packed into AMX's pair-interleaved
+//! ("VNNI") blocks ([`super::bf16_product`] packs one per panel).
 //!
 //! Why: on Sapphire Rapids `vdpbf16ps` retires at about 0.6× the f32 FMA's FLOP rate,
 //! so AVX512_BF16 alone does not beat f32; one `tdpbf16ps` multiplies a 16×32 bf16
@@ -58,11 +58,6 @@ impl VnniMatrix {
             k_blocks,
             data,
         }
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 2
     }
 
     fn block(&self, jb: usize, kb: usize) -> *const u16 {

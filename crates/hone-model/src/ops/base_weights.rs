@@ -7,21 +7,24 @@
 //! op reads it once when it is built and keeps it, so a forward and its backward always
 //! use the same path.
 //!
-//! The bf16 copies are made once per weight tensor, the first time a bf16 product needs
-//! it, and kept in a cache keyed by the tensor's id (candle never reuses one); each entry
-//! holds the weight as stored (`W`, for `x·Wᵀ`) and transposed (`Wᵀ`, for `dy·W`), 4
-//! bytes per parameter. [`release_cache`] frees them when training ends
-//! (`scratch::release` calls it).
+//! A weight multiplies in bf16 from one bf16 copy, `W` as stored (2 bytes per parameter;
+//! each product lays out a panel at a time, [`super::bf16_product`]). A run in bf16 mode
+//! holds its base as bf16 tensors ([`to_bf16_tensor`]; no f32 copy exists), which are
+//! their own copies. An f32 tensor multiplied in bf16 (a library caller's f32 model under
+//! a bf16 precision) gets a copy made the first time a product needs it, kept in a cache
+//! keyed by the tensor's id (candle never reuses one); [`release_cache`] frees them when
+//! training ends (`scratch::release` calls it).
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{Result, Tensor, TensorId};
+use candle_core::{CpuStorage, DType, Result, Tensor, TensorId};
+use half::slice::HalfFloatSliceExt;
 
-use super::amx::{self, VnniMatrix};
-use super::bf16::{matmul_nt, Bf16Kernel, Bf16Matrix};
+use super::bf16::{to_bf16, Bf16Kernel, Bf16Matrix};
+use super::bf16_product::{self, Bf16Rows};
 use super::kernel::{f32_data, matmul, Tr};
 use super::packed_product;
 use crate::decode::PackedMatrix;
@@ -220,46 +223,79 @@ pub fn cpu_flags() -> Vec<&'static str> {
     flags
 }
 
-/// A frozen weight `[n_out, n_in]` in bf16, as stored (`w`, rows over `n_in`, for
-/// `x·Wᵀ`) and transposed (`wt`, rows over `n_out`, for `dy·W`): bf16 rows for the row
-/// kernels, or packed into AMX blocks.
+/// A frozen weight's one bf16 copy, `[n_out, n_in]` as stored (2 bytes per parameter):
+/// the model's own bf16 tensor (`--base-weights bf16` holds the base so, with no f32
+/// copy) or one made once from an f32 tensor ([`bf16_weight`]). Each product lays out a
+/// panel of it at a time in the layout its kernel reads ([`super::bf16_product`]).
 #[derive(Debug)]
-pub(crate) enum Bf16Weight {
-    Rows { w: Bf16Matrix, wt: Bf16Matrix },
-    Tiles { w: VnniMatrix, wt: VnniMatrix },
+pub(crate) struct Bf16Weight {
+    t: Tensor,
 }
 
 impl Bf16Weight {
-    fn of(w: &[f32], n_out: usize, n_in: usize, kernel: Bf16Kernel) -> Self {
-        let rows = Bf16Matrix::from_f32(w, n_out, n_in);
-        let rows_t = Bf16Matrix::transposed_from_f32(w, n_out, n_in);
-        match kernel {
-            Bf16Kernel::Amx => Self::Tiles {
-                w: VnniMatrix::pack(&rows),
-                wt: VnniMatrix::pack(&rows_t),
-            },
-            _ => Self::Rows {
-                w: rows,
-                wt: rows_t,
-            },
+    /// Wraps a 2-D bf16 tensor (made contiguous).
+    fn new(t: &Tensor) -> Result<Self> {
+        if t.dtype() != DType::BF16 || t.rank() != 2 {
+            candle_core::bail!("bf16 base weight: expected a 2-D bf16 tensor, got {t:?}");
         }
+        if !matches!(&*t.storage_and_layout().0, candle_core::Storage::Cpu(_)) {
+            candle_core::bail!("bf16 base weights: only the CPU backend is supported");
+        }
+        Ok(Self { t: t.contiguous()? })
     }
 
     fn bytes(&self) -> usize {
-        match self {
-            Self::Rows { w, wt } => w.bytes() + wt.bytes(),
-            Self::Tiles { w, wt } => w.bytes() + wt.bytes(),
-        }
+        self.t.elem_count() * 2
     }
 
     /// `c = a·Wᵀ` (`transposed`: `a·W`), `c +=` when `acc`.
     fn product(&self, c: &mut [f32], a: &Bf16Matrix, transposed: bool, acc: bool, k: Bf16Kernel) {
-        match (self, transposed) {
-            (Self::Rows { w, .. }, false) => matmul_nt(c, a, w, acc, k, true),
-            (Self::Rows { wt, .. }, true) => matmul_nt(c, a, wt, acc, k, true),
-            (Self::Tiles { w, .. }, false) => amx::matmul_nt(c, a, w, acc, true),
-            (Self::Tiles { wt, .. }, true) => amx::matmul_nt(c, a, wt, acc, true),
+        let (n_out, n_in) = self.t.dims2().expect("checked 2-D in Bf16Weight::new");
+        let (storage, layout) = self.t.storage_and_layout();
+        let (candle_core::Storage::Cpu(CpuStorage::BF16(v)), Some((s, e))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            unreachable!("Bf16Weight::new checked a contiguous CPU bf16 tensor")
+        };
+        let w = Bf16Rows {
+            bits: v[s..e].reinterpret_cast(),
+            n_out,
+            n_in,
+        };
+        if transposed {
+            bf16_product::backward(w, a, c, acc, k);
+        } else {
+            bf16_product::forward(w, a, c, acc, k);
         }
+    }
+}
+
+/// `t` rounded to bf16 (nearest-even, [`super::bf16::to_bf16`]); a bf16 tensor as it is.
+/// `--base-weights bf16` holds its base so.
+pub fn to_bf16_tensor(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() == DType::BF16 {
+        return Ok(t.clone());
+    }
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    let bits: Vec<half::bf16> = {
+        let (storage, layout) = t.storage_and_layout();
+        let data = match &*storage {
+            candle_core::Storage::Cpu(s) => f32_data(s, layout, "bf16 base weight")?,
+            _ => candle_core::bail!("bf16 base weights: only the CPU backend is supported"),
+        };
+        data.iter()
+            .map(|&x| half::bf16::from_bits(to_bf16(x)))
+            .collect()
+    };
+    Tensor::from_vec(bits, t.dims(), t.device())
+}
+
+/// The kernel a bf16-held weight multiplies on under `precision`: its kernel, or this
+/// CPU's best when the run is f32 (a bf16 weight has no f32 data to multiply).
+fn kernel_for(precision: Precision) -> Bf16Kernel {
+    match precision {
+        Precision::Bf16(k) => k,
+        Precision::F32 => Bf16Kernel::detect(),
     }
 }
 
@@ -365,15 +401,13 @@ impl PreparedWeight {
 }
 
 /// A frozen weight tensor prepared for `precision`: its bf16 copy when products run in
-/// bf16 (`None` for f32). Ops keep it beside the tensor and lend both as a
-/// [`FrozenWeight`].
-pub(crate) fn prepare(
-    w: &Tensor,
-    precision: Precision,
-) -> Result<Option<(Arc<Bf16Weight>, Bf16Kernel)>> {
-    match precision {
-        Precision::F32 => Ok(None),
-        Precision::Bf16(k) => Ok(Some((bf16_weight(w, k)?, k))),
+/// bf16 (`None` for f32), and always for a bf16 tensor (which has no f32 data). Ops keep
+/// it beside the tensor and lend both as a [`FrozenWeight`].
+pub(crate) fn prepare(w: &Tensor, precision: Precision) -> Result<Option<Bf16Copy>> {
+    match (w.dtype(), precision) {
+        (DType::BF16, p) => Ok(Some((Arc::new(Bf16Weight::new(w)?), kernel_for(p)))),
+        (_, Precision::F32) => Ok(None),
+        (_, Precision::Bf16(k)) => Ok(Some((bf16_weight(w)?, k))),
     }
 }
 
@@ -383,41 +417,25 @@ pub(crate) fn prepare_uncached(w: &Tensor, precision: Precision) -> Result<Optio
     let Precision::Bf16(kernel) = precision else {
         return Ok(None);
     };
-    let (n_out, n_in) = w.dims2()?;
-    let (storage, layout) = w.storage_and_layout();
-    let data = match &*storage {
-        candle_core::Storage::Cpu(s) => f32_data(s, layout, "bf16 base weight")?,
-        _ => candle_core::bail!("bf16 base weights: only the CPU backend is supported"),
-    };
-    Ok(Some((
-        Arc::new(Bf16Weight::of(data, n_out, n_in, kernel)),
-        kernel,
-    )))
+    let copy = Bf16Weight::new(&to_bf16_tensor(w)?)?;
+    Ok(Some((Arc::new(copy), kernel)))
 }
 
-/// The copies by weight tensor and layout (tiles or rows).
-type Cache = Mutex<HashMap<(TensorId, bool), Arc<Bf16Weight>>>;
+/// The copies of f32 weight tensors, by tensor.
+type Cache = Mutex<HashMap<TensorId, Arc<Bf16Weight>>>;
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
-/// The bf16 copy of the frozen 2-D f32 weight `w` for `kernel`, made on first use.
-pub(crate) fn bf16_weight(w: &Tensor, kernel: Bf16Kernel) -> Result<Arc<Bf16Weight>> {
-    let key = (w.id(), kernel == Bf16Kernel::Amx);
+/// The bf16 copy of the frozen 2-D f32 weight `w`, made on first use.
+pub(crate) fn bf16_weight(w: &Tensor) -> Result<Arc<Bf16Weight>> {
+    let key = w.id();
     if let Some(hit) = cache().lock().expect("bf16 cache").get(&key) {
         return Ok(hit.clone());
     }
-    let (n_out, n_in) = w.dims2()?;
-    let made = {
-        let (storage, layout) = w.storage_and_layout();
-        let data = match &*storage {
-            candle_core::Storage::Cpu(s) => f32_data(s, layout, "bf16 base weight")?,
-            _ => candle_core::bail!("bf16 base weights: only the CPU backend is supported"),
-        };
-        Arc::new(Bf16Weight::of(data, n_out, n_in, kernel))
-    };
+    let made = Arc::new(Bf16Weight::new(&to_bf16_tensor(w)?)?);
     let mut c = cache().lock().expect("bf16 cache");
     Ok(c.entry(key).or_insert(made).clone())
 }
@@ -427,7 +445,7 @@ pub fn release_cache() {
     cache().lock().expect("bf16 cache").clear();
 }
 
-/// Bytes held by the bf16 weight copies.
+/// Bytes held by the bf16 copies of f32 weights (a base held in bf16 needs none).
 pub fn cache_bytes() -> usize {
     let c = cache().lock().expect("bf16 cache");
     c.values().map(|w| w.bytes()).sum()
@@ -505,22 +523,39 @@ mod tests {
     }
 
     #[test]
-    fn weight_copies_are_cached_per_tensor() -> Result<()> {
+    fn weight_copies_are_cached_per_tensor_and_bf16_tensors_need_none() -> Result<()> {
         let w = crate::ops::testutil::randn(&[5, 40], 9);
-        let a = bf16_weight(&w, Bf16Kernel::Portable)?;
-        let b = bf16_weight(&w, Bf16Kernel::Portable)?;
+        let a = bf16_weight(&w)?;
+        let b = bf16_weight(&w)?;
         assert!(Arc::ptr_eq(&a, &b), "the second use hits the cache");
-        let Bf16Weight::Rows { w: rows, wt } = &*a else {
-            panic!("the row kernels get rows")
-        };
-        assert_eq!((rows.rows, rows.cols, wt.rows, wt.cols), (5, 40, 40, 5));
-        let tiles = bf16_weight(&w, Bf16Kernel::Amx)?;
-        assert!(
-            matches!(&*tiles, Bf16Weight::Tiles { .. }),
-            "AMX gets tiles"
-        );
-        let other = bf16_weight(&w.copy()?, Bf16Kernel::Portable)?;
+        assert_eq!(a.bytes(), 5 * 40 * 2, "one copy, 2 bytes per parameter");
+        let other = bf16_weight(&w.copy()?)?;
         assert!(!Arc::ptr_eq(&a, &other), "another tensor gets its own copy");
+        // A bf16 tensor is its own copy, under every precision, and the cache stays as
+        // it was; its products equal those of the f32 tensor's copy.
+        let held = to_bf16_tensor(&w)?;
+        assert_eq!(held.dtype(), DType::BF16);
+        let before = cache_bytes();
+        for p in [Precision::F32, Precision::Bf16(Bf16Kernel::Portable)] {
+            let (copy, k) = prepare(&held, p)?.expect("a bf16 tensor always has its copy");
+            assert_eq!(cache_bytes(), before);
+            let x = crate::ops::testutil::randn(&[3, 40], 2)
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let xb = Bf16Matrix::from_f32(&x, 3, 40);
+            let (mut y1, mut y2) = (vec![0f32; 15], vec![0f32; 15]);
+            copy.product(&mut y1, &xb, false, false, k);
+            a.product(&mut y2, &xb, false, false, k);
+            assert_eq!(y1, y2);
+        }
+        let halves: Vec<f32> = held.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let rounded: Vec<f32> = w
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&v| super::super::bf16::from_bf16(to_bf16(v)))
+            .collect();
+        assert_eq!(halves, rounded, "rounded to nearest-even once");
         Ok(())
     }
 }

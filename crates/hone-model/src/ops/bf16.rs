@@ -10,7 +10,7 @@
 //! Why one "dot" layout (`a·bᵀ`, both row-major over k): `vdpbf16ps` multiplies
 //! neighbouring pairs along the reduction dimension, which row-major rows already are, so
 //! a weight needs no VNNI repacking: the forward `x·Wᵀ` reads `W` as stored and the
-//! backward `dy·W` reads a transposed copy `Wᵀ` (made once, see [`super::base_weights`]).
+//! backward `dy·W` reads `Wᵀ`, laid out a panel at a time ([`super::bf16_product`]).
 //! Rows are zero-padded to a multiple of 32 elements so the kernel never has a k tail.
 //!
 //! Blocking: a tile of `MR×NR` outputs keeps `MR·NR` accumulators in zmm registers over
@@ -80,41 +80,8 @@ impl Bf16Matrix {
         }
     }
 
-    /// The transpose of `src` (row-major `[rows, cols]`), i.e. `[cols, rows]`, rounded.
-    /// Copied in square blocks so that both sides stay in cache.
-    pub fn transposed_from_f32(src: &[f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(
-            src.len(),
-            rows * cols,
-            "Bf16Matrix::transposed_from_f32 shape"
-        );
-        const BLOCK: usize = 64;
-        let stride = rows.div_ceil(K_ALIGN) * K_ALIGN;
-        let mut data = vec![0u16; cols * stride];
-        for r0 in (0..rows).step_by(BLOCK) {
-            for c0 in (0..cols).step_by(BLOCK) {
-                for r in r0..(r0 + BLOCK).min(rows) {
-                    for c in c0..(c0 + BLOCK).min(cols) {
-                        data[c * stride + r] = to_bf16(src[r * cols + c]);
-                    }
-                }
-            }
-        }
-        Self {
-            rows: cols,
-            cols: rows,
-            stride,
-            data,
-        }
-    }
-
     fn row(&self, i: usize) -> &[u16] {
         &self.data[i * self.stride..(i + 1) * self.stride]
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 2
     }
 }
 
@@ -428,16 +395,22 @@ mod tests {
     }
 
     #[test]
-    fn transposed_copy_is_the_transpose() {
+    fn rows_are_padded_with_zeros() {
         let (r, c) = (70, 45);
         let x = data(r * c, 3);
-        let t = Bf16Matrix::transposed_from_f32(&x, r, c);
         let n = Bf16Matrix::from_f32(&x, r, c);
-        assert_eq!((t.rows, t.cols, t.stride, n.stride), (45, 70, 96, 64));
+        assert_eq!(
+            (n.rows, n.cols, n.stride, n.data.len()),
+            (70, 45, 64, 96 * 64)
+        );
         for i in 0..r {
-            for j in 0..c {
-                assert_eq!(t.data[j * t.stride + i], n.data[i * n.stride + j]);
-            }
+            assert_eq!(
+                n.row(i)[..c],
+                x[i * c..(i + 1) * c]
+                    .iter()
+                    .map(|&v| to_bf16(v))
+                    .collect::<Vec<_>>()[..]
+            );
             assert!(n.row(i)[c..].iter().all(|&p| p == 0), "padding is zero");
         }
     }

@@ -7,10 +7,9 @@
 
 use std::sync::Arc;
 
-use super::base_weights::{self, Bf16Weight, FrozenWeight};
+use super::base_weights::{self, Bf16Weight, FrozenWeight, PreparedWeight};
 use super::bf16::Bf16Kernel;
 use super::kernel::f32_data;
-use crate::decode::PackedMatrix;
 use crate::linear::BaseWeight;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -39,15 +38,18 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x2.apply_op2(&w, op)?.reshape(out_dims)
 }
 
-/// [`frozen_linear`] for a model's base weight: an f32 tensor, or quantized blocks kept
-/// as they are (`--base-weights q8_0|native`), multiplied over dequantized panels in the
+/// [`frozen_linear`] for a model's base weight: an f32 tensor, a bf16 tensor
+/// (`--base-weights bf16`, multiplied by the bf16 kernels), or quantized blocks kept as
+/// they are (`--base-weights q8_0|native`, multiplied over dequantized panels), in the
 /// forward and in the backward's `dx`.
 pub fn frozen_linear_base(x: &Tensor, w: &BaseWeight) -> Result<Tensor> {
-    let p = match w {
-        BaseWeight::Dense(t) => return frozen_linear(x, t),
-        BaseWeight::Packed(p) => p.clone(),
-    };
-    let (n_out, n_in) = p.dims();
+    if let BaseWeight::Dense(t) = w {
+        if t.dtype() == DType::F32 {
+            return frozen_linear(x, t);
+        }
+    }
+    let w = PreparedWeight::new(w, base_weights::current_precision())?;
+    let (n_out, n_in) = w.dims()?;
     let dims = x.dims();
     if dims.last() != Some(&n_in) || x.dtype() != DType::F32 {
         bail!("frozen_linear: x {dims:?} is not f32 ending in the weight's input dim {n_in}");
@@ -56,43 +58,34 @@ pub fn frozen_linear_base(x: &Tensor, w: &BaseWeight) -> Result<Tensor> {
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("non-empty dims") = n_out;
     let x2 = x.contiguous()?.reshape((rows, n_in))?;
-    x2.apply_op1(FrozenBlocks { w: p })?.reshape(out_dims)
+    x2.apply_op1(FrozenBase { w })?.reshape(out_dims)
 }
 
-/// `x · wᵀ` with `w` in quantized blocks (see [`frozen_linear_base`]).
-struct FrozenBlocks {
-    w: Arc<PackedMatrix>,
+/// `x · wᵀ` with `w` held without f32 data, in bf16 or in blocks (see
+/// [`frozen_linear_base`]).
+struct FrozenBase {
+    w: PreparedWeight,
 }
 
-impl FrozenBlocks {
-    fn operand(&self) -> FrozenWeight<'_> {
-        FrozenWeight {
-            f32: &[],
-            bf16: None,
-            packed: Some(&self.w),
-        }
-    }
-}
-
-impl CustomOp1 for FrozenBlocks {
+impl CustomOp1 for FrozenBase {
     fn name(&self) -> &'static str {
-        "hone-frozen-linear-blocks"
+        "hone-frozen-linear-base"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (m, k) = l.shape().dims2()?;
-        let (n, _) = self.w.dims();
+        let (n, _) = self.w.dims()?;
         let x = f32_data(s, l, "frozen_linear x")?;
         let mut y = vec![0f32; m * n];
-        self.operand().forward(x, &mut y, (m, k, n), false);
+        self.w.operand(&[]).forward(x, &mut y, (m, k, n), false);
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (m, (n, k)) = (grad.dim(0)?, self.w.dims());
+        let (m, (n, k)) = (grad.dim(0)?, self.w.dims()?);
         let dy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut dx = vec![0f32; m * k];
-        self.operand().backward(&dy, &mut dx, (m, k, n), false);
+        self.w.operand(&[]).backward(&dy, &mut dx, (m, k, n), false);
         Ok(Some(Tensor::from_vec(dx, (m, k), x.device())?))
     }
 }

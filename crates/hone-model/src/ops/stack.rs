@@ -298,12 +298,12 @@ impl Stack {
             .as_ref()
             .map_or([None, None], |[q, k]| [Some(q), Some(k)]);
         let optional = [qn, kn, l.post_attn_norm.as_ref(), l.post_ffn_norm.as_ref()];
-        // A weight kept in blocks has no f32 data: an empty tensor stands in (its
-        // operand reads the blocks).
+        // A weight kept in blocks or in bf16 has no f32 data: an empty tensor stands in
+        // (its operand reads the blocks or the bf16 copy).
         let none = Tensor::zeros(0, DType::F32, &candle_core::Device::Cpu)?;
         let weights = l.weights.iter().map(|w| match w {
-            BaseWeight::Dense(t) => t,
-            BaseWeight::Packed(_) => &none,
+            BaseWeight::Dense(t) if t.dtype() == DType::F32 => t,
+            _ => &none,
         });
         let guards: Vec<_> = [&l.input_norm, &l.post_norm]
             .into_iter()

@@ -1,5 +1,6 @@
 //! hone-train integration tests (one binary, see architecture.md).
 
+mod base_weight_curves;
 mod base_weights;
 mod best;
 mod common;

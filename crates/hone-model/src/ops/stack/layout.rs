@@ -161,12 +161,12 @@ impl Shapes {
                 let (out, inp) = expected[m];
                 let w = &l.weights[m];
                 let f32_or_blocks = match w {
-                    BaseWeight::Dense(t) => t.dtype() == DType::F32,
+                    BaseWeight::Dense(t) => matches!(t.dtype(), DType::F32 | DType::BF16),
                     BaseWeight::Packed(_) => true,
                 };
                 if weight_dims(w)? != (out, inp) || !f32_or_blocks {
                     bail!(
-                        "lora_stack: layer {li} {} is {:?}, expected f32 or blocks [{out}, {inp}]",
+                        "lora_stack: layer {li} {} is {:?}, expected f32, bf16 or blocks [{out}, {inp}]",
                         MODULES[m],
                         weight_dims(w)?
                     );
