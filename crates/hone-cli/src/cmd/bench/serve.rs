@@ -218,7 +218,7 @@ fn table(levels: &[Value], kinds: &[Kind]) -> String {
     );
     let num = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
     for level in levels {
-        let c = &level["clients"];
+        let c = level["clients"].to_string();
         for kind in kinds {
             let v = &level[kind.key()];
             out += &format!(
@@ -229,8 +229,8 @@ fn table(levels: &[Value], kinds: &[Kind]) -> String {
                 num(&v["ttft_p95_ms"]),
                 num(&v["itl_p50_ms"]),
                 num(&v["itl_p95_ms"]),
-                v["http_429"],
-                v["peak_rss_mb"],
+                v["http_429"].to_string(),
+                v["peak_rss_mb"].to_string(),
             );
         }
     }
