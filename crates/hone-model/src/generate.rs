@@ -465,7 +465,9 @@ impl Sampler {
 }
 
 mod batch;
-pub use batch::{BatchRow, BatchStats, RowEngine, RowSink, RunningBatch, STEP_PROMPT_ROWS};
+pub use batch::{
+    BatchRow, BatchStats, RowEngine, RowSink, RunningBatch, IDLE_STEP_PROMPT_ROWS, STEP_PROMPT_ROWS,
+};
 
 #[cfg(test)]
 mod tests;

@@ -86,8 +86,8 @@ pub struct ServeConfig {
 
     /// KV-cache budget of chat, in MiB, for all models together. Each
     /// request reserves what its rows can grow to (prompt plus max_tokens,
-    /// at most the context length, times n); over the budget it gets a 429
-    /// with `Retry-After`.
+    /// times n; without max_tokens, prompt plus 1024 positions, grown 1024
+    /// at a time); over the budget it gets a 429 with `Retry-After`.
     #[arg(long, env = "HONE_KV_CACHE_MB", default_value_t = crate::chat::DEFAULT_KV_CACHE_MB)]
     pub kv_cache_mb: usize,
 
@@ -108,8 +108,8 @@ pub struct ServeConfig {
     pub embedding_model: Option<String>,
 
     /// Serve `GET /metrics` (Prometheus) without the API key, for a
-    /// scraper on a trusted network. Without it, /metrics needs a key as
-    /// /v1 does. Its labels name every project's served models.
+    /// scraper on a trusted network. Without it, /metrics needs an admin
+    /// key: its labels name every project's served models.
     #[arg(long, env = "HONE_PUBLIC_METRICS")]
     pub public_metrics: bool,
 }

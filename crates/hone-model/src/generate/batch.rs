@@ -24,10 +24,19 @@ use crate::error::{ModelError, Result};
 use crate::kv_cache::{Feed, KvCache};
 use crate::llama::{ForwardOptions, Llama};
 
-/// Prompt tokens fed per step, over all rows still reading their prompt:
-/// enough to read each weight block once for many tokens (the packed step's
-/// own chunk), few enough that the decoding rows wait little for them.
+/// Prompt tokens fed per step, over all rows still reading their prompt,
+/// while other rows are decoding: enough to read each weight block once for
+/// many tokens (the packed step's own chunk), few enough that the decoding
+/// rows wait little for them.
 pub const STEP_PROMPT_ROWS: usize = 16;
+
+/// Prompt tokens fed per step when no row is decoding: nobody waits on the
+/// step then, so a prompt is read in as few steps as possible (a 40-token
+/// chat prompt in one, not three: a shorter time to first token). Still
+/// bounded, so a very long prompt lets new rows join and cancellations
+/// land between its chunks. Chunked prefill gives the same cache bit for
+/// bit whatever the chunk size, so this changes no result.
+pub const IDLE_STEP_PROMPT_ROWS: usize = 256;
 
 /// What a row generates with: a model handle (its adapters on), the
 /// tokenizer that turns its ids into text, and the ids that end it
@@ -47,6 +56,14 @@ pub trait RowSink: Send {
     fn text(&mut self, piece: &str) -> ControlFlow<()>;
     /// The end of the row: its generation, or why it failed. Called once.
     fn done(&mut self, result: Result<Generation>);
+    /// Whether the row may grow its KV cache to `positions` (asked before
+    /// each decode step that would pass what it held). `false` ends the row
+    /// with [`FinishReason::Length`], as the context length would: the
+    /// server's lazily reserved rows answer it from the KV-cache budget.
+    fn room(&mut self, positions: usize) -> bool {
+        let _ = positions;
+        true
+    }
 }
 
 /// A sequence ready to join a batch: built on the caller's thread, so that
@@ -197,11 +214,17 @@ impl RunningBatch {
                 None => break,
             }
         }
+        self.drop_roomless();
         if self.running.is_empty() {
             self.last_step_tokens = 0;
             return;
         }
-        let mut budget = STEP_PROMPT_ROWS;
+        let decoding = self.running.iter().any(|r| r.next.is_some());
+        let mut budget = if decoding {
+            STEP_PROMPT_ROWS
+        } else {
+            IDLE_STEP_PROMPT_ROWS
+        };
         let plan: Vec<Option<std::ops::Range<usize>>> =
             self.running.iter().map(|r| r.feed(&mut budget)).collect();
         self.last_step_tokens = plan.iter().flatten().map(|r| r.len()).sum();
@@ -253,6 +276,20 @@ impl RunningBatch {
             .partition(|r| r.sink.wanted());
         self.waiting = keep;
         gone.into_iter().for_each(|r| r.finish(stop));
+    }
+
+    /// Decoding rows whose sink has no room for one more position end
+    /// (finish reason `length`) before the step.
+    fn drop_roomless(&mut self) {
+        for mut row in std::mem::take(&mut self.running) {
+            let grows = row.next.is_some();
+            let positions = row.cache.len() + 1;
+            if grows && !row.sink.room(positions) {
+                row.finish(Some(FinishReason::Length));
+            } else {
+                self.running.push(row);
+            }
+        }
     }
 
     /// The packed step over the rows `plan` feeds: the logits after each

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::GgmlDType;
 use hone_model::generate::{
     generate, BatchRow, Detokenizer, FinishReason, Generation, GenerationParams, RowEngine,
-    RowSink, RunningBatch, STEP_PROMPT_ROWS,
+    RowSink, RunningBatch, IDLE_STEP_PROMPT_ROWS, STEP_PROMPT_ROWS,
 };
 use hone_model::kv_cache::Feed;
 use hone_model::lora::{LoraConfig, LoraParams};
@@ -93,6 +93,8 @@ struct Seen {
 struct Sink {
     seen: Arc<Mutex<Seen>>,
     wanted: Arc<AtomicBool>,
+    /// The most KV positions the row may hold (None: no limit).
+    room: Option<usize>,
 }
 
 impl RowSink for Sink {
@@ -108,6 +110,9 @@ impl RowSink for Sink {
         assert!(s.done.is_none(), "done twice");
         s.done = Some(result.map_err(|e| e.to_string()));
     }
+    fn room(&mut self, positions: usize) -> bool {
+        self.room.is_none_or(|max| positions <= max)
+    }
 }
 
 struct Row {
@@ -116,6 +121,7 @@ struct Row {
     params: GenerationParams,
     seen: Arc<Mutex<Seen>>,
     wanted: Arc<AtomicBool>,
+    room: Option<usize>,
 }
 
 impl Row {
@@ -126,6 +132,7 @@ impl Row {
             params,
             seen: Arc::default(),
             wanted: Arc::new(AtomicBool::new(true)),
+            room: None,
         }
     }
 
@@ -133,6 +140,7 @@ impl Row {
         let sink = Sink {
             seen: self.seen.clone(),
             wanted: self.wanted.clone(),
+            room: self.room,
         };
         BatchRow::new(
             self.eng.clone(),
@@ -276,6 +284,9 @@ fn a_row_no_longer_wanted_leaves_at_once_with_its_cache() {
     let gone = Row::new(&engs[2], long_prompt(), greedy(30));
     let mut batch = RunningBatch::new(4);
     batch.join(keep.batch_row());
+    batch.step();
+    // `gone` joins while `keep` decodes, so it reads its prompt in chunks
+    // and is still reading it when it stops being wanted.
     batch.join(gone.batch_row());
     batch.step();
     let before = batch.stats();
@@ -287,7 +298,7 @@ fn a_row_no_longer_wanted_leaves_at_once_with_its_cache() {
     assert_eq!(after.running, 1, "{after:?}");
     assert_eq!(
         after.kv_positions,
-        3 + 1,
+        3 + 2,
         "only the kept row's cache remains"
     );
     let g = gone.result().expect("told at once").unwrap();
@@ -392,4 +403,63 @@ fn real_model_rows_on_mixed_adapters_equal_each_alone() {
         assert_eq!(&r.result().unwrap().unwrap(), g, "row {i}");
         assert_eq!(&r.seen.lock().unwrap().text, text, "row {i} streamed");
     }
+}
+
+#[test]
+fn a_lone_row_reads_its_prompt_in_one_step_and_joiners_in_small_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    let prompt = long_prompt();
+    assert!(prompt.len() > STEP_PROMPT_ROWS && prompt.len() <= IDLE_STEP_PROMPT_ROWS);
+    let lone = Row::new(&engs[1], prompt.clone(), sampled(4));
+    let mut batch = RunningBatch::new(4);
+    batch.join(lone.batch_row());
+    batch.step();
+    let st = batch.stats();
+    assert_eq!(
+        st.last_step_tokens,
+        prompt.len(),
+        "the whole prompt at once"
+    );
+    assert_eq!(st.kv_positions, prompt.len());
+    // A row joining while the first decodes reads its prompt in chunks.
+    let joiner = Row::new(&engs[2], prompt.clone(), greedy(6));
+    batch.join(joiner.batch_row());
+    batch.step();
+    assert_eq!(batch.stats().last_step_tokens, 1 + STEP_PROMPT_ROWS);
+    run(&mut batch);
+    for r in [&lone, &joiner] {
+        assert_eq!(r.result().unwrap().unwrap(), r.alone().0);
+        assert_eq!(r.seen.lock().unwrap().text, r.alone().1);
+    }
+}
+
+#[test]
+fn a_row_without_room_to_grow_ends_with_length_and_what_it_had() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    let prompt = vec![1, 40, 50, 60, 70];
+    let mut short = Row::new(&engs[1], prompt.clone(), sampled(7));
+    short.params.max_tokens = 12;
+    // Room for the prompt and 4 fed tokens: the 5th sampled token is the
+    // last, as with max_tokens 5.
+    short.room = Some(prompt.len() + 4);
+    let mut full = Row::new(&engs[1], prompt.clone(), sampled(7));
+    full.params.max_tokens = 5;
+    let other = Row::new(&engs[0], prompt.clone(), greedy(12));
+    let mut batch = RunningBatch::new(4);
+    batch.join(short.batch_row());
+    batch.join(other.batch_row());
+    run(&mut batch);
+    let got = short.result().unwrap().unwrap();
+    let want = full.alone().0;
+    assert_eq!(got.finish_reason, FinishReason::Length);
+    assert_eq!(got.token_ids, want.token_ids);
+    assert_eq!(got.text, want.text);
+    assert_eq!(
+        other.result().unwrap().unwrap(),
+        other.alone().0,
+        "the other row is untouched"
+    );
+    assert_eq!(batch.stats().kv_positions, 0);
 }

@@ -33,7 +33,9 @@ use hone_model::{ChatEngine, ModelError, WeightPath, SERVING_WEIGHTS};
 use hone_text::ChatMessage;
 
 use super::backend::{BatchSnapshot, CancelFlag, ChatBackend, ChatError, ChatTarget, ChoiceUpdate};
-use super::scheduler::{ChannelSink, KvBudget, RowMsg, Scheduler, DEFAULT_MAX_BATCH_ROWS};
+use super::scheduler::{
+    ChannelSink, KvBudget, KvGrowth, RowMsg, Scheduler, DEFAULT_MAX_BATCH_ROWS, LAZY_KV_BLOCK,
+};
 use crate::catalog::BaseModels;
 
 /// Adapters kept in memory by default (`--max-adapters`).
@@ -230,7 +232,7 @@ impl LocalChat {
             });
         }
         let per_row = |p: &GenerationParams| {
-            let positions = prompt.len().saturating_add(p.max_tokens).min(ctx);
+            let positions = first_share(prompt.len(), p.max_tokens, ctx);
             engine.model.kv_cache_bytes(positions)
         };
         let needed: usize = params.iter().map(per_row).sum();
@@ -252,6 +254,11 @@ impl LocalChat {
                 cancel: cancel.clone(),
                 ended: ended.clone(),
                 kv: Some(share),
+                growth: lazy(prompt.len(), p.max_tokens, ctx).then(|| KvGrowth {
+                    positions: first_share(prompt.len(), p.max_tokens, ctx),
+                    block: LAZY_KV_BLOCK,
+                    block_bytes: engine.model.kv_cache_bytes(LAZY_KV_BLOCK),
+                }),
             };
             let row = BatchRow::new(engine.clone(), prompt.to_vec(), p, Box::new(sink))
                 .map_err(gen_err)?;
@@ -363,6 +370,24 @@ impl ChatBackend for LocalChat {
         out.sort_by(|a, b| a.model.cmp(&b.model));
         out
     }
+}
+
+/// Whether a row is reserved lazily: only the context length bounds it
+/// (no `max_tokens`, or one reaching past the context).
+fn lazy(prompt: usize, max_tokens: usize, ctx: usize) -> bool {
+    prompt.saturating_add(max_tokens) >= ctx
+}
+
+/// The KV positions a row reserves at admission: its prompt plus
+/// `max_tokens`, or for a lazy row its prompt plus [`LAZY_KV_BLOCK`]; at
+/// most the context length.
+fn first_share(prompt: usize, max_tokens: usize, ctx: usize) -> usize {
+    let generated = if lazy(prompt, max_tokens, ctx) {
+        LAZY_KV_BLOCK
+    } else {
+        max_tokens
+    };
+    prompt.saturating_add(generated).min(ctx)
 }
 
 /// Marks a request as no longer listening when dropped (it returned, or

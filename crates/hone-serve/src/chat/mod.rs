@@ -38,5 +38,5 @@ pub use local::{
 };
 pub use plan::{plan, ChatPlan, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_CHOICES, MAX_STOP};
 pub use run::{run_choices, ChatEvent, ChatRun, ChoiceOutput};
-pub use scheduler::DEFAULT_MAX_BATCH_ROWS;
+pub use scheduler::{DEFAULT_MAX_BATCH_ROWS, LAZY_KV_BLOCK};
 pub use tools::ToolPlan;

@@ -6,11 +6,17 @@
 //!
 //! Admission is decided before a request reaches the loop, on the
 //! [`KvBudget`] (`--kv-cache-mb`): each request reserves the KV cache its
-//! rows can grow to (prompt plus `max_tokens`, at most the context length,
-//! times `n`) or gets a 429 at once. A running row therefore never runs out
-//! of cache, and the waiting rows are bounded by the budget and the
-//! admission slots: no unbounded queue, no OOM, no stall. The reservation is
-//! held by the row's sink and given back when the row leaves.
+//! rows can grow to (prompt plus `max_tokens`, times `n`) or gets a 429 at
+//! once, so such a row never runs out of cache. A row bounded only by the
+//! context length (no `max_tokens`, or one reaching past the context)
+//! would reserve the whole context (377 MB on SmolLM2's 8k): it reserves
+//! its prompt plus [`LAZY_KV_BLOCK`] positions instead and takes one more
+//! block from the budget whenever its cache reaches its share
+//! ([`KvGrowth`]); when the budget has no room for the next block, the row
+//! ends with finish reason `length`, as at the context length. The waiting
+//! rows are bounded by the budget and the admission slots: no unbounded
+//! queue, no OOM, no stall. The reservation is held by the row's sink and
+//! given back when the row leaves.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +32,13 @@ use super::backend::CancelFlag;
 /// costs about as much per row as separate steps, and the latency of every
 /// stream grows; further admitted rows wait their turn.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 32;
+
+/// Positions a row bounded only by the context length reserves beyond its
+/// prompt at admission, and takes from the budget each time it needs more:
+/// a long answer (1024 tokens is several pages) in one share, while 16 such
+/// requests on SmolLM2 hold 0.8 GB of the 4 GB default, not 6 GB. A
+/// multiple of the cache's 64-position blocks.
+pub const LAZY_KV_BLOCK: usize = 1024;
 
 /// The KV-cache budget shared by every base model (`--kv-cache-mb`).
 #[derive(Debug)]
@@ -80,6 +93,18 @@ pub struct KvReservation {
 }
 
 impl KvReservation {
+    /// Takes `bytes` more from the budget, or returns false (and takes
+    /// nothing) when that would exceed it.
+    pub fn try_grow(&mut self, bytes: usize) -> bool {
+        match self.budget.try_reserve(bytes) {
+            Some(mut more) => {
+                self.bytes += std::mem::take(&mut more.bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Moves up to `bytes` of this reservation into a new one (each is
     /// given back on its own).
     pub fn split_off(&mut self, bytes: usize) -> KvReservation {
@@ -115,6 +140,18 @@ pub(super) struct ChannelSink {
     /// Given back before the row reports its end, so that a client that
     /// sends its next request on seeing the answer finds the budget free.
     pub kv: Option<KvReservation>,
+    /// How `kv` grows, for a row reserved lazily; `None`: `kv` already
+    /// holds all the row can ever need.
+    pub growth: Option<KvGrowth>,
+}
+
+/// A lazily reserved row's share: the positions it covers, and the size of
+/// the blocks it grows by.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KvGrowth {
+    pub positions: usize,
+    pub block: usize,
+    pub block_bytes: usize,
 }
 
 impl RowSink for ChannelSink {
@@ -132,6 +169,19 @@ impl RowSink for ChannelSink {
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
+    }
+
+    fn room(&mut self, positions: usize) -> bool {
+        let (Some(g), Some(kv)) = (&mut self.growth, &mut self.kv) else {
+            return true;
+        };
+        while g.positions < positions {
+            if !kv.try_grow(g.block_bytes) {
+                return false;
+            }
+            g.positions += g.block;
+        }
+        true
     }
 
     fn done(&mut self, result: Result<Generation, ModelError>) {

@@ -12,12 +12,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use hone_model::candle_core::quantized::GgmlDType;
-use hone_model::generate::{Generation, GenerationParams};
+use hone_model::generate::{FinishReason, Generation, GenerationParams};
 use hone_model::registry::{ModelSource, ResolvedModel};
 use hone_model::testing::{tiny_weights, write_tiny_gguf, TinySpec};
 use hone_model::{LoraConfig, LoraParams, WeightPath};
 use hone_serve::chat::{
     BatchOptions, CancelFlag, ChatBackend, ChatTarget, ChoiceUpdate, LocalChat, LocalChatOptions,
+    LAZY_KV_BLOCK,
 };
 use hone_serve::{BaseModels, Engines};
 use hone_text::{ChatMessage, Role};
@@ -364,4 +365,57 @@ async fn the_kv_budget_gives_429s_while_health_stays_responsive() {
         chat.kv_budget().reserved() == 0
     })
     .await;
+}
+
+/// Requests without `max_tokens` reserve their prompt plus one block of
+/// positions, not the whole context: on a budget smaller than two contexts
+/// (where each alone used to be refused as over the budget), two run at
+/// once. Each takes another block as it grows; with no room left it ends
+/// with `length` at its share, and everything is given back.
+#[test]
+fn requests_without_max_tokens_reserve_lazily_in_blocks() {
+    let t = tiny();
+    let model = hone_model::load_model(&t.gguf, WeightPath::Packed).unwrap();
+    let ctx = model.cfg.max_position_embeddings;
+    let budget = model.kv_cache_bytes(2 * LAZY_KV_BLOCK + 256);
+    assert!(budget < model.kv_cache_bytes(ctx));
+    let chat = t.chat(BatchOptions {
+        kv_cache_bytes: budget,
+        ..BatchOptions::default()
+    });
+    let unbounded = GenerationParams {
+        max_tokens: usize::MAX,
+        ..Default::default()
+    };
+    let msgs = messages("Tell me everything.");
+    let mut seen_reserved = Vec::new();
+    let kv = chat.kv_budget();
+    let gens = chat
+        .generate_choices(
+            &t.target(Some("a1")),
+            &msgs,
+            None,
+            &[unbounded.clone(), unbounded.clone()],
+            &CancelFlag::default(),
+            &mut |_, u| {
+                if let ChoiceUpdate::Text(_) = u {
+                    seen_reserved.push(kv.reserved());
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert_eq!(gens.len(), 2);
+    let first_share = model.kv_cache_bytes(gens[0].prompt_tokens + LAZY_KV_BLOCK);
+    assert_eq!(seen_reserved[0], 2 * first_share, "two first shares");
+    assert!(seen_reserved.iter().all(|&r| r <= budget));
+    for g in &gens {
+        // The share ends at prompt + one block: a row that got there could
+        // not take a second block beside the other's (unless it stopped).
+        match g.finish_reason {
+            FinishReason::Length => assert!(g.completion_tokens > LAZY_KV_BLOCK, "{g:?}"),
+            FinishReason::Stop => assert!(g.completion_tokens < 3 * LAZY_KV_BLOCK, "{g:?}"),
+        }
+    }
+    assert_eq!(kv.reserved(), 0, "every share given back");
 }

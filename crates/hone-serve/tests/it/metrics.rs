@@ -1,7 +1,7 @@
 //! `GET /metrics`: the counters and histograms move on real requests over
 //! the tiny model, the text parses as the Prometheus format (with the
 //! independent `prometheus-parse` crate and a line check), and the route is
-//! behind the key unless `--public-metrics`.
+//! admin keys only unless `--public-metrics`.
 
 use axum::body::Body;
 use axum::http::Request;
@@ -9,6 +9,8 @@ use prometheus_parse::{Scrape, Value as Metric};
 use serde_json::json;
 
 use crate::chat::{ask, chat, chat_app, sse_frames};
+use hone_serve::auth::create_key;
+
 use crate::common::{TestApp, BASE};
 
 /// Parses the answer of `GET /metrics`, checking its content type and
@@ -112,20 +114,35 @@ async fn counters_and_histograms_move_on_real_requests() {
     assert_eq!(value(&s, "hone_requests_waiting", &[]), Some(0.0));
 }
 
+fn with_key(key: &str) -> Request<Body> {
+    Request::get("/metrics")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
 #[tokio::test]
-async fn metrics_are_behind_the_key_unless_public() {
+async fn metrics_need_an_admin_key_unless_public() {
     let keyed = TestApp::with(|c| c.api_keys = vec!["sk-metrics".into()]);
+    let store = keyed.state.store.blocking().clone();
+    let (_, admin) = create_key(store.as_ref(), "ops", true).unwrap();
+    let (_, project) = create_key(store.as_ref(), "alpha", false).unwrap();
     assert_eq!(keyed.get("/metrics").await.status, 401);
-    let with_key = Request::get("/metrics")
-        .header("authorization", "Bearer sk-metrics")
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(keyed.send(with_key).await.status, 200);
-    let wrong = Request::get("/metrics")
-        .header("authorization", "Bearer sk-wrong")
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(keyed.send(wrong).await.status, 401);
+    assert_eq!(keyed.send(with_key(&admin)).await.status, 200);
+    assert_eq!(keyed.send(with_key("sk-wrong")).await.status, 401);
+    // A project's key (stored, or `--api-key`'s default project) may use
+    // the API but not read every project's metrics.
+    for key in [project.as_str(), "sk-metrics"] {
+        let r = keyed.send(with_key(key)).await;
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("admin key"), "{msg}");
+        let models = Request::get("/v1/models")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(keyed.send(models).await.status, 200);
+    }
 
     let public = TestApp::with(|c| {
         c.api_keys = vec!["sk-metrics".into()];

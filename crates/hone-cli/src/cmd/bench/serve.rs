@@ -10,8 +10,17 @@
 //! two alternate within each level (the order flips from level to level),
 //! so both see the same machine load; compare them as ratios.
 //!
-//! A client that gets a 429 counts it, waits the `Retry-After` second and
-//! sends the request again, as the OpenAI SDK does.
+//! With `--adapters N`, N distinct LoRA adapters are made once
+//! ([`adapters`]) and served on the base (`--adapter`); each level then also
+//! runs with the clients spread over the N adapters and with all of them on
+//! one adapter, alternating, so their ratio is the cost of mixing adapters
+//! in one batch.
+//!
+//! Each client sends at least `--requests-per-client` requests and keeps
+//! sending until the level has lasted `--min-seconds`, so that every level
+//! is long enough to measure. A client that gets a 429 counts it, waits the
+//! `Retry-After` second and sends the request again, as the OpenAI SDK
+//! does. A table of every level goes to stderr at the end.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,6 +32,8 @@ use hone_model::registry::{ModelSource, DEFAULT_MODEL_ID};
 use serde_json::{json, Value};
 
 use super::{loadavg, round2};
+
+mod adapters;
 
 /// Realistic chat turns: a system prompt and questions that want a
 /// paragraph, so that most answers run to the token limit.
@@ -53,9 +64,16 @@ pub struct ServeBenchArgs {
     /// Levels of concurrent streaming clients, measured one after another.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     pub clients: Vec<usize>,
-    /// Requests each client sends, one after another, per level.
+    /// Requests each client sends at least, one after another, per level.
     #[arg(long, default_value_t = 2)]
     pub requests_per_client: usize,
+    /// Clients keep sending requests until the level has lasted this long.
+    #[arg(long, default_value_t = 5.0)]
+    pub min_seconds: f64,
+    /// Also serve N distinct LoRA adapters (made for the run) and measure
+    /// the clients spread over them against all on one of them.
+    #[arg(long, default_value_t = 0)]
+    pub adapters: usize,
     /// `max_tokens` of each request.
     #[arg(long, default_value_t = 96)]
     pub max_tokens: usize,
@@ -70,10 +88,14 @@ pub struct ServeBenchArgs {
     pub llama_server: Option<PathBuf>,
 }
 
+/// What a level runs: hone on the base model, llama.cpp's server, or hone
+/// with `--adapters` (all clients on one adapter, or spread over all).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Hone,
     Llama,
+    OneAdapter,
+    Adapters,
 }
 
 impl Kind {
@@ -81,9 +103,30 @@ impl Kind {
         match self {
             Kind::Hone => "hone",
             Kind::Llama => "llama_server",
+            Kind::OneAdapter => "hone_one_adapter",
+            Kind::Adapters => "hone_adapters",
+        }
+    }
+
+    /// The model client `c` asks for.
+    fn model<'a>(self, base: &'a str, adapters: &'a [(String, PathBuf)], c: usize) -> &'a str {
+        match self {
+            Kind::Hone | Kind::Llama => base,
+            Kind::OneAdapter => &adapters[0].0,
+            Kind::Adapters => &adapters[c % adapters.len()].0,
         }
     }
 }
+
+/// Ratios reported per level: (name, numerator, denominator).
+const RATIOS: [(&str, Kind, Kind); 2] = [
+    ("hone_over_llama_server", Kind::Hone, Kind::Llama),
+    (
+        "adapters_over_one_adapter",
+        Kind::Adapters,
+        Kind::OneAdapter,
+    ),
+];
 
 pub fn run(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
     if args.clients.is_empty() || args.clients.contains(&0) {
@@ -91,6 +134,9 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.requests_per_client == 0 || args.max_tokens == 0 {
         bail!("--requests-per-client and --max-tokens must be at least 1");
+    }
+    if !(args.min_seconds.is_finite() && args.min_seconds >= 0.0) {
+        bail!("--min-seconds must be a number of seconds, at least 0");
     }
     let resolved = hone_model::registry::resolve(&args.model)
         .with_context(|| format!("resolving model '{}'", args.model))?;
@@ -104,6 +150,13 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
     if args.llama_server.is_some() {
         kinds.push(Kind::Llama);
     }
+    let adapter_dir = tempfile::tempdir().context("making a directory for the adapters")?;
+    let adapters = if args.adapters > 0 {
+        kinds.extend([Kind::OneAdapter, Kind::Adapters]);
+        adapters::write(gguf, &resolved.id, args.adapters, adapter_dir.path())?
+    } else {
+        Vec::new()
+    };
     let load_before = loadavg();
     let mut levels = Vec::new();
     for (i, &c) in args.clients.iter().enumerate() {
@@ -113,21 +166,32 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
             order.reverse();
         }
         for kind in order {
-            let server = Server::start(kind, &args, &resolved.id, gguf, threads, c)?;
-            let stats = drive(&server, &resolved.id, c, &args)?;
+            let served = if kind == Kind::Hone || kind == Kind::Llama {
+                &[][..]
+            } else {
+                &adapters[..]
+            };
+            let server = Server::start(kind, &args, &resolved.id, gguf, threads, c, served)?;
+            let models: Vec<&str> = (0..c)
+                .map(|i| kind.model(&resolved.id, &adapters, i))
+                .collect();
+            let stats = drive(&server, &models, &args)?;
             let mut v = stats.to_json();
             v["peak_rss_mb"] = json!(server.peak_rss_mb());
             level[kind.key()] = v;
             eprintln!("bench serve: C={c} {}: {}", kind.key(), level[kind.key()]);
         }
-        if let (Some(h), Some(l)) = (
-            level["hone"]["tokens_per_s"].as_f64(),
-            level["llama_server"]["tokens_per_s"].as_f64(),
-        ) {
-            level["hone_over_llama_server"] = json!(round2(h / l.max(1e-9)));
+        for (name, num, den) in RATIOS {
+            if let (Some(a), Some(b)) = (
+                level[num.key()]["tokens_per_s"].as_f64(),
+                level[den.key()]["tokens_per_s"].as_f64(),
+            ) {
+                level[name] = json!(round2(a / b.max(1e-9)));
+            }
         }
         levels.push(level);
     }
+    eprint!("{}", table(&levels, &kinds));
     let out = json!({
         "bench": "serve",
         "model": resolved.id,
@@ -135,12 +199,51 @@ pub fn run(args: ServeBenchArgs) -> anyhow::Result<ExitCode> {
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "requests_per_client": args.requests_per_client,
+        "min_seconds": args.min_seconds,
+        "adapters": args.adapters,
         "levels": levels,
         "load_before": load_before,
         "load_after": loadavg(),
     });
     println!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The levels as a text table (one line per level and server), then the
+/// ratios of each level.
+fn table(levels: &[Value], kinds: &[Kind]) -> String {
+    let mut out = format!(
+        "{:>3}  {:<17} {:>8} {:>9} {:>9} {:>8} {:>8} {:>5} {:>8}\n",
+        "C", "server", "tok/s", "TTFT p50", "TTFT p95", "ITL p50", "ITL p95", "429", "peak MB"
+    );
+    let num = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+    for level in levels {
+        let c = level["clients"].to_string();
+        for kind in kinds {
+            let v = &level[kind.key()];
+            out += &format!(
+                "{c:>3}  {:<17} {:>8} {:>9} {:>9} {:>8} {:>8} {:>5} {:>8}\n",
+                kind.key(),
+                num(&v["tokens_per_s"]),
+                num(&v["ttft_p50_ms"]),
+                num(&v["ttft_p95_ms"]),
+                num(&v["itl_p50_ms"]),
+                num(&v["itl_p95_ms"]),
+                v["http_429"].to_string(),
+                v["peak_rss_mb"].to_string(),
+            );
+        }
+    }
+    for level in levels {
+        let ratios: Vec<String> = RATIOS
+            .iter()
+            .filter_map(|(name, ..)| Some(format!("{name} {}", level[*name].as_f64()?)))
+            .collect();
+        if !ratios.is_empty() {
+            out += &format!("C={}: {}\n", level["clients"], ratios.join(", "));
+        }
+    }
+    out
 }
 
 /// A server process on a free local port, killed when dropped.
@@ -158,10 +261,13 @@ impl Server {
         gguf: &Path,
         threads: usize,
         clients: usize,
+        adapters: &[(String, PathBuf)],
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let (cmd, home) = match kind {
-            Kind::Hone => hone_command(id, gguf, threads, clients, port)?,
+            Kind::Hone | Kind::OneAdapter | Kind::Adapters => {
+                hone_command(id, gguf, threads, clients, port, adapters)?
+            }
             Kind::Llama => {
                 let bin = args.llama_server.as_deref().context("no --llama-server")?;
                 (llama_command(bin, gguf, threads, clients, port), None)
@@ -220,13 +326,18 @@ impl Drop for Server {
     }
 }
 
-/// `hone serve` (this binary) on a fresh HONE_HOME, serving `gguf` as `id`.
+/// `hone serve` (this binary) on a fresh HONE_HOME, serving `gguf` as `id`
+/// and each of `adapters` on it. Admission slots are twice the clients: a
+/// request's slot is given back just after its last chunk is sent, so a
+/// client that sends its next request at once could otherwise meet its
+/// own previous slot still taken (a 429 that measures nothing).
 fn hone_command(
     id: &str,
     gguf: &Path,
     threads: usize,
     clients: usize,
     port: u16,
+    adapters: &[(String, PathBuf)],
 ) -> anyhow::Result<(Command, Option<tempfile::TempDir>)> {
     let home = tempfile::tempdir().context("making a temporary HONE_HOME")?;
     let exe = std::env::current_exe().context("finding the hone binary")?;
@@ -237,10 +348,15 @@ fn hone_command(
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--model")
         .arg(format!("{id}={}", gguf.display()))
-        .args(["--max-concurrent-chats", &clients.to_string()])
+        .args(["--max-concurrent-chats", &(2 * clients).to_string()])
+        .args(["--max-adapters", &adapters.len().max(1).to_string()])
         .args(["--embedding-model", "none"])
         .env("RAYON_NUM_THREADS", threads.to_string())
         .env_remove("HONE_API_KEYS");
+    for (name, dir) in adapters {
+        cmd.arg("--adapter")
+            .arg(format!("{name}={}", dir.display()));
+    }
     Ok((cmd, Some(home)))
 }
 
@@ -316,26 +432,31 @@ fn percentile(v: &[f64], p: f64) -> Option<f64> {
     s.get(i).copied()
 }
 
-/// One warm-up request, then `clients` threads each sending
-/// `requests_per_client` streamed requests.
-fn drive(
-    server: &Server,
-    model: &str,
-    clients: usize,
-    args: &ServeBenchArgs,
-) -> anyhow::Result<Stats> {
+/// One warm-up request per distinct model (loading its adapter), then one
+/// thread per entry of `models` (client `c` asks for `models[c]`), each
+/// sending streamed requests: at least `requests_per_client`, and more
+/// until `min_seconds` have passed.
+fn drive(server: &Server, models: &[&str], args: &ServeBenchArgs) -> anyhow::Result<Stats> {
     let url = format!("{}/v1/chat/completions", server.base);
-    let warm = stream_one(&url, &body(model, PROMPTS[0], 8, args.temperature, 0));
-    if let Err(e) = warm {
-        bail!("the warm-up request to {url} failed: {e}");
+    let mut distinct = models.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for model in distinct {
+        let warm = stream_one(&url, &body(model, PROMPTS[0], 8, args.temperature, 0));
+        if let Err(e) = warm {
+            bail!("the warm-up request to {url} ({model}) failed: {e}");
+        }
     }
     let t0 = Instant::now();
+    let until = t0 + Duration::from_secs_f64(args.min_seconds);
     let mut total = Stats::default();
     let per_client: Vec<Stats> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|c| {
+        let handles: Vec<_> = models
+            .iter()
+            .enumerate()
+            .map(|(c, model)| {
                 let url = &url;
-                s.spawn(move || client(url, model, c, args))
+                s.spawn(move || client(url, model, c, args, until))
             })
             .collect();
         handles
@@ -350,13 +471,18 @@ fn drive(
     Ok(total)
 }
 
-/// Client `c`: its requests one after another, retrying after a 429.
-fn client(url: &str, model: &str, c: usize, args: &ServeBenchArgs) -> Stats {
+/// Client `c`: its requests one after another (at least
+/// `requests_per_client`, then more until `until`), retrying after a 429.
+fn client(url: &str, model: &str, c: usize, args: &ServeBenchArgs, until: Instant) -> Stats {
     let mut st = Stats::default();
-    for r in 0..args.requests_per_client {
-        let n = c * args.requests_per_client + r;
-        let prompt = PROMPTS[n % PROMPTS.len()];
-        let req = body(model, prompt, args.max_tokens, args.temperature, n as u64);
+    for r in 0.. {
+        if r >= args.requests_per_client && Instant::now() >= until {
+            break;
+        }
+        // 7 is prime to the 12 prompts: the clients start on different ones.
+        let prompt = PROMPTS[(c * 7 + r) % PROMPTS.len()];
+        let seed = ((c as u64) << 32) | r as u64;
+        let req = body(model, prompt, args.max_tokens, args.temperature, seed);
         loop {
             match stream_one(url, &req) {
                 Ok(one) => {
