@@ -65,6 +65,10 @@ pub struct InferArgs {
     /// report both speeds and the overhead.
     #[arg(long, value_name = "FILE")]
     pub json_schema: Option<std::path::PathBuf>,
+    /// Sequences decoded together, one row each per batched step (as the
+    /// server's running batch does); decode tokens/s is then the sum over rows.
+    #[arg(long, default_value_t = 1)]
+    pub rows: usize,
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -82,8 +86,8 @@ struct RunTimes {
 }
 
 fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
-    if args.new_tokens < 2 || args.runs == 0 {
-        bail!("--new-tokens must be at least 2 and --runs at least 1");
+    if args.new_tokens < 2 || args.runs == 0 || args.rows == 0 {
+        bail!("--new-tokens must be at least 2, --runs and --rows at least 1");
     }
     if let Some(t) = args.threads {
         // Read by rayon when candle first builds its pool, and by hone's
@@ -101,13 +105,18 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
     let model = &engine.model;
     let mut runs = Vec::with_capacity(args.runs);
     for i in 0..=args.runs {
-        let r = one_run(model, &prompt, args.new_tokens).context("benchmark run")?;
+        let r = match args.rows {
+            1 => one_run(model, &prompt, args.new_tokens),
+            rows => batched_run(model, &prompt, args.new_tokens, rows),
+        }
+        .context("benchmark run")?;
         if i > 0 {
             runs.push(r);
         }
     }
     let n = args.new_tokens as f64;
-    let mut decode: Vec<f64> = runs.iter().map(|r| (n - 1.0) / r.decode_s).collect();
+    let rows = args.rows as f64;
+    let mut decode: Vec<f64> = runs.iter().map(|r| rows * (n - 1.0) / r.decode_s).collect();
     let mut prefill: Vec<f64> = runs
         .iter()
         .map(|r| prompt.len() as f64 / r.prefill_s)
@@ -121,6 +130,8 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         "prefill_tokens_per_s": round2(median(&mut prefill)),
         "decode_tokens_per_s": round2(median(&mut decode)),
         "decode_tokens_per_s_best": round2(decode.iter().copied().fold(0.0, f64::max)),
+        "rows": args.rows,
+        "decode_step_ms": round2(1e3 * rows / median(&mut decode)),
         "peak_rss_mb": peak_rss_mb(),
         "threads": hone_model::compute_threads(),
         "decode_threads": hone_model::decode::team::global().threads(),
@@ -148,6 +159,34 @@ fn one_run(
     for i in 1..new_tokens {
         let logits = model.step(&[next], prompt.len() + i - 1, &mut cache)?;
         next = argmax(&logits);
+    }
+    Ok(RunTimes {
+        prefill_s,
+        decode_s: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// As [`one_run`] for `rows` copies of the prompt decoded together: each
+/// prefilled alone, then `new_tokens - 1` batched steps of one row each.
+fn batched_run(
+    model: &hone_model::Llama,
+    prompt: &[u32],
+    new_tokens: usize,
+    rows: usize,
+) -> anyhow::Result<RunTimes> {
+    let opts = hone_model::ForwardOptions::default();
+    let mut caches: Vec<_> = (0..rows).map(|_| model.new_cache()).collect();
+    let t = Instant::now();
+    let mut next = Vec::with_capacity(rows);
+    for cache in caches.iter_mut() {
+        next.push(argmax(&model.step(prompt, 0, cache)?));
+    }
+    let prefill_s = t.elapsed().as_secs_f64() / rows as f64;
+    let t = Instant::now();
+    for _ in 1..new_tokens {
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        let logits = model.step_batch_logits(&next, &mut refs, opts)?;
+        next = logits.iter().map(|l| argmax(l)).collect();
     }
     Ok(RunTimes {
         prefill_s,

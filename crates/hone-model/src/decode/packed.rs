@@ -34,6 +34,13 @@ use crate::error::{ModelError, Result};
 /// smaller ones costs more in hand-over than it saves.
 const PARALLEL_MIN_MACS: usize = 200_000;
 
+/// Output rows multiplied by every group of (up to four) activation rows
+/// before the next rows: with more than four activation rows, the later
+/// groups then read these weight rows from L1 instead of memory, so a batched
+/// step of 8 rows streams each weight (the LM head's 150 MB on Qwen2.5) once,
+/// not twice. Measured in docs/benchmarks.md ("Batched decode").
+const ROW_BLOCK: usize = 16;
+
 /// A `[rows, cols]` weight matrix (HF layout `[out, in]`) of quantized blocks.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
@@ -155,6 +162,13 @@ impl PackedMatrix {
         if k == Q8Kernel::Scalar {
             return q8::rows_scalar(&self.blocks, self.cols, xq, r0, out);
         }
+        for (b, block) in out.chunks_mut(ROW_BLOCK * xq.n).enumerate() {
+            self.block_q8(k, r0 + b * ROW_BLOCK, xq, block);
+        }
+    }
+
+    /// [`Self::rows_into_q8`] for one block of at most [`ROW_BLOCK`] output rows.
+    fn block_q8(&self, k: Q8Kernel, r0: usize, xq: &Q8Rows, out: &mut [f32]) {
         let mut c0 = 0;
         while c0 < xq.n {
             let group = (xq.n - c0).min(4);
@@ -197,6 +211,13 @@ impl PackedMatrix {
     /// per four). Every activation row gets the same arithmetic whatever `n`
     /// is, so batching never changes a result.
     pub(crate) fn rows_into(&self, k: Kernel, r0: usize, x: &[f32], n: usize, out: &mut [f32]) {
+        for (b, block) in out.chunks_mut(ROW_BLOCK * n).enumerate() {
+            self.block_into(k, r0 + b * ROW_BLOCK, x, n, block);
+        }
+    }
+
+    /// [`Self::rows_into`] for one block of at most [`ROW_BLOCK`] output rows.
+    fn block_into(&self, k: Kernel, r0: usize, x: &[f32], n: usize, out: &mut [f32]) {
         let mut c0 = 0;
         while c0 < n {
             let group = (n - c0).min(4);
@@ -256,7 +277,9 @@ impl Kernel {
         let mut ks = Vec::with_capacity(3);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+            {
                 ks.push(Kernel::Avx512);
             }
             if std::arch::is_x86_feature_detected!("avx2")
