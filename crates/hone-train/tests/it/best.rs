@@ -196,7 +196,10 @@ fn adapter(dir: &std::path::Path) -> Vec<u8> {
 #[test]
 fn early_stopping_returns_the_best_step_and_survives_a_resume() {
     let f = fixture();
-    let run = |out: &std::path::Path, patience, sink: &mut dyn hone_train::EventSink, ctl| {
+    let run = |out: &std::path::Path,
+               patience: Option<u32>,
+               sink: &mut dyn hone_train::EventSink,
+               ctl: &RunControl| {
         let mut model = load_model(&f.gguf, WeightPath::F32).unwrap();
         let cfg = TrainConfig {
             early_stopping_patience: patience,
