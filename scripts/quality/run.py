@@ -10,9 +10,8 @@ training) and writes every run's figures to OUT/results.json.
 
 The Python needs torch, transformers, peft and gguf (tests/hf/requirements.txt).
 
-Status (2026-12-05): groundwork for issue #18, not yet run end to end. One hone run
-finished (style_facts, seed 1: 1/12 held out with "auto"); the peft reference was too
-slow to finish on the loaded machine. docs/quality.md is written once the table exists.
+Status (2026-12-06): not yet run end to end; the rows measured so far (preference and
+style_facts, one seed, under load) and the missing ones are in docs/quality.md.
 """
 
 import argparse

@@ -522,6 +522,7 @@ impl EventSink for JobSink<'_> {
                 step,
                 valid_loss,
                 valid_mean_token_accuracy,
+                ..
             } => {
                 let mut m = self.pending.take().unwrap_or(StepMetrics {
                     step: Some(*step),
@@ -545,7 +546,17 @@ impl EventSink for JobSink<'_> {
                 );
                 self.log(r);
             }
-            TrainEvent::Done { .. } => self.flush(),
+            TrainEvent::Done {
+                early_stop_step,
+                returned_best,
+                ..
+            } => {
+                self.flush();
+                if let Some(msg) = outcome_message(*early_stop_step, returned_best.as_ref()) {
+                    let r = self.ctx.message(EventLevel::Info, msg);
+                    self.log(r);
+                }
+            }
             TrainEvent::Error { message } => {
                 self.flush();
                 let r = self
@@ -554,6 +565,20 @@ impl EventSink for JobSink<'_> {
                 self.log(r);
             }
         }
+    }
+}
+
+/// The job event for a run that stopped early or returns its best step:
+/// "Early stop at step N; best step M, valid loss X".
+fn outcome_message(stop: Option<u64>, best: Option<&hone_train::BestInfo>) -> Option<String> {
+    let best = best.map(|b| format!("best step {}, valid loss {:.4}", b.step, b.valid_loss));
+    match (stop, best) {
+        (Some(s), Some(b)) => Some(format!(
+            "Early stop at step {s}; {b} (the fine-tuned model)"
+        )),
+        (Some(s), None) => Some(format!("Early stop at step {s}")),
+        (None, Some(b)) => Some(format!("The fine-tuned model is the {b}")),
+        (None, None) => None,
     }
 }
 

@@ -59,6 +59,11 @@ impl BestDir {
         Ok(Self { dir, current })
     }
 
+    /// The `best/` directory.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     /// Writes `best/` if `info` beats the current best; returns its path then.
     pub(crate) fn offer(
         &mut self,
@@ -100,6 +105,46 @@ impl BestDir {
         }
         self.current = Some(info.clone());
         Ok(Some(self.dir.clone()))
+    }
+}
+
+/// Early stopping's memory: the lowest validation loss so far and how many validations
+/// have passed without a lower one. It is rebuilt on resume by replaying the metrics
+/// rows up to the checkpoint ([`Plateau::replay`]), so a resumed run keeps its patience
+/// counter exactly, whatever `best/` on disk holds. "Lower" is [`BestDir::offer`]'s rule
+/// (strictly lower and finite), so the two always agree on the best step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Plateau {
+    /// `(step, valid_loss)` of the best validation.
+    pub(crate) best: Option<(u64, f64)>,
+    /// Validations since the best one.
+    pub(crate) since_best: u32,
+}
+
+impl Plateau {
+    /// Records a validation at `step`.
+    pub(crate) fn observe(&mut self, step: u64, valid_loss: f64) {
+        let lower = valid_loss.is_finite() && self.best.is_none_or(|(_, b)| valid_loss < b);
+        if lower {
+            self.best = Some((step, valid_loss));
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
+        }
+    }
+
+    /// The state after the validations in `rows` (`(step, valid_loss)`, in order).
+    pub(crate) fn replay(rows: impl IntoIterator<Item = (u64, f64)>) -> Self {
+        let mut p = Plateau::default();
+        for (step, loss) in rows {
+            p.observe(step, loss);
+        }
+        p
+    }
+
+    /// Whether a run with this `patience` (in validations) should stop now.
+    pub(crate) fn exhausted(&self, patience: Option<u32>) -> bool {
+        patience.is_some_and(|p| self.since_best >= p.max(1))
     }
 }
 
@@ -145,6 +190,21 @@ mod tests {
         let b = BestDir::open(dir.path(), false).unwrap();
         assert_eq!(b.current, None);
         assert!(!dir.path().join("best").exists());
+    }
+
+    #[test]
+    fn patience_counts_validations_without_a_new_low() {
+        let mut p = Plateau::default();
+        p.observe(10, 2.0);
+        p.observe(20, 1.5);
+        assert_eq!((p.best, p.since_best), (Some((20, 1.5)), 0));
+        p.observe(30, 1.5); // equal is not lower
+        assert!(!p.exhausted(Some(2)));
+        p.observe(40, f64::NAN);
+        assert_eq!(p.since_best, 2);
+        assert!(p.exhausted(Some(2)) && !p.exhausted(Some(3)) && !p.exhausted(None));
+        let replayed = Plateau::replay([(10, 2.0), (20, 1.5), (30, 1.5), (40, f64::NAN)]);
+        assert_eq!((replayed.best, replayed.since_best), (p.best, p.since_best));
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub struct TrainConfig {
     /// same gradients bit for bit (so a resume may switch it).
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Stop once this many validations in a row brought no lower validation loss, and
+    /// return the best step's adapter (`None`: run every epoch, return the last step).
+    /// "auto" sets it with a validation file and auto epochs (hone-data's
+    /// `hparams::early_stopping`).
+    #[serde(default)]
+    pub early_stopping_patience: Option<u32>,
 }
 
 /// Settings that may change between an interrupted run and its resume: they do not
@@ -240,6 +246,7 @@ mod tests {
             packing: false,
             base_weights: BaseWeights::F32,
             gradient_checkpointing: false,
+            early_stopping_patience: None,
         }
     }
 

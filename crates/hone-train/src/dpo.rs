@@ -174,7 +174,13 @@ impl Dpo {
             &ref_lp.narrow(0, n, n)?,
             self.beta,
         )?;
+        let policy: Vec<f32> = lp.detach().to_vec1()?;
+        let lp_margins: Vec<f64> = (0..n)
+            .map(|i| f64::from(policy[i]) - f64::from(policy[n + i]))
+            .collect();
         let stats = Stats {
+            preferred_higher: lp_margins.iter().filter(|m| **m > 0.0).count() as u64,
+            logprob_margin_sum: lp_margins.iter().sum(),
             loss_sum: out.loss.to_scalar::<f32>()? as f64 * n as f64,
             units: n as u64,
             correct: out.margins().filter(|m| *m > 0.0).count() as u64,

@@ -42,6 +42,9 @@ pub enum TrainEvent {
         step: u64,
         valid_loss: f64,
         valid_mean_token_accuracy: f64,
+        /// DPO only: the held-out pairs' rewards and preference accuracy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rewards: Option<RewardStats>,
     },
     Checkpoint {
         step: u64,
@@ -60,21 +63,35 @@ pub enum TrainEvent {
         elapsed_s: f64,
         /// Where the final adapter was written.
         adapter_path: Option<PathBuf>,
+        /// Set when the run stopped early: the step it stopped after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        early_stop_step: Option<u64>,
+        /// Set when the final adapter is the best validation step's (early stopping
+        /// on), not the last step's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        returned_best: Option<crate::best::BestInfo>,
     },
     Error {
         message: String,
     },
 }
 
-/// DPO's diagnostics over a batch (means over its pairs): the implicit rewards
-/// `β·(log π(y|x) − log π_ref(y|x))` of the chosen and rejected answers, the fraction of
-/// pairs whose chosen reward is higher, and the mean margin `chosen − rejected`.
+/// DPO's diagnostics over a batch or the validation pairs (means over pairs): the
+/// implicit rewards `β·(log π(y|x) − log π_ref(y|x))` of the chosen and rejected answers,
+/// the fraction of pairs whose chosen reward is higher (`accuracy`, TRL's
+/// `rewards/accuracies`: relative to the reference) and the mean reward margin; then the
+/// absolute figures, which decide what the model generates: the fraction of pairs whose
+/// chosen answer has the higher total log-prob, and the mean log-prob margin (nats).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RewardStats {
     pub chosen: f64,
     pub rejected: f64,
     pub accuracy: f64,
     pub margin: f64,
+    #[serde(default)]
+    pub preference_accuracy: f64,
+    #[serde(default)]
+    pub logprob_margin: f64,
 }
 
 /// Receives training events. The server implements this to store events; `emit` must not

@@ -24,7 +24,8 @@
 use std::path::{Path, PathBuf};
 
 use hone_data::hparams::{
-    resolve_auto, AutoInput, Overrides, ResolvedHyperparameters, DPO_AUTO_BETA,
+    early_stopping, resolve_auto, AutoInput, Overrides, Reason, ResolvedHyperparameters, Source,
+    DPO_AUTO_BETA,
 };
 use hone_data::{DataError, Method};
 use hone_model::linear::TARGET_MODULES;
@@ -122,6 +123,10 @@ pub struct JobOptions {
     pub base_weights: BaseWeights,
     /// See [`crate::TrainConfig::gradient_checkpointing`].
     pub gradient_checkpointing: bool,
+    /// Early stopping's patience in validations: `None` is "auto" (on with a
+    /// validation file and auto epochs, hone-data's `hparams::early_stopping`),
+    /// `Some(0)` off, `Some(n)` on with patience `n` (needs a validation file).
+    pub early_stopping_patience: Option<u32>,
 }
 
 impl JobOptions {
@@ -146,6 +151,7 @@ impl JobOptions {
             packing: false,
             base_weights: BaseWeights::Auto,
             gradient_checkpointing: false,
+            early_stopping_patience: None,
         }
     }
 
@@ -243,9 +249,11 @@ impl TrainJob {
             mean_tokens_per_example: Some(tokenized.mean_train_tokens()),
             model_params: Some(model.config.param_count()),
         };
-        let hp = resolve_auto(&input, &opts.overrides).map_err(TrainJobError::Hyperparameters)?;
+        let mut hp =
+            resolve_auto(&input, &opts.overrides).map_err(TrainJobError::Hyperparameters)?;
         let beta = (opts.method == Method::Dpo).then(|| hp.beta.unwrap_or(DPO_AUTO_BETA));
-        let config = train_config(opts, &hp, max_seq_len, model);
+        let mut config = train_config(opts, &hp, max_seq_len, model);
+        config.early_stopping_patience = early_stop(opts, tokenized.n_valid() > 0, &mut hp)?;
         Ok(TrainJob {
             method: opts.method,
             config,
@@ -293,6 +301,35 @@ impl TrainJob {
     }
 }
 
+/// Early stopping's patience for the run (see [`JobOptions::early_stopping_patience`]),
+/// with its reason added to the printed ones.
+fn early_stop(
+    o: &JobOptions,
+    has_validation: bool,
+    hp: &mut ResolvedHyperparameters,
+) -> std::result::Result<Option<u32>, TrainJobError> {
+    let (patience, source, why) = match o.early_stopping_patience {
+        None => {
+            let (p, why) = early_stopping(o.overrides.n_epochs.is_none(), has_validation);
+            (p, Source::Auto, why)
+        }
+        Some(0) => (None, Source::User, "turned off by the user".to_string()),
+        Some(_) if !has_validation => {
+            return Err(TrainJobError::Options(
+                "early stopping needs a validation file".into(),
+            ))
+        }
+        Some(p) => (Some(p), Source::User, "set by the user".to_string()),
+    };
+    hp.reasons.push(Reason {
+        param: "early_stopping_patience".into(),
+        value: patience.map_or("off".into(), |p| p.to_string()),
+        source,
+        why,
+    });
+    Ok(patience)
+}
+
 /// The run's config: resolved hyperparameters, the options, and the model's facts.
 fn train_config(
     o: &JobOptions,
@@ -325,6 +362,7 @@ fn train_config(
         packing: o.packing,
         base_weights: o.base_weights,
         gradient_checkpointing: o.gradient_checkpointing,
+        early_stopping_patience: None,
     }
 }
 

@@ -27,6 +27,11 @@ pub struct Stats {
     /// DPO: Σ chosen and rejected rewards over pairs.
     pub chosen_reward_sum: f64,
     pub rejected_reward_sum: f64,
+    /// DPO: pairs whose chosen answer has the higher total log-prob under the policy
+    /// (what decides generation, unlike the rewards, which are relative to the reference).
+    pub preferred_higher: u64,
+    /// DPO: Σ over pairs of `log π(chosen) − log π(rejected)` (nats).
+    pub logprob_margin_sum: f64,
 }
 
 impl Stats {
@@ -39,6 +44,8 @@ impl Stats {
             trained_tokens: self.trained_tokens + o.trained_tokens,
             chosen_reward_sum: self.chosen_reward_sum + o.chosen_reward_sum,
             rejected_reward_sum: self.rejected_reward_sum + o.rejected_reward_sum,
+            preferred_higher: self.preferred_higher + o.preferred_higher,
+            logprob_margin_sum: self.logprob_margin_sum + o.logprob_margin_sum,
         }
     }
 
@@ -67,6 +74,8 @@ impl Stats {
             rejected: r,
             accuracy: self.accuracy(),
             margin: c - r,
+            preference_accuracy: self.preferred_higher as f64 / n,
+            logprob_margin: self.logprob_margin_sum / n,
         }
     }
 }

@@ -24,7 +24,7 @@ use hone_model::ops::BaseWeights;
 use hone_model::{Llama, TrainOptions};
 
 use crate::batch::{batch_indices, batches_per_epoch};
-use crate::best::{BestDir, BestInfo};
+use crate::best::{BestDir, BestInfo, Plateau};
 use crate::checkpoint::{self, PendingCheckpoint};
 use crate::config::{RunIdentity, TrainConfig};
 use crate::error::{io_err, Result, TrainError};
@@ -154,10 +154,16 @@ fn run_from<O: Objective>(
         identity,
     )?;
     run.best = best;
-    let (start_epoch, start_batch) = match &ckpt {
+    let (mut start_epoch, start_batch) = match &ckpt {
         Some(c) => run.restore(c)?,
         None => (0, 0),
     };
+    // Killed after the epoch end that exhausted the patience but before the adapter
+    // was written: the uninterrupted run stopped there, so this one does too.
+    if ckpt.is_some() && start_batch == 0 && run.plateau.exhausted(cfg.early_stopping_patience) {
+        run.early_stop_step = Some(run.step);
+        start_epoch = cfg.epochs;
+    }
     sink.emit(&TrainEvent::Start {
         method: O::METHOD.into(),
         base_model: cfg.base_model.clone(),
@@ -171,7 +177,7 @@ fn run_from<O: Objective>(
     });
     let n_batches = batches_per_epoch(train.len(), cfg.batch_size);
     let mut saved_step = ckpt.as_ref().map(|c| (c.step, c.path.clone()));
-    for epoch in start_epoch..cfg.epochs {
+    'epochs: for epoch in start_epoch..cfg.epochs {
         let first = if epoch == start_epoch { start_batch } else { 0 };
         for bi in first..n_batches {
             let idx = batch_indices(train.len(), cfg.batch_size, cfg.seed, epoch as usize, bi);
@@ -227,6 +233,10 @@ fn run_from<O: Objective>(
             if cancel {
                 return Err(cancelled(run.step, saved, sink));
             }
+            if end_of_epoch && run.plateau.exhausted(cfg.early_stopping_patience) {
+                run.early_stop_step = Some(run.step);
+                break 'epochs;
+            }
         }
     }
     run.finish(
@@ -269,6 +279,10 @@ struct Run<'a> {
     metrics: MetricsWriter,
     ckpt_root: PathBuf,
     best: BestDir,
+    /// Early stopping's patience counter (kept across a resume).
+    plateau: Plateau,
+    /// The step the run stopped early after.
+    early_stop_step: Option<u64>,
 }
 
 impl<'a> Run<'a> {
@@ -305,6 +319,8 @@ impl<'a> Run<'a> {
             metrics: MetricsWriter::create(out_dir, resuming)?,
             ckpt_root: out_dir.join(CHECKPOINTS_DIR),
             best: BestDir::default(),
+            plateau: Plateau::default(),
+            early_stop_step: None,
         })
     }
 
@@ -385,10 +401,12 @@ impl<'a> Run<'a> {
         row.valid_mean_token_accuracy = Some(va);
         row.valid_rewards = obj.reports_rewards().then(|| s.rewards());
         self.last_valid = Some((vl, va));
+        self.plateau.observe(self.step, vl);
         sink.emit(&TrainEvent::Validation {
             step: self.step,
             valid_loss: vl,
             valid_mean_token_accuracy: va,
+            rewards: row.valid_rewards,
         });
         let info = BestInfo {
             step: self.step,
@@ -432,6 +450,7 @@ impl<'a> Run<'a> {
             .iter()
             .rev()
             .find_map(|r| r.valid_loss.zip(r.valid_mean_token_accuracy));
+        self.plateau = Plateau::replay(rows.iter().filter_map(|r| Some((r.step, r.valid_loss?))));
         Ok((st.next_epoch, st.next_batch))
     }
 
@@ -462,8 +481,24 @@ impl<'a> Run<'a> {
         Ok(done.path)
     }
 
+    /// With early stopping on, the result is `best/`'s adapter: it is loaded back into
+    /// the LoRA parameters before they are saved as the run's adapter. Returns what was
+    /// returned (`None`: the last step's adapter).
+    fn take_best(&mut self) -> Result<Option<BestInfo>> {
+        if self.cfg.early_stopping_patience.is_none() {
+            return Ok(None);
+        }
+        let Some(best) = self.best.current.clone() else {
+            return Ok(None);
+        };
+        if best.step != self.step {
+            load_adapter_into(&self.params, &self.best.path())?;
+        }
+        Ok(Some(best))
+    }
+
     fn finish(
-        self,
+        mut self,
         method: &str,
         beta: Option<f64>,
         out_dir: &Path,
@@ -471,6 +506,7 @@ impl<'a> Run<'a> {
         n_valid: usize,
         sink: &mut dyn EventSink,
     ) -> Result<TrainSummary> {
+        let returned_best = self.take_best()?;
         self.lora.save_peft(out_dir, &self.cfg.base_model)?;
         let elapsed_s = self.started.elapsed().as_secs_f64();
         let summary = TrainSummary {
@@ -492,6 +528,8 @@ impl<'a> Run<'a> {
             valid_examples: n_valid,
             adapter_path: out_dir.to_path_buf(),
             best: self.best.current.clone(),
+            early_stop_step: self.early_stop_step,
+            returned_best: returned_best.is_some(),
             beta,
             config: self.cfg.clone(),
         };
@@ -502,6 +540,8 @@ impl<'a> Run<'a> {
             valid_loss: summary.final_valid_loss,
             elapsed_s,
             adapter_path: Some(out_dir.to_path_buf()),
+            early_stop_step: self.early_stop_step,
+            returned_best,
         });
         Ok(summary)
     }

@@ -43,6 +43,13 @@ pub struct TrainSummary {
     /// The step and validation loss of `best/`, if written.
     #[serde(default)]
     pub best: Option<BestInfo>,
+    /// Set when the run stopped early (early stopping on): the step it stopped after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop_step: Option<u64>,
+    /// Whether `adapter_path` holds `best`'s adapter (early stopping on) rather than the
+    /// last step's.
+    #[serde(default)]
+    pub returned_best: bool,
     /// DPO's beta.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,

@@ -18,7 +18,7 @@ use hone_data::estimate::{
     default_hosted_prices, estimate, throughput_from_bench_json, Estimate, EstimateInput,
     Throughput,
 };
-use hone_data::hparams::{resolve_auto, AutoInput, ResolvedHyperparameters, BASE_LEARNING_RATE};
+use hone_data::hparams::{resolve_auto, AutoInput, ResolvedHyperparameters};
 use hone_data::quality::Goal;
 use hone_data::render::{render_distribution, render_report};
 use hone_data::{
@@ -393,7 +393,9 @@ fn print_estimate(
         model.id,
         model.params / 1_000_000
     );
-    println!("\nhyperparameters (learning_rate = base {BASE_LEARNING_RATE:e} × multiplier):");
+    println!(
+        "\nhyperparameters (learning_rate = auto rate for the method and model size × multiplier):"
+    );
     for r in &hp.reasons {
         let source = match r.source {
             hone_data::hparams::Source::Auto => "auto",

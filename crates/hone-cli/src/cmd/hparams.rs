@@ -29,7 +29,7 @@ pub struct HyperparameterArgs {
     /// Examples per optimizer step, or "auto".
     #[arg(long, env = "HONE_BATCH_SIZE", default_value = "auto", value_parser = parse_auto::<u32>)]
     pub batch_size: Auto<u32>,
-    /// Learning rate = 2e-4 × this multiplier, or "auto".
+    /// Learning rate = the auto rate for the method and model size × this multiplier (1 = auto's rate, as on OpenAI), or "auto".
     #[arg(long, env = "HONE_LR_MULTIPLIER", default_value = "auto", value_parser = parse_auto::<f64>)]
     pub lr_multiplier: Auto<f64>,
 }

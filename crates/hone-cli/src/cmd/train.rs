@@ -120,6 +120,11 @@ pub struct TrainArgs {
     /// step (for long sequences; the gradients are the same, so --resume may switch it).
     #[arg(long, env = "HONE_GRADIENT_CHECKPOINTING")]
     pub gradient_checkpointing: bool,
+    /// Stop after this many validations (one per epoch end) without a lower validation
+    /// loss and write the best step's adapter; 0 turns it off. Default: on (2) with
+    /// --validation and auto epochs, off otherwise
+    #[arg(long, env = "HONE_EARLY_STOPPING_PATIENCE")]
+    pub early_stopping_patience: Option<u32>,
     #[command(flatten)]
     pub template: super::chat_template::ChatTemplateArgs,
 }
@@ -295,6 +300,7 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
         packing: a.packing,
         base_weights: a.base_weights,
         gradient_checkpointing: a.gradient_checkpointing,
+        early_stopping_patience: a.early_stopping_patience,
         ..JobOptions::new(method)
     };
     opts.check()?;
@@ -421,10 +427,21 @@ impl EventSink for BarSink {
                 step,
                 valid_loss,
                 valid_mean_token_accuracy,
-            } => self.println(format!(
-                "step {step}: valid loss {valid_loss:.4}, token accuracy {:.1}%",
-                valid_mean_token_accuracy * 100.0
-            )),
+                rewards,
+            } => self.println(match rewards {
+                Some(r) => format!(
+                    "step {step}: valid loss {valid_loss:.4}, held-out pairs: reward accuracy \
+                     {:.0}%, chosen more likely {:.0}%, reward margin {:.3}, log-prob margin {:.2}",
+                    r.accuracy * 100.0,
+                    r.preference_accuracy * 100.0,
+                    r.margin,
+                    r.logprob_margin
+                ),
+                None => format!(
+                    "step {step}: valid loss {valid_loss:.4}, token accuracy {:.1}%",
+                    valid_mean_token_accuracy * 100.0
+                ),
+            }),
             TrainEvent::Checkpoint { step, path } => {
                 self.println(format!("step {step}: checkpoint {}", path.display()))
             }
@@ -433,9 +450,22 @@ impl EventSink for BarSink {
             } => self.println(format!(
                 "step {step}: new best validation loss {valid_loss:.4} (saved in best/)"
             )),
-            TrainEvent::Done { .. } => {
+            TrainEvent::Done {
+                early_stop_step,
+                returned_best,
+                ..
+            } => {
                 if let Some(b) = self.bar.take() {
                     b.finish();
+                }
+                if let Some(step) = early_stop_step {
+                    eprintln!("early stop at step {step}: the validation loss stopped improving");
+                }
+                if let Some(b) = returned_best {
+                    eprintln!(
+                        "the adapter is the best step's: step {}, valid loss {:.4}",
+                        b.step, b.valid_loss
+                    );
                 }
             }
             TrainEvent::Error { message } => self.println(format!("error: {message}")),

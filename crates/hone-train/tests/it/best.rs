@@ -43,6 +43,7 @@ fn cfg() -> TrainConfig {
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
+        early_stopping_patience: None,
     }
 }
 
@@ -129,4 +130,148 @@ fn best_holds_the_adapter_of_the_lowest_validation_loss() {
         .collect();
     assert_eq!(events, news);
     assert!(!out.join("best.tmp").exists() && !out.join("best.old").exists());
+}
+
+/// The fixture's run: tiny model, the train and (disjoint) validation sets above.
+struct Fixture {
+    dir: tempfile::TempDir,
+    gguf: std::path::PathBuf,
+    train: Vec<hone_text::EncodedChat>,
+    valid: Vec<hone_text::EncodedChat>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
+    let tok = ChatTokenizer::from_gguf(&gguf).unwrap();
+    let train = [
+        chat("a", "zebra zebra"),
+        chat("b", "quartz"),
+        chat("c", "zebra quartz"),
+        chat("d", "quartz zebra zebra"),
+    ];
+    let valid = [chat("e", "hello world"), chat("f", "the cat sat")];
+    Fixture {
+        train: tokenize_sft(&tok, &train, 64).unwrap().examples,
+        valid: tokenize_sft(&tok, &valid, 64).unwrap().examples,
+        dir,
+        gguf,
+    }
+}
+
+/// Sets the cancel flag once step `at` is done.
+struct CancelAt {
+    at: u64,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    events: VecSink,
+}
+
+impl hone_train::EventSink for CancelAt {
+    fn emit(&mut self, e: &TrainEvent) {
+        if matches!(e, TrainEvent::Step { step, .. } if *step == self.at) {
+            self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.events.emit(e);
+    }
+}
+
+fn valid_losses(out: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<MetricsRow>(l).unwrap())
+        .filter_map(|r| r.valid_loss.map(|v| (r.step, v)))
+        .collect()
+}
+
+fn adapter(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::read(dir.join("adapter_model.safetensors")).unwrap()
+}
+
+/// With a patience, a run whose validation loss rises stops after that many
+/// validations without a new low, and its adapter is the best step's; without one
+/// (explicit epochs), it runs every epoch and keeps the last step's adapter. A run
+/// killed in the middle keeps its patience counter on resume: it stops at the same
+/// step with the same adapter as the uninterrupted run.
+#[test]
+fn early_stopping_returns_the_best_step_and_survives_a_resume() {
+    let f = fixture();
+    let run = |out: &std::path::Path,
+               patience: Option<u32>,
+               sink: &mut dyn hone_train::EventSink,
+               ctl: &RunControl| {
+        let mut model = load_model(&f.gguf, WeightPath::F32).unwrap();
+        let cfg = TrainConfig {
+            early_stopping_patience: patience,
+            ..cfg()
+        };
+        run_sft(&mut model, &f.train, &f.valid, &cfg, out, sink, ctl)
+    };
+    // Every epoch: the validation losses this data gives.
+    let full = f.dir.path().join("full");
+    let s = run(&full, None, &mut VecSink::default(), &RunControl::default()).unwrap();
+    let vals = valid_losses(&full);
+    assert_eq!(
+        (vals.len(), s.early_stop_step, s.returned_best),
+        (6, None, false)
+    );
+    assert_eq!(adapter(&full), adapter(&full.join("checkpoints/step-12")));
+    // Where patience 2 must stop, from those losses.
+    let patience = 2;
+    let (mut low, mut since, mut stop, mut best, mut first_miss) =
+        (f64::INFINITY, 0, None, 0, None);
+    for &(step, v) in &vals {
+        if v < low {
+            (low, since, best) = (v, 0, step);
+        } else {
+            since += 1;
+            first_miss.get_or_insert(step);
+        }
+        if since == patience && stop.is_none() {
+            stop = Some(step);
+        }
+    }
+    let stop = stop.expect("the validation loss rises for 2 epochs in this fixture");
+    // The returned adapter is not the last step's, so returning `best/` is visible.
+    assert!(best < 12, "{vals:?}");
+    let best_adapter = adapter(&full.join(format!("checkpoints/step-{best}")));
+
+    let early = f.dir.path().join("early");
+    let mut sink = VecSink::default();
+    let s = run(&early, Some(patience), &mut sink, &RunControl::default()).unwrap();
+    assert_eq!(
+        (s.steps, s.early_stop_step, s.returned_best),
+        (stop, Some(stop), true)
+    );
+    assert_eq!(s.best.as_ref().map(|b| b.step), Some(best));
+    assert_eq!(adapter(&early), best_adapter);
+    assert_eq!(adapter(&early.join("best")), best_adapter);
+    assert!(matches!(
+        sink.events.last(),
+        Some(TrainEvent::Done { early_stop_step: Some(n), returned_best: Some(b), .. })
+            if *n == stop && b.step == best
+    ));
+
+    // Killed one step after the first validation without a new low, then resumed.
+    let at = first_miss.unwrap() + 1;
+    assert!(at < stop, "{vals:?}");
+    let resumed = f.dir.path().join("resumed");
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cancel = CancelAt {
+        at,
+        flag: flag.clone(),
+        events: VecSink::default(),
+    };
+    let ctl = RunControl {
+        resume: false,
+        cancel: Some(flag),
+    };
+    assert!(run(&resumed, Some(patience), &mut cancel, &ctl).is_err());
+    let ctl = RunControl {
+        resume: true,
+        cancel: None,
+    };
+    let s = run(&resumed, Some(patience), &mut VecSink::default(), &ctl).unwrap();
+    assert_eq!((s.steps, s.early_stop_step), (stop, Some(stop)));
+    assert_eq!(adapter(&resumed), best_adapter);
 }

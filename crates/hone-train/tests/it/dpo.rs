@@ -54,6 +54,7 @@ fn train_cfg(epochs: u32) -> TrainConfig {
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
+        early_stopping_patience: None,
     }
 }
 

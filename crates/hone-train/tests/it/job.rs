@@ -47,7 +47,7 @@ fn a_job_is_built_and_trains_with_the_resolved_settings() {
     let job = TrainJob::build(&opts, data, base(&f)).unwrap();
     assert!(job.notes.is_empty(), "{:?}", job.notes);
     assert_eq!((job.config.epochs, job.config.batch_size), (1, 4));
-    // Auto learning rate for a small model: 5 × 2e-4.
+    // Auto learning rate for SFT on a small model: 1e-3 (multiplier 1).
     assert!((job.config.learning_rate - 1e-3).abs() < 1e-12);
     assert_eq!(job.config.base_model, "tiny");
     assert_eq!(job.config.pad_id, f.tok.tokenizer.eos_id());

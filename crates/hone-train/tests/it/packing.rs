@@ -208,6 +208,7 @@ fn config(packing: bool) -> SftConfig {
         packing,
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
+        early_stopping_patience: None,
     }
 }
 

@@ -84,6 +84,7 @@ fn config() -> SftConfig {
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
+        early_stopping_patience: None,
     }
 }
 

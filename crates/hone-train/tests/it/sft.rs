@@ -61,6 +61,7 @@ fn config(epochs: u32) -> SftConfig {
         packing: false,
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
+        early_stopping_patience: None,
     }
 }
 
