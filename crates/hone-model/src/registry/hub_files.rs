@@ -203,6 +203,7 @@ fn list_or_none(files: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::HubSpec;
 
     fn sib(name: &str) -> Sibling {
         Sibling {

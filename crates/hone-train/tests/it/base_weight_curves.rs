@@ -73,6 +73,7 @@ fn config(mode: BaseWeights, pad_id: u32, max_seq_len: usize, lr: f64) -> SftCon
         base_model: "base".into(),
         pad_id,
         init_adapter: None,
+        early_stopping_patience: None,
         packing: false,
         base_weights: mode,
         gradient_checkpointing: false,
