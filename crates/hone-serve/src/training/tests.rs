@@ -1,4 +1,5 @@
 use super::*;
+use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use crate::api::AutoOr;
 
 fn chats(path: &Path, n: usize) {
