@@ -543,7 +543,7 @@ async fn a_job_on_a_fine_tuned_model_continues_its_adapter() {
     let parent_model = parent["fine_tuned_model"].as_str().unwrap().to_string();
     let p = train_losses(&t, &parent_id).await;
     let (p_first, p_last) = (p[0], *p.last().unwrap());
-    assert!(p_last < 0.8 * p_first, "the parent learned: {p:?}");
+    assert!(p_last < 0.9 * p_first, "the parent learned: {p:?}");
 
     // A second SFT round on the same data, from the parent's final model.
     let child_id = create(
