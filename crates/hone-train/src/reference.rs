@@ -65,9 +65,8 @@ impl Reference {
         let mut map = HashMap::new();
         with_precision(mode.resolve(), || -> Result<()> {
             for p in pairs.iter().flat_map(|s| s.iter()) {
-                let k = key(p);
-                if !map.contains_key(&k) {
-                    map.insert(k, score(model, p)?);
+                if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key(p)) {
+                    e.insert(score(model, p)?);
                 }
             }
             Ok(())
