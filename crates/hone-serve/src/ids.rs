@@ -66,6 +66,13 @@ pub fn validate_suffix(suffix: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The base model `model` trains or serves on: itself for a base model id, and the
+/// `<base>` of a fine-tuned name, which every model of a chain shares (a job that
+/// continues `ft:<base>:…` names its model after the same base).
+pub fn base_model_id(model: &str) -> String {
+    FineTunedName::parse(model).map_or_else(|| model.to_string(), |n| n.base)
+}
+
 /// A parsed fine-tuned model name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FineTunedName {

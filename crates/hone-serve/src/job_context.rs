@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+
 use crate::api::{
-    EventLevel, EventType, FileObject, FileStatus, FileTag, FineTuningJob, JobCheckpoint,
-    JobCheckpointTag, StepMetrics,
+    ErrorCode, EventLevel, EventType, FileObject, FileStatus, FileTag, FineTuningJob,
+    JobCheckpoint, JobCheckpointTag, JobError, StepMetrics,
 };
 use crate::blobs::FsBlobStore;
 use crate::ids::{self, FineTunedName};
@@ -23,6 +25,9 @@ use crate::store::{
     StoreError, StoreResult,
 };
 
+/// Where a job that continues a fine-tuned model keeps its copy of the parent adapter,
+/// inside the job directory.
+pub const PARENT_DIR: &str = "parent";
 /// The purpose of the metrics CSV a job produces (OpenAI's name).
 pub const RESULTS_PURPOSE: &str = "fine-tune-results";
 /// Why a run is asked to stop. Ordered: a stronger reason replaces a
@@ -158,6 +163,36 @@ impl JobContext {
         Ok(checkpoint)
     }
 
+    /// For a job whose `model` is a fine-tuned (or checkpoint) model: the directory of
+    /// the parent adapter it continues, a copy in `<job_dir>/parent/` made on first use,
+    /// so that the run and every resume of it start from the same weights even if the
+    /// parent model is deleted meanwhile. `None` for a job on a base model. The lookup
+    /// is scoped to the job's project, as at job creation.
+    pub fn parent_adapter(&self) -> Result<Option<PathBuf>, JobError> {
+        if ids::FineTunedName::parse(&self.job.model).is_none() {
+            return Ok(None);
+        }
+        let dest = self.job_dir.join(PARENT_DIR);
+        if dest.join(ADAPTER_WEIGHTS_FILE).is_file() {
+            return Ok(Some(dest));
+        }
+        let gone = |why: String| {
+            JobError::new(
+                ErrorCode::ModelNotAvailable,
+                format!("The model this job continues, {}, {why}", self.job.model),
+            )
+            .with_param("model")
+        };
+        let scope = Scope::Project(self.job.organization_id.clone());
+        let rec = self
+            .store
+            .get_model(&scope, &self.job.model)
+            .map_err(|e| gone(format!("cannot be found: {e}")))?;
+        copy_adapter(&rec.adapter_path, &dest)
+            .map_err(|e| gone(format!("has an unreadable adapter: {e}")))?;
+        Ok(Some(dest))
+    }
+
     /// Updates progress fields (resolved hyperparameters, tokens, ETA).
     pub fn update(&self, u: &JobUpdate) -> StoreResult<FineTuningJob> {
         self.store.update_job(&self.job.id, u)
@@ -191,6 +226,29 @@ impl JobContext {
         })?;
         Ok(object)
     }
+}
+
+/// Copies the two PEFT files of a checkpoint into `dest` atomically (a staging
+/// directory, fsynced, then renamed), replacing an older copy. The copies get the
+/// umask's modes (0644 files in a 0755 directory under umask 022), so that another
+/// user or a service account can load the adapter, as with `hone train`'s own output.
+pub(crate) fn copy_adapter(src: &Path, dest: &Path) -> std::io::Result<()> {
+    use hone_model::atomic_file::{finish_file, publish_dir, staging_dir};
+    let tmp: PathBuf = staging_dir(dest)?;
+    let staged = (|| {
+        for name in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+            std::fs::copy(src.join(name), tmp.join(name))?;
+            finish_file(&tmp.join(name))?;
+        }
+        if dest.exists() {
+            std::fs::remove_dir_all(dest)?;
+        }
+        publish_dir(&tmp, dest)
+    })();
+    if staged.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    staged
 }
 
 #[cfg(test)]

@@ -26,13 +26,12 @@
 //! micro-batches (dropping that step), with a checkpoint. (A cancel is
 //! answered before that: see `worker`.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hone_data::hparams::{Overrides, ResolvedHyperparameters};
-use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use hone_model::ops::BaseWeights;
 use hone_model::{Llama, LoraConfig};
 use hone_train::job::{
@@ -41,8 +40,8 @@ use hone_train::job::{
 };
 use hone_train::metrics::METRICS_CSV;
 use hone_train::{
-    BaseModel, DataFile, DataFileError, EventSink, JobOptions, MaxSeqLen, RunControl, TrainData,
-    TrainError, TrainEvent, TrainJob, TrainJobError,
+    BaseModel, DataFile, DataFileError, EventSink, FixedLora, JobOptions, MaxSeqLen, RunControl,
+    TrainData, TrainError, TrainEvent, TrainJob, TrainJobError,
 };
 
 use crate::api::{
@@ -51,7 +50,7 @@ use crate::api::{
 };
 use crate::catalog::BaseModels;
 use crate::engines::{TrainingEngine, TrainingOutcome};
-use crate::job_context::JobContext;
+use crate::job_context::{copy_adapter, JobContext};
 use crate::store::{unix_now, JobUpdate};
 
 /// hone-train's output directory inside the job directory.
@@ -229,10 +228,11 @@ impl HoneTrainer {
             .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
         let data = TrainData::read(opts.method, training_file, validation_file)
             .map_err(|e| job_error_of(&e.into()))?;
+        let base_id = crate::ids::base_model_id(&job.model);
         let open = self
             .models
-            .open(self.base_model(&job.model)?)
-            .map_err(|e| load_failed(&job.model, e))?;
+            .open(self.base_model(&base_id)?)
+            .map_err(|e| load_failed(&base_id, e))?;
         let base = BaseModel {
             id: &open.id,
             config: &open.config,
@@ -254,20 +254,28 @@ impl HoneTrainer {
 
     fn prepare(&self, ctx: &JobContext) -> Result<(TrainJob, Llama), JobError> {
         let job = &ctx.job;
-        let opts = self
+        let mut opts = self
             .options
             .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
+        // A job on a fine-tuned model continues its adapter (shape, weights, and as
+        // DPO's reference); the server's LoRA options are its defaults only.
+        if let Some(parent) = ctx.parent_adapter()? {
+            opts.continue_from(&parent, &FixedLora::default())
+                .map_err(|e| job_error_of(&e))?;
+            let _ = ctx.message(
+                EventLevel::Info,
+                format!("Continuing from the adapter of {}", job.model),
+            );
+        }
         let data = TrainData::read(
             opts.method,
             &ctx.training_file,
             ctx.validation_file.as_deref(),
         )
         .map_err(|e| job_error_of(&e.into()))?;
-        let resolved = self.base_model(&job.model)?;
-        let _ = ctx.message(
-            EventLevel::Info,
-            format!("Loading base model {}", job.model),
-        );
+        let base_id = crate::ids::base_model_id(&job.model);
+        let resolved = self.base_model(&base_id)?;
+        let _ = ctx.message(EventLevel::Info, format!("Loading base model {base_id}"));
         // A resumed job keeps the mode its checkpoint recorded (with `auto`).
         let out_dir = ctx.job_dir.join(RUN_DIR);
         let mode = hone_train::base::mode_for_run(self.options.base_weights, &out_dir, true)
@@ -275,7 +283,7 @@ impl HoneTrainer {
         let engine = self
             .models
             .load(resolved, hone_train::base::weight_path(mode))
-            .map_err(|e| load_failed(&job.model, e))?;
+            .map_err(|e| load_failed(&base_id, e))?;
         let base = BaseModel {
             id: &engine.id,
             config: &engine.model.cfg,
@@ -334,6 +342,12 @@ pub fn job_error_of(e: &TrainJobError) -> JobError {
             JobError::new(ErrorCode::InvalidHyperparameters, e.to_string())
                 .with_param("hyperparameters")
         }
+        // The parent model's adapter went missing or broke after the job was created.
+        TrainJobError::Parent { message, .. } => JobError::new(
+            ErrorCode::ModelNotAvailable,
+            format!("The model this job continues cannot be used: {message}"),
+        )
+        .with_param("model"),
         // The server's options cannot be contradictory or beyond a model's
         // context (its max_seq_len is capped), so these are its own bugs.
         e @ (TrainJobError::Options(_) | TrainJobError::BeyondContext { .. }) => JobError::new(
@@ -580,29 +594,6 @@ fn outcome_message(stop: Option<u64>, best: Option<&hone_train::BestInfo>) -> Op
         (None, Some(b)) => Some(format!("The fine-tuned model is the {b}")),
         (None, None) => None,
     }
-}
-
-/// Copies the two PEFT files of a checkpoint into `dest` atomically (a staging
-/// directory, fsynced, then renamed), replacing an older copy. The copies get the
-/// umask's modes (0644 files in a 0755 directory under umask 022), so that another
-/// user or a service account can load the adapter, as with `hone train`'s own output.
-fn copy_adapter(src: &Path, dest: &Path) -> std::io::Result<()> {
-    use hone_model::atomic_file::{finish_file, publish_dir, staging_dir};
-    let tmp: PathBuf = staging_dir(dest)?;
-    let staged = (|| {
-        for name in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
-            std::fs::copy(src.join(name), tmp.join(name))?;
-            finish_file(&tmp.join(name))?;
-        }
-        if dest.exists() {
-            std::fs::remove_dir_all(dest)?;
-        }
-        publish_dir(&tmp, dest)
-    })();
-    if staged.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    staged
 }
 
 #[cfg(test)]

@@ -122,6 +122,36 @@ impl TrainData {
     pub fn method(&self) -> Method {
         self.method
     }
+
+    /// Preference data as SFT data on its preferred answers (each prompt followed by
+    /// its chosen answer as the assistant turn): the first stage of `sft+dpo`. `None`
+    /// for data that is already SFT.
+    pub fn preferred_as_sft(&self) -> Option<TrainData> {
+        let to_sft = |d: &DataSet| match &d.examples {
+            Examples::Dpo(pairs) => Some(DataSet {
+                path: d.path.clone(),
+                examples: Examples::Sft(
+                    pairs
+                        .iter()
+                        .map(|p| SftExample {
+                            messages: p.input.iter().chain([&p.preferred]).cloned().collect(),
+                            tools: p.tools.clone(),
+                            parallel_tool_calls: None,
+                        })
+                        .collect(),
+                ),
+            }),
+            Examples::Sft(_) => None,
+        };
+        Some(TrainData {
+            method: Method::Sft,
+            training: to_sft(&self.training)?,
+            validation: match &self.validation {
+                Some(v) => Some(to_sft(v)?),
+                None => None,
+            },
+        })
+    }
 }
 
 fn read_file(

@@ -6,7 +6,8 @@
 //! pitfall 6). Its log-probs are computed without gradients on the very batch tensors the
 //! policy sees, once per micro-batch, so at LoRA's zero init the policy and reference
 //! agree bit for bit (loss exactly ln 2). With `init_adapter` (DPO on top of an SFT
-//! adapter) the reference is still the base without adapter, as in TRL with a PEFT model.
+//! adapter) the reference is the parent model, base + that adapter, precomputed once
+//! per pair ([`crate::reference`] says why).
 //!
 //! Each sequence is the prompt rendered through the model's chat template plus one
 //! answer (hone-text's `encode_preference`); only the answer's tokens (its end-of-turn
@@ -21,13 +22,14 @@ use hone_model::ops::masked_cross_entropy;
 use hone_model::{Llama, TrainOptions};
 use hone_text::{ChatTokenizer, EncodedChat};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::batch::{to_tensors, Batch};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::events::EventSink;
 use crate::objective::{Objective, Stats};
+use crate::reference::{PairKey, Reference};
 use crate::runner::{train_loop, RunControl};
 use crate::sft::hash_example;
 use crate::summary::TrainSummary;
@@ -53,6 +55,26 @@ impl TokenizedPair {
     /// Both answers keep at least one trained token.
     pub fn is_trainable(&self) -> bool {
         self.chosen.trained_targets() > 0 && self.rejected.trained_targets() > 0
+    }
+
+    /// sha256 over both sequences' ids and masks (the key of a precomputed reference).
+    fn key(&self) -> PairKey {
+        let mut h = Sha256::new();
+        hash_example(&self.chosen, &mut h);
+        hash_example(&self.rejected, &mut h);
+        h.finalize().into()
+    }
+
+    /// `[chosen, rejected]` sequence log-probs under `model` as it is (adapter on, no
+    /// dropout), the pair alone in its batch: a parent model's reference.
+    fn score(&self, model: &Llama, pad_id: u32) -> Result<[f32; 2]> {
+        let b = Batch::from_examples(&[&self.chosen, &self.rejected], pad_id);
+        let (input, targets, mask) = to_tensors(&b)?;
+        let logits = model.forward_train(&input, TrainOptions::default())?;
+        let lp: Vec<f32> = sequence_logprobs(&logits, &targets, &mask)?
+            .detach()
+            .to_vec1()?;
+        Ok([lp[0], lp[1]])
     }
 }
 
@@ -123,9 +145,19 @@ pub fn run_dpo(
             "preference pair {i} has an answer without trained tokens"
         )));
     }
+    let pad = cfg.train.pad_id;
+    let reference = Reference::for_run(
+        model,
+        &[train, valid],
+        &cfg.train,
+        (out_dir, ctl.resume),
+        TokenizedPair::key,
+        |m, p| p.score(m, pad),
+    )?;
     let obj = Dpo {
         beta: cfg.beta,
         pad_id: cfg.train.pad_id,
+        reference,
     };
     train_loop(model, &obj, train, valid, &cfg.train, out_dir, sink, ctl)
 }
@@ -134,6 +166,7 @@ pub fn run_dpo(
 struct Dpo {
     beta: f64,
     pad_id: u32,
+    reference: Reference,
 }
 
 impl Dpo {
@@ -164,8 +197,14 @@ impl Dpo {
             use_adapters: false,
             ..TrainOptions::default()
         };
-        let ref_lp =
-            sequence_logprobs(&model.forward_train(&input, reference)?, &targets, &mask)?.detach();
+        let ref_lp = match self
+            .reference
+            .lookup(chunk, TokenizedPair::key, input.device())?
+        {
+            Some(lp) => lp,
+            None => sequence_logprobs(&model.forward_train(&input, reference)?, &targets, &mask)?
+                .detach(),
+        };
         let lp = sequence_logprobs(&model.forward_train(&input, opts)?, &targets, &mask)?;
         let out = dpo_loss(
             &lp.narrow(0, 0, n)?,
@@ -238,7 +277,11 @@ impl Objective for Dpo {
 /// `[(ref_chosen, ref_rejected, policy_chosen, policy_rejected)]`: what the trainer
 /// compares (for inspection and tests).
 pub fn pair_logprobs(model: &Llama, pairs: &[TokenizedPair], pad_id: u32) -> Result<Vec<[f64; 4]>> {
-    let obj = Dpo { beta: 1.0, pad_id };
+    let obj = Dpo {
+        beta: 1.0,
+        pad_id,
+        reference: Reference::AdapterOff,
+    };
     let refs: Vec<&TokenizedPair> = pairs.iter().collect();
     let (input, targets, mask, _) = obj.batch(&refs)?;
     let n = pairs.len();

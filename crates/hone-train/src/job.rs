@@ -197,6 +197,134 @@ pub enum TrainJobError {
     /// Settings that contradict each other.
     #[error("{0}")]
     Options(String),
+    /// The adapter a run continues from is unusable, or a LoRA setting the user fixed
+    /// contradicts it; `param` names the setting (`init_adapter`, `lora_r`,
+    /// `lora_alpha`, `target_modules`).
+    #[error("{message}")]
+    Parent {
+        param: &'static str,
+        message: String,
+    },
+}
+
+/// The LoRA shape of an existing PEFT adapter: what a run continuing from it trains
+/// (its rank, alpha and targets), and the base it was trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterShape {
+    pub r: usize,
+    pub alpha: f64,
+    /// Parsed projection names, in `LoraConfig::parse_target_modules`'s form.
+    pub target_modules: Vec<String>,
+    /// `base_model_name_or_path` as the adapter recorded it.
+    pub base_model: String,
+}
+
+impl AdapterShape {
+    /// Reads `dir/adapter_config.json` (and checks the weights file is there).
+    pub fn read(dir: &Path) -> std::result::Result<Self, TrainJobError> {
+        let bad = |m: String| TrainJobError::Parent {
+            param: "init_adapter",
+            message: m,
+        };
+        let path = dir.join(hone_model::lora::ADAPTER_CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
+        let cfg: hone_model::PeftConfig = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "{} is not a PEFT adapter config: {e}",
+                path.display()
+            ))
+        })?;
+        let weights = dir.join(hone_model::lora::ADAPTER_WEIGHTS_FILE);
+        if !weights.is_file() {
+            return Err(bad(format!("{} is missing", weights.display())));
+        }
+        let target_modules =
+            hone_model::LoraConfig::parse_target_modules(&cfg.target_modules.join(","))
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        Ok(AdapterShape {
+            r: cfg.r,
+            alpha: cfg.lora_alpha,
+            target_modules,
+            base_model: cfg.base_model_name_or_path.unwrap_or_default(),
+        })
+    }
+}
+
+/// LoRA settings a user fixed explicitly (`None`: left at the default). A run that
+/// continues an adapter trains the adapter's shape; a fixed value that differs is an
+/// error rather than silently ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FixedLora {
+    pub r: Option<usize>,
+    pub alpha: Option<f64>,
+    pub target_modules: Option<Vec<String>>,
+}
+
+impl JobOptions {
+    /// Continues the adapter in `dir`: its weights are the start (`init_adapter`) and
+    /// its rank, alpha and targets replace these options'; the optimizer state is new.
+    /// A value in `fixed` that differs from the adapter's is a [`TrainJobError::Parent`]
+    /// naming it, found before any data or model is read.
+    pub fn continue_from(
+        &mut self,
+        dir: &Path,
+        fixed: &FixedLora,
+    ) -> std::result::Result<AdapterShape, TrainJobError> {
+        let shape = AdapterShape::read(dir)?;
+        let conflict = |param: &'static str, mine: String, theirs: String| {
+            TrainJobError::Parent {
+            param,
+            message: format!(
+                "{param} {mine} conflicts with the adapter this run continues ({} has                  {param} {theirs}); a continued run trains its parent's LoRA shape, so                  leave {param} unset",
+                dir.display()
+            ),
+        }
+        };
+        if let Some(r) = fixed.r.filter(|r| *r != shape.r) {
+            return Err(conflict("lora_r", r.to_string(), shape.r.to_string()));
+        }
+        if let Some(a) = fixed.alpha.filter(|a| *a != shape.alpha) {
+            return Err(conflict(
+                "lora_alpha",
+                a.to_string(),
+                shape.alpha.to_string(),
+            ));
+        }
+        if let Some(t) = fixed
+            .target_modules
+            .as_ref()
+            .filter(|t| sorted(t) != sorted(&shape.target_modules))
+        {
+            return Err(conflict(
+                "target_modules",
+                t.join(","),
+                shape.target_modules.join(","),
+            ));
+        }
+        self.lora_r = shape.r;
+        self.lora_alpha = shape.alpha;
+        self.target_modules = shape.target_modules.clone();
+        self.init_adapter = Some(dir.to_path_buf());
+        Ok(shape)
+    }
+
+    /// The first stage of `sft+dpo` for a DPO job with these options: SFT on the
+    /// preferred answers, with the same LoRA shape, seed and loop settings, and the
+    /// same user-fixed epochs, batch size and learning-rate multiplier (the rest
+    /// "auto", resolved for SFT); beta is DPO's only.
+    pub fn sft_stage(&self) -> JobOptions {
+        let mut o = self.clone();
+        o.method = Method::Sft;
+        o.overrides.beta = None;
+        o
+    }
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
 }
 
 /// The base model as far as building a job needs it (already loaded by the caller).
@@ -394,5 +522,103 @@ mod tests {
         assert_eq!(MaxSeqLen::Exactly(256).resolve(256, "m").unwrap(), 256);
         let e = MaxSeqLen::Exactly(300).resolve(256, "m").unwrap_err();
         assert!(e.to_string().contains("context window of m (256"), "{e}");
+    }
+
+    /// An adapter directory of shape r=4, alpha 8, q_proj+v_proj on base "tiny".
+    fn adapter_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let lora = hone_model::LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+        };
+        let peft = hone_model::PeftConfig::from_lora(&lora, "tiny");
+        let cfg = dir.path().join(hone_model::lora::ADAPTER_CONFIG_FILE);
+        std::fs::write(cfg, serde_json::to_vec(&peft).unwrap()).unwrap();
+        let weights = dir.path().join(hone_model::lora::ADAPTER_WEIGHTS_FILE);
+        std::fs::write(weights, b"").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_continued_run_trains_its_parents_shape_and_refuses_a_conflicting_one() {
+        let dir = adapter_dir();
+        let mut o = JobOptions::new(Method::Dpo);
+        let shape = o.continue_from(dir.path(), &FixedLora::default()).unwrap();
+        assert_eq!((o.lora_r, o.lora_alpha), (4, 8.0));
+        assert_eq!(o.target_modules, vec!["q_proj", "v_proj"]);
+        assert_eq!(o.init_adapter.as_deref(), Some(dir.path()));
+        assert_eq!(shape.base_model, "tiny");
+        // Fixing the parent's own values is fine; a different one is named.
+        let same = FixedLora {
+            r: Some(4),
+            alpha: Some(8.0),
+            target_modules: Some(vec!["v_proj".into(), "q_proj".into()]),
+        };
+        assert!(JobOptions::new(Method::Sft)
+            .continue_from(dir.path(), &same)
+            .is_ok());
+        let cases = [
+            (
+                FixedLora {
+                    r: Some(16),
+                    ..FixedLora::default()
+                },
+                "lora_r",
+            ),
+            (
+                FixedLora {
+                    alpha: Some(32.0),
+                    ..FixedLora::default()
+                },
+                "lora_alpha",
+            ),
+            (
+                FixedLora {
+                    target_modules: Some(vec!["q_proj".into()]),
+                    ..FixedLora::default()
+                },
+                "target_modules",
+            ),
+        ];
+        for (fixed, want) in cases {
+            let mut o = JobOptions::new(Method::Sft);
+            match o.continue_from(dir.path(), &fixed) {
+                Err(TrainJobError::Parent { param, message }) => {
+                    assert_eq!(param, want);
+                    assert!(message.contains("conflicts with the adapter"), "{message}");
+                }
+                other => panic!("{want}: {other:?}"),
+            }
+            assert_eq!(o, JobOptions::new(Method::Sft), "unchanged on error");
+        }
+        let missing = dir.path().join("nope");
+        let e = JobOptions::new(Method::Sft)
+            .continue_from(&missing, &FixedLora::default())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TrainJobError::Parent {
+                    param: "init_adapter",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_sft_stage_of_sft_then_dpo_keeps_the_settings_but_not_beta() {
+        let mut o = JobOptions::new(Method::Dpo);
+        o.overrides.beta = Some(0.3);
+        o.overrides.n_epochs = Some(2);
+        o.seed = 7;
+        let s = o.sft_stage();
+        assert_eq!(s.method, Method::Sft);
+        assert_eq!(s.overrides.beta, None);
+        assert_eq!((s.overrides.n_epochs, s.seed), (Some(2), 7));
+        assert!(s.check().is_ok());
     }
 }

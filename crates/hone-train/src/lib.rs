@@ -25,6 +25,7 @@ pub mod job;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+pub mod reference;
 pub mod resume;
 pub mod rng;
 pub mod runner;
@@ -41,7 +42,7 @@ pub use data::{
 pub use dpo::{run_dpo, tokenize_dpo, DpoConfig, TokenizedPair, TokenizedPairs};
 pub use error::{Result, TrainError};
 pub use events::{EventSink, JsonLinesSink, RewardStats, TrainEvent, VecSink};
-pub use job::{BaseModel, JobOptions, MaxSeqLen, TrainJob, TrainJobError};
+pub use job::{AdapterShape, BaseModel, FixedLora, JobOptions, MaxSeqLen, TrainJob, TrainJobError};
 pub use metrics::{parse_metrics_csv, MetricsRow};
 pub use optim::{AdamW, AdamWConfig, StepStats};
 pub use rng::{RngState, TrainRng};

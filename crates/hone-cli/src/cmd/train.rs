@@ -22,8 +22,8 @@ use hone_train::job::{
     DEFAULT_MAX_SEQ_LEN, DEFAULT_SEED, DEFAULT_TARGET_MODULES,
 };
 use hone_train::{
-    BaseModel, DataFileError, DataProblem, EventSink, JobOptions, JsonLinesSink, MaxSeqLen,
-    RunControl, TrainData, TrainError, TrainEvent, TrainJob, TrainJobError,
+    BaseModel, DataFileError, DataProblem, EventSink, FixedLora, JobOptions, JsonLinesSink,
+    MaxSeqLen, RunControl, TrainData, TrainError, TrainEvent, TrainJob, TrainJobError,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -37,7 +37,9 @@ pub struct TrainArgs {
     /// Validation data: loss and token accuracy at each epoch end.
     #[arg(long, env = "HONE_VALIDATION_DATA")]
     pub validation: Option<PathBuf>,
-    /// Fine-tuning method: sft or dpo.
+    /// Fine-tuning method: sft, dpo, or sft+dpo (preference data: SFT on the preferred
+    /// answers into OUT/sft, then DPO from that adapter into OUT, with the SFT model as
+    /// DPO's reference).
     #[arg(long, env = "HONE_METHOD", default_value = "sft")]
     pub method: String,
     /// Base model: a registry id or a GGUF file / HF directory path.
@@ -48,18 +50,19 @@ pub struct TrainArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub hp: HyperparameterArgs,
-    /// LoRA rank.
-    #[arg(long, env = "HONE_LORA_R", default_value_t = DEFAULT_LORA_R)]
-    pub lora_r: usize,
-    /// LoRA alpha (the update is scaled by alpha / r).
-    #[arg(long, env = "HONE_LORA_ALPHA", default_value_t = DEFAULT_LORA_ALPHA)]
-    pub lora_alpha: f64,
+    /// LoRA rank [default: 8, or --init-adapter's].
+    #[arg(long, env = "HONE_LORA_R")]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha (the update is scaled by alpha / r) [default: 16, or --init-adapter's].
+    #[arg(long, env = "HONE_LORA_ALPHA")]
+    pub lora_alpha: Option<f64>,
     /// Dropout on the LoRA input during training.
     #[arg(long, env = "HONE_LORA_DROPOUT", default_value_t = 0.0)]
     pub lora_dropout: f64,
-    /// Projections to adapt: all-linear, or a list such as q_proj,v_proj.
-    #[arg(long, env = "HONE_TARGET_MODULES", default_value = DEFAULT_TARGET_MODULES)]
-    pub target_modules: String,
+    /// Projections to adapt: all-linear, or a list such as q_proj,v_proj [default:
+    /// all-linear, or --init-adapter's].
+    #[arg(long, env = "HONE_TARGET_MODULES")]
+    pub target_modules: Option<String>,
     /// Sequences are cut to this many tokens: at most the model's context window
     /// [default: 1024, or the context window if shorter].
     #[arg(long, env = "HONE_MAX_SEQ_LEN")]
@@ -79,12 +82,14 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this (0 disables).
     #[arg(long, env = "HONE_MAX_GRAD_NORM", default_value_t = DEFAULT_MAX_GRAD_NORM)]
     pub max_grad_norm: f64,
-    /// DPO: strength of the pull towards the reference (the base without the adapter);
-    /// default 0.1.
+    /// DPO: strength of the pull towards the reference (the model the run starts from:
+    /// the base, or base + --init-adapter / the SFT stage's adapter); default 0.1.
     #[arg(long, env = "HONE_BETA", value_parser = parse_beta)]
     pub beta: Option<f64>,
-    /// Start from this PEFT adapter (e.g. DPO on top of an SFT adapter); its rank, alpha
-    /// and target modules replace --lora-r, --lora-alpha and --target-modules.
+    /// Continue this PEFT adapter (e.g. DPO on top of an SFT adapter, or a second SFT
+    /// round): its weights are the start, its rank, alpha and targets are the run's (a
+    /// different --lora-r, --lora-alpha or --target-modules is an error), the optimizer
+    /// state is new, and DPO's reference is base + this adapter.
     #[arg(long, env = "HONE_INIT_ADAPTER")]
     pub init_adapter: Option<PathBuf>,
     /// SFT: pack each batch's examples into rows of up to --max-seq-len tokens instead of
@@ -129,6 +134,9 @@ pub struct TrainArgs {
     pub template: super::chat_template::ChatTemplateArgs,
 }
 
+/// `--method sft+dpo`: the SFT stage's output directory inside `--out`.
+pub const SFT_STAGE_DIR: &str = "sft";
+
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let opts = job_options(&a)?;
     let data = match TrainData::read(opts.method, &a.data, a.validation.as_deref()) {
@@ -142,12 +150,61 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut model = engine.model;
     // A model given by path is recorded as its path (or installed id), not its stem.
     let recorded = hone_model::registry::recorded_base(&a.model, &engine.id);
+    // A copy: the model is trained (borrowed mutably) between the two stages' builds.
+    let config = model.cfg.clone();
     let base = BaseModel {
         id: &recorded,
-        config: &model.cfg,
+        config: &config,
         tokenizer: &engine.tokenizer,
     };
-    let job = TrainJob::build(&opts, data, base).map_err(name_flags)?;
+    let job = if is_sft_then_dpo(&a) {
+        let sft_dir = a.out.join(SFT_STAGE_DIR);
+        let done = a.resume && sft_dir.join(hone_train::sft::SUMMARY_JSON).is_file();
+        if done {
+            eprintln!(
+                "stage 1/2 (sft on the preferred answers): already done in {}",
+                sft_dir.display()
+            );
+        } else {
+            eprintln!(
+                "stage 1/2: sft on the preferred answers, adapter into {}",
+                sft_dir.display()
+            );
+            let sft_data = data
+                .preferred_as_sft()
+                .context("sft+dpo needs preference (DPO) data")?;
+            let sft = TrainJob::build(&opts.sft_stage(), sft_data, base).map_err(name_flags)?;
+            if let Some(code) = run_stage(&a, &sft, &mut model, &sft_dir)? {
+                return Ok(code);
+            }
+        }
+        eprintln!(
+            "stage 2/2: dpo from the sft adapter (the reference), into {}",
+            a.out.display()
+        );
+        let mut dpo = opts.clone();
+        dpo.continue_from(&sft_dir, &FixedLora::default())
+            .map_err(name_flags)?;
+        TrainJob::build(&dpo, data, base).map_err(name_flags)?
+    } else {
+        TrainJob::build(&opts, data, base).map_err(name_flags)?
+    };
+    Ok(run_stage(&a, &job, &mut model, &a.out)?.unwrap_or(ExitCode::SUCCESS))
+}
+
+/// Whether `--method sft+dpo` was asked for.
+fn is_sft_then_dpo(a: &TrainArgs) -> bool {
+    a.method == "sft+dpo"
+}
+
+/// Prints the job's notes and hyperparameters, trains it into `out` and prints how it
+/// ended. `Some(code)` when the run stopped early (Ctrl-C).
+fn run_stage(
+    a: &TrainArgs,
+    job: &TrainJob,
+    model: &mut hone_model::Llama,
+    out: &Path,
+) -> anyhow::Result<Option<ExitCode>> {
     for note in &job.notes {
         eprintln!("warning: {note}");
     }
@@ -161,8 +218,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         resume: a.resume,
         cancel: Some(cancel_on_ctrl_c()),
     };
-    let out = &a.out;
-    let result = job.run(&mut model, out, sink.as_mut(), &ctl);
+    let result = job.run(model, out, sink.as_mut(), &ctl);
     drop(sink);
     let summary = match result {
         Ok(s) => s,
@@ -176,7 +232,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("stopped after step {step}; no checkpoint (--keep-checkpoints 0)")
                 }
             }
-            return Ok(ExitCode::from(130));
+            return Ok(Some(ExitCode::from(130)));
         }
         Err(e) => return Err(e.into()),
     };
@@ -201,41 +257,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The LoRA shape of a run: from the flags, or from `--init-adapter`'s config.
-struct LoraShape {
-    r: usize,
-    alpha: f64,
-    targets: Vec<String>,
-}
-
-/// Reads an adapter's rank, alpha and targets, so the run trains that shape.
-fn adapter_shape(dir: &Path) -> anyhow::Result<LoraShape> {
-    let path = dir.join(hone_model::lora::ADAPTER_CONFIG_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("--init-adapter: reading {}", path.display()))?;
-    let cfg: hone_model::PeftConfig = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "--init-adapter: {} is not a PEFT adapter config",
-            path.display()
-        )
-    })?;
-    let targets = LoraConfig::parse_target_modules(&cfg.target_modules.join(","))
-        .with_context(|| format!("--init-adapter {}", dir.display()))?;
-    eprintln!(
-        "starting from adapter {} (r={}, alpha={}, targets {}); its shape replaces --lora-r, --lora-alpha and --target-modules",
-        dir.display(),
-        cfg.r,
-        cfg.lora_alpha,
-        targets.join(",")
-    );
-    Ok(LoraShape {
-        r: cfg.r,
-        alpha: cfg.lora_alpha,
-        targets,
-    })
+    Ok(None)
 }
 
 /// A positive number.
@@ -273,19 +295,34 @@ fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
 }
 
 /// The job's settings from the flags (no file or model read yet, so a mistake fails
-/// fast). `--init-adapter`'s shape replaces the LoRA flags.
+/// fast). With `--init-adapter` the run continues that adapter (its LoRA shape; a
+/// different LoRA flag is an error). For `sft+dpo` these are the DPO stage's options
+/// (before it continues the SFT stage's adapter); the SFT stage's are
+/// [`JobOptions::sft_stage`].
 pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
     let method: Method = match a.method.as_str() {
         "sft" => Method::Sft,
-        "dpo" => Method::Dpo,
-        other => bail!("unknown method `{other}` (expected sft or dpo)"),
+        "dpo" | "sft+dpo" => Method::Dpo,
+        other => bail!("unknown method `{other}` (expected sft, dpo or sft+dpo)"),
+    };
+    let fixed = FixedLora {
+        r: a.lora_r,
+        alpha: a.lora_alpha,
+        target_modules: a
+            .target_modules
+            .as_deref()
+            .map(LoraConfig::parse_target_modules)
+            .transpose()?,
     };
     let mut opts = JobOptions {
         overrides: a.hp.overrides(a.beta),
-        lora_r: a.lora_r,
-        lora_alpha: a.lora_alpha,
+        lora_r: fixed.r.unwrap_or(DEFAULT_LORA_R),
+        lora_alpha: fixed.alpha.unwrap_or(DEFAULT_LORA_ALPHA),
         lora_dropout: a.lora_dropout,
-        target_modules: LoraConfig::parse_target_modules(&a.target_modules)?,
+        target_modules: match &fixed.target_modules {
+            Some(t) => t.clone(),
+            None => LoraConfig::parse_target_modules(DEFAULT_TARGET_MODULES)?,
+        },
         max_seq_len: a
             .max_seq_len
             .map_or(MaxSeqLen::UpTo(DEFAULT_MAX_SEQ_LEN), MaxSeqLen::Exactly),
@@ -296,7 +333,6 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         keep_checkpoints: a.keep_checkpoints,
         checkpoint_every: a.save_every_steps,
-        init_adapter: a.init_adapter.clone(),
         packing: a.packing,
         base_weights: a.base_weights,
         gradient_checkpointing: a.gradient_checkpointing,
@@ -305,8 +341,19 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
     };
     opts.check()?;
     if let Some(dir) = &a.init_adapter {
-        let lora = adapter_shape(dir)?;
-        (opts.lora_r, opts.lora_alpha, opts.target_modules) = (lora.r, lora.alpha, lora.targets);
+        let shape = opts.continue_from(dir, &fixed).map_err(name_flags)?;
+        eprintln!(
+            "continuing adapter {} (r={}, alpha={}, targets {}; trained on {})",
+            dir.display(),
+            shape.r,
+            shape.alpha,
+            shape.target_modules.join(","),
+            if shape.base_model.is_empty() {
+                "an unrecorded base"
+            } else {
+                &shape.base_model
+            }
+        );
     }
     Ok(opts)
 }
@@ -337,6 +384,14 @@ fn name_flags(e: TrainJobError) -> anyhow::Error {
             }
             .into(),
         },
+        TrainJobError::Parent {
+            param: "init_adapter",
+            message,
+        } => anyhow::anyhow!("--init-adapter: {message}"),
+        TrainJobError::Parent { param, message } => {
+            let flag = format!("--{}", param.replace('_', "-"));
+            anyhow::anyhow!("{}", message.replace(param, &flag))
+        }
         other => other.into(),
     }
 }

@@ -46,17 +46,7 @@ pub(super) async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateJobRequest>,
 ) -> Result<Json<FineTuningJob>, ApiError> {
-    if st.engines.catalog.base_model(&req.model).is_none() {
-        return Err(ApiError::invalid_with_code(
-            "model",
-            ErrorCode::ModelNotAvailable,
-            format!(
-                "Model '{}' is not available for fine-tuning. Base models: {}.",
-                req.model,
-                base_ids(&st).join(", ")
-            ),
-        ));
-    }
+    check_model(&st, &caller, &req.model).await?;
     if let Some(s) = &req.suffix {
         ids::validate_suffix(s)?;
     }
@@ -105,6 +95,50 @@ pub(super) async fn create(
     st.store.run(move |s| s.insert_job(&stored)).await?;
     st.worker.job_created();
     Ok(Json(job))
+}
+
+/// The job's `model`: a served base model, or a fine-tuned (or checkpoint) model of the
+/// caller's project, which the job continues (its adapter's weights and LoRA shape are
+/// the start; see docs/api.md). Another project's fine-tuned model is a 404 like an
+/// unknown one, so ids of other projects cannot be probed.
+async fn check_model(st: &AppState, caller: &Caller, model: &str) -> Result<(), ApiError> {
+    if st.engines.catalog.base_model(model).is_some() {
+        return Ok(());
+    }
+    if ids::FineTunedName::parse(model).is_none() {
+        return Err(ApiError::invalid_with_code(
+            "model",
+            ErrorCode::ModelNotAvailable,
+            format!(
+                "Model '{model}' is not available for fine-tuning. Base models: {}; or a \
+                 fine-tuned model (ft:...) of your project, to continue it.",
+                base_ids(st).join(", ")
+            ),
+        ));
+    }
+    let (scope, id) = (caller.scope(), model.to_string());
+    let rec = match st.store.run(move |s| s.get_model(&scope, &id)).await {
+        Ok(rec) => rec,
+        Err(crate::store::StoreError::NotFound { .. }) => {
+            return Err(ApiError::model_not_found(model))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let unusable = |why: String| {
+        ApiError::invalid_with_code(
+            "model",
+            ErrorCode::ModelNotAvailable,
+            format!("Model '{model}' cannot be fine-tuned further: {why}."),
+        )
+    };
+    if st.engines.catalog.base_model(&rec.base).is_none() {
+        return Err(unusable(format!(
+            "its base model '{}' is not served",
+            rec.base
+        )));
+    }
+    hone_train::AdapterShape::read(&rec.adapter_path).map_err(|e| unusable(e.to_string()))?;
+    Ok(())
 }
 
 fn base_ids(st: &AppState) -> Vec<String> {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::api::AutoOr;
+use hone_model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 
 fn chats(path: &Path, n: usize) {
     let lines: String = (0..n)

@@ -382,7 +382,7 @@ impl Worker {
             }) => match self.store().get_job(&Scope::All, id) {
                 Ok(job) => Transition::Succeed {
                     fine_tuned_model: model_name_for(&job).to_string(),
-                    base: job.model.clone(),
+                    base: crate::ids::base_model_id(&job.model),
                     adapter_path,
                     trained_tokens,
                     result_files,
@@ -439,7 +439,7 @@ impl Worker {
 pub fn model_name_for(job: &FineTuningJob) -> FineTunedName {
     let tail = &job.id[job.id.len().saturating_sub(8)..];
     FineTunedName {
-        base: job.model.clone(),
+        base: crate::ids::base_model_id(&job.model),
         org: job.organization_id.clone(),
         suffix: job.user_provided_suffix.clone().unwrap_or_default(),
         unique: tail.to_string(),

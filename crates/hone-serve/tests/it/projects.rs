@@ -413,4 +413,22 @@ async fn a_trained_models_name_owner_and_result_file_are_its_projects() {
     assert_error(&theirs, 404, Some("model_not_found"));
     let ckpts = p.get(&p.b, &format!("{uri}/checkpoints")).await;
     assert_error(&ckpts, 404, Some("not_found"));
+    // Continuing a fine-tuned model (issue #18) is for its own project only: beta
+    // gets the 404 an unknown model gets, for the model and its checkpoints alike.
+    let theirs_file = p.upload(&p.b).await;
+    let unknown = format!("{}zzzzzzzz", &model[..model.len() - 8]);
+    for m in [model.to_string(), format!("{model}:ckpt-step-3"), unknown] {
+        let body = json!({"model": m, "training_file": theirs_file});
+        let r = p
+            .call(&p.b, Method::POST, "/v1/fine_tuning/jobs", Some(body))
+            .await;
+        let e = assert_error(&r, 404, Some("model_not_found"));
+        assert_eq!(e["error"]["param"], "model", "{e}");
+    }
+    let body = json!({"model": model, "training_file": file});
+    let r = p
+        .call(&p.a, Method::POST, "/v1/fine_tuning/jobs", Some(body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["model"], model);
 }

@@ -512,3 +512,97 @@ async fn a_job_records_its_base_weight_mode_and_a_restart_resumes_in_it() {
     let summary: Value = serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap();
     assert_eq!(summary["config"]["base_weights"], other.as_str());
 }
+
+/// Step-1.. training losses from a job's metrics events.
+async fn train_losses(t: &TestApp, id: &str) -> Vec<f64> {
+    events(t, id)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "metrics")
+        .map(|e| e["data"]["train_loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Issue #18: a job whose `model` is a fine-tuned model continues that model's
+/// adapter, as on OpenAI: a second SFT round starts where the first ended (its first
+/// loss is near the parent's last, far below the parent's first), and DPO on top of
+/// the SFT result starts at ln 2 (its reference is the parent model). The new models
+/// keep the root base in their names and records, so chat and export find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_on_a_fine_tuned_model_continues_its_adapter() {
+    let tiny = TinyModel::new();
+    let t = app(&tiny, |_| {});
+    let train = t.upload_jsonl(&chats(12, 3)).await;
+    let hp = json!({"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10});
+    let parent_id = create(
+        &t,
+        json!({"model": TINY, "training_file": train, "seed": 3, "hyperparameters": hp}),
+    )
+    .await;
+    let parent = wait_for(&t, &parent_id, "succeeded", 120).await;
+    let parent_model = parent["fine_tuned_model"].as_str().unwrap().to_string();
+    let p = train_losses(&t, &parent_id).await;
+    let (p_first, p_last) = (p[0], *p.last().unwrap());
+    assert!(p_last < 0.9 * p_first, "the parent learned: {p:?}");
+
+    // A second SFT round on the same data, from the parent's final model.
+    let child_id = create(
+        &t,
+        json!({"model": parent_model, "training_file": train, "seed": 3, "hyperparameters": hp}),
+    )
+    .await;
+    let child = wait_for(&t, &child_id, "succeeded", 120).await;
+    assert_eq!(child["model"], parent_model.as_str());
+    let child_model = child["fine_tuned_model"].as_str().unwrap().to_string();
+    assert!(child_model.starts_with("ft:tiny:hone::"), "{child_model}");
+    assert_ne!(child_model, parent_model);
+    let c = train_losses(&t, &child_id).await;
+    assert!(
+        (c[0] - p_last).abs() < (c[0] - p_first).abs(),
+        "the child starts where the parent ended: parent {p:?}, child {c:?}"
+    );
+    let msgs = messages(&events(&t, &child_id).await);
+    assert!(
+        msgs.iter()
+            .any(|m| m == &format!("Continuing from the adapter of {parent_model}")),
+        "{msgs:#?}"
+    );
+    // The parent's adapter was copied into the job (what its resumes read).
+    let home = t.state.config.home.clone();
+    let copy = home.join("jobs").join(&child_id).join("parent");
+    let rec = |name: String| {
+        let store = t.state.store.clone();
+        async move {
+            store
+                .run(move |s| s.get_model(&hone_serve::store::Scope::All, &name))
+                .await
+                .unwrap()
+        }
+    };
+    let parent_rec = rec(parent_model.clone()).await;
+    let weights = hone_model::lora::ADAPTER_WEIGHTS_FILE;
+    assert_eq!(
+        std::fs::read(copy.join(weights)).unwrap(),
+        std::fs::read(parent_rec.adapter_path.join(weights)).unwrap()
+    );
+    for name in [child_model.clone(), format!("{child_model}:ckpt-step-3")] {
+        let r = rec(name.clone()).await;
+        assert_eq!(r.base, TINY, "{name}");
+        let mut m = hone_model::load_model(&tiny.gguf(), hone_model::WeightPath::F32).unwrap();
+        hone_model::load_peft_adapter(&mut m, &r.adapter_path).unwrap();
+    }
+
+    // DPO on top of the SFT result: the reference is the parent, so the first
+    // step's loss is ln 2 although the policy starts from a trained adapter.
+    let pairs = t.upload_jsonl(&crate::common::dpo_jsonl(12)).await;
+    let dpo_id = create(
+        &t,
+        json!({"model": parent_model, "training_file": pairs, "seed": 3,
+               "method": {"type": "dpo", "dpo": {"hyperparameters":
+                   {"n_epochs": 1, "batch_size": 4, "beta": 0.1}}}}),
+    )
+    .await;
+    wait_for(&t, &dpo_id, "succeeded", 120).await;
+    let d = train_losses(&t, &dpo_id).await;
+    assert!((d[0] - std::f64::consts::LN_2).abs() < 1e-4, "{d:?}");
+}

@@ -137,8 +137,12 @@ fn write_random_adapter(f: &mut Fixture, dir: &Path) {
     f.model.clear_adapters();
 }
 
+/// DPO on top of an adapter (SFT then DPO) compares with the model it starts from,
+/// base + that adapter, as DPO's π_ref = π_SFT (TRL's reference is the SFT model it is
+/// given): the first step's rewards are 0 and its loss ln 2, where the base as the
+/// reference would already reward every pair by the adapter's shift.
 #[test]
-fn the_reference_is_the_base_with_the_adapter_off_even_after_init_adapter() {
+fn the_reference_after_init_adapter_is_the_parent_model() {
     let mut f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let sft = dir.path().join("sft");
@@ -151,18 +155,25 @@ fn the_reference_is_the_base_with_the_adapter_off_even_after_init_adapter() {
     let with = pair_logprobs(&tuned.model, &train, 0).unwrap();
     for (b, w) in base.iter().zip(&with) {
         assert_eq!(b[0], b[2], "no adapter: on = off");
-        assert!(
-            (w[0] - b[0]).abs() < 1e-4,
-            "adapter off = base: {w:?} {b:?}"
-        );
         assert!((w[2] - b[2]).abs() > 1e-3, "the adapter changes the policy");
     }
+    let n = with.len() as f64;
+    let base_reward: f64 = with
+        .iter()
+        .zip(&base)
+        .map(|(w, b)| 0.1 * (w[2] - b[0]))
+        .sum::<f64>()
+        / n;
+    assert!(
+        base_reward.abs() > 1e-3,
+        "the base would be a different reference"
+    );
     // One DPO step from the adapter, with every pair in the batch.
     let mut c = cfg(1);
     c.train.batch_size = 4;
     c.train.init_adapter = Some(sft.clone());
     let mut sink = VecSink::default();
-    run_dpo(
+    let s = run_dpo(
         &mut f.model,
         &train,
         &[],
@@ -173,18 +184,49 @@ fn the_reference_is_the_base_with_the_adapter_off_even_after_init_adapter() {
     )
     .unwrap();
     let r = step_rewards(&sink)[0];
-    let n = with.len() as f64;
-    let reward = |pol: usize, refc: usize| {
-        with.iter()
-            .zip(&base)
-            .map(|(w, b)| 0.1 * (w[pol] - b[refc]))
-            .sum::<f64>()
-            / n
+    // Equal up to the float rounding of padding (the reference scores each pair alone).
+    assert!(r.chosen.abs() < 1e-5 && r.rejected.abs() < 1e-5, "{r:?}");
+    assert!(
+        (s.losses[0] - std::f64::consts::LN_2).abs() < 1e-5,
+        "{}",
+        s.losses[0]
+    );
+}
+
+/// Exact resume holds for a run that continues an adapter: the reference is recomputed
+/// from the parent adapter, not from the checkpoint's.
+#[test]
+fn dpo_from_an_adapter_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sft = dir.path().join("sft");
+    write_random_adapter(&mut fixture(), &sft);
+    let mut c = cfg(3);
+    c.train.init_adapter = Some(sft);
+    let (full, _) = run(
+        &mut fixture(),
+        &c,
+        &dir.path().join("full"),
+        &RunControl::default(),
+    )
+    .unwrap();
+    assert!((full.losses[0] - std::f64::consts::LN_2).abs() < 1e-5);
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cut = dir.path().join("cut");
+    let ctl = RunControl {
+        resume: false,
+        cancel: Some(flag),
     };
-    let (want_c, want_r) = (reward(2, 0), reward(3, 1));
-    assert!(want_c.abs() > 1e-4 && want_r.abs() > 1e-4);
-    assert!((r.chosen - want_c).abs() < 1e-4, "{r:?} vs {want_c}");
-    assert!((r.rejected - want_r).abs() < 1e-4, "{r:?} vs {want_r}");
+    let err = run(&mut fixture(), &c, &cut, &ctl).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Cancelled { step: 1, .. }),
+        "{err}"
+    );
+    let ctl = RunControl {
+        resume: true,
+        cancel: None,
+    };
+    let (resumed, _) = run(&mut fixture(), &c, &cut, &ctl).unwrap();
+    assert_eq!(resumed.losses, full.losses);
 }
 
 #[test]

@@ -221,3 +221,102 @@ fn invalid_data_fails_before_loading_the_model() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("q_proj"));
 }
+
+/// `--method sft+dpo`: SFT on the preferred answers into OUT/sft, then DPO from that
+/// adapter into OUT, whose reference is the SFT model (so its first loss is ln 2).
+#[test]
+fn sft_then_dpo_runs_both_stages_and_dpo_continues_the_sft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = hone_model::testing::TinySpec::default();
+    let (gguf, _) = hone_model::testing::write_tiny_model(dir.path(), &spec).unwrap();
+    write_pairs(&dir.path().join("train.jsonl"), 12);
+    let extra = ["--method", "sft+dpo", "--batch-size", "4", "--json-events"];
+    let code = run(args(dir.path(), &gguf, &extra)).unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+    let out = dir.path().join("out");
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("summary.json")).unwrap()).unwrap()
+    };
+    let (sft, dpo) = (read(&out.join(SFT_STAGE_DIR)), read(&out));
+    assert_eq!(sft["method"], "sft");
+    assert_eq!(dpo["method"], "dpo");
+    assert_eq!(
+        (sft["steps"].as_u64(), dpo["steps"].as_u64()),
+        (Some(6), Some(6))
+    );
+    assert_eq!(
+        dpo["config"]["init_adapter"].as_str().map(PathBuf::from),
+        Some(out.join(SFT_STAGE_DIR))
+    );
+    assert_eq!(dpo["config"]["lora_r"], sft["config"]["lora_r"]);
+    let first = dpo["losses"][0].as_f64().unwrap();
+    assert!((first - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
+    // The SFT stage learned the preferred answers: its loss fell.
+    let losses: Vec<f64> = serde_json::from_value(sft["losses"].clone()).unwrap();
+    assert!(losses.last().unwrap() < &losses[0], "{losses:?}");
+    for d in [out.clone(), out.join(SFT_STAGE_DIR)] {
+        let mut m = hone_model::load_model(&gguf, WeightPath::F32).unwrap();
+        hone_model::load_peft_adapter(&mut m, &d).unwrap();
+    }
+    // SFT data is not preference data.
+    write_data(&dir.path().join("train.jsonl"), 12);
+    let code = run(args(dir.path(), &gguf, &["--method", "sft+dpo"])).unwrap();
+    assert_eq!(code, ExitCode::from(1));
+}
+
+/// `--init-adapter` trains the adapter's shape; a LoRA flag that contradicts it is an
+/// error naming the flag, before any model is loaded.
+#[test]
+fn init_adapter_takes_the_adapters_shape_and_refuses_a_conflicting_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let lora = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into()],
+    };
+    let peft = hone_model::PeftConfig::from_lora(&lora, "tiny");
+    std::fs::write(
+        adapter.join(hone_model::lora::ADAPTER_CONFIG_FILE),
+        serde_json::to_vec(&peft).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(adapter.join(hone_model::lora::ADAPTER_WEIGHTS_FILE), b"").unwrap();
+    let missing_model = dir.path().join("no-such-model.gguf");
+    let a = adapter.display().to_string();
+    let o = job_options(&args(dir.path(), &missing_model, &["--init-adapter", &a])).unwrap();
+    assert_eq!((o.lora_r, o.lora_alpha), (4, 8.0));
+    assert_eq!(o.target_modules, vec!["q_proj"]);
+    let o = job_options(&args(
+        dir.path(),
+        &missing_model,
+        &["--init-adapter", &a, "--lora-r", "4"],
+    ))
+    .unwrap();
+    assert_eq!(o.lora_r, 4);
+    let err = job_options(&args(
+        dir.path(),
+        &missing_model,
+        &["--init-adapter", &a, "--lora-r", "16"],
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("--lora-r 16 conflicts"),
+        "{err}"
+    );
+    let err = job_options(&args(
+        dir.path(),
+        &missing_model,
+        &[
+            "--init-adapter",
+            &dir.path().join("none").display().to_string(),
+        ],
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("--init-adapter: reading"),
+        "{err}"
+    );
+}

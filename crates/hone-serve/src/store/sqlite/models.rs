@@ -23,7 +23,7 @@ pub(super) fn add_checkpoint(conn: &Connection, c: &CheckpointRecord) -> StoreRe
             c.checkpoint.id,
             job.id,
             c.checkpoint.fine_tuned_model_checkpoint,
-            job.model,
+            crate::ids::base_model_id(&job.model),
             c.adapter_path.to_string_lossy(),
             to_json(&c.checkpoint)?
         ],
