@@ -159,7 +159,7 @@ fn worker(s: &Shared, index: usize) {
             spins = spins.wrapping_add(1);
             // Reading the clock costs more than a spin (it was 7% of a
             // decode profile): look at it only every CLOCK_EVERY spins.
-            if spins % CLOCK_EVERY != 0 || idle_since.elapsed() < SPIN {
+            if !spins.is_multiple_of(CLOCK_EVERY) || idle_since.elapsed() < SPIN {
                 std::hint::spin_loop();
             } else {
                 s.sleeping[index].store(true, SeqCst);

@@ -23,6 +23,7 @@ use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 use serde::{Deserialize, Serialize};
 
+pub use super::hub_error::HubError;
 use super::hub_files::{check_file, select_files, RepoListing, Selection, Sibling};
 use super::{io_err, unix_now, InstalledModel, ModelSource, Registry};
 use super::{ResolvedModel, Result};
@@ -32,10 +33,6 @@ pub const HUB_PREFIX: &str = "hf:";
 
 /// The hub used when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
-
-/// The GGUF file picked when a repo has several and no `--file` is given:
-/// the usual 4-bit trade-off, and what hone's pinned models use.
-pub const DEFAULT_GGUF_QUANT: &str = "Q4_K_M";
 
 /// Where to fetch from and as whom; from `HF_ENDPOINT` and `HF_TOKEN` by
 /// default.
@@ -58,81 +55,6 @@ impl HubSettings {
             retries: 3,
         }
     }
-}
-
-/// Why a hub fetch failed. Every message says what to do next.
-#[derive(Debug, thiserror::Error)]
-pub enum HubError {
-    #[error(
-        "'{0}' is not a hub spec: expected hf:ORG/NAME or hf:ORG/NAME@REVISION \
-         (e.g. hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF)"
-    )]
-    BadSpec(String),
-    #[error(
-        "cannot reach the hub at {endpoint} (HF_ENDPOINT): {reason}. Check the network, \
-         or set HF_ENDPOINT to a reachable hub or mirror"
-    )]
-    Unreachable { endpoint: String, reason: String },
-    #[error("the hub refused {what} with HTTP {status}: {hint}{message}")]
-    Denied {
-        what: String,
-        status: u16,
-        hint: &'static str,
-        message: String,
-    },
-    #[error("{what} was not found on {endpoint} (HTTP 404){message}")]
-    NotFound {
-        what: String,
-        endpoint: String,
-        message: String,
-    },
-    #[error("the hub answered {what} with HTTP {status}{message}")]
-    Http {
-        what: String,
-        status: u16,
-        message: String,
-    },
-    #[error(
-        "{repo} has no files hone can load: it needs one .gguf file, or {required} \
-         (files: {files})"
-    )]
-    NoUsableFiles {
-        repo: String,
-        required: String,
-        files: String,
-    },
-    #[error(
-        "{repo} has several GGUF files and none is {DEFAULT_GGUF_QUANT}; pick one with \
-         --file NAME: {files}"
-    )]
-    AmbiguousGguf { repo: String, files: String },
-    #[error("{repo} has no file '{file}'; its GGUF files: {files}")]
-    NoSuchFile {
-        repo: String,
-        file: String,
-        files: String,
-    },
-    #[error(
-        "{file} from {repo} is corrupt: expected {expected}, got {actual}. The bad file \
-         was deleted; run the fetch again"
-    )]
-    Checksum {
-        repo: String,
-        file: String,
-        expected: String,
-        actual: String,
-    },
-    #[error(
-        "downloading {file} from {repo} failed: {reason}. Run the same command again to \
-         resume: the partial download is kept"
-    )]
-    Download {
-        repo: String,
-        file: String,
-        reason: String,
-    },
-    #[error("the hub's answer for {what} is not what hf-hub expects: {reason}")]
-    BadAnswer { what: String, reason: String },
 }
 
 /// A parsed `hf:ORG/NAME[@REV]`.

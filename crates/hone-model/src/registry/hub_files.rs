@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::hub::{HubError, DEFAULT_GGUF_QUANT};
-use super::sha256_file;
+use super::hub_error::HubError;
+use super::{sha256_file, DEFAULT_GGUF_QUANT};
 
 /// What a safetensors repo needs for hone to load it, as errors say it.
 const SAFETENSORS_REQUIRED: &str =

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub mod fake_hub;
 mod fetch;
 mod hub;
+mod hub_error;
 mod hub_files;
 #[cfg(test)]
 mod hub_tests;
@@ -36,7 +37,11 @@ mod tests;
 mod tests_dir;
 
 pub use fetch::{manual_fetch_command, manual_fetch_dir_command, sha256_file};
-pub use hub::{HubError, HubOrigin, HubSettings, HubSpec, DEFAULT_GGUF_QUANT, HUB_PREFIX};
+pub use hub::{HubError, HubOrigin, HubSettings, HubSpec, HUB_PREFIX};
+
+/// The GGUF file picked when a repo has several and no `--file` is given:
+/// the usual 4-bit trade-off, and what hone's pinned models use.
+pub const DEFAULT_GGUF_QUANT: &str = "Q4_K_M";
 pub use known::{
     KnownDirModel, KnownModel, PinnedFile, WheelPart, DEFAULT_EMBEDDING_MODEL_ID, DEFAULT_MODEL_ID,
     KNOWN_EMBEDDING_MODELS, KNOWN_MODELS,
