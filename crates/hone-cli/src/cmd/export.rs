@@ -117,6 +117,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
     if !args.lora_only {
         let merged = hone_model::merge_adapters(&mut engine.model)?;
+        let base_types = content.as_ref().map(base_layer_types).unwrap_or_default();
         for ty in &args.types {
             let path = args.out.join(model_file(*ty));
             let s = export::write_gguf(&engine.model, &source, *ty, &path)
@@ -129,6 +130,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 types.join(", "),
                 mb(s.bytes)
             );
+            if let Some(w) = export::quant::same_grid_warning(&base_types, &s.types) {
+                eprintln!("{}: {w}", path.display());
+            }
         }
         let first = model_file(args.types[0]);
         let mf = export::modelfile(&first, None, &template, &stops);
@@ -148,6 +152,18 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         println!("{}/Modelfile.adapter:\n{adapter_mf}", args.out.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The block types of the base GGUF's layer weights (`blk.*`, 2-D), most common first.
+fn base_layer_types(
+    c: &hone_model::candle_core::quantized::gguf_file::Content,
+) -> Vec<(String, usize)> {
+    let types = c
+        .tensor_infos
+        .iter()
+        .filter(|(name, info)| name.starts_with("blk.") && info.shape.rank() >= 2)
+        .map(|(_, info)| info.ggml_dtype);
+    export::quant::type_counts(types)
 }
 
 fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
