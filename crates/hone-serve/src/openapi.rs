@@ -39,7 +39,9 @@ pub fn complete(mut doc: OpenApi) -> OpenApi {
     ErrorBody::schemas(&mut schemas);
     components.schemas.extend(schemas);
     for (path, item) in doc.paths.paths.iter_mut() {
-        if !path.starts_with("/v1/") {
+        // `/metrics` takes a key too (an admin key unless --public-metrics): its 401 is
+        // documented like every `/v1` operation's errors.
+        if !path.starts_with("/v1/") && path != "/metrics" {
             continue;
         }
         for op in operations(item) {
