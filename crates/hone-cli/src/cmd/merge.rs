@@ -28,7 +28,7 @@ pub struct MergeArgs {
     #[arg(long, env = "HONE_MODEL")]
     pub model: Option<String>,
     /// dtype of the written weights: f32 (exact, 4 bytes a weight), bf16 or f16 (half the
-    /// size). The merge itself is computed in f32 either way.
+    /// size). The merge itself is computed in f64, rounded to f32, then to the chosen dtype.
     #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
     pub dtype: MergeDtype,
 }
