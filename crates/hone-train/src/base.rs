@@ -94,24 +94,13 @@ fn to_bf16(model: &mut Llama) -> Result<()> {
     use hone_model::ops::base_weights::to_bf16_tensor;
     let err =
         |e: &dyn std::fmt::Display| TrainError::Config(format!("holding the base in bf16: {e}"));
-    for b in &mut model.layers {
-        let (a, m) = (&mut b.self_attn, &mut b.mlp);
-        for lin in [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ] {
-            if let BaseWeight::Dense(t) = lin.base() {
-                let held = to_bf16_tensor(t).map_err(|e| err(&e))?;
-                let (out, inp) = lin.dims();
-                let adapter = lin.adapter().cloned();
-                *lin = Linear::new(BaseWeight::Dense(held), out, inp);
-                lin.set_adapter(adapter).map_err(|e| err(&e))?;
-            }
+    for (_, lin) in model.linears_mut() {
+        if let BaseWeight::Dense(t) = lin.base() {
+            let held = to_bf16_tensor(t).map_err(|e| err(&e))?;
+            let (out, inp) = lin.dims();
+            let adapter = lin.adapter().cloned();
+            *lin = Linear::new(BaseWeight::Dense(held), out, inp);
+            lin.set_adapter(adapter).map_err(|e| err(&e))?;
         }
     }
     if let (Embedding::Dense(e), LmHead::Dense(h)) = (&model.embed_tokens, &model.lm_head) {
@@ -198,24 +187,13 @@ fn model_err(e: hone_model::ModelError) -> TrainError {
 }
 
 fn to_q8_0(model: &mut Llama) -> Result<()> {
-    for b in &mut model.layers {
-        let (a, m) = (&mut b.self_attn, &mut b.mlp);
-        for lin in [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ] {
-            if let BaseWeight::Packed(p) = lin.base() {
-                if p.kind() != PackedKind::Q8_0 {
-                    let (out, inp) = lin.dims();
-                    let adapter = lin.adapter().cloned();
-                    *lin = Linear::new(BaseWeight::Packed(q8_0(p)?), out, inp);
-                    lin.set_adapter(adapter).map_err(model_err)?;
-                }
+    for (_, lin) in model.linears_mut() {
+        if let BaseWeight::Packed(p) = lin.base() {
+            if p.kind() != PackedKind::Q8_0 {
+                let (out, inp) = lin.dims();
+                let adapter = lin.adapter().cloned();
+                *lin = Linear::new(BaseWeight::Packed(q8_0(p)?), out, inp);
+                lin.set_adapter(adapter).map_err(model_err)?;
             }
         }
     }
