@@ -55,18 +55,10 @@ fn config(mode: BaseWeights, pad_id: u32, max_seq_len: usize, lr: f64) -> SftCon
         lora_r: 8,
         lora_alpha: 16.0,
         lora_dropout: 0.0,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
+        target_modules: hone_model::linear::TARGET_MODULES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         adamw: AdamWConfig::default(),
         keep_checkpoints: 1,
         checkpoint_every: 0,
