@@ -16,7 +16,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{self, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 
 use hone_text::{CallEvent, ParsedToolCall, ToolCallStream};
@@ -125,8 +125,7 @@ async fn respond(
     let include_usage = plan.include_usage;
     let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        generate_into(&*backend, &target, &plan, &cancel, &tx, clock);
+        generate_into(&*backend, &target, &plan, &cancel, &tx, clock, permit);
     });
     // Errors before the first token (a prompt over the context, an adapter
     // that cannot load) are still proper HTTP errors, not a broken stream.
@@ -208,7 +207,8 @@ enum Msg {
 }
 
 /// Runs the choices, sending each event (timed by `clock`); a closed
-/// channel (the client is gone) stops generation.
+/// channel (the client is gone) stops generation. `permit` is the
+/// request's admission slot.
 fn generate_into(
     backend: &dyn chat::ChatBackend,
     target: &ChatTarget,
@@ -216,6 +216,7 @@ fn generate_into(
     cancel: &CancelFlag,
     tx: &mpsc::Sender<Msg>,
     mut clock: GenerationClock,
+    permit: OwnedSemaphorePermit,
 ) {
     let res = chat::run_choices(backend, target, plan, cancel, &mut |ev| {
         clock.see(&ev);
@@ -231,6 +232,10 @@ fn generate_into(
         }
         Err(e) => Msg::Failed(e.into()),
     };
+    // The slot is free once generation is: given back before the last
+    // message, a client that sends its next request as soon as it reads
+    // `[DONE]` never meets its own previous request's slot (a spurious 429).
+    drop(permit);
     let _ = tx.blocking_send(last);
 }
 

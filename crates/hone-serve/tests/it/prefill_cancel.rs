@@ -148,3 +148,19 @@ async fn a_disconnect_during_prefill_stops_it_within_one_chunk_and_frees_the_slo
     })
     .await;
 }
+
+/// A streamed answer gives its slot back before its last message: by the
+/// time the client has read `[DONE]`, the slot is free, so a client that
+/// sends its next request at once never meets its own previous one (a
+/// spurious 429). Checked right after the body ends, with no waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_frees_its_slot_before_done_is_sent() {
+    let (t, _backend, _d) = app(false);
+    let service = t.state.engines.chat.clone().unwrap();
+    for _ in 0..20 {
+        let r = t.send(request(true)).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).contains("[DONE]"));
+        assert_eq!(service.available(), service.max_concurrent());
+    }
+}

@@ -327,10 +327,11 @@ impl Drop for Server {
 }
 
 /// `hone serve` (this binary) on a fresh HONE_HOME, serving `gguf` as `id`
-/// and each of `adapters` on it. Admission slots are twice the clients: a
-/// request's slot is given back just after its last chunk is sent, so a
-/// client that sends its next request at once could otherwise meet its
-/// own previous slot still taken (a 429 that measures nothing).
+/// and each of `adapters` on it. Admission slots are twice the clients, a
+/// margin: a streamed request gives its slot back before its last chunk, so
+/// a client's next request never meets its own previous one, and the
+/// margin keeps any other delay from turning into a 429 that measures
+/// nothing.
 fn hone_command(
     id: &str,
     gguf: &Path,
