@@ -10,6 +10,9 @@
   values that appear in no training line, some phrasings too);
 - heldout_strict.jsonl: the same cases with every tool `strict: true`, so
   `hone eval` decodes calls held to the tools' schemas (the grammar run);
+- heldout_required.jsonl: the same cases with `tool_choice: "required"`: the
+  answer must be calls, held to the schemas (the forced grammar run; the no-call
+  cases then fail by design);
 - tools_sdk.jsonl: 10 short lines for the SDK fine-tuning job
   (tests/sdk/structured.py);
 - extract_train.jsonl / extract_heldout.jsonl: a structured-extraction task
@@ -282,6 +285,12 @@ def strict(case):
     return c
 
 
+def required(case):
+    c = json.loads(json.dumps(case))
+    c["tool_choice"] = "required"
+    return c
+
+
 def write(name, rows):
     with open(HERE / name, "w", encoding="utf-8") as f:
         for r in rows:
@@ -339,6 +348,7 @@ def main():
     write("train.jsonl", train)
     write("heldout.jsonl", held)
     write("heldout_strict.jsonl", [strict(c) for c in held])
+    write("heldout_required.jsonl", [required(c) for c in held])
     sdk = [l for l in train if any(m.get("tool_calls") for m in l["messages"])][:10]
     write("tools_sdk.jsonl", sdk)
     ex_train, ex_held = make_extraction(random.Random(11))

@@ -6,7 +6,9 @@ from the same GGUF hone trained on (dequantized to f32); the adapter is the
 directory `hone train` (or a fine-tuning job) wrote. The script checks:
 
 1. peft's `set_peft_model_state_dict` reports no unexpected key and no missing
-   `lora_*` key (the base weights are "missing" from an adapter by design);
+   `lora_*` key (the base weights are "missing" from an adapter by design); with
+   trainable token rows (`trainable_token_indices`, peft >= 0.15), peft's embedding
+   and, tied, its LM head use the file's rows for those ids;
 2. the adapter changes the answer (a zero adapter would pass 1 and 3);
 3. greedy decoding with peft gives the same text as
    `hone chat --weights f32 --adapter DIR` on the same prompt. hone's f32 path
@@ -74,14 +76,41 @@ def attach_adapter(model, adapter: Path):
     state = load_file(str(adapter / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(peft_model, state)
     unexpected = list(result.unexpected_keys)
-    missing = [k for k in result.missing_keys if "lora_" in k]
+    missing = [k for k in result.missing_keys if "lora_" in k or "trainable_tokens" in k]
     assert not unexpected, f"{len(unexpected)} unexpected keys, e.g. {unexpected[:5]}"
     assert not missing, f"{len(missing)} missing lora keys, e.g. {missing[:5]}"
-    n_lora = sum(1 for k, _ in peft_model.named_parameters() if "lora_" in k)
-    assert n_lora == len(state), f"peft has {n_lora} lora tensors, the file {len(state)}"
+    adapter_params = ("lora_", "trainable_tokens_delta")
+    n_lora = sum(1 for k, _ in peft_model.named_parameters() if any(a in k for a in adapter_params))
+    assert n_lora == len(state), f"peft has {n_lora} adapter tensors, the file {len(state)}"
     print(f"   {len(state)} tensors loaded, none unexpected, no lora key missing")
     peft_model.eval()
+    check_token_rows(peft_model, config, state)
     return peft_model
+
+
+ROWS_KEY = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+
+
+@torch.no_grad()
+def check_token_rows(peft_model, config, state) -> None:
+    """With `trainable_token_indices`: peft's input embeddings of those ids are the
+    file's rows, and (tied embeddings) so are the LM head's logits of those ids."""
+    ids = config.trainable_token_indices
+    if not ids:
+        return
+    rows = state[ROWS_KEY].float()
+    ids_t = torch.tensor([ids])
+    emb = peft_model.get_input_embeddings()(ids_t)[0].float()
+    assert torch.allclose(emb, rows, atol=1e-6), "peft's embedding does not use the rows"
+    if peft_model.config.tie_word_embeddings:
+        out = peft_model(input_ids=ids_t, output_hidden_states=True)
+        hidden = out.hidden_states[-1][0].float()
+        want = hidden @ rows.T
+        got = out.logits[0].float()[:, ids]
+        gap = float((got - want).abs().max())
+        assert gap < 1e-3, f"peft's LM head does not use the rows (max diff {gap:.2e})"
+    print(f"   peft uses the {len(ids)} trained token rows {ids} (embedding"
+          f"{' and tied LM head' if peft_model.config.tie_word_embeddings else ''})")
 
 
 @torch.no_grad()

@@ -91,6 +91,9 @@ pub struct EvalCase {
     /// `response_format` as the API takes it: the answer is decoded with
     /// its grammar.
     pub response_format: Option<Value>,
+    /// `tool_choice` as the API takes it (`auto` when absent): `required` or a
+    /// named function forces calls through the call grammar.
+    pub tool_choice: ToolChoice,
     /// A reference answer, shown in reports (not checked).
     pub ideal: Option<String>,
 }
@@ -202,6 +205,8 @@ struct RawCase {
     #[serde(default)]
     tools: Option<Value>,
     #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
@@ -290,6 +295,7 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
             "`response_format` must be an object such as {\"type\": \"json_object\"}".into(),
         );
     }
+    let tool_choice = ToolChoice::parse(raw.tool_choice.as_ref(), raw.tools.as_ref())?;
     if expected_patterns.is_empty()
         && forbidden_patterns.is_empty()
         && expected_json.is_none()
@@ -313,8 +319,67 @@ fn parse_line(line: &str, line_no: usize) -> std::result::Result<EvalCase, Strin
         expected_schema,
         expected_tool_calls,
         response_format: raw.response_format,
+        tool_choice,
         ideal,
     })
+}
+
+/// A case's `tool_choice`, with the API's values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// Text or calls; calls held to the schemas when a tool is `strict`.
+    #[default]
+    Auto,
+    /// No grammar (the answer is read as it comes).
+    None,
+    /// One or more calls to the tools, held to their schemas.
+    Required,
+    /// Exactly one call to this function.
+    Named(String),
+}
+
+impl ToolChoice {
+    /// `"auto"`, `"none"`, `"required"` or `{"type": "function", "function":
+    /// {"name": …}}`; anything but absent needs `tools`, and a named function
+    /// must be one of them.
+    fn parse(v: Option<&Value>, tools: Option<&Value>) -> std::result::Result<Self, String> {
+        let Some(v) = v else {
+            return Ok(Self::Auto);
+        };
+        let names: Vec<&str> = tools
+            .and_then(Value::as_array)
+            .map(|ts| {
+                ts.iter()
+                    .filter_map(|t| t.get("function")?.get("name")?.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.is_empty() {
+            return Err("`tool_choice` needs `tools`".into());
+        }
+        let choice = match (v.as_str(), v.get("function").and_then(|f| f.get("name"))) {
+            (Some("auto"), _) => Self::Auto,
+            (Some("none"), _) => Self::None,
+            (Some("required"), _) => Self::Required,
+            (None, Some(Value::String(name)))
+                if v.get("type") == Some(&Value::from("function")) =>
+            {
+                Self::Named(name.clone())
+            }
+            _ => {
+                return Err(format!(
+                    "`tool_choice` must be \"auto\", \"none\", \"required\" or \
+                     {{\"type\": \"function\", \"function\": {{\"name\": …}}}}, got {v}"
+                ))
+            }
+        };
+        match &choice {
+            Self::Named(n) if !names.contains(&n.as_str()) => Err(format!(
+                "`tool_choice` names the function `{n}`, which is not in `tools`"
+            )),
+            _ => Ok(choice),
+        }
+    }
 }
 
 fn patterns(raw: &[String], field: &str) -> std::result::Result<Vec<Pattern>, String> {

@@ -1,13 +1,14 @@
 //! The grammar an eval case is decoded with ([`case_grammar`]): its
-//! `response_format`, else the call grammar when one of its tools is
-//! `strict`, as `POST /v1/chat/completions` does under `tool_choice: auto`
-//! (hone-serve's `chat/tools.rs`), else its `expected_schema` under
-//! `--json-schema-from-case`.
+//! `response_format`, else the call grammar of its `tool_choice` as
+//! `POST /v1/chat/completions` builds it (hone-serve's `chat/tools.rs`):
+//! under `auto` when one of its tools is `strict` (text or calls), under
+//! `required` always (one or more calls), for a named function exactly one
+//! call to it; else its `expected_schema` under `--json-schema-from-case`.
 
 use hone_model::constraint::{CallRules, CallableTool, Grammar};
 use serde_json::Value;
 
-use crate::case::EvalCase;
+use crate::case::{EvalCase, ToolChoice};
 
 /// The grammar `case` is decoded with (see the module doc); `Err` names
 /// what the engine cannot honour.
@@ -15,7 +16,7 @@ pub fn case_grammar(case: &EvalCase, schema_from_case: bool) -> Result<Option<Gr
     if let Some(format) = &case.response_format {
         return response_format_grammar(format);
     }
-    if let Some(g) = strict_tools_grammar(case.tools.as_ref())? {
+    if let Some(g) = tools_grammar(case.tools.as_ref(), &case.tool_choice)? {
         return Ok(Some(g));
     }
     match (&case.expected_schema, schema_from_case) {
@@ -48,9 +49,9 @@ pub fn response_format_grammar(format: &Value) -> Result<Option<Grammar>, String
     }
 }
 
-/// When any tool is `strict`: text, or calls to the tools held to their
-/// parameter schemas (parallel calls allowed).
-fn strict_tools_grammar(tools: Option<&Value>) -> Result<Option<Grammar>, String> {
+/// The call grammar of `choice` over `tools` (see the module doc), calls
+/// held to the tools' parameter schemas.
+fn tools_grammar(tools: Option<&Value>, choice: &ToolChoice) -> Result<Option<Grammar>, String> {
     let tools = tools
         .and_then(Value::as_array)
         .map(Vec::as_slice)
@@ -59,11 +60,27 @@ fn strict_tools_grammar(tools: Option<&Value>) -> Result<Option<Grammar>, String
     let strict = tools
         .iter()
         .any(|t| function(t).get("strict").and_then(Value::as_bool) == Some(true));
-    if !strict {
-        return Ok(None);
-    }
-    let callable = tools
-        .iter()
+    let named = |t: &&Value, n: &str| function(t).get("name").and_then(Value::as_str) == Some(n);
+    let (chosen, rules): (Vec<&Value>, CallRules) = match choice {
+        ToolChoice::None => return Ok(None),
+        ToolChoice::Auto if !strict => return Ok(None),
+        ToolChoice::Auto | ToolChoice::Required => (
+            tools.iter().collect(),
+            CallRules {
+                parallel: true,
+                allow_text: *choice == ToolChoice::Auto,
+            },
+        ),
+        ToolChoice::Named(n) => (
+            tools.iter().filter(|t| named(t, n)).collect(),
+            CallRules {
+                parallel: false,
+                allow_text: false,
+            },
+        ),
+    };
+    let callable = chosen
+        .into_iter()
         .map(|t| {
             let f = function(t);
             let name = f
@@ -76,10 +93,6 @@ fn strict_tools_grammar(tools: Option<&Value>) -> Result<Option<Grammar>, String
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let rules = CallRules {
-        parallel: true,
-        allow_text: true,
-    };
     Grammar::tool_calls(&callable, rules)
         .map(Some)
         .map_err(|e| format!("`tools`: {e}"))

@@ -37,7 +37,7 @@ pub mod tool_check;
 pub mod verdict;
 
 pub use approach::{Approach, Baseline, Request};
-pub use case::{load_cases, parse_cases, CaseSchema, EvalCase, Pattern};
+pub use case::{load_cases, parse_cases, CaseSchema, EvalCase, Pattern, ToolChoice};
 pub use check::{check_output, extract_json, extract_json_object, CheckOutcome};
 pub use cost::{BreakEven, CostSource, Prices, RunCost, TrainingCost};
 pub use error::{CaseError, EvalError, Result};

@@ -233,7 +233,11 @@ fn grammars_come_from_response_format_then_strict_tools_then_the_schema() {
 #[test]
 fn the_example_tool_cases_load() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tools");
-    for f in ["heldout.jsonl", "heldout_strict.jsonl"] {
+    for f in [
+        "heldout.jsonl",
+        "heldout_strict.jsonl",
+        "heldout_required.jsonl",
+    ] {
         let cases = crate::case::load_cases(&dir.join(f)).unwrap();
         assert_eq!(cases.len(), 30);
         let none = cases
@@ -241,9 +245,53 @@ fn the_example_tool_cases_load() {
             .filter(|c| c.expected_tool_calls.as_ref().unwrap().calls.is_empty())
             .count();
         assert_eq!(none, 5);
-        let strict = f.contains("strict");
+        let strict = f.contains("strict") || f.contains("required");
         for c in &cases {
             assert_eq!(case_grammar(c, false).unwrap().is_some(), strict);
         }
     }
+}
+
+/// `tool_choice` per case, as the API: `required` forces the call grammar (no text) even
+/// on tools that are not strict, a named function allows one call to it, `none` turns
+/// the grammar off, and a bad value or an unknown name is a load error.
+#[test]
+fn tool_choice_picks_the_call_grammar() {
+    let tools = r#""tools": [{"type": "function", "function": {"name": "f",
+        "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}},
+        {"type": "function", "function": {"name": "g", "strict": true}}],
+        "expected_patterns": ["a"]"#;
+    let lark = |extra: &str| match case_grammar(&case(&format!("{tools}{extra}")), false)
+        .unwrap()
+        .map(|g| g.spec().clone())
+    {
+        Some(hone_model::constraint::GrammarSpec::Lark { grammar }) => Some(grammar),
+        Some(other) => panic!("{other:?}"),
+        None => None,
+    };
+    let auto = lark("").expect("a strict tool: the auto grammar");
+    assert!(auto.contains("TEXT"));
+    assert_eq!(lark(r#", "tool_choice": "auto""#), Some(auto));
+    let required = lark(r#", "tool_choice": "required""#).unwrap();
+    assert!(!required.contains("TEXT") && required.contains("call (\"\\n\" call)*"));
+    let named = lark(r#", "tool_choice": {"type": "function", "function": {"name": "f"}}"#);
+    let named = named.unwrap();
+    assert!(!named.contains("TEXT") && named.contains("\"f\"") && !named.contains("\"g\""));
+    assert_eq!(lark(r#", "tool_choice": "none""#), None);
+    for (bad, want) in [
+        (r#", "tool_choice": "always""#, "must be \"auto\""),
+        (
+            r#", "tool_choice": {"type": "function", "function": {"name": "h"}}"#,
+            "not in `tools`",
+        ),
+    ] {
+        let line = format!(r#"{{"messages": [{{"role": "user", "content": "q"}}], {tools}{bad}}}"#)
+            .replace('\n', " ");
+        let e = parse_cases(&line).unwrap_err();
+        assert!(e[0].message.contains(want), "{}", e[0].message);
+    }
+    let line = r#"{"messages": [{"role": "user", "content": "q"}], "expected_patterns": ["a"], "tool_choice": "required"}"#;
+    assert!(parse_cases(line).unwrap_err()[0]
+        .message
+        .contains("needs `tools`"));
 }

@@ -176,7 +176,7 @@ impl Llama {
         opts: ForwardOptions,
     ) -> Result<Tensor> {
         let h = self.forward_hidden(input_ids, start_pos, cache, opts)?;
-        self.logits(&h)
+        self.logits_with(&h, opts.use_adapters)
     }
 
     /// The final-normed hidden states `[b, t, hidden]` (before the LM head),
@@ -218,7 +218,7 @@ impl Llama {
             }
             _ => None,
         };
-        let mut x = self.embed(input_ids)?;
+        let mut x = self.embed(input_ids, opts.use_adapters)?;
         for (i, block) in self.layers.iter().enumerate() {
             let l = self.spec.layer(i);
             let (cos, sin) = match (l.kind, &sliding) {
@@ -235,9 +235,14 @@ impl Llama {
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
     }
 
-    /// The embedding rows of `ids: [b, t]`, times the spec's embedding scale.
-    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+    /// The embedding rows of `ids: [b, t]` (the adapter's token rows put in when
+    /// `use_adapters`), times the spec's embedding scale.
+    pub(crate) fn embed(&self, ids: &Tensor, use_adapters: bool) -> Result<Tensor> {
         let x = self.embed_tokens.lookup(ids)?;
+        let x = match self.active_token_rows(use_adapters) {
+            Some(rows) => rows.patch_embeddings(&x, ids)?,
+            None => x,
+        };
         let s = self.spec.embedding_scale;
         if s == 1.0 {
             Ok(x)
@@ -338,7 +343,7 @@ impl Llama {
         let full = gather(&self.rope)?;
         let sliding = self.rope_sliding.as_ref().map(gather).transpose()?;
         let input = Tensor::new(ids, self.device())?.unsqueeze(1)?;
-        let mut x = self.embed(&input)?;
+        let mut x = self.embed(&input, opts.use_adapters)?;
         for (layer, block) in self.layers.iter().enumerate() {
             let (cos, sin) = match (self.spec.layer(layer).kind, &sliding) {
                 (LayerKind::Sliding, Some(r)) => r,
@@ -352,7 +357,7 @@ impl Llama {
             )?;
         }
         let h = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
-        Ok(self.logits(&h)?.squeeze(1)?)
+        Ok(self.logits_with(&h, opts.use_adapters)?.squeeze(1)?)
     }
 
     /// Attention of one decode step for `B` sequences, `x: [B, 1, hidden]`:

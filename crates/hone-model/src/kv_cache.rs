@@ -98,7 +98,10 @@ impl Llama {
                 let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
                 let h = self.forward_hidden(&input, start_pos, Some(cache.tensor_mut()?), opts)?;
                 let last = h.narrow(1, ids.len() - 1, 1)?;
-                Ok(self.logits(&last)?.flatten_all()?.to_vec1::<f32>()?)
+                Ok(self
+                    .logits_with(&last, opts.use_adapters)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?)
             }
         }
     }

@@ -25,6 +25,9 @@ pub mod ops;
 pub mod registry;
 pub mod score;
 pub mod testing;
+pub mod token_rows;
+#[cfg(test)]
+mod token_rows_tests;
 pub mod train_forward;
 #[cfg(test)]
 mod train_reference;
@@ -48,6 +51,7 @@ pub use merge::{
     merge_adapters, merge_to_hf_dir, merge_to_hf_dir_as, write_hf_dir, MergeDtype, MergeStats,
 };
 pub use open::{OpenModel, OpenOptions};
+pub use token_rows::TokenRows;
 pub use train_forward::{PackedLayout, TrainLoss, TrainOptions};
 
 /// Threads candle uses for matmuls and element-wise ops (read once).

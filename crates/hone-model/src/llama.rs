@@ -19,6 +19,7 @@ use crate::decode::packed::PackedMatrix;
 use crate::error::{ModelError, Result};
 use crate::family::{DecoderSpec, LayerKind, RopeSpec};
 use crate::linear::{dense_matmul, packed_forward, Linear, LoraAdapter};
+use crate::token_rows::TokenRows;
 
 /// The cosine and sine tables of RoPE for every position up to the context length.
 #[derive(Debug, Clone)]
@@ -180,6 +181,8 @@ pub struct Llama {
     /// RoPE of sliding layers when the spec gives them their own.
     pub rope_sliding: Option<RopeTables>,
     pub weight_path: WeightPath,
+    /// Replacement rows of chosen tokens (PEFT's trainable tokens), part of the adapter.
+    pub(crate) token_rows: Option<TokenRows>,
     device: Device,
 }
 
@@ -209,6 +212,7 @@ impl Llama {
             lm_head,
             rope,
             weight_path,
+            token_rows: None,
             device: device.clone(),
         })
     }
@@ -232,9 +236,18 @@ impl Llama {
     /// Projects hidden states `[.., hidden]` to logits `[.., vocab]`, with
     /// the spec's final softcap.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.logits_with(hidden, true)
+    }
+
+    /// [`Self::logits`], with the adapter's token rows only when `use_adapters`.
+    pub fn logits_with(&self, hidden: &Tensor, use_adapters: bool) -> Result<Tensor> {
         let z = match &self.lm_head {
             LmHead::Dense(w) => dense_matmul(hidden, w)?,
             LmHead::Packed(p) => packed_forward(p, hidden)?,
+        };
+        let z = match self.active_token_rows(use_adapters) {
+            Some(rows) => rows.patch_logits(&z, hidden)?,
+            None => z,
         };
         match self.spec.final_logit_softcap {
             Some(cap) => Ok(((z / cap as f64)?.tanh()? * cap as f64)?),
@@ -273,8 +286,36 @@ impl Llama {
         lin.set_adapter(adapter)
     }
 
-    /// Removes every adapter.
+    /// The attached trainable token rows, if any.
+    pub fn token_rows(&self) -> Option<&TokenRows> {
+        self.token_rows.as_ref()
+    }
+
+    /// Attaches (or with `None` removes) replacement token rows; adapters stay.
+    pub fn set_token_rows(&mut self, rows: Option<TokenRows>) {
+        self.token_rows = rows;
+    }
+
+    /// The attached token rows, when `use_adapters` (the adapter switched off, e.g. DPO's
+    /// reference, switches them off too).
+    pub(crate) fn active_token_rows(&self, use_adapters: bool) -> Option<&TokenRows> {
+        self.token_rows.as_ref().filter(|_| use_adapters)
+    }
+
+    /// The base embedding rows of `ids` (`[k, hidden]` f32, unscaled): where trained
+    /// token rows start, as PEFT initialises them.
+    pub fn embedding_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        crate::token_rows::check_ids(ids, self.cfg.vocab_size)?;
+        let idx = Tensor::new(ids, self.device())?.unsqueeze(0)?;
+        self.embed_tokens
+            .lookup(&idx)?
+            .squeeze(0)
+            .map_err(Into::into)
+    }
+
+    /// Removes every adapter, token rows included.
     pub fn clear_adapters(&mut self) {
+        self.token_rows = None;
         for (_, l) in self.linears_mut() {
             // Removing never fails the shape check.
             let _ = l.set_adapter(None);

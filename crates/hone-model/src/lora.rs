@@ -18,6 +18,7 @@ use crate::atomic_file;
 use crate::error::{ModelError, Result};
 use crate::linear::{LoraAdapter, TARGET_MODULES};
 use crate::llama::Llama;
+use crate::token_rows::{TokenRows, PEFT_ROWS_KEY};
 
 /// PEFT's file names.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
@@ -33,6 +34,9 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Projection names, e.g. `q_proj`, in model order.
     pub target_modules: Vec<String>,
+    /// Token ids whose embedding rows (and LM-head rows, when tied) are trained
+    /// ([`crate::token_rows`]; PEFT's `trainable_token_indices`); empty: none.
+    pub trainable_tokens: Vec<u32>,
 }
 
 impl Default for LoraConfig {
@@ -42,6 +46,7 @@ impl Default for LoraConfig {
             alpha: 16.0,
             dropout: 0.0,
             target_modules: vec!["q_proj".into(), "v_proj".into()],
+            trainable_tokens: Vec::new(),
         }
     }
 }
@@ -110,11 +115,20 @@ pub struct LoraModule {
     pub b: Var,
 }
 
+/// Trained replacement rows of chosen tokens (`[k, hidden]`, see [`TokenRows`]).
+#[derive(Debug, Clone)]
+pub struct TrainedTokens {
+    pub ids: Vec<u32>,
+    pub rows: Var,
+}
+
 /// The trainable LoRA parameters attached to a model.
 #[derive(Debug, Clone)]
 pub struct LoraParams {
     pub config: LoraConfig,
     pub modules: Vec<LoraModule>,
+    /// The token rows trained with them (`config.trainable_tokens`), if any.
+    pub tokens: Option<TrainedTokens>,
 }
 
 impl LoraParams {
@@ -142,31 +156,38 @@ impl LoraParams {
             lin.set_adapter(Some(adapter))?;
             modules.push(LoraModule { path, a, b });
         }
+        let tokens = attach_token_rows(model, &config.trainable_tokens)?;
         Ok(Self {
             config: config.clone(),
             modules,
+            tokens,
         })
     }
 
-    /// Every trainable tensor with its PEFT-style name (`<module>.lora_A.weight`).
+    /// Every trainable tensor with its PEFT-style name (`<module>.lora_A.weight`, and
+    /// the token rows under [`PEFT_ROWS_KEY`]).
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.modules
+        let lora = self.modules.iter().flat_map(|m| {
+            [
+                (format!("{}.lora_A.weight", m.path), m.a.clone()),
+                (format!("{}.lora_B.weight", m.path), m.b.clone()),
+            ]
+        });
+        let rows = self
+            .tokens
             .iter()
-            .flat_map(|m| {
-                [
-                    (format!("{}.lora_A.weight", m.path), m.a.clone()),
-                    (format!("{}.lora_B.weight", m.path), m.b.clone()),
-                ]
-            })
-            .collect()
+            .map(|t| (PEFT_ROWS_KEY.to_string(), t.rows.clone()));
+        lora.chain(rows).collect()
     }
 
     /// Number of trainable scalars.
     pub fn num_params(&self) -> usize {
-        self.modules
-            .iter()
-            .map(|m| m.a.elem_count() + m.b.elem_count())
-            .sum()
+        self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// The adapter's `adapter_config.json` for `base_model`.
+    pub fn peft_config(&self, base_model: &str) -> PeftConfig {
+        PeftConfig::from_lora(&self.config, base_model)
     }
 
     /// The PEFT `adapter_model.safetensors` tensors (detached copies).
@@ -180,7 +201,7 @@ impl LoraParams {
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir`.
     pub fn save_peft(&self, dir: &Path, base_model: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let cfg = PeftConfig::from_lora(&self.config, base_model);
+        let cfg = self.peft_config(base_model);
         let json = serde_json::to_vec_pretty(&cfg)
             .map_err(|e| ModelError::Adapter(format!("adapter config: {e}")))?;
         let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
@@ -227,6 +248,11 @@ pub struct PeftConfig {
     pub use_rslora: bool,
     #[serde(default)]
     pub use_dora: bool,
+    /// Tokens whose embedding rows the adapter replaces (PEFT's
+    /// `trainable_token_indices`: a list of ids, or a map from the layer to its ids, of
+    /// which hone reads the input embedding's); see [`PeftConfig::token_ids`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_token_indices: Option<serde_json::Value>,
 }
 
 impl PeftConfig {
@@ -237,6 +263,36 @@ impl PeftConfig {
         [&self.hone_base_model, &self.base_model_name_or_path]
             .into_iter()
             .find_map(|v| v.as_deref().filter(|s| !s.is_empty()))
+    }
+}
+
+impl PeftConfig {
+    /// The ids of `trainable_token_indices` (empty when absent). PEFT also takes a map
+    /// from layer names to ids; hone applies rows to the input embedding (and the tied
+    /// head) only, so a map naming any other layer is refused.
+    pub fn token_ids(&self) -> Result<Vec<u32>> {
+        let bad = |m: String| ModelError::Adapter(format!("trainable_token_indices: {m}"));
+        let list = |v: &serde_json::Value| -> Result<Vec<u32>> {
+            serde_json::from_value::<Vec<u32>>(v.clone())
+                .map_err(|e| bad(format!("expected a list of token ids: {e}")))
+        };
+        match &self.trainable_token_indices {
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(serde_json::Value::Object(map)) => {
+                let mut ids = Vec::new();
+                for (layer, v) in map {
+                    if layer != "embed_tokens" && !layer.ends_with(".embed_tokens") {
+                        return Err(bad(format!(
+                            "rows of `{layer}` are not supported (hone trains the input \
+                             embedding's rows, which a tied LM head shares)"
+                        )));
+                    }
+                    ids = list(v)?;
+                }
+                Ok(ids)
+            }
+            Some(v) => list(v),
+        }
     }
 }
 
@@ -264,8 +320,26 @@ impl PeftConfig {
             inference_mode: true,
             use_rslora: false,
             use_dora: false,
+            trainable_token_indices: (!c.trainable_tokens.is_empty())
+                .then(|| serde_json::json!(c.trainable_tokens)),
         }
     }
+}
+
+/// Starts trainable rows for `ids` as copies of the base embedding rows (PEFT's init) and
+/// attaches them to `model`; `None` (and nothing attached) when `ids` is empty.
+fn attach_token_rows(model: &mut Llama, ids: &[u32]) -> Result<Option<TrainedTokens>> {
+    if ids.is_empty() {
+        model.set_token_rows(None);
+        return Ok(None);
+    }
+    let rows = Var::from_tensor(&model.embedding_rows(ids)?)?;
+    let attached = TokenRows::new(&model.cfg, ids.to_vec(), rows.as_tensor().clone())?;
+    model.set_token_rows(Some(attached));
+    Ok(Some(TrainedTokens {
+        ids: ids.to_vec(),
+        rows,
+    }))
 }
 
 /// Reads a PEFT adapter directory and attaches its (frozen) adapters to `model`,
@@ -321,6 +395,18 @@ pub fn load_peft_adapter(model: &mut Llama, dir: &Path) -> Result<PeftConfig> {
                 )))
             }
         }
+    }
+    let ids = cfg.token_ids()?;
+    if !ids.is_empty() {
+        let key = format!("{PEFT_PREFIX}{PEFT_ROWS_KEY}");
+        let rows = tensors.remove(&key).ok_or_else(|| {
+            ModelError::Adapter(format!(
+                "{}: trainable_token_indices is set but `{key}` is missing",
+                weights_path.display()
+            ))
+        })?;
+        let rows = TokenRows::new(&model.cfg, ids, rows)?;
+        model.set_token_rows(Some(rows));
     }
     if attached == 0 || !tensors.is_empty() {
         let mut extra: Vec<_> = tensors.keys().cloned().collect();

@@ -90,11 +90,15 @@ impl MergeDtype {
 pub struct MergeStats {
     /// Linear layers whose adapter was folded into the weight.
     pub merged_modules: usize,
+    /// Token rows written into the embedding (and the tied LM head).
+    pub merged_token_rows: usize,
 }
 
 /// Folds every attached adapter into its base weight, `W' = W + (alpha/r)·B·A`, and
 /// removes the adapters, so that the plain forward pass of the result equals base plus
-/// adapter. Needs dense f32 weights (load with [`crate::WeightPath::F32`]).
+/// adapter. Needs dense f32 weights (load with [`crate::WeightPath::F32`]). Trainable
+/// token rows replace the embedding's rows (and the LM head's when tied), as PEFT's
+/// merge does.
 pub fn merge_adapters(model: &mut Llama) -> Result<MergeStats> {
     let mut merged_modules = 0;
     for (path, lin) in model.linears_mut() {
@@ -102,7 +106,40 @@ pub fn merge_adapters(model: &mut Llama) -> Result<MergeStats> {
             merged_modules += 1;
         }
     }
-    Ok(MergeStats { merged_modules })
+    let merged_token_rows = merge_token_rows(model)?;
+    Ok(MergeStats {
+        merged_modules,
+        merged_token_rows,
+    })
+}
+
+/// Writes the attached token rows into the embedding (and the tied head) and detaches
+/// them; returns how many rows.
+fn merge_token_rows(model: &mut Llama) -> Result<usize> {
+    let Some(rows) = model.token_rows.take() else {
+        return Ok(0);
+    };
+    let replace = |w: &Tensor| -> Result<Tensor> {
+        let mut w = w.to_dtype(DType::F32)?;
+        let h = w.dim(1)?;
+        for (j, &id) in rows.ids().iter().enumerate() {
+            let row = rows.rows().narrow(0, j, 1)?.detach();
+            let id = id as usize;
+            w = w.slice_assign(&[id..id + 1, 0..h], &row)?;
+        }
+        Ok(w)
+    };
+    model.embed_tokens = match &model.embed_tokens {
+        Embedding::Dense(w) => Embedding::Dense(replace(w)?),
+        Embedding::Packed(_) => return Err(quantized_base()),
+    };
+    if rows.in_head() {
+        model.lm_head = match &model.lm_head {
+            LmHead::Dense(w) => LmHead::Dense(replace(w)?),
+            LmHead::Packed(_) => return Err(quantized_base()),
+        };
+    }
+    Ok(rows.ids().len())
 }
 
 /// Refuses, before anything is merged or written, a model whose HF config
@@ -343,7 +380,7 @@ pub fn merge_to_hf_dir_as(
 ) -> Result<MergeStats> {
     check_mergeable(model)?;
     let stats = merge_adapters(model)?;
-    if stats.merged_modules == 0 {
+    if stats.merged_modules == 0 && stats.merged_token_rows == 0 {
         return Err(ModelError::Adapter(
             "no adapter is attached: nothing to merge".into(),
         ));

@@ -111,7 +111,9 @@ pub fn score_tokens(
     let hidden = model.forward_hidden(&input, 0, None, opts)?.squeeze(0)?;
     let pos = Tensor::new(positions.as_slice(), dev)?;
     let picked = hidden.index_select(&pos, 0)?;
-    let logits = model.logits(&picked)?.to_dtype(DType::F32)?;
+    let logits = model
+        .logits_with(&picked, use_adapters)?
+        .to_dtype(DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let targets: Vec<u32> = positions.iter().map(|&p| ids[p as usize + 1]).collect();
     let tgt = Tensor::new(targets.as_slice(), dev)?.unsqueeze(1)?;

@@ -137,7 +137,7 @@ impl Llama {
         packed: Option<&PackedLayout>,
         opts: TrainOptions,
     ) -> Result<Tensor> {
-        let inputs = self.train_inputs(input_ids, packed)?;
+        let inputs = self.train_inputs(input_ids, packed, opts.use_adapters)?;
         let p = opts.lora_dropout;
         if !(0.0..1.0).contains(&p) {
             return Err(ModelError::Adapter(format!(
@@ -171,12 +171,15 @@ impl Llama {
         }
     }
 
-    /// The scaled embeddings `[b, t, hidden]` of `input_ids` and the RoPE tables of the
-    /// batch (per row when packed), after checking the spec, the length and the layout.
+    /// The scaled embeddings `[b, t, hidden]` of `input_ids` (with the adapter's token
+    /// rows when `use_adapters`: the only part of them with a gradient) and the RoPE
+    /// tables of the batch (per row when packed), after checking the spec, the length
+    /// and the layout.
     pub(crate) fn train_inputs(
         &self,
         input_ids: &Tensor,
         packed: Option<&PackedLayout>,
+        use_adapters: bool,
     ) -> Result<TrainInputs> {
         self.spec.require(
             "training",
@@ -209,7 +212,11 @@ impl Llama {
                 .reshape((b, t, self.cfg.hidden_size))?,
             Embedding::Packed(_) => self.embed_tokens.lookup(input_ids)?,
         };
-        // The embedding is frozen: the scale needs no backward.
+        let x = match self.active_token_rows(use_adapters) {
+            Some(rows) => rows.patch_embeddings(&x, input_ids)?,
+            None => x,
+        };
+        // The scale is a constant: candle's multiply carries the token rows' gradient.
         let s = self.spec.embedding_scale;
         let x = if s == 1.0 { x } else { (x * s as f64)? };
         Ok(TrainInputs { x, ropes })
@@ -270,17 +277,23 @@ impl Llama {
     /// Logits `[b, t, vocab]` through the training-mode path.
     pub fn forward_train(&self, input_ids: &Tensor, opts: TrainOptions) -> Result<Tensor> {
         let h = self.forward_train_hidden(input_ids, opts)?;
-        self.train_logits(&h)
+        self.train_logits_with(&h, opts.use_adapters)
     }
 
     /// Projects hidden states to logits with the frozen LM head (gradient to `hidden`
-    /// only), with the spec's final softcap `cap · tanh(z / cap)`.
+    /// only, and to the token rows when tied), with the spec's final softcap
+    /// `cap · tanh(z / cap)`.
     pub fn train_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = match &self.lm_head {
-            LmHead::Dense(w) => BaseWeight::Dense(w.clone()),
-            LmHead::Packed(p) => BaseWeight::Packed(p.clone()),
+        self.train_logits_with(hidden, true)
+    }
+
+    /// [`Self::train_logits`], with the token rows only when `use_adapters`.
+    pub fn train_logits_with(&self, hidden: &Tensor, use_adapters: bool) -> Result<Tensor> {
+        let z = ops::frozen_linear_base(hidden, &self.head_weight())?;
+        let z = match self.active_token_rows(use_adapters) {
+            Some(rows) => rows.patch_logits(&z, hidden)?,
+            None => z,
         };
-        let z = ops::frozen_linear_base(hidden, &w)?;
         match self.spec.final_logit_softcap {
             Some(cap) => Ok(((z / cap as f64)?.tanh()? * cap as f64)?),
             None => Ok(z),
@@ -311,13 +324,21 @@ impl Llama {
         let h = self.forward_train_hidden_packed(input_ids, packed, opts)?;
         // The LM head and the loss in one op: only trained positions are projected,
         // and the 200 MB logits of a 4x256 batch are never held (ops::lm_head_loss).
-        let w = match &self.lm_head {
+        let cap = self.spec.final_logit_softcap;
+        let rows = self
+            .active_token_rows(opts.use_adapters)
+            .and_then(|r| r.head_patch());
+        let (loss, accuracy) =
+            ops::lm_head_cross_entropy_base(&h, &self.head_weight(), targets, mask, cap, rows)?;
+        Ok(TrainLoss { loss, accuracy })
+    }
+
+    /// The frozen LM head as the training ops take it.
+    fn head_weight(&self) -> BaseWeight {
+        match &self.lm_head {
             LmHead::Dense(w) => BaseWeight::Dense(w.clone()),
             LmHead::Packed(p) => BaseWeight::Packed(p.clone()),
-        };
-        let cap = self.spec.final_logit_softcap;
-        let (loss, accuracy) = ops::lm_head_cross_entropy_base(&h, &w, targets, mask, cap)?;
-        Ok(TrainLoss { loss, accuracy })
+        }
     }
 }
 

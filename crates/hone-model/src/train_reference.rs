@@ -20,7 +20,7 @@ impl Llama {
         packed: Option<&PackedLayout>,
         opts: TrainOptions,
     ) -> Result<Tensor> {
-        let inputs = self.train_inputs(input_ids, packed)?;
+        let inputs = self.train_inputs(input_ids, packed, opts.use_adapters)?;
         let mut x = inputs.x;
         for (i, block) in self.layers.iter().enumerate() {
             let (cos, sin) = &inputs.ropes[self.rope_index(i)];

@@ -14,7 +14,7 @@ use crate::testing::{write_tiny_model, TinySpec};
 use crate::train_forward::TrainOptions;
 use crate::{load_model, ForwardOptions, WeightPath};
 
-fn tiny() -> (tempfile::TempDir, Llama) {
+pub(crate) fn tiny() -> (tempfile::TempDir, Llama) {
     let dir = tempfile::tempdir().unwrap();
     let (gguf, _) = write_tiny_model(dir.path(), &TinySpec::default()).unwrap();
     let m = load_model(&gguf, WeightPath::F32).unwrap();
@@ -27,7 +27,7 @@ fn ids(rows: &[&[u32]]) -> Tensor {
     Tensor::from_vec(flat, (rows.len(), t), &Device::Cpu).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
         .abs()
@@ -48,7 +48,7 @@ fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
-fn all_linear() -> LoraConfig {
+pub(crate) fn all_linear() -> LoraConfig {
     LoraConfig {
         target_modules: LoraConfig::parse_target_modules("all-linear").unwrap(),
         ..LoraConfig::default()
@@ -56,14 +56,14 @@ fn all_linear() -> LoraConfig {
 }
 
 /// Gives every B a random value, so that adapters change the output.
-fn randomize_b(params: &LoraParams, scale: f64) {
+pub(crate) fn randomize_b(params: &LoraParams, scale: f64) {
     for m in &params.modules {
         let t = (Tensor::randn(0f32, 1.0, m.b.shape(), &Device::Cpu).unwrap() * scale).unwrap();
         m.b.set(&t).unwrap();
     }
 }
 
-fn batch() -> (Tensor, Tensor, Tensor) {
+pub(crate) fn batch() -> (Tensor, Tensor, Tensor) {
     let input = ids(&[&[1, 40, 41, 42, 43, 2, 7], &[1, 50, 51, 52, 2, 0, 0]]);
     let targets = ids(&[&[40, 41, 42, 43, 2, 7, 9], &[50, 51, 52, 2, 0, 0, 0]]);
     let mask = Tensor::from_vec(
@@ -147,7 +147,7 @@ fn loss_value(m: &Llama) -> f64 {
 
 /// The autograd gradient of entry `idx` of `var` against central finite differences of
 /// the training loss of [`batch`].
-fn fd_check(var: &Var, idx: usize, m: &Llama) {
+pub(crate) fn fd_check(var: &Var, idx: usize, m: &Llama) {
     fd_check_tol(var, idx, m, FdTolerance::F32, Precision::F32);
 }
 

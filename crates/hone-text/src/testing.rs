@@ -30,6 +30,9 @@ const TINY_WORDS: &[&str] = &[
 /// SmolLM2-Instruct's own template (with its default system prompt).
 pub const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Qwen2.5-Instruct's template (tools in the system prompt, calls in `<tool_call>` tags).
+pub const QWEN25_TEMPLATE: &str = include_str!("templates/qwen2_5.jinja");
+
 /// GPT-2's byte-to-symbol table used by byte-level BPE.
 pub fn byte_level_symbols() -> Vec<char> {
     let printable =
@@ -101,7 +104,17 @@ fn bpe_segment(word: &str, merges: &[(String, String)]) -> Vec<String> {
 /// GGUF bytes holding only tokenizer metadata (no tensors). `template` is
 /// stored as `tokenizer.chat_template` when given.
 pub fn tiny_gguf_bytes(template: Option<&str>) -> Result<Vec<u8>> {
-    let (tokens, types, merges) = tiny_vocab();
+    tiny_gguf_bytes_with(template, &[])
+}
+
+/// [`tiny_gguf_bytes`] with `user_tokens` appended to the vocabulary as user-defined
+/// tokens (GGUF token type 4, as Qwen's `<tool_call>`), each one added token.
+pub fn tiny_gguf_bytes_with(template: Option<&str>, user_tokens: &[&str]) -> Result<Vec<u8>> {
+    let (mut tokens, mut types, merges) = tiny_vocab();
+    for t in user_tokens {
+        tokens.push(t.to_string());
+        types.push(4);
+    }
     let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
     let mut meta: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
@@ -146,6 +159,17 @@ pub fn write_tiny_gguf(path: impl AsRef<Path>, template: Option<&str>) -> Result
 /// A tiny chat tokenizer with SmolLM2's template.
 pub fn tiny_chat_tokenizer() -> Result<ChatTokenizer> {
     ChatTokenizer::from_gguf_content(&tiny_gguf_content(Some(SMOLLM2_TEMPLATE))?)
+}
+
+/// A tiny chat tokenizer with Qwen2.5's template and its tool-call tags as added tokens
+/// (ids 3 + 256 + the merged words, then `<tool_call>`, `</tool_call>`).
+pub fn tiny_qwen_tool_tokenizer() -> Result<ChatTokenizer> {
+    let bytes = tiny_gguf_bytes_with(Some(QWEN25_TEMPLATE), &["<tool_call>", "</tool_call>"])?;
+    let content = Content::read(&mut Cursor::new(bytes)).map_err(|e| Error::Gguf {
+        path: "<tiny>".into(),
+        message: e.to_string(),
+    })?;
+    ChatTokenizer::from_gguf_content(&content)
 }
 
 /// A real model file that `#[ignore]`d tests read: the variable that points

@@ -269,6 +269,15 @@ impl Tokenizer {
             .is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
     }
 
+    /// Whether `id` is an added token (special or not, such as Qwen's `<tool_call>`):
+    /// one token whatever the text around it.
+    pub fn is_added(&self, id: u32) -> bool {
+        self.inner
+            .get_added_vocabulary()
+            .simple_id_to_token(id)
+            .is_some()
+    }
+
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

@@ -67,6 +67,10 @@ pub struct TrainConfig {
     /// `hparams::early_stopping`).
     #[serde(default)]
     pub early_stopping_patience: Option<u32>,
+    /// Token ids whose embedding rows (and tied LM-head rows) are trained beside LoRA
+    /// (`--trainable-tokens`, resolved; hone-model's `token_rows`). Empty: none.
+    #[serde(default)]
+    pub trainable_tokens: Vec<u32>,
 }
 
 /// Settings that may change between an interrupted run and its resume: they do not
@@ -85,6 +89,7 @@ impl TrainConfig {
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
             target_modules: self.target_modules.clone(),
+            trainable_tokens: self.trainable_tokens.clone(),
         }
     }
 
@@ -247,6 +252,7 @@ mod tests {
             base_weights: BaseWeights::F32,
             gradient_checkpointing: false,
             early_stopping_patience: None,
+            trainable_tokens: Vec::new(),
         }
     }
 

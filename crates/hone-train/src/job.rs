@@ -44,6 +44,7 @@ use crate::runner::RunControl;
 use crate::schedule::ScheduleKind;
 use crate::sft::run_sft;
 use crate::summary::TrainSummary;
+use crate::tokens::{TokenSpec, TrainableTokens};
 
 /// Sequences are cut to this many tokens unless told otherwise (and never beyond the
 /// model's context window).
@@ -127,6 +128,9 @@ pub struct JobOptions {
     /// validation file and auto epochs, hone-data's `hparams::early_stopping`),
     /// `Some(0)` off, `Some(n)` on with patience `n` (needs a validation file).
     pub early_stopping_patience: Option<u32>,
+    /// Token rows trained beside LoRA (`--trainable-tokens`; "auto": the tool-call tags
+    /// when the data trains them, see [`crate::tokens`]).
+    pub trainable_tokens: TrainableTokens,
 }
 
 impl JobOptions {
@@ -152,6 +156,7 @@ impl JobOptions {
             base_weights: BaseWeights::Auto,
             gradient_checkpointing: false,
             early_stopping_patience: None,
+            trainable_tokens: TrainableTokens::Auto,
         }
     }
 
@@ -217,6 +222,8 @@ pub struct AdapterShape {
     pub target_modules: Vec<String>,
     /// `base_model_name_or_path` as the adapter recorded it.
     pub base_model: String,
+    /// The token ids whose rows it trained (PEFT's `trainable_token_indices`).
+    pub trainable_tokens: Vec<u32>,
 }
 
 impl AdapterShape {
@@ -242,10 +249,14 @@ impl AdapterShape {
         let target_modules =
             hone_model::LoraConfig::parse_target_modules(&cfg.target_modules.join(","))
                 .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let trainable_tokens = cfg
+            .token_ids()
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
         Ok(AdapterShape {
             r: cfg.r,
             alpha: cfg.lora_alpha,
             target_modules,
+            trainable_tokens,
             base_model: cfg.base_model_name_or_path.unwrap_or_default(),
         })
     }
@@ -305,6 +316,11 @@ impl JobOptions {
         self.lora_r = shape.r;
         self.lora_alpha = shape.alpha;
         self.target_modules = shape.target_modules.clone();
+        // The parent's rows are part of its weights: the run trains exactly those.
+        self.trainable_tokens = match shape.trainable_tokens.as_slice() {
+            [] => TrainableTokens::None,
+            ids => TrainableTokens::List(ids.iter().map(|&i| TokenSpec::Id(i)).collect()),
+        };
         self.init_adapter = Some(dir.to_path_buf());
         Ok(shape)
     }
@@ -382,6 +398,12 @@ impl TrainJob {
         let beta = (opts.method == Method::Dpo).then(|| hp.beta.unwrap_or(DPO_AUTO_BETA));
         let mut config = train_config(opts, &hp, max_seq_len, model);
         config.early_stopping_patience = early_stop(opts, tokenized.n_valid() > 0, &mut hp)?;
+        let (tokens, why) = opts
+            .trainable_tokens
+            .resolve(model.tokenizer, model.config.vocab_size, &tokenized)
+            .map_err(TrainJobError::Options)?;
+        config.trainable_tokens = tokens;
+        hp.reasons.push(why);
         Ok(TrainJob {
             method: opts.method,
             config,
@@ -491,6 +513,7 @@ fn train_config(
         base_weights: o.base_weights,
         gradient_checkpointing: o.gradient_checkpointing,
         early_stopping_patience: None,
+        trainable_tokens: Vec::new(),
     }
 }
 
@@ -532,6 +555,7 @@ mod tests {
             alpha: 8.0,
             dropout: 0.0,
             target_modules: vec!["q_proj".into(), "v_proj".into()],
+            trainable_tokens: Vec::new(),
         };
         let peft = hone_model::PeftConfig::from_lora(&lora, "tiny");
         let cfg = dir.path().join(hone_model::lora::ADAPTER_CONFIG_FILE);

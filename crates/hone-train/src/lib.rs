@@ -32,6 +32,7 @@ pub mod runner;
 pub mod schedule;
 pub mod sft;
 pub mod summary;
+pub mod tokens;
 
 pub use best::BestInfo;
 pub use checkpoint::{latest_valid, prune, Checkpoint, Manifest, PendingCheckpoint};
@@ -50,3 +51,4 @@ pub use runner::RunControl;
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use sft::{resume_sft, run_sft, tokenize_sft, train_sft, SftConfig, SftSummary};
 pub use summary::TrainSummary;
+pub use tokens::{TokenSpec, TrainableTokens};

@@ -172,7 +172,7 @@ pub(crate) fn write_adapter(
     lora: &LoraParams,
     base_model: &str,
 ) -> Result<()> {
-    let peft = PeftConfig::from_lora(&lora.config, base_model);
+    let peft = lora.peft_config(base_model);
     p.write(ADAPTER_CONFIG_FILE, &serde_json::to_vec_pretty(&peft)?)?;
     let tensors = lora.peft_tensors();
     p.write_with(ADAPTER_WEIGHTS_FILE, |path| {

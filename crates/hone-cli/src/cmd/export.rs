@@ -96,24 +96,36 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
-    let lora = args.out.join(LORA_FILE);
-    let stats = export::write_lora_gguf(&engine.model, peft.lora_alpha, &lora)?;
-    println!(
-        "wrote {} ({} tensors, {})",
-        lora.display(),
-        stats.tensors,
-        mb(stats.bytes)
-    );
+    // A llama.cpp LoRA GGUF cannot hold replaced token rows (`write_lora_gguf` says
+    // so): with them, only the merged model is written, and --lora-only is that error.
     let stops = engine.tokenizer.tokenizer.stop_token_texts();
     let template = engine.tokenizer.template.source().to_string();
-    let base_abs = std::fs::canonicalize(&base_path).unwrap_or_else(|_| base_path.clone());
-    let adapter_mf = export::modelfile(
-        &base_abs.display().to_string(),
-        Some(LORA_FILE),
-        &template,
-        &stops,
-    );
-    write_text(&args.out.join("Modelfile.adapter"), &adapter_mf)?;
+    let with_rows = engine.model.token_rows().is_some();
+    let adapter_mf = if with_rows && !args.lora_only {
+        eprintln!(
+            "note: the adapter trains token rows, which a llama.cpp LoRA GGUF cannot hold: \
+             writing the merged model only (no {LORA_FILE})"
+        );
+        None
+    } else {
+        let lora = args.out.join(LORA_FILE);
+        let stats = export::write_lora_gguf(&engine.model, peft.lora_alpha, &lora)?;
+        println!(
+            "wrote {} ({} tensors, {})",
+            lora.display(),
+            stats.tensors,
+            mb(stats.bytes)
+        );
+        let base_abs = std::fs::canonicalize(&base_path).unwrap_or_else(|_| base_path.clone());
+        let adapter_mf = export::modelfile(
+            &base_abs.display().to_string(),
+            Some(LORA_FILE),
+            &template,
+            &stops,
+        );
+        write_text(&args.out.join("Modelfile.adapter"), &adapter_mf)?;
+        Some(adapter_mf)
+    };
 
     if !args.lora_only {
         let merged = hone_model::merge_adapters(&mut engine.model)?;
@@ -138,8 +150,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         let mf = export::modelfile(&first, None, &template, &stops);
         write_text(&args.out.join("Modelfile"), &mf)?;
         println!(
-            "merged {} LoRA module(s) of {} in {:.1}s\n\n{}/Modelfile:\n{mf}",
+            "merged {} LoRA module(s) and {} token row(s) of {} in {:.1}s\n\n{}/Modelfile:\n{mf}",
             merged.merged_modules,
+            merged.merged_token_rows,
             resolved.id,
             t0.elapsed().as_secs_f64(),
             args.out.display()
@@ -148,8 +161,8 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             "use it with: ollama create NAME -f {}/Modelfile",
             args.out.display()
         );
-    } else {
-        println!("{}/Modelfile.adapter:\n{adapter_mf}", args.out.display());
+    } else if let Some(mf) = adapter_mf {
+        println!("{}/Modelfile.adapter:\n{mf}", args.out.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -60,10 +60,11 @@ pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
-        "merged {} LoRA module(s) (r={}, alpha={}) into {} -> {} ({}) in {:.1}s",
+        "merged {} LoRA module(s) (r={}, alpha={}) and {} token row(s) into {} -> {} ({}) in {:.1}s",
         stats.merged_modules,
         peft.r,
         peft.lora_alpha,
+        stats.merged_token_rows,
         resolved.id,
         args.out.display(),
         args.dtype.torch_name(),

@@ -130,6 +130,12 @@ pub struct TrainArgs {
     /// --validation and auto epochs, off otherwise
     #[arg(long, env = "HONE_EARLY_STOPPING_PATIENCE")]
     pub early_stopping_patience: Option<u32>,
+    /// Tokens whose embedding rows (and LM-head rows, when tied) are trained beside
+    /// LoRA, saved as PEFT's trainable_token_indices: auto (the tool-call tags when the
+    /// data has assistant tool calls and the tags are single added tokens, else none),
+    /// none, or a comma-separated list of token ids and token texts
+    #[arg(long, env = "HONE_TRAINABLE_TOKENS", default_value = "auto", value_parser = hone_train::TrainableTokens::parse)]
+    pub trainable_tokens: hone_train::TrainableTokens,
     #[command(flatten)]
     pub template: super::chat_template::ChatTemplateArgs,
 }
@@ -337,6 +343,7 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
         base_weights: a.base_weights,
         gradient_checkpointing: a.gradient_checkpointing,
         early_stopping_patience: a.early_stopping_patience,
+        trainable_tokens: a.trainable_tokens.clone(),
         ..JobOptions::new(method)
     };
     opts.check()?;

@@ -30,6 +30,7 @@ fn fixture() -> Fixture {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: LoraConfig::parse_target_modules("all-linear").unwrap(),
+        trainable_tokens: Vec::new(),
     };
     let lora = LoraParams::attach(&mut model, &cfg, 3).unwrap();
     for (i, m) in lora.modules.iter().enumerate() {

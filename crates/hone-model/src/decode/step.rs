@@ -187,7 +187,7 @@ fn forward_rows(
         positions: row_positions(model, rows, caches)?,
     };
     let n = rows.len();
-    let mut x = embed_rows(model, rows)?;
+    let mut x = embed_rows(models, rows, use_adapters)?;
     let scale = model.spec.embedding_scale;
     if scale != 1.0 {
         x.iter_mut().for_each(|v| *v *= scale);
@@ -217,10 +217,11 @@ fn forward_rows(
     let h = rms_norm_rows(&picked, &model.norm, dims.eps, want.len())?;
     let head = lm_head(model)?;
     let mut logits = head.matmul(&h, want.len())?;
+    let vocab = head.dims().0;
+    patch_head_rows(models, rows, want, use_adapters, (&h, &mut logits), vocab)?;
     if let Some(cap) = model.spec.final_logit_softcap {
         logits.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
     }
-    let vocab = head.dims().0;
     Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
 }
 
@@ -406,21 +407,53 @@ fn row_positions(
     Ok(positions)
 }
 
-fn embed_rows(model: &Llama, rows: &[(usize, u32)]) -> Result<Vec<f32>> {
-    let Embedding::Packed(table) = &model.embed_tokens else {
+/// Each row's embedding: its sequence's trainable token row for a chosen token, else
+/// the base table's row.
+fn embed_rows(models: &[&Llama], rows: &[(usize, u32)], use_adapters: bool) -> Result<Vec<f32>> {
+    let Embedding::Packed(table) = &models[0].embed_tokens else {
         return Err(not_packed("the token embedding"));
     };
-    let mut x = Vec::with_capacity(rows.len() * table.dims().1);
-    for &(_, id) in rows {
+    let h = table.dims().1;
+    let mut x = Vec::with_capacity(rows.len() * h);
+    for &(seq, id) in rows {
         if id as usize >= table.dims().0 {
             return Err(ModelError::Generation(format!(
                 "token id {id} is outside the vocabulary of {}",
                 table.dims().0
             )));
         }
-        x.extend(table.row_f32(id as usize)?);
+        let own = models[seq].active_token_rows(use_adapters);
+        match own.and_then(|r| Some((r, r.position(id)?))) {
+            Some((r, j)) => with_f32(r.rows(), |d| x.extend_from_slice(&d[j * h..(j + 1) * h]))?,
+            None => x.extend(table.row_f32(id as usize)?),
+        }
     }
     Ok(x)
+}
+
+/// Recomputes, for each wanted row whose sequence has token rows in its head, the
+/// chosen columns from them (`want[i]`'s logits are `logits[i·vocab..]`, its normed
+/// hidden state `h[i·hidden..]`). Rows on the bare base pay nothing.
+fn patch_head_rows(
+    models: &[&Llama],
+    rows: &[(usize, u32)],
+    want: &[usize],
+    use_adapters: bool,
+    (h, logits): (&[f32], &mut [f32]),
+    vocab: usize,
+) -> Result<()> {
+    let hidden = h.len() / want.len().max(1);
+    for (i, &w) in want.iter().enumerate() {
+        let Some(tr) = models[rows[w].0].active_token_rows(use_adapters) else {
+            continue;
+        };
+        let (hi, zi) = (
+            &h[i * hidden..(i + 1) * hidden],
+            &mut logits[i * vocab..(i + 1) * vocab],
+        );
+        with_f32(tr.rows(), |d| tr.patch_logit_row(d, hi, zi))?;
+    }
+    Ok(())
 }
 
 fn lm_head(model: &Llama) -> Result<&PackedMatrix> {

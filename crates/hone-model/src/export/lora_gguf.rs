@@ -27,8 +27,19 @@ pub const LORA_A_SUFFIX: &str = ".lora_a";
 pub const LORA_B_SUFFIX: &str = ".lora_b";
 
 /// Writes the adapters attached to `model` (PEFT's `lora_alpha` = `alpha`) as a LoRA
-/// GGUF at `out`. An error when no adapter is attached.
+/// GGUF at `out`. An error when no adapter is attached, or when the adapter replaces
+/// token rows: llama.cpp's LoRA format has no replaced rows (its own
+/// `convert_lora_to_gguf.py` stops at PEFT's `trainable_tokens_delta` as "not a lora_A
+/// or lora_B tensor"), and leaving them out would export a different model.
 pub fn write_lora_gguf(model: &Llama, alpha: f64, out: &Path) -> Result<ExportStats> {
+    if let Some(rows) = model.token_rows() {
+        return Err(ModelError::Unsupported(format!(
+            "the adapter trains {} token row(s) (trainable_token_indices {:?}), which a llama.cpp \
+             LoRA GGUF cannot hold; export the merged model instead (without --lora)",
+            rows.ids().len(),
+            rows.ids()
+        )));
+    }
     let spec = gguf_spec(&model.spec)?;
     let interleaved = spec.qk_rows == QkRows::Interleaved;
     let (heads, kv_heads) = (spec.dims.num_heads, spec.dims.num_kv_heads);
@@ -99,8 +110,9 @@ fn adaptable(b: &Block) -> [(TensorRole, &Linear); 7] {
 
 /// Whether any linear of `model` has an adapter attached.
 pub(crate) fn has_adapters(model: &Llama) -> bool {
-    model
-        .layers
-        .iter()
-        .any(|b| adaptable(b).iter().any(|(_, l)| l.adapter().is_some()))
+    model.token_rows().is_some()
+        || model
+            .layers
+            .iter()
+            .any(|b| adaptable(b).iter().any(|(_, l)| l.adapter().is_some()))
 }

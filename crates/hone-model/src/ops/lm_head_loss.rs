@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use super::base_weights::{self, PreparedWeight};
 use super::cross_entropy::TokenAccuracy;
@@ -47,17 +47,23 @@ pub fn lm_head_cross_entropy(
         bail!("lm_head_cross_entropy: only f32 is supported");
     }
     let w = BaseWeight::Dense(w.detach().contiguous()?);
-    lm_head_cross_entropy_base(hidden, &w, targets, mask, softcap)
+    lm_head_cross_entropy_base(hidden, &w, targets, mask, softcap, None)
 }
 
 /// [`lm_head_cross_entropy`] for a model's head as it holds it: an f32 tensor, or
 /// quantized blocks (`--base-weights q8_0|native`), multiplied over dequantized panels.
+///
+/// `token_rows = Some((ids, r))` replaces the head's rows of `ids` with `r: [k, h]` (trainable
+/// token rows, [`crate::token_rows`]): their logits are `hidden · r_jᵀ`, the loss over
+/// the vocabulary sees them, and the op is differentiable in `r` too (`d r_j = Σ_i
+/// dlogit_ij · hidden_i`, over the trained positions).
 pub fn lm_head_cross_entropy_base(
     hidden: &Tensor,
     w: &BaseWeight,
     targets: &Tensor,
     mask: &Tensor,
     softcap: Option<f32>,
+    token_rows: Option<(&[u32], &Tensor)>,
 ) -> Result<(Tensor, TokenAccuracy)> {
     let dims = hidden.dims();
     if softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
@@ -100,18 +106,102 @@ pub fn lm_head_cross_entropy_base(
             _ => bail!("cross_entropy: target {t} at position {i} is outside the vocabulary (size {vocab})"),
         }
     }
+    let patch = token_rows
+        .map(|r| HeadPatch::new(r, vocab, h))
+        .transpose()?;
+    let need_grad = hidden.track_op() || token_rows.is_some_and(|(_, r)| r.track_op());
     let accuracy = Arc::new(OnceLock::new());
     let op = LmHeadLoss {
         w,
         rows,
         softcap,
-        need_grad: hidden.track_op(),
+        need_grad,
+        patch,
         grad: OnceLock::new(),
+        grad_rows: OnceLock::new(),
         accuracy: accuracy.clone(),
     };
-    let loss = hidden.contiguous()?.reshape((n, h))?.apply_op1(op)?;
+    let hidden = hidden.contiguous()?.reshape((n, h))?;
+    let loss = match token_rows {
+        Some((_, r)) => hidden.apply_op2(&r.contiguous()?, op)?,
+        None => hidden.apply_op1(op)?,
+    };
     let accuracy = accuracy.get().copied().unwrap_or_default();
     Ok((loss, accuracy))
+}
+
+/// Head rows replaced for the whole op: columns `ids` read `rows` instead of the head.
+struct HeadPatch {
+    ids: Vec<usize>,
+    /// `[k, h]`, row-major.
+    rows: Vec<f32>,
+}
+
+impl HeadPatch {
+    fn new((ids, rows): (&[u32], &Tensor), vocab: usize, h: usize) -> Result<Self> {
+        if rows.dims() != [ids.len(), h] {
+            bail!(
+                "lm_head_cross_entropy: {} token rows of shape {:?}, the head needs [{}, {h}]",
+                ids.len(),
+                rows.dims(),
+                ids.len()
+            );
+        }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("lm_head_cross_entropy: token row id {id} is outside the vocabulary of {vocab}");
+        }
+        Ok(Self {
+            ids: ids.iter().map(|&i| i as usize).collect(),
+            rows: rows
+                .detach()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?,
+        })
+    }
+
+    /// Overwrites the patched columns of each row of `logits` with `x_i · r_j`.
+    fn logits(&self, x: &[f32], h: usize, logits: &mut [f32], vocab: usize) {
+        for (xi, zi) in x.chunks_exact(h).zip(logits.chunks_exact_mut(vocab)) {
+            for (&id, r) in self.ids.iter().zip(self.rows.chunks_exact(h)) {
+                zi[id] = kernel::dot(xi, r);
+            }
+        }
+    }
+
+    /// Takes the patched columns out of `dlogits` (so the head's product leaves them
+    /// out) and returns them, `[n, k]`.
+    fn take_grads(&self, dlogits: &mut [f32], vocab: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(dlogits.len() / vocab * self.ids.len());
+        for d in dlogits.chunks_exact_mut(vocab) {
+            for &id in &self.ids {
+                out.push(std::mem::take(&mut d[id]));
+            }
+        }
+        out
+    }
+
+    /// Adds the patched columns' share: `dx_i += Σ_j g_ij r_j`, `drows_j += Σ_i g_ij x_i`.
+    fn backward(&self, g: &[f32], x: &[f32], h: usize, dx: &mut [f32], drows: &mut [f32]) {
+        let k = self.ids.len();
+        for ((gi, xi), dxi) in g
+            .chunks_exact(k)
+            .zip(x.chunks_exact(h))
+            .zip(dx.chunks_exact_mut(h))
+        {
+            for ((&gij, r), dr) in gi
+                .iter()
+                .zip(self.rows.chunks_exact(h))
+                .zip(drows.chunks_exact_mut(h))
+            {
+                if gij == 0.0 {
+                    continue;
+                }
+                dxi.iter_mut().zip(r).for_each(|(d, &rv)| *d += gij * rv);
+                dr.iter_mut().zip(xi).for_each(|(d, &xv)| *d += gij * xv);
+            }
+        }
+    }
 }
 
 struct LmHeadLoss {
@@ -122,8 +212,12 @@ struct LmHeadLoss {
     /// `cap · tanh(z / cap)` on the logits.
     softcap: Option<f32>,
     need_grad: bool,
+    /// Replaced head rows (trainable token rows), if any.
+    patch: Option<HeadPatch>,
     /// `d loss / d hidden` for a unit upstream gradient, `[n, h]`.
     grad: OnceLock<Vec<f32>>,
+    /// `d loss / d rows` for a unit upstream gradient, `[k, h]`, with a patch.
+    grad_rows: OnceLock<Vec<f32>>,
     /// Filled by the forward, read by the caller.
     accuracy: Arc<OnceLock<TokenAccuracy>>,
 }
@@ -144,6 +238,7 @@ impl LmHeadLoss {
         h: usize,
         rows: &[(usize, usize, f32)],
         coef: f32,
+        drows: &mut [f32],
     ) -> Result<(Vec<RowStats>, Option<Vec<f32>>)> {
         let mut x = Vec::with_capacity(rows.len() * h);
         for &(r, _, _) in rows {
@@ -152,7 +247,7 @@ impl LmHeadLoss {
         let vocab = self.w.dims()?.0;
         let mut logits = match self.candle_f32() {
             Some(w) => {
-                let x = Tensor::from_vec(x, (rows.len(), h), w.device())?;
+                let x = Tensor::from_vec(x.clone(), (rows.len(), h), w.device())?;
                 x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?
             }
             None => {
@@ -162,6 +257,9 @@ impl LmHeadLoss {
                 z
             }
         };
+        if let Some(p) = &self.patch {
+            p.logits(&x, h, &mut logits, vocab);
+        }
         if let Some(cap) = self.softcap {
             par_rows(&mut logits, vocab, vocab, |_, chunk| {
                 chunk.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
@@ -218,7 +316,11 @@ impl LmHeadLoss {
                 }
             }
         });
-        let dx = match self.candle_f32() {
+        let patched = self
+            .patch
+            .as_ref()
+            .map(|p| p.take_grads(&mut logits, vocab));
+        let mut dx = match self.candle_f32() {
             Some(w) => {
                 let g = Tensor::from_vec(logits, (rows.len(), vocab), w.device())?;
                 g.matmul(w)?.flatten_all()?.to_vec1::<f32>()?
@@ -230,6 +332,9 @@ impl LmHeadLoss {
                 dx
             }
         };
+        if let (Some(p), Some(g)) = (&self.patch, patched) {
+            p.backward(&g, &x, h, &mut dx, drows);
+        }
         Ok((out, Some(dx)))
     }
 
@@ -244,14 +349,13 @@ impl LmHeadLoss {
     }
 }
 
-impl CustomOp1 for LmHeadLoss {
-    fn name(&self) -> &'static str {
-        "hone-lm-head-cross-entropy"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+impl LmHeadLoss {
+    /// The loss over `hidden: [n, h]`; the gradients (to `hidden` and to the patched
+    /// rows) are computed here and kept for the backward.
+    fn forward(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let hidden = f32_data(s, l, "lm_head_cross_entropy hidden")?;
         let (n, h) = l.shape().dims2()?;
+        let mut drows = vec![0f32; self.patch.as_ref().map_or(0, |p| p.rows.len())];
         let weight: f64 = self.rows.iter().map(|r| r.2 as f64).sum();
         let coef = if weight == 0.0 {
             0.0
@@ -265,7 +369,7 @@ impl CustomOp1 for LmHeadLoss {
         };
         let (mut total, mut correct) = (0f64, 0u64);
         for rows in self.rows.chunks(CHUNK_ROWS) {
-            let (stats, dx) = self.chunk(hidden, h, rows, coef)?;
+            let (stats, dx) = self.chunk(hidden, h, rows, coef, &mut drows)?;
             total += stats.iter().map(|s| s.loss).sum::<f64>();
             correct += stats.iter().filter(|s| s.correct).count() as u64;
             if let Some(dx) = dx {
@@ -280,15 +384,61 @@ impl CustomOp1 for LmHeadLoss {
             total: self.rows.len() as u64,
         });
         let _ = self.grad.set(grad);
+        let _ = self.grad_rows.set(drows);
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let Some(grad) = self.grad.get().filter(|g| !g.is_empty()) else {
+    /// `d loss / d arg` for the upstream `grad_res`, from a gradient kept by the forward.
+    fn scaled(saved: &OnceLock<Vec<f32>>, arg: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
+        let Some(grad) = saved.get().filter(|g| !g.is_empty()) else {
             bail!("lm_head_cross_entropy: backward without a gradient computed in the forward");
         };
         let g = Tensor::from_slice(grad, arg.shape(), arg.device())?;
-        Ok(Some(g.broadcast_mul(&grad_res.to_dtype(DType::F32)?)?))
+        g.broadcast_mul(&grad_res.to_dtype(DType::F32)?)
+    }
+}
+
+impl CustomOp1 for LmHeadLoss {
+    fn name(&self) -> &'static str {
+        "hone-lm-head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(s, l)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(Self::scaled(&self.grad, arg, grad_res)?))
+    }
+}
+
+/// With replaced head rows: the second argument is the rows (read once, by
+/// [`HeadPatch::new`]), which get their own gradient.
+impl CustomOp2 for LmHeadLoss {
+    fn name(&self) -> &'static str {
+        "hone-lm-head-cross-entropy-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        _rows: &CpuStorage,
+        _rows_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward(s, l)
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        rows: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = Self::scaled(&self.grad, arg, grad_res)?;
+        let dr = Self::scaled(&self.grad_rows, rows, grad_res)?;
+        Ok((Some(dx), Some(dr)))
     }
 }
 

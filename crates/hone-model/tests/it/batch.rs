@@ -33,6 +33,7 @@ fn with_adapter(model: &mut Llama) -> LoraParams {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: vec!["q_proj".into(), "o_proj".into()],
+        trainable_tokens: Vec::new(),
     };
     let lora = LoraParams::attach(model, &cfg, 5).unwrap();
     for m in &lora.modules {

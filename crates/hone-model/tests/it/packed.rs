@@ -136,6 +136,7 @@ fn adapters_switch_on_and_off_on_packed_weights() {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        trainable_tokens: Vec::new(),
     };
     for m in [&mut reference, &mut packed] {
         let lora = LoraParams::attach(m, &cfg, 9).unwrap();

@@ -42,6 +42,7 @@ fn adapted(base: &Llama, seed: u64, targets: &[&str]) -> Llama {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        trainable_tokens: Vec::new(),
     };
     let lora = LoraParams::attach(&mut m, &cfg, seed).unwrap();
     for x in &lora.modules {

@@ -64,6 +64,7 @@ fn write_adapter(gguf: &Path, dir: &Path, seed: u64, targets: &[&str]) {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        trainable_tokens: Vec::new(),
     };
     let lora = LoraParams::attach(&mut model, &cfg, seed).unwrap();
     for m in &lora.modules {

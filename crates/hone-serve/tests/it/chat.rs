@@ -546,6 +546,7 @@ fn write_adapter(gguf: &Path, dir: &Path, seed: u64) {
         dropout: 0.0,
         // Square projections, so that B can be made from Aᵀ.
         target_modules: vec!["q_proj".into(), "o_proj".into()],
+        trainable_tokens: Vec::new(),
     };
     let lora = LoraParams::attach(&mut model, &cfg, seed).unwrap();
     for m in &lora.modules {

@@ -66,6 +66,7 @@ fn config(mode: BaseWeights, pad_id: u32, max_seq_len: usize, lr: f64) -> SftCon
         pad_id,
         init_adapter: None,
         early_stopping_patience: None,
+        trainable_tokens: Vec::new(),
         packing: false,
         base_weights: mode,
         gradient_checkpointing: false,

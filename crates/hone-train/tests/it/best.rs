@@ -44,6 +44,7 @@ fn cfg() -> TrainConfig {
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
         early_stopping_patience: None,
+        trainable_tokens: Vec::new(),
     }
 }
 

@@ -55,6 +55,7 @@ fn train_cfg(epochs: u32) -> TrainConfig {
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
         early_stopping_patience: None,
+        trainable_tokens: Vec::new(),
     }
 }
 

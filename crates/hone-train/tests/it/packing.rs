@@ -111,6 +111,7 @@ fn with_lora(model: &mut Llama) -> LoraParams {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: LoraConfig::parse_target_modules("all-linear").unwrap(),
+        trainable_tokens: Vec::new(),
     };
     let lora = LoraParams::attach(model, &cfg, 9).unwrap();
     for m in &lora.modules {
@@ -209,6 +210,7 @@ fn config(packing: bool) -> SftConfig {
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
         early_stopping_patience: None,
+        trainable_tokens: Vec::new(),
     }
 }
 

@@ -85,6 +85,7 @@ fn config() -> SftConfig {
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
         early_stopping_patience: None,
+        trainable_tokens: Vec::new(),
     }
 }
 

@@ -62,6 +62,7 @@ fn config(epochs: u32) -> SftConfig {
         base_weights: hone_model::ops::BaseWeights::F32,
         gradient_checkpointing: false,
         early_stopping_patience: None,
+        trainable_tokens: Vec::new(),
     }
 }
 
@@ -344,8 +345,35 @@ fn resume_with_packing_reproduces_the_uninterrupted_run() {
     resume_reproduces_the_uninterrupted_run(true);
 }
 
+/// With trainable token rows (tokens of the answers): their values and optimizer
+/// moments are checkpointed like the LoRA matrices, so the resume is exact too, and the
+/// adapter holds them under PEFT's key.
+#[test]
+fn resume_with_trainable_token_rows_reproduces_the_uninterrupted_run() {
+    let out = resume_reproduces(false, &["e", "o"]);
+    let tensors = candle_core::safetensors::load(
+        out.path().join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let rows = &tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"];
+    assert_eq!(rows.dims()[0], 2);
+}
+
 fn resume_reproduces_the_uninterrupted_run(packing: bool) {
+    resume_reproduces(packing, &[]);
+}
+
+fn resume_reproduces(packing: bool, tokens: &[&str]) -> tempfile::TempDir {
+    let ids = {
+        let f = fixture();
+        tokens
+            .iter()
+            .map(|t| f.tok.tokenizer.token_to_id(t).expect("a byte token"))
+            .collect()
+    };
     let cfg = SftConfig {
+        trainable_tokens: ids,
         packing,
         // Room for a whole batch of these short chats in one packed row.
         max_seq_len: if packing { 256 } else { 64 },
@@ -398,6 +426,7 @@ fn resume_reproduces_the_uninterrupted_run(packing: bool) {
     assert!(got == want, "resumed adapter differs");
     let got_csv = std::fs::read_to_string(out.path().join("metrics.csv")).unwrap();
     assert_eq!(got_csv, want_csv);
+    out
 }
 
 #[test]

@@ -113,6 +113,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         alpha: args.lora_alpha,
         dropout: 0.0,
         target_modules: targets.clone(),
+        trainable_tokens: Vec::new(),
     };
     let params = LoraParams::attach(&mut model, &lora, 0)?;
     let batch = Batch::new(&ids, args.batch, args.seq, model.cfg.vocab_size)?;

@@ -276,6 +276,7 @@ fn init_adapter_takes_the_adapters_shape_and_refuses_a_conflicting_flag() {
         alpha: 8.0,
         dropout: 0.0,
         target_modules: vec!["q_proj".into()],
+        trainable_tokens: Vec::new(),
     };
     let peft = hone_model::PeftConfig::from_lora(&lora, "tiny");
     std::fs::write(

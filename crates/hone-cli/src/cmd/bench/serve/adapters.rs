@@ -28,6 +28,7 @@ pub(super) fn write(
         alpha: DEFAULT_LORA_ALPHA,
         dropout: 0.0,
         target_modules: LoraConfig::parse_target_modules(DEFAULT_TARGET_MODULES)?,
+        trainable_tokens: Vec::new(),
     };
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
