@@ -328,10 +328,8 @@ impl Drop for Server {
 
 /// `hone serve` (this binary) on a fresh HONE_HOME, serving `gguf` as `id`
 /// and each of `adapters` on it. Admission slots are twice the clients, a
-/// margin: a streamed request gives its slot back before its last chunk, so
-/// a client's next request never meets its own previous one, and the
-/// margin keeps any other delay from turning into a 429 that measures
-/// nothing.
+/// margin (a streamed request frees its slot before its last chunk) so no
+/// delay turns into a 429 that measures nothing.
 fn hone_command(
     id: &str,
     gguf: &Path,
