@@ -129,8 +129,8 @@ def train(args):
             opt.step()
             opt.zero_grad()
             step += 1
-            if step % 10 == 0 or step == total:
-                print(f"epoch {epoch + 1} step {step}/{total} loss {loss.item():.4f}", file=sys.stderr)
+            # Every step, so the curve compares with hone's step events.
+            print(f"epoch {epoch + 1} step {step}/{total} loss {loss.item():.4f}", file=sys.stderr)
     model.save_pretrained(args.out)
     print(json.dumps({"seconds": round(time.time() - t0, 1), "steps": total, "examples": len(items)}))
 

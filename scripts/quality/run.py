@@ -10,8 +10,11 @@ training) and writes every run's figures to OUT/results.json.
 
 The Python needs torch, transformers, peft and gguf (tests/hf/requirements.txt).
 
-Status (2026-12-06): not yet run end to end; the rows measured so far (preference and
-style_facts, one seed, under load) and the missing ones are in docs/quality.md.
+Status (2026-12-06): not yet run end to end; the rows measured so far (sessions 12 and
+13, under load) and the missing ones are in docs/quality.md. `--hone-flags "..."` runs
+hone with explicit settings (e.g. peft's recipe), `--who hone` one trainer only, and
+`--label` keeps such runs apart; each run's log (hone's JSON events, peft's per-step
+losses) is kept next to its adapter as `<run>.log`.
 """
 
 import argparse
@@ -27,9 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 TASKS = ROOT / "examples" / "quality"
 
 
-def run(cmd, **kw):
+def run(cmd, log=None, **kw):
+    """Runs `cmd`; with `log`, keeps its stdout and stderr there (the loss curves)."""
     t0 = time.time()
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if log:
+        Path(log).write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stderr[-3000:]}")
     return r.stdout, time.time() - t0
@@ -62,7 +68,8 @@ def train_hone(args, task, out, seed):
            "--data", task / ("dpo.jsonl" if dpo else "train.jsonl")]
     if dpo:
         cmd += ["--method", "dpo"]
-    _, secs = run(cmd)
+    cmd += args.hone_flags.split()
+    _, secs = run(cmd, log=f"{out}.log")
     return secs
 
 
@@ -72,7 +79,8 @@ def train_ref(args, task, out, seed, gguf):
            "--seed", seed, "--data", task / ("dpo.jsonl" if dpo else "train.jsonl")]
     if dpo:
         cmd += ["--method", "dpo"]
-    _, secs = run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+    cmd += args.peft_flags.split()
+    _, secs = run(cmd, log=f"{out}.log", env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     return secs
 
 
@@ -90,6 +98,10 @@ def main():
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="target/quality")
+    p.add_argument("--hone-flags", default="", help="extra `hone train` flags (default: all auto)")
+    p.add_argument("--peft-flags", default="", help="extra peft_ref.py flags (default: its recipe)")
+    p.add_argument("--who", default="hone,peft", help="which trainers to run, in this order")
+    p.add_argument("--label", default="", help="a name for these settings in the run directories")
     args = p.parse_args()
     out = Path(args.out) / args.model
     out.mkdir(parents=True, exist_ok=True)
@@ -98,20 +110,23 @@ def main():
     for name in args.tasks.split(","):
         task = TASKS / name
         rows = results[name] = {"base": evaluate(args, task), "hone": [], "peft": []}
+        trainers = {"hone": lambda d, s: train_hone(args, task, d, s),
+                    "peft": lambda d, s: train_ref(args, task, d, s, gguf)}
         for seed in args.seeds.split(","):
             # Alternate the two trainers so machine noise hits both alike.
-            for who, fn in [("hone", lambda d: train_hone(args, task, d, seed)),
-                            ("peft", lambda d: train_ref(args, task, d, seed, gguf))]:
-                d = out / name / f"{who}-seed{seed}"
-                secs = fn(d)
+            for who in args.who.split(","):
+                d = out / name / f"{who}{args.label}-seed{seed}"
+                secs = trainers[who](d, seed)
                 r = evaluate(args, task, d)
                 r.update(seed=int(seed), train_seconds=round(secs, 1))
                 rows[who].append(r)
                 print(f"{name} {who} seed {seed}: {r}", file=sys.stderr, flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+                (out / f"results{args.label}.json").write_text(json.dumps(results, indent=1))
     print(f"| task | base | hone auto: pass rate | peft: pass rate | hone s | peft s |")
     print("|---|---|---|---|---|---|")
     for name, rows in results.items():
+        if not (rows["hone"] and rows["peft"]):
+            continue
         key = "pair_accuracy" if "pair_accuracy" in rows["base"] else "pass_rate"
         cell = lambda who, k: spread([r[k] for r in rows[who]])  # noqa: E731
         print(f"| {name} ({key}) | {rows['base'][key]:.2f} | {cell('hone', key)} | {cell('peft', key)} "

@@ -28,6 +28,7 @@ pub mod lines;
 mod parse;
 pub mod quality;
 pub mod render;
+pub mod schedule;
 pub mod split;
 pub mod summary;
 pub mod tokens;

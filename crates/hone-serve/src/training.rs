@@ -225,7 +225,7 @@ impl HoneTrainer {
     ) -> Result<ResolvedHyperparameters, JobError> {
         let opts = self
             .options
-            .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
+            .job_options(job.method.kind, job.requested(), job.seed)?;
         let data = TrainData::read(opts.method, training_file, validation_file)
             .map_err(|e| job_error_of(&e.into()))?;
         let base_id = crate::ids::base_model_id(&job.model);
@@ -256,7 +256,7 @@ impl HoneTrainer {
         let job = &ctx.job;
         let mut opts = self
             .options
-            .job_options(job.method.kind, &job.hyperparameters, job.seed)?;
+            .job_options(job.method.kind, job.requested(), job.seed)?;
         // A job on a fine-tuned model continues its adapter (shape, weights, and as
         // DPO's reference); the server's LoRA options are its defaults only.
         if let Some(parent) = ctx.parent_adapter()? {

@@ -41,7 +41,6 @@ use crate::error::{Result, TrainError};
 use crate::events::EventSink;
 use crate::optim::AdamWConfig;
 use crate::runner::RunControl;
-use crate::schedule::ScheduleKind;
 use crate::sft::run_sft;
 use crate::summary::TrainSummary;
 use crate::tokens::{TokenSpec, TrainableTokens};
@@ -97,8 +96,8 @@ impl MaxSeqLen {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobOptions {
     pub method: Method,
-    /// `n_epochs`, `batch_size`, `learning_rate_multiplier` and (DPO) `beta`; `None` is
-    /// "auto", resolved in [`TrainJob::build`].
+    /// `n_epochs`, `batch_size`, `learning_rate_multiplier`, `lr_schedule` and (DPO)
+    /// `beta`; `None` is "auto", resolved in [`TrainJob::build`].
     pub overrides: Overrides,
     pub lora_r: usize,
     pub lora_alpha: f64,
@@ -109,7 +108,6 @@ pub struct JobOptions {
     pub seed: u64,
     pub grad_accum: usize,
     pub warmup_ratio: f64,
-    pub schedule: ScheduleKind,
     /// Clip the global gradient norm to this (`None`: no clipping).
     pub max_grad_norm: Option<f64>,
     pub keep_checkpoints: usize,
@@ -147,7 +145,6 @@ impl JobOptions {
             seed: DEFAULT_SEED,
             grad_accum: 1,
             warmup_ratio: 0.0,
-            schedule: ScheduleKind::Linear,
             max_grad_norm: Some(DEFAULT_MAX_GRAD_NORM),
             keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
             checkpoint_every: 0,
@@ -492,7 +489,7 @@ fn train_config(
         batch_size: hp.batch_size as usize,
         grad_accum: o.grad_accum,
         learning_rate: hp.learning_rate,
-        schedule: o.schedule,
+        schedule: hp.lr_schedule,
         warmup_ratio: o.warmup_ratio,
         max_seq_len,
         seed: o.seed,

@@ -7,32 +7,10 @@
 
 use crate::error::{Result, TrainError};
 use std::f64::consts::PI;
-use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleKind {
-    /// Decays linearly to 0 at `total_steps`.
-    Linear,
-    /// Half a cosine from the peak to 0 at `total_steps`.
-    Cosine,
-    /// Stays at the peak after warmup.
-    Constant,
-}
-
-impl FromStr for ScheduleKind {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "linear" => Ok(ScheduleKind::Linear),
-            "cosine" => Ok(ScheduleKind::Cosine),
-            "constant" => Ok(ScheduleKind::Constant),
-            other => Err(TrainError::Schedule(format!(
-                "unknown schedule `{other}` (expected linear, cosine or constant)"
-            ))),
-        }
-    }
-}
+/// The schedule's shape is hone-data's, since "auto" picks it there
+/// ([`hone_data::hparams::auto_schedule`]).
+pub use hone_data::hparams::ScheduleKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LrSchedule {

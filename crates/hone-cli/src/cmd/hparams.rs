@@ -42,6 +42,7 @@ impl HyperparameterArgs {
             batch_size: self.batch_size.0,
             learning_rate_multiplier: self.lr_multiplier.0,
             beta,
+            lr_schedule: None,
         }
     }
 }

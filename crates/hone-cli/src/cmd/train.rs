@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use hone_data::hparams::ResolvedHyperparameters;
+use hone_data::hparams::{Overrides, ResolvedHyperparameters, ScheduleKind};
 use hone_data::{DataError, Method};
 use hone_model::registry::DEFAULT_MODEL_ID;
 use hone_model::LoraConfig;
@@ -27,7 +27,7 @@ use hone_train::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::hparams::HyperparameterArgs;
+use super::hparams::{parse_auto, Auto, HyperparameterArgs};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -76,9 +76,10 @@ pub struct TrainArgs {
     /// Fraction of steps spent warming up the learning rate.
     #[arg(long, env = "HONE_WARMUP_RATIO", default_value_t = 0.0)]
     pub warmup_ratio: f64,
-    /// Learning-rate schedule: linear, cosine or constant.
-    #[arg(long, env = "HONE_LR_SCHEDULE", default_value = "linear")]
-    pub lr_schedule: String,
+    /// Learning-rate schedule: linear, cosine, constant, or auto (sft: constant, dpo:
+    /// linear; docs/quality.md).
+    #[arg(long, env = "HONE_LR_SCHEDULE", default_value = "auto", value_parser = parse_auto::<ScheduleKind>)]
+    pub lr_schedule: Auto<ScheduleKind>,
     /// Clip the global gradient norm to this (0 disables).
     #[arg(long, env = "HONE_MAX_GRAD_NORM", default_value_t = DEFAULT_MAX_GRAD_NORM)]
     pub max_grad_norm: f64,
@@ -321,7 +322,10 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
             .transpose()?,
     };
     let mut opts = JobOptions {
-        overrides: a.hp.overrides(a.beta),
+        overrides: Overrides {
+            lr_schedule: a.lr_schedule.0,
+            ..a.hp.overrides(a.beta)
+        },
         lora_r: fixed.r.unwrap_or(DEFAULT_LORA_R),
         lora_alpha: fixed.alpha.unwrap_or(DEFAULT_LORA_ALPHA),
         lora_dropout: a.lora_dropout,
@@ -335,7 +339,6 @@ pub(crate) fn job_options(a: &TrainArgs) -> anyhow::Result<JobOptions> {
         seed: a.seed,
         grad_accum: a.grad_accum,
         warmup_ratio: a.warmup_ratio,
-        schedule: a.lr_schedule.parse()?,
         max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
         keep_checkpoints: a.keep_checkpoints,
         checkpoint_every: a.save_every_steps,

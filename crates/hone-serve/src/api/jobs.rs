@@ -82,6 +82,8 @@ impl Hyperparameters {
             batch_size: self.batch_size.value(),
             learning_rate_multiplier: self.learning_rate_multiplier.value(),
             beta: self.beta.and_then(|b| b.value()),
+            // Not an API hyperparameter: the server's jobs use auto's.
+            lr_schedule: None,
         }
     }
 }
@@ -263,6 +265,23 @@ pub struct FineTuningJob {
     /// The suffix the user asked for (OpenAI's `user_provided_suffix`).
     #[serde(default)]
     pub user_provided_suffix: Option<String>,
+    /// The hyperparameters as the user gave them (`"auto"` kept), where
+    /// `hyperparameters` shows the resolved values once the worker has them (as
+    /// OpenAI does). The trainer reads these: "auto" epochs with a validation file
+    /// stop early, user-fixed ones run to the end. A hone extension; jobs stored
+    /// before it existed lack it and train on `hyperparameters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_hyperparameters: Option<Hyperparameters>,
+}
+
+impl FineTuningJob {
+    /// What the user asked for: `requested_hyperparameters`, or for a job stored
+    /// before that field, `hyperparameters`.
+    pub fn requested(&self) -> &Hyperparameters {
+        self.requested_hyperparameters
+            .as_ref()
+            .unwrap_or(&self.hyperparameters)
+    }
 }
 
 impl HasId for FineTuningJob {

@@ -90,6 +90,7 @@ pub(super) async fn create(
         integrations: None,
         metadata: req.metadata,
         user_provided_suffix: req.suffix,
+        requested_hyperparameters: Some(hyperparameters),
     };
     let stored = job.clone();
     st.store.run(move |s| s.insert_job(&stored)).await?;

@@ -122,7 +122,7 @@ fn resolve_from_report(
     train: &hone_data::Report,
     catalog: &dyn ModelCatalog,
 ) -> Result<hone_data::hparams::ResolvedHyperparameters, JobError> {
-    let overrides = job.hyperparameters.overrides();
+    let overrides = job.requested().overrides();
     let mean_tokens = train
         .stats
         .tokens

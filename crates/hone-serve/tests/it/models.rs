@@ -39,6 +39,7 @@ pub fn new_job(model: &str) -> FineTuningJob {
         integrations: None,
         metadata: None,
         user_provided_suffix: Some("sfx".into()),
+        requested_hyperparameters: None,
     }
 }
 

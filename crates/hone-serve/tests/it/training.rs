@@ -606,3 +606,83 @@ async fn a_job_on_a_fine_tuned_model_continues_its_adapter() {
     let d = train_losses(&t, &dpo_id).await;
     assert!((d[0] - std::f64::consts::LN_2).abs() < 1e-4, "{d:?}");
 }
+
+/// `n` chats whose answers are made of `words` (each answer a different mix), for
+/// runs whose validation loss must rise: train on one vocabulary, validate on another.
+fn chats_of(n: usize, words: &[&str]) -> String {
+    (0..n)
+        .map(|i| {
+            let answer: Vec<&str> = (0..2 + i % 3)
+                .map(|k| words[(i + k) % words.len()])
+                .collect();
+            json!({"messages": [
+                {"role": "user", "content": format!("q{i}")},
+                {"role": "assistant", "content": answer.join(" ")},
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+/// Issue #18: an API job with "auto" epochs and a validation file stops early, as
+/// `hone train` does, and its fine-tuned model is the best step's adapter. The job
+/// shows the resolved epochs in `hyperparameters` (as OpenAI does) but keeps what the
+/// user asked for in `requested_hyperparameters`, which the trainer reads: before,
+/// the worker overwrote "auto" with the resolved number, so the trainer took the
+/// epochs for the user's and never stopped early. The same epochs set by the user
+/// run to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_epochs_job_with_a_validation_file_stops_early_on_the_best_step() {
+    let tiny = TinyModel::new();
+    let t = app(&tiny, |_| {});
+    let train = t.upload_jsonl(&chats_of(10, &["zebra", "quartz"])).await;
+    let valid = t
+        .upload_jsonl(&chats_of(10, &["hello", "world", "the", "cat"]))
+        .await;
+    // A high rate so that the disjoint validation set's loss rises within a few epochs.
+    let job_with = |hp: Value| {
+        json!({"model": TINY, "training_file": train, "validation_file": valid, "seed": 5,
+               "hyperparameters": hp})
+    };
+    let auto = create(&t, job_with(json!({"learning_rate_multiplier": 30}))).await;
+    let j = wait_for(&t, &auto, "succeeded", 300).await;
+    let epochs = hone_data::hparams::auto_epochs(10);
+    assert_eq!(j["hyperparameters"]["n_epochs"], epochs, "resolved: {j}");
+    assert_eq!(j["requested_hyperparameters"]["n_epochs"], "auto", "{j}");
+    let steps_per_epoch =
+        10usize.div_ceil(j["hyperparameters"]["batch_size"].as_u64().unwrap() as usize);
+    let planned = epochs as usize * steps_per_epoch;
+    let ev = events(&t, &auto).await;
+    let ran = metric_steps(&ev).len();
+    assert!(ran < planned, "stopped early: {ran} of {planned} steps");
+    let msgs = messages(&ev);
+    let stop = format!("Early stop at step {ran}; best step ");
+    assert!(msgs.iter().any(|m| m.starts_with(&stop)), "{msgs:#?}");
+    // The fine-tuned model's adapter is best/'s.
+    let name = j["fine_tuned_model"].as_str().unwrap().to_string();
+    let rec = t
+        .state
+        .store
+        .run(move |s| s.get_model(&hone_serve::store::Scope::All, &name))
+        .await
+        .unwrap();
+    let weights = hone_model::lora::ADAPTER_WEIGHTS_FILE;
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    assert_eq!(
+        read(rec.adapter_path.join(weights)),
+        read(rec.adapter_path.join("best").join(weights))
+    );
+
+    // The same number of epochs, set by the user: every step, no early stop.
+    let fixed = create(
+        &t,
+        job_with(json!({"learning_rate_multiplier": 30, "n_epochs": epochs})),
+    )
+    .await;
+    let j = wait_for(&t, &fixed, "succeeded", 300).await;
+    assert_eq!(j["requested_hyperparameters"]["n_epochs"], epochs, "{j}");
+    let ev = events(&t, &fixed).await;
+    assert_eq!(metric_steps(&ev).len(), planned);
+    assert!(!messages(&ev).iter().any(|m| m.starts_with("Early stop")));
+}
