@@ -75,7 +75,7 @@ target/sdk-venv/bin/python tests/sdk/e2e_openai.py --hone "$HONE_BIN" --model "$
   --base-id qwen2.5-coder-0.5b-instruct
 stamp "openai SDK structured outputs and tools, qwen"
 target/sdk-venv/bin/python tests/sdk/structured.py --hone "$HONE_BIN" --model "$HONE_TEST_QWEN_GGUF" \
-  --base-id qwen2.5-coder-0.5b-instruct
+  --base-id qwen2.5-coder-0.5b-instruct --keep-adapter "$qs_out/tools-adapter"
 
 # schemathesis against `hone serve` on the default model, from the server's own
 # /openapi.json: any 5xx or answer off its schema fails (scripts/schemathesis.sh;
@@ -90,4 +90,9 @@ scripts/schemathesis.sh "$HONE_BIN" "$HONE_TEST_GGUF" 180
 stamp "peft loads hone's adapter"
 target/hf-venv/bin/python tests/hf/check_peft_adapter.py --hone "$HONE_BIN" \
   --gguf "$HONE_TEST_QWEN_GGUF" --adapter "$qs_out/qwen/adapter"
+# The tool job's adapter from the structured suite: trained token rows of the
+# tool-call tags on an untied model (embedding and LM-head rows, PEFT's map form).
+stamp "peft loads hone's adapter with token rows (untied Qwen)"
+target/hf-venv/bin/python tests/hf/check_peft_adapter.py --hone "$HONE_BIN" \
+  --gguf "$HONE_TEST_QWEN_GGUF" --adapter "$qs_out/tools-adapter"
 stamp "done"

@@ -8,7 +8,7 @@ directory `hone train` (or a fine-tuning job) wrote. The script checks:
 1. peft's `set_peft_model_state_dict` reports no unexpected key and no missing
    `lora_*` key (the base weights are "missing" from an adapter by design); with
    trainable token rows (`trainable_token_indices`, peft >= 0.15), peft's embedding
-   and, tied, its LM head use the file's rows for those ids;
+   and its LM head (tied, or untied with its own rows) use the file's rows for those ids;
 2. the adapter changes the answer (a zero adapter would pass 1 and 3);
 3. greedy decoding with peft gives the same text as
    `hone chat --weights f32 --adapter DIR` on the same prompt. hone's f32 path
@@ -89,28 +89,36 @@ def attach_adapter(model, adapter: Path):
 
 
 ROWS_KEY = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+HEAD_ROWS_KEY = "base_model.model.lm_head.token_adapter.trainable_tokens_delta"
 
 
 @torch.no_grad()
 def check_token_rows(peft_model, config, state) -> None:
     """With `trainable_token_indices`: peft's input embeddings of those ids are the
-    file's rows, and (tied embeddings) so are the LM head's logits of those ids."""
-    ids = config.trainable_token_indices
-    if not ids:
+    file's rows, and its LM head's logits of those ids come from the head's rows: the
+    embedding's when tied (a list of ids), the head's own when untied (a map naming
+    `embed_tokens` and `lm_head`, as hone writes it for an untied model)."""
+    spec = config.trainable_token_indices
+    if not spec:
         return
+    ids = spec["embed_tokens"] if isinstance(spec, dict) else spec
     rows = state[ROWS_KEY].float()
     ids_t = torch.tensor([ids])
     emb = peft_model.get_input_embeddings()(ids_t)[0].float()
     assert torch.allclose(emb, rows, atol=1e-6), "peft's embedding does not use the rows"
-    if peft_model.config.tie_word_embeddings:
+    tied = peft_model.config.tie_word_embeddings
+    head = rows if tied else state.get(HEAD_ROWS_KEY)
+    if head is not None:
+        assert isinstance(spec, dict) != tied, f"trainable_token_indices {spec} on a tied={tied} model"
         out = peft_model(input_ids=ids_t, output_hidden_states=True)
         hidden = out.hidden_states[-1][0].float()
-        want = hidden @ rows.T
+        want = hidden @ head.float().T
         got = out.logits[0].float()[:, ids]
         gap = float((got - want).abs().max())
         assert gap < 1e-3, f"peft's LM head does not use the rows (max diff {gap:.2e})"
+    where = {True: " and tied LM head", False: " and the LM head's own rows"}[tied]
     print(f"   peft uses the {len(ids)} trained token rows {ids} (embedding"
-          f"{' and tied LM head' if peft_model.config.tie_word_embeddings else ''})")
+          f"{where if head is not None else ''})")
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ at the end. Exit 0 when every step passed.
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -229,7 +230,7 @@ def run_tools(client: OpenAI) -> None:
         print("   ", e.body.get("message"))
 
 
-def run_fine_tune(client: OpenAI) -> None:
+def run_fine_tune(client: OpenAI) -> str:
     step("fine-tune on a tool-calling file (1 epoch), then call tools with the ft: model")
     started = time.time()
     train = ROOT / "examples" / "tools" / "tools_sdk.jsonl"
@@ -268,6 +269,21 @@ def run_fine_tune(client: OpenAI) -> None:
     assert set(schema["required"]) <= set(args) <= set(schema["properties"]), (schema, args)
     print(f"    {job.fine_tuned_model}: {call.function.name} {call.function.arguments} "
           f"({time.time() - started:.0f} s with the job)")
+    return job.id
+
+
+def keep_adapter(home: Path, job_id: str, dest: Path) -> None:
+    """Copies the job's final adapter (the newest under its directory) to `dest`, for
+    scripts/test.sh's peft check of an adapter with trained token rows."""
+    configs = sorted((home / "jobs" / job_id).rglob("adapter_config.json"),
+                     key=lambda p: p.stat().st_mtime)
+    assert configs, f"no adapter under {home / 'jobs' / job_id}"
+    cfg = json.loads(configs[-1].read_text())
+    assert cfg.get("trainable_token_indices"), f"the tool job trained no token rows: {cfg}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(configs[-1].parent / name, dest / name)
+    print(f"    kept {configs[-1].parent} (token rows {cfg['trainable_token_indices']}) in {dest}")
 
 
 def main() -> int:
@@ -277,6 +293,7 @@ def main() -> int:
     ap.add_argument("--model", required=True, help="the base model GGUF")
     ap.add_argument("--base-id", default=BASE, help="the id the server gives that model")
     ap.add_argument("--skip-fine-tune", action="store_true", help="leave out the fine-tuning job")
+    ap.add_argument("--keep-adapter", type=Path, help="copy the tool job's adapter here")
     args = ap.parse_args()
     BASE = args.base_id
     with tempfile.TemporaryDirectory() as home:
@@ -287,7 +304,9 @@ def main() -> int:
             run(client)
             run_tools(client)
             if not args.skip_fine_tune:
-                run_fine_tune(client)
+                job_id = run_fine_tune(client)
+                if args.keep_adapter:
+                    keep_adapter(Path(home), job_id, args.keep_adapter)
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -313,6 +313,26 @@ impl Llama {
             .map_err(Into::into)
     }
 
+    /// The base LM head's rows of `ids` (`[k, hidden]` f32): where an untied model's
+    /// trained head rows start.
+    pub fn head_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        crate::token_rows::check_ids(ids, self.cfg.vocab_size)?;
+        match &self.lm_head {
+            LmHead::Dense(w) => {
+                let idx = Tensor::new(ids, w.device())?;
+                Ok(w.index_select(&idx, 0)?.to_dtype(candle_core::DType::F32)?)
+            }
+            LmHead::Packed(p) => {
+                let h = p.dims().1;
+                let mut data = Vec::with_capacity(ids.len() * h);
+                for &id in ids {
+                    data.extend(p.row_f32(id as usize)?);
+                }
+                Ok(Tensor::from_vec(data, (ids.len(), h), &self.device)?)
+            }
+        }
+    }
+
     /// Removes every adapter, token rows included.
     pub fn clear_adapters(&mut self) {
         self.token_rows = None;

@@ -18,7 +18,7 @@ use crate::atomic_file;
 use crate::error::{ModelError, Result};
 use crate::linear::{LoraAdapter, TARGET_MODULES};
 use crate::llama::Llama;
-use crate::token_rows::{TokenRows, PEFT_ROWS_KEY};
+use crate::token_rows::{TokenRows, PEFT_HEAD_ROWS_KEY, PEFT_ROWS_KEY};
 
 /// PEFT's file names.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
@@ -34,7 +34,7 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Projection names, e.g. `q_proj`, in model order.
     pub target_modules: Vec<String>,
-    /// Token ids whose embedding rows (and LM-head rows, when tied) are trained
+    /// Token ids whose embedding and LM-head rows are trained
     /// ([`crate::token_rows`]; PEFT's `trainable_token_indices`); empty: none.
     pub trainable_tokens: Vec<u32>,
 }
@@ -119,7 +119,10 @@ pub struct LoraModule {
 #[derive(Debug, Clone)]
 pub struct TrainedTokens {
     pub ids: Vec<u32>,
+    /// The embedding's rows (and a tied LM head's).
     pub rows: Var,
+    /// An untied LM head's own rows.
+    pub head: Option<Var>,
 }
 
 /// The trainable LoRA parameters attached to a model.
@@ -165,7 +168,7 @@ impl LoraParams {
     }
 
     /// Every trainable tensor with its PEFT-style name (`<module>.lora_A.weight`, and
-    /// the token rows under [`PEFT_ROWS_KEY`]).
+    /// the token rows under [`PEFT_ROWS_KEY`] and [`PEFT_HEAD_ROWS_KEY`]).
     pub fn trainable(&self) -> Vec<(String, Var)> {
         let lora = self.modules.iter().flat_map(|m| {
             [
@@ -173,10 +176,13 @@ impl LoraParams {
                 (format!("{}.lora_B.weight", m.path), m.b.clone()),
             ]
         });
-        let rows = self
-            .tokens
-            .iter()
-            .map(|t| (PEFT_ROWS_KEY.to_string(), t.rows.clone()));
+        let rows = self.tokens.iter().flat_map(|t| {
+            let head = t
+                .head
+                .iter()
+                .map(|h| (PEFT_HEAD_ROWS_KEY.to_string(), h.clone()));
+            std::iter::once((PEFT_ROWS_KEY.to_string(), t.rows.clone())).chain(head)
+        });
         lora.chain(rows).collect()
     }
 
@@ -185,9 +191,15 @@ impl LoraParams {
         self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
     }
 
-    /// The adapter's `adapter_config.json` for `base_model`.
+    /// The adapter's `adapter_config.json` for `base_model`. Rows of an untied head are
+    /// PEFT's map form, `{"embed_tokens": ids, "lm_head": ids}`.
     pub fn peft_config(&self, base_model: &str) -> PeftConfig {
-        PeftConfig::from_lora(&self.config, base_model)
+        let mut cfg = PeftConfig::from_lora(&self.config, base_model);
+        if let Some(t) = self.tokens.as_ref().filter(|t| t.head.is_some()) {
+            cfg.trainable_token_indices =
+                Some(serde_json::json!({"embed_tokens": t.ids, "lm_head": t.ids}));
+        }
+        cfg
     }
 
     /// The PEFT `adapter_model.safetensors` tensors (detached copies).
@@ -248,9 +260,9 @@ pub struct PeftConfig {
     pub use_rslora: bool,
     #[serde(default)]
     pub use_dora: bool,
-    /// Tokens whose embedding rows the adapter replaces (PEFT's
+    /// Tokens whose embedding (and LM-head) rows the adapter replaces (PEFT's
     /// `trainable_token_indices`: a list of ids, or a map from the layer to its ids, of
-    /// which hone reads the input embedding's); see [`PeftConfig::token_ids`].
+    /// which hone reads `embed_tokens` and `lm_head`); see [`PeftConfig::token_ids`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable_token_indices: Option<serde_json::Value>,
 }
@@ -267,31 +279,46 @@ impl PeftConfig {
 }
 
 impl PeftConfig {
-    /// The ids of `trainable_token_indices` (empty when absent). PEFT also takes a map
-    /// from layer names to ids; hone applies rows to the input embedding (and the tied
-    /// head) only, so a map naming any other layer is refused.
-    pub fn token_ids(&self) -> Result<Vec<u32>> {
+    /// The ids of `trainable_token_indices` (empty when absent), and whether the LM head
+    /// has its own rows of them. PEFT takes a list (the input embedding's rows, shared by
+    /// a tied head) or a map from layer names to ids; hone reads `embed_tokens` and
+    /// `lm_head` with the same ids, and refuses any other layer or differing lists.
+    pub fn token_ids(&self) -> Result<(Vec<u32>, bool)> {
         let bad = |m: String| ModelError::Adapter(format!("trainable_token_indices: {m}"));
         let list = |v: &serde_json::Value| -> Result<Vec<u32>> {
             serde_json::from_value::<Vec<u32>>(v.clone())
                 .map_err(|e| bad(format!("expected a list of token ids: {e}")))
         };
+        let is = |layer: &str, name: &str| layer == name || layer.ends_with(&format!(".{name}"));
         match &self.trainable_token_indices {
-            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            None | Some(serde_json::Value::Null) => Ok((Vec::new(), false)),
             Some(serde_json::Value::Object(map)) => {
-                let mut ids = Vec::new();
+                let (mut embed, mut head) = (None, None);
                 for (layer, v) in map {
-                    if layer != "embed_tokens" && !layer.ends_with(".embed_tokens") {
+                    if is(layer, "embed_tokens") {
+                        embed = Some(list(v)?);
+                    } else if is(layer, "lm_head") {
+                        head = Some(list(v)?);
+                    } else {
                         return Err(bad(format!(
-                            "rows of `{layer}` are not supported (hone trains the input \
-                             embedding's rows, which a tied LM head shares)"
+                            "rows of `{layer}` are not supported (hone trains the rows of \
+                             `embed_tokens` and `lm_head`)"
                         )));
                     }
-                    ids = list(v)?;
                 }
-                Ok(ids)
+                match (embed, head) {
+                    (Some(e), Some(h)) if e != h => Err(bad(format!(
+                        "`embed_tokens` {e:?} and `lm_head` {h:?} differ; hone needs the same \
+                         tokens in both"
+                    ))),
+                    (Some(e), head) => Ok((e, head.is_some())),
+                    (None, Some(_)) => Err(bad(
+                        "`lm_head` rows without `embed_tokens` rows are not supported".into(),
+                    )),
+                    (None, None) => Ok((Vec::new(), false)),
+                }
             }
-            Some(v) => list(v),
+            Some(v) => Ok((list(v)?, false)),
         }
     }
 }
@@ -326,19 +353,30 @@ impl PeftConfig {
     }
 }
 
-/// Starts trainable rows for `ids` as copies of the base embedding rows (PEFT's init) and
-/// attaches them to `model`; `None` (and nothing attached) when `ids` is empty.
+/// Starts trainable rows for `ids` as copies of the base embedding rows (PEFT's init),
+/// and on an untied model the LM head's rows as copies of the head's, and attaches them
+/// to `model`; `None` (and nothing attached) when `ids` is empty.
 fn attach_token_rows(model: &mut Llama, ids: &[u32]) -> Result<Option<TrainedTokens>> {
     if ids.is_empty() {
         model.set_token_rows(None);
         return Ok(None);
     }
     let rows = Var::from_tensor(&model.embedding_rows(ids)?)?;
-    let attached = TokenRows::new(&model.cfg, ids.to_vec(), rows.as_tensor().clone())?;
+    let head = match model.cfg.tie_word_embeddings {
+        true => None,
+        false => Some(Var::from_tensor(&model.head_rows(ids)?)?),
+    };
+    let attached = TokenRows::new(
+        &model.cfg,
+        ids.to_vec(),
+        rows.as_tensor().clone(),
+        head.as_ref().map(|h| h.as_tensor().clone()),
+    )?;
     model.set_token_rows(Some(attached));
     Ok(Some(TrainedTokens {
         ids: ids.to_vec(),
         rows,
+        head,
     }))
 }
 
@@ -396,16 +434,20 @@ pub fn load_peft_adapter(model: &mut Llama, dir: &Path) -> Result<PeftConfig> {
             }
         }
     }
-    let ids = cfg.token_ids()?;
+    let (ids, with_head) = cfg.token_ids()?;
     if !ids.is_empty() {
-        let key = format!("{PEFT_PREFIX}{PEFT_ROWS_KEY}");
-        let rows = tensors.remove(&key).ok_or_else(|| {
-            ModelError::Adapter(format!(
-                "{}: trainable_token_indices is set but `{key}` is missing",
-                weights_path.display()
-            ))
-        })?;
-        let rows = TokenRows::new(&model.cfg, ids, rows)?;
+        let mut take = |name: &str| {
+            let key = format!("{PEFT_PREFIX}{name}");
+            tensors.remove(&key).ok_or_else(|| {
+                ModelError::Adapter(format!(
+                    "{}: trainable_token_indices is set but `{key}` is missing",
+                    weights_path.display()
+                ))
+            })
+        };
+        let rows = take(PEFT_ROWS_KEY)?;
+        let head = with_head.then(|| take(PEFT_HEAD_ROWS_KEY)).transpose()?;
+        let rows = TokenRows::new(&model.cfg, ids, rows, head)?;
         model.set_token_rows(Some(rows));
     }
     if attached == 0 || !tensors.is_empty() {

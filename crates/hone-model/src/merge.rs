@@ -113,29 +113,29 @@ pub fn merge_adapters(model: &mut Llama) -> Result<MergeStats> {
     })
 }
 
-/// Writes the attached token rows into the embedding (and the tied head) and detaches
-/// them; returns how many rows.
+/// Writes the attached token rows into the embedding (and the head's rows into the LM
+/// head) and detaches them; returns how many tokens.
 fn merge_token_rows(model: &mut Llama) -> Result<usize> {
     let Some(rows) = model.token_rows.take() else {
         return Ok(0);
     };
-    let replace = |w: &Tensor| -> Result<Tensor> {
+    let replace = |w: &Tensor, with: &Tensor| -> Result<Tensor> {
         let mut w = w.to_dtype(DType::F32)?;
         let h = w.dim(1)?;
         for (j, &id) in rows.ids().iter().enumerate() {
-            let row = rows.rows().narrow(0, j, 1)?.detach();
+            let row = with.narrow(0, j, 1)?.detach();
             let id = id as usize;
             w = w.slice_assign(&[id..id + 1, 0..h], &row)?;
         }
         Ok(w)
     };
     model.embed_tokens = match &model.embed_tokens {
-        Embedding::Dense(w) => Embedding::Dense(replace(w)?),
+        Embedding::Dense(w) => Embedding::Dense(replace(w, rows.rows())?),
         Embedding::Packed(_) => return Err(quantized_base()),
     };
-    if rows.in_head() {
+    if let Some(head) = rows.head_rows() {
         model.lm_head = match &model.lm_head {
-            LmHead::Dense(w) => LmHead::Dense(replace(w)?),
+            LmHead::Dense(w) => LmHead::Dense(replace(w, head)?),
             LmHead::Packed(_) => return Err(quantized_base()),
         };
     }

@@ -1,5 +1,5 @@
-//! Trainable token rows: replacement embedding (and, with tied embeddings, LM-head) rows
-//! for a handful of chosen token ids, as PEFT's `trainable_token_indices` holds them.
+//! Trainable token rows: replacement embedding and LM-head rows for a handful of chosen
+//! token ids, as PEFT's `trainable_token_indices` holds them.
 //!
 //! Why: LoRA on the linear layers cannot move a token whose output row was never
 //! trained. In Qwen2.5-Coder-0.5B-Instruct the tied row of `<tool_call>` sits in a
@@ -10,10 +10,14 @@
 //!
 //! The layout is PEFT's `TrainableTokensLayer` (peft >= 0.15): the rows *replace* the
 //! base rows (they start as copies of them), one `[k, hidden]` tensor saved as
-//! `base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta`, and with
-//! tied embeddings the LM head reads the same rows (PEFT ties the head's adapter to the
-//! embedding's and saves no second tensor). On an untied model the rows replace the
-//! embedding's rows only, as PEFT does when only the embedding is targeted.
+//! `base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta`. With tied
+//! embeddings the LM head reads the same rows (PEFT ties the head's adapter to the
+//! embedding's and saves no second tensor). An untied model (Qwen2.5-Coder's GGUF has its
+//! own `output.weight`) needs the head's rows too, since the untrained *output* row is
+//! what keeps a token from being written: hone trains them as a second `[k, hidden]`
+//! tensor, `base_model.model.lm_head.token_adapter.trainable_tokens_delta`, which is
+//! PEFT's `trainable_token_indices = {"embed_tokens": ids, "lm_head": ids}`. Adapters
+//! with embedding rows only (PEFT's list form on an untied model) still load.
 //!
 //! Every pass applies them here, one implementation per shape of data: on candle
 //! tensors ([`TokenRows::patch_embeddings`], [`TokenRows::patch_logits`], differentiable
@@ -29,6 +33,9 @@ use crate::error::{ModelError, Result};
 /// The adapter-file key of the rows, after PEFT's `base_model.model.` prefix.
 pub const PEFT_ROWS_KEY: &str = "model.embed_tokens.token_adapter.trainable_tokens_delta";
 
+/// The adapter-file key of an untied LM head's rows, after PEFT's `base_model.model.`.
+pub const PEFT_HEAD_ROWS_KEY: &str = "lm_head.token_adapter.trainable_tokens_delta";
+
 /// Replacement rows for `ids` (see the module docs).
 #[derive(Debug, Clone)]
 pub struct TokenRows {
@@ -36,29 +43,42 @@ pub struct TokenRows {
     ids: Vec<u32>,
     /// `[k, hidden]` f32, row `j` for `ids[j]`; during training a `Var`'s tensor.
     rows: Tensor,
-    /// Whether the LM head reads them too (tied embeddings).
-    in_head: bool,
+    /// The LM head's rows: `rows` itself when the embeddings are tied, the head's own
+    /// `[k, hidden]` rows on an untied model, or none (embedding rows only).
+    head: Option<Tensor>,
 }
 
 impl TokenRows {
     /// Rows `rows: [k, hidden]` for `ids` on a model of config `cfg`: every id inside
-    /// the vocabulary, none twice, one row each of the model's width; the head uses
-    /// them when the embeddings are tied.
-    pub fn new(cfg: &Config, ids: Vec<u32>, rows: Tensor) -> Result<Self> {
+    /// the vocabulary, none twice, one row each of the model's width. The head uses
+    /// `rows` when the embeddings are tied, else `head` (its own rows, same shape) when
+    /// given; a tied model refuses separate head rows, which it could not honour.
+    pub fn new(cfg: &Config, ids: Vec<u32>, rows: Tensor, head: Option<Tensor>) -> Result<Self> {
         check_ids(&ids, cfg.vocab_size)?;
-        let (k, h) = rows.dims2()?;
-        if k != ids.len() || h != cfg.hidden_size {
-            return Err(ModelError::Adapter(format!(
-                "trainable token rows have shape [{k}, {h}], the model needs [{}, {}]",
-                ids.len(),
-                cfg.hidden_size
-            )));
-        }
-        Ok(Self {
-            ids,
-            rows: rows.to_dtype(DType::F32)?,
-            in_head: cfg.tie_word_embeddings,
-        })
+        let shape = |t: &Tensor, what: &str| -> Result<Tensor> {
+            let (k, h) = t.dims2()?;
+            if k != ids.len() || h != cfg.hidden_size {
+                return Err(ModelError::Adapter(format!(
+                    "trainable {what} rows have shape [{k}, {h}], the model needs [{}, {}]",
+                    ids.len(),
+                    cfg.hidden_size
+                )));
+            }
+            Ok(t.to_dtype(DType::F32)?)
+        };
+        let rows = shape(&rows, "token")?;
+        let head = match (cfg.tie_word_embeddings, head) {
+            (true, None) => Some(rows.clone()),
+            (true, Some(_)) => {
+                return Err(ModelError::Adapter(
+                    "the adapter has its own LM-head token rows, but this model ties its \
+                     LM head to the embedding"
+                        .into(),
+                ))
+            }
+            (false, head) => head.map(|t| shape(&t, "LM-head")).transpose()?,
+        };
+        Ok(Self { ids, rows, head })
     }
 
     pub fn ids(&self) -> &[u32] {
@@ -70,9 +90,20 @@ impl TokenRows {
         &self.rows
     }
 
-    /// Whether the LM head uses the rows (tied embeddings).
+    /// Whether the LM head's rows of the ids are replaced (tied, or the head's own rows).
     pub fn in_head(&self) -> bool {
-        self.in_head
+        self.head.is_some()
+    }
+
+    /// The LM head's `[k, hidden]` rows: [`Self::rows`] when tied, the head's own when
+    /// untied, `None` when only the embedding's are replaced.
+    pub fn head_rows(&self) -> Option<&Tensor> {
+        self.head.as_ref()
+    }
+
+    /// The untied head's own rows (what an adapter file stores beside the embedding's).
+    pub fn own_head_rows(&self) -> Option<&Tensor> {
+        self.head.as_ref().filter(|h| h.id() != self.rows.id())
     }
 
     /// Embeddings `x: [b, t, hidden]` (unscaled) of `ids: [b, t]` with the rows put in
@@ -103,27 +134,24 @@ impl TokenRows {
     }
 
     /// Logits `z: [.., vocab]` (before any softcap) of `hidden: [.., h]` with the chosen
-    /// columns recomputed from the rows, when the head uses them. The column is replaced
+    /// columns recomputed from the head's rows, when it has them. The column is replaced
     /// by adding `hidden·rowᵀ − z[id]`, so its gradient reaches the rows and the hidden
     /// states through the row, and nothing goes through the base head's row.
     pub(crate) fn patch_logits(&self, z: &Tensor, hidden: &Tensor) -> Result<Tensor> {
-        if !self.in_head {
+        let Some(head) = &self.head else {
             return Ok(z.clone());
-        }
+        };
         let last = z.rank() - 1;
         let idx = Tensor::new(self.ids.as_slice(), z.device())?;
-        let rows = self.rows.to_dtype(hidden.dtype())?;
+        let rows = head.to_dtype(hidden.dtype())?;
         let new = hidden.broadcast_matmul(&rows.t()?)?.to_dtype(z.dtype())?;
         let old = z.index_select(&idx, last)?;
         Ok(z.index_add(&idx, &(new - old)?, last)?)
     }
 
     /// The decode step's version of [`Self::patch_logits`] for one row: `logits[id] =
-    /// hidden · row` (before any softcap); `rows` is [`Self::rows`]'s data.
+    /// hidden · row` (before any softcap); `rows` is [`Self::head_rows`]'s data.
     pub(crate) fn patch_logit_row(&self, rows: &[f32], hidden: &[f32], logits: &mut [f32]) {
-        if !self.in_head {
-            return;
-        }
         let h = hidden.len();
         for (&id, row) in self.ids.iter().zip(rows.chunks_exact(h)) {
             logits[id as usize] = crate::ops::kernel::dot(hidden, row);
@@ -135,10 +163,10 @@ impl TokenRows {
         self.ids.iter().position(|&i| i == id)
     }
 
-    /// The fused loss's view: the head's columns to replace and their rows, when the head
-    /// uses them.
+    /// The fused loss's view: the head's columns to replace and their rows, when it has
+    /// them.
     pub(crate) fn head_patch(&self) -> Option<(&[u32], &Tensor)> {
-        self.in_head.then_some((self.ids.as_slice(), &self.rows))
+        Some((self.ids.as_slice(), self.head.as_ref()?))
     }
 }
 

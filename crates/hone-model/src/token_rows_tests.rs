@@ -1,6 +1,6 @@
-//! Trainable token rows ([`crate::token_rows`]) on the tiny random model (tied
-//! embeddings): what they change, their gradient, the adapter switch, the PEFT files,
-//! merge, and the packed decode step with a batch of mixed adapters.
+//! Trainable token rows ([`crate::token_rows`]) on the tiny random model, tied and
+//! untied (its own LM head): what they change, their gradient, the adapter switch, the
+//! PEFT files, merge, and the packed decode step with a batch of mixed adapters.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -11,7 +11,8 @@ use crate::ops::masked_cross_entropy;
 use crate::testing::{tiny_weights, write_tiny_gguf, TinySpec};
 use crate::train_forward::TrainOptions;
 use crate::train_tests::{all_linear, batch, fd_check, max_diff, randomize_b, tiny};
-use crate::{load_model, merge_adapters, ForwardOptions, Llama, WeightPath};
+use crate::{load_model, merge_adapters, ForwardOptions, Llama, TokenRows, WeightPath};
+use candle_core::Var;
 
 /// Tokens of [`batch`]'s inputs and trained targets.
 const IDS: [u32; 2] = [41, 51];
@@ -23,15 +24,67 @@ fn with_rows() -> LoraConfig {
     }
 }
 
-/// Moves the rows away from the base rows (deterministically), so that they matter.
+/// Moves the rows (the embedding's, and an untied head's differently) away from the base
+/// rows, deterministically, so that they matter.
 fn perturb_rows(params: &LoraParams, scale: f32) {
-    let rows = &params.tokens.as_ref().expect("token rows").rows;
-    let (k, h) = rows.dims2().unwrap();
-    let d: Vec<f32> = (0..k * h)
-        .map(|i| scale * (((i * 37 + 11) % 23) as f32 / 23.0 - 0.5))
-        .collect();
-    let d = Tensor::from_vec(d, (k, h), &Device::Cpu).unwrap();
-    rows.set(&(rows.as_tensor() + d).unwrap()).unwrap();
+    let t = params.tokens.as_ref().expect("token rows");
+    let shift = |rows: &Var, seed: usize| {
+        let (k, h) = rows.dims2().unwrap();
+        let d: Vec<f32> = (0..k * h)
+            .map(|i| scale * (((i * 37 + seed) % 23) as f32 / 23.0 - 0.5))
+            .collect();
+        let d = Tensor::from_vec(d, (k, h), &Device::Cpu).unwrap();
+        rows.set(&(rows.as_tensor() + d).unwrap()).unwrap();
+    };
+    shift(&t.rows, 11);
+    if let Some(head) = &t.head {
+        shift(head, 5);
+    }
+}
+
+/// The tiny model as [`tiny`] writes it (tied), or untied: the same weights plus an LM
+/// head of its own (the embedding scaled, so the two differ). `q4_1`: linear layers
+/// Q4_1 and the embedding Q8_0-representable, so the packed and the f32 paths multiply
+/// the same weights (as tests/it/packed.rs builds it).
+fn tiny_gguf(dir: &std::path::Path, tied: bool, q4_1: bool) -> std::path::PathBuf {
+    let spec = TinySpec::default();
+    let mut w = tiny_weights(&spec).unwrap();
+    if q4_1 {
+        for (name, t) in w.iter_mut() {
+            if name.contains("embed_tokens") {
+                let q = QTensor::quantize(t, GgmlDType::Q8_0).unwrap();
+                *t = q.dequantize(&Device::Cpu).unwrap();
+            }
+        }
+    }
+    if !tied {
+        let embed = &w
+            .iter()
+            .find(|(n, _)| n.contains("embed_tokens"))
+            .unwrap()
+            .1;
+        let head = embed.affine(-0.7, 0.05).unwrap();
+        w.push(("lm_head.weight".into(), head));
+    }
+    let path = dir.join(format!("tiny-{tied}-{q4_1}.gguf"));
+    let dtype = if q4_1 {
+        GgmlDType::Q4_1
+    } else {
+        GgmlDType::F32
+    };
+    write_tiny_gguf(&path, &spec, &w, dtype).unwrap();
+    path
+}
+
+/// The tiny f32 model, tied or untied (see [`tiny_gguf`]).
+fn tiny_model(tied: bool) -> (tempfile::TempDir, Llama) {
+    if tied {
+        return tiny();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = load_model(&tiny_gguf(dir.path(), false, false), WeightPath::F32).unwrap();
+    assert!(!m.cfg.tie_word_embeddings);
+    (dir, m)
 }
 
 fn logits(m: &Llama, ids: &[u32], use_adapters: bool) -> Tensor {
@@ -47,11 +100,19 @@ fn logits(m: &Llama, ids: &[u32], use_adapters: bool) -> Tensor {
 
 #[test]
 fn rows_start_as_the_base_and_change_only_their_tokens() {
-    let (_d, mut m) = tiny();
-    assert!(m.spec.tie_word_embeddings, "the tiny model's head is tied");
+    for tied in [true, false] {
+        rows_change_only_their_tokens(tied);
+    }
+}
+
+fn rows_change_only_their_tokens(tied: bool) {
+    let (_d, mut m) = tiny_model(tied);
+    assert_eq!(m.spec.tie_word_embeddings, tied);
     let plain = [1u32, 60, 61, 62, 63];
     let before = logits(&m, &plain, true);
     let params = LoraParams::attach(&mut m, &with_rows(), 3).unwrap();
+    // An untied head has rows of its own, a tied one reads the embedding's.
+    assert_eq!(params.tokens.as_ref().unwrap().head.is_some(), !tied);
     // The chosen columns are recomputed from the copied rows: equal up to rounding.
     assert!(max_diff(&before, &logits(&m, &plain, true)) < 1e-5);
     perturb_rows(&params, 0.5);
@@ -90,15 +151,20 @@ fn rows_start_as_the_base_and_change_only_their_tokens() {
 
 #[test]
 fn gradient_of_token_rows_matches_finite_differences() {
-    let (_d, mut m) = tiny();
-    let params = LoraParams::attach(&mut m, &with_rows(), 5).unwrap();
-    randomize_b(&params, 0.3);
-    perturb_rows(&params, 0.3);
-    let rows = &params.tokens.as_ref().unwrap().rows;
-    let h = m.cfg.hidden_size;
-    // Row 0 (41) and row 1 (51): inputs (embedding side) and targets (head side).
-    for idx in [3, 17, h + 5, h + 40] {
-        fd_check(rows, idx, &m);
+    for tied in [true, false] {
+        let (_d, mut m) = tiny_model(tied);
+        let params = LoraParams::attach(&mut m, &with_rows(), 5).unwrap();
+        randomize_b(&params, 0.3);
+        perturb_rows(&params, 0.3);
+        let t = params.tokens.as_ref().unwrap();
+        let h = m.cfg.hidden_size;
+        // Row 0 (41) and row 1 (51): inputs (embedding side) and targets (head side,
+        // through the embedding's rows when tied, the head's own when untied).
+        for rows in std::iter::once(&t.rows).chain(&t.head) {
+            for idx in [3, 17, h + 5, h + 40] {
+                fd_check(rows, idx, &m);
+            }
+        }
     }
 }
 
@@ -106,7 +172,13 @@ fn gradient_of_token_rows_matches_finite_differences() {
 /// logits, in value and in both gradients (rows and LoRA).
 #[test]
 fn fused_loss_with_rows_matches_the_materialised_logits() {
-    let (_d, mut m) = tiny();
+    for tied in [true, false] {
+        fused_loss_matches(tied);
+    }
+}
+
+fn fused_loss_matches(tied: bool) {
+    let (_d, mut m) = tiny_model(tied);
     let params = LoraParams::attach(&mut m, &with_rows(), 7).unwrap();
     randomize_b(&params, 0.2);
     perturb_rows(&params, 0.4);
@@ -136,32 +208,21 @@ fn fused_loss_with_rows_matches_the_materialised_logits() {
     };
     let l = m.train_loss(&input, &targets, &mask, off).unwrap().loss;
     let g = l.backward().unwrap();
-    assert!(g
-        .get(params.tokens.as_ref().unwrap().rows.as_tensor())
-        .is_none());
-}
-
-/// A tiny GGUF whose linear layers are Q4_1 and whose embedding holds Q8_0-representable
-/// values, so the packed and the f32 paths multiply the same weights (as
-/// tests/it/packed.rs builds it).
-fn tiny_q4_1(dir: &std::path::Path) -> std::path::PathBuf {
-    let spec = TinySpec::default();
-    let mut w = tiny_weights(&spec).unwrap();
-    for (name, t) in w.iter_mut() {
-        if name.contains("embed_tokens") {
-            let q = QTensor::quantize(t, GgmlDType::Q8_0).unwrap();
-            *t = q.dequantize(&Device::Cpu).unwrap();
-        }
+    for (name, var) in params.trainable() {
+        assert!(g.get(var.as_tensor()).is_none(), "{name}");
     }
-    let path = dir.join("tiny-q4_1.gguf");
-    write_tiny_gguf(&path, &spec, &w, GgmlDType::Q4_1).unwrap();
-    path
 }
 
 #[test]
 fn rows_are_saved_in_peft_layout_and_load_back() {
+    for tied in [true, false] {
+        saved_rows_load_back(tied);
+    }
+}
+
+fn saved_rows_load_back(tied: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let gguf = tiny_q4_1(dir.path());
+    let gguf = tiny_gguf(dir.path(), tied, true);
     let mut m = load_model(&gguf, WeightPath::F32).unwrap();
     let params = LoraParams::attach(&mut m, &with_rows(), 9).unwrap();
     randomize_b(&params, 0.2);
@@ -171,17 +232,27 @@ fn rows_are_saved_in_peft_layout_and_load_back() {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join(ADAPTER_CONFIG_FILE)).unwrap())
             .unwrap();
-    assert_eq!(cfg["trainable_token_indices"], serde_json::json!(IDS));
-    let names: Vec<String> =
+    // PEFT's forms: a list when tied, a map naming both layers when untied.
+    let want_cfg = match tied {
+        true => serde_json::json!(IDS),
+        false => serde_json::json!({"embed_tokens": IDS, "lm_head": IDS}),
+    };
+    assert_eq!(cfg["trainable_token_indices"], want_cfg);
+    let mut names: Vec<String> =
         candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu)
             .unwrap()
             .into_keys()
             .filter(|k| k.contains("token_adapter"))
             .collect();
-    assert_eq!(
-        names,
-        ["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
-    );
+    names.sort();
+    let mut want = vec!["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"];
+    if !tied {
+        want.insert(
+            0,
+            "base_model.model.lm_head.token_adapter.trainable_tokens_delta",
+        );
+    }
+    assert_eq!(names, want);
 
     let text = [1u32, 41, 60, 51, 61];
     let want = logits(&m, &text, true);
@@ -189,7 +260,7 @@ fn rows_are_saved_in_peft_layout_and_load_back() {
     load_peft_adapter(&mut fresh, &out).unwrap();
     assert_eq!(max_diff(&want, &logits(&fresh, &text, true)), 0.0);
 
-    // Merge writes the rows into the (tied) table: the plain model equals the adapter.
+    // Merge writes the rows into the table and the head: the plain model equals the adapter.
     let stats = merge_adapters(&mut fresh).unwrap();
     assert_eq!(stats.merged_token_rows, 2);
     assert!(fresh.token_rows().is_none());
@@ -244,4 +315,67 @@ fn bad_token_ids_are_clear_errors() {
         let e = LoraParams::attach(&mut m, &cfg, 1).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
     }
+}
+
+#[test]
+fn peft_token_index_forms_are_read_or_refused_clearly() {
+    use serde_json::json;
+    let base = crate::PeftConfig::from_lora(&LoraConfig::default(), "tiny");
+    let with = |v: serde_json::Value| crate::PeftConfig {
+        trainable_token_indices: Some(v),
+        ..base.clone()
+    };
+    for (v, want) in [
+        (json!([3, 4]), (vec![3, 4], false)),
+        (json!({"embed_tokens": [3, 4]}), (vec![3, 4], false)),
+        (
+            json!({"model.embed_tokens": [3, 4], "lm_head": [3, 4]}),
+            (vec![3, 4], true),
+        ),
+    ] {
+        assert_eq!(with(v.clone()).token_ids().unwrap(), want, "{v}");
+    }
+    for (v, want) in [
+        (json!({"embed_tokens": [3], "lm_head": [4]}), "differ"),
+        (json!({"lm_head": [4]}), "without `embed_tokens`"),
+        (json!({"q_proj": [1]}), "not supported"),
+    ] {
+        let e = with(v.clone()).token_ids().unwrap_err().to_string();
+        assert!(e.contains(want), "{v}: {e}");
+    }
+}
+
+/// Embedding rows alone on an untied model (PEFT's list form) leave the head's columns
+/// as they are; a tied model refuses head rows of its own.
+#[test]
+fn head_rows_follow_the_model_s_tying() {
+    let (_d, untied) = tiny_model(false);
+    let rows = untied.embedding_rows(&IDS).unwrap();
+    let only_embed = TokenRows::new(&untied.cfg, IDS.to_vec(), rows.clone(), None).unwrap();
+    assert!(!only_embed.in_head() && only_embed.head_rows().is_none());
+    let z = Tensor::ones(
+        (2, untied.cfg.vocab_size),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let hidden = Tensor::ones(
+        (2, untied.cfg.hidden_size),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        max_diff(&only_embed.patch_logits(&z, &hidden).unwrap(), &z),
+        0.0
+    );
+    // The untied head's base rows are its own, not the embedding's.
+    let head = untied.head_rows(&IDS).unwrap();
+    assert!(max_diff(&head, &rows) > 0.1);
+
+    let (_d, tied) = tiny_model(true);
+    let e = TokenRows::new(&tied.cfg, IDS.to_vec(), rows.clone(), Some(rows))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ties its LM head"), "{e}");
 }

@@ -246,7 +246,7 @@ impl AdapterShape {
         let target_modules =
             hone_model::LoraConfig::parse_target_modules(&cfg.target_modules.join(","))
                 .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        let trainable_tokens = cfg
+        let (trainable_tokens, _) = cfg
             .token_ids()
             .map_err(|e| bad(format!("{}: {e}", path.display())))?;
         Ok(AdapterShape {

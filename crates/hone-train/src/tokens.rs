@@ -164,7 +164,7 @@ fn auto_ids(tokenizer: &ChatTokenizer, data: &TokenizedData) -> (Vec<u32>, Strin
     (
         ids,
         "the data trains tool calls whose tags are single added tokens, whose rows LoRA \
-         cannot move: their embedding rows (and the LM head's, when tied) are trained too"
+         cannot move: their embedding and LM-head rows are trained too"
             .into(),
     )
 }

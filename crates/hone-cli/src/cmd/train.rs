@@ -131,8 +131,8 @@ pub struct TrainArgs {
     /// --validation and auto epochs, off otherwise
     #[arg(long, env = "HONE_EARLY_STOPPING_PATIENCE")]
     pub early_stopping_patience: Option<u32>,
-    /// Tokens whose embedding rows (and LM-head rows, when tied) are trained beside
-    /// LoRA, saved as PEFT's trainable_token_indices: auto (the tool-call tags when the
+    /// Tokens whose embedding and LM-head rows are trained beside LoRA (one set when
+    /// the model ties them), saved as PEFT's trainable_token_indices: auto (the tool-call tags when the
     /// data has assistant tool calls and the tags are single added tokens, else none),
     /// none, or a comma-separated list of token ids and token texts
     #[arg(long, env = "HONE_TRAINABLE_TOKENS", default_value = "auto", value_parser = hone_train::TrainableTokens::parse)]

@@ -447,11 +447,14 @@ fn patch_head_rows(
         let Some(tr) = models[rows[w].0].active_token_rows(use_adapters) else {
             continue;
         };
+        let Some(head) = tr.head_rows() else {
+            continue;
+        };
         let (hi, zi) = (
             &h[i * hidden..(i + 1) * hidden],
             &mut logits[i * vocab..(i + 1) * vocab],
         );
-        with_f32(tr.rows(), |d| tr.patch_logit_row(d, hi, zi))?;
+        with_f32(head, |d| tr.patch_logit_row(d, hi, zi))?;
     }
     Ok(())
 }

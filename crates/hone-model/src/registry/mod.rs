@@ -233,7 +233,12 @@ impl Registry {
     pub fn resolve(&self, spec: &str) -> Result<ResolvedModel> {
         let path = Path::new(spec);
         if path.exists() {
-            return resolve_path(path);
+            match resolve_path(path) {
+                // A directory that merely shares a model id's name (e.g. an output
+                // directory called `smollm2-135m-instruct`) does not hide the model.
+                Err(RegistryError::NotAModelDir(..)) if self.is_model_id(spec) => {}
+                r => return r,
+            }
         }
         let hub = HubSpec::parse(spec).transpose()?;
         let id = hub.as_ref().map_or(spec.to_string(), HubSpec::model_id);
@@ -263,6 +268,15 @@ impl Registry {
             });
         }
         Err(self.unknown(spec))
+    }
+
+    /// Whether `spec` is the id of an installed or known model.
+    fn is_model_id(&self, spec: &str) -> bool {
+        KNOWN_MODELS.iter().any(|k| k.id == spec)
+            || KNOWN_EMBEDDING_MODELS.iter().any(|k| k.id == spec)
+            || self
+                .installed()
+                .is_ok_and(|v| v.iter().any(|m| m.id == spec))
     }
 
     fn unknown(&self, spec: &str) -> RegistryError {

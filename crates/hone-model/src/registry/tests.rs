@@ -37,6 +37,34 @@ fn a_hand_placed_file_is_verified_and_registered() {
     assert_eq!(installed[0].id, "fake-model");
 }
 
+/// A directory in the working directory named like a model id, but holding no model
+/// (an output directory, say), does not hide the installed model of that id.
+#[test]
+fn a_directory_named_like_a_model_id_does_not_hide_it() {
+    let home = tempfile::tempdir().unwrap();
+    let reg = Registry::new(home.path());
+    fs::create_dir_all(reg.models_dir()).unwrap();
+    let bytes = b"GGUF-shadowed";
+    fs::write(reg.models_dir().join("fake.gguf"), bytes).unwrap();
+    let id = "hone-test-shadowed-model-id";
+    let known = KnownModel {
+        id,
+        ..fake_with_sha(bytes)
+    };
+    reg.fetch(&known).unwrap();
+    // Relative to the test's working directory, as a user's `--model ID` is.
+    fs::create_dir_all(id).unwrap();
+    let got = reg.resolve(id);
+    fs::remove_dir_all(id).unwrap();
+    let got = got.unwrap();
+    assert_eq!(got.id, id);
+    assert_eq!(got.source.path(), reg.models_dir().join("fake.gguf"));
+    // A directory of another name is still read as a path, and refused as not a model.
+    let other = tempfile::tempdir().unwrap();
+    let e = reg.resolve(other.path().to_str().unwrap()).unwrap_err();
+    assert!(matches!(e, RegistryError::NotAModelDir(..)), "{e}");
+}
+
 #[test]
 fn a_corrupt_file_fails_with_checksum_mismatch() {
     let home = tempfile::tempdir().unwrap();
