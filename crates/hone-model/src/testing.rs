@@ -57,6 +57,14 @@ impl TinySpec {
     }
 }
 
+/// The largest absolute entry of `t` (f32), the scale tests compare differences against.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_scalar::<f32>())
+        .expect("max |t| of an f32 tensor")
+}
+
 /// GPT-2's byte-to-unicode table: the symbol of each byte in byte-level BPE.
 pub fn byte_symbols() -> Vec<String> {
     let printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();

@@ -90,20 +90,10 @@ impl TokenRows {
         &self.rows
     }
 
-    /// Whether the LM head's rows of the ids are replaced (tied, or the head's own rows).
-    pub fn in_head(&self) -> bool {
-        self.head.is_some()
-    }
-
     /// The LM head's `[k, hidden]` rows: [`Self::rows`] when tied, the head's own when
     /// untied, `None` when only the embedding's are replaced.
     pub fn head_rows(&self) -> Option<&Tensor> {
         self.head.as_ref()
-    }
-
-    /// The untied head's own rows (what an adapter file stores beside the embedding's).
-    pub fn own_head_rows(&self) -> Option<&Tensor> {
-        self.head.as_ref().filter(|h| h.id() != self.rows.id())
     }
 
     /// Embeddings `x: [b, t, hidden]` (unscaled) of `ids: [b, t]` with the rows put in

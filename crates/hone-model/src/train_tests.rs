@@ -10,7 +10,7 @@ use crate::llama::Llama;
 use crate::lora::{load_peft_adapter, LoraConfig, LoraParams, PeftConfig};
 use crate::ops::base_weights::{with_precision, Precision};
 use crate::ops::Bf16Kernel;
-use crate::testing::{write_tiny_model, TinySpec};
+use crate::testing::{max_abs, write_tiny_model, TinySpec};
 use crate::train_forward::TrainOptions;
 use crate::{load_model, ForwardOptions, WeightPath};
 
@@ -31,16 +31,6 @@ pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
         .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// The largest absolute entry of `t`.
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
         .unwrap()
         .max_all()
         .unwrap()

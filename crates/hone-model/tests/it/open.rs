@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType};
 use hone_model::registry::{ModelSource, ResolvedModel};
-use hone_model::testing::{tiny_weights, write_tiny_gguf, write_tiny_model, TinySpec};
+use hone_model::testing::{max_abs, tiny_weights, write_tiny_gguf, write_tiny_model, TinySpec};
 use hone_model::{load_model, ModelError, WeightPath};
 use hone_text::{ChatMessage, ChatTokenizer, Role};
 
@@ -49,15 +49,7 @@ fn open_reads_config_and_tokenizer_and_load_gives_the_loaded_model() {
         .unwrap();
     let want = reference.forward(&x, 0, None).unwrap();
     let got = engine.model.forward(&x, 0, None).unwrap();
-    let d = (want - got)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(d, 0.0);
+    assert_eq!(max_abs(&(want - got).unwrap()), 0.0);
 }
 
 /// Opening needs only the header: a file cut off where the tensor data

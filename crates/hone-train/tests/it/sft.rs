@@ -4,6 +4,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use hone_data::{ChatMessage, Role, SftExample};
+use hone_model::testing::max_abs;
 use hone_model::{load_model, BaseWeight, Llama, WeightPath};
 use hone_train::sft::{tokenize_sft, train_sft, SftConfig, SftSummary};
 use hone_train::{AdamWConfig, ScheduleKind, TrainEvent, VecSink};
@@ -150,15 +151,7 @@ fn base_weights_stay_bit_identical_and_lora_weights_change() {
     )
     .unwrap();
     let key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
-    let diff = (&saved[key] - &ad.b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(max_abs(&(&saved[key] - &ad.b).unwrap()), 0.0);
 }
 
 #[test]
