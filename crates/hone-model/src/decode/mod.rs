@@ -11,6 +11,8 @@
 //! when its weights are packed.
 
 mod attend;
+#[cfg(test)]
+mod kernel_bench;
 mod kquant;
 #[cfg(target_arch = "x86_64")]
 mod kquant_simd;

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kquant::{locate, Blocks, Kind, PackedKind, SCALE_PAD, UNIT};
+use super::kquant::{locate, Blocks, Kind, PackedKind, SCALE_PAD, SUB_BYTES, UNIT};
 use super::q8::{groups, prepare_span, Q8Rows, GROUP_BUF, SPAN};
 
 /// A span's widened block scales (and minimums), read by [`prepare_span`].
@@ -151,7 +151,7 @@ pub(crate) unsafe fn group_avx2<const N: usize, K: Kind>(
     for r in 0..out.len() / n {
         let u0 = (r0 + r) * nu;
         let mut acc = [[_mm256_setzero_ps(); 2]; N];
-        let mut corr = [0f32; N];
+        let mut corr = [_mm256_setzero_ps(); N];
         let mut s = 0;
         while s < nu {
             let span = (nu - s).min(SPAN);
@@ -160,8 +160,7 @@ pub(crate) unsafe fn group_avx2<const N: usize, K: Kind>(
             if K::KIND.has_mins() {
                 widen(m.mins.as_ptr().add(b0), nb, &mut ms);
             }
-            let spans = (u0 + s, s, span);
-            prepare_span::<N, K>(m, (&ds, &ms), spans, true, xq, c0, &mut cs, &mut corr);
+            prepare_span256::<N, K>(m, (&ds, &ms), (u0 + s, s, span), xq, c0, &mut cs, &mut corr);
             for u in 0..span {
                 let w = unit256::<K>(m, u0 + s + u);
                 let wa = if K::KIND == PackedKind::Q8_0 {
@@ -176,16 +175,94 @@ pub(crate) unsafe fn group_avx2<const N: usize, K: Kind>(
                         x = _mm256_sign_epi8(x, w);
                     }
                     let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, x), ones);
-                    let sc = _mm256_castps128_ps256(_mm_loadu_ps(cs[c].as_ptr().add(u * g)));
-                    let sc = _mm256_permutevar8x32_ps(sc, idx);
+                    let sc = if g == 1 {
+                        _mm256_broadcast_ss(&*cs[c].as_ptr().add(u))
+                    } else {
+                        let sc = cs[c].as_ptr().add(2 * u) as *const __m128i;
+                        let sc = _mm_castsi128_ps(_mm_loadl_epi64(sc));
+                        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), idx)
+                    };
                     a[u & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, a[u & 1]);
                 }
             }
             s += span;
         }
         for (c, a) in acc.iter().enumerate() {
-            out[r * n + c0 + c] = hsum256(_mm256_add_ps(a[0], a[1])) + corr[c];
+            out[r * n + c0 + c] = hsum256(_mm256_add_ps(a[0], a[1])) + hsum256(corr[c]);
         }
+    }
+}
+
+/// [`prepare_span`] for the AVX2 kernel, eight groups per instruction: the
+/// same factors `cs[c][g] = a_g·d_g`, with the minimums' terms gathered in the
+/// eight lanes of `corr[c]` (summed once at the row's end). Written apart from
+/// the scalar one because that one's per-group loop, with its block and
+/// sub-scale lookups, cost as much as the dot products on the K-quants.
+/// Q8_0 stays signed here (no offset term).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn prepare_span256<const N: usize, K: Kind>(
+    m: &Blocks,
+    (ds, ms): (&Widened, &Widened),
+    (u, s, span): (usize, usize, usize),
+    xq: &Q8Rows,
+    c0: usize,
+    cs: &mut [[f32; GROUP_BUF]; N],
+    corr: &mut [__m256; N],
+) {
+    let g = groups(K::KIND);
+    let per_row = xq.cols / UNIT * g;
+    let (dx, sx) = if g == 1 {
+        (&xq.d_unit, &xq.s_unit)
+    } else {
+        (&xq.d_half, &xq.s_half)
+    };
+    let b0 = locate(K::KIND, u).0;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut i = 0;
+    while i < g * span {
+        // Groups i..i + 8 (a K-quant span is whole blocks: no tail there).
+        let (a, b) = match K::KIND {
+            PackedKind::Q4_1 => (
+                _mm256_loadu_ps(ds.as_ptr().add(i)),
+                Some(_mm256_loadu_ps(ms.as_ptr().add(i))),
+            ),
+            PackedKind::Q8_0 => (_mm256_loadu_ps(ds.as_ptr().add(i)), None),
+            PackedKind::Q5_0 => {
+                let a = _mm256_loadu_ps(ds.as_ptr().add(i));
+                (a, Some(_mm256_mul_ps(a, _mm256_set1_ps(-16.0))))
+            }
+            PackedKind::Q4_K | PackedKind::Q5_K => {
+                let blk = i / 8;
+                let sub = m.sub.as_ptr().add((b0 + blk) * SUB_BYTES);
+                let bytes = |p: *const u8| {
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+                };
+                (
+                    _mm256_mul_ps(bytes(sub), _mm256_set1_ps(ds[blk])),
+                    Some(_mm256_mul_ps(bytes(sub.add(8)), _mm256_set1_ps(-ms[blk]))),
+                )
+            }
+            PackedKind::Q6_K => {
+                let blk = i / 16;
+                let sub = m.sub.as_ptr().add((b0 + blk) * SUB_BYTES + i % 16);
+                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(sub as *const __m128i));
+                let a = _mm256_mul_ps(_mm256_cvtepi32_ps(sc), _mm256_set1_ps(ds[blk]));
+                (a, Some(_mm256_mul_ps(a, _mm256_set1_ps(-32.0))))
+            }
+        };
+        // Lanes past the span read nothing (masked loads give 0).
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((g * span - i) as i32), lanes);
+        for c in 0..N {
+            let at = (c0 + c) * per_row + s * g + i;
+            let d = _mm256_maskload_ps(dx.as_ptr().add(at), mask);
+            _mm256_storeu_ps(cs[c].as_mut_ptr().add(i), _mm256_mul_ps(a, d));
+            if let Some(b) = b {
+                let sum = _mm256_maskload_ps(sx.as_ptr().add(at), mask);
+                corr[c] = _mm256_fmadd_ps(b, sum, corr[c]);
+            }
+        }
+        i += 8;
     }
 }
 
