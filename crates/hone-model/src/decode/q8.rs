@@ -178,7 +178,6 @@ pub(crate) fn prepare_span<const N: usize, K: Kind>(
     m: &Blocks,
     (ds, ms): (&[f32], &[f32]),
     (u, s, span): (usize, usize, usize),
-    signed_q8_0: bool,
     xq: &Q8Rows,
     c0: usize,
     cs: &mut [[f32; GROUP_BUF]; N],
@@ -194,10 +193,11 @@ pub(crate) fn prepare_span<const N: usize, K: Kind>(
             b.copy_from_slice(&ms[..span]);
         }
         PackedKind::Q8_0 | PackedKind::Q5_0 => {
-            let off = match K::KIND {
-                PackedKind::Q5_0 => -16.0,
-                _ if signed_q8_0 => 0.0,
-                _ => -128.0,
+            // Q8_0's quants are offset by 128 here (see `unit_bytes`).
+            let off = if K::KIND == PackedKind::Q5_0 {
+                -16.0
+            } else {
+                -128.0
             };
             a.copy_from_slice(&ds[..span]);
             b.iter_mut()
@@ -330,7 +330,7 @@ fn rows_scalar_kind<K: Kind>(m: &Blocks, cols: usize, xq: &Q8Rows, r0: usize, ou
                     ms[i] = m.mins.get(b0 + i).map_or(0.0, |v| v.to_f32());
                 }
                 let spans = (u0 + s, s, span);
-                prepare_span::<1, K>(m, (&ds, &ms), spans, false, xq, c, &mut cs, &mut corr);
+                prepare_span::<1, K>(m, (&ds, &ms), spans, xq, c, &mut cs, &mut corr);
                 for u in 0..span {
                     unit_bytes(m, u0 + s + u, &mut bytes);
                     let xs = &xq.q[c * cols + (s + u) * UNIT..][..UNIT];

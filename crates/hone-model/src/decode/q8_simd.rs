@@ -12,9 +12,9 @@
 use std::arch::x86_64::*;
 
 use super::kquant::{locate, Blocks, Kind, PackedKind, SCALE_PAD, SUB_BYTES, UNIT};
-use super::q8::{groups, prepare_span, Q8Rows, GROUP_BUF, SPAN};
+use super::q8::{groups, Q8Rows, GROUP_BUF, SPAN};
 
-/// A span's widened block scales (and minimums), read by [`prepare_span`].
+/// A span's widened block scales (and minimums), read by [`prepare_span256`].
 type Widened = [f32; SPAN + SCALE_PAD];
 
 /// AVX-512 VNNI kernel: two units (64 bytes) per `vpdpbusd`, two accumulators
@@ -47,7 +47,7 @@ pub(crate) unsafe fn group_vnni<const N: usize, K: Kind>(
     for r in 0..out.len() / n {
         let u0 = (r0 + r) * nu;
         let mut acc = [[_mm512_setzero_ps(); 2]; N];
-        let mut corr = [0f32; N];
+        let mut corr = [_mm256_setzero_ps(); N];
         let mut s = 0;
         while s < nu {
             let span = (nu - s).min(SPAN);
@@ -57,7 +57,7 @@ pub(crate) unsafe fn group_vnni<const N: usize, K: Kind>(
                 widen(m.mins.as_ptr().add(b0), nb, &mut ms);
             }
             let spans = (u0 + s, s, span);
-            prepare_span::<N, K>(m, (&ds, &ms), spans, false, xq, c0, &mut cs, &mut corr);
+            prepare_span256::<N, K, false>(m, (&ds, &ms), spans, xq, c0, &mut cs, &mut corr);
             // Sum of unit `u`'s pair (or single unit) with activation row `c`, scaled.
             let term = |w: __m512i, c: usize, u: usize, single: bool| {
                 let at = xp.add((c0 + c) * cols + (s + u) * UNIT);
@@ -99,7 +99,8 @@ pub(crate) unsafe fn group_vnni<const N: usize, K: Kind>(
             s += span;
         }
         for (c, a) in acc.iter().enumerate() {
-            out[r * n + c0 + c] = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1])) + corr[c];
+            out[r * n + c0 + c] =
+                _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1])) + hsum256(corr[c]);
         }
     }
 }
@@ -160,7 +161,8 @@ pub(crate) unsafe fn group_avx2<const N: usize, K: Kind>(
             if K::KIND.has_mins() {
                 widen(m.mins.as_ptr().add(b0), nb, &mut ms);
             }
-            prepare_span256::<N, K>(m, (&ds, &ms), (u0 + s, s, span), xq, c0, &mut cs, &mut corr);
+            let spans = (u0 + s, s, span);
+            prepare_span256::<N, K, true>(m, (&ds, &ms), spans, xq, c0, &mut cs, &mut corr);
             for u in 0..span {
                 let w = unit256::<K>(m, u0 + s + u);
                 let wa = if K::KIND == PackedKind::Q8_0 {
@@ -193,15 +195,16 @@ pub(crate) unsafe fn group_avx2<const N: usize, K: Kind>(
     }
 }
 
-/// [`prepare_span`] for the AVX2 kernel, eight groups per instruction: the
-/// same factors `cs[c][g] = a_g·d_g`, with the minimums' terms gathered in the
-/// eight lanes of `corr[c]` (summed once at the row's end). Written apart from
-/// the scalar one because that one's per-group loop, with its block and
+/// [`prepare_span`] for the SIMD kernels, eight groups per AVX2 instruction:
+/// the same factors `cs[c][g] = a_g·d_g`, with the offsets' terms gathered in
+/// the eight lanes of `corr[c]` (summed once at the row's end). Written apart
+/// from the scalar one because that one's per-group loop, with its block and
 /// sub-scale lookups, cost as much as the dot products on the K-quants.
-/// Q8_0 stays signed here (no offset term).
+/// `SIGNED_Q8_0`: Q8_0's quants stay signed (the AVX2 kernel: no offset term),
+/// else they are offset by 128 (VNNI multiplies unsigned weights).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn prepare_span256<const N: usize, K: Kind>(
+unsafe fn prepare_span256<const N: usize, K: Kind, const SIGNED_Q8_0: bool>(
     m: &Blocks,
     (ds, ms): (&Widened, &Widened),
     (u, s, span): (usize, usize, usize),
@@ -227,7 +230,11 @@ unsafe fn prepare_span256<const N: usize, K: Kind>(
                 _mm256_loadu_ps(ds.as_ptr().add(i)),
                 Some(_mm256_loadu_ps(ms.as_ptr().add(i))),
             ),
-            PackedKind::Q8_0 => (_mm256_loadu_ps(ds.as_ptr().add(i)), None),
+            PackedKind::Q8_0 => {
+                let a = _mm256_loadu_ps(ds.as_ptr().add(i));
+                let off = _mm256_mul_ps(a, _mm256_set1_ps(-128.0));
+                (a, if SIGNED_Q8_0 { None } else { Some(off) })
+            }
             PackedKind::Q5_0 => {
                 let a = _mm256_loadu_ps(ds.as_ptr().add(i));
                 (a, Some(_mm256_mul_ps(a, _mm256_set1_ps(-16.0))))
