@@ -106,6 +106,14 @@ impl Linear {
         &self.base
     }
 
+    /// The packed base matrix, while this linear is its only owner (at load).
+    pub(crate) fn packed_mut(&mut self) -> Option<&mut PackedMatrix> {
+        match &mut self.base {
+            BaseWeight::Packed(p) => Arc::get_mut(p),
+            BaseWeight::Dense(_) => None,
+        }
+    }
+
     pub fn adapter(&self) -> Option<&LoraAdapter> {
         self.adapter.as_ref()
     }

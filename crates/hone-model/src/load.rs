@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::decode::PackedMatrix;
+use crate::decode::{Activations, PackedKind, PackedMatrix};
 use crate::error::{ModelError, Result};
 use crate::family::{DecoderSpec, Family, QkRows, Switch, TensorRole};
 use crate::linear::{BaseWeight, Linear};
@@ -213,6 +213,7 @@ fn build(src: &mut dyn WeightSource, spec: DecoderSpec, wp: WeightPath) -> Resul
     for i in 0..spec.dims.num_layers {
         layers.push(build_block(src, &spec, wp, i)?);
     }
+    let act = set_decode_activations(&mut layers);
     let mut r = Reader { src, spec: &spec };
     let norm_w = r.norm(TensorRole::FinalNorm, None)?;
     let emb = r.name(TensorRole::Embed, None)?;
@@ -231,18 +232,58 @@ fn build(src: &mut dyn WeightSource, spec: DecoderSpec, wp: WeightPath) -> Resul
     } else {
         let e = src.quantized(&emb, Rows::Plain)?;
         check_shape(e.shape().dims(), &emb, vocab_h.clone())?;
-        let table = Arc::new(PackedMatrix::from_qtensor(&e)?);
+        let packed = |q: &QTensor| -> Result<Arc<PackedMatrix>> {
+            let mut m = PackedMatrix::from_qtensor(q)?;
+            m.set_default_activations(act);
+            Ok(Arc::new(m))
+        };
+        let table = packed(&e)?;
         let head = match &head_name {
             None => table.clone(),
             Some(n) => {
                 let t = src.quantized(n, Rows::Plain)?;
                 check_shape(t.shape().dims(), n, vocab_h)?;
-                Arc::new(PackedMatrix::from_qtensor(&t)?)
+                packed(&t)?
             }
         };
         (Embedding::Packed(table), LmHead::Packed(head))
     };
     Llama::from_parts(spec, embed, layers, norm_w, lm_head, wp, &Device::Cpu)
+}
+
+/// Sets the packed products' default activations for the whole model (see
+/// [`Activations`]): f32 when its layers hold Q4_1 blocks (SmolLM2's file:
+/// 8-bit activations moved its logits by 1.4 and changed a greedy answer),
+/// else the fastest on this CPU. Returns the choice, for the embedding and
+/// head built after the layers. Dense (f32-path) layers have nothing to set.
+fn set_decode_activations(layers: &mut [Block]) -> Activations {
+    fn linears(b: &mut Block) -> [&mut Linear; 7] {
+        let (a, m) = (&mut b.self_attn, &mut b.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+    let q4_1 = layers
+        .iter_mut()
+        .flat_map(linears)
+        .any(|l| matches!(l.base(), BaseWeight::Packed(p) if p.kind() == PackedKind::Q4_1));
+    let act = if q4_1 {
+        Activations::F32
+    } else {
+        Activations::fastest_on_this_cpu()
+    };
+    for l in layers.iter_mut().flat_map(linears) {
+        if let Some(m) = l.packed_mut() {
+            m.set_default_activations(act);
+        }
+    }
+    act
 }
 
 /// Reads tensors of one model by role.

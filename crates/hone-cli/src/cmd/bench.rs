@@ -135,6 +135,7 @@ fn infer(args: InferArgs) -> anyhow::Result<ExitCode> {
         "peak_rss_mb": peak_rss_mb(),
         "threads": hone_model::compute_threads(),
         "decode_threads": hone_model::decode::team::global().threads(),
+        "decode_activations": decode_activations(),
         "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
         "loadavg_1m": loadavg(),
         "runs": args.runs,
@@ -215,4 +216,17 @@ fn peak_rss_mb() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024)
+}
+
+/// The packed products' activations as reported: the `HONE_DECODE_ACTIVATIONS`
+/// choice, or the per-matrix default spelled out.
+fn decode_activations() -> String {
+    use hone_model::decode::Activations;
+    match Activations::configured() {
+        Some(a) => a.name().to_string(),
+        None => match Activations::fastest_on_this_cpu() {
+            Activations::Q8 => "q8 (f32 for Q4_1 blocks)".to_string(),
+            Activations::F32 => "f32".to_string(),
+        },
+    }
 }

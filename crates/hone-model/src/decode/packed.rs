@@ -47,6 +47,9 @@ pub struct PackedMatrix {
     rows: usize,
     cols: usize,
     blocks: Blocks,
+    /// What [`Self::matmul`] multiplies with when neither the thread nor the
+    /// process chose (see [`Activations`]; a model's loader sets it).
+    activations: Activations,
 }
 
 impl PackedMatrix {
@@ -109,6 +112,7 @@ impl PackedMatrix {
             rows,
             cols,
             blocks: Blocks::with_capacity(kind, rows * cols),
+            activations: Activations::fastest_on_this_cpu(),
         }
     }
 
@@ -147,7 +151,20 @@ impl PackedMatrix {
     /// `y = x·Wᵀ` for `n` activation rows `x: [n, cols]`; returns `[n, rows]`.
     /// Output rows are split over the decode team's threads when the product is large.
     pub fn matmul(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        self.matmul_with(x, n, Activations::current())
+        let act = Activations::chosen().unwrap_or_else(|| self.default_activations());
+        self.matmul_with(x, n, act)
+    }
+
+    /// The activations this matrix multiplies with unless the thread or the
+    /// process chose: the fastest on this CPU unless set (a model's loader sets
+    /// f32 for a model with Q4_1 layers; [`Activations`] says why).
+    pub fn default_activations(&self) -> Activations {
+        self.activations
+    }
+
+    /// Sets [`Self::default_activations`].
+    pub fn set_default_activations(&mut self, act: Activations) {
+        self.activations = act;
     }
 
     /// [`Self::matmul`] with the activations' precision chosen by the caller.
@@ -297,9 +314,18 @@ impl Kernel {
 /// `x·Wᵀ` for several matrices with the same input width (e.g. a layer's
 /// q, k and v projections) as one job for the team, which then hands work
 /// out once instead of once per matrix. Returns one `[n, rows]` per matrix.
-/// The activations are multiplied as [`Activations::current`] says.
+/// The activations are multiplied as [`Activations::chosen`] says, else as the
+/// matrices' [`PackedMatrix::default_activations`] do (f32 if any says f32).
 pub fn matmul_many(mats: &[&PackedMatrix], x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
-    matmul_many_with(mats, x, n, Activations::current())
+    let act = Activations::chosen().unwrap_or_else(|| {
+        // One choice for the group, which shares its quantized activations.
+        if mats.iter().all(|m| m.activations == Activations::Q8) {
+            Activations::Q8
+        } else {
+            Activations::F32
+        }
+    });
+    matmul_many_with(mats, x, n, act)
 }
 
 /// [`matmul_many`] with the activations' precision chosen by the caller.

@@ -26,11 +26,21 @@ pub(crate) const SPAN: usize = 64;
 /// for the kernels' 128-bit loads past the last group.
 pub(crate) const GROUP_BUF: usize = 2 * SPAN + 4;
 
-/// How the packed decode path multiplies: with f32 activations (the default),
-/// which equals the dequantized-weights product up to summation order, or with
-/// activations quantized to 8 bits (`HONE_DECODE_ACTIVATIONS=q8`). The default
-/// stays f32 until the 8-bit path is measured faster end to end on a quiet
-/// machine (docs/benchmarks.md, "Session 11, decode").
+/// How the packed decode path multiplies: with activations quantized to 8 bits
+/// (llama.cpp's scheme), or with f32 activations, which equal the
+/// dequantized-weights product up to summation order.
+///
+/// The default is per model, kept in each matrix
+/// ([`super::PackedMatrix::default_activations`]): 8-bit on CPUs with an
+/// integer-dot kernel (AVX2, AVX-512 VNNI), except for models whose layers are
+/// Q4_1 blocks, which keep f32 in every product. Why: on the AVX2 machine the 8-bit kernels are
+/// 1.9-3x the f32 ones per weight byte, and Qwen2.5-0.5B (Q4_K_M) decodes at
+/// 1.2-1.3x llama.cpp against 0.8x with f32 (docs/benchmarks.md, "Session 15"),
+/// with a logit gap to the f32 model of 0.23 (Gemma 3: 0.52) and the same greedy
+/// answers; on SmolLM2's Q4_1 file the gap is 1.4 and a greedy answer changes
+/// from its first token (its hidden states carry outliers), so a Q4_1 model
+/// stays f32.
+/// `HONE_DECODE_ACTIVATIONS=f32|q8` overrides it for the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activations {
     F32,
@@ -42,10 +52,11 @@ thread_local! {
 }
 
 impl Activations {
-    /// What this thread's packed products use: its override if it set one
-    /// ([`Self::override_on_this_thread`]), else [`Self::configured`].
-    pub fn current() -> Self {
-        OVERRIDE.with(|o| o.get()).unwrap_or_else(Self::configured)
+    /// What this thread's packed products were told to use: its override if it
+    /// set one ([`Self::override_on_this_thread`]), else the process's
+    /// [`Self::configured`] choice; `None` leaves it to each matrix's default.
+    pub fn chosen() -> Option<Self> {
+        OVERRIDE.with(|o| o.get()).or_else(Self::configured)
     }
 
     /// Makes the packed products called from this thread use `act` until the
@@ -57,15 +68,34 @@ impl Activations {
     }
 
     /// The process's choice, read once from `HONE_DECODE_ACTIVATIONS`
-    /// (`f32` or `q8`; unset or anything else: `f32`, the exact path).
-    pub fn configured() -> Self {
-        static CHOICE: std::sync::OnceLock<Activations> = std::sync::OnceLock::new();
+    /// (`f32` or `q8`; unset or anything else: none, each matrix's default).
+    pub fn configured() -> Option<Self> {
+        static CHOICE: std::sync::OnceLock<Option<Activations>> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(
             || match std::env::var("HONE_DECODE_ACTIVATIONS").as_deref() {
-                Ok("q8") => Activations::Q8,
-                _ => Activations::F32,
+                Ok("q8") => Some(Activations::Q8),
+                Ok("f32") => Some(Activations::F32),
+                _ => None,
             },
         )
+    }
+
+    /// 8-bit activations where this CPU has an integer-dot kernel for them,
+    /// f32 activations elsewhere (the portable 8-bit kernel is no faster).
+    pub fn fastest_on_this_cpu() -> Self {
+        if Q8Kernel::best() == Q8Kernel::Scalar {
+            Activations::F32
+        } else {
+            Activations::Q8
+        }
+    }
+
+    /// `"f32"` or `"q8"`, as `HONE_DECODE_ACTIVATIONS` spells it (for reports).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::F32 => "f32",
+            Activations::Q8 => "q8",
+        }
     }
 }
 

@@ -145,9 +145,15 @@ fn quantized_paths_gap_to_f32() {
     // f32 activations: greedy identical and a tight gap. 8-bit activations
     // (`HONE_DECODE_ACTIVATIONS=q8`): the gap and greedy agreement are printed,
     // and the gap bounded: measured 1.40 on the first prompt, whose greedy
-    // answer then differs from its first token (why q8 is not the default).
-    for (act, tol) in [(Activations::F32, 2e-2), (Activations::Q8, 2.0)] {
-        let _guard = Activations::override_on_this_thread(act);
+    // answer then differs from its first token. The default (no choice made)
+    // keeps this Q4_1 file's layers on f32 activations, so its greedy answers
+    // must stay the reference's.
+    for (act, tol) in [
+        (Some(Activations::F32), 2e-2),
+        (Some(Activations::Q8), 2.0),
+        (None, 2e-1),
+    ] {
+        let _guard = act.map(Activations::override_on_this_thread);
         for case in v["logits"].as_array().unwrap() {
             let ids = u32s(&case["ids"]);
             let a = Tensor::new(last_logits(&reference_model, &ids), &Device::Cpu).unwrap();
@@ -158,7 +164,7 @@ fn quantized_paths_gap_to_f32() {
             let want = u32s(&case["greedy_20"]);
             let agree = g.iter().zip(&want).take_while(|(a, b)| a == b).count();
             eprintln!("{act:?}: max |logit gap| {gap:.4}, greedy_20 agrees on {agree}/20 {g:?}");
-            if act == Activations::F32 {
+            if act != Some(Activations::Q8) {
                 assert_eq!(g, want, "{act:?} greedy differs");
             }
             assert!(gap < tol, "{act:?}: packed logits are {gap} from f32");
