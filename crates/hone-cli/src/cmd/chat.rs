@@ -41,8 +41,9 @@ pub struct ChatArgs {
     /// Seed for reproducible sampling.
     #[arg(long, env = "HONE_SEED")]
     pub seed: Option<u64>,
-    /// Weights used for inference: packed (default; the file's Q4_1/Q8_0 blocks
-    /// with hone's kernels, faithful to f32 and fastest) or f32 (the exact
+    /// Weights used for inference: packed (default; the file's own blocks with
+    /// hone's kernels, fastest: 8-bit activations for K-quant files, f32 ones for
+    /// Q4_1 files; HONE_DECODE_ACTIVATIONS=f32|q8 overrides) or f32 (the exact
     /// reference).
     #[arg(long, env = "HONE_WEIGHTS", default_value = "packed", value_parser = parse_weights)]
     pub weights: WeightPath,
@@ -82,7 +83,7 @@ pub fn parse_weights(s: &str) -> Result<WeightPath, String> {
         "f32" => Ok(WeightPath::F32),
         "q8_0" | "q8" | "native" => Err(format!(
             "`--weights {s}` (candle's quantized kernels) was removed: use packed (the \
-             default: the file's own blocks, faithful to f32 and faster) or f32"
+             default: the file's own blocks with hone's kernels) or f32"
         )),
         _ => Err(format!("unknown weights `{s}` (expected packed or f32)")),
     }
