@@ -78,6 +78,12 @@ pub struct ServeConfig {
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
     pub base_weights: hone_model::ops::BaseWeights,
 
+    /// Fine-tuning jobs keep only each layer's input for the backward and
+    /// recompute the rest there (see `hone train --gradient-checkpointing`):
+    /// activation memory of about one layer, for one more forward pass per step.
+    #[arg(long, env = "HONE_GRADIENT_CHECKPOINTING")]
+    pub gradient_checkpointing: bool,
+
     /// Chat completions admitted at once (they decode together, as rows of
     /// one batch per model); more get a 429 with `Retry-After` (0: 16 per
     /// core, at least 32).
@@ -129,6 +135,7 @@ impl ServeConfig {
             max_concurrent_jobs: 1,
             checkpoint_every: 20,
             base_weights: hone_model::ops::BaseWeights::Auto,
+            gradient_checkpointing: false,
             max_concurrent_chats: 0,
             kv_cache_mb: crate::chat::DEFAULT_KV_CACHE_MB,
             max_adapters: crate::chat::DEFAULT_MAX_ADAPTERS,
@@ -198,6 +205,7 @@ impl fmt::Debug for ServeConfig {
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
             .field("checkpoint_every", &self.checkpoint_every)
             .field("base_weights", &self.base_weights)
+            .field("gradient_checkpointing", &self.gradient_checkpointing)
             .field("max_concurrent_chats", &self.max_concurrent_chats)
             .field("kv_cache_mb", &self.kv_cache_mb)
             .field("max_adapters", &self.max_adapters)

@@ -78,6 +78,10 @@ pub struct TrainerOptions {
     /// How jobs multiply by the frozen base (`hone serve --base-weights`); a job's
     /// checkpoints record the mode it resolved to, and its resume keeps it.
     pub base_weights: BaseWeights,
+    /// Recompute each layer's activations in the backward (`hone serve
+    /// --gradient-checkpointing`): less memory for long examples, one more
+    /// forward per step, the same gradients.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainerOptions {
@@ -90,6 +94,7 @@ impl Default for TrainerOptions {
             checkpoint_every: 20,
             keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
             base_weights: BaseWeights::Auto,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -143,6 +148,7 @@ impl TrainerOptions {
             keep_checkpoints: self.keep_checkpoints.max(1),
             checkpoint_every: self.checkpoint_every,
             base_weights: self.base_weights,
+            gradient_checkpointing: self.gradient_checkpointing,
             ..JobOptions::new(method)
         })
     }

@@ -84,6 +84,7 @@ fn engines(config: &ServeConfig, models: Arc<BaseModels>) -> anyhow::Result<Engi
     let options = TrainerOptions {
         checkpoint_every: config.checkpoint_every,
         base_weights: config.base_weights,
+        gradient_checkpointing: config.gradient_checkpointing,
         ..TrainerOptions::default()
     };
     let chat = chat_backend(config, &models)?;

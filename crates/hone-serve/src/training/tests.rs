@@ -60,6 +60,13 @@ fn training_options_map_the_api_onto_the_shared_builder() {
     assert_eq!(dpo.overrides.beta, Some(0.3));
     let e = o.job_options(MethodType::Reinforcement, &h, 5).unwrap_err();
     assert_eq!(e.code, "unsupported_method");
+    assert!(!sft.gradient_checkpointing, "off unless the server says so");
+    let on = TrainerOptions {
+        gradient_checkpointing: true,
+        ..TrainerOptions::default()
+    };
+    let sft = on.job_options(MethodType::Supervised, &h, 5).unwrap();
+    assert!(sft.gradient_checkpointing);
 }
 
 /// The server's checkpoint adapters are for other processes too (a separate inference

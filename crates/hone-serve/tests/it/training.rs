@@ -513,6 +513,38 @@ async fn a_job_records_its_base_weight_mode_and_a_restart_resumes_in_it() {
     assert_eq!(summary["config"]["base_weights"], other.as_str());
 }
 
+/// `hone serve --gradient-checkpointing`: a job recomputes each layer in the backward,
+/// which changes memory, not the gradients, so the same job (same seed) logs the same
+/// losses with it as without, and its run records the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_gradient_checkpointing_trains_as_one_without() {
+    let tiny = TinyModel::new();
+    let mut losses = Vec::new();
+    for on in [false, true] {
+        let opts = TrainerOptions {
+            gradient_checkpointing: on,
+            ..TrainerOptions::default()
+        };
+        let t = TestApp::with_engines(tiny.engines(opts), |_| {});
+        let train = t.upload_jsonl(&chats(10, 20)).await;
+        let id = create(
+            &t,
+            json!({"model": TINY, "training_file": train, "seed": 7,
+                   "hyperparameters": {"n_epochs": 1, "batch_size": 5}}),
+        )
+        .await;
+        wait_for(&t, &id, "succeeded", 120).await;
+        let summary = t.dir.path().join("jobs").join(&id).join("run/summary.json");
+        let summary: Value = serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap();
+        assert_eq!(summary["config"]["gradient_checkpointing"], on);
+        losses.push(train_losses(&t, &id).await);
+    }
+    assert_eq!(losses[0].len(), 2, "{losses:?}");
+    for (a, b) in losses[0].iter().zip(&losses[1]) {
+        assert!((a - b).abs() < 1e-5, "{losses:?}");
+    }
+}
+
 /// Step-1.. training losses from a job's metrics events.
 async fn train_losses(t: &TestApp, id: &str) -> Vec<f64> {
     events(t, id)
