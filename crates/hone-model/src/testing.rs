@@ -65,6 +65,20 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .expect("max |t| of an f32 tensor")
 }
 
+/// `len` values in [-0.5, 0.5) from a 64-bit LCG seeded with `seed`: cheap,
+/// reproducible test data for the kernels (the same sequence on every machine).
+pub fn lcg_uniform(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect()
+}
+
 /// GPT-2's byte-to-unicode table: the symbol of each byte in byte-level BPE.
 pub fn byte_symbols() -> Vec<String> {
     let printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();

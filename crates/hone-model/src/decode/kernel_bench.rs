@@ -16,15 +16,7 @@ use super::q8::{Q8Kernel, Q8Rows};
 use crate::error::Result;
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        })
-        .collect()
+    crate::testing::lcg_uniform(seed, len)
 }
 
 fn packed(dtype: GgmlDType, rows: usize, cols: usize) -> Result<PackedMatrix> {

@@ -19,15 +19,10 @@ const KINDS: [GgmlDType; 6] = [
 /// Weights in [-0.5, 0.5) with a per-row offset, so blocks have both signs
 /// and nonzero minimums.
 fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..rows * cols)
-        .map(|i| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let v = ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
-            v + 0.1 * ((i / cols) % 3) as f32
-        })
+    crate::testing::lcg_uniform(seed, rows * cols)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| v + 0.1 * ((i / cols) % 3) as f32)
         .collect()
 }
 

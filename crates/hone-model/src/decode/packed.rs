@@ -464,15 +464,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..rows * cols)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
+        crate::testing::lcg_uniform(seed, rows * cols)
     }
 
     /// The packed product equals candle's dequantized weights times f32

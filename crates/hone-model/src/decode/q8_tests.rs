@@ -8,6 +8,7 @@ use super::packed::PackedMatrix;
 use super::q8::Activations;
 use super::q8::{Q8Kernel, Q8Rows};
 use crate::error::Result;
+use crate::testing::lcg_uniform as lcg;
 
 const KINDS: [GgmlDType; 6] = [
     GgmlDType::Q4_1,
@@ -17,18 +18,6 @@ const KINDS: [GgmlDType; 6] = [
     GgmlDType::Q5K,
     GgmlDType::Q6K,
 ];
-
-fn lcg(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        })
-        .collect()
-}
 
 /// A `[rows, cols]` matrix of `dtype` with a per-row offset (nonzero minimums).
 fn matrix(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> Result<PackedMatrix> {
