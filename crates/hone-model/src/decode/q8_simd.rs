@@ -356,3 +356,96 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(v, which), bit), bit)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::decode::kquant::{parse_blocks, with_kind};
+    use crate::decode::q8::prepare_span;
+    use crate::testing::lcg_uniform;
+
+    /// The SIMD span preparation equals the scalar one on every kind: the same
+    /// factors bit for bit, the offsets' sum within rounding. Run with Q8_0
+    /// offset by 128 (VNNI's form), so this AVX2 CPU checks what the VNNI kernel
+    /// prepares; the signed form the AVX2 kernel uses is held to the f32 path by
+    /// `q8_tests`. Legacy rows of 25 units end in a partial group of 8.
+    #[test]
+    fn simd_span_preparation_equals_the_scalar_one() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let kinds = [
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ];
+        for dtype in kinds {
+            let kind = PackedKind::from_ggml(dtype).unwrap();
+            let (rows, cols) = (
+                3,
+                if kind.block_weights() == 256 {
+                    768
+                } else {
+                    800
+                },
+            );
+            let w: Vec<f32> = lcg_uniform(3, rows * cols)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + 0.1 * ((i / cols) % 3) as f32)
+                .collect();
+            let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let mut m = Blocks::with_capacity(kind, rows * cols);
+            parse_blocks(&mut m, rows * cols, &q.data().unwrap()).unwrap();
+            let xq = Q8Rows::quantize(&lcg_uniform(5, 2 * cols), 2, cols);
+            with_kind!(kind, K => check::<K>(&m, rows, cols, &xq));
+        }
+    }
+
+    fn check<K: Kind>(m: &Blocks, rows: usize, cols: usize, xq: &Q8Rows) {
+        let (nu, upb, g) = (cols / UNIT, K::KIND.block_weights() / UNIT, groups(K::KIND));
+        for r in 0..rows {
+            let u0 = r * nu;
+            let (mut ds, mut ms) = ([0f32; SPAN + SCALE_PAD], [0f32; SPAN + SCALE_PAD]);
+            for i in 0..nu.div_ceil(upb) {
+                ds[i] = m.scales[u0 / upb + i].to_f32();
+                ms[i] = m.mins.get(u0 / upb + i).map_or(0.0, |v| v.to_f32());
+            }
+            for c0 in 0..xq.n {
+                let (mut cs, mut corr) = ([[0f32; GROUP_BUF]; 1], [0f32; 1]);
+                prepare_span::<1, K>(m, (&ds, &ms), (u0, 0, nu), xq, c0, &mut cs, &mut corr);
+                let (mut cs2, mut corr2) =
+                    ([[0f32; GROUP_BUF]; 1], [unsafe { _mm256_setzero_ps() }]);
+                // SAFETY: AVX2 and FMA were checked; a row of `nu <= SPAN` units is one span.
+                let corr2 = unsafe {
+                    let spans = (u0, 0, nu);
+                    prepare_span256::<1, K, false>(
+                        m,
+                        (&ds, &ms),
+                        spans,
+                        xq,
+                        c0,
+                        &mut cs2,
+                        &mut corr2,
+                    );
+                    hsum256(corr2[0])
+                };
+                let kind = K::KIND;
+                assert_eq!(cs[0][..g * nu], cs2[0][..g * nu], "{kind:?} row {r} x {c0}");
+                let tol = 1e-5 * (1.0 + corr[0].abs());
+                assert!(
+                    (corr[0] - corr2).abs() <= tol,
+                    "{kind:?}: {} vs {corr2}",
+                    corr[0]
+                );
+            }
+        }
+    }
+}
