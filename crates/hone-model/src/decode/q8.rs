@@ -33,13 +33,13 @@ pub(crate) const GROUP_BUF: usize = 2 * SPAN + 4;
 /// The default is per model, kept in each matrix
 /// ([`super::PackedMatrix::default_activations`]): 8-bit on CPUs with an
 /// integer-dot kernel (AVX2, AVX-512 VNNI), except for models whose layers are
-/// Q4_1 blocks, which keep f32 in every product. Why: on the AVX2 machine the 8-bit kernels are
-/// 1.9-3x the f32 ones per weight byte, and Qwen2.5-0.5B (Q4_K_M) decodes at
-/// 1.2-1.3x llama.cpp against 0.8x with f32 (docs/benchmarks.md, "Session 15"),
-/// with a logit gap to the f32 model of 0.23 (Gemma 3: 0.52) and the same greedy
-/// answers; on SmolLM2's Q4_1 file the gap is 1.4 and a greedy answer changes
-/// from its first token (its hidden states carry outliers), so a Q4_1 model
-/// stays f32.
+/// Q4_1 blocks, which keep f32 in every product. Why: on the AVX2 machine the
+/// 8-bit kernels are 1.9-3x the f32 ones per weight byte, and Qwen2.5-0.5B
+/// (Q4_K_M) decodes at 1.1-1.6x llama.cpp against 0.7-1.0x with f32
+/// (docs/benchmarks.md, "Session 15"), with a logit gap to the f32 model of
+/// 0.23 (Gemma 3: 0.49) and the same greedy answers; on SmolLM2's Q4_1 file
+/// the gap is 1.4-1.6 and a greedy answer changes from its first token (its
+/// hidden states carry outliers), so a Q4_1 model stays f32.
 /// `HONE_DECODE_ACTIVATIONS=f32|q8` overrides it for the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activations {
