@@ -86,6 +86,23 @@ pub struct Block {
     pub post_ffn_norm: Option<Tensor>,
 }
 
+impl Block {
+    /// The block's seven projections with their module paths inside the
+    /// block (`self_attn.q_proj` … `mlp.down_proj`), in HF order.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
 /// The token embedding table: dense, or packed (looked up row by row).
 #[derive(Debug, Clone)]
 pub enum Embedding {
@@ -260,16 +277,9 @@ impl Llama {
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, blk) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let at = &mut blk.self_attn;
-            out.push((format!("{p}.self_attn.q_proj"), &mut at.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut at.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut at.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut at.o_proj));
-            let m = &mut blk.mlp;
-            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+            for (name, lin) in blk.linears_mut() {
+                out.push((format!("model.layers.{i}.{name}"), lin));
+            }
         }
         out
     }

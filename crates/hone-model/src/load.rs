@@ -253,32 +253,20 @@ fn build(src: &mut dyn WeightSource, spec: DecoderSpec, wp: WeightPath) -> Resul
 
 /// Sets the packed products' default activations for the whole model (see
 /// [`Activations`]): f32 when its layers hold Q4_1 blocks (SmolLM2's file:
-/// 8-bit activations moved its logits by 1.4 and changed a greedy answer),
+/// 8-bit activations moved its logits by 1.4-1.6 and changed a greedy answer),
 /// else the fastest on this CPU. Returns the choice, for the embedding and
 /// head built after the layers. Dense (f32-path) layers have nothing to set.
 fn set_decode_activations(layers: &mut [Block]) -> Activations {
-    fn linears(b: &mut Block) -> [&mut Linear; 7] {
-        let (a, m) = (&mut b.self_attn, &mut b.mlp);
-        [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ]
-    }
     let q4_1 = layers
         .iter_mut()
-        .flat_map(linears)
-        .any(|l| matches!(l.base(), BaseWeight::Packed(p) if p.kind() == PackedKind::Q4_1));
+        .flat_map(Block::linears_mut)
+        .any(|(_, l)| matches!(l.base(), BaseWeight::Packed(p) if p.kind() == PackedKind::Q4_1));
     let act = if q4_1 {
         Activations::F32
     } else {
         Activations::fastest_on_this_cpu()
     };
-    for l in layers.iter_mut().flat_map(linears) {
+    for (_, l) in layers.iter_mut().flat_map(Block::linears_mut) {
         if let Some(m) = l.packed_mut() {
             m.set_default_activations(act);
         }

@@ -219,13 +219,13 @@ fn peak_rss_mb() -> Option<u64> {
 }
 
 /// The packed products' activations as reported: the `HONE_DECODE_ACTIVATIONS`
-/// choice, or the per-matrix default spelled out.
+/// choice, or the per-model default spelled out.
 fn decode_activations() -> String {
     use hone_model::decode::Activations;
     match Activations::configured() {
         Some(a) => a.name().to_string(),
         None => match Activations::fastest_on_this_cpu() {
-            Activations::Q8 => "q8 (f32 for Q4_1 blocks)".to_string(),
+            Activations::Q8 => "q8 (f32 for models with Q4_1 layers)".to_string(),
             Activations::F32 => "f32".to_string(),
         },
     }

@@ -7,7 +7,8 @@ use candle_core::{Device, Tensor};
 use super::packed::{Kernel, PackedKind, PackedMatrix};
 use crate::error::Result;
 
-const KINDS: [GgmlDType; 6] = [
+/// Every GGUF type with a packed kind (shared by the decode module's tests).
+pub(super) const KINDS: [GgmlDType; 6] = [
     GgmlDType::Q4_1,
     GgmlDType::Q8_0,
     GgmlDType::Q5_0,
@@ -18,7 +19,7 @@ const KINDS: [GgmlDType; 6] = [
 
 /// Weights in [-0.5, 0.5) with a per-row offset, so blocks have both signs
 /// and nonzero minimums.
-fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+pub(super) fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     crate::testing::lcg_uniform(seed, rows * cols)
         .into_iter()
         .enumerate()

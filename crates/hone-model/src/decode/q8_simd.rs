@@ -359,11 +359,12 @@ unsafe fn bits_to_bytes(bits: u32) -> __m256i {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
     use super::*;
     use crate::decode::kquant::{parse_blocks, with_kind};
+    use crate::decode::kquant_tests::{random, KINDS};
     use crate::decode::q8::prepare_span;
     use crate::testing::lcg_uniform;
 
@@ -377,15 +378,7 @@ mod tests {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return;
         }
-        let kinds = [
-            GgmlDType::Q4_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q5_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-        ];
-        for dtype in kinds {
+        for dtype in KINDS {
             let kind = PackedKind::from_ggml(dtype).unwrap();
             let (rows, cols) = (
                 3,
@@ -395,12 +388,7 @@ mod tests {
                     800
                 },
             );
-            let w: Vec<f32> = lcg_uniform(3, rows * cols)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v + 0.1 * ((i / cols) % 3) as f32)
-                .collect();
-            let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+            let w = Tensor::from_vec(random(rows, cols, 3), (rows, cols), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
             let mut m = Blocks::with_capacity(kind, rows * cols);
             parse_blocks(&mut m, rows * cols, &q.data().unwrap()).unwrap();

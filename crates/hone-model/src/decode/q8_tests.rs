@@ -4,29 +4,16 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use super::kquant_tests::{random, KINDS};
 use super::packed::PackedMatrix;
 use super::q8::Activations;
 use super::q8::{Q8Kernel, Q8Rows};
 use crate::error::Result;
 use crate::testing::lcg_uniform as lcg;
 
-const KINDS: [GgmlDType; 6] = [
-    GgmlDType::Q4_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q5_0,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
-
 /// A `[rows, cols]` matrix of `dtype` with a per-row offset (nonzero minimums).
 fn matrix(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> Result<PackedMatrix> {
-    let w: Vec<f32> = lcg(seed, rows * cols)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v + 0.1 * ((i / cols) % 3) as f32)
-        .collect();
-    let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?;
+    let w = Tensor::from_vec(random(rows, cols, seed), (rows, cols), &Device::Cpu)?;
     PackedMatrix::from_qtensor(&QTensor::quantize(&w, dtype)?)
 }
 
