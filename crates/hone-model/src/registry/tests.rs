@@ -282,7 +282,11 @@ fn known_models_are_well_formed() {
         );
         assert!(!k.id.contains('/'), "{}", k.id);
     }
-    for id in ["qwen2.5-coder-0.5b-instruct", "gemma-3-270m"] {
+    for id in [
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+        "gemma-3-270m",
+    ] {
         assert!(KNOWN_MODELS.iter().any(|k| k.id == id), "{id}");
     }
 }
