@@ -171,7 +171,7 @@ mod tests {
                 method: Method::Sft,
                 n_examples: 1000,
                 mean_tokens_per_example: None,
-                model_params: None,
+                model: None,
             },
             &Overrides::default(),
         )

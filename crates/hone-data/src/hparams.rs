@@ -9,8 +9,10 @@
 //! - Epochs: OpenAI's rule for `n` examples: 3; `min(25, 100 / n)` when
 //!   `3n < 100`; `max(1, 25000 / n)` when `3n > 25000`.
 //! - Batch size (ours): `clamp(pow2_floor(n / 100), 4, 16)`, at most `n`,
-//!   then halved until a batch holds at most [`BATCH_TOKEN_BUDGET`] tokens
-//!   (when the mean example length is known), never below 1.
+//!   then halved until a batch holds at most [`batch_token_budget`] tokens
+//!   (when the mean example length is known), never below 1: 8192, fewer
+//!   for a model whose activations for the backward would pass
+//!   [`BATCH_ACTIVATION_BUDGET_BYTES`].
 //! - Learning rate: `learning_rate = auto rate × multiplier`, where the auto
 //!   rate depends on the method and the model size ([`auto_learning_rate`]):
 //!   SFT 1e-3 up to 1B parameters (or unknown size), 2e-4 above; DPO 5e-4 up
@@ -60,6 +62,14 @@ pub const MAX_AUTO_BATCH: u32 = 16;
 /// Auto batches hold at most this many tokens, so that long examples on a
 /// CPU do not blow up activation memory.
 pub const BATCH_TOKEN_BUDGET: f64 = 8192.0;
+/// And at most as many tokens as the activations saved for the backward of
+/// this many bytes hold (the model's tape bytes per token, docs/train.md):
+/// the token budget shrinks as the model grows, so that an auto batch of a
+/// 1.5B or 7B model fits beside its base weights in a 24 GB machine.
+/// SmolLM2-135M (0.83 MB per token) and Gemma 3 270M (0.66 MB) keep the
+/// 8192 tokens; Qwen2.5-0.5B (1.47 MB) gets 5.8k, Qwen2.5-1.5B (3.1 MB)
+/// 2.8k and a Llama-2-7B shape (7.0 MB) 1.2k.
+pub const BATCH_ACTIVATION_BUDGET_BYTES: f64 = 8.0 * 1024.0 * 1024.0 * 1024.0;
 /// Auto early stopping: validations (one per epoch end) without a new lowest
 /// validation loss before a run stops. 2 rides out one noisy evaluation.
 pub const EARLY_STOP_PATIENCE: u32 = 2;
@@ -93,8 +103,19 @@ pub struct AutoInput {
     pub n_examples: usize,
     /// Mean tokens per example (from `stats`), if known.
     pub mean_tokens_per_example: Option<f64>,
-    /// Base model size in parameters, if known (unknown counts as small).
-    pub model_params: Option<u64>,
+    /// The base model's size, if known (unknown counts as small, with the
+    /// default token budget).
+    pub model: Option<ModelSize>,
+}
+
+/// What "auto" reads of a model's size (hone-model's `Config::size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSize {
+    /// Parameters: pick the learning rate.
+    pub params: u64,
+    /// Bytes of activations training saves per token for the backward (the
+    /// tape, docs/train.md): size the batch's token budget.
+    pub tape_bytes_per_token: u64,
 }
 
 /// User-fixed values; `None` means "auto".
@@ -155,15 +176,33 @@ pub fn auto_epochs(n: usize) -> u32 {
 }
 
 /// Our batch-size rule (see the module docs).
-pub fn auto_batch_size(n: usize, mean_tokens: Option<f64>) -> u32 {
+pub fn auto_batch_size(
+    n: usize,
+    mean_tokens: Option<f64>,
+    tape_bytes_per_token: Option<u64>,
+) -> u32 {
     let by_n = prev_pow2((n / 100) as u32).clamp(MIN_AUTO_BATCH, MAX_AUTO_BATCH);
     let mut b = by_n.min(n.max(1) as u32);
     if let Some(t) = mean_tokens.filter(|t| *t > 0.0) {
-        while b > 1 && f64::from(b) * t > BATCH_TOKEN_BUDGET {
+        let budget = batch_token_budget(tape_bytes_per_token);
+        while b > 1 && f64::from(b) * t > budget {
             b /= 2;
         }
     }
     b
+}
+
+/// The most tokens an auto batch holds for a model that saves
+/// `tape_bytes_per_token` for the backward: [`BATCH_TOKEN_BUDGET`], or fewer
+/// when that many tokens' activations would pass
+/// [`BATCH_ACTIVATION_BUDGET_BYTES`]. Whole tokens, at least 1.
+pub fn batch_token_budget(tape_bytes_per_token: Option<u64>) -> f64 {
+    match tape_bytes_per_token.filter(|b| *b > 0) {
+        Some(b) => (BATCH_ACTIVATION_BUDGET_BYTES / b as f64)
+            .floor()
+            .clamp(1.0, BATCH_TOKEN_BUDGET),
+        None => BATCH_TOKEN_BUDGET,
+    }
 }
 
 fn prev_pow2(x: u32) -> u32 {
@@ -214,28 +253,25 @@ pub fn resolve_auto(
 ) -> Result<ResolvedHyperparameters, DataError> {
     o.check()?;
     let n = input.n_examples;
+    let params = input.model.map(|m| m.params);
+    let tape = input.model.map(|m| m.tape_bytes_per_token);
     let mut reasons = Vec::new();
     let n_epochs = pick(&mut reasons, "n_epochs", o.n_epochs, || {
         (auto_epochs(n), epochs_why(n))
     });
     let batch_size = pick(&mut reasons, "batch_size", o.batch_size, || {
         (
-            auto_batch_size(n, input.mean_tokens_per_example),
-            batch_why(n, input.mean_tokens_per_example),
+            auto_batch_size(n, input.mean_tokens_per_example, tape),
+            batch_why(n, input.mean_tokens_per_example, tape),
         )
     });
     let learning_rate_multiplier = pick(
         &mut reasons,
         "learning_rate_multiplier",
         o.learning_rate_multiplier,
-        || {
-            (
-                AUTO_MULTIPLIER,
-                multiplier_why(input.method, input.model_params),
-            )
-        },
+        || (AUTO_MULTIPLIER, multiplier_why(input.method, params)),
     );
-    let auto_lr = auto_learning_rate(input.method, input.model_params);
+    let auto_lr = auto_learning_rate(input.method, params);
     let learning_rate = auto_lr * learning_rate_multiplier;
     reasons.push(Reason {
         param: "learning_rate".into(),
@@ -364,13 +400,21 @@ fn epochs_why(n: usize) -> String {
     }
 }
 
-fn batch_why(n: usize, mean_tokens: Option<f64>) -> String {
-    let b = auto_batch_size(n, mean_tokens);
+fn batch_why(n: usize, mean_tokens: Option<f64>, tape: Option<u64>) -> String {
+    let b = auto_batch_size(n, mean_tokens, tape);
     let mut why = format!("ours: power of two below n/100 = {}, clamped to [{MIN_AUTO_BATCH}, {MAX_AUTO_BATCH}] and to n", n / 100);
     if let Some(t) = mean_tokens.filter(|t| *t > 0.0) {
+        let budget = batch_token_budget(tape);
         why.push_str(&format!(
-            ", then at most {BATCH_TOKEN_BUDGET} tokens per batch at {t:.0} tokens per example"
+            ", then at most {budget} tokens per batch at {t:.0} tokens per example"
         ));
+        if let Some(bytes) = tape.filter(|_| budget < BATCH_TOKEN_BUDGET) {
+            why.push_str(&format!(
+                " (this model saves {:.2} MB of activations per token; {:.0} GiB of them per batch at most)",
+                bytes as f64 / 1e6,
+                BATCH_ACTIVATION_BUDGET_BYTES / (1u64 << 30) as f64
+            ));
+        }
     }
     why.push_str(&format!(" → {b}"));
     why
@@ -410,13 +454,33 @@ mod tests {
 
     #[test]
     fn batch_scales_with_n_and_is_capped() {
-        assert_eq!(auto_batch_size(50, None), 4);
-        assert_eq!(auto_batch_size(3, None), 3);
-        assert_eq!(auto_batch_size(800, None), 8);
-        assert_eq!(auto_batch_size(1600, None), 16);
-        assert_eq!(auto_batch_size(1_000_000, None), 16);
-        assert_eq!(auto_batch_size(1600, Some(1500.0)), 4);
-        assert_eq!(auto_batch_size(1600, Some(100_000.0)), 1);
+        assert_eq!(auto_batch_size(50, None, None), 4);
+        assert_eq!(auto_batch_size(3, None, None), 3);
+        assert_eq!(auto_batch_size(800, None, None), 8);
+        assert_eq!(auto_batch_size(1600, None, None), 16);
+        assert_eq!(auto_batch_size(1_000_000, None, None), 16);
+        assert_eq!(auto_batch_size(1600, Some(1500.0), None), 4);
+        assert_eq!(auto_batch_size(1600, Some(100_000.0), None), 1);
+    }
+
+    #[test]
+    fn the_token_budget_shrinks_as_the_model_saves_more_per_token() {
+        const MB: u64 = 1_000_000;
+        // SmolLM2-135M saves 0.83 MB per token: the budget stays 8192.
+        assert_eq!(
+            batch_token_budget(Some(829 * MB / 1000)),
+            BATCH_TOKEN_BUDGET
+        );
+        assert_eq!(batch_token_budget(None), BATCH_TOKEN_BUDGET);
+        // Qwen2.5-1.5B saves 3.1 MB: 8 GiB hold 2770 tokens.
+        assert_eq!(batch_token_budget(Some(3_096_576)), 2774.0);
+        // 800 examples of 600 tokens: batch 8 on a small model (4800 tokens),
+        // 4 on the 1.5B (2400 of 2774), 2 at 7 MB per token (a 7B shape: 1200
+        // of 1227); examples of 1300 tokens there: 1.
+        assert_eq!(auto_batch_size(800, Some(600.0), Some(829 * MB / 1000)), 8);
+        assert_eq!(auto_batch_size(800, Some(600.0), Some(3_096_576)), 4);
+        assert_eq!(auto_batch_size(800, Some(600.0), Some(7 * MB)), 2);
+        assert_eq!(auto_batch_size(800, Some(1300.0), Some(7 * MB)), 1);
     }
 
     #[test]
@@ -425,7 +489,10 @@ mod tests {
             method: Method::Sft,
             n_examples: 50,
             mean_tokens_per_example: None,
-            model_params: Some(135_000_000),
+            model: Some(ModelSize {
+                params: 135_000_000,
+                tape_bytes_per_token: 829_440,
+            }),
         };
         let r = resolve_auto(&input, &Overrides::default()).unwrap();
         assert!((r.learning_rate - 1e-3).abs() < 1e-12);
@@ -446,12 +513,15 @@ mod tests {
     /// OpenAI-range value (0.02-2) lands near the rates that learn.
     #[test]
     fn a_multiplier_scales_the_auto_rate_of_the_method_and_size() {
-        let lr = |method, params, m| {
+        let lr = |method, params: Option<u64>, m| {
             let input = AutoInput {
                 method,
                 n_examples: 50,
                 mean_tokens_per_example: None,
-                model_params: params,
+                model: params.map(|params| ModelSize {
+                    params,
+                    tape_bytes_per_token: 829_440,
+                }),
             };
             let o = Overrides {
                 learning_rate_multiplier: m,
@@ -476,7 +546,7 @@ mod tests {
             method: Method::Sft,
             n_examples: 50,
             mean_tokens_per_example: None,
-            model_params: None,
+            model: None,
         };
         let r = resolve_auto(&input, &Overrides::default()).unwrap();
         let why = &r
@@ -497,7 +567,7 @@ mod tests {
                 method,
                 n_examples: 51,
                 mean_tokens_per_example: None,
-                model_params: Some(135_000_000),
+                model: None,
             };
             let o = Overrides {
                 lr_schedule,
@@ -539,7 +609,7 @@ mod tests {
             method: Method::Dpo,
             n_examples: 200,
             mean_tokens_per_example: None,
-            model_params: None,
+            model: None,
         };
         let r = resolve_auto(&input, &Overrides::default()).unwrap();
         assert_eq!(r.beta, Some(0.1));
@@ -552,7 +622,7 @@ mod tests {
             method: Method::Sft,
             n_examples: 50,
             mean_tokens_per_example: None,
-            model_params: None,
+            model: None,
         };
         for o in [
             Overrides {

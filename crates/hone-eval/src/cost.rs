@@ -233,7 +233,7 @@ pub fn estimate_training(
             method,
             n_examples: n,
             mean_tokens_per_example: (n > 0).then(|| total as f64 / n as f64),
-            model_params: Some(engine.model.cfg.param_count()),
+            model: Some(engine.model.cfg.size()),
         },
         &Overrides::default(),
     )

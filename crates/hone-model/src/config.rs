@@ -36,6 +36,28 @@ impl Config {
         embed + head + self.num_hidden_layers as u64 * per_layer
     }
 
+    /// Bytes of f32 activations a training step saves per token for the
+    /// backward, over all layers (docs/train.md, "Activations saved for the
+    /// backward"): `4·hidden + 2·q_width + 2·kv_width + 2·intermediate`
+    /// values per layer. The family extras (q/k norm inputs, post norms) and
+    /// the LoRA `r` columns are left out: a lower bound within a few percent,
+    /// which sizes the "auto" batch's token budget.
+    pub fn tape_bytes_per_token(&self) -> u64 {
+        let q = (self.num_attention_heads * self.head_dim) as u64;
+        let kv = (self.num_key_value_heads * self.head_dim) as u64;
+        let per_layer =
+            4 * self.hidden_size as u64 + 2 * q + 2 * kv + 2 * self.intermediate_size as u64;
+        per_layer * 4 * self.num_hidden_layers as u64
+    }
+
+    /// What "auto" hyperparameters read of the model's size.
+    pub fn size(&self) -> hone_data::hparams::ModelSize {
+        hone_data::hparams::ModelSize {
+            params: self.param_count(),
+            tape_bytes_per_token: self.tape_bytes_per_token(),
+        }
+    }
+
     /// Number of query heads sharing one key/value head.
     pub fn n_rep(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
@@ -90,5 +112,28 @@ mod tests {
                 tie_word_embeddings: true,
             }
         );
+    }
+
+    /// Qwen2.5-1.5B's shape: 1.54 B parameters and 3.1 MB of tape per token
+    /// (docs/train.md's formula), which "auto" sizes the batch by.
+    #[test]
+    fn the_size_of_a_qwen_1_5b_shape() {
+        let cfg = Config {
+            vocab_size: 151_936,
+            hidden_size: 1536,
+            intermediate_size: 8960,
+            num_hidden_layers: 28,
+            num_attention_heads: 12,
+            num_key_value_heads: 2,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            max_position_embeddings: 32768,
+            tie_word_embeddings: true,
+        };
+        let size = cfg.size();
+        assert_eq!(size.params, 1_543_569_408);
+        // (4·1536 + 2·1536 + 2·256 + 2·8960) f32 values × 28 layers.
+        assert_eq!(size.tape_bytes_per_token, 27_648 * 4 * 28);
     }
 }

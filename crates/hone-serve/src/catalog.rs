@@ -275,10 +275,10 @@ impl ModelCatalog for BaseModels {
     /// Read from the model's own config (its file's metadata; no weights are
     /// loaded), so a job resolves "auto" with the same model size as
     /// `hone train` does.
-    fn param_count(&self, id: &str) -> Option<u64> {
+    fn model_size(&self, id: &str) -> Option<hone_data::hparams::ModelSize> {
         let m = self.models.iter().find(|m| m.model.id == id)?;
         match self.open(&m.resolved) {
-            Ok(open) => Some(open.config.param_count()),
+            Ok(open) => Some(open.config.size()),
             Err(e) => {
                 tracing::warn!(model = id, error = %e, "cannot read the model's size");
                 None

@@ -140,11 +140,11 @@ pub trait ModelCatalog: Send + Sync + 'static {
         self.base_models().into_iter().find(|m| m.id == id)
     }
 
-    /// The parameter count of a base model, which the "auto" learning-rate
-    /// rule reads (hone-data's `resolve_auto`). `None` when unknown (a static
-    /// test catalog); the rule then assumes a small model, as the CLI does
+    /// The size of a base model, which the "auto" learning-rate and batch
+    /// rules read (hone-data's `resolve_auto`). `None` when unknown (a static
+    /// test catalog); the rules then assume a small model, as the CLI does
     /// without a model.
-    fn param_count(&self, _id: &str) -> Option<u64> {
+    fn model_size(&self, _id: &str) -> Option<hone_data::hparams::ModelSize> {
         None
     }
 

@@ -388,7 +388,7 @@ impl TrainJob {
             method: opts.method,
             n_examples: tokenized.n_train(),
             mean_tokens_per_example: Some(tokenized.mean_train_tokens()),
-            model_params: Some(model.config.param_count()),
+            model: Some(model.config.size()),
         };
         let mut hp =
             resolve_auto(&input, &opts.overrides).map_err(TrainJobError::Hyperparameters)?;

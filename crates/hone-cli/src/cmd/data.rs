@@ -154,12 +154,12 @@ pub fn run(c: DataCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// A model opened for token counts (tokenizer, template and config, not
-/// the weights): hone-text's counter on it, its display id and its size in
-/// parameters.
+/// the weights): hone-text's counter on it, its display id and its size
+/// (what "auto" reads).
 pub struct CountingModel {
     pub counter: ChatTokenCounter,
     pub id: String,
-    pub params: u64,
+    pub size: hone_data::hparams::ModelSize,
 }
 
 /// Resolves `--model` and opens it (not its weights). `count_chat` /
@@ -175,7 +175,7 @@ pub fn open_for_counting(
     super::chat_template::print_template(&model.id, &model.tokenizer.template);
     Ok(CountingModel {
         counter: model.token_counter(),
-        params: model.config.param_count(),
+        size: model.config.size(),
         id: model.id,
     })
 }
@@ -334,7 +334,7 @@ fn run_estimate(a: &EstimateArgs) -> anyhow::Result<ExitCode> {
             method: report.method,
             n_examples: report.n_examples,
             mean_tokens_per_example: Some(tokens.total_tokens_per_example.mean),
-            model_params: Some(model.params),
+            model: Some(model.size),
         },
         &a.hp.overrides(a.beta.0),
     )?;
@@ -391,7 +391,7 @@ fn print_estimate(
         report.n_examples,
         report.method.as_str(),
         model.id,
-        model.params / 1_000_000
+        model.size.params / 1_000_000
     );
     println!(
         "\nhyperparameters (learning_rate = auto rate for the method and model size × multiplier):"
@@ -589,9 +589,9 @@ mod tests {
         let model = open_for_counting(&path, &Default::default()).unwrap();
         assert_eq!(model.counter.context_length, 8192);
         assert!(
-            (130_000_000..140_000_000).contains(&model.params),
+            (130_000_000..140_000_000).contains(&model.size.params),
             "{}",
-            model.params
+            model.size.params
         );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.jsonl");

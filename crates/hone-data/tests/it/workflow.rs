@@ -98,7 +98,10 @@ fn token_stats_feed_auto_and_the_estimate() {
             method: r.method,
             n_examples: r.n_examples,
             mean_tokens_per_example: Some(t.total_tokens_per_example.mean),
-            model_params: Some(135_000_000),
+            model: Some(hone_data::hparams::ModelSize {
+                params: 135_000_000,
+                tape_bytes_per_token: 829_440,
+            }),
         },
         &Overrides::default(),
     )

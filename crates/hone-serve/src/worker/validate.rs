@@ -132,7 +132,7 @@ fn resolve_from_report(
         method,
         n_examples: train.n_examples,
         mean_tokens_per_example: mean_tokens,
-        model_params: catalog.param_count(&crate::ids::base_model_id(&job.model)),
+        model: catalog.model_size(&crate::ids::base_model_id(&job.model)),
     };
     hone_data::hparams::resolve_auto(&input, &overrides).map_err(|e| {
         JobError::new(ErrorCode::InvalidHyperparameters, e.to_string())

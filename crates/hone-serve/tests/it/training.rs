@@ -426,7 +426,7 @@ async fn a_jobs_auto_hyperparameters_are_the_ones_hone_train_resolves() {
     let cli = hone_train::TrainJob::build(&opts, data, base)
         .unwrap()
         .hyperparameters;
-    let without_counts = hone_data::hparams::auto_batch_size(1600, None);
+    let without_counts = hone_data::hparams::auto_batch_size(1600, None, None);
     assert!(
         cli.batch_size < without_counts,
         "the file must exercise the token budget: {cli:?}"
