@@ -228,7 +228,9 @@ fn whitespace_led_answers_keep_the_straddling_token_untrained() {
 fn an_unrecognised_pipeline_falls_back_to_encoding() {
     let ct = tiny_chat_tokenizer().unwrap();
     let mut inner = ct.tokenizer.inner().clone();
-    inner.with_normalizer(Some(tokenizers::normalizers::Lowercase));
+    inner
+        .with_normalizer(Some(tokenizers::normalizers::Lowercase))
+        .unwrap();
     let t = Tokenizer::from_parts(inner, ct.tokenizer.bos_id(), ct.tokenizer.eos_id()).unwrap();
     assert!(!t.has_fast_count());
     let s = "Hello World 123<|im_end|>";

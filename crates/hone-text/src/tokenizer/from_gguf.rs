@@ -195,7 +195,7 @@ fn byte_level_bpe(
     tok.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
     // A control token outside the byte alphabet is a llama.cpp mislabel;
     // transformers skips it, and so does hone.
-    add_typed_tokens(&mut tok, tokens, types, |t| in_alphabet(t));
+    add_typed_tokens(&mut tok, tokens, types, |t| in_alphabet(t))?;
     Ok(tok)
 }
 
@@ -236,7 +236,8 @@ fn gemma_bpe(
     let space = SPM_SPACE.to_string();
     tok.with_normalizer(Some(
         Replace::new(" ", space.as_str()).map_err(Error::tokenizer)?,
-    ));
+    ))
+    .map_err(Error::tokenizer)?;
     // A no-op after the normalizer, kept because transformers has it and it
     // shapes the offsets.
     tok.with_pre_tokenizer(Some(
@@ -250,7 +251,7 @@ fn gemma_bpe(
         ByteFallback::new().into(),
         Fuse::new().into(),
     ])));
-    add_typed_tokens(&mut tok, tokens, types, |_| true);
+    add_typed_tokens(&mut tok, tokens, types, |_| true)?;
     Ok(tok)
 }
 
@@ -308,20 +309,21 @@ fn add_typed_tokens(
     tokens: &[String],
     types: Option<&[i64]>,
     keep_control: impl Fn(&str) -> bool,
-) {
-    let Some(types) = types else { return };
+) -> Result<()> {
+    let Some(types) = types else { return Ok(()) };
     let of_type = |kind: i64| tokens.iter().zip(types).filter(move |(_, &t)| t == kind);
     let control: Vec<AddedToken> = of_type(TOKEN_TYPE_CONTROL)
         .filter(|(t, _)| keep_control(t))
         .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
         .collect();
-    tok.add_special_tokens(&control);
+    tok.add_special_tokens(control).map_err(Error::tokenizer)?;
     let vocab = tok.get_vocab(true);
     let user: Vec<AddedToken> = of_type(TOKEN_TYPE_USER_DEFINED)
         .filter(|(t, _)| vocab.contains_key(t.as_str()))
         .map(|(t, _)| AddedToken::from(t.clone(), false).normalized(false))
         .collect();
-    tok.add_tokens(&user);
+    tok.add_tokens(user).map_err(Error::tokenizer)?;
+    Ok(())
 }
 
 #[cfg(test)]
