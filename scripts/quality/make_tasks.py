@@ -275,8 +275,121 @@ def preference():
     return {"dpo.jsonl": pairs, "heldout_pairs.jsonl": held, "eval.jsonl": cases}
 
 
+# --- 7. tool calling ----------------------------------------------------------------
+TRAVEL_SYS = "You are the assistant of Wayfarer Travel. Call a tool when one fits; otherwise answer briefly."
+
+
+def fn(name, desc, props, required):
+    return {"type": "function", "function": {"name": name, "description": desc, "parameters": {
+        "type": "object", "properties": props, "required": required, "additionalProperties": False}}}
+
+
+TRAVEL_TOOLS = [
+    fn("find_flights", "Search flights between two airports (IATA codes) on a date.",
+       {"origin": {"type": "string"}, "destination": {"type": "string"},
+        "date": {"type": "string", "description": "YYYY-MM-DD"}}, ["origin", "destination", "date"]),
+    fn("book_hotel", "Reserve a hotel room in a city for a number of nights.",
+       {"city": {"type": "string"}, "nights": {"type": "integer"}}, ["city", "nights"]),
+    fn("check_visa", "Whether a citizen of one country needs a visa for another.",
+       {"citizenship": {"type": "string"}, "destination": {"type": "string"}}, ["citizenship", "destination"]),
+]
+AIRPORTS = [("Paris", "CDG"), ("Tokyo", "HND"), ("New York", "JFK"), ("London", "LHR"), ("Madrid", "MAD"),
+            ("Sydney", "SYD"), ("Toronto", "YYZ"), ("Dubai", "DXB"), ("Rome", "FCO"), ("Seoul", "ICN")]
+HELD_AIRPORTS = [("Lisbon", "LIS"), ("Oslo", "OSL"), ("Lima", "LIM"), ("Nairobi", "NBO")]
+MONTHS = [("March", "03"), ("April", "04"), ("June", "06"), ("September", "09"), ("October", "10")]
+HELD_MONTHS = [("July", "07"), ("November", "11")]
+COUNTRIES = ["Brazil", "Japan", "Canada", "India", "Germany", "Mexico", "Egypt", "Australia"]
+HELD_COUNTRIES = ["Chile", "Vietnam", "Norway"]
+FLIGHT_ASKS = ["Find me a flight from {a} to {b} on {m} {d}.", "Any flights {a} to {b}, {m} {d}?",
+               "I need to fly from {a} to {b} on the {d}th of {m}."]
+HELD_FLIGHT_ASK = "Could you look up planes leaving {a} for {b} on {m} {d}?"
+HOTEL_ASKS = ["Book a hotel in {c} for {n} nights.", "I need a room in {c}, {n} nights please.",
+              "Reserve {n} nights in {c}."]
+HELD_HOTEL_ASK = "Get me somewhere to sleep in {c} for {n} nights."
+VISA_ASKS = ["Do I need a visa for {b}? I'm from {a}.", "As a citizen of {a}, do I need a visa to visit {b}?"]
+HELD_VISA_ASK = "My passport is from {a}. Can I enter {b} without a visa?"
+CHATS = [("What should I pack for a beach trip?", "Sunscreen, a hat, swimwear and light clothes."),
+         ("Thanks, that's all!", "You're welcome. Have a great trip!"),
+         ("What's a carry-on bag?", "A small bag you keep with you in the cabin."),
+         ("How early should I get to the airport?", "Two hours before a domestic flight, three before an international one."),
+         ("Can I bring liquids on a plane?", "Yes, in containers of up to 100 ml inside one clear bag."),
+         ("What is an aisle seat?", "The seat next to the gangway, easy to get in and out of."),
+         ("Do you sell train tickets?", "No, Wayfarer Travel books flights and hotels only."),
+         ("Hello!", "Hello! Where would you like to go?"),
+         ("Is it cheaper to fly midweek?", "Often yes: Tuesday and Wednesday flights tend to cost less."),
+         ("What does 'red-eye' mean?", "An overnight flight that lands early in the morning."),
+         ("Great, thank you.", "Glad to help. Safe travels!"),
+         ("How do I avoid lost luggage?", "Label your bag, keep valuables in your carry-on and track it in the app."),
+         ("What is a boarding pass?", "The ticket that lets you board; it shows your gate and seat."),
+         ("Should I print my ticket?", "Not usually: a mobile boarding pass works at most airports."),
+         ("What time zone is Tokyo in?", "Japan Standard Time, nine hours ahead of UTC."),
+         ("Who are you?", "The Wayfarer Travel assistant: I can find flights, book hotels and check visas."),
+         ("Can I change my seat later?", "Yes, usually in the airline's app until check-in closes."),
+         ("What's a good first trip abroad?", "A short flight to a city with easy transport, such as Lisbon or Rome."),
+         ("How much cash should I carry?", "A little for taxis and tips; cards work almost everywhere."),
+         ("Is a window seat better for sleeping?", "Yes, you can lean on the wall and nobody climbs over you.")]
+HELD_CHATS = ["What is jet lag?", "Is travel insurance a good idea?", "Thank you so much for the help.",
+              "Should I learn a few words of the local language?", "What does 'layover' mean?",
+              "Can you recommend comfortable shoes for walking tours?"]
+
+
+def call_msg(name, args, i):
+    return {"role": "assistant", "content": None, "tool_calls": [{"id": f"call_{i}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args)}}]}
+
+
+def travel_request(rng, held):
+    """One request as (user text, (tool name, arguments)), or a small-talk question and its answer."""
+    kind = rng.choice(["flight", "hotel", "visa", "chat"])
+    if kind == "flight":
+        (a, ac), (b, bc) = rng.sample(HELD_AIRPORTS if held else AIRPORTS, 2)
+        m, mm = rng.choice(HELD_MONTHS if held else MONTHS)
+        d = rng.randint(10, 28)
+        ask = HELD_FLIGHT_ASK if held else rng.choice(FLIGHT_ASKS)
+        return ask.format(a=a, b=b, m=m, d=d), ("find_flights", {"origin": ac, "destination": bc,
+                                                                 "date": f"2027-{mm}-{d}"})
+    if kind == "hotel":
+        c, _ = rng.choice(HELD_AIRPORTS if held else AIRPORTS)
+        n = rng.randint(2, 9)
+        ask = HELD_HOTEL_ASK if held else rng.choice(HOTEL_ASKS)
+        return ask.format(c=c, n=n), ("book_hotel", {"city": c, "nights": n})
+    if kind == "visa":
+        a, b = rng.sample(HELD_COUNTRIES if held else COUNTRIES, 2)
+        ask = HELD_VISA_ASK if held else rng.choice(VISA_ASKS)
+        return ask.format(a=a, b=b), ("check_visa", {"citizenship": a, "destination": b})
+    if held:
+        return rng.choice(HELD_CHATS), None
+    return rng.choice(CHATS)
+
+
+def tool_calling():
+    rng = random.Random(7)
+    train, seen = [], set()
+    while len(train) < 120:
+        text, call = travel_request(rng, held=False)
+        if text in seen:  # no duplicate or conflicting lines
+            continue
+        seen.add(text)
+        i = len(train)
+        msgs = [{"role": "system", "content": TRAVEL_SYS}, {"role": "user", "content": text}]
+        msgs.append({"role": "assistant", "content": call} if isinstance(call, str) else call_msg(*call, i))
+        train.append({"messages": msgs, "tools": TRAVEL_TOOLS})
+    cases, seen = [], set()
+    while len(cases) < 30:
+        text, call = travel_request(rng, held=True)
+        if text in seen:
+            continue
+        seen.add(text)
+        i = len(cases)
+        case = dict(chat(TRAVEL_SYS, text), id=f"tool-{i}", tools=TRAVEL_TOOLS)
+        case["expected_tool_calls"] = [{"name": call[0], "arguments": call[1]}] if call else []
+        cases.append(case)
+    return {"train.jsonl": train, "eval.jsonl": cases}
+
+
 TASKS = {"style_facts": style_facts, "new_format": new_format, "json_extraction": json_extraction,
-         "classification": classification, "multi_turn": multi_turn, "preference": preference}
+         "classification": classification, "multi_turn": multi_turn, "preference": preference,
+         "tool_calling": tool_calling}
 
 
 def main():

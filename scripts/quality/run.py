@@ -122,16 +122,16 @@ def main():
                 rows[who].append(r)
                 print(f"{name} {who} seed {seed}: {r}", file=sys.stderr, flush=True)
                 (out / f"results{args.label}.json").write_text(json.dumps(results, indent=1))
-    print(f"| task | base | hone auto: pass rate | peft: pass rate | hone s | peft s |")
+    print("| task | base | hone auto: pass rate | peft: pass rate | hone s | peft s |")
     print("|---|---|---|---|---|---|")
     for name, rows in results.items():
-        if not (rows["hone"] and rows["peft"]):
-            continue
         key = "pair_accuracy" if "pair_accuracy" in rows["base"] else "pass_rate"
-        cell = lambda who, k: spread([r[k] for r in rows[who]])  # noqa: E731
+
+        def cell(who, k):
+            return spread([r[k] for r in rows[who]]) if rows[who] else "—"
+
         print(f"| {name} ({key}) | {rows['base'][key]:.2f} | {cell('hone', key)} | {cell('peft', key)} "
               f"| {cell('hone', 'train_seconds')} | {cell('peft', 'train_seconds')} |")
-
 
 if __name__ == "__main__":
     main()

@@ -252,8 +252,27 @@ fn exact_hash(line: &[u8]) -> u64 {
 fn answer_hash(m: &ChatMessage) -> u64 {
     let mut h = DefaultHasher::new();
     hash_normalized(&m.content, &mut h);
-    m.tool_calls.as_ref().map(|v| v.to_string()).hash(&mut h);
+    m.tool_calls.as_ref().map(calls_key).hash(&mut h);
     h.finish()
+}
+
+/// What tool calls say: each call's function name and arguments (a JSON string
+/// parsed, so spacing does not count), without the call ids, which every
+/// line numbers its own way and which the model never learns to choose.
+fn calls_key(calls: &serde_json::Value) -> String {
+    let Some(calls) = calls.as_array() else {
+        return calls.to_string();
+    };
+    let said = |c: &serde_json::Value| {
+        let f = &c["function"];
+        let args = &f["arguments"];
+        let args = args
+            .as_str()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .unwrap_or_else(|| args.clone());
+        format!("{}({args})", f["name"])
+    };
+    calls.iter().map(said).collect::<Vec<_>>().join(";")
 }
 
 /// Prompt: every message before the last assistant message; answer: that

@@ -387,6 +387,49 @@ fn duplicates_near_duplicates_and_conflicts() {
     assert!(r.ok);
 }
 
+/// Tool-call answers compare by function and arguments: the call ids (which
+/// each line numbers its own way) and the arguments' spacing do not count.
+#[test]
+fn tool_call_answers_compare_without_their_ids() {
+    let line = |id: &str, args: &str| {
+        let call = format!(
+            r#"{{"role":"assistant","content":null,"tool_calls":[{{"id":"{id}","type":"function","function":{{"name":"book","arguments":"{args}"}}}}]}}"#
+        );
+        msgs(&format!(r#"{USER},{call}"#))
+    };
+    let text = |second: String| {
+        let mut t = file_with(12, 2, &line("call_1", r#"{\"n\": 2}"#), Method::Sft);
+        t.push_str(&second);
+        t.push('\n');
+        t
+    };
+    let r = validate(
+        text(line("call_9", r#"{\"n\":2}"#)).as_bytes(),
+        Some(Method::Sft),
+    );
+    assert!(
+        of_code(&r, Code::ConflictingAnswers).is_empty(),
+        "{:#?}",
+        r.warnings
+    );
+    assert_eq!(
+        of_code(&r, Code::NearDuplicate).len(),
+        1,
+        "{:#?}",
+        r.warnings
+    );
+    let r = validate(
+        text(line("call_9", r#"{\"n\": 3}"#)).as_bytes(),
+        Some(Method::Sft),
+    );
+    assert_eq!(
+        of_code(&r, Code::ConflictingAnswers).len(),
+        1,
+        "{:#?}",
+        r.warnings
+    );
+}
+
 #[test]
 fn example_too_long_says_by_how_much() {
     let long = msgs(&format!(
