@@ -285,7 +285,7 @@ def fn(name, desc, props, required):
 
 
 TRAVEL_TOOLS = [
-    fn("find_flights", "Search flights between two airports (IATA codes) on a date.",
+    fn("find_flights", "Search flights between two cities on a date.",
        {"origin": {"type": "string"}, "destination": {"type": "string"},
         "date": {"type": "string", "description": "YYYY-MM-DD"}}, ["origin", "destination", "date"]),
     fn("book_hotel", "Reserve a hotel room in a city for a number of nights.",
@@ -293,9 +293,10 @@ TRAVEL_TOOLS = [
     fn("check_visa", "Whether a citizen of one country needs a visa for another.",
        {"citizenship": {"type": "string"}, "destination": {"type": "string"}}, ["citizenship", "destination"]),
 ]
-AIRPORTS = [("Paris", "CDG"), ("Tokyo", "HND"), ("New York", "JFK"), ("London", "LHR"), ("Madrid", "MAD"),
-            ("Sydney", "SYD"), ("Toronto", "YYZ"), ("Dubai", "DXB"), ("Rome", "FCO"), ("Seoul", "ICN")]
-HELD_AIRPORTS = [("Lisbon", "LIS"), ("Oslo", "OSL"), ("Lima", "LIM"), ("Nairobi", "NBO")]
+# Arguments hold what the user said (city names, not airport codes a small model
+# would have to know), so that held-out cities test copying, not world knowledge.
+CITIES = ["Paris", "Tokyo", "New York", "London", "Madrid", "Sydney", "Toronto", "Dubai", "Rome", "Seoul"]
+HELD_CITIES = ["Lisbon", "Oslo", "Lima", "Nairobi"]
 MONTHS = [("March", "03"), ("April", "04"), ("June", "06"), ("September", "09"), ("October", "10")]
 HELD_MONTHS = [("July", "07"), ("November", "11")]
 COUNTRIES = ["Brazil", "Japan", "Canada", "India", "Germany", "Mexico", "Egypt", "Australia"]
@@ -342,14 +343,14 @@ def travel_request(rng, held):
     """One request as (user text, (tool name, arguments)), or a small-talk question and its answer."""
     kind = rng.choice(["flight", "hotel", "visa", "chat"])
     if kind == "flight":
-        (a, ac), (b, bc) = rng.sample(HELD_AIRPORTS if held else AIRPORTS, 2)
+        a, b = rng.sample(HELD_CITIES if held else CITIES, 2)
         m, mm = rng.choice(HELD_MONTHS if held else MONTHS)
         d = rng.randint(10, 28)
         ask = HELD_FLIGHT_ASK if held else rng.choice(FLIGHT_ASKS)
-        return ask.format(a=a, b=b, m=m, d=d), ("find_flights", {"origin": ac, "destination": bc,
+        return ask.format(a=a, b=b, m=m, d=d), ("find_flights", {"origin": a, "destination": b,
                                                                  "date": f"2027-{mm}-{d}"})
     if kind == "hotel":
-        c, _ = rng.choice(HELD_AIRPORTS if held else AIRPORTS)
+        c = rng.choice(HELD_CITIES if held else CITIES)
         n = rng.randint(2, 9)
         ask = HELD_HOTEL_ASK if held else rng.choice(HOTEL_ASKS)
         return ask.format(c=c, n=n), ("book_hotel", {"city": c, "nights": n})
