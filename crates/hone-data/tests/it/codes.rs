@@ -397,37 +397,17 @@ fn tool_call_answers_compare_without_their_ids() {
         );
         msgs(&format!(r#"{USER},{call}"#))
     };
-    let text = |second: String| {
+    // A file whose line 2 calls with id call_1; a last line calls with call_9.
+    let warnings = |args: &str, code: Code| {
         let mut t = file_with(12, 2, &line("call_1", r#"{\"n\": 2}"#), Method::Sft);
-        t.push_str(&second);
+        t.push_str(&line("call_9", args));
         t.push('\n');
-        t
+        let r = validate(t.as_bytes(), Some(Method::Sft));
+        of_code(&r, code).len()
     };
-    let r = validate(
-        text(line("call_9", r#"{\"n\":2}"#)).as_bytes(),
-        Some(Method::Sft),
-    );
-    assert!(
-        of_code(&r, Code::ConflictingAnswers).is_empty(),
-        "{:#?}",
-        r.warnings
-    );
-    assert_eq!(
-        of_code(&r, Code::NearDuplicate).len(),
-        1,
-        "{:#?}",
-        r.warnings
-    );
-    let r = validate(
-        text(line("call_9", r#"{\"n\": 3}"#)).as_bytes(),
-        Some(Method::Sft),
-    );
-    assert_eq!(
-        of_code(&r, Code::ConflictingAnswers).len(),
-        1,
-        "{:#?}",
-        r.warnings
-    );
+    assert_eq!(warnings(r#"{\"n\":2}"#, Code::ConflictingAnswers), 0);
+    assert_eq!(warnings(r#"{\"n\":2}"#, Code::NearDuplicate), 1);
+    assert_eq!(warnings(r#"{\"n\": 3}"#, Code::ConflictingAnswers), 1);
 }
 
 #[test]
