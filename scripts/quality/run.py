@@ -133,5 +133,6 @@ def main():
         print(f"| {name} ({key}) | {rows['base'][key]:.2f} | {cell('hone', key)} | {cell('peft', key)} "
               f"| {cell('hone', 'train_seconds')} | {cell('peft', 'train_seconds')} |")
 
+
 if __name__ == "__main__":
     main()
