@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Builds the quality suite's tasks (issue #18) into examples/quality/<task>/.
 
-Each task has a training file and held-out eval cases that `hone eval` checks; the
-preference task also has DPO pairs and held-out pairs. Everything is generated from
-fixed seeds, so re-running this script rewrites the same files. The held-out cases use
-phrasings, names and values that do not occur in the training file.
+Each task has a training file, a validation file drawn like the training file (new
+lines with the training phrasings and values: what a user would split off for
+`--validation`; it measures early stopping) and held-out eval cases that `hone eval`
+checks; the preference task also has DPO pairs and held-out pairs. Everything is
+generated from fixed seeds, so re-running this script rewrites the same files (the
+validation lines are drawn after everything else, so adding them changed no other
+file). The held-out cases use phrasings, names and values that occur in neither the
+training nor the validation file.
 
     python3 scripts/quality/make_tasks.py [--out examples/quality]
 """
@@ -73,6 +77,13 @@ FACTS = [  # (fact id, answer sentence, pattern that proves the fact, train ques
       "What happens to a hold I don't pick up?"], "The book I reserved arrived, how long before it goes back?"),
 ]
 
+# One more training-style question per fact, for the validation file (not the held-out phrasing).
+VALID_QUESTIONS = ["What time do you close on Tuesdays?", "What is the fine per day for late items?",
+                   "What is the loan limit?", "How long is the borrowing period?", "Can I use the internet here?",
+                   "What does printing cost?", "Is a library card free?", "Is the parking free?",
+                   "How do I reserve a study room?", "Is story time on weekends?",
+                   "Can I drop books off after closing?", "How long will you hold a book for me?"]
+
 
 def library_answer(sentence):
     return f"Hello, reader! {sentence}\n— Larkspur Library desk"
@@ -87,7 +98,8 @@ def style_facts():
     cases = [dict(chat(LIBRARY, held), id=f,
                   expected_patterns=["Hello, reader!", "— Larkspur Library desk", pat])
              for f, _, pat, _, held in FACTS]
-    return {"train.jsonl": train, "eval.jsonl": cases}
+    valid = [chat(LIBRARY, q, library_answer(s)) for q, (_, s, _, _, _) in zip(VALID_QUESTIONS, FACTS)]
+    return {"train.jsonl": train, "validation.jsonl": valid, "eval.jsonl": cases}
 
 
 # --- 2. a new answer format --------------------------------------------------------
@@ -122,7 +134,14 @@ def new_format():
         seen.add((a, b))
         cases.append(dict(chat(FORMAT_SYS, f"Please add {a} and {b}."),
                           expected_patterns=[f"re:^Work: {a} \\+ {b}\\nResult: ", "re:\\nCheck: "]))
-    return {"train.jsonl": train, "eval.jsonl": cases}
+    valid = []
+    while len(valid) < 16:
+        a, b = rng.randint(1, 40), rng.randint(1, 40)
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        valid.append(chat(FORMAT_SYS, sum_question(rng, a, b), sum_answer(a, b)))
+    return {"train.jsonl": train, "validation.jsonl": valid, "eval.jsonl": cases}
 
 
 # --- 3. JSON extraction ----------------------------------------------------------
@@ -160,7 +179,11 @@ def json_extraction():
     for _ in range(40):
         text, d = order(rng, HELD_NAMES, held_templates)
         cases.append(dict(chat(EXTRACT_SYS, text), expected_json=d))
-    return {"train.jsonl": train, "eval.jsonl": cases}
+    valid = []
+    for _ in range(24):
+        text, d = order(rng, NAMES, ORDER_TEMPLATES[:4])
+        valid.append(chat(EXTRACT_SYS, text, json.dumps(d)))
+    return {"train.jsonl": train, "validation.jsonl": valid, "eval.jsonl": cases}
 
 
 # --- 4. classification -----------------------------------------------------------
@@ -200,7 +223,15 @@ def classification():
             text = t.format(thing=HELD_THINGS[i % len(HELD_THINGS)])
             cases.append(dict(chat(LABEL_SYS, text), id=f"{label}-{i}",
                               expected_patterns=[f"re:(?i)^\\s*{label}\\W*$"]))
-    return {"train.jsonl": train, "eval.jsonl": cases}
+    # The training file repeats tickets (480 draws from 250 texts); validation takes unseen ones.
+    valid, seen = [], {m["messages"][1]["content"] for m in train}
+    while len(valid) < 24:
+        label = rng.choice(list(TICKETS))
+        text = rng.choice(TICKETS[label][:5]).format(thing=rng.choice(THINGS))
+        if text not in seen:
+            seen.add(text)
+            valid.append(chat(LABEL_SYS, text, label))
+    return {"train.jsonl": train, "validation.jsonl": valid, "eval.jsonl": cases}
 
 
 # --- 5. multi-turn with weight 0 turns -------------------------------------------
@@ -232,7 +263,12 @@ def multi_turn():
         ticket = 10000 + 37 * i
         c = chat(DESK_SYS, f"Hello, {issue}.", "ok. we'll look at it ~bot~", f"Please log it, ticket {ticket}.")
         cases.append(dict(c, expected_patterns=[f"T-{ticket}", "business day"], forbidden_patterns=["~bot~"]))
-    return {"train.jsonl": train, "eval.jsonl": cases}
+    valid = []
+    for _ in range(8):
+        issue, ticket = rng.choice(ISSUES), rng.randint(1000, 9999)
+        valid.append(chat(DESK_SYS, f"Hi, {issue}.", "ok. we'll look at it ~bot~", f"That's it? My ticket is {ticket}.",
+                          desk_answer(ticket, issue), weights=[0, 1]))
+    return {"train.jsonl": train, "validation.jsonl": valid, "eval.jsonl": cases}
 
 
 # --- 6. a preference (DPO) task --------------------------------------------------
@@ -252,6 +288,9 @@ HELD_COMPLAINTS = ["The lamp I ordered arrived broken.", "I was billed twice for
                    "The replacement you sent is also faulty.", "Your chat agent closed my conversation.",
                    "I never got a confirmation email.", "The mattress smells of chemicals.",
                    "The promised gift wrap was missing."]
+VALID_COMPLAINTS = ["The headphones I bought crackle in one ear.", "My order arrived with the wrong colour.",
+                    "The courier never rang the bell.", "I was charged a fee nobody told me about.",
+                    "The table arrived without screws.", "Your returns page keeps showing an error."]
 
 
 def kind(c):
@@ -263,16 +302,18 @@ def curt(c):
     return "Noted. Contact support via the form."
 
 
+def pref_pair(c):
+    return {"input": {"messages": [{"role": "system", "content": PREF_SYS}, {"role": "user", "content": c}]},
+            "preferred_output": [{"role": "assistant", "content": kind(c)}],
+            "non_preferred_output": [{"role": "assistant", "content": curt(c)}]}
+
+
 def preference():
-    pairs = [{"input": {"messages": [{"role": "system", "content": PREF_SYS}, {"role": "user", "content": c}]},
-              "preferred_output": [{"role": "assistant", "content": kind(c)}],
-              "non_preferred_output": [{"role": "assistant", "content": curt(c)}]} for c in COMPLAINTS]
-    held = [{"input": {"messages": [{"role": "system", "content": PREF_SYS}, {"role": "user", "content": c}]},
-             "preferred_output": [{"role": "assistant", "content": kind(c)}],
-             "non_preferred_output": [{"role": "assistant", "content": curt(c)}]} for c in HELD_COMPLAINTS]
     cases = [dict(chat(PREF_SYS, c), expected_patterns=["sorry"], forbidden_patterns=["Noted."])
              for c in HELD_COMPLAINTS]
-    return {"dpo.jsonl": pairs, "heldout_pairs.jsonl": held, "eval.jsonl": cases}
+    return {"dpo.jsonl": [pref_pair(c) for c in COMPLAINTS],
+            "heldout_pairs.jsonl": [pref_pair(c) for c in HELD_COMPLAINTS],
+            "validation.jsonl": [pref_pair(c) for c in VALID_COMPLAINTS], "eval.jsonl": cases}
 
 
 # --- 7. tool calling ----------------------------------------------------------------
@@ -363,18 +404,25 @@ def travel_request(rng, held):
     return rng.choice(CHATS)
 
 
-def tool_calling():
-    rng = random.Random(7)
-    train, seen = [], set()
-    while len(train) < 120:
+def travel_lines(rng, n, seen):
+    """`n` training-style chats whose requests are not in `seen` (no duplicate or
+    conflicting lines); `seen` grows with them."""
+    rows = []
+    while len(rows) < n:
         text, call = travel_request(rng, held=False)
-        if text in seen:  # no duplicate or conflicting lines
+        if text in seen:
             continue
         seen.add(text)
-        i = len(train)
         msgs = [{"role": "system", "content": TRAVEL_SYS}, {"role": "user", "content": text}]
-        msgs.append({"role": "assistant", "content": call} if isinstance(call, str) else call_msg(*call, i))
-        train.append({"messages": msgs, "tools": TRAVEL_TOOLS})
+        msgs.append({"role": "assistant", "content": call} if isinstance(call, str) else call_msg(*call, len(rows)))
+        rows.append({"messages": msgs, "tools": TRAVEL_TOOLS})
+    return rows
+
+
+def tool_calling():
+    rng = random.Random(7)
+    seen_train = set()
+    train = travel_lines(rng, 120, seen_train)
     cases, seen = [], set()
     while len(cases) < 30:
         text, call = travel_request(rng, held=True)
@@ -385,7 +433,7 @@ def tool_calling():
         case = dict(chat(TRAVEL_SYS, text), id=f"tool-{i}", tools=TRAVEL_TOOLS)
         case["expected_tool_calls"] = [{"name": call[0], "arguments": call[1]}] if call else []
         cases.append(case)
-    return {"train.jsonl": train, "eval.jsonl": cases}
+    return {"train.jsonl": train, "validation.jsonl": travel_lines(rng, 12, seen_train), "eval.jsonl": cases}
 
 
 TASKS = {"style_facts": style_facts, "new_format": new_format, "json_extraction": json_extraction,

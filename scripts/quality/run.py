@@ -13,7 +13,8 @@ The Python needs torch, transformers, peft and gguf (tests/hf/requirements.txt).
 Status (2026-12-06): not yet run end to end; the rows measured so far (sessions 12 and
 13, under load) and the missing ones are in docs/quality.md. `--hone-flags "..."` runs
 hone with explicit settings (e.g. peft's recipe), `--who hone` one trainer only, and
-`--label` keeps such runs apart; each run's log (hone's JSON events, peft's per-step
+`--label` keeps such runs apart, `--validation` gives hone each task's validation file
+(early stopping; peft's recipe has none); each run's log (hone's JSON events, peft's per-step
 losses) is kept next to its adapter as `<run>.log`.
 """
 
@@ -68,6 +69,8 @@ def train_hone(args, task, out, seed):
            "--data", task / ("dpo.jsonl" if dpo else "train.jsonl")]
     if dpo:
         cmd += ["--method", "dpo"]
+    if args.validation:
+        cmd += ["--validation", task / "validation.jsonl"]
     cmd += args.hone_flags.split()
     _, secs = run(cmd, log=f"{out}.log")
     return secs
@@ -100,6 +103,8 @@ def main():
     p.add_argument("--out", default="target/quality")
     p.add_argument("--hone-flags", default="", help="extra `hone train` flags (default: all auto)")
     p.add_argument("--peft-flags", default="", help="extra peft_ref.py flags (default: its recipe)")
+    p.add_argument("--validation", action="store_true",
+                   help="give hone the task's validation file (auto epochs then stop early and keep the best step)")
     p.add_argument("--who", default="hone,peft", help="which trainers to run, in this order")
     p.add_argument("--label", default="", help="a name for these settings in the run directories")
     args = p.parse_args()
