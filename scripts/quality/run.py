@@ -10,8 +10,8 @@ training) and writes every run's figures to OUT/results.json.
 
 The Python needs torch, transformers, peft and gguf (tests/hf/requirements.txt).
 
-Status (2026-12-06): not yet run end to end; the rows measured so far (sessions 12 and
-13, under load) and the missing ones are in docs/quality.md. `--hone-flags "..."` runs
+Status (2026-12-07): run on SmolLM2-135M (docs/quality.md, "Session 18": seeds 1-3 of the
+four faster tasks, seed 1 of the others); not yet on Qwen2.5-0.5B. `--hone-flags "..."` runs
 hone with explicit settings (e.g. peft's recipe), `--who hone` one trainer only, and
 `--label` keeps such runs apart, `--validation` gives hone each task's validation file
 (early stopping; peft's recipe has none); each run's log (hone's JSON events, peft's per-step
