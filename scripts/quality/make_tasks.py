@@ -117,30 +117,30 @@ def sum_answer(a, b):
     return f"Work: {a} + {b}\nResult: {a + b}\nCheck: {a + b} - {b} = {a}"
 
 
+def fresh_sums(rng, n, seen, a_range, make):
+    """`make(a, b)` for `n` new pairs (a in `a_range`, b in 1..40) not in `seen`, which grows."""
+    rows = []
+    while len(rows) < n:
+        a, b = rng.randint(*a_range), rng.randint(1, 40)
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        rows.append(make(a, b))
+    return rows
+
+
 def new_format():
     rng = random.Random(2)
-    seen, train = set(), []
-    while len(train) < 160:
-        a, b = rng.randint(1, 40), rng.randint(1, 40)
-        if (a, b) in seen:
-            continue
-        seen.add((a, b))
-        train.append(chat(FORMAT_SYS, sum_question(rng, a, b), sum_answer(a, b)))
-    cases = []
-    while len(cases) < 40:
-        a, b = rng.randint(41, 60), rng.randint(1, 40)
-        if (a, b) in seen:
-            continue
-        seen.add((a, b))
-        cases.append(dict(chat(FORMAT_SYS, f"Please add {a} and {b}."),
-                          expected_patterns=[f"re:^Work: {a} \\+ {b}\\nResult: ", "re:\\nCheck: "]))
-    valid = []
-    while len(valid) < 16:
-        a, b = rng.randint(1, 40), rng.randint(1, 40)
-        if (a, b) in seen:
-            continue
-        seen.add((a, b))
-        valid.append(chat(FORMAT_SYS, sum_question(rng, a, b), sum_answer(a, b)))
+    seen = set()
+
+    def line(a, b):
+        return chat(FORMAT_SYS, sum_question(rng, a, b), sum_answer(a, b))
+
+    train = fresh_sums(rng, 160, seen, (1, 40), line)
+    cases = fresh_sums(rng, 40, seen, (41, 60), lambda a, b: dict(
+        chat(FORMAT_SYS, f"Please add {a} and {b}."),
+        expected_patterns=[f"re:^Work: {a} \\+ {b}\\nResult: ", "re:\\nCheck: "]))
+    valid = fresh_sums(rng, 16, seen, (1, 40), line)
     return {"train.jsonl": train, "validation.jsonl": valid, "eval.jsonl": cases}
 
 
