@@ -209,13 +209,15 @@ THINGS = ["headphones", "coffee maker", "router", "blender", "smartwatch", "desk
 HELD_THINGS = ["vacuum", "drone", "printer", "toaster"]
 
 
+def ticket_line(rng):
+    """A training-style ticket (one of its label's first five templates) and its label."""
+    label = rng.choice(list(TICKETS))
+    return chat(LABEL_SYS, rng.choice(TICKETS[label][:5]).format(thing=rng.choice(THINGS)), label)
+
+
 def classification():
     rng = random.Random(4)
-    train = []
-    for _ in range(480):
-        label = rng.choice(list(TICKETS))
-        text = rng.choice(TICKETS[label][:5]).format(thing=rng.choice(THINGS))
-        train.append(chat(LABEL_SYS, text, label))
+    train = [ticket_line(rng) for _ in range(480)]
     cases = []
     for label, templates in TICKETS.items():
         for i in range(10):
@@ -226,11 +228,10 @@ def classification():
     # The training file repeats tickets (480 draws from 250 texts); validation takes unseen ones.
     valid, seen = [], {m["messages"][1]["content"] for m in train}
     while len(valid) < 24:
-        label = rng.choice(list(TICKETS))
-        text = rng.choice(TICKETS[label][:5]).format(thing=rng.choice(THINGS))
-        if text not in seen:
-            seen.add(text)
-            valid.append(chat(LABEL_SYS, text, label))
+        line = ticket_line(rng)
+        if line["messages"][1]["content"] not in seen:
+            seen.add(line["messages"][1]["content"])
+            valid.append(line)
     return {"train.jsonl": train, "validation.jsonl": valid, "eval.jsonl": cases}
 
 
