@@ -333,6 +333,26 @@ impl Llama {
         Ok(TrainLoss { loss, accuracy })
     }
 
+    /// Per sequence, the summed log-prob of the masked targets: `[b]` for `input_ids:
+    /// [b, t]` (`targets` and `mask` shifted as for [`Self::train_loss`]). DPO's sequence
+    /// log-probs, through the fused head ([`ops::lm_head_sequence_nll`]): only masked
+    /// positions are projected and the batch's logits are never held.
+    pub fn train_sequence_logprobs(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+        opts: TrainOptions,
+    ) -> Result<Tensor> {
+        let h = self.forward_train_hidden(input_ids, opts)?;
+        let cap = self.spec.final_logit_softcap;
+        let rows = self
+            .active_token_rows(opts.use_adapters)
+            .and_then(|r| r.head_patch());
+        let nll = ops::lm_head_sequence_nll(&h, &self.head_weight(), targets, mask, cap, rows)?;
+        Ok(nll.neg()?)
+    }
+
     /// The frozen LM head as the training ops take it.
     fn head_weight(&self) -> BaseWeight {
         match &self.lm_head {

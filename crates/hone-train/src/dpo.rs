@@ -1,24 +1,22 @@
 //! Direct preference optimisation: the sigmoid DPO loss of Rafailov et al. as TRL
 //! computes it (`loss_type="sigmoid"`, no label smoothing), over LoRA.
 //!
-//! The reference model is the same base with the adapter switched off
-//! (`TrainOptions::use_adapters = false`): no second model in memory (architecture.md,
-//! pitfall 6). Its log-probs are computed without gradients on the very batch tensors the
-//! policy sees, once per micro-batch, so at LoRA's zero init the policy and reference
-//! agree bit for bit (loss exactly ln 2). With `init_adapter` (DPO on top of an SFT
-//! adapter) the reference is the parent model, base + that adapter, precomputed once
-//! per pair ([`crate::reference`] says why).
+//! The reference is the model the run starts from: the base with the adapter switched
+//! off (`TrainOptions::use_adapters = false`: no second model in memory, architecture.md
+//! pitfall 6), or base + the parent adapter with `init_adapter` (DPO on top of an SFT
+//! adapter). Its log-probs are computed once per pair before the first step
+//! ([`crate::reference`] says why and what that changes), so a step runs the policy alone.
 //!
 //! Each sequence is the prompt rendered through the model's chat template plus one
 //! answer (hone-text's `encode_preference`); only the answer's tokens (its end-of-turn
-//! token included) count in the log-probs. The loop, checkpoints, resume and cancel are
+//! token included) count in the log-probs, and only they go through the LM head
+//! ([`Llama::train_sequence_logprobs`]). The loop, checkpoints, resume and cancel are
 //! [`crate::runner`]'s, shared with SFT.
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use hone_data::PreferenceExample;
-use hone_model::ops::masked_cross_entropy;
 use hone_model::{Llama, TrainOptions};
 use hone_text::{ChatTokenizer, EncodedChat};
 use serde::{Deserialize, Serialize};
@@ -65,13 +63,13 @@ impl TokenizedPair {
         h.finalize().into()
     }
 
-    /// `[chosen, rejected]` sequence log-probs under `model` as it is (adapter on, no
-    /// dropout), the pair alone in its batch: a parent model's reference.
-    fn score(&self, model: &Llama, pad_id: u32) -> Result<[f32; 2]> {
+    /// `[chosen, rejected]` sequence log-probs under `model` with `opts` (no dropout),
+    /// the pair alone in its batch: the reference's values.
+    fn score(&self, model: &Llama, pad_id: u32, opts: TrainOptions) -> Result<[f32; 2]> {
         let b = Batch::from_examples(&[&self.chosen, &self.rejected], pad_id);
         let (input, targets, mask) = to_tensors(&b)?;
-        let logits = model.forward_train(&input, TrainOptions::default())?;
-        let lp: Vec<f32> = sequence_logprobs(&logits, &targets, &mask)?
+        let lp: Vec<f32> = model
+            .train_sequence_logprobs(&input, &targets, &mask, opts)?
             .detach()
             .to_vec1()?;
         Ok([lp[0], lp[1]])
@@ -145,19 +143,14 @@ pub fn run_dpo(
             "preference pair {i} has an answer without trained tokens"
         )));
     }
-    let pad = cfg.train.pad_id;
-    let reference = Reference::for_run(
-        model,
-        &[train, valid],
-        &cfg.train,
-        (out_dir, ctl.resume),
-        TokenizedPair::key,
-        |m, p| p.score(m, pad),
-    )?;
     let obj = Dpo {
         beta: cfg.beta,
         pad_id: cfg.train.pad_id,
-        reference,
+        reference_opts: TrainOptions {
+            use_adapters: cfg.train.init_adapter.is_some(),
+            ..TrainOptions::default()
+        },
+        reference: Reference::default(),
     };
     train_loop(model, &obj, train, valid, &cfg.train, out_dir, sink, ctl)
 }
@@ -166,12 +159,15 @@ pub fn run_dpo(
 struct Dpo {
     beta: f64,
     pad_id: u32,
+    /// How the model the run starts from is the reference: the adapter switched off
+    /// (a fresh adapter), or on (the parent adapter it continues).
+    reference_opts: TrainOptions,
+    /// Filled by [`Objective::prepare`].
     reference: Reference,
 }
 
 impl Dpo {
-    /// Chosen rows then rejected rows in one batch, so policy and reference see the
-    /// same tensors.
+    /// Chosen rows then rejected rows in one batch.
     fn batch(&self, chunk: &[&TokenizedPair]) -> Result<(Tensor, Tensor, Tensor, usize)> {
         let seqs: Vec<&EncodedChat> = chunk
             .iter()
@@ -193,19 +189,10 @@ impl Dpo {
     ) -> Result<(Tensor, Stats)> {
         let (input, targets, mask, n_trained) = self.batch(chunk)?;
         let n = chunk.len();
-        let reference = TrainOptions {
-            use_adapters: false,
-            ..TrainOptions::default()
-        };
-        let ref_lp = match self
+        let ref_lp = self
             .reference
-            .lookup(chunk, TokenizedPair::key, input.device())?
-        {
-            Some(lp) => lp,
-            None => sequence_logprobs(&model.forward_train(&input, reference)?, &targets, &mask)?
-                .detach(),
-        };
-        let lp = sequence_logprobs(&model.forward_train(&input, opts)?, &targets, &mask)?;
+            .lookup(chunk, TokenizedPair::key, input.device())?;
+        let lp = model.train_sequence_logprobs(&input, &targets, &mask, opts)?;
         let out = dpo_loss(
             &lp.narrow(0, 0, n)?,
             &lp.narrow(0, n, n)?,
@@ -238,6 +225,18 @@ impl Objective for Dpo {
 
     fn beta(&self) -> Option<f64> {
         Some(self.beta)
+    }
+
+    fn prepare(
+        &self,
+        model: &Llama,
+        train: &[TokenizedPair],
+        valid: &[TokenizedPair],
+    ) -> Result<()> {
+        self.reference
+            .compute(&[train, valid], TokenizedPair::key, |p| {
+                p.score(model, self.pad_id, self.reference_opts)
+            })
     }
 
     fn units(&self, _: &TokenizedPair) -> u64 {
@@ -280,7 +279,8 @@ pub fn pair_logprobs(model: &Llama, pairs: &[TokenizedPair], pad_id: u32) -> Res
     let obj = Dpo {
         beta: 1.0,
         pad_id,
-        reference: Reference::AdapterOff,
+        reference_opts: TrainOptions::default(),
+        reference: Reference::default(),
     };
     let refs: Vec<&TokenizedPair> = pairs.iter().collect();
     let (input, targets, mask, _) = obj.batch(&refs)?;
@@ -291,7 +291,8 @@ pub fn pair_logprobs(model: &Llama, pairs: &[TokenizedPair], pad_id: u32) -> Res
             use_adapters,
             ..TrainOptions::default()
         };
-        let lp: Vec<f32> = sequence_logprobs(&model.forward_train(&input, opts)?, &targets, &mask)?
+        let lp: Vec<f32> = model
+            .train_sequence_logprobs(&input, &targets, &mask, opts)?
             .detach()
             .to_device(&Device::Cpu)?
             .to_vec1()?;
@@ -307,24 +308,6 @@ pub fn pair_logprobs(model: &Llama, pairs: &[TokenizedPair], pad_id: u32) -> Res
             ]
         })
         .collect())
-}
-
-/// `Σ_j mask[i, j] · log p(targets[i, j])` for every row `i`: shape `[b]`.
-/// `logits` is `[b, t, vocab]`, `targets` (u32) and `mask` (f32) are `[b, t]`, already
-/// shifted. Differentiable with respect to `logits`.
-pub fn sequence_logprobs(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let b = logits.dim(0)?;
-    let counts: Vec<f32> = mask.sum(D::Minus1)?.to_vec1()?;
-    let mut rows = Vec::with_capacity(b);
-    for (i, n) in counts.iter().enumerate() {
-        let ce = masked_cross_entropy(
-            &logits.narrow(0, i, 1)?,
-            &targets.narrow(0, i, 1)?,
-            &mask.narrow(0, i, 1)?,
-        )?;
-        rows.push((ce * -(*n as f64))?.reshape(1)?);
-    }
-    Ok(Tensor::cat(&rows, 0)?)
 }
 
 /// The DPO loss of a batch and its usual diagnostics.
@@ -428,29 +411,5 @@ mod tests {
         let out = dpo_loss(&t(&[-5000.0]), &t(&[0.0]), &t(&[0.0]), &t(&[0.0]), 1.0).unwrap();
         let l = out.loss.to_scalar::<f32>().unwrap();
         assert!((l - 5000.0).abs() < 1e-2, "{l}");
-    }
-
-    #[test]
-    fn sequence_logprobs_sum_log_softmax_over_the_mask() {
-        let dev = Device::Cpu;
-        let logits = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
-        let targets = Tensor::new(&[[1u32, 4, 0], [2, 2, 3]], &dev).unwrap();
-        let mask = Tensor::new(&[[1f32, 1., 0.], [0., 1., 1.]], &dev).unwrap();
-        let got: Vec<f32> = sequence_logprobs(&logits, &targets, &mask)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let lsm: Vec<Vec<Vec<f32>>> = candle_nn::ops::log_softmax(&logits, D::Minus1)
-            .unwrap()
-            .to_vec3()
-            .unwrap();
-        let tg: Vec<Vec<u32>> = targets.to_vec2().unwrap();
-        let mk: Vec<Vec<f32>> = mask.to_vec2().unwrap();
-        for i in 0..2 {
-            let want: f32 = (0..3)
-                .map(|j| mk[i][j] * lsm[i][j][tg[i][j] as usize])
-                .sum();
-            assert!((got[i] - want).abs() < 1e-5, "{} vs {want}", got[i]);
-        }
     }
 }

@@ -95,6 +95,17 @@ pub trait Objective {
     fn tokens(&self, ex: &Self::Example) -> u64;
     /// Feeds the example's tokens into the data fingerprint.
     fn hash(&self, ex: &Self::Example, h: &mut Sha256);
+    /// Called once per run before the first step, with the model the run starts from
+    /// (LoRA attached, `init_adapter` loaded; on a resume, before the checkpoint's
+    /// adapter is): DPO computes its frozen reference here. Nothing by default.
+    fn prepare(
+        &self,
+        _model: &Llama,
+        _train: &[Self::Example],
+        _valid: &[Self::Example],
+    ) -> Result<()> {
+        Ok(())
+    }
     /// The differentiable mean loss of a micro-batch (over its units) and its stats.
     fn forward(
         &self,

@@ -144,6 +144,7 @@ fn run_from<O: Objective>(
         check_identity(c, &identity)?;
     }
     let best = BestDir::open(out_dir, ckpt.is_some())?;
+    objective.prepare(model, train, valid)?;
     let mut run = Run::new(
         model,
         lora,

@@ -55,7 +55,7 @@ pub use causal_softmax::causal_softmax;
 pub use cross_entropy::{masked_cross_entropy, masked_token_accuracy, TokenAccuracy};
 pub use frozen_linear::{frozen_linear, frozen_linear_base};
 pub use glu::{glu, silu_mul};
-pub use lm_head_loss::{lm_head_cross_entropy, lm_head_cross_entropy_base};
+pub use lm_head_loss::{lm_head_cross_entropy, lm_head_cross_entropy_base, lm_head_sequence_nll};
 pub use lora_linear::{lora_linear, Dropout};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, rope_i};
