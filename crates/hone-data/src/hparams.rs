@@ -16,7 +16,7 @@
 //! - Learning rate: `learning_rate = auto rate × multiplier`, where the auto
 //!   rate depends on the method and the model size ([`auto_learning_rate`]):
 //!   SFT 1e-3 up to 1B parameters (or unknown size), 2e-4 above; DPO 5e-4 up
-//!   to 1B, 1e-4 above. The auto multiplier is 1.0. As on OpenAI, whose
+//!   to 300M, 1e-4 above. The auto multiplier is 1.0. As on OpenAI, whose
 //!   multiplier scales its own default, a multiplier is relative to what
 //!   auto would pick: 0.1 (a usual OpenAI value) is a tenth of the auto rate,
 //!   1e-4 for SFT on a small model, which still learns (docs/quality.md),
@@ -46,16 +46,22 @@ pub const SFT_SMALL_MODEL_LR: f64 = 1e-3;
 /// 0/12); 1e-3, the small-model rate, also passed 8/12 there but gave one
 /// memorised answer to four different questions.
 pub const SFT_LARGE_MODEL_LR: f64 = 2e-4;
-/// DPO auto learning rate for small models: on the quality suite's
-/// preference task (SmolLM2-135M, docs/quality.md) 1e-4 moved no held-out
-/// pair, 5e-4 moved most of them.
+/// DPO auto learning rate up to [`DPO_SMALL_MODEL_PARAMS`]: on the quality
+/// suite's preference task (SmolLM2-135M, docs/quality.md) 1e-4 moved no
+/// held-out pair, 5e-4 moved most of them.
 pub const DPO_SMALL_MODEL_LR: f64 = 5e-4;
-/// DPO auto learning rate above [`SMALL_MODEL_PARAMS`]: the small-model rate
-/// scaled as SFT's is, measured on Qwen2.5-Coder-1.5B (docs/quality.md,
-/// sessions 16–17): all-auto (5 epochs) on the suite's preference task
-/// flipped all 9 held-out pairs (base 0/9; mean margin -78 → +37 nats);
-/// 2 epochs had moved the margin to -12 without flipping one.
+/// DPO auto learning rate above [`DPO_SMALL_MODEL_PARAMS`], measured on the
+/// suite's preference task (docs/quality.md): on Qwen2.5-Coder-1.5B
+/// (sessions 16–17) all-auto (5 epochs) flipped all 9 held-out pairs (base
+/// 0/9; mean margin -78 → +37 nats), 2 epochs none; on Qwen2.5-Coder-0.5B
+/// (session 19) it flipped all 9 and kept the answers (7/9 cases, base 6/9),
+/// where 5e-4 also flipped them but made every answer repeat one phrase
+/// (0/9 cases; peft's recipe at 5e-4 did the same).
 pub const DPO_LARGE_MODEL_LR: f64 = 1e-4;
+/// DPO's small-model rate stops here, lower than SFT's [`SMALL_MODEL_PARAMS`]:
+/// the 135M model needed 5e-4 and the 494M one broke at it (above). Models
+/// between (Gemma 3 270M) are not measured; 300M puts them with the small one.
+pub const DPO_SMALL_MODEL_PARAMS: u64 = 300_000_000;
 /// The auto multiplier: the auto rate itself.
 pub const AUTO_MULTIPLIER: f64 = 1.0;
 /// Models up to this many parameters count as small.
@@ -223,13 +229,21 @@ fn prev_pow2(x: u32) -> u32 {
 /// What a multiplier of 1.0 means for a method and model size: the auto
 /// learning rate.
 pub fn auto_learning_rate(method: Method, model_params: Option<u64>) -> f64 {
-    let small = model_params.is_none_or(|p| p <= SMALL_MODEL_PARAMS);
-    match (method, small) {
+    match (method, is_small(method, model_params)) {
         (Method::Sft, true) => SFT_SMALL_MODEL_LR,
         (Method::Sft, false) => SFT_LARGE_MODEL_LR,
         (Method::Dpo, true) => DPO_SMALL_MODEL_LR,
         (Method::Dpo, false) => DPO_LARGE_MODEL_LR,
     }
+}
+
+/// Whether a model of `params` (unknown: small) gets `method`'s small-model rate.
+fn is_small(method: Method, params: Option<u64>) -> bool {
+    let limit = match method {
+        Method::Sft => SMALL_MODEL_PARAMS,
+        Method::Dpo => DPO_SMALL_MODEL_PARAMS,
+    };
+    params.is_none_or(|p| p <= limit)
 }
 
 /// Early stopping for a run: the patience in validations, or `None` (no early
@@ -433,12 +447,11 @@ fn multiplier_why(method: Method, params: Option<u64>) -> String {
         None => "model of unknown size (treated as small)".to_string(),
     };
     let lr = auto_learning_rate(method, params);
-    let small = params.is_none_or(|p| p <= SMALL_MODEL_PARAMS);
-    let measured = match (method, small) {
+    let measured = match (method, is_small(method, params)) {
         (Method::Sft, true) => "on a 135M model LoRA on all linear layers near 1e-3 learned the style where 2e-4 did not",
         (Method::Sft, false) => "on a 1.5B model 2e-4 learned the style and facts as well as 1e-3, which memorised one answer for several questions",
         (Method::Dpo, true) => "on a 135M model 5e-4 moved held-out preference pairs where 1e-4 did not",
-        (Method::Dpo, false) => "on a 1.5B model 1e-4 over 5 epochs made the tuned model prefer all 9 held-out preferred answers (base 0/9)",
+        (Method::Dpo, false) => "on 0.5B and 1.5B models 1e-4 over 5 epochs made the tuned model prefer all 9 held-out preferred answers (base 0/9); on the 0.5B 5e-4 did too but made every answer repeat one phrase",
     };
     format!(
         "ours: 1.0 = the auto rate {lr:e} for {} on a {size} (a multiplier scales it, as on OpenAI); {measured}",
@@ -551,6 +564,21 @@ mod tests {
         assert!(close(
             lr(Method::Dpo, Some(2_000_000_000), None),
             DPO_LARGE_MODEL_LR
+        ));
+        // DPO's boundary is lower than SFT's: a Qwen2.5-0.5B-sized model gets the
+        // large-model DPO rate and the small-model SFT rate; SmolLM2's size both
+        // small-model rates.
+        assert!(close(
+            lr(Method::Dpo, Some(494_000_000), None),
+            DPO_LARGE_MODEL_LR
+        ));
+        assert!(close(
+            lr(Method::Sft, Some(494_000_000), None),
+            SFT_SMALL_MODEL_LR
+        ));
+        assert!(close(
+            lr(Method::Dpo, Some(134_500_000), None),
+            DPO_SMALL_MODEL_LR
         ));
         let input = AutoInput {
             method: Method::Sft,
