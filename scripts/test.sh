@@ -27,8 +27,11 @@ stamp() { echo "== test.sh: $* (+$(( $(date +%s) - start ))s)"; }
 # The Python venvs install while cargo compiles (pip waits on the network, the
 # compiler on the CPU): their logs are printed if an install fails.
 venv_jobs=()
+# --no-cache-dir: the hf venv is 5.6 GB installed (PyPI's torch is the CUDA build),
+# and pip's wheel cache would hold another ~3.5 GB of it; one CI run failed with
+# "No space left on device" here.
 venv_in_background() { # NAME REQUIREMENTS
-  ( python3 -m venv "target/$1" && "target/$1/bin/pip" install --quiet -r "$2" ) \
+  ( python3 -m venv "target/$1" && "target/$1/bin/pip" install --quiet --no-cache-dir -r "$2" ) \
     >"target/$1.log" 2>&1 &
   venv_jobs+=("$!:$1")
 }

@@ -73,7 +73,8 @@ pub struct ServeConfig {
     pub checkpoint_every: u64,
 
     /// How fine-tuning jobs hold and multiply the frozen base: auto (bf16
-    /// where the CPU has AMX-BF16, else f32), f32, bf16, q8_0 or native (see
+    /// where bf16 products measure faster than f32 on this CPU, else f32),
+    /// f32, bf16, q8_0 or native (see
     /// `hone train --base-weights`). A resumed job keeps the mode it started with.
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]
     pub base_weights: hone_model::ops::BaseWeights,

@@ -115,8 +115,8 @@ pub struct TrainArgs {
     /// Print training events as JSON lines on stdout instead of a progress bar.
     #[arg(long, env = "HONE_JSON_EVENTS")]
     pub json_events: bool,
-    /// How the frozen base is held and multiplied: auto (bf16 where the CPU has AMX-BF16,
-    /// else f32), f32, bf16 (bf16 products, f32 accumulation), q8_0 or native (the GGUF's
+    /// How the frozen base is held and multiplied: auto (bf16 where bf16 products measure
+    /// faster than f32 on this CPU: AMX, and AVX512_BF16 on some CPUs; else f32), f32, bf16 (bf16 products, f32 accumulation), q8_0 or native (the GGUF's
     /// quantized blocks kept, dequantized a panel at a time inside f32 products: least
     /// memory). LoRA stays f32. Checkpoints record the mode; --resume with auto keeps it.
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = hone_model::ops::BaseWeights::parse)]

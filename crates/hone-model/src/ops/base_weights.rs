@@ -25,6 +25,7 @@ use half::slice::HalfFloatSliceExt;
 
 use super::bf16::{to_bf16, Bf16Kernel, Bf16Matrix};
 use super::bf16_product::{self, Bf16Rows};
+use super::bf16_speed;
 use super::kernel::{f32_data, matmul, Tr};
 use super::packed_product;
 use crate::decode::PackedMatrix;
@@ -38,10 +39,11 @@ use crate::linear::BaseWeight;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BaseWeights {
-    /// bf16 where a bf16 kernel is faster than f32 on this CPU, else f32. AVX512_BF16's
-    /// `vdpbf16ps` alone is not: on the Xeon this was measured on it retired at about
-    /// 0.6× the f32 FMA's FLOP rate, so the products ran at half the f32 gemm's speed
-    /// (docs/benchmarks.md, "Session 9, bf16"); only AMX tiles would be.
+    /// bf16 where a bf16 kernel is faster than f32 on this CPU, else f32
+    /// ([`super::bf16_speed::beats_f32`]): AMX tiles always are; AVX512_BF16's
+    /// `vdpbf16ps` is measured once per process, because it ran the products at 0.5×
+    /// the f32 gemm on a Sapphire Rapids Xeon and at 1.7–2.0× on an AMD EPYC (Zen 4)
+    /// (docs/benchmarks.md, "Session 9, bf16" and "Session 20").
     #[default]
     Auto,
     /// f32 products (the reference).
@@ -119,7 +121,7 @@ impl BaseWeights {
             Self::F32 | Self::Q8_0 | Self::Native => Precision::F32,
             Self::Bf16 => Precision::Bf16(Bf16Kernel::detect()),
             Self::Auto => match Bf16Kernel::detect() {
-                k if k.faster_than_f32() => Precision::Bf16(k),
+                k if bf16_speed::beats_f32(k) => Precision::Bf16(k),
                 _ => Precision::F32,
             },
         }
@@ -202,7 +204,7 @@ pub fn with_precision<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
 }
 
 /// The CPU features that bear on the products, as detected at run time: `avx512f`,
-/// `avx512_bf16`, `amx_bf16` (AMX is reported, but no kernel uses it yet).
+/// `avx512_bf16`, `amx_bf16`.
 pub fn cpu_flags() -> Vec<&'static str> {
     let mut flags = Vec::new();
     #[cfg(target_arch = "x86_64")]
@@ -475,7 +477,7 @@ mod tests {
         let best = Bf16Kernel::detect();
         assert_eq!(BaseWeights::Bf16.resolve(), Precision::Bf16(best));
         let auto = BaseWeights::Auto.resolve();
-        if best.faster_than_f32() {
+        if bf16_speed::beats_f32(best) {
             assert_eq!(auto, Precision::Bf16(best));
         } else {
             assert_eq!(auto, Precision::F32, "no faster bf16 kernel: auto is f32");

@@ -120,12 +120,6 @@ impl Bf16Kernel {
         }
     }
 
-    /// Whether the kernel beats the f32 gemm (measured, docs/benchmarks.md "Session 9,
-    /// bf16"): `auto` picks bf16 only then.
-    pub fn faster_than_f32(self) -> bool {
-        self == Self::Amx
-    }
-
     /// A short name for reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -139,8 +133,23 @@ impl Bf16Kernel {
 /// `c = a · bᵀ` (`c +=` when `acc`) with `a: [m, k]`, `b: [n, k]` and `c` row-major
 /// `[m, n]`, on `kernel` (which must be [`Bf16Kernel::available`]; the portable kernel
 /// is used otherwise). `parallel` splits the rows of `c` across threads.
+#[cfg(test)]
 pub(crate) fn matmul_nt(
     c: &mut [f32],
+    a: &Bf16Matrix,
+    b: &Bf16Matrix,
+    acc: bool,
+    kernel: Bf16Kernel,
+    parallel: bool,
+) {
+    matmul_nt_into((c, b.rows, 0), a, b, acc, kernel, parallel);
+}
+
+/// [`matmul_nt`] into columns `col0..col0 + b.rows` of a wider row-major `c` with
+/// `ldc` columns (`c: [a.rows, ldc]`): a product by one panel of a weight's rows writes
+/// straight into the whole output, with no panel buffer to allocate and scatter.
+pub(crate) fn matmul_nt_into(
+    (c, ldc, col0): (&mut [f32], usize, usize),
     a: &Bf16Matrix,
     b: &Bf16Matrix,
     acc: bool,
@@ -152,7 +161,8 @@ pub(crate) fn matmul_nt(
         a.cols == b.cols && a.stride == b.stride,
         "matmul_nt: k differs"
     );
-    assert_eq!(c.len(), m * n, "matmul_nt: c has the wrong size");
+    assert!(col0 + n <= ldc, "matmul_nt: columns past ldc");
+    assert_eq!(c.len(), m * ldc, "matmul_nt: c has the wrong size");
     if m == 0 || n == 0 {
         return;
     }
@@ -168,7 +178,7 @@ pub(crate) fn matmul_nt(
         Bf16Kernel::Portable
     };
     let run = |row0: usize, chunk: &mut [f32]| {
-        let rows = chunk.len() / n;
+        let rows = chunk.len() / ldc;
         for j0 in (0..n).step_by(NB) {
             let j1 = (j0 + NB).min(n);
             for i0 in (0..rows).step_by(MR) {
@@ -176,9 +186,9 @@ pub(crate) fn matmul_nt(
                 for jt in (j0..j1).step_by(NR) {
                     let nr = NR.min(j1 - jt);
                     let out = Out {
-                        c: &mut chunk[i0 * n..],
-                        ldc: n,
-                        col: jt,
+                        c: &mut chunk[i0 * ldc..],
+                        ldc,
+                        col: col0 + jt,
                         acc,
                     };
                     tile(kernel, (a, row0 + i0, mr), (b, jt, nr), out);
@@ -188,7 +198,7 @@ pub(crate) fn matmul_nt(
     };
     if parallel {
         // Whole groups of MR rows per thread keep the tiles full.
-        par_rows(c, n * MR, a.stride * n, |g0, chunk| run(g0 * MR, chunk));
+        par_rows(c, ldc * MR, a.stride * n, |g0, chunk| run(g0 * MR, chunk));
     } else {
         run(0, c);
     }

@@ -12,7 +12,7 @@
 //! over a fully laid-out weight bit for bit.
 
 use super::amx::{self, VnniMatrix};
-use super::bf16::{matmul_nt, Bf16Kernel, Bf16Matrix, K_ALIGN};
+use super::bf16::{matmul_nt_into, Bf16Kernel, Bf16Matrix, K_ALIGN};
 
 /// Weight rows laid out per panel: a multiple of 32 (AMX's two 16-column tiles), and
 /// 256 rows of a 4864-wide weight are 2.5 MB of bf16.
@@ -28,54 +28,138 @@ pub(crate) struct Bf16Rows<'a> {
 
 impl Bf16Rows<'_> {
     /// Rows `r0..r0 + n` of `W` as a padded [`Bf16Matrix`] (rows over `n_in`).
+    #[cfg(test)]
     fn rows(&self, r0: usize, n: usize) -> Bf16Matrix {
+        let mut m = empty(0, 0);
+        self.rows_into(r0, n, &mut m);
+        m
+    }
+
+    /// [`Self::rows`] into `m`, reusing its storage (a product lays out every panel into
+    /// one buffer: a fresh one per panel cost page faults and zero-fills).
+    fn rows_into(&self, r0: usize, n: usize, m: &mut Bf16Matrix) {
         let stride = self.n_in.div_ceil(K_ALIGN) * K_ALIGN;
-        let mut data = vec![0u16; n.div_ceil(32) * 32 * stride];
-        for (i, d) in data.chunks_exact_mut(stride).take(n).enumerate() {
+        reshape(m, n, self.n_in, stride);
+        for (i, d) in m.data.chunks_exact_mut(stride).take(n).enumerate() {
             let r = r0 + i;
             d[..self.n_in].copy_from_slice(&self.bits[r * self.n_in..(r + 1) * self.n_in]);
-        }
-        Bf16Matrix {
-            rows: n,
-            cols: self.n_in,
-            stride,
-            data,
         }
     }
 
     /// Rows `c0..c0 + n` of `Wᵀ` (columns of `W`) as a padded [`Bf16Matrix`] (rows over
-    /// `n_out`), copied in square blocks so that both sides stay in cache.
+    /// `n_out`).
+    #[cfg(test)]
     fn columns(&self, c0: usize, n: usize) -> Bf16Matrix {
-        const BLOCK: usize = 64;
+        let mut m = empty(0, 0);
+        self.columns_into(c0, n, &mut m);
+        m
+    }
+
+    /// [`Self::columns`] into `m`, reusing its storage. The transpose is a pass over the
+    /// whole weight per backward product (it was 15% of a bf16 step's samples as a
+    /// scalar loop on one thread), so it runs on every thread, each laying out its own
+    /// rows of the panel in [`TB`]-square blocks that stay in L1.
+    fn columns_into(&self, c0: usize, n: usize, m: &mut Bf16Matrix) {
         let stride = self.n_out.div_ceil(K_ALIGN) * K_ALIGN;
-        let mut data = vec![0u16; n.div_ceil(32) * 32 * stride];
-        for o0 in (0..self.n_out).step_by(BLOCK) {
-            for j0 in (0..n).step_by(BLOCK) {
-                for o in o0..(o0 + BLOCK).min(self.n_out) {
-                    let row = &self.bits[o * self.n_in + c0..];
-                    for j in j0..(j0 + BLOCK).min(n) {
-                        data[j * stride + o] = row[j];
+        reshape(m, n, self.n_out, stride);
+        let threads = super::kernel::threads().min(n.div_ceil(TB)).max(1);
+        let rows_per_thread = n.div_ceil(threads).div_ceil(TB) * TB;
+        let data = &mut m.data[..n * stride];
+        std::thread::scope(|scope| {
+            for (t, chunk) in data.chunks_mut(rows_per_thread * stride).enumerate() {
+                let j0 = c0 + t * rows_per_thread;
+                if t + 1 == threads || chunk.len() < rows_per_thread * stride {
+                    self.transpose_block(j0, stride, chunk);
+                } else {
+                    scope.spawn(move || self.transpose_block(j0, stride, chunk));
+                }
+            }
+        });
+    }
+
+    /// Fills `out` (`out.len() / stride` rows of `Wᵀ` from column `j0`, each `stride`
+    /// long) from `W`, a [`TB`]×[`TB`] block at a time; padding is left as it is.
+    fn transpose_block(&self, j0: usize, stride: usize, out: &mut [u16]) {
+        let rows = out.len() / stride;
+        for o0 in (0..self.n_out).step_by(TB) {
+            let on = TB.min(self.n_out - o0);
+            for jb in (0..rows).step_by(TB) {
+                let jn = TB.min(rows - jb);
+                if on == TB && jn == TB {
+                    // Full block: fixed-size arrays let the compiler drop bounds checks.
+                    let mut block = [[0u16; TB]; TB];
+                    for (o, b) in block.iter_mut().enumerate() {
+                        let at = (o0 + o) * self.n_in + j0 + jb;
+                        b.copy_from_slice(&self.bits[at..at + TB]);
+                    }
+                    for j in 0..TB {
+                        let dst = &mut out[(jb + j) * stride + o0..][..TB];
+                        for (o, d) in dst.iter_mut().enumerate() {
+                            *d = block[o][j];
+                        }
+                    }
+                } else {
+                    for o in o0..o0 + on {
+                        let row = &self.bits[o * self.n_in + j0 + jb..][..jn];
+                        for (j, &v) in row.iter().enumerate() {
+                            out[(jb + j) * stride + o] = v;
+                        }
                     }
                 }
             }
         }
-        Bf16Matrix {
-            rows: n,
-            cols: self.n_out,
-            stride,
-            data,
-        }
     }
 }
 
+/// Side of the square blocks the transpose copies through.
+const TB: usize = 16;
+
+/// A matrix with no rows, whose storage [`reshape`] grows.
+fn empty(cols: usize, stride: usize) -> Bf16Matrix {
+    Bf16Matrix {
+        rows: 0,
+        cols,
+        stride,
+        data: Vec::new(),
+    }
+}
+
+/// Makes `m` a `rows × cols` matrix of row length `stride` holding whole groups of 32
+/// rows (AMX reads them as a unit), with zeros in every element past `cols` and past
+/// `rows`; the logical elements are left for the caller to overwrite.
+fn reshape(m: &mut Bf16Matrix, rows: usize, cols: usize, stride: usize) {
+    let len = rows.div_ceil(32) * 32 * stride;
+    m.data.clear();
+    m.data.resize(len, 0);
+    (m.rows, m.cols, m.stride) = (rows, cols, stride);
+}
+
 /// `c = a·bᵀ` into a fresh `[a.rows, b.rows]` buffer on `kernel` (AMX packs `b` first).
+#[cfg(test)]
 fn panel_product(a: &Bf16Matrix, b: &Bf16Matrix, kernel: Bf16Kernel) -> Vec<f32> {
     let mut c = vec![0f32; a.rows * b.rows];
-    match kernel {
-        Bf16Kernel::Amx => amx::matmul_nt(&mut c, a, &VnniMatrix::pack(b), false, true),
-        k => matmul_nt(&mut c, a, b, false, k, true),
-    }
+    product_into((&mut c, b.rows, 0), a, b, false, kernel);
     c
+}
+
+/// `a·bᵀ` into columns `col..col + b.rows` of `c: [a.rows, ldc]` (`+=` when `acc`). The
+/// row kernels write there directly; AMX multiplies into a panel buffer (its kernel
+/// writes whole rows) that is then added in.
+fn product_into(
+    (c, ldc, col): (&mut [f32], usize, usize),
+    a: &Bf16Matrix,
+    b: &Bf16Matrix,
+    acc: bool,
+    kernel: Bf16Kernel,
+) {
+    match kernel {
+        Bf16Kernel::Amx => {
+            let mut panel = vec![0f32; a.rows * b.rows];
+            amx::matmul_nt(&mut panel, a, &VnniMatrix::pack(b), false, true);
+            scatter(c, ldc, col, &panel, b.rows, acc);
+        }
+        k => matmul_nt_into((c, ldc, col), a, b, acc, k, true),
+    }
 }
 
 /// Writes (`acc`: adds) `panel: [rows, n]` into columns `col..col + n` of `c: [rows, ldc]`.
@@ -94,10 +178,11 @@ fn scatter(c: &mut [f32], ldc: usize, col: usize, panel: &[f32], n: usize, acc: 
 /// n_out]`.
 pub(crate) fn forward(w: Bf16Rows, x: &Bf16Matrix, y: &mut [f32], acc: bool, k: Bf16Kernel) {
     assert_eq!(x.cols, w.n_in, "bf16 product: x does not fit the weight");
+    let mut panel = empty(w.n_in, 0);
     for r0 in (0..w.n_out).step_by(PANEL_ROWS) {
         let n = PANEL_ROWS.min(w.n_out - r0);
-        let panel = panel_product(x, &w.rows(r0, n), k);
-        scatter(y, w.n_out, r0, &panel, n, acc);
+        w.rows_into(r0, n, &mut panel);
+        product_into((y, w.n_out, r0), x, &panel, acc, k);
     }
 }
 
@@ -105,10 +190,11 @@ pub(crate) fn forward(w: Bf16Rows, x: &Bf16Matrix, y: &mut [f32], acc: bool, k: 
 /// `dx: [rows, n_in]`.
 pub(crate) fn backward(w: Bf16Rows, dy: &Bf16Matrix, dx: &mut [f32], acc: bool, k: Bf16Kernel) {
     assert_eq!(dy.cols, w.n_out, "bf16 product: dy does not fit the weight");
+    let mut panel = empty(w.n_out, 0);
     for c0 in (0..w.n_in).step_by(PANEL_ROWS) {
         let n = PANEL_ROWS.min(w.n_in - c0);
-        let panel = panel_product(dy, &w.columns(c0, n), k);
-        scatter(dx, w.n_in, c0, &panel, n, acc);
+        w.columns_into(c0, n, &mut panel);
+        product_into((dx, w.n_in, c0), dy, &panel, acc, k);
     }
 }
 

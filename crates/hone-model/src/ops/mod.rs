@@ -29,6 +29,7 @@ pub mod base_weights;
 mod bench;
 pub(crate) mod bf16;
 mod bf16_product;
+pub mod bf16_speed;
 #[cfg(test)]
 mod block_test;
 mod causal_softmax;

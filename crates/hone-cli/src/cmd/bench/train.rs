@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use hone_model::candle_core::{DType, Device, Tensor};
 use hone_model::ops::base_weights::{self, BaseWeights};
-use hone_model::ops::{peak, Precision};
+use hone_model::ops::{peak, Bf16Kernel, Precision};
 use hone_model::registry::DEFAULT_MODEL_ID;
 use hone_model::{Config, LoraConfig, LoraParams, OpenModel, TrainOptions};
 use hone_text::ChatMessage;
@@ -62,8 +62,9 @@ pub struct TrainBenchArgs {
     /// Do not save the result to $HONE_HOME/bench/train.json.
     #[arg(long)]
     pub no_save: bool,
-    /// How the frozen base is held and multiplied: auto (bf16 where the CPU has
-    /// AMX-BF16, else f32), f32, bf16, q8_0 or native (docs/train.md).
+    /// How the frozen base is held and multiplied: auto (bf16 where bf16 products
+    /// measure faster than f32 on this CPU, else f32), f32, bf16, q8_0 or native
+    /// (docs/train.md).
     #[arg(long, env = "HONE_BASE_WEIGHTS", default_value = "auto", value_parser = BaseWeights::parse)]
     pub base_weights: BaseWeights,
     /// Recompute each layer's activations in the backward (`hone train
@@ -177,6 +178,8 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<ExitCode> {
         // The step's useful work: recomputed forwards are not counted in the GFLOP.
         "gradient_checkpointing": args.gradient_checkpointing,
         "cpu_flags": base_weights::cpu_flags(),
+        // What `auto` measured: the AVX512_BF16 kernel's speed over the f32 gemm.
+        "avx512_bf16_speedup": hone_model::ops::bf16_speed::speedup(Bf16Kernel::Avx512Bf16).map(round2),
         "step_gflop": round2(flops / 1e9),
         "gflops_per_second": round2(step_gflops),
         "peak_product_gflops": round2(rates.products),
