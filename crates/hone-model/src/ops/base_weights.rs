@@ -15,7 +15,7 @@
 //! keyed by the tensor's id (candle never reuses one); [`release_cache`] frees them when
 //! training ends (`scratch::release` calls it).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -316,8 +316,7 @@ impl FrozenWeight<'_> {
     pub fn forward(&self, x: &[f32], y: &mut [f32], (rows, n_in, n_out): Shape3, acc: bool) {
         match (self.bf16, self.packed) {
             (Some((w, kernel)), _) => {
-                let xb = Bf16Matrix::from_f32(x, rows, n_in);
-                w.product(y, &xb, false, acc, kernel);
+                with_rounded(x, (rows, n_in), |xb| w.product(y, xb, false, acc, kernel))
             }
             (None, Some(p)) => packed_product::forward(p, x, y, rows, acc),
             (None, None) => matmul(
@@ -336,8 +335,7 @@ impl FrozenWeight<'_> {
     pub fn backward(&self, dy: &[f32], dx: &mut [f32], (rows, n_in, n_out): Shape3, acc: bool) {
         match (self.bf16, self.packed) {
             (Some((w, kernel)), _) => {
-                let gb = Bf16Matrix::from_f32(dy, rows, n_out);
-                w.product(dx, &gb, true, acc, kernel);
+                with_rounded(dy, (rows, n_out), |gb| w.product(dx, gb, true, acc, kernel))
             }
             (None, Some(p)) => packed_product::backward(p, dy, dx, rows, acc),
             (None, None) => matmul(
@@ -351,6 +349,28 @@ impl FrozenWeight<'_> {
             ),
         }
     }
+}
+
+/// The largest rounded-activation buffer a thread keeps for its next product (a 4×256
+/// batch of a 0.5B model's widest activations is 10 MB); larger ones are freed.
+const MAX_KEPT_ROUNDED: usize = 16 << 20;
+
+thread_local! {
+    /// The storage of this thread's last product's bf16 activations: each product
+    /// rounds its `x` (or `dy`) into it instead of a fresh allocation, whose page faults
+    /// and zero-fill showed in a bf16 step's profile.
+    static ROUNDED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `x: [rows, cols]` rounded to bf16, in this thread's reused buffer.
+fn with_rounded<T>(x: &[f32], (rows, cols): (usize, usize), f: impl FnOnce(&Bf16Matrix) -> T) -> T {
+    let buf = ROUNDED.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let m = Bf16Matrix::from_f32_in(x, rows, cols, buf);
+    let out = f(&m);
+    if m.data.capacity() * 2 <= MAX_KEPT_ROUNDED {
+        ROUNDED.with(|b| *b.borrow_mut() = m.data);
+    }
+    out
 }
 
 /// `(rows, n_in, n_out)` of a product with a frozen weight.

@@ -59,13 +59,46 @@ pub(crate) struct Bf16Matrix {
     pub data: Vec<u16>,
 }
 
+/// A borrowed bf16 matrix in [`Bf16Matrix`]'s layout (rows of `stride` elements, zero
+/// past `cols`): what the row kernels read, so a weight whose rows already have that
+/// layout is multiplied in place, without a copy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bf16View<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+    pub data: &'a [u16],
+}
+
+impl Bf16View<'_> {
+    fn row(&self, i: usize) -> &[u16] {
+        &self.data[i * self.stride..(i + 1) * self.stride]
+    }
+}
+
 impl Bf16Matrix {
+    /// The matrix as a [`Bf16View`].
+    pub fn view(&self) -> Bf16View<'_> {
+        Bf16View {
+            rows: self.rows,
+            cols: self.cols,
+            stride: self.stride,
+            data: &self.data,
+        }
+    }
+
     /// `src` (row-major `[rows, cols]`), rounded to bf16. The storage holds whole
     /// groups of 32 rows (zeros past `rows`), which AMX tiles read as a unit.
     pub fn from_f32(src: &[f32], rows: usize, cols: usize) -> Self {
+        Self::from_f32_in(src, rows, cols, Vec::new())
+    }
+
+    /// [`Self::from_f32`] in `data`'s storage (a buffer a caller reuses across products).
+    pub fn from_f32_in(src: &[f32], rows: usize, cols: usize, mut data: Vec<u16>) -> Self {
         assert_eq!(src.len(), rows * cols, "Bf16Matrix::from_f32 shape");
         let stride = cols.div_ceil(K_ALIGN) * K_ALIGN;
-        let mut data = vec![0u16; rows.div_ceil(32) * 32 * stride];
+        data.clear();
+        data.resize(rows.div_ceil(32) * 32 * stride, 0);
         for (d, s) in data
             .chunks_exact_mut(stride)
             .zip(src.chunks_exact(cols.max(1)))
@@ -80,6 +113,7 @@ impl Bf16Matrix {
         }
     }
 
+    #[cfg(test)]
     fn row(&self, i: usize) -> &[u16] {
         &self.data[i * self.stride..(i + 1) * self.stride]
     }
@@ -142,7 +176,7 @@ pub(crate) fn matmul_nt(
     kernel: Bf16Kernel,
     parallel: bool,
 ) {
-    matmul_nt_into((c, b.rows, 0), a, b, acc, kernel, parallel);
+    matmul_nt_into((c, b.rows, 0), a, b.view(), acc, kernel, parallel);
 }
 
 /// [`matmul_nt`] into columns `col0..col0 + b.rows` of a wider row-major `c` with
@@ -151,11 +185,12 @@ pub(crate) fn matmul_nt(
 pub(crate) fn matmul_nt_into(
     (c, ldc, col0): (&mut [f32], usize, usize),
     a: &Bf16Matrix,
-    b: &Bf16Matrix,
+    b: Bf16View,
     acc: bool,
     kernel: Bf16Kernel,
     parallel: bool,
 ) {
+    let a = a.view();
     let (m, n) = (a.rows, b.rows);
     assert!(
         a.cols == b.cols && a.stride == b.stride,
@@ -191,7 +226,7 @@ pub(crate) fn matmul_nt_into(
                         col: col0 + jt,
                         acc,
                     };
-                    tile(kernel, (a, row0 + i0, mr), (b, jt, nr), out);
+                    tile(kernel, (&a, row0 + i0, mr), (&b, jt, nr), out);
                 }
             }
         }
@@ -222,8 +257,8 @@ impl Out<'_> {
 /// One `mr × nr` tile: rows `a0..a0+mr` of `a` against rows `b0..b0+nr` of `b`.
 fn tile(
     kernel: Bf16Kernel,
-    (a, a0, mr): (&Bf16Matrix, usize, usize),
-    (b, b0, nr): (&Bf16Matrix, usize, usize),
+    (a, a0, mr): (&Bf16View, usize, usize),
+    (b, b0, nr): (&Bf16View, usize, usize),
     mut out: Out,
 ) {
     match kernel {
@@ -257,7 +292,7 @@ fn dot_portable(a: &[u16], b: &[u16]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Bf16Matrix, Out, MR, NR};
+    use super::{Bf16View, Out, MR, NR};
     use std::arch::x86_64::*;
 
     /// Picks the monomorphized tile for `mr × nr` (edges of the matrices are smaller).
@@ -266,10 +301,10 @@ mod avx512 {
     /// The CPU must have AVX512F and AVX512_BF16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile_dispatch(
-        a: &Bf16Matrix,
+        a: &Bf16View,
         a0: usize,
         mr: usize,
-        b: &Bf16Matrix,
+        b: &Bf16View,
         b0: usize,
         nr: usize,
         out: &mut Out,

@@ -12,7 +12,7 @@
 //! over a fully laid-out weight bit for bit.
 
 use super::amx::{self, VnniMatrix};
-use super::bf16::{matmul_nt_into, Bf16Kernel, Bf16Matrix, K_ALIGN};
+use super::bf16::{matmul_nt_into, Bf16Kernel, Bf16Matrix, Bf16View, K_ALIGN};
 
 /// Weight rows laid out per panel: a multiple of 32 (AMX's two 16-column tiles), and
 /// 256 rows of a 4864-wide weight are 2.5 MB of bf16.
@@ -158,7 +158,7 @@ fn product_into(
             amx::matmul_nt(&mut panel, a, &VnniMatrix::pack(b), false, true);
             scatter(c, ldc, col, &panel, b.rows, acc);
         }
-        k => matmul_nt_into((c, ldc, col), a, b, acc, k, true),
+        k => matmul_nt_into((c, ldc, col), a, b.view(), acc, k, true),
     }
 }
 
@@ -178,6 +178,19 @@ fn scatter(c: &mut [f32], ldc: usize, col: usize, panel: &[f32], n: usize, acc: 
 /// n_out]`.
 pub(crate) fn forward(w: Bf16Rows, x: &Bf16Matrix, y: &mut [f32], acc: bool, k: Bf16Kernel) {
     assert_eq!(x.cols, w.n_in, "bf16 product: x does not fit the weight");
+    if k != Bf16Kernel::Amx && w.n_in % K_ALIGN == 0 {
+        // `W` as stored is already the row kernels' layout (no padding needed): multiply
+        // by it in place. Every model here has such widths; the LM head's copy per chunk
+        // of rows was a pass over the largest weight for nothing.
+        let whole = Bf16View {
+            rows: w.n_out,
+            cols: w.n_in,
+            stride: w.n_in,
+            data: w.bits,
+        };
+        matmul_nt_into((y, w.n_out, 0), x, whole, acc, k, true);
+        return;
+    }
     let mut panel = empty(w.n_in, 0);
     for r0 in (0..w.n_out).step_by(PANEL_ROWS) {
         let n = PANEL_ROWS.min(w.n_out - r0);
@@ -241,69 +254,73 @@ mod tests {
     /// weight laid out at once (what bf16 mode did before it kept one copy).
     #[test]
     fn panel_products_equal_whole_weight_products() {
-        let (n_out, n_in, rows) = (PANEL_ROWS + 72, 2 * PANEL_ROWS + 40, 37);
-        let wf = data(n_out * n_in, 1);
-        let bits: Vec<u16> = wf.iter().map(|&v| to_bf16(v)).collect();
-        let w = Bf16Rows {
-            bits: &bits,
-            n_out,
-            n_in,
-        };
-        let xf = data(rows * n_in, 2);
-        let gf = data(rows * n_out, 3);
-        let x = Bf16Matrix::from_f32(&xf, rows, n_in);
-        let g = Bf16Matrix::from_f32(&gf, rows, n_out);
-        let r = |v: f32| from_bf16(to_bf16(v)) as f64;
-        for k in [
-            Bf16Kernel::Amx,
-            Bf16Kernel::Avx512Bf16,
-            Bf16Kernel::Portable,
-        ] {
-            if !k.available() {
-                continue;
-            }
-            let mut y = vec![1f32; rows * n_out];
-            forward(w, &x, &mut y, true, k);
-            let mut dx = vec![0f32; rows * n_in];
-            backward(w, &g, &mut dx, false, k);
-            for i in 0..rows {
-                for o in 0..n_out {
-                    let want: f64 = 1.0
-                        + (0..n_in)
-                            .map(|j| r(xf[i * n_in + j]) * r(wf[o * n_in + j]))
-                            .sum::<f64>();
-                    let got = y[i * n_out + o] as f64;
-                    assert!(
-                        (got - want).abs() < 1e-3 * (1.0 + want.abs()),
-                        "{k:?} y[{i},{o}]"
-                    );
+        // A width that needs padding (the forward lays out panels) and one that does not
+        // (the forward multiplies by `W` in place).
+        for n_in in [2 * PANEL_ROWS + 40, 2 * PANEL_ROWS + 64] {
+            let (n_out, rows) = (PANEL_ROWS + 72, 37);
+            let wf = data(n_out * n_in, 1);
+            let bits: Vec<u16> = wf.iter().map(|&v| to_bf16(v)).collect();
+            let w = Bf16Rows {
+                bits: &bits,
+                n_out,
+                n_in,
+            };
+            let xf = data(rows * n_in, 2);
+            let gf = data(rows * n_out, 3);
+            let x = Bf16Matrix::from_f32(&xf, rows, n_in);
+            let g = Bf16Matrix::from_f32(&gf, rows, n_out);
+            let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+            for k in [
+                Bf16Kernel::Amx,
+                Bf16Kernel::Avx512Bf16,
+                Bf16Kernel::Portable,
+            ] {
+                if !k.available() {
+                    continue;
                 }
-                for j in 0..n_in {
-                    let want: f64 = (0..n_out)
-                        .map(|o| r(gf[i * n_out + o]) * r(wf[o * n_in + j]))
-                        .sum();
-                    let got = dx[i * n_in + j] as f64;
-                    assert!(
-                        (got - want).abs() < 1e-3 * (1.0 + want.abs()),
-                        "{k:?} dx[{i},{j}]"
-                    );
+                let mut y = vec![1f32; rows * n_out];
+                forward(w, &x, &mut y, true, k);
+                let mut dx = vec![0f32; rows * n_in];
+                backward(w, &g, &mut dx, false, k);
+                for i in 0..rows {
+                    for o in 0..n_out {
+                        let want: f64 = 1.0
+                            + (0..n_in)
+                                .map(|j| r(xf[i * n_in + j]) * r(wf[o * n_in + j]))
+                                .sum::<f64>();
+                        let got = y[i * n_out + o] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "{k:?} y[{i},{o}]"
+                        );
+                    }
+                    for j in 0..n_in {
+                        let want: f64 = (0..n_out)
+                            .map(|o| r(gf[i * n_out + o]) * r(wf[o * n_in + j]))
+                            .sum();
+                        let got = dx[i * n_in + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "{k:?} dx[{i},{j}]"
+                        );
+                    }
                 }
+                let whole = w.rows(0, n_out);
+                let whole_t = w.columns(0, n_in);
+                assert_eq!(
+                    panel_product(&x, &whole, k)
+                        .iter()
+                        .map(|v| (v + 1.0).to_bits())
+                        .collect::<Vec<_>>(),
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{k:?}: forward panels change no bit"
+                );
+                assert_eq!(
+                    panel_product(&g, &whole_t, k),
+                    dx,
+                    "{k:?}: backward panels change no bit"
+                );
             }
-            let whole = w.rows(0, n_out);
-            let whole_t = w.columns(0, n_in);
-            assert_eq!(
-                panel_product(&x, &whole, k)
-                    .iter()
-                    .map(|v| (v + 1.0).to_bits())
-                    .collect::<Vec<_>>(),
-                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "{k:?}: forward panels change no bit"
-            );
-            assert_eq!(
-                panel_product(&g, &whole_t, k),
-                dx,
-                "{k:?}: backward panels change no bit"
-            );
         }
     }
 }

@@ -83,7 +83,7 @@ fn measure(kernel: Bf16Kernel) -> f64 {
     let mut c16 = vec![0f32; m * n];
     let mut bf16 = || {
         let xb = Bf16Matrix::from_f32(&x, m, k);
-        matmul_nt_into((&mut c16, n, 0), &xb, &wb, false, kernel, true);
+        matmul_nt_into((&mut c16, n, 0), &xb, wb.view(), false, kernel, true);
     };
     let (mut t32, mut t16) = (f64::INFINITY, f64::INFINITY);
     for round in 0..=ROUNDS {
