@@ -178,7 +178,7 @@ fn scatter(c: &mut [f32], ldc: usize, col: usize, panel: &[f32], n: usize, acc: 
 /// n_out]`.
 pub(crate) fn forward(w: Bf16Rows, x: &Bf16Matrix, y: &mut [f32], acc: bool, k: Bf16Kernel) {
     assert_eq!(x.cols, w.n_in, "bf16 product: x does not fit the weight");
-    if k != Bf16Kernel::Amx && w.n_in % K_ALIGN == 0 {
+    if k != Bf16Kernel::Amx && w.n_in.is_multiple_of(K_ALIGN) {
         // `W` as stored is already the row kernels' layout (no padding needed): multiply
         // by it in place. Every model here has such widths; the LM head's copy per chunk
         // of rows was a pass over the largest weight for nothing.
