@@ -508,6 +508,18 @@ impl<'a> JobSink<'a> {
 impl EventSink for JobSink<'_> {
     fn emit(&mut self, event: &TrainEvent) {
         match event {
+            // Only its start and end become job events: one per percent would crowd
+            // the job's event list.
+            TrainEvent::Reference { scored, pairs } if *scored == 0 || scored == pairs => {
+                let msg = if *scored == 0 {
+                    format!("Computing the reference model's log-probs of {pairs} preference pairs")
+                } else {
+                    format!("Reference log-probs computed for {pairs} preference pairs")
+                };
+                let r = self.ctx.message(EventLevel::Info, msg);
+                self.log(r);
+            }
+            TrainEvent::Reference { .. } => {}
             TrainEvent::Start {
                 total_steps,
                 epochs,

@@ -13,6 +13,7 @@
 //! ([`Llama::train_sequence_logprobs`]). The loop, checkpoints, resume and cancel are
 //! [`crate::runner`]'s, shared with SFT.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -232,11 +233,14 @@ impl Objective for Dpo {
         model: &Llama,
         train: &[TokenizedPair],
         valid: &[TokenizedPair],
-    ) -> Result<()> {
-        self.reference
-            .compute(&[train, valid], TokenizedPair::key, |p| {
-                p.score(model, self.pad_id, self.reference_opts)
-            })
+        progress: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        self.reference.compute(
+            &[train, valid],
+            TokenizedPair::key,
+            |p| p.score(model, self.pad_id, self.reference_opts),
+            progress,
+        )
     }
 
     fn units(&self, _: &TokenizedPair) -> u64 {

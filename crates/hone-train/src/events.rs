@@ -25,6 +25,13 @@ pub enum TrainEvent {
         #[serde(default)]
         base_weights: hone_model::ops::BaseWeights,
     },
+    /// DPO, before the first step: the frozen reference's log-probs are computed once
+    /// per distinct pair (a forward pass each), `scored` of `pairs` so far. Sent at 0,
+    /// at every further percent and at `pairs` (then the reference is complete).
+    Reference {
+        scored: u64,
+        pairs: u64,
+    },
     Step {
         step: u64,
         total_steps: u64,

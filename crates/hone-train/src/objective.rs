@@ -4,6 +4,8 @@
 //! SFT ([`crate::sft`]) and DPO ([`crate::dpo`]) implement it; [`crate::runner`] owns
 //! everything else (the loop, checkpoints, resume, cancel, outputs), once for both.
 
+use std::ops::ControlFlow;
+
 use candle_core::Tensor;
 use hone_model::{Llama, TrainOptions};
 use sha2::Sha256;
@@ -97,14 +99,17 @@ pub trait Objective {
     fn hash(&self, ex: &Self::Example, h: &mut Sha256);
     /// Called once per run before the first step, with the model the run starts from
     /// (LoRA attached, `init_adapter` loaded; on a resume, before the checkpoint's
-    /// adapter is): DPO computes its frozen reference here. Nothing by default.
+    /// adapter is): DPO computes its frozen reference here. Long work reports through
+    /// `progress` (done, total) and stops when it answers `Break` (a cancel), then
+    /// returns `Break` too. Nothing by default.
     fn prepare(
         &self,
         _model: &Llama,
         _train: &[Self::Example],
         _valid: &[Self::Example],
-    ) -> Result<()> {
-        Ok(())
+        _progress: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        Ok(ControlFlow::Continue(()))
     }
     /// The differentiable mean loss of a micro-batch (over its units) and its stats.
     fn forward(

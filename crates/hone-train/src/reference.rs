@@ -19,6 +19,7 @@
 //! bit for bit: the first step's loss is ln 2 to about 1e-6.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
@@ -36,24 +37,34 @@ pub struct Reference(OnceLock<HashMap<PairKey, [f32; 2]>>);
 impl Reference {
     /// Scores every distinct pair of `pairs` (the training and the validation pairs)
     /// with `score`: the model as the run starts, without dropout. A second call keeps
-    /// the first values.
+    /// the first values. `progress(scored, distinct)` is called before each pair and
+    /// once at the end; a `Break` before a pair stops the pass (a cancel): the
+    /// reference stays unset and `Break` is returned.
     pub fn compute<P>(
         &self,
         pairs: &[&[P]],
         key: impl Fn(&P) -> PairKey,
         score: impl Fn(&P) -> Result<[f32; 2]>,
-    ) -> Result<()> {
+        progress: &mut dyn FnMut(u64, u64) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
         if self.0.get().is_some() {
-            return Ok(());
+            return Ok(ControlFlow::Continue(()));
         }
-        let mut map = HashMap::new();
+        let mut distinct = HashMap::new();
         for p in pairs.iter().flat_map(|s| s.iter()) {
-            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key(p)) {
-                e.insert(score(p)?);
-            }
+            distinct.entry(key(p)).or_insert(p);
         }
+        let total = distinct.len() as u64;
+        let mut map = HashMap::with_capacity(distinct.len());
+        for (i, (k, p)) in distinct.into_iter().enumerate() {
+            if progress(i as u64, total).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            map.insert(k, score(p)?);
+        }
+        let _ = progress(total, total);
         let _ = self.0.set(map);
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Reference log-probs of `chunk` as `[chosen..., rejected...]` (shape `[2n]`).

@@ -12,6 +12,7 @@
 //! data order is a pure function of `(seed, epoch)`, so a checkpoint's cursor is just
 //! `(epoch, batch)` and a resumed run replays the uninterrupted one step for step.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -144,7 +145,11 @@ fn run_from<O: Objective>(
         check_identity(c, &identity)?;
     }
     let best = BestDir::open(out_dir, ckpt.is_some())?;
-    objective.prepare(model, train, valid)?;
+    if prepare(objective, model, (train, valid), sink, ctl)?.is_break() {
+        // Cancelled before the first step: a resume still starts from `ckpt`.
+        let (step, path) = ckpt.map(|c| (c.step, c.path)).unzip();
+        return Err(cancelled(step.unwrap_or(0), path, sink));
+    }
     let mut run = Run::new(
         model,
         lora,
@@ -248,6 +253,29 @@ fn run_from<O: Objective>(
         valid.len(),
         sink,
     )
+}
+
+/// [`Objective::prepare`] with its progress as [`TrainEvent::Reference`] events (at 0, at
+/// every further percent and at the end) and the run's cancel checked before each unit.
+fn prepare<O: Objective>(
+    objective: &O,
+    model: &Llama,
+    (train, valid): (&[O::Example], &[O::Example]),
+    sink: &mut dyn EventSink,
+    ctl: &RunControl,
+) -> Result<ControlFlow<()>> {
+    let mut shown = None;
+    objective.prepare(model, train, valid, &mut |scored, pairs| {
+        if scored < pairs && ctl.cancelled() {
+            return ControlFlow::Break(());
+        }
+        let percent = scored * 100 / pairs.max(1);
+        if shown != Some(percent) {
+            shown = Some(percent);
+            sink.emit(&TrainEvent::Reference { scored, pairs });
+        }
+        ControlFlow::Continue(())
+    })
 }
 
 /// Reports a cancel after `step` completed steps, with the checkpoint to resume from.

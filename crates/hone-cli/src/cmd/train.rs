@@ -441,6 +441,7 @@ struct BarSink {
 impl EventSink for BarSink {
     fn emit(&mut self, event: &TrainEvent) {
         match event {
+            TrainEvent::Reference { scored, pairs } => self.on_reference(*scored, *pairs),
             TrainEvent::Start {
                 total_steps,
                 trainable_params,
@@ -539,6 +540,29 @@ impl EventSink for BarSink {
 }
 
 impl BarSink {
+    /// DPO's reference pass before the first step: a bar of its own, over pairs.
+    fn on_reference(&mut self, scored: u64, pairs: u64) {
+        if scored == 0 {
+            eprintln!(
+                "scoring {pairs} preference pairs with the reference model (once, before step 1)"
+            );
+            let bar = ProgressBar::new(pairs);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} pairs [{elapsed_precise}<{eta_precise}]",
+            ) {
+                bar.set_style(style);
+            }
+            self.bar = Some(bar);
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(scored);
+            if scored == pairs {
+                b.finish();
+                self.bar = None;
+            }
+        }
+    }
+
     fn println(&self, line: String) {
         match &self.bar {
             Some(b) => b.println(line),

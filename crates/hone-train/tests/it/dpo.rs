@@ -1,13 +1,15 @@
 //! DPO end to end on a tiny random model, and the `--init-adapter` start.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use hone_data::{ChatMessage, PreferenceExample, Role};
 use hone_model::{load_peft_adapter, LoraParams};
 use hone_train::dpo::{pair_logprobs, run_dpo, tokenize_dpo, DpoConfig, TokenizedPair};
 use hone_train::{
-    AdamWConfig, RunControl, ScheduleKind, TrainConfig, TrainError, TrainEvent, TrainSummary,
-    VecSink,
+    AdamWConfig, EventSink, RunControl, ScheduleKind, TrainConfig, TrainError, TrainEvent,
+    TrainSummary, VecSink,
 };
 
 use crate::common::{fixture, Fixture};
@@ -78,10 +80,46 @@ fn run(
     out: &Path,
     ctl: &RunControl,
 ) -> hone_train::Result<(TrainSummary, VecSink)> {
-    let train = pairs(f);
     let mut sink = VecSink::default();
-    let s = run_dpo(&mut f.model, &train, &train[..2], cfg, out, &mut sink, ctl)?;
+    let s = run_into(f, cfg, out, ctl, &mut sink)?;
     Ok((s, sink))
+}
+
+fn run_into(
+    f: &mut Fixture,
+    cfg: &DpoConfig,
+    out: &Path,
+    ctl: &RunControl,
+    sink: &mut dyn EventSink,
+) -> hone_train::Result<TrainSummary> {
+    let train = pairs(f);
+    run_dpo(&mut f.model, &train, &train[..2], cfg, out, sink, ctl)
+}
+
+/// Keeps the events, and raises the cancel flag once the run has started (after
+/// DPO's reference pass), as a Ctrl-C during the first step would.
+struct CancelAtStart {
+    events: VecSink,
+    flag: Arc<AtomicBool>,
+}
+
+impl EventSink for CancelAtStart {
+    fn emit(&mut self, e: &TrainEvent) {
+        if matches!(e, TrainEvent::Start { .. }) {
+            self.flag.store(true, Ordering::Relaxed);
+        }
+        self.events.emit(e);
+    }
+}
+
+fn reference_events(events: &[TrainEvent]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Reference { scored, pairs } => Some((*scored, *pairs)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn step_rewards(sink: &VecSink) -> Vec<hone_train::RewardStats> {
@@ -212,13 +250,17 @@ fn dpo_from_an_adapter_resumes_exactly() {
     )
     .unwrap();
     assert!((full.losses[0] - std::f64::consts::LN_2).abs() < 1e-5);
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = Arc::new(AtomicBool::new(false));
     let cut = dir.path().join("cut");
     let ctl = RunControl {
         resume: false,
-        cancel: Some(flag),
+        cancel: Some(flag.clone()),
     };
-    let err = run(&mut fixture(), &c, &cut, &ctl).unwrap_err();
+    let mut sink = CancelAtStart {
+        events: VecSink::default(),
+        flag,
+    };
+    let err = run_into(&mut fixture(), &c, &cut, &ctl, &mut sink).unwrap_err();
     assert!(
         matches!(err, TrainError::Cancelled { step: 1, .. }),
         "{err}"
@@ -264,14 +306,17 @@ fn dpo_cancel_and_resume_match_the_uninterrupted_run() {
         &RunControl::default(),
     )
     .unwrap();
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flag = Arc::new(AtomicBool::new(false));
     let ctl = RunControl {
         resume: false,
-        cancel: Some(flag),
+        cancel: Some(flag.clone()),
     };
     let cut = out.path().join("cut");
-    let err = run(&mut fixture(), &c, &cut, &ctl).unwrap_err();
+    let mut sink = CancelAtStart {
+        events: VecSink::default(),
+        flag,
+    };
+    let err = run_into(&mut fixture(), &c, &cut, &ctl, &mut sink).unwrap_err();
     assert!(
         matches!(err, TrainError::Cancelled { step: 1, .. }),
         "{err}"
@@ -290,4 +335,62 @@ fn dpo_cancel_and_resume_match_the_uninterrupted_run() {
             .contains("beta: checkpoint 0.1, this run 0.5"),
         "{err}"
     );
+}
+
+#[test]
+fn the_reference_pass_shows_progress_and_a_cancel_stops_it_before_step_one() {
+    let c = cfg(2);
+    let out = tempfile::tempdir().unwrap();
+    let (full, sink) = run(
+        &mut fixture(),
+        &c,
+        &out.path().join("full"),
+        &RunControl::default(),
+    )
+    .unwrap();
+    // Four distinct pairs (the validation pairs repeat training ones), scored once
+    // each, reported from 0 to 4 before the run starts.
+    let progress = reference_events(&sink.events);
+    assert_eq!(progress, (0..=4).map(|i| (i, 4)).collect::<Vec<_>>());
+    let start = sink
+        .events
+        .iter()
+        .position(|e| matches!(e, TrainEvent::Start { .. }))
+        .unwrap();
+    assert_eq!(start, progress.len(), "the reference pass comes first");
+
+    // A cancel already set stops the pass before its first pair: no step, no
+    // checkpoint, no adapter; a later run (resume or not) starts from scratch.
+    let ctl = RunControl {
+        resume: false,
+        cancel: Some(Arc::new(AtomicBool::new(true))),
+    };
+    let cut = out.path().join("cut");
+    let (err, events) = {
+        let mut sink = VecSink::default();
+        let err = run_into(&mut fixture(), &c, &cut, &ctl, &mut sink).unwrap_err();
+        (err, sink.events)
+    };
+    assert!(
+        matches!(
+            err,
+            TrainError::Cancelled {
+                step: 0,
+                checkpoint: None
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(reference_events(&events), vec![]);
+    assert!(
+        !events.iter().any(|e| matches!(e, TrainEvent::Step { .. })),
+        "{events:?}"
+    );
+    assert!(!cut.join("adapter_model.safetensors").exists());
+    let ctl = RunControl {
+        resume: true,
+        cancel: None,
+    };
+    let (resumed, _) = run(&mut fixture(), &c, &cut, &ctl).unwrap();
+    assert_eq!(resumed.losses, full.losses);
 }
