@@ -465,6 +465,7 @@ impl Sampler {
 }
 
 mod batch;
+mod prefix;
 pub use batch::{
     BatchRow, BatchStats, RowEngine, RowSink, RunningBatch, IDLE_STEP_PROMPT_ROWS, STEP_PROMPT_ROWS,
 };

@@ -43,6 +43,25 @@ impl KvCache {
         }
     }
 
+    /// A copy of the first `len` positions, equal to the cache that feeding
+    /// only those positions builds (so generation from it equals generation
+    /// from scratch); `None` for the tensor path's cache, which has no cheap
+    /// copy of a prefix (the server's packed weights never use it).
+    pub fn prefix(&self, len: usize) -> Option<KvCache> {
+        match self {
+            KvCache::Packed(c) => Some(KvCache::Packed(c.prefix(len))),
+            KvCache::Tensor(_) => None,
+        }
+    }
+
+    /// Bytes the cached positions hold.
+    pub fn bytes(&self) -> usize {
+        match self {
+            KvCache::Packed(c) => c.bytes(),
+            KvCache::Tensor(_) => 0,
+        }
+    }
+
     fn tensor_mut(&mut self) -> Result<&mut TensorKvCache> {
         match self {
             KvCache::Tensor(c) => Ok(c),

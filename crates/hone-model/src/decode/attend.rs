@@ -87,6 +87,12 @@ impl PackedKvCache {
         self.v.iter_mut().for_each(|l| l.reserve(v_more));
     }
 
+    /// Bytes held by the cached positions' keys and values.
+    pub fn bytes(&self) -> usize {
+        4 * (self.k.iter().map(Vec::len).sum::<usize>()
+            + self.v.iter().map(Vec::len).sum::<usize>())
+    }
+
     fn k_len(&self) -> usize {
         self.k.first().map_or(0, Vec::len)
     }
@@ -96,6 +102,41 @@ impl PackedKvCache {
             .iter_mut()
             .chain(self.v.iter_mut())
             .for_each(Vec::clear);
+    }
+
+    /// A copy of the first `len` positions (at most [`Self::len`]), equal to
+    /// the cache a sequence of just those positions would have built: the
+    /// unused slots of its last key block are zero, as [`Self::push`]
+    /// leaves them.
+    pub fn prefix(&self, len: usize) -> Self {
+        let len = len.min(self.len());
+        let block = KEY_BLOCK * self.kv_dim;
+        let k = self
+            .k
+            .iter()
+            .map(|l| {
+                let mut keys = l[..len.div_ceil(KEY_BLOCK) * block].to_vec();
+                let used = len % KEY_BLOCK;
+                if used > 0 {
+                    let last = keys.len() - block;
+                    for c in 0..self.kv_dim {
+                        keys[last + c * KEY_BLOCK + used..last + (c + 1) * KEY_BLOCK].fill(0.0);
+                    }
+                }
+                keys
+            })
+            .collect();
+        let v = self
+            .v
+            .iter()
+            .map(|l| l[..len * self.kv_dim].to_vec())
+            .collect();
+        Self {
+            k,
+            v,
+            kv_dim: self.kv_dim,
+            head_dim: self.head_dim,
+        }
     }
 
     /// Appends one position's key and value (`[kv_dim]` each) to `layer`.

@@ -24,6 +24,8 @@ use crate::error::{ModelError, Result};
 use crate::kv_cache::{Feed, KvCache};
 use crate::llama::{ForwardOptions, Llama};
 
+use super::prefix::PrefixCache;
+
 /// Prompt tokens fed per step, over all rows still reading their prompt,
 /// while other rows are decoding: enough to read each weight block once for
 /// many tokens (the packed step's own chunk), few enough that the decoding
@@ -161,6 +163,9 @@ pub struct BatchStats {
     pub last_step_tokens: usize,
     /// Positions held in the KV caches of the running rows.
     pub kv_positions: usize,
+    /// Prompt tokens not computed since the batch began, their KV copied
+    /// from an earlier prompt with the same start ([`super::prefix`]).
+    pub reused_prompt_tokens: u64,
 }
 
 /// Rows decoding together, plus rows waiting for room (at most `max_rows`
@@ -170,6 +175,9 @@ pub struct RunningBatch {
     waiting: VecDeque<BatchRow>,
     max_rows: usize,
     last_step_tokens: usize,
+    /// Prompts read lately, whose KV a joining row with the same start copies.
+    prefixes: PrefixCache,
+    reused_prompt_tokens: u64,
 }
 
 impl RunningBatch {
@@ -180,6 +188,8 @@ impl RunningBatch {
             waiting: VecDeque::new(),
             max_rows: max_rows.max(1),
             last_step_tokens: 0,
+            prefixes: PrefixCache::default(),
+            reused_prompt_tokens: 0,
         }
     }
 
@@ -199,6 +209,7 @@ impl RunningBatch {
             waiting: self.waiting.len(),
             last_step_tokens: self.last_step_tokens,
             kv_positions: self.running.iter().map(|r| r.cache.len()).sum(),
+            reused_prompt_tokens: self.reused_prompt_tokens,
         }
     }
 
@@ -210,7 +221,16 @@ impl RunningBatch {
         self.drop_unwanted();
         while self.running.len() < self.max_rows {
             match self.waiting.pop_front() {
-                Some(r) => self.running.push(r),
+                Some(mut r) => {
+                    if r.fed == 0 && r.cache.is_empty() {
+                        if let Some(cache) = self.prefixes.lookup(&r.engine, &r.prompt) {
+                            r.fed = cache.len();
+                            r.cache = cache;
+                            self.reused_prompt_tokens += r.fed as u64;
+                        }
+                    }
+                    self.running.push(r)
+                }
                 None => break,
             }
         }
@@ -257,6 +277,7 @@ impl RunningBatch {
                     pending.push(Pending::Ready(row));
                     continue;
                 }
+                self.prefixes.insert(&row.engine, &row.prompt, &row.cache);
             }
             pending.push(Pending::Sample(row, l));
         }

@@ -464,3 +464,48 @@ fn a_row_without_room_to_grow_ends_with_length_and_what_it_had() {
     );
     assert_eq!(batch.stats().kv_positions, 0);
 }
+
+#[test]
+fn a_row_starting_like_a_prompt_already_read_reuses_its_cache_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    // Longer than one 64-position key block, so a copy cuts inside the second.
+    let head: Vec<u32> = long_prompt().into_iter().cycle().take(78).collect();
+    let mut extended = head.clone();
+    extended.extend([7, 8, 9]);
+    let mut diverging = head[..50].to_vec();
+    diverging.extend([11, 12]);
+    let first = Row::new(&engs[1], head.clone(), greedy(6));
+    // Each row with the prompt tokens it should not compute.
+    let later = [
+        // The same prompt: all but its last token (whose logits it needs).
+        (Row::new(&engs[1], head.clone(), sampled(4)), head.len() - 1),
+        (Row::new(&engs[1], extended, greedy(6)), head.len()),
+        // It shares 50 tokens with `extended`, now the kept prompt.
+        (Row::new(&engs[1], diverging, sampled(5)), 50),
+        // Another adapter's keys and values differ: nothing to reuse.
+        (Row::new(&engs[2], head.clone(), greedy(6)), 0),
+        (Row::new(&engs[1], vec![1, 2, 3], greedy(4)), 0),
+    ];
+    let mut batch = RunningBatch::new(4);
+    batch.join(first.batch_row());
+    run(&mut batch);
+    assert_eq!(first.result().unwrap().unwrap(), first.alone().0);
+    let mut reused = batch.stats().reused_prompt_tokens;
+    assert_eq!(reused, 0);
+    for (i, (row, expect)) in later.iter().enumerate() {
+        batch.join(row.batch_row());
+        run(&mut batch);
+        let now = batch.stats().reused_prompt_tokens;
+        assert_eq!(now - reused, *expect as u64, "row {i}");
+        reused = now;
+        let (alone, text) = row.alone();
+        assert_eq!(row.result().unwrap().unwrap(), alone, "row {i}");
+        assert_eq!(row.seen.lock().unwrap().text, text, "row {i} streamed");
+    }
+    assert_eq!(
+        batch.stats().kv_positions,
+        0,
+        "every running cache was freed"
+    );
+}
