@@ -176,7 +176,7 @@ pub struct RunningBatch {
     max_rows: usize,
     last_step_tokens: usize,
     /// Prompts read lately, whose KV a joining row with the same start copies.
-    prefixes: PrefixCache,
+    prefixes: PrefixCache<dyn RowEngine>,
     reused_prompt_tokens: u64,
 }
 

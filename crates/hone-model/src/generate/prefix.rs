@@ -14,7 +14,6 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
-use super::batch::RowEngine;
 use crate::kv_cache::KvCache;
 
 /// Prompts kept, the most recent first.
@@ -26,30 +25,34 @@ const MAX_BYTES: usize = 64 << 20;
 /// Shorter shared prefixes are read again: copying them saves too little.
 const MIN_TOKENS: usize = 8;
 
-struct Entry {
+struct Entry<E: ?Sized> {
     /// Identity of the engine the cache was built with. A `Weak` keeps the
     /// allocation, so a later engine cannot take the same address.
-    engine: Weak<dyn RowEngine>,
+    engine: Weak<E>,
     tokens: Vec<u32>,
     cache: KvCache,
     bytes: usize,
 }
 
-/// The recently read prompts of one running batch, with their KV caches.
-#[derive(Default)]
-pub(super) struct PrefixCache {
-    entries: VecDeque<Entry>,
+/// The recently read prompts of one running batch, with their KV caches,
+/// by the engine (`E`: the batch's row engine) that read them.
+pub(super) struct PrefixCache<E: ?Sized> {
+    entries: VecDeque<Entry<E>>,
 }
 
-impl PrefixCache {
+impl<E: ?Sized> Default for PrefixCache<E> {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::new(),
+        }
+    }
+}
+
+impl<E: ?Sized> PrefixCache<E> {
     /// The cache of the longest kept prefix of `prompt` read by `engine`,
     /// cut so that at least one prompt token is still to feed (its logits
     /// give the first sampled token); `None` under [`MIN_TOKENS`].
-    pub(super) fn lookup(
-        &mut self,
-        engine: &Arc<dyn RowEngine>,
-        prompt: &[u32],
-    ) -> Option<KvCache> {
+    pub(super) fn lookup(&mut self, engine: &Arc<E>, prompt: &[u32]) -> Option<KvCache> {
         let limit = prompt.len().saturating_sub(1);
         let (i, shared) = self
             .entries
@@ -71,7 +74,7 @@ impl PrefixCache {
 
     /// Keeps the cache of a prompt just read (`cache` holds exactly its
     /// positions), replacing a kept prompt it extends or repeats.
-    pub(super) fn insert(&mut self, engine: &Arc<dyn RowEngine>, prompt: &[u32], cache: &KvCache) {
+    pub(super) fn insert(&mut self, engine: &Arc<E>, prompt: &[u32], cache: &KvCache) {
         if prompt.len() < MIN_TOKENS || cache.len() != prompt.len() {
             return;
         }
@@ -99,7 +102,7 @@ impl PrefixCache {
     }
 }
 
-fn same_engine(kept: &Weak<dyn RowEngine>, engine: &Arc<dyn RowEngine>) -> bool {
+fn same_engine<E: ?Sized>(kept: &Weak<E>, engine: &Arc<E>) -> bool {
     std::ptr::addr_eq(kept.as_ptr(), Arc::as_ptr(engine))
 }
 
