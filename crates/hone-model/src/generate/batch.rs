@@ -140,6 +140,16 @@ impl BatchRow {
         sink.done(Err(e));
     }
 
+    /// Whether this row is still reading the prompt `other` has, on the same
+    /// engine (so `other` can copy its cache once it is read).
+    fn reads_same_prompt(&self, other: &BatchRow) -> bool {
+        self.next.is_none()
+            && self.fed < self.prompt.len()
+            && Arc::ptr_eq(&self.engine, &other.engine)
+            && self.prompt == other.prompt
+            && super::prefix::would_keep(&self.cache, self.engine.model(), self.prompt.len())
+    }
+
     /// The tokens this row feeds next: its sampled token, or the next chunk
     /// of its prompt of at most `budget` tokens (then taken from `budget`).
     fn feed(&self, budget: &mut usize) -> Option<std::ops::Range<usize>> {
@@ -219,21 +229,7 @@ impl RunningBatch {
     /// report to their sink and leave. Runs nothing when the batch is empty.
     pub fn step(&mut self) {
         self.drop_unwanted();
-        while self.running.len() < self.max_rows {
-            match self.waiting.pop_front() {
-                Some(mut r) => {
-                    if r.fed == 0 && r.cache.is_empty() {
-                        if let Some(cache) = self.prefixes.lookup(&r.engine, &r.prompt) {
-                            r.fed = cache.len();
-                            r.cache = cache;
-                            self.reused_prompt_tokens += r.fed as u64;
-                        }
-                    }
-                    self.running.push(r)
-                }
-                None => break,
-            }
-        }
+        self.admit();
         self.drop_roomless();
         if self.running.is_empty() {
             self.last_step_tokens = 0;
@@ -282,6 +278,36 @@ impl RunningBatch {
             pending.push(Pending::Sample(row, l));
         }
         self.running = advance_all(pending);
+    }
+
+    /// Waiting rows join while there is room, in order, each starting from
+    /// the longest prompt start already read ([`PrefixCache`]). A row whose
+    /// prompt a running row is still reading on the same engine (the other
+    /// choices of an `n > 1` request, or the same prompt sent twice) waits
+    /// instead: once that prompt is read it copies all of it, so the prompt
+    /// is computed once, not once per row.
+    fn admit(&mut self) {
+        let mut held = VecDeque::new();
+        while self.running.len() < self.max_rows {
+            let Some(mut r) = self.waiting.pop_front() else {
+                break;
+            };
+            let fresh = r.fed == 0 && r.cache.is_empty();
+            if fresh && self.running.iter().any(|o| o.reads_same_prompt(&r)) {
+                held.push_back(r);
+                continue;
+            }
+            if fresh {
+                if let Some(cache) = self.prefixes.lookup(&r.engine, &r.prompt) {
+                    r.fed = cache.len();
+                    r.cache = cache;
+                    self.reused_prompt_tokens += r.fed as u64;
+                }
+            }
+            self.running.push(r);
+        }
+        held.append(&mut self.waiting);
+        self.waiting = held;
     }
 
     /// Rows whose sink no longer wants them leave, running or waiting.

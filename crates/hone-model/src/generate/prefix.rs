@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
 use crate::kv_cache::KvCache;
+use crate::llama::Llama;
 
 /// Prompts kept, the most recent first.
 const ENTRIES: usize = 8;
@@ -100,6 +101,14 @@ impl<E: ?Sized> PrefixCache<E> {
             self.entries.pop_back();
         }
     }
+}
+
+/// Whether [`PrefixCache::insert`] keeps a prompt of `len` tokens read into
+/// `cache` by `model` (so a row with the same prompt may wait for it).
+pub(super) fn would_keep(cache: &KvCache, model: &Llama, len: usize) -> bool {
+    matches!(cache, KvCache::Packed(_))
+        && len >= MIN_TOKENS
+        && model.kv_cache_bytes(len) <= MAX_BYTES
 }
 
 fn same_engine<E: ?Sized>(kept: &Weak<E>, engine: &Arc<E>) -> bool {

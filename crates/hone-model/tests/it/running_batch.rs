@@ -509,3 +509,35 @@ fn a_row_starting_like_a_prompt_already_read_reuses_its_cache_and_answers_the_sa
         "every running cache was freed"
     );
 }
+
+#[test]
+fn rows_joining_with_the_same_prompt_read_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    // The choices of an `n = 3` request (greedy and seeded ones), the same
+    // prompt on another adapter, and a short prompt nobody waits for.
+    let prompt = long_prompt();
+    let rows = [
+        Row::new(&engs[1], prompt.clone(), greedy(5)),
+        Row::new(&engs[1], prompt.clone(), sampled(1)),
+        Row::new(&engs[1], prompt.clone(), sampled(2)),
+        Row::new(&engs[2], prompt.clone(), greedy(5)),
+        Row::new(&engs[1], vec![5, 6, 7], greedy(5)),
+    ];
+    let mut batch = RunningBatch::new(8);
+    rows.iter().for_each(|r| batch.join(r.batch_row()));
+    batch.step();
+    let st = batch.stats();
+    assert_eq!((st.running, st.waiting), (3, 2), "two choices wait: {st:?}");
+    run(&mut batch);
+    // Each waiting choice copied all but the prompt's last token.
+    assert_eq!(
+        batch.stats().reused_prompt_tokens,
+        2 * (prompt.len() as u64 - 1)
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let (alone, text) = r.alone();
+        assert_eq!(r.result().unwrap().unwrap(), alone, "row {i}");
+        assert_eq!(r.seen.lock().unwrap().text, text, "row {i} streamed");
+    }
+}
