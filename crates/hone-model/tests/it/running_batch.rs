@@ -2,7 +2,8 @@
 //! model: rows on different adapters, joining between steps and reading
 //! long prompts in chunks, each get exactly what `generate` gives them alone;
 //! a row that is no longer wanted leaves at once; a panic in one row's
-//! decoding fails that row only.
+//! decoding fails that row only; a row that starts like a prompt already read
+//! (or being read) copies its cache and still answers exactly as alone.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -403,6 +404,26 @@ fn real_model_rows_on_mixed_adapters_equal_each_alone() {
     for (i, (r, (g, text))) in rows.iter().zip(&alone).enumerate() {
         assert_eq!(&r.result().unwrap().unwrap(), g, "row {i}");
         assert_eq!(&r.seen.lock().unwrap().text, text, "row {i} streamed");
+    }
+    // Each engine's second choice of a prompt copied the first's cache.
+    let once = batch.stats().reused_prompt_tokens;
+    let per_engine: usize = prompts.iter().map(|p| p.len() - 1).sum();
+    assert_eq!(once, (engs.len() * per_engine) as u64);
+    // Later rows that continue a prompt read before start from its cache.
+    let mut longer = prompts[1].clone();
+    longer.extend([5, 6, 7, 8]);
+    let later: Vec<Row> = engs
+        .iter()
+        .map(|e| Row::new(e, longer.clone(), greedy(16)))
+        .collect();
+    later.iter().for_each(|r| batch.join(r.batch_row()));
+    run(&mut batch);
+    assert_eq!(
+        batch.stats().reused_prompt_tokens - once,
+        (engs.len() * prompts[1].len()) as u64
+    );
+    for (i, r) in later.iter().enumerate() {
+        assert_eq!(r.result().unwrap().unwrap(), r.alone().0, "later row {i}");
     }
 }
 
