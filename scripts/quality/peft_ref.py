@@ -71,10 +71,27 @@ def batch_logp(model, seqs):
     return (logp * mask).sum(-1), mask.sum()
 
 
+# hone's templates for a GGUF that ships none (hone_text::template::family_default): Gemma 3's
+# own for a Gemma, else ChatML. The reference must render the same text hone trains on.
+HONE_TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crates",
+                              "hone-text", "src", "templates")
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+          " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
 def load(gguf):
     d, f = os.path.dirname(os.path.abspath(gguf)), os.path.basename(gguf)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    if not tok.chat_template:
+        if model.config.model_type.startswith("gemma"):
+            with open(os.path.join(HONE_TEMPLATES, "gemma3.jinja")) as t:
+                tok.chat_template = t.read()
+        else:
+            tok.chat_template = CHATML
+        print(f"{f} has no chat template: using hone's default for {model.config.model_type}",
+              file=sys.stderr)
     return tok, model
 
 
