@@ -411,6 +411,7 @@ mod tests {
             prompt_tokens: 7,
             completion_tokens: 3,
             total_tokens: 10,
+            prompt_tokens_details: None,
         });
         let text = m.render(EngineSnapshot::default(), &[], &[]);
         for line in [

@@ -66,6 +66,13 @@ pub trait RowSink: Send {
         let _ = positions;
         true
     }
+    /// The row starts with `tokens` prompt positions copied from a prompt
+    /// read before ([`super::prefix`]): they are not computed again
+    /// (OpenAI's `usage.prompt_tokens_details.cached_tokens`). Called at most
+    /// once, before any text.
+    fn reused(&mut self, tokens: usize) {
+        let _ = tokens;
+    }
 }
 
 /// A sequence ready to join a batch: built on the caller's thread, so that
@@ -302,6 +309,7 @@ impl RunningBatch {
                     r.fed = cache.len();
                     r.cache = cache;
                     self.reused_prompt_tokens += r.fed as u64;
+                    r.sink.reused(r.fed);
                 }
             }
             self.running.push(r);

@@ -221,6 +221,17 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// How many prompt tokens were not computed: their keys and values were
+    /// copied from an earlier prompt with the same start (OpenAI's prompt
+    /// caching field; present whenever a model answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// Details of `usage.prompt_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
 }
 
 /// The assistant message of a (non-streamed) choice.

@@ -91,6 +91,9 @@ pub enum ChoiceUpdate<'a> {
     Text(&'a str),
     /// The choice is finished.
     Done(&'a Generation),
+    /// Before its text: this many of the prompt's tokens were copied from a
+    /// prompt read before, not computed (`usage.prompt_tokens_details`).
+    Cached(usize),
 }
 
 /// The engine behind chat. Blocking (called on the blocking pool).

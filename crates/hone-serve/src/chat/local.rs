@@ -334,6 +334,7 @@ impl ChatBackend for LocalChat {
                 return Err(ChatError::Generation("the engine loop stopped".into()));
             };
             let flow = match msg {
+                RowMsg::Reused(i, n) => on(i, ChoiceUpdate::Cached(n)),
                 RowMsg::Text(i, t) => on(i, ChoiceUpdate::Text(&t)),
                 RowMsg::Done(i, Ok(g)) => {
                     let flow = on(i, ChoiceUpdate::Done(&g));

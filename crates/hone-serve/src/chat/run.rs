@@ -15,7 +15,7 @@ use hone_model::generate::FinishReason as GenFinish;
 
 use super::backend::{CancelFlag, ChatBackend, ChatError, ChatTarget, ChoiceUpdate};
 use super::plan::ChatPlan;
-use crate::api::{FinishReason, Usage};
+use crate::api::{FinishReason, PromptTokensDetails, Usage};
 
 /// One event of a run, in order: the text of choice `index` as it is
 /// decoded, then its end.
@@ -58,12 +58,21 @@ pub fn run_choices(
             p
         })
         .collect();
+    // Prompt tokens each choice copied instead of computing.
+    let mut cached = vec![0usize; params.len()];
     let mut on = |index: usize, update: ChoiceUpdate<'_>| {
         if cancel.is_cancelled() {
             return ControlFlow::Break(());
         }
+        if let ChoiceUpdate::Cached(n) = update {
+            if let Some(c) = cached.get_mut(index) {
+                *c = n;
+            }
+            return ControlFlow::Continue(());
+        }
         let index = index as u32;
         match update {
+            ChoiceUpdate::Cached(_) => ControlFlow::Continue(()),
             // Generation asking, between prompt chunks, whether to go on.
             ChoiceUpdate::Text("") => ControlFlow::Continue(()),
             ChoiceUpdate::Text(text) => emit(ChatEvent::Text {
@@ -87,6 +96,10 @@ pub fn run_choices(
     let mut usage = Usage::default();
     if let Some(g) = gens.first() {
         usage.prompt_tokens = count(g.prompt_tokens);
+        // The prompt is counted once (choice 0's); so are its cached tokens.
+        usage.prompt_tokens_details = Some(PromptTokensDetails {
+            cached_tokens: count(cached[0]),
+        });
     }
     usage.completion_tokens = gens
         .iter()

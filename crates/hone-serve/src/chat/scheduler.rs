@@ -123,8 +123,10 @@ impl Drop for KvReservation {
     }
 }
 
-/// What a row tells its request, in order: text pieces, then its end.
+/// What a row tells its request, in order: the prompt tokens it copied
+/// (if any), text pieces, then its end.
 pub(super) enum RowMsg {
+    Reused(usize, usize),
     Text(usize, String),
     Done(usize, Result<Generation, ModelError>),
 }
@@ -182,6 +184,10 @@ impl RowSink for ChannelSink {
             g.positions += g.block;
         }
         true
+    }
+
+    fn reused(&mut self, tokens: usize) {
+        let _ = self.tx.send(RowMsg::Reused(self.index, tokens));
     }
 
     fn done(&mut self, result: Result<Generation, ModelError>) {

@@ -420,3 +420,51 @@ fn requests_without_max_tokens_reserve_lazily_in_blocks() {
     }
     assert_eq!(kv.reserved(), 0, "every share given back");
 }
+
+/// A request whose prompt another request read before copies it: the same
+/// answer, with the copied tokens in `usage.prompt_tokens_details` (OpenAI's
+/// prompt-caching field), streamed usage included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_prompt_is_copied_and_reported_as_cached_tokens() {
+    let t = tiny();
+    let a = app(t.chat(BatchOptions::default()));
+    let long = "the quick brown fox jumps over the lazy dog. ".repeat(6);
+    let ask = |stream: bool| {
+        post(
+            json!({"model": BASE, "max_tokens": 8, "temperature": 0, "stream": stream,
+            "stream_options": if stream { json!({"include_usage": true}) } else { json!(null) },
+            "messages": [{"role": "user", "content": long}]}),
+        )
+    };
+    let first = a.send(ask(false)).await.json();
+    let usage = &first["usage"];
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 0,
+        "{usage}"
+    );
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    let again = a.send(ask(false)).await.json();
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"],
+        prompt - 1,
+        "all but the last prompt token: {}",
+        again["usage"]
+    );
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
+    let streamed = a.send(ask(true)).await;
+    let body = String::from_utf8_lossy(&streamed.body).to_string();
+    let last_usage = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|c| c.get("usage").filter(|u| !u.is_null()).cloned())
+        .next_back()
+        .expect("a usage chunk");
+    assert_eq!(
+        last_usage["prompt_tokens_details"]["cached_tokens"],
+        prompt - 1
+    );
+}
