@@ -126,6 +126,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     prompt_tokens: Family<ModelLabel, Counter>,
+    cached_tokens: Family<ModelLabel, Counter>,
     generation_tokens: Family<ModelLabel, Counter>,
     ttft: HistogramFamily,
     itl: HistogramFamily,
@@ -151,6 +152,7 @@ impl Metrics {
             registry: Registry::default(),
             requests: Family::default(),
             prompt_tokens: Family::default(),
+            cached_tokens: Family::default(),
             generation_tokens: Family::default(),
             ttft: Family::new_with_constructor(|| Histogram::new(TTFT_BUCKETS)),
             itl: Family::new_with_constructor(|| Histogram::new(ITL_BUCKETS)),
@@ -178,6 +180,11 @@ impl Metrics {
             "hone_prompt_tokens",
             "Prompt tokens of finished chat completions",
             self.prompt_tokens.clone(),
+        );
+        r.register(
+            "hone_prompt_tokens_cached",
+            "Prompt tokens of finished chat completions copied from an earlier prompt, not computed",
+            self.cached_tokens.clone(),
         );
         r.register(
             "hone_generation_tokens",
@@ -264,6 +271,7 @@ impl Metrics {
                 model: model.clone(),
             };
             let _ = self.prompt_tokens.get_or_create(&label);
+            let _ = self.cached_tokens.get_or_create(&label);
             let _ = self.generation_tokens.get_or_create(&label);
             let _ = self.ttft.get_or_create(&label);
             let _ = self.itl.get_or_create(&label);
@@ -346,6 +354,10 @@ impl GenerationClock {
         m.prompt_tokens
             .get_or_create(&self.model)
             .inc_by(u64::from(usage.prompt_tokens));
+        let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+        m.cached_tokens
+            .get_or_create(&self.model)
+            .inc_by(u64::from(cached));
         m.generation_tokens
             .get_or_create(&self.model)
             .inc_by(u64::from(usage.completion_tokens));
@@ -374,6 +386,7 @@ mod tests {
         for name in [
             "hone_requests_total",
             "hone_prompt_tokens_total",
+            "hone_prompt_tokens_cached_total",
             "hone_generation_tokens_total",
             "hone_time_to_first_token_seconds",
             "hone_inter_token_latency_seconds",
@@ -411,7 +424,7 @@ mod tests {
             prompt_tokens: 7,
             completion_tokens: 3,
             total_tokens: 10,
-            prompt_tokens_details: None,
+            prompt_tokens_details: Some(crate::api::PromptTokensDetails { cached_tokens: 5 }),
         });
         let text = m.render(EngineSnapshot::default(), &[], &[]);
         for line in [
@@ -419,6 +432,7 @@ mod tests {
             "hone_inter_token_latency_seconds_count{model=\"m\"} 2",
             "hone_request_duration_seconds_count{model=\"m\"} 1",
             "hone_prompt_tokens_total{model=\"m\"} 7",
+            "hone_prompt_tokens_cached_total{model=\"m\"} 5",
             "hone_generation_tokens_total{model=\"m\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
