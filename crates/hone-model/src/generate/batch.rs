@@ -120,6 +120,21 @@ impl BatchRow {
 
     /// Ends the row: the generation so far (text held back for a possible
     /// stop string included) goes to the sink, with `finish` when given.
+    /// The tokens this ending row's cache holds (its prompt, then the
+    /// generated tokens fed back) and the cache itself, taken out for the
+    /// prefix cache: a conversation's next turn starts with them.
+    fn take_kept(&mut self) -> Option<Kept> {
+        let generated = self.cache.len().checked_sub(self.prompt.len())?;
+        let ids = self.seq.ids.get(..generated)?;
+        let tokens: Vec<u32> = self.prompt.iter().chain(ids).copied().collect();
+        let cache = std::mem::replace(&mut self.cache, self.engine.model().new_cache());
+        Some(Kept {
+            engine: self.engine.clone(),
+            tokens,
+            cache,
+        })
+    }
+
     fn finish(mut self, finish: Option<FinishReason>) {
         if let Some(f) = finish {
             self.seq.finish = f;
@@ -284,7 +299,11 @@ impl RunningBatch {
             }
             pending.push(Pending::Sample(row, l));
         }
-        self.running = advance_all(pending);
+        let (running, kept) = advance_all(pending);
+        self.running = running;
+        for k in kept {
+            self.prefixes.insert(&k.engine, &k.tokens, &k.cache);
+        }
     }
 
     /// Waiting rows join while there is room, in order, each starting from
@@ -378,11 +397,20 @@ impl RunningBatch {
 }
 
 /// A row after the step's forward pass: going on as it is (still reading its
-/// prompt, or not fed this step), or due to sample from its logits.
+/// prompt, or not fed this step), or due to sample from its logits; after
+/// sampling, ended (with what the prefix cache may keep of it) or gone.
 enum Pending {
     Ready(BatchRow),
     Sample(BatchRow, Vec<f32>),
+    Ended(Option<Kept>),
     Gone,
+}
+
+/// A finished row's tokens and KV cache, for [`PrefixCache::insert`].
+struct Kept {
+    engine: Arc<dyn RowEngine>,
+    tokens: Vec<u32>,
+    cache: KvCache,
 }
 
 /// Samples every row that is due, spread over the decode team, and returns
@@ -392,8 +420,9 @@ enum Pending {
 /// SmolLM2, 152k on Qwen2.5) and detokenizes, once per row per step; done
 /// one row after another on the engine thread it was about a tenth of a
 /// step at 8 rows while the team's other threads spun idle. Each row has
-/// its own sampler, grammar and sink, so the results are the same.
-fn advance_all(pending: Vec<Pending>) -> Vec<BatchRow> {
+/// its own sampler, grammar and sink, so the results are the same. Also
+/// returns what rows that ended normally leave for the prefix cache.
+fn advance_all(pending: Vec<Pending>) -> (Vec<BatchRow>, Vec<Kept>) {
     let slots: Vec<Mutex<Pending>> = pending.into_iter().map(Mutex::new).collect();
     let due: Vec<usize> = (0..slots.len())
         .filter(|&i| matches!(*lock(&slots[i]), Pending::Sample(..)))
@@ -401,20 +430,18 @@ fn advance_all(pending: Vec<Pending>) -> Vec<BatchRow> {
     crate::decode::team::global().run(due.len(), &|j| {
         let mut slot = lock(&slots[due[j]]);
         if let Pending::Sample(row, l) = std::mem::replace(&mut *slot, Pending::Gone) {
-            if let Some(row) = advance(row, &l) {
-                *slot = Pending::Ready(row);
-            }
+            *slot = advance(row, &l);
         }
     });
-    slots
-        .into_iter()
-        .filter_map(
-            |s| match s.into_inner().unwrap_or_else(|e| e.into_inner()) {
-                Pending::Ready(row) => Some(row),
-                _ => None,
-            },
-        )
-        .collect()
+    let (mut rows, mut kept) = (Vec::new(), Vec::new());
+    for s in slots {
+        match s.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Pending::Ready(row) => rows.push(row),
+            Pending::Ended(Some(k)) => kept.push(k),
+            _ => {}
+        }
+    }
+    (rows, kept)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -422,8 +449,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Samples `row`'s next token from `logits` and streams its text. Returns
-/// the row when it goes on; else it has reported its end to its sink.
-fn advance(mut row: BatchRow, logits: &[f32]) -> Option<BatchRow> {
+/// the row when it goes on (`Ready`); else it has reported its end to its
+/// sink (`Ended` when it ended normally, `Gone` when it failed).
+fn advance(mut row: BatchRow, logits: &[f32]) -> Pending {
     let BatchRow {
         engine, seq, sink, ..
     } = &mut row;
@@ -435,19 +463,20 @@ fn advance(mut row: BatchRow, logits: &[f32]) -> Option<BatchRow> {
     match step {
         Ok(Ok(Some(next))) => {
             row.next = Some(next);
-            Some(row)
+            Pending::Ready(row)
         }
         Ok(Ok(None)) => {
+            let kept = row.take_kept();
             row.finish(None);
-            None
+            Pending::Ended(kept)
         }
         Ok(Err(e)) => {
             row.fail(e);
-            None
+            Pending::Gone
         }
         Err(p) => {
             row.fail(panicked(&p));
-            None
+            Pending::Gone
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Reuse of a shared prompt prefix across requests: the KV cache of a
-//! prompt just read is kept, and a later row on the same engine (the same
+//! prompt just read is kept (and, once the row ends, that of the prompt plus
+//! the answer it generated, which a conversation's next turn starts with),
+//! and a later row on the same engine (the same
 //! base and adapters) whose prompt starts with the same tokens copies those
 //! positions instead of computing them again. A chat template's header and
 //! a shared system prompt are read once, not per request (llama.cpp's server

@@ -562,3 +562,31 @@ fn rows_joining_with_the_same_prompt_read_it_once() {
         assert_eq!(r.seen.lock().unwrap().text, text, "row {i} streamed");
     }
 }
+
+#[test]
+fn the_next_turn_of_a_conversation_reuses_the_answer_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let engs = engines(dir.path());
+    let prompt = long_prompt();
+    let first = Row::new(&engs[1], prompt.clone(), greedy(6));
+    let mut batch = RunningBatch::new(4);
+    batch.join(first.batch_row());
+    run(&mut batch);
+    let answer = first.result().unwrap().unwrap().token_ids;
+    assert_eq!(answer.len(), 6);
+    // The next turn: the prompt, the answer, then the user's next words. The
+    // last answer token was sampled but never fed, so the cache holds five.
+    let mut next_turn = prompt.clone();
+    next_turn.extend(&answer);
+    next_turn.extend([21, 22, 23]);
+    let second = Row::new(&engs[1], next_turn, sampled(7));
+    batch.join(second.batch_row());
+    run(&mut batch);
+    assert_eq!(
+        batch.stats().reused_prompt_tokens,
+        (prompt.len() + answer.len() - 1) as u64
+    );
+    let (alone, text) = second.alone();
+    assert_eq!(second.result().unwrap().unwrap(), alone);
+    assert_eq!(second.seen.lock().unwrap().text, text);
+}
