@@ -81,13 +81,15 @@ impl<E: ?Sized> PrefixCache<E> {
         if prompt.len() < MIN_TOKENS || cache.len() != prompt.len() {
             return;
         }
-        let Some(copy) = cache.prefix(prompt.len()) else {
-            return;
-        };
-        let bytes = copy.bytes();
+        // Checked before copying (a long conversation's cache can be hundreds
+        // of MB); the copy holds the same positions, so the same bytes.
+        let bytes = cache.bytes();
         if bytes > MAX_BYTES {
             return;
         }
+        let Some(copy) = cache.prefix(prompt.len()) else {
+            return;
+        };
         self.entries.retain(|e| {
             e.engine.strong_count() > 0
                 && !(same_engine(&e.engine, engine) && prompt.starts_with(&e.tokens))
