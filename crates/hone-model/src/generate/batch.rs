@@ -118,8 +118,6 @@ impl BatchRow {
         })
     }
 
-    /// Ends the row: the generation so far (text held back for a possible
-    /// stop string included) goes to the sink, with `finish` when given.
     /// The tokens this ending row's cache holds (its prompt, then the
     /// generated tokens fed back) and the cache itself, taken out for the
     /// prefix cache: a conversation's next turn starts with them.
@@ -135,6 +133,8 @@ impl BatchRow {
         })
     }
 
+    /// Ends the row: the generation so far (text held back for a possible
+    /// stop string included) goes to the sink, with `finish` when given.
     fn finish(mut self, finish: Option<FinishReason>) {
         if let Some(f) = finish {
             self.seq.finish = f;
