@@ -64,15 +64,15 @@ pub fn run_choices(
         if cancel.is_cancelled() {
             return ControlFlow::Break(());
         }
-        if let ChoiceUpdate::Cached(n) = update {
-            if let Some(c) = cached.get_mut(index) {
-                *c = n;
-            }
-            return ControlFlow::Continue(());
-        }
+        let slot = index;
         let index = index as u32;
         match update {
-            ChoiceUpdate::Cached(_) => ControlFlow::Continue(()),
+            ChoiceUpdate::Cached(n) => {
+                if let Some(c) = cached.get_mut(slot) {
+                    *c = n;
+                }
+                ControlFlow::Continue(())
+            }
             // Generation asking, between prompt chunks, whether to go on.
             ChoiceUpdate::Text("") => ControlFlow::Continue(()),
             ChoiceUpdate::Text(text) => emit(ChatEvent::Text {

@@ -112,6 +112,21 @@ impl EventSink for CancelAtStart {
     }
 }
 
+/// Runs `c` into `out` with a cancel raised once the run has started (after the
+/// reference pass), as a Ctrl-C during the first step would; returns its error.
+fn cancel_after_first_step(c: &DpoConfig, out: &Path) -> TrainError {
+    let flag = Arc::new(AtomicBool::new(false));
+    let ctl = RunControl {
+        resume: false,
+        cancel: Some(flag.clone()),
+    };
+    let mut sink = CancelAtStart {
+        events: VecSink::default(),
+        flag,
+    };
+    run_into(&mut fixture(), c, out, &ctl, &mut sink).unwrap_err()
+}
+
 fn reference_events(events: &[TrainEvent]) -> Vec<(u64, u64)> {
     events
         .iter()
@@ -250,17 +265,8 @@ fn dpo_from_an_adapter_resumes_exactly() {
     )
     .unwrap();
     assert!((full.losses[0] - std::f64::consts::LN_2).abs() < 1e-5);
-    let flag = Arc::new(AtomicBool::new(false));
     let cut = dir.path().join("cut");
-    let ctl = RunControl {
-        resume: false,
-        cancel: Some(flag.clone()),
-    };
-    let mut sink = CancelAtStart {
-        events: VecSink::default(),
-        flag,
-    };
-    let err = run_into(&mut fixture(), &c, &cut, &ctl, &mut sink).unwrap_err();
+    let err = cancel_after_first_step(&c, &cut);
     assert!(
         matches!(err, TrainError::Cancelled { step: 1, .. }),
         "{err}"
@@ -306,17 +312,8 @@ fn dpo_cancel_and_resume_match_the_uninterrupted_run() {
         &RunControl::default(),
     )
     .unwrap();
-    let flag = Arc::new(AtomicBool::new(false));
-    let ctl = RunControl {
-        resume: false,
-        cancel: Some(flag.clone()),
-    };
     let cut = out.path().join("cut");
-    let mut sink = CancelAtStart {
-        events: VecSink::default(),
-        flag,
-    };
-    let err = run_into(&mut fixture(), &c, &cut, &ctl, &mut sink).unwrap_err();
+    let err = cancel_after_first_step(&c, &cut);
     assert!(
         matches!(err, TrainError::Cancelled { step: 1, .. }),
         "{err}"
