@@ -54,7 +54,8 @@ impl KvCache {
         }
     }
 
-    /// Bytes the cached positions hold.
+    /// Bytes the cached positions hold (the packed cache's; 0 for the tensor
+    /// path's, which [`Self::prefix`] cannot copy, so nothing keeps it).
     pub fn bytes(&self) -> usize {
         match self {
             KvCache::Packed(c) => c.bytes(),
