@@ -52,8 +52,9 @@ fn bench_packed_kernels() -> Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    // HONE_BENCH_ROWS=14336 makes each matrix larger than a last-level cache.
-    let (rows, cols) = (env("HONE_BENCH_ROWS", 896), 4864);
+    // HONE_BENCH_ROWS=14336 makes each matrix larger than a last-level cache;
+    // HONE_BENCH_COLS=576 HONE_BENCH_ROWS=1536 is SmolLM2-135M's gate and up shape.
+    let (rows, cols) = (env("HONE_BENCH_ROWS", 896), env("HONE_BENCH_COLS", 4864));
     let rounds = env("HONE_BENCH_ROUNDS", 3);
     let k = Kernel::best();
     let kq = Q8Kernel::best();
@@ -65,7 +66,7 @@ fn bench_packed_kernels() -> Result<()> {
     for round in 1..=rounds {
         for (d, m) in kinds.iter().zip(&ms) {
             let mut line = format!("round {round} {d:?}:");
-            for n in [1usize, 4] {
+            for n in [1usize, 4, 8] {
                 let x = random(n * cols, 3);
                 let mut out = vec![0f32; rows * n];
                 let t_f32 = best_of(20, || m.rows_into(k, 0, &x, n, &mut out));

@@ -287,6 +287,18 @@ pub(crate) fn locate(kind: PackedKind, u: usize) -> (usize, usize) {
 /// Unit `u` of `m` as f32 weights: the reference the SIMD kernels must match,
 /// written as ggml's `dequantize_row_*`.
 pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
+    unit_with(m, u, w, |q, s, o| q * s + o)
+}
+
+/// [`unit_f32`] with each weight `madd(quant, scale, offset)`: a plain
+/// multiply and add there, a fused multiply-add in the tests that hold the
+/// AVX-512 kernels' weights to it bit for bit.
+pub(crate) fn unit_with(
+    m: &Blocks,
+    u: usize,
+    w: &mut [f32; UNIT],
+    madd: impl Fn(f32, f32, f32) -> f32,
+) {
     let (b, j) = locate(m.kind, u);
     let qb = m.kind.quant_bytes();
     let q = &m.quants[b * qb..(b + 1) * qb];
@@ -295,13 +307,13 @@ pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
         PackedKind::Q4_1 => {
             let mn = m.mins[b].to_f32();
             for l in 0..16 {
-                w[l] = (q[l] & 0xF) as f32 * d + mn;
-                w[l + 16] = (q[l] >> 4) as f32 * d + mn;
+                w[l] = madd((q[l] & 0xF) as f32, d, mn);
+                w[l + 16] = madd((q[l] >> 4) as f32, d, mn);
             }
         }
         PackedKind::Q8_0 => {
             for l in 0..UNIT {
-                w[l] = q[l] as i8 as f32 * d;
+                w[l] = madd(q[l] as i8 as f32, d, 0.0);
             }
         }
         PackedKind::Q5_0 => {
@@ -310,8 +322,8 @@ pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
             for l in 0..16 {
                 let lo = (qs[l] & 0xF) as u32 | (((qh >> l) & 1) << 4);
                 let hi = (qs[l] >> 4) as u32 | (((qh >> (l + 16)) & 1) << 4);
-                w[l] = (lo as i32 - 16) as f32 * d;
-                w[l + 16] = (hi as i32 - 16) as f32 * d;
+                w[l] = madd((lo as i32 - 16) as f32, d, 0.0);
+                w[l + 16] = madd((hi as i32 - 16) as f32, d, 0.0);
             }
         }
         PackedKind::Q4_K | PackedKind::Q5_K => {
@@ -328,7 +340,7 @@ pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
                 if let Some(qh) = qh {
                     v |= ((qh[l] >> j) & 1) << 4;
                 }
-                w[l] = d1 * v as f32 - m1;
+                w[l] = madd(v as f32, d1, -m1);
             }
         }
         PackedKind::Q6_K => {
@@ -341,7 +353,7 @@ pub(crate) fn unit_f32(m: &Blocks, u: usize, w: &mut [f32; UNIT]) {
             for l in 0..UNIT {
                 let sc = sub[8 * half + 2 * k + l / 16] as i8 as f32;
                 let v = ((ql[l] >> nshift) & 0xF) | (((qh[l] >> hshift) & 3) << 4);
-                w[l] = d * sc * (v as i32 - 32) as f32;
+                w[l] = madd((v as i32 - 32) as f32, d * sc, 0.0);
             }
         }
     }

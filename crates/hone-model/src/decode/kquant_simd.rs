@@ -105,22 +105,41 @@ unsafe fn bytes16(p: *const u8) -> __m512i {
     _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
 }
 
+/// 0.0, 1.0, …, 15.0: the quant values a 16-entry weight table is built on.
+#[inline(always)]
+unsafe fn iota16() -> __m512 {
+    _mm512_setr_ps(
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+    )
+}
+
 /// Unit `u` as two f32 vectors (weights 0..16 and 16..32), given its
 /// block's scale and minimum widened to f32.
+///
+/// The kinds of at most 5 bits per quant build the unit's weight for every
+/// possible quant (a table of 16 or 32 f32, one or two multiply-adds) and
+/// look each weight up with a permute (`vpermps` reads an index's low 4 bits,
+/// `vpermt2ps` its low 5), where widening every quant to f32 and scaling it
+/// took four multiply-class instructions per unit. A table entry is the
+/// same multiply-add of the same quant value, so the weights are bit for bit
+/// those of the widening (`kquant_tests`); the multiply-add pipes, which
+/// bound a batched step, are left to the activation rows' products.
 #[inline(always)]
-unsafe fn unit512<K: Kind>(m: &Blocks, u: usize, (d, mn): (f32, f32)) -> (__m512, __m512) {
+pub(super) unsafe fn unit512<K: Kind>(
+    m: &Blocks,
+    u: usize,
+    (d, mn): (f32, f32),
+) -> (__m512, __m512) {
     let (b, j) = locate(K::KIND, u);
     let q = m.quants.as_ptr().add(b * K::KIND.quant_bytes());
-    let nib = _mm512_set1_epi32(0xF);
     match K::KIND {
         PackedKind::Q4_1 => {
+            // Byte l holds weight l in its low nibble and weight l + 16 in its high.
             let bytes = bytes16(q);
-            let low = _mm512_and_si512(bytes, nib);
-            let high = _mm512_srli_epi32::<4>(bytes);
-            let (d, mn) = (_mm512_set1_ps(d), _mm512_set1_ps(mn));
+            let table = _mm512_fmadd_ps(iota16(), _mm512_set1_ps(d), _mm512_set1_ps(mn));
             (
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(low), d, mn),
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), d, mn),
+                _mm512_permutexvar_ps(bytes, table),
+                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(bytes), table),
             )
         }
         PackedKind::Q8_0 => {
@@ -134,35 +153,57 @@ unsafe fn unit512<K: Kind>(m: &Blocks, u: usize, (d, mn): (f32, f32)) -> (__m512
             )
         }
         PackedKind::Q5_0 => {
-            // A weight is `(nibble | high bit << 4) - 16`: the nibble where
-            // its high bit is set, the nibble minus 16 where it is clear.
+            // A weight is `(nibble | high bit << 4) - 16`: entry `i` of the
+            // 32-entry table (low half, high half) is `(i - 16)·d`.
             let qh = (q as *const u32).read_unaligned();
             let bytes = bytes16(q.add(4));
-            let sixteen = _mm512_set1_epi32(16);
+            let (nib, sixteen) = (_mm512_set1_epi32(0xF), _mm512_set1_epi32(16));
             let low = _mm512_and_si512(bytes, nib);
-            let low = _mm512_mask_sub_epi32(low, !(qh as u16), low, sixteen);
+            let low = _mm512_mask_or_epi32(low, qh as u16, low, sixteen);
             let high = _mm512_srli_epi32::<4>(bytes);
-            let high = _mm512_mask_sub_epi32(high, !((qh >> 16) as u16), high, sixteen);
+            let high = _mm512_mask_or_epi32(high, (qh >> 16) as u16, high, sixteen);
             let d = _mm512_set1_ps(d);
+            let below = _mm512_mul_ps(_mm512_sub_ps(iota16(), _mm512_set1_ps(16.0)), d);
+            let above = _mm512_mul_ps(iota16(), d);
             (
-                _mm512_mul_ps(_mm512_cvtepi32_ps(low), d),
-                _mm512_mul_ps(_mm512_cvtepi32_ps(high), d),
+                _mm512_permutex2var_ps(below, low, above),
+                _mm512_permutex2var_ps(below, high, above),
             )
         }
-        PackedKind::Q4_K | PackedKind::Q5_K => {
+        PackedKind::Q4_K => {
             let sub = m.sub.as_ptr().add(b * SUB_BYTES);
             let d1 = _mm512_set1_ps(d * *sub.add(j) as f32);
             let m1 = _mm512_set1_ps(mn * *sub.add(8 + j) as f32);
-            let five = K::KIND == PackedKind::Q5_K;
-            let qs = q.add(if five { 32 } else { 0 } + (j / 2) * 32);
-            let mut w = masked_bytes256(qs, 4 * (j & 1) as i32, 0xF);
-            if five {
-                // The fifth bit is bit `j` of each weight's `qh` byte.
-                let bit = masked_bytes256(q, j as i32, 1);
-                w = _mm256_or_si256(w, _mm256_slli_epi16::<4>(bit));
+            let table = _mm512_fmsub_ps(iota16(), d1, m1);
+            // Unit j's quants are the low (even j) or high (odd j) nibbles of
+            // 32 bytes; the permute ignores the bits above the nibble.
+            let qs = q.add((j / 2) * 32);
+            let (mut lo, mut hi) = (bytes16(qs), bytes16(qs.add(16)));
+            if j & 1 == 1 {
+                lo = _mm512_srli_epi32::<4>(lo);
+                hi = _mm512_srli_epi32::<4>(hi);
             }
-            let (low, high) = widen_bytes::<false>(w);
-            (_mm512_fmsub_ps(low, d1, m1), _mm512_fmsub_ps(high, d1, m1))
+            (
+                _mm512_permutexvar_ps(lo, table),
+                _mm512_permutexvar_ps(hi, table),
+            )
+        }
+        PackedKind::Q5_K => {
+            let sub = m.sub.as_ptr().add(b * SUB_BYTES);
+            let d1 = _mm512_set1_ps(d * *sub.add(j) as f32);
+            let m1 = _mm512_set1_ps(mn * *sub.add(8 + j) as f32);
+            let qs = q.add(32 + (j / 2) * 32);
+            let mut w = masked_bytes256(qs, 4 * (j & 1) as i32, 0xF);
+            // The fifth bit is bit `j` of each weight's `qh` byte.
+            let bit = masked_bytes256(q, j as i32, 1);
+            w = _mm256_or_si256(w, _mm256_slli_epi16::<4>(bit));
+            let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+            let below = _mm512_fmsub_ps(iota16(), d1, m1);
+            let above = _mm512_fmsub_ps(_mm512_add_ps(iota16(), _mm512_set1_ps(16.0)), d1, m1);
+            (
+                _mm512_permutex2var_ps(below, _mm512_cvtepu8_epi32(lo), above),
+                _mm512_permutex2var_ps(below, _mm512_cvtepu8_epi32(hi), above),
+            )
         }
         PackedKind::Q6_K => {
             let (half, k) = (j / 4, j % 4);

@@ -97,16 +97,47 @@ fn every_kernel_equals_the_dequantized_f32_product() -> Result<()> {
     Ok(())
 }
 
+/// The AVX-512 kernel looks weights up in a per-unit table (`kquant_simd::unit512`)
+/// rather than widening and scaling each quant: every weight must still be
+/// exactly the fused multiply-add of its quant, scale and offset.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_weights_are_the_fused_product_of_each_quant() -> Result<()> {
+    use super::kquant::{self, locate};
+    use std::arch::x86_64::_mm512_storeu_ps;
+    if !Kernel::available().contains(&Kernel::Avx512) {
+        return Ok(());
+    }
+    for dtype in KINDS {
+        let p = PackedMatrix::from_qtensor(&quantized(dtype, 3, 512, 13)?)?;
+        let m = p.blocks();
+        for u in 0..3 * 512 / kquant::UNIT {
+            let mut want = [0f32; kquant::UNIT];
+            kquant::unit_with(m, u, &mut want, f32::mul_add);
+            let (b, _) = locate(m.kind, u);
+            let mn = if m.kind.has_mins() {
+                m.mins[b].to_f32()
+            } else {
+                0.0
+            };
+            let mut got = [0f32; kquant::UNIT];
+            // SAFETY: the CPU has AVX-512 (checked above) and `u` is a unit of `m`.
+            kquant::with_kind!(m.kind, K => unsafe {
+                let (lo, hi) = super::kquant_simd::unit512::<K>(m, u, (m.scales[b].to_f32(), mn));
+                _mm512_storeu_ps(got.as_mut_ptr(), lo);
+                _mm512_storeu_ps(got.as_mut_ptr().add(16), hi);
+            });
+            assert_eq!(got, want, "{dtype:?} unit {u}");
+        }
+    }
+    Ok(())
+}
+
 /// With every kernel, a row's result does not depend on how many rows
 /// share the call.
 #[test]
 fn batching_never_changes_a_row() -> Result<()> {
-    for dtype in [
-        GgmlDType::Q5_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ] {
+    for dtype in KINDS {
         let p = PackedMatrix::from_qtensor(&quantized(dtype, 9, 512, 5)?)?;
         let x = random(6, 512, 11);
         for k in Kernel::available() {

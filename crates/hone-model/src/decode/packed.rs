@@ -125,6 +125,12 @@ impl PackedMatrix {
         (self.rows, self.cols)
     }
 
+    /// The blocks, for the tests that check the kernels' unpacking.
+    #[cfg(test)]
+    pub(super) fn blocks(&self) -> &Blocks {
+        &self.blocks
+    }
+
     /// Bytes held (quants and scales).
     pub fn bytes(&self) -> usize {
         self.blocks.bytes()
