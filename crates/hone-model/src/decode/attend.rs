@@ -22,9 +22,12 @@ use super::team;
 const KEY_BLOCK: usize = 64;
 
 /// Attention work (row × key × head visits) from which the heads are spread
-/// over the decode team: below it (a decode step at a short context), waking
-/// the team costs more than it saves.
-const PARALLEL_ATTENTION_MIN: usize = 1 << 14;
+/// over the decode team: below it (a step at a very short context), handing
+/// the heads out costs more than it saves. It was 16k visits, so a batched
+/// step's attention (8 rows at a few hundred positions) ran on the calling
+/// thread while the other waited; at 256, `hone bench serve --clients 8`
+/// gained 6–11% on SmolLM2 (docs/benchmarks.md, "Session 22").
+const PARALLEL_ATTENTION_MIN: usize = 1 << 8;
 
 /// Keys and values of one sequence, per layer: values as flat f32 rows
 /// `[positions, kv_dim]`, keys as blocks `[kv_heads, head_dim, KEY_BLOCK]`.

@@ -353,8 +353,7 @@ pub fn matmul_many_with(
     if n == 0 {
         return Ok(vec![Vec::new(); mats.len()]);
     }
-    // Computed as [rows, n] so threads own contiguous output, then transposed.
-    let mut yts: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows * n]).collect();
+    let mut ys: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows]).collect();
     let total_rows: usize = mats.iter().map(|m| m.rows).sum();
     let team = team::global();
     let k = Kernel::best();
@@ -363,49 +362,66 @@ pub fn matmul_many_with(
         Activations::Q8 => (Some(Q8Rows::quantize(x, n, cols)), Q8Kernel::best()),
         Activations::F32 => (None, Q8Kernel::Scalar),
     };
-    let rows_into = |m: &PackedMatrix, r0: usize, dst: &mut [f32]| match &xq {
-        Some(xq) => m.rows_into_q8(qk, r0, xq, dst),
-        None => m.rows_into(k, r0, x, n, dst),
+    let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
+    // Rows r0..r1 of matrix `m` into its `[n, rows]` output.
+    let rows_into = |m: usize, r0: usize, r1: usize| {
+        let mat = mats[m];
+        let product = |dst: &mut [f32]| match &xq {
+            Some(xq) => mat.rows_into_q8(qk, r0, xq, dst),
+            None => mat.rows_into(k, r0, x, n, dst),
+        };
+        if n == 1 {
+            // SAFETY: rows r0..r1 of a one-row output are this call's own
+            // (chunks are disjoint), inside `ys[m]`, which outlives the calls.
+            product(unsafe { std::slice::from_raw_parts_mut(outs[m].at(r0), r1 - r0) });
+            return;
+        }
+        // The kernels write `[rows, n]`; each chunk moves its own rows into
+        // the `[n, rows]` output, on its own thread rather than in a serial
+        // transpose after the product.
+        SCRATCH.with_borrow_mut(|t| {
+            let len = (r1 - r0) * n;
+            if t.len() < len {
+                t.resize(len, 0.0);
+            }
+            // Every kernel assigns each output, so the buffer is not cleared.
+            let t = &mut t[..len];
+            product(t);
+            for (i, row) in t.chunks_exact(n).enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    // SAFETY: position (c, r0 + i) belongs to this chunk only,
+                    // inside `ys[m]` (`n * rows` values).
+                    unsafe { *outs[m].at(c * mat.rows + r0 + i) = *v };
+                }
+            }
+        });
     };
     if team.threads() <= 1 || total_rows * cols * n < PARALLEL_MIN_MACS {
-        for (m, yt) in mats.iter().zip(yts.iter_mut()) {
-            rows_into(m, 0, yt);
+        for (m, mat) in mats.iter().enumerate() {
+            rows_into(m, 0, mat.rows);
         }
     } else {
         let per = total_rows.div_ceil(team.threads() * 4).max(1);
         let mut chunks = Vec::new();
-        for (k, m) in mats.iter().enumerate() {
+        for (m, mat) in mats.iter().enumerate() {
             let mut r0 = 0;
-            while r0 < m.rows {
-                chunks.push((k, r0, (r0 + per).min(m.rows)));
+            while r0 < mat.rows {
+                chunks.push((m, r0, (r0 + per).min(mat.rows)));
                 r0 += per;
             }
         }
-        let outs: Vec<OutPtr> = yts.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
         team.run(chunks.len(), &|i| {
             let (m, r0, r1) = chunks[i];
-            // SAFETY: chunk `i` owns rows r0..r1 of matrix m's output, disjoint
-            // from every other chunk's, inside `yts[m]`, which outlives `run`.
-            let dst = unsafe { std::slice::from_raw_parts_mut(outs[m].at(r0 * n), (r1 - r0) * n) };
-            rows_into(mats[m], r0, dst);
+            rows_into(m, r0, r1);
         });
     }
-    if n == 1 {
-        return Ok(yts);
-    }
-    Ok(mats
-        .iter()
-        .zip(yts)
-        .map(|(m, yt)| {
-            let mut y = vec![0f32; n * m.rows];
-            for (r, row) in yt.chunks_exact(n).enumerate() {
-                for (c, v) in row.iter().enumerate() {
-                    y[c * m.rows + r] = *v;
-                }
-            }
-            y
-        })
-        .collect())
+    Ok(ys)
+}
+
+thread_local! {
+    /// A chunk's `[rows, n]` products before they move into the `[n, rows]`
+    /// output (kept per thread: a step runs hundreds of products).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The output buffer shared by the chunks of one product (each writes its own rows).
