@@ -26,7 +26,7 @@ const KEY_BLOCK: usize = 64;
 /// the heads out costs more than it saves. It was 16k visits, so a batched
 /// step's attention (8 rows at a few hundred positions) ran on the calling
 /// thread while the other waited; at 256, `hone bench serve --clients 8`
-/// gained 6–11% on SmolLM2 (docs/benchmarks.md, "Session 22").
+/// gained 7–12% on SmolLM2 (docs/benchmarks.md, "Session 22").
 const PARALLEL_ATTENTION_MIN: usize = 1 << 8;
 
 /// Keys and values of one sequence, per layer: values as flat f32 rows
