@@ -219,7 +219,7 @@ pub(super) unsafe fn unit512<K: Kind>(
                 _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)),
                 _mm256_set1_epi8(32),
             );
-            let (low, high) = widen_bytes::<true>(w);
+            let (low, high) = widen_signed_bytes(w);
             (_mm512_mul_ps(s0, low), _mm512_mul_ps(s1, high))
         }
     }
@@ -237,16 +237,14 @@ unsafe fn masked_bytes256(p: *const u8, shift: i32, mask: i8) -> __m256i {
     _mm256_and_si256(v, _mm256_set1_epi8(mask))
 }
 
-/// 32 byte quants (signed or unsigned) as two vectors of 16 f32.
+/// 32 signed byte quants (Q6_K's, the one kind still widened) as two vectors of 16 f32.
 #[inline(always)]
-unsafe fn widen_bytes<const SIGNED: bool>(w: __m256i) -> (__m512, __m512) {
+unsafe fn widen_signed_bytes(w: __m256i) -> (__m512, __m512) {
     let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
-    let (lo, hi) = if SIGNED {
-        (_mm512_cvtepi8_epi32(lo), _mm512_cvtepi8_epi32(hi))
-    } else {
-        (_mm512_cvtepu8_epi32(lo), _mm512_cvtepu8_epi32(hi))
-    };
-    (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
+    (
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
+    )
 }
 
 /// AVX2+FMA kernel, for CPUs without AVX-512: two accumulators per activation
