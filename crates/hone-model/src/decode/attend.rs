@@ -21,9 +21,8 @@ use super::team;
 /// them is served, and 64 scores fill four AVX-512 registers.
 const KEY_BLOCK: usize = 64;
 
-/// Attention work (row × key × head visits) from which the jobs of
-/// [`attend_rows`] (one per KV head and sequence) are spread over the decode
-/// team: below it (a step at a very short context), handing them out costs
+/// Attention work (row × key × head visits) from which the tiles of
+/// [`attend_rows`] ([`plan_tiles`]) are spread over the decode team: below it (a step at a very short context), handing them out costs
 /// more than it saves, and the caller runs them itself. It was 16k visits, so
 /// a batched step's attention (8 rows at a few hundred positions) ran on the
 /// calling thread while the other waited; at 256, `hone bench serve --clients
@@ -198,16 +197,22 @@ pub(super) fn attend_rows(
     caches: &[&mut PackedKvCache],
     layer: usize,
 ) -> Vec<f32> {
-    let spans: Vec<(usize, usize)> = positions
-        .iter()
-        .map(|&p| (window.map_or(0, |w| (p + 1).saturating_sub(w)), p + 1))
-        .collect();
+    let spans = visible_spans(positions, window);
     let work = spans.iter().map(|(f, t)| t - f).sum::<usize>() * d.heads;
     let threads = match work >= PARALLEL_ATTENTION_MIN {
         true => team::global().threads(),
         false => 1,
     };
     attend_spans(d, q, rows, &spans, caches, layer, threads)
+}
+
+/// The positions each row sees, `from..to`: up to its own, and only the last
+/// `window` of them on a sliding layer.
+fn visible_spans(positions: &[usize], window: Option<usize>) -> Vec<(usize, usize)> {
+    positions
+        .iter()
+        .map(|&p| (window.map_or(0, |w| (p + 1).saturating_sub(w)), p + 1))
+        .collect()
 }
 
 /// [`attend_rows`] with the visible `spans` worked out, tiled for `threads`

@@ -61,10 +61,8 @@ impl Fixture {
         threads: usize,
     ) -> Vec<f32> {
         let seqs: Vec<usize> = rows.iter().map(|r| r.0).collect();
-        let spans: Vec<(usize, usize)> = rows
-            .iter()
-            .map(|&(_, p)| (window.map_or(0, |w| (p + 1).saturating_sub(w)), p + 1))
-            .collect();
+        let positions: Vec<usize> = rows.iter().map(|r| r.1).collect();
+        let spans = visible_spans(&positions, window);
         let caches: Vec<&mut PackedKvCache> = self.caches.iter_mut().collect();
         attend_spans(&self.dims, q, &seqs, &spans, &caches, 0, threads)
     }
