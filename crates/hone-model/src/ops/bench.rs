@@ -207,3 +207,50 @@ fn bf16_products_against_f32_gemm() {
         }
     }
 }
+
+/// A frozen bf16 weight's forward (`x·Wᵀ`, the dot kernel over `W` as stored) and
+/// backward (`dy·W`: on AVX512_BF16 the pair kernel, `ops::bf16_pairs`) on this CPU's
+/// best kernel, at Qwen2.5-0.5B's step shapes (4×256 tokens; the LM head 256 rows at a
+/// time), GFLOP/s of each, best of 4 alternating.
+/// Run: `cargo test --release -p hone-model --lib ops::bench::bf16_forward -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bf16_forward_and_backward_products() {
+    use super::bf16::{to_bf16, Bf16Kernel, Bf16Matrix};
+    use super::bf16_product::{backward, forward, Bf16Rows};
+    let kernel = Bf16Kernel::detect();
+    for (rows, n_in, n_out) in [
+        (1024, 896, 896),
+        (1024, 896, 128),
+        (1024, 896, 4864),
+        (1024, 4864, 896),
+        (256, 896, 151936),
+    ] {
+        let vec = |len: usize, seed| randn(&[len], seed).to_vec1::<f32>().expect("a vector");
+        let bits: Vec<u16> = vec(n_out * n_in, 1).iter().map(|&v| to_bf16(v)).collect();
+        let w = Bf16Rows {
+            bits: &bits,
+            n_out,
+            n_in,
+        };
+        let x = Bf16Matrix::from_f32(&vec(rows * n_in, 2), rows, n_in);
+        let dy = Bf16Matrix::from_f32(&vec(rows * n_out, 3), rows, n_out);
+        let (mut y, mut dx) = (vec![0f32; rows * n_out], vec![0f32; rows * n_in]);
+        let (mut fwd, mut bwd) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..4 {
+            let t = Instant::now();
+            forward(w, &x, &mut y, false, kernel);
+            fwd = fwd.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            backward(w, &dy, &mut dx, false, kernel);
+            bwd = bwd.min(t.elapsed().as_secs_f64());
+        }
+        let gflop = 2.0 * (rows * n_in * n_out) as f64 / 1e9;
+        println!(
+            "{} [{rows},{n_in}]x[{n_out},{n_in}]: forward {:.1} GFLOP/s, backward {:.1} GFLOP/s",
+            kernel.name(),
+            gflop / fwd,
+            gflop / bwd
+        );
+    }
+}

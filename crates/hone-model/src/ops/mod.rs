@@ -28,6 +28,7 @@ pub mod base_weights;
 #[cfg(test)]
 mod bench;
 pub(crate) mod bf16;
+mod bf16_pairs;
 mod bf16_product;
 pub mod bf16_speed;
 #[cfg(test)]
