@@ -122,6 +122,13 @@ fuzz=$!
 stamp "peft loads hone's adapter (LoRA + token rows, untied Qwen)"
 target/hf-venv/bin/python tests/hf/check_peft_adapter.py --hone "$HONE_BIN" \
   --gguf "$HONE_TEST_QWEN_GGUF" --adapter "$qs_out/tools-adapter"
+# The quality suite's peft reference must train on the text hone trains on: its
+# rendering (transformers' template, hone's tool fallback where the template has
+# none) gives `hone data stats`' token counts on every SFT task (scripts/quality/).
+stamp "quality suite: peft reference renders what hone trains on"
+for gguf in "$HONE_TEST_GGUF" "$HONE_TEST_QWEN_GGUF"; do
+  target/hf-venv/bin/python scripts/quality/check_render.py --hone "$HONE_BIN" --gguf "$gguf"
+done
 stamp "schemathesis: waiting for it"
 fuzz_rc=0
 wait "$fuzz" || fuzz_rc=$?

@@ -32,9 +32,99 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 
+def renders_tools(tok):
+    """Whether the template writes a tool's name when given `tools` (hone asks its
+    template the same question, `hone_text::template::probe_tools`)."""
+    probe = "hone_probe_function_name"
+    tools = [{"type": "function", "function": {"name": probe, "description": "probe",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    try:
+        text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tools=tools,
+                                       add_generation_prompt=True, tokenize=False)
+    except Exception:
+        return False
+    return probe in text
+
+
+def dumps(v):
+    return json.dumps(v, ensure_ascii=False)
+
+
+def tools_system_text(tools):
+    """hone_text::tool_calls::tools_system_text (Qwen2.5's own words)."""
+    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+            + "".join("\n" + dumps(t) for t in tools)
+            + "\n</tools>\n\nFor each function call, return a json object with function name and "
+            "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+            "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
+
+
+def fallback_messages(messages, tools):
+    """hone_text::tool_calls::fallback_messages: the chat as hone gives it to a template
+    that cannot render tools (the tool list in the system message, calls as
+    `<tool_call>` text, tool results as a user message of `<tool_response>` blocks)."""
+    out, rest = [], messages
+    if tools:
+        block = tools_system_text(tools)
+        if messages and messages[0]["role"] == "system":
+            out.append(dict(messages[0], content=f"{messages[0]['content']}\n\n{block}"))
+            rest = messages[1:]
+        else:
+            out.append({"role": "system", "content": block})
+    after_tool = False
+    for m in rest:
+        if m["role"] == "tool":
+            block = f"<tool_response>\n{m['content']}\n</tool_response>"
+            if after_tool:
+                out[-1] = dict(out[-1], content=f"{out[-1]['content']}\n{block}")
+            else:
+                out.append({"role": "user", "content": block})
+        elif m["role"] == "assistant" and m.get("tool_calls"):
+            parts = [m["content"]] if m.get("content") else []
+            for call in m["tool_calls"]:
+                f = call.get("function", call)
+                args = decoded(f.get("arguments", {}))
+                parts.append(f"<tool_call>\n{{\"name\": {dumps(f.get('name'))}, \"arguments\": {dumps(args)}}}\n</tool_call>")
+            out.append({k: v for k, v in m.items() if k != "tool_calls"} | {"content": "\n".join(parts)})
+        else:
+            out.append(m)
+        after_tool = m["role"] == "tool"
+    return out
+
+
+def decoded(arguments):
+    """OpenAI sends a call's arguments as a JSON string; chat templates (Qwen's
+    `arguments | tojson`) want the object, as hone gives them (a string that is not
+    JSON stays a string)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def with_object_arguments(m):
+    if not m.get("tool_calls"):
+        return m
+    calls = []
+    for call in m["tool_calls"]:
+        f = call.get("function", call)
+        f = dict(f, arguments=decoded(f.get("arguments", {})))
+        calls.append(dict(call, function=f) if "function" in call else f)
+    return dict(m, tool_calls=calls)
+
+
 def render(tok, messages, tools=None):
     """Token ids of a chat and per-token 0/1 targets: the text each trained assistant
-    turn adds after the generation prompt, up to and including its end-of-turn token."""
+    turn adds after the generation prompt, up to and including its end-of-turn token.
+    A template that cannot render tools gets hone's fallback text, as in hone."""
+    if not renders_tools(tok) and (tools or any(m.get("tool_calls") or m["role"] == "tool"
+                                                for m in messages)):
+        messages, tools = fallback_messages(messages, tools), None
+    else:
+        messages = [with_object_arguments(m) for m in messages]
     kw = {"tools": tools} if tools else {}
     full = tok.apply_chat_template(messages, tokenize=False, **kw)
     ids, tgt, pos = [], [], 0
@@ -84,15 +174,20 @@ def load(gguf):
     d, f = os.path.dirname(os.path.abspath(gguf)), os.path.basename(gguf)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
-    if not tok.chat_template:
-        if model.config.model_type.startswith("gemma"):
-            with open(os.path.join(HONE_TEMPLATES, "gemma3.jinja")) as t:
-                tok.chat_template = t.read()
-        else:
-            tok.chat_template = CHATML
-        print(f"{f} has no chat template: using hone's default for {model.config.model_type}",
-              file=sys.stderr)
+    use_hone_default_template(tok, model.config.model_type, f)
     return tok, model
+
+
+def use_hone_default_template(tok, model_type, name):
+    """Gives `tok` hone's template for its family when the GGUF ships none."""
+    if tok.chat_template:
+        return
+    if model_type.startswith("gemma"):
+        with open(os.path.join(HONE_TEMPLATES, "gemma3.jinja")) as t:
+            tok.chat_template = t.read()
+    else:
+        tok.chat_template = CHATML
+    print(f"{name} has no chat template: using hone's default for {model_type}", file=sys.stderr)
 
 
 def lr_at(step, total, base, warmup_ratio, schedule):
