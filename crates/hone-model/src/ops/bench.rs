@@ -210,8 +210,8 @@ fn bf16_products_against_f32_gemm() {
 
 /// A frozen bf16 weight's forward (`x·Wᵀ`, the dot kernel over `W` as stored) and
 /// backward (`dy·W`: on AVX512_BF16 the pair kernel, `ops::bf16_pairs`) on this CPU's
-/// best kernel, at Qwen2.5-0.5B's step shapes (4×256 tokens; the LM head 256 rows at a
-/// time), GFLOP/s of each, best of 4 alternating.
+/// best kernel, at SmolLM2-135M's and Qwen2.5-0.5B's step shapes (4×256 tokens; Qwen's
+/// LM head 256 rows at a time), GFLOP/s of each, best of 4 alternating.
 /// Run: `cargo test --release -p hone-model --lib ops::bench::bf16_forward -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -220,6 +220,9 @@ fn bf16_forward_and_backward_products() {
     use super::bf16_product::{backward, forward, Bf16Rows};
     let kernel = Bf16Kernel::detect();
     for (rows, n_in, n_out) in [
+        (1024, 576, 576),
+        (1024, 576, 1536),
+        (1024, 1536, 576),
         (1024, 896, 896),
         (1024, 896, 128),
         (1024, 896, 4864),
