@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use super::base_weights::{self, Bf16Weight, FrozenWeight};
 use super::bf16::Bf16Kernel;
-use super::kernel::{f32_data, matmul, par_rows, Tr};
+use super::kernel::{f32_data, par_rows};
+use super::low_rank;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
 /// PEFT's `lora_dropout` on the adapter input: each element is zeroed with probability
@@ -148,16 +149,9 @@ impl LoraKernel<'_> {
             return Vec::new();
         };
         let xa = self.down(&ad, x);
-        // y += scale · xa·bᵀ, accumulated by gemm: no separate add pass.
-        matmul(
-            y,
-            (rows, n_out, ad.r),
-            (&xa, Tr::N),
-            (ad.b, Tr::T),
-            true,
-            ad.scale,
-            true,
-        );
+        // y += scale · xa·bᵀ, one pass over y.
+        let bt = low_rank::transposed(ad.b, n_out, ad.r);
+        low_rank::expand(y, &xa, &bt, (rows, n_out, ad.r), ad.scale, true);
         xa
     }
 
@@ -166,15 +160,7 @@ impl LoraKernel<'_> {
         let Dims { rows, n_in, .. } = self.dims;
         let xm = adapter_input(ad, x);
         let mut xa = vec![0f32; rows * ad.r];
-        matmul(
-            &mut xa,
-            (rows, ad.r, n_in),
-            (&xm, Tr::N),
-            (ad.a, Tr::T),
-            false,
-            1.0,
-            true,
-        );
+        low_rank::project(&mut xa, &xm, ad.a, (rows, n_in, ad.r), 1.0);
         xa
     }
 
@@ -194,35 +180,15 @@ impl LoraKernel<'_> {
                 }
             };
             let r = ad.r;
-            matmul(
-                db,
-                (n_out, r, rows),
-                (dy, Tr::T),
-                (xa, Tr::N),
-                false,
-                ad.scale,
-                true,
-            );
+            // dBᵀ = scale·xaᵀ·dy, laid out as dB.
+            let mut dbt = vec![0f32; r * n_out];
+            low_rank::outer_sum(&mut dbt, xa, dy, (rows, n_out, r), ad.scale);
+            db.copy_from_slice(&low_rank::transposed(&dbt, r, n_out));
             dxa = vec![0f32; rows * r];
-            matmul(
-                &mut dxa,
-                (rows, r, n_out),
-                (dy, Tr::N),
-                (ad.b, Tr::N),
-                false,
-                ad.scale,
-                true,
-            );
+            let bt = low_rank::transposed(ad.b, n_out, r);
+            low_rank::project(&mut dxa, dy, &bt, (rows, n_out, r), ad.scale);
             let xm = adapter_input(&ad, x);
-            matmul(
-                da,
-                (r, n_in, rows),
-                (&dxa, Tr::T),
-                (&xm, Tr::N),
-                false,
-                1.0,
-                true,
-            );
+            low_rank::outer_sum(da, &dxa, &xm, (rows, n_in, r), 1.0);
         }
         let Some((dx, acc)) = out.dx else {
             return;
@@ -242,32 +208,16 @@ fn adapter_input<'a>(ad: &AdapterSlices, x: &'a [f32]) -> std::borrow::Cow<'a, [
     }
 }
 
-/// `dx += (dxa·a) ⊙ mask`: accumulated by gemm without dropout, through a scratch buffer
+/// `dx += (dxa·a) ⊙ mask`: added in place without dropout, through a scratch buffer
 /// and the recomputed mask with it.
 fn add_adapter_dx(ad: &AdapterSlices, dims: Dims, dx: &mut [f32], dxa: &[f32]) {
     let Dims { rows, n_in, .. } = dims;
     let Some(d) = ad.dropout else {
-        matmul(
-            dx,
-            (rows, n_in, ad.r),
-            (dxa, Tr::N),
-            (ad.a, Tr::N),
-            true,
-            1.0,
-            true,
-        );
+        low_rank::expand(dx, dxa, ad.a, (rows, n_in, ad.r), 1.0, true);
         return;
     };
     let mut g = vec![0f32; rows * n_in];
-    matmul(
-        &mut g,
-        (rows, n_in, ad.r),
-        (dxa, Tr::N),
-        (ad.a, Tr::N),
-        false,
-        1.0,
-        true,
-    );
+    low_rank::expand(&mut g, dxa, ad.a, (rows, n_in, ad.r), 1.0, false);
     par_rows(dx, 1, 1, |i0, chunk| {
         for (j, o) in chunk.iter_mut().enumerate() {
             *o += g[i0 + j] * d.factor(i0 + j);

@@ -41,6 +41,7 @@ mod glu;
 pub(crate) mod kernel;
 mod lm_head_loss;
 mod lora_linear;
+mod low_rank;
 mod packed_product;
 pub mod peak;
 mod rms_norm;
