@@ -234,13 +234,7 @@ mod tests {
     use super::*;
     use crate::ops::bf16::{from_bf16, to_bf16, Bf16Kernel};
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::testutil::hashed as data;
 
     /// Against the f64 product of the rounded operands, on shapes with odd reductions,
     /// partial reduction blocks, partial row tiles and partial column panels, with and

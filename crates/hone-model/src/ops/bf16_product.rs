@@ -219,13 +219,7 @@ mod tests {
     use super::*;
     use crate::ops::bf16::{from_bf16, to_bf16};
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::testutil::hashed as data;
 
     #[test]
     fn columns_are_the_transpose_with_zero_padding() {

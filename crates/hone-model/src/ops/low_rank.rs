@@ -12,10 +12,7 @@
 //! (`hone bench train --targets all-linear`, same machine, alternating) ran 1–3% faster
 //! on Qwen2.5-0.5B and 3% on SmolLM2-135M than through the gemm.
 
-use super::kernel::par_rows;
-
-/// f32 lanes the loops are written in (one zmm, or two ymm).
-const LANES: usize = 16;
+use super::kernel::{dot, par_rows};
 
 /// `out[i, k] = s · Σ_j x[i, j] · m[k, j]` for `x: [rows, n]`, `m: [r, n]`; `out: [rows,
 /// r]` is overwritten.
@@ -42,24 +39,6 @@ pub(crate) fn project(
             }
         }
     });
-}
-
-/// `Σ a_j·b_j` in [`LANES`] partial sums (so the loop vectorizes), added in a fixed order.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (ca, cb) in ca.zip(cb) {
-        for l in 0..LANES {
-            lanes[l] += ca[l] * cb[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// `y[i, :] = s · Σ_k c[i, k] · m[k, :]` (`+=` when `acc`) for `c: [rows, r]`, `m: [r,
@@ -104,7 +83,7 @@ pub(crate) fn expand(
 }
 
 /// Columns per block of [`expand`] and [`outer_sum`].
-const COLUMNS: usize = 8 * LANES;
+const COLUMNS: usize = 128;
 
 /// `out[k, :] = s · Σ_i c[i, k] · x[i, :]` for `c: [rows, r]`, `x: [rows, n]`; `out: [r,
 /// n]` is overwritten. Threads own blocks of columns, and each output sums over the rows
@@ -167,13 +146,7 @@ pub(crate) fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::testutil::hashed as data;
 
     /// Each product against the f64 sum, on shapes with lane and block tails and
     /// enough rows to run on several threads.

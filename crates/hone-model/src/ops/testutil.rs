@@ -115,3 +115,13 @@ pub(crate) fn check_op(
     }
     Ok(())
 }
+
+/// `n` values in [-1, 1) from a multiplicative hash of the index and `seed`: fixed test
+/// data for the slice kernels, without a random generator.
+pub(crate) fn hashed(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+        })
+        .collect()
+}
