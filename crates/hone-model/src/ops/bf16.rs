@@ -100,7 +100,7 @@ impl Bf16Matrix {
         data.clear();
         data.resize(rows.div_ceil(32) * 32 * stride, 0);
         for (d, s) in data
-            .chunks_exact_mut(stride)
+            .chunks_exact_mut(stride.max(1))
             .zip(src.chunks_exact(cols.max(1)))
         {
             d.iter_mut().zip(s).for_each(|(d, &s)| *d = to_bf16(s));

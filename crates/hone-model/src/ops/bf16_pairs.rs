@@ -45,6 +45,13 @@ pub(crate) fn backward(w: Bf16Rows, dy: &Bf16Matrix, dx: &mut [f32], acc: bool) 
     if rows == 0 || n == 0 {
         return;
     }
+    if w.n_out == 0 {
+        // An empty reduction: no block would write `dx`.
+        if !acc {
+            dx.fill(0.0);
+        }
+        return;
+    }
     // Below about a million multiply-adds a thread is not worth its start.
     let threads = super::kernel::threads().min((rows * w.n_out * n) >> 20);
     on_threads(w, dy, dx, acc, threads);
@@ -246,6 +253,7 @@ mod tests {
             return;
         }
         for &(rows, n_out, n_in) in &[
+            (2, 0, 3),
             (1, 1, 1),
             (7, 5, 70),
             (13, 2 * KC * 2 + 3, 64),
