@@ -180,10 +180,8 @@ impl LoraKernel<'_> {
                 }
             };
             let r = ad.r;
-            // dBᵀ = scale·xaᵀ·dy, laid out as dB.
-            let mut dbt = vec![0f32; r * n_out];
-            low_rank::outer_sum(&mut dbt, xa, dy, (rows, n_out, r), ad.scale);
-            db.copy_from_slice(&low_rank::transposed(&dbt, r, n_out));
+            // dB = (scale·xaᵀ·dy)ᵀ, written in dB's layout.
+            low_rank::outer_sum_t(db, xa, dy, (rows, n_out, r), ad.scale);
             dxa = vec![0f32; rows * r];
             let bt = low_rank::transposed(ad.b, n_out, r);
             low_rank::project(&mut dxa, dy, &bt, (rows, n_out, r), ad.scale);

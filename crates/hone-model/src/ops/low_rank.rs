@@ -86,26 +86,38 @@ pub(crate) fn expand(
 const COLUMNS: usize = 128;
 
 /// `out[k, :] = s · Σ_i c[i, k] · x[i, :]` for `c: [rows, r]`, `x: [rows, n]`; `out: [r,
-/// n]` is overwritten. Threads own blocks of columns, and each output sums over the rows
-/// in order.
+/// n]` is overwritten ([`outer_sum_t`], then laid out).
 pub(crate) fn outer_sum(
     out: &mut [f32],
+    c: &[f32],
+    x: &[f32],
+    dims: (usize, usize, usize),
+    s: f32,
+) {
+    let (_, n, r) = dims;
+    let mut t = vec![0f32; n * r];
+    outer_sum_t(&mut t, c, x, dims, s);
+    out.copy_from_slice(&transposed(&t, n, r));
+}
+
+/// [`outer_sum`] laid out as its transpose, `out_t: [n, r]` (LoRA's `dB` is stored so).
+/// Threads own blocks of `out_t`'s rows, and each output sums over `x`'s rows in order.
+pub(crate) fn outer_sum_t(
+    out_t: &mut [f32],
     c: &[f32],
     x: &[f32],
     (rows, n, r): (usize, usize, usize),
     s: f32,
 ) {
     assert_eq!(
-        (out.len(), c.len(), x.len()),
+        (out_t.len(), c.len(), x.len()),
         (r * n, rows * r, rows * n),
         "outer_sum: shapes"
     );
     if r == 0 || n == 0 {
         return;
     }
-    // Work on the transpose, `[n, r]` in blocks of rows, so threads own whole rows.
-    let mut t = vec![0f32; n * r];
-    par_rows(&mut t, r * COLUMNS, rows * r, |b0, chunk| {
+    par_rows(out_t, r * COLUMNS, rows * r, |b0, chunk| {
         let mut block = vec![0f32; r * COLUMNS];
         for (b, sub) in chunk.chunks_mut(r * COLUMNS).enumerate() {
             let (j0, w) = ((b0 + b) * COLUMNS, sub.len() / r);
@@ -120,15 +132,10 @@ pub(crate) fn outer_sum(
             for (j, row) in sub.chunks_exact_mut(r).enumerate() {
                 row.iter_mut()
                     .enumerate()
-                    .for_each(|(k, o)| *o = block[k * COLUMNS + j]);
+                    .for_each(|(k, o)| *o = s * block[k * COLUMNS + j]);
             }
         }
     });
-    for (k, o) in out.chunks_exact_mut(n).enumerate() {
-        o.iter_mut()
-            .enumerate()
-            .for_each(|(j, o)| *o = s * t[j * r + k]);
-    }
 }
 
 /// `m: [rows, cols]` transposed, `[cols, rows]` (for a factor stored the other way round).
@@ -195,6 +202,13 @@ mod tests {
                     close(o[k * n + j], s as f64 * want, "outer_sum");
                 }
             }
+            let mut ot = vec![9f32; n * r];
+            outer_sum_t(&mut ot, &c, &x, (rows, n, r), s);
+            assert_eq!(
+                ot,
+                transposed(&o, r, n),
+                "outer_sum_t is outer_sum's transpose"
+            );
             let t = transposed(&m, r, n);
             assert!((0..r).all(|k| (0..n).all(|j| t[j * r + k] == m[k * n + j])));
         }
